@@ -1,0 +1,75 @@
+/* wshub HTTP/1.1 request-head parser (RFC 9112), strict, allocation-free.
+ *
+ * The parser never copies: names, values, method and target are slices into
+ * the caller's buffer, borrowed until that buffer changes. Limits come from
+ * struct wsh_http_limits (LIMITS.md: 4 KiB request line, 8 KiB head, 64
+ * headers). */
+#ifndef WSHUB_HTTP_H
+#define WSHUB_HTTP_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "status.h"
+
+struct wsh_http_limits {
+    size_t max_request_line; /* bytes before the first CRLF; default 4096 */
+    size_t max_head;         /* bytes up to and including CRLFCRLF; default 8192 */
+    size_t max_headers;      /* header fields; default 64 */
+};
+
+#define WSH_HTTP_DEFAULT_REQUEST_LINE 4096u
+#define WSH_HTTP_DEFAULT_HEAD         8192u
+#define WSH_HTTP_DEFAULT_HEADERS      64u
+
+struct wsh_http_header {
+    const char *name;
+    size_t name_len;
+    const char *value; /* leading and trailing spaces/tabs removed */
+    size_t value_len;
+};
+
+struct wsh_http_request {
+    const char *method;
+    size_t method_len;
+    const char *target; /* request-target as sent (origin-form expected) */
+    size_t target_len;
+    const char *path; /* target without the query */
+    size_t path_len;
+    const char *query; /* after '?', NULL when none */
+    size_t query_len;
+    int minor_version; /* HTTP/1.x */
+    struct wsh_http_header *headers; /* caller's array */
+    size_t nheaders;
+    long long content_length; /* -1 when absent */
+    int chunked;              /* Transfer-Encoding: chunked present */
+};
+
+/* Parses a request head from buf[0..len). last_len is the len of the
+ * previous call for the same request (0 on the first), so the search for
+ * the end of the head does not rescan old bytes. headers/max_headers is the
+ * caller's array (at least lim->max_headers entries).
+ *
+ * Returns:
+ *   > 0          the head is complete: its length including CRLFCRLF, and
+ *                *req is filled.
+ *   0            incomplete: call again with more bytes (same buffer start).
+ *   WSH_EPROTO   malformed: *status is 400 (bad syntax, bare LF, obs-fold,
+ *                whitespace before a colon, invalid token characters,
+ *                control characters in values, both Content-Length and
+ *                Transfer-Encoding, conflicting Content-Length), or 505
+ *                for an HTTP major version other than 1.
+ *   WSH_ETOOBIG  *status is 414 (request line over the limit, detected
+ *                before the head is complete) or 431 (head or header count
+ *                over the limit).
+ * lim may be NULL for the defaults. */
+ssize_t wsh_http_parse_request(const char *buf, size_t len, size_t last_len,
+                               const struct wsh_http_limits *lim, struct wsh_http_request *req,
+                               struct wsh_http_header *headers, size_t max_headers, int *status);
+
+/* Finds a header by name, case-insensitive. Returns the first match or
+ * NULL. */
+const struct wsh_http_header *wsh_http_find(const struct wsh_http_request *req,
+                                            const char *name);
+
+#endif

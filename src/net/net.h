@@ -1,0 +1,161 @@
+/* wshub network layer: one epoll loop per worker thread, a hashed timing
+ * wheel, ref-counted shared buffers and per-connection write queues sent
+ * with writev.
+ *
+ * Everything here is single-threaded per loop except struct wsh_buf, whose
+ * reference count is atomic so one encoded frame can be queued on
+ * connections of several workers (DESIGN.md 2). */
+#ifndef WSH_NET_H
+#define WSH_NET_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "wshub/status.h"
+
+/* ------------------------------------------------------------------ */
+/* Shared buffers                                                      */
+
+/* An immutable byte run once filled. data[start..end) is the content;
+ * bytes before start are head-room so a frame header can be written in
+ * front of a payload that was assembled first. */
+struct wsh_buf {
+    _Atomic uint32_t refs;
+    uint32_t cap;
+    uint32_t start;
+    uint32_t end;
+    uint8_t data[];
+};
+
+/* Allocates a buffer of cap bytes with refs = 1 and start = end = 0.
+ * Returns NULL on ENOMEM. */
+struct wsh_buf *wsh_buf_new(size_t cap);
+/* Grows a buffer the caller holds the only reference to. Returns the new
+ * pointer or NULL (the old buffer is then still valid). */
+struct wsh_buf *wsh_buf_grow(struct wsh_buf *b, size_t cap);
+
+static inline struct wsh_buf *wsh_buf_ref(struct wsh_buf *b)
+{
+    atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+    return b;
+}
+
+void wsh_buf_unref(struct wsh_buf *b);
+
+static inline size_t wsh_buf_len(const struct wsh_buf *b)
+{
+    return b->end - b->start;
+}
+
+/* ------------------------------------------------------------------ */
+/* Timers: hashed timing wheel, intrusive entries, O(1) start/stop     */
+
+struct wsh_loop;
+struct wsh_timer;
+typedef void wsh_timer_cb(struct wsh_loop *l, struct wsh_timer *t);
+
+struct wsh_timer {
+    struct wsh_timer *next;
+    struct wsh_timer **pprev; /* NULL when not scheduled */
+    uint64_t expires;         /* loop milliseconds */
+    wsh_timer_cb *cb;
+};
+
+/* Schedules t to fire after ms milliseconds (rounded up to the wheel's
+ * 16 ms tick), replacing any previous schedule. May be called from a
+ * callback, including t's own. */
+void wsh_timer_start(struct wsh_loop *l, struct wsh_timer *t, uint64_t ms);
+void wsh_timer_stop(struct wsh_timer *t);
+
+static inline bool wsh_timer_active(const struct wsh_timer *t)
+{
+    return t->pprev != NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* The loop                                                            */
+
+struct wsh_io;
+typedef void wsh_io_cb(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
+
+/* A file descriptor watched by the loop; embed it in the owner. */
+struct wsh_io {
+    int fd;
+    uint32_t events; /* EPOLLIN / EPOLLOUT currently registered */
+    wsh_io_cb *cb;
+};
+
+typedef void wsh_loop_hook(struct wsh_loop *l, void *user);
+
+/* Creates a loop. before_sleep (may be NULL) runs once per iteration just
+ * before epoll_wait: where corked writes are flushed and closed
+ * connections are freed. Returns WSH_OK or -errno. */
+WSH_NODISCARD int wsh_loop_create(wsh_loop_hook *before_sleep, void *user, struct wsh_loop **out);
+void wsh_loop_destroy(struct wsh_loop *l);
+
+/* Register, change or remove an fd. Return WSH_OK or -errno. */
+int wsh_loop_add(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
+int wsh_loop_mod(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
+int wsh_loop_del(struct wsh_loop *l, struct wsh_io *io);
+
+/* Runs until wsh_loop_stop(). Returns WSH_OK or -errno from epoll. */
+int wsh_loop_run(struct wsh_loop *l);
+void wsh_loop_stop(struct wsh_loop *l);
+/* The user pointer given to wsh_loop_create(). */
+void *wsh_loop_user(const struct wsh_loop *l);
+
+/* Milliseconds of CLOCK_MONOTONIC, cached once per iteration. */
+uint64_t wsh_loop_now(const struct wsh_loop *l);
+uint64_t wsh_now_ms(void);
+
+/* ------------------------------------------------------------------ */
+/* Write queues                                                        */
+
+struct wsh_wq_entry {
+    struct wsh_buf *b;
+    uint32_t off; /* bytes of b already written */
+};
+
+/* A ring of buffer references. Allocated only while non-empty, so an
+ * idle connection holds a NULL pointer and nothing else. */
+struct wsh_wq {
+    uint32_t head, count, cap;
+    uint32_t _pad;
+    size_t bytes; /* unwritten bytes queued */
+    struct wsh_wq_entry e[];
+};
+
+/* Appends a reference (the queue takes over the caller's reference).
+ * Returns WSH_OK or WSH_ENOMEM (the reference is then released). */
+WSH_NODISCARD int wsh_wq_push(struct wsh_wq **q, struct wsh_buf *b);
+
+/* Writes as much of the queue as the socket takes with one writev.
+ * Returns WSH_OK when the queue is now empty (and freed), WSH_EAGAIN
+ * when bytes remain, or -errno on a socket error. */
+int wsh_wq_flush(struct wsh_wq **q, int fd);
+
+/* Releases every reference and frees the queue. */
+void wsh_wq_clear(struct wsh_wq **q);
+
+/* Drops every entry not yet started, keeping a partially written head so
+ * the byte stream stays well-formed. */
+void wsh_wq_drop_unstarted(struct wsh_wq **q);
+
+static inline size_t wsh_wq_bytes(const struct wsh_wq *q)
+{
+    return q ? q->bytes : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sockets                                                             */
+
+/* Creates a non-blocking listening socket with SO_REUSEADDR and
+ * SO_REUSEPORT bound to host:port. Returns the fd or -errno. */
+int wsh_listen_tcp(const char *host, int port, int backlog);
+/* The port a socket is bound to, or -errno. */
+int wsh_socket_port(int fd);
+
+#endif

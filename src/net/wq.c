@@ -1,0 +1,117 @@
+/* Per-connection write queues of shared buffers, flushed with one writev
+ * per loop turn (Redis handleClientsWithPendingWrites). The ring exists
+ * only while something is queued. */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+
+#include "net.h"
+
+#define WQ_MIN_CAP 8u
+#define WQ_MAX_IOV 64
+
+int wsh_wq_push(struct wsh_wq **qp, struct wsh_buf *b)
+{
+    struct wsh_wq *q = *qp;
+    if (q == NULL || q->count == q->cap) {
+        uint32_t ncap = q ? q->cap * 2 : WQ_MIN_CAP;
+        struct wsh_wq *nq = malloc(sizeof(*nq) + ncap * sizeof(nq->e[0]));
+        if (nq == NULL) {
+            wsh_buf_unref(b);
+            return WSH_ENOMEM;
+        }
+        nq->head = 0;
+        nq->count = 0;
+        nq->cap = ncap;
+        nq->_pad = 0;
+        nq->bytes = 0;
+        if (q != NULL) {
+            for (uint32_t i = 0; i < q->count; i++)
+                nq->e[i] = q->e[(q->head + i) % q->cap];
+            nq->count = q->count;
+            nq->bytes = q->bytes;
+            free(q);
+        }
+        q = nq;
+        *qp = q;
+    }
+    struct wsh_wq_entry *e = &q->e[(q->head + q->count) % q->cap];
+    e->b = b;
+    e->off = 0;
+    q->count++;
+    q->bytes += wsh_buf_len(b);
+    return WSH_OK;
+}
+
+void wsh_wq_clear(struct wsh_wq **qp)
+{
+    struct wsh_wq *q = *qp;
+    if (q == NULL)
+        return;
+    for (uint32_t i = 0; i < q->count; i++)
+        wsh_buf_unref(q->e[(q->head + i) % q->cap].b);
+    free(q);
+    *qp = NULL;
+}
+
+void wsh_wq_drop_unstarted(struct wsh_wq **qp)
+{
+    struct wsh_wq *q = *qp;
+    if (q == NULL)
+        return;
+    uint32_t keep = (q->count > 0 && q->e[q->head].off > 0) ? 1 : 0;
+    for (uint32_t i = keep; i < q->count; i++) {
+        struct wsh_wq_entry *e = &q->e[(q->head + i) % q->cap];
+        q->bytes -= wsh_buf_len(e->b) - e->off;
+        wsh_buf_unref(e->b);
+    }
+    q->count = keep;
+    if (keep == 0)
+        wsh_wq_clear(qp);
+}
+
+int wsh_wq_flush(struct wsh_wq **qp, int fd)
+{
+    struct wsh_wq *q = *qp;
+    if (q == NULL)
+        return WSH_OK;
+    struct iovec iov[WQ_MAX_IOV];
+    int n = 0;
+    for (uint32_t i = 0; i < q->count && n < WQ_MAX_IOV; i++) {
+        struct wsh_wq_entry *e = &q->e[(q->head + i) % q->cap];
+        iov[n].iov_base = e->b->data + e->b->start + e->off;
+        iov[n].iov_len = wsh_buf_len(e->b) - e->off;
+        n++;
+    }
+    ssize_t w;
+    do {
+        /* writev has no MSG_NOSIGNAL: SIGPIPE is ignored process-wide. */
+        w = writev(fd, iov, n);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return WSH_EAGAIN;
+        return -errno;
+    }
+    size_t left = (size_t)w;
+    q->bytes -= left;
+    while (q->count > 0) {
+        struct wsh_wq_entry *e = &q->e[q->head];
+        size_t rem = wsh_buf_len(e->b) - e->off;
+        if (left < rem) {
+            e->off += (uint32_t)left;
+            break;
+        }
+        left -= rem;
+        wsh_buf_unref(e->b);
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+    }
+    if (q->count == 0) {
+        free(q);
+        *qp = NULL;
+        return WSH_OK;
+    }
+    return WSH_EAGAIN;
+}

@@ -1,0 +1,178 @@
+/* Raw channels (/raw/<channel>): every message goes to every other
+ * connection on the channel, on every worker. The frame is encoded once;
+ * each recipient's queue holds a reference (DESIGN.md 2). Other workers get
+ * one inbox entry per message and one eventfd wakeup per loop turn.
+ *
+ * Channel records are shared by all workers and found by name in a global
+ * registry under one mutex, taken only to join and in the sweep. A record
+ * whose count of subscribers and in-flight messages drops to zero is freed
+ * by the periodic sweep, which holds the same mutex, so a record can never
+ * be freed while a join is finding it. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server.h"
+
+#define REG_BUCKETS 4096u
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct rawchan *reg[REG_BUCKETS];
+
+static uint32_t hash_name(const char *p, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (uint8_t)p[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len)
+{
+    uint32_t h = hash_name(name, len);
+    pthread_mutex_lock(&reg_mu);
+    struct rawchan *ch = reg[h % REG_BUCKETS];
+    while (ch && !(ch->hash == h && strlen(ch->name) == len && memcmp(ch->name, name, len) == 0))
+        ch = ch->hnext;
+    if (ch == NULL) {
+        ch = calloc(1, sizeof(*ch) + (size_t)wsh_nworkers * sizeof(ch->local[0]));
+        char *nm = malloc(len + 1);
+        if (ch == NULL || nm == NULL) {
+            free(ch);
+            free(nm);
+            pthread_mutex_unlock(&reg_mu);
+            return NULL;
+        }
+        memcpy(nm, name, len);
+        nm[len] = '\0';
+        ch->name = nm;
+        ch->hash = h;
+        ch->hnext = reg[h % REG_BUCKETS];
+        reg[h % REG_BUCKETS] = ch;
+    }
+    atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&reg_mu);
+
+    struct rawchan_local *loc = &ch->local[w->id];
+    c->chan = ch;
+    c->chan_prev = NULL;
+    c->chan_next = loc->head;
+    if (loc->head)
+        loc->head->chan_prev = c;
+    loc->head = c;
+    atomic_fetch_add_explicit(&loc->n, 1, memory_order_relaxed);
+    return ch;
+}
+
+void rawchan_leave(struct worker *w, struct conn *c)
+{
+    struct rawchan *ch = c->chan;
+    struct rawchan_local *loc = &ch->local[w->id];
+    if (c->chan_prev)
+        c->chan_prev->chan_next = c->chan_next;
+    else
+        loc->head = c->chan_next;
+    if (c->chan_next)
+        c->chan_next->chan_prev = c->chan_prev;
+    c->chan = NULL;
+    c->chan_next = c->chan_prev = NULL;
+    atomic_fetch_sub_explicit(&loc->n, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
+}
+
+static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *skip,
+                          struct wsh_buf *frame)
+{
+    struct conn *next;
+    for (struct conn *c = ch->local[w->id].head; c != NULL; c = next) {
+        /* conn_send may close a slow consumer, unlinking it: read the next
+         * link first. */
+        next = c->chan_next;
+        if (c == skip)
+            continue;
+        conn_send(w, c, wsh_buf_ref(frame));
+    }
+}
+
+static void inbox_push(struct worker *to, struct rawchan *ch, struct wsh_buf *frame)
+{
+    pthread_mutex_lock(&to->inbox_mu);
+    if (to->inbox_n == to->inbox_cap) {
+        size_t cap = to->inbox_cap ? to->inbox_cap * 2 : 256;
+        struct xmsg *n = realloc(to->inbox, cap * sizeof(*n));
+        if (n == NULL) {
+            pthread_mutex_unlock(&to->inbox_mu);
+            wsh_buf_unref(frame);
+            atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
+            return;
+        }
+        to->inbox = n;
+        to->inbox_cap = cap;
+    }
+    to->inbox[to->inbox_n].ch = ch;
+    to->inbox[to->inbox_n].buf = frame;
+    to->inbox_n++;
+    pthread_mutex_unlock(&to->inbox_mu);
+}
+
+void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame)
+{
+    struct rawchan *ch = from->chan;
+    if (ch == NULL) {
+        wsh_buf_unref(frame);
+        return;
+    }
+    for (int i = 0; i < wsh_nworkers; i++) {
+        if (i == w->id)
+            continue;
+        /* A racy read: a subscriber joining on that worker right now may
+         * miss this message, as it would had it joined a moment later. */
+        if (atomic_load_explicit(&ch->local[i].n, memory_order_relaxed) == 0)
+            continue;
+        atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+        inbox_push(&wsh_workers[i], ch, wsh_buf_ref(frame));
+        w->wake[i] = true;
+    }
+    fan_out_local(w, ch, from, frame);
+    wsh_buf_unref(frame);
+}
+
+void rawchan_deliver_inbox(struct worker *w)
+{
+    pthread_mutex_lock(&w->inbox_mu);
+    struct xmsg *items = w->inbox;
+    size_t n = w->inbox_n;
+    size_t cap = w->inbox_cap;
+    w->inbox = w->spare;
+    w->inbox_cap = w->spare_cap;
+    w->inbox_n = 0;
+    pthread_mutex_unlock(&w->inbox_mu);
+    for (size_t i = 0; i < n; i++) {
+        fan_out_local(w, items[i].ch, NULL, items[i].buf);
+        wsh_buf_unref(items[i].buf);
+        atomic_fetch_sub_explicit(&items[i].ch->refs, 1, memory_order_release);
+    }
+    w->spare = items;
+    w->spare_cap = cap;
+}
+
+void rawchan_sweep(void)
+{
+    pthread_mutex_lock(&reg_mu);
+    for (size_t b = 0; b < REG_BUCKETS; b++) {
+        struct rawchan **pp = &reg[b];
+        while (*pp) {
+            struct rawchan *ch = *pp;
+            if (atomic_load_explicit(&ch->refs, memory_order_acquire) == 0) {
+                *pp = ch->hnext;
+                free(ch->name);
+                free(ch);
+            } else {
+                pp = &ch->hnext;
+            }
+        }
+    }
+    pthread_mutex_unlock(&reg_mu);
+}

@@ -1,0 +1,309 @@
+/* wshub: command line, worker threads and signals. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "server.h"
+
+struct wsh_config wsh_cfg;
+struct worker *wsh_workers;
+int wsh_nworkers;
+_Atomic int wsh_shutdown_code;
+_Atomic size_t wsh_total_conns;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: wshub [options]\n"
+            "A real-time messaging server on WebSockets (RFC 6455).\n"
+            "\n"
+            "  --listen HOST:PORT        address to listen on (default 127.0.0.1:8080; port 0 =\n"
+            "                            any free port, see --port-file)\n"
+            "  --workers N               worker threads, one event loop each (default: cores)\n"
+            "  --echo                    enable /echo, which echoes every message\n"
+            "  --max-message BYTES       largest message accepted (default 65536)\n"
+            "  --max-fragments N         most frames in one message (default 1024)\n"
+            "  --ping-interval SECS      heartbeat ping interval, 0 = off (default 25)\n"
+            "  --pong-timeout SECS       close with 1011 when no pong in time (default 20)\n"
+            "  --handshake-timeout SECS  deadline for the upgrade request (default 10)\n"
+            "  --close-timeout SECS      wait for the peer after a close (default 5)\n"
+            "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
+            "  --log-level LEVEL         error, warn, info or debug (default info)\n"
+            "  --port-file PATH          write the bound port to PATH once listening\n"
+            "  -h, --help                show this help\n"
+            "  -V, --version             show the version\n"
+            "\n"
+            "Endpoints: GET /echo (with --echo), GET /raw/<channel>, GET /healthz.\n"
+            "Docs: docs/ in the source tree.\n");
+}
+
+static int parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || s[0] == '-' || v < min || v > max) {
+        fprintf(stderr, "wshub: --%s: expected an integer in [%llu, %llu], got '%s'\n", opt,
+                (unsigned long long)min, (unsigned long long)max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_secs(const char *opt, const char *s, uint64_t *ms)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(v >= 0.0) || v > 86400.0) {
+        fprintf(stderr, "wshub: --%s: expected seconds in [0, 86400], got '%s'\n", opt, s);
+        return -1;
+    }
+    *ms = (uint64_t)(v * 1000.0 + 0.5);
+    return 0;
+}
+
+static int parse_listen(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL) {
+        fprintf(stderr, "wshub: --listen: expected HOST:PORT, got '%s'\n", s);
+        return -1;
+    }
+    size_t hl = (size_t)(colon - s);
+    if (hl > 1 && s[0] == '[' && s[hl - 1] == ']') {
+        s++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= sizeof(wsh_cfg.host)) {
+        fprintf(stderr, "wshub: --listen: bad host in '%s'\n", s);
+        return -1;
+    }
+    memcpy(wsh_cfg.host, s, hl);
+    wsh_cfg.host[hl] = '\0';
+    uint64_t port;
+    if (parse_u64("listen", colon + 1, 0, 65535, &port) != 0)
+        return -1;
+    wsh_cfg.port = (int)port;
+    return 0;
+}
+
+enum {
+    OPT_LISTEN = 256,
+    OPT_WORKERS,
+    OPT_ECHO,
+    OPT_MAX_MESSAGE,
+    OPT_MAX_FRAGMENTS,
+    OPT_PING,
+    OPT_PONG,
+    OPT_HANDSHAKE,
+    OPT_CLOSE,
+    OPT_MAX_QUEUE,
+    OPT_LOG_LEVEL,
+    OPT_PORT_FILE
+};
+
+static int parse_args(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "listen", required_argument, NULL, OPT_LISTEN },
+        { "workers", required_argument, NULL, OPT_WORKERS },
+        { "echo", no_argument, NULL, OPT_ECHO },
+        { "max-message", required_argument, NULL, OPT_MAX_MESSAGE },
+        { "max-fragments", required_argument, NULL, OPT_MAX_FRAGMENTS },
+        { "ping-interval", required_argument, NULL, OPT_PING },
+        { "pong-timeout", required_argument, NULL, OPT_PONG },
+        { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
+        { "close-timeout", required_argument, NULL, OPT_CLOSE },
+        { "max-queue", required_argument, NULL, OPT_MAX_QUEUE },
+        { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+        { "port-file", required_argument, NULL, OPT_PORT_FILE },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
+    };
+    uint64_t v;
+    int c;
+    while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_LISTEN:
+            if (parse_listen(optarg) != 0)
+                return -1;
+            break;
+        case OPT_WORKERS:
+            if (parse_u64("workers", optarg, 1, WSH_MAX_WORKERS, &v) != 0)
+                return -1;
+            wsh_cfg.workers = (int)v;
+            break;
+        case OPT_ECHO:
+            wsh_cfg.echo = true;
+            break;
+        case OPT_MAX_MESSAGE:
+            /* The frame buffer length is 32-bit: leave room for a header. */
+            if (parse_u64("max-message", optarg, 1, UINT32_MAX - 64, &v) != 0)
+                return -1;
+            wsh_cfg.limits.max_message = v;
+            break;
+        case OPT_MAX_FRAGMENTS:
+            if (parse_u64("max-fragments", optarg, 1, UINT32_MAX, &v) != 0)
+                return -1;
+            wsh_cfg.limits.max_fragments = (uint32_t)v;
+            break;
+        case OPT_PING:
+            if (parse_secs("ping-interval", optarg, &wsh_cfg.ping_interval_ms) != 0)
+                return -1;
+            break;
+        case OPT_PONG:
+            if (parse_secs("pong-timeout", optarg, &wsh_cfg.pong_timeout_ms) != 0)
+                return -1;
+            break;
+        case OPT_HANDSHAKE:
+            if (parse_secs("handshake-timeout", optarg, &wsh_cfg.handshake_timeout_ms) != 0)
+                return -1;
+            break;
+        case OPT_CLOSE:
+            if (parse_secs("close-timeout", optarg, &wsh_cfg.close_timeout_ms) != 0)
+                return -1;
+            break;
+        case OPT_MAX_QUEUE:
+            if (parse_u64("max-queue", optarg, 1024, SIZE_MAX / 2, &v) != 0)
+                return -1;
+            wsh_cfg.max_queue = (size_t)v;
+            break;
+        case OPT_LOG_LEVEL: {
+            int lvl = wsh_log_parse_level(optarg);
+            if (lvl < 0) {
+                fprintf(stderr, "wshub: --log-level: expected error, warn, info or debug\n");
+                return -1;
+            }
+            wsh_log_level = lvl;
+            break;
+        }
+        case OPT_PORT_FILE:
+            wsh_cfg.port_file = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        case 'V':
+            printf("wshub %s\n", WSH_VERSION);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "wshub: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
+static void set_defaults(void)
+{
+    snprintf(wsh_cfg.host, sizeof(wsh_cfg.host), "127.0.0.1");
+    wsh_cfg.port = 8080;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    wsh_cfg.workers = n > 0 ? (int)(n > WSH_MAX_WORKERS ? WSH_MAX_WORKERS : n) : 1;
+    wsh_cfg.limits.max_message = WSH_DEFAULT_MAX_MESSAGE;
+    wsh_cfg.limits.max_fragments = WSH_DEFAULT_MAX_FRAGMENTS;
+    wsh_cfg.ping_interval_ms = 25000;
+    wsh_cfg.pong_timeout_ms = 20000;
+    wsh_cfg.handshake_timeout_ms = 10000;
+    wsh_cfg.close_timeout_ms = 5000;
+    wsh_cfg.max_queue = 1u << 20;
+}
+
+static int write_port_file(const char *path, int port)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "%d\n", port);
+    if (fclose(f) != 0)
+        return -1;
+    /* rename() so a reader never sees a half-written file. */
+    return rename(tmp, path);
+}
+
+int main(int argc, char **argv)
+{
+    set_defaults();
+    if (parse_args(argc, argv) != 0)
+        return 2;
+
+    /* A peer that vanishes mid-write must never kill the server. */
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers */
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur > 128)
+        wsh_cfg.max_connections = (size_t)rl.rlim_cur - 64;
+    else
+        wsh_cfg.max_connections = 1000000;
+
+    wsh_nworkers = wsh_cfg.workers;
+    wsh_workers = calloc((size_t)wsh_nworkers, sizeof(*wsh_workers));
+    if (wsh_workers == NULL)
+        return 1;
+
+    /* The first listener takes the port (maybe ephemeral); the others bind
+     * the same port with SO_REUSEPORT so the kernel spreads accepts. */
+    int port = wsh_cfg.port;
+    for (int i = 0; i < wsh_nworkers; i++) {
+        int fd = wsh_listen_tcp(wsh_cfg.host, port, 1024);
+        if (fd < 0) {
+            wsh_log(WSH_LOG_ERROR, "ev=listen_failed addr=%s port=%d err=\"%s\"", wsh_cfg.host,
+                    port, wsh_strerror(fd));
+            return 1;
+        }
+        if (i == 0)
+            port = wsh_socket_port(fd);
+        int rc = worker_init(&wsh_workers[i], i, fd);
+        if (rc != WSH_OK) {
+            wsh_log(WSH_LOG_ERROR, "ev=worker_init_failed err=\"%s\"", wsh_strerror(rc));
+            return 1;
+        }
+    }
+    for (int i = 0; i < wsh_nworkers; i++) {
+        if (pthread_create(&wsh_workers[i].thread, NULL, worker_main, &wsh_workers[i]) != 0) {
+            wsh_log(WSH_LOG_ERROR, "ev=thread_failed");
+            return 1;
+        }
+    }
+    wsh_log(WSH_LOG_INFO, "ev=listen addr=%s port=%d workers=%d echo=%d max_message=%llu",
+            wsh_cfg.host, port, wsh_nworkers, wsh_cfg.echo ? 1 : 0,
+            (unsigned long long)wsh_cfg.limits.max_message);
+    if (wsh_cfg.port_file && write_port_file(wsh_cfg.port_file, port) != 0) {
+        wsh_log(WSH_LOG_ERROR, "ev=port_file_failed path=%s", wsh_cfg.port_file);
+        return 1;
+    }
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    /* RFC 6455 7.4.1: 1012 tells clients the service restarts (SIGTERM, as
+     * an orchestrator sends); 1001 that it is going away (SIGINT). */
+    int code = sig == SIGTERM ? WSH_CLOSE_RESTART : WSH_CLOSE_GOING_AWAY;
+    wsh_log(WSH_LOG_INFO, "ev=shutdown signal=%s code=%d", sig == SIGTERM ? "TERM" : "INT", code);
+    atomic_store(&wsh_shutdown_code, code);
+    for (int i = 0; i < wsh_nworkers; i++)
+        worker_wake(&wsh_workers[i]);
+    for (int i = 0; i < wsh_nworkers; i++)
+        pthread_join(wsh_workers[i].thread, NULL);
+    wsh_log(WSH_LOG_INFO, "ev=exit");
+    return 0;
+}

@@ -1,0 +1,157 @@
+/* The wshub server program: configuration, workers, connections and the
+ * endpoints of the foundation slice (/echo, /raw/<channel>, /healthz).
+ * Private to src/server. */
+#ifndef WSH_SERVER_H
+#define WSH_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "net.h"
+#include "wshub/ws.h"
+
+#define WSH_MAX_WORKERS 64
+
+struct wsh_config {
+    char host[256];
+    int port;
+    int workers;
+    bool echo;
+    struct wsh_limits limits;
+    uint64_t ping_interval_ms; /* 0 disables heartbeats */
+    uint64_t pong_timeout_ms;
+    uint64_t handshake_timeout_ms;
+    uint64_t close_timeout_ms;
+    size_t max_queue; /* outbound hard limit per connection, bytes */
+    size_t max_connections;
+    const char *port_file;
+};
+
+extern struct wsh_config wsh_cfg;
+
+/* ------------------------------------------------------------------ */
+/* Logging: one key=value line per event on stderr.                    */
+
+enum wsh_log_level { WSH_LOG_ERROR, WSH_LOG_WARN, WSH_LOG_INFO, WSH_LOG_DEBUG };
+extern int wsh_log_level;
+
+#define wsh_log_enabled(lvl) ((int)(lvl) <= wsh_log_level)
+void wsh_log(enum wsh_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int wsh_log_parse_level(const char *s);
+
+/* ------------------------------------------------------------------ */
+/* Connections                                                         */
+
+enum conn_state {
+    CONN_HTTP,    /* reading the request head, handshake deadline armed */
+    CONN_OPEN,    /* WebSocket open */
+    CONN_CLOSING, /* close frame or final response queued; waiting to drain */
+    CONN_DEAD     /* destroyed; memory freed at the end of the iteration */
+};
+
+enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW };
+
+#define CF_CLOSE_SENT  0x01 /* our close frame (or final response) is queued */
+#define CF_CLOSE_RECVD 0x02 /* the peer's close frame arrived */
+#define CF_SHUT_WR     0x04 /* we sent FIN after the last byte */
+#define CF_PENDING     0x08 /* on the worker's flush list */
+#define CF_PING_WAIT   0x10 /* a ping is out, its pong not back */
+#define CF_EPOLLOUT    0x20
+
+struct worker;
+struct rawchan;
+
+/* Everything a connection holds while idle is in this record: no read or
+ * write buffer stays allocated between messages (DESIGN.md 2). */
+struct conn {
+    struct wsh_io io;
+    struct wsh_timer timer; /* handshake deadline, heartbeat or close timeout */
+    struct conn *next, *prev; /* worker's list of live connections */
+    struct conn *pending_next; /* worker's flush list, or deferred-free list */
+    struct wsh_wq *wq;
+    uint8_t *carry; /* unconsumed input: partial request head or frame header */
+    uint32_t carry_len;
+    uint32_t carry_cap;
+    struct wsh_buf *msg; /* message being reassembled, NULL when none */
+    struct rawchan *chan;
+    struct conn *chan_next, *chan_prev;
+    struct wsh_parser parser;
+    uint32_t id;
+    uint8_t state;
+    uint8_t endpoint;
+    uint8_t flags;
+    uint8_t _pad;
+};
+
+/* ------------------------------------------------------------------ */
+/* Raw channels, shared by all workers                                 */
+
+struct rawchan_local {
+    struct conn *head; /* touched only by its own worker */
+    _Atomic uint32_t n;
+};
+
+struct rawchan {
+    _Atomic uint32_t refs; /* subscribers + messages in flight */
+    uint32_t hash;
+    struct rawchan *hnext; /* registry chain, under the registry lock */
+    char *name;
+    struct rawchan_local local[]; /* one per worker */
+};
+
+struct xmsg {
+    struct rawchan *ch;
+    struct wsh_buf *buf;
+};
+
+struct worker {
+    int id;
+    struct wsh_loop *loop;
+    pthread_t thread;
+    struct wsh_io listen_io;
+    struct wsh_io wake_io; /* eventfd: inbox and shutdown */
+    int reserve_fd;        /* the EMFILE trick (libuv uv__emfile_trick) */
+    struct conn *conns;    /* live connections */
+    size_t nconns;
+    struct conn *pending; /* connections with queued output this turn */
+    struct conn *closed;  /* destroyed, freed at the end of the turn */
+    uint8_t *rbuf;        /* receive buffer shared by this worker's conns */
+    bool shutting_down;
+    bool wake[WSH_MAX_WORKERS]; /* workers to wake at the end of the turn */
+    pthread_mutex_t inbox_mu;
+    struct xmsg *inbox;
+    size_t inbox_n, inbox_cap;
+    struct xmsg *spare; /* swapped with inbox by the consumer */
+    size_t spare_cap;
+    uint64_t sweep_at;
+};
+
+extern struct worker *wsh_workers;
+extern int wsh_nworkers;
+extern _Atomic int wsh_shutdown_code; /* 0, or the close code to send */
+extern _Atomic size_t wsh_total_conns;
+
+int worker_init(struct worker *w, int id, int listen_fd);
+void *worker_main(void *arg);
+void worker_wake(struct worker *w);
+
+/* Connection helpers used by the endpoints. */
+void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b);
+void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason);
+void conn_destroy(struct worker *w, struct conn *c);
+struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);
+
+/* session.c: the WebSocket phase. */
+size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len);
+void session_timer(struct worker *w, struct conn *c);
+
+/* chan.c: raw channels. */
+struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len);
+void rawchan_leave(struct worker *w, struct conn *c);
+void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame);
+void rawchan_deliver_inbox(struct worker *w);
+void rawchan_sweep(void);
+
+#endif

@@ -1,0 +1,164 @@
+/* The WebSocket phase of a connection: frames in through the protocol
+ * core, messages reassembled and handed to the endpoint (/echo or
+ * /raw/<channel>), control frames answered, heartbeats. */
+#include <string.h>
+
+#include "server.h"
+
+/* Head-room kept in front of a reassembled message so its frame header can
+ * be written in place once the length is known: no copy at the end. */
+#define HEADROOM WSH_FRAME_HDR_MAX
+
+static void deliver(struct worker *w, struct conn *c, struct wsh_buf *frame)
+{
+    if (c->endpoint == EP_RAW)
+        rawchan_publish(w, c, frame);
+    else
+        conn_send(w, c, frame);
+}
+
+static const char *reason_for(unsigned code)
+{
+    switch (code) {
+    case WSH_CLOSE_INVALID_DATA:
+        return "invalid UTF-8";
+    case WSH_CLOSE_TOO_BIG:
+        return "message too big";
+    case WSH_CLOSE_POLICY:
+        return "too many fragments";
+    default:
+        return "protocol error";
+    }
+}
+
+static int append(struct conn *c, const uint8_t *p, size_t n)
+{
+    struct wsh_buf *b = c->msg;
+    size_t need = (size_t)b->end + n;
+    if (need > b->cap) {
+        /* Doubling keeps reassembly linear; the parser has already refused
+         * anything whose declared length passes --max-message. */
+        size_t cap = (size_t)b->cap * 2;
+        size_t limit = HEADROOM + (size_t)wsh_cfg.limits.max_message;
+        if (cap < need)
+            cap = need;
+        if (cap > limit)
+            cap = limit < need ? need : limit;
+        struct wsh_buf *nb = wsh_buf_grow(b, cap);
+        if (nb == NULL)
+            return WSH_ENOMEM;
+        c->msg = b = nb;
+    }
+    if (n) {
+        memcpy(b->data + b->end, p, n);
+        b->end += (uint32_t)n;
+    }
+    return WSH_OK;
+}
+
+static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev)
+{
+    if (ev->first && ev->last) {
+        /* The whole message arrived in one read: encode straight from the
+         * receive buffer, one copy. */
+        struct wsh_buf *f = frame_new(ev->opcode, ev->data, ev->len);
+        if (f == NULL) {
+            conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+            return;
+        }
+        deliver(w, c, f);
+        return;
+    }
+    if (ev->first) {
+        size_t cap = HEADROOM + (ev->len > 4096 ? ev->len : 4096);
+        if (cap > HEADROOM + wsh_cfg.limits.max_message)
+            cap = HEADROOM + (size_t)wsh_cfg.limits.max_message;
+        c->msg = wsh_buf_new(cap);
+        if (c->msg == NULL) {
+            conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+            return;
+        }
+        c->msg->start = c->msg->end = HEADROOM;
+    }
+    if (c->msg == NULL || append(c, ev->data, ev->len) != WSH_OK) {
+        conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
+    if (!ev->last)
+        return;
+    struct wsh_buf *b = c->msg;
+    c->msg = NULL;
+    uint64_t len = b->end - HEADROOM;
+    size_t hl = wsh_frame_header_size(len, false);
+    b->start = (uint32_t)(HEADROOM - hl);
+    wsh_frame_header_write(b->data + b->start, ev->opcode, true, false, len, NULL);
+    deliver(w, c, b);
+}
+
+static void send_control(struct worker *w, struct conn *c, unsigned op, const uint8_t *p,
+                         size_t n)
+{
+    struct wsh_buf *f = frame_new(op, p, n);
+    if (f == NULL) {
+        conn_destroy(w, c);
+        return;
+    }
+    conn_send(w, c, f);
+}
+
+size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
+{
+    size_t off = 0;
+    while (off < len && c->state == CONN_OPEN) {
+        struct wsh_event ev;
+        ssize_t n = wsh_parser_feed(&c->parser, &wsh_cfg.limits, in + off, len - off, &ev);
+        if (n < 0) {
+            unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
+                    wsh_strerror((int)n));
+            conn_close(w, c, code, reason_for(code));
+            return len;
+        }
+        off += (size_t)n;
+        switch (ev.type) {
+        case WSH_EV_NONE:
+            if (n == 0)
+                return off;
+            break;
+        case WSH_EV_DATA:
+            on_data(w, c, &ev);
+            break;
+        case WSH_EV_PING:
+            /* RFC 6455 5.5.3: answer with a pong carrying the same data. */
+            send_control(w, c, WSH_OP_PONG, ev.data, ev.len);
+            break;
+        case WSH_EV_PONG:
+            if (c->flags & CF_PING_WAIT) {
+                c->flags &= (uint8_t)~CF_PING_WAIT;
+                wsh_timer_start(w->loop, &c->timer, wsh_cfg.ping_interval_ms);
+            }
+            break;
+        case WSH_EV_CLOSE:
+            /* Echo the peer's code (RFC 6455 5.5.1); no code is answered
+             * with an empty close. */
+            c->flags |= CF_CLOSE_RECVD;
+            conn_close(w, c, ev.close_code, NULL);
+            return len;
+        }
+    }
+    return off;
+}
+
+void session_timer(struct worker *w, struct conn *c)
+{
+    if (c->flags & CF_PING_WAIT) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=pong_timeout", c->id);
+        conn_close(w, c, WSH_CLOSE_INTERNAL, "keepalive timeout");
+        return;
+    }
+    send_control(w, c, WSH_OP_PING, NULL, 0);
+    if (c->state != CONN_OPEN)
+        return;
+    c->flags |= CF_PING_WAIT;
+    wsh_timer_start(w->loop, &c->timer, wsh_cfg.pong_timeout_ms);
+}

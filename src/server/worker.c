@@ -1,0 +1,628 @@
+/* Workers: one epoll loop per thread with its own SO_REUSEPORT listener.
+ * Accepting, the HTTP phase (request head, routing, the upgrade), corked
+ * writes flushed once per loop turn, deferred free of closed connections,
+ * and graceful shutdown. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "server.h"
+#include "wshub/http.h"
+
+/* Per-turn budgets (LIMITS.md): a connection reads at most READ_MAX bytes
+ * per turn, and a listener accepts at most ACCEPT_MAX per turn so a
+ * connection flood cannot starve established connections. */
+#define READ_MAX   65536u
+#define CARRY_MAX  WSH_HTTP_DEFAULT_HEAD
+#define ACCEPT_MAX 64
+
+static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
+static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
+
+static uint32_t next_conn_id(void)
+{
+    static _Atomic uint32_t id;
+    return atomic_fetch_add_explicit(&id, 1, memory_order_relaxed) + 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Output                                                              */
+
+struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len)
+{
+    size_t n = wsh_message_size(len, 0, false);
+    struct wsh_buf *b = wsh_buf_new(n);
+    if (b == NULL)
+        return NULL;
+    b->end = (uint32_t)wsh_message_write(b->data, opcode, false, payload, len, 0, NULL, NULL);
+    return b;
+}
+
+static void mark_pending(struct worker *w, struct conn *c)
+{
+    if (c->flags & CF_PENDING)
+        return;
+    c->flags |= CF_PENDING;
+    c->pending_next = w->pending;
+    w->pending = c;
+}
+
+/* Queues a frame (taking over the caller's reference). A connection whose
+ * queue passes --max-queue is a slow consumer: everything it has not begun
+ * to receive is dropped and it is closed with 1008, so one slow reader
+ * never grows the server or slows the others (DESIGN.md 5). */
+void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
+{
+    if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT)) {
+        wsh_buf_unref(b);
+        return;
+    }
+    if (wsh_wq_push(&c->wq, b) != WSH_OK) {
+        conn_destroy(w, c);
+        return;
+    }
+    mark_pending(w, c);
+    if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue) {
+        wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer queued=%zu", c->id, wsh_wq_bytes(c->wq));
+        wsh_wq_drop_unstarted(&c->wq);
+        conn_close(w, c, WSH_CLOSE_POLICY, "slow consumer");
+    }
+}
+
+/* Starts the closing handshake from our side (or answers the peer's):
+ * queue the close frame, stop delivering, arm the close timeout. After the
+ * frame is flushed we send FIN and wait for the peer's EOF, so the server
+ * is the one that closes the TCP connection (RFC 6455 7.1.1). */
+void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason)
+{
+    if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT))
+        return;
+    uint8_t payload[WSH_CONTROL_MAX];
+    size_t plen = code == WSH_CLOSE_NO_STATUS
+                      ? 0
+                      : wsh_close_payload(payload, code, reason, reason ? strlen(reason) : 0);
+    struct wsh_buf *b = frame_new(WSH_OP_CLOSE, payload, plen);
+    if (b == NULL) {
+        conn_destroy(w, c);
+        return;
+    }
+    if (wsh_wq_push(&c->wq, b) != WSH_OK) {
+        conn_destroy(w, c);
+        return;
+    }
+    c->flags |= CF_CLOSE_SENT;
+    c->state = CONN_CLOSING;
+    c->flags &= (uint8_t)~CF_PING_WAIT;
+    mark_pending(w, c);
+    if (c->msg) {
+        wsh_buf_unref(c->msg);
+        c->msg = NULL;
+    }
+    if (c->chan)
+        rawchan_leave(w, c);
+    wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
+    wsh_log(WSH_LOG_DEBUG, "conn=%u ev=close_sent code=%u", c->id, code);
+}
+
+static void http_reply(struct worker *w, struct conn *c, int status, const char *error)
+{
+    char out[512];
+    ssize_t n = wsh_hs_error_response(out, sizeof(out), status, error);
+    if (n < 0) {
+        conn_destroy(w, c);
+        return;
+    }
+    struct wsh_buf *b = wsh_buf_new((size_t)n);
+    if (b == NULL) {
+        conn_destroy(w, c);
+        return;
+    }
+    memcpy(b->data, out, (size_t)n);
+    b->end = (uint32_t)n;
+    conn_send(w, c, b);
+    c->flags |= CF_CLOSE_SENT;
+    c->state = CONN_CLOSING;
+    wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
+}
+
+void conn_destroy(struct worker *w, struct conn *c)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    wsh_log(WSH_LOG_DEBUG, "conn=%u ev=destroy", c->id);
+    c->state = CONN_DEAD;
+    wsh_timer_stop(&c->timer);
+    if (c->chan)
+        rawchan_leave(w, c);
+    wsh_wq_clear(&c->wq);
+    free(c->carry);
+    c->carry = NULL;
+    c->carry_len = c->carry_cap = 0;
+    if (c->msg) {
+        wsh_buf_unref(c->msg);
+        c->msg = NULL;
+    }
+    close(c->io.fd); /* also removes it from epoll */
+    c->io.fd = -1;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    atomic_fetch_sub_explicit(&wsh_total_conns, 1, memory_order_relaxed);
+    /* Freed at the end of the turn: epoll may still hold events for it in
+     * this batch, and it may sit on the flush list (uSockets closed_head). */
+    if (!(c->flags & CF_PENDING)) {
+        c->pending_next = w->closed;
+        w->closed = c;
+    }
+}
+
+static void flush_conn(struct worker *w, struct conn *c)
+{
+    int rc = wsh_wq_flush(&c->wq, c->io.fd);
+    if (rc == WSH_EAGAIN) {
+        if (!(c->flags & CF_EPOLLOUT)) {
+            c->flags |= CF_EPOLLOUT;
+            if (wsh_loop_mod(w->loop, &c->io, EPOLLIN | EPOLLOUT) != WSH_OK)
+                conn_destroy(w, c);
+        }
+        return;
+    }
+    if (rc != WSH_OK) {
+        conn_destroy(w, c);
+        return;
+    }
+    if (c->flags & CF_EPOLLOUT) {
+        c->flags &= (uint8_t)~CF_EPOLLOUT;
+        if (wsh_loop_mod(w->loop, &c->io, EPOLLIN) != WSH_OK) {
+            conn_destroy(w, c);
+            return;
+        }
+    }
+    if ((c->flags & CF_CLOSE_SENT) && !(c->flags & CF_SHUT_WR)) {
+        /* Everything including our close frame (or final response) is out:
+         * send FIN, then discard input until the peer's EOF or the close
+         * timeout. Closing at once could turn unread input into an RST that
+         * destroys the close frame in flight. */
+        shutdown(c->io.fd, SHUT_WR);
+        c->flags |= CF_SHUT_WR;
+    }
+}
+
+static void before_sleep(struct wsh_loop *l, void *user)
+{
+    struct worker *w = user;
+    (void)l;
+    while (w->pending) {
+        struct conn *c = w->pending;
+        w->pending = c->pending_next;
+        c->flags &= (uint8_t)~CF_PENDING;
+        if (c->state == CONN_DEAD) {
+            c->pending_next = w->closed;
+            w->closed = c;
+            continue;
+        }
+        flush_conn(w, c);
+    }
+    while (w->closed) {
+        struct conn *c = w->closed;
+        w->closed = c->pending_next;
+        free(c);
+    }
+    /* One eventfd write per peer worker per turn, however many messages
+     * went to its inbox (DESIGN.md 2: batch cross-CPU wakeups). */
+    for (int i = 0; i < wsh_nworkers; i++) {
+        if (w->wake[i]) {
+            w->wake[i] = false;
+            worker_wake(&wsh_workers[i]);
+        }
+    }
+    if (w->shutting_down && w->nconns == 0)
+        wsh_loop_stop(w->loop);
+    if (w->id == 0 && wsh_loop_now(w->loop) >= w->sweep_at) {
+        w->sweep_at = wsh_loop_now(w->loop) + 2000;
+        rawchan_sweep();
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Input                                                               */
+
+static bool channel_name_ok(const char *p, size_t n)
+{
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '%')
+            return false;
+    }
+    return true;
+}
+
+/* Routes a complete request head. Returns the bytes of the head, or 0 when
+ * the connection was answered and is closing. */
+static void http_route(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+{
+    static const char raw_prefix[] = "/raw/";
+    const size_t raw_len = sizeof(raw_prefix) - 1;
+    enum conn_endpoint ep = EP_NONE;
+    const char *chan = NULL;
+    size_t chan_len = 0;
+
+    if (req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0) {
+        if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
+            http_reply(w, c, 405, "method not allowed");
+            return;
+        }
+        char out[256];
+        int n = snprintf(out, sizeof(out),
+                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                         "3\r\nConnection: close\r\n\r\nok\n");
+        struct wsh_buf *b = wsh_buf_new((size_t)n);
+        if (b == NULL) {
+            conn_destroy(w, c);
+            return;
+        }
+        memcpy(b->data, out, (size_t)n);
+        b->end = (uint32_t)n;
+        conn_send(w, c, b);
+        c->flags |= CF_CLOSE_SENT;
+        c->state = CONN_CLOSING;
+        wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
+        return;
+    }
+    if (wsh_cfg.echo && req->path_len == 5 && memcmp(req->path, "/echo", 5) == 0) {
+        ep = EP_ECHO;
+    } else if (req->path_len > raw_len && memcmp(req->path, raw_prefix, raw_len) == 0) {
+        ep = EP_RAW;
+        chan = req->path + raw_len;
+        chan_len = req->path_len - raw_len;
+    }
+    if (ep == EP_NONE) {
+        http_reply(w, c, 404, "not found");
+        return;
+    }
+    if (ep == EP_RAW && !channel_name_ok(chan, chan_len)) {
+        http_reply(w, c, 400, "invalid channel name");
+        return;
+    }
+
+    struct wsh_hs_header hs_headers[WSH_HTTP_DEFAULT_HEADERS];
+    for (size_t i = 0; i < req->nheaders; i++) {
+        hs_headers[i].name.p = req->headers[i].name;
+        hs_headers[i].name.n = req->headers[i].name_len;
+        hs_headers[i].value.p = req->headers[i].value;
+        hs_headers[i].value.n = req->headers[i].value_len;
+    }
+    struct wsh_hs_request hreq = {
+        .method = { req->method, req->method_len },
+        .target = { req->target, req->target_len },
+        .minor_version = req->minor_version,
+        .headers = hs_headers,
+        .nheaders = req->nheaders,
+    };
+    struct wsh_hs_result res;
+    if (wsh_hs_server_check(&hreq, NULL, NULL, NULL, &res) != WSH_OK) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d", c->id, res.status);
+        http_reply(w, c, res.status, res.error ? res.error : "bad request");
+        return;
+    }
+    char out[512];
+    ssize_t n = wsh_hs_server_response(out, sizeof(out), &res, NULL);
+    struct wsh_buf *b = n > 0 ? wsh_buf_new((size_t)n) : NULL;
+    if (b == NULL) {
+        conn_destroy(w, c);
+        return;
+    }
+    memcpy(b->data, out, (size_t)n);
+    b->end = (uint32_t)n;
+    conn_send(w, c, b);
+    if (c->state == CONN_DEAD)
+        return;
+    c->state = CONN_OPEN;
+    c->endpoint = (uint8_t)ep;
+    wsh_parser_init(&c->parser, WSH_ROLE_SERVER, 0);
+    if (ep == EP_RAW && rawchan_join(w, c, chan, chan_len) == NULL) {
+        conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
+    if (wsh_cfg.ping_interval_ms > 0)
+        wsh_timer_start(w->loop, &c->timer, wsh_cfg.ping_interval_ms);
+    else
+        wsh_timer_stop(&c->timer);
+    wsh_log(WSH_LOG_DEBUG, "conn=%u ev=open path=%.*s", c->id, (int)req->path_len, req->path);
+}
+
+/* Consumes the request head from in[0..len). Returns bytes consumed. */
+static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t len,
+                         size_t last_len)
+{
+    struct wsh_http_header headers[WSH_HTTP_DEFAULT_HEADERS];
+    struct wsh_http_request req;
+    int status = 0;
+    ssize_t n = wsh_http_parse_request((const char *)in, len, last_len, NULL, &req, headers,
+                                       WSH_HTTP_DEFAULT_HEADERS, &status);
+    if (n == 0)
+        return 0;
+    if (n < 0) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=bad_request status=%d", c->id, status);
+        http_reply(w, c, status ? status : 400, "bad request");
+        return len;
+    }
+    if (req.content_length > 0 || req.chunked) {
+        /* No endpoint of ours takes a request body. */
+        http_reply(w, c, req.method_len == 3 && memcmp(req.method, "GET", 3) == 0 ? 400 : 405,
+                   "request body not accepted");
+        return len;
+    }
+    http_route(w, c, &req);
+    return (size_t)n;
+}
+
+static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, size_t n)
+{
+    if (n == 0) {
+        if (c->carry_cap > 0) {
+            free(c->carry);
+            c->carry = NULL;
+            c->carry_cap = 0;
+        }
+        c->carry_len = 0;
+        return;
+    }
+    if (n > c->carry_cap) {
+        /* Bounded: a partial head is at most CARRY_MAX bytes (the parser
+         * answers 431 past it) and a partial frame header or control
+         * frame at most 14 + 125 bytes. */
+        uint32_t cap = n <= 256 ? 256 : CARRY_MAX;
+        uint8_t *nc = malloc(cap);
+        if (nc == NULL) {
+            conn_destroy(w, c);
+            return;
+        }
+        free(c->carry);
+        c->carry = nc;
+        c->carry_cap = cap;
+    }
+    memmove(c->carry, rest, n);
+    c->carry_len = (uint32_t)n;
+}
+
+static void conn_read(struct worker *w, struct conn *c)
+{
+    size_t have = c->carry_len;
+    if (have)
+        memcpy(w->rbuf, c->carry, have);
+    ssize_t r;
+    do {
+        r = read(c->io.fd, w->rbuf + have, READ_MAX);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return;
+        conn_destroy(w, c);
+        return;
+    }
+    if (r == 0) {
+        /* EOF. After our close this is the end of a clean close; before it,
+         * the peer vanished without a close frame (1006 on its side). */
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=eof clean=%d", c->id,
+                (c->flags & CF_CLOSE_SENT) ? 1 : 0);
+        conn_destroy(w, c);
+        return;
+    }
+    size_t len = have + (size_t)r;
+    size_t used = 0;
+    if (c->state == CONN_HTTP) {
+        used = http_input(w, c, w->rbuf, len, have);
+        if (c->state == CONN_HTTP) {
+            if (used == 0 && len > CARRY_MAX) {
+                http_reply(w, c, 431, "request header fields too large");
+                return;
+            }
+            keep_carry(w, c, w->rbuf + used, len - used);
+            return;
+        }
+    }
+    /* Once our close frame or final response is queued, input is only read
+     * to see the peer's EOF: it is discarded. */
+    if (c->state == CONN_OPEN)
+        used += session_input(w, c, w->rbuf + used, len - used);
+    if (c->state == CONN_DEAD)
+        return;
+    if (c->state != CONN_OPEN)
+        used = len;
+    keep_carry(w, c, w->rbuf + used, len - used);
+}
+
+static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
+{
+    struct worker *w = wsh_loop_user(l);
+    struct conn *c = (struct conn *)io;
+    if (c->state == CONN_DEAD)
+        return;
+    if (events & EPOLLOUT) {
+        flush_conn(w, c);
+        if (c->state == CONN_DEAD)
+            return;
+    }
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        conn_read(w, c);
+}
+
+static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
+{
+    struct worker *w = wsh_loop_user(l);
+    struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, timer));
+    switch (c->state) {
+    case CONN_HTTP:
+        /* Whole-head deadline from accept (slowloris): drop, no answer. */
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_timeout", c->id);
+        conn_destroy(w, c);
+        break;
+    case CONN_OPEN:
+        session_timer(w, c);
+        break;
+    case CONN_CLOSING:
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=close_timeout", c->id);
+        conn_destroy(w, c);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Accepting                                                           */
+
+static void refuse_overload(int fd)
+{
+    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                               "Content-Length: 0\r\nConnection: close\r\n\r\n";
+    ssize_t n = send(fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)n;
+    close(fd);
+}
+
+static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
+{
+    struct worker *w = wsh_loop_user(l);
+    (void)io;
+    (void)events;
+    for (int i = 0; i < ACCEPT_MAX; i++) {
+        int fd = accept4(w->listen_io.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR)
+                continue;
+            if ((errno == EMFILE || errno == ENFILE) && w->reserve_fd >= 0) {
+                /* Out of fds: free the reserve, accept and close the
+                 * connection at the head of the queue so the listener does
+                 * not spin, then take the reserve back. */
+                close(w->reserve_fd);
+                int victim = accept4(w->listen_io.fd, NULL, NULL, SOCK_CLOEXEC);
+                if (victim >= 0)
+                    refuse_overload(victim);
+                w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                wsh_log(WSH_LOG_WARN, "ev=emfile");
+            }
+            return;
+        }
+        if (atomic_load_explicit(&wsh_total_conns, memory_order_relaxed) >=
+            wsh_cfg.max_connections) {
+            refuse_overload(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct conn *c = calloc(1, sizeof(*c));
+        if (c == NULL) {
+            close(fd);
+            continue;
+        }
+        c->io.fd = fd;
+        c->io.cb = on_conn_io;
+        c->timer.cb = on_conn_timer;
+        c->id = next_conn_id();
+        c->state = CONN_HTTP;
+        if (wsh_loop_add(l, &c->io, EPOLLIN) != WSH_OK) {
+            close(fd);
+            free(c);
+            continue;
+        }
+        c->next = w->conns;
+        if (w->conns)
+            w->conns->prev = c;
+        w->conns = c;
+        w->nconns++;
+        atomic_fetch_add_explicit(&wsh_total_conns, 1, memory_order_relaxed);
+        wsh_timer_start(l, &c->timer, wsh_cfg.handshake_timeout_ms);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Wakeups, shutdown, thread                                           */
+
+void worker_wake(struct worker *w)
+{
+    uint64_t one = 1;
+    ssize_t n = write(w->wake_io.fd, &one, sizeof(one));
+    (void)n; /* EAGAIN means a wakeup is already pending */
+}
+
+static void begin_shutdown(struct worker *w, int code)
+{
+    w->shutting_down = true;
+    if (w->listen_io.fd >= 0) {
+        wsh_loop_del(w->loop, &w->listen_io);
+        close(w->listen_io.fd);
+        w->listen_io.fd = -1;
+    }
+    struct conn *next;
+    for (struct conn *c = w->conns; c != NULL; c = next) {
+        next = c->next;
+        if (c->state == CONN_OPEN)
+            conn_close(w, c, (unsigned)code,
+                       code == WSH_CLOSE_RESTART ? "server restart" : "server shutdown");
+        else if (c->state == CONN_HTTP)
+            conn_destroy(w, c);
+    }
+}
+
+static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
+{
+    struct worker *w = wsh_loop_user(l);
+    (void)events;
+    uint64_t v;
+    ssize_t n = read(io->fd, &v, sizeof(v));
+    (void)n;
+    rawchan_deliver_inbox(w);
+    int code = atomic_load(&wsh_shutdown_code);
+    if (code != 0 && !w->shutting_down)
+        begin_shutdown(w, code);
+}
+
+int worker_init(struct worker *w, int id, int listen_fd)
+{
+    w->id = id;
+    w->listen_io.fd = listen_fd;
+    w->listen_io.cb = on_accept;
+    w->rbuf = malloc(CARRY_MAX + READ_MAX);
+    if (w->rbuf == NULL)
+        return WSH_ENOMEM;
+    w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    pthread_mutex_init(&w->inbox_mu, NULL);
+    int rc = wsh_loop_create(before_sleep, w, &w->loop);
+    if (rc != WSH_OK)
+        return rc;
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0)
+        return -errno;
+    w->wake_io.fd = efd;
+    w->wake_io.cb = on_wake;
+    rc = wsh_loop_add(w->loop, &w->wake_io, EPOLLIN);
+    if (rc != WSH_OK)
+        return rc;
+    return wsh_loop_add(w->loop, &w->listen_io, EPOLLIN);
+}
+
+void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    int rc = wsh_loop_run(w->loop);
+    if (rc != WSH_OK)
+        wsh_log(WSH_LOG_ERROR, "worker=%d ev=loop_failed err=\"%s\"", w->id, wsh_strerror(rc));
+    return NULL;
+}

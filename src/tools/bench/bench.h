@@ -1,0 +1,202 @@
+/* wshub-bench internals: one process, one epoll loop, many client
+ * connections. The engine (conn.c) owns sockets, the WebSocket client codec
+ * and output buffers; each subcommand (echo.c, fanout.c, cycle.c) is a set of
+ * callbacks on top of it. */
+#ifndef WSH_BENCH_H
+#define WSH_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "wshub/ws.h"
+
+#define BENCH_RBUF        65536 /* one read() batch */
+#define BENCH_CARRY       (WSH_FRAME_HDR_MAX + WSH_CONTROL_MAX + 2)
+#define BENCH_HS_MAX      8192 /* handshake response head, as the core bounds it */
+#define BENCH_RAMP_BATCH  256  /* connects in flight during a ramp */
+#define BENCH_HS_TIMEOUT  10000000000LL /* connect + handshake, ns */
+#define BENCH_CLOSE_WAIT  2000000000LL  /* close handshake, ns */
+#define BENCH_MAX_SECONDS 120
+
+enum bench_cmd { CMD_ECHO, CMD_FANOUT, CMD_CONNECT, CMD_IDLE };
+
+struct bench_opts {
+    enum bench_cmd cmd;
+    const char *host;
+    const char *path;
+    unsigned port;
+    unsigned duration; /* seconds */
+    unsigned conns;
+    unsigned pipeline;
+    size_t size;
+    unsigned rate;   /* fanout: msgs/s, 0 = windowed */
+    unsigned window; /* fanout --rate 0: messages outstanding */
+    unsigned sources;
+    long server_pid;
+    bool raw;
+    bool binary;
+    bool json;
+};
+
+/* Log-bucketed latency histogram: 16 sub-buckets per power of two, so a
+ * reported percentile is within ~6% of the true value. 8 KiB, no malloc. */
+#define HIST_BUCKETS 1024
+struct hist {
+    uint64_t count;
+    uint64_t max;
+    uint64_t b[HIST_BUCKETS];
+};
+
+void hist_add(struct hist *h, uint64_t v);
+uint64_t hist_pct(const struct hist *h, double pct);
+
+enum conn_state {
+    CS_FREE = 0,
+    CS_CONNECTING, /* TCP connect in progress */
+    CS_HANDSHAKE,  /* request sent, waiting for the 101 */
+    CS_OPEN,
+    CS_CLOSING, /* close frame sent, waiting for the peer's */
+    CS_DRAIN,   /* close frame received, waiting for TCP EOF */
+    CS_DEAD     /* fd closed; slot is recycled at the end of the loop turn */
+};
+
+struct conn {
+    int fd;
+    uint32_t gen; /* bumps on every reuse: stale epoll events are ignored */
+    uint32_t idx;
+    uint8_t state;
+    bool pending; /* on the flush list */
+    bool blocked; /* last write was short: wait for EPOLLOUT */
+    bool role_pub;
+    uint16_t carry_len;
+    uint32_t src; /* source address index for --sources */
+    int64_t deadline;
+    int64_t t_start;  /* when the TCP connect began */
+    size_t raw_pos;   /* --raw: offset inside the current fixed-size message */
+    uint8_t *out; /* capacity out_cap, allocated once per slot */
+    size_t out_cap, out_off, out_len;
+    char *hs; /* handshake response head; lives only during CS_HANDSHAKE */
+    size_t hs_len;
+    char key[WSH_HS_KEY_LEN + 1];
+    struct wsh_parser parser;
+    uint8_t carry[BENCH_CARRY];
+    /* Message reassembly state, shared by the modes. */
+    size_t msg_pos;
+    uint64_t msg_sum;
+    uint8_t msg_hdr[16];
+    /* echo: seq numbers and send times of the messages in flight. */
+    uint64_t sent_seq, recv_seq;
+    int64_t *ring; /* pipeline entries */
+    /* fanout subscriber: next seq expected. */
+    uint64_t next_seq;
+};
+
+struct bench;
+
+struct bench_mode {
+    /* Bytes of output a connection may need at once (sizes out_cap). */
+    size_t out_cap;
+    void (*on_open)(struct bench *b, struct conn *c);
+    /* A chunk of a message; first/last as the WebSocket parser reports
+     * them, or S-byte boundaries in --raw mode. Borrowed for the call. */
+    void (*on_chunk)(struct bench *b, struct conn *c, const uint8_t *p, size_t n, bool first,
+                     bool last);
+    /* The connection is gone (error, EOF or finished close); c->state is
+     * still the state it was in. The socket is already closed. */
+    void (*on_close)(struct bench *b, struct conn *c, bool clean);
+    /* Once per loop turn, after events and before flushing. */
+    void (*tick)(struct bench *b);
+};
+
+struct bench {
+    struct bench_opts o;
+    const struct bench_mode *m;
+    void *mode_state;
+    int epfd;
+    int64_t now; /* CLOCK_MONOTONIC ns, refreshed per event */
+    struct conn *conns;
+    uint32_t nconns;  /* slots */
+    uint32_t nactive; /* slots not FREE */
+    uint32_t nopen;   /* handshake done */
+    uint32_t inflight;
+    uint32_t *freelist;
+    uint32_t nfree;
+    struct conn **flush;
+    uint32_t nflush;
+    uint32_t *dead;
+    uint32_t ndead;
+    uint32_t next_src;
+    int64_t next_sweep;
+    uint64_t rng; /* xorshift state for mask keys */
+    /* Counters. */
+    uint64_t connect_errors;
+    uint64_t hs_errors;
+    uint64_t proto_errors;
+    uint64_t io_errors;
+    uint64_t timeouts;
+    uint64_t peer_closes;
+    uint64_t opened; /* handshakes completed */
+    uint8_t rbuf[BENCH_CARRY + BENCH_RBUF];
+};
+
+int64_t now_ns(void);
+/* Fills buf from getrandom(); exits on failure (a bench binary may). */
+void fill_random(void *buf, size_t n);
+
+int bench_init(struct bench *b, uint32_t slots, const struct bench_mode *m);
+void bench_free(struct bench *b);
+/* Starts one connection in a free slot. Returns the conn or NULL (counted). */
+struct conn *bench_connect(struct bench *b, bool pub);
+/* Opens n connections, at most BENCH_RAMP_BATCH in flight, waiting at most
+ * until `until`. Returns the number open. */
+uint32_t bench_ramp(struct bench *b, uint32_t n, int64_t until);
+/* Runs the loop until `until` or until *stop becomes true. */
+void bench_run(struct bench *b, int64_t until, const bool *stop);
+/* Reserves n bytes of output; NULL when the buffer is full (the caller
+ * decides whether that is backpressure or a bug). */
+uint8_t *conn_reserve(struct bench *b, struct conn *c, size_t n);
+/* Queues one message (framed and masked unless --raw). */
+bool conn_send_msg(struct bench *b, struct conn *c, unsigned op, const uint8_t *p, size_t n);
+/* Starts the closing handshake (--raw: closes the socket). */
+void conn_close_ws(struct bench *b, struct conn *c);
+/* Closes the socket now. */
+void conn_kill(struct bench *b, struct conn *c, bool clean);
+size_t conn_msg_size(const struct bench *b, size_t n);
+size_t conn_buffered(const struct conn *c);
+
+/* Modes. */
+int run_echo(struct bench *b);
+int run_fanout(struct bench *b);
+int run_connect(struct bench *b);
+int run_idle(struct bench *b);
+
+/* Reporting (main.c). */
+struct proc_sample {
+    int64_t wall;
+    uint64_t self_cpu_ns;
+    uint64_t server_cpu_ns; /* 0 without --server-pid */
+    long server_rss_kb;
+};
+void proc_sample(const struct bench *b, struct proc_sample *s);
+long server_rss_kb(long pid);
+
+struct report {
+    const char *mode;
+    uint64_t msgs;
+    double seconds;
+    double rate;
+    const struct hist *lat;
+    uint64_t errors;
+    double bench_ns_per_msg;
+    double server_ns_per_msg;
+    long server_rss_kb;
+    /* Extra "key":number pairs, NULL-terminated names. */
+    const char *extra_k[8];
+    double extra_v[8];
+};
+void report_print(const struct bench *b, const struct report *r);
+void report_cpu(struct report *r, const struct proc_sample *a, const struct proc_sample *z);
+
+#endif
