@@ -144,6 +144,14 @@ void wsh_wq_clear(struct wsh_wq **q);
  * the byte stream stays well-formed. */
 void wsh_wq_drop_unstarted(struct wsh_wq **q);
 
+/* Cork: returns room for `need` more bytes at the end of the queue's last
+ * buffer when only this queue references it and that buffer has the room;
+ * else NULL. Small frames are appended there instead of each taking an
+ * allocation and an iovec (uWebSockets corkBuffer). Follow with
+ * wsh_wq_tail_commit(). */
+uint8_t *wsh_wq_tail_reserve(struct wsh_wq *q, size_t need);
+void wsh_wq_tail_commit(struct wsh_wq *q, size_t n);
+
 static inline size_t wsh_wq_bytes(const struct wsh_wq *q)
 {
     return q ? q->bytes : 0;

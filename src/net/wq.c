@@ -115,3 +115,25 @@ int wsh_wq_flush(struct wsh_wq **qp, int fd)
     }
     return WSH_EAGAIN;
 }
+
+uint8_t *wsh_wq_tail_reserve(struct wsh_wq *q, size_t need)
+{
+    if (q == NULL || q->count == 0)
+        return NULL;
+    struct wsh_buf *b = q->e[(q->head + q->count - 1) % q->cap].b;
+    /* refs == 1 means the queue holds the only reference: nobody else can
+     * be reading the bytes we would add, and nobody can take a new
+     * reference without holding one already. */
+    if (atomic_load_explicit(&b->refs, memory_order_acquire) != 1)
+        return NULL;
+    if ((size_t)b->cap - b->end < need)
+        return NULL;
+    return b->data + b->end;
+}
+
+void wsh_wq_tail_commit(struct wsh_wq *q, size_t n)
+{
+    struct wsh_buf *b = q->e[(q->head + q->count - 1) % q->cap].b;
+    b->end += (uint32_t)n;
+    q->bytes += n;
+}

@@ -139,6 +139,8 @@ void worker_wake(struct worker *w);
 
 /* Connection helpers used by the endpoints. */
 void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b);
+void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
+                     size_t len);
 void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void conn_destroy(struct worker *w, struct conn *c);
 struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);

@@ -60,7 +60,12 @@ static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev
 {
     if (ev->first && ev->last) {
         /* The whole message arrived in one read: encode straight from the
-         * receive buffer, one copy. */
+         * receive buffer, one copy. An echo is corked with the other
+         * replies of this turn. */
+        if (c->endpoint == EP_ECHO) {
+            conn_send_frame(w, c, ev->opcode, ev->data, ev->len);
+            return;
+        }
         struct wsh_buf *f = frame_new(ev->opcode, ev->data, ev->len);
         if (f == NULL) {
             conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
@@ -95,17 +100,6 @@ static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev
     deliver(w, c, b);
 }
 
-static void send_control(struct worker *w, struct conn *c, unsigned op, const uint8_t *p,
-                         size_t n)
-{
-    struct wsh_buf *f = frame_new(op, p, n);
-    if (f == NULL) {
-        conn_destroy(w, c);
-        return;
-    }
-    conn_send(w, c, f);
-}
-
 size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
 {
     size_t off = 0;
@@ -130,7 +124,7 @@ size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
             break;
         case WSH_EV_PING:
             /* RFC 6455 5.5.3: answer with a pong carrying the same data. */
-            send_control(w, c, WSH_OP_PONG, ev.data, ev.len);
+            conn_send_frame(w, c, WSH_OP_PONG, ev.data, ev.len);
             break;
         case WSH_EV_PONG:
             if (c->flags & CF_PING_WAIT) {
@@ -156,7 +150,7 @@ void session_timer(struct worker *w, struct conn *c)
         conn_close(w, c, WSH_CLOSE_INTERNAL, "keepalive timeout");
         return;
     }
-    send_control(w, c, WSH_OP_PING, NULL, 0);
+    conn_send_frame(w, c, WSH_OP_PING, NULL, 0);
     if (c->state != CONN_OPEN)
         return;
     c->flags |= CF_PING_WAIT;

@@ -24,6 +24,7 @@
 #define READ_MAX   65536u
 #define CARRY_MAX  WSH_HTTP_DEFAULT_HEAD
 #define ACCEPT_MAX 64
+#define CORK_SIZE  4096u
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
@@ -56,26 +57,55 @@ static void mark_pending(struct worker *w, struct conn *c)
     w->pending = c;
 }
 
-/* Queues a frame (taking over the caller's reference). A connection whose
- * queue passes --max-queue is a slow consumer: everything it has not begun
+/* Queues a frame (taking over the caller's reference; NULL only re-checks
+ * the limit). A connection whose queue passes --max-queue is a slow consumer: everything it has not begun
  * to receive is dropped and it is closed with 1008, so one slow reader
  * never grows the server or slows the others (DESIGN.md 5). */
 void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
 {
     if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT)) {
-        wsh_buf_unref(b);
+        if (b)
+            wsh_buf_unref(b);
         return;
     }
-    if (wsh_wq_push(&c->wq, b) != WSH_OK) {
+    if (b != NULL && wsh_wq_push(&c->wq, b) != WSH_OK) {
         conn_destroy(w, c);
         return;
     }
     mark_pending(w, c);
-    if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue) {
+    /* One message alone may pass the limit (it is bounded by
+     * --max-message); a backlog of several may not. */
+    if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue && c->wq->count > 1) {
         wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer queued=%zu", c->id, wsh_wq_bytes(c->wq));
         wsh_wq_drop_unstarted(&c->wq);
         conn_close(w, c, WSH_CLOSE_POLICY, "slow consumer");
     }
+}
+
+/* Queues one frame built from payload, corked into the tail buffer when it
+ * fits there (small frames: echo replies, pongs). */
+void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
+                     size_t len)
+{
+    if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT))
+        return;
+    size_t need = wsh_message_size(len, 0, false);
+    uint8_t *room = wsh_wq_tail_reserve(c->wq, need);
+    if (room != NULL) {
+        wsh_wq_tail_commit(c->wq, wsh_message_write(room, opcode, false, payload, len, 0, NULL,
+                                                    NULL));
+        mark_pending(w, c);
+        if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue)
+            conn_send(w, c, NULL); /* runs the slow-consumer rule */
+        return;
+    }
+    struct wsh_buf *b = wsh_buf_new(need < CORK_SIZE / 2 ? CORK_SIZE : need);
+    if (b == NULL) {
+        conn_destroy(w, c);
+        return;
+    }
+    b->end = (uint32_t)wsh_message_write(b->data, opcode, false, payload, len, 0, NULL, NULL);
+    conn_send(w, c, b);
 }
 
 /* Starts the closing handshake from our side (or answers the peer's):
@@ -169,29 +199,32 @@ void conn_destroy(struct worker *w, struct conn *c)
     }
 }
 
+/* Brings the epoll interest in line with the queue: EPOLLOUT only while
+ * the kernel refused bytes, and EPOLLIN paused while our own queue is over
+ * half of --max-queue, so a peer that sends faster than it reads (echo)
+ * meets TCP backpressure instead of growing its queue. */
+static void update_events(struct worker *w, struct conn *c)
+{
+    uint32_t ev = 0;
+    if (wsh_wq_bytes(c->wq) <= wsh_cfg.max_queue / 2)
+        ev |= EPOLLIN;
+    if (c->wq != NULL)
+        ev |= EPOLLOUT;
+    if (wsh_loop_mod(w->loop, &c->io, ev) != WSH_OK)
+        conn_destroy(w, c);
+}
+
 static void flush_conn(struct worker *w, struct conn *c)
 {
     int rc = wsh_wq_flush(&c->wq, c->io.fd);
-    if (rc == WSH_EAGAIN) {
-        if (!(c->flags & CF_EPOLLOUT)) {
-            c->flags |= CF_EPOLLOUT;
-            if (wsh_loop_mod(w->loop, &c->io, EPOLLIN | EPOLLOUT) != WSH_OK)
-                conn_destroy(w, c);
-        }
-        return;
-    }
-    if (rc != WSH_OK) {
+    if (rc != WSH_OK && rc != WSH_EAGAIN) {
         conn_destroy(w, c);
         return;
     }
-    if (c->flags & CF_EPOLLOUT) {
-        c->flags &= (uint8_t)~CF_EPOLLOUT;
-        if (wsh_loop_mod(w->loop, &c->io, EPOLLIN) != WSH_OK) {
-            conn_destroy(w, c);
-            return;
-        }
-    }
-    if ((c->flags & CF_CLOSE_SENT) && !(c->flags & CF_SHUT_WR)) {
+    update_events(w, c);
+    if (c->state == CONN_DEAD)
+        return;
+    if (rc == WSH_OK && (c->flags & CF_CLOSE_SENT) && !(c->flags & CF_SHUT_WR)) {
         /* Everything including our close frame (or final response) is out:
          * send FIN, then discard input until the peer's EOF or the close
          * timeout. Closing at once could turn unread input into an RST that

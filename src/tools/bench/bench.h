@@ -14,8 +14,8 @@
 
 #define BENCH_RBUF        65536 /* one read() batch */
 #define BENCH_CARRY       (WSH_FRAME_HDR_MAX + WSH_CONTROL_MAX + 2)
-#define BENCH_HS_MAX      8192 /* handshake response head, as the core bounds it */
-#define BENCH_RAMP_BATCH  256  /* connects in flight during a ramp */
+#define BENCH_HS_MAX      8192          /* handshake response head, as the core bounds it */
+#define BENCH_RAMP_BATCH  256           /* connects in flight during a ramp */
 #define BENCH_HS_TIMEOUT  10000000000LL /* connect + handshake, ns */
 #define BENCH_CLOSE_WAIT  2000000000LL  /* close handshake, ns */
 #define BENCH_MAX_SECONDS 120
@@ -73,9 +73,9 @@ struct conn {
     uint16_t carry_len;
     uint32_t src; /* source address index for --sources */
     int64_t deadline;
-    int64_t t_start;  /* when the TCP connect began */
-    size_t raw_pos;   /* --raw: offset inside the current fixed-size message */
-    uint8_t *out; /* capacity out_cap, allocated once per slot */
+    int64_t t_start; /* when the TCP connect began */
+    size_t raw_pos;  /* --raw: offset inside the current fixed-size message */
+    uint8_t *out;    /* capacity out_cap, allocated once per slot */
     size_t out_cap, out_off, out_len;
     char *hs; /* handshake response head; lives only during CS_HANDSHAKE */
     size_t hs_len;

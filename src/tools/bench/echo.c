@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "bench.h"
 
@@ -35,7 +38,19 @@ static void put_hex(uint8_t out[SEQ_HDR], uint64_t v)
 static uint64_t byte_sum(const uint8_t *p, size_t n)
 {
     uint64_t s = 0;
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+#if defined(__SSE2__)
+    /* psadbw against zero sums 16 bytes per instruction. */
+    __m128i acc = _mm_setzero_si128();
+    const __m128i zero = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        acc = _mm_add_epi64(acc, _mm_sad_epu8(v, zero));
+    }
+    s = (uint64_t)_mm_cvtsi128_si64(acc) +
+        (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc));
+#endif
+    for (; i < n; i++)
         s += p[i];
     return s;
 }
@@ -159,8 +174,8 @@ int run_echo(struct bench *b)
 
     struct report r = { .mode = "echo", .msgs = e->msgs, .lat = &e->lat };
     report_cpu(&r, &a, &z);
-    r.errors = e->bad + b->connect_errors + b->hs_errors + b->proto_errors + b->io_errors +
-               b->timeouts;
+    r.errors =
+        e->bad + b->connect_errors + b->hs_errors + b->proto_errors + b->io_errors + b->timeouts;
     r.extra_k[0] = "conns";
     r.extra_v[0] = open;
     r.extra_k[1] = "pipeline";

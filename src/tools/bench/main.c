@@ -76,8 +76,18 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
                               .rate = 0,
                               .window = 16,
                               .sources = 1 };
-    enum { O_HOST = 256, O_PORT, O_PATH, O_RAW, O_SOURCES, O_PID, O_JSON, O_BINARY, O_RATE,
-           O_WINDOW };
+    enum {
+        O_HOST = 256,
+        O_PORT,
+        O_PATH,
+        O_RAW,
+        O_SOURCES,
+        O_PID,
+        O_JSON,
+        O_BINARY,
+        O_RATE,
+        O_WINDOW
+    };
     static const struct option lo[] = {
         { "host", required_argument, NULL, O_HOST },
         { "port", required_argument, NULL, O_PORT },
@@ -236,10 +246,9 @@ void proc_sample(const struct bench *b, struct proc_sample *s)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    s->self_cpu_ns = (uint64_t)ru.ru_utime.tv_sec * 1000000000ULL +
-                     (uint64_t)ru.ru_utime.tv_usec * 1000ULL +
-                     (uint64_t)ru.ru_stime.tv_sec * 1000000000ULL +
-                     (uint64_t)ru.ru_stime.tv_usec * 1000ULL;
+    s->self_cpu_ns =
+        (uint64_t)ru.ru_utime.tv_sec * 1000000000ULL + (uint64_t)ru.ru_utime.tv_usec * 1000ULL +
+        (uint64_t)ru.ru_stime.tv_sec * 1000000000ULL + (uint64_t)ru.ru_stime.tv_usec * 1000ULL;
     s->server_cpu_ns = b->o.server_pid ? proc_cpu_ns(b->o.server_pid) : 0;
     s->server_rss_kb = b->o.server_pid ? server_rss_kb(b->o.server_pid) : 0;
     s->wall = now_ns();
@@ -278,12 +287,12 @@ void report_print(const struct bench *b, const struct report *r)
                "\"seconds\":%.3f,\"rate\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
                "\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%llu,"
                "\"bench_cpu_ns_per_msg\":%.0f",
-               r->mode, o->raw ? "raw" : "ws", o->raw ? "" : o->path,
-               (unsigned long long)r->msgs, r->seconds, r->rate, p50, p99, p999, pmax,
-               (unsigned long long)r->errors, r->bench_ns_per_msg);
+               r->mode, o->raw ? "raw" : "ws", o->raw ? "" : o->path, (unsigned long long)r->msgs,
+               r->seconds, r->rate, p50, p99, p999, pmax, (unsigned long long)r->errors,
+               r->bench_ns_per_msg);
         if (o->server_pid)
-            printf(",\"server_cpu_ns_per_msg\":%.0f,\"server_rss_kb\":%ld",
-                   r->server_ns_per_msg, r->server_rss_kb);
+            printf(",\"server_cpu_ns_per_msg\":%.0f,\"server_rss_kb\":%ld", r->server_ns_per_msg,
+                   r->server_rss_kb);
         for (int i = 0; i < 8 && r->extra_k[i]; i++)
             printf(",\"%s\":%.6g", r->extra_k[i], r->extra_v[i]);
         printf("}\n");

@@ -1,0 +1,103 @@
+"""pytest fixtures for wshub integration tests.
+
+Each test starts its own wshub on 127.0.0.1:0 (port read back from
+--port-file) through the `wshub` fixture. At teardown the fixture checks that
+every server the test did not stop on purpose is still running and answers a
+fresh client (/healthz and a WebSocket handshake), that its log holds no
+sanitizer report, and then kills it by pid.
+"""
+
+import asyncio
+import functools
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
+
+import wsraw  # noqa: E402
+
+MULT = wsraw.MULT
+
+
+def run_async(fn):
+    """Run an `async def` test body in a fresh event loop (no pytest-asyncio
+    in Debian's python3-pytest set)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60 * MULT))
+    return wrapper
+
+
+def sanitizer_report(log):
+    for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
+                   "WARNING: ThreadSanitizer"):
+        if marker in log:
+            return marker
+    return None
+
+
+def check_alive(server):
+    """The server is running and answers a fresh client."""
+    assert server.alive(), (f"wshub exited with {server.proc.returncode}; log tail:\n"
+                            f"{server.log()[-3000:]}")
+    r = server.healthz()
+    assert r.status == 200 and r.body == b"ok\n", f"/healthz answered {r!r}"
+    if "--echo" in server.args:
+        c = wsraw.ws_connect(server.port, "/echo")
+        try:
+            c.send_frame(wsraw.OP_TEXT, b"alive?")
+            m = c.recv_message(timeout=5)
+            assert m == (wsraw.OP_TEXT, b"alive?"), f"fresh echo client got {m!r}"
+            c.send_close(1000)
+            f, _ = c.wait_close(5)
+            assert f.close_code() == 1000
+        finally:
+            c.close()
+    else:
+        c = wsraw.ws_connect(server.port, "/raw/__alive_check__")
+        try:
+            c.send_close(1000)
+            f, _ = c.wait_close(5)
+            assert f.close_code() == 1000
+        finally:
+            c.close()
+
+
+class Servers:
+    def __init__(self):
+        self.started = []
+
+    def __call__(self, *args, expect_stopped=False):
+        s = wsraw.Server([str(a) for a in args])
+        s.expect_stopped = expect_stopped
+        self.started.append(s)
+        return s
+
+
+@pytest.fixture
+def wshub():
+    """Factory: wshub("--echo", "--max-message", 1048576) -> wsraw.Server.
+    Pass expect_stopped=True when the test stops the server itself."""
+    servers = Servers()
+    yield servers
+    errors = []
+    for s in servers.started:
+        try:
+            if not s.expect_stopped:
+                check_alive(s)
+            rep = sanitizer_report(s.log())
+            if rep:
+                errors.append(f"sanitizer report ({rep}) in wshub log:\n{s.log()[-4000:]}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"after the test: {type(e).__name__}: {e}")
+        finally:
+            s.kill()
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+def ws_uri(server, path="/echo"):
+    return f"ws://127.0.0.1:{server.port}{path}"
