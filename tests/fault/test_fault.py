@@ -1,0 +1,335 @@
+"""Fault tests: hostile clients against the real wshub.
+
+Each test drives one category of LIMITS.md's "what has broken other
+servers", then checks that the server is alive, answers a fresh client, and
+is back to its baseline fd count and (roughly) memory. Raw sockets only, so
+every byte is ours to choose. Loopback only; every loop is bounded."""
+import base64
+import os
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+WSHUB = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
+MULT = float(os.environ.get("WSH_TEST_TIMEOUT_MULTIPLIER", "1"))
+
+
+class Server:
+    def __init__(self, *args):
+        self.dir = tempfile.mkdtemp(prefix="wshub-fault-")
+        pf = os.path.join(self.dir, "port")
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.proc = subprocess.Popen(
+            [WSHUB, "--listen", "127.0.0.1:0", "--port-file", pf, "--workers", "2", "--echo", *args],
+            stderr=self.log)
+        deadline = time.time() + 10 * MULT
+        while not os.path.exists(pf):
+            assert self.proc.poll() is None, "wshub exited at start"
+            assert time.time() < deadline, "wshub did not write its port file"
+            time.sleep(0.02)
+        self.port = int(open(pf).read())
+
+    def fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def rss_kb(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10 * MULT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("wshub did not exit on SIGTERM")
+        self.log.close()
+
+
+@pytest.fixture
+def server(request):
+    marker = request.node.get_closest_marker("args")
+    s = Server(*(marker.args if marker else ()))
+    yield s
+    s.stop()
+
+
+def connect(port, timeout=5.0):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout * MULT)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def upgrade(port, path="/echo"):
+    s = connect(port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, "closed during handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def frame(op, payload=b"", fin=True, length=None, rsv=0):
+    mask = os.urandom(4)
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | rsv | op
+    if n < 126:
+        hdr = struct.pack("!BB", b0, 0x80 | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, 0x80 | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, 0x80 | 127, n)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return hdr + mask + body
+
+
+def read_close(s, timeout=5.0):
+    """Reads frames until a close frame; returns its code (None when the
+    TCP connection ended without one)."""
+    s.settimeout(timeout * MULT)
+    buf = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+        while len(buf) >= 2:
+            op = buf[0] & 0x0F
+            n = buf[1] & 0x7F
+            off = 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n = struct.unpack("!H", buf[2:4])[0]
+                off = 4
+            elif n == 127:
+                if len(buf) < 10:
+                    break
+                n = struct.unpack("!Q", buf[2:10])[0]
+                off = 10
+            if len(buf) < off + n:
+                break
+            payload = buf[off:off + n]
+            buf = buf[off + n:]
+            if op == 8:
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+
+def assert_healthy(srv, base_fds, base_rss_kb=None, rss_slack_kb=16384):
+    """The server is alive, echoes for a fresh client, and returns to its
+    baseline fd count (and memory, when a baseline is given)."""
+    assert srv.proc.poll() is None, "wshub died"
+    s = upgrade(srv.port)
+    s.sendall(frame(1, b"still alive"))
+    s.settimeout(5 * MULT)
+    data = s.recv(100)
+    assert data[2:] == b"still alive", data
+    s.sendall(frame(8, struct.pack("!H", 1000)))
+    assert read_close(s) == 1000
+    s.close()
+    deadline = time.time() + 10 * MULT
+    while srv.fds() > base_fds and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.fds() <= base_fds, f"fd leak: {srv.fds()} > {base_fds}"
+    if base_rss_kb is not None:
+        assert srv.rss_kb() <= base_rss_kb + rss_slack_kb, (srv.rss_kb(), base_rss_kb)
+
+
+@pytest.mark.args("--handshake-timeout", "1")
+def test_fault_slowloris_dropped_at_deadline(server):
+    base = server.fds()
+    socks = []
+    for _ in range(200):
+        s = connect(server.port)
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    # Trickle a header byte now and then: the deadline is for the whole
+    # head from accept, not an idle timer (nginx), so trickling can't extend it.
+    t0 = time.time()
+    alive = len(socks)
+    while alive and time.time() - t0 < 5 * MULT:
+        alive = 0
+        for s in socks:
+            try:
+                s.sendall(b"X")
+                alive += 1
+            except OSError:
+                pass
+        time.sleep(0.2)
+    assert alive == 0, f"{alive} slowloris connections still open after {time.time() - t0:.1f}s"
+    assert time.time() - t0 < 4 * MULT
+    for s in socks:
+        s.close()
+    assert_healthy(server, base)
+
+
+def test_fault_header_floods_rejected(server):
+    base = server.fds()
+    cases = [
+        (b"GET /echo HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", b"431"),
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+        (b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n", b"431"),
+    ]
+    for req, status in cases:
+        s = connect(server.port)
+        try:
+            s.sendall(req)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        s.settimeout(5 * MULT)
+        got = s.recv(200)
+        assert got.startswith(b"HTTP/1.1 " + status), (status, got[:60])
+        s.close()
+    assert_healthy(server, base)
+
+
+def test_fault_pathological_extensions_header_linear(server):
+    """Sec-WebSocket-Extensions full of separators and quotes, parsed in
+    linear time: the answer comes at once."""
+    base = server.fds()
+    ugly = [";" * 7000, ",;" * 3500, 'x; a="' + "\\\"" * 3000 + '"', "a=" * 3500]
+    for value in ugly:
+        s = connect(server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        t0 = time.time()
+        s.sendall((f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                   f"Sec-WebSocket-Extensions: {value}\r\n\r\n").encode())
+        s.settimeout(5 * MULT)
+        got = s.recv(200)
+        assert got.startswith(b"HTTP/1.1 "), got
+        assert time.time() - t0 < 1 * MULT
+        s.close()
+    assert_healthy(server, base)
+
+
+def test_fault_length_arithmetic(server):
+    """The 2^63 length is a protocol error; a 2^62 length is refused as too
+    big from the header alone, before any payload is buffered."""
+    base = server.fds()
+    rss = server.rss_kb()
+    s = upgrade(server.port)
+    s.sendall(struct.pack("!BBQ", 0x82, 0x80 | 127, 1 << 63) + os.urandom(4))
+    assert read_close(s) == 1002
+    s.close()
+    s = upgrade(server.port)
+    s.sendall(struct.pack("!BBQ", 0x82, 0x80 | 127, 1 << 62) + os.urandom(4) + b"x" * 1000)
+    assert read_close(s) == 1009
+    s.close()
+    # Lengths trickled in one byte at a time.
+    s = upgrade(server.port)
+    hdr = struct.pack("!BBQ", 0x82, 0x80 | 127, (1 << 40)) + os.urandom(4)
+    for b in hdr:
+        s.sendall(bytes([b]))
+        time.sleep(0.002)
+    assert read_close(s) == 1009
+    s.close()
+    assert_healthy(server, base, rss)
+
+
+def test_fault_fragment_flood_closed_1008(server):
+    base = server.fds()
+    s = upgrade(server.port)
+    data = frame(1, b"", fin=False) + frame(0, b"", fin=False) * 2000
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert read_close(s) == 1008
+    s.close()
+    assert_healthy(server, base)
+
+
+@pytest.mark.args("--max-queue", "262144")
+def test_fault_ping_flood_from_non_reader_bounded(server):
+    """A client that floods pings and never reads its pongs is cut off by
+    the outbound bound; the server's memory stays bounded."""
+    base = server.fds()
+    rss = server.rss_kb()
+    s = upgrade(server.port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ping = frame(9, b"p" * 125)
+    burst = ping * 1000
+    t0 = time.time()
+    sent = 0
+    s.settimeout(0.5)
+    while time.time() - t0 < 10 * MULT and sent < 20000:
+        try:
+            s.sendall(burst)
+            sent += 1000
+        except (socket.timeout, BrokenPipeError, ConnectionResetError):
+            break
+    assert server.rss_kb() < rss + 64 * 1024
+    s.close()
+    assert_healthy(server, base, rss)
+
+
+def test_fault_close_races_and_abrupt_disconnects(server):
+    base = server.fds()
+    for i in range(60):
+        s = upgrade(server.port)
+        mode = i % 4
+        if mode == 0:  # close frame, then TCP gone at once
+            s.sendall(frame(8, struct.pack("!H", 1000)))
+        elif mode == 1:  # half a frame, then RST
+            s.sendall(frame(2, b"x" * 1000)[:500])
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif mode == 2:  # data after close
+            s.sendall(frame(8, struct.pack("!H", 1000)) + frame(1, b"late") * 50)
+        else:  # a second close
+            s.sendall(frame(8, struct.pack("!H", 1000)) * 2)
+        s.close()
+    assert_healthy(server, base)
+
+
+def test_fault_connection_churn_returns_to_baseline(server):
+    base = server.fds()
+    rss = server.rss_kb()
+    for _round in range(3):
+        socks = [upgrade(server.port) for _ in range(300)]
+        for s in socks:
+            s.sendall(frame(8, struct.pack("!H", 1000)))
+        for s in socks:
+            assert read_close(s) == 1000
+            s.close()
+    assert_healthy(server, base, rss)
+
+
+@pytest.mark.args("--handshake-timeout", "1")
+def test_fault_garbage_instead_of_http(server):
+    """Bytes that are not HTTP get a 4xx, or, while they could still be the
+    start of a request, the handshake deadline."""
+    base = server.fds()
+    for payload in [os.urandom(3000), b"\x16\x03\x01\x02\x00" + os.urandom(500), b"\r\n" * 3000,
+                    b"GET /echo HTTP/1.1\n\n", b"\x00" * 100 + b"\r\n\r\n"]:
+        s = connect(server.port)
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        s.settimeout(4 * MULT)
+        try:
+            got = s.recv(100)
+        except ConnectionResetError:
+            got = b""
+        assert got == b"" or got.startswith(b"HTTP/1.1 4"), got[:40]
+        s.close()
+    assert_healthy(server, base)
