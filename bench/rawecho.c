@@ -86,7 +86,7 @@ static void append_msg(struct rconn *from, const uint8_t *p)
 }
 
 /* Returns false when the connection was closed. */
-static bool read_fanout(struct rconn *c)
+static bool read_fanout(struct rconn *c, bool to_eagain)
 {
     for (;;) {
         ssize_t n = recv(c->fd, g.rbuf, RBUF, 0);
@@ -122,8 +122,10 @@ static bool read_fanout(struct rconn *c)
             memcpy(c->part, p, len);
             c->part_len = len;
         }
-        if ((size_t)n < RBUF)
-            return true; /* edge-triggered: drained */
+        /* Edge-triggered: a short read means drained, unless the peer hung
+         * up, which raises no further edge: then read on to the EOF. */
+        if ((size_t)n < RBUF && !to_eagain)
+            return true;
     }
 }
 
@@ -232,7 +234,7 @@ static void flush_echo(struct rconn *c)
     c->qoff = c->qlen = 0;
 }
 
-static void read_echo(struct rconn *c)
+static void read_echo(struct rconn *c, bool to_eagain)
 {
     /* Reading pauses while a write-back is pending: bounded memory. */
     while (c->qlen == 0) {
@@ -261,7 +263,7 @@ static void read_echo(struct rconn *c)
             c->blocked = true;
             return;
         }
-        if (n < RBUF)
+        if (n < RBUF && !to_eagain)
             return;
     }
 }
@@ -409,15 +411,16 @@ int main(int argc, char **argv)
                     if (g.byfd[fd] != c)
                         continue;
                     if (c->qlen == 0)
-                        read_echo(c); /* resume: no new edge will come */
+                        read_echo(c, true); /* resume: no new edge will come */
                     continue;
                 }
             }
             if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+                bool hup = e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
                 if (g.fanout)
-                    read_fanout(c);
+                    read_fanout(c, hup);
                 else
-                    read_echo(c);
+                    read_echo(c, hup);
             }
         }
         /* Like Redis's beforeSleep: one gathered write per connection per

@@ -48,8 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (r1 <= 0)
         return 0;
     size_t head = (size_t)r1;
-    if (q1.nheaders != q2.nheaders || q1.nheaders > lim.max_headers ||
-        q1.method != q2.method || q1.method_len != q2.method_len || q1.target != q2.target ||
+    if (q1.nheaders != q2.nheaders || q1.nheaders > lim.max_headers || q1.method != q2.method ||
+        q1.method_len != q2.method_len || q1.target != q2.target ||
         q1.target_len != q2.target_len || q1.query != q2.query || q1.query_len != q2.query_len ||
         q1.path_len != q2.path_len || q1.minor_version != q2.minor_version ||
         q1.content_length != q2.content_length || q1.chunked != q2.chunked)

@@ -157,6 +157,60 @@ static inline size_t wsh_wq_bytes(const struct wsh_wq *q)
     return q ? q->bytes : 0;
 }
 
+/* Bytes at the front of the queue for one TLS record: a pointer into the
+ * head buffer when it alone holds at least max bytes, else up to max bytes
+ * gathered into scratch (which must hold max). Returns the length. */
+size_t wsh_wq_gather(const struct wsh_wq *q, uint8_t *scratch, size_t max, const uint8_t **out);
+/* Marks n bytes of the front of the queue written. Frees the ring when it
+ * empties. */
+void wsh_wq_consume(struct wsh_wq **q, size_t n);
+
+/* ------------------------------------------------------------------ */
+/* TLS (OpenSSL) on the same loop, non-blocking                        */
+
+struct ssl_st;
+struct wsh_tls;
+
+struct wsh_tls_opts {
+    const char *cert_file; /* PEM chain */
+    const char *key_file;  /* PEM private key */
+    const char *ca_file;   /* NULL, or CA bundle: client certificates required */
+};
+
+/* Loads a server context: TLS 1.2 and 1.3 only, modern ciphers, ALPN
+ * "http/1.1", no renegotiation, buffers released while idle. On failure
+ * returns WSH_EINVAL and writes OpenSSL's reason into err. */
+WSH_NODISCARD int wsh_tls_create(const struct wsh_tls_opts *o, char *err, size_t errlen,
+                                 struct wsh_tls **out);
+/* Replaces the certificate and key (SIGHUP) from the same files: new
+ * connections use the new ones, established ones are untouched. Safe to
+ * call from any thread. On failure the old context stays in use. */
+int wsh_tls_reload(struct wsh_tls *t, char *err, size_t errlen);
+void wsh_tls_destroy(struct wsh_tls *t);
+
+/* A new server-side session for fd, or NULL. Free with wsh_tls_conn_free. */
+struct ssl_st *wsh_tls_conn_new(struct wsh_tls *t, int fd);
+void wsh_tls_conn_free(struct ssl_st *ssl);
+
+/* Advances the handshake. Returns WSH_OK when done, WSH_EAGAIN to wait for
+ * more I/O, or WSH_EPROTO when it failed. */
+int wsh_tls_handshake(struct ssl_st *ssl);
+
+/* Reads decrypted bytes: > 0 bytes, 0 on a clean close_notify or EOF,
+ * WSH_EAGAIN when nothing is available, another negative on error. */
+ssize_t wsh_tls_read(struct ssl_st *ssl, uint8_t *buf, size_t cap);
+/* True when OpenSSL holds decrypted bytes not yet read: epoll can't see
+ * those, so the caller must read again. */
+bool wsh_tls_pending(struct ssl_st *ssl);
+
+/* Encrypts and sends the queue, one record of up to 16 KiB per
+ * SSL_write. *retry is the length of a write OpenSSL asked to repeat
+ * (0 initially; keep it per connection). Returns like wsh_wq_flush. */
+int wsh_tls_flush(struct ssl_st *ssl, struct wsh_wq **q, uint32_t *retry);
+
+/* Sends close_notify, best effort. */
+void wsh_tls_shutdown(struct ssl_st *ssl);
+
 /* ------------------------------------------------------------------ */
 /* Sockets                                                             */
 

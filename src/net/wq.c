@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #include "net.h"
@@ -94,26 +95,8 @@ int wsh_wq_flush(struct wsh_wq **qp, int fd)
             return WSH_EAGAIN;
         return -errno;
     }
-    size_t left = (size_t)w;
-    q->bytes -= left;
-    while (q->count > 0) {
-        struct wsh_wq_entry *e = &q->e[q->head];
-        size_t rem = wsh_buf_len(e->b) - e->off;
-        if (left < rem) {
-            e->off += (uint32_t)left;
-            break;
-        }
-        left -= rem;
-        wsh_buf_unref(e->b);
-        q->head = (q->head + 1) % q->cap;
-        q->count--;
-    }
-    if (q->count == 0) {
-        free(q);
-        *qp = NULL;
-        return WSH_OK;
-    }
-    return WSH_EAGAIN;
+    wsh_wq_consume(qp, (size_t)w);
+    return *qp == NULL ? WSH_OK : WSH_EAGAIN;
 }
 
 uint8_t *wsh_wq_tail_reserve(struct wsh_wq *q, size_t need)
@@ -136,4 +119,47 @@ void wsh_wq_tail_commit(struct wsh_wq *q, size_t n)
     struct wsh_buf *b = q->e[(q->head + q->count - 1) % q->cap].b;
     b->end += (uint32_t)n;
     q->bytes += n;
+}
+
+size_t wsh_wq_gather(const struct wsh_wq *q, uint8_t *scratch, size_t max, const uint8_t **out)
+{
+    const struct wsh_wq_entry *e = &q->e[q->head];
+    size_t first = wsh_buf_len(e->b) - e->off;
+    if (first >= max || q->count == 1) {
+        *out = e->b->data + e->b->start + e->off;
+        return first < max ? first : max;
+    }
+    size_t n = 0;
+    for (uint32_t i = 0; i < q->count && n < max; i++) {
+        e = &q->e[(q->head + i) % q->cap];
+        size_t rem = wsh_buf_len(e->b) - e->off;
+        if (rem > max - n)
+            rem = max - n;
+        memcpy(scratch + n, e->b->data + e->b->start + e->off, rem);
+        n += rem;
+    }
+    *out = scratch;
+    return n;
+}
+
+void wsh_wq_consume(struct wsh_wq **qp, size_t n)
+{
+    struct wsh_wq *q = *qp;
+    q->bytes -= n;
+    while (q->count > 0) {
+        struct wsh_wq_entry *e = &q->e[q->head];
+        size_t rem = wsh_buf_len(e->b) - e->off;
+        if (n < rem) {
+            e->off += (uint32_t)n;
+            break;
+        }
+        n -= rem;
+        wsh_buf_unref(e->b);
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+    }
+    if (q->count == 0) {
+        free(q);
+        *qp = NULL;
+    }
 }

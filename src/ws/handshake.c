@@ -240,7 +240,8 @@ static bool offer_protocol(struct wsh_slice elem, void *arg)
             return false;
         }
     }
-    if (pp->chosen.n == 0 && pp->cb != NULL && pp->cb(elem.p, elem.n, pp->user))
+    /* ws.h: every offer is shown to the callback; the first true wins. */
+    if (pp->cb != NULL && pp->cb(elem.p, elem.n, pp->user) && pp->chosen.n == 0)
         pp->chosen = elem;
     return true;
 }

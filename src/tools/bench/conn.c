@@ -414,7 +414,7 @@ static bool handle_hs(struct bench *b, struct conn *c, const uint8_t *p, size_t 
     return feed_ws(b, c, tail, rest);
 }
 
-static void handle_read(struct bench *b, struct conn *c)
+static void handle_read(struct bench *b, struct conn *c, bool hup)
 {
     for (;;) {
         size_t carry = c->carry_len;
@@ -447,9 +447,10 @@ static void handle_read(struct bench *b, struct conn *c)
             memcpy(base, c->carry, carry);
             alive = feed_ws(b, c, base, carry + (size_t)n);
         }
-        /* Edge-triggered: a short read means the socket is drained; new
-         * data will raise a new edge. */
-        if (!alive || (size_t)n < BENCH_RBUF)
+        /* Edge-triggered: a short read means the socket is drained and new
+         * data will raise a new edge. A hang-up raises no further edge, so
+         * then we read on until EOF. */
+        if (!alive || ((size_t)n < BENCH_RBUF && !hup))
             return;
     }
 }
@@ -501,7 +502,7 @@ static void handle_event(struct bench *b, struct conn *c, uint32_t events)
             mark_pending(b, c);
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        handle_read(b, c);
+        handle_read(b, c, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
 }
 
 static void sweep_timeouts(struct bench *b)

@@ -1,0 +1,127 @@
+"""/raw/<channel> fan-out across 2 workers, driven by Python `websockets`."""
+
+import asyncio
+import os
+
+import websockets
+
+from conftest import MULT, run_async, ws_uri
+import wsraw
+
+N_CLIENTS = 16  # SO_REUSEPORT spreads them over both workers
+
+
+def connect(server, path, **kw):
+    kw.setdefault("max_size", None)
+    kw.setdefault("ping_interval", None)
+    kw.setdefault("close_timeout", 5 * MULT)
+    kw.setdefault("compression", None)
+    return websockets.connect(ws_uri(server, path), **kw)
+
+
+async def recv(ws, timeout=10):
+    return await asyncio.wait_for(ws.recv(), timeout * MULT)
+
+
+async def expect_silence(ws, wait=0.3):
+    try:
+        m = await asyncio.wait_for(ws.recv(), wait)
+    except asyncio.TimeoutError:
+        return
+    raise AssertionError(f"unexpected message {m!r}")
+
+
+@run_async
+async def test_fanout_every_other_client_receives(wshub):
+    s = wshub("--workers", 2)
+    clients = [await connect(s, "/raw/room") for _ in range(N_CLIENTS)]
+    other = await connect(s, "/raw/other-room")
+    await asyncio.sleep(0.1)  # let every subscription settle
+    try:
+        sent = []
+        for i, ws in enumerate(clients):
+            msg = f"from {i} µ" if i % 2 == 0 else os.urandom(100 + i)
+            sent.append(msg)
+            await ws.send(msg)
+        for j, ws in enumerate(clients):
+            want = sorted((m if isinstance(m, bytes) else m.encode(), type(m).__name__)
+                          for i, m in enumerate(sent) if i != j)
+            got = []
+            for _ in range(N_CLIENTS - 1):
+                m = await recv(ws)
+                got.append((m if isinstance(m, bytes) else m.encode(), type(m).__name__))
+            assert sorted(got) == want, f"client {j} received the wrong set"
+            await expect_silence(ws, 0.05)  # in particular, not its own message
+        await expect_silence(other, 0.2)
+    finally:
+        for ws in clients + [other]:
+            await ws.close()
+
+
+@run_async
+async def test_fanout_order_and_sizes_per_sender(wshub):
+    s = wshub("--workers", 2, "--max-message", 1048576)
+    pub = await connect(s, "/raw/ordered")
+    subs = [await connect(s, "/raw/ordered") for _ in range(8)]
+    await asyncio.sleep(0.1)
+    try:
+        msgs = [os.urandom(n) for n in (0, 1, 125, 126, 65535, 65536, 1048576)]
+        msgs += [f"text {i}" for i in range(50)]
+        for m in msgs:
+            await pub.send(m)
+        for k, ws in enumerate(subs):
+            for i, m in enumerate(msgs):
+                got = await recv(ws)
+                assert got == m, f"subscriber {k} message {i}: wrong payload/order/type"
+        await expect_silence(pub, 0.1)
+    finally:
+        for ws in subs + [pub]:
+            await ws.close()
+
+
+@run_async
+async def test_fanout_fragmented_message_delivered_whole(wshub):
+    s = wshub("--workers", 2)
+    pub = await connect(s, "/raw/frag")
+    subs = [await connect(s, "/raw/frag") for _ in range(6)]
+    await asyncio.sleep(0.1)
+    try:
+        await pub.send(iter(["one ", "two ", "three"]))
+        for ws in subs:
+            assert await recv(ws) == "one two three"
+    finally:
+        for ws in subs + [pub]:
+            await ws.close()
+
+
+@run_async
+async def test_subscriber_leaving_does_not_disturb_others(wshub):
+    s = wshub("--workers", 2)
+    clients = [await connect(s, "/raw/churn") for _ in range(10)]
+    await asyncio.sleep(0.1)
+    try:
+        for ws in clients[5:]:
+            await ws.close()
+        # a peer that vanishes without a close handshake
+        raw = wsraw.ws_connect(s.port, "/raw/churn")
+        raw.close()
+        await asyncio.sleep(0.1)
+        await clients[0].send("still here")
+        for ws in clients[1:5]:
+            assert await recv(ws) == "still here"
+        await expect_silence(clients[0], 0.1)
+    finally:
+        for ws in clients[:5]:
+            await ws.close()
+
+
+def test_raw_channel_peer_close_code_echoed(wshub):
+    s = wshub("--workers", 2)
+    c = wsraw.ws_connect(s.port, "/raw/closecode")
+    try:
+        c.send_close(4001, b"bye")
+        f, _ = c.wait_close()
+        assert f.close_code() == 4001
+        assert c.wait_eof(5), "server did not close TCP"
+    finally:
+        c.close()
