@@ -12,6 +12,7 @@
 #include "server.h"
 
 struct wsh_config wsh_cfg;
+struct wsh_tls *wsh_tls_ctx;
 struct worker *wsh_workers;
 int wsh_nworkers;
 _Atomic int wsh_shutdown_code;
@@ -36,6 +37,10 @@ static void usage(FILE *out)
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
             "  --log-level LEVEL         error, warn, info or debug (default info)\n"
             "  --port-file PATH          write the bound port to PATH once listening\n"
+            "  --tls-cert FILE           serve wss:// with this PEM certificate chain\n"
+            "  --tls-key FILE            the certificate's PEM private key\n"
+            "  --tls-ca FILE             require client certificates signed by this CA\n"
+            "                            (SIGHUP reloads the certificate and key)\n"
             "  -h, --help                show this help\n"
             "  -V, --version             show the version\n"
             "\n"
@@ -107,7 +112,10 @@ enum {
     OPT_CLOSE,
     OPT_MAX_QUEUE,
     OPT_LOG_LEVEL,
-    OPT_PORT_FILE
+    OPT_PORT_FILE,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_TLS_CA
 };
 
 static int parse_args(int argc, char **argv)
@@ -125,6 +133,9 @@ static int parse_args(int argc, char **argv)
         { "max-queue", required_argument, NULL, OPT_MAX_QUEUE },
         { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
         { "port-file", required_argument, NULL, OPT_PORT_FILE },
+        { "tls-cert", required_argument, NULL, OPT_TLS_CERT },
+        { "tls-key", required_argument, NULL, OPT_TLS_KEY },
+        { "tls-ca", required_argument, NULL, OPT_TLS_CA },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -189,6 +200,15 @@ static int parse_args(int argc, char **argv)
         case OPT_PORT_FILE:
             wsh_cfg.port_file = optarg;
             break;
+        case OPT_TLS_CERT:
+            wsh_cfg.tls.cert_file = optarg;
+            break;
+        case OPT_TLS_KEY:
+            wsh_cfg.tls.key_file = optarg;
+            break;
+        case OPT_TLS_CA:
+            wsh_cfg.tls.ca_file = optarg;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -199,6 +219,11 @@ static int parse_args(int argc, char **argv)
             usage(stderr);
             return -1;
         }
+    }
+    if ((wsh_cfg.tls.cert_file == NULL) != (wsh_cfg.tls.key_file == NULL) ||
+        (wsh_cfg.tls.ca_file && !wsh_cfg.tls.cert_file)) {
+        fprintf(stderr, "wshub: --tls-cert and --tls-key go together (and --tls-ca needs them)\n");
+        return -1;
     }
     if (optind < argc) {
         fprintf(stderr, "wshub: unexpected argument '%s'\n", argv[optind]);
@@ -248,6 +273,7 @@ int main(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers */
 
     struct rlimit rl;
@@ -255,6 +281,15 @@ int main(int argc, char **argv)
         wsh_cfg.max_connections = (size_t)rl.rlim_cur - 64;
     else
         wsh_cfg.max_connections = 1000000;
+
+    if (wsh_cfg.tls.cert_file) {
+        char err[512];
+        if (wsh_tls_create(&wsh_cfg.tls, err, sizeof(err), &wsh_tls_ctx) != WSH_OK) {
+            wsh_log(WSH_LOG_ERROR, "ev=tls_failed err=\"%s\"", err);
+            fprintf(stderr, "wshub: TLS: %s\n", err);
+            return 1;
+        }
+    }
 
     wsh_nworkers = wsh_cfg.workers;
     wsh_workers = calloc((size_t)wsh_nworkers, sizeof(*wsh_workers));
@@ -285,8 +320,8 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    wsh_log(WSH_LOG_INFO, "ev=listen addr=%s port=%d workers=%d echo=%d max_message=%llu",
-            wsh_cfg.host, port, wsh_nworkers, wsh_cfg.echo ? 1 : 0,
+    wsh_log(WSH_LOG_INFO, "ev=listen addr=%s port=%d workers=%d tls=%d echo=%d max_message=%llu",
+            wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.echo ? 1 : 0,
             (unsigned long long)wsh_cfg.limits.max_message);
     if (wsh_cfg.port_file && write_port_file(wsh_cfg.port_file, port) != 0) {
         wsh_log(WSH_LOG_ERROR, "ev=port_file_failed path=%s", wsh_cfg.port_file);
@@ -294,7 +329,20 @@ int main(int argc, char **argv)
     }
 
     int sig = 0;
-    sigwait(&sigs, &sig);
+    for (;;) {
+        sigwait(&sigs, &sig);
+        if (sig != SIGHUP)
+            break;
+        if (wsh_tls_ctx == NULL) {
+            wsh_log(WSH_LOG_INFO, "ev=sighup tls=0");
+            continue;
+        }
+        char err[512];
+        if (wsh_tls_reload(wsh_tls_ctx, err, sizeof(err)) == WSH_OK)
+            wsh_log(WSH_LOG_INFO, "ev=tls_reload ok=1");
+        else
+            wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", err);
+    }
     /* RFC 6455 7.4.1: 1012 tells clients the service restarts (SIGTERM, as
      * an orchestrator sends); 1001 that it is going away (SIGINT). */
     int code = sig == SIGTERM ? WSH_CLOSE_RESTART : WSH_CLOSE_GOING_AWAY;

@@ -27,9 +27,11 @@ struct wsh_config {
     size_t max_queue; /* outbound hard limit per connection, bytes */
     size_t max_connections;
     const char *port_file;
+    struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
 };
 
 extern struct wsh_config wsh_cfg;
+extern struct wsh_tls *wsh_tls_ctx; /* NULL without --tls-cert */
 
 /* ------------------------------------------------------------------ */
 /* Logging: one key=value line per event on stderr.                    */
@@ -45,6 +47,7 @@ int wsh_log_parse_level(const char *s);
 /* Connections                                                         */
 
 enum conn_state {
+    CONN_TLS,     /* TLS handshake in progress, handshake deadline armed */
     CONN_HTTP,    /* reading the request head, handshake deadline armed */
     CONN_OPEN,    /* WebSocket open */
     CONN_CLOSING, /* close frame or final response queued; waiting to drain */
@@ -78,6 +81,8 @@ struct conn {
     struct rawchan *chan;
     struct conn *chan_next, *chan_prev;
     struct wsh_parser parser;
+    struct ssl_st *ssl; /* NULL for plain TCP */
+    uint32_t tls_retry; /* length of a TLS write to repeat */
     uint32_t id;
     uint8_t state;
     uint8_t endpoint;
@@ -126,6 +131,7 @@ struct worker {
     struct xmsg *spare; /* swapped with inbox by the consumer */
     size_t spare_cap;
     uint64_t sweep_at;
+    int tls_budget; /* TLS handshake steps left in this loop turn */
 };
 
 extern struct worker *wsh_workers;

@@ -24,6 +24,12 @@
 #define READ_MAX   65536u
 #define CARRY_MAX  WSH_HTTP_DEFAULT_HEAD
 #define ACCEPT_MAX 64
+/* TLS handshakes cost ~1 ms of CPU each: at most this many steps per loop
+ * turn, so a flood of new TLS connections cannot starve established ones
+ * (uSockets allows 5). Skipped sockets stay readable and come back next
+ * turn: epoll is level-triggered. */
+#define TLS_STEPS_MAX 16
+#define TLS_RECORD    16384u
 #define CORK_SIZE  4096u
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
@@ -181,6 +187,10 @@ void conn_destroy(struct worker *w, struct conn *c)
         wsh_buf_unref(c->msg);
         c->msg = NULL;
     }
+    if (c->ssl) {
+        wsh_tls_conn_free(c->ssl);
+        c->ssl = NULL;
+    }
     close(c->io.fd); /* also removes it from epoll */
     c->io.fd = -1;
     if (c->prev)
@@ -216,7 +226,7 @@ static void update_events(struct worker *w, struct conn *c)
 
 static void flush_conn(struct worker *w, struct conn *c)
 {
-    int rc = wsh_wq_flush(&c->wq, c->io.fd);
+    int rc = c->ssl ? wsh_tls_flush(c->ssl, &c->wq, &c->tls_retry) : wsh_wq_flush(&c->wq, c->io.fd);
     if (rc != WSH_OK && rc != WSH_EAGAIN) {
         conn_destroy(w, c);
         return;
@@ -229,6 +239,8 @@ static void flush_conn(struct worker *w, struct conn *c)
          * send FIN, then discard input until the peer's EOF or the close
          * timeout. Closing at once could turn unread input into an RST that
          * destroys the close frame in flight. */
+        if (c->ssl)
+            wsh_tls_shutdown(c->ssl);
         shutdown(c->io.fd, SHUT_WR);
         c->flags |= CF_SHUT_WR;
     }
@@ -238,6 +250,7 @@ static void before_sleep(struct wsh_loop *l, void *user)
 {
     struct worker *w = user;
     (void)l;
+    w->tls_budget = TLS_STEPS_MAX;
     while (w->pending) {
         struct conn *c = w->pending;
         w->pending = c->pending_next;
@@ -434,20 +447,53 @@ static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, si
     c->carry_len = (uint32_t)n;
 }
 
+/* Reads from a TLS session: up to READ_MAX bytes, and then whatever
+ * OpenSSL still holds decrypted (at most one record), because epoll cannot
+ * see bytes that already left the socket. */
+static ssize_t tls_read_turn(struct conn *c, uint8_t *buf, bool *eof)
+{
+    size_t got = 0;
+    ssize_t r = 0;
+    while (got < READ_MAX || wsh_tls_pending(c->ssl)) {
+        r = wsh_tls_read(c->ssl, buf + got, READ_MAX + TLS_RECORD - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    if (r == 0)
+        *eof = true;
+    if (got > 0)
+        return (ssize_t)got;
+    if (r == WSH_EAGAIN)
+        return WSH_EAGAIN;
+    return r == 0 ? 0 : -1;
+}
+
 static void conn_read(struct worker *w, struct conn *c)
 {
     size_t have = c->carry_len;
     if (have)
         memcpy(w->rbuf, c->carry, have);
     ssize_t r;
-    do {
-        r = read(c->io.fd, w->rbuf + have, READ_MAX);
-    } while (r < 0 && errno == EINTR);
-    if (r < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
+    bool eof = false;
+    if (c->ssl) {
+        r = tls_read_turn(c, w->rbuf + have, &eof);
+        if (r == WSH_EAGAIN)
             return;
-        conn_destroy(w, c);
-        return;
+        if (r < 0) {
+            conn_destroy(w, c);
+            return;
+        }
+    } else {
+        do {
+            r = read(c->io.fd, w->rbuf + have, READ_MAX);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            conn_destroy(w, c);
+            return;
+        }
     }
     if (r == 0) {
         /* EOF. After our close this is the end of a clean close; before it,
@@ -479,6 +525,8 @@ static void conn_read(struct worker *w, struct conn *c)
     if (c->state != CONN_OPEN)
         used = len;
     keep_carry(w, c, w->rbuf + used, len - used);
+    if (eof && c->state != CONN_DEAD)
+        conn_destroy(w, c);
 }
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
@@ -487,6 +535,22 @@ static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     struct conn *c = (struct conn *)io;
     if (c->state == CONN_DEAD)
         return;
+    if (c->state == CONN_TLS) {
+        if (w->tls_budget <= 0)
+            return;
+        w->tls_budget--;
+        int rc = wsh_tls_handshake(c->ssl);
+        if (rc == WSH_EAGAIN)
+            return;
+        if (rc != WSH_OK) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=tls_handshake_failed", c->id);
+            conn_destroy(w, c);
+            return;
+        }
+        c->state = CONN_HTTP;
+        /* The request may have come in the same packets as the handshake. */
+        events |= EPOLLIN;
+    }
     if (events & EPOLLOUT) {
         flush_conn(w, c);
         if (c->state == CONN_DEAD)
@@ -501,6 +565,7 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
     struct worker *w = wsh_loop_user(l);
     struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, timer));
     switch (c->state) {
+    case CONN_TLS:
     case CONN_HTTP:
         /* Whole-head deadline from accept (slowloris): drop, no answer. */
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_timeout", c->id);
@@ -570,7 +635,18 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         c->timer.cb = on_conn_timer;
         c->id = next_conn_id();
         c->state = CONN_HTTP;
+        if (wsh_tls_ctx != NULL) {
+            c->ssl = wsh_tls_conn_new(wsh_tls_ctx, fd);
+            if (c->ssl == NULL) {
+                close(fd);
+                free(c);
+                continue;
+            }
+            c->state = CONN_TLS;
+        }
         if (wsh_loop_add(l, &c->io, EPOLLIN) != WSH_OK) {
+            if (c->ssl)
+                wsh_tls_conn_free(c->ssl);
             close(fd);
             free(c);
             continue;
@@ -632,7 +708,7 @@ int worker_init(struct worker *w, int id, int listen_fd)
     w->id = id;
     w->listen_io.fd = listen_fd;
     w->listen_io.cb = on_accept;
-    w->rbuf = malloc(CARRY_MAX + READ_MAX);
+    w->rbuf = malloc(CARRY_MAX + READ_MAX + TLS_RECORD);
     if (w->rbuf == NULL)
         return WSH_ENOMEM;
     w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
