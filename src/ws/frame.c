@@ -242,7 +242,6 @@ static ssize_t feed_header(struct wsh_parser *p, const struct wsh_limits *lim, u
         uint8_t *data = in + hdr;
         if (masked)
             wsh_mask(data, n, p->_mask, 0);
-        memset(ev, 0, sizeof(*ev));
         ev->opcode = (uint8_t)op;
         ev->data = data;
         ev->len = n;
@@ -285,7 +284,8 @@ static ssize_t feed_header(struct wsh_parser *p, const struct wsh_limits *lim, u
 ssize_t wsh_parser_feed(struct wsh_parser *p, const struct wsh_limits *lim, uint8_t *in,
                         size_t len, struct wsh_event *ev)
 {
-    ev->type = WSH_EV_NONE;
+    /* Callers may look at every field, whatever the outcome. */
+    *ev = (struct wsh_event){ .type = WSH_EV_NONE };
     switch (p->_state) {
     case ST_HEADER:
         return feed_header(p, lim, in, len, ev);
