@@ -37,8 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             closed |= ev.type == WSH_EV_CLOSE;
             /* Client role frames are unmasked and minimally encoded, so a
              * frame delivered whole re-encodes to exactly its bytes. */
-            bool whole = ev.type != WSH_EV_NONE && ev.type != WSH_EV_CLOSE && ev.first &&
-                         ev.last && (size_t)got == wsh_frame_header_size(ev.len, false) + ev.len;
+            bool whole = ev.type != WSH_EV_NONE && ev.type != WSH_EV_CLOSE && ev.first && ev.last &&
+                         (size_t)got == wsh_frame_header_size(ev.len, false) + ev.len;
             if (whole) {
                 unsigned op = ev.type == WSH_EV_DATA   ? ev.opcode
                               : ev.type == WSH_EV_PING ? WSH_OP_PING

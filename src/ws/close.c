@@ -1,8 +1,8 @@
 /* Close codes and close payloads, RFC 6455 5.5.1 and 7.4 (with the IANA
  * registry for 1012-1014). */
-#include "wshub/ws.h"
-
 #include <string.h>
+
+#include "wshub/ws.h"
 
 bool wsh_close_code_valid(unsigned code)
 {

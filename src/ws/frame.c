@@ -2,9 +2,9 @@
  * (5.3), fragmentation (5.4), control frames (5.5) and the receive-side
  * message rules of 5.6 and 8.1 (UTF-8 in text messages, checked as bytes
  * arrive). No I/O: bytes in, one event out per call. */
-#include "wshub/ws.h"
-
 #include <string.h>
+
+#include "wshub/ws.h"
 
 enum { ST_HEADER = 0, ST_PAYLOAD, ST_CLOSED, ST_FAILED };
 
@@ -281,8 +281,8 @@ static ssize_t feed_header(struct wsh_parser *p, const struct wsh_limits *lim, u
     return feed_payload(p, in, len, hdr, ev);
 }
 
-ssize_t wsh_parser_feed(struct wsh_parser *p, const struct wsh_limits *lim, uint8_t *in,
-                        size_t len, struct wsh_event *ev)
+ssize_t wsh_parser_feed(struct wsh_parser *p, const struct wsh_limits *lim, uint8_t *in, size_t len,
+                        struct wsh_event *ev)
 {
     /* Callers may look at every field, whatever the outcome. */
     *ev = (struct wsh_event){ .type = WSH_EV_NONE };

@@ -2,15 +2,15 @@
  * (4.2.1) and response (4.2.2), error responses (4.2.2 point 4 for 426),
  * the Sec-WebSocket-Extensions grammar of 9.1 (and RFC 7692 5), and the
  * client side (4.1): key, request and response validation. */
-#include "wshub/ws.h"
-
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <string.h>
 
-#define WS_GUID          "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define EXT_PARAMS_MAX   16   /* parameters per extension offer */
-#define CLIENT_HEAD_MAX  8192 /* wsh_hs_client_parse_response() */
+#include "wshub/ws.h"
+
+#define WS_GUID         "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define EXT_PARAMS_MAX  16   /* parameters per extension offer */
+#define CLIENT_HEAD_MAX 8192 /* wsh_hs_client_parse_response() */
 
 /* ------------------------------------------------------------------ */
 /* Small string helpers                                                */
@@ -128,8 +128,8 @@ void wsh_hs_client_key(const uint8_t nonce[16], char out[WSH_HS_KEY_LEN + 1])
 
 static bool is_b64(char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '+' || c == '/';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '/';
 }
 
 /* 4.2.1 point 5: the key decodes to exactly 16 bytes. That is 22 base64
@@ -470,8 +470,8 @@ ssize_t wsh_hs_client_request(char *out, size_t cap, const char *host, const cha
         return WSH_EINVAL;
     if (path == NULL || path[0] == '\0')
         path = "/";
-    if (!header_safe(host) || !header_safe(path) || !header_safe(key) ||
-        !header_safe(protocols) || !header_safe(extensions) || strchr(path, ' ') != NULL)
+    if (!header_safe(host) || !header_safe(path) || !header_safe(key) || !header_safe(protocols) ||
+        !header_safe(extensions) || strchr(path, ' ') != NULL)
         return WSH_EINVAL;
     struct out o = { out, cap, 0, false };
     puts_(&o, "GET ");
@@ -552,8 +552,7 @@ ssize_t wsh_hs_client_parse_response(const char *buf, size_t len, const char *ke
         s = skip_ows(s + 1, end);
         const char *v = s;
         while (*s != '\r') {
-            if (*s == '\n' || *s == '\0' || ((unsigned char)*s < 0x20 && *s != '\t') ||
-                *s == 0x7f)
+            if (*s == '\n' || *s == '\0' || ((unsigned char)*s < 0x20 && *s != '\t') || *s == 0x7f)
                 return WSH_EPROTO;
             s++;
         }

@@ -1,9 +1,9 @@
 /* Incremental UTF-8 validator (RFC 3629 section 4, as RFC 6455 8.1
  * requires for text messages): an ASCII fast path eight bytes at a time,
  * then a table-driven DFA over byte classes. */
-#include "wshub/ws.h"
-
 #include <string.h>
+
+#include "wshub/ws.h"
 
 /* Byte classes. Continuation bytes are split by the ranges that the
  * second byte after E0, ED, F0 and F4 is limited to (RFC 3629 table). */
@@ -42,17 +42,15 @@ enum {
 
 static const uint8_t byte_class[256] = {
     /* 00..7F */
-    CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII),
-    CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII),
-    CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII),
+    CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII),
+    CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII), CLASS_RUN(16, C_ASCII),
     /* 80..BF */
     CLASS_RUN(16, C_C80), CLASS_RUN(16, C_C90), CLASS_RUN(16, C_CA0), CLASS_RUN(16, C_CA0),
     /* C0..DF */
     C_BAD, C_BAD, C_L2, C_L2, C_L2, C_L2, C_L2, C_L2, C_L2, C_L2, C_L2, C_L2, C_L2, C_L2, C_L2,
     C_L2, CLASS_RUN(16, C_L2),
     /* E0..EF */
-    C_E0, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_ED, C_L3,
-    C_L3,
+    C_E0, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_L3, C_ED, C_L3, C_L3,
     /* F0..FF */
     C_F0, C_L4, C_L4, C_L4, C_F4, C_BAD, C_BAD, C_BAD, C_BAD, C_BAD, C_BAD, C_BAD, C_BAD, C_BAD,
     C_BAD, C_BAD

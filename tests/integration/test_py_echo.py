@@ -126,8 +126,10 @@ async def test_fragmented_text_and_binary(wshub):
         raw = txt.encode()
         c = wsraw.ws_connect(s.port)
         try:
-            frames = [wsraw.frame(wsraw.OP_TEXT if i == 0 else wsraw.OP_CONT, raw[i:i + 7],
-                                  fin=(i + 7 >= len(raw))) for i in range(0, len(raw), 7)]
+            # 15-byte fragments (867 of them, under the default cap of 1024)
+            # cut the 13-byte unit at every offset, inside multi-byte characters
+            frames = [wsraw.frame(wsraw.OP_TEXT if i == 0 else wsraw.OP_CONT, raw[i:i + 15],
+                                  fin=(i + 15 >= len(raw))) for i in range(0, len(raw), 15)]
             c.send(b"".join(frames))
             assert c.recv_message() == (wsraw.OP_TEXT, raw)
         finally:
@@ -138,14 +140,32 @@ async def test_fragmented_text_and_binary(wshub):
 async def test_max_fragments_limit_1008(wshub):
     s = wshub("--echo", "--max-fragments", 8)
     async with connect(s) as ws:
-        await ws.send(iter([b"a"] * 8))  # exactly at the limit: fine
-        assert await recv(ws) == b"a" * 8
+        # websockets ends a fragmented send with an empty final frame:
+        # 7 chunks = 8 frames, exactly at the limit: fine
+        await ws.send(iter([b"a"] * 7))
+        assert await recv(ws) == b"a" * 7
         try:
-            await ws.send(iter([b"b"] * 9))
+            await ws.send(iter([b"b"] * 8))  # 9 frames
         except ConnectionClosed:
             pass
         await asyncio.wait_for(ws.wait_closed(), 10 * MULT)
         assert ws.close_code == 1008, f"close code {ws.close_code} {ws.close_reason!r}"
+
+
+@pytest.mark.parametrize("nframes,ok", [(8, True), (9, False)])
+def test_max_fragments_exact_frames(wshub, nframes, ok):
+    s = wshub("--echo", "--max-fragments", 8)
+    c = wsraw.ws_connect(s.port)
+    try:
+        c.send(b"".join(wsraw.frame(wsraw.OP_TEXT if i == 0 else wsraw.OP_CONT, b"f",
+                                    fin=(i == nframes - 1)) for i in range(nframes)))
+        m = c.recv_message()
+        if ok:
+            assert m == (wsraw.OP_TEXT, b"f" * nframes), m
+        else:
+            assert isinstance(m, wsraw.Frame) and m.close_code() == 1008, m
+    finally:
+        c.close()
 
 
 @run_async

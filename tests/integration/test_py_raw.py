@@ -60,7 +60,9 @@ async def test_fanout_every_other_client_receives(wshub):
 
 @run_async
 async def test_fanout_order_and_sizes_per_sender(wshub):
-    s = wshub("--workers", 2, "--max-message", 1048576)
+    # a queue large enough for the whole burst: this test is about order and
+    # sizes, not about slow consumers (see test_timeouts.py)
+    s = wshub("--workers", 2, "--max-message", 1048576, "--max-queue", 16 << 20)
     pub = await connect(s, "/raw/ordered")
     subs = [await connect(s, "/raw/ordered") for _ in range(8)]
     await asyncio.sleep(0.1)

@@ -128,6 +128,10 @@ def test_raw_client_answering_pings_survives(wshub):
 
 
 def test_slow_reader_cut_off_other_keeps_receiving(wshub):
+    """A /raw subscriber that never reads is cut off (1008) once its queue
+    passes --max-queue; a subscriber that keeps up receives every message.
+    The publisher is paced by the healthy reader (at most WINDOW messages
+    ahead of it), so only the never-reading one can fall behind."""
     max_queue = 65536
     s = wshub("--workers", 2, "--max-queue", max_queue, "--max-message", 65536)
     # the slow subscriber: tiny receive buffer, never reads
@@ -137,34 +141,46 @@ def test_slow_reader_cut_off_other_keeps_receiving(wshub):
     time.sleep(0.1)
     n_msgs = 600
     size = 16384
+    window = 2  # 32 KiB in flight to the healthy reader: half the queue limit
     got = []
     errors = []
+    progress = threading.Condition()
 
     def reader():
         try:
             while len(got) < n_msgs:
                 m = fast.recv_message(timeout=20, answer_pings=True)
                 if not isinstance(m, tuple):
-                    errors.append(f"fast reader got a close {m!r} after {len(got)} messages")
+                    errors.append(f"healthy reader got a close {m!r} after {len(got)} messages")
                     return
-                got.append(m[1])
+                with progress:
+                    got.append(m[1])
+                    progress.notify()
         except Exception as e:  # noqa: BLE001
-            errors.append(f"fast reader after {len(got)} messages: {type(e).__name__}: {e}")
+            errors.append(f"healthy reader after {len(got)} messages: {type(e).__name__}: {e}")
+        finally:
+            with progress:
+                progress.notify()
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
     try:
         sent = []
         for i in range(n_msgs):
+            with progress:
+                ok = progress.wait_for(lambda: len(got) >= i - window or errors or
+                                       not th.is_alive(), 20 * MULT)
+            if errors or not ok or not th.is_alive():
+                break
             p = i.to_bytes(4, "big") + os.urandom(size - 4)
             sent.append(p)
             pub.send_frame(wsraw.OP_BINARY, p)
-        th.join(60 * MULT)
-        assert not th.is_alive(), f"fast reader stuck after {len(got)} of {n_msgs}"
+        th.join(30 * MULT)
         assert not errors, errors
+        assert not th.is_alive(), f"healthy reader stuck after {len(got)} of {n_msgs}"
         assert len(got) == n_msgs
         for i, (a, b) in enumerate(zip(got, sent)):
-            assert a == b, f"fast subscriber: message {i} wrong (lost or reordered)"
+            assert a == b, f"healthy subscriber: message {i} wrong (lost or reordered)"
         # the slow one must have been cut off: drain what the kernel buffered
         # and find the end of the connection (a 1008 close, then EOF)
         slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -187,13 +203,12 @@ def test_slow_reader_cut_off_other_keeps_receiving(wshub):
         assert close is not None or how is not None, (
             f"slow reader was not cut off (read {n_data} of {n_msgs} messages, connection open)")
         assert n_data < n_msgs, "slow reader got everything: it was never cut off"
-        if close is not None:
-            assert close.close_code() == 1008, f"slow reader closed with {close.close_code()}"
-            assert slow.wait_eof(5), "server did not close TCP to the slow reader"
-        else:
+        if close is None:
             raise AssertionError(
                 f"slow reader: TCP closed ({how}) after {n_data} messages without a 1008 close frame")
-        # publisher and fast reader unaffected
+        assert close.close_code() == 1008, f"slow reader closed with {close.close_code()}"
+        assert slow.wait_eof(5), "server did not close TCP to the slow reader"
+        # publisher and healthy reader unaffected
         pub.send_frame(wsraw.OP_TEXT, b"after")
         m = fast.recv_message(timeout=5, answer_pings=True)
         assert m == (wsraw.OP_TEXT, b"after"), m

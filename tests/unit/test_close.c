@@ -1,12 +1,11 @@
 /* Unit tests for close codes and close payloads (src/ws/close.c), RFC 6455
  * 5.5.1 and 7.4. */
+#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-
-#include <cmocka.h>
 
 #include "wshub/ws.h"
 
@@ -14,8 +13,8 @@ static void test_close_code_classes(void **state)
 {
     (void)state;
     for (unsigned c = 0; c < 70000; c++) {
-        bool want = (c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) ||
-                    (c >= 3000 && c <= 4999);
+        bool want =
+            (c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999);
         if (wsh_close_code_valid(c) != want)
             fail_msg("code %u", c);
     }
@@ -38,7 +37,10 @@ static void test_close_payload_code_and_reason(void **state)
     (void)state;
     uint8_t out[WSH_CONTROL_MAX];
     assert_int_equal(wsh_close_payload(out, 1000, "bye", 3), 5);
-    assert_memory_equal(out, "\x03\xe8" "bye", 5);
+    assert_memory_equal(out,
+                        "\x03\xe8"
+                        "bye",
+                        5);
     assert_int_equal(wsh_close_payload(out, 4101, NULL, 0), 2);
     assert_memory_equal(out, "\x10\x05", 2);
     assert_int_equal(wsh_close_payload(out, 1009, "", 0), 2);

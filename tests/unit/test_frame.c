@@ -6,6 +6,7 @@
 /* MAP_ANONYMOUS is not in strict C17. */
 #define _DEFAULT_SOURCE
 
+#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,8 +16,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#include <cmocka.h>
 
 #include "wshub/ws.h"
 
@@ -263,8 +262,8 @@ static const uint8_t test_key[4] = { 0x37, 0xfa, 0x21, 0x3d };
 /* Appends one frame: b0 is the raw first byte; masked per the key. */
 static size_t put_frame(uint8_t *out, unsigned b0, const void *payload, size_t len, bool masked)
 {
-    size_t h = wsh_frame_header_write(out, b0 & 0x0fu, (b0 & 0x80u) != 0, (b0 & 0x40u) != 0,
-                                      len, masked ? test_key : NULL);
+    size_t h = wsh_frame_header_write(out, b0 & 0x0fu, (b0 & 0x80u) != 0, (b0 & 0x40u) != 0, len,
+                                      masked ? test_key : NULL);
     out[0] = (uint8_t)b0; /* keep RSV2/RSV3 when a test sets them */
     if (len)
         memcpy(out + h, payload, len);
@@ -285,12 +284,15 @@ static char *hex_expect(const char *pre, const uint8_t *p, size_t n, const char 
 static const struct cfg server = { WSH_ROLE_SERVER, 0, { 0, 0 } };
 static const struct cfg client = { WSH_ROLE_CLIENT, 0, { 0, 0 } };
 
-#define CHECK(c, bytes, expect)                                                                   \
-    do {                                                                                          \
-        static const uint8_t v_[] = bytes;                                                        \
-        check_splits(c, v_, sizeof(v_), expect);                                                  \
+#define CHECK(c, bytes, expect)                  \
+    do {                                         \
+        static const uint8_t v_[] = bytes;       \
+        check_splits(c, v_, sizeof(v_), expect); \
     } while (0)
-#define B(...) { __VA_ARGS__ }
+#define B(...)      \
+    {               \
+        __VA_ARGS__ \
+    }
 
 /* ------------------------------------------------------------------ */
 /* RFC 6455 5.7 examples                                               */
@@ -417,8 +419,7 @@ static void test_frame_rejects_too_many_fragments(void **state)
     CHECK(&c, B(0x01, 0x01, 'a', 0x00, 0x01, 'b', 0x80, 0x01, 'c'), "T(616263)");
     CHECK(&c, B(0x01, 0x01, 'a', 0x00, 0x01, 'b', 0x00, 0x01, 'c', 0x80, 0x00), "E1008");
     /* The count restarts with each message. */
-    CHECK(&c, B(0x01, 0x00, 0x00, 0x00, 0x80, 0x00, 0x02, 0x00, 0x00, 0x00, 0x80, 0x00),
-          "T()B()");
+    CHECK(&c, B(0x01, 0x00, 0x00, 0x00, 0x80, 0x00, 0x02, 0x00, 0x00, 0x00, 0x80, 0x00), "T()B()");
 }
 
 static void test_frame_rejects_bad_masking(void **state)
@@ -523,8 +524,7 @@ static void test_frame_utf8_across_fragments(void **state)
 {
     (void)state;
     CHECK(&client, B(0x01, 0x02, 'a', 0xc3, 0x80, 0x01, 0xa9), "T(61c3a9)");
-    CHECK(&client, B(0x01, 0x01, 0xf0, 0x00, 0x02, 0x9f, 0x98, 0x80, 0x01, 0x80),
-          "T(f09f9880)");
+    CHECK(&client, B(0x01, 0x01, 0xf0, 0x00, 0x02, 0x9f, 0x98, 0x80, 0x01, 0x80), "T(f09f9880)");
     CHECK(&client, B(0x01, 0x01, 0xed, 0x80, 0x02, 0xa0, 0x80), "E1007");
     CHECK(&client, B(0x01, 0x01, 0xf4, 0x80, 0x02, 0x90, 0x80), "E1007");
     CHECK(&client, B(0x01, 0x01, 0xe0, 0x80, 0x02, 0x80, 0x80), "E1007");
@@ -660,9 +660,8 @@ static void test_frame_header_write_boundaries(void **state)
         assert_memory_equal(h + sizes[i], test_key, 4);
     }
     wsh_frame_header_write(h, WSH_OP_BINARY, true, false, (1ull << 63) - 1, NULL);
-    assert_memory_equal(h, ((uint8_t[]){ 0x82, 0x7f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                                         0xff }),
-                        10);
+    assert_memory_equal(
+        h, ((uint8_t[]){ 0x82, 0x7f, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff }), 10);
 }
 
 static void test_frame_mask_matches_bytewise(void **state)
@@ -745,8 +744,8 @@ static void test_frame_message_write_control_and_rsv1(void **state)
     (void)state;
     uint8_t out[64];
     /* A control frame is never fragmented, whatever frag_size says. */
-    size_t w = wsh_message_write(out, WSH_OP_PING, false, (const uint8_t *)"Hello", 5, 2, NULL,
-                                 NULL);
+    size_t w =
+        wsh_message_write(out, WSH_OP_PING, false, (const uint8_t *)"Hello", 5, 2, NULL, NULL);
     assert_int_equal(w, 7);
     assert_memory_equal(out, ((uint8_t[]){ 0x89, 0x05, 'H', 'e', 'l', 'l', 'o' }), 7);
     assert_true(wsh_message_size(5, 2, false) >= w);

@@ -1,6 +1,7 @@
 /* Unit tests for the opening handshake (src/ws/handshake.c), RFC 6455 4:
  * every status the server check can return, the response writers, the
  * extension grammar of 9.1 and the client side; plus wsh_strerror. */
+#include <cmocka.h>
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,8 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <cmocka.h>
 
 #include "wshub/ws.h"
 
@@ -43,8 +42,7 @@ static void build(struct req *q, const char *method, int minor, const char *cons
     q->r.nheaders = n;
 }
 
-static int check(const char *method, int minor, const char *const *lines,
-                 struct wsh_hs_result *res)
+static int check(const char *method, int minor, const char *const *lines, struct wsh_hs_result *res)
 {
     struct req q;
     build(&q, method, minor, lines);
@@ -59,8 +57,8 @@ static int check(const char *method, int minor, const char *const *lines,
     return res->status;
 }
 
-#define GOOD_HEADERS                                                                              \
-    "Host: example.com", "Upgrade: websocket", "Connection: Upgrade",                             \
+#define GOOD_HEADERS                                                  \
+    "Host: example.com", "Upgrade: websocket", "Connection: Upgrade", \
         "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13"
 
 static void test_handshake_rfc_accept_key(void **state)
@@ -114,9 +112,13 @@ static void test_handshake_accepts_valid_request(void **state)
                                    NULL };
     assert_int_equal(check("GET", 1, lines2, &res), 101);
     /* Upgrade and Connection may be split over several lines. */
-    const char *const lines3[] = { "Host: a", "Upgrade: h2c", "Upgrade: websocket",
-                                   "Connection: keep-alive", "Connection: Upgrade",
-                                   "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13",
+    const char *const lines3[] = { "Host: a",
+                                   "Upgrade: h2c",
+                                   "Upgrade: websocket",
+                                   "Connection: keep-alive",
+                                   "Connection: Upgrade",
+                                   "Sec-WebSocket-Key: " RFC_KEY,
+                                   "Sec-WebSocket-Version: 13",
                                    NULL };
     assert_int_equal(check("GET", 2, lines3, &res), 101);
 }
@@ -145,8 +147,7 @@ static void test_handshake_rejects_host_count(void **state)
     (void)state;
     struct wsh_hs_result res;
     const char *const none[] = { "Upgrade: websocket", "Connection: Upgrade",
-                                 "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13",
-                                 NULL };
+                                 "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13", NULL };
     assert_int_equal(check("GET", 1, none, &res), 400);
     const char *const two[] = { GOOD_HEADERS, "Host: b", NULL };
     assert_int_equal(check("GET", 1, two, &res), 400);
@@ -159,20 +160,28 @@ static void test_handshake_rejects_upgrade_connection(void **state)
     const char *const no_up[] = { "Host: a", "Connection: Upgrade", "Sec-WebSocket-Key: " RFC_KEY,
                                   "Sec-WebSocket-Version: 13", NULL };
     assert_int_equal(check("GET", 1, no_up, &res), 400);
-    const char *const wrong_up[] = { "Host: a", "Upgrade: websockets", "Connection: Upgrade",
-                                     "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13",
+    const char *const wrong_up[] = { "Host: a",
+                                     "Upgrade: websockets",
+                                     "Connection: Upgrade",
+                                     "Sec-WebSocket-Key: " RFC_KEY,
+                                     "Sec-WebSocket-Version: 13",
                                      NULL };
     assert_int_equal(check("GET", 1, wrong_up, &res), 400);
-    const char *const no_conn[] = { "Host: a", "Upgrade: websocket",
-                                    "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13",
-                                    NULL };
+    const char *const no_conn[] = { "Host: a", "Upgrade: websocket", "Sec-WebSocket-Key: " RFC_KEY,
+                                    "Sec-WebSocket-Version: 13", NULL };
     assert_int_equal(check("GET", 1, no_conn, &res), 400);
-    const char *const bad_conn[] = { "Host: a", "Upgrade: websocket", "Connection: keep-alive",
-                                     "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13",
+    const char *const bad_conn[] = { "Host: a",
+                                     "Upgrade: websocket",
+                                     "Connection: keep-alive",
+                                     "Sec-WebSocket-Key: " RFC_KEY,
+                                     "Sec-WebSocket-Version: 13",
                                      NULL };
     assert_int_equal(check("GET", 1, bad_conn, &res), 400);
-    const char *const sub[] = { "Host: a", "Upgrade: websocket", "Connection: Upgrade-ish",
-                                "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13",
+    const char *const sub[] = { "Host: a",
+                                "Upgrade: websocket",
+                                "Connection: Upgrade-ish",
+                                "Sec-WebSocket-Key: " RFC_KEY,
+                                "Sec-WebSocket-Version: 13",
                                 NULL };
     assert_int_equal(check("GET", 1, sub, &res), 400);
 }
@@ -182,16 +191,22 @@ static void test_handshake_rejects_version(void **state)
     (void)state;
     struct wsh_hs_result res;
     const char *const missing[] = { "Host: a", "Upgrade: websocket", "Connection: Upgrade",
-                                     "Sec-WebSocket-Key: " RFC_KEY, NULL };
+                                    "Sec-WebSocket-Key: " RFC_KEY, NULL };
     assert_int_equal(check("GET", 1, missing, &res), 426);
-    const char *const eight[] = { "Host: a", "Upgrade: websocket", "Connection: Upgrade",
-                                  "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 8",
+    const char *const eight[] = { "Host: a",
+                                  "Upgrade: websocket",
+                                  "Connection: Upgrade",
+                                  "Sec-WebSocket-Key: " RFC_KEY,
+                                  "Sec-WebSocket-Version: 8",
                                   NULL };
     assert_int_equal(check("GET", 1, eight, &res), 426);
     const char *const two[] = { GOOD_HEADERS, "Sec-WebSocket-Version: 13", NULL };
     assert_int_equal(check("GET", 1, two, &res), 426);
-    const char *const list[] = { "Host: a", "Upgrade: websocket", "Connection: Upgrade",
-                                 "Sec-WebSocket-Key: " RFC_KEY, "Sec-WebSocket-Version: 13, 8",
+    const char *const list[] = { "Host: a",
+                                 "Upgrade: websocket",
+                                 "Connection: Upgrade",
+                                 "Sec-WebSocket-Key: " RFC_KEY,
+                                 "Sec-WebSocket-Version: 13, 8",
                                  NULL };
     assert_int_equal(check("GET", 1, list, &res), 426);
 }
@@ -213,19 +228,22 @@ static void test_handshake_rejects_bad_key(void **state)
     struct wsh_hs_result res;
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         snprintf(line, sizeof(line), "Sec-WebSocket-Key: %s", keys[i]);
-        const char *const lines[] = { "Host: a", "Upgrade: websocket", "Connection: Upgrade", line,
-                                      "Sec-WebSocket-Version: 13", NULL };
+        const char *const lines[] = { "Host: a", "Upgrade: websocket",        "Connection: Upgrade",
+                                      line,      "Sec-WebSocket-Version: 13", NULL };
         assert_int_equal(check("GET", 1, lines, &res), 400);
     }
     const char *const missing[] = { "Host: a", "Upgrade: websocket", "Connection: Upgrade",
-                                     "Sec-WebSocket-Version: 13", NULL };
+                                    "Sec-WebSocket-Version: 13", NULL };
     assert_int_equal(check("GET", 1, missing, &res), 400);
     const char *const twice[] = { GOOD_HEADERS, "Sec-WebSocket-Key: " RFC_KEY, NULL };
     assert_int_equal(check("GET", 1, twice, &res), 400);
     /* Keys ending in A, Q, g, w are the canonical ones. */
-    const char *const w[] = { "Host: a", "Upgrade: websocket", "Connection: Upgrade",
+    const char *const w[] = { "Host: a",
+                              "Upgrade: websocket",
+                              "Connection: Upgrade",
                               "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAw==",
-                              "Sec-WebSocket-Version: 13", NULL };
+                              "Sec-WebSocket-Version: 13",
+                              NULL };
     assert_int_equal(check("GET", 1, w, &res), 101);
 }
 
@@ -329,10 +347,11 @@ static void test_handshake_parses_extensions(void **state)
     assert_int_equal(ext_status("foo, , bar", &l), 101);
     assert_string_equal(l.s, "foo|bar|");
 
-    static const char *const bad[] = { "",         ",",          ";",       "a;",     "a;=b",
-                                       "a; b=",    "a; b=\"\"",  "a; b=\"c", "a b",    "a; b c",
-                                       "a; b=c d", "a; b=\"c d\"", "\"a\"",  "a; b=\"c\\d\"",
-                                       "a=b" };
+    static const char *const bad[] = {
+        "",         ",",   ";",      "a;",       "a;=b",         "a; b=", "a; b=\"\"",
+        "a; b=\"c", "a b", "a; b c", "a; b=c d", "a; b=\"c d\"", "\"a\"", "a; b=\"c\\d\"",
+        "a=b"
+    };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         if (ext_status(bad[i], &l) != 400)
             fail_msg("accepted extension header \"%s\"", bad[i]);
@@ -402,8 +421,9 @@ static void test_handshake_error_responses(void **state)
     assert_non_null(strstr(out, "HTTP/1.1 405 Method Not Allowed\r\n"));
     assert_non_null(strstr(out, "\r\nAllow: GET\r\n"));
 
-    static const int statuses[] = { 400, 401, 403, 404, 405, 408, 414,
-                                    426, 429, 431, 500, 503, 505 };
+    static const int statuses[] = {
+        400, 401, 403, 404, 405, 408, 414, 426, 429, 431, 500, 503, 505
+    };
     for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) {
         assert_string_not_equal(wsh_http_reason(statuses[i]), "Unknown");
         n = wsh_hs_error_response(out, sizeof(out), statuses[i], NULL);
@@ -441,12 +461,11 @@ static void test_handshake_client_request(void **state)
         assert_int_equal(wsh_hs_client_request(out, cap, "server.example.com", "/chat", RFC_KEY,
                                                "chat, superchat", NULL),
                          WSH_ENOSPC);
-    assert_int_equal(wsh_hs_client_request(out, sizeof(out), "a\r\nX: y", "/", RFC_KEY, NULL,
-                                           NULL),
+    assert_int_equal(wsh_hs_client_request(out, sizeof(out), "a\r\nX: y", "/", RFC_KEY, NULL, NULL),
                      WSH_EINVAL);
-    assert_int_equal(wsh_hs_client_request(out, sizeof(out), "a", "/ HTTP/1.0", RFC_KEY, NULL,
-                                           NULL),
-                     WSH_EINVAL);
+    assert_int_equal(
+        wsh_hs_client_request(out, sizeof(out), "a", "/ HTTP/1.0", RFC_KEY, NULL, NULL),
+        WSH_EINVAL);
     n = wsh_hs_client_request(out, sizeof(out), "a", NULL, RFC_KEY, NULL, "permessage-deflate");
     assert_true(n > 0);
     out[n] = '\0';
@@ -454,12 +473,12 @@ static void test_handshake_client_request(void **state)
     assert_non_null(strstr(out, "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
 }
 
-#define GOOD_RESPONSE                                                                             \
-    "HTTP/1.1 101 Switching Protocols\r\n"                                                        \
-    "Upgrade: websocket\r\n"                                                                      \
-    "Connection: Upgrade\r\n"                                                                     \
-    "Sec-WebSocket-Accept: " RFC_ACCEPT "\r\n"                                                    \
-    "Sec-WebSocket-Protocol: chat\r\n"                                                            \
+#define GOOD_RESPONSE                          \
+    "HTTP/1.1 101 Switching Protocols\r\n"     \
+    "Upgrade: websocket\r\n"                   \
+    "Connection: Upgrade\r\n"                  \
+    "Sec-WebSocket-Accept: " RFC_ACCEPT "\r\n" \
+    "Sec-WebSocket-Protocol: chat\r\n"         \
     "\r\n"
 
 static ssize_t parse_resp(const char *s, struct wsh_hs_client_result *res)
@@ -534,8 +553,8 @@ static void test_handshake_client_rejects_response(void **state)
 static void test_handshake_strerror_texts(void **state)
 {
     (void)state;
-    static const int codes[] = { WSH_OK,      WSH_EAGAIN,  WSH_EPROTO, WSH_EUTF8,
-                                 WSH_ETOOBIG, WSH_EPOLICY, WSH_EINVAL, WSH_ENOSPC,
+    static const int codes[] = { WSH_OK,      WSH_EAGAIN,  WSH_EPROTO,        WSH_EUTF8,
+                                 WSH_ETOOBIG, WSH_EPOLICY, WSH_EINVAL,        WSH_ENOSPC,
                                  WSH_ENOMEM,  WSH_ECLOSED, WSH_EBACKPRESSURE, WSH_EDROPPED };
     for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
         assert_non_null(wsh_strerror(codes[i]));

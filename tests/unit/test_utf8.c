@@ -2,13 +2,12 @@
  * class of RFC 3629 input, exhaustively against a reference decoder for
  * short sequences, split at every offset, and failing at the first bad
  * byte. */
+#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-
-#include <cmocka.h>
 
 #include "wshub/ws.h"
 
@@ -115,14 +114,14 @@ static void test_utf8_valid_classes(void **state)
     VEC("", true);
     VEC("hello, world", true);
     VEC("\x7f", true);
-    VEC("\xc2\x80", true);             /* U+0080 */
-    VEC("\xdf\xbf", true);             /* U+07FF */
-    VEC("\xe0\xa0\x80", true);         /* U+0800 */
-    VEC("\xed\x9f\xbf", true);         /* U+D7FF */
-    VEC("\xee\x80\x80", true);         /* U+E000 */
-    VEC("\xef\xbf\xbf", true);         /* U+FFFF */
-    VEC("\xf0\x90\x80\x80", true);     /* U+10000 */
-    VEC("\xf4\x8f\xbf\xbf", true);     /* U+10FFFF */
+    VEC("\xc2\x80", true);                                     /* U+0080 */
+    VEC("\xdf\xbf", true);                                     /* U+07FF */
+    VEC("\xe0\xa0\x80", true);                                 /* U+0800 */
+    VEC("\xed\x9f\xbf", true);                                 /* U+D7FF */
+    VEC("\xee\x80\x80", true);                                 /* U+E000 */
+    VEC("\xef\xbf\xbf", true);                                 /* U+FFFF */
+    VEC("\xf0\x90\x80\x80", true);                             /* U+10000 */
+    VEC("\xf4\x8f\xbf\xbf", true);                             /* U+10FFFF */
     VEC("\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5", true); /* kosme */
 }
 
@@ -267,8 +266,8 @@ static void test_utf8_exhaustive_short(void **state)
 static void test_utf8_exhaustive_four_byte(void **state)
 {
     (void)state;
-    static const uint8_t ends[] = { 0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0,
-                                    0xc2, 0xe0, 0xf0, 0xff };
+    static const uint8_t ends[] = { 0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f,
+                                    0xa0, 0xbf, 0xc0, 0xc2, 0xe0, 0xf0, 0xff };
     uint8_t b[4];
     for (unsigned x = 0xE0; x < 256; x++) {
         b[0] = (uint8_t)x;

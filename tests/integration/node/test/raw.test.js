@@ -54,7 +54,8 @@ describe('raw channels and shutdown (node ws)', () => {
   });
 
   test('fan-out preserves per-sender order and sizes up to the max', async () => {
-    const s = await start('--workers', 2, '--max-message', 1048576);
+    // queue room for the whole burst: order and sizes, not slow consumers
+    const s = await start('--workers', 2, '--max-message', 1048576, '--max-queue', 16 << 20);
     const pub = await open(s.url('/raw/big'));
     const subs = [];
     for (let i = 0; i < 6; i++) subs.push(await open(s.url('/raw/big')));
