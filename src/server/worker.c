@@ -88,6 +88,30 @@ void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
     }
 }
 
+/* Sends bytes now when nothing is queued ahead of them, queueing only what
+ * the kernel did not take. Handshake responses go this way: in the common
+ * case they cost no allocation at all, which keeps the heap of a server
+ * holding many idle connections free of per-handshake holes. */
+static void conn_send_bytes(struct worker *w, struct conn *c, const void *p, size_t n)
+{
+    size_t done = 0;
+    if (c->wq == NULL && c->ssl == NULL) {
+        ssize_t r = send(c->io.fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r > 0)
+            done = (size_t)r;
+        if (done == n)
+            return;
+    }
+    struct wsh_buf *b = wsh_buf_new(n - done);
+    if (b == NULL) {
+        conn_destroy(w, c);
+        return;
+    }
+    memcpy(b->data, (const char *)p + done, n - done);
+    b->end = (uint32_t)(n - done);
+    conn_send(w, c, b);
+}
+
 /* Queues one frame built from payload, corked into the tail buffer when it
  * fits there (small frames: echo replies, pongs). */
 void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
@@ -157,16 +181,12 @@ static void http_reply(struct worker *w, struct conn *c, int status, const char 
         conn_destroy(w, c);
         return;
     }
-    struct wsh_buf *b = wsh_buf_new((size_t)n);
-    if (b == NULL) {
-        conn_destroy(w, c);
+    conn_send_bytes(w, c, out, (size_t)n);
+    if (c->state == CONN_DEAD)
         return;
-    }
-    memcpy(b->data, out, (size_t)n);
-    b->end = (uint32_t)n;
-    conn_send(w, c, b);
     c->flags |= CF_CLOSE_SENT;
     c->state = CONN_CLOSING;
+    mark_pending(w, c); /* the flush sends FIN once the queue is empty */
     wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
 }
 
@@ -317,16 +337,12 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         int n = snprintf(out, sizeof(out),
                          "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
                          "3\r\nConnection: close\r\n\r\nok\n");
-        struct wsh_buf *b = wsh_buf_new((size_t)n);
-        if (b == NULL) {
-            conn_destroy(w, c);
+        conn_send_bytes(w, c, out, (size_t)n);
+        if (c->state == CONN_DEAD)
             return;
-        }
-        memcpy(b->data, out, (size_t)n);
-        b->end = (uint32_t)n;
-        conn_send(w, c, b);
         c->flags |= CF_CLOSE_SENT;
         c->state = CONN_CLOSING;
+        mark_pending(w, c);
         wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
         return;
     }
@@ -368,14 +384,11 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     }
     char out[512];
     ssize_t n = wsh_hs_server_response(out, sizeof(out), &res, NULL);
-    struct wsh_buf *b = n > 0 ? wsh_buf_new((size_t)n) : NULL;
-    if (b == NULL) {
+    if (n <= 0) {
         conn_destroy(w, c);
         return;
     }
-    memcpy(b->data, out, (size_t)n);
-    b->end = (uint32_t)n;
-    conn_send(w, c, b);
+    conn_send_bytes(w, c, out, (size_t)n);
     if (c->state == CONN_DEAD)
         return;
     c->state = CONN_OPEN;

@@ -14,6 +14,7 @@ import concurrent.futures
 import json
 import os
 import re
+import signal
 import struct
 import sys
 import time
@@ -730,6 +731,30 @@ def _c6_500_5(c):
     expect_fail(c, 1007)
 
 
+@case("6.500.7", "UTF-8 decoder state survives a ping between fragments split inside a code point")
+def _c6_500_7(c):
+    c.send(frame(OP_TEXT, b"a\xe2", fin=False) + frame(OP_PING, b"mid") +
+           frame(OP_CONT, b"\x82", fin=False) + frame(OP_PONG, b"x") + frame(OP_CONT, b"\xacb"))
+    expect_pong(c, b"mid")
+    expect_echo(c, OP_TEXT, "a€b".encode())
+    close_clean(c)
+
+
+@case("6.500.8", "invalid continuation after a ping between fragments -> 1007 before the end")
+def _c6_500_8(c):
+    c.send(frame(OP_TEXT, b"a\xe2", fin=False) + frame(OP_PING, b"mid") +
+           frame(OP_CONT, b"\x28", fin=False))
+    expect_pong(c, b"mid")
+    expect_fail(c, 1007)
+
+
+@case("6.500.9", "a new message after a valid fragmented one starts with fresh UTF-8 state")
+def _c6_500_9(c):
+    c.send(frame(OP_TEXT, b"\xce", fin=False) + frame(OP_CONT, b"\xba") + frame(OP_TEXT, b"\xba"))
+    expect_echo(c, OP_TEXT, b"\xce\xba")
+    expect_fail(c, 1007)
+
+
 @case("6.500.6", "binary messages are not UTF-8 checked")
 def _c6_500_6(c):
     p = b"\xff\xfe\xed\xa0\x80\xc0\xaf"
@@ -1085,6 +1110,7 @@ def main():
                  "ms": 0}
         try:
             if server is not None and not server.alive():
+                server_died = server.proc.returncode
                 raise CaseFail(f"server exited with {server.proc.returncode}")
             r = wsraw.http_request(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             if r.status != 200 or r.body != b"ok\n":
@@ -1099,10 +1125,21 @@ def main():
             alive["result"] = "fail"
             alive["detail"] = f"{type(e).__name__}: {e}"
         results.append(alive)
+        if server is not None:
+            # graceful stop: exit 0, and no sanitizer report in the log
+            stop = {"id": "99.2", "description": "SIGTERM: exit status 0, no sanitizer report",
+                    "ms": 0, "result": "pass"}
+            server.signal(signal.SIGTERM)
+            rc = server.wait(10)
+            log = server.log()
+            marks = [m for m in ("ERROR: AddressSanitizer", "runtime error:",
+                                 "ERROR: LeakSanitizer") if m in log]
+            if rc != 0 or marks:
+                stop["result"] = "fail"
+                stop["detail"] = f"exit status {rc}, sanitizer markers {marks}: {log[-2000:]}"
+            results.append(stop)
     finally:
         if server is not None:
-            if not server.alive():
-                server_died = server.proc.returncode
             server.kill()
     elapsed = time.monotonic() - t0
     results.sort(key=lambda r: case_key(r["id"]))

@@ -3,13 +3,15 @@
 Each test starts its own wshub on 127.0.0.1:0 (port read back from
 --port-file) through the `wshub` fixture. At teardown the fixture checks that
 every server the test did not stop on purpose is still running and answers a
-fresh client (/healthz and a WebSocket handshake), that its log holds no
-sanitizer report, and then kills it by pid.
+fresh client (/healthz and a WebSocket handshake), then stops it with
+SIGTERM and requires exit status 0 and no sanitizer report in its log; any
+server left running is killed by pid.
 """
 
 import asyncio
 import functools
 import os
+import signal
 import sys
 
 import pytest
@@ -66,6 +68,33 @@ def check_alive(server):
             c.close()
 
 
+def fd_count(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def check_fds(server, timeout=3.0):
+    """Every connection the test opened is gone: the server's open file
+    descriptors are back to the count it had once listening."""
+    import time
+    deadline = time.monotonic() + timeout * MULT
+    while True:
+        n = fd_count(server.pid)
+        if n is None or n <= server.baseline_fds:
+            return
+        if time.monotonic() > deadline:
+            fds = []
+            for fd in sorted(os.listdir(f"/proc/{server.pid}/fd"), key=int):
+                try:
+                    fds.append(f"{fd}->{os.readlink(f'/proc/{server.pid}/fd/{fd}')}")
+                except OSError:
+                    pass
+            raise AssertionError(f"fd leak: {n} open fds, {server.baseline_fds} after startup: {fds}")
+        time.sleep(0.05)
+
+
 class Servers:
     def __init__(self):
         self.started = []
@@ -73,6 +102,7 @@ class Servers:
     def __call__(self, *args, expect_stopped=False):
         s = wsraw.Server([str(a) for a in args])
         s.expect_stopped = expect_stopped
+        s.baseline_fds = fd_count(s.pid)
         self.started.append(s)
         return s
 
@@ -87,7 +117,13 @@ def wshub():
     for s in servers.started:
         try:
             if not s.expect_stopped:
+                check_fds(s)
                 check_alive(s)
+                # graceful stop: exit status 0 (under ASan this also means no leak report)
+                s.signal(signal.SIGTERM)
+                rc = s.wait(10)
+                assert rc == 0, (f"after SIGTERM at teardown wshub exit status {rc}; log tail:\n"
+                                 f"{s.log()[-3000:]}")
             rep = sanitizer_report(s.log())
             if rep:
                 errors.append(f"sanitizer report ({rep}) in wshub log:\n{s.log()[-4000:]}")

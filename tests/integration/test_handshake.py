@@ -241,3 +241,66 @@ def test_error_response_then_connection_usable_or_closed(wshub):
         assert how in ("eof", "reset"), "connection left open after an error response"
     finally:
         c.close()
+
+
+def test_frame_pipelined_with_the_request(wshub):
+    """Bytes that follow the request head in the same write are the first
+    WebSocket frames and must not be lost."""
+    s = wshub("--echo")
+    c = wsraw.Conn("127.0.0.1", s.port)
+    try:
+        c.send(req() + wsraw.frame(wsraw.OP_TEXT, b"early bird") +
+               wsraw.frame(wsraw.OP_PING, b"p"))
+        r = c.read_http_response(body=False)
+        assert r.status == 101, r
+        assert c.recv_message() == (wsraw.OP_TEXT, b"early bird")
+        f = c.recv_frame()
+        assert f.opcode == wsraw.OP_PONG and f.payload == b"p", f
+    finally:
+        c.close()
+
+
+def test_two_requests_pipelined_before_upgrade_refused(wshub):
+    """A refused request followed by more bytes: the server answers the first
+    and does not crash on the rest."""
+    s = wshub("--echo")
+    c = wsraw.Conn("127.0.0.1", s.port)
+    try:
+        c.send(req(path="/nope") + req())
+        r = c.read_http_response()
+        assert r.status == 404, r
+    finally:
+        c.close()
+
+
+def _raw_req(lines):
+    return ("\r\n".join(["GET /echo HTTP/1.1"] + lines) + "\r\n\r\n").encode()
+
+
+_BASE = ["Host: 127.0.0.1", "Upgrade: websocket", "Connection: Upgrade",
+         f"Sec-WebSocket-Key: {KEY}", "Sec-WebSocket-Version: 13"]
+
+
+@pytest.mark.parametrize("dup", [
+    f"Sec-WebSocket-Key: {base64.b64encode(b'another 16 bytes').decode()}",
+    "Host: other.example",
+])
+def test_duplicate_singleton_header_400(wshub, dup):
+    """RFC 6455 4.2.1 (one key) and RFC 7230 5.4 (one Host)."""
+    s = wshub("--echo")
+    r = send(s, _raw_req(_BASE + [dup]))
+    assert r.status == 400, r
+
+
+def test_key_with_surrounding_whitespace_accepted(wshub):
+    s = wshub("--echo")
+    lines = [x if not x.startswith("Sec-WebSocket-Key") else f"Sec-WebSocket-Key:   {KEY}  "
+             for x in _BASE]
+    c = wsraw.Conn("127.0.0.1", s.port)
+    try:
+        c.send(_raw_req(lines))
+        r = c.read_http_response(body=False)
+        assert r.status == 101, r
+        assert r.header("sec-websocket-accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    finally:
+        c.close()

@@ -263,3 +263,51 @@ def test_invalid_utf8_text_1007(wshub):
         assert not seen and f.close_code() == 1007, (f, seen)
     finally:
         c.close()
+
+
+@run_async
+async def test_many_concurrent_clients_two_workers(wshub):
+    s = wshub("--echo", "--workers", 2)
+
+    async def one(i):
+        async with connect(s) as ws:
+            for k in range(10):
+                m = f"client {i} msg {k}" if k % 2 else os.urandom(i + k)
+                await ws.send(m)
+                assert await recv(ws) == m
+            await ws.close(4000 + i)
+            assert ws.close_code == 4000 + i
+
+    await asyncio.gather(*(one(i) for i in range(100)))
+
+
+def test_server_initiated_close_honours_close_timeout(wshub):
+    """After a 1009 the server waits at most --close-timeout for our close,
+    then closes TCP itself."""
+    s = wshub("--echo", "--max-message", 1000, "--close-timeout", 0.5)
+    c = wsraw.ws_connect(s.port)
+    try:
+        c.send_frame(wsraw.OP_BINARY, b"x" * 1001)
+        f, seen = c.wait_close()
+        assert f.close_code() == 1009 and not seen, (f, seen)
+        import time
+        t0 = time.monotonic()
+        how = c.wait_eof(5)  # we never answer the close
+        dt = time.monotonic() - t0
+        assert how in ("eof", "reset"), "server never closed TCP"
+        assert dt <= 0.5 + 1.5 * MULT, f"TCP closed {dt:.2f}s after the close (timeout 0.5s)"
+    finally:
+        c.close()
+
+
+def test_oversize_declared_length_fails_before_payload(wshub):
+    """A frame header declaring more than --max-message is refused (1009)
+    at once, without waiting for the payload."""
+    s = wshub("--echo", "--max-message", 1000)
+    c = wsraw.ws_connect(s.port)
+    try:
+        c.send(wsraw.frame(wsraw.OP_BINARY, b"", length=1 << 30)[:14])  # header + key only
+        f, _ = c.wait_close(3)
+        assert f.close_code() == 1009, f
+    finally:
+        c.close()

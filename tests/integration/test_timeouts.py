@@ -215,3 +215,22 @@ def test_slow_reader_cut_off_other_keeps_receiving(wshub):
     finally:
         for c in (slow, fast, pub):
             c.close()
+
+
+def test_one_big_message_may_pass_the_queue_limit(wshub):
+    """A single message larger than --max-queue (but within --max-message)
+    reaches a subscriber that reads: only a backlog of several is cut."""
+    s = wshub("--workers", 2, "--max-queue", 65536, "--max-message", 1048576)
+    sub = wsraw.ws_connect(s.port, "/raw/bigone")
+    pub = wsraw.ws_connect(s.port, "/raw/bigone")
+    time.sleep(0.1)
+    try:
+        for i in range(3):
+            p = bytes([i]) * 1048576
+            pub.send_frame(wsraw.OP_BINARY, p)
+            m = sub.recv_message(timeout=10)
+            assert isinstance(m, tuple), f"message {i}: subscriber got {m!r}"
+            assert m == (wsraw.OP_BINARY, p), f"message {i} differs"
+    finally:
+        sub.close()
+        pub.close()

@@ -1,11 +1,14 @@
 /* Unit tests for close codes and close payloads (src/ws/close.c), RFC 6455
  * 5.5.1 and 7.4. */
-#include <cmocka.h>
+/* cmocka.h needs the standard headers before it. */
+/* clang-format off */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <cmocka.h>
+/* clang-format on */
 
 #include "wshub/ws.h"
 

@@ -6,7 +6,8 @@
 /* MAP_ANONYMOUS is not in strict C17. */
 #define _DEFAULT_SOURCE
 
-#include <cmocka.h>
+/* cmocka.h needs the standard headers before it. */
+/* clang-format off */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <cmocka.h>
+/* clang-format on */
 
 #include "wshub/ws.h"
 

@@ -1,7 +1,8 @@
 /* Unit tests for the opening handshake (src/ws/handshake.c), RFC 6455 4:
  * every status the server check can return, the response writers, the
  * extension grammar of 9.1 and the client side; plus wsh_strerror. */
-#include <cmocka.h>
+/* cmocka.h needs the standard headers before it. */
+/* clang-format off */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cmocka.h>
+/* clang-format on */
 
 #include "wshub/ws.h"
 

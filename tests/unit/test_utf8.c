@@ -2,12 +2,15 @@
  * class of RFC 3629 input, exhaustively against a reference decoder for
  * short sequences, split at every offset, and failing at the first bad
  * byte. */
-#include <cmocka.h>
+/* cmocka.h needs the standard headers before it. */
+/* clang-format off */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <cmocka.h>
+/* clang-format on */
 
 #include "wshub/ws.h"
 

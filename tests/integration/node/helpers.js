@@ -66,7 +66,8 @@ class Server {
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 
-  // The server is alive and answers a fresh client.
+  // The server is alive and answers a fresh client; then it is stopped
+  // with SIGTERM and must exit 0.
   async checkAlive() {
     if (this.exited) throw new Error(`wshub died: ${this.log.slice(-2000)}`);
     const h = await healthz(this.port);
@@ -82,6 +83,14 @@ class Server {
     ws.close(1000);
     const r = await c;
     if (r.code !== 1000) throw new Error(`fresh client close code ${r.code}`);
+    // graceful stop: exit status 0 (under ASan: no leak report either)
+    this.proc.kill('SIGTERM');
+    const ex = await withTimeout(this.exit, 10000, 'exit after SIGTERM');
+    if (ex.code !== 0) throw new Error(`exit after SIGTERM: ${JSON.stringify(ex)}\n${this.log.slice(-3000)}`);
+    this.checkLog();
+  }
+
+  checkLog() {
     for (const marker of ['ERROR: AddressSanitizer', 'runtime error:', 'ERROR: LeakSanitizer']) {
       if (this.log.includes(marker)) throw new Error(`sanitizer report in wshub log:\n${this.log.slice(-4000)}`);
     }

@@ -14,7 +14,10 @@ describe('raw channels and shutdown (node ws)', () => {
   afterEach(async () => {
     try {
       for (const ws of sockets.splice(0)) ws.terminate();
-      for (const s of servers) if (!s.stopped) await s.checkAlive();
+      for (const s of servers) {
+        if (!s.stopped) await s.checkAlive();
+        else s.checkLog();
+      }
     } finally {
       for (const s of servers.splice(0)) await s.kill();
     }
