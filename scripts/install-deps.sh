@@ -37,7 +37,7 @@ if [ -n "${missing[*]:-}" ]; then
 fi
 
 # Node test clients (ws) from the npm registry, pinned by package-lock.json.
-for d in tests/integration/node bench/node; do
+for d in bench/node; do
   if [ -f "$d/package.json" ] && [ ! -d "$d/node_modules" ]; then
     (cd "$d" && npm ci --silent --no-audit --no-fund >/dev/null)
   fi

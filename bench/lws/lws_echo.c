@@ -137,14 +137,15 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             snprintf(s->chan, sizeof s->chan, "%s", uri + 5);
         else
             return -1;
-        if (!(s->rx = malloc(LWS_PRE + MAX_MSG)))
-            return -1;
         s->tail = ring_head;
         s->next = sessions;
         sessions = s;
         break;
     }
     case LWS_CALLBACK_RECEIVE:
+        /* Allocated on first use, so idle sessions cost only lws's own. */
+        if (!s->rx && !(s->rx = malloc(LWS_PRE + MAX_MSG)))
+            return -1;
         if (s->rx_len + len > MAX_MSG)
             return -1;
         memcpy(s->rx + LWS_PRE + s->rx_len, in, len);

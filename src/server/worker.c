@@ -402,7 +402,8 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         wsh_timer_start(w->loop, &c->timer, wsh_cfg.ping_interval_ms);
     else
         wsh_timer_stop(&c->timer);
-    wsh_log(WSH_LOG_DEBUG, "conn=%u ev=open path=%.*s", c->id, (int)req->path_len, req->path);
+    wsh_log(WSH_LOG_DEBUG, "conn=%u worker=%d ev=open path=%.*s", c->id, w->id, (int)req->path_len,
+            req->path);
 }
 
 /* Consumes the request head from in[0..len). Returns bytes consumed. */

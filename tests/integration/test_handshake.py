@@ -304,3 +304,25 @@ def test_key_with_surrounding_whitespace_accepted(wshub):
         assert r.header("sec-websocket-accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("name,value", [
+    ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+    ("Sec-WebSocket-Extensions", "x-unknown-extension"),
+    ("Sec-WebSocket-Protocol", "chat, superchat"),
+])
+def test_unsupported_offers_not_selected(wshub, name, value):
+    """Nothing is negotiated that the server does not implement: no
+    extension or subprotocol in the 101, and RSV1 stays a protocol error."""
+    s = wshub("--echo")
+    c = wsraw.Conn("127.0.0.1", s.port)
+    try:
+        c.send(req(headers={name: value}))
+        r = c.read_http_response(body=False)
+        assert r.status == 101, r
+        assert r.header(name.lower()) is None, f"server selected {r.header(name.lower())!r}"
+        c.send_frame(wsraw.OP_TEXT, b"compressed?", rsv=4)
+        f, _ = c.wait_close()
+        assert f.close_code() == 1002, f
+    finally:
+        c.close()

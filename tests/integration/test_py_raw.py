@@ -127,3 +127,76 @@ def test_raw_channel_peer_close_code_echoed(wshub):
         assert c.wait_eof(5), "server did not close TCP"
     finally:
         c.close()
+
+
+def _read_messages(c, n, timeout=5):
+    """Read n whole messages, checking the frame sequence is valid (no data
+    frame of another message inside a fragmented one)."""
+    msgs = []
+    op = None
+    parts = []
+    while len(msgs) < n:
+        f = c.recv_frame(timeout)
+        assert not f.masked and not f.rsv, f
+        if f.opcode in (wsraw.OP_PING, wsraw.OP_PONG):
+            continue
+        assert f.opcode != wsraw.OP_CLOSE, f"unexpected close {f.close_code()}"
+        if op is None:
+            assert f.opcode in (wsraw.OP_TEXT, wsraw.OP_BINARY), f"message starts with {f!r}"
+            op = f.opcode
+        else:
+            assert f.opcode == wsraw.OP_CONT, f"{f!r} inside a fragmented message"
+        parts.append(f.payload)
+        if f.fin:
+            msgs.append((op, b"".join(parts)))
+            op, parts = None, []
+    return msgs
+
+
+def test_interleaved_fragmented_publishers_deliver_whole_messages(wshub):
+    """Publisher A is in the middle of a fragmented message when B sends a
+    whole one: subscribers get two valid, complete messages."""
+    s = wshub("--workers", 2)
+    a = wsraw.ws_connect(s.port, "/raw/mix")
+    b = wsraw.ws_connect(s.port, "/raw/mix")
+    subs = [wsraw.ws_connect(s.port, "/raw/mix") for _ in range(6)]
+    import time
+    time.sleep(0.1)
+    try:
+        a.send_frame(wsraw.OP_TEXT, b"A-first-", fin=False)
+        time.sleep(0.05)
+        b.send_frame(wsraw.OP_BINARY, b"B-whole")
+        time.sleep(0.05)
+        a.send_frame(wsraw.OP_CONT, b"middle-", fin=False)
+        time.sleep(0.05)
+        a.send_frame(wsraw.OP_CONT, b"last")
+        want = sorted([(wsraw.OP_TEXT, b"A-first-middle-last"), (wsraw.OP_BINARY, b"B-whole")])
+        for i, c in enumerate(subs):
+            assert sorted(_read_messages(c, 2)) == want, f"subscriber {i}"
+        assert _read_messages(b, 1) == [(wsraw.OP_TEXT, b"A-first-middle-last")]
+        assert _read_messages(a, 1) == [(wsraw.OP_BINARY, b"B-whole")]
+    finally:
+        for c in [a, b] + subs:
+            c.close()
+
+
+def test_raw_publisher_invalid_utf8_not_forwarded(wshub):
+    """A text message with invalid UTF-8 fails its sender (1007) and reaches
+    nobody."""
+    s = wshub("--workers", 2)
+    bad = wsraw.ws_connect(s.port, "/raw/utf")
+    sub = wsraw.ws_connect(s.port, "/raw/utf")
+    import time
+    time.sleep(0.1)
+    try:
+        bad.send_frame(wsraw.OP_TEXT, b"ok so far \xc0\xaf")
+        f, _ = bad.wait_close()
+        assert f.close_code() == 1007, f
+        try:
+            f = sub.recv_frame(0.3)
+            raise AssertionError(f"subscriber received {f!r}")
+        except wsraw.ReadTimeout:
+            pass
+    finally:
+        bad.close()
+        sub.close()
