@@ -73,36 +73,48 @@ available() {
     esac
 }
 
-# cell SERVER LABEL REPS BENCH-ARGS...
-cell() {
-    local server=$1 label=$2 reps=$3 r raw="" mode=echo size=32
-    shift 3
+# one SERVER LABEL BENCH-ARGS...: one run against a fresh server.
+one() {
+    local server=$1 label=$2 raw="" mode=echo size=32
+    shift 2
     case " $* " in *" fanout "*) mode=fanout ;; esac
     if [ "$server" = rawecho ]; then
         raw=--raw
         size=$(echo "$*" | sed -n 's/.*-s \([0-9]*\).*/\1/p')
         size=${size:-32}
     fi
+    start_server "$server" "$mode" "$size" || return
+    sleep 0.3
+    timeout $((DUR + 150)) taskset -c 1 "$bench" "$@" $raw --port "$port" -d "$DUR" \
+        --server-pid "$spid" --json |
+        sed "s/^{/{\"server\":\"$server\",\"cell\":\"$label\",/" | tee -a "$OUT"
+    stop_server
+}
+
+# cell LABEL REPS BENCH-ARGS...: the servers take turns within each
+# repetition, so a burst of load from elsewhere hits them all alike.
+cell() {
+    local label=$1 reps=$2 r s
+    shift 2
     for r in $(seq "$reps"); do
-        start_server "$server" "$mode" "$size" || return
-        sleep 0.3
-        timeout $((DUR + 150)) taskset -c 1 "$bench" "$@" $raw --port "$port" -d "$DUR" \
-            --server-pid "$spid" --json |
-            sed "s/^{/{\"server\":\"$server\",\"cell\":\"$label\",/" | tee -a "$OUT"
-        stop_server
+        for s in $servers; do
+            one "$s" "$label" "$@"
+        done
     done
 }
 
+servers=""
 for s in $SERVERS; do
-    available "$s" || { echo "skip $s (not built/installed)" >&2; continue; }
-    cell "$s" "echo 100x1 32B" "$REPS" echo -c 100 -p 1 -s 32
-    cell "$s" "echo 100x16 32B" "$REPS" echo -c 100 -p 16 -s 32
-    cell "$s" "echo 100x1 16KiB" "$REPS" echo -c 100 -p 1 -s 16384
-    cell "$s" "echo 100x16 16KiB" "$REPS" echo -c 100 -p 16 -s 16384
-    cell "$s" "fanout 64B x1000" "$REPS" fanout -c 1000 -s 64
-    cell "$s" "fanout 64B x10000" 1 fanout -c 10000 -s 64 --sources 4
-    cell "$s" "connect -c 50" "$REPS" connect -c 50 -s 32
-    cell "$s" "idle 10000" 1 idle -c 10000 --sources 4 -s 32
+    if available "$s"; then servers="$servers $s"; else echo "skip $s (not built/installed)" >&2; fi
 done
+
+cell "echo 100x1 32B" "$REPS" echo -c 100 -p 1 -s 32
+cell "echo 100x16 32B" "$REPS" echo -c 100 -p 16 -s 32
+cell "echo 100x1 16KiB" "$REPS" echo -c 100 -p 1 -s 16384
+cell "echo 100x16 16KiB" "$REPS" echo -c 100 -p 16 -s 16384
+cell "fanout 64B x1000" "$REPS" fanout -c 1000 -s 64
+cell "fanout 64B x10000" 1 fanout -c 10000 -s 64 --sources 4
+cell "connect -c 50" "$REPS" connect -c 50 -s 32
+cell "idle 10000" 1 idle -c 10000 --sources 4 -s 32
 
 python3 "$here/table.py" "$OUT"

@@ -34,7 +34,7 @@
 
 /* Longest value wsh_pmd_response_write() or wsh_pmd_client_offer() writes,
  * plus the NUL. */
-#define WSH_PMD_HEADER_MAX 128
+#define WSH_PMD_HEADER_MAX 160
 
 /* Agreed (or offered) parameters. Window bits are 8..15; 15 is also the
  * value of an absent parameter. */
@@ -205,9 +205,13 @@ WSH_NODISCARD int wsh_pmd_compress_oneshot(uint8_t window_bits, int level, int m
  * max_message bytes reach cb, and at most max_message + 1 are inflated.
  * Errors (the object stays failed and returns the same code afterwards):
  *   WSH_ETOOBIG (1009) the message inflates past max_message: a bomb.
- *   WSH_EPROTO  (1002) corrupt deflate data, a distance beyond the agreed
- *               window, data after a final block, or a message that does
- *               not end on a block boundary.
+ *   WSH_EPROTO  (1002) corrupt deflate data, data after a final block,
+ *               a message that does not end on a block boundary, or a
+ *               distance beyond the agreed window. The last is caught
+ *               when the reference reaches past both our window and the
+ *               output of the current inflate() step (zlib resolves it
+ *               from either), so whether a peer that overruns its agreed
+ *               window is caught can depend on how its bytes were chunked.
  *   WSH_ENOMEM  (1011) zlib could not allocate.
  *   any status cb returned.
  * Text messages must still be UTF-8-checked on the inflated bytes. */
@@ -218,5 +222,9 @@ WSH_NODISCARD int wsh_pmd_inflate(struct wsh_pmd *z, const struct wsh_limits *li
 /* zlib memory z holds right now, in bytes (estimate by the formulas
  * above): 0 when no stream is live. For metrics and tests. */
 size_t wsh_pmd_memory(const struct wsh_pmd *z);
+
+/* The window bits z deflates with: the key under which fan-out shares one
+ * wsh_pmd_compress_oneshot() output among connections. */
+uint8_t wsh_pmd_server_window_bits(const struct wsh_pmd *z);
 
 #endif

@@ -146,7 +146,9 @@ void wsh_parser_init(struct wsh_parser *p, enum wsh_role role, uint8_t rsv_allow
  *               a close reason that is not valid UTF-8.
  *   WSH_EUTF8   (1007) a text message is not valid UTF-8: reported at the
  *               first bad byte, even mid-frame, or at the end of the
- *               message when a sequence is left open.
+ *               message when a sequence is left open. Not checked for a
+ *               compressed message (RSV1): the caller validates the
+ *               inflated text.
  *   WSH_ETOOBIG (1009) declared message length over lim->max_message,
  *               checked before any payload byte is accepted.
  *   WSH_EPOLICY (1008) more than lim->max_fragments frames in one message.

@@ -82,9 +82,19 @@ void rawchan_leave(struct worker *w, struct conn *c)
     atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
 }
 
+/* Sends one encoded frame to every local subscriber but skip. Recipients
+ * with permessage-deflate get a compressed copy, made once per distinct
+ * deflate window on this worker and shared like the plain frame (our side
+ * never keeps compression context, so the bytes depend only on the window
+ * and the payload). */
 static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *skip,
                           struct wsh_buf *frame)
 {
+    struct wsh_buf *zcache[16] = { 0 };
+    bool zfailed[16] = { 0 };
+    size_t plen;
+    const uint8_t *payload = frame_payload(frame, &plen);
+    bool worth = wsh_cfg.deflate && wsh_pmd_worth_compressing(&wsh_cfg.pmd, plen);
     struct conn *next;
     for (struct conn *c = ch->local[w->id].head; c != NULL; c = next) {
         /* conn_send may close a slow consumer, unlinking it: read the next
@@ -92,8 +102,22 @@ static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *ski
         next = c->chan_next;
         if (c == skip)
             continue;
-        conn_send(w, c, wsh_buf_ref(frame));
+        struct wsh_buf *f = frame;
+        if (worth && c->pmd) {
+            uint8_t bits = wsh_pmd_server_window_bits(c->pmd) & 15u;
+            if (zcache[bits] == NULL && !zfailed[bits]) {
+                zcache[bits] = frame_deflate(NULL, bits, frame->data[frame->start] & 0x0fu,
+                                             payload, plen);
+                zfailed[bits] = zcache[bits] == NULL;
+            }
+            if (zcache[bits])
+                f = zcache[bits];
+        }
+        conn_send(w, c, wsh_buf_ref(f));
     }
+    for (int i = 0; i < 16; i++)
+        if (zcache[i])
+            wsh_buf_unref(zcache[i]);
 }
 
 static void inbox_push(struct worker *to, struct rawchan *ch, struct wsh_buf *frame)

@@ -37,6 +37,7 @@ static void usage(FILE *out)
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
             "  --log-level LEVEL         error, warn, info or debug (default info)\n"
             "  --port-file PATH          write the bound port to PATH once listening\n"
+            "  --deflate                 offer permessage-deflate (RFC 7692) compression\n"
             "  --tls-cert FILE           serve wss:// with this PEM certificate chain\n"
             "  --tls-key FILE            the certificate's PEM private key\n"
             "  --tls-ca FILE             require client certificates signed by this CA\n"
@@ -115,7 +116,8 @@ enum {
     OPT_PORT_FILE,
     OPT_TLS_CERT,
     OPT_TLS_KEY,
-    OPT_TLS_CA
+    OPT_TLS_CA,
+    OPT_DEFLATE
 };
 
 static int parse_args(int argc, char **argv)
@@ -136,6 +138,7 @@ static int parse_args(int argc, char **argv)
         { "tls-cert", required_argument, NULL, OPT_TLS_CERT },
         { "tls-key", required_argument, NULL, OPT_TLS_KEY },
         { "tls-ca", required_argument, NULL, OPT_TLS_CA },
+        { "deflate", no_argument, NULL, OPT_DEFLATE },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -209,6 +212,9 @@ static int parse_args(int argc, char **argv)
         case OPT_TLS_CA:
             wsh_cfg.tls.ca_file = optarg;
             break;
+        case OPT_DEFLATE:
+            wsh_cfg.deflate = true;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -225,6 +231,10 @@ static int parse_args(int argc, char **argv)
         fprintf(stderr, "wshub: --tls-cert and --tls-key go together (and --tls-ca needs them)\n");
         return -1;
     }
+    /* A compressed message may be a little larger than its inflated size
+     * (stored blocks); the true bound is enforced on the inflated bytes. */
+    wsh_cfg.zlimits = wsh_cfg.limits;
+    wsh_cfg.zlimits.max_message = wsh_cfg.limits.max_message + wsh_cfg.limits.max_message / 64 + 256;
     if (optind < argc) {
         fprintf(stderr, "wshub: unexpected argument '%s'\n", argv[optind]);
         return -1;
@@ -320,8 +330,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    wsh_log(WSH_LOG_INFO, "ev=listen addr=%s port=%d workers=%d tls=%d echo=%d max_message=%llu",
-            wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.echo ? 1 : 0,
+    wsh_log(WSH_LOG_INFO, "ev=listen addr=%s port=%d workers=%d tls=%d deflate=%d echo=%d max_message=%llu",
+            wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.deflate ? 1 : 0,
+            wsh_cfg.echo ? 1 : 0,
             (unsigned long long)wsh_cfg.limits.max_message);
     if (wsh_cfg.port_file && write_port_file(wsh_cfg.port_file, port) != 0) {
         wsh_log(WSH_LOG_ERROR, "ev=port_file_failed path=%s", wsh_cfg.port_file);

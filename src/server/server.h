@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "net.h"
+#include "wshub/pmd.h"
 #include "wshub/ws.h"
 
 #define WSH_MAX_WORKERS 64
@@ -28,6 +29,9 @@ struct wsh_config {
     size_t max_connections;
     const char *port_file;
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
+    bool deflate;            /* offer permessage-deflate (RFC 7692) */
+    struct wsh_pmd_config pmd;
+    struct wsh_limits zlimits; /* parser limits on compressed connections */
 };
 
 extern struct wsh_config wsh_cfg;
@@ -82,6 +86,8 @@ struct conn {
     struct conn *chan_next, *chan_prev;
     struct wsh_parser parser;
     struct ssl_st *ssl; /* NULL for plain TCP */
+    struct wsh_pmd *pmd; /* NULL unless permessage-deflate was agreed */
+    struct wsh_utf8 zutf8; /* UTF-8 state of the text being inflated */
     uint32_t tls_retry; /* length of a TLS write to repeat */
     uint32_t id;
     uint8_t state;
@@ -150,6 +156,12 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
 void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void conn_destroy(struct worker *w, struct conn *c);
 struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);
+/* A compressed frame (RSV1) of payload: with z, that connection's state;
+ * with z NULL, the stateless compressor for window_bits (fan-out). */
+struct wsh_buf *frame_deflate(struct wsh_pmd *z, uint8_t window_bits, unsigned opcode,
+                              const uint8_t *payload, size_t len);
+/* Where the payload of a frame we encoded starts, and its length. */
+const uint8_t *frame_payload(const struct wsh_buf *frame, size_t *len);
 
 /* session.c: the WebSocket phase. */
 size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len);

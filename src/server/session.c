@@ -9,12 +9,27 @@
  * be written in place once the length is known: no copy at the end. */
 #define HEADROOM WSH_FRAME_HDR_MAX
 
+/* Hands a complete message (an uncompressed frame we encoded) to the
+ * endpoint. An echo to a connection with permessage-deflate goes back
+ * compressed when it is worth it. */
 static void deliver(struct worker *w, struct conn *c, struct wsh_buf *frame)
 {
-    if (c->endpoint == EP_RAW)
+    if (c->endpoint == EP_RAW) {
         rawchan_publish(w, c, frame);
-    else
-        conn_send(w, c, frame);
+        return;
+    }
+    size_t len;
+    const uint8_t *payload = frame_payload(frame, &len);
+    if (c->pmd && wsh_pmd_worth_compressing(&wsh_cfg.pmd, len)) {
+        struct wsh_buf *z = frame_deflate(c->pmd, 0, frame->data[frame->start] & 0x0fu, payload, len);
+        wsh_buf_unref(frame);
+        if (z == NULL) {
+            conn_close(w, c, WSH_CLOSE_INTERNAL, "compression failed");
+            return;
+        }
+        frame = z;
+    }
+    conn_send(w, c, frame);
 }
 
 static const char *reason_for(unsigned code)
@@ -56,13 +71,99 @@ static int append(struct conn *c, const uint8_t *p, size_t n)
     return WSH_OK;
 }
 
+struct inflate_ctx {
+    struct conn *c;
+    bool text;
+};
+
+/* Inflated bytes: UTF-8 is checked as they come out, so a compressed text
+ * message fails as fast as an uncompressed one. */
+static int inflate_out(const uint8_t *p, size_t n, void *user)
+{
+    struct inflate_ctx *x = user;
+    if (x->text && wsh_utf8_feed(&x->c->zutf8, p, n) != WSH_OK)
+        return WSH_EUTF8;
+    return append(x->c, p, n);
+}
+
+static unsigned close_code_for(int status)
+{
+    switch (status) {
+    case WSH_EUTF8:
+        return WSH_CLOSE_INVALID_DATA;
+    case WSH_ETOOBIG:
+        return WSH_CLOSE_TOO_BIG;
+    case WSH_ENOMEM:
+        return WSH_CLOSE_INTERNAL;
+    default:
+        return WSH_CLOSE_PROTOCOL;
+    }
+}
+
+static struct wsh_buf *finish_message(struct conn *c, unsigned opcode)
+{
+    struct wsh_buf *b = c->msg;
+    c->msg = NULL;
+    uint64_t len = b->end - HEADROOM;
+    size_t hl = wsh_frame_header_size(len, false);
+    b->start = (uint32_t)(HEADROOM - hl);
+    wsh_frame_header_write(b->data + b->start, opcode, true, false, len, NULL);
+    return b;
+}
+
+static bool start_message(struct worker *w, struct conn *c, size_t hint)
+{
+    size_t cap = HEADROOM + (hint > 4096 ? hint : 4096);
+    if (cap > HEADROOM + wsh_cfg.limits.max_message)
+        cap = HEADROOM + (size_t)wsh_cfg.limits.max_message;
+    c->msg = wsh_buf_new(cap);
+    if (c->msg == NULL) {
+        conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+        return false;
+    }
+    c->msg->start = c->msg->end = HEADROOM;
+    return true;
+}
+
+/* A chunk of a compressed message (RFC 7692): inflated into the message
+ * buffer with the size limit on the inflated bytes (a bomb stops after at
+ * most max_message + one chunk). */
+static void on_compressed(struct worker *w, struct conn *c, const struct wsh_event *ev)
+{
+    if (ev->first) {
+        wsh_utf8_init(&c->zutf8);
+        if (!start_message(w, c, ev->len * 2))
+            return;
+    }
+    if (c->msg == NULL)
+        return;
+    struct inflate_ctx x = { .c = c, .text = ev->opcode == WSH_OP_TEXT };
+    int rc = wsh_pmd_inflate(c->pmd, &wsh_cfg.limits, ev->data, ev->len, ev->last, inflate_out, &x);
+    if (rc == WSH_OK && ev->last && x.text && !wsh_utf8_complete(&c->zutf8))
+        rc = WSH_EUTF8;
+    if (rc != WSH_OK) {
+        unsigned code = close_code_for(rc);
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
+                wsh_strerror(rc));
+        conn_close(w, c, code, code == WSH_CLOSE_TOO_BIG ? "message too big" : "bad compressed data");
+        return;
+    }
+    if (ev->last)
+        deliver(w, c, finish_message(c, ev->opcode));
+}
+
 static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev)
 {
+    if (ev->rsv1) {
+        on_compressed(w, c, ev);
+        return;
+    }
     if (ev->first && ev->last) {
         /* The whole message arrived in one read: encode straight from the
          * receive buffer, one copy. An echo is corked with the other
          * replies of this turn. */
-        if (c->endpoint == EP_ECHO) {
+        if (c->endpoint == EP_ECHO &&
+            !(c->pmd && wsh_pmd_worth_compressing(&wsh_cfg.pmd, ev->len))) {
             conn_send_frame(w, c, ev->opcode, ev->data, ev->len);
             return;
         }
@@ -74,30 +175,14 @@ static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev
         deliver(w, c, f);
         return;
     }
-    if (ev->first) {
-        size_t cap = HEADROOM + (ev->len > 4096 ? ev->len : 4096);
-        if (cap > HEADROOM + wsh_cfg.limits.max_message)
-            cap = HEADROOM + (size_t)wsh_cfg.limits.max_message;
-        c->msg = wsh_buf_new(cap);
-        if (c->msg == NULL) {
-            conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
-            return;
-        }
-        c->msg->start = c->msg->end = HEADROOM;
-    }
+    if (ev->first && !start_message(w, c, ev->len))
+        return;
     if (c->msg == NULL || append(c, ev->data, ev->len) != WSH_OK) {
         conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
         return;
     }
-    if (!ev->last)
-        return;
-    struct wsh_buf *b = c->msg;
-    c->msg = NULL;
-    uint64_t len = b->end - HEADROOM;
-    size_t hl = wsh_frame_header_size(len, false);
-    b->start = (uint32_t)(HEADROOM - hl);
-    wsh_frame_header_write(b->data + b->start, ev->opcode, true, false, len, NULL);
-    deliver(w, c, b);
+    if (ev->last)
+        deliver(w, c, finish_message(c, ev->opcode));
 }
 
 size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
@@ -105,7 +190,8 @@ size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
     size_t off = 0;
     while (off < len && c->state == CONN_OPEN) {
         struct wsh_event ev;
-        ssize_t n = wsh_parser_feed(&c->parser, &wsh_cfg.limits, in + off, len - off, &ev);
+        ssize_t n = wsh_parser_feed(&c->parser, c->pmd ? &wsh_cfg.zlimits : &wsh_cfg.limits,
+                                    in + off, len - off, &ev);
         if (n < 0) {
             unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,

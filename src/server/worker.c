@@ -54,6 +54,55 @@ struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len)
     return b;
 }
 
+const uint8_t *frame_payload(const struct wsh_buf *frame, size_t *len)
+{
+    const uint8_t *p = frame->data + frame->start;
+    unsigned l7 = p[1] & 0x7fu;
+    size_t hl = l7 < 126 ? 2 : l7 == 126 ? 4 : 10;
+    *len = wsh_buf_len(frame) - hl;
+    return p + hl;
+}
+
+struct zout {
+    struct wsh_buf *b;
+};
+
+static int zout_write(const uint8_t *p, size_t n, void *user)
+{
+    struct zout *o = user;
+    if ((size_t)o->b->end + n > o->b->cap) {
+        size_t cap = (size_t)o->b->cap * 2 + n;
+        struct wsh_buf *nb = wsh_buf_grow(o->b, cap);
+        if (nb == NULL)
+            return WSH_ENOMEM;
+        o->b = nb;
+    }
+    memcpy(o->b->data + o->b->end, p, n);
+    o->b->end += (uint32_t)n;
+    return WSH_OK;
+}
+
+struct wsh_buf *frame_deflate(struct wsh_pmd *z, uint8_t window_bits, unsigned opcode,
+                              const uint8_t *payload, size_t len)
+{
+    struct zout o = { .b = wsh_buf_new(WSH_FRAME_HDR_MAX + len / 2 + 64) };
+    if (o.b == NULL)
+        return NULL;
+    o.b->start = o.b->end = WSH_FRAME_HDR_MAX;
+    int rc = z ? wsh_pmd_compress(z, payload, len, zout_write, &o)
+               : wsh_pmd_compress_oneshot(window_bits, wsh_cfg.pmd.level, wsh_cfg.pmd.mem_level,
+                                          payload, len, zout_write, &o);
+    if (rc != WSH_OK) {
+        wsh_buf_unref(o.b);
+        return NULL;
+    }
+    uint64_t clen = o.b->end - WSH_FRAME_HDR_MAX;
+    size_t hl = wsh_frame_header_size(clen, false);
+    o.b->start = (uint32_t)(WSH_FRAME_HDR_MAX - hl);
+    wsh_frame_header_write(o.b->data + o.b->start, opcode, true, true, clen, NULL);
+    return o.b;
+}
+
 static void mark_pending(struct worker *w, struct conn *c)
 {
     if (c->flags & CF_PENDING)
@@ -211,6 +260,8 @@ void conn_destroy(struct worker *w, struct conn *c)
         wsh_tls_conn_free(c->ssl);
         c->ssl = NULL;
     }
+    wsh_pmd_destroy(c->pmd);
+    c->pmd = NULL;
     close(c->io.fd); /* also removes it from epoll */
     c->io.fd = -1;
     if (c->prev)
@@ -318,6 +369,23 @@ static bool channel_name_ok(const char *p, size_t n)
     return true;
 }
 
+/* RFC 7692 5: an offer with an unknown or malformed parameter is declined
+ * (the connection goes on uncompressed), not refused; the first acceptable
+ * offer wins. */
+static bool pick_deflate(struct wsh_slice name, const struct wsh_slice *pn,
+                         const struct wsh_slice *pv, size_t np, void *user)
+{
+    struct wsh_pmd_pick *pick = user;
+    if (pick->accepted)
+        return true;
+    struct wsh_pmd_params agreed;
+    if (wsh_pmd_server_offer(pick->cfg, name, pn, pv, np, &agreed) == WSH_PMD_ACCEPT) {
+        pick->accepted = true;
+        pick->params = agreed;
+    }
+    return true;
+}
+
 /* Routes a complete request head. Returns the bytes of the head, or 0 when
  * the connection was answered and is closing. */
 static void http_route(struct worker *w, struct conn *c, const struct wsh_http_request *req)
@@ -377,13 +445,25 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         .nheaders = req->nheaders,
     };
     struct wsh_hs_result res;
-    if (wsh_hs_server_check(&hreq, NULL, NULL, NULL, &res) != WSH_OK) {
+    struct wsh_pmd_pick pick = { .cfg = &wsh_cfg.pmd };
+    if (wsh_hs_server_check(&hreq, NULL, wsh_cfg.deflate ? pick_deflate : NULL, &pick, &res) !=
+        WSH_OK) {
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d", c->id, res.status);
         http_reply(w, c, res.status, res.error ? res.error : "bad request");
         return;
     }
+    char ext[WSH_PMD_HEADER_MAX];
+    const char *ext_response = NULL;
+    if (pick.accepted) {
+        if (wsh_pmd_response_write(ext, sizeof(ext), &pick.params) < 0 ||
+            wsh_pmd_create(WSH_ROLE_SERVER, &pick.params, &wsh_cfg.pmd, &c->pmd) != WSH_OK) {
+            conn_destroy(w, c);
+            return;
+        }
+        ext_response = ext;
+    }
     char out[512];
-    ssize_t n = wsh_hs_server_response(out, sizeof(out), &res, NULL);
+    ssize_t n = wsh_hs_server_response(out, sizeof(out), &res, ext_response);
     if (n <= 0) {
         conn_destroy(w, c);
         return;
@@ -393,7 +473,8 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         return;
     c->state = CONN_OPEN;
     c->endpoint = (uint8_t)ep;
-    wsh_parser_init(&c->parser, WSH_ROLE_SERVER, 0);
+    /* RSV1 is legal only once permessage-deflate was agreed. */
+    wsh_parser_init(&c->parser, WSH_ROLE_SERVER, c->pmd ? 0x40 : 0);
     if (ep == EP_RAW && rawchan_join(w, c, chan, chan_len) == NULL) {
         conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
         return;

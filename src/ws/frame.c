@@ -131,9 +131,11 @@ static ssize_t feed_payload(struct wsh_parser *p, uint8_t *in, size_t len, size_
     bool frame_done = p->_remaining == 0;
     bool last = frame_done && p->_fin;
 
-    if (p->_msg_op == WSH_OP_TEXT) {
+    if (p->_msg_op == WSH_OP_TEXT && !p->_msg_rsv1) {
         /* 8.1 and Autobahn 6.x: fail at the first impossible byte, before
-         * the frame or message completes. */
+         * the frame or message completes. A compressed message (RSV1,
+         * RFC 7692) is not UTF-8 on the wire: its caller checks the
+         * inflated bytes instead. */
         if (wsh_utf8_feed(&p->_utf8, data, n) != WSH_OK)
             return fail(p, WSH_CLOSE_INVALID_DATA);
         if (last && !wsh_utf8_complete(&p->_utf8))

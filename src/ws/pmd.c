@@ -12,7 +12,7 @@
 #define ZLIB_CONST
 #include <zlib.h>
 
-#define DEFLATE_OUT 8192 /* deflate output staging, on the stack */
+#define DEFLATE_OUT         8192 /* deflate output staging, on the stack */
 #define INFLATE_STATE_BYTES 7168 /* zconf.h: "plus about 7 kilobytes" */
 
 static const uint8_t tail[4] = { 0x00, 0x00, 0xff, 0xff };
@@ -32,9 +32,9 @@ struct wsh_pmd {
 /* Parameters                                                          */
 
 struct offer {
-    bool snct, cnct;        /* *_no_context_takeover present */
+    bool snct, cnct; /* *_no_context_takeover present */
     bool has_sbits, has_cbits;
-    uint8_t sbits, cbits;   /* the value, 0 when the parameter had none */
+    uint8_t sbits, cbits; /* the value, 0 when the parameter had none */
 };
 
 static bool slice_ieq(struct wsh_slice s, const char *lit)
@@ -583,8 +583,8 @@ int wsh_pmd_inflate(struct wsh_pmd *z, const struct wsh_limits *lim, const uint8
 {
     if (z->failed != WSH_OK)
         return z->failed;
-    uint64_t limit = lim != NULL && lim->max_message != 0 ? lim->max_message
-                                                          : WSH_DEFAULT_MAX_MESSAGE;
+    uint64_t limit =
+        lim != NULL && lim->max_message != 0 ? lim->max_message : WSH_DEFAULT_MAX_MESSAGE;
     if (!z->i_live) {
         memset(&z->i, 0, sizeof(z->i));
         int rc = inflateInit2(&z->i, -(int)z->i_bits);
@@ -625,4 +625,9 @@ size_t wsh_pmd_memory(const struct wsh_pmd *z)
     if (z->i_live)
         n += wsh_pmd_inflate_memory(z->i_bits);
     return n;
+}
+
+uint8_t wsh_pmd_server_window_bits(const struct wsh_pmd *z)
+{
+    return z->d_bits;
 }

@@ -1,0 +1,1345 @@
+/* The broker interface's entry points and its embedded single-node engine
+ * (DESIGN.md 4): per-channel epoch and offsets, a history ring bounded by
+ * size and TTL, msg_id de-duplication, recovery, presence and read cursors.
+ * Callbacks run inside the call, after every broker lock is released,
+ * except on_message, which runs under the channel's publish-order lock. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "wshub/broker.h"
+
+/* ---- engine-neutral entry points ----------------------------------------
+ * They live here because memory.c is the library's only file today; they
+ * move to broker.c when the redis engine arrives. */
+
+struct wsh_broker {
+    const struct wsh_broker_ops *ops;
+    void *self;
+};
+
+static bool name_ok(const char *s)
+{
+    return s != NULL && s[0] != '\0' && strnlen(s, WSH_BROKER_NAME_MAX + 1) <= WSH_BROKER_NAME_MAX;
+}
+
+/* NULL allowed; "" allowed. */
+static bool opt_name_ok(const char *s)
+{
+    return s == NULL || strnlen(s, WSH_BROKER_NAME_MAX + 1) <= WSH_BROKER_NAME_MAX;
+}
+
+int wsh_broker_create(const struct wsh_broker_ops *ops, void *self, struct wsh_broker **out)
+{
+    if (ops == NULL || self == NULL || out == NULL)
+        return WSH_EINVAL;
+    struct wsh_broker *b = malloc(sizeof(*b));
+    if (b == NULL) {
+        ops->destroy(self);
+        return WSH_ENOMEM;
+    }
+    b->ops = ops;
+    b->self = self;
+    *out = b;
+    return WSH_OK;
+}
+
+void wsh_broker_destroy(struct wsh_broker *b)
+{
+    if (b == NULL)
+        return;
+    b->ops->destroy(b->self);
+    free(b);
+}
+
+const char *wsh_broker_engine(const struct wsh_broker *b)
+{
+    return b->ops->name;
+}
+
+int wsh_broker_publish(struct wsh_broker *b, const struct wsh_broker_publish_req *req,
+                       wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || req == NULL || !name_ok(req->channel) || !opt_name_ok(req->from) ||
+        (req->msg_id != NULL && !name_ok(req->msg_id)) ||
+        (req->payload == NULL && req->payload_len != 0))
+        return WSH_EINVAL;
+    return b->ops->publish(b->self, req, cb, user);
+}
+
+int wsh_broker_history(struct wsh_broker *b, const struct wsh_broker_history_req *req,
+                       wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || req == NULL || !name_ok(req->channel) || cb == NULL)
+        return WSH_EINVAL;
+    return b->ops->history(b->self, req, cb, user);
+}
+
+int wsh_broker_recover(struct wsh_broker *b, const char *channel, uint64_t offset,
+                       const char *epoch, int64_t now_ms, wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || !name_ok(channel) || epoch == NULL || cb == NULL)
+        return WSH_EINVAL;
+    return b->ops->recover(b->self, channel, offset, epoch, now_ms, cb, user);
+}
+
+int wsh_broker_subscribe(struct wsh_broker *b, const char *channel, wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || !name_ok(channel))
+        return WSH_EINVAL;
+    return b->ops->subscribe(b->self, channel, cb, user);
+}
+
+int wsh_broker_unsubscribe(struct wsh_broker *b, const char *channel, wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || !name_ok(channel))
+        return WSH_EINVAL;
+    return b->ops->unsubscribe(b->self, channel, cb, user);
+}
+
+int wsh_broker_presence_add(struct wsh_broker *b, const char *channel, const char *client,
+                            const char *user_id, const char *info, size_t info_len,
+                            wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || !name_ok(channel) || !name_ok(client) || !opt_name_ok(user_id) ||
+        (info == NULL && info_len != 0))
+        return WSH_EINVAL;
+    return b->ops->presence_add(b->self, channel, client, user_id, info, info_len, cb, user);
+}
+
+int wsh_broker_presence_remove(struct wsh_broker *b, const char *channel, const char *client,
+                               wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || !name_ok(channel) || !name_ok(client))
+        return WSH_EINVAL;
+    return b->ops->presence_remove(b->self, channel, client, cb, user);
+}
+
+int wsh_broker_presence_list(struct wsh_broker *b, const char *channel, wsh_broker_cb *cb,
+                             void *user)
+{
+    if (b == NULL || !name_ok(channel) || cb == NULL)
+        return WSH_EINVAL;
+    return b->ops->presence_list(b->self, channel, cb, user);
+}
+
+int wsh_broker_presence_count(struct wsh_broker *b, const char *channel, wsh_broker_cb *cb,
+                              void *user)
+{
+    if (b == NULL || !name_ok(channel) || cb == NULL)
+        return WSH_EINVAL;
+    return b->ops->presence_count(b->self, channel, cb, user);
+}
+
+int wsh_broker_read_set(struct wsh_broker *b, const char *channel, const char *user_id,
+                        uint64_t offset, wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || !name_ok(channel) || !name_ok(user_id))
+        return WSH_EINVAL;
+    return b->ops->read_set(b->self, channel, user_id, offset, cb, user);
+}
+
+int wsh_broker_read_get(struct wsh_broker *b, const char *channel, const char *user_id,
+                        wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || !name_ok(channel) || !name_ok(user_id) || cb == NULL)
+        return WSH_EINVAL;
+    return b->ops->read_get(b->self, channel, user_id, cb, user);
+}
+
+int wsh_broker_channel_stats(struct wsh_broker *b, const char *channel, int64_t now_ms,
+                             wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || !name_ok(channel) || cb == NULL)
+        return WSH_EINVAL;
+    return b->ops->channel_stats(b->self, channel, now_ms, cb, user);
+}
+
+int wsh_broker_info(struct wsh_broker *b, wsh_broker_cb *cb, void *user)
+{
+    if (b == NULL || cb == NULL)
+        return WSH_EINVAL;
+    return b->ops->info(b->self, cb, user);
+}
+
+size_t wsh_broker_sweep(struct wsh_broker *b, int64_t now_ms)
+{
+    return b->ops->sweep(b->self, now_ms);
+}
+
+/* ---- a small keyed hash map ----------------------------------------------
+ * Intrusive chained buckets. Keys come from peers (channel names, msg_ids,
+ * user ids), so the hash is SipHash-1-3 with a per-broker random key: a
+ * client cannot pick keys that collide into one long chain. */
+
+struct node {
+    struct node *next;
+    uint64_t hash;
+    const char *key; /* in the record's own allocation */
+    size_t klen;
+};
+
+struct map {
+    struct node **b;
+    size_t nb; /* power of two, or 0 before the first insert */
+    size_t n;
+};
+
+#define ROTL(x, s) (((x) << (s)) | ((x) >> (64 - (s))))
+#define SIPROUND           \
+    do {                   \
+        v0 += v1;          \
+        v1 = ROTL(v1, 13); \
+        v1 ^= v0;          \
+        v0 = ROTL(v0, 32); \
+        v2 += v3;          \
+        v3 = ROTL(v3, 16); \
+        v3 ^= v2;          \
+        v0 += v3;          \
+        v3 = ROTL(v3, 21); \
+        v3 ^= v0;          \
+        v2 += v1;          \
+        v1 = ROTL(v1, 17); \
+        v1 ^= v2;          \
+        v2 = ROTL(v2, 32); \
+    } while (0)
+
+static uint64_t siphash13(const uint64_t k[2], const void *p, size_t len)
+{
+    const uint8_t *in = p;
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k[0];
+    uint64_t v1 = 0x646f72616e646f6dULL ^ k[1];
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k[0];
+    uint64_t v3 = 0x7465646279746573ULL ^ k[1];
+    size_t whole = len & ~(size_t)7;
+    for (size_t i = 0; i < whole; i += 8) {
+        uint64_t m = 0;
+        for (size_t j = 0; j < 8; j++)
+            m |= (uint64_t)in[i + j] << (8 * j);
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t last = (uint64_t)len << 56;
+    for (size_t j = 0; j < (len & 7); j++)
+        last |= (uint64_t)in[whole + j] << (8 * j);
+    v3 ^= last;
+    SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static struct node *map_find(const struct map *m, const char *key, size_t klen, uint64_t h)
+{
+    if (m->nb == 0)
+        return NULL;
+    for (struct node *n = m->b[h & (m->nb - 1)]; n != NULL; n = n->next)
+        if (n->hash == h && n->klen == klen && memcmp(n->key, key, klen) == 0)
+            return n;
+    return NULL;
+}
+
+/* Makes room for one more entry, so that map_insert cannot fail afterwards.
+ * Only the first table is required; a failed growth keeps the old table
+ * (longer chains, still correct). */
+static int map_reserve(struct map *m)
+{
+    if (m->nb == 0) {
+        m->b = calloc(8, sizeof(*m->b));
+        if (m->b == NULL)
+            return WSH_ENOMEM;
+        m->nb = 8;
+        return WSH_OK;
+    }
+    if (m->n + 1 <= m->nb)
+        return WSH_OK;
+    size_t nb = m->nb * 2;
+    struct node **b = calloc(nb, sizeof(*b));
+    if (b == NULL)
+        return WSH_OK;
+    for (size_t i = 0; i < m->nb; i++) {
+        struct node *n = m->b[i];
+        while (n != NULL) {
+            struct node *next = n->next;
+            n->next = b[n->hash & (nb - 1)];
+            b[n->hash & (nb - 1)] = n;
+            n = next;
+        }
+    }
+    free(m->b);
+    m->b = b;
+    m->nb = nb;
+    return WSH_OK;
+}
+
+static void map_insert(struct map *m, struct node *n)
+{
+    struct node **head = &m->b[n->hash & (m->nb - 1)];
+    n->next = *head;
+    *head = n;
+    m->n++;
+}
+
+static void map_remove(struct map *m, struct node *n)
+{
+    struct node **pp = &m->b[n->hash & (m->nb - 1)];
+    while (*pp != n)
+        pp = &(*pp)->next;
+    *pp = n->next;
+    m->n--;
+}
+
+/* Calls fn on every entry; fn may free the entry (the next link is read
+ * first). The map itself is freed by the caller. */
+static void map_each(struct map *m, void (*fn)(struct node *n, void *arg), void *arg)
+{
+    for (size_t i = 0; i < m->nb; i++) {
+        struct node *n = m->b[i];
+        while (n != NULL) {
+            struct node *next = n->next;
+            fn(n, arg);
+            n = next;
+        }
+    }
+}
+
+#define CONTAINER(p, type, field) ((type *)(void *)((char *)(p)-offsetof(type, field)))
+
+/* ---- records ---------------------------------------------------------------- */
+
+/* One published message. Ref-counted so that history readers and
+ * on_message can use it after the channel lock is released while a later
+ * publish or a TTL trim drops it from the ring. */
+struct blob {
+    atomic_uint refs;
+    uint64_t offset;
+    int64_t time_ms;
+    int64_t expires_ms; /* INT64_MAX: no TTL */
+    size_t payload_len;
+    size_t from_len;
+    char data[]; /* payload NUL from NUL */
+};
+
+struct dedup {
+    struct node node; /* key: from NUL msg_id */
+    struct dedup *fifo_next;
+    uint64_t offset;
+    int64_t expires_ms;
+    char key[];
+};
+
+struct member {
+    struct node node; /* key: client */
+    const char *user;
+    const char *info;
+    size_t info_len;
+    char data[]; /* client NUL user NUL info NUL */
+};
+
+struct reader {
+    struct node node; /* key: user */
+    uint64_t offset;
+    char key[];
+};
+
+struct channel {
+    struct node node; /* in the registry; key: name */
+    /* Holders between lookup and release. Raised only under the registry
+     * lock; a channel is freed only under the registry's write lock with
+     * refs == 0, so nobody can be using it then. */
+    atomic_size_t refs;
+    /* Publish order: held from offset assignment through on_message, so
+     * deliveries of one channel never overlap and arrive in offset order. */
+    pthread_mutex_t order;
+    pthread_mutex_t mu;                   /* everything below */
+    char epoch[WSH_BROKER_EPOCH_LEN + 1]; /* fixed for the record's life */
+    uint64_t top;                         /* last offset given */
+    struct blob **ring;
+    uint32_t cap, head, len; /* ring[head] is the oldest, offset top - len + 1 */
+    size_t ring_bytes;
+    struct map dedup;
+    struct dedup *dq_head, *dq_tail; /* FIFO in insertion order */
+    struct map members;
+    struct map readers;
+    size_t subs;
+    char name[];
+};
+
+struct memory {
+    pthread_rwlock_t lock; /* the registry: channels, nchannels */
+    struct map channels;
+    uint64_t key[2];
+    size_t max_payload, max_channels, dedup_max, presence_max, readers_max;
+    wsh_broker_message_cb *on_message;
+    void *user;
+    atomic_size_t subscriptions, presence, history_messages, history_bytes;
+    _Atomic uint64_t published, duplicates, channels_freed;
+};
+
+static void blob_unref(struct blob *b)
+{
+    if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1)
+        free(b);
+}
+
+static size_t blob_bytes(const struct blob *b)
+{
+    return b->payload_len + b->from_len;
+}
+
+static void blob_msg(const struct blob *b, struct wsh_broker_msg *m)
+{
+    m->offset = b->offset;
+    m->time_ms = b->time_ms;
+    m->payload = b->data;
+    m->payload_len = b->payload_len;
+    m->from = b->data + b->payload_len + 1;
+}
+
+static void random_bytes(void *p, size_t n)
+{
+    static atomic_uint_fast64_t fallback;
+    uint8_t *d = p;
+    while (n > 0) {
+        ssize_t r = getrandom(d, n, 0);
+        if (r > 0) {
+            d += r;
+            n -= (size_t)r;
+        } else if (r < 0 && errno == EINTR) {
+            continue;
+        } else {
+            break;
+        }
+    }
+    if (n == 0)
+        return;
+    /* No getrandom (old kernel, seccomp): splitmix64 over the clock and a
+     * counter. Epochs only need to differ, hash keys only to be unguessable
+     * in practice. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t s = atomic_fetch_add(&fallback, 0x9e3779b97f4a7c15ULL) ^
+                 ((uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec);
+    while (n > 0) {
+        uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        z ^= z >> 31;
+        size_t k = n < 8 ? n : 8;
+        memcpy(d, &z, k);
+        d += k;
+        n -= k;
+    }
+}
+
+static void new_epoch(char out[WSH_BROKER_EPOCH_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t r[WSH_BROKER_EPOCH_LEN / 2];
+    random_bytes(r, sizeof(r));
+    for (size_t i = 0; i < sizeof(r); i++) {
+        out[2 * i] = hex[r[i] >> 4];
+        out[2 * i + 1] = hex[r[i] & 15];
+    }
+    out[WSH_BROKER_EPOCH_LEN] = '\0';
+}
+
+/* ---- channel state (called with c->mu held) ---------------------------- */
+
+static void ring_pop(struct memory *m, struct channel *c)
+{
+    struct blob *b = c->ring[c->head];
+    c->ring[c->head] = NULL;
+    c->head = (c->head + 1) % c->cap;
+    c->len--;
+    c->ring_bytes -= blob_bytes(b);
+    atomic_fetch_sub(&m->history_messages, 1);
+    atomic_fetch_sub(&m->history_bytes, blob_bytes(b));
+    blob_unref(b);
+}
+
+static struct blob *ring_at(const struct channel *c, uint32_t i)
+{
+    return c->ring[(c->head + i) % c->cap];
+}
+
+/* Lazy TTL: drops expired messages from the front and msg_ids whose window
+ * has passed. Expiry times are monotonic while a channel's TTL does not
+ * change; after a change, trimming stops at the first live entry, which
+ * keeps the retained offsets contiguous (recovery depends on that). */
+static void trim(struct memory *m, struct channel *c, int64_t now_ms)
+{
+    while (c->len > 0 && c->ring[c->head]->expires_ms <= now_ms)
+        ring_pop(m, c);
+    while (c->dq_head != NULL && (c->dq_head->expires_ms <= now_ms || c->dedup.n > m->dedup_max)) {
+        struct dedup *d = c->dq_head;
+        c->dq_head = d->fifo_next;
+        if (c->dq_head == NULL)
+            c->dq_tail = NULL;
+        map_remove(&c->dedup, &d->node);
+        free(d);
+    }
+}
+
+/* Resizes the ring to the namespace's current history_size, keeping the
+ * newest messages. */
+static int ring_resize(struct memory *m, struct channel *c, uint32_t cap)
+{
+    struct blob **ring = NULL;
+    if (cap > 0) {
+        ring = calloc(cap, sizeof(*ring));
+        if (ring == NULL)
+            return WSH_ENOMEM;
+    }
+    while (c->len > cap)
+        ring_pop(m, c);
+    for (uint32_t i = 0; i < c->len; i++)
+        ring[i] = ring_at(c, i);
+    free(c->ring);
+    c->ring = ring;
+    c->cap = cap;
+    c->head = 0;
+    return WSH_OK;
+}
+
+static void free_node(struct node *n, void *arg)
+{
+    (void)arg;
+    /* Every record type keeps its node first, so the node is the record. */
+    free(n);
+}
+
+static void channel_free(struct memory *m, struct channel *c)
+{
+    while (c->len > 0)
+        ring_pop(m, c);
+    free(c->ring);
+    atomic_fetch_sub(&m->subscriptions, c->subs);
+    atomic_fetch_sub(&m->presence, c->members.n);
+    map_each(&c->dedup, free_node, NULL);
+    map_each(&c->members, free_node, NULL);
+    map_each(&c->readers, free_node, NULL);
+    free(c->dedup.b);
+    free(c->members.b);
+    free(c->readers.b);
+    pthread_mutex_destroy(&c->order);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static bool channel_idle(const struct channel *c)
+{
+    return c->subs == 0 && c->members.n == 0 && c->len == 0 && c->dedup.n == 0;
+}
+
+/* ---- the registry -------------------------------------------------------- */
+
+/* Finds (or with create, makes) a channel and takes a reference; *out is
+ * NULL when it does not exist and create is false. */
+static int channel_get(struct memory *m, const char *name, bool create, struct channel **out)
+{
+    size_t len = strlen(name);
+    uint64_t h = siphash13(m->key, name, len);
+    *out = NULL;
+    pthread_rwlock_rdlock(&m->lock);
+    struct node *n = map_find(&m->channels, name, len, h);
+    if (n != NULL) {
+        struct channel *c = CONTAINER(n, struct channel, node);
+        atomic_fetch_add(&c->refs, 1);
+        *out = c;
+    }
+    pthread_rwlock_unlock(&m->lock);
+    if (n != NULL || !create)
+        return WSH_OK;
+
+    struct channel *c = calloc(1, sizeof(*c) + len + 1);
+    if (c == NULL)
+        return WSH_ENOMEM;
+    memcpy(c->name, name, len + 1);
+    c->node.key = c->name;
+    c->node.klen = len;
+    c->node.hash = h;
+    atomic_init(&c->refs, 1);
+    if (pthread_mutex_init(&c->order, NULL) != 0) {
+        free(c);
+        return WSH_ENOMEM;
+    }
+    if (pthread_mutex_init(&c->mu, NULL) != 0) {
+        pthread_mutex_destroy(&c->order);
+        free(c);
+        return WSH_ENOMEM;
+    }
+    new_epoch(c->epoch);
+
+    int rc = WSH_OK;
+    pthread_rwlock_wrlock(&m->lock);
+    n = map_find(&m->channels, name, len, h);
+    if (n != NULL) { /* another thread created it meanwhile */
+        struct channel *found = CONTAINER(n, struct channel, node);
+        atomic_fetch_add(&found->refs, 1);
+        *out = found;
+    } else if (m->max_channels != 0 && m->channels.n >= m->max_channels) {
+        rc = WSH_EPOLICY;
+    } else if ((rc = map_reserve(&m->channels)) == WSH_OK) {
+        map_insert(&m->channels, &c->node);
+        *out = c;
+        c = NULL;
+    }
+    pthread_rwlock_unlock(&m->lock);
+    if (c != NULL)
+        channel_free(m, c);
+    return rc;
+}
+
+static void channel_put(struct channel *c)
+{
+    atomic_fetch_sub(&c->refs, 1);
+}
+
+static void result_init(struct wsh_broker_result *r, enum wsh_broker_op op, const char *channel)
+{
+    memset(r, 0, sizeof(*r));
+    r->op = op;
+    r->status = WSH_OK;
+    r->channel = channel;
+}
+
+/* ---- publish and history ------------------------------------------------- */
+
+static struct blob *blob_new(const struct wsh_broker_publish_req *req)
+{
+    const char *from = req->from != NULL ? req->from : "";
+    size_t from_len = strlen(from);
+    struct blob *b = malloc(sizeof(*b) + req->payload_len + from_len + 2);
+    if (b == NULL)
+        return NULL;
+    atomic_init(&b->refs, 1);
+    b->offset = 0;
+    b->time_ms = req->now_ms;
+    b->expires_ms = INT64_MAX;
+    if (req->opts.history_ttl_ms != 0 && req->opts.history_ttl_ms < (uint64_t)INT64_MAX &&
+        req->now_ms < INT64_MAX - (int64_t)req->opts.history_ttl_ms)
+        b->expires_ms = req->now_ms + (int64_t)req->opts.history_ttl_ms;
+    b->payload_len = req->payload_len;
+    b->from_len = from_len;
+    if (req->payload_len > 0)
+        memcpy(b->data, req->payload, req->payload_len);
+    b->data[req->payload_len] = '\0';
+    memcpy(b->data + req->payload_len + 1, from, from_len + 1);
+    return b;
+}
+
+static struct dedup *dedup_new(const struct wsh_broker_publish_req *req, const uint64_t key[2])
+{
+    const char *from = req->from != NULL ? req->from : "";
+    size_t fl = strlen(from), il = strlen(req->msg_id);
+    struct dedup *d = malloc(sizeof(*d) + fl + 1 + il);
+    if (d == NULL)
+        return NULL;
+    /* Keyed by sender and msg_id: one user cannot suppress another's
+     * messages by reusing (or guessing) their msg_id. */
+    memcpy(d->key, from, fl + 1);
+    memcpy(d->key + fl + 1, req->msg_id, il);
+    d->node.key = d->key;
+    d->node.klen = fl + 1 + il;
+    d->node.hash = siphash13(key, d->key, d->node.klen);
+    d->fifo_next = NULL;
+    d->offset = 0;
+    int64_t w = req->opts.dedup_window_ms < (uint64_t)INT64_MAX ? (int64_t)req->opts.dedup_window_ms
+                                                                : INT64_MAX;
+    d->expires_ms = req->now_ms < INT64_MAX - w ? req->now_ms + w : INT64_MAX;
+    return d;
+}
+
+static int memory_publish(void *self, const struct wsh_broker_publish_req *req, wsh_broker_cb *cb,
+                          void *user)
+{
+    struct memory *m = self;
+    if (req->payload_len > m->max_payload)
+        return WSH_ETOOBIG;
+    /* Allocate before locking: the critical section only links records. */
+    struct blob *b = blob_new(req);
+    if (b == NULL)
+        return WSH_ENOMEM;
+    struct dedup *d = NULL;
+    if (req->msg_id != NULL && req->opts.dedup_window_ms != 0) {
+        d = dedup_new(req, m->key);
+        if (d == NULL) {
+            blob_unref(b);
+            return WSH_ENOMEM;
+        }
+    }
+    struct channel *c;
+    int rc = channel_get(m, req->channel, true, &c);
+    if (rc != WSH_OK) {
+        blob_unref(b);
+        free(d);
+        return rc;
+    }
+
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_PUBLISH, req->channel);
+    memcpy(r.epoch, c->epoch, sizeof(r.epoch));
+
+    pthread_mutex_lock(&c->order);
+    pthread_mutex_lock(&c->mu);
+    trim(m, c, req->now_ms);
+    if (d != NULL) {
+        struct node *n = map_find(&c->dedup, d->node.key, d->node.klen, d->node.hash);
+        if (n != NULL && CONTAINER(n, struct dedup, node)->expires_ms > req->now_ms) {
+            r.offset = CONTAINER(n, struct dedup, node)->offset;
+            r.duplicate = true;
+        } else if (n != NULL) {
+            /* Expired but not yet trimmed (a shorter window after a longer
+             * one): it is history; this msg_id is new again. */
+            map_remove(&c->dedup, n);
+            struct dedup **pp = &c->dq_head, *prev = NULL;
+            while (*pp != CONTAINER(n, struct dedup, node)) {
+                prev = *pp;
+                pp = &(*pp)->fifo_next;
+            }
+            *pp = (*pp)->fifo_next;
+            if (c->dq_tail == CONTAINER(n, struct dedup, node))
+                c->dq_tail = prev;
+            free(CONTAINER(n, struct dedup, node));
+        }
+    }
+    if (!r.duplicate) {
+        if (c->cap != req->opts.history_size)
+            rc = ring_resize(m, c, req->opts.history_size);
+        if (rc == WSH_OK && d != NULL)
+            rc = map_reserve(&c->dedup);
+    }
+    if (r.duplicate || rc != WSH_OK) {
+        pthread_mutex_unlock(&c->mu);
+        pthread_mutex_unlock(&c->order);
+        channel_put(c);
+        blob_unref(b);
+        free(d);
+        if (rc != WSH_OK)
+            return rc;
+        atomic_fetch_add(&m->duplicates, 1);
+        if (cb != NULL)
+            cb(&r, user);
+        return WSH_OK;
+    }
+
+    /* Commit: nothing below can fail. */
+    b->offset = r.offset = ++c->top;
+    if (c->cap > 0) {
+        if (c->len == c->cap)
+            ring_pop(m, c);
+        atomic_fetch_add(&b->refs, 1);
+        c->ring[(c->head + c->len) % c->cap] = b;
+        c->len++;
+        c->ring_bytes += blob_bytes(b);
+        atomic_fetch_add(&m->history_messages, 1);
+        atomic_fetch_add(&m->history_bytes, blob_bytes(b));
+    }
+    if (d != NULL) {
+        d->offset = r.offset;
+        map_insert(&c->dedup, &d->node);
+        if (c->dq_tail != NULL)
+            c->dq_tail->fifo_next = d;
+        else
+            c->dq_head = d;
+        c->dq_tail = d;
+        trim(m, c, req->now_ms); /* the count bound */
+    }
+    bool deliver = c->subs > 0 && m->on_message != NULL;
+    pthread_mutex_unlock(&c->mu);
+
+    if (deliver) {
+        struct wsh_broker_msg msg;
+        blob_msg(b, &msg);
+        m->on_message(c->name, r.epoch, &msg, m->user);
+    }
+    pthread_mutex_unlock(&c->order);
+    blob_unref(b);
+    atomic_fetch_add(&m->published, 1);
+    if (cb != NULL)
+        cb(&r, user);
+    channel_put(c);
+    return WSH_OK;
+}
+
+/* Takes references to ring entries [from, from + n) under c->mu and builds
+ * the message array in one allocation; *blobs_out must be released with
+ * release_msgs after use. */
+static int collect(struct channel *c, uint32_t from, uint32_t n, struct wsh_broker_msg **msgs_out,
+                   struct blob ***blobs_out)
+{
+    *msgs_out = NULL;
+    *blobs_out = NULL;
+    if (n == 0)
+        return WSH_OK;
+    void *mem = malloc((size_t)n * (sizeof(struct wsh_broker_msg) + sizeof(struct blob *)));
+    if (mem == NULL)
+        return WSH_ENOMEM;
+    struct wsh_broker_msg *msgs = mem;
+    struct blob **blobs = (struct blob **)(void *)(msgs + n);
+    for (uint32_t i = 0; i < n; i++) {
+        blobs[i] = ring_at(c, from + i);
+        atomic_fetch_add(&blobs[i]->refs, 1);
+        blob_msg(blobs[i], &msgs[i]);
+    }
+    *msgs_out = msgs;
+    *blobs_out = blobs;
+    return WSH_OK;
+}
+
+static void release_msgs(struct wsh_broker_msg *msgs, struct blob **blobs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        blob_unref(blobs[i]);
+    free(msgs);
+}
+
+static int memory_history(void *self, const struct wsh_broker_history_req *req, wsh_broker_cb *cb,
+                          void *user)
+{
+    struct memory *m = self;
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_HISTORY, req->channel);
+    struct channel *c;
+    int rc = channel_get(m, req->channel, false, &c);
+    if (rc != WSH_OK)
+        return rc;
+    if (c == NULL) {
+        cb(&r, user);
+        return WSH_OK;
+    }
+    struct wsh_broker_msg *msgs;
+    struct blob **blobs;
+    pthread_mutex_lock(&c->mu);
+    trim(m, c, req->now_ms);
+    memcpy(r.epoch, c->epoch, sizeof(r.epoch));
+    r.offset = c->top;
+    uint64_t oldest = c->top - c->len + 1;
+    uint32_t from = 0, n = c->len;
+    if (req->has_since) {
+        if (req->since >= c->top)
+            n = 0;
+        else if (req->since + 1 > oldest)
+            from = (uint32_t)(req->since + 1 - oldest);
+        n = n == 0 ? 0 : c->len - from;
+        if (req->limit != 0 && n > req->limit)
+            n = (uint32_t)req->limit;
+    } else if (req->limit != 0 && n > req->limit) {
+        n = (uint32_t)req->limit;
+        from = c->len - n;
+    }
+    rc = collect(c, from, n, &msgs, &blobs);
+    pthread_mutex_unlock(&c->mu);
+    channel_put(c);
+    if (rc != WSH_OK)
+        return rc;
+    r.msgs = msgs;
+    r.nmsgs = r.count = n;
+    cb(&r, user);
+    release_msgs(msgs, blobs, n);
+    return WSH_OK;
+}
+
+static int memory_recover(void *self, const char *channel, uint64_t offset, const char *epoch,
+                          int64_t now_ms, wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_RECOVER, channel);
+    struct channel *c;
+    int rc = channel_get(m, channel, false, &c);
+    if (rc != WSH_OK)
+        return rc;
+    if (c == NULL) {
+        cb(&r, user);
+        return WSH_OK;
+    }
+    struct wsh_broker_msg *msgs = NULL;
+    struct blob **blobs = NULL;
+    uint32_t n = 0;
+    pthread_mutex_lock(&c->mu);
+    trim(m, c, now_ms);
+    memcpy(r.epoch, c->epoch, sizeof(r.epoch));
+    r.offset = c->top;
+    /* Every message in (offset, top] must still be retained; the ring holds
+     * the contiguous range (top - len, top]. */
+    if (strcmp(epoch, c->epoch) == 0 && offset <= c->top && c->top - offset <= c->len) {
+        n = (uint32_t)(c->top - offset);
+        rc = collect(c, c->len - n, n, &msgs, &blobs);
+        r.recovered = rc == WSH_OK;
+    }
+    pthread_mutex_unlock(&c->mu);
+    channel_put(c);
+    if (rc != WSH_OK)
+        return rc;
+    r.msgs = msgs;
+    r.nmsgs = r.count = n;
+    cb(&r, user);
+    release_msgs(msgs, blobs, n);
+    return WSH_OK;
+}
+
+/* ---- subscriptions --------------------------------------------------------- */
+
+static int memory_subscribe(void *self, const char *channel, wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    struct channel *c;
+    int rc = channel_get(m, channel, true, &c);
+    if (rc != WSH_OK)
+        return rc;
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_SUBSCRIBE, channel);
+    pthread_mutex_lock(&c->mu);
+    r.changed = c->subs++ == 0;
+    memcpy(r.epoch, c->epoch, sizeof(r.epoch));
+    r.offset = c->top;
+    pthread_mutex_unlock(&c->mu);
+    atomic_fetch_add(&m->subscriptions, 1);
+    if (cb != NULL)
+        cb(&r, user);
+    channel_put(c);
+    return WSH_OK;
+}
+
+static int memory_unsubscribe(void *self, const char *channel, wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    struct channel *c;
+    int rc = channel_get(m, channel, false, &c);
+    if (rc != WSH_OK)
+        return rc;
+    if (c == NULL)
+        return WSH_EINVAL;
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_UNSUBSCRIBE, channel);
+    pthread_mutex_lock(&c->mu);
+    if (c->subs == 0) {
+        rc = WSH_EINVAL;
+    } else {
+        r.changed = --c->subs == 0;
+        memcpy(r.epoch, c->epoch, sizeof(r.epoch));
+        r.offset = c->top;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (rc == WSH_OK) {
+        atomic_fetch_sub(&m->subscriptions, 1);
+        if (cb != NULL)
+            cb(&r, user);
+    }
+    channel_put(c);
+    return rc;
+}
+
+/* ---- presence -------------------------------------------------------------- */
+
+static int memory_presence_add(void *self, const char *channel, const char *client,
+                               const char *user_id, const char *info, size_t info_len,
+                               wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    if (info_len > m->max_payload)
+        return WSH_ETOOBIG;
+    if (user_id == NULL)
+        user_id = "";
+    size_t cl = strlen(client), ul = strlen(user_id);
+    struct member *e = malloc(sizeof(*e) + cl + ul + info_len + 3);
+    if (e == NULL)
+        return WSH_ENOMEM;
+    char *p = e->data;
+    memcpy(p, client, cl + 1);
+    e->node.key = p;
+    e->node.klen = cl;
+    e->node.hash = siphash13(m->key, client, cl);
+    p += cl + 1;
+    memcpy(p, user_id, ul + 1);
+    e->user = p;
+    p += ul + 1;
+    if (info_len > 0)
+        memcpy(p, info, info_len);
+    p[info_len] = '\0';
+    e->info = p;
+    e->info_len = info_len;
+
+    struct channel *c;
+    int rc = channel_get(m, channel, true, &c);
+    if (rc != WSH_OK) {
+        free(e);
+        return rc;
+    }
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_PRESENCE_ADD, channel);
+    struct node *old;
+    pthread_mutex_lock(&c->mu);
+    old = map_find(&c->members, e->node.key, e->node.klen, e->node.hash);
+    if (old != NULL)
+        map_remove(&c->members, old);
+    else if (c->members.n >= m->presence_max)
+        rc = WSH_EPOLICY;
+    else
+        rc = map_reserve(&c->members);
+    if (rc == WSH_OK) {
+        map_insert(&c->members, &e->node);
+        e = NULL;
+        r.changed = old == NULL;
+    }
+    r.count = c->members.n;
+    pthread_mutex_unlock(&c->mu);
+    channel_put(c);
+    free(old);
+    free(e);
+    if (rc != WSH_OK)
+        return rc;
+    if (r.changed)
+        atomic_fetch_add(&m->presence, 1);
+    if (cb != NULL)
+        cb(&r, user);
+    return WSH_OK;
+}
+
+static int memory_presence_remove(void *self, const char *channel, const char *client,
+                                  wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_PRESENCE_REMOVE, channel);
+    struct channel *c;
+    int rc = channel_get(m, channel, false, &c);
+    if (rc != WSH_OK)
+        return rc;
+    struct node *n = NULL;
+    if (c != NULL) {
+        size_t cl = strlen(client);
+        uint64_t h = siphash13(m->key, client, cl);
+        pthread_mutex_lock(&c->mu);
+        n = map_find(&c->members, client, cl, h);
+        if (n != NULL)
+            map_remove(&c->members, n);
+        r.count = c->members.n;
+        pthread_mutex_unlock(&c->mu);
+        channel_put(c);
+    }
+    if (n != NULL) {
+        free(n);
+        atomic_fetch_sub(&m->presence, 1);
+        r.changed = true;
+    }
+    if (cb != NULL)
+        cb(&r, user);
+    return WSH_OK;
+}
+
+struct list_ctx {
+    struct wsh_broker_member *out;
+    char *strings;
+    size_t i;
+};
+
+static void list_one(struct node *n, void *arg)
+{
+    struct list_ctx *x = arg;
+    const struct member *e = CONTAINER(n, struct member, node);
+    struct wsh_broker_member *o = &x->out[x->i++];
+    /* Copy-out: entries can be replaced or removed as soon as the lock is
+     * released, and presence lists are small next to history. */
+    size_t len = n->klen + strlen(e->user) + e->info_len + 3;
+    memcpy(x->strings, e->data, len);
+    o->client = x->strings;
+    o->user = x->strings + n->klen + 1;
+    o->info = o->user + strlen(o->user) + 1;
+    o->info_len = e->info_len;
+    x->strings += len;
+}
+
+static void add_size(struct node *n, void *arg)
+{
+    const struct member *e = CONTAINER(n, struct member, node);
+    *(size_t *)arg += n->klen + strlen(e->user) + e->info_len + 3;
+}
+
+static int memory_presence_list(void *self, const char *channel, wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_PRESENCE_LIST, channel);
+    struct channel *c;
+    int rc = channel_get(m, channel, false, &c);
+    if (rc != WSH_OK)
+        return rc;
+    void *mem = NULL;
+    if (c != NULL) {
+        pthread_mutex_lock(&c->mu);
+        size_t n = c->members.n, bytes = 0;
+        map_each(&c->members, add_size, &bytes);
+        if (n > 0) {
+            mem = malloc(n * sizeof(struct wsh_broker_member) + bytes);
+            if (mem == NULL) {
+                rc = WSH_ENOMEM;
+            } else {
+                struct list_ctx x = { mem, (char *)mem + n * sizeof(struct wsh_broker_member), 0 };
+                map_each(&c->members, list_one, &x);
+                r.members = mem;
+                r.nmembers = r.count = n;
+            }
+        }
+        pthread_mutex_unlock(&c->mu);
+        channel_put(c);
+    }
+    if (rc != WSH_OK)
+        return rc;
+    cb(&r, user);
+    free(mem);
+    return WSH_OK;
+}
+
+static int memory_presence_count(void *self, const char *channel, wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_PRESENCE_COUNT, channel);
+    struct channel *c;
+    int rc = channel_get(m, channel, false, &c);
+    if (rc != WSH_OK)
+        return rc;
+    if (c != NULL) {
+        pthread_mutex_lock(&c->mu);
+        r.count = c->members.n;
+        pthread_mutex_unlock(&c->mu);
+        channel_put(c);
+    }
+    cb(&r, user);
+    return WSH_OK;
+}
+
+/* ---- read cursors ---------------------------------------------------------- */
+
+static int memory_read_set(void *self, const char *channel, const char *user_id, uint64_t offset,
+                           wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    size_t ul = strlen(user_id);
+    uint64_t h = siphash13(m->key, user_id, ul);
+    struct reader *e = malloc(sizeof(*e) + ul + 1);
+    if (e == NULL)
+        return WSH_ENOMEM;
+    memcpy(e->key, user_id, ul + 1);
+    e->node.key = e->key;
+    e->node.klen = ul;
+    e->node.hash = h;
+
+    struct channel *c;
+    int rc = channel_get(m, channel, true, &c);
+    if (rc != WSH_OK) {
+        free(e);
+        return rc;
+    }
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_READ_SET, channel);
+    pthread_mutex_lock(&c->mu);
+    if (offset > c->top)
+        offset = c->top;
+    struct node *n = map_find(&c->readers, user_id, ul, h);
+    if (n != NULL) {
+        struct reader *cur = CONTAINER(n, struct reader, node);
+        r.changed = offset > cur->offset;
+        if (r.changed)
+            cur->offset = offset;
+        r.read_offset = cur->offset;
+    } else if (c->readers.n >= m->readers_max) {
+        rc = WSH_EPOLICY;
+    } else if ((rc = map_reserve(&c->readers)) == WSH_OK) {
+        e->offset = offset;
+        map_insert(&c->readers, &e->node);
+        e = NULL;
+        r.changed = offset > 0; /* no cursor reads as 0 */
+        r.read_offset = offset;
+    }
+    memcpy(r.epoch, c->epoch, sizeof(r.epoch));
+    r.offset = c->top;
+    pthread_mutex_unlock(&c->mu);
+    channel_put(c);
+    free(e);
+    if (rc != WSH_OK)
+        return rc;
+    if (cb != NULL)
+        cb(&r, user);
+    return WSH_OK;
+}
+
+static int memory_read_get(void *self, const char *channel, const char *user_id, wsh_broker_cb *cb,
+                           void *user)
+{
+    struct memory *m = self;
+    struct wsh_broker_result r;
+    result_init(&r, WSH_BROKER_OP_READ_GET, channel);
+    struct channel *c;
+    int rc = channel_get(m, channel, false, &c);
+    if (rc != WSH_OK)
+        return rc;
+    if (c != NULL) {
+        size_t ul = strlen(user_id);
+        pthread_mutex_lock(&c->mu);
+        struct node *n = map_find(&c->readers, user_id, ul, siphash13(m->key, user_id, ul));
+        if (n != NULL)
+            r.read_offset = CONTAINER(n, struct reader, node)->offset;
+        memcpy(r.epoch, c->epoch, sizeof(r.epoch));
+        r.offset = c->top;
+        pthread_mutex_unlock(&c->mu);
+        channel_put(c);
+    }
+    cb(&r, user);
+    return WSH_OK;
+}
+
+/* ---- stats, sweep, lifetime ----------------------------------------------- */
+
+static int memory_channel_stats(void *self, const char *channel, int64_t now_ms, wsh_broker_cb *cb,
+                                void *user)
+{
+    struct memory *m = self;
+    struct wsh_broker_result r;
+    struct wsh_broker_channel_stats s;
+    memset(&s, 0, sizeof(s));
+    result_init(&r, WSH_BROKER_OP_CHANNEL_STATS, channel);
+    r.stats = &s;
+    struct channel *c;
+    int rc = channel_get(m, channel, false, &c);
+    if (rc != WSH_OK)
+        return rc;
+    if (c != NULL) {
+        pthread_mutex_lock(&c->mu);
+        trim(m, c, now_ms);
+        memcpy(r.epoch, c->epoch, sizeof(r.epoch));
+        r.offset = s.offset = c->top;
+        s.exists = true;
+        s.history_len = c->len;
+        s.history_bytes = c->ring_bytes;
+        s.subscribers = c->subs;
+        s.presence = c->members.n;
+        s.readers = c->readers.n;
+        s.dedup_ids = c->dedup.n;
+        pthread_mutex_unlock(&c->mu);
+        channel_put(c);
+    }
+    cb(&r, user);
+    return WSH_OK;
+}
+
+static int memory_info(void *self, wsh_broker_cb *cb, void *user)
+{
+    struct memory *m = self;
+    struct wsh_broker_result r;
+    struct wsh_broker_info i;
+    result_init(&r, WSH_BROKER_OP_INFO, NULL);
+    pthread_rwlock_rdlock(&m->lock);
+    i.channels = m->channels.n;
+    pthread_rwlock_unlock(&m->lock);
+    i.engine = "memory";
+    i.subscriptions = atomic_load(&m->subscriptions);
+    i.presence = atomic_load(&m->presence);
+    i.history_messages = atomic_load(&m->history_messages);
+    i.history_bytes = atomic_load(&m->history_bytes);
+    i.published = atomic_load(&m->published);
+    i.duplicates = atomic_load(&m->duplicates);
+    i.channels_freed = atomic_load(&m->channels_freed);
+    r.info = &i;
+    cb(&r, user);
+    return WSH_OK;
+}
+
+/* One pass under the registry's write lock, O(channels). Channels in use
+ * (refs > 0) are skipped: their users trim them lazily, and skipping them
+ * is what makes freeing safe without touching their locks. */
+static size_t memory_sweep(void *self, int64_t now_ms)
+{
+    struct memory *m = self;
+    size_t freed = 0;
+    pthread_rwlock_wrlock(&m->lock);
+    for (size_t i = 0; i < m->channels.nb; i++) {
+        struct node **pp = &m->channels.b[i];
+        while (*pp != NULL) {
+            struct channel *c = CONTAINER(*pp, struct channel, node);
+            if (atomic_load(&c->refs) == 0) {
+                trim(m, c, now_ms);
+                if (channel_idle(c)) {
+                    *pp = c->node.next;
+                    m->channels.n--;
+                    channel_free(m, c);
+                    freed++;
+                    continue;
+                }
+            }
+            pp = &(*pp)->next;
+        }
+    }
+    pthread_rwlock_unlock(&m->lock);
+    atomic_fetch_add(&m->channels_freed, freed);
+    return freed;
+}
+
+static void free_channel_node(struct node *n, void *arg)
+{
+    channel_free(arg, CONTAINER(n, struct channel, node));
+}
+
+static void memory_destroy(void *self)
+{
+    struct memory *m = self;
+    map_each(&m->channels, free_channel_node, m);
+    free(m->channels.b);
+    pthread_rwlock_destroy(&m->lock);
+    free(m);
+}
+
+static const struct wsh_broker_ops memory_ops = {
+    .name = "memory",
+    .publish = memory_publish,
+    .history = memory_history,
+    .recover = memory_recover,
+    .subscribe = memory_subscribe,
+    .unsubscribe = memory_unsubscribe,
+    .presence_add = memory_presence_add,
+    .presence_remove = memory_presence_remove,
+    .presence_list = memory_presence_list,
+    .presence_count = memory_presence_count,
+    .read_set = memory_read_set,
+    .read_get = memory_read_get,
+    .channel_stats = memory_channel_stats,
+    .info = memory_info,
+    .sweep = memory_sweep,
+    .destroy = memory_destroy,
+};
+
+int wsh_broker_memory_create(const struct wsh_broker_memory_opts *o, struct wsh_broker **out)
+{
+    if (out == NULL)
+        return WSH_EINVAL;
+    struct memory *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return WSH_ENOMEM;
+    if (pthread_rwlock_init(&m->lock, NULL) != 0) {
+        free(m);
+        return WSH_ENOMEM;
+    }
+    struct wsh_broker_memory_opts d = { 0 };
+    if (o == NULL)
+        o = &d;
+    m->max_payload = o->max_payload != 0 ? o->max_payload : WSH_BROKER_DEFAULT_MAX_PAYLOAD;
+    m->max_channels = o->max_channels;
+    m->dedup_max = o->dedup_max != 0 ? o->dedup_max : WSH_BROKER_DEFAULT_DEDUP_MAX;
+    m->presence_max = o->presence_max != 0 ? o->presence_max : WSH_BROKER_DEFAULT_PRESENCE_MAX;
+    m->readers_max = o->readers_max != 0 ? o->readers_max : WSH_BROKER_DEFAULT_READERS_MAX;
+    m->on_message = o->on_message;
+    m->user = o->user;
+    random_bytes(m->key, sizeof(m->key));
+    return wsh_broker_create(&memory_ops, m, out);
+}

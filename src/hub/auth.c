@@ -1,0 +1,1068 @@
+/* JWT verification (RFC 7515 compact JWS, RFC 7519 claims, RFC 7518 3.2
+ * key sizes), channel globs, token sources, the Origin allow-list (RFC
+ * 6454 serialisation, RFC 6455 10.2), API key comparison and the jti deny
+ * list. See docs/auth.md for the rules and include/wshub/auth.h for the
+ * contracts. */
+#include "wshub/auth.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <jwt.h>
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* ------------------------------------------------------------------ */
+/* Algorithms and keys                                                 */
+
+enum key_kind { KIND_HMAC, KIND_RSA, KIND_EC };
+
+struct alg_info {
+    const char *name;
+    jwt_alg_t jwt;
+    enum key_kind kind;
+    size_t min_secret; /* RFC 7518 3.2: an HMAC key at least as long as the hash */
+};
+
+static const struct alg_info algs[] = {
+    [WSH_AUTH_HS256] = { "HS256", JWT_ALG_HS256, KIND_HMAC, 32 },
+    [WSH_AUTH_HS384] = { "HS384", JWT_ALG_HS384, KIND_HMAC, 48 },
+    [WSH_AUTH_HS512] = { "HS512", JWT_ALG_HS512, KIND_HMAC, 64 },
+    [WSH_AUTH_RS256] = { "RS256", JWT_ALG_RS256, KIND_RSA, 0 },
+    [WSH_AUTH_ES256] = { "ES256", JWT_ALG_ES256, KIND_EC, 0 },
+};
+
+#define ALG_COUNT (sizeof(algs) / sizeof(algs[0]))
+
+struct auth_key {
+    enum wsh_auth_alg alg;
+    char *kid;    /* NULL when none */
+    uint8_t *key; /* NUL-terminated copy */
+    size_t key_len;
+};
+
+/* Deny list: open addressing with linear probing and backward-shift
+ * deletion, so there are no tombstones. jti values only reach a lookup
+ * after their token's signature verified (or come from the admin API), so
+ * a peer cannot choose them to flood one probe chain; FNV-1a is enough. */
+struct deny_slot {
+    char *jti; /* NULL: empty slot */
+    size_t len;
+    uint64_t hash;
+    int64_t until_ms;
+};
+
+struct wsh_auth {
+    struct auth_key keys[WSH_AUTH_KEYS_MAX];
+    size_t nkeys;
+    bool exp_optional;
+    int64_t leeway_ms;
+    size_t max_token;
+    size_t max_deny;
+    struct deny_slot *deny; /* deny_cap slots, power of two >= 2 * max_deny */
+    size_t deny_cap;
+    size_t deny_n;
+};
+
+enum wsh_auth_alg wsh_auth_alg_parse(const char *name)
+{
+    if (name == NULL)
+        return WSH_AUTH_ALG_INVALID;
+    for (size_t i = 1; i < ALG_COUNT; i++) {
+        if (strcmp(name, algs[i].name) == 0)
+            return (enum wsh_auth_alg)i;
+    }
+    return WSH_AUTH_ALG_INVALID;
+}
+
+const char *wsh_auth_alg_name(enum wsh_auth_alg alg)
+{
+    if ((size_t)alg == 0 || (size_t)alg >= ALG_COUNT)
+        return "invalid";
+    return algs[alg].name;
+}
+
+static bool contains(const uint8_t *p, size_t n, const char *needle)
+{
+    size_t m = strlen(needle);
+    for (size_t i = 0; i + m <= n; i++) {
+        if (memcmp(p + i, needle, m) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Checks that a PEM holds a public key of the type alg needs. Parsing it
+ * here makes a bad key a startup error rather than a failure of every
+ * token later. */
+static bool check_public_key(enum key_kind kind, const uint8_t *pem, size_t len)
+{
+    if (len > INT32_MAX)
+        return false;
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    if (bio == NULL)
+        return false;
+    EVP_PKEY *pk = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+    BIO_free(bio);
+    if (pk == NULL)
+        return false;
+    bool ok = false;
+    if (kind == KIND_RSA) {
+        ok = EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA && EVP_PKEY_get_bits(pk) >= 2048;
+    } else if (kind == KIND_EC && EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC) {
+        char group[64];
+        size_t glen = 0;
+        ok = EVP_PKEY_get_group_name(pk, group, sizeof(group), &glen) == 1 &&
+             strcmp(group, "prime256v1") == 0;
+    }
+    EVP_PKEY_free(pk);
+    return ok;
+}
+
+static bool check_key(const struct wsh_auth_key *k)
+{
+    if ((size_t)k->alg == 0 || (size_t)k->alg >= ALG_COUNT || k->key == NULL)
+        return false;
+    const struct alg_info *ai = &algs[k->alg];
+    if (ai->kind == KIND_HMAC) {
+        /* An empty secret would let anyone mint tokens (libjwt also skips
+         * verification for a NULL key), and a PEM given as a secret is the
+         * configuration mistake the HS/RS confusion attack feeds on. */
+        return k->key_len >= ai->min_secret && !contains(k->key, k->key_len, "-----BEGIN");
+    }
+    return check_public_key(ai->kind, k->key, k->key_len);
+}
+
+static void free_key(struct auth_key *k)
+{
+    if (k->key != NULL) {
+        OPENSSL_cleanse(k->key, k->key_len);
+        free(k->key);
+    }
+    free(k->kid);
+    memset(k, 0, sizeof(*k));
+}
+
+static bool same_kid(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *bad_key)
+{
+    if (bad_key != NULL)
+        *bad_key = -1;
+    if (o == NULL || out == NULL || o->keys == NULL || o->nkeys == 0 ||
+        o->nkeys > WSH_AUTH_KEYS_MAX)
+        return WSH_EINVAL;
+    for (size_t i = 0; i < o->nkeys; i++) {
+        bool bad = o->keys[i].key_len > WSH_AUTH_KEY_MAX;
+        for (size_t j = 0; j < i; j++) {
+            bad |= o->keys[j].alg == o->keys[i].alg && same_kid(o->keys[j].kid, o->keys[i].kid);
+        }
+        if (bad || !check_key(&o->keys[i])) {
+            if (bad_key != NULL)
+                *bad_key = (int)i;
+            return WSH_EINVAL;
+        }
+    }
+
+    struct wsh_auth *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return WSH_ENOMEM;
+    a->exp_optional = o->exp_optional;
+    a->leeway_ms = o->leeway_ms == 0                      ? WSH_AUTH_DEFAULT_LEEWAY_MS
+                   : o->leeway_ms == WSH_AUTH_LEEWAY_NONE ? 0
+                                                          : o->leeway_ms;
+    a->max_token = o->max_token ? o->max_token : WSH_AUTH_DEFAULT_TOKEN_MAX;
+    a->max_deny = o->max_deny ? o->max_deny : WSH_AUTH_DEFAULT_DENY_MAX;
+    if (a->max_token > INT32_MAX / 2 || a->max_deny > (SIZE_MAX / sizeof(struct deny_slot)) / 4)
+        goto fail_inval;
+    a->deny_cap = 8;
+    while (a->deny_cap < 2 * a->max_deny)
+        a->deny_cap *= 2;
+    a->deny = calloc(a->deny_cap, sizeof(*a->deny));
+    if (a->deny == NULL)
+        goto fail;
+    for (size_t i = 0; i < o->nkeys; i++) {
+        const struct wsh_auth_key *k = &o->keys[i];
+        struct auth_key *d = &a->keys[i];
+        a->nkeys = i + 1;
+        d->alg = k->alg;
+        d->key = malloc(k->key_len + 1);
+        if (d->key == NULL)
+            goto fail;
+        memcpy(d->key, k->key, k->key_len);
+        d->key[k->key_len] = 0;
+        d->key_len = k->key_len;
+        if (k->kid != NULL && (d->kid = strdup(k->kid)) == NULL)
+            goto fail;
+    }
+    *out = a;
+    return WSH_OK;
+
+fail_inval:
+    wsh_auth_destroy(a);
+    return WSH_EINVAL;
+fail:
+    wsh_auth_destroy(a);
+    return WSH_ENOMEM;
+}
+
+void wsh_auth_destroy(struct wsh_auth *a)
+{
+    if (a == NULL)
+        return;
+    for (size_t i = 0; i < a->nkeys; i++)
+        free_key(&a->keys[i]);
+    if (a->deny != NULL) {
+        for (size_t i = 0; i < a->deny_cap; i++)
+            free(a->deny[i].jti);
+        free(a->deny);
+    }
+    free(a);
+}
+
+/* ------------------------------------------------------------------ */
+/* Error codes                                                         */
+
+const char *wsh_auth_error_name(int err)
+{
+    static const char *const names[] = {
+        [WSH_AUTH_OK] = "ok",
+        [WSH_AUTH_EFORMAT] = "token_malformed",
+        [WSH_AUTH_ETOOBIG] = "token_too_large",
+        [WSH_AUTH_EALG] = "token_bad_alg",
+        [WSH_AUTH_EKEY] = "token_unknown_key",
+        [WSH_AUTH_ESIG] = "token_bad_signature",
+        [WSH_AUTH_EEXPIRED] = "token_expired",
+        [WSH_AUTH_ENOTYET] = "token_not_yet_valid",
+        [WSH_AUTH_ENOEXP] = "token_no_exp",
+        [WSH_AUTH_ENOSUB] = "token_no_sub",
+        [WSH_AUTH_ECLAIM] = "token_bad_claim",
+        [WSH_AUTH_ECLAIMS_TOOBIG] = "token_claims_too_large",
+        [WSH_AUTH_EREVOKED] = "token_revoked",
+        [WSH_AUTH_ENOMEM] = "internal",
+    };
+    if (err < 0 || (size_t)err >= sizeof(names) / sizeof(names[0]))
+        return "unknown";
+    return names[err];
+}
+
+int wsh_auth_error_close_code(int err)
+{
+    if (err == WSH_AUTH_EEXPIRED)
+        return WSH_CLOSE_TOKEN_EXPIRED;
+    if (err == WSH_AUTH_ENOMEM)
+        return 1011;
+    return WSH_CLOSE_FORBIDDEN;
+}
+
+int wsh_auth_error_http_status(int err)
+{
+    return err == WSH_AUTH_ENOMEM ? 500 : 403;
+}
+
+/* ------------------------------------------------------------------ */
+/* Token verification                                                  */
+
+/* Why the header `alg` is checked here and not left to libjwt.
+ *
+ * libjwt 1.x jwt_decode() takes the algorithm from the token's own header
+ * and verifies with whatever key bytes it is handed:
+ *   - alg "none": the signature is not checked at all, key or no key;
+ *   - key NULL or empty: no verification either;
+ *   - alg "HS256" with an RSA public key PEM as the key: it HMACs with the
+ *     PEM text. The PEM is public, so anyone can mint such a token
+ *     (the classic RS/HS confusion attack, CVE-2015-9235 in node-jsonwebtoken).
+ * So each key carries the one algorithm it was configured with; the header
+ * `alg` only selects among keys configured with exactly that algorithm,
+ * and "none" or an algorithm no key has is refused before libjwt sees the
+ * token. An HMAC secret is never empty (check_key). After jwt_decode()
+ * succeeds, its algorithm is compared again with the key's. */
+
+static bool is_b64url(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_';
+}
+
+static int b64url_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '-' ? 62 : 63;
+}
+
+/* Strict base64url without padding (RFC 7515 2): the length may not be
+ * 1 mod 4 and unused trailing bits must be zero, so each value has one
+ * encoding. The caller checked the alphabet. out holds len * 3 / 4 bytes. */
+static bool b64url_decode(const char *in, size_t len, uint8_t *out, size_t *out_len)
+{
+    if (len % 4 == 1)
+        return false;
+    size_t o = 0;
+    uint32_t acc = 0;
+    unsigned bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        acc = (acc << 6) | (uint32_t)b64url_val((unsigned char)in[i]);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if ((acc & ((1u << bits) - 1)) != 0)
+        return false;
+    *out_len = o;
+    return true;
+}
+
+static json_t *decode_json_object(const char *seg, size_t len, uint8_t *scratch)
+{
+    size_t n;
+    if (!b64url_decode(seg, len, scratch, &n))
+        return NULL;
+    /* Duplicate names are refused: libjwt keeps the last one, and a
+     * differential between two parsers of one token is how checks get
+     * bypassed. */
+    json_t *j = json_loadb((const char *)scratch, n, JSON_REJECT_DUPLICATES, NULL);
+    if (j != NULL && !json_is_object(j)) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+struct parsed {
+    json_t *head;
+    json_t *claims;
+    char *token; /* NUL-terminated copy for libjwt */
+    uint8_t *scratch;
+};
+
+static void parsed_free(struct parsed *p)
+{
+    json_decref(p->head);
+    json_decref(p->claims);
+    free(p->token);
+    free(p->scratch);
+}
+
+/* Size, shape, header and payload JSON. Returns an enum wsh_auth_error. */
+static int parse_token(const struct wsh_auth *a, const char *token, size_t len, struct parsed *p)
+{
+    if (len == 0)
+        return WSH_AUTH_EFORMAT;
+    if (len > a->max_token)
+        return WSH_AUTH_ETOOBIG;
+    size_t dot[2], ndots = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)token[i];
+        if (c == '.') {
+            if (ndots == 2)
+                return WSH_AUTH_EFORMAT;
+            dot[ndots++] = i;
+        } else if (!is_b64url(c)) {
+            return WSH_AUTH_EFORMAT;
+        }
+    }
+    /* The signature may be empty here so that an unsigned "none" token is
+     * reported as a bad alg; the signature check refuses it anyway. */
+    if (ndots != 2 || dot[0] == 0 || dot[1] == dot[0] + 1)
+        return WSH_AUTH_EFORMAT;
+    p->scratch = malloc(len);
+    p->token = malloc(len + 1);
+    if (p->scratch == NULL || p->token == NULL)
+        return WSH_AUTH_ENOMEM;
+    memcpy(p->token, token, len);
+    p->token[len] = 0;
+    p->head = decode_json_object(token, dot[0], p->scratch);
+    if (p->head == NULL)
+        return WSH_AUTH_EFORMAT;
+    p->claims = decode_json_object(token + dot[0] + 1, dot[1] - dot[0] - 1, p->scratch);
+    if (p->claims == NULL)
+        return WSH_AUTH_EFORMAT;
+    /* RFC 7515 4.1.11: a recipient that does not understand a `crit`
+     * extension must refuse the token, and we understand none. */
+    if (json_object_get(p->head, "crit") != NULL)
+        return WSH_AUTH_EFORMAT;
+    return WSH_AUTH_OK;
+}
+
+/* Picks the keys the header allows and verifies the signature with them.
+ * Returns an enum wsh_auth_error. */
+static int check_signature(const struct wsh_auth *a, const struct parsed *p)
+{
+    json_t *jalg = json_object_get(p->head, "alg");
+    if (!json_is_string(jalg))
+        return WSH_AUTH_EFORMAT;
+    enum wsh_auth_alg alg = wsh_auth_alg_parse(json_string_value(jalg));
+    if (alg == WSH_AUTH_ALG_INVALID)
+        return WSH_AUTH_EALG; /* "none", "RS512", "hs256", ... */
+    json_t *jkid = json_object_get(p->head, "kid");
+    if (jkid != NULL && !json_is_string(jkid))
+        return WSH_AUTH_EFORMAT;
+    const char *kid = jkid != NULL ? json_string_value(jkid) : NULL;
+
+    bool alg_known = false, tried = false;
+    for (size_t i = 0; i < a->nkeys; i++) {
+        const struct auth_key *k = &a->keys[i];
+        if (k->alg != alg)
+            continue;
+        alg_known = true;
+        if (kid != NULL && (k->kid == NULL || strcmp(k->kid, kid) != 0))
+            continue;
+        tried = true;
+        jwt_t *j = NULL;
+        int rc = jwt_decode(&j, p->token, k->key, (int)k->key_len);
+        bool ok = rc == 0 && j != NULL && jwt_get_alg(j) == algs[alg].jwt;
+        jwt_free(j);
+        if (ok)
+            return WSH_AUTH_OK;
+        if (rc == ENOMEM)
+            return WSH_AUTH_ENOMEM;
+    }
+    if (!alg_known)
+        return WSH_AUTH_EALG;
+    return tried ? WSH_AUTH_ESIG : WSH_AUTH_EKEY;
+}
+
+/* A NumericDate (RFC 7519 2) in ms. Returns false for a non-number, a
+ * negative value or one too large to hold in ms. */
+static bool numeric_date_ms(json_t *v, int64_t *ms)
+{
+    double d;
+    if (json_is_integer(v)) {
+        json_int_t s = json_integer_value(v);
+        if (s < 0 || s > INT64_MAX / 1000 / 2)
+            return false;
+        *ms = (int64_t)s * 1000;
+        return true;
+    }
+    if (!json_is_real(v))
+        return false;
+    d = json_real_value(v);
+    if (!(d >= 0.0 && d < 4.0e15)) /* also false for NaN */
+        return false;
+    *ms = (int64_t)(d * 1000.0);
+    return true;
+}
+
+static bool valid_sub(const char *s, size_t n)
+{
+    /* ',' and '#' would be ambiguous in personal channel user lists, '*'
+     * in patterns; control bytes and spaces have no place in an id. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c == 0x7f || c == ',' || c == '#' || c == '*')
+            return false;
+    }
+    return true;
+}
+
+/* Checks a `channels`/`publish` claim and adds its size to *bytes. */
+static int check_patterns(json_t *arr, size_t *count, size_t *bytes)
+{
+    *count = 0;
+    if (arr == NULL || json_is_null(arr))
+        return WSH_AUTH_OK;
+    if (!json_is_array(arr))
+        return WSH_AUTH_ECLAIM;
+    if (json_array_size(arr) > WSH_AUTH_PATTERNS_MAX)
+        return WSH_AUTH_ECLAIMS_TOOBIG;
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        if (!json_is_string(v) || json_string_length(v) == 0)
+            return WSH_AUTH_ECLAIM;
+        if (json_string_length(v) > WSH_AUTH_PATTERN_MAX)
+            return WSH_AUTH_ECLAIMS_TOOBIG;
+        *bytes += json_string_length(v) + 1 + sizeof(char *);
+    }
+    *count = json_array_size(arr);
+    return WSH_AUTH_OK;
+}
+
+static char *copy_patterns(json_t *arr, size_t count, const char **ptrs, char *dst)
+{
+    for (size_t i = 0; i < count; i++) {
+        json_t *v = json_array_get(arr, i);
+        size_t n = json_string_length(v);
+        memcpy(dst, json_string_value(v), n);
+        dst[n] = 0;
+        ptrs[i] = dst;
+        dst += n + 1;
+    }
+    return dst;
+}
+
+/* Claim checks and extraction, after the signature verified. */
+static int extract_claims(struct wsh_auth *a, json_t *c, int64_t now_ms, struct wsh_identity *id)
+{
+    int64_t exp_ms = 0, t;
+    json_t *v = json_object_get(c, "exp");
+    if (v != NULL) {
+        if (!numeric_date_ms(v, &exp_ms))
+            return WSH_AUTH_ECLAIM;
+        if (now_ms >= exp_ms + a->leeway_ms)
+            return WSH_AUTH_EEXPIRED;
+    } else if (!a->exp_optional) {
+        return WSH_AUTH_ENOEXP;
+    }
+    if ((v = json_object_get(c, "nbf")) != NULL) {
+        if (!numeric_date_ms(v, &t))
+            return WSH_AUTH_ECLAIM;
+        if (t > now_ms + a->leeway_ms)
+            return WSH_AUTH_ENOTYET;
+    }
+    if ((v = json_object_get(c, "iat")) != NULL) {
+        if (!numeric_date_ms(v, &t))
+            return WSH_AUTH_ECLAIM;
+        if (t > now_ms + a->leeway_ms)
+            return WSH_AUTH_ENOTYET;
+    }
+
+    v = json_object_get(c, "sub");
+    if (v == NULL || (json_is_string(v) && json_string_length(v) == 0))
+        return WSH_AUTH_ENOSUB;
+    if (!json_is_string(v))
+        return WSH_AUTH_ECLAIM;
+    if (json_string_length(v) > WSH_AUTH_SUB_MAX)
+        return WSH_AUTH_ECLAIMS_TOOBIG;
+    if (!valid_sub(json_string_value(v), json_string_length(v)))
+        return WSH_AUTH_ECLAIM;
+    memcpy(id->sub, json_string_value(v), json_string_length(v));
+    id->sub_len = json_string_length(v);
+    id->sub[id->sub_len] = 0;
+    id->exp_ms = exp_ms;
+
+    if ((v = json_object_get(c, "jti")) != NULL) {
+        if (!json_is_string(v))
+            return WSH_AUTH_ECLAIM;
+        if (json_string_length(v) > WSH_AUTH_JTI_MAX)
+            return WSH_AUTH_ECLAIMS_TOOBIG;
+        id->jti_len = json_string_length(v);
+        memcpy(id->jti, json_string_value(v), id->jti_len);
+        id->jti[id->jti_len] = 0;
+        if (id->jti_len > 0 && wsh_auth_denied(a, id->jti, id->jti_len, now_ms))
+            return WSH_AUTH_EREVOKED;
+    }
+
+    size_t nch, npub, bytes = 0;
+    json_t *jch = json_object_get(c, "channels");
+    json_t *jpub = json_object_get(c, "publish");
+    int rc = check_patterns(jch, &nch, &bytes);
+    if (rc == WSH_AUTH_OK)
+        rc = check_patterns(jpub, &npub, &bytes);
+    if (rc != WSH_AUTH_OK)
+        return rc;
+
+    char *info = NULL;
+    size_t info_len = 0;
+    v = json_object_get(c, "info");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_object(v))
+            return WSH_AUTH_ECLAIM;
+        info = json_dumps(v, JSON_COMPACT);
+        if (info == NULL)
+            return WSH_AUTH_ENOMEM;
+        info_len = strlen(info);
+        if (info_len > WSH_AUTH_INFO_MAX) {
+            free(info);
+            return WSH_AUTH_ECLAIMS_TOOBIG;
+        }
+        bytes += info_len + 1;
+    }
+
+    /* One allocation: the two pointer arrays first (aligned), then text. */
+    char *mem = malloc(bytes ? bytes : 1);
+    if (mem == NULL) {
+        free(info);
+        return WSH_AUTH_ENOMEM;
+    }
+    const char **pch = (const char **)(void *)mem;
+    const char **ppub = pch + nch;
+    char *text = (char *)(ppub + npub);
+    text = copy_patterns(jch, nch, pch, text);
+    text = copy_patterns(jpub, npub, ppub, text);
+    if (info != NULL) {
+        memcpy(text, info, info_len + 1);
+        id->info = text;
+        id->info_len = info_len;
+        free(info);
+    }
+    id->channels = nch ? pch : NULL;
+    id->nchannels = nch;
+    id->publish = npub ? ppub : NULL;
+    id->npublish = npub;
+    id->_mem = mem;
+    return WSH_AUTH_OK;
+}
+
+int wsh_auth_verify(struct wsh_auth *a, const char *token, size_t len, int64_t now_ms,
+                    struct wsh_identity *out, int *err_code)
+{
+    int dummy;
+    if (err_code == NULL)
+        err_code = &dummy;
+    *err_code = WSH_AUTH_OK;
+    if (a == NULL || (token == NULL && len > 0) || out == NULL)
+        return WSH_EINVAL;
+
+    struct parsed p = { 0 };
+    struct wsh_identity id = { 0 };
+    int err = parse_token(a, token, len, &p);
+    if (err == WSH_AUTH_OK)
+        err = check_signature(a, &p);
+    if (err == WSH_AUTH_OK)
+        err = extract_claims(a, p.claims, now_ms, &id);
+    parsed_free(&p);
+    *err_code = err;
+    if (err != WSH_AUTH_OK) {
+        wsh_identity_free(&id);
+        return err == WSH_AUTH_ENOMEM ? WSH_ENOMEM : WSH_EPOLICY;
+    }
+    *out = id;
+    return WSH_OK;
+}
+
+void wsh_identity_free(struct wsh_identity *id)
+{
+    if (id == NULL)
+        return;
+    free(id->_mem);
+    memset(id, 0, sizeof(*id));
+}
+
+/* ------------------------------------------------------------------ */
+/* Channel permissions                                                 */
+
+bool wsh_auth_glob(const char *pattern, size_t plen, const char *s, size_t slen)
+{
+    /* Iterative matcher with one backtrack point: the last '*' seen, and
+     * where in s it started. A later '*' replaces the earlier one, because
+     * within one ':'-separated segment any match the earlier star could
+     * make by growing, the later star can make too; and since no '*'
+     * crosses ':', the k-th ':' of the pattern must meet the k-th ':' of s,
+     * so a star never needs to reach back over one. Each retry moves the
+     * start of the star one byte on, so the work is bounded by
+     * plen * slen, never exponential. */
+    size_t p = 0, i = 0, star = SIZE_MAX, star_i = 0;
+    while (i < slen) {
+        if (p < plen && pattern[p] == '*') {
+            star = p++;
+            star_i = i;
+        } else if (p < plen && pattern[p] == s[i]) {
+            p++;
+            i++;
+        } else if (star != SIZE_MAX && s[star_i] != ':') {
+            p = star + 1;
+            i = ++star_i;
+        } else {
+            return false;
+        }
+    }
+    while (p < plen && pattern[p] == '*')
+        p++;
+    return p == plen;
+}
+
+bool wsh_auth_personal_allowed(const char *ch, size_t len, const char *sub, size_t sub_len)
+{
+    if (sub_len == 0)
+        return false;
+    size_t h = len;
+    while (h > 0 && ch[h - 1] != '#')
+        h--;
+    if (h == 0)
+        return false; /* no '#': not a personal channel */
+    size_t start = h;
+    for (size_t i = h; i <= len; i++) {
+        if (i == len || ch[i] == ',') {
+            if (i - start == sub_len && memcmp(ch + start, sub, sub_len) == 0)
+                return true;
+            start = i + 1;
+        }
+    }
+    return false;
+}
+
+static bool is_personal(const char *ch, size_t len)
+{
+    return memchr(ch, '#', len) != NULL;
+}
+
+static bool any_match(const char *const *pats, size_t n, const char *ch, size_t len)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (wsh_auth_glob(pats[i], strlen(pats[i]), ch, len))
+            return true;
+    }
+    return false;
+}
+
+bool wsh_auth_can_subscribe(const struct wsh_identity *id, const char *ch, size_t len)
+{
+    if (id == NULL || ch == NULL)
+        return false;
+    if (is_personal(ch, len))
+        return wsh_auth_personal_allowed(ch, len, id->sub, id->sub_len);
+    return any_match(id->channels, id->nchannels, ch, len);
+}
+
+bool wsh_auth_can_publish(const struct wsh_identity *id, const char *ch, size_t len)
+{
+    if (id == NULL || ch == NULL)
+        return false;
+    if (is_personal(ch, len) && !wsh_auth_personal_allowed(ch, len, id->sub, id->sub_len))
+        return false;
+    return any_match(id->publish, id->npublish, ch, len);
+}
+
+/* ------------------------------------------------------------------ */
+/* Token sources                                                       */
+
+static bool is_token68(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/';
+}
+
+int wsh_auth_bearer(const char *value, size_t len, const char **tok, size_t *tok_len)
+{
+    if (value == NULL || tok == NULL || tok_len == NULL)
+        return WSH_EINVAL;
+    /* RFC 7235 2.1: auth-scheme is case-insensitive, then 1*SP. */
+    if (len < 7 || strncasecmp(value, "bearer", 6) != 0 || value[6] != ' ')
+        return WSH_EPROTO;
+    size_t i = 7;
+    while (i < len && value[i] == ' ')
+        i++;
+    size_t start = i;
+    while (i < len && is_token68((unsigned char)value[i]))
+        i++;
+    if (i == start)
+        return WSH_EPROTO;
+    while (i < len && value[i] == '=')
+        i++;
+    size_t end = i;
+    while (i < len && (value[i] == ' ' || value[i] == '\t'))
+        i++;
+    if (i != len)
+        return WSH_EPROTO;
+    *tok = value + start;
+    *tok_len = end - start;
+    return WSH_OK;
+}
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int wsh_auth_query_token(const char *query, size_t len, char *out, size_t cap, size_t *out_len)
+{
+    if ((query == NULL && len > 0) || out == NULL || cap == 0 || out_len == NULL)
+        return WSH_EINVAL;
+    out[0] = 0;
+    *out_len = 0;
+    int found = 0;
+    size_t i = 0;
+    while (i < len) {
+        size_t end = i;
+        while (end < len && query[end] != '&')
+            end++;
+        size_t eq = i;
+        while (eq < end && query[eq] != '=')
+            eq++;
+        if (eq - i == 5 && memcmp(query + i, "token", 5) == 0) {
+            /* Two values would leave the choice to whoever reads the URL
+             * next (a proxy, a log); refuse rather than pick one. */
+            if (found)
+                return WSH_EPROTO;
+            found = 1;
+            size_t o = 0;
+            for (size_t k = eq + (eq < end); k < end; k++) {
+                unsigned char c = (unsigned char)query[k];
+                if (c == '%') {
+                    int hi = k + 2 < end ? hexval((unsigned char)query[k + 1]) : -1;
+                    int lo = hi >= 0 ? hexval((unsigned char)query[k + 2]) : -1;
+                    if (lo < 0 || (hi == 0 && lo == 0))
+                        return WSH_EPROTO;
+                    c = (unsigned char)(hi * 16 + lo);
+                    k += 2;
+                }
+                if (o + 1 >= cap)
+                    return WSH_ETOOBIG;
+                out[o++] = (char)c;
+            }
+            out[o] = 0;
+            *out_len = o;
+        }
+        i = end + 1;
+    }
+    return found;
+}
+
+/* ------------------------------------------------------------------ */
+/* Origin allow-list                                                   */
+
+struct origin {
+    const char *scheme;
+    size_t scheme_len;
+    const char *host; /* without a "*." prefix */
+    size_t host_len;
+    bool wildcard; /* entry only: host was "*.domain" */
+    long port;     /* -1: none given and no default for the scheme */
+};
+
+static long default_port(const char *scheme, size_t n)
+{
+    if ((n == 4 && strncasecmp(scheme, "http", 4) == 0) ||
+        (n == 2 && strncasecmp(scheme, "ws", 2) == 0))
+        return 80;
+    if ((n == 5 && strncasecmp(scheme, "https", 5) == 0) ||
+        (n == 3 && strncasecmp(scheme, "wss", 3) == 0))
+        return 443;
+    return -1;
+}
+
+static bool is_alpha(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+static bool is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* Parses the RFC 6454 6.2 serialisation scheme "://" host [ ":" port ].
+ * Anything else (a path, userinfo, a query, whitespace, "null") fails. */
+static bool parse_origin(const char *s, size_t n, bool allow_wildcard, struct origin *o)
+{
+    size_t i = 0;
+    if (n == 0 || n > WSH_AUTH_ORIGIN_MAX || !is_alpha((unsigned char)s[0]))
+        return false;
+    while (i < n && (is_alpha((unsigned char)s[i]) || is_digit((unsigned char)s[i]) ||
+                     s[i] == '+' || s[i] == '-' || s[i] == '.'))
+        i++;
+    if (n - i < 3 || memcmp(s + i, "://", 3) != 0)
+        return false;
+    o->scheme = s;
+    o->scheme_len = i;
+    i += 3;
+    o->wildcard = false;
+    if (allow_wildcard && n - i >= 2 && s[i] == '*' && s[i + 1] == '.') {
+        o->wildcard = true;
+        i += 2;
+    }
+    size_t h = i;
+    if (i < n && s[i] == '[') {
+        /* IPv6 literal: hex digits, ':' and '.' inside brackets. */
+        i++;
+        while (i < n && (hexval((unsigned char)s[i]) >= 0 || s[i] == ':' || s[i] == '.'))
+            i++;
+        if (i >= n || s[i] != ']' || o->wildcard)
+            return false;
+        i++;
+    } else {
+        while (i < n && (is_alpha((unsigned char)s[i]) || is_digit((unsigned char)s[i]) ||
+                         s[i] == '-' || s[i] == '.'))
+            i++;
+    }
+    if (i == h)
+        return false;
+    o->host = s + h;
+    o->host_len = i - h;
+    o->port = default_port(o->scheme, o->scheme_len);
+    if (i < n && s[i] == ':') {
+        i++;
+        size_t p0 = i;
+        long port = 0;
+        while (i < n && is_digit((unsigned char)s[i]) && i - p0 < 5)
+            port = port * 10 + (s[i++] - '0');
+        if (i == p0 || port == 0 || port > 65535)
+            return false;
+        o->port = port;
+    }
+    return i == n;
+}
+
+static bool origin_matches(const struct origin *e, const struct origin *o)
+{
+    if (e->scheme_len != o->scheme_len ||
+        strncasecmp(e->scheme, o->scheme, e->scheme_len) != 0 || e->port != o->port)
+        return false;
+    if (!e->wildcard) {
+        return e->host_len == o->host_len && strncasecmp(e->host, o->host, e->host_len) == 0;
+    }
+    /* "*.example.com" needs at least one label before ".example.com". */
+    if (o->host_len < e->host_len + 2)
+        return false;
+    const char *tail = o->host + o->host_len - e->host_len;
+    return tail[-1] == '.' && tail[-2] != '.' && strncasecmp(tail, e->host, e->host_len) == 0;
+}
+
+bool wsh_origin_allowed(const struct wsh_origin_list *list, const char *origin, size_t len)
+{
+    if (list == NULL)
+        return false;
+    if (origin == NULL)
+        return list->allow_missing;
+    for (size_t i = 0; i < list->nentries; i++) {
+        if (strcmp(list->entries[i], "*") == 0)
+            return true;
+    }
+    struct origin o;
+    if (!parse_origin(origin, len, false, &o))
+        return false;
+    for (size_t i = 0; i < list->nentries; i++) {
+        struct origin e;
+        const char *s = list->entries[i];
+        if (parse_origin(s, strlen(s), true, &e) && origin_matches(&e, &o))
+            return true;
+    }
+    return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* API key                                                             */
+
+bool wsh_auth_apikey_equal(const void *expected, size_t elen, const void *given, size_t glen)
+{
+    unsigned char de[32], dg[32];
+    unsigned int n1 = 0, n2 = 0;
+    if (expected == NULL || elen == 0 || (given == NULL && glen > 0))
+        return false;
+    /* Hashing first makes the comparison independent of both lengths. */
+    if (!EVP_Digest(expected, elen, de, &n1, EVP_sha256(), NULL) ||
+        !EVP_Digest(given != NULL ? given : "", glen, dg, &n2, EVP_sha256(), NULL) || n1 != 32 ||
+        n2 != 32)
+        return false;
+    return CRYPTO_memcmp(de, dg, sizeof(de)) == 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Deny list                                                           */
+
+static uint64_t fnv1a(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3u;
+    }
+    return h;
+}
+
+static size_t deny_find(const struct wsh_auth *a, const char *jti, size_t len, uint64_t h)
+{
+    size_t mask = a->deny_cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        const struct deny_slot *s = &a->deny[i];
+        if (s->jti == NULL || (s->hash == h && s->len == len && memcmp(s->jti, jti, len) == 0))
+            return i;
+    }
+}
+
+/* Backward-shift deletion keeps every probe chain unbroken. */
+static void deny_remove_at(struct wsh_auth *a, size_t i)
+{
+    size_t mask = a->deny_cap - 1;
+    free(a->deny[i].jti);
+    a->deny[i].jti = NULL;
+    a->deny_n--;
+    for (size_t j = (i + 1) & mask; a->deny[j].jti != NULL; j = (j + 1) & mask) {
+        size_t home = a->deny[j].hash & mask;
+        /* Move j into the hole at i unless its home lies cyclically in (i, j]. */
+        bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            a->deny[i] = a->deny[j];
+            a->deny[j].jti = NULL;
+            i = j;
+        }
+    }
+}
+
+static void deny_purge(struct wsh_auth *a, int64_t now_ms)
+{
+    for (size_t i = 0; i < a->deny_cap;) {
+        /* After a removal a later entry may have moved into slot i. */
+        if (a->deny[i].jti != NULL && a->deny[i].until_ms <= now_ms)
+            deny_remove_at(a, i);
+        else
+            i++;
+    }
+}
+
+int wsh_auth_deny(struct wsh_auth *a, const char *jti, size_t len, int64_t until_ms,
+                  int64_t now_ms)
+{
+    if (a == NULL || jti == NULL)
+        return WSH_EINVAL;
+    if (len == 0 || len > WSH_AUTH_JTI_MAX)
+        return WSH_ETOOBIG;
+    uint64_t h = fnv1a(jti, len);
+    size_t i = deny_find(a, jti, len, h);
+    if (a->deny[i].jti != NULL) {
+        if (until_ms > a->deny[i].until_ms)
+            a->deny[i].until_ms = until_ms;
+        return WSH_OK;
+    }
+    if (a->deny_n >= a->max_deny) {
+        deny_purge(a, now_ms);
+        if (a->deny_n >= a->max_deny)
+            return WSH_ENOSPC;
+        i = deny_find(a, jti, len, h);
+    }
+    char *copy = malloc(len);
+    if (copy == NULL)
+        return WSH_ENOMEM;
+    memcpy(copy, jti, len);
+    a->deny[i] = (struct deny_slot){ .jti = copy, .len = len, .hash = h, .until_ms = until_ms };
+    a->deny_n++;
+    return WSH_OK;
+}
+
+bool wsh_auth_denied(const struct wsh_auth *a, const char *jti, size_t len, int64_t now_ms)
+{
+    if (a == NULL || jti == NULL || len == 0 || len > WSH_AUTH_JTI_MAX)
+        return false;
+    size_t i = deny_find(a, jti, len, fnv1a(jti, len));
+    return a->deny[i].jti != NULL && a->deny[i].until_ms > now_ms;
+}
+
+bool wsh_auth_undeny(struct wsh_auth *a, const char *jti, size_t len)
+{
+    if (a == NULL || jti == NULL || len == 0 || len > WSH_AUTH_JTI_MAX)
+        return false;
+    size_t i = deny_find(a, jti, len, fnv1a(jti, len));
+    if (a->deny[i].jti == NULL)
+        return false;
+    deny_remove_at(a, i);
+    return true;
+}
+
+size_t wsh_auth_deny_count(const struct wsh_auth *a)
+{
+    return a != NULL ? a->deny_n : 0;
+}
