@@ -275,12 +275,15 @@ int wsh_auth_error_http_status(int err)
 /* Why the header `alg` is checked here and not left to libjwt.
  *
  * libjwt 1.x jwt_decode() takes the algorithm from the token's own header
- * and verifies with whatever key bytes it is handed:
- *   - alg "none": the signature is not checked at all, key or no key;
- *   - key NULL or empty: no verification either;
+ * and verifies with whatever key bytes it is handed. Measured on Debian's
+ * 1.10.2 (test_auth_libjwt_alone_is_confusable records it):
+ *   - alg "none" with key NULL: accepted, nothing is checked (with a key
+ *     given it is refused, but only by accident of the code path);
+ *   - alg "HS256" with key NULL or key_len 0: accepted, nothing checked;
  *   - alg "HS256" with an RSA public key PEM as the key: it HMACs with the
- *     PEM text. The PEM is public, so anyone can mint such a token
- *     (the classic RS/HS confusion attack, CVE-2015-9235 in node-jsonwebtoken).
+ *     PEM text and accepts. The PEM is public, so anyone can mint such a
+ *     token (the RS/HS confusion attack, CVE-2015-9235 in
+ *     node-jsonwebtoken).
  * So each key carries the one algorithm it was configured with; the header
  * `alg` only selects among keys configured with exactly that algorithm,
  * and "none" or an algorithm no key has is refused before libjwt sees the
