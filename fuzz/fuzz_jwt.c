@@ -44,7 +44,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (auth == NULL) {
         struct wsh_auth_key keys[] = {
             { .alg = WSH_AUTH_HS256, .key = (const uint8_t *)hs_secret, .key_len = 32 },
-            { .alg = WSH_AUTH_ES256, .key = (const uint8_t *)ec_pub, .key_len = sizeof(ec_pub) - 1 },
+            { .alg = WSH_AUTH_ES256,
+              .key = (const uint8_t *)ec_pub,
+              .key_len = sizeof(ec_pub) - 1 },
         };
         struct wsh_auth_opts o = { .keys = keys, .nkeys = 2, .exp_optional = true };
         if (wsh_auth_create(&o, &auth, NULL) != WSH_OK)

@@ -19,18 +19,18 @@
 /* ------------------------------------------------------------------ */
 /* Bounds                                                              */
 
-#define WSH_AUTH_DEFAULT_TOKEN_MAX  8192u /* bytes of a compact JWS */
-#define WSH_AUTH_DEFAULT_LEEWAY_MS  5000u /* clock skew allowed for exp/nbf/iat */
-#define WSH_AUTH_LEEWAY_NONE        UINT32_MAX /* leeway_ms value meaning "0 ms" */
-#define WSH_AUTH_DEFAULT_DENY_MAX   4096u /* entries in the jti deny list */
-#define WSH_AUTH_KEYS_MAX           16u   /* configured keys */
-#define WSH_AUTH_KEY_MAX            65536u /* bytes of one secret or PEM */
-#define WSH_AUTH_SUB_MAX            128u  /* bytes of `sub` */
-#define WSH_AUTH_JTI_MAX            128u  /* bytes of `jti` */
-#define WSH_AUTH_PATTERN_MAX        128u  /* bytes of one channel pattern */
-#define WSH_AUTH_PATTERNS_MAX       64u   /* patterns in `channels` and in `publish`, each */
-#define WSH_AUTH_INFO_MAX           2048u /* bytes of `info` as compact JSON */
-#define WSH_AUTH_ORIGIN_MAX         512u  /* bytes of an Origin value */
+#define WSH_AUTH_DEFAULT_TOKEN_MAX 8192u      /* bytes of a compact JWS */
+#define WSH_AUTH_DEFAULT_LEEWAY_MS 5000u      /* clock skew allowed for exp/nbf/iat */
+#define WSH_AUTH_LEEWAY_NONE       UINT32_MAX /* leeway_ms value meaning "0 ms" */
+#define WSH_AUTH_DEFAULT_DENY_MAX  4096u      /* entries in the jti deny list */
+#define WSH_AUTH_KEYS_MAX          16u        /* configured keys */
+#define WSH_AUTH_KEY_MAX           65536u     /* bytes of one secret or PEM */
+#define WSH_AUTH_SUB_MAX           128u       /* bytes of `sub` */
+#define WSH_AUTH_JTI_MAX           128u       /* bytes of `jti` */
+#define WSH_AUTH_PATTERN_MAX       128u       /* bytes of one channel pattern */
+#define WSH_AUTH_PATTERNS_MAX      64u        /* patterns in `channels` and in `publish`, each */
+#define WSH_AUTH_INFO_MAX          2048u      /* bytes of `info` as compact JSON */
+#define WSH_AUTH_ORIGIN_MAX        512u       /* bytes of an Origin value */
 
 /* Application close codes (LIMITS.md). */
 #define WSH_CLOSE_TOKEN_EXPIRED 4100 /* reconnect allowed with a fresh token */
@@ -50,8 +50,11 @@ enum wsh_auth_alg {
 
 struct wsh_auth_key {
     enum wsh_auth_alg alg; /* fixed: a token must name exactly this alg */
-    const char *kid;       /* optional key id; NULL matches tokens without `kid` too */
-    const uint8_t *key;    /* secret bytes, or PEM text (NUL not required) */
+    /* Optional key id. A token whose header has `kid` is checked only with
+     * keys of its alg that have that kid; a token without `kid` is tried
+     * with every key of its alg (key rotation). */
+    const char *kid;
+    const uint8_t *key; /* secret bytes, or PEM text (NUL not required) */
     size_t key_len;
 };
 
@@ -60,9 +63,9 @@ struct wsh_auth_opts {
     const struct wsh_auth_key *keys; /* copied by wsh_auth_create() */
     size_t nkeys;                    /* 1..WSH_AUTH_KEYS_MAX */
     bool exp_optional;               /* false (default): tokens without `exp` are rejected */
-    uint32_t leeway_ms;              /* default WSH_AUTH_DEFAULT_LEEWAY_MS; WSH_AUTH_LEEWAY_NONE = 0 */
-    size_t max_token;                /* default WSH_AUTH_DEFAULT_TOKEN_MAX */
-    size_t max_deny;                 /* default WSH_AUTH_DEFAULT_DENY_MAX */
+    uint32_t leeway_ms; /* default WSH_AUTH_DEFAULT_LEEWAY_MS; WSH_AUTH_LEEWAY_NONE = 0 */
+    size_t max_token;   /* default WSH_AUTH_DEFAULT_TOKEN_MAX */
+    size_t max_deny;    /* default WSH_AUTH_DEFAULT_DENY_MAX */
 };
 
 struct wsh_auth;
@@ -99,19 +102,19 @@ void wsh_auth_destroy(struct wsh_auth *a);
  * in protocol error replies and in metrics. */
 enum wsh_auth_error {
     WSH_AUTH_OK = 0,
-    WSH_AUTH_EFORMAT = 1,  /* "token_malformed": not header.payload.signature in
-                            * strict base64url, header/payload not JSON objects,
-                            * or a `crit` header */
-    WSH_AUTH_ETOOBIG = 2,  /* "token_too_large": over max_token bytes */
-    WSH_AUTH_EALG = 3,     /* "token_bad_alg": `alg` none, unknown, or no key is
-                            * configured with it */
-    WSH_AUTH_EKEY = 4,     /* "token_unknown_key": `kid` names no key for `alg` */
-    WSH_AUTH_ESIG = 5,     /* "token_bad_signature" */
-    WSH_AUTH_EEXPIRED = 6, /* "token_expired": now >= exp + leeway */
-    WSH_AUTH_ENOTYET = 7,  /* "token_not_yet_valid": nbf or iat after now + leeway */
-    WSH_AUTH_ENOEXP = 8,   /* "token_no_exp": exp required but absent */
-    WSH_AUTH_ENOSUB = 9,   /* "token_no_sub": `sub` absent or empty */
-    WSH_AUTH_ECLAIM = 10,  /* "token_bad_claim": a claim has the wrong type or value */
+    WSH_AUTH_EFORMAT = 1,         /* "token_malformed": not header.payload.signature in
+                                   * strict base64url, header/payload not JSON objects,
+                                   * or a `crit` header */
+    WSH_AUTH_ETOOBIG = 2,         /* "token_too_large": over max_token bytes */
+    WSH_AUTH_EALG = 3,            /* "token_bad_alg": `alg` none, unknown, or no key is
+                                   * configured with it */
+    WSH_AUTH_EKEY = 4,            /* "token_unknown_key": `kid` names no key for `alg` */
+    WSH_AUTH_ESIG = 5,            /* "token_bad_signature" */
+    WSH_AUTH_EEXPIRED = 6,        /* "token_expired": now >= exp + leeway */
+    WSH_AUTH_ENOTYET = 7,         /* "token_not_yet_valid": nbf or iat after now + leeway */
+    WSH_AUTH_ENOEXP = 8,          /* "token_no_exp": exp required but absent */
+    WSH_AUTH_ENOSUB = 9,          /* "token_no_sub": `sub` absent or empty */
+    WSH_AUTH_ECLAIM = 10,         /* "token_bad_claim": a claim has the wrong type or value */
     WSH_AUTH_ECLAIMS_TOOBIG = 11, /* "token_claims_too_large": a claim over its bound */
     WSH_AUTH_EREVOKED = 12,       /* "token_revoked": `jti` is on the deny list */
     WSH_AUTH_ENOMEM = 13          /* "internal": out of memory */
@@ -135,7 +138,7 @@ int wsh_auth_error_http_status(int err);
 struct wsh_identity {
     char sub[WSH_AUTH_SUB_MAX + 1]; /* user id, 1..WSH_AUTH_SUB_MAX bytes */
     size_t sub_len;
-    int64_t exp_ms; /* expiry in ms since the epoch; 0 when the token has no exp */
+    int64_t exp_ms;                 /* expiry in ms since the epoch; 0 when the token has no exp */
     char jti[WSH_AUTH_JTI_MAX + 1]; /* "" when absent */
     size_t jti_len;
     const char *const *channels; /* subscribe patterns; NULL when nchannels == 0 */
@@ -160,9 +163,11 @@ struct wsh_identity {
  *                fault: answer 403 / close with wsh_auth_error_close_code().
  *   WSH_ENOMEM   *err_code is WSH_AUTH_ENOMEM.
  *   WSH_EINVAL   a NULL argument.
- * *out is untouched unless WSH_OK is returned. err_code may be NULL. */
-WSH_NODISCARD int wsh_auth_verify(struct wsh_auth *a, const char *token, size_t len,
-                                  int64_t now_ms, struct wsh_identity *out, int *err_code);
+ * *out is untouched unless WSH_OK is returned, and must not hold a live
+ * identity (free the old one first, e.g. on `refresh`). err_code may be
+ * NULL. */
+WSH_NODISCARD int wsh_auth_verify(struct wsh_auth *a, const char *token, size_t len, int64_t now_ms,
+                                  struct wsh_identity *out, int *err_code);
 
 /* Frees what wsh_auth_verify() stored and zeroes *id. Safe on a zeroed
  * struct and twice in a row. */
@@ -200,8 +205,7 @@ bool wsh_auth_can_publish(const struct wsh_identity *id, const char *ch, size_t 
  * changes).
  * Returns WSH_OK, or WSH_EPROTO when the scheme is not Bearer or the token
  * is empty or has characters outside token68. */
-WSH_NODISCARD int wsh_auth_bearer(const char *value, size_t len, const char **tok,
-                                  size_t *tok_len);
+WSH_NODISCARD int wsh_auth_bearer(const char *value, size_t len, const char **tok, size_t *tok_len);
 
 /* Finds the `token` parameter in a query string (the part after '?', no
  * '#'), percent-decodes it into out[0..cap) and NUL-terminates it.
@@ -256,8 +260,8 @@ bool wsh_auth_apikey_equal(const void *expected, size_t elen, const void *given,
  * WSH_ENOSPC when max_deny live entries are held (an entry is never
  * evicted early: that would un-revoke a token), WSH_ETOOBIG when jti is
  * longer than WSH_AUTH_JTI_MAX or empty, WSH_ENOMEM. jti is copied. */
-WSH_NODISCARD int wsh_auth_deny(struct wsh_auth *a, const char *jti, size_t len,
-                                int64_t until_ms, int64_t now_ms);
+WSH_NODISCARD int wsh_auth_deny(struct wsh_auth *a, const char *jti, size_t len, int64_t until_ms,
+                                int64_t now_ms);
 
 /* True when jti is on the deny list and its entry has not expired. */
 bool wsh_auth_denied(const struct wsh_auth *a, const char *jti, size_t len, int64_t now_ms);

@@ -48,13 +48,13 @@ enum wsh_slow_policy {
 
 /* Options of one namespace (DESIGN.md 3). */
 struct wsh_ns_config {
-    char *name;                   /* owned; NULL for the default namespace */
-    uint32_t history_size;        /* messages kept per channel; 0 = no history */
-    uint32_t history_ttl_s;       /* seconds a message stays in history; 0 = no TTL */
-    uint32_t dedup_window_s;      /* msg_id de-duplication window */
-    bool presence;                /* presence list and count */
-    bool join_leave;              /* join/leave pushes */
-    bool recover;                 /* subscribe with recover:{offset,epoch}; needs history */
+    char *name;              /* owned; NULL for the default namespace */
+    uint32_t history_size;   /* messages kept per channel; 0 = no history */
+    uint32_t history_ttl_s;  /* seconds a message stays in history; 0 = no TTL */
+    uint32_t dedup_window_s; /* msg_id de-duplication window */
+    bool presence;           /* presence list and count */
+    bool join_leave;         /* join/leave pushes */
+    bool recover;            /* subscribe with recover:{offset,epoch}; needs history */
     enum wsh_publish_policy publish;
     enum wsh_slow_policy slow_consumer;
     uint32_t max_subscribers;          /* per channel; 0 = unlimited */
@@ -62,13 +62,7 @@ struct wsh_ns_config {
 };
 
 /* Same numbers as enum wsh_auth_alg (auth.h). */
-enum wsh_key_alg {
-    WSH_ALG_HS256 = 1,
-    WSH_ALG_HS384,
-    WSH_ALG_HS512,
-    WSH_ALG_RS256,
-    WSH_ALG_ES256
-};
+enum wsh_key_alg { WSH_ALG_HS256 = 1, WSH_ALG_HS384, WSH_ALG_HS512, WSH_ALG_RS256, WSH_ALG_ES256 };
 
 /* One token verification key. HS keys carry the secret; RS/ES keys name a
  * PEM public key file, which the auth module reads (this module does not). */
@@ -87,17 +81,17 @@ struct wsh_auth_config {
 };
 
 struct wsh_limits_config {
-    double publish_rate;            /* tokens per second per connection (publish + signal) */
-    uint32_t publish_burst;         /* bucket size */
-    uint32_t max_subscriptions;     /* per connection */
-    uint32_t max_connections;       /* total; 0 = RLIMIT_NOFILE - 64 */
+    double publish_rate;             /* tokens per second per connection (publish + signal) */
+    uint32_t publish_burst;          /* bucket size */
+    uint32_t max_subscriptions;      /* per connection */
+    uint32_t max_connections;        /* total; 0 = RLIMIT_NOFILE - 64 */
     uint32_t max_connections_per_ip; /* 0 = unlimited */
-    uint32_t max_message;           /* bytes of one client message */
-    uint32_t json_depth;            /* nesting of one client message */
-    uint32_t max_channel;           /* bytes of a channel name */
-    uint32_t unauth_max_message;    /* bytes of the one message before connect */
-    uint32_t unauth_timeout_ms;     /* time allowed to authenticate */
-    uint32_t unauth_max_outbound;   /* bytes queued to an unauthenticated client */
+    uint32_t max_message;            /* bytes of one client message */
+    uint32_t json_depth;             /* nesting of one client message */
+    uint32_t max_channel;            /* bytes of a channel name */
+    uint32_t unauth_max_message;     /* bytes of the one message before connect */
+    uint32_t unauth_timeout_ms;      /* time allowed to authenticate */
+    uint32_t unauth_max_outbound;    /* bytes queued to an unauthenticated client */
 };
 
 struct wsh_hub_config {

@@ -22,11 +22,11 @@
 
 enum wsh_proto_code {
     /* 1xxx: the message itself is malformed. */
-    WSH_PERR_BAD_JSON = 1000,      /* not JSON, invalid UTF-8, or not an object */
-    WSH_PERR_UNKNOWN_TYPE = 1001,  /* `type` names no command */
-    WSH_PERR_BAD_FIELD = 1002,     /* a field is missing, has the wrong type or is out of range */
-    WSH_PERR_TOO_DEEP = 1003,      /* nesting over the JSON depth limit */
-    WSH_PERR_TOO_LARGE = 1004,     /* message over the size limit */
+    WSH_PERR_BAD_JSON = 1000,     /* not JSON, invalid UTF-8, or not an object */
+    WSH_PERR_UNKNOWN_TYPE = 1001, /* `type` names no command */
+    WSH_PERR_BAD_FIELD = 1002,    /* a field is missing, has the wrong type or is out of range */
+    WSH_PERR_TOO_DEEP = 1003,     /* nesting over the JSON depth limit */
+    WSH_PERR_TOO_LARGE = 1004,    /* message over the size limit */
     /* 2xxx: authentication and permission. */
     WSH_PERR_UNAUTHORIZED = 2000,   /* no valid `connect` yet */
     WSH_PERR_BAD_TOKEN = 2001,      /* token malformed, bad signature or wrong alg */
@@ -35,10 +35,10 @@ enum wsh_proto_code {
     WSH_PERR_PUBLISH_DENIED = 2004, /* publishing not allowed (claims or namespace) */
     WSH_PERR_ALREADY_CONNECTED = 2005,
     /* 3xxx: limits. */
-    WSH_PERR_RATE_LIMITED = 3000,     /* publish/signal rate over the token bucket */
-    WSH_PERR_TOO_MANY_SUBS = 3001,    /* over max_subscriptions per connection */
-    WSH_PERR_CHANNEL_FULL = 3002,     /* over the namespace's max_subscribers */
-    WSH_PERR_LIMIT_EXCEEDED = 3003,   /* another configured limit (history limit...) */
+    WSH_PERR_RATE_LIMITED = 3000,   /* publish/signal rate over the token bucket */
+    WSH_PERR_TOO_MANY_SUBS = 3001,  /* over max_subscriptions per connection */
+    WSH_PERR_CHANNEL_FULL = 3002,   /* over the namespace's max_subscribers */
+    WSH_PERR_LIMIT_EXCEEDED = 3003, /* another configured limit (history limit...) */
     /* 40xx: channels and namespaces (never 41xx-49xx: no overlap with close codes). */
     WSH_PERR_BAD_CHANNEL = 4000,       /* channel name syntax */
     WSH_PERR_UNKNOWN_NAMESPACE = 4001, /* prefix before ':' is not configured */
@@ -63,7 +63,7 @@ const char *wsh_proto_code_message(int code);
 #define WSH_PROTO_DEFAULT_MAX_MSG_ID  64u
 #define WSH_PROTO_DEFAULT_MAX_TOKEN   8192u
 #define WSH_PROTO_DEFAULT_MAX_EPOCH   64u
-#define WSH_PROTO_MAX_NAMESPACE       32u   /* namespace part of a channel name */
+#define WSH_PROTO_MAX_NAMESPACE       32u /* namespace part of a channel name */
 #define WSH_PROTO_MAX_ID              ((int64_t)9007199254740991) /* 2^53 - 1 */
 #define WSH_PROTO_NO_ID               ((int64_t)-1)
 
@@ -244,8 +244,8 @@ WSH_NODISCARD int wsh_proto_encode_connected(struct wsh_buf *b, int64_t id, cons
 /* payload {"offset":N,"epoch":"e","recovered":bool}. */
 WSH_NODISCARD int wsh_proto_encode_subscribed(struct wsh_buf *b, int64_t id, const char *channel,
                                               size_t channel_len, uint64_t offset,
-                                              const char *epoch, size_t epoch_len,
-                                              bool recovered, int64_t now_ms);
+                                              const char *epoch, size_t epoch_len, bool recovered,
+                                              int64_t now_ms);
 
 /* payload {}. */
 WSH_NODISCARD int wsh_proto_encode_unsubscribed(struct wsh_buf *b, int64_t id, const char *channel,
@@ -280,7 +280,8 @@ struct wsh_history_entry {
     int64_t time_ms; /* publish time, written as "timestamp" */
 };
 
-/* payload {"offset":latest,"epoch":"e","messages":[{"offset","from","payload","timestamp"},...]}. */
+/* payload {"offset":latest,"epoch":"e","messages":[{"offset","from","payload","timestamp"},...]}.
+ */
 WSH_NODISCARD int wsh_proto_encode_history(struct wsh_buf *b, int64_t id, const char *channel,
                                            size_t channel_len, uint64_t offset, const char *epoch,
                                            size_t epoch_len, const struct wsh_history_entry *msgs,

@@ -292,8 +292,8 @@ int wsh_auth_error_http_status(int err)
 
 static bool is_b64url(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
 }
 
 static int b64url_val(unsigned char c)
@@ -739,8 +739,8 @@ bool wsh_auth_can_publish(const struct wsh_identity *id, const char *ch, size_t 
 
 static bool is_token68(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~' || c == '+' || c == '/';
 }
 
 int wsh_auth_bearer(const char *value, size_t len, const char **tok, size_t *tok_len)
@@ -912,8 +912,8 @@ static bool parse_origin(const char *s, size_t n, bool allow_wildcard, struct or
 
 static bool origin_matches(const struct origin *e, const struct origin *o)
 {
-    if (e->scheme_len != o->scheme_len ||
-        strncasecmp(e->scheme, o->scheme, e->scheme_len) != 0 || e->port != o->port)
+    if (e->scheme_len != o->scheme_len || strncasecmp(e->scheme, o->scheme, e->scheme_len) != 0 ||
+        e->port != o->port)
         return false;
     if (!e->wildcard) {
         return e->host_len == o->host_len && strncasecmp(e->host, o->host, e->host_len) == 0;
@@ -1017,8 +1017,7 @@ static void deny_purge(struct wsh_auth *a, int64_t now_ms)
     }
 }
 
-int wsh_auth_deny(struct wsh_auth *a, const char *jti, size_t len, int64_t until_ms,
-                  int64_t now_ms)
+int wsh_auth_deny(struct wsh_auth *a, const char *jti, size_t len, int64_t until_ms, int64_t now_ms)
 {
     if (a == NULL || jti == NULL)
         return WSH_EINVAL;

@@ -315,10 +315,17 @@ static bool get_string(struct ctx *c, json_t *obj, const char *key, size_t min, 
 /* ------------------------------------------------------------------ */
 /* Sections                                                            */
 
-static const char *const ns_keys[] = { "history_size",    "history_ttl_s",  "dedup_window_s",
-                                       "presence",        "join_leave",     "recover",
-                                       "publish",         "slow_consumer",  "max_subscribers",
-                                       "presence_count_threshold", NULL };
+static const char *const ns_keys[] = { "history_size",
+                                       "history_ttl_s",
+                                       "dedup_window_s",
+                                       "presence",
+                                       "join_leave",
+                                       "recover",
+                                       "publish",
+                                       "slow_consumer",
+                                       "max_subscribers",
+                                       "presence_count_threshold",
+                                       NULL };
 static const char *const publish_names[] = { "subscribers", "server", NULL };
 static const char *const slow_names[] = { "disconnect", "drop_oldest", NULL };
 
@@ -481,8 +488,8 @@ static bool parse_auth(struct ctx *c, json_t *v, struct wsh_auth_config *a)
          * unique; a missing kid counts as one value. */
         for (size_t j = 0; j < i; j++) {
             const struct wsh_key_config *o = &a->keys[j];
-            bool same = o->kid == NULL ? k->kid == NULL
-                                       : k->kid != NULL && strcmp(o->kid, k->kid) == 0;
+            bool same =
+                o->kid == NULL ? k->kid == NULL : k->kid != NULL && strcmp(o->kid, k->kid) == 0;
             if (o->alg == k->alg && same) {
                 push_key(c, "kid");
                 return error(c, "keys[%zu] has the same alg and kid", j);
@@ -568,8 +575,9 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         if (!json_is_number(r) || json_number_value(r) <= 0 || json_number_value(r) > 1e6) {
             char got[64];
             describe(r, got, sizeof(got));
-            return error(c, "expected a number of messages per second above 0 and up to "
-                            "1000000, got %s",
+            return error(c,
+                         "expected a number of messages per second above 0 and up to "
+                         "1000000, got %s",
                          got);
         }
         l->publish_rate = json_number_value(r);

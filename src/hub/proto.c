@@ -67,8 +67,8 @@ const char *wsh_proto_code_message(int code)
 
 static bool ns_char(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
 }
 
 static bool name_char(unsigned char c)
@@ -125,10 +125,14 @@ static const struct {
     size_t len;
     enum wsh_cmd_type type;
 } cmd_names[] = {
-    { "connect", 7, WSH_CMD_CONNECT },       { "subscribe", 9, WSH_CMD_SUBSCRIBE },
-    { "unsubscribe", 11, WSH_CMD_UNSUBSCRIBE }, { "publish", 7, WSH_CMD_PUBLISH },
-    { "presence", 8, WSH_CMD_PRESENCE },     { "history", 7, WSH_CMD_HISTORY },
-    { "refresh", 7, WSH_CMD_REFRESH },       { "signal", 6, WSH_CMD_SIGNAL },
+    { "connect", 7, WSH_CMD_CONNECT },
+    { "subscribe", 9, WSH_CMD_SUBSCRIBE },
+    { "unsubscribe", 11, WSH_CMD_UNSUBSCRIBE },
+    { "publish", 7, WSH_CMD_PUBLISH },
+    { "presence", 8, WSH_CMD_PRESENCE },
+    { "history", 7, WSH_CMD_HISTORY },
+    { "refresh", 7, WSH_CMD_REFRESH },
+    { "signal", 6, WSH_CMD_SIGNAL },
     { "read", 4, WSH_CMD_READ },
 };
 
@@ -393,13 +397,15 @@ static int parse_fields(json_t *root, const struct prescan *ps, const struct wsh
         const json_t *v = payload ? json_object_get(payload, "since") : NULL;
         if (v != NULL) {
             if (!get_uint(v, &cmd->since))
-                return fail(e, WSH_PERR_BAD_FIELD, "payload.since: expected a non-negative integer");
+                return fail(e, WSH_PERR_BAD_FIELD,
+                            "payload.since: expected a non-negative integer");
             cmd->has_since = true;
         }
         v = payload ? json_object_get(payload, "limit") : NULL;
         if (v != NULL) {
             if (!get_uint(v, &cmd->limit))
-                return fail(e, WSH_PERR_BAD_FIELD, "payload.limit: expected a non-negative integer");
+                return fail(e, WSH_PERR_BAD_FIELD,
+                            "payload.limit: expected a non-negative integer");
             cmd->has_limit = true;
         }
         return WSH_OK;
@@ -448,7 +454,8 @@ int wsh_proto_parse(const char *in, size_t len, const struct wsh_proto_limits *l
         json_error_t jerr;
         /* Duplicate keys are rejected so that every reader of the message
          * (us, a proxy, the payload's consumers) sees the same fields. */
-        json_t *root = json_loadb(in ? in : "", len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+        json_t *root =
+            json_loadb(in ? in : "", len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
         if (root == NULL) {
             if (json_error_code(&jerr) == json_error_out_of_memory) {
                 e.code = WSH_PERR_INTERNAL;
@@ -816,9 +823,8 @@ static int finish(struct wsh_buf *b, size_t start, int64_t now_ms)
     return WSH_OK;
 }
 
-int wsh_proto_encode_connected(struct wsh_buf *b, int64_t id, const char *client,
-                               size_t client_len, const char *user, size_t user_len,
-                               int64_t expires, int64_t now_ms)
+int wsh_proto_encode_connected(struct wsh_buf *b, int64_t id, const char *client, size_t client_len,
+                               const char *user, size_t user_len, int64_t expires, int64_t now_ms)
 {
     size_t start = BEGIN(b, "connected", id, NULL, 0);
     PUT_LIT(b, ",\"payload\":{\"client\":");
@@ -896,10 +902,9 @@ int wsh_proto_encode_presence(struct wsh_buf *b, int64_t id, const char *channel
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_history(struct wsh_buf *b, int64_t id, const char *channel,
-                             size_t channel_len, uint64_t offset, const char *epoch,
-                             size_t epoch_len, const struct wsh_history_entry *msgs, size_t n,
-                             int64_t now_ms)
+int wsh_proto_encode_history(struct wsh_buf *b, int64_t id, const char *channel, size_t channel_len,
+                             uint64_t offset, const char *epoch, size_t epoch_len,
+                             const struct wsh_history_entry *msgs, size_t n, int64_t now_ms)
 {
     size_t start = BEGIN(b, "history", id, channel, channel_len);
     PUT_LIT(b, ",\"payload\":{\"offset\":");
@@ -949,9 +954,9 @@ int wsh_proto_encode_error(struct wsh_buf *b, int64_t id, const char *channel, s
 }
 
 int wsh_proto_encode_message(struct wsh_buf *b, const char *channel, size_t channel_len,
-                             uint64_t offset, const char *epoch, size_t epoch_len,
-                             const char *from, size_t from_len, const char *payload_json,
-                             size_t payload_json_len, int64_t now_ms)
+                             uint64_t offset, const char *epoch, size_t epoch_len, const char *from,
+                             size_t from_len, const char *payload_json, size_t payload_json_len,
+                             int64_t now_ms)
 {
     size_t start = b->len;
     /* Reserve for the common case (no escaping) so the payload copy does

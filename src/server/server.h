@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "net.h"
 #include "wshub/pmd.h"
@@ -117,8 +118,21 @@ struct xmsg {
     struct wsh_buf *buf;
 };
 
+/* Echo replies written straight from the receive buffer: frame headers in
+ * hdr, payloads pointing into the worker's rbuf, sent with one writev at the
+ * end of the read that produced them. Only bytes the kernel refuses are
+ * copied into the connection's queue. */
+#define DIRECT_MSGS 64
+struct direct_batch {
+    struct conn *c; /* owner of the batch, NULL when empty */
+    int niov;
+    struct iovec iov[2 * DIRECT_MSGS];
+    uint8_t hdr[DIRECT_MSGS][WSH_FRAME_HDR_MAX];
+};
+
 struct worker {
     int id;
+    struct direct_batch direct;
     struct wsh_loop *loop;
     pthread_t thread;
     struct wsh_io listen_io;
@@ -151,6 +165,9 @@ void worker_wake(struct worker *w);
 
 /* Connection helpers used by the endpoints. */
 void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b);
+bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
+                      size_t len);
+void direct_flush(struct worker *w);
 void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
                      size_t len);
 void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason);

@@ -164,7 +164,8 @@ static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev
          * replies of this turn. */
         if (c->endpoint == EP_ECHO &&
             !(c->pmd && wsh_pmd_worth_compressing(&wsh_cfg.pmd, ev->len))) {
-            conn_send_frame(w, c, ev->opcode, ev->data, ev->len);
+            if (!conn_send_direct(w, c, ev->opcode, ev->data, ev->len))
+                conn_send_frame(w, c, ev->opcode, ev->data, ev->len);
             return;
         }
         struct wsh_buf *f = frame_new(ev->opcode, ev->data, ev->len);

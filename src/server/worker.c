@@ -112,12 +112,83 @@ static void mark_pending(struct worker *w, struct conn *c)
     w->pending = c;
 }
 
+/* Appends an echo reply to the worker's direct batch when nothing is queued
+ * ahead of it. Returns false when the caller must queue instead. payload
+ * must stay valid until direct_flush(): it points into the receive buffer. */
+bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
+                      size_t len)
+{
+    struct direct_batch *d = &w->direct;
+    if (c->wq != NULL || c->ssl != NULL || (c->flags & CF_CLOSE_SENT) || c->state == CONN_DEAD)
+        return false;
+    if (d->c != c || d->niov + 2 > (int)(sizeof(d->iov) / sizeof(d->iov[0])))
+        direct_flush(w);
+    if (c->wq != NULL || c->state == CONN_DEAD)
+        return false;
+    d->c = c;
+    uint8_t *h = d->hdr[d->niov / 2];
+    d->iov[d->niov].iov_base = h;
+    d->iov[d->niov].iov_len = wsh_frame_header_write(h, opcode, true, false, len, NULL);
+    d->iov[d->niov + 1].iov_base = (void *)(uintptr_t)payload;
+    d->iov[d->niov + 1].iov_len = len;
+    d->niov += 2;
+    return true;
+}
+
+/* Sends the direct batch with one writev; what the kernel does not take is
+ * copied into one buffer on the connection's queue. */
+void direct_flush(struct worker *w)
+{
+    struct direct_batch *d = &w->direct;
+    struct conn *c = d->c;
+    if (c == NULL)
+        return;
+    int niov = d->niov;
+    d->c = NULL;
+    d->niov = 0;
+    if (c->state == CONN_DEAD)
+        return;
+    ssize_t wr;
+    do {
+        wr = writev(c->io.fd, d->iov, niov);
+    } while (wr < 0 && errno == EINTR);
+    if (wr < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        conn_destroy(w, c);
+        return;
+    }
+    size_t skip = wr > 0 ? (size_t)wr : 0, rest = 0;
+    for (int i = 0; i < niov; i++)
+        rest += d->iov[i].iov_len;
+    rest -= skip;
+    if (rest == 0)
+        return;
+    struct wsh_buf *b = wsh_buf_new(rest);
+    if (b == NULL) {
+        conn_destroy(w, c);
+        return;
+    }
+    for (int i = 0; i < niov; i++) {
+        size_t n = d->iov[i].iov_len;
+        const uint8_t *p = d->iov[i].iov_base;
+        if (skip >= n) {
+            skip -= n;
+            continue;
+        }
+        memcpy(b->data + b->end, p + skip, n - skip);
+        b->end += (uint32_t)(n - skip);
+        skip = 0;
+    }
+    conn_send(w, c, b);
+}
+
 /* Queues a frame (taking over the caller's reference; NULL only re-checks
  * the limit). A connection whose queue passes --max-queue is a slow consumer: everything it has not begun
  * to receive is dropped and it is closed with 1008, so one slow reader
  * never grows the server or slows the others (DESIGN.md 5). */
 void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
 {
+    if (w->direct.c == c)
+        direct_flush(w); /* keep the byte order: the batch goes first */
     if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT)) {
         if (b)
             wsh_buf_unref(b);
@@ -166,6 +237,8 @@ static void conn_send_bytes(struct worker *w, struct conn *c, const void *p, siz
 void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
                      size_t len)
 {
+    if (w->direct.c == c)
+        direct_flush(w);
     if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT))
         return;
     size_t need = wsh_message_size(len, 0, false);
@@ -193,6 +266,8 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
  * is the one that closes the TCP connection (RFC 6455 7.1.1). */
 void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason)
 {
+    if (w->direct.c == c)
+        direct_flush(w);
     if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT))
         return;
     uint8_t payload[WSH_CONTROL_MAX];
@@ -245,6 +320,10 @@ void conn_destroy(struct worker *w, struct conn *c)
         return;
     wsh_log(WSH_LOG_DEBUG, "conn=%u ev=destroy", c->id);
     c->state = CONN_DEAD;
+    if (w->direct.c == c) {
+        w->direct.c = NULL;
+        w->direct.niov = 0;
+    }
     wsh_timer_stop(&c->timer);
     if (c->chan)
         rawchan_leave(w, c);
@@ -615,6 +694,8 @@ static void conn_read(struct worker *w, struct conn *c)
      * to see the peer's EOF: it is discarded. */
     if (c->state == CONN_OPEN)
         used += session_input(w, c, w->rbuf + used, len - used);
+    /* Echo replies still point into rbuf: send them before it is reused. */
+    direct_flush(w);
     if (c->state == CONN_DEAD)
         return;
     if (c->state != CONN_OPEN)

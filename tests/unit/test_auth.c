@@ -1,6 +1,11 @@
 /* Unit tests for src/hub/auth.c. Tokens are minted here with libjwt, with
  * RSA-2048 and P-256 keys generated at start-up through OpenSSL EVP, so no
  * key material is committed. */
+#include <cmocka.h>
+#include <jwt.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,12 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include <cmocka.h>
-#include <jwt.h>
-#include <openssl/bio.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
 
 #include "wshub/auth.h"
 
@@ -127,7 +126,10 @@ static struct wsh_auth *make_auth(const struct wsh_auth_key *keys, size_t n, boo
     return a;
 }
 
-#define KEY(alg_, s_) { .alg = (alg_), .key = (const uint8_t *)(s_), .key_len = strlen(s_) }
+#define KEY(alg_, s_)                                                      \
+    {                                                                      \
+        .alg = (alg_), .key = (const uint8_t *)(s_), .key_len = strlen(s_) \
+    }
 
 static struct wsh_auth *all_keys(void)
 {
@@ -333,8 +335,8 @@ static void test_auth_rejects_tampered_payload(void **state)
     const char *keys[] = { hs256_secret, rsa_priv, ec_priv };
     for (size_t i = 0; i < 3; i++) {
         char *t = mint(algs[i], keys[i], strlen(keys[i]), good_claims);
-        char *forged = mint(algs[i], keys[i], strlen(keys[i]),
-                            "{\"sub\":\"admin\",\"exp\":1700003600}");
+        char *forged =
+            mint(algs[i], keys[i], strlen(keys[i]), "{\"sub\":\"admin\",\"exp\":1700003600}");
         /* Put the forged payload under the original signature. */
         char *p1 = strchr(t, '.'), *p2 = strchr(forged, '.');
         size_t n = strlen(t) + strlen(forged);
@@ -365,7 +367,7 @@ static void test_auth_rejects_bad_format(void **state)
     size_t n = strlen(t);
     char *buf = malloc(n + 8);
     const char *cases[] = {
-        "",        "a",     "a.b",       "..",        "a..c",   ".b.c",      "a.b.c.d",
+        "",        "a",      "a.b",     "..",      "a..c",    ".b.c",        "a.b.c.d",
         "a b.c.d", "a=.b.c", "a+b.c.d", "a/b.c.d", "a.b.c\n", "e30.e30.e30", /* {} {} */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
@@ -512,12 +514,9 @@ static void test_auth_rejects_missing_sub(void **state)
     assert_int_equal(hs_claims(a, "{\"exp\":1700003600}", NOW_MS), WSH_AUTH_ENOSUB);
     assert_int_equal(hs_claims(a, "{\"sub\":\"\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_ENOSUB);
     assert_int_equal(hs_claims(a, "{\"sub\":42,\"exp\":1700003600}", NOW_MS), WSH_AUTH_ECLAIM);
-    assert_int_equal(hs_claims(a, "{\"sub\":\"a,b\",\"exp\":1700003600}", NOW_MS),
-                     WSH_AUTH_ECLAIM);
-    assert_int_equal(hs_claims(a, "{\"sub\":\"a#b\",\"exp\":1700003600}", NOW_MS),
-                     WSH_AUTH_ECLAIM);
-    assert_int_equal(hs_claims(a, "{\"sub\":\"a b\",\"exp\":1700003600}", NOW_MS),
-                     WSH_AUTH_ECLAIM);
+    assert_int_equal(hs_claims(a, "{\"sub\":\"a,b\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_ECLAIM);
+    assert_int_equal(hs_claims(a, "{\"sub\":\"a#b\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_ECLAIM);
+    assert_int_equal(hs_claims(a, "{\"sub\":\"a b\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_ECLAIM);
     char c[400];
     snprintf(c, sizeof(c), "{\"sub\":\"%0128d\",\"exp\":1700003600}", 0);
     assert_int_equal(hs_claims(a, c, NOW_MS), WSH_AUTH_OK);

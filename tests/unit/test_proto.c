@@ -2,17 +2,18 @@
  * every field check, the depth and size bounds, exact encoder output for
  * fixed timestamps, string escaping, and round trips through jansson. */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+/* cmocka.h needs the four headers above. */
+#include <cmocka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#include <cmocka.h>
 
 #include "wshub/proto.h"
 
@@ -45,8 +46,8 @@ static const char *guarded(const char *s, size_t n)
     return dst;
 }
 
-static int parse_n(const char *s, size_t n, const struct wsh_proto_limits *lim,
-                   struct wsh_cmd *cmd, int *code, const char **msg)
+static int parse_n(const char *s, size_t n, const struct wsh_proto_limits *lim, struct wsh_cmd *cmd,
+                   int *code, const char **msg)
 {
     return wsh_proto_parse(guarded(s, n), n, lim, cmd, code, msg);
 }
@@ -209,8 +210,8 @@ static void test_proto_parse_publish_payload_span(void **state)
         parse_ok(cases[i].in, &c);
         assert_slice(c.payload_raw, c.payload_raw_len, cases[i].raw);
         /* The span parses to the same value jansson found. */
-        json_t *v = json_loadb(c.payload_raw, c.payload_raw_len, JSON_DECODE_ANY | JSON_ALLOW_NUL,
-                               NULL);
+        json_t *v =
+            json_loadb(c.payload_raw, c.payload_raw_len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
         assert_non_null(v);
         assert_true(json_equal(v, c.payload));
         json_decref(v);
@@ -340,10 +341,10 @@ static void test_proto_rejects_bad_json(void **state)
         "42",
         "null",
         "{\"type\":\"connect\",\"type\":\"publish\"}", /* duplicate keys */
-        "{\"type\":\"\xff\"}",                       /* invalid UTF-8 */
-        "{\"type\":\"\xed\xa0\x80\"}",               /* surrogate in UTF-8 */
-        "{\"a\":\"\\ud800\"}",                       /* lone surrogate escape */
-        "\xef\xbb\xbf{\"type\":\"connect\"}",         /* BOM */
+        "{\"type\":\"\xff\"}",                         /* invalid UTF-8 */
+        "{\"type\":\"\xed\xa0\x80\"}",                 /* surrogate in UTF-8 */
+        "{\"a\":\"\\ud800\"}",                         /* lone surrogate escape */
+        "\xef\xbb\xbf{\"type\":\"connect\"}",          /* BOM */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         parse_err(bad[i], WSH_PERR_BAD_JSON, NULL);
@@ -414,7 +415,8 @@ static void test_proto_rejects_fields(void **state)
     } cases[] = {
         { "{\"type\":\"subscribe\"}", WSH_PERR_BAD_FIELD, "channel: missing" },
         { "{\"type\":\"subscribe\",\"channel\":5}", WSH_PERR_BAD_FIELD, "channel: expected" },
-        { "{\"type\":\"subscribe\",\"channel\":\"a b\"}", WSH_PERR_BAD_CHANNEL, "channel: invalid" },
+        { "{\"type\":\"subscribe\",\"channel\":\"a b\"}", WSH_PERR_BAD_CHANNEL,
+          "channel: invalid" },
         { "{\"type\":\"subscribe\",\"channel\":\"a\",\"payload\":[]}", WSH_PERR_BAD_FIELD,
           "payload: expected an object" },
         { "{\"type\":\"subscribe\",\"channel\":\"a\",\"payload\":{\"recover\":1}}",
@@ -431,8 +433,8 @@ static void test_proto_rejects_fields(void **state)
           WSH_PERR_BAD_FIELD, "payload.recover.epoch: too long" },
         { "{\"type\":\"publish\",\"channel\":\"a\"}", WSH_PERR_BAD_FIELD, "payload: missing" },
         { "{\"type\":\"signal\",\"channel\":\"a\"}", WSH_PERR_BAD_FIELD, "payload: missing" },
-        { "{\"type\":\"publish\",\"channel\":\"a\",\"payload\":1,\"msg_id\":1}",
-          WSH_PERR_BAD_FIELD, "msg_id: expected a string" },
+        { "{\"type\":\"publish\",\"channel\":\"a\",\"payload\":1,\"msg_id\":1}", WSH_PERR_BAD_FIELD,
+          "msg_id: expected a string" },
         { "{\"type\":\"publish\",\"channel\":\"a\",\"payload\":1,\"msg_id\":\"\"}",
           WSH_PERR_BAD_FIELD, "msg_id: empty" },
         { "{\"type\":\"publish\",\"channel\":\"a\",\"payload\":1,\"msg_id\":\"a\\nb\"}",
@@ -440,13 +442,13 @@ static void test_proto_rejects_fields(void **state)
         { "{\"type\":\"publish\",\"payload\":1}", WSH_PERR_BAD_FIELD, "channel: missing" },
         { "{\"type\":\"history\",\"channel\":\"a\",\"payload\":{\"since\":\"1\"}}",
           WSH_PERR_BAD_FIELD, "payload.since" },
-        { "{\"type\":\"history\",\"channel\":\"a\",\"payload\":{\"limit\":-5}}",
-          WSH_PERR_BAD_FIELD, "payload.limit" },
+        { "{\"type\":\"history\",\"channel\":\"a\",\"payload\":{\"limit\":-5}}", WSH_PERR_BAD_FIELD,
+          "payload.limit" },
         { "{\"type\":\"history\",\"channel\":\"a\",\"payload\":{\"limit\":2.0}}",
           WSH_PERR_BAD_FIELD, "payload.limit" },
         { "{\"type\":\"read\",\"channel\":\"a\"}", WSH_PERR_BAD_FIELD, "payload.offset" },
-        { "{\"type\":\"read\",\"channel\":\"a\",\"payload\":{\"offset\":true}}",
-          WSH_PERR_BAD_FIELD, "payload.offset" },
+        { "{\"type\":\"read\",\"channel\":\"a\",\"payload\":{\"offset\":true}}", WSH_PERR_BAD_FIELD,
+          "payload.offset" },
         { "{\"type\":\"refresh\"}", WSH_PERR_BAD_FIELD, "payload.token: missing" },
         { "{\"type\":\"refresh\",\"payload\":{\"token\":5}}", WSH_PERR_BAD_FIELD,
           "payload.token: expected a string" },
@@ -467,12 +469,28 @@ static void test_proto_channel_names(void **state)
 {
     (void)state;
     static const char *const good[] = {
-        "a", "lobby", "chat:lobby", "chat:room.1", "a-b_c:x=y@z", "inbox#42", "dm:inbox#user.1",
-        "A9:Z0",
+        "a",           "lobby",    "chat:lobby",      "chat:room.1",
+        "a-b_c:x=y@z", "inbox#42", "dm:inbox#user.1", "A9:Z0",
     };
     static const char *const bad[] = {
-        "",      ":",      ":a",      "a:",     "a:b:c",   "a b",  "a/b",   "a%2f",  "#42",
-        "a#",    "a#b#c",  "ns.x:a",  "a:#1",   "caf\xc3\xa9", "a\tb", "a,b", "a*", "a?",
+        "",
+        ":",
+        ":a",
+        "a:",
+        "a:b:c",
+        "a b",
+        "a/b",
+        "a%2f",
+        "#42",
+        "a#",
+        "a#b#c",
+        "ns.x:a",
+        "a:#1",
+        "caf\xc3\xa9",
+        "a\tb",
+        "a,b",
+        "a*",
+        "a?",
         "123456789012345678901234567890123:x", /* 33-byte namespace */
     };
     struct wsh_channel ch;
@@ -511,13 +529,13 @@ static void test_proto_msg_id_length_boundary(void **state)
     (void)state;
     char msg[256];
     struct wsh_cmd c;
-    snprintf(msg, sizeof(msg), "{\"type\":\"publish\",\"channel\":\"a\",\"payload\":1,\"msg_id\":\"%064d\"}",
-             7);
+    snprintf(msg, sizeof(msg),
+             "{\"type\":\"publish\",\"channel\":\"a\",\"payload\":1,\"msg_id\":\"%064d\"}", 7);
     parse_ok(msg, &c);
     assert_int_equal(c.msg_id_len, 64);
     wsh_cmd_free(&c);
-    snprintf(msg, sizeof(msg), "{\"type\":\"publish\",\"channel\":\"a\",\"payload\":1,\"msg_id\":\"%065d\"}",
-             7);
+    snprintf(msg, sizeof(msg),
+             "{\"type\":\"publish\",\"channel\":\"a\",\"payload\":1,\"msg_id\":\"%065d\"}", 7);
     parse_err(msg, WSH_PERR_BAD_FIELD, "msg_id");
 }
 
@@ -662,11 +680,12 @@ static void test_proto_escape_strings(void **state)
         { "\b\f\n\r\t", 5, "\"\\b\\f\\n\\r\\t\"" },
         { "\x01\x1f\x7f", 3, "\"\\u0001\\u001f\\u007f\"" },
         { "a\0b", 3, "\"a\\u0000b\"" },
-        { "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14, "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"" },
+        { "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14,
+          "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"" },
         { "\xff", 1, "\"\\ufffd\"" },
-        { "\xc3", 1, "\"\\ufffd\"" },             /* truncated sequence */
-        { "\xc0\xaf", 2, "\"\\ufffd\\ufffd\"" },  /* overlong */
-        { "\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\"" }, /* surrogate */
+        { "\xc3", 1, "\"\\ufffd\"" },                                  /* truncated sequence */
+        { "\xc0\xaf", 2, "\"\\ufffd\\ufffd\"" },                       /* overlong */
+        { "\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\"" },            /* surrogate */
         { "\xf4\x90\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\"" }, /* > U+10FFFF */
         { "\xe2\x28\xa1", 3, "\"\\ufffd(\\ufffd\"" },
     };
@@ -709,14 +728,14 @@ static void test_proto_escape_all_bytes(void **state)
     wsh_buf_free(&b);
 }
 
-#define ENC(call, want)                                                                            \
-    do {                                                                                           \
-        wsh_buf_reset(&b);                                                                         \
-        assert_int_equal((call), WSH_OK);                                                          \
-        assert_slice(b.data, b.len, (want));                                                       \
-        json_t *v_ = json_loadb(b.data, b.len, 0, NULL);                                           \
-        assert_non_null(v_);                                                                       \
-        json_decref(v_);                                                                           \
+#define ENC(call, want)                                  \
+    do {                                                 \
+        wsh_buf_reset(&b);                               \
+        assert_int_equal((call), WSH_OK);                \
+        assert_slice(b.data, b.len, (want));             \
+        json_t *v_ = json_loadb(b.data, b.len, 0, NULL); \
+        assert_non_null(v_);                             \
+        json_decref(v_);                                 \
     } while (0)
 
 static void test_proto_encode_replies(void **state)
@@ -737,14 +756,15 @@ static void test_proto_encode_replies(void **state)
     ENC(wsh_proto_encode_unsubscribed(&b, 3, "a", 1, T0),
         "{\"type\":\"unsubscribed\",\"id\":3,\"channel\":\"a\",\"payload\":{}," TS);
     ENC(wsh_proto_encode_ack(&b, 4, "a", 1, INT64_MAX, T0),
-        "{\"type\":\"ack\",\"id\":4,\"channel\":\"a\",\"payload\":{\"offset\":9223372036854775807},"
-        TS);
+        "{\"type\":\"ack\",\"id\":4,\"channel\":\"a\",\"payload\":{\"offset\":9223372036854775807}"
+        "," TS);
     ENC(wsh_proto_encode_ack(&b, 4, NULL, 0, 5, T0),
         "{\"type\":\"ack\",\"id\":4,\"payload\":{\"offset\":5}," TS);
     ENC(wsh_proto_encode_refreshed(&b, 7, 1795327762, T0),
         "{\"type\":\"refreshed\",\"id\":7,\"payload\":{\"expires\":1795327762}," TS);
     ENC(wsh_proto_encode_error(&b, 8, NULL, 0, WSH_PERR_UNKNOWN_TYPE, NULL, T0),
-        "{\"type\":\"error\",\"id\":8,\"payload\":{\"code\":1001,\"message\":\"unknown type\"}," TS);
+        "{\"type\":\"error\",\"id\":8,\"payload\":{\"code\":1001,\"message\":\"unknown "
+        "type\"}," TS);
     ENC(wsh_proto_encode_error(&b, WSH_PROTO_NO_ID, "a", 1, 1002, "channel: \"x\"\n", T0),
         "{\"type\":\"error\",\"channel\":\"a\",\"payload\":{\"code\":1002,\"message\":"
         "\"channel: \\\"x\\\"\\n\"}," TS);
@@ -773,12 +793,14 @@ static void test_proto_encode_presence_history(void **state)
         { 10, NULL, 0, "\"x\"", 3, T0 },
     };
     ENC(wsh_proto_encode_history(&b, 6, "a", 1, 10, "e", 1, h, 2, T0),
-        "{\"type\":\"history\",\"id\":6,\"channel\":\"a\",\"payload\":{\"offset\":10,\"epoch\":\"e\","
+        "{\"type\":\"history\",\"id\":6,\"channel\":\"a\",\"payload\":{\"offset\":10,\"epoch\":"
+        "\"e\","
         "\"messages\":[{\"offset\":9,\"from\":\"alice\",\"payload\":{\"t\":1},\"timestamp\":"
         "\"1970-01-01T00:00:00.000Z\"},{\"offset\":10,\"from\":null,\"payload\":\"x\","
         "\"timestamp\":\"2026-11-22T05:09:22.621Z\"}]}," TS);
     ENC(wsh_proto_encode_history(&b, 6, "a", 1, 0, "e", 1, NULL, 0, T0),
-        "{\"type\":\"history\",\"id\":6,\"channel\":\"a\",\"payload\":{\"offset\":0,\"epoch\":\"e\","
+        "{\"type\":\"history\",\"id\":6,\"channel\":\"a\",\"payload\":{\"offset\":0,\"epoch\":"
+        "\"e\","
         "\"messages\":[]}," TS);
     wsh_buf_free(&b);
 }
@@ -795,7 +817,8 @@ static void test_proto_encode_pushes(void **state)
         "{\"type\":\"message\",\"channel\":\"a\",\"offset\":1,\"epoch\":\"e\",\"from\":null,"
         "\"payload\":null," TS);
     ENC(wsh_proto_encode_signal(&b, "a", 1, "bob", 3, "{\"typing\":true}", 15, T0),
-        "{\"type\":\"signal\",\"channel\":\"a\",\"from\":\"bob\",\"payload\":{\"typing\":true}," TS);
+        "{\"type\":\"signal\",\"channel\":\"a\",\"from\":\"bob\",\"payload\":{\"typing\":true}"
+        "," TS);
     struct wsh_presence_entry who = { "alice", 5, "c1", 2, NULL, 0 };
     ENC(wsh_proto_encode_join(&b, false, "a", 1, &who, T0),
         "{\"type\":\"join\",\"channel\":\"a\",\"payload\":{\"user\":\"alice\",\"client\":\"c1\","
@@ -808,8 +831,8 @@ static void test_proto_encode_pushes(void **state)
     ENC(wsh_proto_encode_refresh_required(&b, 1795324222, T0),
         "{\"type\":\"refresh_required\",\"payload\":{\"expires\":1795324222}," TS);
     ENC(wsh_proto_encode_lagged(&b, "a", 1, 100, "e", 1, T0),
-        "{\"type\":\"lagged\",\"channel\":\"a\",\"payload\":{\"from_offset\":100,\"epoch\":\"e\"},"
-        TS);
+        "{\"type\":\"lagged\",\"channel\":\"a\",\"payload\":{\"from_offset\":100,\"epoch\":\"e\"}"
+        "," TS);
     ENC(wsh_proto_encode_disconnect(&b, 4101, "slow consumer", 13, true, 1500, T0),
         "{\"type\":\"disconnect\",\"payload\":{\"code\":4101,\"reason\":\"slow consumer\","
         "\"reconnect\":true,\"retry_after_ms\":1500}," TS);
@@ -827,13 +850,11 @@ static void test_proto_encode_roundtrip(void **state)
     const char chan[] = "weird\"\\\n\x01\xe2\x82\xac";
     const char from[] = "</script>\t\"";
     struct wsh_buf b = { 0 };
-    assert_int_equal(wsh_proto_encode_message(&b, chan, sizeof(chan) - 1, 7, from,
-                                              sizeof(from) - 1, from, sizeof(from) - 1,
-                                              "[1,\"\\u0000\"]", 12, T0),
+    assert_int_equal(wsh_proto_encode_message(&b, chan, sizeof(chan) - 1, 7, from, sizeof(from) - 1,
+                                              from, sizeof(from) - 1, "[1,\"\\u0000\"]", 12, T0),
                      WSH_OK);
     size_t first = b.len;
-    assert_int_equal(wsh_proto_encode_error(&b, 3, chan, sizeof(chan) - 1, 1000, from, T0),
-                     WSH_OK);
+    assert_int_equal(wsh_proto_encode_error(&b, 3, chan, sizeof(chan) - 1, 1000, from, T0), WSH_OK);
     json_error_t e;
     json_t *m = json_loadb(b.data, first, JSON_ALLOW_NUL, &e);
     assert_non_null(m);
@@ -871,8 +892,8 @@ static void test_proto_publish_to_message_roundtrip(void **state)
         parse_ok(ins[i], &c);
         struct wsh_buf pay = { 0 }, out = { 0 };
         assert_int_equal(wsh_proto_payload_dump(&c, &pay), WSH_OK);
-        assert_int_equal(wsh_proto_encode_message(&out, c.channel, c.channel_len, 1, "e", 1, "u",
-                                                  1, pay.data, pay.len, T0),
+        assert_int_equal(wsh_proto_encode_message(&out, c.channel, c.channel_len, 1, "e", 1, "u", 1,
+                                                  pay.data, pay.len, T0),
                          WSH_OK);
         json_t *m = json_loadb(out.data, out.len, 0, NULL);
         assert_non_null(m);
@@ -893,8 +914,7 @@ static void test_proto_buf_take_and_growth(void **state)
     char *big = malloc(n);
     assert_non_null(big);
     memset(big, '7', n);
-    assert_int_equal(
-        wsh_proto_encode_message(&b, "a", 1, 1, "e", 1, "u", 1, big, n, T0), WSH_OK);
+    assert_int_equal(wsh_proto_encode_message(&b, "a", 1, 1, "e", 1, "u", 1, big, n, T0), WSH_OK);
     assert_true(b.len > n);
     assert_true(b.cap >= b.len);
     size_t len;
@@ -913,9 +933,8 @@ static void test_proto_buf_take_and_growth(void **state)
 static void test_proto_code_messages(void **state)
 {
     (void)state;
-    static const int codes[] = { 1000, 1001, 1002, 1003, 1004, 2000, 2001, 2002, 2003, 2004,
-                                 2005, 3000, 3001, 3002, 3003, 4000, 4001, 4002, 4003, 4004,
-                                 5000, 5001 };
+    static const int codes[] = { 1000, 1001, 1002, 1003, 1004, 2000, 2001, 2002, 2003, 2004, 2005,
+                                 3000, 3001, 3002, 3003, 4000, 4001, 4002, 4003, 4004, 5000, 5001 };
     for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
         assert_string_not_equal(wsh_proto_code_message(codes[i]), "unknown error");
     assert_string_equal(wsh_proto_code_message(4100), "unknown error");

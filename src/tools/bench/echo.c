@@ -154,7 +154,11 @@ int run_echo(struct bench *b)
     int64_t t = now_ns();
     uint32_t open = bench_ramp(b, b->o.conns, t + 60000000000LL);
     if (open == 0) {
-        fprintf(stderr, "no connection could be opened\n");
+        fprintf(stderr,
+                "no connection could be opened (connect errors %llu, handshake errors %llu, "
+                "timeouts %llu)\n",
+                (unsigned long long)b->connect_errors, (unsigned long long)b->hs_errors,
+                (unsigned long long)b->timeouts);
         return 1;
     }
     e->sending = true;

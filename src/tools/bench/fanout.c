@@ -200,7 +200,11 @@ int run_fanout(struct bench *b)
     f->subs = bench_ramp(b, b->o.conns, t + 60000000000LL);
     f->subs_alive = f->subs;
     if (f->subs == 0) {
-        fprintf(stderr, "no subscriber could be opened\n");
+        fprintf(stderr,
+                "no subscriber could be opened (connect errors %llu, handshake errors %llu, "
+                "timeouts %llu)\n",
+                (unsigned long long)b->connect_errors, (unsigned long long)b->hs_errors,
+                (unsigned long long)b->timeouts);
         return 1;
     }
     if (!bench_connect(b, true)) {

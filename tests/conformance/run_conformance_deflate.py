@@ -1,0 +1,499 @@
+#!/usr/bin/python3
+"""wshub conformance suite, permessage-deflate (RFC 7692): sections 12 and
+13 of shared/CONFORMANCE.md (the Autobahn|Testsuite 12.x and 13.x
+families) as our own table, driven over raw sockets against
+`wshub --echo --deflate --max-message 16777216 --max-fragments 262144`.
+
+The client side is Python's zlib: a raw deflater (compressobj(level,
+DEFLATED, -wbits), trailing 00 00 ff ff stripped) with exactly the agreed
+client window and context takeover, and for the server's messages a raw
+inflater of exactly the agreed server window, fresh per message when
+server_no_context_takeover was agreed (so a server exceeding its window or
+keeping context it promised to drop fails to inflate).
+
+Section 12 (compressed echoes): five payload kinds (ASCII text, random-ish
+binary, highly repetitive text, JSON-like text, UTF-8 multibyte text) over
+the 18 size/fragmentation mixes of Autobahn 12.x.1-18 (16 B to 128 KiB,
+compressed payload in one frame or in frames of 256 B to 32 KiB, varying),
+plus a 256 KiB mix (12.x.19), each as a stream of messages on one
+connection. Sections 12.1-12.5 keep client context takeover, 12.6-12.10 the
+same with client_no_context_takeover. Autobahn sends 1000 messages per
+case; to keep the suite near a minute we send min(100, 1 MiB / size, at
+least 8) per case (100 for <= 8 KiB, 8 for 128 KiB and 256 KiB).
+
+Section 13 (parameters): 13.1-13.4 are every valid single offer: the four
+server/client_no_context_takeover combinations x server_max_window_bits
+absent or 8..15 x client_max_window_bits absent, valueless or 8..15. The
+answer must be valid per RFC 7692 (checked independently of our policy)
+and equal to what docs/permessage-deflate.md promises; then a few messages
+echo with exactly the agreed parameters. 13.5 are invalid offers (must be
+declined: 101 without Sec-WebSocket-Extensions, not 400), 13.6 several
+offers (the first acceptable one wins).
+
+Usage: run_conformance_deflate.py [--bin WSHUB] [--report r.json] [--jobs N]
+                                  [--filter REGEX] [--list]
+Prints 'N passed, N failed' and exits 1 if any case failed.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pmdraw  # noqa: E402
+import wsraw  # noqa: E402
+from pmdraw import PmdError  # noqa: E402
+from wsraw import OP_BINARY, OP_TEXT, frame  # noqa: E402
+
+SERVER_ARGS = ["--echo", "--deflate", "--max-message", "16777216", "--max-fragments", "262144",
+               "--max-queue", str(64 << 20), "--workers", "2"]
+
+T = 5.0
+T_BIG = 30.0
+
+CASES = []  # (id, description, fn(port) -> note|None, kind "small"|"big")
+
+
+def add(cid, desc, fn, kind="small"):
+    CASES.append((cid, desc, fn, kind))
+
+
+def fail(msg):
+    raise PmdError(msg)
+
+
+# ---------------------------------------------------------------------------
+# 12: compressed echoes
+
+KINDS = [  # (name, opcode, client deflate level)
+    ("ascii", OP_TEXT, 6),
+    ("binary", OP_BINARY, 1),
+    ("repetitive", OP_TEXT, 9),
+    ("json", OP_TEXT, 6),
+    ("utf8", OP_TEXT, 3),
+]
+
+# Autobahn 12.x.1-18: (message size, auto-fragment size; 0 = one frame).
+# Fragment sizes vary around the nominal one (cycled list), as a real
+# client's writes would.
+MIXES = [(16, 0), (64, 0), (256, 0), (1024, 0), (4096, 0), (8192, 0), (16384, 0),
+         (32768, 0), (65536, 0), (131072, 0),
+         (8192, 256), (16384, 256), (32768, 256), (65536, 256), (131072, 256),
+         (131072, 1024), (131072, 4096), (131072, 32768),
+         (262144, 65536)]
+
+
+def frag_sizes(nominal):
+    if not nominal:
+        return 0
+    return [nominal, max(1, nominal // 2 + 3), nominal * 2 - 1, 1, nominal]
+
+
+def msg_count(n):
+    return max(8, min(100, (1 << 20) // n))
+
+
+def _stream(kind, op, level, n, frag, cnct):
+    def run(port):
+        kw = dict(cnct=cnct, cmwb=True)
+        c, ans = pmdraw.connect(port, [pmdraw.offer(**kw)])
+        try:
+            a = pmdraw.validate_answer(ans, **kw)
+            if a is None:
+                fail(f"offer {pmdraw.offer(**kw)!r} declined")
+            if pmdraw.answer_tuple(a) != pmdraw.expected_answer(**kw):
+                fail(f"answer {ans!r} is not the documented {pmdraw.expected_answer(**kw)}")
+            d = pmdraw.Deflater(a, level=level)
+            inf = pmdraw.Inflater(a)
+            count = msg_count(n)
+            msgs = pmdraw.messages(kind, n, count)
+            # pipelined: keep up to ~512 KiB (and at least 2 messages) in flight
+            window = max(2, (512 << 10) // max(n, 1))
+            t0 = time.monotonic()
+            sent = got = 0
+            wire_in = wire_out = 0
+            fs = frag_sizes(frag)
+            while got < count:
+                while sent < count and sent - got < window:
+                    fr = pmdraw.data_frames(msgs[sent], op, d, frag=fs)
+                    wire_in += len(fr)
+                    c.send(fr)
+                    sent += 1
+                try:
+                    wire_out += pmdraw.expect_echo(c, inf, op, msgs[got], timeout=T_BIG)
+                except PmdError as e:
+                    fail(f"message {got + 1}/{count}: {e}")
+                got += 1
+            dt = time.monotonic() - t0
+            pmdraw.close_clean(c)
+            return (f"{count} x {n} B in {dt * 1000:.0f} ms; wire in {wire_in} B, "
+                    f"out {wire_out} B, raw {count * n} B")
+        finally:
+            c.close()
+    return run
+
+
+for _half, _cnct in ((0, False), (5, True)):
+    for _k, (_kind, _op, _lvl) in enumerate(KINDS, 1):
+        for _m, (_n, _frag) in enumerate(MIXES, 1):
+            _cnt = msg_count(_n)
+            add(f"12.{_k + _half}.{_m}",
+                f"{_cnt} {_kind} messages of {_n} B, "
+                f"{'frames of ~' + str(_frag) + ' B' if _frag else 'one frame'}, "
+                f"client context takeover {'off' if _cnct else 'on'}",
+                _stream(_kind, _op, _lvl, _n, _frag, _cnct), "big" if _n >= 65536 else "small")
+
+
+# ---------------------------------------------------------------------------
+# 13: parameters
+
+def probe_messages():
+    """Messages that catch a window or context violation: the same random
+    block repeated at distances of 300 B, 2 KiB and 20 KiB (a server
+    deflating with a larger window than agreed references them, and our
+    smaller inflater then fails), a message sent twice (client context
+    takeover), text, and short ones."""
+    r = pmdraw._rng("probe")
+    blk = r.randbytes(200)
+    far = (blk + r.randbytes(100) + blk + r.randbytes(2000) + blk + r.randbytes(20000) + blk
+           + blk)
+    text = pmdraw.messages("ascii", 3000, 1)[0]
+    utf = pmdraw.messages("utf8", 700, 1)[0]
+    return [(OP_BINARY, far), (OP_TEXT, text), (OP_TEXT, text), (OP_TEXT, utf),
+            (OP_TEXT, b"short"), (OP_BINARY, b""), (OP_TEXT, pmdraw.messages("repetitive", 64, 1)[0]),
+            (OP_BINARY, far)]
+
+
+PROBES = probe_messages()
+
+
+def echo_probes(c, a, frag=0):
+    d = pmdraw.Deflater(a) if a is not None else None
+    inf = pmdraw.Inflater(a) if a is not None else None
+    for i, (op, m) in enumerate(PROBES):
+        c.send(pmdraw.data_frames(m, op, d, frag=frag))
+        try:
+            pmdraw.expect_echo(c, inf, op, m, timeout=T)
+        except PmdError as e:
+            fail(f"probe {i + 1} ({len(m)} B, op {op}) with {a!r}: {e}")
+
+
+def _single_offer(kw):
+    def run(port):
+        o = pmdraw.offer(**kw)
+        c, ans = pmdraw.connect(port, [o])
+        try:
+            try:
+                a = pmdraw.validate_answer(ans, **kw)
+            except PmdError as e:
+                fail(f"offer {o!r}: invalid answer per RFC 7692: {e}")
+            want = pmdraw.expected_answer(**kw)
+            if a is None:
+                if want is not None:
+                    fail(f"offer {o!r} declined, expected an answer {want}")
+            else:
+                if want is None:
+                    fail(f"offer {o!r} answered {ans!r}; policy: decline (no "
+                         f"client_max_window_bits)")
+                got = pmdraw.answer_tuple(a)
+                if got != want:
+                    fail(f"offer {o!r} answered {ans!r} = {got}, documented policy gives {want}")
+            echo_probes(c, a, frag=[700, 1, 5000])
+            pmdraw.close_clean(c)
+            return f"{o} -> {ans}"
+        finally:
+            c.close()
+    return run
+
+
+_groups = [(False, False), (True, False), (False, True), (True, True)]
+for _g, (_snct, _cnct) in enumerate(_groups, 1):
+    _i = 0
+    for _smwb in [None] + list(range(8, 16)):
+        for _cmwb in [None, True] + list(range(8, 16)):
+            _i += 1
+            _kw = dict(snct=_snct, cnct=_cnct, smwb=_smwb, cmwb=_cmwb)
+            add(f"13.{_g}.{_i}", f"offer {pmdraw.offer(**_kw)!r}", _single_offer(_kw))
+
+
+def _declined(offers, after_rsv1=False):
+    """The handshake succeeds (101) without Sec-WebSocket-Extensions, and
+    the connection works uncompressed."""
+    def run(port):
+        c, ans = pmdraw.connect(port, offers)
+        try:
+            if ans is not None:
+                fail(f"offers {offers!r} must be declined, server answered {ans!r}")
+            echo_probes(c, None, frag=[1000, 3])
+            if after_rsv1:
+                c.send(frame(OP_TEXT, b"\x00", rsv=pmdraw.RSV1))
+                pmdraw.expect_close(c, 1002)
+            else:
+                pmdraw.close_clean(c)
+            return "declined"
+        finally:
+            c.close()
+    return run
+
+
+INVALID = [
+    ("unknown parameter", "permessage-deflate; foo; client_max_window_bits"),
+    ("unknown parameter with a value", "permessage-deflate; client_max_window_bits; x=1"),
+    ("duplicate client_max_window_bits", "permessage-deflate; client_max_window_bits; client_max_window_bits"),
+    ("duplicate client_max_window_bits with values",
+     "permessage-deflate; client_max_window_bits=10; client_max_window_bits=10"),
+    ("duplicate server_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover; server_no_context_takeover; client_max_window_bits"),
+    ("duplicate client_no_context_takeover",
+     "permessage-deflate; client_no_context_takeover; client_max_window_bits; client_no_context_takeover"),
+    ("duplicate server_max_window_bits",
+     "permessage-deflate; server_max_window_bits=10; server_max_window_bits=10; client_max_window_bits"),
+    ("server_max_window_bits=7", "permessage-deflate; server_max_window_bits=7; client_max_window_bits"),
+    ("server_max_window_bits=16", "permessage-deflate; server_max_window_bits=16; client_max_window_bits"),
+    ("server_max_window_bits=abc", "permessage-deflate; server_max_window_bits=abc; client_max_window_bits"),
+    ("server_max_window_bits=\"abc\"",
+     "permessage-deflate; server_max_window_bits=\"abc\"; client_max_window_bits"),
+    ("server_max_window_bits=08", "permessage-deflate; server_max_window_bits=08; client_max_window_bits"),
+    ("server_max_window_bits=+9", "permessage-deflate; server_max_window_bits=+9; client_max_window_bits"),
+    ("server_max_window_bits=0", "permessage-deflate; server_max_window_bits=0; client_max_window_bits"),
+    ("server_max_window_bits=1e1", "permessage-deflate; server_max_window_bits=1e1; client_max_window_bits"),
+    ("server_max_window_bits=115", "permessage-deflate; server_max_window_bits=115; client_max_window_bits"),
+    ("server_max_window_bits without a value",
+     "permessage-deflate; server_max_window_bits; client_max_window_bits"),
+    ("value on server_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover=1; client_max_window_bits"),
+    ("value on client_no_context_takeover",
+     "permessage-deflate; client_no_context_takeover=true; client_max_window_bits"),
+    ("client_max_window_bits=16", "permessage-deflate; client_max_window_bits=16"),
+    ("client_max_window_bits=7", "permessage-deflate; client_max_window_bits=7"),
+    ("client_max_window_bits=08", "permessage-deflate; client_max_window_bits=08"),
+    ("client_max_window_bits=abc", "permessage-deflate; client_max_window_bits=abc"),
+    ("client_max_window_bits=-10", "permessage-deflate; client_max_window_bits=-10"),
+]
+
+for _i, (_what, _o) in enumerate(INVALID, 1):
+    add(f"13.5.{_i}", f"invalid offer ({_what}): {_o!r} declined, not 400", _declined([_o]))
+add(f"13.5.{len(INVALID) + 1}", "invalid offers only (two of them): declined; then RSV1 -> 1002",
+    _declined(["permessage-deflate; client_max_window_bits=16, permessage-deflate; bogus; "
+               "client_max_window_bits"], after_rsv1=True))
+add(f"13.5.{len(INVALID) + 2}", "offer without client_max_window_bits: declined; then RSV1 -> 1002",
+    _declined(["permessage-deflate; server_no_context_takeover"], after_rsv1=True))
+
+
+def _multi(offers, want_kw, want_tuple=None):
+    """Several offers (header values, one line each); the answer must be the
+    one for want_kw (the first acceptable offer)."""
+    def run(port):
+        c, ans = pmdraw.connect(port, offers)
+        try:
+            try:
+                a = pmdraw.validate_answer(ans, **want_kw)
+            except PmdError as e:
+                fail(f"offers {offers!r}: answer invalid for the offer that should win "
+                     f"({pmdraw.offer(**want_kw)!r}): {e}")
+            if a is None:
+                fail(f"offers {offers!r} all declined; expected the answer to "
+                     f"{pmdraw.offer(**want_kw)!r}")
+            want = want_tuple or pmdraw.expected_answer(**want_kw)
+            got = pmdraw.answer_tuple(a)
+            if got != want:
+                fail(f"offers {offers!r} answered {ans!r} = {got}, expected {want}")
+            echo_probes(c, a, frag=[300, 4000])
+            pmdraw.close_clean(c)
+            return f"-> {ans}"
+        finally:
+            c.close()
+    return run
+
+
+MULTI = [
+    ("first invalid (unknown parameter), second valid: second accepted",
+     ["permessage-deflate; foo; client_max_window_bits, "
+      "permessage-deflate; server_max_window_bits=9; client_max_window_bits=9"],
+     dict(smwb=9, cmwb=9)),
+    ("first invalid (server_max_window_bits=16), second valid, on separate header lines",
+     ["permessage-deflate; server_max_window_bits=16; client_max_window_bits",
+      "permessage-deflate; client_no_context_takeover; client_max_window_bits=12"],
+     dict(cnct=True, cmwb=12)),
+    ("first invalid (duplicate), second valid",
+     ["permessage-deflate; client_max_window_bits; client_max_window_bits, "
+      "permessage-deflate; server_no_context_takeover; client_max_window_bits"],
+     dict(snct=True, cmwb=True)),
+    ("first invalid (value on server_no_context_takeover), second valid",
+     ["permessage-deflate; server_no_context_takeover=x; client_max_window_bits, "
+      "permessage-deflate; server_max_window_bits=8; client_max_window_bits=8"],
+     dict(smwb=8, cmwb=8)),
+    ("first declinable (no client_max_window_bits), second valid",
+     ["permessage-deflate; server_max_window_bits=10, "
+      "permessage-deflate; server_max_window_bits=11; client_max_window_bits"],
+     dict(smwb=11, cmwb=True)),
+    ("two valid offers: the first wins",
+     ["permessage-deflate; server_max_window_bits=9; client_max_window_bits=8, "
+      "permessage-deflate; client_no_context_takeover; client_max_window_bits"],
+     dict(smwb=9, cmwb=8)),
+    ("Autobahn 13.7: (snct, smwb=8), (snct), () all with client_max_window_bits: the first wins",
+     ["permessage-deflate; server_no_context_takeover; server_max_window_bits=8; "
+      "client_max_window_bits, permessage-deflate; server_no_context_takeover; "
+      "client_max_window_bits, permessage-deflate; client_max_window_bits"],
+     dict(snct=True, smwb=8, cmwb=True)),
+    ("an unknown extension first, then permessage-deflate",
+     ["x-webkit-deflate-frame; no_context_takeover, permessage-deflate; client_max_window_bits"],
+     dict(cmwb=True)),
+    ("invalid, declinable, then valid",
+     ["permessage-deflate; client_max_window_bits=7",
+      "permessage-deflate",
+      "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+      "server_max_window_bits=15; client_max_window_bits=15"],
+     dict(snct=True, cnct=True, smwb=15, cmwb=15)),
+    ("quoted parameter values (RFC 7692 7.1.2: quoted-string allowed)",
+     ["permessage-deflate; server_max_window_bits=\"12\"; client_max_window_bits=\"9\""],
+     dict(smwb=12, cmwb=9)),
+]
+for _i, (_what, _offers, _kw) in enumerate(MULTI, 1):
+    add(f"13.6.{_i}", _what, _multi(_offers, _kw))
+
+
+# ---------------------------------------------------------------------------
+# runner (as run_conformance.py)
+
+def run_case(port, cid, desc, fn):
+    t0 = time.monotonic()
+    result = {"id": cid, "description": desc}
+    try:
+        note = fn(port)
+        result["result"] = "pass"
+        if note:
+            result["note"] = note
+    except AssertionError as e:  # PmdError, and handshake failures from wsraw
+        result["result"] = "fail"
+        result["detail"] = str(e)
+    except Exception as e:  # noqa: BLE001 - any error is a failed case
+        result["result"] = "fail"
+        result["detail"] = f"{type(e).__name__}: {e}"
+        result["traceback"] = traceback.format_exc(limit=4)
+    result["ms"] = round((time.monotonic() - t0) * 1000, 1)
+    return result
+
+
+def case_key(cid):
+    return [int(x) if x.isdigit() else x for x in cid.split(".")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.environ.get("WSHUB_BIN"))
+    ap.add_argument("--port", type=int, help="use an already running server (with --deflate)")
+    ap.add_argument("--report", default="conformance-deflate-report.json")
+    ap.add_argument("--jobs", type=int, default=4, help="parallel small cases")
+    ap.add_argument("--filter", default=None, help="regex on case ids")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+
+    ids = [x[0] for x in CASES]
+    dup = {i for i in ids if ids.count(i) > 1}
+    assert not dup, f"duplicate case ids {dup}"
+    cases = CASES
+    if args.filter:
+        rx = re.compile(args.filter)
+        cases = [x for x in cases if rx.search(x[0])]
+    if args.list:
+        for cid, desc, _, kind in cases:
+            print(f"{cid:10} {kind:5} {desc}")
+        print(f"{len(cases)} cases")
+        return 0
+
+    server = None
+    if args.port:
+        port = args.port
+    else:
+        if not args.bin:
+            print("error: no server: set WSHUB_BIN or pass --bin/--port", file=sys.stderr)
+            return 2
+        server = wsraw.Server(SERVER_ARGS, binary=args.bin)
+        port = server.port
+    t0 = time.monotonic()
+    results = []
+    server_died = None
+    try:
+        small = [x for x in cases if x[3] == "small"]
+        big = [x for x in cases if x[3] == "big"]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+            futs = [ex.submit(run_case, port, cid, desc, fn) for cid, desc, fn, _ in small]
+            for f in futs:
+                results.append(f.result())
+        # the big streams two at a time (2 cores)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as ex:
+            futs = []
+            for cid, desc, fn, _ in big:
+                futs.append(ex.submit(run_case, port, cid, desc, fn))
+            for f in futs:
+                results.append(f.result())
+        alive = {"id": "99.1", "description": "server alive afterwards: /healthz and a fresh "
+                 "compressed echo", "ms": 0}
+        try:
+            if server is not None and not server.alive():
+                server_died = server.proc.returncode
+                raise PmdError(f"server exited with {server.proc.returncode}")
+            r = wsraw.http_request(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            if r.status != 200 or r.body != b"ok\n":
+                raise PmdError(f"/healthz answered {r!r}")
+            _single_offer(dict(cmwb=True))(port)
+            alive["result"] = "pass"
+        except Exception as e:  # noqa: BLE001
+            alive["result"] = "fail"
+            alive["detail"] = f"{type(e).__name__}: {e}"
+        results.append(alive)
+        if server is not None:
+            stop = {"id": "99.2", "description": "SIGTERM: exit status 0, no sanitizer report",
+                    "ms": 0, "result": "pass"}
+            server.signal(signal.SIGTERM)
+            rc = server.wait(10)
+            log = server.log()
+            marks = [m for m in ("ERROR: AddressSanitizer", "runtime error:",
+                                 "ERROR: LeakSanitizer") if m in log]
+            if rc != 0 or marks:
+                stop["result"] = "fail"
+                stop["detail"] = f"exit status {rc}, sanitizer markers {marks}: {log[-2000:]}"
+            results.append(stop)
+    finally:
+        if server is not None:
+            server.kill()
+    elapsed = time.monotonic() - t0
+    results.sort(key=lambda r: case_key(r["id"]))
+    passed = sum(1 for r in results if r["result"] == "pass")
+    failed = len(results) - passed
+    for r in results:
+        if r["result"] != "pass":
+            print(f"FAIL {r['id']}: {r['description']}\n     {r.get('detail')}")
+    fam = {}
+    for r in results:
+        s = ".".join(r["id"].split(".")[:2])
+        fam.setdefault(s, [0, 0])[0 if r["result"] == "pass" else 1] += 1
+    for s in sorted(fam, key=case_key):
+        print(f"  {s:>6}: {fam[s][0]} passed, {fam[s][1]} failed")
+    report = {
+        "server": args.bin if not args.port else f"127.0.0.1:{args.port}",
+        "server_args": SERVER_ARGS,
+        "elapsed_s": round(elapsed, 2),
+        "passed": passed,
+        "failed": failed,
+        "server_exit_during_run": server_died,
+        "server_log_tail": server.log()[-4000:] if server is not None else None,
+        "cases": results,
+    }
+    with open(args.report, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"report: {os.path.abspath(args.report)} ({elapsed:.1f} s)")
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
