@@ -5,7 +5,7 @@
 
 #include "wshub/proto.h"
 
-static void must_parse(const struct wsh_buf *b)
+static void must_parse(const struct wsh_jbuf *b)
 {
     json_t *v = json_loadb(b->data, b->len, JSON_ALLOW_NUL, NULL);
     if (v == NULL)
@@ -19,7 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct wsh_cmd c;
     int code = 0;
     const char *msg = NULL;
-    struct wsh_buf b = { 0 }, pay = { 0 };
+    struct wsh_jbuf b = { 0 }, pay = { 0 };
     int rc = wsh_proto_parse((const char *)data, size, NULL, &c, &code, &msg);
     if (rc != WSH_OK) {
         if (code < 1000 || msg == NULL || c._root != NULL)
@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (wsh_proto_encode_error(&b, c.id, NULL, 0, code, msg, 0) != WSH_OK)
             abort();
         must_parse(&b);
-        wsh_buf_free(&b);
+        wsh_jbuf_free(&b);
         return 0;
     }
     if (c.payload_raw != NULL) {
@@ -44,18 +44,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (wsh_proto_encode_error(&b, c.id, c.channel, c.channel_len, 1002, "x", 1) != WSH_OK)
         abort();
     must_parse(&b);
-    wsh_buf_reset(&b);
+    wsh_jbuf_reset(&b);
     if (wsh_proto_encode_ack(&b, c.id, c.channel, c.channel_len, c.offset, 2) != WSH_OK)
         abort();
     must_parse(&b);
-    wsh_buf_reset(&b);
+    wsh_jbuf_reset(&b);
     if (wsh_proto_encode_message(&b, c.channel, c.channel_len, c.recover_offset, c.recover_epoch,
                                  c.recover_epoch_len, tok, tok_len, pay.data, pay.len,
                                  (int64_t)c.since) != WSH_OK)
         abort();
     must_parse(&b);
-    wsh_buf_free(&pay);
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&pay);
+    wsh_jbuf_free(&b);
     wsh_cmd_free(&c);
     return 0;
 }

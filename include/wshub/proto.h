@@ -187,35 +187,35 @@ void wsh_cmd_free(struct wsh_cmd *cmd);
 /* ------------------------------------------------------------------ */
 /* Output buffer                                                       */
 
-/* A growable byte buffer, zero-initialised or through wsh_buf_init. The
+/* A growable byte buffer, zero-initialised or through wsh_jbuf_init. The
  * encoders append to it; reset len to 0 to reuse the memory. Growth
  * failure is sticky: the encoders then return WSH_ENOMEM and the content
- * is unspecified until wsh_buf_reset. */
-struct wsh_buf {
-    char *data; /* owned; free with wsh_buf_free */
+ * is unspecified until wsh_jbuf_reset. */
+struct wsh_jbuf {
+    char *data; /* owned; free with wsh_jbuf_free */
     size_t len;
     size_t cap;
     bool _oom;
 };
 
-void wsh_buf_init(struct wsh_buf *b);
-void wsh_buf_reset(struct wsh_buf *b); /* len = 0, clears the OOM flag, keeps memory */
-void wsh_buf_free(struct wsh_buf *b);
+void wsh_jbuf_init(struct wsh_jbuf *b);
+void wsh_jbuf_reset(struct wsh_jbuf *b); /* len = 0, clears the OOM flag, keeps memory */
+void wsh_jbuf_free(struct wsh_jbuf *b);
 /* Makes room for n more bytes. Returns WSH_OK or WSH_ENOMEM. */
-WSH_NODISCARD int wsh_buf_reserve(struct wsh_buf *b, size_t n);
+WSH_NODISCARD int wsh_jbuf_reserve(struct wsh_jbuf *b, size_t n);
 /* Detaches the bytes: returns data (caller frees) and leaves b empty. */
-char *wsh_buf_take(struct wsh_buf *b, size_t *len);
+char *wsh_jbuf_take(struct wsh_jbuf *b, size_t *len);
 
 /* Appends the payload of cmd as compact JSON text: payload_raw when set,
  * else jansson's compact encoding of cmd->payload, else `null`. Returns
  * WSH_OK or WSH_ENOMEM. */
-WSH_NODISCARD int wsh_proto_payload_dump(const struct wsh_cmd *cmd, struct wsh_buf *b);
+WSH_NODISCARD int wsh_proto_payload_dump(const struct wsh_cmd *cmd, struct wsh_jbuf *b);
 
 /* Appends `s` as a JSON string literal with quotes. Escapes `"`, `\` and
  * every byte below 0x20 (short forms where JSON has them, else \u00XX) and
  * 0x7f; valid UTF-8 passes through; each invalid UTF-8 byte becomes
  * \ufffd, so the output is always valid JSON. */
-void wsh_proto_put_string(struct wsh_buf *b, const char *s, size_t n);
+void wsh_proto_put_string(struct wsh_jbuf *b, const char *s, size_t n);
 
 /* Writes `now_ms` as RFC 3339 UTC with milliseconds into out[24]
  * ("2026-11-22T05:09:22.621Z", no NUL). Negative times clamp to the
@@ -237,22 +237,22 @@ size_t wsh_proto_format_time(char *out, int64_t now_ms);
 
 /* {"type":"connected","id":1,"payload":{"client":"c1","user":"u","expires":1700000000},...}
  * expires is Unix seconds, 0 for no expiry (written as 0). */
-WSH_NODISCARD int wsh_proto_encode_connected(struct wsh_buf *b, int64_t id, const char *client,
+WSH_NODISCARD int wsh_proto_encode_connected(struct wsh_jbuf *b, int64_t id, const char *client,
                                              size_t client_len, const char *user, size_t user_len,
                                              int64_t expires, int64_t now_ms);
 
 /* payload {"offset":N,"epoch":"e","recovered":bool}. */
-WSH_NODISCARD int wsh_proto_encode_subscribed(struct wsh_buf *b, int64_t id, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_subscribed(struct wsh_jbuf *b, int64_t id, const char *channel,
                                               size_t channel_len, uint64_t offset,
                                               const char *epoch, size_t epoch_len, bool recovered,
                                               int64_t now_ms);
 
 /* payload {}. */
-WSH_NODISCARD int wsh_proto_encode_unsubscribed(struct wsh_buf *b, int64_t id, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_unsubscribed(struct wsh_jbuf *b, int64_t id, const char *channel,
                                                 size_t channel_len, int64_t now_ms);
 
 /* payload {"offset":N}; channel NULL omits it. */
-WSH_NODISCARD int wsh_proto_encode_ack(struct wsh_buf *b, int64_t id, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_ack(struct wsh_jbuf *b, int64_t id, const char *channel,
                                        size_t channel_len, uint64_t offset, int64_t now_ms);
 
 struct wsh_presence_entry {
@@ -266,7 +266,7 @@ struct wsh_presence_entry {
 
 /* payload {"count":N,"clients":[{"user","client","info"},...]}. With
  * entries NULL (a channel over presence_count_threshold) only "count". */
-WSH_NODISCARD int wsh_proto_encode_presence(struct wsh_buf *b, int64_t id, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_presence(struct wsh_jbuf *b, int64_t id, const char *channel,
                                             size_t channel_len, uint64_t count,
                                             const struct wsh_presence_entry *entries, size_t n,
                                             int64_t now_ms);
@@ -282,56 +282,56 @@ struct wsh_history_entry {
 
 /* payload {"offset":latest,"epoch":"e","messages":[{"offset","from","payload","timestamp"},...]}.
  */
-WSH_NODISCARD int wsh_proto_encode_history(struct wsh_buf *b, int64_t id, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_history(struct wsh_jbuf *b, int64_t id, const char *channel,
                                            size_t channel_len, uint64_t offset, const char *epoch,
                                            size_t epoch_len, const struct wsh_history_entry *msgs,
                                            size_t n, int64_t now_ms);
 
 /* payload {"expires":unix_seconds}. */
-WSH_NODISCARD int wsh_proto_encode_refreshed(struct wsh_buf *b, int64_t id, int64_t expires,
+WSH_NODISCARD int wsh_proto_encode_refreshed(struct wsh_jbuf *b, int64_t id, int64_t expires,
                                              int64_t now_ms);
 
 /* payload {"code":N,"message":"..."}; message NULL uses
  * wsh_proto_code_message(code). channel NULL omits it. */
-WSH_NODISCARD int wsh_proto_encode_error(struct wsh_buf *b, int64_t id, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_error(struct wsh_jbuf *b, int64_t id, const char *channel,
                                          size_t channel_len, int code, const char *message,
                                          int64_t now_ms);
 
 /* Push: {"type":"message","channel","offset","epoch","from","payload","timestamp"}.
  * The fan-out path: one pass, no allocation beyond the buffer's growth. */
-WSH_NODISCARD int wsh_proto_encode_message(struct wsh_buf *b, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_message(struct wsh_jbuf *b, const char *channel,
                                            size_t channel_len, uint64_t offset, const char *epoch,
                                            size_t epoch_len, const char *from, size_t from_len,
                                            const char *payload_json, size_t payload_json_len,
                                            int64_t now_ms);
 
 /* Push: {"type":"signal","channel","from","payload","timestamp"} (ephemeral). */
-WSH_NODISCARD int wsh_proto_encode_signal(struct wsh_buf *b, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_signal(struct wsh_jbuf *b, const char *channel,
                                           size_t channel_len, const char *from, size_t from_len,
                                           const char *payload_json, size_t payload_json_len,
                                           int64_t now_ms);
 
 /* Push: join or leave, payload {"user","client","info"}. */
-WSH_NODISCARD int wsh_proto_encode_join(struct wsh_buf *b, bool leave, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_join(struct wsh_jbuf *b, bool leave, const char *channel,
                                         size_t channel_len, const struct wsh_presence_entry *who,
                                         int64_t now_ms);
 
 /* Push: {"type":"read","channel",payload {"user","offset"}}. */
-WSH_NODISCARD int wsh_proto_encode_read(struct wsh_buf *b, const char *channel, size_t channel_len,
+WSH_NODISCARD int wsh_proto_encode_read(struct wsh_jbuf *b, const char *channel, size_t channel_len,
                                         const char *user, size_t user_len, uint64_t offset,
                                         int64_t now_ms);
 
 /* Push: payload {"expires":unix_seconds}. */
-WSH_NODISCARD int wsh_proto_encode_refresh_required(struct wsh_buf *b, int64_t expires,
+WSH_NODISCARD int wsh_proto_encode_refresh_required(struct wsh_jbuf *b, int64_t expires,
                                                     int64_t now_ms);
 
 /* Push: payload {"from_offset":N,"epoch":"e"}. */
-WSH_NODISCARD int wsh_proto_encode_lagged(struct wsh_buf *b, const char *channel,
+WSH_NODISCARD int wsh_proto_encode_lagged(struct wsh_jbuf *b, const char *channel,
                                           size_t channel_len, uint64_t from_offset,
                                           const char *epoch, size_t epoch_len, int64_t now_ms);
 
 /* Push, sent before the close frame: payload {"code","reason","reconnect","retry_after_ms"}. */
-WSH_NODISCARD int wsh_proto_encode_disconnect(struct wsh_buf *b, unsigned code, const char *reason,
+WSH_NODISCARD int wsh_proto_encode_disconnect(struct wsh_jbuf *b, unsigned code, const char *reason,
                                               size_t reason_len, bool reconnect,
                                               uint64_t retry_after_ms, int64_t now_ms);
 

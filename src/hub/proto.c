@@ -497,33 +497,33 @@ void wsh_cmd_free(struct wsh_cmd *cmd)
 /* ------------------------------------------------------------------ */
 /* Buffer                                                              */
 
-void wsh_buf_init(struct wsh_buf *b)
+void wsh_jbuf_init(struct wsh_jbuf *b)
 {
     memset(b, 0, sizeof(*b));
 }
 
-void wsh_buf_reset(struct wsh_buf *b)
+void wsh_jbuf_reset(struct wsh_jbuf *b)
 {
     b->len = 0;
     b->_oom = false;
 }
 
-void wsh_buf_free(struct wsh_buf *b)
+void wsh_jbuf_free(struct wsh_jbuf *b)
 {
     free(b->data);
-    wsh_buf_init(b);
+    wsh_jbuf_init(b);
 }
 
-char *wsh_buf_take(struct wsh_buf *b, size_t *len)
+char *wsh_jbuf_take(struct wsh_jbuf *b, size_t *len)
 {
     char *p = b->data;
     if (len != NULL)
         *len = b->len;
-    wsh_buf_init(b);
+    wsh_jbuf_init(b);
     return p;
 }
 
-static bool buf_grow(struct wsh_buf *b, size_t n)
+static bool buf_grow(struct wsh_jbuf *b, size_t n)
 {
     if (b->_oom)
         return false;
@@ -547,12 +547,12 @@ static bool buf_grow(struct wsh_buf *b, size_t n)
     return true;
 }
 
-int wsh_buf_reserve(struct wsh_buf *b, size_t n)
+int wsh_jbuf_reserve(struct wsh_jbuf *b, size_t n)
 {
     return buf_grow(b, n) ? WSH_OK : WSH_ENOMEM;
 }
 
-static inline void put(struct wsh_buf *b, const void *p, size_t n)
+static inline void put(struct wsh_jbuf *b, const void *p, size_t n)
 {
     if (n == 0)
         return;
@@ -564,7 +564,7 @@ static inline void put(struct wsh_buf *b, const void *p, size_t n)
 
 #define PUT_LIT(b, s) put((b), (s), sizeof(s) - 1)
 
-static void put_u64(struct wsh_buf *b, uint64_t v)
+static void put_u64(struct wsh_jbuf *b, uint64_t v)
 {
     char tmp[20];
     size_t i = sizeof(tmp);
@@ -575,7 +575,7 @@ static void put_u64(struct wsh_buf *b, uint64_t v)
     put(b, tmp + i, sizeof(tmp) - i);
 }
 
-static void put_i64(struct wsh_buf *b, int64_t v)
+static void put_i64(struct wsh_jbuf *b, int64_t v)
 {
     if (v < 0) {
         PUT_LIT(b, "-");
@@ -622,7 +622,7 @@ static bool plain(unsigned char c)
     return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
 }
 
-void wsh_proto_put_string(struct wsh_buf *b, const char *s, size_t n)
+void wsh_proto_put_string(struct wsh_jbuf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s;
@@ -686,7 +686,7 @@ void wsh_proto_put_string(struct wsh_buf *b, const char *s, size_t n)
     PUT_LIT(b, "\"");
 }
 
-static void put_opt_string(struct wsh_buf *b, const char *s, size_t n)
+static void put_opt_string(struct wsh_jbuf *b, const char *s, size_t n)
 {
     if (s == NULL)
         PUT_LIT(b, "null");
@@ -694,7 +694,7 @@ static void put_opt_string(struct wsh_buf *b, const char *s, size_t n)
         wsh_proto_put_string(b, s, n);
 }
 
-static void put_json(struct wsh_buf *b, const char *j, size_t n)
+static void put_json(struct wsh_jbuf *b, const char *j, size_t n)
 {
     if (j == NULL || n == 0)
         PUT_LIT(b, "null");
@@ -760,12 +760,12 @@ size_t wsh_proto_format_time(char *out, int64_t now_ms)
 
 static int dump_cb(const char *p, size_t n, void *user)
 {
-    struct wsh_buf *b = user;
+    struct wsh_jbuf *b = user;
     put(b, p, n);
     return b->_oom ? -1 : 0;
 }
 
-int wsh_proto_payload_dump(const struct wsh_cmd *cmd, struct wsh_buf *b)
+int wsh_proto_payload_dump(const struct wsh_cmd *cmd, struct wsh_jbuf *b)
 {
     size_t start = b->len;
     if (cmd->payload_raw != NULL)
@@ -786,7 +786,7 @@ int wsh_proto_payload_dump(const struct wsh_cmd *cmd, struct wsh_buf *b)
 
 /* Opens `{"type":"<type>"[,"id":N][,"channel":"..."]` and remembers where
  * the message started so a failed encode leaves the buffer as it was. */
-static size_t begin(struct wsh_buf *b, const char *type, size_t type_len, int64_t id,
+static size_t begin(struct wsh_jbuf *b, const char *type, size_t type_len, int64_t id,
                     const char *channel, size_t channel_len)
 {
     size_t start = b->len;
@@ -808,7 +808,7 @@ static size_t begin(struct wsh_buf *b, const char *type, size_t type_len, int64_
 
 #define BEGIN(b, lit, id, ch, chn) begin((b), (lit), sizeof(lit) - 1, (id), (ch), (chn))
 
-static int finish(struct wsh_buf *b, size_t start, int64_t now_ms)
+static int finish(struct wsh_jbuf *b, size_t start, int64_t now_ms)
 {
     char ts[24];
     wsh_proto_format_time(ts, now_ms);
@@ -823,7 +823,7 @@ static int finish(struct wsh_buf *b, size_t start, int64_t now_ms)
     return WSH_OK;
 }
 
-int wsh_proto_encode_connected(struct wsh_buf *b, int64_t id, const char *client, size_t client_len,
+int wsh_proto_encode_connected(struct wsh_jbuf *b, int64_t id, const char *client, size_t client_len,
                                const char *user, size_t user_len, int64_t expires, int64_t now_ms)
 {
     size_t start = BEGIN(b, "connected", id, NULL, 0);
@@ -837,7 +837,7 @@ int wsh_proto_encode_connected(struct wsh_buf *b, int64_t id, const char *client
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_subscribed(struct wsh_buf *b, int64_t id, const char *channel,
+int wsh_proto_encode_subscribed(struct wsh_jbuf *b, int64_t id, const char *channel,
                                 size_t channel_len, uint64_t offset, const char *epoch,
                                 size_t epoch_len, bool recovered, int64_t now_ms)
 {
@@ -853,7 +853,7 @@ int wsh_proto_encode_subscribed(struct wsh_buf *b, int64_t id, const char *chann
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_unsubscribed(struct wsh_buf *b, int64_t id, const char *channel,
+int wsh_proto_encode_unsubscribed(struct wsh_jbuf *b, int64_t id, const char *channel,
                                   size_t channel_len, int64_t now_ms)
 {
     size_t start = BEGIN(b, "unsubscribed", id, channel, channel_len);
@@ -861,7 +861,7 @@ int wsh_proto_encode_unsubscribed(struct wsh_buf *b, int64_t id, const char *cha
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_ack(struct wsh_buf *b, int64_t id, const char *channel, size_t channel_len,
+int wsh_proto_encode_ack(struct wsh_jbuf *b, int64_t id, const char *channel, size_t channel_len,
                          uint64_t offset, int64_t now_ms)
 {
     size_t start = BEGIN(b, "ack", id, channel, channel_len);
@@ -871,7 +871,7 @@ int wsh_proto_encode_ack(struct wsh_buf *b, int64_t id, const char *channel, siz
     return finish(b, start, now_ms);
 }
 
-static void put_who(struct wsh_buf *b, const struct wsh_presence_entry *w)
+static void put_who(struct wsh_jbuf *b, const struct wsh_presence_entry *w)
 {
     PUT_LIT(b, "{\"user\":");
     put_opt_string(b, w->user, w->user_len);
@@ -882,7 +882,7 @@ static void put_who(struct wsh_buf *b, const struct wsh_presence_entry *w)
     PUT_LIT(b, "}");
 }
 
-int wsh_proto_encode_presence(struct wsh_buf *b, int64_t id, const char *channel,
+int wsh_proto_encode_presence(struct wsh_jbuf *b, int64_t id, const char *channel,
                               size_t channel_len, uint64_t count,
                               const struct wsh_presence_entry *entries, size_t n, int64_t now_ms)
 {
@@ -902,7 +902,7 @@ int wsh_proto_encode_presence(struct wsh_buf *b, int64_t id, const char *channel
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_history(struct wsh_buf *b, int64_t id, const char *channel, size_t channel_len,
+int wsh_proto_encode_history(struct wsh_jbuf *b, int64_t id, const char *channel, size_t channel_len,
                              uint64_t offset, const char *epoch, size_t epoch_len,
                              const struct wsh_history_entry *msgs, size_t n, int64_t now_ms)
 {
@@ -930,7 +930,7 @@ int wsh_proto_encode_history(struct wsh_buf *b, int64_t id, const char *channel,
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_refreshed(struct wsh_buf *b, int64_t id, int64_t expires, int64_t now_ms)
+int wsh_proto_encode_refreshed(struct wsh_jbuf *b, int64_t id, int64_t expires, int64_t now_ms)
 {
     size_t start = BEGIN(b, "refreshed", id, NULL, 0);
     PUT_LIT(b, ",\"payload\":{\"expires\":");
@@ -939,7 +939,7 @@ int wsh_proto_encode_refreshed(struct wsh_buf *b, int64_t id, int64_t expires, i
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_error(struct wsh_buf *b, int64_t id, const char *channel, size_t channel_len,
+int wsh_proto_encode_error(struct wsh_jbuf *b, int64_t id, const char *channel, size_t channel_len,
                            int code, const char *message, int64_t now_ms)
 {
     if (message == NULL)
@@ -953,7 +953,7 @@ int wsh_proto_encode_error(struct wsh_buf *b, int64_t id, const char *channel, s
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_message(struct wsh_buf *b, const char *channel, size_t channel_len,
+int wsh_proto_encode_message(struct wsh_jbuf *b, const char *channel, size_t channel_len,
                              uint64_t offset, const char *epoch, size_t epoch_len, const char *from,
                              size_t from_len, const char *payload_json, size_t payload_json_len,
                              int64_t now_ms)
@@ -976,7 +976,7 @@ int wsh_proto_encode_message(struct wsh_buf *b, const char *channel, size_t chan
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_signal(struct wsh_buf *b, const char *channel, size_t channel_len,
+int wsh_proto_encode_signal(struct wsh_jbuf *b, const char *channel, size_t channel_len,
                             const char *from, size_t from_len, const char *payload_json,
                             size_t payload_json_len, int64_t now_ms)
 {
@@ -988,7 +988,7 @@ int wsh_proto_encode_signal(struct wsh_buf *b, const char *channel, size_t chann
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_join(struct wsh_buf *b, bool leave, const char *channel, size_t channel_len,
+int wsh_proto_encode_join(struct wsh_jbuf *b, bool leave, const char *channel, size_t channel_len,
                           const struct wsh_presence_entry *who, int64_t now_ms)
 {
     size_t start = leave ? BEGIN(b, "leave", WSH_PROTO_NO_ID, channel, channel_len)
@@ -1001,7 +1001,7 @@ int wsh_proto_encode_join(struct wsh_buf *b, bool leave, const char *channel, si
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_read(struct wsh_buf *b, const char *channel, size_t channel_len,
+int wsh_proto_encode_read(struct wsh_jbuf *b, const char *channel, size_t channel_len,
                           const char *user, size_t user_len, uint64_t offset, int64_t now_ms)
 {
     size_t start = BEGIN(b, "read", WSH_PROTO_NO_ID, channel, channel_len);
@@ -1013,7 +1013,7 @@ int wsh_proto_encode_read(struct wsh_buf *b, const char *channel, size_t channel
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_refresh_required(struct wsh_buf *b, int64_t expires, int64_t now_ms)
+int wsh_proto_encode_refresh_required(struct wsh_jbuf *b, int64_t expires, int64_t now_ms)
 {
     size_t start = BEGIN(b, "refresh_required", WSH_PROTO_NO_ID, NULL, 0);
     PUT_LIT(b, ",\"payload\":{\"expires\":");
@@ -1022,7 +1022,7 @@ int wsh_proto_encode_refresh_required(struct wsh_buf *b, int64_t expires, int64_
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_lagged(struct wsh_buf *b, const char *channel, size_t channel_len,
+int wsh_proto_encode_lagged(struct wsh_jbuf *b, const char *channel, size_t channel_len,
                             uint64_t from_offset, const char *epoch, size_t epoch_len,
                             int64_t now_ms)
 {
@@ -1035,7 +1035,7 @@ int wsh_proto_encode_lagged(struct wsh_buf *b, const char *channel, size_t chann
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_disconnect(struct wsh_buf *b, unsigned code, const char *reason,
+int wsh_proto_encode_disconnect(struct wsh_jbuf *b, unsigned code, const char *reason,
                                 size_t reason_len, bool reconnect, uint64_t retry_after_ms,
                                 int64_t now_ms)
 {

@@ -180,10 +180,10 @@ static void test_proto_parse_publish(void **state)
     assert_non_null(c.payload);
     assert_slice(c.payload_raw, c.payload_raw_len,
                  "{\"text\":\"hi, \\\"you\\\"\",\"n\":[1,2,{\"a\":null}]}");
-    struct wsh_buf b = { 0 };
+    struct wsh_jbuf b = { 0 };
     assert_int_equal(wsh_proto_payload_dump(&c, &b), WSH_OK);
     assert_slice(b.data, b.len, "{\"text\":\"hi, \\\"you\\\"\",\"n\":[1,2,{\"a\":null}]}");
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
     wsh_cmd_free(&c);
 }
 
@@ -225,21 +225,21 @@ static void test_proto_parse_publish_payload_reencoded(void **state)
 {
     (void)state;
     struct wsh_cmd c;
-    struct wsh_buf b = { 0 };
+    struct wsh_jbuf b = { 0 };
     parse_ok("{\"type\":\"publish\",\"channel\":\"a\",\"payload\":{ \"k\" : [ 1 , 2 ] }}", &c);
     assert_null(c.payload_raw);
     assert_int_equal(wsh_proto_payload_dump(&c, &b), WSH_OK);
     assert_slice(b.data, b.len, "{\"k\":[1,2]}");
     wsh_cmd_free(&c);
 
-    wsh_buf_reset(&b);
+    wsh_jbuf_reset(&b);
     parse_ok("{\"type\":\"publish\",\"channel\":\"a\",\"p\\u0061yload\":[true]}", &c);
     assert_null(c.payload_raw);
     assert_non_null(c.payload);
     assert_int_equal(wsh_proto_payload_dump(&c, &b), WSH_OK);
     assert_slice(b.data, b.len, "[true]");
     wsh_cmd_free(&c);
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
 }
 
 static void test_proto_parse_presence(void **state)
@@ -689,16 +689,16 @@ static void test_proto_escape_strings(void **state)
         { "\xf4\x90\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\"" }, /* > U+10FFFF */
         { "\xe2\x28\xa1", 3, "\"\\ufffd(\\ufffd\"" },
     };
-    struct wsh_buf b = { 0 };
+    struct wsh_jbuf b = { 0 };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        wsh_buf_reset(&b);
+        wsh_jbuf_reset(&b);
         wsh_proto_put_string(&b, cases[i].in, cases[i].n);
         assert_slice(b.data, b.len, cases[i].want);
         json_t *v = json_loadb(b.data, b.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
         assert_non_null(v);
         json_decref(v);
     }
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
 }
 
 /* Every byte value through the escaper: the result always parses, and
@@ -709,7 +709,7 @@ static void test_proto_escape_all_bytes(void **state)
     char in[128];
     for (int i = 0; i < 128; i++)
         in[i] = (char)i;
-    struct wsh_buf b = { 0 };
+    struct wsh_jbuf b = { 0 };
     wsh_proto_put_string(&b, in, sizeof(in));
     json_error_t e;
     json_t *v = json_loadb(b.data, b.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
@@ -717,7 +717,7 @@ static void test_proto_escape_all_bytes(void **state)
     assert_int_equal(json_string_length(v), 128);
     assert_memory_equal(json_string_value(v), in, 128);
     json_decref(v);
-    wsh_buf_reset(&b);
+    wsh_jbuf_reset(&b);
     char hi[128];
     for (int i = 0; i < 128; i++)
         hi[i] = (char)(128 + i);
@@ -725,12 +725,12 @@ static void test_proto_escape_all_bytes(void **state)
     v = json_loadb(b.data, b.len, JSON_DECODE_ANY, &e);
     assert_non_null(v);
     json_decref(v);
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
 }
 
 #define ENC(call, want)                                  \
     do {                                                 \
-        wsh_buf_reset(&b);                               \
+        wsh_jbuf_reset(&b);                               \
         assert_int_equal((call), WSH_OK);                \
         assert_slice(b.data, b.len, (want));             \
         json_t *v_ = json_loadb(b.data, b.len, 0, NULL); \
@@ -741,7 +741,7 @@ static void test_proto_escape_all_bytes(void **state)
 static void test_proto_encode_replies(void **state)
 {
     (void)state;
-    struct wsh_buf b = { 0 };
+    struct wsh_jbuf b = { 0 };
     ENC(wsh_proto_encode_connected(&b, 1, "c42", 3, "alice", 5, 1795327762, T0),
         "{\"type\":\"connected\",\"id\":1,\"payload\":{\"client\":\"c42\",\"user\":\"alice\","
         "\"expires\":1795327762}," TS);
@@ -768,13 +768,13 @@ static void test_proto_encode_replies(void **state)
     ENC(wsh_proto_encode_error(&b, WSH_PROTO_NO_ID, "a", 1, 1002, "channel: \"x\"\n", T0),
         "{\"type\":\"error\",\"channel\":\"a\",\"payload\":{\"code\":1002,\"message\":"
         "\"channel: \\\"x\\\"\\n\"}," TS);
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
 }
 
 static void test_proto_encode_presence_history(void **state)
 {
     (void)state;
-    struct wsh_buf b = { 0 };
+    struct wsh_jbuf b = { 0 };
     struct wsh_presence_entry who[2] = {
         { "alice", 5, "c1", 2, "{\"name\":\"Alice\"}", 16 },
         { "bob", 3, "c2", 2, NULL, 0 },
@@ -802,13 +802,13 @@ static void test_proto_encode_presence_history(void **state)
         "{\"type\":\"history\",\"id\":6,\"channel\":\"a\",\"payload\":{\"offset\":0,\"epoch\":"
         "\"e\","
         "\"messages\":[]}," TS);
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
 }
 
 static void test_proto_encode_pushes(void **state)
 {
     (void)state;
-    struct wsh_buf b = { 0 };
+    struct wsh_jbuf b = { 0 };
     ENC(wsh_proto_encode_message(&b, "chat:lobby", 10, 42, "xY7", 3, "alice", 5,
                                  "{\"text\":\"hi\"}", 13, T0),
         "{\"type\":\"message\",\"channel\":\"chat:lobby\",\"offset\":42,\"epoch\":\"xY7\","
@@ -839,7 +839,7 @@ static void test_proto_encode_pushes(void **state)
     ENC(wsh_proto_encode_disconnect(&b, 4500, NULL, 0, false, 0, T0),
         "{\"type\":\"disconnect\",\"payload\":{\"code\":4500,\"reason\":\"\","
         "\"reconnect\":false,\"retry_after_ms\":0}," TS);
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
 }
 
 /* Encoders append: several messages in one buffer, and hostile strings in
@@ -849,7 +849,7 @@ static void test_proto_encode_roundtrip(void **state)
     (void)state;
     const char chan[] = "weird\"\\\n\x01\xe2\x82\xac";
     const char from[] = "</script>\t\"";
-    struct wsh_buf b = { 0 };
+    struct wsh_jbuf b = { 0 };
     assert_int_equal(wsh_proto_encode_message(&b, chan, sizeof(chan) - 1, 7, from, sizeof(from) - 1,
                                               from, sizeof(from) - 1, "[1,\"\\u0000\"]", 12, T0),
                      WSH_OK);
@@ -874,7 +874,7 @@ static void test_proto_encode_roundtrip(void **state)
     assert_string_equal(json_string_value(json_object_get(p, "message")), from);
     assert_int_equal(json_integer_value(json_object_get(er, "id")), 3);
     json_decref(er);
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
 }
 
 /* parse -> payload dump -> message push -> parse with jansson: the pushed
@@ -890,7 +890,7 @@ static void test_proto_publish_to_message_roundtrip(void **state)
     for (size_t i = 0; i < sizeof(ins) / sizeof(ins[0]); i++) {
         struct wsh_cmd c;
         parse_ok(ins[i], &c);
-        struct wsh_buf pay = { 0 }, out = { 0 };
+        struct wsh_jbuf pay = { 0 }, out = { 0 };
         assert_int_equal(wsh_proto_payload_dump(&c, &pay), WSH_OK);
         assert_int_equal(wsh_proto_encode_message(&out, c.channel, c.channel_len, 1, "e", 1, "u", 1,
                                                   pay.data, pay.len, T0),
@@ -899,8 +899,8 @@ static void test_proto_publish_to_message_roundtrip(void **state)
         assert_non_null(m);
         assert_true(json_equal(json_object_get(m, "payload"), c.payload));
         json_decref(m);
-        wsh_buf_free(&pay);
-        wsh_buf_free(&out);
+        wsh_jbuf_free(&pay);
+        wsh_jbuf_free(&out);
         wsh_cmd_free(&c);
     }
 }
@@ -908,8 +908,8 @@ static void test_proto_publish_to_message_roundtrip(void **state)
 static void test_proto_buf_take_and_growth(void **state)
 {
     (void)state;
-    struct wsh_buf b;
-    wsh_buf_init(&b);
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
     size_t n = 200000;
     char *big = malloc(n);
     assert_non_null(big);
@@ -918,16 +918,16 @@ static void test_proto_buf_take_and_growth(void **state)
     assert_true(b.len > n);
     assert_true(b.cap >= b.len);
     size_t len;
-    char *p = wsh_buf_take(&b, &len);
+    char *p = wsh_jbuf_take(&b, &len);
     assert_non_null(p);
     assert_null(b.data);
     assert_int_equal(b.len, 0);
     assert_memory_equal(p + len - 44, big, 4); /* payload ends before the timestamp */
     free(p);
     free(big);
-    assert_int_equal(wsh_buf_reserve(&b, 10), WSH_OK);
+    assert_int_equal(wsh_jbuf_reserve(&b, 10), WSH_OK);
     assert_true(b.cap >= 10);
-    wsh_buf_free(&b);
+    wsh_jbuf_free(&b);
 }
 
 static void test_proto_code_messages(void **state)
