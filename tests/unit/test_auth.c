@@ -1,15 +1,16 @@
 /* Unit tests for src/hub/auth.c. Tokens are minted here with libjwt, with
  * RSA-2048 and P-256 keys generated at start-up through OpenSSL EVP, so no
  * key material is committed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+/* cmocka.h needs the four headers above. */
 #include <cmocka.h>
 #include <jwt.h>
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
