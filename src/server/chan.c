@@ -120,7 +120,7 @@ static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *ski
             wsh_buf_unref(zcache[i]);
 }
 
-static void inbox_push(struct worker *to, struct rawchan *ch, struct wsh_buf *frame)
+void inbox_push(struct worker *to, const struct xmsg *m)
 {
     pthread_mutex_lock(&to->inbox_mu);
     if (to->inbox_n == to->inbox_cap) {
@@ -128,16 +128,19 @@ static void inbox_push(struct worker *to, struct rawchan *ch, struct wsh_buf *fr
         struct xmsg *n = realloc(to->inbox, cap * sizeof(*n));
         if (n == NULL) {
             pthread_mutex_unlock(&to->inbox_mu);
-            wsh_buf_unref(frame);
-            atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
+            /* Dropped: the receiver's memory is exhausted anyway. */
+            wsh_buf_unref(m->buf);
+            if (m->kind == XMSG_RAW)
+                atomic_fetch_sub_explicit(&((struct rawchan *)m->ch)->refs, 1,
+                                          memory_order_release);
+            else
+                hub_deliver_inbox(NULL, m);
             return;
         }
         to->inbox = n;
         to->inbox_cap = cap;
     }
-    to->inbox[to->inbox_n].ch = ch;
-    to->inbox[to->inbox_n].buf = frame;
-    to->inbox_n++;
+    to->inbox[to->inbox_n++] = *m;
     pthread_mutex_unlock(&to->inbox_mu);
 }
 
@@ -156,7 +159,8 @@ void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame)
         if (atomic_load_explicit(&ch->local[i].n, memory_order_relaxed) == 0)
             continue;
         atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
-        inbox_push(&wsh_workers[i], ch, wsh_buf_ref(frame));
+        struct xmsg m = { .ch = ch, .buf = wsh_buf_ref(frame), .kind = XMSG_RAW };
+        inbox_push(&wsh_workers[i], &m);
         w->wake[i] = true;
     }
     fan_out_local(w, ch, from, frame);
@@ -174,9 +178,14 @@ void rawchan_deliver_inbox(struct worker *w)
     w->inbox_n = 0;
     pthread_mutex_unlock(&w->inbox_mu);
     for (size_t i = 0; i < n; i++) {
-        fan_out_local(w, items[i].ch, NULL, items[i].buf);
+        if (items[i].kind == XMSG_HUB) {
+            hub_deliver_inbox(w, &items[i]);
+            continue;
+        }
+        struct rawchan *ch = items[i].ch;
+        fan_out_local(w, ch, NULL, items[i].buf);
         wsh_buf_unref(items[i].buf);
-        atomic_fetch_sub_explicit(&items[i].ch->refs, 1, memory_order_release);
+        atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
     }
     w->spare = items;
     w->spare_cap = cap;

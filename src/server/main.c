@@ -37,6 +37,8 @@ static void usage(FILE *out)
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
             "  --log-level LEVEL         error, warn, info or debug (default info)\n"
             "  --port-file PATH          write the bound port to PATH once listening\n"
+            "  --config FILE             JSON configuration: namespaces, keys, limits (docs/config.md)\n"
+            "  --check-config            validate --config, explain any error, and exit\n"
             "  --deflate                 offer permessage-deflate (RFC 7692) compression\n"
             "  --tls-cert FILE           serve wss:// with this PEM certificate chain\n"
             "  --tls-key FILE            the certificate's PEM private key\n"
@@ -117,8 +119,13 @@ enum {
     OPT_TLS_CERT,
     OPT_TLS_KEY,
     OPT_TLS_CA,
-    OPT_DEFLATE
+    OPT_DEFLATE,
+    OPT_CONFIG,
+    OPT_CHECK_CONFIG
 };
+
+static const char *config_path;
+static bool check_config;
 
 static int parse_args(int argc, char **argv)
 {
@@ -139,6 +146,8 @@ static int parse_args(int argc, char **argv)
         { "tls-key", required_argument, NULL, OPT_TLS_KEY },
         { "tls-ca", required_argument, NULL, OPT_TLS_CA },
         { "deflate", no_argument, NULL, OPT_DEFLATE },
+        { "config", required_argument, NULL, OPT_CONFIG },
+        { "check-config", no_argument, NULL, OPT_CHECK_CONFIG },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -215,6 +224,12 @@ static int parse_args(int argc, char **argv)
         case OPT_DEFLATE:
             wsh_cfg.deflate = true;
             break;
+        case OPT_CONFIG:
+            config_path = optarg;
+            break;
+        case OPT_CHECK_CONFIG:
+            check_config = true;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -276,6 +291,18 @@ int main(int argc, char **argv)
     set_defaults();
     if (parse_args(argc, argv) != 0)
         return 2;
+
+    {
+        char err[512];
+        if (hub_init(config_path, err, sizeof(err)) != 0) {
+            fprintf(stderr, "wshub: %s: %s\n", config_path ? config_path : "config", err);
+            return 2;
+        }
+        if (check_config) {
+            printf("%s: ok\n", config_path ? config_path : "(built-in defaults)");
+            return 0;
+        }
+    }
 
     /* A peer that vanishes mid-write must never kill the server. */
     signal(SIGPIPE, SIG_IGN);

@@ -59,7 +59,7 @@ enum conn_state {
     CONN_DEAD     /* destroyed; memory freed at the end of the iteration */
 };
 
-enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW };
+enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB };
 
 #define CF_CLOSE_SENT  0x01 /* our close frame (or final response) is queued */
 #define CF_CLOSE_RECVD 0x02 /* the peer's close frame arrived */
@@ -85,6 +85,7 @@ struct conn {
     struct wsh_buf *msg; /* message being reassembled, NULL when none */
     struct rawchan *chan;
     struct conn *chan_next, *chan_prev;
+    struct hubconn *hub; /* /ws state, NULL on other endpoints */
     struct wsh_parser parser;
     struct ssl_st *ssl; /* NULL for plain TCP */
     struct wsh_pmd *pmd; /* NULL unless permessage-deflate was agreed */
@@ -113,9 +114,14 @@ struct rawchan {
     struct rawchan_local local[]; /* one per worker */
 };
 
+enum xmsg_kind { XMSG_RAW, XMSG_HUB };
+
+/* A message on its way to another worker's subscribers. */
 struct xmsg {
-    struct rawchan *ch;
+    void *ch; /* struct rawchan or struct hubchan, by kind */
     struct wsh_buf *buf;
+    uint64_t offset; /* hub: the message's offset, 0 for signals and pushes */
+    uint8_t kind;
 };
 
 /* Echo replies written straight from the receive buffer: frame headers in
@@ -155,6 +161,7 @@ struct worker {
 };
 
 extern struct worker *wsh_workers;
+extern _Thread_local struct worker *wsh_self; /* the worker running this thread */
 extern int wsh_nworkers;
 extern _Atomic int wsh_shutdown_code; /* 0, or the close code to send */
 extern _Atomic size_t wsh_total_conns;
@@ -184,7 +191,23 @@ const uint8_t *frame_payload(const struct wsh_buf *frame, size_t *len);
 size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len);
 void session_timer(struct worker *w, struct conn *c);
 
-/* chan.c: raw channels. */
+/* hub.c: the /ws JSON protocol (DESIGN.md 3). */
+struct wsh_http_request;
+struct hubchan;
+int hub_init(const char *config_path, char *err, size_t errlen);
+int hub_worker_init(struct worker *w);
+/* Before the 101: origin and credentials. Returns 0 to go on, or the HTTP
+ * status to refuse with (401, 403). */
+int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                      const char **why);
+void hub_open(struct worker *w, struct conn *c);
+void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *p, size_t n);
+void hub_conn_end(struct worker *w, struct conn *c);
+void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
+void hub_sweep(int64_t now_ms);
+
+/* chan.c: raw channels and the cross-worker inbox. */
+void inbox_push(struct worker *to, const struct xmsg *m);
 struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len);
 void rawchan_leave(struct worker *w, struct conn *c);
 void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame);

@@ -20,6 +20,11 @@ static void deliver(struct worker *w, struct conn *c, struct wsh_buf *frame)
     }
     size_t len;
     const uint8_t *payload = frame_payload(frame, &len);
+    if (c->endpoint == EP_HUB) {
+        hub_message(w, c, frame->data[frame->start] & 0x0fu, payload, len);
+        wsh_buf_unref(frame);
+        return;
+    }
     if (c->pmd && wsh_pmd_worth_compressing(&wsh_cfg.pmd, len)) {
         struct wsh_buf *z = frame_deflate(c->pmd, 0, frame->data[frame->start] & 0x0fu, payload, len);
         wsh_buf_unref(frame);
@@ -156,6 +161,10 @@ static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev
 {
     if (ev->rsv1) {
         on_compressed(w, c, ev);
+        return;
+    }
+    if (ev->first && ev->last && c->endpoint == EP_HUB) {
+        hub_message(w, c, ev->opcode, ev->data, ev->len);
         return;
     }
     if (ev->first && ev->last) {

@@ -13,6 +13,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server.h"
@@ -34,6 +35,8 @@
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
+
+_Thread_local struct worker *wsh_self;
 
 static uint32_t next_conn_id(void)
 {
@@ -204,7 +207,8 @@ void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
     if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue && c->wq->count > 1) {
         wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer queued=%zu", c->id, wsh_wq_bytes(c->wq));
         wsh_wq_drop_unstarted(&c->wq);
-        conn_close(w, c, WSH_CLOSE_POLICY, "slow consumer");
+        /* /ws clients learn the reconnect-allowed code of LIMITS.md. */
+        conn_close(w, c, c->endpoint == EP_HUB ? 4101 : WSH_CLOSE_POLICY, "slow consumer");
     }
 }
 
@@ -293,6 +297,8 @@ void conn_close(struct worker *w, struct conn *c, unsigned code, const char *rea
     }
     if (c->chan)
         rawchan_leave(w, c);
+    if (c->hub)
+        hub_conn_end(w, c);
     wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
     wsh_log(WSH_LOG_DEBUG, "conn=%u ev=close_sent code=%u", c->id, code);
 }
@@ -327,6 +333,8 @@ void conn_destroy(struct worker *w, struct conn *c)
     wsh_timer_stop(&c->timer);
     if (c->chan)
         rawchan_leave(w, c);
+    if (c->hub)
+        hub_conn_end(w, c);
     wsh_wq_clear(&c->wq);
     free(c->carry);
     c->carry = NULL;
@@ -430,6 +438,9 @@ static void before_sleep(struct wsh_loop *l, void *user)
     if (w->id == 0 && wsh_loop_now(w->loop) >= w->sweep_at) {
         w->sweep_at = wsh_loop_now(w->loop) + 2000;
         rawchan_sweep();
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        hub_sweep((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
     }
 }
 
@@ -495,6 +506,8 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     }
     if (wsh_cfg.echo && req->path_len == 5 && memcmp(req->path, "/echo", 5) == 0) {
         ep = EP_ECHO;
+    } else if (req->path_len == 3 && memcmp(req->path, "/ws", 3) == 0) {
+        ep = EP_HUB;
     } else if (req->path_len > raw_len && memcmp(req->path, raw_prefix, raw_len) == 0) {
         ep = EP_RAW;
         chan = req->path + raw_len;
@@ -531,6 +544,16 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         http_reply(w, c, res.status, res.error ? res.error : "bad request");
         return;
     }
+    if (ep == EP_HUB) {
+        const char *why = NULL;
+        int st = hub_upgrade_check(w, c, req, &why);
+        if (st != 0) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d why=\"%s\"", c->id, st,
+                    why);
+            http_reply(w, c, st, why);
+            return;
+        }
+    }
     char ext[WSH_PMD_HEADER_MAX];
     const char *ext_response = NULL;
     if (pick.accepted) {
@@ -558,6 +581,8 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
         return;
     }
+    if (ep == EP_HUB)
+        hub_open(w, c);
     if (wsh_cfg.ping_interval_ms > 0)
         wsh_timer_start(w->loop, &c->timer, wsh_cfg.ping_interval_ms);
     else
@@ -906,6 +931,11 @@ int worker_init(struct worker *w, int id, int listen_fd)
 void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    wsh_self = w;
+    if (hub_worker_init(w) != 0) {
+        wsh_log(WSH_LOG_ERROR, "worker=%d ev=auth_init_failed", w->id);
+        return NULL;
+    }
     int rc = wsh_loop_run(w->loop);
     if (rc != WSH_OK)
         wsh_log(WSH_LOG_ERROR, "worker=%d ev=loop_failed err=\"%s\"", w->id, wsh_strerror(rc));

@@ -205,21 +205,34 @@ class Inflater:
         self.takeover = not agreed.snct
         self.z = None
 
-    def inflate(self, data, limit=None):
+    def inflate(self, data):
+        """Inflate one message (the trailer is appended here). zlib resolves a
+        distance from its window OR from the output of the current call, so
+        a single call would accept any distance: output is taken in steps of
+        STEP bytes, so a reference beyond the agreed window (+ STEP) fails."""
         if self.z is None or not self.takeover:
             self.z = zlib.decompressobj(-self.wbits)
+        step = self.STEP if self.wbits < 15 else 0
+        out = []
+        tail = data + TAIL
         try:
-            out = self.z.decompress(data + TAIL, limit or 0)
+            while True:
+                o = self.z.decompress(tail, step)
+                tail = self.z.unconsumed_tail
+                out.append(o)
+                if not step or (not o and not tail):
+                    break
         except zlib.error as e:
             raise PmdError(f"server's compressed message does not inflate with a "
-                           f"{self.wbits}-bit window: {e}") from None
-        if self.z.unconsumed_tail:
-            raise PmdError("inflated message larger than the limit")
+                           f"{self.wbits}-bit window"
+                           f"{'' if self.takeover else ' and no context takeover'}: {e}") from None
         if self.z.unused_data:
             raise PmdError(f"{len(self.z.unused_data)} bytes after the final deflate block")
         if self.z.eof:
             self.z = None  # a BFINAL block ends the stream (7.2.3.4)
-        return out
+        return b"".join(out)
+
+    STEP = 32
 
 
 # ---------------------------------------------------------------------------

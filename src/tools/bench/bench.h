@@ -10,7 +10,12 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "wshub/pmd.h"
 #include "wshub/ws.h"
+
+/* OpenSSL's types (SSL, SSL_CTX), so only conn.c and tls.c include it. */
+struct ssl_st;
+struct ssl_ctx_st;
 
 #define BENCH_RBUF        65536 /* one read() batch */
 #define BENCH_CARRY       (WSH_FRAME_HDR_MAX + WSH_CONTROL_MAX + 2)
@@ -20,7 +25,11 @@
 #define BENCH_CLOSE_WAIT  2000000000LL  /* close handshake, ns */
 #define BENCH_MAX_SECONDS 120
 
+#define BENCH_WARMUP_CONNS 200       /* idle: connections opened and closed first */
+#define BENCH_WARMUP_SETTLE 500000000LL /* idle: ns between warm-up and baseline */
+
 enum bench_cmd { CMD_ECHO, CMD_FANOUT, CMD_CONNECT, CMD_IDLE };
+enum bench_payload { PAYLOAD_FILLER, PAYLOAD_JSON };
 
 struct bench_opts {
     enum bench_cmd cmd;
@@ -31,6 +40,8 @@ struct bench_opts {
     unsigned conns;
     unsigned pipeline;
     size_t size;
+    bool size_set; /* -s was given */
+    enum bench_payload payload;
     unsigned rate;   /* fanout: msgs/s, 0 = windowed */
     unsigned window; /* fanout --rate 0: messages outstanding */
     unsigned sources;
@@ -38,6 +49,13 @@ struct bench_opts {
     bool raw;
     bool binary;
     bool json;
+    /* TLS (wss://). sni NULL: no SNI (the host is an IP literal, RFC 6066
+     * 3), and the certificate must name that IP address. */
+    bool tls;
+    bool insecure;
+    const char *sni;
+    const char *cacert;
+    bool deflate; /* offer permessage-deflate */
 };
 
 /* Log-bucketed latency histogram: 16 sub-buckets per power of two, so a
@@ -55,6 +73,7 @@ uint64_t hist_pct(const struct hist *h, double pct);
 enum conn_state {
     CS_FREE = 0,
     CS_CONNECTING, /* TCP connect in progress */
+    CS_TLS,        /* --tls: SSL_connect in progress */
     CS_HANDSHAKE,  /* request sent, waiting for the 101 */
     CS_OPEN,
     CS_CLOSING, /* close frame sent, waiting for the peer's */
@@ -70,6 +89,9 @@ struct conn {
     bool pending; /* on the flush list */
     bool blocked; /* last write was short: wait for EPOLLOUT */
     bool role_pub;
+    bool read_wants_write; /* SSL_read asked for EPOLLOUT */
+    bool write_wants_read; /* SSL_write asked for EPOLLIN */
+    bool z_first;          /* inflating: the next piece starts a message */
     uint16_t carry_len;
     uint32_t src; /* source address index for --sources */
     int64_t deadline;
@@ -81,11 +103,14 @@ struct conn {
     size_t hs_len;
     char key[WSH_HS_KEY_LEN + 1];
     struct wsh_parser parser;
+    struct ssl_st *ssl;          /* --tls; freed when the slot is recycled */
+    struct wsh_pmd *pmd; /* permessage-deflate agreed; freed likewise */
+    uint64_t tls_rx, tls_tx; /* socket BIO byte counts already accounted */
     uint8_t carry[BENCH_CARRY];
     /* Message reassembly state, shared by the modes. */
     size_t msg_pos;
     uint64_t msg_sum;
-    uint8_t msg_hdr[16];
+    uint8_t msg_hdr[32];
     /* echo: seq numbers and send times of the messages in flight. */
     uint64_t sent_seq, recv_seq;
     int64_t *ring; /* pipeline entries */
@@ -138,6 +163,18 @@ struct bench {
     uint64_t timeouts;
     uint64_t peer_closes;
     uint64_t opened; /* handshakes completed */
+    uint64_t tls_errors;        /* TLS handshakes that failed, ... */
+    uint64_t tls_verify_errors; /* ... of which certificate verification */
+    uint64_t pmd_errors;        /* bad extension answer, or inflate failure */
+    uint64_t pmd_conns;         /* handshakes that agreed permessage-deflate */
+    /* Bytes read from and written to sockets (TCP payload: TLS records
+     * when --tls), for "bytes on the wire". */
+    uint64_t wire_rx, wire_tx;
+    struct ssl_ctx_st *ssl_ctx;
+    char pmd_offer[WSH_PMD_HEADER_MAX];
+    struct wsh_pmd_params pmd_want;
+    uint8_t *zbuf; /* compressed message being built */
+    size_t zlen, zcap;
     uint8_t rbuf[BENCH_CARRY + BENCH_RBUF];
 };
 
@@ -161,6 +198,9 @@ uint8_t *conn_reserve(struct bench *b, struct conn *c, size_t n);
 bool conn_send_msg(struct bench *b, struct conn *c, unsigned op, const uint8_t *p, size_t n);
 /* Starts the closing handshake (--raw: closes the socket). */
 void conn_close_ws(struct bench *b, struct conn *c);
+/* Closes every open connection with the closing handshake and runs the
+ * loop until all are gone or `until`. */
+void bench_close_all(struct bench *b, int64_t until);
 /* Closes the socket now. */
 void conn_kill(struct bench *b, struct conn *c, bool clean);
 size_t conn_msg_size(const struct bench *b, size_t n);
@@ -178,10 +218,17 @@ struct proc_sample {
     uint64_t self_cpu_ns;
     uint64_t server_cpu_ns; /* 0 without --server-pid */
     long server_rss_kb;
+    uint64_t wire_rx, wire_tx;
 };
 void proc_sample(const struct bench *b, struct proc_sample *s);
 long server_rss_kb(long pid);
+/* A "Name: N kB" line of /proc/PID/status (PID 0: ourselves), -1 if none. */
+long proc_status_kb(long pid, const char *name);
+/* --tls: the client context from the options; NULL (reported) on error. */
+struct ssl_ctx_st *bench_tls_ctx(const struct bench_opts *o);
+void bench_tls_ctx_free(struct ssl_ctx_st *ctx);
 
+#define REPORT_EXTRA 16
 struct report {
     const char *mode;
     uint64_t msgs;
@@ -192,11 +239,16 @@ struct report {
     double bench_ns_per_msg;
     double server_ns_per_msg;
     long server_rss_kb;
+    uint64_t wire_rx, wire_tx; /* bytes at the socket during the run */
     /* Extra "key":number pairs, NULL-terminated names. */
-    const char *extra_k[8];
-    double extra_v[8];
+    const char *extra_k[REPORT_EXTRA];
+    double extra_v[REPORT_EXTRA];
 };
 void report_print(const struct bench *b, const struct report *r);
 void report_cpu(struct report *r, const struct proc_sample *a, const struct proc_sample *z);
+/* Sum of the engine's error counters (mode-specific ones come on top). */
+uint64_t bench_errors(const struct bench *b);
+/* Prints "what (connect errors N, ...)" to stderr. */
+void bench_explain_failure(const struct bench *b, const char *what);
 
 #endif

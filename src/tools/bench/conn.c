@@ -1,11 +1,17 @@
 /* wshub-bench engine: non-blocking client sockets on one edge-triggered
  * epoll loop, the RFC 6455 client handshake (4.1) and framing (5.2, 5.3)
- * through the wsh_ws core, one write per connection per loop turn. */
+ * through the wsh_ws core, one write per connection per loop turn.
+ * --tls puts OpenSSL between the socket and everything else (a
+ * non-blocking SSL_connect, then SSL_read/SSL_write); --deflate adds
+ * permessage-deflate (RFC 7692) through the core's pmd module. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,7 +97,35 @@ int bench_init(struct bench *b, uint32_t slots, const struct bench_mode *m)
         b->freelist[b->nfree++] = slots - 1 - i;
     }
     b->now = now_ns();
+    if (b->o.tls) {
+        b->ssl_ctx = bench_tls_ctx(&b->o);
+        if (!b->ssl_ctx)
+            return -1;
+    }
+    if (b->o.deflate) {
+        /* Our deflater takes any window the server asks for (the server
+         * caps it: an offer without client_max_window_bits is declined),
+         * and resets per message, so no deflate memory is held between
+         * messages on either side of the client's direction. */
+        b->pmd_want = (struct wsh_pmd_params){ .client_no_context_takeover = true,
+                                               .client_max_window_bits = 15,
+                                               .server_max_window_bits = 15 };
+        if (wsh_pmd_client_offer(b->pmd_offer, sizeof b->pmd_offer, &b->pmd_want) < 0) {
+            fprintf(stderr, "cannot build the permessage-deflate offer\n");
+            return -1;
+        }
+    }
     return 0;
+}
+
+static void release_slot(struct conn *c)
+{
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    wsh_pmd_destroy(c->pmd);
+    c->pmd = NULL;
 }
 
 void bench_free(struct bench *b)
@@ -100,6 +134,7 @@ void bench_free(struct bench *b)
         struct conn *c = &b->conns[i];
         if (c->fd >= 0)
             close(c->fd);
+        release_slot(c);
         free(c->out);
         free(c->hs);
         free(c->ring);
@@ -108,6 +143,9 @@ void bench_free(struct bench *b)
     free(b->freelist);
     free(b->flush);
     free(b->dead);
+    free(b->zbuf);
+    if (b->ssl_ctx)
+        bench_tls_ctx_free(b->ssl_ctx);
     if (b->epfd >= 0)
         close(b->epfd);
 }
@@ -119,7 +157,13 @@ size_t conn_buffered(const struct conn *c)
 
 size_t conn_msg_size(const struct bench *b, size_t n)
 {
-    return b->o.raw ? n : wsh_message_size(n, 0, true);
+    if (b->o.raw)
+        return n;
+    /* Deflate can expand incompressible data: 5 bytes per stored block of
+     * at most 64 KiB, plus a few for the block headers. */
+    if (b->o.deflate)
+        n += n / 1024 + 16;
+    return wsh_message_size(n, 0, true);
 }
 
 static void mark_pending(struct bench *b, struct conn *c)
@@ -145,8 +189,46 @@ uint8_t *conn_reserve(struct bench *b, struct conn *c, size_t n)
     return p;
 }
 
+static int zbuf_append(const uint8_t *p, size_t n, void *user)
+{
+    struct bench *b = user;
+    if (b->zlen + n > b->zcap) {
+        size_t cap = b->zcap ? b->zcap : 4096;
+        while (cap < b->zlen + n)
+            cap *= 2;
+        uint8_t *z = realloc(b->zbuf, cap);
+        if (!z)
+            return WSH_ENOMEM;
+        b->zbuf = z;
+        b->zcap = cap;
+    }
+    memcpy(b->zbuf + b->zlen, p, n);
+    b->zlen += n;
+    return WSH_OK;
+}
+
+/* Compresses a data message into b->zbuf and frames it with RSV1. */
+static bool send_compressed(struct bench *b, struct conn *c, unsigned op, const uint8_t *p,
+                            size_t n)
+{
+    b->zlen = 0;
+    int st = wsh_pmd_compress(c->pmd, p, n, zbuf_append, b);
+    if (st != WSH_OK) {
+        fprintf(stderr, "wshub-bench: compression failed: %s\n", wsh_strerror(st));
+        exit(1);
+    }
+    uint8_t *dst = conn_reserve(b, c, wsh_message_size(b->zlen, 0, true));
+    if (!dst)
+        return false;
+    wsh_message_write(dst, op, true, b->zbuf, b->zlen, 0, mask_key, b);
+    return true;
+}
+
 bool conn_send_msg(struct bench *b, struct conn *c, unsigned op, const uint8_t *p, size_t n)
 {
+    if (c->pmd && (op == WSH_OP_TEXT || op == WSH_OP_BINARY) &&
+        wsh_pmd_worth_compressing(NULL, n))
+        return send_compressed(b, c, op, p, n);
     size_t need = conn_msg_size(b, n);
     uint8_t *dst = conn_reserve(b, c, need);
     if (!dst)
@@ -163,7 +245,7 @@ void conn_kill(struct bench *b, struct conn *c, bool clean)
     if (c->state == CS_DEAD || c->state == CS_FREE)
         return;
     bool was_open = c->state >= CS_OPEN;
-    if (c->state == CS_CONNECTING || c->state == CS_HANDSHAKE)
+    if (c->state == CS_CONNECTING || c->state == CS_TLS || c->state == CS_HANDSHAKE)
         b->inflight--;
     if (was_open)
         b->nopen--;
@@ -265,6 +347,7 @@ struct conn *bench_connect(struct bench *b, bool pub)
     c->role_pub = pub;
     c->pending = false;
     c->blocked = false;
+    c->read_wants_write = c->write_wants_read = false;
     c->out_off = c->out_len = 0;
     c->carry_len = 0;
     c->hs_len = 0;
@@ -280,6 +363,154 @@ struct conn *bench_connect(struct bench *b, bool pub)
     return c;
 }
 
+/* ------------------------------------------------------------------ */
+/* Socket I/O, plain or through OpenSSL                                */
+
+enum { IO_AGAIN = -1, IO_ERR = -2 };
+
+/* Wire bytes are counted at the socket: for TLS, what the socket BIO moved
+ * (records, handshake included). */
+static void tls_account(struct bench *b, struct conn *c)
+{
+    uint64_t rx = BIO_number_read(SSL_get_rbio(c->ssl));
+    uint64_t tx = BIO_number_written(SSL_get_wbio(c->ssl));
+    b->wire_rx += rx - c->tls_rx;
+    b->wire_tx += tx - c->tls_tx;
+    c->tls_rx = rx;
+    c->tls_tx = tx;
+}
+
+/* Returns the bytes read (> 0), 0 at EOF, IO_AGAIN or IO_ERR. */
+static ssize_t conn_recv(struct bench *b, struct conn *c, uint8_t *buf, size_t cap)
+{
+    if (!c->ssl) {
+        ssize_t n;
+        do
+            n = recv(c->fd, buf, cap, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            return errno == EAGAIN ? IO_AGAIN : IO_ERR;
+        b->wire_rx += (uint64_t)n;
+        return n;
+    }
+    size_t got = 0;
+    c->read_wants_write = false;
+    errno = 0;
+    int r = SSL_read_ex(c->ssl, buf, cap, &got);
+    tls_account(b, c);
+    if (r == 1)
+        return (ssize_t)got;
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        return IO_AGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        c->read_wants_write = true;
+        return IO_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        /* OpenSSL 1.1: EOF without close_notify has errno 0. */
+        ERR_clear_error();
+        return errno == 0 ? 0 : IO_ERR;
+    default:
+        ERR_clear_error();
+        return IO_ERR;
+    }
+}
+
+/* Returns the bytes written (> 0), IO_AGAIN or IO_ERR. */
+static ssize_t conn_send(struct bench *b, struct conn *c, const uint8_t *p, size_t n)
+{
+    if (!c->ssl) {
+        ssize_t k;
+        do
+            k = send(c->fd, p, n, MSG_NOSIGNAL);
+        while (k < 0 && errno == EINTR);
+        if (k < 0)
+            return errno == EAGAIN ? IO_AGAIN : IO_ERR;
+        b->wire_tx += (uint64_t)k;
+        return k;
+    }
+    size_t put = 0;
+    c->write_wants_read = false;
+    int r = SSL_write_ex(c->ssl, p, n, &put);
+    tls_account(b, c);
+    if (r == 1)
+        return (ssize_t)put;
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_WRITE:
+        return IO_AGAIN;
+    case SSL_ERROR_WANT_READ:
+        c->write_wants_read = true;
+        return IO_AGAIN;
+    default:
+        ERR_clear_error();
+        return IO_ERR;
+    }
+}
+
+static void tls_fail(struct bench *b, struct conn *c)
+{
+    b->tls_errors++;
+    long v = SSL_get_verify_result(c->ssl);
+    if (v != X509_V_OK) {
+        if (b->tls_verify_errors++ == 0)
+            fprintf(stderr,
+                    "wshub-bench: TLS certificate verification failed: %s "
+                    "(--cacert FILE trusts a CA, --insecure skips the check)\n",
+                    X509_verify_cert_error_string(v));
+    } else if (b->tls_errors - b->tls_verify_errors == 1) {
+        char msg[256] = "connection closed during the handshake";
+        unsigned long e = ERR_peek_error();
+        if (e)
+            ERR_error_string_n(e, msg, sizeof msg);
+        fprintf(stderr, "wshub-bench: TLS handshake failed: %s\n", msg);
+    }
+    ERR_clear_error();
+    conn_kill(b, c, false);
+}
+
+static void send_request(struct bench *b, struct conn *c);
+
+/* Drives SSL_connect; on success sends the upgrade request. */
+static void tls_step(struct bench *b, struct conn *c)
+{
+    int r = SSL_connect(c->ssl);
+    tls_account(b, c);
+    if (r == 1) {
+        send_request(b, c);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return;
+    tls_fail(b, c);
+}
+
+static void tls_start(struct bench *b, struct conn *c)
+{
+    c->ssl = SSL_new(b->ssl_ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+        fprintf(stderr, "wshub-bench: SSL_new failed\n");
+        exit(1);
+    }
+    c->tls_rx = c->tls_tx = 0;
+    /* RFC 6066 3: no IP literals in SNI, so SNI only with --sni. The
+     * certificate must then name that host, or else our IP address. */
+    if (b->o.sni)
+        SSL_set_tlsext_host_name(c->ssl, b->o.sni);
+    if (!b->o.insecure) {
+        int ok = b->o.sni ? SSL_set1_host(c->ssl, b->o.sni)
+                          : X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), b->o.host);
+        if (ok != 1) {
+            fprintf(stderr, "wshub-bench: cannot set the name to verify\n");
+            exit(1);
+        }
+    }
+    c->state = CS_TLS;
+    tls_step(b, c);
+}
+
 static void send_request(struct bench *b, struct conn *c)
 {
     if (b->o.raw) {
@@ -290,10 +521,11 @@ static void send_request(struct bench *b, struct conn *c)
     /* 16 bytes per handshake: cheap next to the TCP connect. */
     fill_random(nonce, sizeof nonce);
     wsh_hs_client_key(nonce, c->key);
-    char host[80];
-    snprintf(host, sizeof host, "%s:%u", b->o.host, b->o.port);
+    char host[300];
+    snprintf(host, sizeof host, "%s:%u", b->o.sni ? b->o.sni : b->o.host, b->o.port);
     char req[1024];
-    ssize_t n = wsh_hs_client_request(req, sizeof req, host, b->o.path, c->key, NULL, NULL);
+    ssize_t n = wsh_hs_client_request(req, sizeof req, host, b->o.path, c->key, NULL,
+                                      b->o.deflate ? b->pmd_offer : NULL);
     uint8_t *dst = n > 0 ? conn_reserve(b, c, (size_t)n) : NULL;
     if (!dst) {
         b->hs_errors++;
@@ -318,6 +550,44 @@ static void feed_raw(struct bench *b, struct conn *c, const uint8_t *p, size_t n
         p += k;
         n -= k;
     }
+}
+
+struct inflate_ctx {
+    struct bench *b;
+    struct conn *c;
+};
+
+/* Inflated pieces go to the mode as chunks; the last flag comes after. */
+static int on_inflated(const uint8_t *p, size_t n, void *user)
+{
+    struct inflate_ctx *x = user;
+    struct conn *c = x->c;
+    if (n == 0)
+        return WSH_OK;
+    bool first = c->z_first;
+    c->z_first = false;
+    x->b->m->on_chunk(x->b, c, p, n, first, false);
+    return c->state == CS_DEAD ? WSH_ECLOSED : WSH_OK;
+}
+
+/* A chunk of a compressed message (RSV1). Returns false when the
+ * connection was closed. */
+static bool inflate_chunk(struct bench *b, struct conn *c, const struct wsh_event *ev)
+{
+    if (ev->first)
+        c->z_first = true;
+    struct inflate_ctx x = { b, c };
+    int st = wsh_pmd_inflate(c->pmd, &client_limits, ev->data, ev->len, ev->last, on_inflated, &x);
+    if (c->state == CS_DEAD)
+        return false;
+    if (st != WSH_OK) {
+        b->pmd_errors++;
+        conn_kill(b, c, false);
+        return false;
+    }
+    if (ev->last)
+        b->m->on_chunk(b, c, (const uint8_t *)"", 0, c->z_first, true);
+    return c->state != CS_DEAD;
 }
 
 /* Feeds buf[0..len) to the frame parser; keeps an incomplete header in the
@@ -348,8 +618,14 @@ static bool feed_ws(struct bench *b, struct conn *c, uint8_t *buf, size_t len)
             }
             break;
         case WSH_EV_DATA:
-            if (c->state == CS_OPEN || c->state == CS_CLOSING)
+            if (c->state != CS_OPEN && c->state != CS_CLOSING)
+                break;
+            if (ev.rsv1) {
+                if (!inflate_chunk(b, c, &ev))
+                    return false;
+            } else {
                 b->m->on_chunk(b, c, ev.data, ev.len, ev.first, ev.last);
+            }
             break;
         case WSH_EV_PING: {
             uint8_t tmp[WSH_CONTROL_MAX];
@@ -381,6 +657,33 @@ static bool feed_ws(struct bench *b, struct conn *c, uint8_t *buf, size_t len)
     return true;
 }
 
+/* The server's Sec-WebSocket-Extensions answer (borrowed from c->hs). An
+ * extension we did not offer, or a bad permessage-deflate answer, fails
+ * the connection (RFC 6455 9.1, RFC 7692 5). */
+static bool check_extensions(struct bench *b, struct conn *c, struct wsh_slice ext)
+{
+    bool on = false;
+    struct wsh_pmd_params agreed;
+    bool bad = b->o.deflate ? wsh_pmd_client_check(&b->pmd_want, ext, &on, &agreed) != WSH_OK
+                            : ext.n > 0;
+    if (bad) {
+        if (b->pmd_errors++ == 0)
+            fprintf(stderr, "wshub-bench: bad Sec-WebSocket-Extensions answer from the server\n");
+        conn_kill(b, c, false);
+        return false;
+    }
+    if (on) {
+        if (wsh_pmd_create(WSH_ROLE_CLIENT, &agreed, NULL, &c->pmd) != WSH_OK) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+        b->pmd_conns++;
+        /* No frame was fed yet: the parser starts over allowing RSV1. */
+        wsh_parser_init(&c->parser, WSH_ROLE_CLIENT, 0x40);
+    }
+    return true;
+}
+
 static bool handle_hs(struct bench *b, struct conn *c, const uint8_t *p, size_t n)
 {
     if (!c->hs) {
@@ -402,6 +705,8 @@ static bool handle_hs(struct bench *b, struct conn *c, const uint8_t *p, size_t 
         conn_kill(b, c, false);
         return false;
     }
+    if (!check_extensions(b, c, res.extensions))
+        return false;
     /* Frames may follow the head in the same read. */
     size_t rest = c->hs_len - (size_t)h + (n - k);
     uint8_t *tail = b->rbuf + BENCH_CARRY + BENCH_RBUF - rest;
@@ -419,10 +724,10 @@ static void handle_read(struct bench *b, struct conn *c, bool hup)
     for (;;) {
         size_t carry = c->carry_len;
         uint8_t *base = b->rbuf + BENCH_CARRY - carry;
-        ssize_t n = recv(c->fd, b->rbuf + BENCH_CARRY, BENCH_RBUF, 0);
+        ssize_t n = conn_recv(b, c, b->rbuf + BENCH_CARRY, BENCH_RBUF);
+        if (n == IO_AGAIN)
+            return;
         if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                return;
             b->io_errors++;
             conn_kill(b, c, false);
             return;
@@ -449,8 +754,10 @@ static void handle_read(struct bench *b, struct conn *c, bool hup)
         }
         /* Edge-triggered: a short read means the socket is drained and new
          * data will raise a new edge. A hang-up raises no further edge, so
-         * then we read on until EOF. */
-        if (!alive || ((size_t)n < BENCH_RBUF && !hup))
+         * then we read on until EOF. SSL_read returns one record at a
+         * time and may hold more already read (SSL_pending): with TLS we
+         * read on until it wants the socket again. */
+        if (!alive || (!c->ssl && (size_t)n < BENCH_RBUF && !hup))
             return;
     }
 }
@@ -461,21 +768,19 @@ static void flush_conn(struct bench *b, struct conn *c)
     if (c->state == CS_DEAD || c->blocked)
         return;
     while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        ssize_t n = conn_send(b, c, c->out + c->out_off, c->out_len - c->out_off);
+        if (n == IO_AGAIN) {
+            c->blocked = true;
+            return;
+        }
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN) {
-                c->blocked = true;
-                return;
-            }
             b->io_errors++;
             conn_kill(b, c, false);
             return;
         }
         c->out_off += (size_t)n;
-        if (c->out_off < c->out_len) {
-            c->blocked = true;
+        if (c->out_off < c->out_len && !c->ssl) {
+            c->blocked = true; /* a short send: the socket buffer is full */
             return;
         }
     }
@@ -492,16 +797,36 @@ static void handle_event(struct bench *b, struct conn *c, uint32_t events)
         }
         if (!(events & EPOLLOUT))
             return;
+        if (b->ssl_ctx) {
+            tls_start(b, c);
+            return;
+        }
         send_request(b, c);
         if (c->state == CS_DEAD)
             return;
     }
+    if (c->state == CS_TLS) {
+        /* Either direction may be what SSL_connect waits for. */
+        tls_step(b, c);
+        /* Records after the server's Finished (TLS 1.3 tickets) may sit
+         * in OpenSSL's buffer with no new edge to come. */
+        if (c->state == CS_HANDSHAKE)
+            handle_read(b, c, false);
+        return;
+    }
+    bool readable = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
     if (events & EPOLLOUT) {
         c->blocked = false;
         if (c->out_len > c->out_off)
             mark_pending(b, c);
+        if (c->read_wants_write)
+            readable = true;
     }
-    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    if ((events & EPOLLIN) && c->write_wants_read) {
+        c->blocked = false;
+        mark_pending(b, c);
+    }
+    if (readable)
         handle_read(b, c, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
 }
 
@@ -532,6 +857,7 @@ static void end_turn(struct bench *b)
     b->nflush = 0;
     for (uint32_t i = 0; i < b->ndead; i++) {
         struct conn *c = &b->conns[b->dead[i]];
+        release_slot(c);
         c->state = CS_FREE;
         c->pending = false;
         b->nactive--;
@@ -584,6 +910,15 @@ uint32_t bench_ramp(struct bench *b, uint32_t n, int64_t until)
         loop_once(b, timeout_until(b, until));
     }
     return b->nopen;
+}
+
+void bench_close_all(struct bench *b, int64_t until)
+{
+    for (uint32_t i = 0; i < b->nconns; i++)
+        if (b->conns[i].state == CS_OPEN)
+            conn_close_ws(b, &b->conns[i]);
+    while (b->nactive > 0 && b->now < until)
+        loop_once(b, timeout_until(b, until));
 }
 
 void bench_run(struct bench *b, int64_t until, const bool *stop)

@@ -1,6 +1,9 @@
 /* wshub-bench echo: N connections, each with P messages of S bytes in
  * flight. Replies come back in order, so each connection keeps the send
- * times of its outstanding messages in a ring indexed by sequence number. */
+ * times of its outstanding messages in a ring indexed by sequence number.
+ * Payloads are an a-z filler, or with --payload json a compressible
+ * JSON array of records (for --deflate). */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,10 +14,13 @@
 #include "bench.h"
 
 #define WARMUP_NS 500000000LL
-#define SEQ_HDR   16 /* hex sequence number at the start of each payload */
+#define SEQ_HDR   16 /* hex sequence number near the start of each payload */
+#define JSON_SEQ  9  /* --payload json: offset of the number, after [{"seq":" */
 
 struct echo {
-    uint8_t *payload; /* template; the first 16 bytes are patched per send */
+    uint8_t *payload; /* template; the sequence number is patched per send */
+    size_t seq_off;   /* where the 16 hex digits go */
+    size_t hdr_len;   /* seq_off + SEQ_HDR: compared exactly, the rest summed */
     uint64_t body_sum;
     bool measuring;
     bool sending;
@@ -55,12 +61,42 @@ static uint64_t byte_sum(const uint8_t *p, size_t n)
     return s;
 }
 
+/* A JSON array of exactly s >= 64 bytes: a header record holding the
+ * sequence number, then records with repeated keys and varying values from
+ * a fixed LCG (deterministic), then spaces to fill, then ']'. */
+static void make_json(uint8_t *p, size_t s)
+{
+    static const char *const tags[] = { "alpha", "beta", "gamma", "delta", "omega", "sigma" };
+    static const char head[] = "[{\"seq\":\"0000000000000000\"}";
+    size_t n = sizeof head - 1;
+    memcpy(p, head, n);
+    uint32_t x = 0x12345678u;
+    for (unsigned i = 0;; i++) {
+        char rec[256];
+        x = x * 1664525u + 1013904223u;
+        uint32_t y = x * 1664525u + 1013904223u;
+        int k = snprintf(rec, sizeof rec,
+                         ",{\"id\":%u,\"user\":\"user%04" PRIu32 "\",\"score\":%" PRIu32
+                         ".%02" PRIu32 ",\"active\":%s,\"tags\":[\"%s\",\"%s\"],"
+                         "\"ts\":%" PRIu32 "}",
+                         i, (x >> 8) % 10000, (y >> 9) % 1000, (y >> 3) % 100,
+                         (x >> 20) & 1 ? "true" : "false", tags[(x >> 24) % 6],
+                         tags[(y >> 24) % 6], 1700000000u + (y >> 12) % 1000000);
+        if (k < 0 || n + (size_t)k + 1 > s)
+            break;
+        memcpy(p + n, rec, (size_t)k);
+        n += (size_t)k;
+    }
+    memset(p + n, ' ', s - 1 - n);
+    p[s - 1] = ']';
+}
+
 static void send_one(struct bench *b, struct conn *c)
 {
     struct echo *e = b->mode_state;
     size_t s = b->o.size;
-    if (s >= SEQ_HDR)
-        put_hex(e->payload, c->sent_seq);
+    if (s >= e->hdr_len)
+        put_hex(e->payload + e->seq_off, c->sent_seq);
     unsigned op = b->o.binary ? WSH_OP_BINARY : WSH_OP_TEXT;
     if (!conn_send_msg(b, c, op, e->payload, s)) {
         /* Cannot happen: out_cap holds a full pipeline. */
@@ -95,8 +131,9 @@ static void echo_chunk(struct bench *b, struct conn *c, const uint8_t *p, size_t
         c->msg_sum = 0;
     }
     size_t pos = c->msg_pos;
-    if (pos < SEQ_HDR) {
-        size_t k = SEQ_HDR - pos < n ? SEQ_HDR - pos : n;
+    size_t hdr = e->hdr_len;
+    if (pos < hdr) {
+        size_t k = hdr - pos < n ? hdr - pos : n;
         memcpy(c->msg_hdr + pos, p, k);
         c->msg_sum += byte_sum(p + k, n - k);
     } else {
@@ -108,10 +145,11 @@ static void echo_chunk(struct bench *b, struct conn *c, const uint8_t *p, size_t
 
     size_t s = b->o.size;
     bool ok = c->msg_pos == s && c->recv_seq < c->sent_seq;
-    if (ok && s >= SEQ_HDR) {
-        uint8_t want[SEQ_HDR];
-        put_hex(want, c->recv_seq);
-        ok = memcmp(want, c->msg_hdr, SEQ_HDR) == 0 && c->msg_sum == e->body_sum;
+    if (ok && s >= hdr) {
+        uint8_t want[sizeof c->msg_hdr];
+        memcpy(want, e->payload, hdr);
+        put_hex(want + e->seq_off, c->recv_seq);
+        ok = memcmp(want, c->msg_hdr, hdr) == 0 && c->msg_sum == e->body_sum;
     } else if (ok) {
         ok = memcmp(e->payload, c->msg_hdr, s) == 0;
     }
@@ -138,9 +176,15 @@ int run_echo(struct bench *b)
         return 1;
     }
     /* ASCII so that text frames are valid UTF-8. */
-    for (size_t i = 0; i < s; i++)
-        e->payload[i] = (uint8_t)('a' + i % 26);
-    e->body_sum = s > SEQ_HDR ? byte_sum(e->payload + SEQ_HDR, s - SEQ_HDR) : 0;
+    if (b->o.payload == PAYLOAD_JSON) {
+        make_json(e->payload, s); /* main.c ensures s >= 64 */
+        e->seq_off = JSON_SEQ;
+    } else {
+        for (size_t i = 0; i < s; i++)
+            e->payload[i] = (uint8_t)('a' + i % 26);
+    }
+    e->hdr_len = e->seq_off + SEQ_HDR;
+    e->body_sum = s > e->hdr_len ? byte_sum(e->payload + e->hdr_len, s - e->hdr_len) : 0;
     b->mode_state = e;
     struct bench_mode m = {
         .out_cap = b->o.pipeline * (conn_msg_size(b, s) + 8) + 256,
@@ -154,11 +198,10 @@ int run_echo(struct bench *b)
     int64_t t = now_ns();
     uint32_t open = bench_ramp(b, b->o.conns, t + 60000000000LL);
     if (open == 0) {
-        fprintf(stderr,
-                "no connection could be opened (connect errors %llu, handshake errors %llu, "
-                "timeouts %llu)\n",
-                (unsigned long long)b->connect_errors, (unsigned long long)b->hs_errors,
-                (unsigned long long)b->timeouts);
+        bench_explain_failure(b, "no connection could be opened");
+        /* Still one report, so that --json readers see the errors. */
+        struct report r = { .mode = "echo", .errors = bench_errors(b) };
+        report_print(b, &r);
         return 1;
     }
     e->sending = true;
@@ -178,8 +221,7 @@ int run_echo(struct bench *b)
 
     struct report r = { .mode = "echo", .msgs = e->msgs, .lat = &e->lat };
     report_cpu(&r, &a, &z);
-    r.errors =
-        e->bad + b->connect_errors + b->hs_errors + b->proto_errors + b->io_errors + b->timeouts;
+    r.errors = e->bad + bench_errors(b);
     r.extra_k[0] = "conns";
     r.extra_v[0] = open;
     r.extra_k[1] = "pipeline";

@@ -111,7 +111,8 @@ static void fan_close(struct bench *b, struct conn *c, bool clean)
     if (c->role_pub) {
         f->pub = NULL;
         f->publishing = false;
-    } else if (c->state != CS_CONNECTING && c->state != CS_HANDSHAKE && f->subs_alive > 0) {
+    } else if (c->state != CS_CONNECTING && c->state != CS_TLS && c->state != CS_HANDSHAKE &&
+               f->subs_alive > 0) {
         f->subs_alive--;
     }
 }
@@ -200,11 +201,7 @@ int run_fanout(struct bench *b)
     f->subs = bench_ramp(b, b->o.conns, t + 60000000000LL);
     f->subs_alive = f->subs;
     if (f->subs == 0) {
-        fprintf(stderr,
-                "no subscriber could be opened (connect errors %llu, handshake errors %llu, "
-                "timeouts %llu)\n",
-                (unsigned long long)b->connect_errors, (unsigned long long)b->hs_errors,
-                (unsigned long long)b->timeouts);
+        bench_explain_failure(b, "no subscriber could be opened");
         return 1;
     }
     if (!bench_connect(b, true)) {
@@ -239,8 +236,7 @@ int run_fanout(struct bench *b)
     report_cpu(&r, &a, &z);
     r.seconds = span;
     r.rate = span > 0 ? (double)f->received / span : 0;
-    r.errors = f->bad + f->dups + b->connect_errors + b->hs_errors + b->proto_errors +
-               b->io_errors + b->timeouts;
+    r.errors = f->bad + f->dups + bench_errors(b);
     r.extra_k[0] = "subscribers";
     r.extra_v[0] = f->subs;
     r.extra_k[1] = "size";

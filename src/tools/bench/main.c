@@ -16,7 +16,8 @@ static void usage(FILE *f)
 {
     fputs("usage: wshub-bench COMMAND [options]\n"
           "commands:\n"
-          "  echo     -c N -p P -s S [--binary]   N conns, P msgs of S bytes in flight each\n"
+          "  echo     -c N -p P -s S [--binary] [--payload filler|json]\n"
+          "                                       N conns, P msgs of S bytes in flight each\n"
           "  fanout   -c N -s S --rate R          N subscribers + 1 publisher, R msgs/s\n"
           "                                       (0 = as fast as all subscribers drain,\n"
           "                                       --window K messages outstanding)\n"
@@ -30,7 +31,15 @@ static void usage(FILE *f)
           "  --raw            talk to bench/rawecho: no handshake, fixed-size messages\n"
           "  --sources K      bind sockets to 127.0.0.1..127.0.0.K round robin\n"
           "  --server-pid PID sample the server's CPU and RSS from /proc\n"
-          "  --json           one JSON line instead of the human report\n",
+          "  --json           one JSON line instead of the human report\n"
+          "  --tls            wss://: TLS 1.2/1.3, ALPN http/1.1, certificate verified\n"
+          "  --cacert FILE    trust the CAs in FILE instead of the system store\n"
+          "  --sni NAME       send SNI NAME and verify the certificate for NAME\n"
+          "                   (default: no SNI, the certificate must name --host's IP)\n"
+          "  --insecure       skip certificate verification\n"
+          "  --deflate        offer permessage-deflate (client_no_context_takeover)\n"
+          "  --payload KIND   echo: filler (a-z, default) or json (compressible, -s\n"
+          "                   default 16384)\n",
           f);
 }
 
@@ -86,7 +95,13 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         O_JSON,
         O_BINARY,
         O_RATE,
-        O_WINDOW
+        O_WINDOW,
+        O_TLS,
+        O_CACERT,
+        O_SNI,
+        O_INSECURE,
+        O_DEFLATE,
+        O_PAYLOAD
     };
     static const struct option lo[] = {
         { "host", required_argument, NULL, O_HOST },
@@ -100,6 +115,12 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         { "binary", no_argument, NULL, O_BINARY },
         { "rate", required_argument, NULL, O_RATE },
         { "window", required_argument, NULL, O_WINDOW },
+        { "tls", no_argument, NULL, O_TLS },
+        { "cacert", required_argument, NULL, O_CACERT },
+        { "sni", required_argument, NULL, O_SNI },
+        { "insecure", no_argument, NULL, O_INSECURE },
+        { "deflate", no_argument, NULL, O_DEFLATE },
+        { "payload", required_argument, NULL, O_PAYLOAD },
         { "conns", required_argument, NULL, 'c' },
         { "pipeline", required_argument, NULL, 'p' },
         { "size", required_argument, NULL, 's' },
@@ -137,6 +158,27 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         case 's':
             ok = parse_uint(optarg, 16u << 20, &v);
             o->size = v;
+            o->size_set = true;
+            break;
+        case O_TLS:
+            o->tls = true;
+            break;
+        case O_CACERT:
+            o->cacert = optarg;
+            break;
+        case O_SNI:
+            o->sni = optarg;
+            ok = *optarg != '\0' && strlen(optarg) < 256;
+            break;
+        case O_INSECURE:
+            o->insecure = true;
+            break;
+        case O_DEFLATE:
+            o->deflate = true;
+            break;
+        case O_PAYLOAD:
+            ok = strcmp(optarg, "filler") == 0 || strcmp(optarg, "json") == 0;
+            o->payload = optarg[0] == 'j' ? PAYLOAD_JSON : PAYLOAD_FILLER;
             break;
         case O_RATE:
             ok = parse_uint(optarg, 10000000, &v);
@@ -185,6 +227,20 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         fprintf(stderr, "--host must be a loopback address (127.0.0.0/8)\n");
         return -1;
     }
+    if (o->payload == PAYLOAD_JSON && !o->size_set)
+        o->size = 16384;
+    if (o->payload == PAYLOAD_JSON && (o->cmd != CMD_ECHO || o->size < 64)) {
+        fprintf(stderr, "--payload json is for echo, with -s >= 64\n");
+        return -1;
+    }
+    if ((o->cacert || o->sni || o->insecure) && !o->tls) {
+        fprintf(stderr, "--cacert, --sni and --insecure need --tls\n");
+        return -1;
+    }
+    if (o->raw && (o->tls || o->deflate)) {
+        fprintf(stderr, "--raw excludes --tls and --deflate\n");
+        return -1;
+    }
     if (o->cmd == CMD_FANOUT && o->size < 16) {
         fprintf(stderr, "fanout needs -s >= 16 (timestamp and sequence number)\n");
         return -1;
@@ -198,8 +254,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
     return 0;
 }
 
-/* Reads VmRSS from /proc/PID/status (PID 0: ourselves), in KiB. */
-long server_rss_kb(long pid)
+long proc_status_kb(long pid, const char *name)
 {
     char path[64];
     if (pid)
@@ -211,11 +266,34 @@ long server_rss_kb(long pid)
         return -1;
     char line[256];
     long kb = -1;
+    size_t len = strlen(name);
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+        if (strncmp(line, name, len) == 0 && sscanf(line + len, " %ld kB", &kb) == 1)
             break;
     fclose(f);
     return kb;
+}
+
+/* VmRSS of PID (0: ourselves), in KiB. */
+long server_rss_kb(long pid)
+{
+    return proc_status_kb(pid, "VmRSS:");
+}
+
+uint64_t bench_errors(const struct bench *b)
+{
+    return b->connect_errors + b->hs_errors + b->proto_errors + b->io_errors + b->timeouts +
+           b->tls_errors + b->pmd_errors;
+}
+
+void bench_explain_failure(const struct bench *b, const char *what)
+{
+    fprintf(stderr,
+            "%s (connect errors %llu, TLS errors %llu of which certificate %llu, handshake "
+            "errors %llu, extension errors %llu, timeouts %llu)\n",
+            what, (unsigned long long)b->connect_errors, (unsigned long long)b->tls_errors,
+            (unsigned long long)b->tls_verify_errors, (unsigned long long)b->hs_errors,
+            (unsigned long long)b->pmd_errors, (unsigned long long)b->timeouts);
 }
 
 /* utime + stime of every thread of the process, in ns. */
@@ -251,6 +329,8 @@ void proc_sample(const struct bench *b, struct proc_sample *s)
         (uint64_t)ru.ru_stime.tv_sec * 1000000000ULL + (uint64_t)ru.ru_stime.tv_usec * 1000ULL;
     s->server_cpu_ns = b->o.server_pid ? proc_cpu_ns(b->o.server_pid) : 0;
     s->server_rss_kb = b->o.server_pid ? server_rss_kb(b->o.server_pid) : 0;
+    s->wire_rx = b->wire_rx;
+    s->wire_tx = b->wire_tx;
     s->wall = now_ns();
 }
 
@@ -262,6 +342,8 @@ void report_cpu(struct report *r, const struct proc_sample *a, const struct proc
     r->bench_ns_per_msg = (double)(z->self_cpu_ns - a->self_cpu_ns) / msgs;
     r->server_ns_per_msg = (double)(z->server_cpu_ns - a->server_cpu_ns) / msgs;
     r->server_rss_kb = z->server_rss_kb;
+    r->wire_rx = z->wire_rx - a->wire_rx;
+    r->wire_tx = z->wire_tx - a->wire_tx;
 }
 
 static const char *unit_of(const char *mode)
@@ -275,6 +357,17 @@ static const char *unit_of(const char *mode)
     return "connections";
 }
 
+static const char *unit_one(const char *mode)
+{
+    if (strcmp(mode, "fanout") == 0)
+        return "delivery";
+    if (strcmp(mode, "echo") == 0)
+        return "round trip";
+    if (strcmp(mode, "connect") == 0)
+        return "cycle";
+    return "connection";
+}
+
 void report_print(const struct bench *b, const struct report *r)
 {
     const struct bench_opts *o = &b->o;
@@ -282,6 +375,8 @@ void report_print(const struct bench *b, const struct report *r)
     double p99 = r->lat ? (double)hist_pct(r->lat, 99) / 1e3 : 0;
     double p999 = r->lat ? (double)hist_pct(r->lat, 99.9) / 1e3 : 0;
     double pmax = r->lat ? (double)r->lat->max / 1e3 : 0;
+    /* Both directions, TLS records and frame headers included. */
+    double wire_per_msg = r->msgs ? (double)(r->wire_rx + r->wire_tx) / (double)r->msgs : 0;
     if (o->json) {
         printf("{\"mode\":\"%s\",\"target\":\"%s\",\"path\":\"%s\",\"msgs\":%llu,"
                "\"seconds\":%.3f,\"rate\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
@@ -293,14 +388,25 @@ void report_print(const struct bench *b, const struct report *r)
         if (o->server_pid)
             printf(",\"server_cpu_ns_per_msg\":%.0f,\"server_rss_kb\":%ld", r->server_ns_per_msg,
                    r->server_rss_kb);
-        for (int i = 0; i < 8 && r->extra_k[i]; i++)
+        printf(",\"tls\":%d,\"deflate\":%d,\"tls_errors\":%llu,\"tls_verify_errors\":%llu,"
+               "\"pmd_errors\":%llu,\"pmd_conns\":%llu,\"wire_tx_bytes\":%llu,"
+               "\"wire_rx_bytes\":%llu,\"wire_bytes_per_msg\":%.1f",
+               o->tls, o->deflate, (unsigned long long)b->tls_errors,
+               (unsigned long long)b->tls_verify_errors, (unsigned long long)b->pmd_errors,
+               (unsigned long long)b->pmd_conns, (unsigned long long)r->wire_tx,
+               (unsigned long long)r->wire_rx, wire_per_msg);
+        for (int i = 0; i < REPORT_EXTRA && r->extra_k[i]; i++)
             printf(",\"%s\":%.6g", r->extra_k[i], r->extra_v[i]);
         printf("}\n");
         return;
     }
-    printf("wshub-bench %s (%s%s)\n", r->mode, o->raw ? "raw TCP" : "WebSocket ",
-           o->raw ? "" : o->path);
-    for (int i = 0; i < 8 && r->extra_k[i]; i++)
+    printf("wshub-bench %s (%s%s%s%s)\n", r->mode,
+           o->raw  ? "raw TCP"
+           : o->tls ? "WebSocket over TLS "
+                    : "WebSocket ",
+           o->raw ? "" : o->path, o->deflate ? ", permessage-deflate " : "",
+           o->deflate ? (b->pmd_conns ? "agreed" : "declined") : "");
+    for (int i = 0; i < REPORT_EXTRA && r->extra_k[i]; i++)
         printf("  %-24s %.6g\n", r->extra_k[i], r->extra_v[i]);
     printf("  %-24s %llu in %.2f s\n", unit_of(r->mode), (unsigned long long)r->msgs, r->seconds);
     printf("  %-24s %.0f %s/s\n", "throughput", r->rate, unit_of(r->mode));
@@ -308,6 +414,12 @@ void report_print(const struct bench *b, const struct report *r)
         printf("  %-24s p50 %.1f  p99 %.1f  p99.9 %.1f  max %.1f us\n", "latency", p50, p99, p999,
                pmax);
     printf("  %-24s %llu\n", "errors", (unsigned long long)r->errors);
+    if (o->tls)
+        printf("  %-24s %llu (certificate %llu)\n", "TLS errors",
+               (unsigned long long)b->tls_errors, (unsigned long long)b->tls_verify_errors);
+    printf("  %-24s sent %llu, received %llu, %.1f per %s\n", "bytes on the wire",
+           (unsigned long long)r->wire_tx, (unsigned long long)r->wire_rx, wire_per_msg,
+           unit_one(r->mode));
     printf("  %-24s %.0f ns per %s\n", "bench cpu", r->bench_ns_per_msg, unit_of(r->mode));
     if (o->server_pid)
         printf("  %-24s %.0f ns per %s, rss %ld KiB\n", "server cpu", r->server_ns_per_msg,

@@ -1,0 +1,1093 @@
+/* The /ws endpoint: the JSON envelope protocol of DESIGN.md 3 on top of the
+ * codec (wsh_hub: proto, config, auth) and the broker (memory engine).
+ *
+ * Channels are shared by all workers like raw channels: a registry record
+ * with one subscriber list per worker, touched only by that worker. A
+ * publish goes through the broker, which assigns the offset, stores the
+ * message and calls on_message once, in offset order; there the `message`
+ * push is encoded once into one frame that every recipient's queue shares,
+ * on this worker directly and on the others through their inboxes. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "server.h"
+#include "wshub/auth.h"
+#include "wshub/broker.h"
+#include "wshub/config.h"
+#include "wshub/http.h"
+#include "wshub/proto.h"
+
+#define REG_BUCKETS 4096u
+/* refresh_required goes out this long before the token expires. */
+#define REFRESH_AHEAD_MS 30000
+
+struct hubsub;
+
+/* A channel as the workers see it: per-worker subscriber lists. */
+struct hubchan {
+    _Atomic uint32_t refs; /* subscriptions + messages in flight */
+    uint32_t hash;
+    struct hubchan *hnext;
+    char *name;
+    size_t name_len;
+    const struct wsh_ns_config *ns;
+    _Atomic uint32_t total; /* subscribers over all workers */
+    struct {
+        struct hubsub *head;
+        _Atomic uint32_t n;
+    } local[];
+};
+
+/* One subscription of one connection. */
+struct hubsub {
+    struct hubchan *ch;
+    struct conn *c;
+    struct hubsub *next, *prev;         /* in ch->local[worker] */
+    struct hubsub *conn_next;           /* in the connection's list */
+    uint64_t after;                     /* drop messages with offset <= after */
+};
+
+struct hubconn {
+    struct wsh_identity id;
+    bool authed;
+    bool anonymous;
+    bool refresh_sent;
+    char client[24];
+    char anon[32]; /* user id of an anonymous connection: "anon-<client>" */
+    double tokens; /* publish/signal token bucket */
+    int64_t refill_ms;
+    uint32_t nsubs;
+    struct hubsub *subs;
+    struct wsh_timer exp_timer; /* authentication deadline, then token expiry */
+    struct conn *c;
+};
+
+static struct wsh_hub_config hubcfg;
+static struct wsh_broker *broker;
+static struct wsh_proto_limits plimits;
+static struct wsh_origin_list origins;
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct hubchan *reg[REG_BUCKETS];
+static struct wsh_auth_key *auth_keys;
+static size_t auth_nkeys;
+static bool hub_enabled;
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sending JSON                                                         */
+
+static void send_jbuf(struct worker *w, struct conn *c, struct wsh_jbuf *b)
+{
+    if (b->_oom || b->len == 0)
+        return;
+    struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
+    if (f == NULL) {
+        conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
+    conn_send(w, c, f);
+}
+
+static void reply_error(struct worker *w, struct conn *c, int64_t id, const char *ch, size_t chlen,
+                        int code, const char *msg)
+{
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    if (wsh_proto_encode_error(&b, id, ch, chlen, code, msg, wall_ms()) == WSH_OK)
+        send_jbuf(w, c, &b);
+    wsh_jbuf_free(&b);
+}
+
+/* Sends `disconnect` (DESIGN.md 3) and then the close frame with code. */
+static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, const char *reason,
+                           bool reconnect)
+{
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    if (wsh_proto_encode_disconnect(&b, code, reason, strlen(reason), reconnect,
+                                    reconnect ? 500 : 0, wall_ms()) == WSH_OK)
+        send_jbuf(w, c, &b);
+    wsh_jbuf_free(&b);
+    conn_close(w, c, code, reason);
+}
+
+/* ------------------------------------------------------------------ */
+/* Channel registry                                                     */
+
+static uint32_t hash_name(const char *p, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (uint8_t)p[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+/* Finds or creates a channel record and takes a reference. */
+static struct hubchan *chan_get(const char *name, size_t len, const struct wsh_ns_config *ns)
+{
+    uint32_t h = hash_name(name, len);
+    pthread_mutex_lock(&reg_mu);
+    struct hubchan *ch = reg[h % REG_BUCKETS];
+    while (ch && !(ch->hash == h && ch->name_len == len && memcmp(ch->name, name, len) == 0))
+        ch = ch->hnext;
+    if (ch == NULL && ns != NULL) {
+        ch = calloc(1, sizeof(*ch) + (size_t)wsh_nworkers * sizeof(ch->local[0]));
+        char *nm = malloc(len + 1);
+        if (ch == NULL || nm == NULL) {
+            free(ch);
+            free(nm);
+            pthread_mutex_unlock(&reg_mu);
+            return NULL;
+        }
+        memcpy(nm, name, len);
+        nm[len] = '\0';
+        ch->name = nm;
+        ch->name_len = len;
+        ch->hash = h;
+        ch->ns = ns;
+        ch->hnext = reg[h % REG_BUCKETS];
+        reg[h % REG_BUCKETS] = ch;
+    }
+    if (ch)
+        atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&reg_mu);
+    return ch;
+}
+
+static void chan_put(struct hubchan *ch)
+{
+    atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
+}
+
+/* Records whose references are gone are freed here, under the lock that
+ * lookups take, so a record is never freed between a lookup and its use. */
+void hub_sweep(int64_t now_ms)
+{
+    if (!hub_enabled)
+        return;
+    pthread_mutex_lock(&reg_mu);
+    for (size_t b = 0; b < REG_BUCKETS; b++) {
+        struct hubchan **pp = &reg[b];
+        while (*pp) {
+            struct hubchan *ch = *pp;
+            if (atomic_load_explicit(&ch->refs, memory_order_acquire) == 0) {
+                *pp = ch->hnext;
+                free(ch->name);
+                free(ch);
+            } else {
+                pp = &ch->hnext;
+            }
+        }
+    }
+    pthread_mutex_unlock(&reg_mu);
+    wsh_broker_sweep(broker, now_ms);
+}
+
+/* ------------------------------------------------------------------ */
+/* Fan-out                                                              */
+
+static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *frame,
+                          uint64_t offset, const struct conn *skip)
+{
+    struct hubsub *next;
+    for (struct hubsub *s = ch->local[w->id].head; s != NULL; s = next) {
+        next = s->next;
+        if (s->c == skip || (offset != 0 && offset <= s->after))
+            continue;
+        conn_send(w, s->c, wsh_buf_ref(frame));
+    }
+}
+
+/* Delivers one encoded push to every subscriber of ch on every worker. */
+static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset,
+                    const struct conn *skip)
+{
+    struct worker *w = wsh_self;
+    for (int i = 0; i < wsh_nworkers; i++) {
+        if (w != NULL && i == w->id)
+            continue;
+        if (atomic_load_explicit(&ch->local[i].n, memory_order_relaxed) == 0)
+            continue;
+        atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+        struct xmsg m = { .ch = ch, .buf = wsh_buf_ref(frame), .offset = offset, .kind = XMSG_HUB };
+        inbox_push(&wsh_workers[i], &m);
+        if (w != NULL)
+            w->wake[i] = true;
+        else
+            worker_wake(&wsh_workers[i]);
+    }
+    if (w != NULL)
+        fan_out_local(w, ch, frame, offset, skip);
+}
+
+void hub_deliver_inbox(struct worker *w, const struct xmsg *m)
+{
+    struct hubchan *ch = m->ch;
+    if (w != NULL)
+        fan_out_local(w, ch, m->buf, m->offset, NULL);
+    wsh_buf_unref(m->buf);
+    chan_put(ch);
+}
+
+/* Broker callback, once per accepted publish in offset order: encode the
+ * `message` push once and fan it out. */
+static void on_broker_message(const char *channel, const char *epoch,
+                              const struct wsh_broker_msg *m, void *user)
+{
+    (void)user;
+    struct hubchan *ch = chan_get(channel, strlen(channel), NULL);
+    if (ch == NULL)
+        return; /* nobody on this node subscribes */
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    if (wsh_proto_encode_message(&b, channel, strlen(channel), m->offset, epoch, strlen(epoch),
+                                 m->from, strlen(m->from), m->payload, m->payload_len,
+                                 m->time_ms) == WSH_OK &&
+        !b._oom) {
+        struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)b.data, b.len);
+        if (f != NULL) {
+            fan_out(ch, f, m->offset, NULL);
+            wsh_buf_unref(f);
+        }
+    }
+    wsh_jbuf_free(&b);
+    chan_put(ch);
+}
+
+static void push_to_channel(struct hubchan *ch, struct wsh_jbuf *b, const struct conn *skip)
+{
+    if (b->_oom)
+        return;
+    struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
+    if (f == NULL)
+        return;
+    fan_out(ch, f, 0, skip);
+    wsh_buf_unref(f);
+}
+
+/* ------------------------------------------------------------------ */
+/* Setup                                                                */
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *buf = malloc(65537);
+    size_t n = buf ? fread(buf, 1, 65536, f) : 0;
+    fclose(f);
+    if (buf == NULL)
+        return NULL;
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+int hub_init(const char *config_path, char *err, size_t errlen)
+{
+    if (config_path) {
+        if (wsh_config_load(config_path, &hubcfg, err, errlen) != WSH_OK)
+            return -1;
+    } else {
+        wsh_config_defaults(&hubcfg);
+    }
+    plimits.max_input = hubcfg.limits.max_message;
+    plimits.max_depth = hubcfg.limits.json_depth;
+    plimits.max_channel = hubcfg.limits.max_channel;
+    origins.entries = (const char *const *)hubcfg.origins;
+    origins.nentries = hubcfg.norigins;
+    origins.allow_missing = true;
+    auth_nkeys = hubcfg.auth.nkeys;
+    if (auth_nkeys > 0) {
+        auth_keys = calloc(auth_nkeys, sizeof(*auth_keys));
+        if (auth_keys == NULL)
+            return -1;
+        for (size_t i = 0; i < auth_nkeys; i++) {
+            const struct wsh_key_config *k = &hubcfg.auth.keys[i];
+            auth_keys[i].alg = (enum wsh_auth_alg)k->alg;
+            auth_keys[i].kid = k->kid;
+            if (k->secret) {
+                auth_keys[i].key = (const uint8_t *)k->secret;
+                auth_keys[i].key_len = k->secret_len;
+            } else {
+                size_t n = 0;
+                char *pem = read_file(k->public_key_file, &n);
+                if (pem == NULL) {
+                    snprintf(err, errlen, "auth.keys[%zu].public_key_file: cannot read %s", i,
+                             k->public_key_file);
+                    return -1;
+                }
+                auth_keys[i].key = (const uint8_t *)pem;
+                auth_keys[i].key_len = n;
+            }
+        }
+        /* Validate the keys once here, so a bad key fails at start. */
+        struct wsh_auth *probe;
+        int bad = -1;
+        struct wsh_auth_opts ao = { .keys = auth_keys, .nkeys = auth_nkeys };
+        if (wsh_auth_create(&ao, &probe, &bad) != WSH_OK) {
+            snprintf(err, errlen, "auth.keys[%d]: the key cannot be used for its algorithm", bad);
+            return -1;
+        }
+        wsh_auth_destroy(probe);
+    }
+    struct wsh_broker_memory_opts bo = { .max_payload = hubcfg.limits.max_message,
+                                         .on_message = on_broker_message };
+    if (wsh_broker_memory_create(&bo, &broker) != WSH_OK) {
+        snprintf(err, errlen, "cannot create the broker");
+        return -1;
+    }
+    hub_enabled = true;
+    return 0;
+}
+
+/* libjwt state is not shared between threads: one key set per worker. */
+static _Thread_local struct wsh_auth *auth;
+
+int hub_worker_init(struct worker *w)
+{
+    (void)w;
+    if (!hub_enabled || auth_nkeys == 0)
+        return 0;
+    struct wsh_auth_opts ao = { .keys = auth_keys, .nkeys = auth_nkeys };
+    int bad;
+    return wsh_auth_create(&ao, &auth, &bad) == WSH_OK ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Connections                                                          */
+
+static void hub_timer(struct wsh_loop *l, struct wsh_timer *t);
+
+static int verify_token(struct hubconn *h, const char *tok, size_t len, int *perr)
+{
+    if (auth == NULL) {
+        *perr = WSH_PERR_BAD_TOKEN;
+        return -1;
+    }
+    struct wsh_identity id;
+    memset(&id, 0, sizeof(id));
+    int ecode = 0;
+    if (wsh_auth_verify(auth, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
+        *perr = wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED
+                                                          : WSH_PERR_BAD_TOKEN;
+        return -1;
+    }
+    if (h->authed && !h->anonymous && strcmp(id.sub, h->id.sub) != 0) {
+        wsh_identity_free(&id); /* a refresh may not change the user */
+        *perr = WSH_PERR_BAD_TOKEN;
+        return -1;
+    }
+    wsh_identity_free(&h->id);
+    h->id = id;
+    h->authed = true;
+    h->anonymous = false;
+    h->refresh_sent = false;
+    return 0;
+}
+
+static void arm_expiry(struct worker *w, struct hubconn *h)
+{
+    wsh_timer_stop(&h->exp_timer);
+    if (h->id.exp_ms == 0)
+        return;
+    int64_t now = wall_ms();
+    int64_t at = h->id.exp_ms - REFRESH_AHEAD_MS;
+    if (h->refresh_sent || at <= now)
+        at = h->id.exp_ms;
+    wsh_timer_start(w->loop, &h->exp_timer, at > now ? (uint64_t)(at - now) : 0);
+}
+
+int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                      const char **why)
+{
+    (void)w;
+    if (!hub_enabled) {
+        *why = "not found";
+        return 404;
+    }
+    const struct wsh_http_header *o = wsh_http_find(req, "Origin");
+    if (hubcfg.norigins > 0 &&
+        !wsh_origin_allowed(&origins, o ? o->value : NULL, o ? o->value_len : 0)) {
+        *why = "origin not allowed";
+        return 403;
+    }
+    struct hubconn *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        *why = "out of memory";
+        return 503;
+    }
+    h->c = c;
+    c->hub = h;
+    snprintf(h->client, sizeof(h->client), "%u", c->id);
+    snprintf(h->anon, sizeof(h->anon), "anon-%u", c->id);
+    h->tokens = hubcfg.limits.publish_burst;
+    h->refill_ms = wall_ms();
+    h->exp_timer.cb = hub_timer;
+    /* Browsers cannot set headers: the token may come in the query. */
+    const char *tok = NULL;
+    size_t toklen = 0;
+    char qtok[WSH_PROTO_DEFAULT_MAX_TOKEN];
+    const struct wsh_http_header *a = wsh_http_find(req, "Authorization");
+    if (a != NULL) {
+        if (wsh_auth_bearer(a->value, a->value_len, &tok, &toklen) != WSH_OK) {
+            *why = "malformed Authorization header";
+            return 401;
+        }
+    } else if (req->query != NULL) {
+        size_t n = 0;
+        if (wsh_auth_query_token(req->query, req->query_len, qtok, sizeof(qtok), &n) == 1) {
+            tok = qtok;
+            toklen = n;
+        }
+    }
+    if (tok != NULL) {
+        int perr;
+        if (verify_token(h, tok, toklen, &perr) != 0) {
+            *why = perr == WSH_PERR_TOKEN_EXPIRED ? "token expired" : "invalid token";
+            return 403;
+        }
+    }
+    return 0;
+}
+
+void hub_open(struct worker *w, struct conn *c)
+{
+    struct hubconn *h = c->hub;
+    if (h->authed) {
+        arm_expiry(w, h);
+    } else {
+        /* LIMITS.md: an unauthenticated connection has a few seconds to
+         * send `connect` (Redis CVE-2021-32675). */
+        wsh_timer_start(w->loop, &h->exp_timer, hubcfg.limits.unauth_timeout_ms);
+    }
+}
+
+static void hub_timer(struct wsh_loop *l, struct wsh_timer *t)
+{
+    struct worker *w = wsh_loop_user(l);
+    struct hubconn *h = (struct hubconn *)((char *)t - offsetof(struct hubconn, exp_timer));
+    struct conn *c = h->c;
+    if (c->state != CONN_OPEN)
+        return;
+    if (!h->authed) {
+        hub_disconnect(w, c, WSH_CLOSE_POLICY, "authentication timeout", false);
+        return;
+    }
+    int64_t now = wall_ms();
+    if (h->id.exp_ms != 0 && now >= h->id.exp_ms) {
+        hub_disconnect(w, c, 4100, "token expired", true);
+        return;
+    }
+    if (!h->refresh_sent) {
+        struct wsh_jbuf b;
+        wsh_jbuf_init(&b);
+        if (wsh_proto_encode_refresh_required(&b, h->id.exp_ms / 1000, now) == WSH_OK)
+            send_jbuf(w, c, &b);
+        wsh_jbuf_free(&b);
+        h->refresh_sent = true;
+    }
+    arm_expiry(w, h);
+}
+
+/* An anonymous connection is its own user, so presence, read receipts
+ * and `from` still tell connections apart. */
+static const char *user_of(const struct hubconn *h, size_t *len)
+{
+    *len = h->anonymous ? strlen(h->anon) : h->id.sub_len;
+    return h->anonymous ? h->anon : h->id.sub;
+}
+
+static void presence_entry(const struct hubconn *h, struct wsh_presence_entry *e)
+{
+    e->user = user_of(h, &e->user_len);
+    e->client = h->client;
+    e->client_len = strlen(h->client);
+    e->info_json = h->anonymous ? NULL : h->id.info;
+    e->info_json_len = h->anonymous ? 0 : h->id.info_len;
+}
+
+static struct hubsub *find_sub(struct hubconn *h, const char *ch, size_t len)
+{
+    for (struct hubsub *s = h->subs; s; s = s->conn_next)
+        if (s->ch->name_len == len && memcmp(s->ch->name, ch, len) == 0)
+            return s;
+    return NULL;
+}
+
+/* The memory engine's bookkeeping calls fail only on a bad argument or on
+ * ENOMEM; neither leaves anything to undo here, so the result is logged. */
+static void check(int rc, const char *what)
+{
+    if (rc != WSH_OK)
+        wsh_log(WSH_LOG_WARN, "ev=broker_error op=%s err=\"%s\"", what, wsh_strerror(rc));
+}
+
+static void noop_cb(const struct wsh_broker_result *r, void *user)
+{
+    (void)r;
+    (void)user;
+}
+
+static void drop_sub(struct worker *w, struct hubconn *h, struct hubsub *s, bool announce)
+{
+    struct hubchan *ch = s->ch;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        ch->local[w->id].head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    atomic_fetch_sub_explicit(&ch->local[w->id].n, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&ch->total, 1, memory_order_relaxed);
+    struct hubsub **pp = &h->subs;
+    while (*pp != s)
+        pp = &(*pp)->conn_next;
+    *pp = s->conn_next;
+    h->nsubs--;
+    if (ch->ns->presence)
+        check(wsh_broker_presence_remove(broker, ch->name, h->client, noop_cb, NULL),
+              "presence_remove");
+    check(wsh_broker_unsubscribe(broker, ch->name, noop_cb, NULL), "unsubscribe");
+    if (announce && ch->ns->join_leave) {
+        struct wsh_jbuf b;
+        struct wsh_presence_entry e;
+        presence_entry(h, &e);
+        wsh_jbuf_init(&b);
+        if (wsh_proto_encode_join(&b, true, ch->name, ch->name_len, &e, wall_ms()) == WSH_OK)
+            push_to_channel(ch, &b, h->c);
+        wsh_jbuf_free(&b);
+    }
+    chan_put(ch);
+    free(s);
+}
+
+void hub_conn_end(struct worker *w, struct conn *c)
+{
+    struct hubconn *h = c->hub;
+    if (h == NULL)
+        return;
+    /* However the connection ended, its presence entries go (DESIGN.md 5). */
+    while (h->subs)
+        drop_sub(w, h, h->subs, true);
+    wsh_timer_stop(&h->exp_timer);
+    wsh_identity_free(&h->id);
+    free(h);
+    c->hub = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Commands                                                             */
+
+struct subscribe_ctx {
+    struct worker *w;
+    struct conn *c;
+    struct hubsub *s;
+    int64_t id;
+    bool recovered;
+    uint64_t offset;
+    char epoch[WSH_BROKER_EPOCH_LEN + 1];
+    struct wsh_jbuf replay;
+};
+
+/* Recovery (DESIGN.md 4): `subscribed`, then the missed messages in order.
+ * The subscription was registered before the broker was asked, so live
+ * messages at or below the reported offset are dropped (s->after). */
+static void on_recover(const struct wsh_broker_result *r, void *user)
+{
+    struct subscribe_ctx *x = user;
+    x->recovered = r->recovered;
+    x->offset = r->offset;
+    snprintf(x->epoch, sizeof(x->epoch), "%s", r->epoch);
+    for (size_t i = 0; i < r->nmsgs; i++) {
+        const struct wsh_broker_msg *m = &r->msgs[i];
+        if (wsh_proto_encode_message(&x->replay, r->channel, strlen(r->channel), m->offset,
+                                     r->epoch, strlen(r->epoch), m->from, strlen(m->from),
+                                     m->payload, m->payload_len, m->time_ms) != WSH_OK)
+            break;
+        /* One JSON message per frame: mark the boundary with a NUL. */
+        if (wsh_jbuf_reserve(&x->replay, 1) == WSH_OK)
+            x->replay.data[x->replay.len++] = '\0';
+    }
+}
+
+static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
+                          const struct wsh_cmd *cmd)
+{
+    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, cmd->channel, cmd->channel_len);
+    if (ns == NULL) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
+                    NULL);
+        return;
+    }
+    bool allowed = h->anonymous ? cmd->chan.user == NULL
+                                : (h->id.nchannels == 0 && cmd->chan.user == NULL) ||
+                                      wsh_auth_can_subscribe(&h->id, cmd->channel,
+                                                             cmd->channel_len);
+    if (!allowed) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_FORBIDDEN, NULL);
+        return;
+    }
+    if (find_sub(h, cmd->channel, cmd->channel_len)) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_ALREADY_SUBSCRIBED,
+                    NULL);
+        return;
+    }
+    if (h->nsubs >= hubcfg.limits.max_subscriptions) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_TOO_MANY_SUBS, NULL);
+        return;
+    }
+    if (cmd->has_recover && !ns->recover) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_NOT_AVAILABLE,
+                    "recovery is off in this namespace");
+        return;
+    }
+    struct hubchan *ch = chan_get(cmd->channel, cmd->channel_len, ns);
+    if (ch == NULL) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
+        return;
+    }
+    if (ns->max_subscribers && atomic_load(&ch->total) >= ns->max_subscribers) {
+        chan_put(ch);
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_CHANNEL_FULL, NULL);
+        return;
+    }
+    struct hubsub *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        chan_put(ch);
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
+        return;
+    }
+    s->ch = ch;
+    s->c = c;
+    s->next = ch->local[w->id].head;
+    if (s->next)
+        s->next->prev = s;
+    ch->local[w->id].head = s;
+    atomic_fetch_add_explicit(&ch->local[w->id].n, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ch->total, 1, memory_order_relaxed);
+    s->conn_next = h->subs;
+    h->subs = s;
+    h->nsubs++;
+    check(wsh_broker_subscribe(broker, ch->name, noop_cb, NULL), "subscribe");
+
+    struct subscribe_ctx x = { .w = w, .c = c, .s = s, .id = cmd->id };
+    wsh_jbuf_init(&x.replay);
+    /* With an offset/epoch the broker replays what was missed; without, an
+     * impossible epoch just reports the channel's current position. */
+    char epoch[WSH_PROTO_DEFAULT_MAX_EPOCH + 1] = "-";
+    if (cmd->has_recover)
+        snprintf(epoch, sizeof(epoch), "%.*s", (int)cmd->recover_epoch_len, cmd->recover_epoch);
+    check(wsh_broker_recover(broker, ch->name, cmd->has_recover ? cmd->recover_offset : 0, epoch,
+                             wall_ms(), on_recover, &x),
+          "recover");
+    s->after = x.offset;
+    bool recovered = cmd->has_recover && x.recovered;
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    if (wsh_proto_encode_subscribed(&b, cmd->id, ch->name, ch->name_len, x.offset, x.epoch,
+                                    strlen(x.epoch), recovered, wall_ms()) == WSH_OK)
+        send_jbuf(w, c, &b);
+    wsh_jbuf_free(&b);
+    if (recovered) {
+        for (size_t off = 0; off < x.replay.len;) {
+            size_t n = strlen(x.replay.data + off);
+            struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)x.replay.data + off, n);
+            if (f)
+                conn_send(w, c, f);
+            off += n + 1;
+        }
+    }
+    wsh_jbuf_free(&x.replay);
+    if (ns->presence) {
+        struct wsh_presence_entry e;
+        presence_entry(h, &e);
+        check(wsh_broker_presence_add(broker, ch->name, h->client, e.user, e.info_json,
+                                      e.info_json_len, noop_cb, NULL),
+              "presence_add");
+    }
+    if (ns->join_leave) {
+        struct wsh_presence_entry e;
+        presence_entry(h, &e);
+        wsh_jbuf_init(&b);
+        if (wsh_proto_encode_join(&b, false, ch->name, ch->name_len, &e, wall_ms()) == WSH_OK)
+            push_to_channel(ch, &b, c);
+        wsh_jbuf_free(&b);
+    }
+}
+
+/* Token bucket per connection for publish and signal (LIMITS.md). */
+static bool take_token(struct hubconn *h)
+{
+    int64_t now = wall_ms();
+    h->tokens += (double)(now - h->refill_ms) * hubcfg.limits.publish_rate / 1000.0;
+    h->refill_ms = now;
+    if (h->tokens > hubcfg.limits.publish_burst)
+        h->tokens = hubcfg.limits.publish_burst;
+    if (h->tokens < 1.0)
+        return false;
+    h->tokens -= 1.0;
+    return true;
+}
+
+static bool may_publish(struct hubconn *h, const struct wsh_cmd *cmd,
+                        const struct wsh_ns_config *ns)
+{
+    if (ns->publish != WSH_PUBLISH_SUBSCRIBERS)
+        return false;
+    if (find_sub(h, cmd->channel, cmd->channel_len) == NULL)
+        return false;
+    if (!h->anonymous && h->id.npublish > 0)
+        return wsh_auth_can_publish(&h->id, cmd->channel, cmd->channel_len);
+    return true;
+}
+
+struct ack_ctx {
+    uint64_t offset;
+    int status;
+};
+
+static void on_published(const struct wsh_broker_result *r, void *user)
+{
+    struct ack_ctx *a = user;
+    a->offset = r->offset;
+    a->status = r->status;
+}
+
+static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
+                        const struct wsh_cmd *cmd)
+{
+    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, cmd->channel, cmd->channel_len);
+    if (ns == NULL) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
+                    NULL);
+        return;
+    }
+    if (!may_publish(h, cmd, ns)) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_PUBLISH_DENIED, NULL);
+        return;
+    }
+    if (!take_token(h)) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_RATE_LIMITED, NULL);
+        return;
+    }
+    struct wsh_jbuf pb;
+    wsh_jbuf_init(&pb);
+    const char *payload = cmd->payload_raw;
+    size_t plen = cmd->payload_raw_len;
+    if (payload == NULL) {
+        if (wsh_proto_payload_dump(cmd, &pb) != WSH_OK) {
+            wsh_jbuf_free(&pb);
+            reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
+            return;
+        }
+        payload = pb.data;
+        plen = pb.len;
+    }
+    char chname[WSH_BROKER_NAME_MAX + 1];
+    char msgid[WSH_PROTO_DEFAULT_MAX_MSG_ID + 1];
+    snprintf(chname, sizeof(chname), "%.*s", (int)cmd->channel_len, cmd->channel);
+    if (cmd->msg_id)
+        snprintf(msgid, sizeof(msgid), "%.*s", (int)cmd->msg_id_len, cmd->msg_id);
+    size_t ulen;
+    const char *user = user_of(h, &ulen);
+    struct wsh_broker_publish_req req = {
+        .channel = chname,
+        .payload = payload,
+        .payload_len = plen,
+        .msg_id = cmd->msg_id ? msgid : NULL,
+        .from = user,
+        .now_ms = wall_ms(),
+        .opts = { .history_size = ns->history_size,
+                  .history_ttl_ms = (uint64_t)ns->history_ttl_s * 1000u,
+                  .dedup_window_ms = (uint64_t)ns->dedup_window_s * 1000u },
+    };
+    struct ack_ctx a = { 0 };
+    int rc = wsh_broker_publish(broker, &req, on_published, &a);
+    wsh_jbuf_free(&pb);
+    if (rc != WSH_OK || a.status != WSH_OK) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len,
+                    rc == WSH_ETOOBIG ? WSH_PERR_TOO_LARGE : WSH_PERR_UNAVAILABLE, NULL);
+        return;
+    }
+    /* The ack follows acceptance by the broker (DESIGN.md 4); a duplicate
+     * msg_id gets the original offset and was not delivered again. */
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, a.offset, wall_ms()) ==
+        WSH_OK)
+        send_jbuf(w, c, &b);
+    wsh_jbuf_free(&b);
+}
+
+static void cmd_unsubscribe(struct worker *w, struct conn *c, struct hubconn *h,
+                            const struct wsh_cmd *cmd)
+{
+    struct hubsub *s = find_sub(h, cmd->channel, cmd->channel_len);
+    if (s == NULL) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_NOT_SUBSCRIBED, NULL);
+        return;
+    }
+    drop_sub(w, h, s, true);
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    if (wsh_proto_encode_unsubscribed(&b, cmd->id, cmd->channel, cmd->channel_len, wall_ms()) ==
+        WSH_OK)
+        send_jbuf(w, c, &b);
+    wsh_jbuf_free(&b);
+}
+
+struct list_ctx {
+    struct wsh_jbuf *b;
+    int64_t id;
+    const struct wsh_cmd *cmd;
+    uint32_t threshold;
+    int rc;
+};
+
+static void on_presence(const struct wsh_broker_result *r, void *user)
+{
+    struct list_ctx *x = user;
+    size_t n = r->nmembers;
+    bool count_only = x->threshold && n > x->threshold;
+    struct wsh_presence_entry *e = count_only ? NULL : calloc(n ? n : 1, sizeof(*e));
+    if (!count_only && e == NULL) {
+        x->rc = WSH_ENOMEM;
+        return;
+    }
+    for (size_t i = 0; e && i < n; i++) {
+        e[i].user = r->members[i].user;
+        e[i].user_len = strlen(r->members[i].user);
+        e[i].client = r->members[i].client;
+        e[i].client_len = strlen(r->members[i].client);
+        e[i].info_json = r->members[i].info_len ? r->members[i].info : NULL;
+        e[i].info_json_len = r->members[i].info_len;
+    }
+    x->rc = wsh_proto_encode_presence(x->b, x->id, x->cmd->channel, x->cmd->channel_len, n, e,
+                                      count_only ? 0 : n, wall_ms());
+    free(e);
+}
+
+static void on_history(const struct wsh_broker_result *r, void *user)
+{
+    struct list_ctx *x = user;
+    struct wsh_history_entry *e = calloc(r->nmsgs ? r->nmsgs : 1, sizeof(*e));
+    if (e == NULL) {
+        x->rc = WSH_ENOMEM;
+        return;
+    }
+    for (size_t i = 0; i < r->nmsgs; i++) {
+        e[i].offset = r->msgs[i].offset;
+        e[i].from = r->msgs[i].from;
+        e[i].from_len = strlen(r->msgs[i].from);
+        e[i].payload_json = r->msgs[i].payload;
+        e[i].payload_json_len = r->msgs[i].payload_len;
+        e[i].time_ms = r->msgs[i].time_ms;
+    }
+    x->rc = wsh_proto_encode_history(x->b, x->id, x->cmd->channel, x->cmd->channel_len, r->offset,
+                                     r->epoch, strlen(r->epoch), e, r->nmsgs, wall_ms());
+    free(e);
+}
+
+static bool may_read_channel(struct hubconn *h, const struct wsh_cmd *cmd)
+{
+    /* Presence and history of a channel are for its subscribers. */
+    return find_sub(h, cmd->channel, cmd->channel_len) != NULL;
+}
+
+static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h,
+                     const struct wsh_cmd *cmd)
+{
+    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, cmd->channel, cmd->channel_len);
+    if (ns == NULL) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
+                    NULL);
+        return;
+    }
+    bool presence = cmd->type == WSH_CMD_PRESENCE;
+    if (presence ? !ns->presence : ns->history_size == 0) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_NOT_AVAILABLE, NULL);
+        return;
+    }
+    if (!may_read_channel(h, cmd)) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_FORBIDDEN, NULL);
+        return;
+    }
+    char chname[WSH_BROKER_NAME_MAX + 1];
+    snprintf(chname, sizeof(chname), "%.*s", (int)cmd->channel_len, cmd->channel);
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    struct list_ctx x = {
+        .b = &b, .id = cmd->id, .cmd = cmd, .threshold = ns->presence_count_threshold, .rc = -1
+    };
+    int rc;
+    if (presence) {
+        rc = wsh_broker_presence_list(broker, chname, on_presence, &x);
+    } else {
+        struct wsh_broker_history_req hr = { .channel = chname,
+                                             .has_since = cmd->has_since,
+                                             .since = cmd->since,
+                                             .limit = cmd->has_limit ? cmd->limit : 0,
+                                             .now_ms = wall_ms() };
+        rc = wsh_broker_history(broker, &hr, on_history, &x);
+    }
+    if (rc == WSH_OK && x.rc == WSH_OK)
+        send_jbuf(w, c, &b);
+    else
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
+    wsh_jbuf_free(&b);
+}
+
+static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn *h,
+                               const struct wsh_cmd *cmd)
+{
+    struct hubsub *s = find_sub(h, cmd->channel, cmd->channel_len);
+    if (s == NULL) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_NOT_SUBSCRIBED, NULL);
+        return;
+    }
+    if (!take_token(h)) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_RATE_LIMITED, NULL);
+        return;
+    }
+    size_t ulen;
+    const char *user = user_of(h, &ulen);
+    struct wsh_jbuf b, pb;
+    wsh_jbuf_init(&b);
+    wsh_jbuf_init(&pb);
+    if (cmd->type == WSH_CMD_SIGNAL) {
+        /* Ephemeral: relayed to the other subscribers, never stored. */
+        const char *payload = cmd->payload_raw;
+        size_t plen = cmd->payload_raw_len;
+        if (payload == NULL && wsh_proto_payload_dump(cmd, &pb) == WSH_OK) {
+            payload = pb.data;
+            plen = pb.len;
+        }
+        if (wsh_proto_encode_signal(&b, cmd->channel, cmd->channel_len, user, ulen, payload, plen,
+                                    wall_ms()) == WSH_OK)
+            push_to_channel(s->ch, &b, c);
+    } else {
+        /* Read receipt: kept per user where the channel has history, and
+         * relayed to the channel. */
+        if (s->ch->ns->history_size > 0)
+            check(wsh_broker_read_set(broker, s->ch->name, user, cmd->offset, noop_cb, NULL),
+                  "read_set");
+        if (wsh_proto_encode_read(&b, cmd->channel, cmd->channel_len, user, ulen, cmd->offset,
+                                  wall_ms()) == WSH_OK)
+            push_to_channel(s->ch, &b, c);
+        wsh_jbuf_reset(&b);
+        if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, cmd->offset,
+                                 wall_ms()) == WSH_OK)
+            send_jbuf(w, c, &b);
+    }
+    wsh_jbuf_free(&b);
+    wsh_jbuf_free(&pb);
+}
+
+static void cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubconn *h,
+                                   const struct wsh_cmd *cmd)
+{
+    bool refresh = cmd->type == WSH_CMD_REFRESH;
+    if (!refresh && h->authed && cmd->token == NULL) {
+        /* Authenticated at the handshake: connect just reports who we are. */
+    } else if (cmd->token != NULL) {
+        int perr;
+        if (verify_token(h, cmd->token, cmd->token_len, &perr) != 0) {
+            reply_error(w, c, cmd->id, NULL, 0, perr, NULL);
+            if (!refresh)
+                hub_disconnect(w, c, perr == WSH_PERR_TOKEN_EXPIRED ? 4100 : 4500,
+                               perr == WSH_PERR_TOKEN_EXPIRED ? "token expired" : "invalid token",
+                               perr == WSH_PERR_TOKEN_EXPIRED);
+            return;
+        }
+    } else if (!refresh && hubcfg.auth.allow_anonymous) {
+        h->authed = true;
+        h->anonymous = true;
+    } else {
+        reply_error(w, c, cmd->id, NULL, 0, WSH_PERR_UNAUTHORIZED, "a token is required");
+        if (!refresh)
+            hub_disconnect(w, c, 4500, "authentication required", false);
+        return;
+    }
+    if (h->anonymous)
+        wsh_timer_stop(&h->exp_timer);
+    else
+        arm_expiry(w, h);
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    size_t ulen;
+    const char *user = user_of(h, &ulen);
+    int rc = refresh ? wsh_proto_encode_refreshed(&b, cmd->id, h->id.exp_ms / 1000, wall_ms())
+                     : wsh_proto_encode_connected(&b, cmd->id, h->client, strlen(h->client), user,
+                                                  ulen, h->id.exp_ms / 1000, wall_ms());
+    if (rc == WSH_OK)
+        send_jbuf(w, c, &b);
+    wsh_jbuf_free(&b);
+}
+
+void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *p, size_t n)
+{
+    struct hubconn *h = c->hub;
+    if (opcode != WSH_OP_TEXT) {
+        hub_disconnect(w, c, WSH_CLOSE_UNSUPPORTED, "binary messages are not part of /ws", false);
+        return;
+    }
+    if (!h->authed && n > hubcfg.limits.unauth_max_message) {
+        hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
+        return;
+    }
+    struct wsh_cmd cmd;
+    int code = 0;
+    const char *msg = NULL;
+    if (wsh_proto_parse((const char *)p, n, &plimits, &cmd, &code, &msg) != WSH_OK) {
+        reply_error(w, c, cmd.id, NULL, 0, code, msg);
+        wsh_cmd_free(&cmd);
+        if (!h->authed)
+            hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
+        return;
+    }
+    if (!h->authed && cmd.type != WSH_CMD_CONNECT) {
+        reply_error(w, c, cmd.id, NULL, 0, WSH_PERR_UNAUTHORIZED, NULL);
+        hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
+        wsh_cmd_free(&cmd);
+        return;
+    }
+    switch (cmd.type) {
+    case WSH_CMD_CONNECT:
+    case WSH_CMD_REFRESH:
+        cmd_connect_or_refresh(w, c, h, &cmd);
+        break;
+    case WSH_CMD_SUBSCRIBE:
+        cmd_subscribe(w, c, h, &cmd);
+        break;
+    case WSH_CMD_UNSUBSCRIBE:
+        cmd_unsubscribe(w, c, h, &cmd);
+        break;
+    case WSH_CMD_PUBLISH:
+        cmd_publish(w, c, h, &cmd);
+        break;
+    case WSH_CMD_PRESENCE:
+    case WSH_CMD_HISTORY:
+        cmd_list(w, c, h, &cmd);
+        break;
+    case WSH_CMD_SIGNAL:
+    case WSH_CMD_READ:
+        cmd_signal_or_read(w, c, h, &cmd);
+        break;
+    default:
+        reply_error(w, c, cmd.id, NULL, 0, WSH_PERR_UNKNOWN_TYPE, NULL);
+        break;
+    }
+    wsh_cmd_free(&cmd);
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/python3
+"""Smoke test for wshub-bench --tls and --deflate against the real server.
+
+This is the library's client role (through wshub-bench) talking to wshub
+over TLS, with and without permessage-deflate, plus the certificate checks:
+the bench must refuse the server's certificate without --cacert and accept
+it with --insecure. A throw-away CA comes from bench/gen-cert.sh (the
+openssl command) in a temporary directory.
+
+  test_bench_tls.py --server WSHUB --bench WSHUB_BENCH [--openssl OPENSSL]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GEN_CERT = os.path.join(HERE, "..", "..", "bench", "gen-cert.sh")
+
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def run_bench(bench, port, args, timeout=60):
+    cmd = [bench] + args + ["--port", str(port), "--json"]
+    print("$ " + " ".join(cmd), flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if p.stderr:
+        sys.stdout.write(p.stderr)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    rep = json.loads(lines[-1]) if lines else {}
+    print(json.dumps(rep), flush=True)
+    return p.returncode, rep, p.stderr
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--bench", required=True)
+    ap.add_argument("--openssl", default="openssl")
+    a = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="wshub-bench-tls-") as tmp:
+        subprocess.run(["bash", GEN_CERT, tmp, a.openssl], check=True)
+        ca = os.path.join(tmp, "ca.pem")
+        port_file = os.path.join(tmp, "port")
+        srv = subprocess.Popen(
+            [a.server, "--listen", "127.0.0.1:0", "--port-file", port_file, "--echo",
+             "--deflate", "--tls-cert", os.path.join(tmp, "server.pem"),
+             "--tls-key", os.path.join(tmp, "server.key")])
+        try:
+            port = None
+            for _ in range(100):
+                if os.path.exists(port_file) and os.path.getsize(port_file) > 0:
+                    port = int(open(port_file).read().strip())
+                    break
+                if srv.poll() is not None:
+                    break
+                time.sleep(0.05)
+            check(port is not None, "server started and wrote its port")
+            if port is None:
+                return 1
+            pid = ["--server-pid", str(srv.pid)]
+            tls = ["--tls", "--cacert", ca]
+
+            # Echo over TLS, verified against the test CA (by IP address).
+            rc, r, _ = run_bench(a.bench, port,
+                                 ["echo"] + tls + ["-c", "4", "-p", "2", "-s", "1000", "-d", "1"] + pid)
+            check(rc == 0 and r.get("errors") == 0 and r.get("bad_echo") == 0
+                  and r.get("msgs", 0) > 0 and r.get("tls") == 1,
+                  "echo --tls: exit 0, messages echoed, 0 errors, 0 bad echoes")
+
+            # Echo over TLS with permessage-deflate on the JSON payload.
+            rc, r, _ = run_bench(a.bench, port,
+                                 ["echo"] + tls + ["--deflate", "--payload", "json",
+                                                   "-c", "4", "-p", "2", "-d", "1"] + pid)
+            check(rc == 0 and r.get("errors") == 0 and r.get("bad_echo") == 0
+                  and r.get("msgs", 0) > 0,
+                  "echo --tls --deflate --payload json: exit 0, 0 errors, 0 bad echoes")
+            check(r.get("pmd_conns") == 4, "permessage-deflate agreed on all 4 connections")
+            # 16 KiB each way uncompressed; the JSON compresses well.
+            check(0 < r.get("wire_bytes_per_msg", 0) < 16384,
+                  "compressed round trip is under 16 KiB on the wire")
+
+            # Connect/handshake/close cycles, SNI and verification by name.
+            rc, r, _ = run_bench(a.bench, port,
+                                 ["connect"] + tls + ["--sni", "localhost", "-c", "4", "-d", "1"])
+            check(rc == 0 and r.get("errors") == 0 and r.get("msgs", 0) > 0
+                  and r.get("tls_errors") == 0,
+                  "connect --tls --sni localhost: exit 0, cycles done, 0 errors")
+
+            # Idle TLS + deflate connections, with the warm-up.
+            rc, r, _ = run_bench(a.bench, port,
+                                 ["idle"] + tls + ["--deflate", "-c", "20"] + pid)
+            check(rc == 0 and r.get("errors") == 0 and r.get("still_open") == 20
+                  and r.get("pmd_conns", 0) >= 20 and r.get("warmup_conns") == 200,
+                  "idle --tls --deflate: 20 held open after a 200-connection warm-up, 0 errors")
+
+            # No --cacert: the system store does not know our CA.
+            rc, r, err = run_bench(a.bench, port, ["echo", "--tls", "-c", "2", "-d", "1"])
+            check(r.get("errors", 0) > 0 and r.get("tls_verify_errors", 0) > 0
+                  and r.get("msgs", 1) == 0 and "verification failed" in err,
+                  "echo --tls without --cacert: certificate rejected, counted as errors")
+            # A name the certificate does not carry is rejected too.
+            rc, r, err = run_bench(a.bench, port,
+                                   ["connect"] + tls + ["--sni", "wrong.example", "-c", "2", "-d", "1"])
+            check(r.get("tls_verify_errors", 0) > 0 and r.get("msgs", 1) == 0,
+                  "connect --sni wrong.example: hostname mismatch rejected")
+
+            # --insecure skips the check.
+            rc, r, _ = run_bench(a.bench, port,
+                                 ["echo", "--tls", "--insecure", "-c", "2", "-d", "1"])
+            check(rc == 0 and r.get("errors") == 0 and r.get("msgs", 0) > 0,
+                  "echo --tls --insecure: accepted, 0 errors")
+
+            check(srv.poll() is None, "server still running")
+        finally:
+            srv.terminate()
+            try:
+                srv.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait()
+
+    if failures:
+        print(f"{len(failures)} check(s) failed", flush=True)
+        return 1
+    print("all checks passed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
