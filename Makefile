@@ -17,7 +17,7 @@ build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j$(JOBS)
 
 run: build
-	$(BUILD)/src/server/wshub --listen 127.0.0.1:$(PORT) --echo
+	$(BUILD)/src/server/wshub --listen 127.0.0.1:$(PORT) --echo --config examples/demo.json
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j2 --timeout 600

@@ -39,6 +39,8 @@ static void usage(FILE *out)
             "  --port-file PATH          write the bound port to PATH once listening\n"
             "  --config FILE             JSON configuration: namespaces, keys, limits (docs/config.md)\n"
             "  --check-config            validate --config, explain any error, and exit\n"
+            "  --web-root DIR            serve the demo page and browser client from DIR\n"
+            "                            (default: the source tree's web/)\n"
             "  --deflate                 offer permessage-deflate (RFC 7692) compression\n"
             "  --tls-cert FILE           serve wss:// with this PEM certificate chain\n"
             "  --tls-key FILE            the certificate's PEM private key\n"
@@ -121,7 +123,8 @@ enum {
     OPT_TLS_CA,
     OPT_DEFLATE,
     OPT_CONFIG,
-    OPT_CHECK_CONFIG
+    OPT_CHECK_CONFIG,
+    OPT_WEB_ROOT
 };
 
 static const char *config_path;
@@ -148,6 +151,7 @@ static int parse_args(int argc, char **argv)
         { "deflate", no_argument, NULL, OPT_DEFLATE },
         { "config", required_argument, NULL, OPT_CONFIG },
         { "check-config", no_argument, NULL, OPT_CHECK_CONFIG },
+        { "web-root", required_argument, NULL, OPT_WEB_ROOT },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -230,6 +234,9 @@ static int parse_args(int argc, char **argv)
         case OPT_CHECK_CONFIG:
             check_config = true;
             break;
+        case OPT_WEB_ROOT:
+            wsh_cfg.web_root = optarg;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -270,6 +277,9 @@ static void set_defaults(void)
     wsh_cfg.handshake_timeout_ms = 10000;
     wsh_cfg.close_timeout_ms = 5000;
     wsh_cfg.max_queue = 1u << 20;
+#ifdef WSH_WEB_ROOT
+    wsh_cfg.web_root = WSH_WEB_ROOT;
+#endif
 }
 
 static int write_port_file(const char *path, int port)

@@ -33,6 +33,7 @@ struct wsh_config {
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
     struct wsh_pmd_config pmd;
     struct wsh_limits zlimits; /* parser limits on compressed connections */
+    const char *web_root;      /* directory of static files, NULL for none */
 };
 
 extern struct wsh_config wsh_cfg;

@@ -459,6 +459,81 @@ static bool channel_name_ok(const char *p, size_t n)
     return true;
 }
 
+static const char *content_type(const char *name, size_t n)
+{
+    static const struct {
+        const char *ext, *type;
+    } types[] = {
+        { ".html", "text/html; charset=utf-8" },
+        { ".js", "text/javascript; charset=utf-8" },
+        { ".mjs", "text/javascript; charset=utf-8" },
+        { ".css", "text/css; charset=utf-8" },
+        { ".svg", "image/svg+xml" },
+        { ".png", "image/png" },
+        { ".ico", "image/x-icon" },
+        { ".json", "application/json" },
+    };
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        size_t el = strlen(types[i].ext);
+        if (n > el && memcmp(name + n - el, types[i].ext, el) == 0)
+            return types[i].type;
+    }
+    return NULL;
+}
+
+/* Static files of web/ (the demo page and the browser client): a flat
+ * directory, names of [A-Za-z0-9._-] with a known extension, so no path
+ * can leave it. Returns false when the path is not one of ours. */
+static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+{
+    const char *name = req->path + 1;
+    size_t n = req->path_len - 1;
+    if (n == 0) {
+        name = "index.html";
+        n = 10;
+    }
+    if (n > 64 || name[0] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return false;
+    }
+    const char *type = content_type(name, n);
+    if (type == NULL)
+        return false;
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%.*s", wsh_cfg.web_root, (int)n, name);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return false;
+    static _Thread_local char body[1 << 20];
+    size_t len = fread(body, 1, sizeof(body), f);
+    fclose(f);
+    if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
+        http_reply(w, c, 405, "method not allowed");
+        return true;
+    }
+    char head[512];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
+                      "Connection: close\r\n\r\n",
+                      type, len);
+    conn_send_bytes(w, c, head, (size_t)hl);
+    if (c->state == CONN_DEAD)
+        return true;
+    conn_send_bytes(w, c, body, len);
+    if (c->state == CONN_DEAD)
+        return true;
+    c->flags |= CF_CLOSE_SENT;
+    c->state = CONN_CLOSING;
+    mark_pending(w, c);
+    wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
+    return true;
+}
+
 /* RFC 7692 5: an offer with an unknown or malformed parameter is declined
  * (the connection goes on uncompressed), not refused; the first acceptable
  * offer wins. */
@@ -514,6 +589,8 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         chan_len = req->path_len - raw_len;
     }
     if (ep == EP_NONE) {
+        if (wsh_cfg.web_root && serve_static(w, c, req))
+            return;
         http_reply(w, c, 404, "not found");
         return;
     }

@@ -205,7 +205,7 @@ describe('permessage-deflate (node ws)', () => {
     sockets.push(ws);
     assert.strictEqual(ws.extHeader, undefined);
     assert.strictEqual(ws.extensions, '');
-    const t = textOf(70000);
+    const t = textOf(60000);
     ws.send(t);
     assert.strictEqual((await nextMessage(ws)).data.toString(), t);
   });
