@@ -178,7 +178,7 @@ void rawchan_deliver_inbox(struct worker *w)
     w->inbox_n = 0;
     pthread_mutex_unlock(&w->inbox_mu);
     for (size_t i = 0; i < n; i++) {
-        if (items[i].kind == XMSG_HUB) {
+        if (items[i].kind != XMSG_RAW) {
             hub_deliver_inbox(w, &items[i]);
             continue;
         }

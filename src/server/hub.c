@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "server.h"
@@ -210,7 +211,7 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
 }
 
 /* Delivers one encoded push to every subscriber of ch on every worker. */
-static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset,
+static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset, int64_t t_ms,
                     const struct conn *skip)
 {
     struct worker *w = wsh_self;
@@ -220,22 +221,36 @@ static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset,
         if (atomic_load_explicit(&ch->local[i].n, memory_order_relaxed) == 0)
             continue;
         atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
-        struct xmsg m = { .ch = ch, .buf = wsh_buf_ref(frame), .offset = offset, .kind = XMSG_HUB };
+        struct xmsg m = {
+            .ch = ch, .buf = wsh_buf_ref(frame), .offset = offset, .t_ms = t_ms, .kind = XMSG_HUB
+        };
         inbox_push(&wsh_workers[i], &m);
         if (w != NULL)
             w->wake[i] = true;
         else
             worker_wake(&wsh_workers[i]);
     }
-    if (w != NULL)
+    if (w != NULL) {
         fan_out_local(w, ch, frame, offset, skip);
+        if (offset != 0)
+            metric_latency(w, t_ms);
+    }
 }
 
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m)
 {
+    if (m->kind == XMSG_KICK) {
+        if (w != NULL)
+            hub_kick_local(w, (const char *)m->buf->data, 4501, "disconnected by the server");
+        wsh_buf_unref(m->buf);
+        return;
+    }
     struct hubchan *ch = m->ch;
-    if (w != NULL)
+    if (w != NULL) {
         fan_out_local(w, ch, m->buf, m->offset, NULL);
+        if (m->offset != 0)
+            metric_latency(w, m->t_ms);
+    }
     wsh_buf_unref(m->buf);
     chan_put(ch);
 }
@@ -257,7 +272,7 @@ static void on_broker_message(const char *channel, const char *epoch,
         !b._oom) {
         struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)b.data, b.len);
         if (f != NULL) {
-            fan_out(ch, f, m->offset, NULL);
+            fan_out(ch, f, m->offset, m->time_ms, NULL);
             wsh_buf_unref(f);
         }
     }
@@ -272,7 +287,7 @@ static void push_to_channel(struct hubchan *ch, struct wsh_jbuf *b, const struct
     struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
     if (f == NULL)
         return;
-    fan_out(ch, f, 0, skip);
+    fan_out(ch, f, 0, 0, skip);
     wsh_buf_unref(f);
 }
 
@@ -1057,6 +1072,7 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
             hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
         return;
     }
+    metric_add(&w->m.commands[(unsigned)cmd.type < 10 ? (unsigned)cmd.type : 0], 1);
     if (!h->authed && cmd.type != WSH_CMD_CONNECT) {
         reply_error(w, c, cmd.id, NULL, 0, WSH_PERR_UNAUTHORIZED, NULL);
         hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
@@ -1090,4 +1106,265 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
         break;
     }
     wsh_cmd_free(&cmd);
+}
+
+/* ------------------------------------------------------------------ */
+/* HTTP API (DESIGN.md 6)                                               */
+
+static void api_json(struct worker *w, struct conn *c, int status, json_t *j)
+{
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (s == NULL) {
+        http_respond(w, c, 500, "application/json", "{\"error\":\"internal\"}", 20);
+    } else {
+        http_respond(w, c, status, "application/json", s, strlen(s));
+        free(s);
+    }
+    json_decref(j);
+}
+
+static void api_error(struct worker *w, struct conn *c, int status, const char *msg)
+{
+    api_json(w, c, status, json_pack("{s:s}", "error", msg));
+}
+
+/* The API key comes as "Authorization: apikey <key>" or "X-API-Key". It is
+ * compared in constant time (docs/auth.md). */
+static int api_authorized(const struct wsh_http_request *req)
+{
+    const struct wsh_http_header *h = wsh_http_find(req, "X-API-Key");
+    const char *k = NULL;
+    size_t n = 0;
+    if (h != NULL) {
+        k = h->value;
+        n = h->value_len;
+    } else if ((h = wsh_http_find(req, "Authorization")) != NULL && h->value_len > 7 &&
+               strncasecmp(h->value, "apikey ", 7) == 0) {
+        k = h->value + 7;
+        n = h->value_len - 7;
+    }
+    if (k == NULL)
+        return 401;
+    return wsh_auth_apikey_equal(hubcfg.api_key, strlen(hubcfg.api_key), k, n) ? 0 : 403;
+}
+
+static int api_publish_one(const char *channel, const char *payload, size_t plen,
+                           const char *msg_id, uint64_t *offset)
+{
+    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, channel, strlen(channel));
+    if (ns == NULL)
+        return WSH_PERR_UNKNOWN_NAMESPACE;
+    struct wsh_channel parts;
+    if (!wsh_proto_channel_parse(channel, strlen(channel), plimits.max_channel ? plimits.max_channel
+                                                                               : 128,
+                                 &parts))
+        return WSH_PERR_BAD_CHANNEL;
+    struct wsh_broker_publish_req req = {
+        .channel = channel,
+        .payload = payload,
+        .payload_len = plen,
+        .msg_id = msg_id,
+        .from = NULL,
+        .now_ms = wall_ms(),
+        .opts = { .history_size = ns->history_size,
+                  .history_ttl_ms = (uint64_t)ns->history_ttl_s * 1000u,
+                  .dedup_window_ms = (uint64_t)ns->dedup_window_s * 1000u },
+    };
+    struct ack_ctx a = { 0 };
+    int rc = wsh_broker_publish(broker, &req, on_published, &a);
+    if (rc != WSH_OK || a.status != WSH_OK)
+        return rc == WSH_ETOOBIG ? WSH_PERR_TOO_LARGE : WSH_PERR_UNAVAILABLE;
+    *offset = a.offset;
+    return 0;
+}
+
+void hub_kick_local(struct worker *w, const char *user, unsigned code, const char *reason)
+{
+    struct conn *next;
+    for (struct conn *c = w->conns; c != NULL; c = next) {
+        next = c->next;
+        if (c->hub == NULL || c->state != CONN_OPEN || !c->hub->authed)
+            continue;
+        size_t ulen;
+        const char *u = user_of(c->hub, &ulen);
+        if (ulen == strlen(user) && memcmp(u, user, ulen) == 0)
+            hub_disconnect(w, c, code, reason, false);
+    }
+}
+
+static void api_kick(struct worker *w, const char *user)
+{
+    /* Every worker closes its own connections of the user; the others get
+     * the user id through their inbox. */
+    for (int i = 0; i < wsh_nworkers; i++) {
+        if (i == w->id)
+            continue;
+        struct wsh_buf *b = wsh_buf_new(strlen(user) + 1);
+        if (b == NULL)
+            continue;
+        memcpy(b->data, user, strlen(user) + 1);
+        b->end = (uint32_t)strlen(user) + 1;
+        struct xmsg m = { .buf = b, .kind = XMSG_KICK };
+        inbox_push(&wsh_workers[i], &m);
+        w->wake[i] = true;
+    }
+    hub_kick_local(w, user, 4501, "disconnected by the server");
+}
+
+static void api_list(struct worker *w, struct conn *c, const char *channel, bool presence,
+                     size_t limit)
+{
+    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, channel, strlen(channel));
+    if (ns == NULL) {
+        api_error(w, c, 404, "unknown namespace");
+        return;
+    }
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    struct wsh_cmd fake = { .channel = channel, .channel_len = strlen(channel) };
+    struct list_ctx x = { .b = &b, .id = WSH_PROTO_NO_ID, .cmd = &fake, .rc = -1 };
+    int rc;
+    if (presence) {
+        rc = wsh_broker_presence_list(broker, channel, on_presence, &x);
+    } else {
+        struct wsh_broker_history_req hr = { .channel = channel, .limit = limit,
+                                             .now_ms = wall_ms() };
+        rc = wsh_broker_history(broker, &hr, on_history, &x);
+    }
+    /* The reply is the same JSON a /ws client gets for the command. */
+    if (rc == WSH_OK && x.rc == WSH_OK && !b._oom)
+        http_respond(w, c, 200, "application/json", b.data, b.len);
+    else
+        api_error(w, c, 500, "internal");
+    wsh_jbuf_free(&b);
+}
+
+static void on_info(const struct wsh_broker_result *r, void *user)
+{
+    json_t **out = user;
+    const struct wsh_broker_info *i = r->info;
+    *out = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I}", "engine", i->engine, "channels",
+                     (json_int_t)i->channels, "subscriptions", (json_int_t)i->subscriptions,
+                     "presence", (json_int_t)i->presence, "history_messages",
+                     (json_int_t)i->history_messages, "published", (json_int_t)i->published,
+                     "duplicates", (json_int_t)i->duplicates);
+}
+
+void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+             const uint8_t *body, size_t blen)
+{
+    if (!hub_enabled || hubcfg.api_key == NULL) {
+        api_error(w, c, 404, "the HTTP API is off: no api_key in the configuration");
+        return;
+    }
+    int st = api_authorized(req);
+    if (st != 0) {
+        api_error(w, c, st, st == 401 ? "API key required" : "bad API key");
+        return;
+    }
+    bool post = req->method_len == 4 && memcmp(req->method, "POST", 4) == 0;
+    bool get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
+    const char *p = req->path + 5;
+    size_t n = req->path_len - 5;
+    char chan[WSH_BROKER_NAME_MAX + 1];
+#define ROUTE(lit) (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
+#define PREFIX(lit) (n > sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
+    if (PREFIX("presence/") || PREFIX("history/")) {
+        size_t pl = p[0] == 'p' ? 9 : 8;
+        if (!get) {
+            api_error(w, c, 405, "use GET");
+            return;
+        }
+        if (n - pl > WSH_BROKER_NAME_MAX) {
+            api_error(w, c, 400, "bad channel");
+            return;
+        }
+        snprintf(chan, sizeof(chan), "%.*s", (int)(n - pl), p + pl);
+        size_t limit = 0;
+        if (req->query && req->query_len > 6 && memcmp(req->query, "limit=", 6) == 0)
+            limit = (size_t)strtoul(req->query + 6, NULL, 10);
+        api_list(w, c, chan, pl == 9, limit);
+        return;
+    }
+    if (ROUTE("info")) {
+        json_t *b = NULL;
+        if (wsh_broker_info(broker, on_info, &b) != WSH_OK || b == NULL) {
+            api_error(w, c, 500, "internal");
+            return;
+        }
+        api_json(w, c, 200,
+                 json_pack("{s:s,s:I,s:i,s:o}", "version", WSH_VERSION, "connections",
+                           (json_int_t)atomic_load(&wsh_total_conns), "workers", wsh_nworkers,
+                           "broker", b));
+        return;
+    }
+    if (!post) {
+        api_error(w, c, ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? 405 : 404,
+                  ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? "use POST"
+                                                                                 : "not found");
+        return;
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL || !json_is_object(j)) {
+        json_decref(j);
+        api_error(w, c, 400, "the body must be a JSON object");
+        return;
+    }
+    if (ROUTE("publish") || ROUTE("broadcast")) {
+        json_t *payload = json_object_get(j, "payload");
+        json_t *mid = json_object_get(j, "msg_id");
+        json_t *chans = ROUTE("publish") ? json_pack("[O]", json_object_get(j, "channel"))
+                                         : json_incref(json_object_get(j, "channels"));
+        char *ptext = payload ? json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        json_t *offsets = json_array();
+        int err = 0;
+        size_t i;
+        json_t *v;
+        if (ptext == NULL || !json_is_array(chans) || json_array_size(chans) == 0 ||
+            json_array_size(chans) > 1000 || (mid && !json_is_string(mid)))
+            err = WSH_PERR_BAD_FIELD;
+        json_array_foreach(chans, i, v)
+        {
+            if (err)
+                break;
+            uint64_t off = 0;
+            if (!json_is_string(v)) {
+                err = WSH_PERR_BAD_FIELD;
+                break;
+            }
+            err = api_publish_one(json_string_value(v), ptext, strlen(ptext),
+                                  mid ? json_string_value(mid) : NULL, &off);
+            if (!err)
+                json_array_append_new(offsets, json_integer((json_int_t)off));
+        }
+        free(ptext);
+        json_decref(chans);
+        json_decref(j);
+        if (err) {
+            json_decref(offsets);
+            api_json(w, c, err == WSH_PERR_UNAVAILABLE ? 503 : 400,
+                     json_pack("{s:i,s:s}", "code", err, "error", wsh_proto_code_message(err)));
+            return;
+        }
+        api_json(w, c, 200, json_pack("{s:o}", "offsets", offsets));
+        return;
+    }
+    if (ROUTE("disconnect")) {
+        json_t *u = json_object_get(j, "user");
+        if (!json_is_string(u) || json_string_length(u) == 0 ||
+            json_string_length(u) > WSH_AUTH_SUB_MAX) {
+            json_decref(j);
+            api_error(w, c, 400, "user (string) is required");
+            return;
+        }
+        api_kick(w, json_string_value(u));
+        json_decref(j);
+        api_json(w, c, 200, json_pack("{s:b}", "ok", 1));
+        return;
+    }
+    json_decref(j);
+    api_error(w, c, 404, "not found");
+#undef ROUTE
+#undef PREFIX
 }

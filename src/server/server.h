@@ -68,6 +68,7 @@ enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB };
 #define CF_PENDING     0x08 /* on the worker's flush list */
 #define CF_PING_WAIT   0x10 /* a ping is out, its pong not back */
 #define CF_EPOLLOUT    0x20
+#define CF_HTTP_BODY   0x40 /* request head parsed, waiting for its body */
 
 struct worker;
 struct rawchan;
@@ -115,15 +116,39 @@ struct rawchan {
     struct rawchan_local local[]; /* one per worker */
 };
 
-enum xmsg_kind { XMSG_RAW, XMSG_HUB };
+enum xmsg_kind { XMSG_RAW, XMSG_HUB, XMSG_KICK };
 
 /* A message on its way to another worker's subscribers. */
 struct xmsg {
     void *ch; /* struct rawchan or struct hubchan, by kind */
     struct wsh_buf *buf;
     uint64_t offset; /* hub: the message's offset, 0 for signals and pushes */
+    int64_t t_ms;    /* hub: publish time (wall clock), for the latency metric */
     uint8_t kind;
 };
+
+/* Counters of one worker, summed by /metrics. Only the owning worker
+ * writes them; relaxed atomics keep the scraping thread's reads defined. */
+#define METRIC_CODES 14
+#define METRIC_LAT_BUCKETS 12
+struct metrics {
+    _Atomic uint64_t accepted;
+    _Atomic uint64_t msgs_in[4]; /* by enum conn_endpoint */
+    _Atomic uint64_t commands[10]; /* by enum wsh_cmd_type */
+    _Atomic uint64_t frames_out, bytes_in, bytes_out;
+    _Atomic uint64_t slow_consumers;
+    _Atomic uint64_t closes[METRIC_CODES + 1]; /* by code, last = other */
+    _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */
+    _Atomic uint64_t lat_sum_us, lat_count;
+};
+
+static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
+{
+    atomic_fetch_add_explicit(m, n, memory_order_relaxed);
+}
+
+void metric_close(struct worker *w, unsigned code);
+void metric_latency(struct worker *w, int64_t publish_ms);
 
 /* Echo replies written straight from the receive buffer: frame headers in
  * hdr, payloads pointing into the worker's rbuf, sent with one writev at the
@@ -139,6 +164,7 @@ struct direct_batch {
 
 struct worker {
     int id;
+    struct metrics m;
     struct direct_batch direct;
     struct wsh_loop *loop;
     pthread_t thread;
@@ -180,6 +206,9 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
                      size_t len);
 void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void conn_destroy(struct worker *w, struct conn *c);
+struct wsh_http_request;
+void http_respond(struct worker *w, struct conn *c, int status, const char *type,
+                  const char *body, size_t len);
 struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);
 /* A compressed frame (RSV1) of payload: with z, that connection's state;
  * with z NULL, the stateless compressor for window_bits (fan-out). */
@@ -206,6 +235,13 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
 void hub_conn_end(struct worker *w, struct conn *c);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 void hub_sweep(int64_t now_ms);
+/* The HTTP API (DESIGN.md 6) on /api/..., with its request body. */
+void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+             const uint8_t *body, size_t blen);
+void hub_kick_local(struct worker *w, const char *user, unsigned code, const char *reason);
+
+/* metrics.c: counters kept per worker, summed for /metrics. */
+void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req);
 
 /* chan.c: raw channels and the cross-worker inbox. */
 void inbox_push(struct worker *to, const struct xmsg *m);

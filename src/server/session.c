@@ -159,6 +159,8 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
 
 static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev)
 {
+    if (ev->last)
+        metric_add(&w->m.msgs_in[c->endpoint & 3u], 1);
     if (ev->rsv1) {
         on_compressed(w, c, ev);
         return;

@@ -24,6 +24,10 @@
  * connection flood cannot starve established connections. */
 #define READ_MAX   65536u
 #define CARRY_MAX  WSH_HTTP_DEFAULT_HEAD
+/* Request bodies are only for the HTTP API, and small (LIMITS.md max
+ * message); larger ones get 413. */
+#define BODY_MAX   65536u
+#define RBUF_SIZE  (CARRY_MAX + BODY_MAX + READ_MAX + TLS_RECORD)
 #define ACCEPT_MAX 64
 /* TLS handshakes cost ~1 ms of CPU each: at most this many steps per loop
  * turn, so a flood of new TLS connections cannot starve established ones
@@ -135,6 +139,8 @@ bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, const u
     d->iov[d->niov + 1].iov_base = (void *)(uintptr_t)payload;
     d->iov[d->niov + 1].iov_len = len;
     d->niov += 2;
+    metric_add(&w->m.frames_out, 1);
+    metric_add(&w->m.bytes_out, d->iov[d->niov - 2].iov_len + len);
     return true;
 }
 
@@ -159,6 +165,7 @@ void direct_flush(struct worker *w)
         conn_destroy(w, c);
         return;
     }
+    /* Already counted when batched: what is queued here is not recounted. */
     size_t skip = wr > 0 ? (size_t)wr : 0, rest = 0;
     for (int i = 0; i < niov; i++)
         rest += d->iov[i].iov_len;
@@ -181,7 +188,11 @@ void direct_flush(struct worker *w)
         b->end += (uint32_t)(n - skip);
         skip = 0;
     }
-    conn_send(w, c, b);
+    if (wsh_wq_push(&c->wq, b) != WSH_OK) {
+        conn_destroy(w, c);
+        return;
+    }
+    mark_pending(w, c);
 }
 
 /* Queues a frame (taking over the caller's reference; NULL only re-checks
@@ -197,15 +208,20 @@ void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
             wsh_buf_unref(b);
         return;
     }
-    if (b != NULL && wsh_wq_push(&c->wq, b) != WSH_OK) {
-        conn_destroy(w, c);
-        return;
+    if (b != NULL) {
+        metric_add(&w->m.frames_out, 1);
+        metric_add(&w->m.bytes_out, wsh_buf_len(b));
+        if (wsh_wq_push(&c->wq, b) != WSH_OK) {
+            conn_destroy(w, c);
+            return;
+        }
     }
     mark_pending(w, c);
     /* One message alone may pass the limit (it is bounded by
      * --max-message); a backlog of several may not. */
     if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue && c->wq->count > 1) {
         wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer queued=%zu", c->id, wsh_wq_bytes(c->wq));
+        metric_add(&w->m.slow_consumers, 1);
         wsh_wq_drop_unstarted(&c->wq);
         /* /ws clients learn the reconnect-allowed code of LIMITS.md. */
         conn_close(w, c, c->endpoint == EP_HUB ? 4101 : WSH_CLOSE_POLICY, "slow consumer");
@@ -248,6 +264,8 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
     size_t need = wsh_message_size(len, 0, false);
     uint8_t *room = wsh_wq_tail_reserve(c->wq, need);
     if (room != NULL) {
+        metric_add(&w->m.frames_out, 1);
+        metric_add(&w->m.bytes_out, need);
         wsh_wq_tail_commit(c->wq, wsh_message_write(room, opcode, false, payload, len, 0, NULL,
                                                     NULL));
         mark_pending(w, c);
@@ -290,6 +308,7 @@ void conn_close(struct worker *w, struct conn *c, unsigned code, const char *rea
     c->flags |= CF_CLOSE_SENT;
     c->state = CONN_CLOSING;
     c->flags &= (uint8_t)~CF_PING_WAIT;
+    metric_close(w, code);
     mark_pending(w, c);
     if (c->msg) {
         wsh_buf_unref(c->msg);
@@ -668,13 +687,18 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
             req->path);
 }
 
-/* Consumes the request head from in[0..len). Returns bytes consumed. */
+/* Consumes the request head (and an API request's body) from in[0..len).
+ * Returns bytes consumed; 0 while incomplete. */
 static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t len,
                          size_t last_len)
 {
     struct wsh_http_header headers[WSH_HTTP_DEFAULT_HEADERS];
     struct wsh_http_request req;
     int status = 0;
+    /* While a body is awaited the head is known complete: parse it again
+     * from the start rather than searching only the new bytes. */
+    if (c->flags & CF_HTTP_BODY)
+        last_len = 0;
     ssize_t n = wsh_http_parse_request((const char *)in, len, last_len, NULL, &req, headers,
                                        WSH_HTTP_DEFAULT_HEADERS, &status);
     if (n == 0)
@@ -684,14 +708,59 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
         http_reply(w, c, status ? status : 400, "bad request");
         return len;
     }
-    if (req.content_length > 0 || req.chunked) {
-        /* No endpoint of ours takes a request body. */
-        http_reply(w, c, req.method_len == 3 && memcmp(req.method, "GET", 3) == 0 ? 400 : 405,
-                   "request body not accepted");
+    size_t blen = req.content_length > 0 ? (size_t)req.content_length : 0;
+    if (req.chunked) {
+        http_reply(w, c, 411, "a Content-Length body is required");
         return len;
+    }
+    if (blen > 0) {
+        if (req.path_len < 5 || memcmp(req.path, "/api/", 5) != 0) {
+            /* Only the HTTP API takes a request body. */
+            http_reply(w, c, req.method_len == 3 && memcmp(req.method, "GET", 3) == 0 ? 400 : 405,
+                       "request body not accepted");
+            return len;
+        }
+        if (blen > BODY_MAX) {
+            http_reply(w, c, 413, "request body too large");
+            return len;
+        }
+        if (len < (size_t)n + blen) {
+            c->flags |= CF_HTTP_BODY;
+            return 0;
+        }
+    }
+    c->flags &= (uint8_t)~CF_HTTP_BODY;
+    if (req.path_len >= 5 && memcmp(req.path, "/api/", 5) == 0) {
+        hub_api(w, c, &req, in + n, blen);
+        return (size_t)n + blen;
+    }
+    if (req.path_len == 8 && memcmp(req.path, "/metrics", 8) == 0) {
+        metrics_serve(w, c, &req);
+        return (size_t)n;
     }
     http_route(w, c, &req);
     return (size_t)n;
+}
+
+/* Answers a plain HTTP request and closes after the body (no keep-alive:
+ * every client of ours opens a connection per request or upgrades). */
+void http_respond(struct worker *w, struct conn *c, int status, const char *type,
+                  const char *body, size_t len)
+{
+    char head[512];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                      status, wsh_http_reason(status), type, len);
+    conn_send_bytes(w, c, head, (size_t)hl);
+    if (c->state != CONN_DEAD && len)
+        conn_send_bytes(w, c, body, len);
+    if (c->state == CONN_DEAD)
+        return;
+    c->flags |= CF_CLOSE_SENT;
+    c->state = CONN_CLOSING;
+    mark_pending(w, c);
+    wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
 }
 
 static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, size_t n)
@@ -707,9 +776,10 @@ static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, si
     }
     if (n > c->carry_cap) {
         /* Bounded: a partial head is at most CARRY_MAX bytes (the parser
-         * answers 431 past it) and a partial frame header or control
+         * answers 431 past it), a head with an API body at most CARRY_MAX +
+         * BODY_MAX, and a partial frame header or control
          * frame at most 14 + 125 bytes. */
-        uint32_t cap = n <= 256 ? 256 : CARRY_MAX;
+        uint32_t cap = n <= 256 ? 256 : n <= CARRY_MAX ? CARRY_MAX : (uint32_t)((n + 4095) & ~4095u);
         uint8_t *nc = malloc(cap);
         if (nc == NULL) {
             conn_destroy(w, c);
@@ -781,13 +851,12 @@ static void conn_read(struct worker *w, struct conn *c)
     }
     size_t len = have + (size_t)r;
     size_t used = 0;
+    metric_add(&w->m.bytes_in, (uint64_t)r);
     if (c->state == CONN_HTTP) {
         used = http_input(w, c, w->rbuf, len, have);
         if (c->state == CONN_HTTP) {
-            if (used == 0 && len > CARRY_MAX) {
-                http_reply(w, c, 431, "request header fields too large");
-                return;
-            }
+            /* The parser answers 431 past the head limit and the body is
+             * bounded by BODY_MAX: the carry stays bounded. */
             keep_carry(w, c, w->rbuf + used, len - used);
             return;
         }
@@ -935,6 +1004,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         w->conns = c;
         w->nconns++;
         atomic_fetch_add_explicit(&wsh_total_conns, 1, memory_order_relaxed);
+        metric_add(&w->m.accepted, 1);
         wsh_timer_start(l, &c->timer, wsh_cfg.handshake_timeout_ms);
     }
 }
@@ -986,7 +1056,7 @@ int worker_init(struct worker *w, int id, int listen_fd)
     w->id = id;
     w->listen_io.fd = listen_fd;
     w->listen_io.cb = on_accept;
-    w->rbuf = malloc(CARRY_MAX + READ_MAX + TLS_RECORD);
+    w->rbuf = malloc(RBUF_SIZE);
     if (w->rbuf == NULL)
         return WSH_ENOMEM;
     w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);

@@ -41,6 +41,26 @@ def run_bench(bench, port, args, timeout=60):
     return p.returncode, rep, p.stderr
 
 
+def start(server, port_file, args):
+    srv = subprocess.Popen([server, "--listen", "127.0.0.1:0", "--port-file", port_file] + args)
+    for _ in range(100):
+        if os.path.exists(port_file) and os.path.getsize(port_file) > 0:
+            return srv, int(open(port_file).read().strip())
+        if srv.poll() is not None:
+            break
+        time.sleep(0.05)
+    return srv, None
+
+
+def stop(srv):
+    srv.terminate()
+    try:
+        srv.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        srv.wait()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True)
@@ -51,21 +71,11 @@ def main():
     with tempfile.TemporaryDirectory(prefix="wshub-bench-tls-") as tmp:
         subprocess.run(["bash", GEN_CERT, tmp, a.openssl], check=True)
         ca = os.path.join(tmp, "ca.pem")
-        port_file = os.path.join(tmp, "port")
-        srv = subprocess.Popen(
-            [a.server, "--listen", "127.0.0.1:0", "--port-file", port_file, "--echo",
-             "--deflate", "--tls-cert", os.path.join(tmp, "server.pem"),
-             "--tls-key", os.path.join(tmp, "server.key")])
+        srv, port = start(a.server, os.path.join(tmp, "port"),
+                          ["--echo", "--deflate", "--tls-cert", os.path.join(tmp, "server.pem"),
+                           "--tls-key", os.path.join(tmp, "server.key")])
         try:
-            port = None
-            for _ in range(100):
-                if os.path.exists(port_file) and os.path.getsize(port_file) > 0:
-                    port = int(open(port_file).read().strip())
-                    break
-                if srv.poll() is not None:
-                    break
-                time.sleep(0.05)
-            check(port is not None, "server started and wrote its port")
+            check(port is not None, "TLS server started and wrote its port")
             if port is None:
                 return 1
             pid = ["--server-pid", str(srv.pid)]
@@ -123,12 +133,22 @@ def main():
 
             check(srv.poll() is None, "server still running")
         finally:
-            srv.terminate()
-            try:
-                srv.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                srv.kill()
-                srv.wait()
+            stop(srv)
+
+        # permessage-deflate without TLS, on a plain server.
+        srv, port = start(a.server, os.path.join(tmp, "port2"), ["--echo", "--deflate"])
+        try:
+            check(port is not None, "plain server started")
+            if port is not None:
+                rc, r, _ = run_bench(a.bench, port,
+                                     ["echo", "--deflate", "--payload", "json", "--binary",
+                                      "-c", "4", "-p", "2", "-d", "1"])
+                check(rc == 0 and r.get("errors") == 0 and r.get("bad_echo") == 0
+                      and r.get("msgs", 0) > 0 and r.get("pmd_conns") == 4
+                      and 0 < r.get("wire_bytes_per_msg", 0) < 16384,
+                      "echo --deflate (plain, binary): compressed, 0 errors, 0 bad echoes")
+        finally:
+            stop(srv)
 
     if failures:
         print(f"{len(failures)} check(s) failed", flush=True)

@@ -25,7 +25,7 @@ struct ssl_ctx_st;
 #define BENCH_CLOSE_WAIT  2000000000LL  /* close handshake, ns */
 #define BENCH_MAX_SECONDS 120
 
-#define BENCH_WARMUP_CONNS 200       /* idle: connections opened and closed first */
+#define BENCH_WARMUP_CONNS  200         /* idle: default --warmup */
 #define BENCH_WARMUP_SETTLE 500000000LL /* idle: ns between warm-up and baseline */
 
 enum bench_cmd { CMD_ECHO, CMD_FANOUT, CMD_CONNECT, CMD_IDLE };
@@ -55,7 +55,8 @@ struct bench_opts {
     bool insecure;
     const char *sni;
     const char *cacert;
-    bool deflate; /* offer permessage-deflate */
+    bool deflate;    /* offer permessage-deflate */
+    unsigned warmup; /* idle: connections opened and closed before the baseline */
 };
 
 /* Log-bucketed latency histogram: 16 sub-buckets per power of two, so a
@@ -103,8 +104,8 @@ struct conn {
     size_t hs_len;
     char key[WSH_HS_KEY_LEN + 1];
     struct wsh_parser parser;
-    struct ssl_st *ssl;          /* --tls; freed when the slot is recycled */
-    struct wsh_pmd *pmd; /* permessage-deflate agreed; freed likewise */
+    struct ssl_st *ssl;      /* --tls; freed when the slot is recycled */
+    struct wsh_pmd *pmd;     /* permessage-deflate agreed; freed likewise */
     uint64_t tls_rx, tls_tx; /* socket BIO byte counts already accounted */
     uint8_t carry[BENCH_CARRY];
     /* Message reassembly state, shared by the modes. */
@@ -162,7 +163,7 @@ struct bench {
     uint64_t io_errors;
     uint64_t timeouts;
     uint64_t peer_closes;
-    uint64_t opened; /* handshakes completed */
+    uint64_t opened;            /* handshakes completed */
     uint64_t tls_errors;        /* TLS handshakes that failed, ... */
     uint64_t tls_verify_errors; /* ... of which certificate verification */
     uint64_t pmd_errors;        /* bad extension answer, or inflate failure */

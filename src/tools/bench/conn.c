@@ -226,8 +226,7 @@ static bool send_compressed(struct bench *b, struct conn *c, unsigned op, const 
 
 bool conn_send_msg(struct bench *b, struct conn *c, unsigned op, const uint8_t *p, size_t n)
 {
-    if (c->pmd && (op == WSH_OP_TEXT || op == WSH_OP_BINARY) &&
-        wsh_pmd_worth_compressing(NULL, n))
+    if (c->pmd && (op == WSH_OP_TEXT || op == WSH_OP_BINARY) && wsh_pmd_worth_compressing(NULL, n))
         return send_compressed(b, c, op, p, n);
     size_t need = conn_msg_size(b, n);
     uint8_t *dst = conn_reserve(b, c, need);
@@ -664,8 +663,8 @@ static bool check_extensions(struct bench *b, struct conn *c, struct wsh_slice e
 {
     bool on = false;
     struct wsh_pmd_params agreed;
-    bool bad = b->o.deflate ? wsh_pmd_client_check(&b->pmd_want, ext, &on, &agreed) != WSH_OK
-                            : ext.n > 0;
+    bool bad =
+        b->o.deflate ? wsh_pmd_client_check(&b->pmd_want, ext, &on, &agreed) != WSH_OK : ext.n > 0;
     if (bad) {
         if (b->pmd_errors++ == 0)
             fprintf(stderr, "wshub-bench: bad Sec-WebSocket-Extensions answer from the server\n");

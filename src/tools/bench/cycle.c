@@ -4,7 +4,7 @@
  * first) -> close. idle: N open connections held while the server's RSS is
  * sampled.
  *
- * idle warms the server up first: it opens and closes BENCH_WARMUP_CONNS
+ * idle warms the server up first: it opens and closes --warmup (200)
  * connections (with the same --tls and --deflate) and waits before reading
  * the baseline. The first handshakes fault in code and data pages that every
  * later connection shares (libcrypto's alone were ~1.6 MB), which a cold
@@ -132,14 +132,14 @@ int run_idle(struct bench *b)
     }
     b->mode_state = y;
     struct bench_mode m = { .out_cap = 1024 };
-    uint32_t slots = b->o.conns > BENCH_WARMUP_CONNS ? b->o.conns : BENCH_WARMUP_CONNS;
+    uint32_t slots = b->o.conns > b->o.warmup ? b->o.conns : b->o.warmup;
     if (bench_init(b, slots, &m) < 0)
         return 1;
     long pid = b->o.server_pid;
     uint32_t warm = 0;
-    if (pid) {
+    if (pid && b->o.warmup > 0) {
         int64_t t0 = now_ns();
-        warm = bench_ramp(b, BENCH_WARMUP_CONNS, t0 + 30000000000LL);
+        warm = bench_ramp(b, b->o.warmup, t0 + 30000000000LL);
         bench_close_all(b, now_ns() + 5000000000LL);
         bench_run(b, now_ns() + BENCH_WARMUP_SETTLE, NULL);
     }

@@ -80,8 +80,8 @@ static void make_json(uint8_t *p, size_t s)
                          ".%02" PRIu32 ",\"active\":%s,\"tags\":[\"%s\",\"%s\"],"
                          "\"ts\":%" PRIu32 "}",
                          i, (x >> 8) % 10000, (y >> 9) % 1000, (y >> 3) % 100,
-                         (x >> 20) & 1 ? "true" : "false", tags[(x >> 24) % 6],
-                         tags[(y >> 24) % 6], 1700000000u + (y >> 12) % 1000000);
+                         (x >> 20) & 1 ? "true" : "false", tags[(x >> 24) % 6], tags[(y >> 24) % 6],
+                         1700000000u + (y >> 12) % 1000000);
         if (k < 0 || n + (size_t)k + 1 > s)
             break;
         memcpy(p + n, rec, (size_t)k);

@@ -39,7 +39,9 @@ static void usage(FILE *f)
           "  --insecure       skip certificate verification\n"
           "  --deflate        offer permessage-deflate (client_no_context_takeover)\n"
           "  --payload KIND   echo: filler (a-z, default) or json (compressible, -s\n"
-          "                   default 16384)\n",
+          "                   default 16384)\n"
+          "  --warmup N       idle: open and close N connections before reading the\n"
+          "                   server's baseline RSS (default 200, 0 = none)\n",
           f);
 }
 
@@ -84,7 +86,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
                               .size = o->cmd == CMD_FANOUT ? 64 : 32,
                               .rate = 0,
                               .window = 16,
-                              .sources = 1 };
+                              .sources = 1,
+                              .warmup = BENCH_WARMUP_CONNS };
     enum {
         O_HOST = 256,
         O_PORT,
@@ -101,7 +104,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         O_SNI,
         O_INSECURE,
         O_DEFLATE,
-        O_PAYLOAD
+        O_PAYLOAD,
+        O_WARMUP
     };
     static const struct option lo[] = {
         { "host", required_argument, NULL, O_HOST },
@@ -121,6 +125,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         { "insecure", no_argument, NULL, O_INSECURE },
         { "deflate", no_argument, NULL, O_DEFLATE },
         { "payload", required_argument, NULL, O_PAYLOAD },
+        { "warmup", required_argument, NULL, O_WARMUP },
         { "conns", required_argument, NULL, 'c' },
         { "pipeline", required_argument, NULL, 'p' },
         { "size", required_argument, NULL, 's' },
@@ -172,6 +177,10 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
             break;
         case O_INSECURE:
             o->insecure = true;
+            break;
+        case O_WARMUP:
+            ok = parse_uint(optarg, 100000, &v);
+            o->warmup = (unsigned)v;
             break;
         case O_DEFLATE:
             o->deflate = true;
@@ -401,7 +410,7 @@ void report_print(const struct bench *b, const struct report *r)
         return;
     }
     printf("wshub-bench %s (%s%s%s%s)\n", r->mode,
-           o->raw  ? "raw TCP"
+           o->raw   ? "raw TCP"
            : o->tls ? "WebSocket over TLS "
                     : "WebSocket ",
            o->raw ? "" : o->path, o->deflate ? ", permessage-deflate " : "",
@@ -415,8 +424,8 @@ void report_print(const struct bench *b, const struct report *r)
                pmax);
     printf("  %-24s %llu\n", "errors", (unsigned long long)r->errors);
     if (o->tls)
-        printf("  %-24s %llu (certificate %llu)\n", "TLS errors",
-               (unsigned long long)b->tls_errors, (unsigned long long)b->tls_verify_errors);
+        printf("  %-24s %llu (certificate %llu)\n", "TLS errors", (unsigned long long)b->tls_errors,
+               (unsigned long long)b->tls_verify_errors);
     printf("  %-24s sent %llu, received %llu, %.1f per %s\n", "bytes on the wire",
            (unsigned long long)r->wire_tx, (unsigned long long)r->wire_rx, wire_per_msg,
            unit_one(r->mode));

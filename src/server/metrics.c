@@ -1,0 +1,133 @@
+/* /metrics in the Prometheus text exposition format (version 0.0.4):
+ * connections, messages in by endpoint and command, frames and bytes out,
+ * slow consumers, close codes sent, and the publish-to-delivery latency
+ * histogram. Each worker counts its own; a scrape sums them. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "server.h"
+#include "wshub/http.h"
+
+static const unsigned close_codes[METRIC_CODES] = { 1000, 1001, 1002, 1003, 1007, 1008, 1009,
+                                                    1011, 1012, 1013, 4100, 4101, 4500, 4501 };
+/* Upper bounds of the latency buckets, in milliseconds. */
+static const unsigned lat_ms[METRIC_LAT_BUCKETS] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000,
+                                                     2500, 5000 };
+
+void metric_close(struct worker *w, unsigned code)
+{
+    int i = 0;
+    while (i < METRIC_CODES && close_codes[i] != code)
+        i++;
+    metric_add(&w->m.closes[i], 1);
+}
+
+void metric_latency(struct worker *w, int64_t publish_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    int64_t d_us = now_us - publish_ms * 1000;
+    if (d_us < 0)
+        d_us = 0;
+    int i = 0;
+    while (i < METRIC_LAT_BUCKETS && (uint64_t)d_us > (uint64_t)lat_ms[i] * 1000u)
+        i++;
+    metric_add(&w->m.lat[i], 1);
+    metric_add(&w->m.lat_sum_us, (uint64_t)d_us);
+    metric_add(&w->m.lat_count, 1);
+}
+
+static uint64_t sum(size_t offset)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < wsh_nworkers; i++) {
+        _Atomic uint64_t *p = (_Atomic uint64_t *)((char *)&wsh_workers[i].m + offset);
+        n += atomic_load_explicit(p, memory_order_relaxed);
+    }
+    return n;
+}
+
+#define SUM(field) sum(offsetof(struct metrics, field))
+
+struct out {
+    char *p;
+    size_t len, cap;
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct out *o, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
+    va_end(ap);
+    if (n > 0 && (size_t)n < o->cap - o->len)
+        o->len += (size_t)n;
+}
+
+static void counter(struct out *o, const char *name, const char *help, uint64_t v)
+{
+    put(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+        (unsigned long long)v);
+}
+
+void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+{
+    if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
+        http_respond(w, c, 405, "text/plain", "method not allowed\n", 19);
+        return;
+    }
+    static _Thread_local char buf[16384];
+    struct out o = { buf, 0, sizeof(buf) };
+    put(&o, "# HELP wshub_connections Open connections, all endpoints and states.\n"
+            "# TYPE wshub_connections gauge\nwshub_connections %zu\n",
+        atomic_load(&wsh_total_conns));
+    counter(&o, "wshub_connections_accepted_total", "Connections accepted.", SUM(accepted));
+    static const char *const eps[4] = { "http", "echo", "raw", "ws" };
+    put(&o, "# HELP wshub_messages_in_total WebSocket messages received, by endpoint.\n"
+            "# TYPE wshub_messages_in_total counter\n");
+    for (int i = 1; i < 4; i++)
+        put(&o, "wshub_messages_in_total{endpoint=\"%s\"} %llu\n", eps[i],
+            (unsigned long long)SUM(msgs_in[i]));
+    static const char *const cmds[10] = { "invalid", "connect", "subscribe", "unsubscribe",
+                                          "publish", "presence", "history", "refresh",
+                                          "signal",  "read" };
+    put(&o, "# HELP wshub_commands_total /ws commands received, by type.\n"
+            "# TYPE wshub_commands_total counter\n");
+    for (int i = 0; i < 10; i++)
+        put(&o, "wshub_commands_total{type=\"%s\"} %llu\n", cmds[i],
+            (unsigned long long)SUM(commands[i]));
+    counter(&o, "wshub_frames_out_total", "WebSocket frames queued to clients.", SUM(frames_out));
+    counter(&o, "wshub_bytes_in_total", "Bytes read from clients (after TLS).", SUM(bytes_in));
+    counter(&o, "wshub_bytes_out_total", "Bytes queued to clients (before TLS).", SUM(bytes_out));
+    counter(&o, "wshub_slow_consumers_total",
+            "Connections cut off because their outbound queue passed its limit.",
+            SUM(slow_consumers));
+    put(&o, "# HELP wshub_closes_total Close frames sent, by close code.\n"
+            "# TYPE wshub_closes_total counter\n");
+    for (int i = 0; i <= METRIC_CODES; i++) {
+        uint64_t v = SUM(closes[i]);
+        if (i < METRIC_CODES)
+            put(&o, "wshub_closes_total{code=\"%u\"} %llu\n", close_codes[i],
+                (unsigned long long)v);
+        else
+            put(&o, "wshub_closes_total{code=\"other\"} %llu\n", (unsigned long long)v);
+    }
+    put(&o, "# HELP wshub_publish_delivery_seconds Time from a publish being accepted to its "
+            "message being queued to the subscribers of one worker.\n"
+            "# TYPE wshub_publish_delivery_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < METRIC_LAT_BUCKETS; i++) {
+        cum += SUM(lat[i]);
+        put(&o, "wshub_publish_delivery_seconds_bucket{le=\"%g\"} %llu\n", lat_ms[i] / 1000.0,
+            (unsigned long long)cum);
+    }
+    cum += SUM(lat[METRIC_LAT_BUCKETS]);
+    put(&o, "wshub_publish_delivery_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    put(&o, "wshub_publish_delivery_seconds_sum %.6f\n", (double)SUM(lat_sum_us) / 1e6);
+    put(&o, "wshub_publish_delivery_seconds_count %llu\n", (unsigned long long)SUM(lat_count));
+    http_respond(w, c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
+}
