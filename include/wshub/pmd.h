@@ -205,7 +205,7 @@ WSH_NODISCARD int wsh_pmd_compress_oneshot(uint8_t window_bits, int level, int m
  * max_message bytes reach cb, and at most max_message + 1 are inflated.
  * Errors (the object stays failed and returns the same code afterwards):
  *   WSH_ETOOBIG (1009) the message inflates past max_message: a bomb.
- *   WSH_EPROTO  (1002) corrupt deflate data, data after a final block,
+ *   WSH_EPROTO  (1002) corrupt deflate data,
  *               a message that does not end on a block boundary, or a
  *               distance beyond the agreed window. The last is caught
  *               when the reference reaches past both our window and the

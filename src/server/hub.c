@@ -49,6 +49,8 @@ struct hubsub {
     struct hubsub *next, *prev;         /* in ch->local[worker] */
     struct hubsub *conn_next;           /* in the connection's list */
     uint64_t after;                     /* drop messages with offset <= after */
+    uint64_t lagged_from; /* first message dropped while backlogged, 0 if none */
+    char epoch[WSH_BROKER_EPOCH_LEN + 1]; /* as reported by `subscribed` */
 };
 
 struct hubconn {
@@ -56,6 +58,7 @@ struct hubconn {
     bool authed;
     bool anonymous;
     bool refresh_sent;
+    bool lagging; /* some subscription has lagged_from set */
     char client[24];
     char anon[32]; /* user id of an anonymous connection: "anon-<client>" */
     double tokens; /* publish/signal token bucket */
@@ -75,6 +78,7 @@ static struct hubchan *reg[REG_BUCKETS];
 static struct wsh_auth_key *auth_keys;
 static size_t auth_nkeys;
 static bool hub_enabled;
+static bool have_config; /* --config was given */
 
 static int64_t wall_ms(void)
 {
@@ -198,16 +202,62 @@ void hub_sweep(int64_t now_ms)
 /* ------------------------------------------------------------------ */
 /* Fan-out                                                              */
 
+static void send_lagged(struct worker *w, struct hubsub *s)
+{
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    if (wsh_proto_encode_lagged(&b, s->ch->name, s->ch->name_len, s->lagged_from, s->epoch,
+                                strlen(s->epoch), wall_ms()) == WSH_OK)
+        send_jbuf(w, s->c, &b);
+    wsh_jbuf_free(&b);
+    s->lagged_from = 0;
+}
+
+/* The drop policy of a namespace with slow_consumer "drop_oldest": while
+ * the subscriber's queue is over --max-queue, messages for it are dropped
+ * instead of closing it (4101); once the queue has drained to half, a
+ * `lagged` push tells it the first offset it missed, so it can recover
+ * from history. Returns true when this message is dropped. */
+static bool drop_for_lag(struct worker *w, struct hubsub *s, uint64_t offset, size_t len)
+{
+    size_t q = wsh_wq_bytes(s->c->wq);
+    if (s->lagged_from != 0) {
+        if (q > wsh_cfg.max_queue / 2)
+            return true;
+        send_lagged(w, s);
+        return false;
+    }
+    if (q + len <= wsh_cfg.max_queue)
+        return false;
+    s->lagged_from = offset;
+    s->c->hub->lagging = true;
+    return true;
+}
+
 static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *frame,
                           uint64_t offset, const struct conn *skip)
 {
+    bool lag_policy = ch->ns->slow_consumer == WSH_SLOW_DROP_OLDEST && offset != 0;
     struct hubsub *next;
     for (struct hubsub *s = ch->local[w->id].head; s != NULL; s = next) {
         next = s->next;
         if (s->c == skip || (offset != 0 && offset <= s->after))
             continue;
+        if (lag_policy && drop_for_lag(w, s, offset, wsh_buf_len(frame)))
+            continue;
         conn_send(w, s->c, wsh_buf_ref(frame));
     }
+}
+
+void hub_drained(struct worker *w, struct conn *c)
+{
+    struct hubconn *h = c->hub;
+    if (h == NULL || !h->lagging || wsh_wq_bytes(c->wq) > wsh_cfg.max_queue / 2)
+        return;
+    h->lagging = false;
+    for (struct hubsub *s = h->subs; s; s = s->conn_next)
+        if (s->lagged_from != 0)
+            send_lagged(w, s);
 }
 
 /* Delivers one encoded push to every subscriber of ch on every worker. */
@@ -314,6 +364,7 @@ int hub_init(const char *config_path, char *err, size_t errlen)
     if (config_path) {
         if (wsh_config_load(config_path, &hubcfg, err, errlen) != WSH_OK)
             return -1;
+        have_config = true;
     } else {
         wsh_config_defaults(&hubcfg);
     }
@@ -365,6 +416,14 @@ int hub_init(const char *config_path, char *err, size_t errlen)
     }
     hub_enabled = true;
     return 0;
+}
+
+void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip)
+{
+    /* Only a configuration file turns these on: the built-in defaults
+     * would refuse the many connections benchmarks open from one address. */
+    *max_total = have_config ? hubcfg.limits.max_connections : 0;
+    *max_per_ip = have_config ? hubcfg.limits.max_connections_per_ip : 0;
 }
 
 /* libjwt state is not shared between threads: one key set per worker. */
@@ -708,6 +767,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
                              wall_ms(), on_recover, &x),
           "recover");
     s->after = x.offset;
+    snprintf(s->epoch, sizeof(s->epoch), "%s", x.epoch);
     bool recovered = cmd->has_recover && x.recovered;
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);

@@ -338,6 +338,13 @@ int main(int argc, char **argv)
         }
     }
 
+    {
+        size_t total;
+        hub_conn_limits(&total, &wsh_cfg.max_per_ip);
+        if (total > 0 && total < wsh_cfg.max_connections)
+            wsh_cfg.max_connections = total;
+    }
+
     wsh_nworkers = wsh_cfg.workers;
     wsh_workers = calloc((size_t)wsh_nworkers, sizeof(*wsh_workers));
     if (wsh_workers == NULL)

@@ -28,6 +28,7 @@ struct wsh_config {
     uint64_t close_timeout_ms;
     size_t max_queue; /* outbound hard limit per connection, bytes */
     size_t max_connections;
+    uint32_t max_per_ip; /* 0 = no per-address limit */
     const char *port_file;
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
@@ -88,6 +89,7 @@ struct conn {
     struct rawchan *chan;
     struct conn *chan_next, *chan_prev;
     struct hubconn *hub; /* /ws state, NULL on other endpoints */
+    struct ipcount *ip;  /* per-address count, when that limit is on */
     struct wsh_parser parser;
     struct ssl_st *ssl; /* NULL for plain TCP */
     struct wsh_pmd *pmd; /* NULL unless permessage-deflate was agreed */
@@ -225,6 +227,8 @@ void session_timer(struct worker *w, struct conn *c);
 struct wsh_http_request;
 struct hubchan;
 int hub_init(const char *config_path, char *err, size_t errlen);
+/* Connection limits from the configuration file (0 when not set). */
+void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip);
 int hub_worker_init(struct worker *w);
 /* Before the 101: origin and credentials. Returns 0 to go on, or the HTTP
  * status to refuse with (401, 403). */
@@ -233,6 +237,8 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
 void hub_open(struct worker *w, struct conn *c);
 void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *p, size_t n);
 void hub_conn_end(struct worker *w, struct conn *c);
+/* After a flush: a lagging /ws subscriber whose queue drained gets `lagged`. */
+void hub_drained(struct worker *w, struct conn *c);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 void hub_sweep(int64_t now_ms);
 /* The HTTP API (DESIGN.md 6) on /api/..., with its request body. */

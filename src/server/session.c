@@ -150,7 +150,10 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
         unsigned code = close_code_for(rc);
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
                 wsh_strerror(rc));
-        conn_close(w, c, code, code == WSH_CLOSE_TOO_BIG ? "message too big" : "bad compressed data");
+        conn_close(w, c, code,
+                   code == WSH_CLOSE_TOO_BIG       ? "message too big"
+                   : code == WSH_CLOSE_INVALID_DATA ? "invalid UTF-8"
+                                                    : "bad compressed data");
         return;
     }
     if (ev->last)

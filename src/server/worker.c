@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -38,6 +39,8 @@
 #define CORK_SIZE  4096u
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
+struct ipcount;
+static void ip_release(struct ipcount *e);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 
 _Thread_local struct worker *wsh_self;
@@ -368,6 +371,10 @@ void conn_destroy(struct worker *w, struct conn *c)
     }
     wsh_pmd_destroy(c->pmd);
     c->pmd = NULL;
+    if (c->ip) {
+        ip_release(c->ip);
+        c->ip = NULL;
+    }
     close(c->io.fd); /* also removes it from epoll */
     c->io.fd = -1;
     if (c->prev)
@@ -411,6 +418,8 @@ static void flush_conn(struct worker *w, struct conn *c)
     update_events(w, c);
     if (c->state == CONN_DEAD)
         return;
+    if (c->hub != NULL)
+        hub_drained(w, c);
     if (rc == WSH_OK && (c->flags & CF_CLOSE_SENT) && !(c->flags & CF_SHUT_WR)) {
         /* Everything including our close frame (or final response) is out:
          * send FIN, then discard input until the peer's EOF or the close
@@ -933,6 +942,83 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
 /* ------------------------------------------------------------------ */
 /* Accepting                                                           */
 
+/* Connections per client address, over all workers (LIMITS.md: 429 past
+ * the per-IP bound). One small table under a mutex taken at accept and at
+ * destroy only. */
+struct ipcount {
+    struct ipcount *next;
+    uint32_t n;
+    uint8_t len;
+    uint8_t addr[16];
+};
+
+#define IP_BUCKETS 4096u
+static pthread_mutex_t ip_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ipcount *ip_table[IP_BUCKETS];
+
+static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t limit, bool *over)
+{
+    const uint8_t *a;
+    uint8_t len;
+    if (ss->ss_family == AF_INET) {
+        a = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
+        len = 4;
+    } else if (ss->ss_family == AF_INET6) {
+        a = (const uint8_t *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+        len = 16;
+    } else {
+        return NULL;
+    }
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < len; i++)
+        h = (h ^ a[i]) * 16777619u;
+    pthread_mutex_lock(&ip_mu);
+    struct ipcount **pp = &ip_table[h % IP_BUCKETS], *e = *pp;
+    while (e && !(e->len == len && memcmp(e->addr, a, len) == 0))
+        e = e->next;
+    if (e == NULL) {
+        e = calloc(1, sizeof(*e));
+        if (e == NULL) {
+            pthread_mutex_unlock(&ip_mu);
+            return NULL;
+        }
+        e->len = len;
+        memcpy(e->addr, a, len);
+        e->next = *pp;
+        *pp = e;
+    }
+    *over = e->n >= limit;
+    if (!*over)
+        e->n++;
+    pthread_mutex_unlock(&ip_mu);
+    return *over ? NULL : e;
+}
+
+static void ip_release(struct ipcount *e)
+{
+    pthread_mutex_lock(&ip_mu);
+    if (--e->n == 0) {
+        uint32_t h = 2166136261u;
+        for (int i = 0; i < e->len; i++)
+            h = (h ^ e->addr[i]) * 16777619u;
+        struct ipcount **pp = &ip_table[h % IP_BUCKETS];
+        while (*pp != e)
+            pp = &(*pp)->next;
+        *pp = e->next;
+        free(e);
+    }
+    pthread_mutex_unlock(&ip_mu);
+}
+
+static void refuse_per_ip(int fd)
+{
+    static const char resp[] = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\n"
+                               "Content-Length: 0\r\nConnection: close\r\n\r\n";
+    ssize_t n = send(fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)n;
+    close(fd);
+}
+
 static void refuse_overload(int fd)
 {
     static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
@@ -948,7 +1034,10 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     (void)io;
     (void)events;
     for (int i = 0; i < ACCEPT_MAX; i++) {
-        int fd = accept4(w->listen_io.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        int fd = accept4(w->listen_io.fd, (struct sockaddr *)&peer, &plen,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR)
                 continue;
@@ -970,13 +1059,25 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             refuse_overload(fd);
             continue;
         }
+        struct ipcount *ipc = NULL;
+        if (wsh_cfg.max_per_ip > 0) {
+            bool over = false;
+            ipc = ip_acquire(&peer, wsh_cfg.max_per_ip, &over);
+            if (over) {
+                refuse_per_ip(fd);
+                continue;
+            }
+        }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         struct conn *c = calloc(1, sizeof(*c));
         if (c == NULL) {
+            if (ipc)
+                ip_release(ipc);
             close(fd);
             continue;
         }
+        c->ip = ipc;
         c->io.fd = fd;
         c->io.cb = on_conn_io;
         c->timer.cb = on_conn_timer;
@@ -994,6 +1095,8 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         if (wsh_loop_add(l, &c->io, EPOLLIN) != WSH_OK) {
             if (c->ssl)
                 wsh_tls_conn_free(c->ssl);
+            if (ipc)
+                ip_release(ipc);
             close(fd);
             free(c);
             continue;

@@ -531,10 +531,16 @@ static int inflate_run(struct wsh_pmd *z, const uint8_t *p, size_t n, bool is_ta
     z_stream *s = &z->i;
     while (n > 0) {
         if (z->i_ended) {
-            /* 7.2.3.4: a sender may end a message with a BFINAL block; our
-             * appended tail then follows the end of the stream. Peer bytes
-             * there would be a second stream inside one message. */
-            return is_tail ? WSH_OK : WSH_EPROTO;
+            /* 7.2.3.4: a sender may end its deflate stream with a BFINAL
+             * block and go on with more blocks (the RFC's own example sends
+             * a final block and then 0x00, which with our appended tail is
+             * an empty stored block). Start a new stream for them, as
+             * browsers do. Only our tail right after the end is ignored. */
+            if (is_tail)
+                return WSH_OK;
+            if (inflateReset(s) != Z_OK)
+                return WSH_EPROTO;
+            z->i_ended = false;
         }
         size_t feed = n < UINT_MAX ? n : UINT_MAX;
         s->next_in = p;
@@ -570,9 +576,7 @@ static int inflate_run(struct wsh_pmd *z, const uint8_t *p, size_t n, bool is_ta
         size_t used = feed - s->avail_in;
         p += used;
         n -= used;
-        if (z->i_ended && n > 0 && !is_tail)
-            return WSH_EPROTO;
-        if (z->i_ended)
+        if (z->i_ended && (n == 0 || is_tail))
             return WSH_OK;
     }
     return WSH_OK;

@@ -20,6 +20,7 @@ connection. Sections 12.1-12.5 keep client context takeover, 12.6-12.10 the
 same with client_no_context_takeover. Autobahn sends 1000 messages per
 case; to keep the suite near a minute we send min(100, 1 MiB / size, at
 least 8) per case (100 for <= 8 KiB, 8 for 128 KiB and 256 KiB).
+12.11 are the payload examples of RFC 7692 7.2.3, byte for byte.
 
 Section 13 (parameters): 13.1-13.4 are every valid single offer: the four
 server/client_no_context_takeover combinations x server_max_window_bits
@@ -44,12 +45,13 @@ import signal
 import sys
 import time
 import traceback
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pmdraw  # noqa: E402
 import wsraw  # noqa: E402
 from pmdraw import PmdError  # noqa: E402
-from wsraw import OP_BINARY, OP_TEXT, frame  # noqa: E402
+from wsraw import OP_BINARY, OP_CONT, OP_TEXT, frame  # noqa: E402
 
 SERVER_ARGS = ["--echo", "--deflate", "--max-message", "16777216", "--max-fragments", "262144",
                "--max-queue", str(64 << 20), "--workers", "2"]
@@ -148,6 +150,64 @@ for _half, _cnct in ((0, False), (5, True)):
                 f"{'frames of ~' + str(_frag) + ' B' if _frag else 'one frame'}, "
                 f"client context takeover {'off' if _cnct else 'on'}",
                 _stream(_kind, _op, _lvl, _n, _frag, _cnct), "big" if _n >= 65536 else "small")
+
+
+# 12.11: the payload examples of RFC 7692 section 7.2.3 ("Hello"), byte for
+# byte, on a connection with client context takeover.
+
+def _h(s):
+    return bytes.fromhex(s.replace(" ", ""))
+
+
+def _finish_only(text):
+    z = zlib.compressobj(6, zlib.DEFLATED, -10)
+    return z.compress(text) + z.flush(zlib.Z_FINISH)
+
+
+RFC_VECTORS = [
+    ("7.2.3.1 a message compressed with one block", [[_h("f2 48 cd c9 c9 07 00")]], [b"Hello"]),
+    ("7.2.3.1 the same message in two fragments", [[_h("f2 48 cd"), _h("c9 c9 07 00")]], [b"Hello"]),
+    ("7.2.3.2 two messages sharing the LZ77 window (context takeover)",
+     [[_h("f2 48 cd c9 c9 07 00")], [_h("f2 00 11 00 00")]], [b"Hello", b"Hello"]),
+    ("7.2.3.3 a DEFLATE block with no compression",
+     [[_h("00 05 00 fa ff 48 65 6c 6c 6f 00")]], [b"Hello"]),
+    ("7.2.3.4 a DEFLATE block with BFINAL set to 1 (then the 0x00 octet the RFC adds)",
+     [[_h("f3 48 cd c9 c9 07 00 00")]], [b"Hello"]),
+    ("7.2.3.4 a BFINAL message, then a message that starts a new stream",
+     [[_h("f3 48 cd c9 c9 07 00 00")], [_h("f2 48 cd c9 c9 07 00")]], [b"Hello", b"Hello"]),
+    ("7.2.3.5 two DEFLATE blocks in one message",
+     [[_h("f2 48 05 00 00 00 ff ff ca c9 c9 07 00")]], [b"Hello"]),
+    ("7.2.3.6 an empty message (0x00)", [[_h("00")]], [b""]),
+    ("a message ending with a bare BFINAL block (Z_FINISH), then another",
+     [[_finish_only(b"Hello, final")], [_h("f2 48 cd c9 c9 07 00")]], [b"Hello, final", b"Hello"]),
+]
+
+
+def _rfc_vector(frames_per_msg, want):
+    def run(port):
+        kw = dict(cmwb=True)
+        c, ans = pmdraw.connect(port, [pmdraw.offer(**kw)])
+        try:
+            a = pmdraw.validate_answer(ans, **kw)
+            if a is None:
+                fail("offer declined")
+            inf = pmdraw.Inflater(a)
+            for i, (parts, w) in enumerate(zip(frames_per_msg, want)):
+                c.send(b"".join(frame(OP_TEXT if j == 0 else OP_CONT, p, fin=(j == len(parts) - 1),
+                                      rsv=pmdraw.RSV1 if j == 0 else 0)
+                                for j, p in enumerate(parts)))
+                try:
+                    pmdraw.expect_echo(c, inf, OP_TEXT, w)
+                except PmdError as e:
+                    fail(f"message {i + 1} (payload {b''.join(parts).hex(' ')}): {e}")
+            pmdraw.close_clean(c)
+        finally:
+            c.close()
+    return run
+
+
+for _i, (_what, _frames, _want) in enumerate(RFC_VECTORS, 1):
+    add(f"12.11.{_i}", f"RFC 7692 {_what}", _rfc_vector(_frames, _want))
 
 
 # ---------------------------------------------------------------------------
@@ -354,6 +414,12 @@ MULTI = [
     ("quoted parameter values (RFC 7692 7.1.2: quoted-string allowed)",
      ["permessage-deflate; server_max_window_bits=\"12\"; client_max_window_bits=\"9\""],
      dict(smwb=12, cmwb=9)),
+    ("whitespace around ';' and '=' (RFC 6455 9.1: implied *LWS)",
+     ["permessage-deflate ; client_max_window_bits = 9 ;server_max_window_bits=\t10"],
+     dict(smwb=10, cmwb=9)),
+    ("empty list elements around the offer",
+     [" , permessage-deflate; client_max_window_bits ,"],
+     dict(cmwb=True)),
 ]
 for _i, (_what, _offers, _kw) in enumerate(MULTI, 1):
     add(f"13.6.{_i}", _what, _multi(_offers, _kw))
