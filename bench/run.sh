@@ -6,7 +6,11 @@
 # Environment: DUR (seconds per run, default 5), REPS (runs per cell, the
 # median is reported, default 3; the 10,000-connection cells always run
 # once), SERVERS (default "wshub rawecho node lws"; missing ones are
-# skipped), OUT (JSON lines file, default /tmp/wshub-bench.jsonl).
+# skipped), OUT (JSON lines file, default /tmp/wshub-bench.jsonl),
+# IDLE_CONNS (default 10000).
+# Sections: BASE=1 the comparison table; TLS=1 wshub over TLS vs plain (a
+# throw-away CA from gen-cert.sh); DEFLATE=1 wshub with permessage-deflate
+# on the 16 KiB JSON payload vs without. All default to 1.
 # Each server runs alone on core 0 (--workers 1), the bench on core 1.
 # Every server is started fresh for every run and stopped by its pid.
 set -u
@@ -17,6 +21,11 @@ DUR=${DUR:-5}
 REPS=${REPS:-3}
 SERVERS=${SERVERS:-"wshub rawecho node lws"}
 OUT=${OUT:-/tmp/wshub-bench.jsonl}
+BASE=${BASE:-1}
+TLS=${TLS:-1}
+DEFLATE=${DEFLATE:-1}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+wshub_extra=""  # extra wshub flags for the current section
 bench=$build/src/tools/wshub-bench
 tmp=$(mktemp -d)
 : >"$OUT"
@@ -37,8 +46,9 @@ start_server() {
     rm -f "$tmp/port" "$tmp/err"
     case $name in
     wshub)
+        # shellcheck disable=SC2086
         taskset -c 0 "$build/src/server/wshub" --listen 127.0.0.1:0 --workers 1 --echo \
-            --port-file "$tmp/port" 2>"$tmp/err" &
+            --port-file "$tmp/port" $wshub_extra 2>"$tmp/err" &
         ;;
     rawecho)
         taskset -c 0 "$build/bench/rawecho" --port 0 --mode "$mode" --size "$3" 2>"$tmp/err" &
@@ -108,13 +118,49 @@ for s in $SERVERS; do
     if available "$s"; then servers="$servers $s"; else echo "skip $s (not built/installed)" >&2; fi
 done
 
-cell "echo 100x1 32B" "$REPS" echo -c 100 -p 1 -s 32
-cell "echo 100x16 32B" "$REPS" echo -c 100 -p 16 -s 32
-cell "echo 100x1 16KiB" "$REPS" echo -c 100 -p 1 -s 16384
-cell "echo 100x16 16KiB" "$REPS" echo -c 100 -p 16 -s 16384
-cell "fanout 64B x1000" "$REPS" fanout -c 1000 -s 64
-cell "fanout 64B x10000" 1 fanout -c 10000 -s 64 --sources 4
-cell "connect -c 50" "$REPS" connect -c 50 -s 32
-cell "idle 10000" 1 idle -c 10000 --sources 4 -s 32
+if [ "$BASE" = 1 ]; then
+    cell "echo 100x1 32B" "$REPS" echo -c 100 -p 1 -s 32
+    cell "echo 100x16 32B" "$REPS" echo -c 100 -p 16 -s 32
+    cell "echo 100x1 16KiB" "$REPS" echo -c 100 -p 1 -s 16384
+    cell "echo 100x16 16KiB" "$REPS" echo -c 100 -p 16 -s 16384
+    cell "fanout 64B x1000" "$REPS" fanout -c 1000 -s 64
+    cell "fanout 64B x10000" 1 fanout -c 10000 -s 64 --sources 4
+    cell "connect -c 50" "$REPS" connect -c 50 -s 32
+    cell "idle 10000" 1 idle -c 10000 --sources 4 -s 32
+fi
+
+# Issue 3 rows: wshub only. Each TLS/deflate cell comes right after its
+# plain twin, with the same bench arguments otherwise.
+base_servers=$servers
+case " $servers " in *" wshub "*) servers=" wshub" ;; *) servers="" ;; esac
+
+if [ "$TLS" = 1 ] && [ -n "$servers" ]; then
+    bash "$here/gen-cert.sh" "$tmp/cert"
+    tls="--tls --cacert $tmp/cert/ca.pem"
+    tls_srv="--tls-cert $tmp/cert/server.pem --tls-key $tmp/cert/server.key"
+    for s in 32 16384; do
+        label="${s}B"
+        [ "$s" = 16384 ] && label=16KiB
+        wshub_extra=""
+        cell "echo 100x16 $label plain" "$REPS" echo -c 100 -p 16 -s "$s"
+        wshub_extra=$tls_srv
+        # shellcheck disable=SC2086
+        cell "echo 100x16 $label TLS" "$REPS" echo -c 100 -p 16 -s "$s" $tls
+    done
+    wshub_extra=""
+    cell "idle $IDLE_CONNS plain" 1 idle -c "$IDLE_CONNS" --sources 4
+    wshub_extra=$tls_srv
+    # shellcheck disable=SC2086
+    cell "idle $IDLE_CONNS TLS" 1 idle -c "$IDLE_CONNS" --sources 4 $tls
+fi
+
+if [ "$DEFLATE" = 1 ] && [ -n "$servers" ]; then
+    wshub_extra="--deflate"
+    cell "echo 100x16 16KiB JSON" "$REPS" echo -c 100 -p 16 --payload json
+    cell "echo 100x16 16KiB JSON deflate" "$REPS" echo -c 100 -p 16 --payload json --deflate
+    cell "idle $IDLE_CONNS deflate" 1 idle -c "$IDLE_CONNS" --sources 4 --deflate
+fi
+wshub_extra=""
+servers=$base_servers
 
 python3 "$here/table.py" "$OUT"

@@ -41,9 +41,17 @@ for key in order:
     other = f"errors {r['errors']}"
     if r["mode"] == "fanout":
         other += f", lost {r['lost']:.0f}/{r['expected']:.0f}"
+    if r.get("tls") or r.get("deflate") or "JSON" in cell:
+        if r["mode"] == "echo":
+            other += f", wire {r['wire_bytes_per_msg']:,.0f} B/round trip"
+    if r.get("deflate"):
+        other += f", deflate agreed on {r.get('pmd_conns', 0):.0f}"
     if r["mode"] == "idle":
         rate = f"{r['server_bytes_per_conn']:,.0f} B/conn"
         other += f", RSS {r['server_rss_before_kb']:.0f}->{r['server_rss_after_kb']:.0f} KiB"
+        if "server_anon_bytes_per_conn" in r:
+            other += (f", RssAnon {r['server_anon_bytes_per_conn']:,.0f} B/conn"
+                      f" (warm-up {r.get('warmup_conns', 0):.0f})")
         print(f"| {cell} | {server} | {rate}{n} | - | - | "
               f"{fmt(r['bench_cpu_ns_per_msg'], ' ns')} | "
               f"{fmt(r.get('server_cpu_ns_per_msg'), ' ns')} | {other} |")
