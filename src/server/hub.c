@@ -113,6 +113,27 @@ static void reply_error(struct worker *w, struct conn *c, int64_t id, const char
 }
 
 /* Sends `disconnect` (DESIGN.md 3) and then the close frame with code. */
+static void disconnect_retry(struct worker *w, struct conn *c, unsigned code, const char *reason,
+                             bool reconnect, uint64_t retry_ms)
+{
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    if (wsh_proto_encode_disconnect(&b, code, reason, strlen(reason), reconnect, retry_ms,
+                                    wall_ms()) == WSH_OK)
+        send_jbuf(w, c, &b);
+    wsh_jbuf_free(&b);
+    conn_close(w, c, code, reason);
+}
+
+/* Shutdown (DESIGN.md 5): every /ws client learns it may come back, each
+ * after its own delay spread over 0.5-5 s, so a restart is not followed by
+ * a reconnect storm. */
+void hub_shutdown_notice(struct worker *w, struct conn *c, unsigned code, const char *reason)
+{
+    uint64_t spread = ((uint64_t)c->id * 2654435761u) % 4500u;
+    disconnect_retry(w, c, code, reason, true, 500 + spread);
+}
+
 static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, const char *reason,
                            bool reconnect)
 {

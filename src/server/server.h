@@ -239,6 +239,7 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
 void hub_conn_end(struct worker *w, struct conn *c);
 /* After a flush: a lagging /ws subscriber whose queue drained gets `lagged`. */
 void hub_drained(struct worker *w, struct conn *c);
+void hub_shutdown_notice(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 void hub_sweep(int64_t now_ms);
 /* The HTTP API (DESIGN.md 6) on /api/..., with its request body. */

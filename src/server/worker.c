@@ -1133,9 +1133,11 @@ static void begin_shutdown(struct worker *w, int code)
     struct conn *next;
     for (struct conn *c = w->conns; c != NULL; c = next) {
         next = c->next;
-        if (c->state == CONN_OPEN)
-            conn_close(w, c, (unsigned)code,
-                       code == WSH_CLOSE_RESTART ? "server restart" : "server shutdown");
+        const char *why = code == WSH_CLOSE_RESTART ? "server restart" : "server shutdown";
+        if (c->state == CONN_OPEN && c->hub != NULL)
+            hub_shutdown_notice(w, c, (unsigned)code, why);
+        else if (c->state == CONN_OPEN)
+            conn_close(w, c, (unsigned)code, why);
         else if (c->state == CONN_HTTP)
             conn_destroy(w, c);
     }

@@ -173,6 +173,7 @@ int run_echo(struct bench *b)
     size_t s = b->o.size;
     if (!e || !(e->payload = malloc(s ? s : 1))) {
         fprintf(stderr, "out of memory\n");
+        free(e);
         return 1;
     }
     /* ASCII so that text frames are valid UTF-8. */
@@ -191,8 +192,11 @@ int run_echo(struct bench *b)
         .on_open = echo_open,
         .on_chunk = echo_chunk,
     };
-    if (bench_init(b, b->o.conns, &m) < 0)
+    if (bench_init(b, b->o.conns, &m) < 0) {
+        free(e->payload);
+        free(e);
         return 1;
+    }
 
     /* Connections stay idle until all are open: the ramp is not measured. */
     int64_t t = now_ns();
@@ -202,6 +206,8 @@ int run_echo(struct bench *b)
         /* Still one report, so that --json readers see the errors. */
         struct report r = { .mode = "echo", .errors = bench_errors(b) };
         report_print(b, &r);
+        free(e->payload);
+        free(e);
         return 1;
     }
     e->sending = true;

@@ -1,0 +1,242 @@
+'use strict';
+// The demo chat page (web/index.html + chat.js + wshub.js) in real
+// Chromium (Debian's /usr/bin/chromium, driven by playwright-core): two
+// pages join one room; typing indicator, message, read receipt, escaping of
+// user text, recovery after a dropped connection (nothing lost, nothing
+// twice), the offline publish buffer, and the connection badge when the
+// server stops and comes back.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { chromium } = require('playwright-core');
+
+const MULT = Number(process.env.WSH_TEST_TIMEOUT_MULTIPLIER || '1') || 1;
+const BIN = process.env.WSHUB_BIN;
+const SRC = path.join(__dirname, '..', '..', '..');
+const WEB_ROOT = process.env.WSH_WEB_ROOT || path.join(SRC, 'web');
+const CONFIG = path.join(SRC, 'examples', 'demo.json');
+const OUT = process.env.WSH_WEB_OUT || process.cwd();
+const CHROMIUM = process.env.WSH_CHROMIUM || '/usr/bin/chromium';
+const T = 10000 * MULT; // per-step wait
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+class Server {
+  constructor(listen) {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-'));
+    this.portFile = path.join(this.dir, 'port');
+    this.log = '';
+    this.proc = spawn(BIN, ['--listen', listen, '--port-file', this.portFile, '--config', CONFIG,
+      '--web-root', WEB_ROOT], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc.stderr.on('data', (d) => { this.log += d; });
+    this.exited = false;
+    this.exit = new Promise((r) => this.proc.on('exit', (code, signal) => { this.exited = true; r({ code, signal }); }));
+  }
+
+  async ready() {
+    const deadline = Date.now() + T;
+    while (Date.now() < deadline) {
+      if (this.exited) throw new Error(`wshub exited at startup: ${this.log.slice(-2000)}`);
+      try {
+        const t = fs.readFileSync(this.portFile, 'utf8');
+        if (/^\d+\n$/.test(t)) { this.port = Number(t); return this; }
+      } catch (e) { /* not yet */ }
+      await sleep(20);
+    }
+    throw new Error('wshub did not write its port file');
+  }
+
+  // Stop only the process we started, by its pid.
+  async stop(signal = 'SIGTERM') {
+    if (!this.exited) this.proc.kill(signal);
+    const r = await this.exit;
+    fs.rmSync(this.dir, { recursive: true, force: true });
+    return r;
+  }
+}
+
+async function startServer(listen = '127.0.0.1:0') {
+  return new Server(listen).ready();
+}
+
+const text = (page, sel) => page.locator(sel).innerText();
+const waitFor = (page, fn, arg) => page.waitForFunction(fn, arg, { timeout: T });
+
+async function openChat(ctx, port, name, room) {
+  const page = await ctx.newPage();
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(String(e)));
+  // Chromium logs each refused WebSocket connection (server stopped) as an
+  // error: expected here.
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/^WebSocket connection to .* failed/.test(m.text())) page.errors.push(m.text());
+  });
+  await page.goto(`http://127.0.0.1:${port}/`);
+  // record every connection state the badge goes through
+  await page.evaluate(() => {
+    window.states = [];
+    window.wshubChat.client.addEventListener('state', (e) => window.states.push(e.detail.state));
+  });
+  await page.fill('#name', name);
+  await page.fill('#room', room);
+  await page.click('#join button');
+  await waitFor(page, () => document.getElementById('badge').dataset.state === 'connected');
+  assert.equal(await page.isVisible('#join'), false, 'the join form is hidden after joining');
+  assert.equal(await page.isVisible('#send'), true);
+  return page;
+}
+
+// Offsets of the stored messages shown, in page order.
+const shownOffsets = (page) => page.$$eval('#messages li[data-offset]', (lis) => lis.map((li) => Number(li.dataset.offset)));
+const bubbles = (page) => page.$$eval('#messages li .bubble', (bs) => bs.map((b) => b.textContent));
+
+test('two people chat in real Chromium', { timeout: 150000 * MULT }, async (t) => {
+  assert.ok(BIN, 'WSHUB_BIN is not set');
+  let server = await startServer();
+  const port = server.port;
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
+  const ctx = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 900, height: 560 },
+  });
+  t.after(async () => {
+    await ctx.close().catch(() => {});
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+    await server.stop('SIGKILL').catch(() => {});
+  });
+
+  const a = await openChat(ctx, port, 'Alice', 'testroom');
+  const b = await openChat(ctx, port, 'Bob', 'testroom');
+
+  await t.test('presence lists both names', async () => {
+    await waitFor(a, () => /Bob/.test(document.getElementById('presence').textContent));
+    await waitFor(b, () => /Alice/.test(document.getElementById('presence').textContent));
+    assert.match(await text(a, '#presence'), /Alice \(you\)/);
+    assert.equal(await text(a, '#count'), '(2)');
+  });
+
+  await t.test('typing indicator, message, read receipt', async () => {
+    await a.click('#text');
+    await a.keyboard.type('Hello Bob', { delay: 20 });
+    await waitFor(b, () => document.getElementById('typing').textContent === 'Alice is typing…');
+    await b.screenshot({ path: path.join(OUT, 'chat-bob-typing.png') });
+    await a.keyboard.press('Enter');
+    await waitFor(b, () => [...document.querySelectorAll('#messages .bubble')].some((e) => e.textContent === 'Hello Bob'));
+    // the indicator goes away with the message
+    await waitFor(b, () => document.getElementById('typing').textContent === '');
+    // Alice's own copy is stored (has an offset), not pending
+    await waitFor(a, () => document.querySelector('#messages li.mine[data-offset]') !== null);
+    assert.match(await text(b, '#messages li:last-child .meta'), /^Alice · /);
+    // Bob's page is visible, so it marks the message read; Alice sees it
+    await waitFor(a, () => {
+      const li = document.querySelector('#messages li[data-offset]:last-child');
+      return li && li.querySelector('.seen')?.textContent === 'seen by Bob';
+    });
+    // the receipt is not shown for the reader himself
+    assert.equal(await b.locator('#messages .seen').count(), 0);
+  });
+
+  await t.test('the reply and its receipt go the other way', async () => {
+    await b.fill('#text', 'Hi Alice');
+    await b.press('#text', 'Enter');
+    await waitFor(a, () => document.querySelector('#messages li:last-child .bubble')?.textContent === 'Hi Alice');
+    await waitFor(b, () => document.querySelector('#messages li:last-child .seen')?.textContent === 'seen by Alice');
+    // the earlier receipt moved down: only one "seen by Bob" on Alice's page
+    await waitFor(a, () => document.querySelectorAll('#messages .seen').length === 1);
+  });
+
+  await t.test('user text is escaped', async () => {
+    const evil = '<img src=x onerror="window.pwned=1"><b>bold</b>';
+    await a.fill('#text', evil);
+    await a.press('#text', 'Enter');
+    await waitFor(b, (s) => [...document.querySelectorAll('#messages .bubble')].some((e) => e.textContent === s), evil);
+    assert.equal(await b.locator('#messages img, #messages b').count(), 0);
+    assert.equal(await b.evaluate(() => window.pwned), undefined);
+  });
+
+  await a.screenshot({ path: path.join(OUT, 'chat-alice.png') });
+  await b.screenshot({ path: path.join(OUT, 'chat-bob.png') });
+
+  await t.test('recovery after a dropped connection: nothing lost, nothing twice', async () => {
+    // Bob's next reconnect waits ~0.5 s (random() near 1), long enough
+    // for Alice to publish while he is away.
+    await b.evaluate(() => { Math.random = () => 0.99; window.states.length = 0; });
+    await b.evaluate(() => window.wshubChat.client.dropConnection());
+    await waitFor(b, () => document.getElementById('badge').dataset.state !== 'connected');
+    // Bob writes while offline: the publish waits in the buffer
+    await b.fill('#text', 'written offline');
+    await b.press('#text', 'Enter');
+    assert.equal(await b.evaluate(() => document.querySelector('#messages li.pending .bubble')?.textContent), 'written offline');
+    const sent = await a.evaluate(async () => {
+      const { client, channel } = window.wshubChat;
+      const acks = [];
+      for (let i = 1; i <= 5; i++) acks.push(await client.publish(channel, { name: 'Alice', text: `while away ${i}` }));
+      return acks.map((x) => x.offset);
+    });
+    await waitFor(b, () => document.getElementById('badge').dataset.state === 'connected');
+    const states = await b.evaluate(() => window.states);
+    assert.deepEqual(states.slice(0, 2), ['disconnected', 'reconnecting'], JSON.stringify(states));
+    assert.ok(states.includes('connected'));
+    for (const page of [a, b]) {
+      await waitFor(page, () => [...document.querySelectorAll('#messages .bubble')].filter((e) => e.textContent === 'written offline').length === 1
+        && document.querySelector('#messages li.pending') === null);
+    }
+    await waitFor(b, (last) => Number(document.querySelector('#messages li[data-offset]:last-child')?.dataset.offset) >= last, sent[4]);
+    for (const page of [a, b]) {
+      const offs = await shownOffsets(page);
+      assert.deepEqual(offs, [...new Set(offs)].sort((x, y) => x - y), 'unique and in order');
+      assert.deepEqual(offs, Array.from({ length: offs.length }, (_, i) => i + 1), 'no gaps');
+      const texts = await bubbles(page);
+      for (let i = 1; i <= 5; i++) assert.equal(texts.filter((s) => s === `while away ${i}`).length, 1);
+    }
+    assert.deepEqual(await shownOffsets(a), await shownOffsets(b));
+    assert.equal(await b.evaluate(() => window.wshubChat.client.pendingPublishes), 0);
+  });
+
+  await t.test('a 45xx close is terminal: no reconnect', async () => {
+    // A bad token gets error 2001 and close 4500 (anonymous access does not
+    // rescue a connection that presented invalid credentials).
+    const r = await a.evaluate(async () => {
+      const { WshubClient } = await import('/wshub.js');
+      const c = new WshubClient(`ws://${location.host}/ws`, { token: 'e30.e30.bad' });
+      const states = [];
+      const closes = [];
+      c.addEventListener('state', (e) => { states.push(e.detail.state); if (e.detail.code) closes.push(e.detail.code); });
+      c.connect();
+      await new Promise((res) => setTimeout(res, 1500));
+      return { states, closes, state: c.state };
+    });
+    assert.equal(r.state, 'closed', JSON.stringify(r));
+    assert.deepEqual(r.states, ['connecting', 'disconnected', 'closed']);
+    assert.equal(r.closes[0], 4500);
+  });
+
+  await t.test('badge shows the server going away and coming back', async () => {
+    await server.stop('SIGTERM');
+    for (const page of [a, b]) {
+      await waitFor(page, () => ['disconnected', 'reconnecting'].includes(document.getElementById('badge').dataset.state));
+    }
+    assert.match(await text(a, '#badge'), /^(disconnected|reconnecting)/);
+    await a.screenshot({ path: path.join(OUT, 'chat-alice-reconnecting.png') });
+    // same port again; history is gone (memory broker): a new epoch
+    server = await startServer(`127.0.0.1:${port}`);
+    for (const page of [a, b]) {
+      await page.waitForFunction(() => document.getElementById('badge').dataset.state === 'connected', null, { timeout: 30000 * MULT });
+    }
+    await waitFor(a, () => document.querySelectorAll('#messages li[data-offset]').length === 0);
+    await waitFor(a, () => /Bob/.test(document.getElementById('presence').textContent));
+    await a.fill('#text', 'after restart');
+    await a.press('#text', 'Enter');
+    await waitFor(b, () => document.querySelector('#messages li:last-child .bubble')?.textContent === 'after restart');
+    assert.deepEqual(await shownOffsets(b), [1]);
+  });
+
+  assert.deepEqual(a.errors, []);
+  assert.deepEqual(b.errors, []);
+});

@@ -1,0 +1,447 @@
+// wshub browser client: an ES module with no dependencies and no build step.
+// It speaks the JSON envelope protocol of docs/protocol.md on /ws.
+//
+//   import { WshubClient } from './wshub.js';
+//   const client = new WshubClient('ws://127.0.0.1:8080/ws', { getToken });
+//   client.addEventListener('state', (e) => badge(e.detail.state));
+//   const sub = client.subscribe('chat:lobby', { onMessage(m) { ... } });
+//   client.connect();
+//   await client.publish('chat:lobby', { text: 'hi' });
+//
+// Guarantees (DESIGN.md §4): the last offset/epoch seen on each channel is
+// kept and sent as `recover` when re-subscribing after a reconnect, and
+// messages at or below that offset are dropped, so a handler sees every
+// message once and in order. Publishes carry a `msg_id` and are re-sent
+// under the same id until acknowledged (the server de-duplicates them);
+// publishes made while offline wait in a buffer and go out after reconnect.
+
+export const BACKOFF_BASE_MS = 500;
+export const BACKOFF_CAP_MS = 10000;
+
+// "Full jitter" exponential backoff (AWS architecture blog): a uniformly
+// random delay in [0, min(cap, base * 2^attempt)). attempt counts from 0.
+export function backoffDelay(attempt, { base = BACKOFF_BASE_MS, cap = BACKOFF_CAP_MS, random = Math.random } = {}) {
+  const ceiling = Math.min(cap, base * 2 ** Math.min(Math.max(attempt, 0), 30));
+  return Math.floor(random() * ceiling);
+}
+
+// The delay before the next reconnect: the server's retry_after_ms (from a
+// `disconnect` push), if any, plus our own jitter.
+export function reconnectDelay(attempt, retryAfterMs = 0, opts = {}) {
+  const hint = Number.isFinite(retryAfterMs) && retryAfterMs > 0 ? retryAfterMs : 0;
+  return hint + backoffDelay(attempt, opts);
+}
+
+// Close codes 4500-4999 are terminal (docs/close-codes.md); everything else
+// (1000-range restarts and errors, 4000-4499) may reconnect.
+export function mayReconnect(code) {
+  return !(code >= 4500 && code <= 4999);
+}
+
+// Error codes worth retrying a publish for: rate limited, internal error,
+// broker temporarily unavailable.
+const RETRYABLE_ERRORS = new Set([3000, 5000, 5001]);
+const REQUEST_TIMEOUT_MS = 10000;
+
+export class WshubError extends Error {
+  constructor(code, message, reply) {
+    super(message || `wshub error ${code}`);
+    this.name = 'WshubError';
+    this.code = code;
+    this.reply = reply;
+  }
+}
+
+function randomId() {
+  const a = new Uint8Array(8);
+  globalThis.crypto.getRandomValues(a);
+  return Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+class Subscription {
+  constructor(client, channel, handlers) {
+    this.client = client;
+    this.channel = channel;
+    this.handlers = handlers || {};
+    this.offset = null; // last offset delivered to onMessage
+    this.epoch = null;
+    this.active = false; // subscribed on the current connection
+  }
+
+  publish(payload, opts) { return this.client.publish(this.channel, payload, opts); }
+  presence() { return this.client.presence(this.channel); }
+  history(opts) { return this.client.history(this.channel, opts); }
+  signal(payload) { return this.client.signal(this.channel, payload); }
+  read(offset) { return this.client.read(this.channel, offset); }
+  unsubscribe() { return this.client.unsubscribe(this.channel); }
+
+  call(name, arg) {
+    const fn = this.handlers[name];
+    if (typeof fn !== 'function') return;
+    try {
+      fn.call(this, arg, this);
+    } catch (e) {
+      console.error(`wshub: ${name} handler for ${this.channel} threw`, e);
+    }
+  }
+
+  // A message push or a replayed history entry. Returns true if delivered.
+  deliver(m) {
+    if (this.epoch !== null && m.epoch === this.epoch && this.offset !== null && m.offset <= this.offset) {
+      return false; // seen already (replay overlap)
+    }
+    this.epoch = m.epoch ?? this.epoch;
+    this.offset = m.offset;
+    this.call('onMessage', m);
+    return true;
+  }
+}
+
+export class WshubClient extends EventTarget {
+  // url: ws(s)://host/ws. options.token: a JWT; options.getToken: an async
+  // function returning a fresh JWT (called before each connect and on
+  // refresh_required). options.WebSocket: a constructor (for Node tests).
+  constructor(url, { token = null, getToken = null, WebSocket = globalThis.WebSocket } = {}) {
+    super();
+    this.url = url;
+    this.token = token;
+    this.getToken = getToken;
+    this.WebSocketImpl = WebSocket;
+    this.state = 'disconnected';
+    this.client = null; // connection id from `connected`
+    this.user = null; // user id from `connected`
+    this.ws = null;
+    this.subs = new Map(); // channel -> Subscription
+    this.pending = new Map(); // command id -> {resolve, reject, timer}
+    this.outbox = []; // publishes not yet acknowledged, in order
+    this.nextId = 1;
+    this.attempt = 0;
+    this.retryAfterMs = 0;
+    this.serverSaysNoReconnect = false;
+    this.reconnectTimer = null;
+    this.wanted = false; // the user wants to be connected
+    this.msgPrefix = randomId();
+    this.msgSeq = 0;
+    // Back online: try now instead of waiting out the backoff.
+    globalThis.addEventListener?.('online', () => {
+      if (this.reconnectTimer) {
+        clearTimeout(this.reconnectTimer);
+        this.reconnectTimer = null;
+        this.open('connecting');
+      }
+    });
+  }
+
+  // --- connection ---------------------------------------------------------
+
+  connect() {
+    if (this.wanted) return;
+    this.wanted = true;
+    this.attempt = 0;
+    this.open('connecting');
+  }
+
+  disconnect() {
+    this.wanted = false;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      ws.onclose = ws.onmessage = ws.onopen = ws.onerror = null;
+      try { ws.close(1000); } catch (e) { /* already closed */ }
+      this.lost();
+    }
+    this.setState('disconnected');
+  }
+
+  // Drop the connection as if the network failed (reconnects normally).
+  // Useful for demos and tests.
+  dropConnection() {
+    if (this.ws) this.ws.close(4000, 'client dropped');
+  }
+
+  setState(state, detail = {}) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('state', { detail: { state, ...detail } }));
+  }
+
+  async open(state) {
+    this.setState(state);
+    let token = this.token;
+    if (this.getToken) {
+      try {
+        token = await this.getToken();
+        this.token = token;
+      } catch (e) {
+        this.scheduleReconnect({ reason: `getToken failed: ${e.message}` });
+        return;
+      }
+    }
+    if (!this.wanted) return;
+    const ws = new this.WebSocketImpl(this.url);
+    this.ws = ws;
+    this.serverSaysNoReconnect = false;
+    this.retryAfterMs = 0;
+    ws.onopen = () => {
+      const payload = token ? { token } : undefined;
+      this.request({ type: 'connect', payload }).then((r) => this.onConnected(r), (e) => {
+        this.dispatchEvent(new CustomEvent('error', { detail: e }));
+      });
+    };
+    ws.onmessage = (ev) => this.onFrame(ev.data);
+    ws.onclose = (ev) => this.onClose(ws, ev.code, ev.reason);
+    ws.onerror = () => { /* onclose follows */ };
+  }
+
+  async onConnected(reply) {
+    this.client = reply.payload.client;
+    this.user = reply.payload.user;
+    this.attempt = 0;
+    this.setState('connected', { client: this.client, user: this.user });
+    // Re-subscribe (with recovery), then flush the publish buffer, so our
+    // own publishes are not sent before we are a subscriber again.
+    await Promise.all([...this.subs.values()].map((s) => this.sendSubscribe(s)));
+    this.flushOutbox();
+  }
+
+  onClose(ws, code, reason) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    this.lost();
+    this.setState('disconnected', { code, reason });
+    if (!this.wanted) return;
+    if (!mayReconnect(code) || this.serverSaysNoReconnect) {
+      this.wanted = false;
+      this.setState('closed', { code, reason });
+      return;
+    }
+    this.scheduleReconnect({ code, reason });
+  }
+
+  scheduleReconnect(detail) {
+    const delay = reconnectDelay(this.attempt, this.retryAfterMs);
+    this.attempt++;
+    this.setState('reconnecting', { ...detail, delay, attempt: this.attempt });
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.wanted) this.open('connecting');
+    }, delay);
+  }
+
+  // The connection is gone: fail pending requests (publishes stay in the
+  // outbox and are re-sent under the same msg_id).
+  lost() {
+    for (const [, p] of this.pending) {
+      clearTimeout(p.timer);
+      if (!p.publish) p.reject(new WshubError(0, 'disconnected'));
+    }
+    this.pending.clear();
+    for (const s of this.subs.values()) s.active = false;
+    for (const item of this.outbox) item.sent = false;
+  }
+
+  // --- wire ---------------------------------------------------------------
+
+  send(obj) {
+    if (!this.ws || this.ws.readyState !== 1) return false;
+    this.ws.send(JSON.stringify(obj));
+    return true;
+  }
+
+  request(cmd, { publish = false } = {}) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const p = { resolve, reject, publish, timer: null };
+      if (!publish) {
+        p.timer = setTimeout(() => {
+          this.pending.delete(id);
+          reject(new WshubError(0, `timeout: ${cmd.type}`));
+        }, REQUEST_TIMEOUT_MS);
+      }
+      this.pending.set(id, p);
+      if (!this.send({ ...cmd, id })) {
+        clearTimeout(p.timer);
+        this.pending.delete(id);
+        reject(new WshubError(0, 'not connected'));
+      }
+    });
+  }
+
+  onFrame(text) {
+    let m;
+    try {
+      m = JSON.parse(text);
+    } catch (e) {
+      return;
+    }
+    if (typeof m.id === 'number' && this.pending.has(m.id)) {
+      const p = this.pending.get(m.id);
+      this.pending.delete(m.id);
+      clearTimeout(p.timer);
+      if (m.type === 'error') p.reject(new WshubError(m.payload?.code, m.payload?.message, m));
+      else p.resolve(m);
+      return;
+    }
+    const sub = m.channel ? this.subs.get(m.channel) : null;
+    switch (m.type) {
+      case 'message':
+        if (sub) sub.deliver(m);
+        break;
+      case 'join': if (sub) sub.call('onJoin', m.payload); break;
+      case 'leave': if (sub) sub.call('onLeave', m.payload); break;
+      case 'signal': if (sub) sub.call('onSignal', { from: m.from, payload: m.payload, timestamp: m.timestamp }); break;
+      case 'read': if (sub) sub.call('onRead', m.payload); break;
+      case 'lagged': if (sub) this.catchUp(sub); break;
+      case 'refresh_required': this.refresh(); break;
+      case 'disconnect':
+        this.retryAfterMs = m.payload?.retry_after_ms || 0;
+        if (m.payload?.reconnect === false) this.serverSaysNoReconnect = true;
+        break;
+      case 'error':
+        this.dispatchEvent(new CustomEvent('error', { detail: new WshubError(m.payload?.code, m.payload?.message, m) }));
+        if (sub) sub.call('onError', m.payload);
+        break;
+      default:
+        break;
+    }
+  }
+
+  async refresh() {
+    if (!this.getToken) return;
+    try {
+      this.token = await this.getToken();
+      await this.request({ type: 'refresh', payload: { token: this.token } });
+    } catch (e) {
+      this.dispatchEvent(new CustomEvent('error', { detail: e }));
+    }
+  }
+
+  // --- channels -----------------------------------------------------------
+
+  // handlers: onMessage(msg), onJoin(entry), onLeave(entry), onSignal({from,
+  // payload}), onRead({user, offset}), onSubscribed({offset, epoch,
+  // recovered, resubscribe}), onError(payload).
+  subscribe(channel, handlers = {}) {
+    if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
+    const sub = new Subscription(this, channel, handlers);
+    this.subs.set(channel, sub);
+    if (this.state === 'connected') this.sendSubscribe(sub);
+    return sub;
+  }
+
+  async unsubscribe(channel) {
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    this.subs.delete(channel);
+    if (sub.active) {
+      sub.active = false;
+      await this.request({ type: 'unsubscribe', channel }).catch(() => {});
+    }
+  }
+
+  async sendSubscribe(sub) {
+    const cmd = { type: 'subscribe', channel: sub.channel };
+    const resubscribe = sub.epoch !== null;
+    if (resubscribe && sub.offset !== null) cmd.payload = { recover: { offset: sub.offset, epoch: sub.epoch } };
+    let r;
+    try {
+      r = await this.request(cmd);
+    } catch (e) {
+      if (e.code === 4002) { sub.active = true; return; } // already subscribed
+      if (e.code !== 0) sub.call('onError', { code: e.code, message: e.message }); // 0: connection lost, retried
+      return;
+    }
+    if (this.subs.get(sub.channel) !== sub) return;
+    sub.active = true;
+    const { offset, epoch, recovered } = r.payload;
+    if (!recovered) {
+      // Nothing replayed: start from the channel's current position. The
+      // application re-syncs (history) in onSubscribed when resubscribe is
+      // true and recovered is false.
+      sub.epoch = epoch;
+      sub.offset = offset;
+    }
+    sub.call('onSubscribed', { offset, epoch, recovered: !!recovered, resubscribe });
+  }
+
+  // After `lagged`: fetch what was dropped from history.
+  async catchUp(sub) {
+    try {
+      const r = await this.history(sub.channel, { since: sub.offset ?? 0 });
+      for (const m of r.messages) sub.deliver({ channel: sub.channel, epoch: r.epoch, ...m });
+    } catch (e) {
+      sub.call('onError', { code: e.code, message: e.message });
+    }
+  }
+
+  // --- commands -----------------------------------------------------------
+
+  // Resolves with the ack payload ({offset}) once the server stored the
+  // message. Offline, the publish waits in the buffer and goes out after
+  // reconnect; a publish that was sent but not acked is re-sent under the
+  // same msg_id, which the server de-duplicates.
+  publish(channel, payload, { msgId } = {}) {
+    const msg_id = msgId || `${this.msgPrefix}-${++this.msgSeq}`;
+    return new Promise((resolve, reject) => {
+      const item = { channel, payload, msg_id, resolve, reject, sent: false, tries: 0 };
+      this.outbox.push(item);
+      this.flushOutbox();
+    });
+  }
+
+  get pendingPublishes() { return this.outbox.length; }
+
+  flushOutbox() {
+    if (this.state !== 'connected') return;
+    for (const item of this.outbox) {
+      if (!item.sent) this.sendPublish(item);
+    }
+  }
+
+  sendPublish(item) {
+    if (this.state !== 'connected' || item.sent) return;
+    const sub = this.subs.get(item.channel);
+    if (sub && !sub.active) return; // wait for the re-subscribe
+    item.sent = true;
+    item.tries++;
+    this.request({ type: 'publish', channel: item.channel, msg_id: item.msg_id, payload: item.payload }, { publish: true })
+      .then((r) => {
+        this.outbox = this.outbox.filter((x) => x !== item);
+        item.resolve(r.payload);
+      }, (e) => {
+        if (e.code === 0) return; // disconnected: stays in the outbox
+        if (RETRYABLE_ERRORS.has(e.code) && item.tries < 10) {
+          item.sent = false;
+          setTimeout(() => this.sendPublish(item), backoffDelay(item.tries));
+          return;
+        }
+        this.outbox = this.outbox.filter((x) => x !== item);
+        item.reject(e);
+      });
+  }
+
+  async presence(channel) {
+    return (await this.request({ type: 'presence', channel })).payload;
+  }
+
+  // opts: {since, limit}. Resolves with {offset, epoch, messages}.
+  async history(channel, { since, limit } = {}) {
+    const payload = {};
+    if (since !== undefined) payload.since = since;
+    if (limit !== undefined) payload.limit = limit;
+    return (await this.request({ type: 'history', channel, payload })).payload;
+  }
+
+  // Ephemeral, best effort, no reply: returns false when not sent.
+  signal(channel, payload) {
+    const sub = this.subs.get(channel);
+    if (this.state !== 'connected' || (sub && !sub.active)) return false;
+    return this.send({ type: 'signal', channel, payload });
+  }
+
+  async read(channel, offset) {
+    return (await this.request({ type: 'read', channel, payload: { offset } })).payload;
+  }
+}
