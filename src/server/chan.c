@@ -82,19 +82,45 @@ void rawchan_leave(struct worker *w, struct conn *c)
     atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
 }
 
-/* Sends one encoded frame to every local subscriber but skip. Recipients
- * with permessage-deflate get a compressed copy, made once per distinct
- * deflate window on this worker and shared like the plain frame (our side
- * never keeps compression context, so the bytes depend only on the window
- * and the payload). */
+void zcache_init(struct zcache *z, struct wsh_buf *frame)
+{
+    memset(z, 0, sizeof(*z));
+    z->frame = frame;
+    z->payload = frame_payload(frame, &z->plen);
+    z->worth = wsh_cfg.deflate && wsh_pmd_worth_compressing(&wsh_cfg.pmd, z->plen);
+}
+
+/* The frame a recipient gets: the shared plain frame, or for a connection
+ * with permessage-deflate a compressed copy made once per distinct deflate
+ * window on this worker and shared like the plain one (our side never
+ * keeps compression context, so the bytes depend only on the window and
+ * the payload). */
+struct wsh_buf *zcache_frame(struct zcache *z, const struct conn *c)
+{
+    if (!z->worth || c->pmd == NULL)
+        return z->frame;
+    uint8_t bits = wsh_pmd_server_window_bits(c->pmd) & 15u;
+    if (z->buf[bits] == NULL && !z->failed[bits]) {
+        z->buf[bits] = frame_deflate(NULL, bits, z->frame->data[z->frame->start] & 0x0fu,
+                                     z->payload, z->plen);
+        z->failed[bits] = z->buf[bits] == NULL;
+    }
+    return z->buf[bits] ? z->buf[bits] : z->frame;
+}
+
+void zcache_release(struct zcache *z)
+{
+    for (int i = 0; i < 16; i++)
+        if (z->buf[i])
+            wsh_buf_unref(z->buf[i]);
+}
+
+/* Sends one encoded frame to every local subscriber but skip. */
 static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *skip,
                           struct wsh_buf *frame)
 {
-    struct wsh_buf *zcache[16] = { 0 };
-    bool zfailed[16] = { 0 };
-    size_t plen;
-    const uint8_t *payload = frame_payload(frame, &plen);
-    bool worth = wsh_cfg.deflate && wsh_pmd_worth_compressing(&wsh_cfg.pmd, plen);
+    struct zcache zc;
+    zcache_init(&zc, frame);
     struct conn *next;
     for (struct conn *c = ch->local[w->id].head; c != NULL; c = next) {
         /* conn_send may close a slow consumer, unlinking it: read the next
@@ -102,22 +128,9 @@ static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *ski
         next = c->chan_next;
         if (c == skip)
             continue;
-        struct wsh_buf *f = frame;
-        if (worth && c->pmd) {
-            uint8_t bits = wsh_pmd_server_window_bits(c->pmd) & 15u;
-            if (zcache[bits] == NULL && !zfailed[bits]) {
-                zcache[bits] = frame_deflate(NULL, bits, frame->data[frame->start] & 0x0fu,
-                                             payload, plen);
-                zfailed[bits] = zcache[bits] == NULL;
-            }
-            if (zcache[bits])
-                f = zcache[bits];
-        }
-        conn_send(w, c, wsh_buf_ref(f));
+        conn_send(w, c, wsh_buf_ref(zcache_frame(&zc, c)));
     }
-    for (int i = 0; i < 16; i++)
-        if (zcache[i])
-            wsh_buf_unref(zcache[i]);
+    zcache_release(&zc);
 }
 
 void inbox_push(struct worker *to, const struct xmsg *m)

@@ -94,7 +94,11 @@ static void send_jbuf(struct worker *w, struct conn *c, struct wsh_jbuf *b)
 {
     if (b->_oom || b->len == 0)
         return;
-    struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
+    struct wsh_buf *f = NULL;
+    if (c->pmd && wsh_pmd_worth_compressing(&wsh_cfg.pmd, b->len))
+        f = frame_deflate(c->pmd, 0, WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
+    if (f == NULL)
+        f = frame_new(WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
     if (f == NULL) {
         conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
         return;
@@ -259,6 +263,8 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
                           uint64_t offset, const struct conn *skip)
 {
     bool lag_policy = ch->ns->slow_consumer == WSH_SLOW_DROP_OLDEST && offset != 0;
+    struct zcache zc;
+    zcache_init(&zc, frame);
     struct hubsub *next;
     for (struct hubsub *s = ch->local[w->id].head; s != NULL; s = next) {
         next = s->next;
@@ -266,8 +272,9 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
             continue;
         if (lag_policy && drop_for_lag(w, s, offset, wsh_buf_len(frame)))
             continue;
-        conn_send(w, s->c, wsh_buf_ref(frame));
+        conn_send(w, s->c, wsh_buf_ref(zcache_frame(&zc, s->c)));
     }
+    zcache_release(&zc);
 }
 
 void hub_drained(struct worker *w, struct conn *c)

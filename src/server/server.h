@@ -251,6 +251,17 @@ void hub_kick_local(struct worker *w, const char *user, unsigned code, const cha
 void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req);
 
 /* chan.c: raw channels and the cross-worker inbox. */
+struct zcache {
+    struct wsh_buf *frame; /* the plain frame, borrowed */
+    const uint8_t *payload;
+    size_t plen;
+    bool worth;
+    struct wsh_buf *buf[16]; /* compressed copies by deflate window bits */
+    bool failed[16];
+};
+void zcache_init(struct zcache *z, struct wsh_buf *frame);
+struct wsh_buf *zcache_frame(struct zcache *z, const struct conn *c);
+void zcache_release(struct zcache *z);
 void inbox_push(struct worker *to, const struct xmsg *m);
 struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len);
 void rawchan_leave(struct worker *w, struct conn *c);
