@@ -139,7 +139,7 @@ def test_missing_version_400_or_426(wshub):
         assert r.header("sec-websocket-version") == "13", r
 
 
-@pytest.mark.parametrize("path", ["/nope", "/", "/echo/extra", "/rawx/a", "/healthz/x"])
+@pytest.mark.parametrize("path", ["/nope", "/nope.html", "/../README.md", "/echo/extra", "/rawx/a", "/healthz/x"])
 def test_unknown_path_404(wshub, path):
     s = wshub("--echo")
     r = send(s, req(path=path))
