@@ -956,6 +956,14 @@ struct ipcount {
 static pthread_mutex_t ip_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct ipcount *ip_table[IP_BUCKETS];
 
+static uint32_t ip_hash(const uint8_t *a, size_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ a[i]) * 16777619u;
+    return h % IP_BUCKETS;
+}
+
 static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t limit, bool *over)
 {
     const uint8_t *a;
@@ -969,11 +977,8 @@ static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t li
     } else {
         return NULL;
     }
-    uint32_t h = 2166136261u;
-    for (int i = 0; i < len; i++)
-        h = (h ^ a[i]) * 16777619u;
     pthread_mutex_lock(&ip_mu);
-    struct ipcount **pp = &ip_table[h % IP_BUCKETS], *e = *pp;
+    struct ipcount **pp = &ip_table[ip_hash(a, len)], *e = *pp;
     while (e && !(e->len == len && memcmp(e->addr, a, len) == 0))
         e = e->next;
     if (e == NULL) {
@@ -998,10 +1003,7 @@ static void ip_release(struct ipcount *e)
 {
     pthread_mutex_lock(&ip_mu);
     if (--e->n == 0) {
-        uint32_t h = 2166136261u;
-        for (int i = 0; i < e->len; i++)
-            h = (h ^ e->addr[i]) * 16777619u;
-        struct ipcount **pp = &ip_table[h % IP_BUCKETS];
+        struct ipcount **pp = &ip_table[ip_hash(e->addr, e->len)];
         while (*pp != e)
             pp = &(*pp)->next;
         *pp = e->next;
