@@ -59,6 +59,7 @@ struct hubconn {
     bool anonymous;
     bool refresh_sent;
     bool lagging; /* some subscription has lagged_from set */
+    bool connected; /* `connect` was answered */
     char client[24];
     char anon[32]; /* user id of an anonymous connection: "anon-<client>" */
     double tokens; /* publish/signal token bucket */
@@ -277,6 +278,11 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
     zcache_release(&zc);
 }
 
+void hub_slow_consumer(struct worker *w, struct conn *c)
+{
+    hub_disconnect(w, c, 4101, "slow consumer", true);
+}
+
 void hub_drained(struct worker *w, struct conn *c)
 {
     struct hubconn *h = c->hub;
@@ -288,13 +294,19 @@ void hub_drained(struct worker *w, struct conn *c)
             send_lagged(w, s);
 }
 
-/* Delivers one encoded push to every subscriber of ch on every worker. */
+/* Delivers one encoded push to every subscriber of ch on every worker.
+ * A message (offset != 0) goes through every worker's inbox, this one's
+ * too: on_message runs under the broker's per-channel order lock, so the
+ * inboxes receive offsets in order, and a worker drains its inbox in
+ * order. Delivering to local subscribers at once instead would let a later
+ * offset published here overtake an earlier one still in this worker's
+ * inbox from another worker. Pushes without an offset go out at once. */
 static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset, int64_t t_ms,
                     const struct conn *skip)
 {
     struct worker *w = wsh_self;
     for (int i = 0; i < wsh_nworkers; i++) {
-        if (w != NULL && i == w->id)
+        if (w != NULL && i == w->id && offset == 0)
             continue;
         if (atomic_load_explicit(&ch->local[i].n, memory_order_relaxed) == 0)
             continue;
@@ -303,16 +315,13 @@ static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset, 
             .ch = ch, .buf = wsh_buf_ref(frame), .offset = offset, .t_ms = t_ms, .kind = XMSG_HUB
         };
         inbox_push(&wsh_workers[i], &m);
-        if (w != NULL)
+        if (w != NULL && i != w->id)
             w->wake[i] = true;
-        else
+        else if (w == NULL)
             worker_wake(&wsh_workers[i]);
     }
-    if (w != NULL) {
+    if (w != NULL && offset == 0)
         fan_out_local(w, ch, frame, offset, skip);
-        if (offset != 0)
-            metric_latency(w, t_ms);
-    }
 }
 
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m)
@@ -446,6 +455,11 @@ int hub_init(const char *config_path, char *err, size_t errlen)
     return 0;
 }
 
+uint64_t hub_max_message(void)
+{
+    return have_config ? hubcfg.limits.max_message : 0;
+}
+
 void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip)
 {
     /* Only a configuration file turns these on: the built-in defaults
@@ -456,6 +470,13 @@ void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip)
 
 /* libjwt state is not shared between threads: one key set per worker. */
 static _Thread_local struct wsh_auth *auth;
+
+void hub_worker_exit(struct worker *w)
+{
+    (void)w;
+    wsh_auth_destroy(auth);
+    auth = NULL;
+}
 
 int hub_worker_init(struct worker *w)
 {
@@ -506,8 +527,10 @@ static void arm_expiry(struct worker *w, struct hubconn *h)
         return;
     int64_t now = wall_ms();
     int64_t at = h->id.exp_ms - REFRESH_AHEAD_MS;
-    if (h->refresh_sent || at <= now)
+    if (h->refresh_sent)
         at = h->id.exp_ms;
+    else if (at < now)
+        at = now; /* expires within the lead time: ask for a refresh now */
     wsh_timer_start(w->loop, &h->exp_timer, at > now ? (uint64_t)(at - now) : 0);
 }
 
@@ -844,16 +867,21 @@ static bool take_token(struct hubconn *h)
     return true;
 }
 
-static bool may_publish(struct hubconn *h, const struct wsh_cmd *cmd,
-                        const struct wsh_ns_config *ns)
+/* Returns 0 when the connection may publish on the channel, else the
+ * error code: the namespace takes publishes from the server only (2004),
+ * the connection is not subscribed (4003), or the token's `publish`
+ * patterns do not allow the channel (2004). */
+static int may_publish(struct hubconn *h, const struct wsh_cmd *cmd,
+                       const struct wsh_ns_config *ns)
 {
     if (ns->publish != WSH_PUBLISH_SUBSCRIBERS)
-        return false;
+        return WSH_PERR_PUBLISH_DENIED;
     if (find_sub(h, cmd->channel, cmd->channel_len) == NULL)
-        return false;
-    if (!h->anonymous && h->id.npublish > 0)
-        return wsh_auth_can_publish(&h->id, cmd->channel, cmd->channel_len);
-    return true;
+        return WSH_PERR_NOT_SUBSCRIBED;
+    if (!h->anonymous && h->id.npublish > 0 &&
+        !wsh_auth_can_publish(&h->id, cmd->channel, cmd->channel_len))
+        return WSH_PERR_PUBLISH_DENIED;
+    return 0;
 }
 
 struct ack_ctx {
@@ -877,8 +905,9 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
                     NULL);
         return;
     }
-    if (!may_publish(h, cmd, ns)) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_PUBLISH_DENIED, NULL);
+    int denied = may_publish(h, cmd, ns);
+    if (denied) {
+        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, denied, NULL);
         return;
     }
     if (!take_token(h)) {
@@ -1102,6 +1131,10 @@ static void cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
                                    const struct wsh_cmd *cmd)
 {
     bool refresh = cmd->type == WSH_CMD_REFRESH;
+    if (!refresh && h->connected) {
+        reply_error(w, c, cmd->id, NULL, 0, WSH_PERR_ALREADY_CONNECTED, NULL);
+        return;
+    }
     if (!refresh && h->authed && cmd->token == NULL) {
         /* Authenticated at the handshake: connect just reports who we are. */
     } else if (cmd->token != NULL) {
@@ -1137,6 +1170,8 @@ static void cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
     if (rc == WSH_OK)
         send_jbuf(w, c, &b);
     wsh_jbuf_free(&b);
+    if (!refresh)
+        h->connected = true;
 }
 
 void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *p, size_t n)

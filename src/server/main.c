@@ -319,6 +319,12 @@ int main(int argc, char **argv)
             fprintf(stderr, "wshub: %s: %s\n", config_path ? config_path : "config", err);
             return 2;
         }
+        /* /ws takes the smaller of --max-message and the configuration's
+         * limits.max_message, enforced by the WebSocket layer (1009). */
+        wsh_cfg.hlimits = wsh_cfg.limits;
+        uint64_t hm = hub_max_message();
+        if (hm > 0 && hm < wsh_cfg.hlimits.max_message)
+            wsh_cfg.hlimits.max_message = hm;
         if (check_config) {
             printf("%s: ok\n", config_path ? config_path : "(built-in defaults)");
             return 0;

@@ -34,6 +34,7 @@ struct wsh_config {
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
     struct wsh_pmd_config pmd;
     struct wsh_limits zlimits; /* parser limits on compressed connections */
+    struct wsh_limits hlimits; /* parser limits on /ws connections */
     const char *web_root;      /* directory of static files, NULL for none */
 };
 
@@ -185,7 +186,7 @@ struct worker {
     size_t inbox_n, inbox_cap;
     struct xmsg *spare; /* swapped with inbox by the consumer */
     size_t spare_cap;
-    uint64_t sweep_at;
+    struct wsh_timer sweep_timer; /* worker 0: periodic sweeps of channel state */
     int tls_budget; /* TLS handshake steps left in this loop turn */
 };
 
@@ -239,6 +240,10 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
 void hub_conn_end(struct worker *w, struct conn *c);
 /* After a flush: a lagging /ws subscriber whose queue drained gets `lagged`. */
 void hub_drained(struct worker *w, struct conn *c);
+void hub_slow_consumer(struct worker *w, struct conn *c);
+void hub_worker_exit(struct worker *w);
+/* limits.max_message of the configuration file, 0 without one. */
+uint64_t hub_max_message(void);
 void hub_shutdown_notice(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 void hub_sweep(int64_t now_ms);

@@ -205,8 +205,10 @@ size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
     size_t off = 0;
     while (off < len && c->state == CONN_OPEN) {
         struct wsh_event ev;
-        ssize_t n = wsh_parser_feed(&c->parser, c->pmd ? &wsh_cfg.zlimits : &wsh_cfg.limits,
-                                    in + off, len - off, &ev);
+        const struct wsh_limits *lim = c->pmd                 ? &wsh_cfg.zlimits
+                                       : c->endpoint == EP_HUB ? &wsh_cfg.hlimits
+                                                               : &wsh_cfg.limits;
+        ssize_t n = wsh_parser_feed(&c->parser, lim, in + off, len - off, &ev);
         if (n < 0) {
             unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,

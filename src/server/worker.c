@@ -226,8 +226,12 @@ void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
         wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer queued=%zu", c->id, wsh_wq_bytes(c->wq));
         metric_add(&w->m.slow_consumers, 1);
         wsh_wq_drop_unstarted(&c->wq);
-        /* /ws clients learn the reconnect-allowed code of LIMITS.md. */
-        conn_close(w, c, c->endpoint == EP_HUB ? 4101 : WSH_CLOSE_POLICY, "slow consumer");
+        /* /ws clients learn the reconnect-allowed code of LIMITS.md, with
+         * the `disconnect` push their protocol promises. */
+        if (c->hub != NULL)
+            hub_slow_consumer(w, c);
+        else
+            conn_close(w, c, WSH_CLOSE_POLICY, "slow consumer");
     }
 }
 
@@ -432,11 +436,25 @@ static void flush_conn(struct worker *w, struct conn *c)
     }
 }
 
+/* Worker 0 frees unused channel records and expired channel state every
+ * 2 s, on a timer so it runs even when nothing else wakes the loop. */
+static void on_sweep(struct wsh_loop *l, struct wsh_timer *t)
+{
+    rawchan_sweep();
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    hub_sweep((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    wsh_timer_start(l, t, 2000);
+}
+
 static void before_sleep(struct wsh_loop *l, void *user)
 {
     struct worker *w = user;
     (void)l;
     w->tls_budget = TLS_STEPS_MAX;
+    /* Hub messages published on this worker wait in its own inbox so that
+     * every worker delivers them in offset order (hub.c fan_out). */
+    rawchan_deliver_inbox(w);
     while (w->pending) {
         struct conn *c = w->pending;
         w->pending = c->pending_next;
@@ -463,13 +481,7 @@ static void before_sleep(struct wsh_loop *l, void *user)
     }
     if (w->shutting_down && w->nconns == 0)
         wsh_loop_stop(w->loop);
-    if (w->id == 0 && wsh_loop_now(w->loop) >= w->sweep_at) {
-        w->sweep_at = wsh_loop_now(w->loop) + 2000;
-        rawchan_sweep();
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        hub_sweep((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
-    }
+
 }
 
 /* ------------------------------------------------------------------ */
@@ -1127,6 +1139,7 @@ void worker_wake(struct worker *w)
 static void begin_shutdown(struct worker *w, int code)
 {
     w->shutting_down = true;
+    wsh_timer_stop(&w->sweep_timer);
     if (w->listen_io.fd >= 0) {
         wsh_loop_del(w->loop, &w->listen_io);
         close(w->listen_io.fd);
@@ -1190,7 +1203,12 @@ void *worker_main(void *arg)
         wsh_log(WSH_LOG_ERROR, "worker=%d ev=auth_init_failed", w->id);
         return NULL;
     }
+    if (w->id == 0) {
+        w->sweep_timer.cb = on_sweep;
+        wsh_timer_start(w->loop, &w->sweep_timer, 2000);
+    }
     int rc = wsh_loop_run(w->loop);
+    hub_worker_exit(w);
     if (rc != WSH_OK)
         wsh_log(WSH_LOG_ERROR, "worker=%d ev=loop_failed err=\"%s\"", w->id, wsh_strerror(rc));
     return NULL;

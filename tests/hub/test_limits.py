@@ -1,0 +1,170 @@
+"""Every limit of docs/config.md / LIMITS.md past its bound, with the
+documented reply."""
+import asyncio
+import json
+import time
+
+from conftest import Client, base_config, expect_error, merge, run_async, token
+
+
+def limits(**kw):
+    return merge(base_config(), {"limits": kw})
+
+
+@run_async
+async def test_publish_rate_token_bucket(hub):
+    h = hub(limits(publish_rate=4, publish_burst=5))
+    a = await Client.open(h, token("alice"))
+    b = await Client.open(h, token("bob"))
+    await a.subscribe("chat:rate")
+    await b.subscribe("chat:rate")
+    for i in range(5):
+        await a.publish("chat:rate", {"i": i})
+    await expect_error(a, "publish", "chat:rate", 3000, payload={"i": "over"})
+    # signals take from the same bucket
+    await a.send({"type": "signal", "id": 99, "channel": "chat:rate", "payload": {"typing": 1}})
+    e = await a.expect(lambda m: m.get("id") == 99)
+    assert e["type"] == "error" and e["payload"]["code"] == 3000, e
+    got = await b.messages("chat:rate", 5)
+    assert [m["payload"] for m in got] == [{"i": i} for i in range(5)]
+    await b.quiet(0.2, lambda m: m["type"] in ("message", "signal"))
+    await asyncio.sleep(0.6)  # refills about 2 tokens
+    assert await a.publish("chat:rate", {"i": 5}) == 6
+    # the bucket is per connection: bob has his own
+    for i in range(5):
+        await b.publish("chat:rate", {"b": i})
+    await a.close()
+    await b.close()
+
+
+@run_async
+async def test_max_subscriptions(hub):
+    h = hub(limits(max_subscriptions=3))
+    a = await Client.open(h, token("alice"))
+    for i in range(3):
+        await a.subscribe(f"chat:s{i}")
+    await expect_error(a, "subscribe", "chat:s3", 3001)
+    await a.cmd("unsubscribe", "chat:s0")
+    await a.subscribe("chat:s3")
+    await expect_error(a, "subscribe", "chat:s4", 3001)
+    await a.close()
+
+
+@run_async
+async def test_namespace_max_subscribers(hub):
+    cfg = merge(base_config(), {"namespaces": {"tiny": {"max_subscribers": 2}}})
+    h = hub(cfg)
+    cs = [await Client.open(h, token(f"u{i}")) for i in range(4)]
+    await cs[0].subscribe("tiny:room")
+    await cs[1].subscribe("tiny:room")
+    await expect_error(cs[2], "subscribe", "tiny:room", 3002)
+    await cs[2].subscribe("tiny:other")  # the bound is per channel
+    await cs[0].close()
+    await asyncio.sleep(0.1)
+    await cs[2].subscribe("tiny:room")
+    await expect_error(cs[3], "subscribe", "tiny:room", 3002)
+    for c in cs[1:]:
+        await c.close()
+
+
+def nested(depth):
+    """A publish whose nesting is exactly `depth` (the root object is 1)."""
+    inner = "1"
+    for _ in range(depth - 1):
+        inner = "[" + inner + "]"
+    return '{"type":"publish","id":7,"channel":"chat:d","payload":' + inner + "}"
+
+
+@run_async
+async def test_json_depth(hub):
+    h = hub(limits(json_depth=8))
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:d")
+    await a.send(nested(8))
+    r = await a.expect(lambda m: m.get("id") == 7)
+    assert r["type"] == "ack", r
+    await a.send(nested(9))
+    r = await a.expect(lambda m: m.get("type") == "error")
+    assert r["payload"]["code"] == 1003, r
+    await a.send('{"type":"publish","id":8,"channel":"chat:d","payload":' + "[" * 5000 + "]" * 5000 + "}")
+    r = await a.expect(lambda m: m.get("type") == "error")
+    assert r["payload"]["code"] == 1003, r
+    assert await a.publish("chat:d", {"ok": True}) == 2  # still open
+    await a.close()
+
+
+@run_async
+async def test_message_size_from_the_config(hub):
+    """docs/config.md limits.max_message: "Over it: close 1009"; protocol.md
+    1004 is the codec's own bound behind it."""
+    h = hub(limits(max_message=1024, unauthenticated={"max_message": 512}))
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:big")
+    body = {"type": "publish", "id": 1, "channel": "chat:big", "payload": {"x": ""}}
+    body["payload"]["x"] = "y" * (1000 - len(json.dumps(body)))
+    assert len(json.dumps(body)) == 1000
+    await a.send(body)
+    r = await a.expect(lambda m: m.get("id") == 1)
+    assert r["type"] == "ack", r
+    body["id"] = 2
+    body["payload"]["x"] = "y" * 2000
+    await a.send(body)
+    code, _, seen = await a.expect_close()
+    assert code == 1009, (code, [m for m in seen if m["type"] != "message"])
+
+
+@run_async
+async def test_message_size_on_the_command_line(hub):
+    h = hub(base_config(), "--max-message", 4096)
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:big")
+    await a.send({"type": "publish", "id": 1, "channel": "chat:big", "payload": "z" * 5000})
+    code, _, seen = await a.expect_close()
+    assert code == 1009, (code, seen)
+
+
+@run_async
+async def test_max_channel(hub):
+    h = hub(limits(max_channel=16))
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:" + "x" * 11)  # 16 bytes
+    r = await a.cmd("subscribe", "chat:" + "x" * 12)
+    assert r["type"] == "error" and r["payload"]["code"] == 4000, r
+    await a.close()
+
+
+@run_async
+async def test_unauthenticated_timeout(hub):
+    h = hub(limits(unauthenticated={"timeout_ms": 300}))
+    c = await Client.open(h, None, how=None, connect=False)
+    t0 = time.monotonic()
+    code, _, seen = await c.expect_close(timeout=5)
+    took = time.monotonic() - t0
+    assert code == 1008, (code, seen)
+    assert 0.2 < took < 2.5, took
+    # with a token at the handshake, the connection is authenticated: no timeout
+    d = await Client.open(h, token("alice"), connect=False)
+    await d.quiet(0.8, lambda m: True)
+    r = await d.cmd("connect")
+    assert r["type"] == "connected", r
+    await d.close()
+
+
+@run_async
+async def test_unauthenticated_message_budget(hub):
+    h = hub(limits(unauthenticated={"max_message": 256}))
+    # over the unauthenticated size, before connect: 1008
+    c = await Client.open(h, None, how=None, connect=False)
+    await c.send({"type": "connect", "id": 1, "payload": {"token": "x" * 400}})
+    code, _, seen = await c.expect_close()
+    assert code == 1008, (code, seen)
+    # not JSON before connect: error then 1008
+    c = await Client.open(h, None, how=None, connect=False)
+    await c.send("{nope")
+    code, _, seen = await c.expect_close()
+    assert code == 1008 and [m["payload"]["code"] for m in seen if m["type"] == "error"] == [1000]
+    # the same size is fine once connected
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:u")
+    assert await a.publish("chat:u", {"x": "y" * 400}) == 1
+    await a.close()
