@@ -1410,6 +1410,10 @@ void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *re
         return;
     }
     if (ROUTE("info")) {
+        if (!get) {
+            api_error(w, c, 405, "use GET");
+            return;
+        }
         json_t *b = NULL;
         if (wsh_broker_info(broker, on_info, &b) != WSH_OK || b == NULL) {
             api_error(w, c, 500, "internal");

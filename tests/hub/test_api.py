@@ -1,0 +1,196 @@
+"""The HTTP API and /metrics (docs/api.md) of the real wshub: every call
+with and without the API key, server-side publishes reaching /ws
+subscribers, disconnect by user on every worker, and /metrics checked as
+Prometheus text exposition format 0.0.4."""
+import json
+import re
+import socket
+import urllib.error
+import urllib.request
+
+from conftest import MULT, Client, Closed, base_config, merge, run_async, token
+
+API_KEY = "api-key-for-tests-0123456789"
+
+
+def api_config():
+    return merge(base_config(), {"api_key": API_KEY})
+
+
+def call(hub, method, path, body=None, key=API_KEY, header="X-API-Key", raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    r = urllib.request.Request(f"http://127.0.0.1:{hub.port}{path}", method=method, data=data)
+    if key is not None:
+        r.add_header(header, key if header == "X-API-Key" else f"apikey {key}")
+    if data is not None:
+        r.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(r, timeout=5 * MULT) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_api_requires_the_key(hub):
+    h = hub(api_config())
+    for method, path, body in [("GET", "/api/info", None),
+                               ("POST", "/api/publish", {"channel": "chat:a", "payload": 1}),
+                               ("GET", "/api/presence/chat:a", None),
+                               ("GET", "/api/history/chat:a", None),
+                               ("POST", "/api/disconnect", {"user": "alice"})]:
+        st, _, b = call(h, method, path, body, key=None)
+        assert st == 401, (path, st, b)
+        st, _, b = call(h, method, path, body, key="wrong-key")
+        assert st == 403, (path, st, b)
+    st, _, b = call(h, "GET", "/api/info", header="Authorization")
+    assert st == 200, b
+
+
+def test_api_off_without_configured_key(hub):
+    h = hub(base_config())
+    st, _, b = call(h, "GET", "/api/info")
+    assert st == 404 and b"api_key" in b
+
+
+@run_async
+async def test_api_publish_broadcast_reach_subscribers(hub):
+    h = hub(api_config())
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:a")
+    await a.subscribe("news:n")  # publish: "server" namespace
+    st, _, b = call(h, "POST", "/api/publish", {"channel": "chat:a", "payload": {"x": 1}})
+    assert st == 200 and json.loads(b) == {"offsets": [1]}, b
+    m = await a.expect(lambda m: m["type"] == "message", what="message")
+    assert m["channel"] == "chat:a" and m["payload"] == {"x": 1} and m["offset"] == 1
+    assert m["from"] == ""
+    # Server-only namespace: the API may publish where clients may not.
+    st, _, b = call(h, "POST", "/api/broadcast",
+                    {"channels": ["news:n", "chat:a"], "payload": "both"})
+    assert st == 200 and json.loads(b) == {"offsets": [1, 2]}, b
+    got = [await a.expect(lambda m: m["type"] == "message", what="message") for _ in range(2)]
+    assert sorted((m["channel"], m["offset"], m["payload"]) for m in got) == [
+        ("chat:a", 2, "both"), ("news:n", 1, "both")]
+    # msg_id de-duplication applies to server-side publishes too.
+    for _ in range(2):
+        st, _, b = call(h, "POST", "/api/publish",
+                        {"channel": "chat:a", "payload": 3, "msg_id": "srv-1"})
+        assert st == 200 and json.loads(b) == {"offsets": [3]}, b
+    m = await a.expect(lambda m: m["type"] == "message", what="message")
+    assert m["offset"] == 3
+    st, _, b = call(h, "GET", "/api/history/chat:a?limit=2")
+    hist = json.loads(b)
+    assert st == 200 and hist["type"] == "history"
+    assert [x["offset"] for x in hist["payload"]["messages"]] == [2, 3]
+    st, _, b = call(h, "GET", "/api/presence/chat:a")
+    pres = json.loads(b)
+    assert st == 200 and [c["user"] for c in pres["payload"]["clients"]] == ["alice"]
+    await a.close()
+
+
+def test_api_rejects_bad_requests(hub):
+    h = hub(api_config())
+    cases = [
+        ("POST", "/api/publish", b"not json", 400),
+        ("POST", "/api/publish", b"[1,2]", 400),
+        ("POST", "/api/publish", json.dumps({"payload": 1}).encode(), 400),
+        ("POST", "/api/publish", json.dumps({"channel": "nope:x", "payload": 1}).encode(), 400),
+        ("POST", "/api/publish", json.dumps({"channel": "chat:a"}).encode(), 400),
+        ("POST", "/api/broadcast", json.dumps({"channels": [], "payload": 1}).encode(), 400),
+        ("POST", "/api/disconnect", json.dumps({"user": 5}).encode(), 400),
+        ("GET", "/api/publish", None, 405),
+        ("POST", "/api/info", b"{}", 405),
+        ("POST", "/api/nothing", b"{}", 404),
+    ]
+    for method, path, raw, want in cases:
+        st, _, b = call(h, method, path, raw=raw)
+        assert st == want, (path, raw, st, b)
+    st, _, b = call(h, "POST", "/api/publish", raw=b"x" * 70000)
+    assert st == 413, st
+    # A chunked body is refused with 411.
+    s = socket.create_connection(("127.0.0.1", h.port), timeout=5 * MULT)
+    s.sendall(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode() +
+              b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 411")
+    s.close()
+
+
+@run_async
+async def test_api_disconnect_user_everywhere(hub):
+    h = hub(api_config(), workers=2)
+    alices = [await Client.open(h, token("alice")) for _ in range(6)]
+    bob = await Client.open(h, token("bob"))
+    st, _, b = call(h, "POST", "/api/disconnect", {"user": "alice"})
+    assert st == 200 and json.loads(b) == {"ok": True}
+    for a in alices:
+        d = await a.expect(lambda m: m["type"] == "disconnect", what="disconnect")
+        assert d["payload"]["code"] == 4501 and d["payload"]["reconnect"] is False
+        try:
+            await a.expect(lambda m: False, timeout=5, what="close")
+        except Closed:
+            pass
+        assert a.close_code == 4501
+    # Bob is untouched.
+    await bob.subscribe("chat:b")
+    await bob.close()
+
+
+METRIC_LINE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
+    r'(,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*")*)?\})? (-?[0-9.eE+-]+|\+Inf|NaN)$')
+
+
+def parse_prometheus(text):
+    """A strict reader of the text format: HELP/TYPE comments before their
+    samples, every sample line well formed, histogram buckets cumulative
+    and ending in +Inf equal to _count."""
+    types, samples = {}, {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line.startswith("# HELP "):
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), line
+            assert name not in types, f"second TYPE for {name}"
+            types[name] = kind
+            continue
+        assert not line.startswith("#"), line
+        m = METRIC_LINE.match(line)
+        assert m, f"malformed sample line: {line!r}"
+        name, labels, value = m.group(1), m.group(3) or "", m.group(5)
+        base = re.sub(r"_(bucket|sum|count|total)$", "", name)
+        assert name in types or base in types or re.sub(r"_(bucket|sum|count)$", "", name) in types, \
+            f"sample before its TYPE: {line}"
+        samples[(name, labels)] = float(value)
+    return types, samples
+
+
+@run_async
+async def test_metrics_parse_and_count(hub):
+    h = hub(api_config())
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:m")
+    for i in range(5):
+        await a.cmd("publish", "chat:m", payload={"i": i})
+    for _ in range(5):
+        await a.expect(lambda m: m["type"] == "message", what="message")
+    st, hdrs, body = call(h, "GET", "/metrics", key=None)
+    assert st == 200 and hdrs["Content-Type"].startswith("text/plain; version=0.0.4")
+    types, s = parse_prometheus(body.decode())
+    assert types["wshub_connections"] == "gauge" and s[("wshub_connections", "")] >= 1
+    assert s[("wshub_commands_total", 'type="publish"')] >= 5
+    assert s[("wshub_commands_total", 'type="subscribe"')] >= 1
+    assert s[("wshub_messages_in_total", 'endpoint="ws"')] >= 7
+    assert types["wshub_publish_delivery_seconds"] == "histogram"
+    buckets = sorted(((float(k[1].split('"')[1]) if "+Inf" not in k[1] else float("inf")), v)
+                     for k, v in s.items() if k[0] == "wshub_publish_delivery_seconds_bucket")
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts), "buckets are cumulative"
+    assert buckets[-1][0] == float("inf")
+    assert counts[-1] == s[("wshub_publish_delivery_seconds_count", "")] >= 5
+    # A close code is counted when sent.
+    await a.close()
+    st, _, body = call(h, "GET", "/metrics", key=None)
+    _, s2 = parse_prometheus(body.decode())
+    assert s2[("wshub_closes_total", 'code="1000"')] >= 1
