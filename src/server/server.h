@@ -157,12 +157,15 @@ void metric_latency(struct worker *w, int64_t publish_ms);
  * hdr, payloads pointing into the worker's rbuf, sent with one writev at the
  * end of the read that produced them. Only bytes the kernel refuses are
  * copied into the connection's queue. */
-#define DIRECT_MSGS 64
+#define DIRECT_IOV   64
+#define DIRECT_CORK  32768u /* small replies are copied here, contiguous */
+#define DIRECT_SMALL 1024u  /* payloads up to this are copied, not pointed to */
 struct direct_batch {
     struct conn *c; /* owner of the batch, NULL when empty */
     int niov;
-    struct iovec iov[2 * DIRECT_MSGS];
-    uint8_t hdr[DIRECT_MSGS][WSH_FRAME_HDR_MAX];
+    size_t cork_len;
+    struct iovec iov[DIRECT_IOV];
+    uint8_t cork[DIRECT_CORK];
 };
 
 struct worker {

@@ -131,19 +131,34 @@ bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, const u
     struct direct_batch *d = &w->direct;
     if (c->wq != NULL || c->ssl != NULL || (c->flags & CF_CLOSE_SENT) || c->state == CONN_DEAD)
         return false;
-    if (d->c != c || d->niov + 2 > (int)(sizeof(d->iov) / sizeof(d->iov[0])))
+    size_t hl = wsh_frame_header_size(len, false);
+    bool small = len <= DIRECT_SMALL;
+    size_t need = hl + (small ? len : 0);
+    if (d->c != c || d->niov + 2 > DIRECT_IOV || d->cork_len + need > DIRECT_CORK)
         direct_flush(w);
     if (c->wq != NULL || c->state == CONN_DEAD)
         return false;
     d->c = c;
-    uint8_t *h = d->hdr[d->niov / 2];
-    d->iov[d->niov].iov_base = h;
-    d->iov[d->niov].iov_len = wsh_frame_header_write(h, opcode, true, false, len, NULL);
-    d->iov[d->niov + 1].iov_base = (void *)(uintptr_t)payload;
-    d->iov[d->niov + 1].iov_len = len;
-    d->niov += 2;
+    /* Small frames are copied whole into the cork area, so a burst of them
+     * is one contiguous segment: many tiny iovecs cost the kernel more
+     * than the copy. A large payload stays in the receive buffer. */
+    uint8_t *at = d->cork + d->cork_len;
+    wsh_frame_header_write(at, opcode, true, false, len, NULL);
+    if (small && len)
+        memcpy(at + hl, payload, len);
+    d->cork_len += need;
+    struct iovec *last = d->niov ? &d->iov[d->niov - 1] : NULL;
+    if (last && (uint8_t *)last->iov_base + last->iov_len == at)
+        last->iov_len += need;
+    else
+        d->iov[d->niov++] = (struct iovec){ .iov_base = at, .iov_len = need };
+    if (!small) {
+        d->iov[d->niov].iov_base = (void *)(uintptr_t)payload;
+        d->iov[d->niov].iov_len = len;
+        d->niov++;
+    }
     metric_add(&w->m.frames_out, 1);
-    metric_add(&w->m.bytes_out, d->iov[d->niov - 2].iov_len + len);
+    metric_add(&w->m.bytes_out, hl + len);
     return true;
 }
 
@@ -158,6 +173,7 @@ void direct_flush(struct worker *w)
     int niov = d->niov;
     d->c = NULL;
     d->niov = 0;
+    d->cork_len = 0;
     if (c->state == CONN_DEAD)
         return;
     ssize_t wr;
@@ -355,6 +371,7 @@ void conn_destroy(struct worker *w, struct conn *c)
     if (w->direct.c == c) {
         w->direct.c = NULL;
         w->direct.niov = 0;
+        w->direct.cork_len = 0;
     }
     wsh_timer_stop(&c->timer);
     if (c->chan)

@@ -5,7 +5,9 @@ This is the library's client role (through wshub-bench) talking to wshub
 over TLS, with and without permessage-deflate, plus the certificate checks:
 the bench must refuse the server's certificate without --cacert and accept
 it with --insecure. A throw-away CA comes from bench/gen-cert.sh (the
-openssl command) in a temporary directory.
+openssl command) in a temporary directory. Last, fanout --proto ws through
+the /ws JSON protocol with bench/ws-bench.json, and idle --proto ws, so the
+channel modes stay covered.
 
   test_bench_tls.py --server WSHUB --bench WSHUB_BENCH [--openssl OPENSSL]
 """
@@ -19,6 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GEN_CERT = os.path.join(HERE, "..", "..", "bench", "gen-cert.sh")
+WS_CONFIG = os.path.join(HERE, "..", "..", "bench", "ws-bench.json")
 
 failures = []
 
@@ -147,6 +150,25 @@ def main():
                       and r.get("msgs", 0) > 0 and r.get("pmd_conns") == 4
                       and 0 < r.get("wire_bytes_per_msg", 0) < 16384,
                       "echo --deflate (plain, binary): compressed, 0 errors, 0 bad echoes")
+        finally:
+            stop(srv)
+
+        # /ws JSON channels: connect + subscribe, publish, count pushes.
+        srv, port = start(a.server, os.path.join(tmp, "port3"),
+                          ["--config", WS_CONFIG, "--workers", "1"])
+        try:
+            check(port is not None, "/ws server (ws-bench.json) started")
+            if port is not None:
+                rc, r, _ = run_bench(a.bench, port,
+                                     ["fanout", "--proto", "ws", "-c", "20", "-d", "1"])
+                check(rc == 0 and r.get("errors") == 0 and r.get("lost") == 0
+                      and r.get("subscribers") == 20 and r.get("msgs", 0) > 0
+                      and r.get("app_errors") == 0 and r.get("app_bad") == 0,
+                      "fanout --proto ws -c 20: deliveries, 0 errors, 0 lost")
+                rc, r, _ = run_bench(a.bench, port,
+                                     ["idle", "--proto", "ws", "-c", "20", "--warmup", "0"])
+                check(rc == 0 and r.get("errors") == 0 and r.get("subscribed") == 20,
+                      "idle --proto ws -c 20: all subscribed, 0 errors")
         finally:
             stop(srv)
 

@@ -30,6 +30,10 @@ struct ssl_ctx_st;
 
 enum bench_cmd { CMD_ECHO, CMD_FANOUT, CMD_CONNECT, CMD_IDLE };
 enum bench_payload { PAYLOAD_FILLER, PAYLOAD_JSON };
+/* fanout/idle: what runs over the WebSocket. RELAY: opaque messages (the
+ * /raw/<channel> relay, rawecho, Node ws); WS: wshub's /ws JSON protocol;
+ * SIO: Socket.IO (Engine.IO v4) over its WebSocket transport. */
+enum bench_proto { PROTO_RELAY, PROTO_WS, PROTO_SIO };
 
 struct bench_opts {
     enum bench_cmd cmd;
@@ -57,6 +61,9 @@ struct bench_opts {
     const char *cacert;
     bool deflate;    /* offer permessage-deflate */
     unsigned warmup; /* idle: connections opened and closed before the baseline */
+    enum bench_proto proto;
+    const char *channel; /* --proto ws: channel; socketio: room */
+    const char *token;   /* --proto ws: sent as Authorization: Bearer */
 };
 
 /* Log-bucketed latency histogram: 16 sub-buckets per power of two, so a
@@ -117,13 +124,20 @@ struct conn {
     int64_t *ring; /* pipeline entries */
     /* fanout subscriber: next seq expected. */
     uint64_t next_seq;
+    /* --proto ws/socketio: where the application handshake is (enum
+     * app_phase), and the head of a message that came in pieces. */
+    uint8_t phase;
+    uint16_t alen;
+    uint8_t *abuf;
 };
 
 struct bench;
 
 struct bench_mode {
-    /* Bytes of output a connection may need at once (sizes out_cap). */
+    /* Bytes of output a connection may need at once (sizes out_cap); the
+     * publisher gets pub_out_cap when that is larger. */
     size_t out_cap;
+    size_t pub_out_cap;
     void (*on_open)(struct bench *b, struct conn *c);
     /* A chunk of a message; first/last as the WebSocket parser reports
      * them, or S-byte boundaries in --raw mode. Borrowed for the call. */
@@ -168,6 +182,8 @@ struct bench {
     uint64_t tls_verify_errors; /* ... of which certificate verification */
     uint64_t pmd_errors;        /* bad extension answer, or inflate failure */
     uint64_t pmd_conns;         /* handshakes that agreed permessage-deflate */
+    uint64_t app_errors;        /* --proto ws/socketio: error replies */
+    uint64_t app_bad;           /* ... and messages the bench could not parse */
     /* Bytes read from and written to sockets (TCP payload: TLS records
      * when --tls), for "bytes on the wire". */
     uint64_t wire_rx, wire_tx;
@@ -206,6 +222,30 @@ void bench_close_all(struct bench *b, int64_t until);
 void conn_kill(struct bench *b, struct conn *c, bool clean);
 size_t conn_msg_size(const struct bench *b, size_t n);
 size_t conn_buffered(const struct conn *c);
+
+/* Application protocols (app.c) for --proto ws and socketio. */
+enum app_phase { PH_NONE, PH_HELLO, PH_JOIN, PH_READY };
+enum app_ev {
+    APP_NONE,  /* nothing for the mode (a reply, a ping answered) */
+    APP_READY, /* the connection just became ready: connected and subscribed */
+    APP_DATA,  /* a channel message: *t and *seq are set */
+    APP_ERROR, /* an error reply (counted by the mode) */
+    APP_BAD    /* a message the bench cannot parse */
+};
+#define APP_HEAD 512u /* head kept of a message that arrives in pieces */
+/* Starts the application handshake on a connection that just opened. */
+void app_open(struct bench *b, struct conn *c);
+/* Collects a message from its chunks. True when it is complete: *m and *n
+ * then give the message, or its first APP_HEAD bytes. */
+bool app_assemble(struct conn *c, const uint8_t *p, size_t n, bool first, bool last,
+                  const uint8_t **m, size_t *mn);
+/* One complete message: advances the handshake, answers pings. */
+enum app_ev app_message(struct bench *b, struct conn *c, const uint8_t *m, size_t n, int64_t *t,
+                        uint64_t *seq);
+/* Writes a publish of (t, seq) whose payload is about b->o.size bytes.
+ * Returns its length; cap must be >= app_publish_cap(b). */
+size_t app_publish(const struct bench *b, uint8_t *out, size_t cap, int64_t t, uint64_t seq);
+size_t app_publish_cap(const struct bench *b);
 
 /* Modes. */
 int run_echo(struct bench *b);

@@ -136,6 +136,7 @@ void bench_free(struct bench *b)
             close(c->fd);
         release_slot(c);
         free(c->out);
+        free(c->abuf);
         free(c->hs);
         free(c->ring);
     }
@@ -333,8 +334,12 @@ struct conn *bench_connect(struct bench *b, bool pub)
         b->connect_errors++;
         return NULL;
     }
-    if (!c->out) {
-        c->out_cap = b->m->out_cap < 1024 ? 1024 : b->m->out_cap;
+    size_t cap = pub && b->m->pub_out_cap > b->m->out_cap ? b->m->pub_out_cap : b->m->out_cap;
+    if (cap < 1024)
+        cap = 1024;
+    if (!c->out || c->out_cap < cap) {
+        free(c->out);
+        c->out_cap = cap;
         c->out = malloc(c->out_cap);
         if (!c->out) {
             fprintf(stderr, "out of memory\n");
@@ -355,6 +360,8 @@ struct conn *bench_connect(struct bench *b, bool pub)
     c->raw_pos = 0;
     c->t_start = b->now;
     c->sent_seq = c->recv_seq = c->next_seq = 0;
+    c->phase = PH_NONE;
+    c->alen = 0;
     c->deadline = b->now + BENCH_HS_TIMEOUT;
     wsh_parser_init(&c->parser, WSH_ROLE_CLIENT, 0);
     b->nactive++;
@@ -525,9 +532,15 @@ static void send_request(struct bench *b, struct conn *c)
     wsh_hs_client_key(nonce, c->key);
     char host[300];
     snprintf(host, sizeof host, "%s:%u", b->o.sni ? b->o.sni : b->o.host, b->o.port);
-    char req[1024];
+    char req[1024 + 8192];
     ssize_t n = wsh_hs_client_request(req, sizeof req, host, b->o.path, c->key, NULL,
                                       b->o.deflate ? b->pmd_offer : NULL);
+    if (n > 4 && b->o.token) {
+        /* --token: one more header before the blank line. */
+        int k = snprintf(req + n - 2, sizeof req - (size_t)n + 2,
+                         "Authorization: Bearer %s\r\n\r\n", b->o.token);
+        n = k > 0 && (size_t)k < sizeof req - (size_t)n + 2 ? n - 2 + k : -1;
+    }
     uint8_t *dst = n > 0 ? conn_reserve(b, c, (size_t)n) : NULL;
     if (!dst) {
         b->hs_errors++;

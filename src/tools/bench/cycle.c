@@ -10,7 +10,12 @@
  * later connection shares (libcrypto's alone were ~1.6 MB), which a cold
  * baseline would charge to the connections: 410 B/conn measured cold
  * against ~200 B warm for plain WebSocket. RssAnon (heap, no file pages) is
- * reported beside VmRSS because it is what a connection really costs. */
+ * reported beside VmRSS because it is what a connection really costs.
+ *
+ * idle --proto ws: each connection also authenticates (anonymous, or
+ * --token) and subscribes to bench:idle-<n % 100> (app.c) before it counts,
+ * so the number is the cost of an idle authenticated, subscribed /ws
+ * client. The warm-up connections do the same. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +28,7 @@ struct cyc {
     bool measuring;
     uint64_t cycles;
     uint64_t failed;
+    uint32_t ready; /* idle --proto: connections subscribed */
     struct hist lat;
 };
 
@@ -118,6 +124,42 @@ int run_connect(struct bench *b)
     return 0;
 }
 
+static void idle_open(struct bench *b, struct conn *c)
+{
+    app_open(b, c);
+}
+
+static void idle_chunk(struct bench *b, struct conn *c, const uint8_t *p, size_t n, bool first,
+                       bool last)
+{
+    struct cyc *y = b->mode_state;
+    const uint8_t *m;
+    size_t mn;
+    int64_t t;
+    uint64_t seq;
+    if (app_assemble(c, p, n, first, last, &m, &mn) &&
+        app_message(b, c, m, mn, &t, &seq) == APP_READY)
+        y->ready++;
+}
+
+static void idle_close(struct bench *b, struct conn *c, bool clean)
+{
+    struct cyc *y = b->mode_state;
+    (void)clean;
+    if (c->phase == PH_READY && y->ready > 0)
+        y->ready--;
+}
+
+/* --proto: runs until every open connection is subscribed, or `until`. */
+static void idle_wait_ready(struct bench *b, int64_t until)
+{
+    struct cyc *y = b->mode_state;
+    if (b->o.proto == PROTO_RELAY)
+        return;
+    while (y->ready < b->nopen && now_ns() < until)
+        bench_run(b, now_ns() + 10000000LL, NULL);
+}
+
 static long self_rss_kb(void)
 {
     return server_rss_kb(0);
@@ -132,6 +174,11 @@ int run_idle(struct bench *b)
     }
     b->mode_state = y;
     struct bench_mode m = { .out_cap = 1024 };
+    if (b->o.proto != PROTO_RELAY) {
+        m.on_open = idle_open;
+        m.on_chunk = idle_chunk;
+        m.on_close = idle_close;
+    }
     uint32_t slots = b->o.conns > b->o.warmup ? b->o.conns : b->o.warmup;
     if (bench_init(b, slots, &m) < 0)
         return 1;
@@ -140,6 +187,7 @@ int run_idle(struct bench *b)
     if (pid && b->o.warmup > 0) {
         int64_t t0 = now_ns();
         warm = bench_ramp(b, b->o.warmup, t0 + 30000000000LL);
+        idle_wait_ready(b, now_ns() + 10000000000LL);
         bench_close_all(b, now_ns() + 5000000000LL);
         bench_run(b, now_ns() + BENCH_WARMUP_SETTLE, NULL);
     }
@@ -149,6 +197,7 @@ int run_idle(struct bench *b)
     proc_sample(b, &a);
     /* A ramp of up to 120 s: 10,000 connections take about one. */
     uint32_t open = bench_ramp(b, b->o.conns, a.wall + BENCH_MAX_SECONDS * 1000000000LL);
+    idle_wait_ready(b, now_ns() + 30000000000LL);
     proc_sample(b, &z);
     double ramp_s = (double)(z.wall - a.wall) / 1e9;
     /* Settle: let the server finish per-connection allocations. */
@@ -184,6 +233,10 @@ int run_idle(struct bench *b)
     r.extra_v[8] = open && pid ? (double)(anon1 - anon0) * 1024.0 / open : 0;
     r.extra_k[9] = "warmup_conns";
     r.extra_v[9] = warm;
+    if (b->o.proto != PROTO_RELAY) {
+        r.extra_k[10] = "subscribed";
+        r.extra_v[10] = y->ready;
+    }
     report_print(b, &r);
     free(y);
     return 0;

@@ -12,7 +12,15 @@
  * server's queues short, so the number measured is sustainable throughput,
  * not the speed of one fast reader while the rest fall behind and are
  * dropped. If nothing retires for 1 s (a lost message never arrives), the
- * oldest is retired by force and counted in "stalls". */
+ * oldest is retired by force and counted in "stalls".
+ *
+ * --proto ws / socketio (app.c): the same over wshub's /ws JSON channels or
+ * Socket.IO rooms. Every connection first completes the application
+ * handshake (connect + subscribe, or join); a subscriber counts from then
+ * on, and the publisher starts when all are in. The time and sequence
+ * number travel as the JSON payload {"t":..,"s":..,"p":"aaa.."}, padded to
+ * -s bytes. Replies (connected, subscribed, ack) are never counted as
+ * deliveries; error replies are errors. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +34,7 @@
 
 struct fan {
     uint8_t *payload;
+    size_t payload_cap;
     struct conn *pub;
     bool pub_open;
     bool publishing;
@@ -46,13 +55,24 @@ struct fan {
     struct hist lat;
 };
 
-static void fan_open(struct bench *b, struct conn *c)
+/* The connection is a member of the fan-out from now on. */
+static void fan_ready(struct fan *f, struct conn *c)
 {
-    struct fan *f = b->mode_state;
+    c->phase = PH_READY;
     if (c->role_pub) {
         f->pub = c;
         f->pub_open = true;
+    } else {
+        f->subs_alive++;
     }
+}
+
+static void fan_open(struct bench *b, struct conn *c)
+{
+    if (b->o.proto == PROTO_RELAY)
+        fan_ready(b->mode_state, c);
+    else
+        app_open(b, c);
 }
 
 static void account(struct fan *f, uint64_t from, uint64_t to)
@@ -65,10 +85,55 @@ static void account(struct fan *f, uint64_t from, uint64_t to)
         f->cnt[x & f->wmask]++;
 }
 
+static void deliver(struct bench *b, struct fan *f, struct conn *c, int64_t ts, uint64_t seq)
+{
+    if (seq >= f->sent) {
+        f->bad++;
+        return;
+    }
+    if (seq < c->next_seq) {
+        f->dups++;
+        return;
+    }
+    f->gaps += seq - c->next_seq;
+    account(f, c->next_seq, seq);
+    c->next_seq = seq + 1;
+    f->received++;
+    f->t_last_rx = b->now;
+    hist_add(&f->lat, (uint64_t)(b->now - ts));
+}
+
+static void app_chunk(struct bench *b, struct fan *f, struct conn *c, const uint8_t *p, size_t n,
+                      bool first, bool last)
+{
+    const uint8_t *m;
+    size_t mn;
+    int64_t ts = 0;
+    uint64_t seq = 0;
+    if (!app_assemble(c, p, n, first, last, &m, &mn))
+        return;
+    switch (app_message(b, c, m, mn, &ts, &seq)) {
+    case APP_READY:
+        fan_ready(f, c);
+        break;
+    case APP_DATA:
+        /* The publisher may get its own messages back: not deliveries. */
+        if (!c->role_pub && c->phase == PH_READY)
+            deliver(b, f, c, ts, seq);
+        break;
+    default:
+        break;
+    }
+}
+
 static void fan_chunk(struct bench *b, struct conn *c, const uint8_t *p, size_t n, bool first,
                       bool last)
 {
     struct fan *f = b->mode_state;
+    if (b->o.proto != PROTO_RELAY) {
+        app_chunk(b, f, c, p, n, first, last);
+        return;
+    }
     if (c->role_pub)
         return; /* the server does not relay to the sender; ignore anyway */
     if (first)
@@ -88,20 +153,7 @@ static void fan_chunk(struct bench *b, struct conn *c, const uint8_t *p, size_t 
     uint64_t seq;
     memcpy(&ts, c->msg_hdr, 8);
     memcpy(&seq, c->msg_hdr + 8, 8);
-    if (seq >= f->sent) {
-        f->bad++;
-        return;
-    }
-    if (seq < c->next_seq) {
-        f->dups++;
-        return;
-    }
-    f->gaps += seq - c->next_seq;
-    account(f, c->next_seq, seq);
-    c->next_seq = seq + 1;
-    f->received++;
-    f->t_last_rx = b->now;
-    hist_add(&f->lat, (uint64_t)(b->now - ts));
+    deliver(b, f, c, ts, seq);
 }
 
 static void fan_close(struct bench *b, struct conn *c, bool clean)
@@ -111,8 +163,7 @@ static void fan_close(struct bench *b, struct conn *c, bool clean)
     if (c->role_pub) {
         f->pub = NULL;
         f->publishing = false;
-    } else if (c->state != CS_CONNECTING && c->state != CS_TLS && c->state != CS_HANDSHAKE &&
-               f->subs_alive > 0) {
+    } else if (c->phase == PH_READY && f->subs_alive > 0) {
         f->subs_alive--;
     }
 }
@@ -135,6 +186,13 @@ static void retire(struct fan *f, int64_t now)
 static bool publish_one(struct bench *b, struct fan *f)
 {
     int64_t now = b->now;
+    if (b->o.proto != PROTO_RELAY) {
+        size_t n = app_publish(b, f->payload, f->payload_cap, now, f->sent);
+        if (!conn_send_msg(b, f->pub, WSH_OP_TEXT, f->payload, n))
+            return false;
+        f->sent++;
+        return true;
+    }
     memcpy(f->payload, &now, 8);
     memcpy(f->payload + 8, &f->sent, 8);
     if (!conn_send_msg(b, f->pub, WSH_OP_BINARY, f->payload, b->o.size))
@@ -169,7 +227,10 @@ int run_fanout(struct bench *b)
 {
     struct fan *f = calloc(1, sizeof *f);
     size_t s = b->o.size;
-    if (!f || !(f->payload = malloc(s))) {
+    size_t msg = b->o.proto == PROTO_RELAY ? s : app_publish_cap(b);
+    if (f)
+        f->payload_cap = msg;
+    if (!f || !(f->payload = malloc(msg))) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
@@ -188,19 +249,21 @@ int run_fanout(struct bench *b)
     }
     b->mode_state = f;
     struct bench_mode m = {
-        .out_cap = PUB_QUEUE * conn_msg_size(b, s) + 256,
-        .on_open = fan_open,
-        .on_chunk = fan_chunk,
-        .on_close = fan_close,
-        .tick = fan_tick,
+        /* Subscribers send only the handshake, pongs and the close. */
+        .out_cap = 4096,       .pub_out_cap = PUB_QUEUE * conn_msg_size(b, msg) + 256,
+        .on_open = fan_open,   .on_chunk = fan_chunk,
+        .on_close = fan_close, .tick = fan_tick,
     };
     if (bench_init(b, b->o.conns + 1, &m) < 0)
         return 1;
 
     int64_t t = now_ns();
-    f->subs = bench_ramp(b, b->o.conns, t + 60000000000LL);
-    f->subs_alive = f->subs;
-    if (f->subs == 0) {
+    bench_ramp(b, b->o.conns, t + 60000000000LL);
+    /* --proto ws/socketio: wait until every open subscriber is in. */
+    int64_t ready_end = now_ns() + 30000000000LL;
+    while (f->subs_alive < b->nopen && now_ns() < ready_end)
+        bench_run(b, now_ns() + 10000000LL, NULL);
+    if (f->subs_alive == 0) {
         bench_explain_failure(b, "no subscriber could be opened");
         return 1;
     }
@@ -217,6 +280,7 @@ int run_fanout(struct bench *b)
     /* Let the server finish registering the last subscribers. */
     bench_run(b, now_ns() + 200000000LL, NULL);
 
+    f->subs = f->subs_alive;
     struct proc_sample a, z;
     proc_sample(b, &a);
     f->t0 = f->last_progress = b->now = a.wall;
@@ -253,6 +317,8 @@ int run_fanout(struct bench *b)
     r.extra_v[6] = (double)(f->subs - f->subs_alive);
     r.extra_k[7] = "stalls";
     r.extra_v[7] = (double)f->stalls;
+    r.extra_k[8] = "not_ready";
+    r.extra_v[8] = (double)b->opened - 1 - (double)f->subs;
     report_print(b, &r);
     free(f->cnt);
     free(f->payload);

@@ -23,10 +23,21 @@ static void usage(FILE *f)
           "                                       --window K messages outstanding)\n"
           "  connect  -c C                        C loops of connect/handshake/close\n"
           "  idle     -c N                        hold N conns, report server RSS per conn\n"
+          "fanout and idle speak --proto:\n"
+          "  raw        opaque messages (default): /raw/<channel>, rawecho, Node ws\n"
+          "  ws         wshub's /ws JSON protocol: connect (anonymous, or --token),\n"
+          "             subscribe to --channel (idle: bench:idle-<n%100>), publish\n"
+          "  socketio   Socket.IO v4 over WebSocket (bench/node/socketio-server.js):\n"
+          "             join room --channel, publish with \"pub\", receive \"msg\"\n"
           "options:\n"
           "  --host A         server address (127.0.0.0/8 only), default 127.0.0.1\n"
           "  --port P         server port (required)\n"
-          "  --path PATH      default /echo (echo, connect, idle), /raw/bench (fanout)\n"
+          "  --path PATH      default /echo (echo, connect, idle), /raw/bench (fanout),\n"
+          "                   /ws (--proto ws), /socket.io/?EIO=4&transport=websocket\n"
+          "  --proto P        fanout, idle: raw, ws or socketio (above)\n"
+          "  --channel NAME   --proto ws: channel, default bench:room (idle: bench:idle);\n"
+          "                   socketio: room, default bench\n"
+          "  --token T        --proto ws: send Authorization: Bearer T\n"
           "  -d, --duration S seconds to measure, default 10, max 120\n"
           "  --raw            talk to bench/rawecho: no handshake, fixed-size messages\n"
           "  --sources K      bind sockets to 127.0.0.1..127.0.0.K round robin\n"
@@ -105,7 +116,10 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         O_INSECURE,
         O_DEFLATE,
         O_PAYLOAD,
-        O_WARMUP
+        O_WARMUP,
+        O_PROTO,
+        O_CHANNEL,
+        O_TOKEN
     };
     static const struct option lo[] = {
         { "host", required_argument, NULL, O_HOST },
@@ -126,6 +140,9 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         { "deflate", no_argument, NULL, O_DEFLATE },
         { "payload", required_argument, NULL, O_PAYLOAD },
         { "warmup", required_argument, NULL, O_WARMUP },
+        { "proto", required_argument, NULL, O_PROTO },
+        { "channel", required_argument, NULL, O_CHANNEL },
+        { "token", required_argument, NULL, O_TOKEN },
         { "conns", required_argument, NULL, 'c' },
         { "pipeline", required_argument, NULL, 'p' },
         { "size", required_argument, NULL, 's' },
@@ -182,6 +199,21 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
             ok = parse_uint(optarg, 100000, &v);
             o->warmup = (unsigned)v;
             break;
+        case O_PROTO:
+            ok = strcmp(optarg, "raw") == 0 || strcmp(optarg, "ws") == 0 ||
+                 strcmp(optarg, "socketio") == 0;
+            o->proto = optarg[0] == 'w' ? PROTO_WS : optarg[0] == 's' ? PROTO_SIO : PROTO_RELAY;
+            break;
+        case O_CHANNEL:
+            o->channel = optarg;
+            ok = *optarg != '\0' && strlen(optarg) <= 128 && !strpbrk(optarg, "\"\\");
+            break;
+        case O_TOKEN:
+            o->token = optarg;
+            ok = *optarg != '\0' && strlen(optarg) <= 8192;
+            for (const char *q = optarg; ok && *q; q++)
+                ok = *q > ' ' && *q < 127;
+            break;
         case O_DEFLATE:
             o->deflate = true;
             break;
@@ -230,8 +262,27 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         fprintf(stderr, o->port ? "unexpected argument\n" : "--port is required\n");
         return -1;
     }
+    if (o->proto != PROTO_RELAY && o->cmd != CMD_FANOUT && o->cmd != CMD_IDLE) {
+        fprintf(stderr, "--proto is for fanout and idle\n");
+        return -1;
+    }
+    if (o->proto != PROTO_RELAY && o->raw) {
+        fprintf(stderr, "--proto ws/socketio need WebSocket (not --raw)\n");
+        return -1;
+    }
+    if ((o->channel || o->token) && o->proto == PROTO_RELAY) {
+        fprintf(stderr, "--channel and --token need --proto ws or socketio\n");
+        return -1;
+    }
+    if (!o->channel)
+        o->channel = o->proto == PROTO_SIO ? "bench"
+                     : o->cmd == CMD_IDLE  ? "bench:idle"
+                                           : "bench:room";
     if (!o->path)
-        o->path = o->cmd == CMD_FANOUT ? "/raw/bench" : "/echo";
+        o->path = o->proto == PROTO_WS    ? "/ws"
+                  : o->proto == PROTO_SIO ? "/socket.io/?EIO=4&transport=websocket"
+                  : o->cmd == CMD_FANOUT  ? "/raw/bench"
+                                          : "/echo";
     if (strncmp(o->host, "127.", 4) != 0) {
         fprintf(stderr, "--host must be a loopback address (127.0.0.0/8)\n");
         return -1;
@@ -292,7 +343,7 @@ long server_rss_kb(long pid)
 uint64_t bench_errors(const struct bench *b)
 {
     return b->connect_errors + b->hs_errors + b->proto_errors + b->io_errors + b->timeouts +
-           b->tls_errors + b->pmd_errors;
+           b->tls_errors + b->pmd_errors + b->app_errors + b->app_bad;
 }
 
 void bench_explain_failure(const struct bench *b, const char *what)
@@ -406,6 +457,10 @@ void report_print(const struct bench *b, const struct report *r)
                (unsigned long long)r->wire_rx, wire_per_msg);
         for (int i = 0; i < REPORT_EXTRA && r->extra_k[i]; i++)
             printf(",\"%s\":%.6g", r->extra_k[i], r->extra_v[i]);
+        if (o->proto != PROTO_RELAY)
+            printf(",\"proto\":\"%s\",\"app_errors\":%llu,\"app_bad\":%llu",
+                   o->proto == PROTO_WS ? "ws" : "socketio", (unsigned long long)b->app_errors,
+                   (unsigned long long)b->app_bad);
         printf("}\n");
         return;
     }
@@ -423,6 +478,10 @@ void report_print(const struct bench *b, const struct report *r)
         printf("  %-24s p50 %.1f  p99 %.1f  p99.9 %.1f  max %.1f us\n", "latency", p50, p99, p999,
                pmax);
     printf("  %-24s %llu\n", "errors", (unsigned long long)r->errors);
+    if (o->proto != PROTO_RELAY)
+        printf("  %-24s %llu error replies, %llu unparsed\n",
+               o->proto == PROTO_WS ? "/ws protocol" : "Socket.IO",
+               (unsigned long long)b->app_errors, (unsigned long long)b->app_bad);
     if (o->tls)
         printf("  %-24s %llu (certificate %llu)\n", "TLS errors", (unsigned long long)b->tls_errors,
                (unsigned long long)b->tls_verify_errors);
