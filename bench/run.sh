@@ -7,10 +7,13 @@
 # median is reported, default 3; the 10,000-connection cells always run
 # once), SERVERS (default "wshub rawecho node lws"; missing ones are
 # skipped), OUT (JSON lines file, default /tmp/wshub-bench.jsonl),
-# IDLE_CONNS (default 10000).
+# IDLE_CONNS (default 10000). Socket.IO (HUB) needs `npm ci` in bench/node.
 # Sections: BASE=1 the comparison table; TLS=1 wshub over TLS vs plain (a
 # throw-away CA from gen-cert.sh); DEFLATE=1 wshub with permessage-deflate
-# on the 16 KiB JSON payload vs without. All default to 1.
+# on the 16 KiB JSON payload vs without; HUB=1 issue 4: fan-out through
+# /ws JSON channels (bench/ws-bench.json) beside /raw, Socket.IO rooms
+# (node/socketio-server.js) and Node ws, 1,000 and 10,000 subscribers, and
+# memory per idle authenticated, subscribed /ws connection. All default to 1.
 # Each server runs alone on core 0 (--workers 1), the bench on core 1.
 # Every server is started fresh for every run and stopped by its pid.
 set -u
@@ -24,6 +27,7 @@ OUT=${OUT:-/tmp/wshub-bench.jsonl}
 BASE=${BASE:-1}
 TLS=${TLS:-1}
 DEFLATE=${DEFLATE:-1}
+HUB=${HUB:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 wshub_extra=""  # extra wshub flags for the current section
 bench=$build/src/tools/wshub-bench
@@ -56,6 +60,9 @@ start_server() {
     node)
         taskset -c 0 node "$here/node/server.js" 0 2>"$tmp/err" &
         ;;
+    socketio)
+        taskset -c 0 node "$here/node/socketio-server.js" 0 2>"$tmp/err" &
+        ;;
     lws)
         taskset -c 0 "$build/bench/lws_echo" --port 0 2>"$tmp/err" &
         ;;
@@ -79,6 +86,7 @@ available() {
     wshub) [ -x "$build/src/server/wshub" ] ;;
     rawecho) [ -x "$build/bench/rawecho" ] ;;
     node) command -v node >/dev/null && [ -d "$here/node/node_modules/ws" ] ;;
+    socketio) command -v node >/dev/null && [ -d "$here/node/node_modules/socket.io" ] ;;
     lws) [ -x "$build/bench/lws_echo" ] ;;
     esac
 }
@@ -97,7 +105,7 @@ one() {
     sleep 0.3
     timeout $((DUR + 150)) taskset -c 1 "$bench" "$@" $raw --port "$port" -d "$DUR" \
         --server-pid "$spid" --json |
-        sed "s/^{/{\"server\":\"$server\",\"cell\":\"$label\",/" | tee -a "$OUT"
+        sed "s|^{|{\"server\":\"${server_label:-$server}\",\"cell\":\"$label\",|" | tee -a "$OUT"
     stop_server
 }
 
@@ -162,5 +170,38 @@ if [ "$DEFLATE" = 1 ] && [ -n "$servers" ]; then
 fi
 wshub_extra=""
 servers=$base_servers
+
+# Issue 4 rows. Every server runs the same fanout (windowed, -s 64: the
+# payload is 64 bytes; /ws and Socket.IO wrap it in their envelopes); the
+# servers take turns within a repetition. wshub runs with ws-bench.json for
+# /raw too, so the two rows differ only in the endpoint.
+if [ "$HUB" = 1 ]; then
+    hub() { # hub SERVER SERVER-LABEL CELL BENCH-ARGS...
+        local s=$1
+        server_label=$2
+        shift 2
+        if available "$s"; then one "$s" "$@"; else echo "skip $s" >&2; fi
+        server_label=""
+    }
+    for n in 1000 10000; do
+        src="" reps=$REPS
+        [ "$n" = 10000 ] && src="--sources 4" reps=1
+        for _ in $(seq "$reps"); do
+            wshub_extra="--config $here/ws-bench.json"
+            # shellcheck disable=SC2086
+            hub wshub "wshub /raw" "hub fanout 64B x$n" fanout -c "$n" -s 64 $src
+            # shellcheck disable=SC2086
+            hub wshub "wshub /ws" "hub fanout 64B x$n" fanout -c "$n" -s 64 $src --proto ws
+            wshub_extra=""
+            # shellcheck disable=SC2086
+            hub socketio "Socket.IO" "hub fanout 64B x$n" fanout -c "$n" -s 64 $src --proto socketio
+            # shellcheck disable=SC2086
+            hub node "node ws /raw" "hub fanout 64B x$n" fanout -c "$n" -s 64 $src
+        done
+    done
+    wshub_extra="--config $here/ws-bench.json"
+    hub wshub "wshub /ws" "idle $IDLE_CONNS /ws subscribed" idle -c "$IDLE_CONNS" --sources 4 --proto ws
+    wshub_extra=""
+fi
 
 python3 "$here/table.py" "$OUT"
