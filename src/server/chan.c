@@ -154,6 +154,7 @@ void inbox_push(struct worker *to, const struct xmsg *m)
         to->inbox_cap = cap;
     }
     to->inbox[to->inbox_n++] = *m;
+    atomic_store_explicit(&to->inbox_ready, true, memory_order_release);
     pthread_mutex_unlock(&to->inbox_mu);
 }
 
@@ -182,6 +183,9 @@ void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame)
 
 void rawchan_deliver_inbox(struct worker *w)
 {
+    /* Called every loop turn: most turns have nothing for us. */
+    if (!atomic_exchange_explicit(&w->inbox_ready, false, memory_order_acquire))
+        return;
     pthread_mutex_lock(&w->inbox_mu);
     struct xmsg *items = w->inbox;
     size_t n = w->inbox_n;

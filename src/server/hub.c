@@ -489,6 +489,71 @@ int hub_worker_init(struct worker *w)
 }
 
 /* ------------------------------------------------------------------ */
+/* Revocation (POST /api/disconnect): users refused until a time, and   */
+/* token ids refused until their expiry. Shared by all workers.         */
+
+#define REVOKED_MAX 4096u
+
+struct revoked {
+    char key[WSH_AUTH_SUB_MAX + 2]; /* 'u' + user, or 'j' + jti */
+    int64_t until_ms;
+};
+
+static pthread_mutex_t revoked_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct revoked revoked[REVOKED_MAX];
+static size_t nrevoked;
+
+/* Adds or extends an entry; expired entries make room first. Returns
+ * false when the table is full of live entries: a revocation is never
+ * pushed out by another. */
+static bool revoke(char kind, const char *id, int64_t until_ms)
+{
+    int64_t now = wall_ms();
+    bool ok = false;
+    pthread_mutex_lock(&revoked_mu);
+    for (size_t i = 0; i < nrevoked;) {
+        if (revoked[i].until_ms <= now)
+            revoked[i] = revoked[--nrevoked];
+        else
+            i++;
+    }
+    for (size_t i = 0; i < nrevoked; i++) {
+        if (revoked[i].key[0] == kind && strcmp(revoked[i].key + 1, id) == 0) {
+            if (until_ms > revoked[i].until_ms)
+                revoked[i].until_ms = until_ms;
+            ok = true;
+            goto out;
+        }
+    }
+    if (nrevoked < REVOKED_MAX) {
+        revoked[nrevoked].key[0] = kind;
+        snprintf(revoked[nrevoked].key + 1, sizeof(revoked[0].key) - 1, "%s", id);
+        revoked[nrevoked].until_ms = until_ms;
+        nrevoked++;
+        ok = true;
+    }
+out:
+    pthread_mutex_unlock(&revoked_mu);
+    return ok;
+}
+
+static bool is_revoked(const struct wsh_identity *id)
+{
+    int64_t now = wall_ms();
+    bool hit = false;
+    pthread_mutex_lock(&revoked_mu);
+    for (size_t i = 0; i < nrevoked && !hit; i++) {
+        if (revoked[i].until_ms <= now)
+            continue;
+        const char *k = revoked[i].key;
+        hit = (k[0] == 'u' && strcmp(k + 1, id->sub) == 0) ||
+              (k[0] == 'j' && id->jti_len > 0 && strcmp(k + 1, id->jti) == 0);
+    }
+    pthread_mutex_unlock(&revoked_mu);
+    return hit;
+}
+
+/* ------------------------------------------------------------------ */
 /* Connections                                                          */
 
 static void hub_timer(struct wsh_loop *l, struct wsh_timer *t);
@@ -505,6 +570,11 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
     if (wsh_auth_verify(auth, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
         *perr = wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED
                                                           : WSH_PERR_BAD_TOKEN;
+        return -1;
+    }
+    if (is_revoked(&id)) {
+        wsh_identity_free(&id);
+        *perr = WSH_PERR_BAD_TOKEN;
         return -1;
     }
     if (h->authed && !h->anonymous && strcmp(id.sub, h->id.sub) != 0) {
@@ -1301,37 +1371,45 @@ static int api_publish_one(const char *channel, const char *payload, size_t plen
     return 0;
 }
 
-void hub_kick_local(struct worker *w, const char *user, unsigned code, const char *reason)
+/* who is 'u' + user id, or 'j' + token id. */
+void hub_kick_local(struct worker *w, const char *who, unsigned code, const char *reason)
 {
     struct conn *next;
+    const char *id = who + 1;
     for (struct conn *c = w->conns; c != NULL; c = next) {
         next = c->next;
         if (c->hub == NULL || c->state != CONN_OPEN || !c->hub->authed)
             continue;
-        size_t ulen;
-        const char *u = user_of(c->hub, &ulen);
-        if (ulen == strlen(user) && memcmp(u, user, ulen) == 0)
+        bool hit;
+        if (who[0] == 'j') {
+            hit = !c->hub->anonymous && c->hub->id.jti_len > 0 && strcmp(c->hub->id.jti, id) == 0;
+        } else {
+            size_t ulen;
+            const char *u = user_of(c->hub, &ulen);
+            hit = ulen == strlen(id) && memcmp(u, id, ulen) == 0;
+        }
+        if (hit)
             hub_disconnect(w, c, code, reason, false);
     }
 }
 
-static void api_kick(struct worker *w, const char *user)
+static void api_kick(struct worker *w, const char *who)
 {
     /* Every worker closes its own connections of the user; the others get
      * the user id through their inbox. */
     for (int i = 0; i < wsh_nworkers; i++) {
         if (i == w->id)
             continue;
-        struct wsh_buf *b = wsh_buf_new(strlen(user) + 1);
+        struct wsh_buf *b = wsh_buf_new(strlen(who) + 1);
         if (b == NULL)
             continue;
-        memcpy(b->data, user, strlen(user) + 1);
-        b->end = (uint32_t)strlen(user) + 1;
+        memcpy(b->data, who, strlen(who) + 1);
+        b->end = (uint32_t)strlen(who) + 1;
         struct xmsg m = { .buf = b, .kind = XMSG_KICK };
         inbox_push(&wsh_workers[i], &m);
         w->wake[i] = true;
     }
-    hub_kick_local(w, user, 4501, "disconnected by the server");
+    hub_kick_local(w, who, 4501, "disconnected by the server");
 }
 
 static void api_list(struct worker *w, struct conn *c, const char *channel, bool presence,
@@ -1478,16 +1556,33 @@ void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *re
         return;
     }
     if (ROUTE("disconnect")) {
+        /* {"user": U, "revoke_s"?: N} closes every connection of U (4501)
+         * and, with revoke_s, refuses U's tokens for N seconds;
+         * {"jti": T, "revoke_s"?: N} does the same for one token id, refused
+         * for N seconds (default a day: past any sensible token expiry). */
         json_t *u = json_object_get(j, "user");
-        if (!json_is_string(u) || json_string_length(u) == 0 ||
-            json_string_length(u) > WSH_AUTH_SUB_MAX) {
+        json_t *t = json_object_get(j, "jti");
+        json_t *r = json_object_get(j, "revoke_s");
+        json_t *id = u ? u : t;
+        if ((u != NULL) == (t != NULL) || !json_is_string(id) || json_string_length(id) == 0 ||
+            json_string_length(id) > WSH_AUTH_SUB_MAX ||
+            (r && (!json_is_integer(r) || json_integer_value(r) < 0 ||
+                   json_integer_value(r) > 30 * 86400))) {
             json_decref(j);
-            api_error(w, c, 400, "user (string) is required");
+            api_error(w, c, 400, "one of user or jti (string), and revoke_s (seconds) optional");
             return;
         }
-        api_kick(w, json_string_value(u));
+        char who[WSH_AUTH_SUB_MAX + 2];
+        snprintf(who, sizeof(who), "%c%s", u ? 'u' : 'j', json_string_value(id));
+        int64_t secs = r ? json_integer_value(r) : (t ? 86400 : 0);
+        if (secs > 0 && !revoke(who[0], who + 1, wall_ms() + secs * 1000)) {
+            json_decref(j);
+            api_error(w, c, 503, "revocation list full");
+            return;
+        }
+        api_kick(w, who);
         json_decref(j);
-        api_json(w, c, 200, json_pack("{s:b}", "ok", 1));
+        api_json(w, c, 200, json_pack("{s:b,s:I}", "ok", 1, "revoked_s", (json_int_t)secs));
         return;
     }
     json_decref(j);

@@ -131,6 +131,7 @@ enum {
 
 static const char *config_path;
 static bool check_config;
+static bool max_message_flag; /* --max-message given: it overrides the config */
 
 static int parse_args(int argc, char **argv)
 {
@@ -180,6 +181,7 @@ static int parse_args(int argc, char **argv)
             if (parse_u64("max-message", optarg, 1, UINT32_MAX - 64, &v) != 0)
                 return -1;
             wsh_cfg.limits.max_message = v;
+            max_message_flag = true;
             break;
         case OPT_MAX_FRAGMENTS:
             if (parse_u64("max-fragments", optarg, 1, UINT32_MAX, &v) != 0)
@@ -319,11 +321,12 @@ int main(int argc, char **argv)
             fprintf(stderr, "wshub: %s: %s\n", config_path ? config_path : "config", err);
             return 2;
         }
-        /* /ws takes the smaller of --max-message and the configuration's
-         * limits.max_message, enforced by the WebSocket layer (1009). */
+        /* /ws takes the configuration's limits.max_message unless
+         * --max-message was given: command-line flags override the file.
+         * The WebSocket layer enforces it (1009). */
         wsh_cfg.hlimits = wsh_cfg.limits;
         uint64_t hm = hub_max_message();
-        if (hm > 0 && hm < wsh_cfg.hlimits.max_message)
+        if (hm > 0 && !max_message_flag)
             wsh_cfg.hlimits.max_message = hm;
         if (check_config) {
             printf("%s: ok\n", config_path ? config_path : "(built-in defaults)");

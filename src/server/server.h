@@ -145,9 +145,13 @@ struct metrics {
     _Atomic uint64_t lat_sum_us, lat_count;
 };
 
+/* Only the owning worker writes a counter, so a relaxed load and store is
+ * enough (no locked read-modify-write on the hot path); the scraping
+ * thread's relaxed loads stay well-defined. */
 static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
 {
-    atomic_fetch_add_explicit(m, n, memory_order_relaxed);
+    atomic_store_explicit(m, atomic_load_explicit(m, memory_order_relaxed) + n,
+                          memory_order_relaxed);
 }
 
 void metric_close(struct worker *w, unsigned code);
@@ -187,6 +191,7 @@ struct worker {
     pthread_mutex_t inbox_mu;
     struct xmsg *inbox;
     size_t inbox_n, inbox_cap;
+    _Atomic bool inbox_ready; /* set by producers: skip the lock when clear */
     struct xmsg *spare; /* swapped with inbox by the consumer */
     size_t spare_cap;
     struct wsh_timer sweep_timer; /* worker 0: periodic sweeps of channel state */

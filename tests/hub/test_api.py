@@ -120,7 +120,7 @@ async def test_api_disconnect_user_everywhere(hub):
     alices = [await Client.open(h, token("alice")) for _ in range(6)]
     bob = await Client.open(h, token("bob"))
     st, _, b = call(h, "POST", "/api/disconnect", {"user": "alice"})
-    assert st == 200 and json.loads(b) == {"ok": True}
+    assert st == 200 and json.loads(b) == {"ok": True, "revoked_s": 0}
     for a in alices:
         d = await a.expect(lambda m: m["type"] == "disconnect", what="disconnect")
         assert d["payload"]["code"] == 4501 and d["payload"]["reconnect"] is False
@@ -194,3 +194,32 @@ async def test_metrics_parse_and_count(hub):
     st, _, body = call(h, "GET", "/metrics", key=None)
     _, s2 = parse_prometheus(body.decode())
     assert s2[("wshub_closes_total", 'code="1000"')] >= 1
+
+
+@run_async
+async def test_api_revocation_by_user_and_jti(hub):
+    h = hub(api_config(), workers=2)
+    a = await Client.open(h, token("alice"))
+    st, _, b = call(h, "POST", "/api/disconnect", {"user": "alice", "revoke_s": 60})
+    assert st == 200 and json.loads(b) == {"ok": True, "revoked_s": 60}, b
+    d = await a.expect(lambda m: m["type"] == "disconnect", what="disconnect")
+    assert d["payload"]["code"] == 4501
+    # A fresh token of the revoked user is refused, at the handshake and in connect.
+    from conftest import handshake_status
+    assert handshake_status(h.port, f"/ws?token={token('alice')}") == 403
+    bob = await Client.open(h, token("bob"))  # others are fine
+    await bob.close()
+    # One token id revoked: that token is refused, another one of the user is not.
+    t1, t2 = token("carol", jti="t-1"), token("carol", jti="t-2")
+    c1 = await Client.open(h, t1)
+    st, _, b = call(h, "POST", "/api/disconnect", {"jti": "t-1"})
+    assert st == 200 and json.loads(b)["revoked_s"] == 86400
+    d = await c1.expect(lambda m: m["type"] == "disconnect", what="disconnect")
+    assert d["payload"]["code"] == 4501
+    assert handshake_status(h.port, f"/ws?token={t1}") == 403
+    c2 = await Client.open(h, t2)
+    await c2.close()
+    for bad in [{"user": "x", "jti": "y"}, {}, {"user": "x", "revoke_s": -1},
+                {"user": "x", "revoke_s": "10"}]:
+        st, _, _ = call(h, "POST", "/api/disconnect", bad)
+        assert st == 400, bad
