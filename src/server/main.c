@@ -34,6 +34,8 @@ static void usage(FILE *out)
             "  --pong-timeout SECS       close with 1011 when no pong in time (default 20)\n"
             "  --handshake-timeout SECS  deadline for the upgrade request (default 10)\n"
             "  --close-timeout SECS      wait for the peer after a close (default 5)\n"
+            "  --message-timeout SECS    a started message must complete within this; checked\n"
+            "                            at each heartbeat, 0 = off (default 30)\n"
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
             "  --log-level LEVEL         error, warn, info or debug (default info)\n"
             "  --port-file PATH          write the bound port to PATH once listening\n"
@@ -126,7 +128,8 @@ enum {
     OPT_CONFIG,
     OPT_CHECK_CONFIG,
     OPT_WEB_ROOT,
-    OPT_DEFLATE_LEVEL
+    OPT_DEFLATE_LEVEL,
+    OPT_MESSAGE_TIMEOUT
 };
 
 static const char *config_path;
@@ -156,6 +159,7 @@ static int parse_args(int argc, char **argv)
         { "check-config", no_argument, NULL, OPT_CHECK_CONFIG },
         { "web-root", required_argument, NULL, OPT_WEB_ROOT },
         { "deflate-level", required_argument, NULL, OPT_DEFLATE_LEVEL },
+        { "message-timeout", required_argument, NULL, OPT_MESSAGE_TIMEOUT },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -242,6 +246,10 @@ static int parse_args(int argc, char **argv)
         case OPT_WEB_ROOT:
             wsh_cfg.web_root = optarg;
             break;
+        case OPT_MESSAGE_TIMEOUT:
+            if (parse_secs("message-timeout", optarg, &wsh_cfg.message_timeout_ms) != 0)
+                return -1;
+            break;
         case OPT_DEFLATE_LEVEL:
             if (parse_u64("deflate-level", optarg, 1, 9, &v) != 0)
                 return -1;
@@ -286,6 +294,7 @@ static void set_defaults(void)
     wsh_cfg.pong_timeout_ms = 20000;
     wsh_cfg.handshake_timeout_ms = 10000;
     wsh_cfg.close_timeout_ms = 5000;
+    wsh_cfg.message_timeout_ms = 30000;
     wsh_cfg.max_queue = 1u << 20;
     /* Level 1: on the JSON and text a real-time server sends it keeps most
      * of level 6's ratio at a fraction of the CPU (zlib's deflate_fast). */

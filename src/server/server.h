@@ -26,6 +26,7 @@ struct wsh_config {
     uint64_t pong_timeout_ms;
     uint64_t handshake_timeout_ms;
     uint64_t close_timeout_ms;
+    uint64_t message_timeout_ms; /* a started message must complete in this */
     size_t max_queue; /* outbound hard limit per connection, bytes */
     size_t max_connections;
     uint32_t max_per_ip; /* 0 = no per-address limit */
@@ -96,6 +97,7 @@ struct conn {
     struct wsh_pmd *pmd; /* NULL unless permessage-deflate was agreed */
     struct wsh_utf8 zutf8; /* UTF-8 state of the text being inflated */
     uint32_t tls_retry; /* length of a TLS write to repeat */
+    uint32_t msg_since; /* loop second a data message began, 0 when none */
     uint32_t id;
     uint8_t state;
     uint8_t endpoint;

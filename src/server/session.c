@@ -200,7 +200,30 @@ static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev
         deliver(w, c, finish_message(c, ev->opcode));
 }
 
+static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t len);
+
+/* Tracks when the data message in progress began (LIMITS.md message-progress
+ * deadline): a frame declared large and then trickled in must not hold its
+ * buffer forever. Checked on each heartbeat tick. */
+static void note_progress(struct worker *w, struct conn *c)
+{
+    if (wsh_parser_in_message(&c->parser) || c->msg != NULL) {
+        if (c->msg_since == 0)
+            c->msg_since = (uint32_t)(wsh_loop_now(w->loop) / 1000u) + 1u;
+    } else {
+        c->msg_since = 0;
+    }
+}
+
 size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
+{
+    size_t off = session_feed(w, c, in, len);
+    if (c->state == CONN_OPEN)
+        note_progress(w, c);
+    return off;
+}
+
+static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t len)
 {
     size_t off = 0;
     while (off < len && c->state == CONN_OPEN) {
@@ -248,6 +271,13 @@ size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
 
 void session_timer(struct worker *w, struct conn *c)
 {
+    uint64_t now_s = wsh_loop_now(w->loop) / 1000u + 1u;
+    if (c->msg_since != 0 && wsh_cfg.message_timeout_ms > 0 &&
+        (now_s - c->msg_since) * 1000u >= wsh_cfg.message_timeout_ms) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=message_timeout", c->id);
+        conn_close(w, c, WSH_CLOSE_POLICY, "message too slow");
+        return;
+    }
     if (c->flags & CF_PING_WAIT) {
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=pong_timeout", c->id);
         conn_close(w, c, WSH_CLOSE_INTERNAL, "keepalive timeout");

@@ -333,3 +333,55 @@ def test_fault_garbage_instead_of_http(server):
         assert got == b"" or got.startswith(b"HTTP/1.1 4"), got[:40]
         s.close()
     assert_healthy(server, base)
+
+
+@pytest.mark.args("--ping-interval", "0.3", "--pong-timeout", "5", "--message-timeout", "1")
+def test_fault_trickled_message_hits_progress_deadline(server):
+    """A frame declared large and then trickled in a byte at a time is
+    closed with 1008 at the message-progress deadline, while a client that
+    answers pings and sends whole messages stays."""
+    base = server.fds()
+    s = upgrade(server.port)
+    good = upgrade(server.port)
+    payload = b"x" * 60000
+    frame_bytes = frame(2, payload)
+    s.sendall(frame_bytes[:20])
+    t0 = time.time()
+    code = None
+    s.settimeout(0.1)
+    i = 20
+    while time.time() - t0 < 6 * MULT:
+        try:
+            s.sendall(frame_bytes[i:i + 1])
+            i += 1
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        try:
+            data = s.recv(200)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        # Pings may come first; find the close frame.
+        while len(data) >= 2:
+            op, n = data[0] & 0x0F, data[1] & 0x7F
+            if op == 8:
+                code = struct.unpack("!H", data[2:4])[0]
+                break
+            data = data[2 + n:]
+        if code is not None:
+            break
+    elapsed = time.time() - t0
+    assert code == 1008, f"no 1008 after {elapsed:.1f}s ({i} bytes trickled)"
+    assert elapsed < 4 * MULT
+    s.close()
+    # The well-behaved client is still served.
+    good.sendall(frame(1, b"still here"))
+    good.settimeout(5 * MULT)
+    data = b""
+    while b"still here" not in data:
+        chunk = good.recv(200)
+        assert chunk, "closed"
+        data += chunk
+    good.close()
+    assert_healthy(server, base)
