@@ -97,7 +97,7 @@ struct conn {
     struct wsh_pmd *pmd; /* NULL unless permessage-deflate was agreed */
     struct wsh_utf8 zutf8; /* UTF-8 state of the text being inflated */
     uint32_t tls_retry; /* length of a TLS write to repeat */
-    uint32_t msg_since; /* loop second a data message began, 0 when none */
+    uint32_t msg_since; /* loop ms (truncated) a data message began, 0 when none */
     uint32_t id;
     uint8_t state;
     uint8_t endpoint;

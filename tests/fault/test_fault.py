@@ -336,46 +336,42 @@ def test_fault_garbage_instead_of_http(server):
 
 
 @pytest.mark.args("--ping-interval", "0.3", "--pong-timeout", "5", "--message-timeout", "1")
-def test_fault_trickled_message_hits_progress_deadline(server):
-    """A frame declared large and then trickled in a byte at a time is
-    closed with 1008 at the message-progress deadline, while a client that
-    answers pings and sends whole messages stays."""
+def test_fault_dribbled_message_hits_progress_deadline(server):
+    """A message dribbled in one-byte fragments, by a client that answers
+    every ping (so the keepalive never fires), is closed with 1008 at the
+    message-progress deadline; a well-behaved client on the same server is
+    unaffected."""
     base = server.fds()
     s = upgrade(server.port)
     good = upgrade(server.port)
-    payload = b"x" * 60000
-    frame_bytes = frame(2, payload)
-    s.sendall(frame_bytes[:20])
+    s.sendall(frame(1, b"a", fin=False))
     t0 = time.time()
     code = None
     s.settimeout(0.1)
-    i = 20
-    while time.time() - t0 < 6 * MULT:
+    buf = b""
+    while time.time() - t0 < 8 * MULT and code is None:
         try:
-            s.sendall(frame_bytes[i:i + 1])
-            i += 1
+            s.sendall(frame(0, b"b", fin=False))
         except (BrokenPipeError, ConnectionResetError):
             break
         try:
-            data = s.recv(200)
+            buf += s.recv(4096)
         except socket.timeout:
-            continue
+            pass
         except ConnectionResetError:
             break
-        # Pings may come first; find the close frame.
-        while len(data) >= 2:
-            op, n = data[0] & 0x0F, data[1] & 0x7F
-            if op == 8:
-                code = struct.unpack("!H", data[2:4])[0]
+        while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+            op, n = buf[0] & 0x0F, buf[1] & 0x7F
+            body, buf = buf[2:2 + n], buf[2 + n:]
+            if op == 9:  # answer pings between fragments: we are alive
+                s.sendall(frame(10, body))
+            elif op == 8:
+                code = struct.unpack("!H", body[:2])[0]
                 break
-            data = data[2 + n:]
-        if code is not None:
-            break
     elapsed = time.time() - t0
-    assert code == 1008, f"no 1008 after {elapsed:.1f}s ({i} bytes trickled)"
-    assert elapsed < 4 * MULT
+    assert code == 1008, f"got {code} after {elapsed:.1f}s"
+    assert 0.9 < elapsed < 4 * MULT, elapsed
     s.close()
-    # The well-behaved client is still served.
     good.sendall(frame(1, b"still here"))
     good.settimeout(5 * MULT)
     data = b""
