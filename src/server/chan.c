@@ -3,57 +3,86 @@
  * each recipient's queue holds a reference (DESIGN.md 2). Other workers get
  * one inbox entry per message and one eventfd wakeup per loop turn.
  *
- * Channel records are shared by all workers and found by name in a global
- * registry under one mutex, taken only to join and in the sweep. A record
- * whose count of subscribers and in-flight messages drops to zero is freed
- * by the periodic sweep, which holds the same mutex, so a record can never
- * be freed while a join is finding it. */
+ * Channel records are shared by all workers and kept in a chanreg (below),
+ * which the hub's channels use too. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "server.h"
 
-#define REG_BUCKETS 4096u
+static struct chanreg raw_reg = CHANREG_INIT;
 
-static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct rawchan *reg[REG_BUCKETS];
-
-static uint32_t hash_name(const char *p, size_t n)
+uint32_t wsh_hash_bytes(const void *p, size_t n)
 {
+    const uint8_t *b = p;
     uint32_t h = 2166136261u; /* FNV-1a */
     for (size_t i = 0; i < n; i++) {
-        h ^= (uint8_t)p[i];
+        h ^= b[i];
         h *= 16777619u;
     }
     return h;
 }
 
-struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len)
+struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, size_t size,
+                            chanreg_init_cb *init, void *arg)
 {
-    uint32_t h = hash_name(name, len);
-    pthread_mutex_lock(&reg_mu);
-    struct rawchan *ch = reg[h % REG_BUCKETS];
-    while (ch && !(ch->hash == h && strlen(ch->name) == len && memcmp(ch->name, name, len) == 0))
-        ch = ch->hnext;
-    if (ch == NULL) {
-        ch = calloc(1, sizeof(*ch) + (size_t)wsh_nworkers * sizeof(ch->local[0]));
+    uint32_t h = wsh_hash_bytes(name, len);
+    struct chanrec **head = &reg->bucket[h % CHANREG_BUCKETS];
+    pthread_mutex_lock(&reg->mu);
+    struct chanrec *r = *head;
+    while (r && !(r->hash == h && r->name_len == len && memcmp(r->name, name, len) == 0))
+        r = r->hnext;
+    if (r == NULL && size > 0) {
+        r = calloc(1, size);
         char *nm = malloc(len + 1);
-        if (ch == NULL || nm == NULL) {
-            free(ch);
+        if (r == NULL || nm == NULL) {
+            free(r);
             free(nm);
-            pthread_mutex_unlock(&reg_mu);
+            pthread_mutex_unlock(&reg->mu);
             return NULL;
         }
         memcpy(nm, name, len);
         nm[len] = '\0';
-        ch->name = nm;
-        ch->hash = h;
-        ch->hnext = reg[h % REG_BUCKETS];
-        reg[h % REG_BUCKETS] = ch;
+        r->name = nm;
+        r->name_len = len;
+        r->hash = h;
+        if (init)
+            init(r, arg);
+        r->hnext = *head;
+        *head = r;
     }
-    atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
-    pthread_mutex_unlock(&reg_mu);
+    if (r)
+        atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&reg->mu);
+    return r;
+}
+
+void chanreg_sweep(struct chanreg *reg)
+{
+    pthread_mutex_lock(&reg->mu);
+    for (size_t b = 0; b < CHANREG_BUCKETS; b++) {
+        struct chanrec **pp = &reg->bucket[b];
+        while (*pp) {
+            struct chanrec *r = *pp;
+            if (atomic_load_explicit(&r->refs, memory_order_acquire) == 0) {
+                *pp = r->hnext;
+                free(r->name);
+                free(r);
+            } else {
+                pp = &r->hnext;
+            }
+        }
+    }
+    pthread_mutex_unlock(&reg->mu);
+}
+
+struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len)
+{
+    size_t size = sizeof(struct rawchan) + (size_t)wsh_nworkers * sizeof(struct rawchan_local);
+    struct rawchan *ch = (struct rawchan *)chanreg_get(&raw_reg, name, len, size, NULL, NULL);
+    if (ch == NULL)
+        return NULL;
 
     struct rawchan_local *loc = &ch->local[w->id];
     c->chan = ch;
@@ -210,19 +239,5 @@ void rawchan_deliver_inbox(struct worker *w)
 
 void rawchan_sweep(void)
 {
-    pthread_mutex_lock(&reg_mu);
-    for (size_t b = 0; b < REG_BUCKETS; b++) {
-        struct rawchan **pp = &reg[b];
-        while (*pp) {
-            struct rawchan *ch = *pp;
-            if (atomic_load_explicit(&ch->refs, memory_order_acquire) == 0) {
-                *pp = ch->hnext;
-                free(ch->name);
-                free(ch);
-            } else {
-                pp = &ch->hnext;
-            }
-        }
-    }
-    pthread_mutex_unlock(&reg_mu);
+    chanreg_sweep(&raw_reg);
 }

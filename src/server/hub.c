@@ -21,7 +21,6 @@
 #include "wshub/http.h"
 #include "wshub/proto.h"
 
-#define REG_BUCKETS 4096u
 /* refresh_required goes out this long before the token expires. */
 #define REFRESH_AHEAD_MS 30000
 
@@ -29,11 +28,7 @@ struct hubsub;
 
 /* A channel as the workers see it: per-worker subscriber lists. */
 struct hubchan {
-    _Atomic uint32_t refs; /* subscriptions + messages in flight */
-    uint32_t hash;
-    struct hubchan *hnext;
-    char *name;
-    size_t name_len;
+    CHANREC_FIELDS
     const struct wsh_ns_config *ns;
     _Atomic uint32_t total; /* subscribers over all workers */
     struct {
@@ -74,8 +69,7 @@ static struct wsh_hub_config hubcfg;
 static struct wsh_broker *broker;
 static struct wsh_proto_limits plimits;
 static struct wsh_origin_list origins;
-static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct hubchan *reg[REG_BUCKETS];
+static struct chanreg hub_reg = CHANREG_INIT;
 static struct wsh_auth_key *auth_keys;
 static size_t auth_nkeys;
 static bool hub_enabled;
@@ -154,46 +148,18 @@ static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, cons
 /* ------------------------------------------------------------------ */
 /* Channel registry                                                     */
 
-static uint32_t hash_name(const char *p, size_t n)
+static void set_ns(struct chanrec *r, void *ns)
 {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (uint8_t)p[i];
-        h *= 16777619u;
-    }
-    return h;
+    ((struct hubchan *)r)->ns = ns;
 }
 
-/* Finds or creates a channel record and takes a reference. */
+/* Finds (and with ns, creates) a channel record and takes a reference. */
 static struct hubchan *chan_get(const char *name, size_t len, const struct wsh_ns_config *ns)
 {
-    uint32_t h = hash_name(name, len);
-    pthread_mutex_lock(&reg_mu);
-    struct hubchan *ch = reg[h % REG_BUCKETS];
-    while (ch && !(ch->hash == h && ch->name_len == len && memcmp(ch->name, name, len) == 0))
-        ch = ch->hnext;
-    if (ch == NULL && ns != NULL) {
-        ch = calloc(1, sizeof(*ch) + (size_t)wsh_nworkers * sizeof(ch->local[0]));
-        char *nm = malloc(len + 1);
-        if (ch == NULL || nm == NULL) {
-            free(ch);
-            free(nm);
-            pthread_mutex_unlock(&reg_mu);
-            return NULL;
-        }
-        memcpy(nm, name, len);
-        nm[len] = '\0';
-        ch->name = nm;
-        ch->name_len = len;
-        ch->hash = h;
-        ch->ns = ns;
-        ch->hnext = reg[h % REG_BUCKETS];
-        reg[h % REG_BUCKETS] = ch;
-    }
-    if (ch)
-        atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
-    pthread_mutex_unlock(&reg_mu);
-    return ch;
+    size_t size = ns ? sizeof(struct hubchan) +
+                           (size_t)wsh_nworkers * sizeof(((struct hubchan *)NULL)->local[0])
+                     : 0;
+    return (struct hubchan *)chanreg_get(&hub_reg, name, len, size, set_ns, (void *)(uintptr_t)ns);
 }
 
 static void chan_put(struct hubchan *ch)
@@ -201,27 +167,11 @@ static void chan_put(struct hubchan *ch)
     atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
 }
 
-/* Records whose references are gone are freed here, under the lock that
- * lookups take, so a record is never freed between a lookup and its use. */
 void hub_sweep(int64_t now_ms)
 {
     if (!hub_enabled)
         return;
-    pthread_mutex_lock(&reg_mu);
-    for (size_t b = 0; b < REG_BUCKETS; b++) {
-        struct hubchan **pp = &reg[b];
-        while (*pp) {
-            struct hubchan *ch = *pp;
-            if (atomic_load_explicit(&ch->refs, memory_order_acquire) == 0) {
-                *pp = ch->hnext;
-                free(ch->name);
-                free(ch);
-            } else {
-                pp = &ch->hnext;
-            }
-        }
-    }
-    pthread_mutex_unlock(&reg_mu);
+    chanreg_sweep(&hub_reg);
     wsh_broker_sweep(broker, now_ms);
 }
 

@@ -113,11 +113,44 @@ struct rawchan_local {
     _Atomic uint32_t n;
 };
 
+/* Channel records shared by all workers (raw channels, hub channels)
+ * begin with these fields, as libuv handles begin with UV_HANDLE_FIELDS,
+ * so one registry serves both kinds. */
+#define CHANREC_FIELDS                                                                             \
+    _Atomic uint32_t refs; /* holders: subscriptions + messages in flight */                      \
+    uint32_t hash;                                                                                 \
+    struct chanrec *hnext; /* registry chain, under the registry lock */                          \
+    char *name;            /* NUL-terminated copy */                                              \
+    size_t name_len;
+
+struct chanrec {
+    CHANREC_FIELDS
+};
+
+/* Records are found by name under one mutex, taken only to look up or
+ * create and in the sweep; a record whose holders are gone is freed by the
+ * sweep, under the same mutex, so it can never be freed between a lookup
+ * and its use. */
+#define CHANREG_BUCKETS 4096u
+struct chanreg {
+    pthread_mutex_t mu;
+    struct chanrec *bucket[CHANREG_BUCKETS];
+};
+#define CHANREG_INIT { .mu = PTHREAD_MUTEX_INITIALIZER }
+
+typedef void chanreg_init_cb(struct chanrec *r, void *arg);
+
+uint32_t wsh_hash_bytes(const void *p, size_t n);
+/* Finds the record for name and takes a reference. When there is none and
+ * size > 0, creates one of size bytes (zeroed, name copied) and calls init
+ * (may be NULL) under the lock, before any other thread can see it.
+ * Returns NULL when absent (size 0) or out of memory. */
+struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, size_t size,
+                            chanreg_init_cb *init, void *arg);
+void chanreg_sweep(struct chanreg *reg);
+
 struct rawchan {
-    _Atomic uint32_t refs; /* subscribers + messages in flight */
-    uint32_t hash;
-    struct rawchan *hnext; /* registry chain, under the registry lock */
-    char *name;
+    CHANREC_FIELDS
     struct rawchan_local local[]; /* one per worker */
 };
 

@@ -987,10 +987,7 @@ static struct ipcount *ip_table[IP_BUCKETS];
 
 static uint32_t ip_hash(const uint8_t *a, size_t len)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ a[i]) * 16777619u;
-    return h % IP_BUCKETS;
+    return wsh_hash_bytes(a, len) % IP_BUCKETS;
 }
 
 static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t limit, bool *over)
