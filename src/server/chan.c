@@ -130,8 +130,8 @@ struct wsh_buf *zcache_frame(struct zcache *z, const struct conn *c)
         return z->frame;
     uint8_t bits = wsh_pmd_server_window_bits(c->pmd) & 15u;
     if (z->buf[bits] == NULL && !z->failed[bits]) {
-        z->buf[bits] = frame_deflate(NULL, bits, z->frame->data[z->frame->start] & 0x0fu,
-                                     z->payload, z->plen);
+        z->buf[bits] =
+            frame_deflate(NULL, bits, z->frame->data[z->frame->start] & 0x0fu, z->payload, z->plen);
         z->failed[bits] = z->buf[bits] == NULL;
     }
     return z->buf[bits] ? z->buf[bits] : z->frame;

@@ -41,10 +41,10 @@ struct hubchan {
 struct hubsub {
     struct hubchan *ch;
     struct conn *c;
-    struct hubsub *next, *prev;         /* in ch->local[worker] */
-    struct hubsub *conn_next;           /* in the connection's list */
-    uint64_t after;                     /* drop messages with offset <= after */
-    uint64_t lagged_from; /* first message dropped while backlogged, 0 if none */
+    struct hubsub *next, *prev;           /* in ch->local[worker] */
+    struct hubsub *conn_next;             /* in the connection's list */
+    uint64_t after;                       /* drop messages with offset <= after */
+    uint64_t lagged_from;                 /* first message dropped while backlogged, 0 if none */
     char epoch[WSH_BROKER_EPOCH_LEN + 1]; /* as reported by `subscribed` */
 };
 
@@ -53,7 +53,7 @@ struct hubconn {
     bool authed;
     bool anonymous;
     bool refresh_sent;
-    bool lagging; /* some subscription has lagged_from set */
+    bool lagging;   /* some subscription has lagged_from set */
     bool connected; /* `connect` was answered */
     char client[24];
     char anon[32]; /* user id of an anonymous connection: "anon-<client>" */
@@ -518,8 +518,8 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
     memset(&id, 0, sizeof(id));
     int ecode = 0;
     if (wsh_auth_verify(auth, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
-        *perr = wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED
-                                                          : WSH_PERR_BAD_TOKEN;
+        *perr =
+            wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED : WSH_PERR_BAD_TOKEN;
         return -1;
     }
     if (is_revoked(&id)) {
@@ -776,10 +776,10 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
                     NULL);
         return;
     }
-    bool allowed = h->anonymous ? cmd->chan.user == NULL
-                                : (h->id.nchannels == 0 && cmd->chan.user == NULL) ||
-                                      wsh_auth_can_subscribe(&h->id, cmd->channel,
-                                                             cmd->channel_len);
+    bool allowed = h->anonymous
+                       ? cmd->chan.user == NULL
+                       : (h->id.nchannels == 0 && cmd->chan.user == NULL) ||
+                             wsh_auth_can_subscribe(&h->id, cmd->channel, cmd->channel_len);
     if (!allowed) {
         reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_FORBIDDEN, NULL);
         return;
@@ -891,8 +891,7 @@ static bool take_token(struct hubconn *h)
  * error code: the namespace takes publishes from the server only (2004),
  * the connection is not subscribed (4003), or the token's `publish`
  * patterns do not allow the channel (2004). */
-static int may_publish(struct hubconn *h, const struct wsh_cmd *cmd,
-                       const struct wsh_ns_config *ns)
+static int may_publish(struct hubconn *h, const struct wsh_cmd *cmd, const struct wsh_ns_config *ns)
 {
     if (ns->publish != WSH_PUBLISH_SUBSCRIBERS)
         return WSH_PERR_PUBLISH_DENIED;
@@ -1058,8 +1057,7 @@ static bool may_read_channel(struct hubconn *h, const struct wsh_cmd *cmd)
     return find_sub(h, cmd->channel, cmd->channel_len) != NULL;
 }
 
-static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h,
-                     const struct wsh_cmd *cmd)
+static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const struct wsh_cmd *cmd)
 {
     const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, cmd->channel, cmd->channel_len);
     if (ns == NULL) {
@@ -1298,9 +1296,8 @@ static int api_publish_one(const char *channel, const char *payload, size_t plen
     if (ns == NULL)
         return WSH_PERR_UNKNOWN_NAMESPACE;
     struct wsh_channel parts;
-    if (!wsh_proto_channel_parse(channel, strlen(channel), plimits.max_channel ? plimits.max_channel
-                                                                               : 128,
-                                 &parts))
+    if (!wsh_proto_channel_parse(channel, strlen(channel),
+                                 plimits.max_channel ? plimits.max_channel : 128, &parts))
         return WSH_PERR_BAD_CHANNEL;
     struct wsh_broker_publish_req req = {
         .channel = channel,
@@ -1378,7 +1375,8 @@ static void api_list(struct worker *w, struct conn *c, const char *channel, bool
     if (presence) {
         rc = wsh_broker_presence_list(broker, channel, on_presence, &x);
     } else {
-        struct wsh_broker_history_req hr = { .channel = channel, .limit = limit,
+        struct wsh_broker_history_req hr = { .channel = channel,
+                                             .limit = limit,
                                              .now_ms = wall_ms() };
         rc = wsh_broker_history(broker, &hr, on_history, &x);
     }
@@ -1418,7 +1416,7 @@ void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *re
     const char *p = req->path + 5;
     size_t n = req->path_len - 5;
     char chan[WSH_BROKER_NAME_MAX + 1];
-#define ROUTE(lit) (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
+#define ROUTE(lit)  (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
 #define PREFIX(lit) (n > sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
     if (PREFIX("presence/") || PREFIX("history/")) {
         size_t pl = p[0] == 'p' ? 9 : 8;
@@ -1456,7 +1454,7 @@ void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *re
     if (!post) {
         api_error(w, c, ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? 405 : 404,
                   ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? "use POST"
-                                                                                 : "not found");
+                                                                                : "not found");
         return;
     }
     json_error_t jerr;

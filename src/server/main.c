@@ -39,7 +39,8 @@ static void usage(FILE *out)
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
             "  --log-level LEVEL         error, warn, info or debug (default info)\n"
             "  --port-file PATH          write the bound port to PATH once listening\n"
-            "  --config FILE             JSON configuration: namespaces, keys, limits (docs/config.md)\n"
+            "  --config FILE             JSON configuration: namespaces, keys, limits "
+            "(docs/config.md)\n"
             "  --check-config            validate --config, explain any error, and exit\n"
             "  --web-root DIR            serve the demo page and browser client from DIR\n"
             "                            (default: the source tree's web/)\n"
@@ -274,7 +275,8 @@ static int parse_args(int argc, char **argv)
     /* A compressed message may be a little larger than its inflated size
      * (stored blocks); the true bound is enforced on the inflated bytes. */
     wsh_cfg.zlimits = wsh_cfg.limits;
-    wsh_cfg.zlimits.max_message = wsh_cfg.limits.max_message + wsh_cfg.limits.max_message / 64 + 256;
+    wsh_cfg.zlimits.max_message =
+        wsh_cfg.limits.max_message + wsh_cfg.limits.max_message / 64 + 256;
     if (optind < argc) {
         fprintf(stderr, "wshub: unexpected argument '%s'\n", argv[optind]);
         return -1;
@@ -403,10 +405,10 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    wsh_log(WSH_LOG_INFO, "ev=listen addr=%s port=%d workers=%d tls=%d deflate=%d echo=%d max_message=%llu",
+    wsh_log(WSH_LOG_INFO,
+            "ev=listen addr=%s port=%d workers=%d tls=%d deflate=%d echo=%d max_message=%llu",
             wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.deflate ? 1 : 0,
-            wsh_cfg.echo ? 1 : 0,
-            (unsigned long long)wsh_cfg.limits.max_message);
+            wsh_cfg.echo ? 1 : 0, (unsigned long long)wsh_cfg.limits.max_message);
     if (wsh_cfg.port_file && write_port_file(wsh_cfg.port_file, port) != 0) {
         wsh_log(WSH_LOG_ERROR, "ev=port_file_failed path=%s", wsh_cfg.port_file);
         return 1;

@@ -14,8 +14,8 @@
 static const unsigned close_codes[METRIC_CODES] = { 1000, 1001, 1002, 1003, 1007, 1008, 1009,
                                                     1011, 1012, 1013, 4100, 4101, 4500, 4501 };
 /* Upper bounds of the latency buckets, in milliseconds. */
-static const unsigned lat_ms[METRIC_LAT_BUCKETS] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000,
-                                                     2500, 5000 };
+static const unsigned lat_ms[METRIC_LAT_BUCKETS] = { 1,   2,   5,   10,   25,   50,
+                                                     100, 250, 500, 1000, 2500, 5000 };
 
 void metric_close(struct worker *w, unsigned code)
 {
@@ -82,8 +82,9 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     }
     static _Thread_local char buf[16384];
     struct out o = { buf, 0, sizeof(buf) };
-    put(&o, "# HELP wshub_connections Open connections, all endpoints and states.\n"
-            "# TYPE wshub_connections gauge\nwshub_connections %zu\n",
+    put(&o,
+        "# HELP wshub_connections Open connections, all endpoints and states.\n"
+        "# TYPE wshub_connections gauge\nwshub_connections %zu\n",
         atomic_load(&wsh_total_conns));
     counter(&o, "wshub_connections_accepted_total", "Connections accepted.", SUM(accepted));
     static const char *const eps[4] = { "http", "echo", "raw", "ws" };
@@ -92,8 +93,8 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     for (int i = 1; i < 4; i++)
         put(&o, "wshub_messages_in_total{endpoint=\"%s\"} %llu\n", eps[i],
             (unsigned long long)SUM(msgs_in[i]));
-    static const char *const cmds[10] = { "invalid", "connect", "subscribe", "unsubscribe",
-                                          "publish", "presence", "history", "refresh",
+    static const char *const cmds[10] = { "invalid", "connect",  "subscribe", "unsubscribe",
+                                          "publish", "presence", "history",   "refresh",
                                           "signal",  "read" };
     put(&o, "# HELP wshub_commands_total /ws commands received, by type.\n"
             "# TYPE wshub_commands_total counter\n");

@@ -27,7 +27,7 @@ struct wsh_config {
     uint64_t handshake_timeout_ms;
     uint64_t close_timeout_ms;
     uint64_t message_timeout_ms; /* a started message must complete in this */
-    size_t max_queue; /* outbound hard limit per connection, bytes */
+    size_t max_queue;            /* outbound hard limit per connection, bytes */
     size_t max_connections;
     uint32_t max_per_ip; /* 0 = no per-address limit */
     const char *port_file;
@@ -80,8 +80,8 @@ struct rawchan;
  * write buffer stays allocated between messages (DESIGN.md 2). */
 struct conn {
     struct wsh_io io;
-    struct wsh_timer timer; /* handshake deadline, heartbeat or close timeout */
-    struct conn *next, *prev; /* worker's list of live connections */
+    struct wsh_timer timer;    /* handshake deadline, heartbeat or close timeout */
+    struct conn *next, *prev;  /* worker's list of live connections */
     struct conn *pending_next; /* worker's flush list, or deferred-free list */
     struct wsh_wq *wq;
     uint8_t *carry; /* unconsumed input: partial request head or frame header */
@@ -93,11 +93,11 @@ struct conn {
     struct hubconn *hub; /* /ws state, NULL on other endpoints */
     struct ipcount *ip;  /* per-address count, when that limit is on */
     struct wsh_parser parser;
-    struct ssl_st *ssl; /* NULL for plain TCP */
-    struct wsh_pmd *pmd; /* NULL unless permessage-deflate was agreed */
+    struct ssl_st *ssl;    /* NULL for plain TCP */
+    struct wsh_pmd *pmd;   /* NULL unless permessage-deflate was agreed */
     struct wsh_utf8 zutf8; /* UTF-8 state of the text being inflated */
-    uint32_t tls_retry; /* length of a TLS write to repeat */
-    uint32_t msg_since; /* loop ms (truncated) a data message began, 0 when none */
+    uint32_t tls_retry;    /* length of a TLS write to repeat */
+    uint32_t msg_since;    /* loop ms (truncated) a data message began, 0 when none */
     uint32_t id;
     uint8_t state;
     uint8_t endpoint;
@@ -116,11 +116,11 @@ struct rawchan_local {
 /* Channel records shared by all workers (raw channels, hub channels)
  * begin with these fields, as libuv handles begin with UV_HANDLE_FIELDS,
  * so one registry serves both kinds. */
-#define CHANREC_FIELDS                                                                             \
-    _Atomic uint32_t refs; /* holders: subscriptions + messages in flight */                      \
-    uint32_t hash;                                                                                 \
-    struct chanrec *hnext; /* registry chain, under the registry lock */                          \
-    char *name;            /* NUL-terminated copy */                                              \
+#define CHANREC_FIELDS                                                       \
+    _Atomic uint32_t refs; /* holders: subscriptions + messages in flight */ \
+    uint32_t hash;                                                           \
+    struct chanrec *hnext; /* registry chain, under the registry lock */     \
+    char *name;            /* NUL-terminated copy */                         \
     size_t name_len;
 
 struct chanrec {
@@ -136,7 +136,10 @@ struct chanreg {
     pthread_mutex_t mu;
     struct chanrec *bucket[CHANREG_BUCKETS];
 };
-#define CHANREG_INIT { .mu = PTHREAD_MUTEX_INITIALIZER }
+#define CHANREG_INIT                    \
+    {                                   \
+        .mu = PTHREAD_MUTEX_INITIALIZER \
+    }
 
 typedef void chanreg_init_cb(struct chanrec *r, void *arg);
 
@@ -167,15 +170,15 @@ struct xmsg {
 
 /* Counters of one worker, summed by /metrics. Only the owning worker
  * writes them; relaxed atomics keep the scraping thread's reads defined. */
-#define METRIC_CODES 14
+#define METRIC_CODES       14
 #define METRIC_LAT_BUCKETS 12
 struct metrics {
     _Atomic uint64_t accepted;
-    _Atomic uint64_t msgs_in[4]; /* by enum conn_endpoint */
+    _Atomic uint64_t msgs_in[4];   /* by enum conn_endpoint */
     _Atomic uint64_t commands[10]; /* by enum wsh_cmd_type */
     _Atomic uint64_t frames_out, bytes_in, bytes_out;
     _Atomic uint64_t slow_consumers;
-    _Atomic uint64_t closes[METRIC_CODES + 1]; /* by code, last = other */
+    _Atomic uint64_t closes[METRIC_CODES + 1];    /* by code, last = other */
     _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */
     _Atomic uint64_t lat_sum_us, lat_count;
 };
@@ -227,10 +230,10 @@ struct worker {
     struct xmsg *inbox;
     size_t inbox_n, inbox_cap;
     _Atomic bool inbox_ready; /* set by producers: skip the lock when clear */
-    struct xmsg *spare; /* swapped with inbox by the consumer */
+    struct xmsg *spare;       /* swapped with inbox by the consumer */
     size_t spare_cap;
     struct wsh_timer sweep_timer; /* worker 0: periodic sweeps of channel state */
-    int tls_budget; /* TLS handshake steps left in this loop turn */
+    int tls_budget;               /* TLS handshake steps left in this loop turn */
 };
 
 extern struct worker *wsh_workers;
@@ -253,8 +256,8 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
 void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void conn_destroy(struct worker *w, struct conn *c);
 struct wsh_http_request;
-void http_respond(struct worker *w, struct conn *c, int status, const char *type,
-                  const char *body, size_t len);
+void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
+                  size_t len);
 struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);
 /* A compressed frame (RSV1) of payload: with z, that connection's state;
  * with z NULL, the stateless compressor for window_bits (fan-out). */

@@ -26,7 +26,8 @@ static void deliver(struct worker *w, struct conn *c, struct wsh_buf *frame)
         return;
     }
     if (c->pmd && wsh_pmd_worth_compressing(&wsh_cfg.pmd, len)) {
-        struct wsh_buf *z = frame_deflate(c->pmd, 0, frame->data[frame->start] & 0x0fu, payload, len);
+        struct wsh_buf *z =
+            frame_deflate(c->pmd, 0, frame->data[frame->start] & 0x0fu, payload, len);
         wsh_buf_unref(frame);
         if (z == NULL) {
             conn_close(w, c, WSH_CLOSE_INTERNAL, "compression failed");
@@ -151,7 +152,7 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
                 wsh_strerror(rc));
         conn_close(w, c, code,
-                   code == WSH_CLOSE_TOO_BIG       ? "message too big"
+                   code == WSH_CLOSE_TOO_BIG        ? "message too big"
                    : code == WSH_CLOSE_INVALID_DATA ? "invalid UTF-8"
                                                     : "bad compressed data");
         return;
@@ -230,7 +231,7 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
     size_t off = 0;
     while (off < len && c->state == CONN_OPEN) {
         struct wsh_event ev;
-        const struct wsh_limits *lim = c->pmd                 ? &wsh_cfg.zlimits
+        const struct wsh_limits *lim = c->pmd                  ? &wsh_cfg.zlimits
                                        : c->endpoint == EP_HUB ? &wsh_cfg.hlimits
                                                                : &wsh_cfg.limits;
         ssize_t n = wsh_parser_feed(&c->parser, lim, in + off, len - off, &ev);

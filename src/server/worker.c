@@ -7,11 +7,11 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -23,8 +23,8 @@
 /* Per-turn budgets (LIMITS.md): a connection reads at most READ_MAX bytes
  * per turn, and a listener accepts at most ACCEPT_MAX per turn so a
  * connection flood cannot starve established connections. */
-#define READ_MAX   65536u
-#define CARRY_MAX  WSH_HTTP_DEFAULT_HEAD
+#define READ_MAX  65536u
+#define CARRY_MAX WSH_HTTP_DEFAULT_HEAD
 /* Request bodies are only for the HTTP API, and small (LIMITS.md max
  * message); larger ones get 413. */
 #define BODY_MAX   65536u
@@ -36,7 +36,7 @@
  * turn: epoll is level-triggered. */
 #define TLS_STEPS_MAX 16
 #define TLS_RECORD    16384u
-#define CORK_SIZE  4096u
+#define CORK_SIZE     4096u
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 struct ipcount;
@@ -215,9 +215,9 @@ void direct_flush(struct worker *w)
 }
 
 /* Queues a frame (taking over the caller's reference; NULL only re-checks
- * the limit). A connection whose queue passes --max-queue is a slow consumer: everything it has not begun
- * to receive is dropped and it is closed with 1008, so one slow reader
- * never grows the server or slows the others (DESIGN.md 5). */
+ * the limit). A connection whose queue passes --max-queue is a slow consumer: everything it has not
+ * begun to receive is dropped and it is closed with 1008, so one slow reader never grows the server
+ * or slows the others (DESIGN.md 5). */
 void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
 {
     if (w->direct.c == c)
@@ -289,8 +289,8 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
     if (room != NULL) {
         metric_add(&w->m.frames_out, 1);
         metric_add(&w->m.bytes_out, need);
-        wsh_wq_tail_commit(c->wq, wsh_message_write(room, opcode, false, payload, len, 0, NULL,
-                                                    NULL));
+        wsh_wq_tail_commit(c->wq,
+                           wsh_message_write(room, opcode, false, payload, len, 0, NULL, NULL));
         mark_pending(w, c);
         if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue)
             conn_send(w, c, NULL); /* runs the slow-consumer rule */
@@ -498,7 +498,6 @@ static void before_sleep(struct wsh_loop *l, void *user)
     }
     if (w->shutting_down && w->nconns == 0)
         wsh_loop_stop(w->loop);
-
 }
 
 /* ------------------------------------------------------------------ */
@@ -727,8 +726,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
 
 /* Consumes the request head (and an API request's body) from in[0..len).
  * Returns bytes consumed; 0 while incomplete. */
-static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t len,
-                         size_t last_len)
+static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, size_t last_len)
 {
     struct wsh_http_header headers[WSH_HTTP_DEFAULT_HEADERS];
     struct wsh_http_request req;
@@ -782,8 +780,8 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
 
 /* Answers a plain HTTP request and closes after the body (no keep-alive:
  * every client of ours opens a connection per request or upgrades). */
-void http_respond(struct worker *w, struct conn *c, int status, const char *type,
-                  const char *body, size_t len)
+void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
+                  size_t len)
 {
     char head[512];
     int hl = snprintf(head, sizeof(head),
@@ -817,7 +815,9 @@ static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, si
          * answers 431 past it), a head with an API body at most CARRY_MAX +
          * BODY_MAX, and a partial frame header or control
          * frame at most 14 + 125 bytes. */
-        uint32_t cap = n <= 256 ? 256 : n <= CARRY_MAX ? CARRY_MAX : (uint32_t)((n + 4095) & ~4095u);
+        uint32_t cap = n <= 256         ? 256
+                       : n <= CARRY_MAX ? CARRY_MAX
+                                        : (uint32_t)((n + 4095) & ~4095u);
         uint8_t *nc = malloc(cap);
         if (nc == NULL) {
             conn_destroy(w, c);
@@ -1064,8 +1064,8 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     for (int i = 0; i < ACCEPT_MAX; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof(peer);
-        int fd = accept4(w->listen_io.fd, (struct sockaddr *)&peer, &plen,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd =
+            accept4(w->listen_io.fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR)
                 continue;
