@@ -35,7 +35,7 @@ static void deliver(struct worker *w, struct conn *c, struct wsh_buf *frame)
         }
         frame = z;
     }
-    conn_send(w, c, frame);
+    conn_reply(w, c, frame);
 }
 
 static const char *reason_for(unsigned code)

@@ -214,30 +214,47 @@ void direct_flush(struct worker *w)
     mark_pending(w, c);
 }
 
-/* Queues a frame (taking over the caller's reference; NULL only re-checks
- * the limit). A connection whose queue passes --max-queue is a slow consumer: everything it has not
- * begun to receive is dropped and it is closed with 1008, so one slow reader never grows the server
- * or slows the others (DESIGN.md 5). */
-void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
+/* Queues a frame, taking over the caller's reference. Returns false when
+ * the frame was dropped (closing, or the connection was destroyed). */
+static bool queue_frame(struct worker *w, struct conn *c, struct wsh_buf *b)
 {
     if (w->direct.c == c)
         direct_flush(w); /* keep the byte order: the batch goes first */
     if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT)) {
-        if (b)
-            wsh_buf_unref(b);
-        return;
+        wsh_buf_unref(b);
+        return false;
     }
-    if (b != NULL) {
-        metric_add(&w->m.frames_out, 1);
-        metric_add(&w->m.bytes_out, wsh_buf_len(b));
-        if (wsh_wq_push(&c->wq, b) != WSH_OK) {
-            conn_destroy(w, c);
-            return;
-        }
+    metric_add(&w->m.frames_out, 1);
+    metric_add(&w->m.bytes_out, wsh_buf_len(b));
+    if (wsh_wq_push(&c->wq, b) != WSH_OK) {
+        conn_destroy(w, c);
+        return false;
     }
     mark_pending(w, c);
-    /* One message alone may pass the limit (it is bounded by
-     * --max-message); a backlog of several may not. */
+    return true;
+}
+
+/* Output the connection caused itself from what it sent (echo replies,
+ * pongs) is at most as large as that input, and its reads are budgeted to
+ * the room left in its queue and pause at half of it (read_budget,
+ * update_events): TCP backpressure bounds it, so it is not subject to the
+ * slow-consumer cut-off below. */
+void conn_reply(struct worker *w, struct conn *c, struct wsh_buf *b)
+{
+    queue_frame(w, c, b);
+}
+
+/* Queues a frame someone else caused (fan-out, pushes, hub replies, whose
+ * size does not follow the input), taking over the caller's reference. A
+ * connection whose queue passes --max-queue is a slow consumer: everything
+ * it has not begun to receive is dropped and it is closed with 1008 (4101
+ * on /ws), so one slow reader never grows the server or slows the others
+ * (DESIGN.md 5). One message alone may pass the limit (it is bounded by
+ * --max-message); a backlog of several may not. */
+void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
+{
+    if (!queue_frame(w, c, b))
+        return;
     if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue && c->wq->count > 1) {
         wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer queued=%zu", c->id, wsh_wq_bytes(c->wq));
         metric_add(&w->m.slow_consumers, 1);
@@ -272,11 +289,11 @@ static void conn_send_bytes(struct worker *w, struct conn *c, const void *p, siz
     }
     memcpy(b->data, (const char *)p + done, n - done);
     b->end = (uint32_t)(n - done);
-    conn_send(w, c, b);
+    conn_reply(w, c, b);
 }
 
-/* Queues one frame built from payload, corked into the tail buffer when it
- * fits there (small frames: echo replies, pongs). */
+/* Queues one frame of the connection's own output (echo replies, pongs,
+ * pings) built from payload, corked into the tail buffer when it fits. */
 void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
                      size_t len)
 {
@@ -292,8 +309,6 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
         wsh_wq_tail_commit(c->wq,
                            wsh_message_write(room, opcode, false, payload, len, 0, NULL, NULL));
         mark_pending(w, c);
-        if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue)
-            conn_send(w, c, NULL); /* runs the slow-consumer rule */
         return;
     }
     struct wsh_buf *b = wsh_buf_new(need < CORK_SIZE / 2 ? CORK_SIZE : need);
@@ -302,7 +317,7 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
         return;
     }
     b->end = (uint32_t)wsh_message_write(b->data, opcode, false, payload, len, 0, NULL, NULL);
-    conn_send(w, c, b);
+    conn_reply(w, c, b);
 }
 
 /* Starts the closing handshake from our side (or answers the peer's):
@@ -834,12 +849,12 @@ static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, si
 /* Reads from a TLS session: up to READ_MAX bytes, and then whatever
  * OpenSSL still holds decrypted (at most one record), because epoll cannot
  * see bytes that already left the socket. */
-static ssize_t tls_read_turn(struct conn *c, uint8_t *buf, bool *eof)
+static ssize_t tls_read_turn(struct conn *c, uint8_t *buf, size_t budget, bool *eof)
 {
     size_t got = 0;
     ssize_t r = 0;
-    while (got < READ_MAX || wsh_tls_pending(c->ssl)) {
-        r = wsh_tls_read(c->ssl, buf + got, READ_MAX + TLS_RECORD - got);
+    while (got < budget || wsh_tls_pending(c->ssl)) {
+        r = wsh_tls_read(c->ssl, buf + got, budget + TLS_RECORD - got);
         if (r <= 0)
             break;
         got += (size_t)r;
@@ -853,6 +868,19 @@ static ssize_t tls_read_turn(struct conn *c, uint8_t *buf, bool *eof)
     return r == 0 ? 0 : -1;
 }
 
+/* Bytes to read this turn. What a connection sends can come straight back
+ * to it (echo replies, pongs), at most as many bytes as it sent: reading
+ * no more than the room left in its own queue keeps one read from pushing
+ * it past --max-queue, so a client that sends without reading meets TCP
+ * backpressure (reads pause at half the limit) instead of the
+ * slow-consumer cut-off. */
+static size_t read_budget(const struct conn *c)
+{
+    size_t queued = wsh_wq_bytes(c->wq);
+    size_t room = wsh_cfg.max_queue > queued ? wsh_cfg.max_queue - queued : 0;
+    return room < READ_MAX ? room : READ_MAX;
+}
+
 static void conn_read(struct worker *w, struct conn *c)
 {
     size_t have = c->carry_len;
@@ -861,7 +889,10 @@ static void conn_read(struct worker *w, struct conn *c)
     ssize_t r;
     bool eof = false;
     if (c->ssl) {
-        r = tls_read_turn(c, w->rbuf + have, &eof);
+        size_t budget = read_budget(c);
+        if (budget == 0)
+            return;
+        r = tls_read_turn(c, w->rbuf + have, budget, &eof);
         if (r == WSH_EAGAIN)
             return;
         if (r < 0) {
@@ -869,8 +900,11 @@ static void conn_read(struct worker *w, struct conn *c)
             return;
         }
     } else {
+        size_t budget = read_budget(c);
+        if (budget == 0)
+            return;
         do {
-            r = read(c->io.fd, w->rbuf + have, READ_MAX);
+            r = read(c->io.fd, w->rbuf + have, budget);
         } while (r < 0 && errno == EINTR);
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)

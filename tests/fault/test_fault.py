@@ -381,3 +381,111 @@ def test_fault_dribbled_message_hits_progress_deadline(server):
         data += chunk
     good.close()
     assert_healthy(server, base)
+
+
+@pytest.mark.args("--max-queue", "65536")
+def test_fault_echo_flood_without_reading_meets_backpressure(server):
+    """A client that sends far more than --max-queue of echo requests before
+    reading anything is not cut off: the server stops reading from it while
+    its queue is over half the limit (TCP backpressure), and every echo
+    arrives once the client reads."""
+    base = server.fds()
+    s = upgrade(server.port)
+    n, size = 400, 8000
+    msgs = [frame(2, bytes([i % 251]) * size) for i in range(n)]
+    blob = b"".join(msgs)
+    sent = 0
+    got = b""
+    s.settimeout(0.05)
+    deadline = time.time() + 30 * MULT
+    # Send everything first while reading only when the kernel refuses more.
+    s.setblocking(False)
+    while sent < len(blob) and time.time() < deadline:
+        try:
+            sent += s.send(blob[sent:sent + 65536])
+        except BlockingIOError:
+            time.sleep(0.01)
+            try:
+                got += s.recv(1 << 20)
+            except BlockingIOError:
+                pass
+    s.setblocking(True)
+    s.settimeout(5 * MULT)
+    want = n * (size + 4)  # 2-byte header + 16-bit length per echoed frame
+    while len(got) < want:
+        chunk = s.recv(1 << 20)
+        assert chunk, f"closed after {len(got)} of {want} echoed bytes"
+        got += chunk
+    off = 0
+    for i in range(n):
+        assert got[off] == 0x82 and got[off + 1] == 126, (i, got[off:off + 4])
+        assert struct.unpack("!H", got[off + 2:off + 4])[0] == size
+        assert got[off + 4:off + 4 + size] == bytes([i % 251]) * size, f"echo {i} differs"
+        off += 4 + size
+    s.sendall(frame(8, struct.pack("!H", 1000)))
+    assert read_close(s) == 1000
+    s.close()
+    assert_healthy(server, base)
+
+
+def test_fault_fd_exhaustion_refuses_and_recovers():
+    """Out of file descriptors (RLIMIT_NOFILE 64): the listener does not
+    spin; surplus connections are refused (503 via the reserve fd, or
+    closed), and once connections close the server serves again."""
+    import resource
+
+    def low_fds():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    d = tempfile.mkdtemp(prefix="wshub-emfile-")
+    pf = os.path.join(d, "port")
+    log = open(os.path.join(d, "log"), "w+")
+    proc = subprocess.Popen([WSHUB, "--listen", "127.0.0.1:0", "--port-file", pf, "--workers", "1",
+                             "--echo"], stderr=log, preexec_fn=low_fds)
+    try:
+        deadline = time.time() + 10 * MULT
+        while not os.path.exists(pf):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        port = int(open(pf).read())
+        # Open connections until the server runs out of fds: the ones past
+        # the limit are refused (503 through the reserve fd, or closed).
+        held, refused = [], 0
+        for _ in range(100):
+            try:
+                held.append(upgrade(port))
+            except (AssertionError, OSError):
+                refused += 1
+                if refused == 5:
+                    break
+        assert refused == 5, f"no refusal after {len(held)} connections"
+        assert 30 <= len(held) < 64, len(held)
+        assert proc.poll() is None, "wshub died at EMFILE"
+        # The CPU is not burnt by a spinning listener while full.
+        time.sleep(0.2)
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu1 = int(fields[11]) + int(fields[12])
+        time.sleep(1.0 * MULT)
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu2 = int(fields[11]) + int(fields[12])
+        assert cpu2 - cpu1 < 50 * MULT, f"{cpu2 - cpu1} ticks of CPU in 1 s while full"
+        for s in held:
+            s.close()
+        deadline = time.time() + 10 * MULT
+        while True:
+            try:
+                s = upgrade(port)
+                s.sendall(frame(1, b"back"))
+                s.settimeout(5 * MULT)
+                assert s.recv(100)[2:] == b"back"
+                s.close()
+                break
+            except (AssertionError, OSError):
+                assert time.time() < deadline, "did not serve again after fds were freed"
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10 * MULT) == 0
+        log.close()

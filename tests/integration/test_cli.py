@@ -1,0 +1,115 @@
+"""The command line as a user meets it: --help/--version, every bad flag
+refused with a message naming it and exit status 2, --check-config on good,
+bad and missing files, --web-root and the static-file rules, and
+--deflate-level (levels 1..9 accepted, compression still correct)."""
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+
+import pytest
+import websockets
+
+import wsraw
+from conftest import MULT, run_async
+
+BIN = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
+
+
+def run(*args):
+    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=10 * MULT,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_cli_help_and_version():
+    r = run("--help")
+    assert r.returncode == 0
+    for flag in ("--listen", "--workers", "--echo", "--max-message", "--max-fragments",
+                 "--ping-interval", "--log-level", "--port-file", "--tls-cert", "--deflate",
+                 "--deflate-level", "--config", "--check-config", "--message-timeout",
+                 "--web-root"):
+        assert flag in r.stdout, flag
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("wshub ")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--workers", "0"], "--workers"),
+    (["--workers", "abc"], "--workers"),
+    (["--max-message", "-5"], "--max-message"),
+    (["--max-fragments", "0"], "--max-fragments"),
+    (["--ping-interval", "forever"], "--ping-interval"),
+    (["--listen", "nohostport"], "--listen"),
+    (["--listen", "127.0.0.1:70000"], "--listen"),
+    (["--log-level", "loud"], "--log-level"),
+    (["--deflate-level", "0"], "--deflate-level"),
+    (["--deflate-level", "10"], "--deflate-level"),
+    (["--message-timeout", "-1"], "--message-timeout"),
+    (["--tls-cert", "/nonexistent.pem"], "--tls-cert"),
+    (["--no-such-flag"], "Usage"),
+    (["stray-argument"], "stray-argument"),
+])
+def test_cli_bad_flags_refused(args, needle):
+    r = run(*args)
+    assert r.returncode == 2, (args, r.returncode, r.stderr)
+    assert needle in r.stderr, (args, r.stderr)
+
+
+def test_cli_check_config():
+    d = tempfile.mkdtemp(prefix="wshub-cli-")
+    good = os.path.join(d, "good.json")
+    bad = os.path.join(d, "bad.json")
+    with open(good, "w") as f:
+        json.dump({"namespaces": {"chat": {"history_size": 10}},
+                   "auth": {"allow_anonymous": True}}, f)
+    with open(bad, "w") as f:
+        json.dump({"namespaces": {"chat": {"history_size": "ten"}}}, f)
+    r = run("--check-config", "--config", good)
+    assert r.returncode == 0 and "ok" in r.stdout, r
+    r = run("--check-config", "--config", bad)
+    assert r.returncode == 2
+    assert "namespaces.chat.history_size" in r.stderr, r.stderr
+    r = run("--check-config", "--config", os.path.join(d, "missing.json"))
+    assert r.returncode == 2 and "missing.json" in r.stderr, r.stderr
+
+
+def http_get(port, path, method="GET"):
+    c = wsraw.Conn("127.0.0.1", port)
+    try:
+        c.send(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return c.read_http_response(timeout=5)
+    finally:
+        c.close()
+
+
+def test_cli_web_root_serves_only_flat_known_files(wshub):
+    d = tempfile.mkdtemp(prefix="wshub-web-")
+    with open(os.path.join(d, "index.html"), "w") as f:
+        f.write("<p>hello from web-root</p>")
+    with open(os.path.join(d, "app.js"), "w") as f:
+        f.write("export const x = 1;")
+    with open(os.path.join(d, "secret.txt"), "w") as f:
+        f.write("not served")
+    s = wshub("--web-root", d)
+    r = http_get(s.port, "/")
+    assert r.status == 200 and r.body == b"<p>hello from web-root</p>", r
+    assert r.header("content-type").startswith("text/html")
+    r = http_get(s.port, "/app.js")
+    assert r.status == 200 and r.header("content-type").startswith("text/javascript")
+    assert r.header("x-content-type-options") == "nosniff"
+    for path in ("/secret.txt", "/missing.html", "/.hidden.html", "/../index.html",
+                 "/sub/index.html", "/a%2e.html"):
+        assert http_get(s.port, path).status == 404, path
+    assert http_get(s.port, "/", method="POST").status in (405,), "POST on a static file"
+
+
+@pytest.mark.parametrize("level", ["1", "9"])
+@run_async
+async def test_cli_deflate_level_compresses_correctly(wshub, level):
+    s = wshub("--echo", "--deflate", "--deflate-level", level)
+    async with websockets.connect(f"ws://127.0.0.1:{s.port}/echo", compression="deflate") as ws:
+        assert ws.extensions, "permessage-deflate was not agreed"
+        text = json.dumps([{"id": i, "name": "record", "tags": ["a", "b"]} for i in range(300)])
+        await ws.send(text)
+        assert await asyncio.wait_for(ws.recv(), 5 * MULT) == text
