@@ -355,7 +355,6 @@ int hub_init(const char *config_path, char *err, size_t errlen)
     } else {
         wsh_config_defaults(&hubcfg);
     }
-    plimits.max_input = hubcfg.limits.max_message;
     plimits.max_depth = hubcfg.limits.json_depth;
     plimits.max_channel = hubcfg.limits.max_channel;
     origins.entries = (const char *const *)hubcfg.origins;
@@ -395,12 +394,18 @@ int hub_init(const char *config_path, char *err, size_t errlen)
         }
         wsh_auth_destroy(probe);
     }
-    struct wsh_broker_memory_opts bo = { .max_payload = hubcfg.limits.max_message,
+    return 0;
+}
+
+int hub_start(uint64_t max_message)
+{
+    /* One bound for a /ws message everywhere it is checked: the WebSocket
+     * layer (1009), the JSON codec (1004) and the broker's payloads. */
+    plimits.max_input = (size_t)max_message;
+    struct wsh_broker_memory_opts bo = { .max_payload = (size_t)max_message,
                                          .on_message = on_broker_message };
-    if (wsh_broker_memory_create(&bo, &broker) != WSH_OK) {
-        snprintf(err, errlen, "cannot create the broker");
+    if (wsh_broker_memory_create(&bo, &broker) != WSH_OK)
         return -1;
-    }
     hub_enabled = true;
     return 0;
 }

@@ -339,6 +339,10 @@ int main(int argc, char **argv)
         uint64_t hm = hub_max_message();
         if (hm > 0 && !max_message_flag)
             wsh_cfg.hlimits.max_message = hm;
+        if (hub_start(wsh_cfg.hlimits.max_message) != 0) {
+            fprintf(stderr, "wshub: cannot start the hub\n");
+            return 1;
+        }
         if (check_config) {
             printf("%s: ok\n", config_path ? config_path : "(built-in defaults)");
             return 0;

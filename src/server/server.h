@@ -291,6 +291,9 @@ void hub_slow_consumer(struct worker *w, struct conn *c);
 void hub_worker_exit(struct worker *w);
 /* limits.max_message of the configuration file, 0 without one. */
 uint64_t hub_max_message(void);
+/* Starts the hub (the broker) with the /ws message limit in force: the
+ * flag, or the file's. Returns 0 or -1. */
+int hub_start(uint64_t max_message);
 void hub_shutdown_notice(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 void hub_sweep(int64_t now_ms);

@@ -1,0 +1,54 @@
+"""Graceful shutdown on /ws (DESIGN.md 5): every client gets `disconnect`
+with reconnect:true and a retry_after_ms spread over 0.5-5 s (no reconnect
+storm), then close 1012; and --max-message on the command line overrides
+the configuration's limits.max_message."""
+import asyncio
+import json
+import signal
+
+from conftest import MULT, Client, Closed, base_config, merge, run_async, token
+
+
+@run_async
+async def test_shutdown_disconnect_spreads_retry_after(hub):
+    h = hub(base_config(), workers=2)
+    clients = [await Client.open(h, token(f"u{i}")) for i in range(12)]
+    h.expect_stopped = True
+    h.server.signal(signal.SIGTERM)
+    delays = []
+    for c in clients:
+        d = await c.expect(lambda m: m["type"] == "disconnect", timeout=5, what="disconnect")
+        p = d["payload"]
+        assert p["code"] == 1012 and p["reconnect"] is True, p
+        assert 500 <= p["retry_after_ms"] <= 5000, p
+        delays.append(p["retry_after_ms"])
+        try:
+            await c.expect(lambda m: False, timeout=5, what="close")
+        except Closed:
+            pass
+        assert c.close_code == 1012
+    assert len(set(delays)) > 1, f"every client was told the same delay: {delays}"
+    assert await asyncio.to_thread(h.server.wait, 10 * MULT) == 0
+
+
+@run_async
+async def test_command_line_max_message_overrides_config(hub):
+    cfg = merge(base_config(), {"limits": {"max_message": 1024,
+                                           "unauthenticated": {"max_message": 512}}})
+    h = hub(cfg, "--max-message", 8192)
+    c = await Client.open(h, token("alice"))
+    await c.subscribe("chat:big")
+    # 4 KiB is over the file's 1 KiB but under the flag's 8 KiB: accepted.
+    big = "x" * 4000
+    ack = await c.cmd("publish", "chat:big", payload={"t": big})
+    assert ack["type"] == "ack", ack
+    m = await c.expect(lambda m: m["type"] == "message", what="message")
+    assert m["payload"] == {"t": big}
+    # Over the flag's limit: close 1009.
+    await c.ws.send(json.dumps({"type": "publish", "channel": "chat:big",
+                                "payload": {"t": "y" * 9000}}))
+    try:
+        await c.expect(lambda m: False, timeout=5, what="close")
+    except Closed:
+        pass
+    assert c.close_code == 1009
