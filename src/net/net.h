@@ -1,6 +1,6 @@
 /* wshub network layer: one epoll loop per worker thread, a hashed timing
  * wheel, ref-counted shared buffers and per-connection write queues sent
- * with writev.
+ * with sendmsg (writev semantics, MSG_NOSIGNAL).
  *
  * Everything here is single-threaded per loop except struct wsh_buf, whose
  * reference count is atomic so one encoded frame can be queued on
@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "wshub/status.h"
 
@@ -132,7 +133,7 @@ struct wsh_wq {
  * Returns WSH_OK or WSH_ENOMEM (the reference is then released). */
 WSH_NODISCARD int wsh_wq_push(struct wsh_wq **q, struct wsh_buf *b);
 
-/* Writes as much of the queue as the socket takes with one writev.
+/* Writes as much of the queue as the socket takes with one sendmsg.
  * Returns WSH_OK when the queue is now empty (and freed), WSH_EAGAIN
  * when bytes remain, or -errno on a socket error. */
 int wsh_wq_flush(struct wsh_wq **q, int fd);
@@ -219,5 +220,9 @@ void wsh_tls_shutdown(struct ssl_st *ssl);
 int wsh_listen_tcp(const char *host, int port, int backlog);
 /* The port a socket is bound to, or -errno. */
 int wsh_socket_port(int fd);
+/* recv(2) and sendmsg(2) with MSG_NOSIGNAL, retried on EINTR; errors
+ * as the calls report them (-1 and errno). */
+ssize_t wsh_sock_recv(int fd, void *buf, size_t cap);
+ssize_t wsh_sock_sendv(int fd, const struct iovec *iov, int n);
 
 #endif

@@ -1,4 +1,4 @@
-/* Per-connection write queues of shared buffers, flushed with one writev
+/* Per-connection write queues of shared buffers, flushed with one sendmsg
  * per loop turn (Redis handleClientsWithPendingWrites). The ring exists
  * only while something is queued. */
 #include <errno.h>
@@ -85,11 +85,7 @@ int wsh_wq_flush(struct wsh_wq **qp, int fd)
         iov[n].iov_len = wsh_buf_len(e->b) - e->off;
         n++;
     }
-    ssize_t w;
-    do {
-        /* writev has no MSG_NOSIGNAL: SIGPIPE is ignored process-wide. */
-        w = writev(fd, iov, n);
-    } while (w < 0 && errno == EINTR);
+    ssize_t w = wsh_sock_sendv(fd, iov, n);
     if (w < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return WSH_EAGAIN;

@@ -196,7 +196,7 @@ void metric_close(struct worker *w, unsigned code);
 void metric_latency(struct worker *w, int64_t publish_ms);
 
 /* Echo replies written straight from the receive buffer: frame headers in
- * hdr, payloads pointing into the worker's rbuf, sent with one writev at the
+ * hdr, payloads pointing into the worker's rbuf, sent with one sendmsg at the
  * end of the read that produced them. Only bytes the kernel refuses are
  * copied into the connection's queue. */
 #define DIRECT_IOV   64

@@ -162,7 +162,7 @@ bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, const u
     return true;
 }
 
-/* Sends the direct batch with one writev; what the kernel does not take is
+/* Sends the direct batch with one sendmsg; what the kernel does not take is
  * copied into one buffer on the connection's queue. */
 void direct_flush(struct worker *w)
 {
@@ -176,10 +176,7 @@ void direct_flush(struct worker *w)
     d->cork_len = 0;
     if (c->state == CONN_DEAD)
         return;
-    ssize_t wr;
-    do {
-        wr = writev(c->io.fd, d->iov, niov);
-    } while (wr < 0 && errno == EINTR);
+    ssize_t wr = wsh_sock_sendv(c->io.fd, d->iov, niov);
     if (wr < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
         conn_destroy(w, c);
         return;
@@ -903,9 +900,7 @@ static void conn_read(struct worker *w, struct conn *c)
         size_t budget = read_budget(c);
         if (budget == 0)
             return;
-        do {
-            r = read(c->io.fd, w->rbuf + have, budget);
-        } while (r < 0 && errno == EINTR);
+        r = wsh_sock_recv(c->io.fd, w->rbuf + have, budget);
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;

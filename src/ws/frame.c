@@ -4,6 +4,7 @@
  * arrive). No I/O: bytes in, one event out per call. */
 #include <string.h>
 
+#include "bytes.h"
 #include "wshub/ws.h"
 
 enum { ST_HEADER = 0, ST_PAYLOAD, ST_CLOSED, ST_FAILED };
@@ -26,6 +27,17 @@ void wsh_parser_init(struct wsh_parser *p, enum wsh_role role, uint8_t rsv_allow
 bool wsh_parser_in_message(const struct wsh_parser *p)
 {
     return p->_msg_op != 0;
+}
+
+/* The key as eight bytes starting at key byte (offset % 4). */
+static uint64_t key8_at(const uint8_t key[4], size_t offset)
+{
+    uint8_t k8[8];
+    for (size_t i = 0; i < 8; i++)
+        k8[i] = key[(offset + i) & 3u];
+    uint64_t k;
+    memcpy(&k, k8, 8);
+    return k;
 }
 
 static int status_for(uint16_t close_code)
@@ -123,15 +135,19 @@ static ssize_t feed_payload(struct wsh_parser *p, uint8_t *in, size_t len, size_
      * _msg_len - _remaining. */
     bool first = p->_fragments == 1 && p->_msg_len == p->_remaining;
     uint8_t *data = in + hdr;
+    bool ascii = false;
     if (p->_role == WSH_ROLE_SERVER) {
-        wsh_mask(data, n, p->_mask, p->_mask_off);
+        /* Unmasking also tells whether the chunk is all ASCII, which
+         * (between characters) is all the UTF-8 check needs to know. */
+        ascii = wsh__bytes_xor(data, data, n, key8_at(p->_mask, p->_mask_off)) &&
+                wsh_utf8_complete(&p->_utf8);
         p->_mask_off = (uint8_t)((p->_mask_off + n) & 3u);
     }
     p->_remaining -= n;
     bool frame_done = p->_remaining == 0;
     bool last = frame_done && p->_fin;
 
-    if (p->_msg_op == WSH_OP_TEXT && !p->_msg_rsv1) {
+    if (p->_msg_op == WSH_OP_TEXT && !p->_msg_rsv1 && !ascii) {
         /* 8.1 and Autobahn 6.x: fail at the first impossible byte, before
          * the frame or message completes. A compressed message (RSV1,
          * RFC 7692) is not UTF-8 on the wire: its caller checks the
@@ -339,33 +355,7 @@ size_t wsh_frame_header_write(uint8_t *out, unsigned opcode, bool fin, bool rsv1
 
 void wsh_mask(uint8_t *data, size_t len, const uint8_t key[4], size_t offset)
 {
-    uint8_t k8[8];
-    for (size_t i = 0; i < 8; i++)
-        k8[i] = key[(offset + i) & 3u];
-    uint64_t k;
-    memcpy(&k, k8, 8);
-
-    size_t i = 0;
-    /* Four independent words per step: compilers turn this into 16- or
-     * 32-byte vector XORs. memcpy keeps unaligned access defined. */
-    for (; len - i >= 32; i += 32) {
-        uint64_t w[4];
-        memcpy(w, data + i, 32);
-        w[0] ^= k;
-        w[1] ^= k;
-        w[2] ^= k;
-        w[3] ^= k;
-        memcpy(data + i, w, 32);
-    }
-    for (; len - i >= 8; i += 8) {
-        uint64_t w;
-        memcpy(&w, data + i, 8);
-        w ^= k;
-        memcpy(data + i, &w, 8);
-    }
-    /* i is a multiple of 8, so the key phase is unchanged here. */
-    for (size_t j = 0; i < len; i++, j++)
-        data[i] ^= k8[j];
+    wsh__bytes_xor(data, data, len, key8_at(key, offset));
 }
 
 static size_t frame_count(unsigned opcode, size_t len, size_t frag_size)
@@ -400,10 +390,11 @@ size_t wsh_message_write(uint8_t *out, unsigned opcode, bool rsv1, const uint8_t
             key_cb(key, user);
         w += wsh_frame_header_write(out + w, f == 0 ? opcode : WSH_OP_CONT, f + 1 == frames,
                                     rsv1 && f == 0, n, key_cb != NULL ? key : NULL);
-        if (n != 0)
-            memcpy(out + w, payload + off, n);
+        /* Copy and mask in one pass over the payload. */
         if (key_cb != NULL)
-            wsh_mask(out + w, n, key, 0);
+            wsh__bytes_xor(out + w, payload + off, n, key8_at(key, 0));
+        else if (n != 0)
+            memcpy(out + w, payload + off, n);
         w += n;
         off += n;
     }

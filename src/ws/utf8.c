@@ -1,8 +1,8 @@
 /* Incremental UTF-8 validator (RFC 3629 section 4, as RFC 6455 8.1
- * requires for text messages): an ASCII fast path eight bytes at a time,
+ * requires for text messages): an ASCII fast path a block at a time,
  * then a table-driven DFA over byte classes. */
-#include <string.h>
 
+#include "bytes.h"
 #include "wshub/ws.h"
 
 /* Byte classes. Continuation bytes are split by the ranges that the
@@ -72,8 +72,6 @@ static const uint8_t next_state[S_COUNT][C_COUNT] = {
 };
 #undef F
 
-#define HIGH_BITS 0x8080808080808080ull
-
 void wsh_utf8_init(struct wsh_utf8 *u)
 {
     u->_state = S_OK;
@@ -86,22 +84,8 @@ int wsh_utf8_feed(struct wsh_utf8 *u, const uint8_t *p, size_t n)
 
     while (i < n) {
         if (s == S_OK) {
-            /* Text is mostly ASCII: skip it a word at a time. */
-            while (n - i >= 16) {
-                uint64_t a, b;
-                memcpy(&a, p + i, 8);
-                memcpy(&b, p + i + 8, 8);
-                if (((a | b) & HIGH_BITS) != 0)
-                    break;
-                i += 16;
-            }
-            while (n - i >= 8) {
-                uint64_t a;
-                memcpy(&a, p + i, 8);
-                if ((a & HIGH_BITS) != 0)
-                    break;
-                i += 8;
-            }
+            /* Text is mostly ASCII: skip it a block at a time. */
+            i += wsh__bytes_ascii_prefix(p + i, n - i);
         }
         /* Run the DFA over a block; S_FAIL is sticky, so checking once per
          * block still reports the error within this call. */

@@ -691,6 +691,64 @@ static void test_frame_mask_matches_bytewise(void **state)
     assert_memory_equal(hello, ((uint8_t[]){ 0x7f, 0x9f, 0x4d, 0x51, 0x58 }), 5);
 }
 
+/* The server unmasks and pre-checks ASCII in one pass and skips the UTF-8
+ * automaton for all-ASCII chunks. Long masked text with one non-ASCII
+ * character (valid, invalid, or open across a fragment boundary) at every
+ * position must still get exactly the verdict of the validator. */
+static void test_frame_masked_text_utf8_at_every_position(void **state)
+{
+    (void)state;
+    enum { LEN = 300 };
+    static uint8_t text[LEN], wire[2 * LEN + 64];
+    for (size_t pos = 0; pos + 1 < LEN; pos++) {
+        memset(text, 'a', LEN);
+
+        /* A valid two-byte character. */
+        text[pos] = 0xc3;
+        text[pos + 1] = 0xa9;
+        size_t n = put_frame(wire, 0x81, text, LEN, true);
+        char *want = hex_expect("T(", text, LEN, ")");
+        char *got = run_whole(&server, wire, n);
+        assert_string_equal(got, want);
+        free(got);
+        /* Split right after the lead byte: the next chunk starts inside
+         * the character and is not ASCII-clean from the validator's side. */
+        size_t cut = n - LEN + pos + 1;
+        got = run_chunks(&server, wire, n, &cut, 1);
+        assert_string_equal(got, want);
+        free(got);
+        free(want);
+
+        /* An impossible byte. */
+        text[pos] = 0xff;
+        text[pos + 1] = 'a';
+        n = put_frame(wire, 0x81, text, LEN, true);
+        got = run_whole(&server, wire, n);
+        assert_string_equal(got, "E1007");
+        free(got);
+
+        /* A lead byte ending the first fragment, then an all-ASCII
+         * continuation frame: the open sequence must fail it. */
+        text[pos] = 0xc3;
+        text[pos + 1] = 'a';
+        n = put_frame(wire, 0x01, text, pos + 1, true);
+        n += put_frame(wire + n, 0x80, text + pos + 1, LEN - pos - 1, true);
+        got = run_whole(&server, wire, n);
+        assert_string_equal(got, "E1007");
+        free(got);
+
+        /* The same with the continuation byte first: valid. */
+        text[pos + 1] = 0xa9;
+        n = put_frame(wire, 0x01, text, pos + 1, true);
+        n += put_frame(wire + n, 0x80, text + pos + 1, LEN - pos - 1, true);
+        want = hex_expect("T(", text, LEN, ")");
+        got = run_whole(&server, wire, n);
+        assert_string_equal(got, want);
+        free(got);
+        free(want);
+    }
+}
+
 static int key_calls;
 
 static void counting_key(uint8_t key[4], void *user)
@@ -789,6 +847,7 @@ int main(void)
         cmocka_unit_test(test_frame_parser_is_small),
         cmocka_unit_test(test_frame_header_write_boundaries),
         cmocka_unit_test(test_frame_mask_matches_bytewise),
+        cmocka_unit_test(test_frame_masked_text_utf8_at_every_position),
         cmocka_unit_test(test_frame_message_write_round_trip),
         cmocka_unit_test(test_frame_message_write_control_and_rsv1),
     };

@@ -1,0 +1,146 @@
+/* Byte-run kernels: see bytes.h. The AVX2 bodies are compiled with a
+ * target attribute, not -mavx2, so the library still runs on any x86-64;
+ * __builtin_cpu_supports reads a flag word that libgcc fills in before
+ * main, so checking it per call costs a load and a branch. */
+#include "bytes.h"
+
+#include <string.h>
+
+#define HIGH_BITS 0x8080808080808080ull
+
+/* WSH_BYTES_NO_SIMD builds the portable bodies alone (the unit test
+ * builds this file both ways). Below VEC_MIN a vector body has nothing
+ * to gain over the word loop. */
+#define VEC_MIN 64
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(WSH_BYTES_NO_SIMD)
+#define HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#endif
+
+static bool xor_words(uint8_t *dst, const uint8_t *src, size_t n, uint64_t k)
+{
+    uint64_t acc = 0;
+    size_t i = 0;
+    /* Four independent words per step; memcpy keeps unaligned access
+     * defined and compiles to plain loads and stores. */
+    for (; n - i >= 32; i += 32) {
+        uint64_t w[4];
+        memcpy(w, src + i, 32);
+        w[0] ^= k;
+        w[1] ^= k;
+        w[2] ^= k;
+        w[3] ^= k;
+        acc |= w[0] | w[1] | w[2] | w[3];
+        memcpy(dst + i, w, 32);
+    }
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= k;
+        acc |= w;
+        memcpy(dst + i, &w, 8);
+    }
+    /* i is a multiple of 8 here, so the key phase is that of src[0]. */
+    uint8_t k8[8];
+    memcpy(k8, &k, 8);
+    for (size_t j = 0; i < n; i++, j++) {
+        uint8_t b = (uint8_t)(src[i] ^ k8[j]);
+        acc |= b;
+        dst[i] = b;
+    }
+    return (acc & HIGH_BITS) == 0;
+}
+
+static size_t ascii_words(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (n - i >= 16) {
+        uint64_t a, b;
+        memcpy(&a, p + i, 8);
+        memcpy(&b, p + i + 8, 8);
+        if (((a | b) & HIGH_BITS) != 0)
+            break;
+        i += 16;
+    }
+    while (n - i >= 8) {
+        uint64_t a;
+        memcpy(&a, p + i, 8);
+        if ((a & HIGH_BITS) != 0)
+            break;
+        i += 8;
+    }
+    return i;
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static bool xor_avx2(uint8_t *dst, const uint8_t *src, size_t n,
+                                                     uint64_t k)
+{
+    const __m256i key = _mm256_set1_epi64x((long long)k);
+    __m256i acc = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; n - i >= 128; i += 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(src + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(src + i + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(src + i + 64));
+        __m256i d = _mm256_loadu_si256((const __m256i *)(const void *)(src + i + 96));
+        a = _mm256_xor_si256(a, key);
+        b = _mm256_xor_si256(b, key);
+        c = _mm256_xor_si256(c, key);
+        d = _mm256_xor_si256(d, key);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i), a);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i + 32), b);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i + 64), c);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i + 96), d);
+        acc = _mm256_or_si256(acc, _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d)));
+    }
+    for (; n - i >= 32; i += 32) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(src + i));
+        a = _mm256_xor_si256(a, key);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i), a);
+        acc = _mm256_or_si256(acc, a);
+    }
+    bool ascii = _mm256_movemask_epi8(acc) == 0;
+    /* i is a multiple of 32, so the phase of the tail is that of src[0]. */
+    return xor_words(dst + i, src + i, n - i, k) && ascii;
+}
+
+__attribute__((target("avx2"))) static size_t ascii_avx2(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    for (; n - i >= 128; i += 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(p + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 64));
+        __m256i d = _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 96));
+        __m256i o = _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d));
+        if (_mm256_movemask_epi8(o) != 0)
+            break;
+    }
+    for (; n - i >= 32; i += 32) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(p + i));
+        if (_mm256_movemask_epi8(a) != 0)
+            break;
+    }
+    return i + ascii_words(p + i, n - i);
+}
+#endif
+
+bool wsh__bytes_xor(uint8_t *dst, const uint8_t *src, size_t n, uint64_t key8)
+{
+#ifdef HAVE_AVX2_PATH
+    if (n >= VEC_MIN && __builtin_cpu_supports("avx2"))
+        return xor_avx2(dst, src, n, key8);
+#endif
+    return xor_words(dst, src, n, key8);
+}
+
+size_t wsh__bytes_ascii_prefix(const uint8_t *p, size_t n)
+{
+#ifdef HAVE_AVX2_PATH
+    if (n >= VEC_MIN && __builtin_cpu_supports("avx2"))
+        return ascii_avx2(p, n);
+#endif
+    return ascii_words(p, n);
+}
