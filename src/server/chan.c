@@ -3,6 +3,11 @@
  * each recipient's queue holds a reference (DESIGN.md 2). Other workers get
  * one inbox entry per message and one eventfd wakeup per loop turn.
  *
+ * Small messages a publisher sent in one read are published together, as
+ * one buffer holding their frames back to back (the publish batch, below):
+ * each recipient then costs one reference, one queue entry and one iovec
+ * per read instead of per message, and the kernel copies one segment.
+ *
  * Channel records are shared by all workers and kept in a chanreg (below),
  * which the hub's channels use too. */
 #include <pthread.h>
@@ -97,6 +102,9 @@ struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name,
 
 void rawchan_leave(struct worker *w, struct conn *c)
 {
+    /* What it published before leaving still goes out, in order. */
+    if (w->batch != NULL && w->batch_from == c)
+        rawchan_flush(w);
     struct rawchan *ch = c->chan;
     struct rawchan_local *loc = &ch->local[w->id];
     if (c->chan_prev)
@@ -111,12 +119,39 @@ void rawchan_leave(struct worker *w, struct conn *c)
     atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
 }
 
+/* True when frame holds exactly one frame, false for a publish batch. */
+static bool single_frame(const struct wsh_buf *frame)
+{
+    const uint8_t *p = frame->data + frame->start;
+    size_t n = wsh_buf_len(frame);
+    unsigned l7 = p[1] & 0x7fu;
+    uint64_t len = l7;
+    size_t hl = 2;
+    if (l7 == 126) {
+        len = (uint64_t)p[2] << 8 | p[3];
+        hl = 4;
+    } else if (l7 == 127) {
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = len << 8 | p[2 + i];
+        hl = 10;
+    }
+    return hl + len == n;
+}
+
+/* Whether a frame's payload is compressed for deflate recipients: such
+ * frames are never batched, so a batch always goes out plain. */
+static bool worth_deflating(size_t plen)
+{
+    return wsh_cfg.deflate && wsh_pmd_worth_compressing(&wsh_cfg.pmd, plen);
+}
+
 void zcache_init(struct zcache *z, struct wsh_buf *frame)
 {
     memset(z, 0, sizeof(*z));
     z->frame = frame;
     z->payload = frame_payload(frame, &z->plen);
-    z->worth = wsh_cfg.deflate && wsh_pmd_worth_compressing(&wsh_cfg.pmd, z->plen);
+    z->worth = worth_deflating(z->plen) && single_frame(frame);
 }
 
 /* The frame a recipient gets: the shared plain frame, or for a connection
@@ -187,7 +222,7 @@ void inbox_push(struct worker *to, const struct xmsg *m)
     pthread_mutex_unlock(&to->inbox_mu);
 }
 
-void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame)
+static void publish_now(struct worker *w, struct conn *from, struct wsh_buf *frame)
 {
     struct rawchan *ch = from->chan;
     if (ch == NULL) {
@@ -207,6 +242,85 @@ void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame)
         w->wake[i] = true;
     }
     fan_out_local(w, ch, from, frame);
+    wsh_buf_unref(frame);
+}
+
+/* The publish batch. A frame of at most BATCH_FRAME_MAX bytes that is not
+ * compressed for anyone waits in the worker's batch; the batch goes out
+ * when the publisher's read is done (rawchan_flush from conn_read), before
+ * the publisher leaves its channel, before a frame that must go alone, or
+ * when the next frame would take it past BATCH_MAX. A batch of one frame
+ * is that frame itself (no copy); the second frame starts a buffer sized
+ * to what is in it, grown by doubling, so a batch never holds more than
+ * twice its bytes, whoever keeps it queued. */
+#define BATCH_FRAME_MAX 1024u
+#define BATCH_MAX       16384u
+
+void rawchan_flush(struct worker *w)
+{
+    struct wsh_buf *b = w->batch;
+    if (b == NULL)
+        return;
+    w->batch = NULL;
+    w->batch_n = 0;
+    publish_now(w, w->batch_from, b);
+}
+
+/* Appends frame's bytes to the batch buffer; false on ENOMEM. */
+static bool batch_append(struct worker *w, const struct wsh_buf *frame)
+{
+    size_t n = wsh_buf_len(frame);
+    struct wsh_buf *b = w->batch;
+    if ((size_t)b->end + n > b->cap) {
+        struct wsh_buf *nb = wsh_buf_grow(b, ((size_t)b->end + n) * 2);
+        if (nb == NULL)
+            return false;
+        w->batch = b = nb;
+    }
+    memcpy(b->data + b->end, frame->data + frame->start, n);
+    b->end += (uint32_t)n;
+    return true;
+}
+
+void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame)
+{
+    size_t plen;
+    frame_payload(frame, &plen);
+    size_t n = wsh_buf_len(frame);
+    bool alone = n > BATCH_FRAME_MAX || worth_deflating(plen) || from->chan == NULL;
+    if (w->batch != NULL &&
+        (alone || w->batch_from != from || wsh_buf_len(w->batch) + n > BATCH_MAX))
+        rawchan_flush(w);
+    if (alone) {
+        publish_now(w, from, frame);
+        return;
+    }
+    if (w->batch == NULL) {
+        w->batch = frame;
+        w->batch_from = from;
+        w->batch_n = 1;
+        return;
+    }
+    if (w->batch_n == 1) {
+        /* The second frame: copy the first into a buffer of our own. */
+        struct wsh_buf *first = w->batch;
+        struct wsh_buf *b = wsh_buf_new((wsh_buf_len(first) + n) * 2);
+        if (b == NULL) {
+            rawchan_flush(w);
+            publish_now(w, from, frame);
+            return;
+        }
+        memcpy(b->data, first->data + first->start, wsh_buf_len(first));
+        b->end = (uint32_t)wsh_buf_len(first);
+        w->batch = b;
+        wsh_buf_unref(first);
+    }
+    if (!batch_append(w, frame)) {
+        rawchan_flush(w);
+        publish_now(w, from, frame);
+        return;
+    }
+    w->batch_n++;
     wsh_buf_unref(frame);
 }
 

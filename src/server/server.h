@@ -234,6 +234,9 @@ struct worker {
     size_t spare_cap;
     struct wsh_timer sweep_timer; /* worker 0: periodic sweeps of channel state */
     int tls_budget;               /* TLS handshake steps left in this loop turn */
+    struct wsh_buf *batch;        /* raw publish batch (chan.c), NULL when none */
+    struct conn *batch_from;      /* its publisher */
+    uint32_t batch_n;             /* frames in it */
 };
 
 extern struct worker *wsh_workers;
@@ -320,7 +323,10 @@ void zcache_release(struct zcache *z);
 void inbox_push(struct worker *to, const struct xmsg *m);
 struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len);
 void rawchan_leave(struct worker *w, struct conn *c);
+/* Publishes a frame (taking the reference) to from's channel. Small
+ * frames wait in the worker's publish batch until rawchan_flush(). */
 void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame);
+void rawchan_flush(struct worker *w);
 void rawchan_deliver_inbox(struct worker *w);
 void rawchan_sweep(void);
 

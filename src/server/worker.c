@@ -932,6 +932,8 @@ static void conn_read(struct worker *w, struct conn *c)
      * to see the peer's EOF: it is discarded. */
     if (c->state == CONN_OPEN)
         used += session_input(w, c, w->rbuf + used, len - used);
+    /* Raw messages of this read go out together. */
+    rawchan_flush(w);
     /* Echo replies still point into rbuf: send them before it is reused. */
     direct_flush(w);
     if (c->state == CONN_DEAD)

@@ -200,3 +200,90 @@ def test_raw_publisher_invalid_utf8_not_forwarded(wshub):
     finally:
         bad.close()
         sub.close()
+
+
+def _burst():
+    """Messages around the publish batch's bounds (chan.c: frames of up to
+    1024 bytes wait in a batch of up to 16 KiB; larger ones go alone):
+    mixed text and binary, 0 bytes, both sides of 1024-byte frames, one
+    large message in the middle, and enough small ones to split batches."""
+    msgs = []
+    for i, n in enumerate([10, 1, 63, 64, 125, 126, 1020, 1022, 1023, 1024, 5000, 3, 70000, 2, 0]):
+        if i % 2:
+            msgs.append((wsraw.OP_TEXT, ("é" * (n // 2) + "x" * (n % 2)).encode()))
+        else:
+            msgs.append((wsraw.OP_BINARY, os.urandom(n)))
+    for i in range(400):  # ~40 KiB of small messages: three batches or more
+        msgs.append((wsraw.OP_TEXT, f"small {i} ".encode().ljust(90, b".")))
+    return msgs
+
+
+def _wire(msgs):
+    """The burst as client frames. Messages that start a batch (the first,
+    and the one after the 70000-byte one, which goes alone) are sent in
+    fragments: the server reassembles those with head-room in front, so a
+    batch's first frame does not start at offset 0 of its buffer."""
+    out = []
+    for k, (op, p) in enumerate(msgs):
+        if k == 0 or (k > 0 and len(msgs[k - 1][1]) == 70000):
+            half = len(p) // 2
+            out.append(wsraw.frame(op, p[:half], fin=False))
+            out.append(wsraw.frame(wsraw.OP_CONT, p[half:]))
+        else:
+            out.append(wsraw.frame(op, p))
+    return b"".join(out)
+
+
+def test_burst_in_one_write_arrives_as_separate_messages_in_order(wshub):
+    """A publisher writes many frames with one send and closes in the same
+    write: every subscriber on either worker gets each message whole, with
+    its own opcode, in order, and nothing else; the publisher's close does
+    not lose the messages before it."""
+    s = wshub("--workers", 2, "--max-message", 1 << 20, "--max-queue", 16 << 20)
+    subs = [wsraw.ws_connect(s.port, "/raw/burst") for _ in range(6)]
+    pub = wsraw.ws_connect(s.port, "/raw/burst")
+    import time
+    time.sleep(0.1)
+    try:
+        msgs = _burst()
+        pub.send(_wire(msgs) + wsraw.frame(wsraw.OP_CLOSE, wsraw.close_payload(1000)))
+        f, _ = pub.wait_close()
+        assert f.close_code() == 1000
+        for i, c in enumerate(subs):
+            got = _read_messages(c, len(msgs), timeout=10)
+            for k, (want, have) in enumerate(zip(msgs, got)):
+                assert have == want, f"subscriber {i} message {k}: {have[0]} {len(have[1])} B"
+            try:
+                f = c.recv_frame(0.2)
+                raise AssertionError(f"subscriber {i}: unexpected {f!r}")
+            except wsraw.ReadTimeout:
+                pass
+    finally:
+        for c in subs + [pub]:
+            c.close()
+
+
+@run_async
+async def test_burst_reaches_deflate_and_plain_subscribers_alike(wshub):
+    """With --deflate, frames worth compressing go alone (compressed once
+    per window) and the small ones are batched plain: a subscriber with
+    permessage-deflate and one without get the same messages in order."""
+    s = wshub("--workers", 2, "--deflate", "--max-message", 1 << 20, "--max-queue", 16 << 20)
+    zsubs = [await connect(s, "/raw/zburst", compression="deflate") for _ in range(3)]
+    psubs = [await connect(s, "/raw/zburst") for _ in range(3)]
+    pub = wsraw.ws_connect(s.port, "/raw/zburst")
+    await asyncio.sleep(0.1)
+    try:
+        msgs = _burst()
+        pub.send(_wire(msgs))
+        for i, ws in enumerate(zsubs + psubs):
+            for k, (op, p) in enumerate(msgs):
+                got = await recv(ws)
+                want = p.decode() if op == wsraw.OP_TEXT else p
+                assert got == want, f"subscriber {i} message {k}"
+        for ws in zsubs:
+            assert ws.extensions, "permessage-deflate was not agreed"
+    finally:
+        pub.close()
+        for ws in zsubs + psubs:
+            await ws.close()
