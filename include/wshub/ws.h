@@ -42,8 +42,8 @@ enum wsh_role { WSH_ROLE_SERVER = 0, WSH_ROLE_CLIENT = 1 };
 #define WSH_CLOSE_RESTART      1012
 #define WSH_CLOSE_TRY_LATER    1013
 
-#define WSH_FRAME_HDR_MAX   14  /* 2 + 8 (64-bit length) + 4 (mask) */
-#define WSH_CONTROL_MAX     125 /* RFC 6455 5.5 */
+#define WSH_FRAME_HDR_MAX    14  /* 2 + 8 (64-bit length) + 4 (mask) */
+#define WSH_CONTROL_MAX      125 /* RFC 6455 5.5 */
 #define WSH_CLOSE_REASON_MAX 123
 
 /* Bounds checked by the parser. Zero fields take the documented default. */
@@ -102,6 +102,12 @@ struct wsh_event {
     size_t len;
     /* CLOSE: the code received, or 1005 when the frame had no payload. */
     uint16_t close_code;
+    /* DATA: how many bytes of this frame's header lie directly before data
+     * in the caller's buffer (2..14), or 0 when the header came in an
+     * earlier call. The parser is done with them: a server echoing a
+     * whole message may write its own header there and send one
+     * contiguous run. */
+    uint8_t hdr_len;
 };
 
 /* Parser state, ~40 bytes, embeddable. Zero it, then wsh_parser_init(). */
@@ -154,8 +160,8 @@ void wsh_parser_init(struct wsh_parser *p, enum wsh_role role, uint8_t rsv_allow
  *   WSH_EPOLICY (1008) more than lim->max_fragments frames in one message.
  * After a CLOSE event the parser is closed: further calls consume all input
  * and report WSH_EV_NONE. */
-ssize_t wsh_parser_feed(struct wsh_parser *p, const struct wsh_limits *lim, uint8_t *in,
-                        size_t len, struct wsh_event *ev);
+ssize_t wsh_parser_feed(struct wsh_parser *p, const struct wsh_limits *lim, uint8_t *in, size_t len,
+                        struct wsh_event *ev);
 
 /* True while a fragmented data message is in progress. */
 bool wsh_parser_in_message(const struct wsh_parser *p);
@@ -233,15 +239,14 @@ typedef bool wsh_hs_protocol_cb(const char *proto, size_t len, void *user);
 /* Called once per offered extension with its parameters in
  * "name[=value]" slices. Return false to reject the header (400). */
 typedef bool wsh_hs_extension_cb(struct wsh_slice name, const struct wsh_slice *param_names,
-                                 const struct wsh_slice *param_values, size_t nparams,
-                                 void *user);
+                                 const struct wsh_slice *param_values, size_t nparams, void *user);
 
 #define WSH_HS_ACCEPT_LEN 28 /* base64 of a SHA-1 digest */
 #define WSH_HS_KEY_LEN    24 /* base64 of 16 bytes */
 
 struct wsh_hs_result {
-    int status;           /* 101 on success, else the HTTP status to answer */
-    const char *error;    /* static text for the error response, or NULL */
+    int status;        /* 101 on success, else the HTTP status to answer */
+    const char *error; /* static text for the error response, or NULL */
     char accept[WSH_HS_ACCEPT_LEN + 1];
     struct wsh_slice protocol;   /* selected subprotocol, n == 0 when none */
     struct wsh_slice host;       /* Host header value */

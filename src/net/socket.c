@@ -76,7 +76,9 @@ ssize_t wsh_sock_sendv(int fd, const struct iovec *iov, int n)
     struct msghdr m = { .msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n };
     ssize_t w;
     do {
-        w = sendmsg(fd, &m, MSG_NOSIGNAL);
+        /* One run needs no iovec copied in from user space. */
+        w = n == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
+                   : sendmsg(fd, &m, MSG_NOSIGNAL);
     } while (w < 0 && errno == EINTR);
     return w;
 }

@@ -252,8 +252,8 @@ void worker_wake(struct worker *w);
 /* Connection helpers used by the endpoints. */
 void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b);
 void conn_reply(struct worker *w, struct conn *c, struct wsh_buf *b);
-bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
-                      size_t len);
+bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, uint8_t *payload,
+                      size_t len, size_t room);
 void direct_flush(struct worker *w);
 void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
                      size_t len);

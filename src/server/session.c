@@ -179,7 +179,7 @@ static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev
          * replies of this turn. */
         if (c->endpoint == EP_ECHO &&
             !(c->pmd && wsh_pmd_worth_compressing(&wsh_cfg.pmd, ev->len))) {
-            if (!conn_send_direct(w, c, ev->opcode, ev->data, ev->len))
+            if (!conn_send_direct(w, c, ev->opcode, ev->data, ev->len, ev->hdr_len))
                 conn_send_frame(w, c, ev->opcode, ev->data, ev->len);
             return;
         }

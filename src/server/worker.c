@@ -124,21 +124,33 @@ static void mark_pending(struct worker *w, struct conn *c)
 
 /* Appends an echo reply to the worker's direct batch when nothing is queued
  * ahead of it. Returns false when the caller must queue instead. payload
- * must stay valid until direct_flush(): it points into the receive buffer. */
-bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
-                      size_t len)
+ * must stay valid until direct_flush(): it points into the receive buffer.
+ * room is how many bytes before payload the caller lets us overwrite (the
+ * request frame's own header, which is longer than ours by the 4-byte
+ * mask): a large reply's header goes there, so the frame is one
+ * contiguous run and one plain send when it is alone. */
+bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, uint8_t *payload,
+                      size_t len, size_t room)
 {
     struct direct_batch *d = &w->direct;
     if (c->wq != NULL || c->ssl != NULL || (c->flags & CF_CLOSE_SENT) || c->state == CONN_DEAD)
         return false;
     size_t hl = wsh_frame_header_size(len, false);
     bool small = len <= DIRECT_SMALL;
-    size_t need = hl + (small ? len : 0);
+    bool in_place = !small && room >= hl;
+    size_t need = in_place ? 0 : hl + (small ? len : 0);
     if (d->c != c || d->niov + 2 > DIRECT_IOV || d->cork_len + need > DIRECT_CORK)
         direct_flush(w);
     if (c->wq != NULL || c->state == CONN_DEAD)
         return false;
     d->c = c;
+    metric_add(&w->m.frames_out, 1);
+    metric_add(&w->m.bytes_out, hl + len);
+    if (in_place) {
+        wsh_frame_header_write(payload - hl, opcode, true, false, len, NULL);
+        d->iov[d->niov++] = (struct iovec){ .iov_base = payload - hl, .iov_len = hl + len };
+        return true;
+    }
     /* Small frames are copied whole into the cork area, so a burst of them
      * is one contiguous segment: many tiny iovecs cost the kernel more
      * than the copy. A large payload stays in the receive buffer. */
@@ -153,12 +165,10 @@ bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, const u
     else
         d->iov[d->niov++] = (struct iovec){ .iov_base = at, .iov_len = need };
     if (!small) {
-        d->iov[d->niov].iov_base = (void *)(uintptr_t)payload;
+        d->iov[d->niov].iov_base = payload;
         d->iov[d->niov].iov_len = len;
         d->niov++;
     }
-    metric_add(&w->m.frames_out, 1);
-    metric_add(&w->m.bytes_out, hl + len);
     return true;
 }
 

@@ -166,6 +166,7 @@ static ssize_t feed_payload(struct wsh_parser *p, uint8_t *in, size_t len, size_
     ev->data = data;
     ev->len = n;
     ev->close_code = 0;
+    ev->hdr_len = (uint8_t)hdr;
 
     if (frame_done) {
         p->_state = ST_HEADER;

@@ -311,3 +311,32 @@ def test_oversize_declared_length_fails_before_payload(wshub):
         assert f.close_code() == 1009, f
     finally:
         c.close()
+
+
+def test_large_echoes_in_one_read_and_with_split_headers(wshub):
+    """Echo replies over 1 KiB are sent with their header written over the
+    request's own header in the receive buffer. Several such messages in
+    one write, next to small ones, and messages whose header arrives in an
+    earlier write than the payload (no header in front: the other path)
+    must all come back exact and in order."""
+    s = wshub("--workers", 1, "--echo", "--max-message", 1 << 20)
+    c = wsraw.ws_connect(s.port, "/echo")
+    try:
+        msgs = [(wsraw.OP_BINARY, os.urandom(n)) for n in (1025, 3, 70000, 125, 4096, 65535, 1100)]
+        msgs.append((wsraw.OP_TEXT, ("ü" * 3000).encode()))
+        c.send(b"".join(wsraw.frame(op, p) for op, p in msgs))
+        for op, p in msgs:
+            f = c.recv_frame(10)
+            assert (f.opcode, f.fin, f.payload) == (op, True, p)
+        # Header in one write, payload in the next, one at a time.
+        import time
+        for op, p in msgs:
+            fr = wsraw.frame(op, p)
+            hl = len(fr) - len(p)
+            c.send(fr[:hl])
+            time.sleep(0.05)
+            c.send(fr[hl:])
+            f = c.recv_frame(10)
+            assert (f.opcode, f.fin, f.payload) == (op, True, p)
+    finally:
+        c.close()

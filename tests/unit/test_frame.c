@@ -749,6 +749,46 @@ static void test_frame_masked_text_utf8_at_every_position(void **state)
     }
 }
 
+/* hdr_len says how many header bytes precede the chunk in the caller's
+ * buffer: the frame's whole header when it came in the same call, 0 for a
+ * chunk whose header was consumed earlier. */
+static void test_frame_event_reports_header_in_front(void **state)
+{
+    (void)state;
+    static const size_t lens[] = { 0, 5, 125, 126, 65535, 65536 };
+    static uint8_t payload[65536], wire[65536 + 14];
+    memset(payload, 'x', sizeof payload);
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        size_t n = put_frame(wire, 0x82, payload, lens[i], true);
+        size_t hl = n - lens[i];
+        struct wsh_parser p;
+        struct wsh_event ev;
+        const struct wsh_limits lim = { 1u << 20, 0 };
+
+        wsh_parser_init(&p, WSH_ROLE_SERVER, 0);
+        assert_int_equal(wsh_parser_feed(&p, &lim, wire, n, &ev), (ssize_t)n);
+        assert_int_equal(ev.type, WSH_EV_DATA);
+        assert_int_equal(ev.hdr_len, hl);
+        assert_ptr_equal(ev.data, wire + hl);
+
+        /* The header alone, then the payload in a later call. */
+        n = put_frame(wire, 0x82, payload, lens[i], true);
+        wsh_parser_init(&p, WSH_ROLE_SERVER, 0);
+        ssize_t r = wsh_parser_feed(&p, &lim, wire, hl, &ev);
+        assert_int_equal(r, (ssize_t)hl);
+        if (lens[i] == 0) {
+            assert_int_equal(ev.type, WSH_EV_DATA);
+            assert_int_equal(ev.hdr_len, hl);
+            continue;
+        }
+        assert_int_equal(ev.type, WSH_EV_NONE);
+        assert_int_equal(wsh_parser_feed(&p, &lim, wire + hl, n - hl, &ev), (ssize_t)(n - hl));
+        assert_int_equal(ev.type, WSH_EV_DATA);
+        assert_int_equal(ev.hdr_len, 0);
+        assert_true(ev.first && ev.last);
+    }
+}
+
 static int key_calls;
 
 static void counting_key(uint8_t key[4], void *user)
@@ -848,6 +888,7 @@ int main(void)
         cmocka_unit_test(test_frame_header_write_boundaries),
         cmocka_unit_test(test_frame_mask_matches_bytewise),
         cmocka_unit_test(test_frame_masked_text_utf8_at_every_position),
+        cmocka_unit_test(test_frame_event_reports_header_in_front),
         cmocka_unit_test(test_frame_message_write_round_trip),
         cmocka_unit_test(test_frame_message_write_control_and_rsv1),
     };
