@@ -4,6 +4,7 @@
  * main, so checking it per call costs a load and a branch. */
 #include "bytes.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #define HIGH_BITS 0x8080808080808080ull
@@ -74,55 +75,71 @@ static size_t ascii_words(const uint8_t *p, size_t n)
 }
 
 #ifdef HAVE_AVX2_PATH
+/* The key pattern for the bytes h positions further on (little-endian: the
+ * byte for position i is bits 8i..8i+7). */
+static uint64_t key_skip(uint64_t k, size_t h)
+{
+    unsigned r = (unsigned)(h & 7u) * 8u;
+    return r == 0 ? k : (k >> r) | (k << (64u - r));
+}
+
+#define LOADU(p)    _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define LOAD(p)     _mm256_load_si256((const __m256i *)(const void *)(p))
+#define STORE(p, v) _mm256_store_si256((__m256i *)(void *)(p), (v))
+
+/* Vector accesses that straddle cache lines cost about twice as much, and
+ * a payload in the receive buffer starts wherever its frame header ends
+ * (8 bytes in for a 16 KiB client frame): the head up to dst's next
+ * 32-byte boundary goes through the word loop, the rest is stored
+ * aligned. */
 __attribute__((target("avx2"))) static bool xor_avx2(uint8_t *dst, const uint8_t *src, size_t n,
                                                      uint64_t k)
 {
+    size_t head = (32u - ((uintptr_t)dst & 31u)) & 31u;
+    bool head_ascii = xor_words(dst, src, head, k);
+    dst += head;
+    src += head;
+    n -= head;
+    k = key_skip(k, head);
     const __m256i key = _mm256_set1_epi64x((long long)k);
     __m256i acc = _mm256_setzero_si256();
     size_t i = 0;
     for (; n - i >= 128; i += 128) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(src + i));
-        __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(src + i + 32));
-        __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(src + i + 64));
-        __m256i d = _mm256_loadu_si256((const __m256i *)(const void *)(src + i + 96));
-        a = _mm256_xor_si256(a, key);
-        b = _mm256_xor_si256(b, key);
-        c = _mm256_xor_si256(c, key);
-        d = _mm256_xor_si256(d, key);
-        _mm256_storeu_si256((__m256i *)(void *)(dst + i), a);
-        _mm256_storeu_si256((__m256i *)(void *)(dst + i + 32), b);
-        _mm256_storeu_si256((__m256i *)(void *)(dst + i + 64), c);
-        _mm256_storeu_si256((__m256i *)(void *)(dst + i + 96), d);
+        __m256i a = _mm256_xor_si256(LOADU(src + i), key);
+        __m256i b = _mm256_xor_si256(LOADU(src + i + 32), key);
+        __m256i c = _mm256_xor_si256(LOADU(src + i + 64), key);
+        __m256i d = _mm256_xor_si256(LOADU(src + i + 96), key);
+        STORE(dst + i, a);
+        STORE(dst + i + 32, b);
+        STORE(dst + i + 64, c);
+        STORE(dst + i + 96, d);
         acc = _mm256_or_si256(acc, _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d)));
     }
     for (; n - i >= 32; i += 32) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(src + i));
-        a = _mm256_xor_si256(a, key);
-        _mm256_storeu_si256((__m256i *)(void *)(dst + i), a);
+        __m256i a = _mm256_xor_si256(LOADU(src + i), key);
+        STORE(dst + i, a);
         acc = _mm256_or_si256(acc, a);
     }
-    bool ascii = _mm256_movemask_epi8(acc) == 0;
-    /* i is a multiple of 32, so the phase of the tail is that of src[0]. */
+    bool ascii = head_ascii && _mm256_movemask_epi8(acc) == 0;
+    /* i is a multiple of 32, so the tail's phase is that of k. */
     return xor_words(dst + i, src + i, n - i, k) && ascii;
 }
 
 __attribute__((target("avx2"))) static size_t ascii_avx2(const uint8_t *p, size_t n)
 {
-    size_t i = 0;
+    size_t i = 0, head = (32u - ((uintptr_t)p & 31u)) & 31u;
+    for (; i < head; i++)
+        if (p[i] & 0x80u)
+            return i;
     for (; n - i >= 128; i += 128) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(p + i));
-        __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 32));
-        __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 64));
-        __m256i d = _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 96));
-        __m256i o = _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d));
+        __m256i o = _mm256_or_si256(_mm256_or_si256(LOAD(p + i), LOAD(p + i + 32)),
+                                    _mm256_or_si256(LOAD(p + i + 64), LOAD(p + i + 96)));
         if (_mm256_movemask_epi8(o) != 0)
             break;
     }
-    for (; n - i >= 32; i += 32) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(p + i));
-        if (_mm256_movemask_epi8(a) != 0)
+    for (; n - i >= 32; i += 32)
+        if (_mm256_movemask_epi8(LOAD(p + i)) != 0)
             break;
-    }
     return i + ascii_words(p + i, n - i);
 }
 #endif
