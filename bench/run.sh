@@ -121,10 +121,30 @@ cell() {
     done
 }
 
+# TARGETS=1: only the cells whose ratio to rawecho issue 2 sets a target,
+# wshub and rawecho taking turns REPS times (default 15, 3 s runs), then
+# the ratio of the medians per cell (ratios.py). On a shared machine the
+# rate of a 5 s run moves by +-10 %: many short interleaved runs give a
+# steadier median than three long ones.
+if [ "${TARGETS:-0}" = 1 ]; then
+    SERVERS="rawecho wshub"
+    REPS=${REPS_T:-15}
+    DUR=${DUR_T:-3}
+    BASE=0 TLS=0 DEFLATE=0 HUB=0
+fi
+
 servers=""
 for s in $SERVERS; do
     if available "$s"; then servers="$servers $s"; else echo "skip $s (not built/installed)" >&2; fi
 done
+
+if [ "${TARGETS:-0}" = 1 ]; then
+    cell "echo 100x1 32B" "$REPS" echo -c 100 -p 1 -s 32
+    cell "echo 100x16 32B" "$REPS" echo -c 100 -p 16 -s 32
+    cell "echo 100x1 16KiB" "$REPS" echo -c 100 -p 1 -s 16384
+    cell "fanout 64B x10000" "$REPS" fanout -c 10000 -s 64 --sources 4
+    python3 "$here/ratios.py" "$OUT"
+fi
 
 if [ "$BASE" = 1 ]; then
     cell "echo 100x1 32B" "$REPS" echo -c 100 -p 1 -s 32
