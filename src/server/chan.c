@@ -119,28 +119,10 @@ void rawchan_leave(struct worker *w, struct conn *c)
     atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
 }
 
-/* True when frame holds exactly one frame, false for a publish batch. */
-static bool single_frame(const struct wsh_buf *frame)
-{
-    const uint8_t *p = frame->data + frame->start;
-    size_t n = wsh_buf_len(frame);
-    unsigned l7 = p[1] & 0x7fu;
-    uint64_t len = l7;
-    size_t hl = 2;
-    if (l7 == 126) {
-        len = (uint64_t)p[2] << 8 | p[3];
-        hl = 4;
-    } else if (l7 == 127) {
-        len = 0;
-        for (int i = 0; i < 8; i++)
-            len = len << 8 | p[2 + i];
-        hl = 10;
-    }
-    return hl + len == n;
-}
-
-/* Whether a frame's payload is compressed for deflate recipients: such
- * frames are never batched, so a batch always goes out plain. */
+/* Whether a frame's payload is compressed for deflate recipients. Such
+ * frames are never batched, so a publish batch, whose first frame (what
+ * frame_payload sees) is one that was not worth it, always goes out
+ * plain. */
 static bool worth_deflating(size_t plen)
 {
     return wsh_cfg.deflate && wsh_pmd_worth_compressing(&wsh_cfg.pmd, plen);
@@ -151,7 +133,7 @@ void zcache_init(struct zcache *z, struct wsh_buf *frame)
     memset(z, 0, sizeof(*z));
     z->frame = frame;
     z->payload = frame_payload(frame, &z->plen);
-    z->worth = worth_deflating(z->plen) && single_frame(frame);
+    z->worth = worth_deflating(z->plen);
 }
 
 /* The frame a recipient gets: the shared plain frame, or for a connection
@@ -262,7 +244,7 @@ void rawchan_flush(struct worker *w)
     if (b == NULL)
         return;
     w->batch = NULL;
-    w->batch_n = 0;
+    w->batch_copied = false;
     publish_now(w, w->batch_from, b);
 }
 
@@ -291,37 +273,34 @@ void rawchan_publish(struct worker *w, struct conn *from, struct wsh_buf *frame)
     if (w->batch != NULL &&
         (alone || w->batch_from != from || wsh_buf_len(w->batch) + n > BATCH_MAX))
         rawchan_flush(w);
-    if (alone) {
-        publish_now(w, from, frame);
-        return;
-    }
+    if (alone)
+        goto alone;
     if (w->batch == NULL) {
         w->batch = frame;
         w->batch_from = from;
-        w->batch_n = 1;
         return;
     }
-    if (w->batch_n == 1) {
+    if (!w->batch_copied) {
         /* The second frame: copy the first into a buffer of our own. */
         struct wsh_buf *first = w->batch;
         struct wsh_buf *b = wsh_buf_new((wsh_buf_len(first) + n) * 2);
-        if (b == NULL) {
-            rawchan_flush(w);
-            publish_now(w, from, frame);
-            return;
-        }
+        if (b == NULL)
+            goto flush_alone;
         memcpy(b->data, first->data + first->start, wsh_buf_len(first));
         b->end = (uint32_t)wsh_buf_len(first);
         w->batch = b;
+        w->batch_copied = true;
         wsh_buf_unref(first);
     }
-    if (!batch_append(w, frame)) {
-        rawchan_flush(w);
-        publish_now(w, from, frame);
-        return;
-    }
-    w->batch_n++;
+    if (!batch_append(w, frame))
+        goto flush_alone;
     wsh_buf_unref(frame);
+    return;
+
+flush_alone: /* out of memory: what is batched goes first, then this alone */
+    rawchan_flush(w);
+alone:
+    publish_now(w, from, frame);
 }
 
 void rawchan_deliver_inbox(struct worker *w)

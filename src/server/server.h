@@ -236,7 +236,7 @@ struct worker {
     int tls_budget;               /* TLS handshake steps left in this loop turn */
     struct wsh_buf *batch;        /* raw publish batch (chan.c), NULL when none */
     struct conn *batch_from;      /* its publisher */
-    uint32_t batch_n;             /* frames in it */
+    bool batch_copied;            /* it is our own copy, not the first frame itself */
 };
 
 extern struct worker *wsh_workers;
@@ -267,7 +267,8 @@ struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);
  * with z NULL, the stateless compressor for window_bits (fan-out). */
 struct wsh_buf *frame_deflate(struct wsh_pmd *z, uint8_t window_bits, unsigned opcode,
                               const uint8_t *payload, size_t len);
-/* Where the payload of a frame we encoded starts, and its length. */
+/* Where the payload of a frame we encoded starts, and its declared length.
+ * For a raw publish batch (several frames back to back): the first one. */
 const uint8_t *frame_payload(const struct wsh_buf *frame, size_t *len);
 
 /* session.c: the WebSocket phase. */

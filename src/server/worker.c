@@ -68,9 +68,19 @@ const uint8_t *frame_payload(const struct wsh_buf *frame, size_t *len)
 {
     const uint8_t *p = frame->data + frame->start;
     unsigned l7 = p[1] & 0x7fu;
-    size_t hl = l7 < 126 ? 2 : l7 == 126 ? 4 : 10;
-    *len = wsh_buf_len(frame) - hl;
-    return p + hl;
+    if (l7 < 126) {
+        *len = l7;
+        return p + 2;
+    }
+    if (l7 == 126) {
+        *len = (size_t)p[2] << 8 | p[3];
+        return p + 4;
+    }
+    uint64_t n = 0;
+    for (int i = 2; i < 10; i++)
+        n = n << 8 | p[i];
+    *len = (size_t)n;
+    return p + 10;
 }
 
 struct zout {

@@ -1,7 +1,6 @@
 /* Incremental UTF-8 validator (RFC 3629 section 4, as RFC 6455 8.1
  * requires for text messages): an ASCII fast path a block at a time,
  * then a table-driven DFA over byte classes. */
-
 #include "bytes.h"
 #include "wshub/ws.h"
 
