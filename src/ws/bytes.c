@@ -1,7 +1,9 @@
-/* Byte-run kernels: see bytes.h. The AVX2 bodies are compiled with a
- * target attribute, not -mavx2, so the library still runs on any x86-64;
- * __builtin_cpu_supports reads a flag word that libgcc fills in before
- * main, so checking it per call costs a load and a branch. */
+/* Byte-run kernels: see bytes.h. On x86-64, runs of 16 to VEC_MIN bytes
+ * take SSE2, which every x86-64 has, and longer ones AVX2 where the CPU
+ * has it. The AVX2 bodies are compiled with a target attribute, not
+ * -mavx2, so the library still runs on any x86-64; __builtin_cpu_supports
+ * reads a flag word that libgcc fills in before main, so checking it per
+ * call costs a load and a branch. */
 #include "bytes.h"
 
 #include <stdint.h>
@@ -10,14 +12,61 @@
 #define HIGH_BITS 0x8080808080808080ull
 
 /* WSH_BYTES_NO_SIMD builds the portable bodies alone (the unit test
- * builds this file both ways). Below VEC_MIN a vector body has nothing
- * to gain over the word loop. */
+ * builds this file both ways). Below VEC_MIN the AVX2 body has nothing
+ * to gain over 16-byte blocks. */
 #define VEC_MIN 64
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(WSH_BYTES_NO_SIMD)
-#define HAVE_AVX2_PATH 1
+#define HAVE_X86_SIMD 1
 #include <immintrin.h>
 #endif
+
+/* The key pattern for the bytes h positions further on: the byte for
+ * position i sits at memory offset i of the word. */
+static uint64_t key_skip(uint64_t k, size_t h)
+{
+    unsigned r = (unsigned)(h & 7u) * 8u;
+    if (r == 0)
+        return k;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return (k << r) | (k >> (64u - r));
+#else
+    return (k >> r) | (k << (64u - r));
+#endif
+}
+
+/* Up to a few dozen bytes, the size of most chat and ticker messages:
+ * whole words, and the last eight bytes as one word loaded before
+ * anything is stored (dst may be src), so the ragged end costs one load
+ * and one store instead of a byte loop. Where that word overlaps the one
+ * before it, it stores the same bytes again. */
+static bool xor_short(uint8_t *dst, const uint8_t *src, size_t n, uint64_t k)
+{
+    uint64_t acc = 0;
+    if (n < 8) {
+        uint8_t k8[8];
+        memcpy(k8, &k, 8);
+        for (size_t i = 0; i < n; i++) {
+            uint8_t b = (uint8_t)(src[i] ^ k8[i]);
+            acc |= b;
+            dst[i] = b;
+        }
+        return (acc & HIGH_BITS) == 0;
+    }
+    uint64_t last;
+    memcpy(&last, src + n - 8, 8);
+    for (size_t i = 0; i + 8 < n; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= k;
+        acc |= w;
+        memcpy(dst + i, &w, 8);
+    }
+    last ^= key_skip(k, n - 8);
+    acc |= last;
+    memcpy(dst + n - 8, &last, 8);
+    return (acc & HIGH_BITS) == 0;
+}
 
 static bool xor_words(uint8_t *dst, const uint8_t *src, size_t n, uint64_t k)
 {
@@ -35,22 +84,8 @@ static bool xor_words(uint8_t *dst, const uint8_t *src, size_t n, uint64_t k)
         acc |= w[0] | w[1] | w[2] | w[3];
         memcpy(dst + i, w, 32);
     }
-    for (; n - i >= 8; i += 8) {
-        uint64_t w;
-        memcpy(&w, src + i, 8);
-        w ^= k;
-        acc |= w;
-        memcpy(dst + i, &w, 8);
-    }
-    /* i is a multiple of 8 here, so the key phase is that of src[0]. */
-    uint8_t k8[8];
-    memcpy(k8, &k, 8);
-    for (size_t j = 0; i < n; i++, j++) {
-        uint8_t b = (uint8_t)(src[i] ^ k8[j]);
-        acc |= b;
-        dst[i] = b;
-    }
-    return (acc & HIGH_BITS) == 0;
+    /* i is a multiple of 32, so the key phase is that of src[0]. */
+    return xor_short(dst + i, src + i, n - i, k) && (acc & HIGH_BITS) == 0;
 }
 
 static size_t ascii_words(const uint8_t *p, size_t n)
@@ -74,13 +109,38 @@ static size_t ascii_words(const uint8_t *p, size_t n)
     return i;
 }
 
-#ifdef HAVE_AVX2_PATH
-/* The key pattern for the bytes h positions further on (little-endian: the
- * byte for position i is bits 8i..8i+7). */
-static uint64_t key_skip(uint64_t k, size_t h)
+#ifdef HAVE_X86_SIMD
+/* 16 to VEC_MIN bytes with SSE2, which every x86-64 has: the same shape
+ * as xor_short with 16-byte blocks. Short payloads are the common case of
+ * chat and tickers, and there the word loop's bookkeeping was most of the
+ * cost (about 50 instructions for 32 bytes, now about 20). */
+static bool xor_sse2(uint8_t *dst, const uint8_t *src, size_t n, uint64_t k)
 {
-    unsigned r = (unsigned)(h & 7u) * 8u;
-    return r == 0 ? k : (k >> r) | (k << (64u - r));
+    const __m128i key = _mm_set1_epi64x((long long)k);
+    __m128i last = _mm_loadu_si128((const __m128i *)(const void *)(src + n - 16));
+    __m128i acc = _mm_setzero_si128();
+    for (size_t i = 0; i + 16 < n; i += 16) {
+        __m128i a = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), key);
+        _mm_storeu_si128((__m128i *)(void *)(dst + i), a);
+        acc = _mm_or_si128(acc, a);
+    }
+    last = _mm_xor_si128(last, _mm_set1_epi64x((long long)key_skip(k, n - 16)));
+    _mm_storeu_si128((__m128i *)(void *)(dst + n - 16), last);
+    acc = _mm_or_si128(acc, last);
+    return _mm_movemask_epi8(acc) == 0;
+}
+
+/* 16 to VEC_MIN bytes: whole 16-byte blocks, then the last 16 bytes;
+ * a block with a high byte is narrowed down to its word. */
+static size_t ascii_sse2(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        if (_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(const void *)(p + i))) != 0)
+            return i + ascii_words(p + i, n - i);
+    if (i == n || _mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(const void *)(p + n - 16))) == 0)
+        return n;
+    return i + ascii_words(p + i, n - i);
 }
 
 #define LOADU(p)    _mm256_loadu_si256((const __m256i *)(const void *)(p))
@@ -96,7 +156,7 @@ __attribute__((target("avx2"))) static bool xor_avx2(uint8_t *dst, const uint8_t
                                                      uint64_t k)
 {
     size_t head = (32u - ((uintptr_t)dst & 31u)) & 31u;
-    bool head_ascii = xor_words(dst, src, head, k);
+    bool head_ascii = xor_short(dst, src, head, k);
     dst += head;
     src += head;
     n -= head;
@@ -122,7 +182,7 @@ __attribute__((target("avx2"))) static bool xor_avx2(uint8_t *dst, const uint8_t
     }
     bool ascii = head_ascii && _mm256_movemask_epi8(acc) == 0;
     /* i is a multiple of 32, so the tail's phase is that of k. */
-    return xor_words(dst + i, src + i, n - i, k) && ascii;
+    return xor_short(dst + i, src + i, n - i, k) && ascii;
 }
 
 __attribute__((target("avx2"))) static size_t ascii_avx2(const uint8_t *p, size_t n)
@@ -146,8 +206,10 @@ __attribute__((target("avx2"))) static size_t ascii_avx2(const uint8_t *p, size_
 
 bool wsh__bytes_xor(uint8_t *dst, const uint8_t *src, size_t n, uint64_t key8)
 {
-#ifdef HAVE_AVX2_PATH
-    if (n >= VEC_MIN && __builtin_cpu_supports("avx2"))
+#ifdef HAVE_X86_SIMD
+    if (n < VEC_MIN)
+        return n >= 16 ? xor_sse2(dst, src, n, key8) : xor_short(dst, src, n, key8);
+    if (__builtin_cpu_supports("avx2"))
         return xor_avx2(dst, src, n, key8);
 #endif
     return xor_words(dst, src, n, key8);
@@ -155,8 +217,10 @@ bool wsh__bytes_xor(uint8_t *dst, const uint8_t *src, size_t n, uint64_t key8)
 
 size_t wsh__bytes_ascii_prefix(const uint8_t *p, size_t n)
 {
-#ifdef HAVE_AVX2_PATH
-    if (n >= VEC_MIN && __builtin_cpu_supports("avx2"))
+#ifdef HAVE_X86_SIMD
+    if (n < VEC_MIN)
+        return n >= 16 ? ascii_sse2(p, n) : ascii_words(p, n);
+    if (__builtin_cpu_supports("avx2"))
         return ascii_avx2(p, n);
 #endif
     return ascii_words(p, n);

@@ -29,15 +29,27 @@ bool wsh_parser_in_message(const struct wsh_parser *p)
     return p->_msg_op != 0;
 }
 
-/* The key as eight bytes starting at key byte (offset % 4). */
+/* The key as eight bytes starting at key byte (offset % 4). On a
+ * little-endian machine that is the key word rotated right by the offset
+ * and doubled: a handful of instructions instead of eight byte moves, on
+ * every payload chunk. */
 static uint64_t key8_at(const uint8_t key[4], size_t offset)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint32_t k;
+    memcpy(&k, key, 4);
+    unsigned r = (unsigned)(offset & 3u) * 8u;
+    if (r != 0)
+        k = k >> r | k << (32u - r);
+    return (uint64_t)k << 32 | k;
+#else
     uint8_t k8[8];
     for (size_t i = 0; i < 8; i++)
         k8[i] = key[(offset + i) & 3u];
     uint64_t k;
     memcpy(&k, k8, 8);
     return k;
+#endif
 }
 
 static int status_for(uint16_t close_code)
@@ -300,9 +312,75 @@ static ssize_t feed_header(struct wsh_parser *p, const struct wsh_limits *lim, u
     return feed_payload(p, in, len, hdr, ev);
 }
 
+/* The common case in one pass: a whole text or binary message in one
+ * frame (FIN, no RSV bit) with a 7- or 16-bit length, masked as our role
+ * requires, all of it in the buffer, while no fragmented message is in
+ * progress. It gets the verdict the general path would give (the same
+ * checks in the same order, the same close codes), without the
+ * bookkeeping a message that starts and ends in this call does not need:
+ * at 32 bytes a message, that bookkeeping was half the parser's cost.
+ * Returns 0 when the input is not such a frame: the general path takes
+ * it. */
+static ssize_t feed_whole(struct wsh_parser *p, const struct wsh_limits *lim, uint8_t *in,
+                          size_t len, struct wsh_event *ev)
+{
+    if (len < 2 || p->_msg_op != 0)
+        return 0;
+    unsigned b0 = in[0], b1 = in[1];
+    bool masked = p->_role == WSH_ROLE_SERVER;
+    if ((b0 != (B0_FIN | WSH_OP_TEXT) && b0 != (B0_FIN | WSH_OP_BINARY)) ||
+        ((b1 & B1_MASK) != 0) != masked)
+        return 0;
+    size_t plen = b1 & B1_LEN, hdr = 2;
+    if (plen == 126) {
+        if (len < 4)
+            return 0;
+        plen = (size_t)in[2] << 8 | in[3];
+        hdr = 4;
+        if (plen < 126)
+            return 0; /* not minimal: the general path refuses it */
+    } else if (plen == 127) {
+        return 0;
+    }
+    uint64_t max_msg = lim && lim->max_message ? lim->max_message : WSH_DEFAULT_MAX_MESSAGE;
+    size_t key_at = hdr;
+    if (masked)
+        hdr += 4;
+    if (plen > max_msg || len < hdr || len - hdr < plen)
+        return 0;
+    uint8_t *data = in + hdr;
+    bool ascii;
+    if (masked) {
+        uint8_t key[4];
+        memcpy(key, in + key_at, 4);
+        ascii = wsh__bytes_xor(data, data, plen, key8_at(key, 0));
+    } else {
+        ascii = b0 != (B0_FIN | WSH_OP_TEXT) || wsh__bytes_ascii_prefix(data, plen) == plen;
+    }
+    if (b0 == (B0_FIN | WSH_OP_TEXT) && !ascii && !wsh_utf8_valid(data, plen)) {
+        *ev = (struct wsh_event){ .type = WSH_EV_NONE };
+        return fail(p, WSH_CLOSE_INVALID_DATA);
+    }
+    *ev = (struct wsh_event){
+        .type = WSH_EV_DATA,
+        .opcode = (uint8_t)(b0 & B0_OPCODE),
+        .first = true,
+        .last = true,
+        .data = data,
+        .len = plen,
+        .hdr_len = (uint8_t)hdr,
+    };
+    return (ssize_t)(hdr + plen);
+}
+
 ssize_t wsh_parser_feed(struct wsh_parser *p, const struct wsh_limits *lim, uint8_t *in, size_t len,
                         struct wsh_event *ev)
 {
+    if (p->_state == ST_HEADER) {
+        ssize_t n = feed_whole(p, lim, in, len, ev);
+        if (n != 0)
+            return n;
+    }
     /* Callers may look at every field, whatever the outcome. */
     *ev = (struct wsh_event){ .type = WSH_EV_NONE };
     switch (p->_state) {

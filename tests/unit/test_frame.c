@@ -789,6 +789,67 @@ static void test_frame_event_reports_header_in_front(void **state)
     }
 }
 
+/* A whole unfragmented text or binary frame in one buffer takes a
+ * one-pass path in the parser; fed split it takes the general one. Both
+ * must agree at every length around the 7/16-bit boundary, for valid and
+ * invalid UTF-8 anywhere in the payload, at the message limit and one
+ * past it, in both roles, and after a fragment has opened a message. */
+static void test_frame_whole_frames_same_verdicts(void **state)
+{
+    (void)state;
+    static const size_t lens[] = { 0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 125, 126, 127, 300 };
+    static uint8_t payload[400], v[1024];
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        size_t len = lens[li];
+        for (int role = 0; role < 2; role++) {
+            bool masked = role == 0;
+            struct cfg c = { masked ? WSH_ROLE_SERVER : WSH_ROLE_CLIENT, 0, { 0, 0 } };
+            for (size_t i = 0; i < len; i++)
+                payload[i] = (uint8_t)('a' + i % 26);
+            /* ASCII text and binary. */
+            size_t n = put_frame(v, 0x81, payload, len, masked);
+            char *want = hex_expect("T(", payload, len, ")");
+            check_splits(&c, v, n, want);
+            free(want);
+            n = put_frame(v, 0x82, payload, len, masked);
+            want = hex_expect("B(", payload, len, ")");
+            check_splits(&c, v, n, want);
+            free(want);
+            if (len < 2)
+                continue;
+            /* A two-byte character at three places, then a stray
+             * continuation byte (invalid) at the same places. */
+            size_t at[3] = { 0, len / 2 - 1, len - 2 };
+            for (int k = 0; k < 3; k++) {
+                memcpy(payload + at[k], "\xc3\xa9", 2);
+                n = put_frame(v, 0x81, payload, len, masked);
+                want = hex_expect("T(", payload, len, ")");
+                check_splits(&c, v, n, want);
+                free(want);
+                payload[at[k]] = 0xa9;
+                n = put_frame(v, 0x81, payload, len, masked);
+                check_splits(&c, v, n, "E1007");
+                payload[at[k]] = 'a';
+                payload[at[k] + 1] = 'a';
+            }
+            /* The limit: exactly at it passes, one over is 1009. */
+            struct cfg at_limit = { c.role, 0, { len, 0 } }, below = { c.role, 0, { len - 1, 0 } };
+            n = put_frame(v, 0x82, payload, len, masked);
+            want = hex_expect("B(", payload, len, ")");
+            check_splits(&at_limit, v, n, want);
+            free(want);
+            check_splits(&below, v, n, "E1009");
+            /* The wrong masking for the role is 1002. */
+            n = put_frame(v, 0x82, payload, len, !masked);
+            check_splits(&c, v, n, "E1002");
+            /* A whole frame where a continuation is due is 1002. */
+            n = put_frame(v, 0x01, "x", 1, masked);
+            n += put_frame(v + n, 0x81, payload, len, masked);
+            check_splits(&c, v, n, "E1002");
+        }
+    }
+}
+
 static int key_calls;
 
 static void counting_key(uint8_t key[4], void *user)
@@ -889,6 +950,7 @@ int main(void)
         cmocka_unit_test(test_frame_mask_matches_bytewise),
         cmocka_unit_test(test_frame_masked_text_utf8_at_every_position),
         cmocka_unit_test(test_frame_event_reports_header_in_front),
+        cmocka_unit_test(test_frame_whole_frames_same_verdicts),
         cmocka_unit_test(test_frame_message_write_round_trip),
         cmocka_unit_test(test_frame_message_write_control_and_rsv1),
     };
