@@ -143,6 +143,12 @@ static size_t ascii_sse2(const uint8_t *p, size_t n)
     return i + ascii_words(p + i, n - i);
 }
 
+/* Heads and tails of the vector bodies, under VEC_MIN bytes. */
+static bool xor_small(uint8_t *dst, const uint8_t *src, size_t n, uint64_t k)
+{
+    return n >= 16 ? xor_sse2(dst, src, n, k) : xor_short(dst, src, n, k);
+}
+
 #define LOADU(p)    _mm256_loadu_si256((const __m256i *)(const void *)(p))
 #define LOAD(p)     _mm256_load_si256((const __m256i *)(const void *)(p))
 #define STORE(p, v) _mm256_store_si256((__m256i *)(void *)(p), (v))
@@ -156,7 +162,7 @@ __attribute__((target("avx2"))) static bool xor_avx2(uint8_t *dst, const uint8_t
                                                      uint64_t k)
 {
     size_t head = (32u - ((uintptr_t)dst & 31u)) & 31u;
-    bool head_ascii = xor_short(dst, src, head, k);
+    bool head_ascii = xor_small(dst, src, head, k);
     dst += head;
     src += head;
     n -= head;
@@ -182,7 +188,7 @@ __attribute__((target("avx2"))) static bool xor_avx2(uint8_t *dst, const uint8_t
     }
     bool ascii = head_ascii && _mm256_movemask_epi8(acc) == 0;
     /* i is a multiple of 32, so the tail's phase is that of k. */
-    return xor_short(dst + i, src + i, n - i, k) && ascii;
+    return xor_small(dst + i, src + i, n - i, k) && ascii;
 }
 
 __attribute__((target("avx2"))) static size_t ascii_avx2(const uint8_t *p, size_t n)
@@ -202,13 +208,72 @@ __attribute__((target("avx2"))) static size_t ascii_avx2(const uint8_t *p, size_
             break;
     return i + ascii_words(p + i, n - i);
 }
+
+/* From VEC512_MIN bytes on CPUs with AVX-512 (Ice Lake, Zen 4 and later):
+ * half the instructions of the AVX2 body for a 16 KiB message, stores
+ * aligned to the 64-byte line as above. */
+#define VEC512_MIN 256
+
+__attribute__((target("avx512f"))) static bool xor_avx512(uint8_t *dst, const uint8_t *src,
+                                                        size_t n, uint64_t k)
+{
+    size_t head = (64u - ((uintptr_t)dst & 63u)) & 63u;
+    bool head_ascii = xor_small(dst, src, head, k);
+    dst += head;
+    src += head;
+    n -= head;
+    k = key_skip(k, head);
+    const __m512i key = _mm512_set1_epi64((long long)k);
+    __m512i acc = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; n - i >= 256; i += 256) {
+        __m512i a = _mm512_xor_si512(_mm512_loadu_si512(src + i), key);
+        __m512i b = _mm512_xor_si512(_mm512_loadu_si512(src + i + 64), key);
+        __m512i c = _mm512_xor_si512(_mm512_loadu_si512(src + i + 128), key);
+        __m512i d = _mm512_xor_si512(_mm512_loadu_si512(src + i + 192), key);
+        _mm512_store_si512(dst + i, a);
+        _mm512_store_si512(dst + i + 64, b);
+        _mm512_store_si512(dst + i + 128, c);
+        _mm512_store_si512(dst + i + 192, d);
+        acc = _mm512_or_si512(acc, _mm512_or_si512(_mm512_or_si512(a, b), _mm512_or_si512(c, d)));
+    }
+    for (; n - i >= 64; i += 64) {
+        __m512i a = _mm512_xor_si512(_mm512_loadu_si512(src + i), key);
+        _mm512_store_si512(dst + i, a);
+        acc = _mm512_or_si512(acc, a);
+    }
+    bool ascii =
+        head_ascii && _mm512_test_epi64_mask(acc, _mm512_set1_epi64((long long)HIGH_BITS)) == 0;
+    /* i is a multiple of 64, so the tail's phase is that of k. */
+    return xor_small(dst + i, src + i, n - i, k) && ascii;
+}
+
+/* Whole clean 256-byte blocks, then the AVX2 scan narrows down. */
+__attribute__((target("avx512f,avx2"))) static size_t ascii_avx512(const uint8_t *p, size_t n)
+{
+    const __m512i high = _mm512_set1_epi64((long long)HIGH_BITS);
+    size_t i = 0;
+    for (; n - i >= 256; i += 256) {
+        __m512i o = _mm512_or_si512(
+            _mm512_or_si512(_mm512_loadu_si512(p + i), _mm512_loadu_si512(p + i + 64)),
+            _mm512_or_si512(_mm512_loadu_si512(p + i + 128), _mm512_loadu_si512(p + i + 192)));
+        if (_mm512_test_epi64_mask(o, high) != 0)
+            break;
+    }
+    size_t rest = n - i;
+    if (rest >= VEC_MIN)
+        return i + ascii_avx2(p + i, rest);
+    return i + (rest >= 16 ? ascii_sse2(p + i, rest) : ascii_words(p + i, rest));
+}
 #endif
 
 bool wsh__bytes_xor(uint8_t *dst, const uint8_t *src, size_t n, uint64_t key8)
 {
 #ifdef HAVE_X86_SIMD
     if (n < VEC_MIN)
-        return n >= 16 ? xor_sse2(dst, src, n, key8) : xor_short(dst, src, n, key8);
+        return xor_small(dst, src, n, key8);
+    if (n >= VEC512_MIN && __builtin_cpu_supports("avx512f"))
+        return xor_avx512(dst, src, n, key8);
     if (__builtin_cpu_supports("avx2"))
         return xor_avx2(dst, src, n, key8);
 #endif
@@ -220,6 +285,8 @@ size_t wsh__bytes_ascii_prefix(const uint8_t *p, size_t n)
 #ifdef HAVE_X86_SIMD
     if (n < VEC_MIN)
         return n >= 16 ? ascii_sse2(p, n) : ascii_words(p, n);
+    if (n >= VEC512_MIN && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
+        return ascii_avx512(p, n);
     if (__builtin_cpu_supports("avx2"))
         return ascii_avx2(p, n);
 #endif

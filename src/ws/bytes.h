@@ -1,8 +1,8 @@
 /* Byte-run kernels of the protocol core (private to src/ws): the masking
  * XOR of RFC 6455 5.3 and the ASCII scan in front of UTF-8 validation.
- * They touch every payload byte, so on x86-64 an AVX2 body is chosen at
- * run time; elsewhere (and for runs too short to gain) a portable 64-bit
- * body does the same work. */
+ * They touch every payload byte, so on x86-64 short runs take SSE2 and
+ * long ones an AVX2 or AVX-512 body chosen at run time; elsewhere a
+ * portable 64-bit body does the same work. */
 #ifndef WSH_WS_BYTES_H
 #define WSH_WS_BYTES_H
 

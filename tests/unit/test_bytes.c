@@ -2,8 +2,9 @@
  * and the ASCII scan against byte-by-byte references, at every length up
  * to past three vector blocks, every key phase, unaligned starts, in place
  * and copying, with one high byte at every position. CMake builds this
- * file twice: against the library (the AVX2 body where the CPU has it)
- * and with bytes.c compiled in with WSH_BYTES_NO_SIMD (portable bodies). */
+ * file twice: against the library (SSE2 for short runs, AVX2 and AVX-512
+ * bodies for long ones where the CPU has them) and with bytes.c compiled
+ * in with WSH_BYTES_NO_SIMD (portable bodies). */
 /* cmocka.h needs the standard headers before it. */
 /* clang-format off */
 #include <setjmp.h>
