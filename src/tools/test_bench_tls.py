@@ -7,17 +7,23 @@ the bench must refuse the server's certificate without --cacert and accept
 it with --insecure. A throw-away CA comes from bench/gen-cert.sh (the
 openssl command) in a temporary directory. Last, fanout --proto ws through
 the /ws JSON protocol with bench/ws-bench.json, and idle --proto ws, so the
-channel modes stay covered.
+channel modes stay covered. And against an independent echo server (Python
+websockets), the bench's payload encoding and its detection of a corrupted
+echo.
 
   test_bench_tls.py --server WSHUB --bench WSHUB_BENCH [--openssl OPENSSL]
 """
 import argparse
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+import websockets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GEN_CERT = os.path.join(HERE, "..", "..", "bench", "gen-cert.sh")
@@ -62,6 +68,78 @@ def stop(srv):
     except subprocess.TimeoutExpired:
         srv.kill()
         srv.wait()
+
+
+class RecordingEcho:
+    """An echo server written with Python websockets, not wshub: it keeps
+    the first payloads it receives, and can corrupt one reply, so the
+    bench's own encoding (hex sequence numbers, filler) and its checking
+    (header compare, byte sum) are tested against an independent peer."""
+
+    def __init__(self, corrupt_at=None):
+        self.got = []
+        self.corrupt_at = corrupt_at
+        self.port = None
+        self.ready = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    async def _handler(self, ws, path=None):
+        try:
+            async for msg in ws:
+                n = len(self.got)
+                if n < 64:
+                    self.got.append(msg)
+                if n == self.corrupt_at:
+                    b = bytearray(msg.encode() if isinstance(msg, str) else msg)
+                    b[-1] = ord("z") if b[-1] != ord("z") else ord("y")
+                    msg = b.decode() if isinstance(msg, str) else bytes(b)
+                await ws.send(msg)
+        except websockets.ConnectionClosed:
+            pass  # the bench hangs up at the end of its run, or on a bad echo
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+
+        async def main():
+            self.stop_fut = self.loop.create_future()
+            async with websockets.serve(self._handler, "127.0.0.1", 0, max_size=1 << 20) as srv:
+                self.port = srv.sockets[0].getsockname()[1]
+                self.ready.set()
+                await self.stop_fut
+
+        self.loop.run_until_complete(main())
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(lambda: self.stop_fut.done() or self.stop_fut.set_result(None))
+        self.thread.join(10)
+
+
+def check_payloads(bench):
+    """Message i of a connection starts with i in 16 hex digits and goes on
+    with the a-z filler; a corrupted echo is counted as a bad echo."""
+    for size in (40, 16384):
+        srv = RecordingEcho()
+        try:
+            rc, r, _ = run_bench(bench, srv.port, ["echo", "-c", "1", "-p", "1", "-s", str(size),
+                                                   "-d", "1"])
+        finally:
+            srv.stop()
+        filler = "".join(chr(ord("a") + i % 26) for i in range(size))
+        want = ["%016x" % i + filler[16:] for i in range(len(srv.got))]
+        check(rc == 0 and r.get("bad_echo") == 0 and r.get("msgs", 0) > 0,
+              f"echo -s {size} against a Python echo server: 0 bad echoes")
+        check(len(srv.got) >= 20 and srv.got == want[:len(srv.got)],
+              f"echo -s {size}: payload i is i in 16 hex digits, then the a-z filler")
+        srv = RecordingEcho(corrupt_at=5)
+        try:
+            rc, r, _ = run_bench(bench, srv.port, ["echo", "-c", "1", "-p", "1", "-s", str(size),
+                                                   "-d", "1"])
+        finally:
+            srv.stop()
+        check(r.get("bad_echo") == 1, f"echo -s {size}: one corrupted byte is one bad echo")
 
 
 def main():
@@ -171,6 +249,8 @@ def main():
                       "idle --proto ws -c 20: all subscribed, 0 errors")
         finally:
             stop(srv)
+
+    check_payloads(a.bench)
 
     if failures:
         print(f"{len(failures)} check(s) failed", flush=True)
