@@ -7,7 +7,8 @@
 # median is reported, default 3; the 10,000-connection cells always run
 # once), SERVERS (default "wshub rawecho node lws"; missing ones are
 # skipped), OUT (JSON lines file, default /tmp/wshub-bench.jsonl),
-# IDLE_CONNS (default 10000). Socket.IO (HUB) needs `npm ci` in bench/node.
+# IDLE_CONNS (default 10000), ONLY (a cell label: run that cell alone).
+# Socket.IO (HUB) needs `npm ci` in bench/node.
 # Sections: BASE=1 the comparison table; TLS=1 wshub over TLS vs plain (a
 # throw-away CA from gen-cert.sh); DEFLATE=1 wshub with permessage-deflate
 # on the 16 KiB JSON payload vs without; HUB=1 issue 4: fan-out through
@@ -114,6 +115,8 @@ one() {
 cell() {
     local label=$1 reps=$2 r s
     shift 2
+    # ONLY="LABEL": run that cell alone (e.g. more pairs of one target cell).
+    [ -n "${ONLY:-}" ] && [ "$ONLY" != "$label" ] && return
     for r in $(seq "$reps"); do
         for s in $servers; do
             one "$s" "$label" "$@"

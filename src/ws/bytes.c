@@ -248,15 +248,26 @@ __attribute__((target("avx512f"))) static bool xor_avx512(uint8_t *dst, const ui
     return xor_small(dst + i, src + i, n - i, k) && ascii;
 }
 
-/* Whole clean 256-byte blocks, then the AVX2 scan narrows down. */
+/* Whole clean 256-byte blocks, loaded aligned (a payload starts wherever
+ * its header ends, and a load across two cache lines costs two), then the
+ * AVX2 scan narrows down. */
 __attribute__((target("avx512f,avx2"))) static size_t ascii_avx512(const uint8_t *p, size_t n)
 {
     const __m512i high = _mm512_set1_epi64((long long)HIGH_BITS);
-    size_t i = 0;
+    size_t i = 0, head = (64u - ((uintptr_t)p & 63u)) & 63u;
+    if (head >= 16) {
+        i = ascii_sse2(p, head); /* exact: head when all of it is ASCII */
+        if (i < head)
+            return i;
+    } else {
+        for (; i < head; i++)
+            if (p[i] & 0x80u)
+                return i;
+    }
     for (; n - i >= 256; i += 256) {
         __m512i o = _mm512_or_si512(
-            _mm512_or_si512(_mm512_loadu_si512(p + i), _mm512_loadu_si512(p + i + 64)),
-            _mm512_or_si512(_mm512_loadu_si512(p + i + 128), _mm512_loadu_si512(p + i + 192)));
+            _mm512_or_si512(_mm512_load_si512(p + i), _mm512_load_si512(p + i + 64)),
+            _mm512_or_si512(_mm512_load_si512(p + i + 128), _mm512_load_si512(p + i + 192)));
         if (_mm512_test_epi64_mask(o, high) != 0)
             break;
     }

@@ -67,11 +67,16 @@ __attribute__((target("avx512bw"))) static uint64_t sum_avx512(const uint8_t *p,
 {
     __m512i acc = _mm512_setzero_si512();
     const __m512i zero = _mm512_setzero_si512();
-    size_t i = 0;
+    /* Up to the next 64-byte line byte by byte, then aligned loads: a
+     * reply's payload starts wherever its header ended. */
+    size_t i = 0, head = (64u - ((uintptr_t)p & 63u)) & 63u;
+    uint64_t s = 0;
+    for (; i < head; i++)
+        s += p[i];
     for (; i + 64 <= n; i += 64)
-        acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_loadu_si512(p + i), zero));
+        acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_load_si512(p + i), zero));
     *done = i;
-    return (uint64_t)_mm512_reduce_add_epi64(acc);
+    return s + (uint64_t)_mm512_reduce_add_epi64(acc);
 }
 
 __attribute__((target("avx2"))) static uint64_t sum_avx2(const uint8_t *p, size_t n, size_t *done)
