@@ -35,6 +35,18 @@ static uint64_t key_skip(uint64_t k, size_t h)
 #endif
 }
 
+uint64_t wsh__bytes_key8(const uint8_t key[4], size_t offset)
+{
+    uint8_t k8[8];
+    memcpy(k8, key, 4);
+    memcpy(k8 + 4, key, 4);
+    uint64_t k;
+    memcpy(&k, k8, 8);
+    /* The pattern repeats every 4 bytes, so skipping offset bytes is
+     * skipping offset % 4. */
+    return key_skip(k, offset);
+}
+
 /* Up to a few dozen bytes, the size of most chat and ticker messages:
  * whole words, and the last eight bytes as one word loaded before
  * anything is stored (dst may be src), so the ragged end costs one load

@@ -17,6 +17,10 @@
  * one pass. */
 bool wsh__bytes_xor(uint8_t *dst, const uint8_t *src, size_t n, uint64_t key8);
 
+/* The 4-byte mask as the key8 above, for a run starting at key byte
+ * (offset % 4). */
+uint64_t wsh__bytes_key8(const uint8_t key[4], size_t offset);
+
 /* Length of a prefix of p[0..n) that is all ASCII. It may stop short of
  * the first non-ASCII byte (it works in blocks); the caller goes on from
  * there byte by byte. */

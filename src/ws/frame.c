@@ -29,29 +29,6 @@ bool wsh_parser_in_message(const struct wsh_parser *p)
     return p->_msg_op != 0;
 }
 
-/* The key as eight bytes starting at key byte (offset % 4). On a
- * little-endian machine that is the key word rotated right by the offset
- * and doubled: a handful of instructions instead of eight byte moves, on
- * every payload chunk. */
-static uint64_t key8_at(const uint8_t key[4], size_t offset)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    uint32_t k;
-    memcpy(&k, key, 4);
-    unsigned r = (unsigned)(offset & 3u) * 8u;
-    if (r != 0)
-        k = k >> r | k << (32u - r);
-    return (uint64_t)k << 32 | k;
-#else
-    uint8_t k8[8];
-    for (size_t i = 0; i < 8; i++)
-        k8[i] = key[(offset + i) & 3u];
-    uint64_t k;
-    memcpy(&k, k8, 8);
-    return k;
-#endif
-}
-
 static int status_for(uint16_t close_code)
 {
     switch (close_code) {
@@ -151,7 +128,7 @@ static ssize_t feed_payload(struct wsh_parser *p, uint8_t *in, size_t len, size_
     if (p->_role == WSH_ROLE_SERVER) {
         /* Unmasking also tells whether the chunk is all ASCII, which
          * (between characters) is all the UTF-8 check needs to know. */
-        ascii = wsh__bytes_xor(data, data, n, key8_at(p->_mask, p->_mask_off)) &&
+        ascii = wsh__bytes_xor(data, data, n, wsh__bytes_key8(p->_mask, p->_mask_off)) &&
                 wsh_utf8_complete(&p->_utf8);
         p->_mask_off = (uint8_t)((p->_mask_off + n) & 3u);
     }
@@ -353,7 +330,7 @@ static ssize_t feed_whole(struct wsh_parser *p, const struct wsh_limits *lim, ui
     if (masked) {
         uint8_t key[4];
         memcpy(key, in + key_at, 4);
-        ascii = wsh__bytes_xor(data, data, plen, key8_at(key, 0));
+        ascii = wsh__bytes_xor(data, data, plen, wsh__bytes_key8(key, 0));
     } else {
         ascii = b0 != (B0_FIN | WSH_OP_TEXT) || wsh__bytes_ascii_prefix(data, plen) == plen;
     }
@@ -434,7 +411,7 @@ size_t wsh_frame_header_write(uint8_t *out, unsigned opcode, bool fin, bool rsv1
 
 void wsh_mask(uint8_t *data, size_t len, const uint8_t key[4], size_t offset)
 {
-    wsh__bytes_xor(data, data, len, key8_at(key, offset));
+    wsh__bytes_xor(data, data, len, wsh__bytes_key8(key, offset));
 }
 
 static size_t frame_count(unsigned opcode, size_t len, size_t frag_size)
@@ -471,7 +448,7 @@ size_t wsh_message_write(uint8_t *out, unsigned opcode, bool rsv1, const uint8_t
                                     rsv1 && f == 0, n, key_cb != NULL ? key : NULL);
         /* Copy and mask in one pass over the payload. */
         if (key_cb != NULL)
-            wsh__bytes_xor(out + w, payload + off, n, key8_at(key, 0));
+            wsh__bytes_xor(out + w, payload + off, n, wsh__bytes_key8(key, 0));
         else if (n != 0)
             memcpy(out + w, payload + off, n);
         w += n;

@@ -31,6 +31,14 @@ static uint64_t key8(size_t phase)
     return v;
 }
 
+/* The library builds the same key word as the oracle at every offset. */
+static void test_bytes_key8_matches_oracle(void **state)
+{
+    (void)state;
+    for (size_t off = 0; off < 12; off++)
+        assert_true(wsh__bytes_key8(key, off) == key8(off % 4));
+}
+
 static void fill(uint8_t *p, size_t n, size_t seed)
 {
     for (size_t i = 0; i < n; i++)
@@ -154,6 +162,7 @@ static void test_bytes_ascii_prefix_never_passes_a_high_byte(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bytes_key8_matches_oracle),
         cmocka_unit_test(test_bytes_xor_matches_bytewise),
         cmocka_unit_test(test_bytes_xor_every_alignment),
         cmocka_unit_test(test_bytes_xor_reports_any_high_byte),
