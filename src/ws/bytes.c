@@ -155,10 +155,16 @@ static size_t ascii_sse2(const uint8_t *p, size_t n)
     return i + ascii_words(p + i, n - i);
 }
 
-/* Heads and tails of the vector bodies, under VEC_MIN bytes. */
+/* Runs under VEC_MIN bytes, and the heads and tails of the vector
+ * bodies. */
 static bool xor_small(uint8_t *dst, const uint8_t *src, size_t n, uint64_t k)
 {
     return n >= 16 ? xor_sse2(dst, src, n, k) : xor_short(dst, src, n, k);
+}
+
+static size_t ascii_small(const uint8_t *p, size_t n)
+{
+    return n >= 16 ? ascii_sse2(p, n) : ascii_words(p, n);
 }
 
 #define LOADU(p)    _mm256_loadu_si256((const __m256i *)(const void *)(p))
@@ -283,10 +289,7 @@ __attribute__((target("avx512f,avx2"))) static size_t ascii_avx512(const uint8_t
         if (_mm512_test_epi64_mask(o, high) != 0)
             break;
     }
-    size_t rest = n - i;
-    if (rest >= VEC_MIN)
-        return i + ascii_avx2(p + i, rest);
-    return i + (rest >= 16 ? ascii_sse2(p + i, rest) : ascii_words(p + i, rest));
+    return i + (n - i >= VEC_MIN ? ascii_avx2(p + i, n - i) : ascii_small(p + i, n - i));
 }
 #endif
 
@@ -307,7 +310,7 @@ size_t wsh__bytes_ascii_prefix(const uint8_t *p, size_t n)
 {
 #ifdef HAVE_X86_SIMD
     if (n < VEC_MIN)
-        return n >= 16 ? ascii_sse2(p, n) : ascii_words(p, n);
+        return ascii_small(p, n);
     if (n >= VEC512_MIN && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2"))
         return ascii_avx512(p, n);
     if (__builtin_cpu_supports("avx2"))

@@ -102,10 +102,12 @@ static uint64_t byte_sum(const uint8_t *p, size_t n)
     uint64_t s = 0;
     size_t i = 0;
 #ifdef BYTE_SUM_WIDE
-    if (n >= 256 && __builtin_cpu_supports("avx512bw"))
-        s = sum_avx512(p, n, &i);
-    else if (n >= 256 && __builtin_cpu_supports("avx2"))
-        s = sum_avx2(p, n, &i);
+    if (n >= 256) {
+        if (__builtin_cpu_supports("avx512bw"))
+            s = sum_avx512(p, n, &i);
+        else if (__builtin_cpu_supports("avx2"))
+            s = sum_avx2(p, n, &i);
+    }
 #endif
 #if defined(__SSE2__)
     /* psadbw against zero sums 16 bytes per instruction. */
