@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include "server.h"
@@ -17,6 +19,43 @@ struct worker *wsh_workers;
 int wsh_nworkers;
 _Atomic int wsh_shutdown_code;
 _Atomic size_t wsh_total_conns;
+
+/* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the
+ * main thread runs worker 0, so `--workers 1` is a single-threaded process:
+ * the kernel then skips the file reference counting that every socket call
+ * of a multi-threaded process pays). */
+static void on_signal(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
+{
+    (void)l;
+    (void)events;
+    struct signalfd_siginfo si;
+    while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        int sig = (int)si.ssi_signo;
+        if (sig == SIGHUP) {
+            if (wsh_tls_ctx == NULL) {
+                wsh_log(WSH_LOG_INFO, "ev=sighup tls=0");
+                continue;
+            }
+            char err[512];
+            if (wsh_tls_reload(wsh_tls_ctx, err, sizeof(err)) == WSH_OK)
+                wsh_log(WSH_LOG_INFO, "ev=tls_reload ok=1");
+            else
+                wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", err);
+            continue;
+        }
+        if (atomic_load(&wsh_shutdown_code) != 0)
+            continue; /* already draining */
+        /* RFC 6455 7.4.1: 1012 tells clients the service restarts
+         * (SIGTERM, as an orchestrator sends); 1001 that it is going away
+         * (SIGINT). */
+        int code = sig == SIGTERM ? WSH_CLOSE_RESTART : WSH_CLOSE_GOING_AWAY;
+        wsh_log(WSH_LOG_INFO, "ev=shutdown signal=%s code=%d", sig == SIGTERM ? "TERM" : "INT",
+                code);
+        atomic_store(&wsh_shutdown_code, code);
+        for (int i = 0; i < wsh_nworkers; i++)
+            worker_wake(&wsh_workers[i]);
+    }
+}
 
 static void usage(FILE *out)
 {
@@ -403,7 +442,13 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    for (int i = 0; i < wsh_nworkers; i++) {
+    static struct wsh_io sig_io = { .cb = on_signal };
+    sig_io.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sig_io.fd < 0 || wsh_loop_add(wsh_workers[0].loop, &sig_io, EPOLLIN) != WSH_OK) {
+        wsh_log(WSH_LOG_ERROR, "ev=signalfd_failed");
+        return 1;
+    }
+    for (int i = 1; i < wsh_nworkers; i++) {
         if (pthread_create(&wsh_workers[i].thread, NULL, worker_main, &wsh_workers[i]) != 0) {
             wsh_log(WSH_LOG_ERROR, "ev=thread_failed");
             return 1;
@@ -418,29 +463,8 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    int sig = 0;
-    for (;;) {
-        sigwait(&sigs, &sig);
-        if (sig != SIGHUP)
-            break;
-        if (wsh_tls_ctx == NULL) {
-            wsh_log(WSH_LOG_INFO, "ev=sighup tls=0");
-            continue;
-        }
-        char err[512];
-        if (wsh_tls_reload(wsh_tls_ctx, err, sizeof(err)) == WSH_OK)
-            wsh_log(WSH_LOG_INFO, "ev=tls_reload ok=1");
-        else
-            wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", err);
-    }
-    /* RFC 6455 7.4.1: 1012 tells clients the service restarts (SIGTERM, as
-     * an orchestrator sends); 1001 that it is going away (SIGINT). */
-    int code = sig == SIGTERM ? WSH_CLOSE_RESTART : WSH_CLOSE_GOING_AWAY;
-    wsh_log(WSH_LOG_INFO, "ev=shutdown signal=%s code=%d", sig == SIGTERM ? "TERM" : "INT", code);
-    atomic_store(&wsh_shutdown_code, code);
-    for (int i = 0; i < wsh_nworkers; i++)
-        worker_wake(&wsh_workers[i]);
-    for (int i = 0; i < wsh_nworkers; i++)
+    worker_main(&wsh_workers[0]); /* returns when worker 0 has drained */
+    for (int i = 1; i < wsh_nworkers; i++)
         pthread_join(wsh_workers[i].thread, NULL);
     wsh_log(WSH_LOG_INFO, "ev=exit");
     return 0;
