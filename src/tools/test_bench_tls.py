@@ -9,7 +9,8 @@ openssl command) in a temporary directory. Last, fanout --proto ws through
 the /ws JSON protocol with bench/ws-bench.json, and idle --proto ws, so the
 channel modes stay covered. And against an independent echo server (Python
 websockets), the bench's payload encoding and its detection of a corrupted
-echo.
+echo, with each I/O engine (epoll, io_uring); and the io_uring engine
+against wshub: sizes, pipelines, deflate, exact bytes, server shutdown.
 
   test_bench_tls.py --server WSHUB --bench WSHUB_BENCH [--openssl OPENSSL]
 """
@@ -117,29 +118,90 @@ class RecordingEcho:
         self.thread.join(10)
 
 
-def check_payloads(bench):
+def check_payloads(bench, engine):
     """Message i of a connection starts with i in 16 hex digits and goes on
-    with the a-z filler; a corrupted echo is counted as a bad echo."""
+    with the a-z filler; a corrupted echo is counted as a bad echo (and the
+    connection dropped: with io_uring, while its recv is in flight)."""
+    eng = ["--engine", engine]
     for size in (40, 16384):
         srv = RecordingEcho()
         try:
             rc, r, _ = run_bench(bench, srv.port, ["echo", "-c", "1", "-p", "1", "-s", str(size),
-                                                   "-d", "1"])
+                                                   "-d", "1"] + eng)
         finally:
             srv.stop()
         filler = "".join(chr(ord("a") + i % 26) for i in range(size))
         want = ["%016x" % i + filler[16:] for i in range(len(srv.got))]
-        check(rc == 0 and r.get("bad_echo") == 0 and r.get("msgs", 0) > 0,
-              f"echo -s {size} against a Python echo server: 0 bad echoes")
+        check(rc == 0 and r.get("bad_echo") == 0 and r.get("msgs", 0) > 0
+              and r.get("engine") == engine,
+              f"{engine}: echo -s {size} against a Python echo server: 0 bad echoes")
         check(len(srv.got) >= 20 and srv.got == want[:len(srv.got)],
-              f"echo -s {size}: payload i is i in 16 hex digits, then the a-z filler")
+              f"{engine}: echo -s {size}: payload i is i in 16 hex digits, then the a-z filler")
         srv = RecordingEcho(corrupt_at=5)
         try:
             rc, r, _ = run_bench(bench, srv.port, ["echo", "-c", "1", "-p", "1", "-s", str(size),
-                                                   "-d", "1"])
+                                                   "-d", "1"] + eng)
         finally:
             srv.stop()
-        check(r.get("bad_echo") == 1, f"echo -s {size}: one corrupted byte is one bad echo")
+        check(r.get("bad_echo") == 1,
+              f"{engine}: echo -s {size}: one corrupted byte is one bad echo")
+
+
+def check_uring(server, bench, tmp):
+    """The io_uring engine against wshub: every reply checked, the exact
+    bytes on the wire, the closing handshake at the end, and the server
+    closing first (SIGTERM) while receives are in flight."""
+    srv, port = start(server, os.path.join(tmp, "port4"), ["--echo", "--deflate", "--workers", "2"])
+    try:
+        check(port is not None, "plain server for io_uring started")
+        if port is None:
+            return
+        # Per round trip: the client frame has a 4-byte header (16-bit
+        # length; 2 bytes at <= 125) and a 4-byte mask key, the server's
+        # frame only the header.
+        for size, pipe, wire in ((16384, 1, 2 * 16384 + 12), (32, 16, 2 * 32 + 8),
+                                 (50000, 4, 2 * 50000 + 12)):
+            rc, r, _ = run_bench(bench, port, ["echo", "--engine", "uring", "-c", "8", "-p",
+                                               str(pipe), "-s", str(size), "-d", "1",
+                                               "--server-pid", str(srv.pid)])
+            check(rc == 0 and r.get("errors") == 0 and r.get("bad_echo") == 0
+                  and r.get("msgs", 0) > 0 and r.get("engine") == "uring",
+                  f"uring: echo -c 8 -p {pipe} -s {size}: exit 0, 0 errors, 0 bad echoes")
+            # The server's pings (every 30 s by default) do not come in 1 s;
+            # the c x p messages in flight at either end of the window may
+            # be counted in bytes but not as round trips.
+            slack = 8 * pipe * wire / max(r.get("msgs", 0), 1) + 0.5
+            check(abs(r.get("wire_bytes_per_msg", 0) - wire) < slack,
+                  f"uring: -s {size}: {wire} bytes on the wire per round trip")
+        rc, r, _ = run_bench(bench, port, ["echo", "--engine", "uring", "--deflate", "--payload",
+                                           "json", "-c", "4", "-p", "2", "-d", "1"])
+        check(rc == 0 and r.get("errors") == 0 and r.get("bad_echo") == 0 and r.get("msgs", 0) > 0
+              and r.get("pmd_conns") == 4 and r.get("engine") == "uring",
+              "uring: echo --deflate --payload json: 0 errors, 0 bad echoes")
+        rc, r, err = run_bench(bench, port, ["echo", "--engine", "uring", "--tls", "--insecure"])
+        check(rc == 2 and "excludes --tls" in err, "--engine uring --tls is refused")
+        rc, r, err = run_bench(bench, port, ["fanout", "--engine", "uring"])
+        check(rc == 2 and "--engine is for echo" in err, "--engine outside echo is refused")
+
+        # The server goes away mid-run: every connection gets its 1012
+        # close, answers it, and sees the server close TCP.
+        cmd = [bench, "echo", "--engine", "uring", "-c", "8", "-p", "2", "-s", "1000", "-d", "3",
+               "--port", str(port), "--json"]
+        print("$ " + " ".join(cmd), flush=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        srv.terminate()
+        out, err = p.communicate(timeout=30)
+        sys.stdout.write(err)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        r = json.loads(lines[-1]) if lines else {}
+        print(json.dumps(r), flush=True)
+        check(p.returncode == 0 and r.get("msgs", 0) > 0 and r.get("bad_echo") == 0
+              and r.get("errors") == 0 and r.get("engine") == "uring",
+              "uring: server shut down mid-run: closes answered, 0 errors")
+        check(srv.wait(timeout=10) == 0, "server drained and exited 0 under the io_uring bench")
+    finally:
+        stop(srv)
 
 
 def main():
@@ -250,7 +312,10 @@ def main():
         finally:
             stop(srv)
 
-    check_payloads(a.bench)
+        check_uring(a.server, a.bench, tmp)
+
+    check_payloads(a.bench, "epoll")
+    check_payloads(a.bench, "uring")
 
     if failures:
         print(f"{len(failures)} check(s) failed", flush=True)

@@ -34,6 +34,9 @@ enum bench_payload { PAYLOAD_FILLER, PAYLOAD_JSON };
  * /raw/<channel> relay, rawecho, Node ws); WS: wshub's /ws JSON protocol;
  * SIO: Socket.IO (Engine.IO v4) over its WebSocket transport. */
 enum bench_proto { PROTO_RELAY, PROTO_WS, PROTO_SIO };
+/* echo: how the measured phase does its socket I/O. AUTO is io_uring when
+ * built in and available, else epoll (uring.c says why). */
+enum bench_engine { ENGINE_AUTO, ENGINE_EPOLL, ENGINE_URING };
 
 struct bench_opts {
     enum bench_cmd cmd;
@@ -64,6 +67,7 @@ struct bench_opts {
     enum bench_proto proto;
     const char *channel; /* --proto ws: channel; socketio: room */
     const char *token;   /* --proto ws: sent as Authorization: Bearer */
+    enum bench_engine engine;
 };
 
 /* Log-bucketed latency histogram: 16 sub-buckets per power of two, so a
@@ -96,6 +100,7 @@ struct conn {
     uint8_t state;
     bool pending; /* on the flush list */
     bool blocked; /* last write was short: wait for EPOLLOUT */
+    bool tx_busy; /* io_uring: a send of out[out_off..] is in flight */
     bool role_pub;
     bool read_wants_write; /* SSL_read asked for EPOLLOUT */
     bool write_wants_read; /* SSL_write asked for EPOLLIN */
@@ -132,6 +137,7 @@ struct conn {
 };
 
 struct bench;
+struct bench_uring;
 
 struct bench_mode {
     /* Bytes of output a connection may need at once (sizes out_cap); the
@@ -155,7 +161,8 @@ struct bench {
     const struct bench_mode *m;
     void *mode_state;
     int epfd;
-    int64_t now; /* CLOCK_MONOTONIC ns, refreshed per event */
+    struct bench_uring *uring; /* non-NULL: the ring does the socket I/O */
+    int64_t now;               /* CLOCK_MONOTONIC ns, refreshed per event */
     struct conn *conns;
     uint32_t nconns;  /* slots */
     uint32_t nactive; /* slots not FREE */
@@ -222,6 +229,26 @@ void bench_close_all(struct bench *b, int64_t until);
 void conn_kill(struct bench *b, struct conn *c, bool clean);
 size_t conn_msg_size(const struct bench *b, size_t n);
 size_t conn_buffered(const struct conn *c);
+/* Engine internals shared by the two loops (conn.c, uring.c). */
+/* Puts c on the list flushed at the end of the loop turn. */
+void conn_mark_pending(struct bench *b, struct conn *c);
+/* n bytes read into p, which has BENCH_CARRY writable bytes before it (an
+ * incomplete frame header is put there). False when c was closed. */
+bool conn_input(struct bench *b, struct conn *c, uint8_t *p, size_t n);
+/* The peer closed TCP. */
+void conn_eof(struct bench *b, struct conn *c);
+
+#ifdef WSH_BENCH_URING
+/* Hands every open connection to an io_uring (uring.c). False, with the
+ * reason on stderr, when the kernel or memory says no: epoll stays. */
+bool bench_uring_start(struct bench *b);
+void bench_uring_stop(struct bench *b);
+/* One turn: submit what is queued, wait up to timeout_ms for a
+ * completion, handle every completion. */
+void bench_uring_wait(struct bench *b, int timeout_ms);
+/* Queues a send of c's output unless one is in flight. */
+void bench_uring_flush(struct bench *b, struct conn *c);
+#endif
 
 /* Application protocols (app.c) for --proto ws and socketio. */
 enum app_phase { PH_NONE, PH_HELLO, PH_JOIN, PH_READY };

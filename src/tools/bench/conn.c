@@ -130,6 +130,9 @@ static void release_slot(struct conn *c)
 
 void bench_free(struct bench *b)
 {
+#ifdef WSH_BENCH_URING
+    bench_uring_stop(b); /* before the buffers its requests point into */
+#endif
     for (uint32_t i = 0; i < b->nconns; i++) {
         struct conn *c = &b->conns[i];
         if (c->fd >= 0)
@@ -167,7 +170,7 @@ size_t conn_msg_size(const struct bench *b, size_t n)
     return wsh_message_size(n, 0, true);
 }
 
-static void mark_pending(struct bench *b, struct conn *c)
+void conn_mark_pending(struct bench *b, struct conn *c)
 {
     if (!c->pending) {
         c->pending = true;
@@ -177,7 +180,8 @@ static void mark_pending(struct bench *b, struct conn *c)
 
 uint8_t *conn_reserve(struct bench *b, struct conn *c, size_t n)
 {
-    if (c->out_len + n > c->out_cap && c->out_off > 0) {
+    /* Bytes an io_uring send has in flight must stay where they are. */
+    if (c->out_len + n > c->out_cap && c->out_off > 0 && !c->tx_busy) {
         memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
         c->out_len -= c->out_off;
         c->out_off = 0;
@@ -186,7 +190,7 @@ uint8_t *conn_reserve(struct bench *b, struct conn *c, size_t n)
         return NULL;
     uint8_t *p = c->out + c->out_len;
     c->out_len += n;
-    mark_pending(b, c);
+    conn_mark_pending(b, c);
     return p;
 }
 
@@ -249,7 +253,12 @@ void conn_kill(struct bench *b, struct conn *c, bool clean)
         b->inflight--;
     if (was_open)
         b->nopen--;
-    /* close() also removes the fd from the epoll set. */
+        /* close() also removes the fd from the epoll set. An io_uring request
+         * holds its own reference to the socket: shutdown() ends it. */
+#ifdef WSH_BENCH_URING
+    if (b->uring)
+        shutdown(c->fd, SHUT_RDWR);
+#endif
     close(c->fd);
     c->fd = -1;
     free(c->hs);
@@ -293,7 +302,7 @@ static void become_open(struct bench *b, struct conn *c)
 
 struct conn *bench_connect(struct bench *b, bool pub)
 {
-    if (b->nfree == 0)
+    if (b->nfree == 0 || b->uring) /* the ring serves only the conns it was given */
         return NULL;
     struct conn *c = &b->conns[b->freelist[b->nfree - 1]];
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -351,6 +360,7 @@ struct conn *bench_connect(struct bench *b, bool pub)
     c->role_pub = pub;
     c->pending = false;
     c->blocked = false;
+    c->tx_busy = false;
     c->read_wants_write = c->write_wants_read = false;
     c->out_off = c->out_len = 0;
     c->carry_len = 0;
@@ -742,12 +752,34 @@ static bool handle_hs(struct bench *b, struct conn *c, const uint8_t *p, size_t 
     return feed_ws(b, c, tail, rest);
 }
 
+bool conn_input(struct bench *b, struct conn *c, uint8_t *p, size_t n)
+{
+    if (c->state == CS_HANDSHAKE)
+        return handle_hs(b, c, p, n);
+    if (c->state == CS_DRAIN)
+        return true; /* anything after the close frame is ignored */
+    if (b->o.raw) {
+        feed_raw(b, c, p, n);
+        return c->state != CS_DEAD;
+    }
+    size_t carry = c->carry_len;
+    memcpy(p - carry, c->carry, carry);
+    return feed_ws(b, c, p - carry, carry + n);
+}
+
+void conn_eof(struct bench *b, struct conn *c)
+{
+    bool clean = c->state == CS_DRAIN || (b->o.raw && c->state == CS_OPEN);
+    if (!clean)
+        b->io_errors++;
+    conn_kill(b, c, clean);
+}
+
 static void handle_read(struct bench *b, struct conn *c, bool hup)
 {
     for (;;) {
-        size_t carry = c->carry_len;
-        uint8_t *base = b->rbuf + BENCH_CARRY - carry;
-        ssize_t n = conn_recv(b, c, b->rbuf + BENCH_CARRY, BENCH_RBUF);
+        uint8_t *p = b->rbuf + BENCH_CARRY;
+        ssize_t n = conn_recv(b, c, p, BENCH_RBUF);
         if (n == IO_AGAIN)
             return;
         if (n < 0) {
@@ -756,25 +788,11 @@ static void handle_read(struct bench *b, struct conn *c, bool hup)
             return;
         }
         if (n == 0) {
-            bool clean = c->state == CS_DRAIN || (b->o.raw && c->state == CS_OPEN);
-            if (!clean && c->state != CS_DRAIN)
-                b->io_errors++;
-            conn_kill(b, c, clean);
+            conn_eof(b, c);
             return;
         }
         b->now = now_ns();
-        bool alive;
-        if (c->state == CS_HANDSHAKE) {
-            alive = handle_hs(b, c, b->rbuf + BENCH_CARRY, (size_t)n);
-        } else if (c->state == CS_DRAIN) {
-            alive = true; /* anything after the close frame is ignored */
-        } else if (b->o.raw) {
-            feed_raw(b, c, b->rbuf + BENCH_CARRY, (size_t)n);
-            alive = c->state != CS_DEAD;
-        } else {
-            memcpy(base, c->carry, carry);
-            alive = feed_ws(b, c, base, carry + (size_t)n);
-        }
+        bool alive = conn_input(b, c, p, (size_t)n);
         /* Edge-triggered: a short read means the socket is drained and new
          * data will raise a new edge. A hang-up raises no further edge, so
          * then we read on until EOF. SSL_read returns one record at a
@@ -841,13 +859,13 @@ static void handle_event(struct bench *b, struct conn *c, uint32_t events)
     if (events & EPOLLOUT) {
         c->blocked = false;
         if (c->out_len > c->out_off)
-            mark_pending(b, c);
+            conn_mark_pending(b, c);
         if (c->read_wants_write)
             readable = true;
     }
     if ((events & EPOLLIN) && c->write_wants_read) {
         c->blocked = false;
-        mark_pending(b, c);
+        conn_mark_pending(b, c);
     }
     if (readable)
         handle_read(b, c, events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
@@ -875,8 +893,15 @@ static void end_turn(struct bench *b)
     if (b->m->tick)
         b->m->tick(b);
     /* Flushing may kill connections, which never adds to the list. */
-    for (uint32_t i = 0; i < b->nflush; i++)
+    for (uint32_t i = 0; i < b->nflush; i++) {
+#ifdef WSH_BENCH_URING
+        if (b->uring) {
+            bench_uring_flush(b, b->flush[i]);
+            continue;
+        }
+#endif
         flush_conn(b, b->flush[i]);
+    }
     b->nflush = 0;
     for (uint32_t i = 0; i < b->ndead; i++) {
         struct conn *c = &b->conns[b->dead[i]];
@@ -889,7 +914,7 @@ static void end_turn(struct bench *b)
     b->ndead = 0;
 }
 
-static void loop_once(struct bench *b, int timeout_ms)
+static void epoll_wait_turn(struct bench *b, int timeout_ms)
 {
     struct epoll_event evs[512];
     int n = epoll_wait(b->epfd, evs, 512, timeout_ms);
@@ -902,6 +927,16 @@ static void loop_once(struct bench *b, int timeout_ms)
             continue;
         handle_event(b, c, evs[i].events);
     }
+}
+
+static void loop_once(struct bench *b, int timeout_ms)
+{
+#ifdef WSH_BENCH_URING
+    if (b->uring)
+        bench_uring_wait(b, timeout_ms);
+    else
+#endif
+        epoll_wait_turn(b, timeout_ms);
     if (b->now >= b->next_sweep) {
         sweep_timeouts(b);
         b->next_sweep = b->now + 100000000LL;

@@ -274,6 +274,14 @@ int run_echo(struct bench *b)
         free(e);
         return 1;
     }
+#ifdef WSH_BENCH_URING
+    if (b->o.engine != ENGINE_EPOLL && !b->o.tls && !bench_uring_start(b) &&
+        b->o.engine == ENGINE_URING) {
+        free(e->payload);
+        free(e);
+        return 1;
+    }
+#endif
     e->sending = true;
     for (uint32_t i = 0; i < b->nconns; i++)
         if (b->conns[i].state == CS_OPEN)

@@ -52,7 +52,10 @@ static void usage(FILE *f)
           "  --payload KIND   echo: filler (a-z, default) or json (compressible, -s\n"
           "                   default 16384)\n"
           "  --warmup N       idle: open and close N connections before reading the\n"
-          "                   server's baseline RSS (default 200, 0 = none)\n",
+          "                   server's baseline RSS (default 200, 0 = none)\n"
+          "  --engine E       echo: socket I/O while measuring: uring (one io_uring\n"
+          "                   call per loop turn), epoll (a recv and a send per\n"
+          "                   message), auto (default: uring if it works, not --tls)\n",
           f);
 }
 
@@ -119,7 +122,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         O_WARMUP,
         O_PROTO,
         O_CHANNEL,
-        O_TOKEN
+        O_TOKEN,
+        O_ENGINE
     };
     static const struct option lo[] = {
         { "host", required_argument, NULL, O_HOST },
@@ -143,6 +147,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         { "proto", required_argument, NULL, O_PROTO },
         { "channel", required_argument, NULL, O_CHANNEL },
         { "token", required_argument, NULL, O_TOKEN },
+        { "engine", required_argument, NULL, O_ENGINE },
         { "conns", required_argument, NULL, 'c' },
         { "pipeline", required_argument, NULL, 'p' },
         { "size", required_argument, NULL, 's' },
@@ -216,6 +221,13 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
             break;
         case O_DEFLATE:
             o->deflate = true;
+            break;
+        case O_ENGINE:
+            ok = strcmp(optarg, "auto") == 0 || strcmp(optarg, "epoll") == 0 ||
+                 strcmp(optarg, "uring") == 0;
+            o->engine = optarg[0] == 'u'   ? ENGINE_URING
+                        : optarg[0] == 'e' ? ENGINE_EPOLL
+                                           : ENGINE_AUTO;
             break;
         case O_PAYLOAD:
             ok = strcmp(optarg, "filler") == 0 || strcmp(optarg, "json") == 0;
@@ -297,6 +309,20 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         fprintf(stderr, "--cacert, --sni and --insecure need --tls\n");
         return -1;
     }
+    if (o->engine != ENGINE_AUTO && o->cmd != CMD_ECHO) {
+        fprintf(stderr, "--engine is for echo\n");
+        return -1;
+    }
+    if (o->engine == ENGINE_URING && o->tls) {
+        fprintf(stderr, "--engine uring excludes --tls (OpenSSL does the socket I/O)\n");
+        return -1;
+    }
+#ifndef WSH_BENCH_URING
+    if (o->engine == ENGINE_URING) {
+        fprintf(stderr, "--engine uring: built without liburing (scripts/install-deps.sh)\n");
+        return -1;
+    }
+#endif
     if (o->raw && (o->tls || o->deflate)) {
         fprintf(stderr, "--raw excludes --tls and --deflate\n");
         return -1;
@@ -457,6 +483,7 @@ void report_print(const struct bench *b, const struct report *r)
                (unsigned long long)r->wire_rx, wire_per_msg);
         for (int i = 0; i < REPORT_EXTRA && r->extra_k[i]; i++)
             printf(",\"%s\":%.6g", r->extra_k[i], r->extra_v[i]);
+        printf(",\"engine\":\"%s\"", b->uring ? "uring" : "epoll");
         if (o->proto != PROTO_RELAY)
             printf(",\"proto\":\"%s\",\"app_errors\":%llu,\"app_bad\":%llu",
                    o->proto == PROTO_WS ? "ws" : "socketio", (unsigned long long)b->app_errors,
@@ -488,7 +515,8 @@ void report_print(const struct bench *b, const struct report *r)
     printf("  %-24s sent %llu, received %llu, %.1f per %s\n", "bytes on the wire",
            (unsigned long long)r->wire_tx, (unsigned long long)r->wire_rx, wire_per_msg,
            unit_one(r->mode));
-    printf("  %-24s %.0f ns per %s\n", "bench cpu", r->bench_ns_per_msg, unit_of(r->mode));
+    printf("  %-24s %.0f ns per %s (%s)\n", "bench cpu", r->bench_ns_per_msg, unit_of(r->mode),
+           b->uring ? "io_uring" : "epoll");
     if (o->server_pid)
         printf("  %-24s %.0f ns per %s, rss %ld KiB\n", "server cpu", r->server_ns_per_msg,
                unit_of(r->mode), r->server_rss_kb);
