@@ -1241,7 +1241,10 @@ int worker_init(struct worker *w, int id, int listen_fd)
     w->id = id;
     w->listen_io.fd = listen_fd;
     w->listen_io.cb = on_accept;
-    w->rbuf = malloc(RBUF_SIZE);
+    /* Cache-line aligned: the kernel's copy into it (rep movsb) runs about
+     * a third slower into a misaligned destination on this machine's CPU,
+     * and malloc puts a block this size 16 bytes into a page. */
+    w->rbuf = aligned_alloc(64, RBUF_SIZE);
     if (w->rbuf == NULL)
         return WSH_ENOMEM;
     w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
