@@ -162,7 +162,11 @@ struct bench {
     void *mode_state;
     int epfd;
     struct bench_uring *uring; /* non-NULL: the ring does the socket I/O */
-    int64_t now;               /* CLOCK_MONOTONIC ns, refreshed per event */
+    /* io_uring: output buffers of connections with nothing to send, most
+     * recently used last (see uring.c), all out_cap bytes. */
+    uint8_t **spare_out;
+    uint32_t nspare_out;
+    int64_t now; /* CLOCK_MONOTONIC ns, refreshed per event */
     struct conn *conns;
     uint32_t nconns;  /* slots */
     uint32_t nactive; /* slots not FREE */
@@ -248,6 +252,8 @@ void bench_uring_stop(struct bench *b);
 void bench_uring_wait(struct bench *b, int timeout_ms);
 /* Queues a send of c's output unless one is in flight. */
 void bench_uring_flush(struct bench *b, struct conn *c);
+/* An output buffer for a connection that gave its own back. */
+uint8_t *bench_uring_take_out(struct bench *b);
 #endif
 
 /* Application protocols (app.c) for --proto ws and socketio. */

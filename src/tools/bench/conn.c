@@ -148,6 +148,9 @@ void bench_free(struct bench *b)
     free(b->flush);
     free(b->dead);
     free(b->zbuf);
+    for (uint32_t i = 0; i < b->nspare_out; i++)
+        free(b->spare_out[i]);
+    free(b->spare_out);
     if (b->ssl_ctx)
         bench_tls_ctx_free(b->ssl_ctx);
     if (b->epfd >= 0)
@@ -180,6 +183,10 @@ void conn_mark_pending(struct bench *b, struct conn *c)
 
 uint8_t *conn_reserve(struct bench *b, struct conn *c, size_t n)
 {
+#ifdef WSH_BENCH_URING
+    if (!c->out)
+        c->out = bench_uring_take_out(b);
+#endif
     /* Bytes an io_uring send has in flight must stay where they are. */
     if (c->out_len + n > c->out_cap && c->out_off > 0 && !c->tx_busy) {
         memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
