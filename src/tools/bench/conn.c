@@ -260,12 +260,13 @@ void conn_kill(struct bench *b, struct conn *c, bool clean)
         b->inflight--;
     if (was_open)
         b->nopen--;
-        /* close() also removes the fd from the epoll set. An io_uring request
-         * holds its own reference to the socket: shutdown() ends it. */
 #ifdef WSH_BENCH_URING
+    /* An io_uring request holds its own reference to the socket, which
+     * close() does not end: shutdown() does. */
     if (b->uring)
         shutdown(c->fd, SHUT_RDWR);
 #endif
+    /* close() also removes the fd from the epoll set. */
     close(c->fd);
     c->fd = -1;
     free(c->hs);
