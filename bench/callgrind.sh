@@ -12,6 +12,9 @@
 # divides the instructions of that window by the messages the server
 # counted in it (wshub_messages_in_total{endpoint="echo"} from /metrics).
 # Under valgrind the CPU reports no AVX-512 and the kernels take AVX2.
+# KEEP=FILE keeps the profile of the counted window, for
+# `callgrind_annotate --threshold=100 --auto=yes FILE` (per source line
+# with a RelWithDebInfo build such as `build`).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-$here/../build-bench}
@@ -52,4 +55,5 @@ callgrind_control -d "$pid" >/dev/null 2>&1
 m1=$(echo_msgs "$port")
 ir=$(callgrind_annotate "$tmp/cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
 msgs=$((m1 - m0))
+[ -n "${KEEP:-}" ] && cp "$tmp/cg.1" "$KEEP"
 echo "echo 100 x $P x $S B: $ir instructions / $msgs messages = $((ir / msgs)) per message"
