@@ -124,8 +124,12 @@ struct wsh_wq_entry {
  * idle connection holds a NULL pointer and nothing else. */
 struct wsh_wq {
     uint32_t head, count, cap;
-    uint32_t _pad;
-    size_t bytes; /* unwritten bytes queued */
+    uint32_t repl; /* last bytes of the tail that may be replaced, 0 = none */
+    size_t bytes;  /* unwritten bytes queued */
+    /* The owner's clocks, kept here because they matter only while
+     * something is queued: 0 until the owner sets them. */
+    uint32_t since_progress; /* when a write last made progress */
+    uint32_t since_over;     /* when the queue went over the soft limit */
     struct wsh_wq_entry e[];
 };
 
@@ -152,6 +156,16 @@ void wsh_wq_drop_unstarted(struct wsh_wq **q);
  * wsh_wq_tail_commit(). */
 uint8_t *wsh_wq_tail_reserve(struct wsh_wq *q, size_t need);
 void wsh_wq_tail_commit(struct wsh_wq *q, size_t n);
+
+/* Replaceable tail: wsh_wq_tail_mark() says the last n bytes just queued
+ * form a unit a newer one may replace (a pong: RFC 6455 5.5.3 lets an
+ * endpoint answer only the latest ping). Anything queued after it, or a
+ * write reaching into it, cancels the mark. wsh_wq_tail_replaceable()
+ * returns the marked length (0 when none) and wsh_wq_tail_drop() removes
+ * those bytes, unwritten, from the end of the queue. */
+void wsh_wq_tail_mark(struct wsh_wq *q, size_t n);
+size_t wsh_wq_tail_replaceable(const struct wsh_wq *q);
+void wsh_wq_tail_drop(struct wsh_wq *q, size_t n);
 
 static inline size_t wsh_wq_bytes(const struct wsh_wq *q)
 {

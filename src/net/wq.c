@@ -25,13 +25,17 @@ int wsh_wq_push(struct wsh_wq **qp, struct wsh_buf *b)
         nq->head = 0;
         nq->count = 0;
         nq->cap = ncap;
-        nq->_pad = 0;
+        nq->repl = 0;
         nq->bytes = 0;
+        nq->since_progress = 0;
+        nq->since_over = 0;
         if (q != NULL) {
             for (uint32_t i = 0; i < q->count; i++)
                 nq->e[i] = q->e[(q->head + i) % q->cap];
             nq->count = q->count;
             nq->bytes = q->bytes;
+            nq->since_progress = q->since_progress;
+            nq->since_over = q->since_over;
             free(q);
         }
         q = nq;
@@ -42,6 +46,7 @@ int wsh_wq_push(struct wsh_wq **qp, struct wsh_buf *b)
     e->off = 0;
     q->count++;
     q->bytes += wsh_buf_len(b);
+    q->repl = 0;
     return WSH_OK;
 }
 
@@ -68,6 +73,7 @@ void wsh_wq_drop_unstarted(struct wsh_wq **qp)
         wsh_buf_unref(e->b);
     }
     q->count = keep;
+    q->repl = 0;
     if (keep == 0)
         wsh_wq_clear(qp);
 }
@@ -115,6 +121,27 @@ void wsh_wq_tail_commit(struct wsh_wq *q, size_t n)
     struct wsh_buf *b = q->e[(q->head + q->count - 1) % q->cap].b;
     b->end += (uint32_t)n;
     q->bytes += n;
+    q->repl = 0;
+}
+
+void wsh_wq_tail_mark(struct wsh_wq *q, size_t n)
+{
+    q->repl = (uint32_t)n;
+}
+
+size_t wsh_wq_tail_replaceable(const struct wsh_wq *q)
+{
+    return q != NULL ? q->repl : 0;
+}
+
+void wsh_wq_tail_drop(struct wsh_wq *q, size_t n)
+{
+    /* The caller asked wsh_wq_tail_replaceable(): the n bytes are the end
+     * of the tail buffer and none of them is written yet. */
+    struct wsh_buf *b = q->e[(q->head + q->count - 1) % q->cap].b;
+    b->end -= (uint32_t)n;
+    q->bytes -= n;
+    q->repl = 0;
 }
 
 size_t wsh_wq_gather(const struct wsh_wq *q, uint8_t *scratch, size_t max, const uint8_t **out)
@@ -142,6 +169,10 @@ void wsh_wq_consume(struct wsh_wq **qp, size_t n)
 {
     struct wsh_wq *q = *qp;
     q->bytes -= n;
+    /* The marked unit is the end of the queue: it is whole while at least
+     * its length is unwritten. */
+    if (q->bytes < q->repl)
+        q->repl = 0;
     while (q->count > 0) {
         struct wsh_wq_entry *e = &q->e[q->head];
         size_t rem = wsh_buf_len(e->b) - e->off;

@@ -233,6 +233,14 @@ void hub_slow_consumer(struct worker *w, struct conn *c)
     hub_disconnect(w, c, 4101, "slow consumer", true);
 }
 
+bool hub_drops_for_lag(const struct conn *c)
+{
+    for (const struct hubsub *s = c->hub->subs; s; s = s->conn_next)
+        if (s->ch->ns->slow_consumer == WSH_SLOW_DROP_OLDEST)
+            return true;
+    return false;
+}
+
 void hub_drained(struct worker *w, struct conn *c)
 {
     struct hubconn *h = c->hub;

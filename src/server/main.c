@@ -76,6 +76,12 @@ static void usage(FILE *out)
             "  --message-timeout SECS    a started message must complete within this; checked\n"
             "                            at each heartbeat, 0 = off (default 30)\n"
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
+            "  --soft-queue BYTES        a subscriber whose queue stays over this for\n"
+            "                            --soft-queue-time is a slow consumer, 0 = off\n"
+            "                            (default 262144)\n"
+            "  --soft-queue-time SECS    (default 10)\n"
+            "  --write-timeout SECS      drop a connection whose queued output makes no\n"
+            "                            progress for this long, 0 = off (default 10)\n"
             "  --log-level LEVEL         error, warn, info or debug (default info)\n"
             "  --port-file PATH          write the bound port to PATH once listening\n"
             "  --config FILE             JSON configuration: namespaces, keys, limits "
@@ -169,7 +175,10 @@ enum {
     OPT_CHECK_CONFIG,
     OPT_WEB_ROOT,
     OPT_DEFLATE_LEVEL,
-    OPT_MESSAGE_TIMEOUT
+    OPT_MESSAGE_TIMEOUT,
+    OPT_SOFT_QUEUE,
+    OPT_SOFT_QUEUE_TIME,
+    OPT_WRITE_TIMEOUT
 };
 
 static const char *config_path;
@@ -200,6 +209,9 @@ static int parse_args(int argc, char **argv)
         { "web-root", required_argument, NULL, OPT_WEB_ROOT },
         { "deflate-level", required_argument, NULL, OPT_DEFLATE_LEVEL },
         { "message-timeout", required_argument, NULL, OPT_MESSAGE_TIMEOUT },
+        { "soft-queue", required_argument, NULL, OPT_SOFT_QUEUE },
+        { "soft-queue-time", required_argument, NULL, OPT_SOFT_QUEUE_TIME },
+        { "write-timeout", required_argument, NULL, OPT_WRITE_TIMEOUT },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -252,6 +264,19 @@ static int parse_args(int argc, char **argv)
             if (parse_u64("max-queue", optarg, 1024, SIZE_MAX / 2, &v) != 0)
                 return -1;
             wsh_cfg.max_queue = (size_t)v;
+            break;
+        case OPT_SOFT_QUEUE:
+            if (parse_u64("soft-queue", optarg, 0, SIZE_MAX / 2, &v) != 0)
+                return -1;
+            wsh_cfg.soft_queue = (size_t)v;
+            break;
+        case OPT_SOFT_QUEUE_TIME:
+            if (parse_secs("soft-queue-time", optarg, &wsh_cfg.soft_queue_ms) != 0)
+                return -1;
+            break;
+        case OPT_WRITE_TIMEOUT:
+            if (parse_secs("write-timeout", optarg, &wsh_cfg.write_timeout_ms) != 0)
+                return -1;
             break;
         case OPT_LOG_LEVEL: {
             int lvl = wsh_log_parse_level(optarg);
@@ -337,6 +362,9 @@ static void set_defaults(void)
     wsh_cfg.close_timeout_ms = 5000;
     wsh_cfg.message_timeout_ms = 30000;
     wsh_cfg.max_queue = 1u << 20;
+    wsh_cfg.soft_queue = 256u << 10;
+    wsh_cfg.soft_queue_ms = 10000;
+    wsh_cfg.write_timeout_ms = 10000;
     /* Level 1: on the JSON and text a real-time server sends it keeps most
      * of level 6's ratio at a fraction of the CPU (zlib's deflate_fast). */
     wsh_cfg.pmd.level = 1;

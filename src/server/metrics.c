@@ -107,6 +107,10 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     counter(&o, "wshub_slow_consumers_total",
             "Connections cut off because their outbound queue passed its limit.",
             SUM(slow_consumers));
+    counter(&o, "wshub_write_stalls_total",
+            "Connections dropped because their queued output made no progress for "
+            "--write-timeout.",
+            SUM(write_stalls));
     put(&o, "# HELP wshub_closes_total Close frames sent, by close code.\n"
             "# TYPE wshub_closes_total counter\n");
     for (int i = 0; i <= METRIC_CODES; i++) {

@@ -28,6 +28,9 @@ struct wsh_config {
     uint64_t close_timeout_ms;
     uint64_t message_timeout_ms; /* a started message must complete in this */
     size_t max_queue;            /* outbound hard limit per connection, bytes */
+    size_t soft_queue;           /* outbound soft limit, 0 = off */
+    uint64_t soft_queue_ms;      /* ... tolerated for this long */
+    uint64_t write_timeout_ms;   /* queued output without progress, 0 = off */
     size_t max_connections;
     uint32_t max_per_ip; /* 0 = no per-address limit */
     const char *port_file;
@@ -70,7 +73,6 @@ enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB };
 #define CF_SHUT_WR     0x04 /* we sent FIN after the last byte */
 #define CF_PENDING     0x08 /* on the worker's flush list */
 #define CF_PING_WAIT   0x10 /* a ping is out, its pong not back */
-#define CF_EPOLLOUT    0x20
 #define CF_HTTP_BODY   0x40 /* request head parsed, waiting for its body */
 
 struct worker;
@@ -178,6 +180,7 @@ struct metrics {
     _Atomic uint64_t commands[10]; /* by enum wsh_cmd_type */
     _Atomic uint64_t frames_out, bytes_in, bytes_out;
     _Atomic uint64_t slow_consumers;
+    _Atomic uint64_t write_stalls;
     _Atomic uint64_t closes[METRIC_CODES + 1];    /* by code, last = other */
     _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */
     _Atomic uint64_t lat_sum_us, lat_count;
@@ -233,6 +236,8 @@ struct worker {
     struct xmsg *spare;       /* swapped with inbox by the consumer */
     size_t spare_cap;
     struct wsh_timer sweep_timer; /* worker 0: periodic sweeps of channel state */
+    struct wsh_timer out_timer;   /* each second: stalled and slow writers */
+    size_t nwaitout;              /* connections waiting for EPOLLOUT */
     int tls_budget;               /* TLS handshake steps left in this loop turn */
     struct wsh_buf *batch;        /* raw publish batch (chan.c), NULL when none */
     struct conn *batch_from;      /* its publisher */
@@ -292,6 +297,9 @@ void hub_conn_end(struct worker *w, struct conn *c);
 /* After a flush: a lagging /ws subscriber whose queue drained gets `lagged`. */
 void hub_drained(struct worker *w, struct conn *c);
 void hub_slow_consumer(struct worker *w, struct conn *c);
+/* True when c subscribes in a namespace whose slow-consumer policy drops
+ * messages instead of disconnecting: the soft limit leaves it alone. */
+bool hub_drops_for_lag(const struct conn *c);
 void hub_worker_exit(struct worker *w);
 /* limits.max_message of the configuration file, 0 without one. */
 uint64_t hub_max_message(void);

@@ -42,6 +42,7 @@ static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 struct ipcount;
 static void ip_release(struct ipcount *e);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
+static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
 
 _Thread_local struct worker *wsh_self;
 
@@ -272,17 +273,24 @@ void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b)
 {
     if (!queue_frame(w, c, b))
         return;
-    if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue && c->wq->count > 1) {
-        wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer queued=%zu", c->id, wsh_wq_bytes(c->wq));
-        metric_add(&w->m.slow_consumers, 1);
-        wsh_wq_drop_unstarted(&c->wq);
-        /* /ws clients learn the reconnect-allowed code of LIMITS.md, with
-         * the `disconnect` push their protocol promises. */
-        if (c->hub != NULL)
-            hub_slow_consumer(w, c);
-        else
-            conn_close(w, c, WSH_CLOSE_POLICY, "slow consumer");
-    }
+    if (wsh_wq_bytes(c->wq) > wsh_cfg.max_queue && c->wq->count > 1)
+        slow_consumer(w, c, "hard");
+}
+
+/* Cuts off a slow consumer: everything it has not begun to receive is
+ * dropped and it is closed with 1008, or 4101 on /ws. */
+static void slow_consumer(struct worker *w, struct conn *c, const char *limit)
+{
+    wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer limit=%s queued=%zu", c->id, limit,
+            wsh_wq_bytes(c->wq));
+    metric_add(&w->m.slow_consumers, 1);
+    wsh_wq_drop_unstarted(&c->wq);
+    /* /ws clients learn the reconnect-allowed code of LIMITS.md, with
+     * the `disconnect` push their protocol promises. */
+    if (c->hub != NULL)
+        hub_slow_consumer(w, c);
+    else
+        conn_close(w, c, WSH_CLOSE_POLICY, "slow consumer");
 }
 
 /* Sends bytes now when nothing is queued ahead of them, queueing only what
@@ -309,6 +317,23 @@ static void conn_send_bytes(struct worker *w, struct conn *c, const void *p, siz
     conn_reply(w, c, b);
 }
 
+/* LIMITS.md: at most one pong pending once the peer stops reading. While
+ * the kernel refuses our bytes (EPOLLOUT armed), a new pong replaces an
+ * unsent one at the end of the queue, which answers only the latest ping
+ * as RFC 6455 5.5.3 allows: a ping flood from a peer that does not read
+ * grows nothing. Without backpressure every ping gets its pong. */
+static void coalesce_pong(struct conn *c)
+{
+    size_t n = wsh_wq_tail_replaceable(c->wq);
+    if (n == 0 || !(c->io.events & EPOLLOUT))
+        return;
+    /* A TLS write waiting to be repeated covers the first tls_retry bytes
+     * of the queue; they must stay as they are. */
+    if (wsh_wq_bytes(c->wq) - n < c->tls_retry)
+        return;
+    wsh_wq_tail_drop(c->wq, n);
+}
+
 /* Queues one frame of the connection's own output (echo replies, pongs,
  * pings) built from payload, corked into the tail buffer when it fits. */
 void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *payload,
@@ -319,6 +344,8 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
     if (c->state == CONN_DEAD || (c->flags & CF_CLOSE_SENT))
         return;
     size_t need = wsh_message_size(len, 0, false);
+    if (opcode == WSH_OP_PONG)
+        coalesce_pong(c);
     uint8_t *room = wsh_wq_tail_reserve(c->wq, need);
     if (room != NULL) {
         metric_add(&w->m.frames_out, 1);
@@ -326,15 +353,18 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
         wsh_wq_tail_commit(c->wq,
                            wsh_message_write(room, opcode, false, payload, len, 0, NULL, NULL));
         mark_pending(w, c);
-        return;
+    } else {
+        struct wsh_buf *b = wsh_buf_new(need < CORK_SIZE / 2 ? CORK_SIZE : need);
+        if (b == NULL) {
+            conn_destroy(w, c);
+            return;
+        }
+        b->end = (uint32_t)wsh_message_write(b->data, opcode, false, payload, len, 0, NULL, NULL);
+        if (!queue_frame(w, c, b))
+            return;
     }
-    struct wsh_buf *b = wsh_buf_new(need < CORK_SIZE / 2 ? CORK_SIZE : need);
-    if (b == NULL) {
-        conn_destroy(w, c);
-        return;
-    }
-    b->end = (uint32_t)wsh_message_write(b->data, opcode, false, payload, len, 0, NULL, NULL);
-    conn_reply(w, c, b);
+    if (opcode == WSH_OP_PONG)
+        wsh_wq_tail_mark(c->wq, need);
 }
 
 /* Starts the closing handshake from our side (or answers the peer's):
@@ -406,6 +436,8 @@ void conn_destroy(struct worker *w, struct conn *c)
         w->direct.cork_len = 0;
     }
     wsh_timer_stop(&c->timer);
+    if (c->io.events & EPOLLOUT)
+        w->nwaitout--;
     if (c->chan)
         rawchan_leave(w, c);
     if (c->hub)
@@ -457,17 +489,38 @@ static void update_events(struct worker *w, struct conn *c)
         ev |= EPOLLIN;
     if (c->wq != NULL)
         ev |= EPOLLOUT;
-    if (wsh_loop_mod(w->loop, &c->io, ev) != WSH_OK)
+    uint32_t was = c->io.events & EPOLLOUT;
+    if (wsh_loop_mod(w->loop, &c->io, ev) != WSH_OK) {
         conn_destroy(w, c);
+        return;
+    }
+    if ((ev & EPOLLOUT) != was)
+        w->nwaitout += was ? (size_t)-1 : 1;
+}
+
+/* The clocks of the stall and soft-limit checks (on_out_timer) live in
+ * the queue, which exists only while something is queued. */
+static void stamp_queue(struct worker *w, struct wsh_wq *q, size_t before)
+{
+    uint32_t now = (uint32_t)wsh_loop_now(w->loop) | 1u; /* 0 means unset */
+    if (q->since_progress == 0 || q->bytes < before)
+        q->since_progress = now;
+    if (wsh_cfg.soft_queue == 0 || q->bytes <= wsh_cfg.soft_queue)
+        q->since_over = 0;
+    else if (q->since_over == 0)
+        q->since_over = now;
 }
 
 static void flush_conn(struct worker *w, struct conn *c)
 {
+    size_t before = wsh_wq_bytes(c->wq);
     int rc = c->ssl ? wsh_tls_flush(c->ssl, &c->wq, &c->tls_retry) : wsh_wq_flush(&c->wq, c->io.fd);
     if (rc != WSH_OK && rc != WSH_EAGAIN) {
         conn_destroy(w, c);
         return;
     }
+    if (c->wq != NULL)
+        stamp_queue(w, c->wq, before);
     update_events(w, c);
     if (c->state == CONN_DEAD)
         return;
@@ -494,6 +547,40 @@ static void on_sweep(struct wsh_loop *l, struct wsh_timer *t)
     clock_gettime(CLOCK_REALTIME, &ts);
     hub_sweep((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
     wsh_timer_start(l, t, 2000);
+}
+
+/* Each second, while some connection waits for EPOLLOUT: drops one whose
+ * queued output has made no progress for --write-timeout (a peer that
+ * stopped reading, or vanished without a FIN; no close frame can reach
+ * it), and cuts off a subscriber whose queue stayed over --soft-queue for
+ * --soft-queue-time (the Redis soft limit: a burst passes, a reader that
+ * stays behind does not). Echo replies are exempt from the soft limit:
+ * reads are budgeted to the queue, so TCP backpressure bounds them. The
+ * walk is over the worker's connections, like uSockets' timeout sweep,
+ * and is skipped when none waits. */
+static void on_out_timer(struct wsh_loop *l, struct wsh_timer *t)
+{
+    struct worker *w = wsh_loop_user(l);
+    uint32_t now = (uint32_t)wsh_loop_now(l);
+    struct conn *next;
+    for (struct conn *c = w->nwaitout ? w->conns : NULL; c != NULL; c = next) {
+        next = c->next;
+        const struct wsh_wq *q = c->wq;
+        if (q == NULL || !(c->io.events & EPOLLOUT))
+            continue;
+        if (wsh_cfg.write_timeout_ms && q->since_progress &&
+            now - q->since_progress >= wsh_cfg.write_timeout_ms) {
+            wsh_log(WSH_LOG_INFO, "conn=%u ev=write_stall queued=%zu", c->id, q->bytes);
+            metric_add(&w->m.write_stalls, 1);
+            conn_destroy(w, c);
+            continue;
+        }
+        if (q->since_over && now - q->since_over >= wsh_cfg.soft_queue_ms &&
+            c->state == CONN_OPEN && !(c->flags & CF_CLOSE_SENT) &&
+            (c->endpoint == EP_RAW || (c->endpoint == EP_HUB && !hub_drops_for_lag(c))))
+            slow_consumer(w, c, "soft");
+    }
+    wsh_timer_start(l, t, 1000);
 }
 
 static void before_sleep(struct wsh_loop *l, void *user)
@@ -1271,6 +1358,8 @@ void *worker_main(void *arg)
         wsh_log(WSH_LOG_ERROR, "worker=%d ev=auth_init_failed", w->id);
         return NULL;
     }
+    w->out_timer.cb = on_out_timer;
+    wsh_timer_start(w->loop, &w->out_timer, 1000);
     if (w->id == 0) {
         w->sweep_timer.cb = on_sweep;
         wsh_timer_start(w->loop, &w->sweep_timer, 2000);

@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -69,8 +70,18 @@ def connect(port, timeout=5.0):
     return s
 
 
-def upgrade(port, path="/echo"):
-    s = connect(port)
+def upgrade(port, path="/echo", rcvbuf=None):
+    """A WebSocket client socket. rcvbuf, set before connecting, keeps the
+    TCP window small, so a client that does not read backs the server up
+    sooner."""
+    if rcvbuf is None:
+        s = connect(port)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(5 * MULT)
+        s.connect(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -489,3 +500,199 @@ def test_fault_fd_exhaustion_refuses_and_recovers():
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10 * MULT) == 0
         log.close()
+
+
+def log_events(srv, ev):
+    srv.log.flush()
+    with open(srv.log.name) as f:
+        return [line for line in f if f"ev={ev}" in line]
+
+
+def wait_log(srv, ev, timeout=10.0):
+    deadline = time.time() + timeout * MULT
+    while time.time() < deadline:
+        lines = log_events(srv, ev)
+        if lines:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"no ev={ev} in the server log within {timeout}s")
+
+
+def read_messages(s, count, timeout=20.0):
+    """Reads count unfragmented data frames; returns their payloads."""
+    s.settimeout(timeout * MULT)
+    buf, out = b"", []
+    while len(out) < count:
+        chunk = s.recv(1 << 20)
+        assert chunk, f"closed after {len(out)} of {count} messages"
+        buf += chunk
+        while len(buf) >= 2:
+            n, off = buf[1] & 0x7F, 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n, off = struct.unpack("!H", buf[2:4])[0], 4
+            elif n == 127:
+                if len(buf) < 10:
+                    break
+                n, off = struct.unpack("!Q", buf[2:10])[0], 10
+            if len(buf) < off + n:
+                break
+            out.append(buf[off:off + n])
+            buf = buf[off + n:]
+    return out
+
+
+class Reader(threading.Thread):
+    """Reads count messages from s in the background, as a healthy
+    subscriber does while the test misbehaves on other connections."""
+
+    def __init__(self, s, count):
+        super().__init__(daemon=True)
+        self.s, self.count, self.got, self.error = s, count, [], None
+        self.start()
+
+    def run(self):
+        try:
+            self.got = read_messages(self.s, self.count)
+        except Exception as e:  # reported by the test thread
+            self.error = e
+
+
+def publish(srv, path, payloads):
+    pub = upgrade(srv.port, path)
+    for p in payloads:
+        pub.sendall(frame(2, p))
+    return pub
+
+
+def server_unread(server_port, client_port):
+    """Bytes waiting in the server's receive queue of our connection, from
+    /proc/net/tcp (its rx_queue column), or None when it is not listed."""
+    want = (f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}")
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def fast_frame(op, payload):
+    """A masked frame with a zero mask key (valid, and cheap to build)."""
+    assert len(payload) < 126
+    return struct.pack("!BB", 0x80 | op, 0x80 | len(payload)) + b"\0\0\0\0" + payload
+
+
+# A loopback socket's send buffer grows to a few MB (its MSS is 64 KiB), so
+# the tests below send more than that before anything waits in our queue.
+
+@pytest.mark.args("--write-timeout", "1", "--ping-interval", "0", "--soft-queue", "0",
+                  "--max-queue", "67108864")
+def test_fault_write_stall_dropped(server):
+    """A subscriber that stops reading while output is queued for it (a
+    half-open peer) is dropped after --write-timeout without progress, even
+    with heartbeats off and far below the queue limit; a subscriber that
+    reads gets every message."""
+    base = server.fds()
+    stalled = upgrade(server.port, "/raw/stall", rcvbuf=4096)
+    healthy = upgrade(server.port, "/raw/stall")
+    msgs = [bytes([i]) * 60000 for i in range(100)]
+    reader = Reader(healthy, len(msgs))
+    pub = publish(server, "/raw/stall", msgs)
+    reader.join(30 * MULT)
+    assert reader.error is None, reader.error
+    assert reader.got == msgs
+    lines = wait_log(server, "write_stall")
+    assert len(lines) == 1, lines
+    # The stalled peer finds its connection gone once it reads again.
+    stalled.settimeout(5 * MULT)
+    got, deadline = 0, time.time() + 10 * MULT
+    while time.time() < deadline:
+        try:
+            chunk = stalled.recv(1 << 20)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        got += len(chunk)
+    else:
+        raise AssertionError("the stalled connection is still open")
+    assert got < len(msgs) * 60000
+    for s in (stalled, healthy, pub):
+        s.close()
+    assert_healthy(server, base)
+
+
+@pytest.mark.args("--soft-queue", "65536", "--soft-queue-time", "1", "--write-timeout", "0",
+                  "--ping-interval", "0", "--max-queue", "67108864")
+def test_fault_soft_limit_cuts_subscriber_that_stays_behind(server):
+    """A subscriber whose queue stays over --soft-queue for
+    --soft-queue-time is a slow consumer (1008), though its queue never
+    reached --max-queue; one that keeps up is untouched."""
+    base = server.fds()
+    behind = upgrade(server.port, "/raw/soft", rcvbuf=4096)
+    healthy = upgrade(server.port, "/raw/soft")
+    msgs = [bytes([i]) * 60000 for i in range(100)]
+    reader = Reader(healthy, len(msgs))
+    pub = publish(server, "/raw/soft", msgs)
+    reader.join(30 * MULT)
+    assert reader.error is None, reader.error
+    assert reader.got == msgs
+    lines = wait_log(server, "slow_consumer")
+    assert len(lines) == 1 and "limit=soft" in lines[0], lines
+    assert read_close(behind) == 1008
+    for s in (behind, healthy, pub):
+        s.close()
+    assert_healthy(server, base)
+
+
+@pytest.mark.args("--write-timeout", "0")
+def test_fault_ping_flood_answered_with_latest_pong(server):
+    """A peer that floods pings without reading gets one pending pong, for
+    its latest ping (RFC 6455 5.5.3), instead of a queue of pongs: the
+    server keeps reading, and once the peer reads, the pongs it gets are in
+    order and end with the answer to its last ping. (Autobahn 2.10 in
+    tests/conformance: without backpressure every ping gets its pong.)"""
+    base = server.fds()
+    s = upgrade(server.port, "/echo", rcvbuf=4096)
+    # Without coalescing every pong would arrive; with it, no more than the
+    # kernel's send buffer (tcp_wmem's maximum, 4 MiB here) and the
+    # client's receive buffer hold, plus the one pending pong.
+    pad = b"p" * 117
+    wmem_max = int(open("/proc/sys/net/ipv4/tcp_wmem").read().split()[2])
+    bound = (wmem_max + (1 << 20)) // (2 + 125)
+    n = max(100000, 2 * bound)
+    blob = b"".join(fast_frame(9, struct.pack("!Q", i) + pad) for i in range(n))
+    s.setblocking(False)
+    sent, deadline = 0, time.time() + 30 * MULT
+    while sent < len(blob):
+        assert time.time() < deadline, f"the server stopped reading after {sent} bytes"
+        try:
+            sent += s.send(blob[sent:sent + 65536])
+        except BlockingIOError:
+            time.sleep(0.005)
+    s.setblocking(True)
+    # Let the server read every ping before we read: once we read, its
+    # queue drains and the pings still unread would each get a pong.
+    deadline = time.time() + 20 * MULT
+    while server_unread(server.port, s.getsockname()[1]) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # the turn that read the last bytes finishes
+    s.settimeout(10 * MULT)
+    buf, seqs = b"", []
+    while not seqs or seqs[-1] != n - 1:
+        chunk = s.recv(1 << 16)
+        assert chunk, f"closed after {len(seqs)} pongs"
+        buf += chunk
+        while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+            op, ln = buf[0] & 0x0F, buf[1] & 0x7F
+            assert op == 0xA and ln == 125 and buf[10:127] == pad, buf[:12]
+            seqs.append(struct.unpack("!Q", buf[2:10])[0])
+            buf = buf[2 + ln:]
+    assert seqs == sorted(set(seqs)), "pongs out of order or repeated"
+    assert len(seqs) <= bound, f"{len(seqs)} pongs for {n} pings: not coalesced"
+    s.sendall(frame(8, struct.pack("!H", 1000)))
+    assert read_close(s) == 1000
+    s.close()
+    assert_healthy(server, base)

@@ -134,6 +134,66 @@ static void test_wq_flush_error_on_closed_peer(void **state)
     close(sv[0]);
 }
 
+/* The replaceable tail (pong coalescing): a marked unit can be dropped
+ * while whole and unwritten; anything queued after it, or a write that
+ * reaches into it, cancels the mark, so no byte another frame owns is
+ * ever dropped. */
+static void test_wq_tail_mark_replace_and_cancel(void **state)
+{
+    (void)state;
+    struct wsh_wq *q = NULL;
+    struct wsh_buf *b = make_buf('a', 10);
+    assert_int_equal(wsh_wq_push(&q, b), WSH_OK);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 0);
+    /* Append a 5-byte unit into the tail and mark it. */
+    uint8_t *room = wsh_wq_tail_reserve(q, 5);
+    assert_null(room); /* make_buf's buffer is exactly full */
+    struct wsh_buf *t = wsh_buf_new(64);
+    assert_non_null(t);
+    if (t == NULL)
+        abort();
+    memset(t->data, 'p', 5);
+    t->end = 5;
+    assert_int_equal(wsh_wq_push(&q, t), WSH_OK);
+    wsh_wq_tail_mark(q, 5);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 5);
+    assert_int_equal(wsh_wq_bytes(q), 15);
+    /* Replace it with a newer unit. */
+    wsh_wq_tail_drop(q, 5);
+    assert_int_equal(wsh_wq_bytes(q), 10);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 0);
+    room = wsh_wq_tail_reserve(q, 5);
+    assert_non_null(room);
+    if (room == NULL)
+        abort();
+    memset(room, 'q', 5);
+    wsh_wq_tail_commit(q, 5);
+    wsh_wq_tail_mark(q, 5);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 5);
+    /* A commit after it cancels the mark. */
+    room = wsh_wq_tail_reserve(q, 3);
+    assert_non_null(room);
+    if (room == NULL)
+        abort();
+    memset(room, 'r', 3);
+    wsh_wq_tail_commit(q, 3);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 0);
+    /* So does a push. */
+    wsh_wq_tail_mark(q, 3);
+    assert_int_equal(wsh_wq_push(&q, make_buf('s', 4)), WSH_OK);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 0);
+    /* A write reaching into the marked unit cancels it; one short of it
+     * does not. Queue now: 10 a, 5 q, 3 r, 4 s = 22 bytes. */
+    wsh_wq_tail_mark(q, 4);
+    wsh_wq_consume(&q, 18);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 4);
+    wsh_wq_consume(&q, 1);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 0);
+    wsh_wq_clear(&q);
+    assert_null(q);
+    assert_int_equal(wsh_wq_tail_replaceable(q), 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -142,6 +202,7 @@ int main(void)
         cmocka_unit_test(test_wq_partial_write_resumes_in_order),
         cmocka_unit_test(test_wq_drop_unstarted_keeps_started_head),
         cmocka_unit_test(test_wq_flush_error_on_closed_peer),
+        cmocka_unit_test(test_wq_tail_mark_replace_and_cancel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
