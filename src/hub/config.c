@@ -42,6 +42,8 @@ void wsh_config_defaults(struct wsh_hub_config *cfg)
     l->max_subscriptions = WSH_CFG_DEFAULT_MAX_SUBSCRIPTIONS;
     l->max_connections = WSH_CFG_DEFAULT_MAX_CONNS;
     l->max_connections_per_ip = WSH_CFG_DEFAULT_MAX_CONNS_PER_IP;
+    l->handshake_rate_per_ip = WSH_CFG_DEFAULT_HANDSHAKE_RATE_IP;
+    l->handshake_burst_per_ip = WSH_CFG_DEFAULT_HANDSHAKE_BURST_IP;
     l->max_message = WSH_CFG_DEFAULT_MAX_MESSAGE;
     l->json_depth = WSH_CFG_DEFAULT_JSON_DEPTH;
     l->max_channel = WSH_CFG_DEFAULT_MAX_CHANNEL;
@@ -558,6 +560,8 @@ static const char *const limit_keys[] = { "publish_rate",
                                           "max_subscriptions",
                                           "max_connections",
                                           "max_connections_per_ip",
+                                          "handshake_rate_per_ip",
+                                          "handshake_burst_per_ip",
                                           "max_message",
                                           "json_depth",
                                           "max_channel",
@@ -583,10 +587,25 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         l->publish_rate = json_number_value(r);
         pop(c, old);
     }
+    r = json_object_get(v, "handshake_rate_per_ip");
+    if (r != NULL) {
+        size_t old = push_key(c, "handshake_rate_per_ip");
+        if (!json_is_number(r) || json_number_value(r) < 0 || json_number_value(r) > 1e6) {
+            char got[64];
+            describe(r, got, sizeof(got));
+            return error(c,
+                         "expected a number of connections per second from 0 (off) up to "
+                         "1000000, got %s",
+                         got);
+        }
+        l->handshake_rate_per_ip = json_number_value(r);
+        pop(c, old);
+    }
     if (!get_u32(c, v, "publish_burst", 1, 1000000, &l->publish_burst) ||
         !get_u32(c, v, "max_subscriptions", 1, 1000000, &l->max_subscriptions) ||
         !get_u32(c, v, "max_connections", 0, 10000000, &l->max_connections) ||
         !get_u32(c, v, "max_connections_per_ip", 0, 10000000, &l->max_connections_per_ip) ||
+        !get_u32(c, v, "handshake_burst_per_ip", 1, 1000000, &l->handshake_burst_per_ip) ||
         !get_u32(c, v, "max_message", 256, 64u * 1024u * 1024u, &l->max_message) ||
         !get_u32(c, v, "json_depth", 2, 1000, &l->json_depth) ||
         !get_u32(c, v, "max_channel", 8, 1024, &l->max_channel))

@@ -423,12 +423,24 @@ uint64_t hub_max_message(void)
     return have_config ? hubcfg.limits.max_message : 0;
 }
 
-void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip)
+void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_ip,
+                     uint32_t *burst_per_ip)
 {
     /* Only a configuration file turns these on: the built-in defaults
      * would refuse the many connections benchmarks open from one address. */
     *max_total = have_config ? hubcfg.limits.max_connections : 0;
     *max_per_ip = have_config ? hubcfg.limits.max_connections_per_ip : 0;
+    *rate_per_ip = have_config ? hubcfg.limits.handshake_rate_per_ip : 0;
+    *burst_per_ip = have_config ? hubcfg.limits.handshake_burst_per_ip : 0;
+}
+
+size_t hub_queue_limit(const struct conn *c)
+{
+    /* LIMITS.md: a peer that has not authenticated gets a small outbound
+     * budget. Reads are budgeted to it, as to --max-queue. */
+    if (c->hub != NULL && !c->hub->authed && hubcfg.limits.unauth_max_outbound < wsh_cfg.max_queue)
+        return hubcfg.limits.unauth_max_outbound;
+    return wsh_cfg.max_queue;
 }
 
 /* libjwt state is not shared between threads: one key set per worker. */

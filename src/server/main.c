@@ -442,7 +442,7 @@ int main(int argc, char **argv)
 
     {
         size_t total;
-        hub_conn_limits(&total, &wsh_cfg.max_per_ip);
+        hub_conn_limits(&total, &wsh_cfg.max_per_ip, &wsh_cfg.ip_rate, &wsh_cfg.ip_burst);
         if (total > 0 && total < wsh_cfg.max_connections)
             wsh_cfg.max_connections = total;
     }

@@ -33,6 +33,8 @@ struct wsh_config {
     uint64_t write_timeout_ms;   /* queued output without progress, 0 = off */
     size_t max_connections;
     uint32_t max_per_ip; /* 0 = no per-address limit */
+    double ip_rate;      /* new connections per second per address, 0 = off */
+    uint32_t ip_burst;
     const char *port_file;
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
@@ -285,7 +287,10 @@ struct wsh_http_request;
 struct hubchan;
 int hub_init(const char *config_path, char *err, size_t errlen);
 /* Connection limits from the configuration file (0 when not set). */
-void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip);
+void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_ip,
+                     uint32_t *burst_per_ip);
+/* The outbound queue limit for c: --max-queue, or less before /ws auth. */
+size_t hub_queue_limit(const struct conn *c);
 int hub_worker_init(struct worker *w);
 /* Before the 101: origin and credentials. Returns 0 to go on, or the HTTP
  * status to refuse with (401, 403). */

@@ -41,6 +41,7 @@
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 struct ipcount;
 static void ip_release(struct ipcount *e);
+static void ip_sweep(void);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
 
@@ -122,6 +123,11 @@ struct wsh_buf *frame_deflate(struct wsh_pmd *z, uint8_t window_bits, unsigned o
     o.b->start = (uint32_t)(WSH_FRAME_HDR_MAX - hl);
     wsh_frame_header_write(o.b->data + o.b->start, opcode, true, true, clen, NULL);
     return o.b;
+}
+
+static inline size_t queue_limit(const struct conn *c)
+{
+    return c->hub != NULL ? hub_queue_limit(c) : wsh_cfg.max_queue;
 }
 
 static void mark_pending(struct worker *w, struct conn *c)
@@ -485,7 +491,7 @@ void conn_destroy(struct worker *w, struct conn *c)
 static void update_events(struct worker *w, struct conn *c)
 {
     uint32_t ev = 0;
-    if (wsh_wq_bytes(c->wq) <= wsh_cfg.max_queue / 2)
+    if (wsh_wq_bytes(c->wq) <= queue_limit(c) / 2)
         ev |= EPOLLIN;
     if (c->wq != NULL)
         ev |= EPOLLOUT;
@@ -543,6 +549,7 @@ static void flush_conn(struct worker *w, struct conn *c)
 static void on_sweep(struct wsh_loop *l, struct wsh_timer *t)
 {
     rawchan_sweep();
+    ip_sweep();
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     hub_sweep((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
@@ -981,7 +988,8 @@ static ssize_t tls_read_turn(struct conn *c, uint8_t *buf, size_t budget, bool *
 static size_t read_budget(const struct conn *c)
 {
     size_t queued = wsh_wq_bytes(c->wq);
-    size_t room = wsh_cfg.max_queue > queued ? wsh_cfg.max_queue - queued : 0;
+    size_t limit = queue_limit(c);
+    size_t room = limit > queued ? limit - queued : 0;
     return room < READ_MAX ? room : READ_MAX;
 }
 
@@ -1109,12 +1117,17 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
 /* ------------------------------------------------------------------ */
 /* Accepting                                                           */
 
-/* Connections per client address, over all workers (LIMITS.md: 429 past
- * the per-IP bound). One small table under a mutex taken at accept and at
- * destroy only. */
+/* Per client address, over all workers (LIMITS.md: 429 past either
+ * bound): how many connections it holds, and a token bucket of new
+ * connections it may open. One small table under a mutex taken at accept,
+ * at destroy and by the 2-second sweep only. An entry lives while its
+ * address holds connections or its bucket is refilling. IPv6 addresses
+ * count one by one. */
 struct ipcount {
     struct ipcount *next;
     uint32_t n;
+    uint32_t mtokens; /* thousandths of a token */
+    uint32_t last_ms; /* loop-independent ms (truncated) of the last refill */
     uint8_t len;
     uint8_t addr[16];
 };
@@ -1128,10 +1141,26 @@ static uint32_t ip_hash(const uint8_t *a, size_t len)
     return wsh_hash_bytes(a, len) % IP_BUCKETS;
 }
 
-static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t limit, bool *over)
+/* Refills e's bucket up to now; returns true when it is full. */
+static bool ip_refill(struct ipcount *e, uint32_t now)
+{
+    uint64_t cap = (uint64_t)wsh_cfg.ip_burst * 1000u;
+    uint64_t add = (uint64_t)((double)(uint32_t)(now - e->last_ms) * wsh_cfg.ip_rate);
+    uint64_t t = e->mtokens + add;
+    e->mtokens = (uint32_t)(t < cap ? t : cap);
+    e->last_ms = now;
+    return e->mtokens == cap;
+}
+
+/* Takes a connection slot and a token for the peer's address. Returns the
+ * entry to release at destroy, or NULL with *retry_s set (seconds for
+ * Retry-After) when the address is over a bound, or NULL with *retry_s 0
+ * when it cannot be tracked (the connection is then let in). */
+static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s)
 {
     const uint8_t *a;
     uint8_t len;
+    *retry_s = 0;
     if (ss->ss_family == AF_INET) {
         a = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
         len = 4;
@@ -1142,6 +1171,8 @@ static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t li
         return NULL;
     }
     pthread_mutex_lock(&ip_mu);
+    /* Read under the lock, so last_ms never runs ahead of now. */
+    uint32_t now = (uint32_t)wsh_now_ms();
     struct ipcount **pp = &ip_table[ip_hash(a, len)], *e = *pp;
     while (e && !(e->len == len && memcmp(e->addr, a, len) == 0))
         e = e->next;
@@ -1153,35 +1184,79 @@ static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t li
         }
         e->len = len;
         memcpy(e->addr, a, len);
+        e->mtokens = wsh_cfg.ip_burst * 1000u;
+        e->last_ms = now;
         e->next = *pp;
         *pp = e;
     }
-    *over = e->n >= limit;
-    if (!*over)
+    if (wsh_cfg.max_per_ip > 0 && e->n >= wsh_cfg.max_per_ip) {
+        *retry_s = 5; /* a slot frees when one of its connections closes */
+        e = NULL;
+    } else if (wsh_cfg.ip_rate > 0) {
+        ip_refill(e, now);
+        if (e->mtokens < 1000u) {
+            /* Seconds until the next token, rounded up. */
+            double s = (1000u - e->mtokens) / (wsh_cfg.ip_rate * 1000.0);
+            *retry_s = s < 1.0 ? 1u : (uint32_t)(s + 0.999);
+            e = NULL;
+        } else {
+            e->mtokens -= 1000u;
+        }
+    }
+    if (e != NULL)
         e->n++;
     pthread_mutex_unlock(&ip_mu);
-    return *over ? NULL : e;
+    return e;
+}
+
+static void ip_unlink_free(struct ipcount *e)
+{
+    struct ipcount **pp = &ip_table[ip_hash(e->addr, e->len)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    free(e);
 }
 
 static void ip_release(struct ipcount *e)
 {
     pthread_mutex_lock(&ip_mu);
-    if (--e->n == 0) {
-        struct ipcount **pp = &ip_table[ip_hash(e->addr, e->len)];
-        while (*pp != e)
-            pp = &(*pp)->next;
-        *pp = e->next;
-        free(e);
+    /* With a rate limit the entry stays until its bucket is full again
+     * (ip_sweep), or closing and reopening would reset it. */
+    if (--e->n == 0 && wsh_cfg.ip_rate <= 0)
+        ip_unlink_free(e);
+    pthread_mutex_unlock(&ip_mu);
+}
+
+/* Frees the entries of addresses that hold no connection and whose bucket
+ * has refilled: what a forgotten address would start with anyway. Also
+ * frees those a refused address left behind. */
+static void ip_sweep(void)
+{
+    if (wsh_cfg.max_per_ip == 0 && wsh_cfg.ip_rate <= 0)
+        return;
+    pthread_mutex_lock(&ip_mu);
+    uint32_t now = (uint32_t)wsh_now_ms();
+    for (uint32_t i = 0; i < IP_BUCKETS; i++) {
+        struct ipcount *next;
+        for (struct ipcount *e = ip_table[i]; e; e = next) {
+            next = e->next;
+            if (e->n == 0 && (wsh_cfg.ip_rate <= 0 || ip_refill(e, now)))
+                ip_unlink_free(e);
+        }
     }
     pthread_mutex_unlock(&ip_mu);
 }
 
-static void refuse_per_ip(int fd)
+static void refuse_per_ip(int fd, uint32_t retry_s)
 {
-    static const char resp[] = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\n"
-                               "Content-Length: 0\r\nConnection: close\r\n\r\n";
-    ssize_t n = send(fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)n;
+    char resp[160];
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 429 Too Many Requests\r\nRetry-After: %u\r\n"
+                     "Content-Length: 0\r\nConnection: close\r\n\r\n",
+                     retry_s);
+    ssize_t r = send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)r;
     close(fd);
 }
 
@@ -1226,11 +1301,11 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             continue;
         }
         struct ipcount *ipc = NULL;
-        if (wsh_cfg.max_per_ip > 0) {
-            bool over = false;
-            ipc = ip_acquire(&peer, wsh_cfg.max_per_ip, &over);
-            if (over) {
-                refuse_per_ip(fd);
+        if (wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0) {
+            uint32_t retry_s;
+            ipc = ip_acquire(&peer, &retry_s);
+            if (retry_s) {
+                refuse_per_ip(fd, retry_s);
                 continue;
             }
         }

@@ -66,3 +66,39 @@ def test_limits_connections_total_503(hub):
     while healthz(h.port) != b"HTTP/1.1 200 OK":
         assert time.monotonic() < deadline, "slot not freed after close"
         time.sleep(0.05)
+
+
+def healthz_from(port, source):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5 * MULT)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = s.recv(300)
+    s.close()
+    return data
+
+
+def test_limits_handshake_rate_per_ip_429(hub):
+    """A token bucket of new connections per address: the burst passes,
+    the next connection gets 429 with the seconds until the next token, and
+    closing connections gives nothing back (only time does). Another
+    address is not affected."""
+    h = hub(merge(base_config(), {"limits": {"handshake_rate_per_ip": 1,
+                                             "handshake_burst_per_ip": 3,
+                                             "max_connections_per_ip": 0}}), workers=2)
+    for _ in range(3):
+        assert healthz(h.port) == b"HTTP/1.1 200 OK"
+    for _ in range(2):
+        data = healthz_from(h.port, "127.0.0.1")
+        assert data.startswith(b"HTTP/1.1 429 "), data
+        retry = [line for line in data.split(b"\r\n") if line.startswith(b"Retry-After:")]
+        assert retry and int(retry[0].split(b":")[1]) == 1, data
+    assert healthz_from(h.port, "127.0.0.2").startswith(b"HTTP/1.1 200 "), "other address refused"
+    # One token a second: the address gets in again, once.
+    deadline = time.monotonic() + 10 * MULT
+    while not healthz_from(h.port, "127.0.0.1").startswith(b"HTTP/1.1 200 "):
+        assert time.monotonic() < deadline, "no token after waiting"
+        time.sleep(0.2)
+    assert healthz_from(h.port, "127.0.0.1").startswith(b"HTTP/1.1 429 ")
+    time.sleep(2.5)  # tokens for the fixture's two checks at teardown

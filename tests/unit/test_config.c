@@ -44,6 +44,7 @@ static const char full_config[] =
     "  \"limits\": {\n"
     "    \"publish_rate\": 10.5, \"publish_burst\": 30, \"max_subscriptions\": 64,\n"
     "    \"max_connections\": 50000, \"max_connections_per_ip\": 100,\n"
+    "    \"handshake_rate_per_ip\": 2.5, \"handshake_burst_per_ip\": 12,\n"
     "    \"max_message\": 32768, \"json_depth\": 16, \"max_channel\": 96,\n"
     "    \"unauthenticated\": {\"max_message\": 2048, \"timeout_ms\": 3000, "
     "\"max_outbound\": 8192}\n"
@@ -159,6 +160,8 @@ static void test_config_full_valid(void **state)
     assert_int_equal(l->max_subscriptions, 64);
     assert_int_equal(l->max_connections, 50000);
     assert_int_equal(l->max_connections_per_ip, 100);
+    assert_true(l->handshake_rate_per_ip > 2.4 && l->handshake_rate_per_ip < 2.6);
+    assert_int_equal(l->handshake_burst_per_ip, 12);
     assert_int_equal(l->max_message, 32768);
     assert_int_equal(l->json_depth, 16);
     assert_int_equal(l->max_channel, 96);
@@ -274,6 +277,11 @@ static void test_config_invalid_fields(void **state)
           "limits.json_depth: expected an integer from 2 to 1000, got 1" },
         { "{\"limits\":{\"max_connections_per_ip\":-3}}",
           "limits.max_connections_per_ip: expected a non-negative integer, got -3" },
+        { "{\"limits\":{\"handshake_rate_per_ip\":-1}}",
+          "limits.handshake_rate_per_ip: expected a number of connections per second from 0 "
+          "(off) up to 1000000, got -1" },
+        { "{\"limits\":{\"handshake_burst_per_ip\":0}}",
+          "limits.handshake_burst_per_ip: expected an integer from 1 to 1000000, got 0" },
         { "{\"limits\":{\"max_channel\":4}}",
           "limits.max_channel: expected an integer from 8 to 1024, got 4" },
         { "{\"limits\":{\"rate\":1}}", "limits.rate: unknown key" },
