@@ -237,6 +237,10 @@ int wsh_socket_port(int fd);
 /* recv(2) and sendmsg(2) with MSG_NOSIGNAL, retried on EINTR; errors
  * as the calls report them (-1 and errno). */
 ssize_t wsh_sock_recv(int fd, void *buf, size_t cap);
+/* Like wsh_sock_recv, but the kernel copies the first `head` bytes and the
+ * rest separately, so the rest starts where the caller aligned it (head <
+ * cap). The bytes land exactly as one recv into buf would put them. */
+ssize_t wsh_sock_recv_split(int fd, void *buf, size_t head, size_t cap);
 ssize_t wsh_sock_sendv(int fd, const struct iovec *iov, int n);
 
 #endif

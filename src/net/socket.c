@@ -115,6 +115,27 @@ ssize_t wsh_sock_recv(int fd, void *buf, size_t cap)
     return r;
 }
 
+static ssize_t sock_recvmsg(int fd, struct msghdr *m)
+{
+#ifdef WSH_LIBC_SOCKCALLS
+    return recvmsg(fd, m, 0);
+#else
+    return syscall(SYS_recvmsg, fd, m, 0);
+#endif
+}
+
+ssize_t wsh_sock_recv_split(int fd, void *buf, size_t head, size_t cap)
+{
+    struct iovec iov[2] = { { .iov_base = buf, .iov_len = head },
+                            { .iov_base = (char *)buf + head, .iov_len = cap - head } };
+    struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
+    ssize_t r;
+    do {
+        r = sock_recvmsg(fd, &m);
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
 ssize_t wsh_sock_sendv(int fd, const struct iovec *iov, int n)
 {
     struct msghdr m = { .msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n };

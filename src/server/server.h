@@ -76,6 +76,7 @@ enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB };
 #define CF_PENDING     0x08 /* on the worker's flush list */
 #define CF_PING_WAIT   0x10 /* a ping is out, its pong not back */
 #define CF_HTTP_BODY   0x40 /* request head parsed, waiting for its body */
+#define CF_BIG_READS   0x80 /* the last read was large: split the next (plain_read) */
 
 struct worker;
 struct rawchan;

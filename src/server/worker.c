@@ -28,7 +28,12 @@
 /* Request bodies are only for the HTTP API, and small (LIMITS.md max
  * message); larger ones get 413. */
 #define BODY_MAX   65536u
-#define RBUF_SIZE  (CARRY_MAX + BODY_MAX + READ_MAX + TLS_RECORD)
+#define RBUF_SIZE  (64u + CARRY_MAX + BODY_MAX + READ_MAX + TLS_RECORD) /* aligned_alloc: a multiple of 64 */
+/* Where a fresh read starts in rbuf, and how many of its bytes go before
+ * the next cache line. See plain_read. */
+#define RBUF_LEAD 56u
+#define RBUF_HEAD 8u
+#define BIG_READ  4096u
 #define ACCEPT_MAX 64
 /* TLS handshakes cost ~1 ms of CPU each: at most this many steps per loop
  * turn, so a flood of new TLS connections cannot starve established ones
@@ -993,18 +998,52 @@ static size_t read_budget(const struct conn *c)
     return room < READ_MAX ? room : READ_MAX;
 }
 
+/* Where the bytes of a plain read go. The kernel copies with `rep movsb`,
+ * which on this machine's CPU (Zen 4) runs at full speed only when the
+ * destination's offset within its cache line is no larger than the
+ * source's, and more than twice as slow otherwise (bench/README.md). Our
+ * reads have sources anywhere, so their bulk must land on a line start;
+ * our sends have destinations anywhere (the kernel's page fragments), so
+ * their source should sit late in a line. A fresh read starts 8 bytes
+ * before a line (RBUF_LEAD) and asks the kernel to copy those 8 bytes
+ * apart (RBUF_HEAD): a frame of 126..65535 bytes has an 8-byte header, so
+ * its payload starts on the line, where the in-place unmask also stores
+ * aligned, and the echo reply, whose header is the request's less the
+ * 4-byte mask key, starts 60 bytes into a line for every frame size. */
+static ssize_t plain_read(struct worker *w, struct conn *c, size_t have, size_t budget,
+                          uint8_t **buf)
+{
+    if (have) {
+        *buf = w->rbuf;
+        memcpy(w->rbuf, c->carry, have);
+        return wsh_sock_recv(c->io.fd, w->rbuf + have, budget);
+    }
+    /* recvmsg costs more than recv (a msghdr and an iovec array to copy
+     * in): split only for a connection whose last read was large. */
+    *buf = w->rbuf + RBUF_LEAD;
+    ssize_t r = (c->flags & CF_BIG_READS) && budget > RBUF_HEAD
+                    ? wsh_sock_recv_split(c->io.fd, *buf, RBUF_HEAD, budget)
+                    : wsh_sock_recv(c->io.fd, *buf, budget);
+    if (r >= (ssize_t)BIG_READ)
+        c->flags |= CF_BIG_READS;
+    else if (r > 0)
+        c->flags &= (uint8_t)~CF_BIG_READS;
+    return r;
+}
+
 static void conn_read(struct worker *w, struct conn *c)
 {
     size_t have = c->carry_len;
-    if (have)
-        memcpy(w->rbuf, c->carry, have);
+    uint8_t *buf = w->rbuf;
     ssize_t r;
     bool eof = false;
     if (c->ssl) {
         size_t budget = read_budget(c);
         if (budget == 0)
             return;
-        r = tls_read_turn(c, w->rbuf + have, budget, &eof);
+        if (have)
+            memcpy(buf, c->carry, have);
+        r = tls_read_turn(c, buf + have, budget, &eof);
         if (r == WSH_EAGAIN)
             return;
         if (r < 0) {
@@ -1015,7 +1054,7 @@ static void conn_read(struct worker *w, struct conn *c)
         size_t budget = read_budget(c);
         if (budget == 0)
             return;
-        r = wsh_sock_recv(c->io.fd, w->rbuf + have, budget);
+        r = plain_read(w, c, have, budget, &buf);
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
@@ -1035,18 +1074,18 @@ static void conn_read(struct worker *w, struct conn *c)
     size_t used = 0;
     metric_add(&w->m.bytes_in, (uint64_t)r);
     if (c->state == CONN_HTTP) {
-        used = http_input(w, c, w->rbuf, len, have);
+        used = http_input(w, c, buf, len, have);
         if (c->state == CONN_HTTP) {
             /* The parser answers 431 past the head limit and the body is
              * bounded by BODY_MAX: the carry stays bounded. */
-            keep_carry(w, c, w->rbuf + used, len - used);
+            keep_carry(w, c, buf + used, len - used);
             return;
         }
     }
     /* Once our close frame or final response is queued, input is only read
      * to see the peer's EOF: it is discarded. */
     if (c->state == CONN_OPEN)
-        used += session_input(w, c, w->rbuf + used, len - used);
+        used += session_input(w, c, buf + used, len - used);
     /* Raw messages of this read go out together. */
     rawchan_flush(w);
     /* Echo replies still point into rbuf: send them before it is reused. */
@@ -1055,7 +1094,7 @@ static void conn_read(struct worker *w, struct conn *c)
         return;
     if (c->state != CONN_OPEN)
         used = len;
-    keep_carry(w, c, w->rbuf + used, len - used);
+    keep_carry(w, c, buf + used, len - used);
     if (eof && c->state != CONN_DEAD)
         conn_destroy(w, c);
 }
