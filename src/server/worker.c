@@ -27,13 +27,15 @@
 #define CARRY_MAX WSH_HTTP_DEFAULT_HEAD
 /* Request bodies are only for the HTTP API, and small (LIMITS.md max
  * message); larger ones get 413. */
-#define BODY_MAX   65536u
-#define RBUF_SIZE  (64u + CARRY_MAX + BODY_MAX + READ_MAX + TLS_RECORD) /* aligned_alloc: a multiple of 64 */
+#define BODY_MAX 65536u
+/* A multiple of 64, as aligned_alloc requires; the first 64 bytes hold the
+ * lead of a fresh read (RBUF_LEAD). */
+#define RBUF_SIZE (64u + CARRY_MAX + BODY_MAX + READ_MAX + TLS_RECORD)
 /* Where a fresh read starts in rbuf, and how many of its bytes go before
  * the next cache line. See plain_read. */
-#define RBUF_LEAD 56u
-#define RBUF_HEAD 8u
-#define BIG_READ  4096u
+#define RBUF_LEAD  56u
+#define RBUF_HEAD  8u
+#define BIG_READ   4096u
 #define ACCEPT_MAX 64
 /* TLS handshakes cost ~1 ms of CPU each: at most this many steps per loop
  * turn, so a flood of new TLS connections cannot starve established ones
