@@ -823,8 +823,9 @@ static int finish(struct wsh_jbuf *b, size_t start, int64_t now_ms)
     return WSH_OK;
 }
 
-int wsh_proto_encode_connected(struct wsh_jbuf *b, int64_t id, const char *client, size_t client_len,
-                               const char *user, size_t user_len, int64_t expires, int64_t now_ms)
+int wsh_proto_encode_connected(struct wsh_jbuf *b, int64_t id, const char *client,
+                               size_t client_len, const char *user, size_t user_len,
+                               int64_t expires, int64_t now_ms)
 {
     size_t start = BEGIN(b, "connected", id, NULL, 0);
     PUT_LIT(b, ",\"payload\":{\"client\":");
@@ -902,9 +903,10 @@ int wsh_proto_encode_presence(struct wsh_jbuf *b, int64_t id, const char *channe
     return finish(b, start, now_ms);
 }
 
-int wsh_proto_encode_history(struct wsh_jbuf *b, int64_t id, const char *channel, size_t channel_len,
-                             uint64_t offset, const char *epoch, size_t epoch_len,
-                             const struct wsh_history_entry *msgs, size_t n, int64_t now_ms)
+int wsh_proto_encode_history(struct wsh_jbuf *b, int64_t id, const char *channel,
+                             size_t channel_len, uint64_t offset, const char *epoch,
+                             size_t epoch_len, const struct wsh_history_entry *msgs, size_t n,
+                             int64_t now_ms)
 {
     size_t start = BEGIN(b, "history", id, channel, channel_len);
     PUT_LIT(b, ",\"payload\":{\"offset\":");
