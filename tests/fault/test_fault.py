@@ -578,14 +578,29 @@ def server_unread(server_port, client_port):
     return None
 
 
+def lag_behind_reader(srv, path):
+    """Two subscribers of path, one that never reads (a small receive
+    buffer) and one that reads everything in the background, and a
+    publisher of 6 MB (more than the kernel buffers for a loopback socket,
+    whose send buffer grows to a few MB). Returns the lagging socket, the
+    reader's, the publisher's and the bytes published, once the reader has
+    every message intact."""
+    lagging = upgrade(srv.port, path, rcvbuf=4096)
+    healthy = upgrade(srv.port, path)
+    msgs = [bytes([i]) * 60000 for i in range(100)]
+    reader = Reader(healthy, len(msgs))
+    pub = publish(srv, path, msgs)
+    reader.join(30 * MULT)
+    assert reader.error is None, reader.error
+    assert reader.got == msgs
+    return lagging, healthy, pub, sum(map(len, msgs))
+
+
 def fast_frame(op, payload):
     """A masked frame with a zero mask key (valid, and cheap to build)."""
     assert len(payload) < 126
     return struct.pack("!BB", 0x80 | op, 0x80 | len(payload)) + b"\0\0\0\0" + payload
 
-
-# A loopback socket's send buffer grows to a few MB (its MSS is 64 KiB), so
-# the tests below send more than that before anything waits in our queue.
 
 @pytest.mark.args("--write-timeout", "1", "--ping-interval", "0", "--soft-queue", "0",
                   "--max-queue", "67108864")
@@ -595,14 +610,7 @@ def test_fault_write_stall_dropped(server):
     with heartbeats off and far below the queue limit; a subscriber that
     reads gets every message."""
     base = server.fds()
-    stalled = upgrade(server.port, "/raw/stall", rcvbuf=4096)
-    healthy = upgrade(server.port, "/raw/stall")
-    msgs = [bytes([i]) * 60000 for i in range(100)]
-    reader = Reader(healthy, len(msgs))
-    pub = publish(server, "/raw/stall", msgs)
-    reader.join(30 * MULT)
-    assert reader.error is None, reader.error
-    assert reader.got == msgs
+    stalled, healthy, pub, sent = lag_behind_reader(server, "/raw/stall")
     lines = wait_log(server, "write_stall")
     assert len(lines) == 1, lines
     # The stalled peer finds its connection gone once it reads again.
@@ -618,7 +626,7 @@ def test_fault_write_stall_dropped(server):
         got += len(chunk)
     else:
         raise AssertionError("the stalled connection is still open")
-    assert got < len(msgs) * 60000
+    assert got < sent
     for s in (stalled, healthy, pub):
         s.close()
     assert_healthy(server, base)
@@ -631,14 +639,7 @@ def test_fault_soft_limit_cuts_subscriber_that_stays_behind(server):
     --soft-queue-time is a slow consumer (1008), though its queue never
     reached --max-queue; one that keeps up is untouched."""
     base = server.fds()
-    behind = upgrade(server.port, "/raw/soft", rcvbuf=4096)
-    healthy = upgrade(server.port, "/raw/soft")
-    msgs = [bytes([i]) * 60000 for i in range(100)]
-    reader = Reader(healthy, len(msgs))
-    pub = publish(server, "/raw/soft", msgs)
-    reader.join(30 * MULT)
-    assert reader.error is None, reader.error
-    assert reader.got == msgs
+    behind, healthy, pub, _ = lag_behind_reader(server, "/raw/soft")
     lines = wait_log(server, "slow_consumer")
     assert len(lines) == 1 and "limit=soft" in lines[0], lines
     assert read_close(behind) == 1008
