@@ -214,6 +214,26 @@ static bool want_object(struct ctx *c, json_t *v)
 /* ------------------------------------------------------------------ */
 /* Typed getters: absent keys leave *out at its default                */
 
+/* A rate up to 1,000,000 per second: above 0, or from 0 when zero_ok
+ * (0 = off). `expect` names it in the error. */
+static bool get_rate(struct ctx *c, json_t *obj, const char *key, bool zero_ok, const char *expect,
+                     double *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return true;
+    size_t old = push_key(c, key);
+    double x = json_is_number(v) ? json_number_value(v) : -1;
+    if (!json_is_number(v) || x < 0 || (x == 0 && !zero_ok) || x > 1e6) {
+        char got[64];
+        describe(v, got, sizeof(got));
+        return error(c, "expected %s, got %s", expect, got);
+    }
+    *out = x;
+    pop(c, old);
+    return true;
+}
+
 static bool get_u32(struct ctx *c, json_t *obj, const char *key, uint32_t min, uint32_t max,
                     uint32_t *out)
 {
@@ -573,34 +593,12 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
 {
     if (!want_object(c, v) || !check_keys(c, v, limit_keys))
         return false;
-    json_t *r = json_object_get(v, "publish_rate");
-    if (r != NULL) {
-        size_t old = push_key(c, "publish_rate");
-        if (!json_is_number(r) || json_number_value(r) <= 0 || json_number_value(r) > 1e6) {
-            char got[64];
-            describe(r, got, sizeof(got));
-            return error(c,
-                         "expected a number of messages per second above 0 and up to "
-                         "1000000, got %s",
-                         got);
-        }
-        l->publish_rate = json_number_value(r);
-        pop(c, old);
-    }
-    r = json_object_get(v, "handshake_rate_per_ip");
-    if (r != NULL) {
-        size_t old = push_key(c, "handshake_rate_per_ip");
-        if (!json_is_number(r) || json_number_value(r) < 0 || json_number_value(r) > 1e6) {
-            char got[64];
-            describe(r, got, sizeof(got));
-            return error(c,
-                         "expected a number of connections per second from 0 (off) up to "
-                         "1000000, got %s",
-                         got);
-        }
-        l->handshake_rate_per_ip = json_number_value(r);
-        pop(c, old);
-    }
+    if (!get_rate(c, v, "publish_rate", false,
+                  "a number of messages per second above 0 and up to 1000000", &l->publish_rate) ||
+        !get_rate(c, v, "handshake_rate_per_ip", true,
+                  "a number of connections per second from 0 (off) up to 1000000",
+                  &l->handshake_rate_per_ip))
+        return false;
     if (!get_u32(c, v, "publish_burst", 1, 1000000, &l->publish_burst) ||
         !get_u32(c, v, "max_subscriptions", 1, 1000000, &l->max_subscriptions) ||
         !get_u32(c, v, "max_connections", 0, 10000000, &l->max_connections) ||
