@@ -438,7 +438,7 @@ size_t hub_queue_limit(const struct conn *c)
 {
     /* LIMITS.md: a peer that has not authenticated gets a small outbound
      * budget. Reads are budgeted to it, as to --max-queue. */
-    if (c->hub != NULL && !c->hub->authed && hubcfg.limits.unauth_max_outbound < wsh_cfg.max_queue)
+    if (!c->hub->authed && hubcfg.limits.unauth_max_outbound < wsh_cfg.max_queue)
         return hubcfg.limits.unauth_max_outbound;
     return wsh_cfg.max_queue;
 }

@@ -290,7 +290,8 @@ int hub_init(const char *config_path, char *err, size_t errlen);
 /* Connection limits from the configuration file (0 when not set). */
 void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_ip,
                      uint32_t *burst_per_ip);
-/* The outbound queue limit for c: --max-queue, or less before /ws auth. */
+/* The outbound queue limit for a /ws connection (c->hub set): --max-queue,
+ * or less before auth. */
 size_t hub_queue_limit(const struct conn *c);
 int hub_worker_init(struct worker *w);
 /* Before the 101: origin and credentials. Returns 0 to go on, or the HTTP
