@@ -7,6 +7,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 import wsraw
 from conftest import MULT, Client, merge, run_async, token
 from test_fanout import N_MSGS, SLOW_CFG, fast_reader, flood, raw_subscriber
@@ -32,9 +34,14 @@ def read_until_lagged(c, timeout=20.0):
             return offs, m
 
 
+# The second run adds a soft queue limit the slow subscriber stays over for
+# longer than --soft-queue-time: drop_oldest namespaces are exempt from it,
+# so it must still lag instead of being disconnected (4101).
+@pytest.mark.parametrize("soft", [(), ("--soft-queue", "65536", "--soft-queue-time", "0.5")],
+                         ids=["hard", "soft-limit-exempt"])
 @run_async
-async def test_lagged_subscriber_dropped_then_told_where_to_recover(hub):
-    h = hub(LAG_CFG, "--max-queue", 262144)
+async def test_lagged_subscriber_dropped_then_told_where_to_recover(hub, soft):
+    h = hub(LAG_CFG, "--max-queue", 262144, *soft)
     pub = await Client.open(h, token("pub"))
     await pub.subscribe("lag:room")
     fast = [await Client.open(h, token(f"fast{i}")) for i in range(2)]
@@ -48,6 +55,8 @@ async def test_lagged_subscriber_dropped_then_told_where_to_recover(hub):
         assert acks == list(range(1, N_MSGS + 1))
         for r in readers:
             assert await r == list(range(1, N_MSGS + 1)), "fast subscribers get every message"
+        if soft:
+            await asyncio.sleep(1.5 * MULT)  # over the soft limit, past its time
         # The slow one reads now: an in-order prefix, then `lagged`.
         offs, lag = await asyncio.to_thread(read_until_lagged, slow)
         assert offs == list(range(1, len(offs) + 1)), "what it got is an in-order prefix"

@@ -134,6 +134,17 @@ static void test_wq_flush_error_on_closed_peer(void **state)
     close(sv[0]);
 }
 
+/* Appends n bytes of fill to the queue's tail buffer (the cork). */
+static void cork(struct wsh_wq *q, uint8_t fill, size_t n)
+{
+    uint8_t *room = wsh_wq_tail_reserve(q, n);
+    assert_non_null(room);
+    if (room == NULL)
+        abort();
+    memset(room, fill, n);
+    wsh_wq_tail_commit(q, n);
+}
+
 /* The replaceable tail (pong coalescing): a marked unit can be dropped
  * while whole and unwritten; anything queued after it, or a write that
  * reaches into it, cancels the mark, so no byte another frame owns is
@@ -146,8 +157,7 @@ static void test_wq_tail_mark_replace_and_cancel(void **state)
     assert_int_equal(wsh_wq_push(&q, b), WSH_OK);
     assert_int_equal(wsh_wq_tail_replaceable(q), 0);
     /* Append a 5-byte unit into the tail and mark it. */
-    uint8_t *room = wsh_wq_tail_reserve(q, 5);
-    assert_null(room); /* make_buf's buffer is exactly full */
+    assert_null(wsh_wq_tail_reserve(q, 5)); /* make_buf's buffer is exactly full */
     struct wsh_buf *t = wsh_buf_new(64);
     assert_non_null(t);
     if (t == NULL)
@@ -162,28 +172,24 @@ static void test_wq_tail_mark_replace_and_cancel(void **state)
     wsh_wq_tail_drop(q, 5);
     assert_int_equal(wsh_wq_bytes(q), 10);
     assert_int_equal(wsh_wq_tail_replaceable(q), 0);
-    room = wsh_wq_tail_reserve(q, 5);
-    assert_non_null(room);
-    if (room == NULL)
-        abort();
-    memset(room, 'q', 5);
-    wsh_wq_tail_commit(q, 5);
+    cork(q, 'q', 5);
     wsh_wq_tail_mark(q, 5);
     assert_int_equal(wsh_wq_tail_replaceable(q), 5);
     /* A commit after it cancels the mark. */
-    room = wsh_wq_tail_reserve(q, 3);
-    assert_non_null(room);
-    if (room == NULL)
-        abort();
-    memset(room, 'r', 3);
-    wsh_wq_tail_commit(q, 3);
+    cork(q, 'r', 3);
     assert_int_equal(wsh_wq_tail_replaceable(q), 0);
     /* So does a push. */
     wsh_wq_tail_mark(q, 3);
     assert_int_equal(wsh_wq_push(&q, make_buf('s', 4)), WSH_OK);
     assert_int_equal(wsh_wq_tail_replaceable(q), 0);
+    /* The replaced unit left no byte behind. */
+    uint8_t scratch[64];
+    const uint8_t *out;
+    size_t n = wsh_wq_gather(q, scratch, sizeof(scratch), &out);
+    assert_int_equal(n, 22);
+    assert_memory_equal(out, "aaaaaaaaaaqqqqqrrrssss", 22);
     /* A write reaching into the marked unit cancels it; one short of it
-     * does not. Queue now: 10 a, 5 q, 3 r, 4 s = 22 bytes. */
+     * does not. */
     wsh_wq_tail_mark(q, 4);
     wsh_wq_consume(&q, 18);
     assert_int_equal(wsh_wq_tail_replaceable(q), 4);
