@@ -112,6 +112,24 @@ void *wsh_loop_user(const struct wsh_loop *l);
 uint64_t wsh_loop_now(const struct wsh_loop *l);
 uint64_t wsh_now_ms(void);
 
+/* 32-bit stamps of loop time, for clocks kept in small fields (only
+ * differences are used, which survive the wrap). A stamp is never 0, so 0
+ * can mean "unset". Stamp and check with the same function: the loop's
+ * time is cached per turn, so a check can run in the very millisecond of
+ * the stamp, and an even `now` against a stamp of `now | 1` would read
+ * as 2^32 - 1 ms. wsh_stamp_age() returns 0 for an unset stamp or one
+ * ahead of `now`. */
+static inline uint32_t wsh_stamp(uint64_t now_ms)
+{
+    return (uint32_t)now_ms | 1u;
+}
+
+static inline uint32_t wsh_stamp_age(uint32_t since, uint32_t now)
+{
+    uint32_t d = now - since;
+    return since == 0 || d > UINT32_MAX / 2 ? 0 : d;
+}
+
 /* ------------------------------------------------------------------ */
 /* Write queues                                                        */
 
@@ -171,6 +189,15 @@ static inline size_t wsh_wq_bytes(const struct wsh_wq *q)
 {
     return q ? q->bytes : 0;
 }
+
+/* The owner's clocks (stall and soft-limit checks), in wsh_stamp()s.
+ * wsh_wq_note() follows a flush that started with `before` bytes queued:
+ * progress when fewer remain (or on the first note), and the time the
+ * queue went over `soft` bytes (0 = no soft limit). The _ms functions
+ * return how long ago, 0 when unset. */
+void wsh_wq_note(struct wsh_wq *q, uint32_t now, size_t before, size_t soft);
+uint32_t wsh_wq_stalled_ms(const struct wsh_wq *q, uint32_t now);
+uint32_t wsh_wq_over_ms(const struct wsh_wq *q, uint32_t now);
 
 /* Bytes at the front of the queue for one TLS record: a pointer into the
  * head buffer when it alone holds at least max bytes, else up to max bytes

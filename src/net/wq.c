@@ -190,3 +190,23 @@ void wsh_wq_consume(struct wsh_wq **qp, size_t n)
         *qp = NULL;
     }
 }
+
+void wsh_wq_note(struct wsh_wq *q, uint32_t now, size_t before, size_t soft)
+{
+    if (q->since_progress == 0 || q->bytes < before)
+        q->since_progress = now;
+    if (soft == 0 || q->bytes <= soft)
+        q->since_over = 0;
+    else if (q->since_over == 0)
+        q->since_over = now;
+}
+
+uint32_t wsh_wq_stalled_ms(const struct wsh_wq *q, uint32_t now)
+{
+    return wsh_stamp_age(q->since_progress, now);
+}
+
+uint32_t wsh_wq_over_ms(const struct wsh_wq *q, uint32_t now)
+{
+    return wsh_stamp_age(q->since_over, now);
+}

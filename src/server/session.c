@@ -209,10 +209,8 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
 static void note_progress(struct worker *w, struct conn *c)
 {
     if (wsh_parser_in_message(&c->parser) || c->msg != NULL) {
-        /* Loop milliseconds, truncated: only differences are used, which
-         * survive the wrap; | 1 keeps 0 meaning "no message". */
         if (c->msg_since == 0)
-            c->msg_since = (uint32_t)wsh_loop_now(w->loop) | 1u;
+            c->msg_since = wsh_stamp(wsh_loop_now(w->loop));
     } else {
         c->msg_since = 0;
     }
@@ -274,7 +272,7 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
 
 void session_timer(struct worker *w, struct conn *c)
 {
-    uint32_t age = (uint32_t)wsh_loop_now(w->loop) - c->msg_since;
+    uint32_t age = wsh_stamp_age(c->msg_since, wsh_stamp(wsh_loop_now(w->loop)));
     if (c->msg_since != 0 && wsh_cfg.message_timeout_ms > 0 && age >= wsh_cfg.message_timeout_ms) {
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=message_timeout", c->id);
         conn_close(w, c, WSH_CLOSE_POLICY, "message too slow");

@@ -511,19 +511,6 @@ static void update_events(struct worker *w, struct conn *c)
         w->nwaitout += was ? (size_t)-1 : 1;
 }
 
-/* The clocks of the stall and soft-limit checks (on_out_timer) live in
- * the queue, which exists only while something is queued. */
-static void stamp_queue(struct worker *w, struct wsh_wq *q, size_t before)
-{
-    uint32_t now = (uint32_t)wsh_loop_now(w->loop) | 1u; /* 0 means unset */
-    if (q->since_progress == 0 || q->bytes < before)
-        q->since_progress = now;
-    if (wsh_cfg.soft_queue == 0 || q->bytes <= wsh_cfg.soft_queue)
-        q->since_over = 0;
-    else if (q->since_over == 0)
-        q->since_over = now;
-}
-
 static void flush_conn(struct worker *w, struct conn *c)
 {
     size_t before = wsh_wq_bytes(c->wq);
@@ -532,8 +519,10 @@ static void flush_conn(struct worker *w, struct conn *c)
         conn_destroy(w, c);
         return;
     }
+    /* The clocks of on_out_timer live in the queue, which exists only
+     * while something is queued. */
     if (c->wq != NULL)
-        stamp_queue(w, c->wq, before);
+        wsh_wq_note(c->wq, wsh_stamp(wsh_loop_now(w->loop)), before, wsh_cfg.soft_queue);
     update_events(w, c);
     if (c->state == CONN_DEAD)
         return;
@@ -575,21 +564,20 @@ static void on_sweep(struct wsh_loop *l, struct wsh_timer *t)
 static void on_out_timer(struct wsh_loop *l, struct wsh_timer *t)
 {
     struct worker *w = wsh_loop_user(l);
-    uint32_t now = (uint32_t)wsh_loop_now(l);
+    uint32_t now = wsh_stamp(wsh_loop_now(l));
     struct conn *next;
     for (struct conn *c = w->nwaitout ? w->conns : NULL; c != NULL; c = next) {
         next = c->next;
         const struct wsh_wq *q = c->wq;
         if (q == NULL || !(c->io.events & EPOLLOUT))
             continue;
-        if (wsh_cfg.write_timeout_ms && q->since_progress &&
-            now - q->since_progress >= wsh_cfg.write_timeout_ms) {
+        if (wsh_cfg.write_timeout_ms && wsh_wq_stalled_ms(q, now) >= wsh_cfg.write_timeout_ms) {
             wsh_log(WSH_LOG_INFO, "conn=%u ev=write_stall queued=%zu", c->id, q->bytes);
             metric_add(&w->m.write_stalls, 1);
             conn_destroy(w, c);
             continue;
         }
-        if (q->since_over && now - q->since_over >= wsh_cfg.soft_queue_ms &&
+        if (q->since_over && wsh_wq_over_ms(q, now) >= wsh_cfg.soft_queue_ms &&
             c->state == CONN_OPEN && !(c->flags & CF_CLOSE_SENT) &&
             (c->endpoint == EP_RAW || (c->endpoint == EP_HUB && !hub_drops_for_lag(c))))
             slow_consumer(w, c, "soft");

@@ -200,6 +200,43 @@ static void test_wq_tail_mark_replace_and_cancel(void **state)
     assert_int_equal(wsh_wq_tail_replaceable(q), 0);
 }
 
+/* The stall and soft-limit clocks. The loop's time is cached per turn, so
+ * the once-a-second check can run in the very millisecond a flush stamped
+ * the queue; stamping `now | 1` (0 means unset) and checking against the
+ * raw `now` once read that as a stall of 2^32 - 1 ms and dropped busy,
+ * progressing connections (seen as a lost echo under load). */
+static void test_wq_clocks(void **state)
+{
+    (void)state;
+    struct wsh_wq *q = NULL;
+    assert_int_equal(wsh_wq_push(&q, make_buf('a', 1000)), WSH_OK);
+    assert_int_equal(wsh_wq_stalled_ms(q, wsh_stamp(5000)), 0); /* unset */
+
+    /* first note at an even millisecond, checked in the same one */
+    wsh_wq_note(q, wsh_stamp(1000), 1000, 0);
+    assert_int_equal(wsh_wq_stalled_ms(q, wsh_stamp(1000)), 0);
+    assert_int_equal(wsh_wq_stalled_ms(q, wsh_stamp(1000) - 1), 0); /* a stamp ahead of now */
+    assert_int_equal(wsh_wq_stalled_ms(q, wsh_stamp(11001)), 10000);
+
+    /* no progress (bytes not fewer than before): the clock keeps running */
+    wsh_wq_note(q, wsh_stamp(6000), 1000, 0);
+    assert_int_equal(wsh_wq_stalled_ms(q, wsh_stamp(11001)), 10000);
+    /* progress restarts it */
+    wsh_wq_consume(&q, 10);
+    wsh_wq_note(q, wsh_stamp(7000), 1000, 0);
+    assert_int_equal(wsh_wq_stalled_ms(q, wsh_stamp(11001)), 4000);
+
+    /* soft limit: over since the first note above it, cleared below it */
+    assert_int_equal(wsh_wq_over_ms(q, wsh_stamp(8000)), 0);
+    wsh_wq_note(q, wsh_stamp(8000), 990, 500);
+    wsh_wq_note(q, wsh_stamp(9000), 990, 500);
+    assert_int_equal(wsh_wq_over_ms(q, wsh_stamp(8000)), 0);
+    assert_int_equal(wsh_wq_over_ms(q, wsh_stamp(9500)), 1500);
+    wsh_wq_note(q, wsh_stamp(9600), 990, 2000);
+    assert_int_equal(wsh_wq_over_ms(q, wsh_stamp(9700)), 0);
+    wsh_wq_clear(&q);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -209,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_wq_drop_unstarted_keeps_started_head),
         cmocka_unit_test(test_wq_flush_error_on_closed_peer),
         cmocka_unit_test(test_wq_tail_mark_replace_and_cancel),
+        cmocka_unit_test(test_wq_clocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -119,11 +119,11 @@ describe('permessage-deflate (node ws)', () => {
       for (const n of SIZES) {
         const t = textOf(n, n);
         ws.send(t);
-        let m = await nextMessage(ws);
+        let m = await nextMessage(ws, 10000, `echo of text of ${n} bytes`);
         assert.ok(!m.isBinary && m.data.toString() === t, `text of ${n} bytes`);
         const b = binaryOf(n);
         ws.send(b);
-        m = await nextMessage(ws);
+        m = await nextMessage(ws, 10000, `echo of binary of ${n} bytes`);
         assert.ok(m.isBinary && Buffer.compare(m.data, b) === 0, `binary of ${n} bytes`);
       }
       // a stream of similar messages in flight at once
@@ -131,7 +131,7 @@ describe('permessage-deflate (node ws)', () => {
       for (let i = 0; i < 200; i++) msgs.push(JSON.stringify({ i, name: `user ${i}`, tags: ['a', 'b', i % 7], pad: textOf(i * 10, i) }));
       for (const m of msgs) ws.send(m);
       for (let i = 0; i < msgs.length; i++) {
-        const m = await nextMessage(ws);
+        const m = await nextMessage(ws, 10000, `echo of stream message ${i}`);
         assert.strictEqual(m.data.toString(), msgs[i], `stream message ${i}`);
       }
       const c = closed(ws);

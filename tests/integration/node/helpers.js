@@ -131,9 +131,9 @@ function open(url, opts = {}) {
   }), 5000, `open ${url}`);
 }
 
-function nextMessage(ws, ms = 10000) {
+function nextMessage(ws, ms = 10000, what = 'message') {
   if (ws.inbox.length) return Promise.resolve(ws.inbox.shift());
-  return withTimeout(new Promise((resolve) => ws.waiters.push(resolve)), ms, 'message');
+  return withTimeout(new Promise((resolve) => ws.waiters.push(resolve)), ms, what);
 }
 
 async function noMessage(ws, ms = 200) {
