@@ -58,6 +58,9 @@ start_server() {
     rawecho)
         taskset -c 0 "$build/bench/rawecho" --port 0 --mode "$mode" --size "$3" 2>"$tmp/err" &
         ;;
+    rawframe)
+        taskset -c 0 "$build/bench/rawecho" --port 0 --mode echo --size "$3" --lead 4 2>"$tmp/err" &
+        ;;
     node)
         taskset -c 0 node "$here/node/server.js" 0 2>"$tmp/err" &
         ;;
@@ -85,7 +88,7 @@ start_server() {
 available() {
     case $1 in
     wshub) [ -x "$build/src/server/wshub" ] ;;
-    rawecho) [ -x "$build/bench/rawecho" ] ;;
+    rawecho | rawframe) [ -x "$build/bench/rawecho" ] ;;
     node) command -v node >/dev/null && [ -d "$here/node/node_modules/ws" ] ;;
     socketio) command -v node >/dev/null && [ -d "$here/node/node_modules/socket.io" ] ;;
     lws) [ -x "$build/bench/lws_echo" ] ;;
@@ -97,10 +100,22 @@ one() {
     local server=$1 label=$2 raw="" mode=echo size=32
     shift 2
     case " $* " in *" fanout "*) mode=fanout ;; esac
-    if [ "$server" = rawecho ]; then
+    if [ "$server" = rawecho ] || [ "$server" = rawframe ]; then
         raw=--raw
         size=$(echo "$*" | sed -n 's/.*-s \([0-9]*\).*/\1/p')
         size=${size:-32}
+    fi
+    if [ "$server" = rawframe ]; then
+        # The bytes and layout of wshub's echo of a 126..65,535-byte
+        # message: 4 more bytes per message (the reply's frame header),
+        # sent from 60 bytes into a cache line (rawecho --lead 4).
+        size=$((size + 4))
+        local a=() prev="" x
+        for x in "$@"; do
+            if [ "$prev" = -s ]; then a+=("$size"); else a+=("$x"); fi
+            prev=$x
+        done
+        set -- "${a[@]}"
     fi
     start_server "$server" "$mode" "$size" || return
     sleep 0.3
@@ -126,7 +141,8 @@ cell() {
 
 # TARGETS=1: only the cells whose ratio to rawecho issue 2 sets a target,
 # wshub and rawecho taking turns REPS times (default 15, 3 s runs), then
-# the ratio of the medians per cell (ratios.py). On a shared machine the
+# the ratio of the medians per cell (ratios.py). The 16 KiB cell also runs
+# rawframe (FRAME=0 skips it). On a shared machine the
 # rate of a 5 s run moves by +-10 %: many short interleaved runs give a
 # steadier median than three long ones.
 if [ "${TARGETS:-0}" = 1 ]; then
@@ -144,7 +160,13 @@ done
 if [ "${TARGETS:-0}" = 1 ]; then
     cell "echo 100x1 32B" "$REPS" echo -c 100 -p 1 -s 32
     cell "echo 100x16 32B" "$REPS" echo -c 100 -p 16 -s 32
+    # The 16 KiB cell also runs rawframe: rawecho sending wshub's reply
+    # bytes in wshub's layout, what the frame header alone costs the
+    # kernel (bench/README.md, "what the frame header costs").
+    servers_t=$servers
+    available rawframe && [ "${FRAME:-1}" = 1 ] && servers="$servers rawframe"
     cell "echo 100x1 16KiB" "$REPS" echo -c 100 -p 1 -s 16384
+    servers=$servers_t
     cell "fanout 64B x10000" "$REPS" fanout -c 10000 -s 64 --sources 4
     python3 "$here/ratios.py" "$OUT"
 fi
