@@ -283,7 +283,7 @@ static void read_echo(struct rconn *c, bool to_eagain)
             c->blocked = true;
             return;
         }
-        if ((size_t)n < RBUF - g.lead && !to_eagain)
+        if (n < RBUF && !to_eagain) /* the two iovecs of --lead hold RBUF too */
             return;
     }
 }

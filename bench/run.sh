@@ -102,17 +102,18 @@ one() {
     case " $* " in *" fanout "*) mode=fanout ;; esac
     if [ "$server" = rawecho ] || [ "$server" = rawframe ]; then
         raw=--raw
-        size=$(echo "$*" | sed -n 's/.*-s \([0-9]*\).*/\1/p')
-        size=${size:-32}
-    fi
-    if [ "$server" = rawframe ]; then
-        # The bytes and layout of wshub's echo of a 126..65,535-byte
-        # message: 4 more bytes per message (the reply's frame header),
-        # sent from 60 bytes into a cache line (rawecho --lead 4).
-        size=$((size + 4))
+        # The server is told the bench's message size (-s, default 32).
+        # rawframe gets the bytes and layout of wshub's echo of a
+        # 126..65,535-byte message: 4 more bytes per message (the reply's
+        # frame header), sent from 60 bytes into a cache line
+        # (rawecho --lead 4), so the bench sends -s + 4.
         local a=() prev="" x
         for x in "$@"; do
-            if [ "$prev" = -s ]; then a+=("$size"); else a+=("$x"); fi
+            if [ "$prev" = -s ]; then
+                [ "$server" = rawframe ] && x=$((x + 4))
+                size=$x
+            fi
+            a+=("$x")
             prev=$x
         done
         set -- "${a[@]}"
