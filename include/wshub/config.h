@@ -27,6 +27,8 @@
 #define WSH_CFG_DEFAULT_MAX_CONNS_PER_IP   256u
 #define WSH_CFG_DEFAULT_HANDSHAKE_RATE_IP  0.0 /* off: NAT puts many users behind one */
 #define WSH_CFG_DEFAULT_HANDSHAKE_BURST_IP 100u
+#define WSH_CFG_DEFAULT_ADMISSION_RATE     0.0 /* off: a server's capacity is its operator's to say */
+#define WSH_CFG_DEFAULT_ADMISSION_BURST    1000u
 #define WSH_CFG_DEFAULT_MAX_MESSAGE        65536u
 #define WSH_CFG_DEFAULT_JSON_DEPTH         32u
 #define WSH_CFG_DEFAULT_MAX_CHANNEL        128u
@@ -90,6 +92,8 @@ struct wsh_limits_config {
     uint32_t max_connections_per_ip; /* 0 = unlimited */
     double handshake_rate_per_ip;    /* new connections per second per address, 0 = off */
     uint32_t handshake_burst_per_ip; /* its bucket size */
+    double admission_rate;           /* WebSocket upgrades per second, server-wide, 0 = off */
+    uint32_t admission_burst;        /* its bucket size */
     uint32_t max_message;            /* bytes of one client message */
     uint32_t json_depth;             /* nesting of one client message */
     uint32_t max_channel;            /* bytes of a channel name */

@@ -44,6 +44,8 @@ void wsh_config_defaults(struct wsh_hub_config *cfg)
     l->max_connections_per_ip = WSH_CFG_DEFAULT_MAX_CONNS_PER_IP;
     l->handshake_rate_per_ip = WSH_CFG_DEFAULT_HANDSHAKE_RATE_IP;
     l->handshake_burst_per_ip = WSH_CFG_DEFAULT_HANDSHAKE_BURST_IP;
+    l->admission_rate = WSH_CFG_DEFAULT_ADMISSION_RATE;
+    l->admission_burst = WSH_CFG_DEFAULT_ADMISSION_BURST;
     l->max_message = WSH_CFG_DEFAULT_MAX_MESSAGE;
     l->json_depth = WSH_CFG_DEFAULT_JSON_DEPTH;
     l->max_channel = WSH_CFG_DEFAULT_MAX_CHANNEL;
@@ -582,6 +584,8 @@ static const char *const limit_keys[] = { "publish_rate",
                                           "max_connections_per_ip",
                                           "handshake_rate_per_ip",
                                           "handshake_burst_per_ip",
+                                          "admission_rate",
+                                          "admission_burst",
                                           "max_message",
                                           "json_depth",
                                           "max_channel",
@@ -597,13 +601,16 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
                   "a number of messages per second above 0 and up to 1000000", &l->publish_rate) ||
         !get_rate(c, v, "handshake_rate_per_ip", true,
                   "a number of connections per second from 0 (off) up to 1000000",
-                  &l->handshake_rate_per_ip))
+                  &l->handshake_rate_per_ip) ||
+        !get_rate(c, v, "admission_rate", true,
+                  "a number of upgrades per second from 0 (off) up to 1000000", &l->admission_rate))
         return false;
     if (!get_u32(c, v, "publish_burst", 1, 1000000, &l->publish_burst) ||
         !get_u32(c, v, "max_subscriptions", 1, 1000000, &l->max_subscriptions) ||
         !get_u32(c, v, "max_connections", 0, 10000000, &l->max_connections) ||
         !get_u32(c, v, "max_connections_per_ip", 0, 10000000, &l->max_connections_per_ip) ||
         !get_u32(c, v, "handshake_burst_per_ip", 1, 1000000, &l->handshake_burst_per_ip) ||
+        !get_u32(c, v, "admission_burst", 1, 1000000, &l->admission_burst) ||
         !get_u32(c, v, "max_message", 256, 64u * 1024u * 1024u, &l->max_message) ||
         !get_u32(c, v, "json_depth", 2, 1000, &l->json_depth) ||
         !get_u32(c, v, "max_channel", 8, 1024, &l->max_channel))

@@ -254,6 +254,33 @@ int wsh_tls_flush(struct ssl_st *ssl, struct wsh_wq **q, uint32_t *retry);
 void wsh_tls_shutdown(struct ssl_st *ssl);
 
 /* ------------------------------------------------------------------ */
+/* Admission rates                                                     */
+
+/* A token bucket on a millisecond clock the caller passes in (so it is
+ * tested without sleeping), plus a schedule of promises for the callers it
+ * refuses: wsh_rate_promise() gives each refused caller its own future
+ * slot, 1/rate apart, so that clients told to come back arrive about as
+ * fast as the bucket refills instead of all in the same second. Not
+ * thread-safe: the owner locks. */
+struct wsh_rate {
+    double per_ms; /* tokens per millisecond */
+    double cap;    /* bucket size */
+    double tokens;
+    uint64_t last_ms; /* clock of the last refill */
+    double next_slot; /* ms: the earliest slot not yet promised */
+};
+
+/* per_s > 0 tokens per second, burst >= 1; the bucket starts full. */
+void wsh_rate_init(struct wsh_rate *r, double per_s, uint32_t burst, uint64_t now_ms);
+/* Takes a token if there is one. */
+bool wsh_rate_take(struct wsh_rate *r, uint64_t now_ms);
+/* After a refused take: milliseconds from now to the slot promised to this
+ * caller (at least the time to the next token), or 0 when that slot would
+ * lie beyond horizon_ms (nothing is promised then; the caller spreads such
+ * refusals itself). */
+uint64_t wsh_rate_promise(struct wsh_rate *r, uint64_t now_ms, uint64_t horizon_ms);
+
+/* ------------------------------------------------------------------ */
 /* Sockets                                                             */
 
 /* Creates a non-blocking listening socket with SO_REUSEADDR and

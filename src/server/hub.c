@@ -434,6 +434,12 @@ void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_i
     *burst_per_ip = have_config ? hubcfg.limits.handshake_burst_per_ip : 0;
 }
 
+void hub_admission(double *rate, uint32_t *burst)
+{
+    *rate = have_config ? hubcfg.limits.admission_rate : 0;
+    *burst = have_config ? hubcfg.limits.admission_burst : 0;
+}
+
 size_t hub_queue_limit(const struct conn *c)
 {
     /* LIMITS.md: a peer that has not authenticated gets a small outbound

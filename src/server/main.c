@@ -445,6 +445,8 @@ int main(int argc, char **argv)
         hub_conn_limits(&total, &wsh_cfg.max_per_ip, &wsh_cfg.ip_rate, &wsh_cfg.ip_burst);
         if (total > 0 && total < wsh_cfg.max_connections)
             wsh_cfg.max_connections = total;
+        hub_admission(&wsh_cfg.admit_rate, &wsh_cfg.admit_burst);
+        worker_admission_init();
     }
 
     wsh_nworkers = wsh_cfg.workers;

@@ -111,6 +111,9 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
             "Connections dropped because their queued output made no progress for "
             "--write-timeout.",
             SUM(write_stalls));
+    counter(&o, "wshub_admission_refused_total",
+            "WebSocket upgrades refused with 503 over limits.admission_rate.",
+            SUM(admission_refused));
     put(&o, "# HELP wshub_closes_total Close frames sent, by close code.\n"
             "# TYPE wshub_closes_total counter\n");
     for (int i = 0; i <= METRIC_CODES; i++) {

@@ -35,6 +35,8 @@ struct wsh_config {
     uint32_t max_per_ip; /* 0 = no per-address limit */
     double ip_rate;      /* new connections per second per address, 0 = off */
     uint32_t ip_burst;
+    double admit_rate; /* WebSocket upgrades per second, server-wide, 0 = off */
+    uint32_t admit_burst;
     const char *port_file;
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
@@ -184,6 +186,7 @@ struct metrics {
     _Atomic uint64_t frames_out, bytes_in, bytes_out;
     _Atomic uint64_t slow_consumers;
     _Atomic uint64_t write_stalls;
+    _Atomic uint64_t admission_refused;
     _Atomic uint64_t closes[METRIC_CODES + 1];    /* by code, last = other */
     _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */
     _Atomic uint64_t lat_sum_us, lat_count;
@@ -254,6 +257,8 @@ extern _Atomic int wsh_shutdown_code; /* 0, or the close code to send */
 extern _Atomic size_t wsh_total_conns;
 
 int worker_init(struct worker *w, int id, int listen_fd);
+/* Starts the admission bucket from wsh_cfg; before the workers run. */
+void worker_admission_init(void);
 void *worker_main(void *arg);
 void worker_wake(struct worker *w);
 
@@ -290,6 +295,8 @@ int hub_init(const char *config_path, char *err, size_t errlen);
 /* Connection limits from the configuration file (0 when not set). */
 void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_ip,
                      uint32_t *burst_per_ip);
+/* The server-wide admission rate of upgrades (0 when not set). */
+void hub_admission(double *rate, uint32_t *burst);
 /* The outbound queue limit for a /ws connection (c->hub set): --max-queue,
  * or less before auth. */
 size_t hub_queue_limit(const struct conn *c);

@@ -420,6 +420,9 @@ void conn_close(struct worker *w, struct conn *c, unsigned code, const char *rea
     wsh_log(WSH_LOG_DEBUG, "conn=%u ev=close_sent code=%u", c->id, code);
 }
 
+static void respond(struct worker *w, struct conn *c, int status, const char *type,
+                    const char *extra, const char *body, size_t len);
+
 static void http_reply(struct worker *w, struct conn *c, int status, const char *error)
 {
     char out[512];
@@ -728,6 +731,47 @@ static bool pick_deflate(struct wsh_slice name, const struct wsh_slice *pn,
     return true;
 }
 
+/* ------------------------------------------------------------------ */
+/* Admission of upgrades                                               */
+
+/* limits.admission_rate (LIMITS.md: 503 + Retry-After over the admission
+ * rate): one token bucket for the whole server, under a mutex taken once
+ * per upgrade request. It counts WebSocket upgrades only, so /healthz,
+ * /metrics and the API keep answering while a reconnect storm is held
+ * back, and the costly part of a connection (authentication, subscribing,
+ * replaying history) is what it spaces out. Each refused client is told
+ * its own Retry-After: the bucket promises refused clients slots one
+ * token's time apart (wsh_rate_promise), so those sent away come back
+ * about as fast as they can be let in. Past ADMIT_HORIZON_MS of promises
+ * the rest are spread over the horizon by connection id. */
+#define ADMIT_HORIZON_MS 60000u
+
+static pthread_mutex_t admit_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct wsh_rate admit_bucket;
+
+void worker_admission_init(void)
+{
+    if (wsh_cfg.admit_rate > 0)
+        wsh_rate_init(&admit_bucket, wsh_cfg.admit_rate, wsh_cfg.admit_burst, wsh_now_ms());
+}
+
+/* 0 when the upgrade may go ahead, else the seconds for Retry-After. */
+static uint32_t admit_upgrade(const struct conn *c)
+{
+    if (wsh_cfg.admit_rate <= 0)
+        return 0;
+    uint64_t wait_ms = 0;
+    pthread_mutex_lock(&admit_mu);
+    uint64_t now = wsh_now_ms();
+    if (!wsh_rate_take(&admit_bucket, now)) {
+        wait_ms = wsh_rate_promise(&admit_bucket, now, ADMIT_HORIZON_MS);
+        if (wait_ms == 0)
+            wait_ms = 1000u + ((uint64_t)c->id * 2654435761u) % (ADMIT_HORIZON_MS - 1000u);
+    }
+    pthread_mutex_unlock(&admit_mu);
+    return (uint32_t)((wait_ms + 999u) / 1000u);
+}
+
 /* Routes a complete request head. Returns the bytes of the head, or 0 when
  * the connection was answered and is closing. */
 static void http_route(struct worker *w, struct conn *c, const struct wsh_http_request *req)
@@ -796,6 +840,18 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         WSH_OK) {
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d", c->id, res.status);
         http_reply(w, c, res.status, res.error ? res.error : "bad request");
+        return;
+    }
+    uint32_t retry_s = admit_upgrade(c);
+    if (retry_s > 0) {
+        char extra[48];
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
+        metric_add(&w->m.admission_refused, 1);
+        wsh_log(WSH_LOG_DEBUG,
+                "conn=%u ev=handshake_refused status=503 why=\"admission rate\" retry_s=%u", c->id,
+                retry_s);
+        static const char body[] = "over the admission rate: retry later\n";
+        respond(w, c, 503, "text/plain", extra, body, sizeof(body) - 1);
         return;
     }
     if (ep == EP_HUB) {
@@ -900,15 +956,16 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
 }
 
 /* Answers a plain HTTP request and closes after the body (no keep-alive:
- * every client of ours opens a connection per request or upgrades). */
-void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
-                  size_t len)
+ * every client of ours opens a connection per request or upgrades).
+ * `extra` is more header lines, each ending in CRLF. */
+static void respond(struct worker *w, struct conn *c, int status, const char *type,
+                    const char *extra, const char *body, size_t len)
 {
     char head[512];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                      "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                      status, wsh_http_reason(status), type, len);
+                      "%sCache-Control: no-store\r\nConnection: close\r\n\r\n",
+                      status, wsh_http_reason(status), type, len, extra);
     conn_send_bytes(w, c, head, (size_t)hl);
     if (c->state != CONN_DEAD && len)
         conn_send_bytes(w, c, body, len);
@@ -918,6 +975,12 @@ void http_respond(struct worker *w, struct conn *c, int status, const char *type
     c->state = CONN_CLOSING;
     mark_pending(w, c);
     wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
+}
+
+void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
+                  size_t len)
+{
+    respond(w, c, status, type, "", body, len);
 }
 
 static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, size_t n)

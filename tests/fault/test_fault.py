@@ -697,3 +697,54 @@ def test_fault_ping_flood_answered_with_latest_pong(server):
     assert read_close(s) == 1000
     s.close()
     assert_healthy(server, base)
+
+
+def test_fault_reconnect_storm_admitted_at_the_rate(tmp_path):
+    """A reconnect storm (LIMITS.md: "reconnect storms after a restart"):
+    200 clients send their upgrade at once to a server admitting 20 a
+    second. The burst gets in; every other client gets 503 with a
+    Retry-After, and those are spread so that about 20 are told each
+    second rather than all the same one. The server stays healthy and
+    back at its baseline."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"limits": {"admission_rate": 20, "admission_burst": 20,'
+                   ' "max_connections_per_ip": 0}}')
+    srv = Server("--config", str(cfg))
+    try:
+        base = srv.fds()
+        socks = [connect(srv.port) for _ in range(200)]
+        for s in socks:
+            key = base64.b64encode(os.urandom(16)).decode()
+            s.sendall((f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                       f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        t0 = time.monotonic()
+        admitted, retries = 0, []
+        for s in socks:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                assert chunk, "closed without a response"
+                head += chunk
+            if head.startswith(b"HTTP/1.1 101"):
+                admitted += 1
+                continue
+            assert head.startswith(b"HTTP/1.1 503"), head
+            ra = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"retry-after:")]
+            assert ra, head
+            retries.append(int(ra[0].split(b":")[1]))
+        spent = time.monotonic() - t0
+        # The burst, plus what the rate refilled while the storm lasted.
+        assert 20 <= admitted <= 20 + int(20 * (spent + 1)) + 1, (admitted, spent)
+        assert len(retries) == 200 - admitted
+        per_second = {}
+        for r in retries:
+            per_second[r] = per_second.get(r, 0) + 1
+        assert max(per_second.values()) <= 40, per_second
+        assert max(retries) >= len(retries) // 20 - 1, sorted(per_second.items())
+        for s in socks:
+            s.close()
+        time.sleep(1.0)  # a token for assert_healthy's client
+        assert_healthy(srv, base)
+    finally:
+        srv.stop()

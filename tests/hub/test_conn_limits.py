@@ -1,9 +1,12 @@
 """Connection limits of the configuration file (LIMITS.md): per client
 address (429 with Retry-After) and in total (503 with Retry-After); a slot
 freed by a closing connection can be taken again."""
+import base64
+import os
 import socket
 import time
 
+import wsraw
 from conftest import MULT, base_config, merge
 
 
@@ -102,3 +105,75 @@ def test_limits_handshake_rate_per_ip_429(hub):
         time.sleep(0.2)
     assert healthz_from(h.port, "127.0.0.1").startswith(b"HTTP/1.1 429 ")
     time.sleep(2.5)  # tokens for the fixture's two checks at teardown
+
+
+def upgrade(port, path="/raw/admission"):
+    """A raw upgrade request: (101, None, the open connection, which the
+    caller closes), or (status, Retry-After or None, body) of a refusal."""
+    c = wsraw.Conn("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    c.send((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    r = c.read_http_response(timeout=5)
+    if r.status == 101:
+        return 101, None, c
+    c.close()
+    ra = r.header("retry-after")
+    return r.status, (int(ra) if ra is not None else None), r.body
+
+
+def metric(port, name):
+    s = open_raw(port)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    for line in data.decode().split("\n"):
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_limits_admission_rate_503_spreads_retry_after(hub):
+    """limits.admission_rate: one bucket of upgrades for the whole server
+    (both workers). Past the burst, upgrades get 503, each with its own
+    Retry-After, one token's time (2 s here) after the one before, so a
+    refused crowd comes back spread out. Plain HTTP (/healthz, /metrics)
+    is not counted and keeps answering; time brings the upgrades back."""
+    h = hub(merge(base_config(), {"limits": {"admission_rate": 0.5, "admission_burst": 2,
+                                             "max_connections_per_ip": 0}}), workers=2)
+    held = []
+    for _ in range(2):
+        st, _, c = upgrade(h.port)
+        assert st == 101, st
+        held.append(c)
+    retries = []
+    for _ in range(5):
+        st, ra, body = upgrade(h.port)
+        assert st == 503, f"upgrade past the burst answered {st}"
+        assert ra is not None and b"admission" in body, body
+        retries.append(ra)
+    # Slots 2 s apart: 2, 4, 6, 8, 10 s, less what has passed since the
+    # burst ran out (each rounded up to a whole second).
+    assert retries[0] in (1, 2), retries
+    assert all(1 <= b - a <= 3 for a, b in zip(retries, retries[1:])), retries
+    assert 7 <= retries[-1] - retries[0] <= 9, retries
+    for _ in range(5):
+        assert healthz(h.port) == b"HTTP/1.1 200 OK"
+    assert metric(h.port, "wshub_admission_refused_total") == 5
+    deadline = time.monotonic() + 10 * MULT
+    while True:
+        st, _, c = upgrade(h.port)
+        if st == 101:
+            held.append(c)
+            break
+        assert time.monotonic() < deadline, "no upgrade admitted after waiting"
+        time.sleep(0.25)
+    for c in held:
+        c.close()
+    time.sleep(2.5)  # a token for the fixture's check at teardown
