@@ -274,6 +274,8 @@ struct wsh_rate {
 void wsh_rate_init(struct wsh_rate *r, double per_s, uint32_t burst, uint64_t now_ms);
 /* Takes a token if there is one. */
 bool wsh_rate_take(struct wsh_rate *r, uint64_t now_ms);
+/* Whether the bucket has refilled to its burst: an idle one may go. */
+bool wsh_rate_full(struct wsh_rate *r, uint64_t now_ms);
 /* After a refused take: milliseconds from now to the slot promised to this
  * caller (at least the time to the next token), or 0 when that slot would
  * lie beyond horizon_ms (nothing is promised then; the caller spreads such

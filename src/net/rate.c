@@ -33,6 +33,12 @@ bool wsh_rate_take(struct wsh_rate *r, uint64_t now_ms)
     return true;
 }
 
+bool wsh_rate_full(struct wsh_rate *r, uint64_t now_ms)
+{
+    refill(r, now_ms);
+    return r->tokens >= r->cap;
+}
+
 uint64_t wsh_rate_promise(struct wsh_rate *r, uint64_t now_ms, uint64_t horizon_ms)
 {
     refill(r, now_ms);

@@ -742,9 +742,19 @@ static bool pick_deflate(struct wsh_slice name, const struct wsh_slice *pn,
  * replaying history) is what it spaces out. Each refused client is told
  * its own Retry-After: the bucket promises refused clients slots one
  * token's time apart (wsh_rate_promise), so those sent away come back
- * about as fast as they can be let in. Past ADMIT_HORIZON_MS of promises
+ * about as fast as they can be let in. Past RETRY_HORIZON_MS of promises
  * the rest are spread over the horizon by connection id. */
-#define ADMIT_HORIZON_MS 60000u
+#define RETRY_HORIZON_MS 60000u
+
+/* Retry-After for a caller r has just refused: its promised slot, or past
+ * the horizon a second spread by `key`. The caller holds r's lock. */
+static uint32_t refusal_retry_s(struct wsh_rate *r, uint64_t now, uint32_t key)
+{
+    uint64_t ms = wsh_rate_promise(r, now, RETRY_HORIZON_MS);
+    if (ms == 0)
+        ms = 1000u + ((uint64_t)key * 2654435761u) % (RETRY_HORIZON_MS - 1000u);
+    return (uint32_t)((ms + 999u) / 1000u);
+}
 
 static pthread_mutex_t admit_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct wsh_rate admit_bucket;
@@ -760,16 +770,13 @@ static uint32_t admit_upgrade(const struct conn *c)
 {
     if (wsh_cfg.admit_rate <= 0)
         return 0;
-    uint64_t wait_ms = 0;
+    uint32_t retry_s = 0;
     pthread_mutex_lock(&admit_mu);
     uint64_t now = wsh_now_ms();
-    if (!wsh_rate_take(&admit_bucket, now)) {
-        wait_ms = wsh_rate_promise(&admit_bucket, now, ADMIT_HORIZON_MS);
-        if (wait_ms == 0)
-            wait_ms = 1000u + ((uint64_t)c->id * 2654435761u) % (ADMIT_HORIZON_MS - 1000u);
-    }
+    if (!wsh_rate_take(&admit_bucket, now))
+        retry_s = refusal_retry_s(&admit_bucket, now, c->id);
     pthread_mutex_unlock(&admit_mu);
-    return (uint32_t)((wait_ms + 999u) / 1000u);
+    return retry_s;
 }
 
 /* Routes a complete request head. Returns the bytes of the head, or 0 when
@@ -1214,34 +1221,26 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
  * connections it may open. One small table under a mutex taken at accept,
  * at destroy and by the 2-second sweep only. An entry lives while its
  * address holds connections or its bucket is refilling. IPv6 addresses
- * count one by one. */
+ * count one by one. Over the rate, Retry-After comes from the bucket's
+ * promised slots, as for the server-wide admission rate: the users behind
+ * one NAT who all reconnect at once are told to come back one after the
+ * other. */
 struct ipcount {
     struct ipcount *next;
     uint32_t n;
-    uint32_t mtokens; /* thousandths of a token */
-    uint32_t last_ms; /* loop-independent ms (truncated) of the last refill */
     uint8_t len;
     uint8_t addr[16];
+    struct wsh_rate rate; /* with limits.handshake_rate_per_ip */
 };
 
 #define IP_BUCKETS 4096u
 static pthread_mutex_t ip_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct ipcount *ip_table[IP_BUCKETS];
+static uint32_t ip_refusals; /* spreads refusals past the horizon */
 
 static uint32_t ip_hash(const uint8_t *a, size_t len)
 {
     return wsh_hash_bytes(a, len) % IP_BUCKETS;
-}
-
-/* Refills e's bucket up to now; returns true when it is full. */
-static bool ip_refill(struct ipcount *e, uint32_t now)
-{
-    uint64_t cap = (uint64_t)wsh_cfg.ip_burst * 1000u;
-    uint64_t add = (uint64_t)((double)(uint32_t)(now - e->last_ms) * wsh_cfg.ip_rate);
-    uint64_t t = e->mtokens + add;
-    e->mtokens = (uint32_t)(t < cap ? t : cap);
-    e->last_ms = now;
-    return e->mtokens == cap;
 }
 
 /* Takes a connection slot and a token for the peer's address. Returns the
@@ -1263,8 +1262,7 @@ static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *r
         return NULL;
     }
     pthread_mutex_lock(&ip_mu);
-    /* Read under the lock, so last_ms never runs ahead of now. */
-    uint32_t now = (uint32_t)wsh_now_ms();
+    uint64_t now = wsh_now_ms();
     struct ipcount **pp = &ip_table[ip_hash(a, len)], *e = *pp;
     while (e && !(e->len == len && memcmp(e->addr, a, len) == 0))
         e = e->next;
@@ -1276,24 +1274,17 @@ static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *r
         }
         e->len = len;
         memcpy(e->addr, a, len);
-        e->mtokens = wsh_cfg.ip_burst * 1000u;
-        e->last_ms = now;
+        if (wsh_cfg.ip_rate > 0)
+            wsh_rate_init(&e->rate, wsh_cfg.ip_rate, wsh_cfg.ip_burst, now);
         e->next = *pp;
         *pp = e;
     }
     if (wsh_cfg.max_per_ip > 0 && e->n >= wsh_cfg.max_per_ip) {
         *retry_s = 5; /* a slot frees when one of its connections closes */
         e = NULL;
-    } else if (wsh_cfg.ip_rate > 0) {
-        ip_refill(e, now);
-        if (e->mtokens < 1000u) {
-            /* Seconds until the next token, rounded up. */
-            double s = (1000u - e->mtokens) / (wsh_cfg.ip_rate * 1000.0);
-            *retry_s = s < 1.0 ? 1u : (uint32_t)(s + 0.999);
-            e = NULL;
-        } else {
-            e->mtokens -= 1000u;
-        }
+    } else if (wsh_cfg.ip_rate > 0 && !wsh_rate_take(&e->rate, now)) {
+        *retry_s = refusal_retry_s(&e->rate, now, ++ip_refusals);
+        e = NULL;
     }
     if (e != NULL)
         e->n++;
@@ -1328,12 +1319,12 @@ static void ip_sweep(void)
     if (wsh_cfg.max_per_ip == 0 && wsh_cfg.ip_rate <= 0)
         return;
     pthread_mutex_lock(&ip_mu);
-    uint32_t now = (uint32_t)wsh_now_ms();
+    uint64_t now = wsh_now_ms();
     for (uint32_t i = 0; i < IP_BUCKETS; i++) {
         struct ipcount *next;
         for (struct ipcount *e = ip_table[i]; e; e = next) {
             next = e->next;
-            if (e->n == 0 && (wsh_cfg.ip_rate <= 0 || ip_refill(e, now)))
+            if (e->n == 0 && (wsh_cfg.ip_rate <= 0 || wsh_rate_full(&e->rate, now)))
                 ip_unlink_free(e);
         }
     }

@@ -27,6 +27,18 @@ static void test_rate_burst_then_refill(void **state)
     assert_false(wsh_rate_take(&r, 100000));
 }
 
+/* An idle address's bucket may be forgotten once it is full again. */
+static void test_rate_full(void **state)
+{
+    (void)state;
+    struct wsh_rate r;
+    wsh_rate_init(&r, 4.0, 2, 0);
+    assert_true(wsh_rate_full(&r, 0));
+    assert_true(wsh_rate_take(&r, 0));
+    assert_false(wsh_rate_full(&r, 249));
+    assert_true(wsh_rate_full(&r, 250));
+}
+
 static void test_rate_fractional_rate(void **state)
 {
     (void)state;
@@ -120,6 +132,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rate_burst_then_refill),
+        cmocka_unit_test(test_rate_full),
         cmocka_unit_test(test_rate_fractional_rate),
         cmocka_unit_test(test_rate_promises_spread),
         cmocka_unit_test(test_rate_promise_horizon),
