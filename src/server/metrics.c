@@ -112,7 +112,7 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
             "--write-timeout.",
             SUM(write_stalls));
     counter(&o, "wshub_admission_refused_total",
-            "WebSocket upgrades refused with 503 over limits.admission_rate.",
+            "WebSocket upgrades refused over limits.admission_rate (503, or 1013 on /ws).",
             SUM(admission_refused));
     put(&o, "# HELP wshub_closes_total Close frames sent, by close code.\n"
             "# TYPE wshub_closes_total counter\n");

@@ -297,6 +297,9 @@ void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_i
                      uint32_t *burst_per_ip);
 /* The server-wide admission rate of upgrades (0 when not set). */
 void hub_admission(double *rate, uint32_t *burst);
+/* Sends `disconnect` (reconnect after retry_ms) and close 1013 to a /ws
+ * connection refused by the admission rate; it never became a session. */
+void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms);
 /* The outbound queue limit for a /ws connection (c->hub set): --max-queue,
  * or less before auth. */
 size_t hub_queue_limit(const struct conn *c);

@@ -735,15 +735,16 @@ static bool pick_deflate(struct wsh_slice name, const struct wsh_slice *pn,
 /* Admission of upgrades                                               */
 
 /* limits.admission_rate (LIMITS.md: 503 + Retry-After over the admission
- * rate): one token bucket for the whole server, under a mutex taken once
- * per upgrade request. It counts WebSocket upgrades only, so /healthz,
+ * rate; 1013, overload after the upgrade, on /ws, where a browser can read
+ * it): one token bucket for the whole server, under a mutex taken once per
+ * upgrade request. It counts WebSocket upgrades only, so /healthz,
  * /metrics and the API keep answering while a reconnect storm is held
  * back, and the costly part of a connection (authentication, subscribing,
  * replaying history) is what it spaces out. Each refused client is told
- * its own Retry-After: the bucket promises refused clients slots one
- * token's time apart (wsh_rate_promise), so those sent away come back
- * about as fast as they can be let in. Past RETRY_HORIZON_MS of promises
- * the rest are spread over the horizon by connection id. */
+ * its own delay: the bucket promises refused clients slots one token's
+ * time apart (wsh_rate_promise), so those sent away come back about as
+ * fast as they can be let in. Past RETRY_HORIZON_MS of promises the rest
+ * are spread over the horizon by connection id. */
 #define RETRY_HORIZON_MS 60000u
 
 /* Retry-After for a caller r has just refused: its promised slot, or past
@@ -849,19 +850,26 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         http_reply(w, c, res.status, res.error ? res.error : "bad request");
         return;
     }
+    /* Over the admission rate, /raw and /echo get 503. A /ws client is
+     * let through the upgrade only to be told `disconnect` with when to
+     * come back, then close 1013: a browser script never sees a refused
+     * upgrade's status or headers, but it reads these. Its token is not
+     * even checked. */
     uint32_t retry_s = admit_upgrade(c);
     if (retry_s > 0) {
-        char extra[48];
-        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
         metric_add(&w->m.admission_refused, 1);
-        wsh_log(WSH_LOG_DEBUG,
-                "conn=%u ev=handshake_refused status=503 why=\"admission rate\" retry_s=%u", c->id,
-                retry_s);
-        static const char body[] = "over the admission rate: retry later\n";
-        respond(w, c, 503, "text/plain", extra, body, sizeof(body) - 1);
-        return;
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=admission_refused path=%.*s retry_s=%u", c->id,
+                (int)req->path_len, req->path, retry_s);
+        if (ep != EP_HUB) {
+            char extra[48];
+            snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
+            static const char body[] = "over the admission rate: retry later\n";
+            respond(w, c, 503, "text/plain", extra, body, sizeof(body) - 1);
+            return;
+        }
+        pick.accepted = false; /* the notice goes out uncompressed */
     }
-    if (ep == EP_HUB) {
+    if (ep == EP_HUB && retry_s == 0) {
         const char *why = NULL;
         int st = hub_upgrade_check(w, c, req, &why);
         if (st != 0) {
@@ -891,9 +899,15 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     if (c->state == CONN_DEAD)
         return;
     c->state = CONN_OPEN;
-    c->endpoint = (uint8_t)ep;
     /* RSV1 is legal only once permessage-deflate was agreed. */
     wsh_parser_init(&c->parser, WSH_ROLE_SERVER, c->pmd ? 0x40 : 0);
+    if (retry_s > 0) {
+        /* Never a /ws session (no c->hub): what the client sends before
+         * our close is discarded. */
+        hub_overload_notice(w, c, (uint64_t)retry_s * 1000u);
+        return;
+    }
+    c->endpoint = (uint8_t)ep;
     if (ep == EP_RAW && rawchan_join(w, c, chan, chan_len) == NULL) {
         conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
         return;

@@ -1,13 +1,15 @@
 """Connection limits of the configuration file (LIMITS.md): per client
 address (429 with Retry-After) and in total (503 with Retry-After); a slot
 freed by a closing connection can be taken again."""
+import asyncio
 import base64
 import os
 import socket
 import time
 
+import websockets
 import wsraw
-from conftest import MULT, base_config, merge
+from conftest import MULT, Client, base_config, merge, run_async, token
 
 
 def open_raw(port):
@@ -180,3 +182,36 @@ def test_limits_admission_rate_503_spreads_retry_after(hub):
     for c in held:
         c.close()
     time.sleep(2.5)  # a token for the fixture's check at teardown
+
+
+@run_async
+async def test_limits_admission_rate_ws_told_when_to_come_back(hub):
+    """On /ws a refused client is let through the upgrade to read what a
+    browser could not read from a 503: `disconnect` with reconnect:true
+    and its own retry_after_ms, then close 1013 (try again later), even
+    if it sent `connect` at once. Each is told a later slot than the one
+    before."""
+    h = hub(merge(base_config(), {"limits": {"admission_rate": 0.5, "admission_burst": 1,
+                                             "max_connections_per_ip": 0}}), workers=2)
+    first = await Client.open(h, token("first"))
+    delays = []
+    for i in range(3):
+        c = await Client.open(h, token(f"u{i}"), connect=False)
+        try:
+            await c.send({"type": "connect", "id": 1})
+        except websockets.exceptions.ConnectionClosed:
+            pass  # the notice and the close came first
+        code, reason, seen = await c.expect_close()
+        assert code == 1013, (code, reason, seen)
+        assert [m["type"] for m in seen] == ["disconnect"], seen
+        p = seen[0]["payload"]
+        assert p["code"] == 1013 and p["reconnect"] is True, p
+        delays.append(p["retry_after_ms"])
+    # Slots 2 s apart (0.5/s), in whole seconds.
+    assert all(1000 <= b - a <= 3000 for a, b in zip(delays, delays[1:])), delays
+    assert 1000 <= delays[0] <= 2000, delays
+    # The session admitted first is untouched.
+    await first.subscribe("chat:adm")
+    await first.close()
+    assert metric(h.port, "wshub_admission_refused_total") == 3
+    await asyncio.sleep(2.5)  # a token for the fixture's check at teardown
