@@ -27,6 +27,7 @@
 #define WSH_CFG_DEFAULT_MAX_CONNS_PER_IP   256u
 #define WSH_CFG_DEFAULT_HANDSHAKE_RATE_IP  0.0 /* off: NAT puts many users behind one */
 #define WSH_CFG_DEFAULT_HANDSHAKE_BURST_IP 100u
+#define WSH_CFG_DEFAULT_IPV6_PREFIX        64u /* one user commonly holds a /64 */
 #define WSH_CFG_DEFAULT_ADMISSION_RATE     0.0 /* off: a server's capacity is its operator's to say */
 #define WSH_CFG_DEFAULT_ADMISSION_BURST    1000u
 #define WSH_CFG_DEFAULT_MAX_MESSAGE        65536u
@@ -92,6 +93,7 @@ struct wsh_limits_config {
     uint32_t max_connections_per_ip; /* 0 = unlimited */
     double handshake_rate_per_ip;    /* new connections per second per address, 0 = off */
     uint32_t handshake_burst_per_ip; /* its bucket size */
+    uint32_t ipv6_prefix;            /* bits of an IPv6 address counted as one client */
     double admission_rate;           /* WebSocket upgrades per second, server-wide, 0 = off */
     uint32_t admission_burst;        /* its bucket size */
     uint32_t max_message;            /* bytes of one client message */

@@ -44,6 +44,7 @@ void wsh_config_defaults(struct wsh_hub_config *cfg)
     l->max_connections_per_ip = WSH_CFG_DEFAULT_MAX_CONNS_PER_IP;
     l->handshake_rate_per_ip = WSH_CFG_DEFAULT_HANDSHAKE_RATE_IP;
     l->handshake_burst_per_ip = WSH_CFG_DEFAULT_HANDSHAKE_BURST_IP;
+    l->ipv6_prefix = WSH_CFG_DEFAULT_IPV6_PREFIX;
     l->admission_rate = WSH_CFG_DEFAULT_ADMISSION_RATE;
     l->admission_burst = WSH_CFG_DEFAULT_ADMISSION_BURST;
     l->max_message = WSH_CFG_DEFAULT_MAX_MESSAGE;
@@ -584,6 +585,7 @@ static const char *const limit_keys[] = { "publish_rate",
                                           "max_connections_per_ip",
                                           "handshake_rate_per_ip",
                                           "handshake_burst_per_ip",
+                                          "ipv6_prefix",
                                           "admission_rate",
                                           "admission_burst",
                                           "max_message",
@@ -610,6 +612,7 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         !get_u32(c, v, "max_connections", 0, 10000000, &l->max_connections) ||
         !get_u32(c, v, "max_connections_per_ip", 0, 10000000, &l->max_connections_per_ip) ||
         !get_u32(c, v, "handshake_burst_per_ip", 1, 1000000, &l->handshake_burst_per_ip) ||
+        !get_u32(c, v, "ipv6_prefix", 32, 128, &l->ipv6_prefix) ||
         !get_u32(c, v, "admission_burst", 1, 1000000, &l->admission_burst) ||
         !get_u32(c, v, "max_message", 256, 64u * 1024u * 1024u, &l->max_message) ||
         !get_u32(c, v, "json_depth", 2, 1000, &l->json_depth) ||

@@ -298,5 +298,13 @@ ssize_t wsh_sock_recv(int fd, void *buf, size_t cap);
  * cap). The bytes land exactly as one recv into buf would put them. */
 ssize_t wsh_sock_recv_split(int fd, void *buf, size_t head, size_t cap);
 ssize_t wsh_sock_sendv(int fd, const struct iovec *iov, int n);
+/* The key a client address is counted under by per-address limits: an
+ * IPv4 address (also one mapped into IPv6 by a dual-stack listener) as its
+ * 4 bytes, an IPv6 address as 16 bytes with everything past its first
+ * v6_prefix bits zeroed. One user commonly holds a whole /64, so counting
+ * IPv6 addresses one by one would let them step around any per-address
+ * bound. Returns 4, 16, or 0 for another family. */
+struct sockaddr_storage;
+size_t wsh_addr_key(const struct sockaddr_storage *ss, unsigned v6_prefix, uint8_t out[16]);
 
 #endif

@@ -146,3 +146,26 @@ ssize_t wsh_sock_sendv(int fd, const struct iovec *iov, int n)
     } while (w < 0 && errno == EINTR);
     return w;
 }
+
+size_t wsh_addr_key(const struct sockaddr_storage *ss, unsigned v6_prefix, uint8_t out[16])
+{
+    if (ss->ss_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+        return 4;
+    }
+    if (ss->ss_family != AF_INET6)
+        return 0;
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a)) {
+        /* An IPv4 client of a dual-stack listener: its own address, or
+         * every IPv4 client would share one ::ffff:0:0/96 key. */
+        memcpy(out, a->s6_addr + 12, 4);
+        return 4;
+    }
+    if (v6_prefix > 128)
+        v6_prefix = 128;
+    memcpy(out, a->s6_addr, 16);
+    for (unsigned bit = v6_prefix; bit < 128; bit++)
+        out[bit / 8] &= (uint8_t) ~(0x80u >> (bit % 8));
+    return 16;
+}

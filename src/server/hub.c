@@ -447,6 +447,11 @@ void hub_admission(double *rate, uint32_t *burst)
     *burst = have_config ? hubcfg.limits.admission_burst : 0;
 }
 
+uint32_t hub_ipv6_prefix(void)
+{
+    return have_config ? hubcfg.limits.ipv6_prefix : WSH_CFG_DEFAULT_IPV6_PREFIX;
+}
+
 size_t hub_queue_limit(const struct conn *c)
 {
     /* LIMITS.md: a peer that has not authenticated gets a small outbound

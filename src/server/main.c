@@ -446,6 +446,7 @@ int main(int argc, char **argv)
         if (total > 0 && total < wsh_cfg.max_connections)
             wsh_cfg.max_connections = total;
         hub_admission(&wsh_cfg.admit_rate, &wsh_cfg.admit_burst);
+        wsh_cfg.ip6_prefix = hub_ipv6_prefix();
         worker_admission_init();
     }
 

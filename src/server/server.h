@@ -35,7 +35,8 @@ struct wsh_config {
     uint32_t max_per_ip; /* 0 = no per-address limit */
     double ip_rate;      /* new connections per second per address, 0 = off */
     uint32_t ip_burst;
-    double admit_rate; /* WebSocket upgrades per second, server-wide, 0 = off */
+    uint32_t ip6_prefix; /* IPv6 addresses count per this prefix (wsh_addr_key) */
+    double admit_rate;   /* WebSocket upgrades per second, server-wide, 0 = off */
     uint32_t admit_burst;
     const char *port_file;
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
@@ -297,6 +298,8 @@ void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_i
                      uint32_t *burst_per_ip);
 /* The server-wide admission rate of upgrades (0 when not set). */
 void hub_admission(double *rate, uint32_t *burst);
+/* limits.ipv6_prefix: the bits of an IPv6 client address counted as one. */
+uint32_t hub_ipv6_prefix(void);
 /* Sends `disconnect` (reconnect after retry_ms) and close 1013 to a /ws
  * connection refused by the admission rate; it never became a session. */
 void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms);

@@ -1235,10 +1235,10 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
  * connections it may open. One small table under a mutex taken at accept,
  * at destroy and by the 2-second sweep only. An entry lives while its
  * address holds connections or its bucket is refilling. IPv6 addresses
- * count one by one. Over the rate, Retry-After comes from the bucket's
- * promised slots, as for the server-wide admission rate: the users behind
- * one NAT who all reconnect at once are told to come back one after the
- * other. */
+ * count per limits.ipv6_prefix (a /64 by default; wsh_addr_key). Over the
+ * rate, Retry-After comes from the bucket's promised slots, as for the
+ * server-wide admission rate: the users behind one NAT who all reconnect
+ * at once are told to come back one after the other. */
 struct ipcount {
     struct ipcount *next;
     uint32_t n;
@@ -1263,18 +1263,11 @@ static uint32_t ip_hash(const uint8_t *a, size_t len)
  * when it cannot be tracked (the connection is then let in). */
 static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s)
 {
-    const uint8_t *a;
-    uint8_t len;
+    uint8_t a[16];
     *retry_s = 0;
-    if (ss->ss_family == AF_INET) {
-        a = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
-        len = 4;
-    } else if (ss->ss_family == AF_INET6) {
-        a = (const uint8_t *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
-        len = 16;
-    } else {
+    uint8_t len = (uint8_t)wsh_addr_key(ss, wsh_cfg.ip6_prefix, a);
+    if (len == 0)
         return NULL;
-    }
     pthread_mutex_lock(&ip_mu);
     uint64_t now = wsh_now_ms();
     struct ipcount **pp = &ip_table[ip_hash(a, len)], *e = *pp;
