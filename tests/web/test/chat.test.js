@@ -25,11 +25,11 @@ const T = 10000 * MULT; // per-step wait
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 class Server {
-  constructor(listen) {
+  constructor(listen, config = CONFIG) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-'));
     this.portFile = path.join(this.dir, 'port');
     this.log = '';
-    this.proc = spawn(BIN, ['--listen', listen, '--port-file', this.portFile, '--config', CONFIG,
+    this.proc = spawn(BIN, ['--listen', listen, '--port-file', this.portFile, '--config', config,
       '--web-root', WEB_ROOT], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc.stderr.on('data', (d) => { this.log += d; });
     this.exited = false;
@@ -239,4 +239,66 @@ test('two people chat in real Chromium', { timeout: 150000 * MULT }, async (t) =
 
   assert.deepEqual(a.errors, []);
   assert.deepEqual(b.errors, []);
+});
+
+// Over the server-wide admission rate (limits.admission_rate) a browser
+// cannot read a refused upgrade's 503 or Retry-After, so /ws lets it
+// through to hear `disconnect` with retry_after_ms and close 1013. The
+// client waits that long (plus its jitter) and then gets in.
+test('over the admission rate the browser client waits as told, then connects', { timeout: 60000 * MULT }, async (t) => {
+  assert.ok(BIN, 'WSHUB_BIN is not set');
+  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-adm-'));
+  const cfg = JSON.parse(fs.readFileSync(CONFIG, 'utf8'));
+  cfg.limits = { ...cfg.limits, admission_rate: 1, admission_burst: 1, max_connections_per_ip: 0 };
+  const cfgPath = path.join(cfgDir, 'config.json');
+  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
+  const server = await new Server('127.0.0.1:0', cfgPath).ready();
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
+  const ctx = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  t.after(async () => {
+    await ctx.close().catch(() => {});
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+    fs.rmSync(cfgDir, { recursive: true, force: true });
+    await server.stop('SIGKILL').catch(() => {});
+  });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`http://127.0.0.1:${server.port}/`); // plain HTTP: not counted
+  const r = await page.evaluate(async (limitMs) => {
+    const { WshubClient } = await import('/wshub.js');
+    const until = (c, state) => new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ${state}; now ${c.state}`)), limitMs);
+      const check = () => { if (c.state === state) { clearTimeout(timer); resolve(); } };
+      c.addEventListener('state', check);
+      check();
+    });
+    const first = new WshubClient(`ws://${location.host}/ws`);
+    first.connect();
+    await until(first, 'connected'); // the burst of one
+    const second = new WshubClient(`ws://${location.host}/ws`);
+    const seen = [];
+    second.addEventListener('state', (e) => seen.push({ state: e.detail.state, code: e.detail.code, delay: e.detail.delay }));
+    const t0 = performance.now();
+    second.connect();
+    await until(second, 'connected');
+    const ms = performance.now() - t0;
+    const states = seen.slice();
+    first.disconnect();
+    second.disconnect();
+    return { seen: states, ms };
+  }, T);
+  const refused = r.seen.find((x) => x.state === 'disconnected');
+  assert.ok(refused && refused.code === 1013, JSON.stringify(r));
+  const wait = r.seen.find((x) => x.state === 'reconnecting');
+  // One token a second: told about 1000 ms, plus the client's jitter.
+  assert.ok(wait && wait.delay >= 1000, JSON.stringify(r));
+  assert.ok(r.ms >= 1000, JSON.stringify(r));
+  assert.equal(r.seen[r.seen.length - 1].state, 'connected');
+  assert.deepEqual(errors, []);
 });
