@@ -73,6 +73,8 @@ static void usage(FILE *out)
             "  --pong-timeout SECS       close with 1011 when no pong in time (default 20)\n"
             "  --handshake-timeout SECS  deadline for the upgrade request (default 10)\n"
             "  --close-timeout SECS      wait for the peer after a close (default 5)\n"
+            "  --drain-time SECS         on SIGTERM/SIGINT, close connections in batches\n"
+            "                            spread over SECS (default 0: all at once)\n"
             "  --message-timeout SECS    a started message must complete within this; checked\n"
             "                            at each heartbeat, 0 = off (default 30)\n"
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
@@ -164,6 +166,7 @@ enum {
     OPT_PONG,
     OPT_HANDSHAKE,
     OPT_CLOSE,
+    OPT_DRAIN,
     OPT_MAX_QUEUE,
     OPT_LOG_LEVEL,
     OPT_PORT_FILE,
@@ -197,6 +200,7 @@ static int parse_args(int argc, char **argv)
         { "pong-timeout", required_argument, NULL, OPT_PONG },
         { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
         { "close-timeout", required_argument, NULL, OPT_CLOSE },
+        { "drain-time", required_argument, NULL, OPT_DRAIN },
         { "max-queue", required_argument, NULL, OPT_MAX_QUEUE },
         { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
         { "port-file", required_argument, NULL, OPT_PORT_FILE },
@@ -258,6 +262,10 @@ static int parse_args(int argc, char **argv)
             break;
         case OPT_CLOSE:
             if (parse_secs("close-timeout", optarg, &wsh_cfg.close_timeout_ms) != 0)
+                return -1;
+            break;
+        case OPT_DRAIN:
+            if (parse_secs("drain-time", optarg, &wsh_cfg.drain_ms) != 0)
                 return -1;
             break;
         case OPT_MAX_QUEUE:

@@ -26,6 +26,7 @@ struct wsh_config {
     uint64_t pong_timeout_ms;
     uint64_t handshake_timeout_ms;
     uint64_t close_timeout_ms;
+    uint64_t drain_ms;           /* shutdown closes connections over this long, 0 = at once */
     uint64_t message_timeout_ms; /* a started message must complete in this */
     size_t max_queue;            /* outbound hard limit per connection, bytes */
     size_t soft_queue;           /* outbound soft limit, 0 = off */
@@ -244,6 +245,9 @@ struct worker {
     size_t spare_cap;
     struct wsh_timer sweep_timer; /* worker 0: periodic sweeps of channel state */
     struct wsh_timer out_timer;   /* each second: stalled and slow writers */
+    struct wsh_timer drain_timer; /* shutdown with --drain-time: the next batch */
+    int drain_code;               /* the close code of this shutdown */
+    uint32_t drain_batch;         /* connections closed per drain tick */
     size_t nwaitout;              /* connections waiting for EPOLLOUT */
     int tls_budget;               /* TLS handshake steps left in this loop turn */
     struct wsh_buf *batch;        /* raw publish batch (chan.c), NULL when none */

@@ -1453,26 +1453,69 @@ void worker_wake(struct worker *w)
     (void)n; /* EAGAIN means a wakeup is already pending */
 }
 
+/* Closes up to `max` open connections with the shutdown's code; drops
+ * those still in their handshake. Returns how many open ones remain. */
+static uint32_t drain_some(struct worker *w, uint32_t max)
+{
+    const char *why = w->drain_code == WSH_CLOSE_RESTART ? "server restart" : "server shutdown";
+    uint32_t closed = 0, left = 0;
+    struct conn *next;
+    for (struct conn *c = w->conns; c != NULL; c = next) {
+        next = c->next;
+        if (c->state == CONN_HTTP || c->state == CONN_TLS) {
+            conn_destroy(w, c);
+        } else if (c->state == CONN_OPEN && closed == max) {
+            left++;
+        } else if (c->state == CONN_OPEN) {
+            closed++;
+            if (c->hub != NULL)
+                hub_shutdown_notice(w, c, (unsigned)w->drain_code, why);
+            else
+                conn_close(w, c, (unsigned)w->drain_code, why);
+        }
+    }
+    return left;
+}
+
+#define DRAIN_TICK_MS 100u
+
+static void on_drain(struct wsh_loop *l, struct wsh_timer *t)
+{
+    struct worker *w = wsh_loop_user(l);
+    (void)t;
+    if (drain_some(w, w->drain_batch) > 0)
+        wsh_timer_start(w->loop, &w->drain_timer, DRAIN_TICK_MS);
+}
+
+/* --drain-time (USERS.md: batched drain): rather than every client at
+ * once, the open connections are closed in equal batches every 100 ms
+ * over the drain time, so they reconnect to the other nodes (or to this
+ * one restarted) as a stream, not a spike. Those not yet closed are served
+ * as usual meanwhile; the listener is closed at once. */
 static void begin_shutdown(struct worker *w, int code)
 {
     w->shutting_down = true;
+    w->drain_code = code;
     wsh_timer_stop(&w->sweep_timer);
     if (w->listen_io.fd >= 0) {
         wsh_loop_del(w->loop, &w->listen_io);
         close(w->listen_io.fd);
         w->listen_io.fd = -1;
     }
-    struct conn *next;
-    for (struct conn *c = w->conns; c != NULL; c = next) {
-        next = c->next;
-        const char *why = code == WSH_CLOSE_RESTART ? "server restart" : "server shutdown";
-        if (c->state == CONN_OPEN && c->hub != NULL)
-            hub_shutdown_notice(w, c, (unsigned)code, why);
-        else if (c->state == CONN_OPEN)
-            conn_close(w, c, (unsigned)code, why);
-        else if (c->state == CONN_HTTP)
-            conn_destroy(w, c);
+    uint64_t ticks = wsh_cfg.drain_ms / DRAIN_TICK_MS;
+    if (ticks <= 1) {
+        drain_some(w, UINT32_MAX);
+        return;
     }
+    uint32_t open = 0;
+    for (struct conn *c = w->conns; c != NULL; c = c->next)
+        open += c->state == CONN_OPEN;
+    w->drain_batch = (uint32_t)((open + ticks - 1) / ticks);
+    if (w->drain_batch == 0)
+        w->drain_batch = 1;
+    w->drain_timer.cb = on_drain;
+    if (drain_some(w, w->drain_batch) > 0)
+        wsh_timer_start(w->loop, &w->drain_timer, DRAIN_TICK_MS);
 }
 
 static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)

@@ -52,3 +52,36 @@ async def test_command_line_max_message_overrides_config(hub):
     except Closed:
         pass
     assert c.close_code == 1009
+
+
+@run_async
+async def test_drain_time_spreads_the_closes(hub):
+    """--drain-time: SIGTERM closes the open connections in batches over
+    the drain time instead of all at once, so they reconnect as a stream.
+    Each still gets `disconnect` (1012) and close 1012; the server exits 0
+    once the last is gone."""
+    h = hub(base_config(), "--drain-time", 2, workers=2)
+    clients = [await Client.open(h, token(f"d{i}")) for i in range(40)]
+    loop = asyncio.get_running_loop()
+
+    async def told(c):
+        d = await c.expect(lambda m: m["type"] == "disconnect", timeout=10, what="disconnect")
+        at = loop.time()
+        assert d["payload"]["code"] == 1012, d
+        try:
+            await c.expect(lambda m: False, timeout=10, what="close")
+        except Closed:
+            pass
+        assert c.close_code == 1012
+        return at
+
+    h.expect_stopped = True
+    t0 = loop.time()
+    h.server.signal(signal.SIGTERM)
+    times = await asyncio.gather(*(told(c) for c in clients))
+    first, last = min(times) - t0, max(times) - t0
+    # 20 a worker over 2 s: one every 100 ms, the last about 1.9 s in.
+    assert first < 0.5 * MULT, (first, last)
+    assert last >= 1.0, (first, last)
+    assert last <= 2 + 3 * MULT, (first, last)
+    assert await asyncio.to_thread(h.server.wait, 10 * MULT) == 0
