@@ -58,6 +58,17 @@ class Server {
   }
 }
 
+// Debian's Chromium, headless, with a profile of its own.
+function launchChromium(userDataDir) {
+  return chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 900, height: 560 },
+  });
+}
+
 async function startServer(listen = '127.0.0.1:0') {
   return new Server(listen).ready();
 }
@@ -98,13 +109,7 @@ test('two people chat in real Chromium', { timeout: 150000 * MULT }, async (t) =
   let server = await startServer();
   const port = server.port;
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
-  const ctx = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 900, height: 560 },
-  });
+  const ctx = await launchChromium(userDataDir);
   t.after(async () => {
     await ctx.close().catch(() => {});
     fs.rmSync(userDataDir, { recursive: true, force: true });
@@ -254,12 +259,7 @@ test('over the admission rate the browser client waits as told, then connects', 
   fs.writeFileSync(cfgPath, JSON.stringify(cfg));
   const server = await new Server('127.0.0.1:0', cfgPath).ready();
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
-  const ctx = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const ctx = await launchChromium(userDataDir);
   t.after(async () => {
     await ctx.close().catch(() => {});
     fs.rmSync(userDataDir, { recursive: true, force: true });
