@@ -18,6 +18,7 @@ struct wsh_tls *wsh_tls_ctx;
 struct worker *wsh_workers;
 int wsh_nworkers;
 _Atomic int wsh_shutdown_code;
+_Atomic bool wsh_drain_now;
 _Atomic size_t wsh_total_conns;
 
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the
@@ -43,8 +44,16 @@ static void on_signal(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
                 wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", err);
             continue;
         }
-        if (atomic_load(&wsh_shutdown_code) != 0)
-            continue; /* already draining */
+        if (atomic_load(&wsh_shutdown_code) != 0) {
+            /* Already shutting down: a second signal closes what a
+             * --drain-time drain has not closed yet, at once. */
+            if (!atomic_exchange(&wsh_drain_now, true)) {
+                wsh_log(WSH_LOG_INFO, "ev=drain_now");
+                for (int i = 0; i < wsh_nworkers; i++)
+                    worker_wake(&wsh_workers[i]);
+            }
+            continue;
+        }
         /* RFC 6455 7.4.1: 1012 tells clients the service restarts
          * (SIGTERM, as an orchestrator sends); 1001 that it is going away
          * (SIGINT). */
@@ -74,7 +83,8 @@ static void usage(FILE *out)
             "  --handshake-timeout SECS  deadline for the upgrade request (default 10)\n"
             "  --close-timeout SECS      wait for the peer after a close (default 5)\n"
             "  --drain-time SECS         on SIGTERM/SIGINT, close connections in batches\n"
-            "                            spread over SECS (default 0: all at once)\n"
+            "                            spread over SECS (default 0: all at once;\n"
+            "                            a second signal closes the rest at once)\n"
             "  --message-timeout SECS    a started message must complete within this; checked\n"
             "                            at each heartbeat, 0 = off (default 30)\n"
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"

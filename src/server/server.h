@@ -259,6 +259,7 @@ extern struct worker *wsh_workers;
 extern _Thread_local struct worker *wsh_self; /* the worker running this thread */
 extern int wsh_nworkers;
 extern _Atomic int wsh_shutdown_code; /* 0, or the close code to send */
+extern _Atomic bool wsh_drain_now;    /* a second signal: end --drain-time */
 extern _Atomic size_t wsh_total_conns;
 
 int worker_init(struct worker *w, int id, int listen_fd);

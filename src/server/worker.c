@@ -1529,6 +1529,10 @@ static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     int code = atomic_load(&wsh_shutdown_code);
     if (code != 0 && !w->shutting_down)
         begin_shutdown(w, code);
+    if (w->shutting_down && atomic_load(&wsh_drain_now)) {
+        wsh_timer_stop(&w->drain_timer);
+        drain_some(w, UINT32_MAX);
+    }
 }
 
 int worker_init(struct worker *w, int id, int listen_fd)

@@ -85,3 +85,31 @@ async def test_drain_time_spreads_the_closes(hub):
     assert last >= 1.0, (first, last)
     assert last <= 2 + 3 * MULT, (first, last)
     assert await asyncio.to_thread(h.server.wait, 10 * MULT) == 0
+
+
+@run_async
+async def test_second_signal_ends_the_drain(hub):
+    """A second SIGTERM during a long --drain-time closes every connection
+    still open at once: an operator is never stuck behind a drain."""
+    h = hub(base_config(), "--drain-time", 60, workers=1)
+    clients = [await Client.open(h, token(f"n{i}")) for i in range(50)]
+    loop = asyncio.get_running_loop()
+    h.expect_stopped = True
+    h.server.signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    t1 = loop.time()
+    h.server.signal(signal.SIGTERM)
+
+    async def closed(c):
+        try:
+            await c.expect(lambda m: False, timeout=15, what="close")
+        except Closed:
+            pass
+        assert c.close_code == 1012
+        return loop.time()
+
+    times = await asyncio.gather(*(closed(c) for c in clients))
+    # The drain alone closes at least one every 100 ms: 50 would take 5 s,
+    # the last 45 of them after the second signal. It closes them at once.
+    assert max(times) - t1 < 3.0, max(times) - t1
+    assert await asyncio.to_thread(h.server.wait, 10 * MULT) == 0
