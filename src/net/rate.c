@@ -42,7 +42,7 @@ bool wsh_rate_full(struct wsh_rate *r, uint64_t now_ms)
 uint64_t wsh_rate_promise(struct wsh_rate *r, uint64_t now_ms, uint64_t horizon_ms)
 {
     refill(r, now_ms);
-    double base = (double)(now_ms > r->last_ms ? now_ms : r->last_ms);
+    double base = (double)r->last_ms; /* now, or a later clock already seen */
     double need = r->tokens < 1.0 ? 1.0 - r->tokens : 0.0;
     double first = base + need / r->per_ms; /* when the next token comes */
     double slot = first > r->next_slot ? first : r->next_slot;

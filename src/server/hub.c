@@ -430,26 +430,22 @@ uint64_t hub_max_message(void)
     return have_config ? hubcfg.limits.max_message : 0;
 }
 
-void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_ip,
-                     uint32_t *burst_per_ip)
+void hub_conn_limits(struct wsh_config *cfg)
 {
+    cfg->ip6_prefix = WSH_CFG_DEFAULT_IPV6_PREFIX;
     /* Only a configuration file turns these on: the built-in defaults
      * would refuse the many connections benchmarks open from one address. */
-    *max_total = have_config ? hubcfg.limits.max_connections : 0;
-    *max_per_ip = have_config ? hubcfg.limits.max_connections_per_ip : 0;
-    *rate_per_ip = have_config ? hubcfg.limits.handshake_rate_per_ip : 0;
-    *burst_per_ip = have_config ? hubcfg.limits.handshake_burst_per_ip : 0;
-}
-
-void hub_admission(double *rate, uint32_t *burst)
-{
-    *rate = have_config ? hubcfg.limits.admission_rate : 0;
-    *burst = have_config ? hubcfg.limits.admission_burst : 0;
-}
-
-uint32_t hub_ipv6_prefix(void)
-{
-    return have_config ? hubcfg.limits.ipv6_prefix : WSH_CFG_DEFAULT_IPV6_PREFIX;
+    if (!have_config)
+        return;
+    const struct wsh_limits_config *l = &hubcfg.limits;
+    if (l->max_connections > 0 && l->max_connections < cfg->max_connections)
+        cfg->max_connections = l->max_connections;
+    cfg->max_per_ip = l->max_connections_per_ip;
+    cfg->ip_rate = l->handshake_rate_per_ip;
+    cfg->ip_burst = l->handshake_burst_per_ip;
+    cfg->ip6_prefix = l->ipv6_prefix;
+    cfg->admit_rate = l->admission_rate;
+    cfg->admit_burst = l->admission_burst;
 }
 
 size_t hub_queue_limit(const struct conn *c)

@@ -458,15 +458,8 @@ int main(int argc, char **argv)
         }
     }
 
-    {
-        size_t total;
-        hub_conn_limits(&total, &wsh_cfg.max_per_ip, &wsh_cfg.ip_rate, &wsh_cfg.ip_burst);
-        if (total > 0 && total < wsh_cfg.max_connections)
-            wsh_cfg.max_connections = total;
-        hub_admission(&wsh_cfg.admit_rate, &wsh_cfg.admit_burst);
-        wsh_cfg.ip6_prefix = hub_ipv6_prefix();
-        worker_admission_init();
-    }
+    hub_conn_limits(&wsh_cfg);
+    worker_admission_init();
 
     wsh_nworkers = wsh_cfg.workers;
     wsh_workers = calloc((size_t)wsh_nworkers, sizeof(*wsh_workers));

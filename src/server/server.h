@@ -246,7 +246,6 @@ struct worker {
     struct wsh_timer sweep_timer; /* worker 0: periodic sweeps of channel state */
     struct wsh_timer out_timer;   /* each second: stalled and slow writers */
     struct wsh_timer drain_timer; /* shutdown with --drain-time: the next batch */
-    int drain_code;               /* the close code of this shutdown */
     uint32_t drain_batch;         /* connections closed per drain tick */
     size_t nwaitout;              /* connections waiting for EPOLLOUT */
     int tls_budget;               /* TLS handshake steps left in this loop turn */
@@ -298,13 +297,11 @@ void session_timer(struct worker *w, struct conn *c);
 struct wsh_http_request;
 struct hubchan;
 int hub_init(const char *config_path, char *err, size_t errlen);
-/* Connection limits from the configuration file (0 when not set). */
-void hub_conn_limits(size_t *max_total, uint32_t *max_per_ip, double *rate_per_ip,
-                     uint32_t *burst_per_ip);
-/* The server-wide admission rate of upgrades (0 when not set). */
-void hub_admission(double *rate, uint32_t *burst);
-/* limits.ipv6_prefix: the bits of an IPv6 client address counted as one. */
-uint32_t hub_ipv6_prefix(void);
+/* Applies the configuration file's connection limits to cfg: the total
+ * (the smaller of it and cfg's), per address, and the admission rate. All
+ * stay off without a file; IPv6 addresses then count per the default
+ * prefix. */
+void hub_conn_limits(struct wsh_config *cfg);
 /* Sends `disconnect` (reconnect after retry_ms) and close 1013 to a /ws
  * connection refused by the admission rate; it never became a session. */
 void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms);

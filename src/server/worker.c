@@ -1457,7 +1457,8 @@ void worker_wake(struct worker *w)
  * those still in their handshake. Returns how many open ones remain. */
 static uint32_t drain_some(struct worker *w, uint32_t max)
 {
-    const char *why = w->drain_code == WSH_CLOSE_RESTART ? "server restart" : "server shutdown";
+    unsigned code = (unsigned)atomic_load(&wsh_shutdown_code);
+    const char *why = code == WSH_CLOSE_RESTART ? "server restart" : "server shutdown";
     uint32_t closed = 0, left = 0;
     struct conn *next;
     for (struct conn *c = w->conns; c != NULL; c = next) {
@@ -1469,9 +1470,9 @@ static uint32_t drain_some(struct worker *w, uint32_t max)
         } else if (c->state == CONN_OPEN) {
             closed++;
             if (c->hub != NULL)
-                hub_shutdown_notice(w, c, (unsigned)w->drain_code, why);
+                hub_shutdown_notice(w, c, code, why);
             else
-                conn_close(w, c, (unsigned)w->drain_code, why);
+                conn_close(w, c, code, why);
         }
     }
     return left;
@@ -1492,10 +1493,9 @@ static void on_drain(struct wsh_loop *l, struct wsh_timer *t)
  * over the drain time, so they reconnect to the other nodes (or to this
  * one restarted) as a stream, not a spike. Those not yet closed are served
  * as usual meanwhile; the listener is closed at once. */
-static void begin_shutdown(struct worker *w, int code)
+static void begin_shutdown(struct worker *w)
 {
     w->shutting_down = true;
-    w->drain_code = code;
     wsh_timer_stop(&w->sweep_timer);
     if (w->listen_io.fd >= 0) {
         wsh_loop_del(w->loop, &w->listen_io);
@@ -1526,9 +1526,8 @@ static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     ssize_t n = read(io->fd, &v, sizeof(v));
     (void)n;
     rawchan_deliver_inbox(w);
-    int code = atomic_load(&wsh_shutdown_code);
-    if (code != 0 && !w->shutting_down)
-        begin_shutdown(w, code);
+    if (atomic_load(&wsh_shutdown_code) != 0 && !w->shutting_down)
+        begin_shutdown(w);
     if (w->shutting_down && atomic_load(&wsh_drain_now)) {
         wsh_timer_stop(&w->drain_timer);
         drain_some(w, UINT32_MAX);

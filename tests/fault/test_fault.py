@@ -70,6 +70,13 @@ def connect(port, timeout=5.0):
     return s
 
 
+def upgrade_request(path="/echo"):
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
 def upgrade(port, path="/echo", rcvbuf=None):
     """A WebSocket client socket. rcvbuf, set before connecting, keeps the
     TCP window small, so a client that does not read backs the server up
@@ -82,10 +89,7 @@ def upgrade(port, path="/echo", rcvbuf=None):
         s.settimeout(5 * MULT)
         s.connect(("127.0.0.1", port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    s.sendall(upgrade_request(path))
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = s.recv(4096)
@@ -714,10 +718,7 @@ def test_fault_reconnect_storm_admitted_at_the_rate(tmp_path):
         base = srv.fds()
         socks = [connect(srv.port) for _ in range(200)]
         for s in socks:
-            key = base64.b64encode(os.urandom(16)).decode()
-            s.sendall((f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                       f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            s.sendall(upgrade_request())
         t0 = time.monotonic()
         admitted, retries = 0, []
         for s in socks:

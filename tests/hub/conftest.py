@@ -410,19 +410,30 @@ async def expect_error(c, type_, channel=None, code=None, payload=None, **extra)
     return r
 
 
-def handshake_status(port, path="/ws", headers=()):
-    """Raw upgrade request; returns the HTTP status (101 or the refusal)."""
+def raw_upgrade(port, path="/ws", headers=()):
+    """Sends an upgrade request on a raw connection; returns the response
+    (with its body, for a refusal) and the connection, which the caller
+    closes."""
     import base64
     c = wsraw.Conn("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+           f"Sec-WebSocket-Version: 13\r\n")
+    for k, v in headers:
+        req += f"{k}: {v}\r\n"
     try:
-        key = base64.b64encode(os.urandom(16)).decode()
-        req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n")
-        for k, v in headers:
-            req += f"{k}: {v}\r\n"
         c.send((req + "\r\n").encode())
-        r = c.read_http_response(timeout=5)
+        return c.read_http_response(timeout=5), c
+    except BaseException:
+        c.close()
+        raise
+
+
+def handshake_status(port, path="/ws", headers=()):
+    """Raw upgrade request; returns the HTTP status (101 or the refusal)."""
+    r, c = raw_upgrade(port, path, headers)
+    try:
         if r.status == 101:
             c.send_close(1000)
             try:

@@ -2,14 +2,11 @@
 address (429 with Retry-After) and in total (503 with Retry-After); a slot
 freed by a closing connection can be taken again."""
 import asyncio
-import base64
-import os
 import socket
 import time
 
 import websockets
-import wsraw
-from conftest import MULT, Client, base_config, merge, run_async, token
+from conftest import MULT, Client, base_config, merge, raw_upgrade, run_async, token
 
 
 def open_raw(port):
@@ -115,12 +112,7 @@ def test_limits_handshake_rate_per_ip_429(hub):
 def upgrade(port, path="/raw/admission"):
     """A raw upgrade request: (101, None, the open connection, which the
     caller closes), or (status, Retry-After or None, body) of a refusal."""
-    c = wsraw.Conn("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    c.send((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    r = c.read_http_response(timeout=5)
+    r, c = raw_upgrade(port, path)
     if r.status == 101:
         return 101, None, c
     c.close()
