@@ -207,3 +207,26 @@ async def test_limits_admission_rate_ws_told_when_to_come_back(hub):
     await first.close()
     assert metric(h.port, "wshub_admission_refused_total") == 3
     await asyncio.sleep(2.5)  # a token for the fixture's check at teardown
+
+
+def test_limits_admission_rate_past_the_horizon_spread(hub):
+    """Promises reach 60 s at most. At 0.5/s the 31st refused client and
+    later ones are past that horizon: they are spread over 1-60 s instead
+    of all being told the same second."""
+    h = hub(merge(base_config(), {"limits": {"admission_rate": 0.5, "admission_burst": 1,
+                                             "max_connections_per_ip": 0}}), workers=1)
+    st, _, first = upgrade(h.port)
+    assert st == 101
+    retries = []
+    for _ in range(50):
+        st, ra, _ = upgrade(h.port)
+        assert st == 503 and ra is not None
+        retries.append(ra)
+    promised, beyond = retries[:28], retries[32:]
+    # Slots 2 s apart, in order, up to the horizon.
+    assert promised == sorted(promised) and promised[-1] >= 54, promised
+    assert all(1 <= r <= 60 for r in retries), retries
+    # Past it: spread, not one value repeated.
+    assert len(set(beyond)) >= 5, beyond
+    first.close()
+    time.sleep(2.5)  # a token for the fixture's check at teardown
