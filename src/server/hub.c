@@ -85,7 +85,7 @@ static int64_t wall_ms(void)
 /* ------------------------------------------------------------------ */
 /* Sending JSON                                                         */
 
-static void send_jbuf(struct worker *w, struct conn *c, struct wsh_jbuf *b)
+static void send_jbuf(struct worker *w, struct conn *c, struct wsh_jbuf *b, enum push_type type)
 {
     if (b->_oom || b->len == 0)
         return;
@@ -99,6 +99,7 @@ static void send_jbuf(struct worker *w, struct conn *c, struct wsh_jbuf *b)
         return;
     }
     conn_send(w, c, f);
+    metric_add(&w->m.pushes[type], 1);
 }
 
 static void reply_error(struct worker *w, struct conn *c, int64_t id, const char *ch, size_t chlen,
@@ -107,7 +108,7 @@ static void reply_error(struct worker *w, struct conn *c, int64_t id, const char
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_error(&b, id, ch, chlen, code, msg, wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b);
+        send_jbuf(w, c, &b, PUSH_ERROR);
     wsh_jbuf_free(&b);
 }
 
@@ -119,7 +120,7 @@ static void disconnect_retry(struct worker *w, struct conn *c, unsigned code, co
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_disconnect(&b, code, reason, strlen(reason), reconnect, retry_ms,
                                     wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b);
+        send_jbuf(w, c, &b, PUSH_DISCONNECT);
     wsh_jbuf_free(&b);
     conn_close(w, c, code, reason);
 }
@@ -147,7 +148,7 @@ static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, cons
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_disconnect(&b, code, reason, strlen(reason), reconnect,
                                     reconnect ? 500 : 0, wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b);
+        send_jbuf(w, c, &b, PUSH_DISCONNECT);
     wsh_jbuf_free(&b);
     conn_close(w, c, code, reason);
 }
@@ -191,7 +192,7 @@ static void send_lagged(struct worker *w, struct hubsub *s)
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_lagged(&b, s->ch->name, s->ch->name_len, s->lagged_from, s->epoch,
                                 strlen(s->epoch), wall_ms()) == WSH_OK)
-        send_jbuf(w, s->c, &b);
+        send_jbuf(w, s->c, &b, PUSH_LAGGED);
     wsh_jbuf_free(&b);
     s->lagged_from = 0;
 }
@@ -218,8 +219,9 @@ static bool drop_for_lag(struct worker *w, struct hubsub *s, uint64_t offset, si
 }
 
 static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *frame,
-                          uint64_t offset, const struct conn *skip)
+                          uint64_t offset, enum push_type type, const struct conn *skip)
 {
+    uint64_t sent = 0;
     bool lag_policy = ch->ns->slow_consumer == WSH_SLOW_DROP_OLDEST && offset != 0;
     struct zcache zc;
     zcache_init(&zc, frame);
@@ -231,8 +233,10 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
         if (lag_policy && drop_for_lag(w, s, offset, wsh_buf_len(frame)))
             continue;
         conn_send(w, s->c, wsh_buf_ref(zcache_frame(&zc, s->c)));
+        sent++;
     }
     zcache_release(&zc);
+    metric_add(&w->m.pushes[type], sent);
 }
 
 void hub_slow_consumer(struct worker *w, struct conn *c)
@@ -267,7 +271,7 @@ void hub_drained(struct worker *w, struct conn *c)
  * offset published here overtake an earlier one still in this worker's
  * inbox from another worker. Pushes without an offset go out at once. */
 static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset, int64_t t_ms,
-                    const struct conn *skip)
+                    enum push_type type, const struct conn *skip)
 {
     struct worker *w = wsh_self;
     for (int i = 0; i < wsh_nworkers; i++) {
@@ -277,7 +281,12 @@ static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset, 
             continue;
         atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
         struct xmsg m = {
-            .ch = ch, .buf = wsh_buf_ref(frame), .offset = offset, .t_ms = t_ms, .kind = XMSG_HUB
+            .ch = ch,
+            .buf = wsh_buf_ref(frame),
+            .offset = offset,
+            .t_ms = t_ms,
+            .kind = XMSG_HUB,
+            .push = (uint8_t)type,
         };
         inbox_push(&wsh_workers[i], &m);
         if (w != NULL && i != w->id)
@@ -286,7 +295,7 @@ static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset, 
             worker_wake(&wsh_workers[i]);
     }
     if (w != NULL && offset == 0)
-        fan_out_local(w, ch, frame, offset, skip);
+        fan_out_local(w, ch, frame, offset, type, skip);
 }
 
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m)
@@ -299,7 +308,7 @@ void hub_deliver_inbox(struct worker *w, const struct xmsg *m)
     }
     struct hubchan *ch = m->ch;
     if (w != NULL) {
-        fan_out_local(w, ch, m->buf, m->offset, NULL);
+        fan_out_local(w, ch, m->buf, m->offset, (enum push_type)m->push, NULL);
         if (m->offset != 0)
             metric_latency(w, m->t_ms);
     }
@@ -324,7 +333,7 @@ static void on_broker_message(const char *channel, const char *epoch,
         !b._oom) {
         struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)b.data, b.len);
         if (f != NULL) {
-            fan_out(ch, f, m->offset, m->time_ms, NULL);
+            fan_out(ch, f, m->offset, m->time_ms, PUSH_MESSAGE, NULL);
             wsh_buf_unref(f);
         }
     }
@@ -332,14 +341,15 @@ static void on_broker_message(const char *channel, const char *epoch,
     chan_put(ch);
 }
 
-static void push_to_channel(struct hubchan *ch, struct wsh_jbuf *b, const struct conn *skip)
+static void push_to_channel(struct hubchan *ch, struct wsh_jbuf *b, enum push_type type,
+                            const struct conn *skip)
 {
     if (b->_oom)
         return;
     struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
     if (f == NULL)
         return;
-    fan_out(ch, f, 0, 0, skip);
+    fan_out(ch, f, 0, 0, type, skip);
     wsh_buf_unref(f);
 }
 
@@ -678,7 +688,7 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t)
         struct wsh_jbuf b;
         wsh_jbuf_init(&b);
         if (wsh_proto_encode_refresh_required(&b, h->id.exp_ms / 1000, now) == WSH_OK)
-            send_jbuf(w, c, &b);
+            send_jbuf(w, c, &b, PUSH_REFRESH_REQUIRED);
         wsh_jbuf_free(&b);
         h->refresh_sent = true;
     }
@@ -750,7 +760,7 @@ static void drop_sub(struct worker *w, struct hubconn *h, struct hubsub *s, bool
         presence_entry(h, &e);
         wsh_jbuf_init(&b);
         if (wsh_proto_encode_join(&b, true, ch->name, ch->name_len, &e, wall_ms()) == WSH_OK)
-            push_to_channel(ch, &b, h->c);
+            push_to_channel(ch, &b, PUSH_LEAVE, h->c);
         wsh_jbuf_free(&b);
     }
     chan_put(ch);
@@ -883,14 +893,16 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_subscribed(&b, cmd->id, ch->name, ch->name_len, x.offset, x.epoch,
                                     strlen(x.epoch), recovered, wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b);
+        send_jbuf(w, c, &b, PUSH_SUBSCRIBED);
     wsh_jbuf_free(&b);
     if (recovered) {
         for (size_t off = 0; off < x.replay.len;) {
             size_t n = strlen(x.replay.data + off);
             struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)x.replay.data + off, n);
-            if (f)
+            if (f) {
                 conn_send(w, c, f);
+                metric_add(&w->m.pushes[PUSH_MESSAGE], 1);
+            }
             off += n + 1;
         }
     }
@@ -907,7 +919,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
         presence_entry(h, &e);
         wsh_jbuf_init(&b);
         if (wsh_proto_encode_join(&b, false, ch->name, ch->name_len, &e, wall_ms()) == WSH_OK)
-            push_to_channel(ch, &b, c);
+            push_to_channel(ch, &b, PUSH_JOIN, c);
         wsh_jbuf_free(&b);
     }
 }
@@ -1017,7 +1029,7 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, a.offset, wall_ms()) ==
         WSH_OK)
-        send_jbuf(w, c, &b);
+        send_jbuf(w, c, &b, PUSH_ACK);
     wsh_jbuf_free(&b);
 }
 
@@ -1034,7 +1046,7 @@ static void cmd_unsubscribe(struct worker *w, struct conn *c, struct hubconn *h,
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_unsubscribed(&b, cmd->id, cmd->channel, cmd->channel_len, wall_ms()) ==
         WSH_OK)
-        send_jbuf(w, c, &b);
+        send_jbuf(w, c, &b, PUSH_UNSUBSCRIBED);
     wsh_jbuf_free(&b);
 }
 
@@ -1132,7 +1144,7 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
         rc = wsh_broker_history(broker, &hr, on_history, &x);
     }
     if (rc == WSH_OK && x.rc == WSH_OK)
-        send_jbuf(w, c, &b);
+        send_jbuf(w, c, &b, presence ? PUSH_PRESENCE : PUSH_HISTORY);
     else
         reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
     wsh_jbuf_free(&b);
@@ -1165,7 +1177,7 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
         }
         if (wsh_proto_encode_signal(&b, cmd->channel, cmd->channel_len, user, ulen, payload, plen,
                                     wall_ms()) == WSH_OK)
-            push_to_channel(s->ch, &b, c);
+            push_to_channel(s->ch, &b, PUSH_SIGNAL, c);
     } else {
         /* Read receipt: kept per user where the channel has history, and
          * relayed to the channel. */
@@ -1174,11 +1186,11 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
                   "read_set");
         if (wsh_proto_encode_read(&b, cmd->channel, cmd->channel_len, user, ulen, cmd->offset,
                                   wall_ms()) == WSH_OK)
-            push_to_channel(s->ch, &b, c);
+            push_to_channel(s->ch, &b, PUSH_READ, c);
         wsh_jbuf_reset(&b);
         if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, cmd->offset,
                                  wall_ms()) == WSH_OK)
-            send_jbuf(w, c, &b);
+            send_jbuf(w, c, &b, PUSH_ACK);
     }
     wsh_jbuf_free(&b);
     wsh_jbuf_free(&pb);
@@ -1225,7 +1237,7 @@ static void cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
                      : wsh_proto_encode_connected(&b, cmd->id, h->client, strlen(h->client), user,
                                                   ulen, h->id.exp_ms / 1000, wall_ms());
     if (rc == WSH_OK)
-        send_jbuf(w, c, &b);
+        send_jbuf(w, c, &b, refresh ? PUSH_REFRESHED : PUSH_CONNECTED);
     wsh_jbuf_free(&b);
     if (!refresh)
         h->connected = true;

@@ -101,6 +101,30 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     for (int i = 0; i < 10; i++)
         put(&o, "wshub_commands_total{type=\"%s\"} %llu\n", cmds[i],
             (unsigned long long)SUM(commands[i]));
+    static const char *const pushes[PUSH__COUNT] = {
+        [PUSH_CONNECTED] = "connected",
+        [PUSH_REFRESHED] = "refreshed",
+        [PUSH_SUBSCRIBED] = "subscribed",
+        [PUSH_UNSUBSCRIBED] = "unsubscribed",
+        [PUSH_ACK] = "ack",
+        [PUSH_PRESENCE] = "presence",
+        [PUSH_HISTORY] = "history",
+        [PUSH_MESSAGE] = "message",
+        [PUSH_JOIN] = "join",
+        [PUSH_LEAVE] = "leave",
+        [PUSH_SIGNAL] = "signal",
+        [PUSH_READ] = "read",
+        [PUSH_REFRESH_REQUIRED] = "refresh_required",
+        [PUSH_LAGGED] = "lagged",
+        [PUSH_DISCONNECT] = "disconnect",
+        [PUSH_ERROR] = "error",
+    };
+    put(&o, "# HELP wshub_messages_out_total /ws messages queued to clients, by type; a "
+            "fan-out counts once per recipient.\n"
+            "# TYPE wshub_messages_out_total counter\n");
+    for (int i = 0; i < PUSH__COUNT; i++)
+        put(&o, "wshub_messages_out_total{type=\"%s\"} %llu\n", pushes[i],
+            (unsigned long long)SUM(pushes[i]));
     counter(&o, "wshub_frames_out_total", "WebSocket frames queued to clients.", SUM(frames_out));
     counter(&o, "wshub_bytes_in_total", "Bytes read from clients (after TLS).", SUM(bytes_in));
     counter(&o, "wshub_bytes_out_total", "Bytes queued to clients (before TLS).", SUM(bytes_out));

@@ -175,6 +175,29 @@ struct xmsg {
     uint64_t offset; /* hub: the message's offset, 0 for signals and pushes */
     int64_t t_ms;    /* hub: publish time (wall clock), for the latency metric */
     uint8_t kind;
+    uint8_t push; /* hub: enum push_type, for the metrics */
+};
+
+/* What the server sends on /ws (docs/protocol.md), by type, for
+ * wshub_messages_out_total. */
+enum push_type {
+    PUSH_CONNECTED,
+    PUSH_REFRESHED,
+    PUSH_SUBSCRIBED,
+    PUSH_UNSUBSCRIBED,
+    PUSH_ACK,
+    PUSH_PRESENCE,
+    PUSH_HISTORY,
+    PUSH_MESSAGE,
+    PUSH_JOIN,
+    PUSH_LEAVE,
+    PUSH_SIGNAL,
+    PUSH_READ,
+    PUSH_REFRESH_REQUIRED,
+    PUSH_LAGGED,
+    PUSH_DISCONNECT,
+    PUSH_ERROR,
+    PUSH__COUNT
 };
 
 /* Counters of one worker, summed by /metrics. Only the owning worker
@@ -183,8 +206,9 @@ struct xmsg {
 #define METRIC_LAT_BUCKETS 12
 struct metrics {
     _Atomic uint64_t accepted;
-    _Atomic uint64_t msgs_in[4];   /* by enum conn_endpoint */
-    _Atomic uint64_t commands[10]; /* by enum wsh_cmd_type */
+    _Atomic uint64_t msgs_in[4];          /* by enum conn_endpoint */
+    _Atomic uint64_t commands[10];        /* by enum wsh_cmd_type */
+    _Atomic uint64_t pushes[PUSH__COUNT]; /* /ws messages out, per recipient */
     _Atomic uint64_t frames_out, bytes_in, bytes_out;
     _Atomic uint64_t slow_consumers;
     _Atomic uint64_t write_stalls;

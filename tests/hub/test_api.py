@@ -197,6 +197,50 @@ async def test_metrics_parse_and_count(hub):
 
 
 @run_async
+async def test_metrics_count_messages_out_by_type(hub):
+    """wshub_messages_out_total counts what /ws clients are sent, by type,
+    once per recipient of a fan-out; every count here is exact."""
+    h = hub(api_config())
+    a = await Client.open(h, token("alice"))
+    b = await Client.open(h, token("bob"))
+    await a.subscribe("chat:o")
+    sb = await b.subscribe("chat:o")
+    await a.push("join", "chat:o")                       # alice sees bob join
+    for i in range(3):
+        await a.publish("chat:o", {"i": i})              # 3 acks
+    for x in (a, b):
+        await x.messages("chat:o", 3)                    # 6 messages
+    st, _, _ = call(h, "POST", "/api/publish", {"channel": "chat:o", "payload": "srv"})
+    assert st == 200
+    for x in (a, b):
+        await x.messages("chat:o", 1)                    # 8 messages
+    await a.send({"type": "signal", "channel": "chat:o", "payload": {"typing": True}})
+    await b.push("signal", "chat:o")
+    assert (await b.cmd("read", "chat:o", payload={"offset": 4}))["type"] == "ack"
+    await a.push("read", "chat:o")
+    assert (await a.cmd("presence", "chat:o"))["type"] == "presence"
+    assert (await a.cmd("history", "chat:o"))["type"] == "history"
+    assert (await a.cmd("no-such-command"))["type"] == "error"
+    r = await b.cmd("unsubscribe", "chat:o")
+    assert r["type"] == "unsubscribed"
+    await a.push("leave", "chat:o")
+    # Recovery replays offsets 2..4 to bob: 3 messages more.
+    await b.subscribe("chat:o", recover={"offset": 1, "epoch": sb["epoch"]})
+    await b.messages("chat:o", 3)
+    await a.push("join", "chat:o")
+    st, _, body = call(h, "GET", "/metrics", key=None)
+    types, s = parse_prometheus(body.decode())
+    assert types["wshub_messages_out_total"] == "counter"
+    got = {k[1].split('"')[1]: int(v) for k, v in s.items() if k[0] == "wshub_messages_out_total"}
+    want = {"connected": 2, "refreshed": 0, "subscribed": 3, "unsubscribed": 1, "ack": 4,
+            "presence": 1, "history": 1, "message": 11, "join": 2, "leave": 1, "signal": 1,
+            "read": 1, "refresh_required": 0, "lagged": 0, "disconnect": 0, "error": 1}
+    assert got == want
+    await a.close()
+    await b.close()
+
+
+@run_async
 async def test_api_revocation_by_user_and_jti(hub):
     h = hub(api_config(), workers=2)
     a = await Client.open(h, token("alice"))
