@@ -46,6 +46,11 @@ static inline struct wsh_buf *wsh_buf_ref(struct wsh_buf *b)
 
 void wsh_buf_unref(struct wsh_buf *b);
 
+/* Bytes of all live buffers, each counted once (header and capacity),
+ * summed over the threads' own counters: a moment's approximation when
+ * other threads are busy. */
+size_t wsh_buf_live_bytes(void);
+
 static inline size_t wsh_buf_len(const struct wsh_buf *b)
 {
     return b->end - b->start;
@@ -281,6 +286,29 @@ bool wsh_rate_full(struct wsh_rate *r, uint64_t now_ms);
  * lie beyond horizon_ms (nothing is promised then; the caller spreads such
  * refusals itself). */
 uint64_t wsh_rate_promise(struct wsh_rate *r, uint64_t now_ms, uint64_t horizon_ms);
+
+/* ------------------------------------------------------------------ */
+/* Eviction ranking (--max-client-memory)                              */
+
+/* A connection holding client buffers, as its owner (a worker) ranks it. */
+struct wsh_holder {
+    uint64_t bytes;
+    uint32_t owner;
+    uint32_t rank; /* position in its owner's sorted list */
+    void *ptr;     /* the owner's own handle; others see NULL */
+};
+
+/* Offers h to heap, which keeps the k largest offered (a min-heap of *n
+ * entries, *n <= k). */
+void wsh_evict_offer(struct wsh_holder *heap, size_t *n, size_t k, struct wsh_holder h);
+/* Sorts one owner's holders, largest first, and numbers their ranks. */
+void wsh_evict_sort(struct wsh_holder *v, size_t n);
+/* Merges all owners' sorted lists (concatenated in all) into one order:
+ * bytes, then owner, then rank. Writes to ranks the ranks of owner's
+ * holders within the shortest prefix of that order whose bytes cover
+ * excess (all of them if none does) and returns how many. */
+size_t wsh_evict_pick(struct wsh_holder *all, size_t n, uint64_t excess, uint32_t owner,
+                      uint32_t *ranks);
 
 /* ------------------------------------------------------------------ */
 /* Sockets                                                             */

@@ -134,11 +134,11 @@ void hub_shutdown_notice(struct worker *w, struct conn *c, unsigned code, const 
     disconnect_retry(w, c, code, reason, true, 500 + spread);
 }
 
-/* Over limits.admission_rate (worker.c admit_upgrade): the client may come
- * back after retry_ms, its own slot (LIMITS.md 1013, try again later). */
-void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms)
+/* Over limits.admission_rate or --max-client-memory (worker.c): the client
+ * may come back after retry_ms (LIMITS.md 1013, try again later). */
+void hub_overload_notice(struct worker *w, struct conn *c, const char *reason, uint64_t retry_ms)
 {
-    disconnect_retry(w, c, WSH_CLOSE_TRY_LATER, "server busy, try again later", true, retry_ms);
+    disconnect_retry(w, c, WSH_CLOSE_TRY_LATER, reason, true, retry_ms);
 }
 
 static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, const char *reason,

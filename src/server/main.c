@@ -88,6 +88,9 @@ static void usage(FILE *out)
             "  --message-timeout SECS    a started message must complete within this; checked\n"
             "                            at each heartbeat, 0 = off (default 30)\n"
             "  --max-queue BYTES         outbound queue limit per connection (default 1048576)\n"
+            "  --max-client-memory BYTES all buffers held for clients together; past it the\n"
+            "                            connections holding the most are closed with 1013,\n"
+            "                            0 = off (default 0)\n"
             "  --soft-queue BYTES        a subscriber whose queue stays over this for\n"
             "                            --soft-queue-time is a slow consumer, 0 = off\n"
             "                            (default 262144)\n"
@@ -178,6 +181,7 @@ enum {
     OPT_CLOSE,
     OPT_DRAIN,
     OPT_MAX_QUEUE,
+    OPT_MAX_CLIENT_MEMORY,
     OPT_LOG_LEVEL,
     OPT_PORT_FILE,
     OPT_TLS_CERT,
@@ -212,6 +216,7 @@ static int parse_args(int argc, char **argv)
         { "close-timeout", required_argument, NULL, OPT_CLOSE },
         { "drain-time", required_argument, NULL, OPT_DRAIN },
         { "max-queue", required_argument, NULL, OPT_MAX_QUEUE },
+        { "max-client-memory", required_argument, NULL, OPT_MAX_CLIENT_MEMORY },
         { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
         { "port-file", required_argument, NULL, OPT_PORT_FILE },
         { "tls-cert", required_argument, NULL, OPT_TLS_CERT },
@@ -282,6 +287,11 @@ static int parse_args(int argc, char **argv)
             if (parse_u64("max-queue", optarg, 1024, SIZE_MAX / 2, &v) != 0)
                 return -1;
             wsh_cfg.max_queue = (size_t)v;
+            break;
+        case OPT_MAX_CLIENT_MEMORY:
+            if (parse_u64("max-client-memory", optarg, 0, SIZE_MAX / 2, &v) != 0)
+                return -1;
+            wsh_cfg.max_client_memory = (size_t)v;
             break;
         case OPT_SOFT_QUEUE:
             if (parse_u64("soft-queue", optarg, 0, SIZE_MAX / 2, &v) != 0)

@@ -138,6 +138,14 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     counter(&o, "wshub_admission_refused_total",
             "WebSocket upgrades refused over limits.admission_rate (503, or 1013 on /ws).",
             SUM(admission_refused));
+    counter(&o, "wshub_memory_evictions_total",
+            "Connections closed with 1013 because client buffers passed --max-client-memory.",
+            SUM(memory_evictions));
+    put(&o,
+        "# HELP wshub_client_memory_bytes Bytes of the buffers held for clients (queued "
+        "frames, messages being assembled), each shared frame once.\n"
+        "# TYPE wshub_client_memory_bytes gauge\nwshub_client_memory_bytes %zu\n",
+        wsh_buf_live_bytes());
     put(&o, "# HELP wshub_closes_total Close frames sent, by close code.\n"
             "# TYPE wshub_closes_total counter\n");
     for (int i = 0; i <= METRIC_CODES; i++) {

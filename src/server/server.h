@@ -15,6 +15,7 @@
 #include "wshub/ws.h"
 
 #define WSH_MAX_WORKERS 64
+#define EVICT_TOP       32 /* largest holders each worker publishes */
 
 struct wsh_config {
     char host[256];
@@ -29,6 +30,7 @@ struct wsh_config {
     uint64_t drain_ms;           /* shutdown closes connections over this long, 0 = at once */
     uint64_t message_timeout_ms; /* a started message must complete in this */
     size_t max_queue;            /* outbound hard limit per connection, bytes */
+    size_t max_client_memory;    /* all client buffers together, bytes, 0 = off */
     size_t soft_queue;           /* outbound soft limit, 0 = off */
     uint64_t soft_queue_ms;      /* ... tolerated for this long */
     uint64_t write_timeout_ms;   /* queued output without progress, 0 = off */
@@ -213,6 +215,7 @@ struct metrics {
     _Atomic uint64_t slow_consumers;
     _Atomic uint64_t write_stalls;
     _Atomic uint64_t admission_refused;
+    _Atomic uint64_t memory_evictions;
     _Atomic uint64_t closes[METRIC_CODES + 1];    /* by code, last = other */
     _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */
     _Atomic uint64_t lat_sum_us, lat_count;
@@ -267,15 +270,20 @@ struct worker {
     _Atomic bool inbox_ready; /* set by producers: skip the lock when clear */
     struct xmsg *spare;       /* swapped with inbox by the consumer */
     size_t spare_cap;
-    struct wsh_timer sweep_timer; /* worker 0: periodic sweeps of channel state */
-    struct wsh_timer out_timer;   /* each second: stalled and slow writers */
-    struct wsh_timer drain_timer; /* shutdown with --drain-time: the next batch */
-    uint32_t drain_batch;         /* connections closed per drain tick */
-    size_t nwaitout;              /* connections waiting for EPOLLOUT */
-    int tls_budget;               /* TLS handshake steps left in this loop turn */
-    struct wsh_buf *batch;        /* raw publish batch (chan.c), NULL when none */
-    struct conn *batch_from;      /* its publisher */
-    bool batch_copied;            /* it is our own copy, not the first frame itself */
+    struct wsh_timer sweep_timer;    /* worker 0: periodic sweeps of channel state */
+    struct wsh_timer out_timer;      /* each second: stalled and slow writers */
+    struct wsh_timer drain_timer;    /* shutdown with --drain-time: the next batch */
+    uint32_t drain_batch;            /* connections closed per drain tick */
+    size_t nwaitout;                 /* connections waiting for EPOLLOUT */
+    int tls_budget;                  /* TLS handshake steps left in this loop turn */
+    struct wsh_buf *batch;           /* raw publish batch (chan.c), NULL when none */
+    struct conn *batch_from;         /* its publisher */
+    bool batch_copied;               /* it is our own copy, not the first frame itself */
+    struct wsh_timer evict_timer;    /* --max-client-memory checks */
+    _Atomic uint32_t ntop;           /* ... its largest holders, bytes, published for the */
+    _Atomic uint64_t top[EVICT_TOP]; /* other workers' ranking (worker.c) */
+    _Atomic bool top_valid;          /* ... published since the total passed half the cap */
+    bool evict_waited;               /* ... waited a check for the others' lists */
 };
 
 extern struct worker *wsh_workers;
@@ -328,7 +336,7 @@ int hub_init(const char *config_path, char *err, size_t errlen);
 void hub_conn_limits(struct wsh_config *cfg);
 /* Sends `disconnect` (reconnect after retry_ms) and close 1013 to a /ws
  * connection refused by the admission rate; it never became a session. */
-void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms);
+void hub_overload_notice(struct worker *w, struct conn *c, const char *reason, uint64_t retry_ms);
 /* The outbound queue limit for a /ws connection (c->hub set): --max-queue,
  * or less before auth. */
 size_t hub_queue_limit(const struct conn *c);

@@ -44,6 +44,8 @@
 #define TLS_STEPS_MAX 16
 #define TLS_RECORD    16384u
 #define CORK_SIZE     4096u
+/* --max-client-memory: how often each worker checks the total. */
+#define EVICT_CHECK_MS 100u
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 struct ipcount;
@@ -588,6 +590,133 @@ static void on_out_timer(struct wsh_loop *l, struct wsh_timer *t)
     wsh_timer_start(l, t, 1000);
 }
 
+/* Client buffer bytes a connection holds: its output queue and the
+ * message it is assembling. A frame shared with other queues is counted
+ * in each, so this ranks connections; it does not add up to the total. */
+static size_t conn_held(const struct conn *c)
+{
+    return wsh_wq_bytes(c->wq) + (c->msg ? c->msg->cap : 0);
+}
+
+static void evict(struct worker *w, struct conn *c, uint64_t held, size_t live)
+{
+    if (c->state != CONN_OPEN || (c->flags & CF_CLOSE_SENT))
+        return; /* closed meanwhile, by what an earlier eviction announced */
+    wsh_log(WSH_LOG_WARN, "conn=%u ev=memory_evict held=%llu live=%zu", c->id,
+            (unsigned long long)held, live);
+    metric_add(&w->m.memory_evictions, 1);
+    wsh_wq_drop_unstarted(&c->wq);
+    if (c->hub != NULL)
+        hub_overload_notice(w, c, "server memory limit",
+                            500 + ((uint64_t)c->id * 2654435761u) % 4500u);
+    else
+        conn_close(w, c, WSH_CLOSE_TRY_LATER, "server memory limit");
+}
+
+/* Ranks everybody's largest holders (this worker's fresh, the others' as
+ * last published) and closes this worker's part of the prefix that covers
+ * the excess. Returns how many of mine (sorted, largest first) remain,
+ * compacted to the front. */
+static size_t evict_share(struct worker *w, struct wsh_holder *mine, size_t n, size_t live)
+{
+    struct wsh_holder all[WSH_MAX_WORKERS * EVICT_TOP];
+    uint32_t ranks[EVICT_TOP];
+    size_t na = 0;
+    for (int i = 0; i < wsh_nworkers; i++) {
+        if (i == w->id) {
+            memcpy(all + na, mine, n * sizeof(*mine));
+            na += n;
+            continue;
+        }
+        uint32_t k = atomic_load_explicit(&wsh_workers[i].ntop, memory_order_acquire);
+        for (uint32_t j = 0; j < k && j < EVICT_TOP; j++)
+            all[na++] = (struct wsh_holder){
+                .bytes = atomic_load_explicit(&wsh_workers[i].top[j], memory_order_relaxed),
+                .owner = (uint32_t)i,
+                .rank = j,
+            };
+    }
+    size_t picked =
+        wsh_evict_pick(all, na, live - wsh_cfg.max_client_memory, (uint32_t)w->id, ranks);
+    for (size_t i = 0; i < picked; i++) {
+        evict(w, mine[ranks[i]].ptr, mine[ranks[i]].bytes, live);
+        mine[ranks[i]].ptr = NULL;
+    }
+    size_t left = 0;
+    for (size_t i = 0; i < n; i++)
+        if (mine[i].ptr != NULL)
+            mine[left++] = mine[i];
+    return left;
+}
+
+/* When the total jumped from under half the cap to over it within one
+ * check, another worker's list may predate the growth: wait one check for
+ * every list to be current, so that two workers do not both close their
+ * own largest for the same excess. A worker that does not publish in that
+ * time (a long loop turn) is not waited for again. */
+static bool others_published(struct worker *w)
+{
+    for (int i = 0; i < wsh_nworkers && !w->evict_waited; i++) {
+        if (i != w->id && !atomic_load_explicit(&wsh_workers[i].top_valid, memory_order_relaxed)) {
+            w->evict_waited = true;
+            return false;
+        }
+    }
+    return true;
+}
+
+/* --max-client-memory, after Redis's maxmemory-clients. When the buffers
+ * held for clients (wsh_buf_live_bytes: queued frames and messages being
+ * assembled, each shared frame once) pass the cap, the connections that
+ * hold the most, server-wide, are closed with 1013 (try again later;
+ * `disconnect` first on /ws) and what they had not begun to receive is
+ * dropped. --max-queue bounds one reader; this bounds them all together,
+ * who could otherwise hold connections x --max-queue.
+ *
+ * A worker may close only its own connections, so each one publishes its
+ * EVICT_TOP largest holders (from half the cap up, every EVICT_CHECK_MS)
+ * and, over the cap, ranks everybody's in one order (bytes, then worker,
+ * then rank), under one lock, and closes its own part of the prefix that
+ * covers the excess: two workers do not both close a connection's worth
+ * for the same excess. A shared frame is freed only when its last holder is
+ * closed, so a check that still finds the total over the cap closes the
+ * next ones. */
+static pthread_mutex_t evict_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void on_evict_timer(struct wsh_loop *l, struct wsh_timer *t)
+{
+    struct worker *w = wsh_loop_user(l);
+    size_t cap = wsh_cfg.max_client_memory;
+    size_t live = wsh_buf_live_bytes();
+    wsh_timer_start(l, t, EVICT_CHECK_MS);
+    if (live <= cap / 2) {
+        atomic_store_explicit(&w->ntop, 0, memory_order_relaxed);
+        atomic_store_explicit(&w->top_valid, false, memory_order_relaxed);
+        w->evict_waited = false;
+        return;
+    }
+    struct wsh_holder mine[EVICT_TOP];
+    size_t n = 0;
+    for (struct conn *c = w->conns; c != NULL; c = c->next) {
+        size_t h = conn_held(c);
+        if (h != 0 && c->state == CONN_OPEN && !(c->flags & CF_CLOSE_SENT))
+            wsh_evict_offer(mine, &n, EVICT_TOP,
+                            (struct wsh_holder){ .bytes = h, .owner = (uint32_t)w->id, .ptr = c });
+    }
+    wsh_evict_sort(mine, n);
+    /* One worker at a time decides, evicts and publishes what it has left,
+     * so the next one sees both the memory that freed and the new list. */
+    pthread_mutex_lock(&evict_mu);
+    live = wsh_buf_live_bytes();
+    if (live > cap && others_published(w))
+        n = evict_share(w, mine, n, live);
+    for (size_t i = 0; i < n; i++)
+        atomic_store_explicit(&w->top[i], mine[i].bytes, memory_order_relaxed);
+    atomic_store_explicit(&w->ntop, (uint32_t)n, memory_order_release);
+    atomic_store_explicit(&w->top_valid, true, memory_order_relaxed);
+    pthread_mutex_unlock(&evict_mu);
+}
+
 static void before_sleep(struct wsh_loop *l, void *user)
 {
     struct worker *w = user;
@@ -904,7 +1033,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     if (retry_s > 0) {
         /* Never a /ws session (no c->hub): what the client sends before
          * our close is discarded. */
-        hub_overload_notice(w, c, (uint64_t)retry_s * 1000u);
+        hub_overload_notice(w, c, "server busy, try again later", (uint64_t)retry_s * 1000u);
         return;
     }
     c->endpoint = (uint8_t)ep;
@@ -1571,6 +1700,10 @@ void *worker_main(void *arg)
     }
     w->out_timer.cb = on_out_timer;
     wsh_timer_start(w->loop, &w->out_timer, 1000);
+    if (wsh_cfg.max_client_memory != 0) {
+        w->evict_timer.cb = on_evict_timer;
+        wsh_timer_start(w->loop, &w->evict_timer, EVICT_CHECK_MS);
+    }
     if (w->id == 0) {
         w->sweep_timer.cb = on_sweep;
         wsh_timer_start(w->loop, &w->sweep_timer, 2000);

@@ -28,7 +28,7 @@ def test_cli_help_and_version():
     for flag in ("--listen", "--workers", "--echo", "--max-message", "--max-fragments",
                  "--ping-interval", "--log-level", "--port-file", "--tls-cert", "--deflate",
                  "--deflate-level", "--config", "--check-config", "--message-timeout",
-                 "--web-root", "--drain-time"):
+                 "--web-root", "--drain-time", "--max-client-memory"):
         assert flag in r.stdout, flag
     r = run("--version")
     assert r.returncode == 0 and r.stdout.startswith("wshub ")
@@ -47,6 +47,7 @@ def test_cli_help_and_version():
     (["--deflate-level", "10"], "--deflate-level"),
     (["--message-timeout", "-1"], "--message-timeout"),
     (["--drain-time", "soon"], "--drain-time"),
+    (["--max-client-memory", "lots"], "--max-client-memory"),
     (["--tls-cert", "/nonexistent.pem"], "--tls-cert"),
     (["--no-such-flag"], "Usage"),
     (["stray-argument"], "stray-argument"),

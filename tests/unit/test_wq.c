@@ -2,6 +2,7 @@
  * one buffer referenced by several queues, partial writes resumed at the
  * right byte, the slow-consumer drop that keeps a started frame whole. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -237,6 +238,38 @@ static void test_wq_clocks(void **state)
     wsh_wq_clear(&q);
 }
 
+/* --max-client-memory counts every live buffer once, however many
+ * references it has, and a buffer freed on another thread than the one
+ * that allocated it still leaves the total where it started. */
+static void *unref_on_thread(void *arg)
+{
+    wsh_buf_unref(arg);
+    return NULL;
+}
+
+static void test_buf_live_bytes(void **state)
+{
+    (void)state;
+    size_t base = wsh_buf_live_bytes();
+    struct wsh_buf *b = make_buf('a', 1000);
+    size_t one = sizeof(struct wsh_buf) + 1000;
+    assert_int_equal(wsh_buf_live_bytes(), base + one);
+    wsh_buf_ref(b);
+    wsh_buf_ref(b);
+    assert_int_equal(wsh_buf_live_bytes(), base + one);
+    struct wsh_buf *g = wsh_buf_grow(make_buf('g', 10), 4000);
+    assert_non_null(g);
+    assert_int_equal(wsh_buf_live_bytes(), base + one + sizeof(struct wsh_buf) + 4000);
+    wsh_buf_unref(g);
+    wsh_buf_unref(b);
+    wsh_buf_unref(b);
+    assert_int_equal(wsh_buf_live_bytes(), base + one);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, unref_on_thread, b), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(wsh_buf_live_bytes(), base);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -247,6 +280,7 @@ int main(void)
         cmocka_unit_test(test_wq_flush_error_on_closed_peer),
         cmocka_unit_test(test_wq_tail_mark_replace_and_cancel),
         cmocka_unit_test(test_wq_clocks),
+        cmocka_unit_test(test_buf_live_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
