@@ -125,13 +125,18 @@ static void disconnect_retry(struct worker *w, struct conn *c, unsigned code, co
     conn_close(w, c, code, reason);
 }
 
+/* Spread over 0.5-5 s by the connection id (Knuth's multiplicative hash),
+ * so the clients sent away together do not all come back together. */
+uint64_t hub_retry_spread_ms(const struct conn *c)
+{
+    return 500 + ((uint64_t)c->id * 2654435761u) % 4500u;
+}
+
 /* Shutdown (DESIGN.md 5): every /ws client learns it may come back, each
- * after its own delay spread over 0.5-5 s, so a restart is not followed by
- * a reconnect storm. */
+ * after its own delay, so a restart is not followed by a reconnect storm. */
 void hub_shutdown_notice(struct worker *w, struct conn *c, unsigned code, const char *reason)
 {
-    uint64_t spread = ((uint64_t)c->id * 2654435761u) % 4500u;
-    disconnect_retry(w, c, code, reason, true, 500 + spread);
+    disconnect_retry(w, c, code, reason, true, hub_retry_spread_ms(c));
 }
 
 /* Over limits.admission_rate or --max-client-memory (worker.c): the client

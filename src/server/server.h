@@ -336,6 +336,8 @@ int hub_init(const char *config_path, char *err, size_t errlen);
 void hub_conn_limits(struct wsh_config *cfg);
 /* Sends `disconnect` (reconnect after retry_ms) and close 1013 to a /ws
  * connection refused by the admission rate; it never became a session. */
+/* A client's own delay before it comes back, spread over 0.5-5 s by its id. */
+uint64_t hub_retry_spread_ms(const struct conn *c);
 void hub_overload_notice(struct worker *w, struct conn *c, const char *reason, uint64_t retry_ms);
 /* The outbound queue limit for a /ws connection (c->hub set): --max-queue,
  * or less before auth. */

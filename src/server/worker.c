@@ -607,8 +607,7 @@ static void evict(struct worker *w, struct conn *c, uint64_t held, size_t live)
     metric_add(&w->m.memory_evictions, 1);
     wsh_wq_drop_unstarted(&c->wq);
     if (c->hub != NULL)
-        hub_overload_notice(w, c, "server memory limit",
-                            500 + ((uint64_t)c->id * 2654435761u) % 4500u);
+        hub_overload_notice(w, c, "server memory limit", hub_retry_spread_ms(c));
     else
         conn_close(w, c, WSH_CLOSE_TRY_LATER, "server memory limit");
 }
