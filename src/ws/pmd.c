@@ -6,6 +6,7 @@
 
 #include <assert.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -383,6 +384,31 @@ static int deflate_bits(uint8_t bits)
     return bits < 9 ? -9 : -(int)bits;
 }
 
+/* A deflater made for one message needs no more than that message's
+ * worth: a window that reaches back to its first byte (the length plus
+ * zlib's MIN_LOOKAHEAD of 262) and a symbol buffer longer than it
+ * (1 << (memLevel + 6) symbols; zlib ends a block one short of full), so
+ * the message stays one block; the hash then gets memLevel + 7 bits, more
+ * than twice the length. A window below the agreed bits is always valid,
+ * the agreed value being a maximum (RFC 7692 7.1.2.1), and the unit test
+ * checks the output is never longer than zlib's at full size. What it
+ * saves is deflateInit2's cost, its allocations and the clearing of the
+ * hash: for a 200-byte chat message at 15 bits and memLevel 8, 256 KiB
+ * allocated and 64 KiB cleared per message; sized, 4 KiB besides zlib's own
+ * 6 KiB of state. */
+static void size_for_message(size_t len, uint8_t *bits, int *mem_level)
+{
+    uint8_t b = 9;
+    while (b < *bits && ((size_t)1 << b) < len + 262)
+        b++;
+    if (b < *bits)
+        *bits = b;
+    int m = 1;
+    while (m < *mem_level && ((size_t)1 << (m + 6)) <= len)
+        m++;
+    *mem_level = m;
+}
+
 static int zerr(int rc)
 {
     return rc == Z_MEM_ERROR ? WSH_ENOMEM : WSH_EINVAL;
@@ -472,9 +498,114 @@ bool wsh_pmd_worth_compressing(const struct wsh_pmd_config *cfg, size_t len)
     return len >= min;
 }
 
+/* Messages compressed without context takeover each start a new stream.
+ * Allocating one per message costs more than compressing a small message:
+ * at 15 bits and memLevel 8, deflateInit2 takes 256 KiB, which glibc
+ * returns to the kernel when it is freed, so every message page-faults it
+ * back. A small message gets a stream sized to it (size_for_message), a
+ * few KiB that the allocator keeps; a larger one reuses this thread's
+ * full-size stream after deflateReset, which gives the same output as a
+ * new stream. The stream is freed when its thread exits. */
+struct dcache {
+    z_stream s;
+    bool live;
+    uint8_t bits;
+    int level, mem_level;
+};
+
+static pthread_key_t dcache_key;
+static pthread_once_t dcache_once = PTHREAD_ONCE_INIT;
+static bool dcache_ok;
+
+static void dcache_free(void *p)
+{
+    struct dcache *d = p;
+    if (d->live)
+        deflateEnd(&d->s);
+    free(d);
+}
+
+static void dcache_init(void)
+{
+    dcache_ok = pthread_key_create(&dcache_key, dcache_free) == 0;
+}
+
+static struct dcache *dcache_get(void)
+{
+    pthread_once(&dcache_once, dcache_init);
+    if (!dcache_ok)
+        return NULL;
+    struct dcache *d = pthread_getspecific(dcache_key);
+    if (d == NULL) {
+        if ((d = calloc(1, sizeof(*d))) == NULL)
+            return NULL;
+        if (pthread_setspecific(dcache_key, d) != 0) {
+            free(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
+/* This thread's stream for (bits, level, mem_level), reset; NULL when
+ * there is none (no memory: the caller makes its own). */
+static z_stream *dcache_stream(uint8_t bits, int level, int mem_level)
+{
+    struct dcache *d = dcache_get();
+    if (d == NULL)
+        return NULL;
+    if (d->live && (d->bits != bits || d->level != level || d->mem_level != mem_level)) {
+        deflateEnd(&d->s);
+        d->live = false;
+    }
+    if (d->live)
+        return deflateReset(&d->s) == Z_OK ? &d->s : NULL;
+    memset(&d->s, 0, sizeof(d->s));
+    if (deflateInit2(&d->s, level, Z_DEFLATED, deflate_bits(bits), mem_level, Z_DEFAULT_STRATEGY) !=
+        Z_OK)
+        return NULL;
+    d->live = true;
+    d->bits = bits;
+    d->level = level;
+    d->mem_level = mem_level;
+    return &d->s;
+}
+
+/* One message as a stream of its own. */
+static int deflate_alone(uint8_t bits, int level, int mem_level, const uint8_t *in, size_t len,
+                         wsh_pmd_write_cb *cb, void *user)
+{
+    z_stream s;
+    memset(&s, 0, sizeof(s));
+    if (len == 0)
+        return deflate_message(&s, in, 0, cb, user);
+    uint8_t sbits = bits;
+    int smem = mem_level;
+    size_for_message(len, &sbits, &smem);
+    bool small = wsh_pmd_deflate_memory(sbits, smem) * 4 <= wsh_pmd_deflate_memory(bits, mem_level);
+    z_stream *c = small ? NULL : dcache_stream(bits, level, mem_level);
+    if (c != NULL) {
+        int st = deflate_message(c, in, len, cb, user);
+        if (st != WSH_OK) { /* its position is unknown: start it afresh next time */
+            struct dcache *d = dcache_get();
+            deflateEnd(&d->s);
+            d->live = false;
+        }
+        return st;
+    }
+    int rc = deflateInit2(&s, level, Z_DEFLATED, deflate_bits(sbits), smem, Z_DEFAULT_STRATEGY);
+    if (rc != Z_OK)
+        return zerr(rc);
+    int st = deflate_message(&s, in, len, cb, user);
+    deflateEnd(&s);
+    return st;
+}
+
 int wsh_pmd_compress(struct wsh_pmd *z, const uint8_t *in, size_t len, wsh_pmd_write_cb *cb,
                      void *user)
 {
+    if (z->d_reset)
+        return deflate_alone(z->d_bits, z->level, z->mem_level, in, len, cb, user);
     if (len == 0)
         return deflate_message(&z->d, in, 0, cb, user);
     if (!z->d_live) {
@@ -486,11 +617,8 @@ int wsh_pmd_compress(struct wsh_pmd *z, const uint8_t *in, size_t len, wsh_pmd_w
         z->d_live = true;
     }
     int st = deflate_message(&z->d, in, len, cb, user);
-    /* Freed rather than reset: an idle connection then holds no deflate
-     * memory, at the price of one deflateInit2 per message (the fan-out
-     * path shares one compression among many connections anyway). After a
-     * failure the stream's position is unknown, so it is dropped too. */
-    if (z->d_reset || st != WSH_OK) {
+    /* After a failure the stream's position is unknown: start afresh. */
+    if (st != WSH_OK) {
         deflateEnd(&z->d);
         z->d_live = false;
     }
@@ -502,17 +630,8 @@ int wsh_pmd_compress_oneshot(uint8_t window_bits, int level, int mem_level, cons
 {
     if (window_bits < 8 || window_bits > 15)
         return WSH_EINVAL;
-    z_stream s;
-    memset(&s, 0, sizeof(s));
-    if (len == 0)
-        return deflate_message(&s, in, 0, cb, user);
-    int rc = deflateInit2(&s, level_or_default(level), Z_DEFLATED, deflate_bits(window_bits),
-                          mem_level_or_default(mem_level), Z_DEFAULT_STRATEGY);
-    if (rc != Z_OK)
-        return zerr(rc);
-    int st = deflate_message(&s, in, len, cb, user);
-    deflateEnd(&s);
-    return st;
+    return deflate_alone(window_bits, level_or_default(level), mem_level_or_default(mem_level), in,
+                         len, cb, user);
 }
 
 static int inflate_fail(struct wsh_pmd *z, int st)

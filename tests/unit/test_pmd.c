@@ -5,6 +5,7 @@
 
 /* cmocka.h needs the standard headers before it. */
 /* clang-format off */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -558,6 +559,122 @@ static void test_pmd_round_trip_large(void **state)
     round_trip(&p, small, 2, 0, FEED_BYTES);
 }
 
+/* zlib's own output for one message at (bits, level, memLevel), from a
+ * new stream, without the 00 00 ff ff tail. */
+static struct buf zlib_fresh(const uint8_t *in, size_t n, int bits, int level, int mem_level)
+{
+    z_stream d;
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(deflateInit2(&d, level, Z_DEFLATED, -bits, mem_level, Z_DEFAULT_STRATEGY),
+                     Z_OK);
+    struct buf o = { 0 };
+    o.cap = deflateBound(&d, (uLong)n) + 16;
+    o.p = malloc(o.cap);
+    d.next_in = (Bytef *)(uintptr_t)in; /* zlib without ZLIB_CONST */
+    d.avail_in = (uInt)n;
+    d.next_out = o.p;
+    d.avail_out = (uInt)o.cap;
+    assert_int_equal(deflate(&d, Z_SYNC_FLUSH), Z_OK);
+    o.n = o.cap - d.avail_out - 4;
+    deflateEnd(&d);
+    return o;
+}
+
+/* A deflater made for one message is sized to it (a smaller window and
+ * memLevel): every size around the thresholds still decodes with exactly
+ * the agreed window, and is never longer than zlib's own output at the
+ * agreed window and memLevel 8. */
+static void test_pmd_sized_for_the_message(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = { 1,   64,  100, 128, 129,  249,  250,  251,  262,  263,
+                                    511, 512, 513, 774, 775,  1024, 1286, 2048, 4096, 8192,
+                                    8193, 16384, 16385, 32506, 40000, 70000 };
+    for (int kind = 0; kind < 2; kind++)
+        for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+            uint8_t *data = make_data(sizes[i], kind);
+            for (uint8_t bits = 9; bits <= 15; bits += 3) {
+                struct buf c = { 0 };
+                assert_int_equal(wsh_pmd_compress_oneshot(bits, 0, 0, data, sizes[i], buf_put, &c),
+                                 WSH_OK);
+                z_stream zs;
+                memset(&zs, 0, sizeof(zs));
+                assert_int_equal(inflateInit2(&zs, -bits), Z_OK);
+                zlib_decode(&zs, c.p, c.n, data, sizes[i]);
+                inflateEnd(&zs);
+                /* zlib itself, unsized: the same level, the agreed window. */
+                struct buf ref = zlib_fresh(data, sizes[i], bits, WSH_PMD_DEFAULT_LEVEL,
+                                            WSH_PMD_DEFAULT_MEM_LEVEL);
+                size_t ref_n = ref.n;
+                buf_free(&ref);
+                assert_true(c.n <= ref_n);
+                buf_free(&c);
+            }
+            free(data);
+        }
+}
+
+static int refuse_cb(const uint8_t *p, size_t n, void *user);
+
+struct reuse_case {
+    uint8_t *data;
+    size_t n;
+    int failed; /* set when an output differs */
+};
+
+/* Larger messages reuse the thread's stream (deflateReset): whatever came
+ * before on this thread (other parameters, small messages, a message
+ * abandoned by its callback), the output is byte for byte that of a new
+ * zlib stream. */
+static void *reuse_run(void *arg)
+{
+    struct reuse_case *rc = arg;
+    static const int params[][3] = { { 15, 6, 8 }, { 12, 1, 8 }, { 15, 6, 8 }, { 15, 1, 9 },
+                                     { 10, 9, 8 }, { 15, 6, 8 } };
+    for (size_t k = 0; k < sizeof(params) / sizeof(params[0]); k++) {
+        int bits = params[k][0], level = params[k][1], mem = params[k][2];
+        struct buf want = zlib_fresh(rc->data, rc->n, bits, level, mem);
+        for (int rep = 0; rep < 2; rep++) {
+            struct buf got = { 0 };
+            if (wsh_pmd_compress_oneshot((uint8_t)bits, level, mem, rc->data, rc->n, buf_put,
+                                         &got) != WSH_OK ||
+                got.n != want.n || memcmp(got.p, want.p, want.n) != 0)
+                rc->failed = 1;
+            buf_free(&got);
+            /* In between: a small message and an abandoned one. */
+            struct buf small = { 0 };
+            if (wsh_pmd_compress_oneshot((uint8_t)bits, level, mem, rc->data, 100, buf_put,
+                                         &small) != WSH_OK)
+                rc->failed = 1;
+            buf_free(&small);
+            if (wsh_pmd_compress_oneshot((uint8_t)bits, level, mem, rc->data, rc->n, refuse_cb,
+                                         NULL) != WSH_ENOSPC)
+                rc->failed = 1;
+        }
+        buf_free(&want);
+    }
+    return NULL;
+}
+
+static void test_pmd_thread_stream_reused_exactly(void **state)
+{
+    (void)state;
+    for (int kind = 0; kind < 2; kind++) {
+        struct reuse_case rc = { make_data(30000, kind), 30000, 0 };
+        reuse_run(&rc); /* this thread */
+        assert_int_equal(rc.failed, 0);
+        pthread_t t[2];
+        struct reuse_case tc[2] = { rc, rc };
+        for (int i = 0; i < 2; i++) /* two threads at once, each with its own stream */
+            assert_int_equal(pthread_create(&t[i], NULL, reuse_run, &tc[i]), 0);
+        for (int i = 0; i < 2; i++) {
+            assert_int_equal(pthread_join(t[i], NULL), 0);
+            assert_int_equal(tc[i].failed, 0);
+        }
+        free(rc.data);
+    }
+}
+
 /* The 9-bit deflater standing in for 8 bits never reaches past 256 bytes,
  * even on data built to reward long matches. */
 static void test_pmd_window_8_fits(void **state)
@@ -805,6 +922,8 @@ int main(void)
         cmocka_unit_test(test_pmd_client_check),
         cmocka_unit_test(test_pmd_round_trip_every_params),
         cmocka_unit_test(test_pmd_round_trip_large),
+        cmocka_unit_test(test_pmd_sized_for_the_message),
+        cmocka_unit_test(test_pmd_thread_stream_reused_exactly),
         cmocka_unit_test(test_pmd_window_8_fits),
         cmocka_unit_test(test_pmd_bomb_refused),
         cmocka_unit_test(test_pmd_limit_boundary),
