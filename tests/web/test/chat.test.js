@@ -25,12 +25,12 @@ const T = 10000 * MULT; // per-step wait
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 class Server {
-  constructor(listen, config = CONFIG) {
+  constructor(listen, config = CONFIG, extra = []) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-'));
     this.portFile = path.join(this.dir, 'port');
     this.log = '';
     this.proc = spawn(BIN, ['--listen', listen, '--port-file', this.portFile, '--config', config,
-      '--web-root', WEB_ROOT], { stdio: ['ignore', 'ignore', 'pipe'] });
+      '--web-root', WEB_ROOT, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.proc.stderr.on('data', (d) => { this.log += d; });
     this.exited = false;
     this.exit = new Promise((r) => this.proc.on('exit', (code, signal) => { this.exited = true; r({ code, signal }); }));
@@ -301,4 +301,52 @@ test('over the admission rate the browser client waits as told, then connects', 
   assert.ok(r.ms >= 1000, JSON.stringify(r));
   assert.equal(r.seen[r.seen.length - 1].state, 'connected');
   assert.deepEqual(errors, []);
+});
+
+// Chromium's own inflater against what wshub compresses: small messages
+// get deflate streams sized to them (windows from 9 bits), larger ones
+// reuse the worker's full-size stream after a reset, one after another.
+test('permessage-deflate with Chromium: every size echoes intact', { timeout: 60000 * MULT }, async (t) => {
+  assert.ok(BIN, 'WSHUB_BIN is not set');
+  const server = await new Server('127.0.0.1:0', CONFIG, ['--deflate', '--echo', '--workers', '1']).ready();
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
+  const ctx = await launchChromium(userDataDir);
+  t.after(async () => {
+    await ctx.close().catch(() => {});
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+    await server.stop('SIGKILL').catch(() => {});
+  });
+  const page = await ctx.newPage();
+  await page.goto(`http://127.0.0.1:${server.port}/`);
+  const r = await page.evaluate(async (limitMs) => {
+    const words = ['{"channel":', '"chat"', ',"data":', 'hello ', 'world ', 'wshub ', '1234567890', '}\n', 'ü€ '];
+    let seed = 7;
+    const rnd = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed; };
+    const make = (n) => {
+      let out = '';
+      while (out.length < n) out += (rnd() % 4 === 0) ? String.fromCharCode(33 + rnd() % 90) : words[rnd() % words.length];
+      return out.slice(0, n);
+    };
+    const sizes = [64, 100, 249, 250, 263, 511, 600, 1000, 1500, 1700, 2048, 5000, 16384, 16385, 40000, 60000, 300, 20000];
+    const ws = new WebSocket(`ws://${location.host}/echo`);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new Error('connect failed'));
+      setTimeout(() => reject(new Error('connect timeout')), limitMs);
+    });
+    const sent = sizes.map(make);
+    const got = [];
+    const done = new Promise((resolve, reject) => {
+      ws.onmessage = (e) => { got.push(e.data); if (got.length === sent.length) resolve(); };
+      ws.onclose = (e) => reject(new Error(`closed ${e.code} after ${got.length}`));
+      setTimeout(() => reject(new Error(`timeout after ${got.length}`)), limitMs);
+    });
+    for (const m of sent) ws.send(m);
+    await done;
+    ws.onclose = null;
+    ws.close(1000);
+    return { extensions: ws.extensions, same: sent.map((m, i) => m === got[i]) };
+  }, T);
+  assert.match(r.extensions, /^permessage-deflate/, 'deflate was agreed');
+  assert.deepEqual(r.same, r.same.map(() => true));
 });
