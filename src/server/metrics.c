@@ -1,12 +1,17 @@
 /* /metrics in the Prometheus text exposition format (version 0.0.4):
- * connections, messages in by endpoint and command, frames and bytes out,
- * slow consumers, close codes sent, and the publish-to-delivery latency
- * histogram. Each worker counts its own; a scrape sums them. */
+ * connections, messages in by endpoint and command, messages out by type,
+ * frames and bytes, slow consumers, evictions, close codes sent, the
+ * publish-to-delivery latency histogram, and the standard process_*
+ * metrics. Each worker counts its own; a scrape sums them. */
+#include <dirent.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "server.h"
 #include "wshub/http.h"
@@ -72,6 +77,82 @@ static void counter(struct out *o, const char *name, const char *help, uint64_t 
 {
     put(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
         (unsigned long long)v);
+}
+
+/* The process_* metrics every Prometheus client library exports, read
+ * from /proc the way they read them, so dashboards built for any server
+ * work here too. */
+static void process_metrics(struct out *o)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        put(o,
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
+            (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned long long vm = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%llu %llu", &vm, &rss) == 2 && page > 0) {
+            put(o,
+                "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+                "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes %llu\n",
+                vm * (unsigned long long)page);
+            put(o,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                "# TYPE process_resident_memory_bytes gauge\n"
+                "process_resident_memory_bytes %llu\n",
+                rss * (unsigned long long)page);
+        }
+        fclose(f);
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d != NULL) {
+        unsigned long n = 0;
+        for (struct dirent *e; (e = readdir(d)) != NULL;)
+            n += e->d_name[0] != '.';
+        closedir(d);
+        put(o,
+            "# HELP process_open_fds Number of open file descriptors.\n"
+            "# TYPE process_open_fds gauge\nprocess_open_fds %lu\n",
+            n - 1); /* not the one reading the directory */
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        put(o,
+            "# HELP process_max_fds Maximum number of open file descriptors.\n"
+            "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n",
+            (unsigned long long)rl.rlim_cur);
+    /* Start: field 22 of /proc/self/stat, in clock ticks since boot
+     * (btime of /proc/stat). The command name in field 2 may hold spaces,
+     * so the fields are counted from its closing parenthesis. */
+    char buf[1024];
+    unsigned long long start = 0, btime = 0;
+    if ((f = fopen("/proc/self/stat", "r")) != NULL) {
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        char *p = strrchr(buf, ')');
+        for (int field = 2; p != NULL && field < 22; field++)
+            p = strchr(p + 1, ' ');
+        if (p != NULL)
+            start = strtoull(p + 1, NULL, 10);
+    }
+    if ((f = fopen("/proc/stat", "r")) != NULL) {
+        while (fgets(buf, sizeof(buf), f) != NULL)
+            if (sscanf(buf, "btime %llu", &btime) == 1)
+                break;
+        fclose(f);
+    }
+    long hz = sysconf(_SC_CLK_TCK);
+    if (start != 0 && btime != 0 && hz > 0)
+        put(o,
+            "# HELP process_start_time_seconds Start time of the process since unix epoch in "
+            "seconds.\n"
+            "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.2f\n",
+            (double)btime + (double)start / (double)hz);
 }
 
 void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req)
@@ -169,5 +250,6 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     put(&o, "wshub_publish_delivery_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
     put(&o, "wshub_publish_delivery_seconds_sum %.6f\n", (double)SUM(lat_sum_us) / 1e6);
     put(&o, "wshub_publish_delivery_seconds_count %llu\n", (unsigned long long)SUM(lat_count));
+    process_metrics(&o);
     http_respond(w, c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
 }

@@ -3,8 +3,10 @@ with and without the API key, server-side publishes reaching /ws
 subscribers, disconnect by user on every worker, and /metrics checked as
 Prometheus text exposition format 0.0.4."""
 import json
+import os
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -189,6 +191,25 @@ async def test_metrics_parse_and_count(hub):
     assert counts == sorted(counts), "buckets are cumulative"
     assert buckets[-1][0] == float("inf")
     assert counts[-1] == s[("wshub_publish_delivery_seconds_count", "")] >= 5
+    # The standard process_* metrics, against what /proc says of the pid.
+    pid = h.pid
+    for name, kind in [("process_cpu_seconds_total", "counter"),
+                       ("process_resident_memory_bytes", "gauge"),
+                       ("process_virtual_memory_bytes", "gauge"), ("process_open_fds", "gauge"),
+                       ("process_max_fds", "gauge"), ("process_start_time_seconds", "gauge")]:
+        assert types[name] == kind, name
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    assert abs(s[("process_open_fds", "")] - fds) <= 3, (s[("process_open_fds", "")], fds)
+    with open(f"/proc/{pid}/limits") as f:
+        soft = next(line.split()[3] for line in f if line.startswith("Max open files"))
+    assert s[("process_max_fds", "")] == float(soft)
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    assert 0.5 * rss <= s[("process_resident_memory_bytes", "")] <= 2 * rss
+    assert s[("process_virtual_memory_bytes", "")] >= s[("process_resident_memory_bytes", "")]
+    # Started by this test, moments ago (the wall clock, from boot time).
+    assert time.time() - 60 < s[("process_start_time_seconds", "")] <= time.time() + 1
+    assert 0 < s[("process_cpu_seconds_total", "")] < 60
     # A close code is counted when sent.
     await a.close()
     st, _, body = call(h, "GET", "/metrics", key=None)
