@@ -96,6 +96,7 @@ struct wsh_limits_config {
     uint32_t ipv6_prefix;            /* bits of an IPv6 address counted as one client */
     double admission_rate;           /* WebSocket upgrades per second, server-wide, 0 = off */
     uint32_t admission_burst;        /* its bucket size */
+    uint64_t max_client_memory;      /* bytes of all client buffers together, 0 = off */
     uint32_t max_message;            /* bytes of one client message */
     uint32_t json_depth;             /* nesting of one client message */
     uint32_t max_channel;            /* bytes of a channel name */

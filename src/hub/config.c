@@ -237,30 +237,39 @@ static bool get_rate(struct ctx *c, json_t *obj, const char *key, bool zero_ok, 
     return true;
 }
 
-static bool get_u32(struct ctx *c, json_t *obj, const char *key, uint32_t min, uint32_t max,
-                    uint32_t *out)
+static bool get_int(struct ctx *c, json_t *obj, const char *key, json_int_t min, json_int_t max,
+                    json_int_t *out)
 {
     json_t *v = json_object_get(obj, key);
     if (v == NULL)
         return true;
     size_t old = push_key(c, key);
-    bool ok = json_is_integer(v) && json_integer_value(v) >= (json_int_t)min &&
-              json_integer_value(v) <= (json_int_t)max;
+    bool ok = json_is_integer(v) && json_integer_value(v) >= min && json_integer_value(v) <= max;
     if (ok) {
-        *out = (uint32_t)json_integer_value(v);
+        *out = json_integer_value(v);
     } else {
         char got[64];
         describe(v, got, sizeof(got));
-        if (min == 0 && json_is_integer(v) && json_integer_value(v) > (json_int_t)max)
-            error(c, "expected at most %u, got %s", (unsigned)max, got);
+        if (min == 0 && json_is_integer(v) && json_integer_value(v) > max)
+            error(c, "expected at most %lld, got %s", (long long)max, got);
         else if (min == 0)
             error(c, "expected a non-negative integer, got %s", got);
         else
-            error(c, "expected an integer from %u to %u, got %s", (unsigned)min, (unsigned)max,
-                  got);
+            error(c, "expected an integer from %lld to %lld, got %s", (long long)min,
+                  (long long)max, got);
     }
     pop(c, old);
     return ok;
+}
+
+static bool get_u32(struct ctx *c, json_t *obj, const char *key, uint32_t min, uint32_t max,
+                    uint32_t *out)
+{
+    json_int_t v = *out;
+    if (!get_int(c, obj, key, min, max, &v))
+        return false;
+    *out = (uint32_t)v;
+    return true;
 }
 
 static bool get_bool(struct ctx *c, json_t *obj, const char *key, bool *out)
@@ -588,12 +597,23 @@ static const char *const limit_keys[] = { "publish_rate",
                                           "ipv6_prefix",
                                           "admission_rate",
                                           "admission_burst",
+                                          "max_client_memory",
                                           "max_message",
                                           "json_depth",
                                           "max_channel",
                                           "unauthenticated",
                                           NULL };
 static const char *const unauth_keys[] = { "max_message", "timeout_ms", "max_outbound", NULL };
+
+/* Bytes, up to 2^50 (a petabyte): a bound any machine's memory is under. */
+static bool get_client_memory(struct ctx *c, json_t *v, uint64_t *out)
+{
+    json_int_t n = (json_int_t)*out;
+    if (!get_int(c, v, "max_client_memory", 0, (json_int_t)1 << 50, &n))
+        return false;
+    *out = (uint64_t)n;
+    return true;
+}
 
 static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
 {
@@ -614,6 +634,7 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         !get_u32(c, v, "handshake_burst_per_ip", 1, 1000000, &l->handshake_burst_per_ip) ||
         !get_u32(c, v, "ipv6_prefix", 32, 128, &l->ipv6_prefix) ||
         !get_u32(c, v, "admission_burst", 1, 1000000, &l->admission_burst) ||
+        !get_client_memory(c, v, &l->max_client_memory) ||
         !get_u32(c, v, "max_message", 256, 64u * 1024u * 1024u, &l->max_message) ||
         !get_u32(c, v, "json_depth", 2, 1000, &l->json_depth) ||
         !get_u32(c, v, "max_channel", 8, 1024, &l->max_channel))

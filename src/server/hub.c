@@ -447,6 +447,10 @@ uint64_t hub_max_message(void)
 
 void hub_conn_limits(struct wsh_config *cfg)
 {
+    /* --max-client-memory, when given, overrides the file (SIZE_MAX: not given). */
+    bool memory_flag = cfg->max_client_memory != SIZE_MAX;
+    if (!memory_flag)
+        cfg->max_client_memory = 0;
     cfg->ip6_prefix = WSH_CFG_DEFAULT_IPV6_PREFIX;
     /* Only a configuration file turns these on: the built-in defaults
      * would refuse the many connections benchmarks open from one address. */
@@ -461,6 +465,8 @@ void hub_conn_limits(struct wsh_config *cfg)
     cfg->ip6_prefix = l->ipv6_prefix;
     cfg->admit_rate = l->admission_rate;
     cfg->admit_burst = l->admission_burst;
+    if (!memory_flag)
+        cfg->max_client_memory = (size_t)l->max_client_memory;
 }
 
 size_t hub_queue_limit(const struct conn *c)

@@ -390,6 +390,7 @@ static void set_defaults(void)
     wsh_cfg.close_timeout_ms = 5000;
     wsh_cfg.message_timeout_ms = 30000;
     wsh_cfg.max_queue = 1u << 20;
+    wsh_cfg.max_client_memory = SIZE_MAX; /* not given: the config file's, or off */
     wsh_cfg.soft_queue = 256u << 10;
     wsh_cfg.soft_queue_ms = 10000;
     wsh_cfg.write_timeout_ms = 10000;

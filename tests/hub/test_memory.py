@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import wsraw
-from conftest import MULT, Client, run_async, token
+from conftest import MULT, Client, merge, run_async, token
 from test_fanout import SLOW_CFG
 
 N_HIST = 50          # messages in the channel's history
@@ -85,7 +85,9 @@ def read_backlog(c, timeout=20.0):
 @run_async
 async def test_client_memory_cap_closes_the_largest_holders_first(hub):
     # --close-timeout: the evicted wait, unread, until the end of the test.
-    h = hub(SLOW_CFG, "--max-client-memory", CAP, "--max-queue", 64 << 20, "--soft-queue", 0,
+    # The flag overrides the config file's far larger limit.
+    cfg = merge(SLOW_CFG, {"limits": {"max_client_memory": 1 << 40}})
+    h = hub(cfg, "--max-client-memory", CAP, "--max-queue", 64 << 20, "--soft-queue", 0,
             "--write-timeout", 0, "--ping-interval", 0, "--close-timeout", 60)
     pub = await Client.open(h, token("pub"))
     await pub.subscribe("chat:mem")
@@ -134,8 +136,10 @@ def test_client_memory_cap_on_shared_frames(hub):
     lagging subscriber frees nothing while the others hold the same frames:
     the checks that follow close the next ones until the total is under the
     cap. A subscriber that keeps up gets every message intact."""
-    h = hub(SLOW_CFG, "--max-client-memory", 3_000_000, "--max-queue", 64 << 20,
-            "--soft-queue", 0, "--write-timeout", 0, "--ping-interval", 0)
+    # The cap from the config file (limits.max_client_memory) this time.
+    cfg = merge(SLOW_CFG, {"limits": {"max_client_memory": 3_000_000}})
+    h = hub(cfg, "--max-queue", 64 << 20, "--soft-queue", 0, "--write-timeout", 0,
+            "--ping-interval", 0)
     path = "/raw/memshare"
     laggers = [raw_lagger(h.port, path) for _ in range(3)]
     healthy = wsraw.ws_connect(h.port, path)

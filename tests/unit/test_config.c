@@ -46,6 +46,7 @@ static const char full_config[] =
     "    \"max_connections\": 50000, \"max_connections_per_ip\": 100,\n"
     "    \"handshake_rate_per_ip\": 2.5, \"handshake_burst_per_ip\": 12,\n"
     "    \"admission_rate\": 2000, \"admission_burst\": 5000, \"ipv6_prefix\": 56,\n"
+    "    \"max_client_memory\": 8589934592,\n"
     "    \"max_message\": 32768, \"json_depth\": 16, \"max_channel\": 96,\n"
     "    \"unauthenticated\": {\"max_message\": 2048, \"timeout_ms\": 3000, "
     "\"max_outbound\": 8192}\n"
@@ -94,6 +95,7 @@ static void test_config_defaults(void **state)
     assert_true(cfg.limits.admission_rate == 0.0); /* off */
     assert_int_equal(cfg.limits.admission_burst, 1000);
     assert_int_equal(cfg.limits.ipv6_prefix, 64);
+    assert_int_equal(cfg.limits.max_client_memory, 0); /* off */
     assert_false(cfg.auth.allow_anonymous);
     assert_null(cfg.api_key);
     assert_int_equal(cfg.nnamespaces, 0);
@@ -169,6 +171,7 @@ static void test_config_full_valid(void **state)
     assert_true(l->admission_rate > 1999.9 && l->admission_rate < 2000.1);
     assert_int_equal(l->admission_burst, 5000);
     assert_int_equal(l->ipv6_prefix, 56);
+    assert_int_equal(l->max_client_memory, 8589934592ull); /* 8 GiB: past 32 bits */
     assert_int_equal(l->max_message, 32768);
     assert_int_equal(l->json_depth, 16);
     assert_int_equal(l->max_channel, 96);
@@ -299,6 +302,12 @@ static void test_config_invalid_fields(void **state)
           "limits.ipv6_prefix: expected an integer from 32 to 128, got 16" },
         { "{\"limits\":{\"admission_burst\":0}}",
           "limits.admission_burst: expected an integer from 1 to 1000000, got 0" },
+        { "{\"limits\":{\"max_client_memory\":-1}}",
+          "limits.max_client_memory: expected a non-negative integer, got -1" },
+        { "{\"limits\":{\"max_client_memory\":2251799813685248}}",
+          "limits.max_client_memory: expected at most 1125899906842624, got 2251799813685248" },
+        { "{\"limits\":{\"max_client_memory\":\"8G\"}}",
+          "limits.max_client_memory: expected a non-negative integer, got \"8G\"" },
         { "{\"limits\":{\"max_channel\":4}}",
           "limits.max_channel: expected an integer from 8 to 1024, got 4" },
         { "{\"limits\":{\"rate\":1}}", "limits.rate: unknown key" },
