@@ -69,6 +69,20 @@ function launchChromium(userDataDir) {
   });
 }
 
+// Chromium with a throw-away profile for test t. When t ends, the browser
+// is closed, the profile and dirs removed, and the server that
+// currentServer() returns then is stopped.
+async function browserFor(t, currentServer, dirs = []) {
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
+  const ctx = await launchChromium(userDataDir);
+  t.after(async () => {
+    await ctx.close().catch(() => {});
+    for (const d of [userDataDir, ...dirs]) fs.rmSync(d, { recursive: true, force: true });
+    await currentServer().stop('SIGKILL').catch(() => {});
+  });
+  return ctx;
+}
+
 async function startServer(listen = '127.0.0.1:0') {
   return new Server(listen).ready();
 }
@@ -108,13 +122,7 @@ test('two people chat in real Chromium', { timeout: 150000 * MULT }, async (t) =
   assert.ok(BIN, 'WSHUB_BIN is not set');
   let server = await startServer();
   const port = server.port;
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
-  const ctx = await launchChromium(userDataDir);
-  t.after(async () => {
-    await ctx.close().catch(() => {});
-    fs.rmSync(userDataDir, { recursive: true, force: true });
-    await server.stop('SIGKILL').catch(() => {});
-  });
+  const ctx = await browserFor(t, () => server); // the server restarts below
 
   const a = await openChat(ctx, port, 'Alice', 'testroom');
   const b = await openChat(ctx, port, 'Bob', 'testroom');
@@ -258,14 +266,7 @@ test('over the admission rate the browser client waits as told, then connects', 
   const cfgPath = path.join(cfgDir, 'config.json');
   fs.writeFileSync(cfgPath, JSON.stringify(cfg));
   const server = await new Server('127.0.0.1:0', cfgPath).ready();
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
-  const ctx = await launchChromium(userDataDir);
-  t.after(async () => {
-    await ctx.close().catch(() => {});
-    fs.rmSync(userDataDir, { recursive: true, force: true });
-    fs.rmSync(cfgDir, { recursive: true, force: true });
-    await server.stop('SIGKILL').catch(() => {});
-  });
+  const ctx = await browserFor(t, () => server, [cfgDir]);
   const page = await ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
@@ -309,13 +310,7 @@ test('over the admission rate the browser client waits as told, then connects', 
 test('permessage-deflate with Chromium: every size echoes intact', { timeout: 60000 * MULT }, async (t) => {
   assert.ok(BIN, 'WSHUB_BIN is not set');
   const server = await new Server('127.0.0.1:0', CONFIG, ['--deflate', '--echo', '--workers', '1']).ready();
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-chromium-'));
-  const ctx = await launchChromium(userDataDir);
-  t.after(async () => {
-    await ctx.close().catch(() => {});
-    fs.rmSync(userDataDir, { recursive: true, force: true });
-    await server.stop('SIGKILL').catch(() => {});
-  });
+  const ctx = await browserFor(t, () => server);
   const page = await ctx.newPage();
   await page.goto(`http://127.0.0.1:${server.port}/`);
   const r = await page.evaluate(async (limitMs) => {
