@@ -586,7 +586,10 @@ static int deflate_alone(uint8_t bits, int level, int mem_level, const uint8_t *
     z_stream *c = small ? NULL : dcache_stream(bits, level, mem_level);
     if (c != NULL) {
         int st = deflate_message(c, in, len, cb, user);
-        if (st != WSH_OK) { /* its position is unknown: start it afresh next time */
+        /* Abandoned midway, it would keep that message's bytes in its
+         * window past a reset, and later output, though valid, would differ
+         * from a new stream's (the unit test holds it to the same bytes). */
+        if (st != WSH_OK) {
             struct dcache *d = dcache_get();
             deflateEnd(&d->s);
             d->live = false;
