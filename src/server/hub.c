@@ -125,25 +125,25 @@ static void disconnect_retry(struct worker *w, struct conn *c, unsigned code, co
     conn_close(w, c, code, reason);
 }
 
-/* Spread over 0.5-5 s by the connection id (Knuth's multiplicative hash),
- * so the clients sent away together do not all come back together. */
-uint64_t hub_retry_spread_ms(const struct conn *c)
+/* Shutdown (DESIGN.md 5) and --max-client-memory: a /ws client learns it
+ * may come back, each after its own delay spread over 0.5-5 s by the
+ * connection id (Knuth's multiplicative hash), so the clients sent away
+ * together do not all come back together. */
+void hub_close_retry(struct worker *w, struct conn *c, unsigned code, const char *reason)
 {
-    return 500 + ((uint64_t)c->id * 2654435761u) % 4500u;
+    if (c->hub == NULL) {
+        conn_close(w, c, code, reason);
+        return;
+    }
+    uint64_t spread = ((uint64_t)c->id * 2654435761u) % 4500u;
+    disconnect_retry(w, c, code, reason, true, 500 + spread);
 }
 
-/* Shutdown (DESIGN.md 5): every /ws client learns it may come back, each
- * after its own delay, so a restart is not followed by a reconnect storm. */
-void hub_shutdown_notice(struct worker *w, struct conn *c, unsigned code, const char *reason)
+/* Over limits.admission_rate (worker.c admit_upgrade): the client may come
+ * back after retry_ms, its own slot (LIMITS.md 1013, try again later). */
+void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms)
 {
-    disconnect_retry(w, c, code, reason, true, hub_retry_spread_ms(c));
-}
-
-/* Over limits.admission_rate or --max-client-memory (worker.c): the client
- * may come back after retry_ms (LIMITS.md 1013, try again later). */
-void hub_overload_notice(struct worker *w, struct conn *c, const char *reason, uint64_t retry_ms)
-{
-    disconnect_retry(w, c, WSH_CLOSE_TRY_LATER, reason, true, retry_ms);
+    disconnect_retry(w, c, WSH_CLOSE_TRY_LATER, "server busy, try again later", true, retry_ms);
 }
 
 static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, const char *reason,

@@ -336,9 +336,10 @@ int hub_init(const char *config_path, char *err, size_t errlen);
 void hub_conn_limits(struct wsh_config *cfg);
 /* Sends `disconnect` (reconnect after retry_ms) and close 1013 to a /ws
  * connection refused by the admission rate; it never became a session. */
-/* A client's own delay before it comes back, spread over 0.5-5 s by its id. */
-uint64_t hub_retry_spread_ms(const struct conn *c);
-void hub_overload_notice(struct worker *w, struct conn *c, const char *reason, uint64_t retry_ms);
+void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms);
+/* Closes c with code and reason; a /ws session is first told by
+ * `disconnect` to come back after its own delay of 0.5-5 s. */
+void hub_close_retry(struct worker *w, struct conn *c, unsigned code, const char *reason);
 /* The outbound queue limit for a /ws connection (c->hub set): --max-queue,
  * or less before auth. */
 size_t hub_queue_limit(const struct conn *c);
@@ -362,7 +363,6 @@ uint64_t hub_max_message(void);
 /* Starts the hub (the broker) with the /ws message limit in force: the
  * flag, or the file's. Returns 0 or -1. */
 int hub_start(uint64_t max_message);
-void hub_shutdown_notice(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 void hub_sweep(int64_t now_ms);
 /* The HTTP API (DESIGN.md 6) on /api/..., with its request body. */

@@ -606,10 +606,7 @@ static void evict(struct worker *w, struct conn *c, uint64_t held, size_t live)
             (unsigned long long)held, live);
     metric_add(&w->m.memory_evictions, 1);
     wsh_wq_drop_unstarted(&c->wq);
-    if (c->hub != NULL)
-        hub_overload_notice(w, c, "server memory limit", hub_retry_spread_ms(c));
-    else
-        conn_close(w, c, WSH_CLOSE_TRY_LATER, "server memory limit");
+    hub_close_retry(w, c, WSH_CLOSE_TRY_LATER, "server memory limit");
 }
 
 /* Ranks everybody's largest holders (this worker's fresh, the others' as
@@ -1032,7 +1029,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     if (retry_s > 0) {
         /* Never a /ws session (no c->hub): what the client sends before
          * our close is discarded. */
-        hub_overload_notice(w, c, "server busy, try again later", (uint64_t)retry_s * 1000u);
+        hub_overload_notice(w, c, (uint64_t)retry_s * 1000u);
         return;
     }
     c->endpoint = (uint8_t)ep;
@@ -1597,10 +1594,7 @@ static uint32_t drain_some(struct worker *w, uint32_t max)
             left++;
         } else if (c->state == CONN_OPEN) {
             closed++;
-            if (c->hub != NULL)
-                hub_shutdown_notice(w, c, code, why);
-            else
-                conn_close(w, c, code, why);
+            hub_close_retry(w, c, code, why);
         }
     }
     return left;
