@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -332,7 +333,38 @@ ssize_t wsh_sock_sendv(int fd, const struct iovec *iov, int n);
  * v6_prefix bits zeroed. One user commonly holds a whole /64, so counting
  * IPv6 addresses one by one would let them step around any per-address
  * bound. Returns 4, 16, or 0 for another family. */
-struct sockaddr_storage;
 size_t wsh_addr_key(const struct sockaddr_storage *ss, unsigned v6_prefix, uint8_t out[16]);
+
+/* ------------------------------------------------------------------ */
+/* PROXY protocol (HAProxy's proxy-protocol.txt, v1 and v2)            */
+
+/* The longest header accepted. v1 is at most 107 bytes; v2 may declare
+ * up to 64 KiB of TLVs, but what balancers send (addresses, an AWS
+ * endpoint id, TLS facts) fits in a few hundred. */
+#define WSH_PROXY_MAX     4096
+#define WSH_PROXY_MAX_STR "4096"
+
+enum {
+    WSH_PROXY_ESIG = -1,    /* neither version's signature */
+    WSH_PROXY_EV1 = -2,     /* a v1 line that breaks the grammar */
+    WSH_PROXY_EV2 = -3,     /* a v2 header with a bad version, command, family or length */
+    WSH_PROXY_ETOOBIG = -4, /* a v2 header longer than WSH_PROXY_MAX */
+};
+
+/* What a header says. src and dst have ss_family AF_UNSPEC when it names
+ * no client (v1 UNKNOWN; v2 LOCAL, UNSPEC, UNIX or datagram): the
+ * connection's own endpoints then stand, as the spec says. */
+struct wsh_proxy {
+    struct sockaddr_storage src, dst;
+    uint8_t version; /* 1 or 2 */
+};
+
+/* Parses the header at the start of p[0..len). Returns its length when
+ * it is whole (the client's bytes begin there), 0 when every byte so far
+ * fits a header but more are needed, or a WSH_PROXY_E* code as soon as a
+ * byte rules a valid header out. Any split of the input gives the same
+ * result. */
+ssize_t wsh_proxy_parse(const uint8_t *p, size_t len, struct wsh_proxy *out);
+const char *wsh_proxy_strerror(int rc);
 
 #endif

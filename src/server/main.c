@@ -110,6 +110,9 @@ static void usage(FILE *out)
             "  --tls-key FILE            the certificate's PEM private key\n"
             "  --tls-ca FILE             require client certificates signed by this CA\n"
             "                            (SIGHUP reloads the certificate and key)\n"
+            "  --proxy-protocol          every connection begins with a PROXY protocol v1 or\n"
+            "                            v2 header from a load balancer; per-address limits\n"
+            "                            count the client it names (docs/server.md)\n"
             "  -h, --help                show this help\n"
             "  -V, --version             show the version\n"
             "\n"
@@ -195,7 +198,8 @@ enum {
     OPT_MESSAGE_TIMEOUT,
     OPT_SOFT_QUEUE,
     OPT_SOFT_QUEUE_TIME,
-    OPT_WRITE_TIMEOUT
+    OPT_WRITE_TIMEOUT,
+    OPT_PROXY_PROTOCOL
 };
 
 static const char *config_path;
@@ -231,6 +235,7 @@ static int parse_args(int argc, char **argv)
         { "soft-queue", required_argument, NULL, OPT_SOFT_QUEUE },
         { "soft-queue-time", required_argument, NULL, OPT_SOFT_QUEUE_TIME },
         { "write-timeout", required_argument, NULL, OPT_WRITE_TIMEOUT },
+        { "proxy-protocol", no_argument, NULL, OPT_PROXY_PROTOCOL },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -329,6 +334,9 @@ static int parse_args(int argc, char **argv)
             break;
         case OPT_DEFLATE:
             wsh_cfg.deflate = true;
+            break;
+        case OPT_PROXY_PROTOCOL:
+            wsh_cfg.proxy_protocol = true;
             break;
         case OPT_CONFIG:
             config_path = optarg;
@@ -508,9 +516,11 @@ int main(int argc, char **argv)
         }
     }
     wsh_log(WSH_LOG_INFO,
-            "ev=listen addr=%s port=%d workers=%d tls=%d deflate=%d echo=%d max_message=%llu",
+            "ev=listen addr=%s port=%d workers=%d tls=%d deflate=%d echo=%d max_message=%llu "
+            "proxy_protocol=%d",
             wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.deflate ? 1 : 0,
-            wsh_cfg.echo ? 1 : 0, (unsigned long long)wsh_cfg.limits.max_message);
+            wsh_cfg.echo ? 1 : 0, (unsigned long long)wsh_cfg.limits.max_message,
+            wsh_cfg.proxy_protocol ? 1 : 0);
     if (wsh_cfg.port_file && write_port_file(wsh_cfg.port_file, port) != 0) {
         wsh_log(WSH_LOG_ERROR, "ev=port_file_failed path=%s", wsh_cfg.port_file);
         return 1;

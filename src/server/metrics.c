@@ -219,6 +219,10 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     counter(&o, "wshub_admission_refused_total",
             "WebSocket upgrades refused over limits.admission_rate (503, or 1013 on /ws).",
             SUM(admission_refused));
+    counter(&o, "wshub_proxy_header_errors_total",
+            "Connections dropped because they did not begin with a valid PROXY protocol header "
+            "(--proxy-protocol).",
+            SUM(proxy_errors));
     counter(&o, "wshub_memory_evictions_total",
             "Connections closed with 1013 because client buffers passed --max-client-memory.",
             SUM(memory_evictions));

@@ -48,6 +48,7 @@ struct wsh_config {
     struct wsh_limits zlimits; /* parser limits on compressed connections */
     struct wsh_limits hlimits; /* parser limits on /ws connections */
     const char *web_root;      /* directory of static files, NULL for none */
+    bool proxy_protocol;       /* every connection begins with a PROXY header */
 };
 
 extern struct wsh_config wsh_cfg;
@@ -67,6 +68,7 @@ int wsh_log_parse_level(const char *s);
 /* Connections                                                         */
 
 enum conn_state {
+    CONN_PROXY,   /* reading the PROXY protocol header, handshake deadline armed */
     CONN_TLS,     /* TLS handshake in progress, handshake deadline armed */
     CONN_HTTP,    /* reading the request head, handshake deadline armed */
     CONN_OPEN,    /* WebSocket open */
@@ -215,6 +217,7 @@ struct metrics {
     _Atomic uint64_t slow_consumers;
     _Atomic uint64_t write_stalls;
     _Atomic uint64_t admission_refused;
+    _Atomic uint64_t proxy_errors; /* connections dropped for a bad PROXY header */
     _Atomic uint64_t memory_evictions;
     _Atomic uint64_t closes[METRIC_CODES + 1];    /* by code, last = other */
     _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */

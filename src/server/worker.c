@@ -50,6 +50,8 @@
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 struct ipcount;
 static void ip_release(struct ipcount *e);
+static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s);
+static void send_per_ip_refusal(int fd, uint32_t retry_s);
 static void ip_sweep(void);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
@@ -1298,12 +1300,91 @@ static void conn_read(struct worker *w, struct conn *c)
         conn_destroy(w, c);
 }
 
+/* --proxy-protocol: the balancer's header comes before anything else,
+ * TLS included. It is read with MSG_PEEK and consumed only as far as it
+ * goes, so the client's own first bytes stay in the socket for whichever
+ * reader comes next, TLS or HTTP. A partial header waits in the carry
+ * (at most WSH_PROXY_MAX bytes, and the handshake deadline runs).
+ * Returns true once the header is read and the connection goes on. */
+static bool proxy_input(struct worker *w, struct conn *c)
+{
+    size_t have = c->carry_len;
+    uint8_t *buf = w->rbuf;
+    if (have)
+        memcpy(buf, c->carry, have);
+    ssize_t r = recv(c->io.fd, buf + have, WSH_PROXY_MAX - have, MSG_PEEK);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return false;
+    if (r <= 0) {
+        conn_destroy(w, c);
+        return false;
+    }
+    struct wsh_proxy px;
+    ssize_t n = wsh_proxy_parse(buf, have + (size_t)r, &px);
+    if (n < 0) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=proxy_refused reason=\"%s\"", c->id,
+                wsh_proxy_strerror((int)n));
+        metric_add(&w->m.proxy_errors, 1);
+        conn_destroy(w, c);
+        return false;
+    }
+    /* Take what was peeked, but not a byte past the header. */
+    size_t take = n == 0 ? (size_t)r : (size_t)n - have;
+    if (wsh_sock_recv(c->io.fd, buf + have, take) != (ssize_t)take) {
+        conn_destroy(w, c); /* peeked bytes stay queued: not expected */
+        return false;
+    }
+    metric_add(&w->m.bytes_in, take);
+    keep_carry(w, c, buf, n == 0 ? have + take : 0);
+    if (n == 0 || c->state == CONN_DEAD)
+        return false;
+    if (wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0) {
+        struct sockaddr_storage peer = px.src;
+        socklen_t plen = sizeof(peer);
+        if (px.src.ss_family == AF_UNSPEC &&
+            getpeername(c->io.fd, (struct sockaddr *)&peer, &plen) != 0) {
+            conn_destroy(w, c);
+            return false;
+        }
+        uint32_t retry_s;
+        c->ip = ip_acquire(&peer, &retry_s);
+        if (retry_s) {
+            send_per_ip_refusal(c->io.fd, retry_s);
+            conn_destroy(w, c);
+            return false;
+        }
+    }
+    if (wsh_log_enabled(WSH_LOG_DEBUG)) {
+        char a[INET6_ADDRSTRLEN] = "none";
+        uint16_t port = 0;
+        if (px.src.ss_family == AF_INET) {
+            const struct sockaddr_in *s4 = (const struct sockaddr_in *)&px.src;
+            inet_ntop(AF_INET, &s4->sin_addr, a, sizeof(a));
+            port = ntohs(s4->sin_port);
+        } else if (px.src.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&px.src;
+            inet_ntop(AF_INET6, &s6->sin6_addr, a, sizeof(a));
+            port = ntohs(s6->sin6_port);
+        }
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=proxy version=%u client=%s port=%u", c->id, px.version,
+                a, port);
+    }
+    return true;
+}
+
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
 {
     struct worker *w = wsh_loop_user(l);
     struct conn *c = (struct conn *)io;
     if (c->state == CONN_DEAD)
         return;
+    if (c->state == CONN_PROXY) {
+        if (!proxy_input(w, c))
+            return;
+        c->state = c->ssl ? CONN_TLS : CONN_HTTP;
+        /* The client's first bytes may have come with the header. */
+        events |= EPOLLIN;
+    }
     if (c->state == CONN_TLS) {
         if (w->tls_budget <= 0)
             return;
@@ -1334,6 +1415,7 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
     struct worker *w = wsh_loop_user(l);
     struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, timer));
     switch (c->state) {
+    case CONN_PROXY:
     case CONN_TLS:
     case CONN_HTTP:
         /* Whole-head deadline from accept (slowloris): drop, no answer. */
@@ -1463,7 +1545,8 @@ static void ip_sweep(void)
     pthread_mutex_unlock(&ip_mu);
 }
 
-static void refuse_per_ip(int fd, uint32_t retry_s)
+/* The 429 of an address over its bounds; the caller closes. */
+static void send_per_ip_refusal(int fd, uint32_t retry_s)
 {
     char resp[160];
     int n = snprintf(resp, sizeof(resp),
@@ -1472,7 +1555,6 @@ static void refuse_per_ip(int fd, uint32_t retry_s)
                      retry_s);
     ssize_t r = send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)r;
-    close(fd);
 }
 
 static void refuse_overload(int fd)
@@ -1515,12 +1597,15 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             refuse_overload(fd);
             continue;
         }
+        /* Behind a balancer the address that counts is the one its
+         * header names (proxy_input), not the balancer's own. */
         struct ipcount *ipc = NULL;
-        if (wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0) {
+        if ((wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0) && !wsh_cfg.proxy_protocol) {
             uint32_t retry_s;
             ipc = ip_acquire(&peer, &retry_s);
             if (retry_s) {
-                refuse_per_ip(fd, retry_s);
+                send_per_ip_refusal(fd, retry_s);
+                close(fd);
                 continue;
             }
         }
@@ -1548,6 +1633,8 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             }
             c->state = CONN_TLS;
         }
+        if (wsh_cfg.proxy_protocol)
+            c->state = CONN_PROXY;
         if (wsh_loop_add(l, &c->io, EPOLLIN) != WSH_OK) {
             if (c->ssl)
                 wsh_tls_conn_free(c->ssl);
@@ -1588,7 +1675,7 @@ static uint32_t drain_some(struct worker *w, uint32_t max)
     struct conn *next;
     for (struct conn *c = w->conns; c != NULL; c = next) {
         next = c->next;
-        if (c->state == CONN_HTTP || c->state == CONN_TLS) {
+        if (c->state == CONN_PROXY || c->state == CONN_HTTP || c->state == CONN_TLS) {
             conn_destroy(w, c);
         } else if (c->state == CONN_OPEN && closed == max) {
             left++;

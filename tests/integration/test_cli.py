@@ -28,7 +28,7 @@ def test_cli_help_and_version():
     for flag in ("--listen", "--workers", "--echo", "--max-message", "--max-fragments",
                  "--ping-interval", "--log-level", "--port-file", "--tls-cert", "--deflate",
                  "--deflate-level", "--config", "--check-config", "--message-timeout",
-                 "--web-root", "--drain-time", "--max-client-memory"):
+                 "--web-root", "--drain-time", "--max-client-memory", "--proxy-protocol"):
         assert flag in r.stdout, flag
     r = run("--version")
     assert r.returncode == 0 and r.stdout.startswith("wshub ")
