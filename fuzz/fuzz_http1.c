@@ -2,6 +2,7 @@
  * limits (defaults, or small ones so 414/431 are reachable), bytes 1..3 are
  * cycled as chunk sizes; the rest is the request. The chunked feed must end
  * exactly as the whole feed, and every slice must lie inside the head. */
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static void check_slice(const char *p, size_t n, const char *buf, size_t head)
 {
     if (p != NULL && (p < buf || n > head || (size_t)(p - buf) > head - n))
+        abort();
+}
+
+/* X-Forwarded-For behind two trusted blocks: a client it names is an
+ * address, and not a trusted one unless every entry up to an unreadable
+ * one (or the start) was trusted; with no field nothing is written. */
+static void check_forwarded(const struct wsh_http_request *q)
+{
+    static const char *const blocks[] = { "10.0.0.0/8", "2001:db8::/32" };
+    struct wsh_cidr tr[2];
+    for (int i = 0; i < 2; i++)
+        if (!wsh_cidr_parse(blocks[i], strlen(blocks[i]), &tr[i]))
+            abort();
+    struct sockaddr_storage out, before;
+    memset(&out, 0x5A, sizeof(out));
+    before = out;
+    bool any = wsh_http_find(q, "X-Forwarded-For") != NULL;
+    if (!wsh_http_forwarded_for(q, tr, 2, &out)) {
+        if (memcmp(&out, &before, sizeof(out)) != 0)
+            abort();
+        return;
+    }
+    if (!any || (out.ss_family != AF_INET && out.ss_family != AF_INET6))
+        abort();
+    /* The same walk with nothing trusted stops at the last entry. */
+    struct sockaddr_storage last;
+    if (!wsh_http_forwarded_for(q, NULL, 0, &last) || wsh_cidr_contains(NULL, 0, &last))
         abort();
 }
 
@@ -64,5 +92,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_slice(h1[i].name, h1[i].name_len, buf, head);
         check_slice(h1[i].value, h1[i].value_len, buf, head);
     }
+    check_forwarded(&q1);
     return 0;
 }

@@ -9,7 +9,7 @@ PKGS=(
   build-essential cmake pkg-config clang lld libclang-rt-14-dev
   libssl-dev zlib1g-dev libcmocka-dev libjansson-dev libjwt-dev liburing-dev
   python3 python3-websockets python3-pytest python3-jwt
-  nodejs npm curl procps chromium openssl valgrind haproxy
+  nodejs npm curl procps chromium openssl valgrind haproxy nginx
 )
 
 SUDO=""

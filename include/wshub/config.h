@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "http.h"
 #include "status.h"
 
 /* Defaults (LIMITS.md, DESIGN.md 5). */
@@ -40,6 +41,7 @@
 #define WSH_CFG_MAX_NAMESPACES             1024u
 #define WSH_CFG_MAX_KEYS                   16u /* WSH_AUTH_KEYS_MAX */
 #define WSH_CFG_MAX_ORIGINS                256u
+#define WSH_CFG_MAX_TRUSTED_PROXIES        256u
 
 enum wsh_publish_policy {
     WSH_PUBLISH_SUBSCRIBERS = 0, /* any subscriber whose token allows it */
@@ -114,6 +116,8 @@ struct wsh_hub_config {
     size_t norigins;
     char *api_key; /* owned; NULL: the HTTP API is disabled */
     struct wsh_limits_config limits;
+    struct wsh_cidr *trusted_proxies; /* owned; peers whose X-Forwarded-For is read */
+    size_t ntrusted_proxies;
 };
 
 /* Fills *cfg with the defaults (no namespaces, no keys, no origins, no

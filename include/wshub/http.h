@@ -7,7 +7,10 @@
 #ifndef WSHUB_HTTP_H
 #define WSHUB_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "status.h"
@@ -38,7 +41,7 @@ struct wsh_http_request {
     size_t path_len;
     const char *query; /* after '?', NULL when none */
     size_t query_len;
-    int minor_version; /* HTTP/1.x */
+    int minor_version;               /* HTTP/1.x */
     struct wsh_http_header *headers; /* caller's array */
     size_t nheaders;
     long long content_length; /* -1 when absent */
@@ -69,7 +72,36 @@ ssize_t wsh_http_parse_request(const char *buf, size_t len, size_t last_len,
 
 /* Finds a header by name, case-insensitive. Returns the first match or
  * NULL. */
-const struct wsh_http_header *wsh_http_find(const struct wsh_http_request *req,
-                                            const char *name);
+const struct wsh_http_header *wsh_http_find(const struct wsh_http_request *req, const char *name);
+
+/* ------------------------------------------------------------------ */
+/* The client behind trusted proxies (forwarded.c)                     */
+
+/* An address block: family 4 or 6, the first `bits` bits of addr. */
+struct wsh_cidr {
+    uint8_t family;
+    uint8_t bits;
+    uint8_t addr[16];
+};
+
+/* Parses "ADDR" (a block of one) or "ADDR/BITS", len bytes, not
+ * NUL-terminated. Refuses bits set past the prefix ("10.0.0.1/8"), a
+ * prefix longer than the family's, and leading zeros in it. */
+bool wsh_cidr_parse(const char *s, size_t len, struct wsh_cidr *out);
+
+/* Whether ss (AF_INET or AF_INET6; an IPv4-mapped IPv6 address counts as
+ * IPv4) lies in one of set[0..n). */
+bool wsh_cidr_contains(const struct wsh_cidr *set, size_t n, const struct sockaddr_storage *ss);
+
+/* For a request whose peer is a trusted proxy: the client, from
+ * X-Forwarded-For read right to left (all such fields as one list). The
+ * first address that is not in trusted[0..n) is the client; if every one
+ * is trusted, the leftmost. Entries may carry a port ("192.0.2.1:5678",
+ * "[2001:db8::1]:5678"), which is dropped. Reading stops at an entry that
+ * is not an address: the last trusted proxy before it stands. Returns
+ * false, *out untouched, when there is no field or its last entry is
+ * unreadable: the peer itself stands. */
+bool wsh_http_forwarded_for(const struct wsh_http_request *req, const struct wsh_cidr *trusted,
+                            size_t n, struct sockaddr_storage *out);
 
 #endif

@@ -80,6 +80,7 @@ void wsh_config_free(struct wsh_hub_config *cfg)
         free(cfg->origins[i]);
     free(cfg->origins);
     free(cfg->api_key);
+    free(cfg->trusted_proxies);
     wsh_config_defaults(cfg);
 }
 
@@ -587,6 +588,36 @@ static bool parse_origins(struct ctx *c, json_t *v, struct wsh_hub_config *cfg)
     return true;
 }
 
+static bool parse_trusted_proxies(struct ctx *c, json_t *v, struct wsh_hub_config *cfg)
+{
+    if (!json_is_array(v)) {
+        char got[64];
+        describe(v, got, sizeof(got));
+        return error(c, "expected an array of strings, got %s", got);
+    }
+    size_t n = json_array_size(v);
+    if (n > WSH_CFG_MAX_TRUSTED_PROXIES)
+        return error(c, "more than %u address blocks", WSH_CFG_MAX_TRUSTED_PROXIES);
+    if (n > 0 && (cfg->trusted_proxies = calloc(n, sizeof(*cfg->trusted_proxies))) == NULL)
+        return oom(c);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(v, i);
+        size_t old = push_index(c, i);
+        if (!json_is_string(o) || !wsh_cidr_parse(json_string_value(o), json_string_length(o),
+                                                  &cfg->trusted_proxies[i])) {
+            char got[64];
+            describe(o, got, sizeof(got));
+            return error(c,
+                         "expected an IP address or a block such as \"10.0.0.0/8\", with no "
+                         "bits set past the prefix, got %s",
+                         got);
+        }
+        cfg->ntrusted_proxies++;
+        pop(c, old);
+    }
+    return true;
+}
+
 static const char *const limit_keys[] = { "publish_rate",
                                           "publish_burst",
                                           "max_subscriptions",
@@ -660,8 +691,9 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
     return true;
 }
 
-static const char *const top_keys[] = { "default_namespace", "namespaces", "auth", "origins",
-                                        "api_key",           "limits",     NULL };
+static const char *const top_keys[] = { "default_namespace", "namespaces", "auth",
+                                        "origins",           "api_key",    "limits",
+                                        "trusted_proxies",   NULL };
 
 static bool parse_root(struct ctx *c, json_t *root, struct wsh_hub_config *cfg)
 {
@@ -708,6 +740,12 @@ static bool parse_root(struct ctx *c, json_t *root, struct wsh_hub_config *cfg)
     if ((v = json_object_get(root, "limits")) != NULL) {
         old = push_key(c, "limits");
         if (!parse_limits(c, v, &cfg->limits))
+            return false;
+        pop(c, old);
+    }
+    if ((v = json_object_get(root, "trusted_proxies")) != NULL) {
+        old = push_key(c, "trusted_proxies");
+        if (!parse_trusted_proxies(c, v, cfg))
             return false;
         pop(c, old);
     }

@@ -463,6 +463,8 @@ void hub_conn_limits(struct wsh_config *cfg)
     cfg->ip_rate = l->handshake_rate_per_ip;
     cfg->ip_burst = l->handshake_burst_per_ip;
     cfg->ip6_prefix = l->ipv6_prefix;
+    cfg->trusted = hubcfg.trusted_proxies;
+    cfg->ntrusted = hubcfg.ntrusted_proxies;
     cfg->admit_rate = l->admission_rate;
     cfg->admit_burst = l->admission_burst;
     if (!memory_flag)

@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 
 #include "net.h"
+#include "wshub/http.h"
 #include "wshub/pmd.h"
 #include "wshub/ws.h"
 
@@ -45,10 +46,12 @@ struct wsh_config {
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
     struct wsh_pmd_config pmd;
-    struct wsh_limits zlimits; /* parser limits on compressed connections */
-    struct wsh_limits hlimits; /* parser limits on /ws connections */
-    const char *web_root;      /* directory of static files, NULL for none */
-    bool proxy_protocol;       /* every connection begins with a PROXY header */
+    struct wsh_limits zlimits;      /* parser limits on compressed connections */
+    struct wsh_limits hlimits;      /* parser limits on /ws connections */
+    const char *web_root;           /* directory of static files, NULL for none */
+    bool proxy_protocol;            /* every connection begins with a PROXY header */
+    const struct wsh_cidr *trusted; /* proxies whose X-Forwarded-For is read */
+    size_t ntrusted;
 };
 
 extern struct wsh_config wsh_cfg;
@@ -83,6 +86,7 @@ enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB };
 #define CF_SHUT_WR     0x04 /* we sent FIN after the last byte */
 #define CF_PENDING     0x08 /* on the worker's flush list */
 #define CF_PING_WAIT   0x10 /* a ping is out, its pong not back */
+#define CF_FORWARDED   0x20 /* from a trusted proxy: counted per address at the request */
 #define CF_HTTP_BODY   0x40 /* request head parsed, waiting for its body */
 #define CF_BIG_READS   0x80 /* the last read was large: split the next (plain_read) */
 

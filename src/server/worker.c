@@ -1049,6 +1049,37 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
             req->path);
 }
 
+static bool per_ip_on(void)
+{
+    return wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0;
+}
+
+/* A connection from a trusted proxy (config: trusted_proxies) is counted
+ * per address once its request names the client: the rightmost address
+ * of X-Forwarded-For that is not a trusted proxy (wsh_http_forwarded_for).
+ * A request without one (the proxy's own health check, a proxy that does
+ * not add the field) counts under the connection's address. Returns false
+ * when the client is over its bounds and has been answered 429. */
+static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+{
+    c->flags &= (uint8_t)~CF_FORWARDED;
+    struct sockaddr_storage client;
+    socklen_t len = sizeof(client);
+    bool named = wsh_http_forwarded_for(req, wsh_cfg.trusted, wsh_cfg.ntrusted, &client);
+    if (!named && getpeername(c->io.fd, (struct sockaddr *)&client, &len) != 0)
+        return true; /* nothing to count under: let the request decide */
+    uint32_t retry_s;
+    c->ip = ip_acquire(&client, &retry_s);
+    if (retry_s == 0)
+        return true;
+    char extra[48];
+    snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
+    wsh_log(WSH_LOG_DEBUG, "conn=%u ev=per_ip_refused forwarded=%d retry_s=%u", c->id,
+            named ? 1 : 0, retry_s);
+    respond(w, c, 429, "text/plain", extra, "too many connections from this address\n", 39);
+    return false;
+}
+
 /* Consumes the request head (and an API request's body) from in[0..len).
  * Returns bytes consumed; 0 while incomplete. */
 static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, size_t last_len)
@@ -1069,6 +1100,8 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
         http_reply(w, c, status ? status : 400, "bad request");
         return len;
     }
+    if ((c->flags & CF_FORWARDED) && !forwarded_admit(w, c, &req))
+        return len;
     size_t blen = req.content_length > 0 ? (size_t)req.content_length : 0;
     if (req.chunked) {
         http_reply(w, c, 411, "a Content-Length body is required");
@@ -1338,7 +1371,7 @@ static bool proxy_input(struct worker *w, struct conn *c)
     keep_carry(w, c, buf, n == 0 ? have + take : 0);
     if (n == 0 || c->state == CONN_DEAD)
         return false;
-    if (wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0) {
+    if (per_ip_on()) {
         struct sockaddr_storage peer = px.src;
         socklen_t plen = sizeof(peer);
         if (px.src.ss_family == AF_UNSPEC &&
@@ -1346,8 +1379,11 @@ static bool proxy_input(struct worker *w, struct conn *c)
             conn_destroy(w, c);
             return false;
         }
-        uint32_t retry_s;
-        c->ip = ip_acquire(&peer, &retry_s);
+        uint32_t retry_s = 0;
+        if (wsh_cidr_contains(wsh_cfg.trusted, wsh_cfg.ntrusted, &peer))
+            c->flags |= CF_FORWARDED; /* counted at the request (forwarded_admit) */
+        else
+            c->ip = ip_acquire(&peer, &retry_s);
         if (retry_s) {
             send_per_ip_refusal(c->io.fd, retry_s);
             conn_destroy(w, c);
@@ -1545,7 +1581,8 @@ static void ip_sweep(void)
     pthread_mutex_unlock(&ip_mu);
 }
 
-/* The 429 of an address over its bounds; the caller closes. */
+/* The 429 of an address over its bounds, before any request is read;
+ * the caller closes. */
 static void send_per_ip_refusal(int fd, uint32_t retry_s)
 {
     char resp[160];
@@ -1600,7 +1637,9 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         /* Behind a balancer the address that counts is the one its
          * header names (proxy_input), not the balancer's own. */
         struct ipcount *ipc = NULL;
-        if ((wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0) && !wsh_cfg.proxy_protocol) {
+        bool forwarded = per_ip_on() && !wsh_cfg.proxy_protocol &&
+                         wsh_cidr_contains(wsh_cfg.trusted, wsh_cfg.ntrusted, &peer);
+        if (per_ip_on() && !wsh_cfg.proxy_protocol && !forwarded) {
             uint32_t retry_s;
             ipc = ip_acquire(&peer, &retry_s);
             if (retry_s) {
@@ -1619,6 +1658,8 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             continue;
         }
         c->ip = ipc;
+        if (forwarded)
+            c->flags |= CF_FORWARDED;
         c->io.fd = fd;
         c->io.cb = on_conn_io;
         c->timer.cb = on_conn_timer;

@@ -1,6 +1,8 @@
 """Behind a load balancer (LIMITS.md "proxies"): `wshub --proxy-protocol`
 reads the PROXY protocol header (v1 text, v2 binary) a balancer puts before
-the client's bytes, and per-address limits count the client it names.
+the client's bytes, and per-address limits count the client it names; with
+`trusted_proxies`, a request from an HTTP proxy counts under the client its
+X-Forwarded-For names, and what the client wrote there itself is ignored.
 
 Hand-written headers from raw sockets check every byte path: a header with
 the request in the same packet, a header trickled byte by byte, TLS after
@@ -10,7 +12,8 @@ Then a real HAProxy (Debian's) in front, sending v1 from one frontend and
 v2 (with its health checks) from another, to clients bound to different
 127.0.0.x source addresses: each client is counted as itself, so a
 per-address limit of 1 lets two clients in and refuses the second
-connection of either. Teardown: the server is alive, answers a fresh
+connection of either; and a real nginx (Debian's) as the HTTP reverse
+proxy, with clients that try to spoof the field. Teardown: the server is alive, answers a fresh
 proxied client, is back to its baseline fd count, and exits 0 on SIGTERM."""
 import json
 import os
@@ -151,12 +154,16 @@ def proxied(request):
         assert s.proc.returncode == 0, open(s.log.name).read()[-2000:]
 
 
-def write_config(limits):
+def write_config_top(doc):
     d = tempfile.mkdtemp(prefix="wshub-proxy-")
     path = os.path.join(d, "config.json")
     with open(path, "w") as f:
-        json.dump({"limits": limits}, f)
+        json.dump(doc, f)
     return path
+
+
+def write_config(limits):
+    return write_config_top({"limits": limits})
 
 
 # ---- hand-written headers ---------------------------------------------------
@@ -302,7 +309,32 @@ def free_port():
         return s.getsockname()[1]
 
 
-class HAProxy:
+class Proxy:
+    """A proxy process this test starts, in the foreground, and stops by
+    its pid."""
+
+    def start(self, argv, ports):
+        self.log = open(os.path.join(self.dir, "output"), "w+")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 10 * MULT
+        for port in ports:
+            while True:
+                assert self.proc.poll() is None, open(self.log.name).read()
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.time() < deadline, f"{argv[0]} did not listen"
+                    time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+class HAProxy(Proxy):
     """Debian's haproxy in TCP mode in front of wshub: frontend v1 sends
     `send-proxy`, frontend v2 `send-proxy-v2` and health-checks the server
     with a PROXY header of its own (LOCAL)."""
@@ -330,25 +362,7 @@ frontend v2
 backend b2
     server ws 127.0.0.1:{backend_port} send-proxy-v2 check check-send-proxy inter 200ms
 """)
-        self.log = open(os.path.join(self.dir, "log"), "w+")
-        self.proc = subprocess.Popen([shutil.which("haproxy"), "-db", "-f", cfg],
-                                     stdout=self.log, stderr=self.log)
-        deadline = time.time() + 10 * MULT
-        for port in (self.p1, self.p2):
-            while True:
-                assert self.proc.poll() is None, open(self.log.name).read()
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.time() < deadline, "haproxy did not listen"
-                    time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
+        self.start([shutil.which("haproxy"), "-db", "-f", cfg], (self.p1, self.p2))
 
 
 def through(port, source):
@@ -392,3 +406,112 @@ def test_proxy_behind_real_haproxy(proxied):
             close_cleanly(s)
     finally:
         hap.stop()
+
+
+# ---- an HTTP proxy: trusted_proxies and X-Forwarded-For ---------------------
+
+class Nginx(Proxy):
+    """Debian's nginx as a WebSocket reverse proxy in front of wshub,
+    appending the client's address to X-Forwarded-For."""
+
+    def __init__(self, backend_port):
+        self.dir = tempfile.mkdtemp(prefix="wshub-nginx-")
+        self.port = free_port()
+        d = self.dir
+        cfg = os.path.join(d, "nginx.conf")
+        with open(cfg, "w") as f:
+            f.write(f"""daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass http://127.0.0.1:{backend_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+""")
+        self.start([shutil.which("nginx") or "/usr/sbin/nginx", "-p", d, "-c", cfg], (self.port,))
+
+
+def status_line(s, request):
+    s.sendall(request)
+    return read_head(s).split(b"\r\n", 1)[0]
+
+
+def test_trusted_proxy_x_forwarded_for_behind_real_nginx(tmp_path):
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert os.path.exists(nginx_bin), "nginx missing: scripts/install-deps.sh installs it"
+    # nginx reaches wshub from 127.0.0.1, the only trusted proxy.
+    srv = Server("--config", write_config_top({"limits": {"max_connections_per_ip": 1},
+                                               "trusted_proxies": ["127.0.0.1"]}))
+    ngx = None
+    try:
+        base_fds = srv.fds()
+        ngx = Nginx(srv.port)
+        held = []
+        # Two clients on their own addresses, through the one proxy: both
+        # in, and they echo.
+        for src in ("127.0.0.2", "127.0.0.3"):
+            s = connect(ngx.port, source=src)
+            assert status_line(s, upgrade_request()) == b"HTTP/1.1 101 Switching Protocols"
+            echo_once(s, f"from {src}".encode())
+            held.append(s)
+        # The second connection of one client passes its limit of 1, and
+        # nginx hands the 429 back with its Retry-After.
+        s = connect(ngx.port, source="127.0.0.2")
+        s.sendall(upgrade_request())
+        head = read_head(s)
+        assert head.startswith(b"HTTP/1.1 429 ") and b"Retry-After: " in head, head
+        s.close()
+        # What a client writes into X-Forwarded-For itself is left of the
+        # address nginx appends, and is never read: a client cannot step
+        # around its limit by naming others.
+        spoof = upgrade_request()[:-2] + b"X-Forwarded-For: 198.51.100.9\r\n\r\n"
+        s = connect(ngx.port, source="127.0.0.4")
+        assert status_line(s, spoof).startswith(b"HTTP/1.1 101")
+        held.append(s)
+        spoof2 = upgrade_request()[:-2] + b"X-Forwarded-For: 198.51.100.10\r\n\r\n"
+        s = connect(ngx.port, source="127.0.0.4")
+        assert status_line(s, spoof2).startswith(b"HTTP/1.1 429 ")
+        s.close()
+        # Straight to wshub from an address that is not a trusted proxy,
+        # the field is ignored and the connection counts as itself: refused
+        # at accept, since 127.0.0.5 already holds its one connection.
+        s = connect(srv.port, source="127.0.0.5")
+        assert status_line(s, spoof).startswith(b"HTTP/1.1 101")
+        held.append(s)
+        s = connect(srv.port, source="127.0.0.5")
+        assert status_line(s, spoof2).startswith(b"HTTP/1.1 429 ")
+        s.close()
+        for s in held:
+            close_cleanly(s)
+        ngx.stop()
+        ngx = None
+        deadline = time.time() + 10 * MULT
+        while srv.fds() > base_fds and time.time() < deadline:
+            time.sleep(0.05)
+        assert srv.fds() <= base_fds, f"fd leak: {srv.fds()} > {base_fds}"
+        # Every slot came back: a client can connect again.
+        s = connect(srv.port, source="127.0.0.2")
+        assert status_line(s, upgrade_request()).startswith(b"HTTP/1.1 101")
+        close_cleanly(s)
+    finally:
+        if ngx:
+            ngx.stop()
+        srv.stop()
+    assert srv.proc.returncode == 0

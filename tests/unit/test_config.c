@@ -41,6 +41,7 @@ static const char full_config[] =
     "  },\n"
     "  \"origins\": [\"https://chat.example.com\", \"http://localhost:8080\"],\n"
     "  \"api_key\": \"k3y-0123456789abcdef\",\n"
+    "  \"trusted_proxies\": [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"],\n"
     "  \"limits\": {\n"
     "    \"publish_rate\": 10.5, \"publish_burst\": 30, \"max_subscriptions\": 64,\n"
     "    \"max_connections\": 50000, \"max_connections_per_ip\": 100,\n"
@@ -159,6 +160,12 @@ static void test_config_full_valid(void **state)
     assert_string_equal(cfg.origins[0], "https://chat.example.com");
     assert_string_equal(cfg.origins[1], "http://localhost:8080");
     assert_string_equal(cfg.api_key, "k3y-0123456789abcdef");
+    assert_int_equal(cfg.ntrusted_proxies, 3);
+    assert_int_equal(cfg.trusted_proxies[0].family, 4);
+    assert_int_equal(cfg.trusted_proxies[0].bits, 8);
+    assert_int_equal(cfg.trusted_proxies[1].family, 6);
+    assert_int_equal(cfg.trusted_proxies[1].bits, 32);
+    assert_int_equal(cfg.trusted_proxies[2].bits, 32);
 
     const struct wsh_limits_config *l = &cfg.limits;
     assert_true(l->publish_rate > 10.4 && l->publish_rate < 10.6);
@@ -260,6 +267,17 @@ static void test_config_invalid_fields(void **state)
           "auth.keys[1].kid: keys[0] has the same alg and kid" },
         { "{\"auth\":{\"keys\":[5]}}", "auth.keys[0]: expected an object, got 5" },
         { "{\"origins\":\"*\"}", "origins: expected an array of strings, got \"*\"" },
+        { "{\"trusted_proxies\":\"10.0.0.0/8\"}",
+          "trusted_proxies: expected an array of strings, got \"10.0.0.0/8\"" },
+        { "{\"trusted_proxies\":[\"10.0.0.0/8\",\"10.0.0.1/8\"]}",
+          "trusted_proxies[1]: expected an IP address or a block such as \"10.0.0.0/8\", with no "
+          "bits set past the prefix, got \"10.0.0.1/8\"" },
+        { "{\"trusted_proxies\":[\"proxy.internal\"]}",
+          "trusted_proxies[0]: expected an IP address or a block such as \"10.0.0.0/8\", with no "
+          "bits set past the prefix, got \"proxy.internal\"" },
+        { "{\"trusted_proxies\":[32]}",
+          "trusted_proxies[0]: expected an IP address or a block such as \"10.0.0.0/8\", with no "
+          "bits set past the prefix, got 32" },
         { "{\"origins\":[\"https://a.example\",\"https://b.example/\"]}",
           "origins[1]: expected \"*\" or scheme://host[:port] without a path, got "
           "\"https://b.example/\"" },
