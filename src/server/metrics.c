@@ -30,6 +30,19 @@ void metric_close(struct worker *w, unsigned code)
     metric_add(&w->m.closes[i], 1);
 }
 
+/* Every status the server sends, so that a dashboard sees a refusal
+ * spike (429, 503) or a broken client (400, 426) by name. */
+static const int http_codes[METRIC_HTTP_CODES] = { 101, 200, 400, 401, 403, 404, 405, 411,
+                                                   413, 414, 426, 429, 431, 500, 503, 505 };
+
+void metric_http(struct worker *w, int status)
+{
+    int i = 0;
+    while (i < METRIC_HTTP_CODES && http_codes[i] != status)
+        i++;
+    metric_add(&w->m.http[i], 1);
+}
+
 void metric_latency(struct worker *w, int64_t publish_ms)
 {
     struct timespec ts;
@@ -231,6 +244,17 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "frames, messages being assembled), each shared frame once.\n"
         "# TYPE wshub_client_memory_bytes gauge\nwshub_client_memory_bytes %zu\n",
         wsh_buf_live_bytes());
+    put(&o, "# HELP wshub_http_responses_total HTTP responses sent, by status code (101: "
+            "upgrades; 429 and 503 include refusals at accept).\n"
+            "# TYPE wshub_http_responses_total counter\n");
+    for (int i = 0; i <= METRIC_HTTP_CODES; i++) {
+        uint64_t v = SUM(http[i]);
+        if (i < METRIC_HTTP_CODES)
+            put(&o, "wshub_http_responses_total{code=\"%d\"} %llu\n", http_codes[i],
+                (unsigned long long)v);
+        else
+            put(&o, "wshub_http_responses_total{code=\"other\"} %llu\n", (unsigned long long)v);
+    }
     put(&o, "# HELP wshub_closes_total Close frames sent, by close code.\n"
             "# TYPE wshub_closes_total counter\n");
     for (int i = 0; i <= METRIC_CODES; i++) {

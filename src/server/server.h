@@ -211,6 +211,7 @@ enum push_type {
 /* Counters of one worker, summed by /metrics. Only the owning worker
  * writes them; relaxed atomics keep the scraping thread's reads defined. */
 #define METRIC_CODES       14
+#define METRIC_HTTP_CODES  16
 #define METRIC_LAT_BUCKETS 12
 struct metrics {
     _Atomic uint64_t accepted;
@@ -224,6 +225,7 @@ struct metrics {
     _Atomic uint64_t proxy_errors; /* connections dropped for a bad PROXY header */
     _Atomic uint64_t memory_evictions;
     _Atomic uint64_t closes[METRIC_CODES + 1];    /* by code, last = other */
+    _Atomic uint64_t http[METRIC_HTTP_CODES + 1]; /* HTTP responses by status, last = other */
     _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */
     _Atomic uint64_t lat_sum_us, lat_count;
 };
@@ -238,6 +240,8 @@ static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
 }
 
 void metric_close(struct worker *w, unsigned code);
+/* An HTTP response sent (the 101 of an upgrade included), by status. */
+void metric_http(struct worker *w, int status);
 void metric_latency(struct worker *w, int64_t publish_ms);
 
 /* Echo replies written straight from the receive buffer: frame headers in

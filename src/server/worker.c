@@ -51,7 +51,7 @@ static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 struct ipcount;
 static void ip_release(struct ipcount *e);
 static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s);
-static void send_per_ip_refusal(int fd, uint32_t retry_s);
+static void send_per_ip_refusal(struct worker *w, int fd, uint32_t retry_s);
 static void ip_sweep(void);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
@@ -435,6 +435,7 @@ static void http_reply(struct worker *w, struct conn *c, int status, const char 
         conn_destroy(w, c);
         return;
     }
+    metric_http(w, status);
     conn_send_bytes(w, c, out, (size_t)n);
     if (c->state == CONN_DEAD)
         return;
@@ -828,6 +829,7 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
                       "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
                       "Connection: close\r\n\r\n",
                       type, len);
+    metric_http(w, 200);
     conn_send_bytes(w, c, head, (size_t)hl);
     if (c->state == CONN_DEAD)
         return true;
@@ -926,6 +928,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         int n = snprintf(out, sizeof(out),
                          "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
                          "3\r\nConnection: close\r\n\r\nok\n");
+        metric_http(w, 200);
         conn_send_bytes(w, c, out, (size_t)n);
         if (c->state == CONN_DEAD)
             return;
@@ -1022,6 +1025,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         conn_destroy(w, c);
         return;
     }
+    metric_http(w, 101);
     conn_send_bytes(w, c, out, (size_t)n);
     if (c->state == CONN_DEAD)
         return;
@@ -1147,6 +1151,7 @@ static void respond(struct worker *w, struct conn *c, int status, const char *ty
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                       "%sCache-Control: no-store\r\nConnection: close\r\n\r\n",
                       status, wsh_http_reason(status), type, len, extra);
+    metric_http(w, status);
     conn_send_bytes(w, c, head, (size_t)hl);
     if (c->state != CONN_DEAD && len)
         conn_send_bytes(w, c, body, len);
@@ -1385,7 +1390,7 @@ static bool proxy_input(struct worker *w, struct conn *c)
         else
             c->ip = ip_acquire(&peer, &retry_s);
         if (retry_s) {
-            send_per_ip_refusal(c->io.fd, retry_s);
+            send_per_ip_refusal(w, c->io.fd, retry_s);
             conn_destroy(w, c);
             return false;
         }
@@ -1583,8 +1588,9 @@ static void ip_sweep(void)
 
 /* The 429 of an address over its bounds, before any request is read;
  * the caller closes. */
-static void send_per_ip_refusal(int fd, uint32_t retry_s)
+static void send_per_ip_refusal(struct worker *w, int fd, uint32_t retry_s)
 {
+    metric_http(w, 429);
     char resp[160];
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 429 Too Many Requests\r\nRetry-After: %u\r\n"
@@ -1594,8 +1600,9 @@ static void send_per_ip_refusal(int fd, uint32_t retry_s)
     (void)r;
 }
 
-static void refuse_overload(int fd)
+static void refuse_overload(struct worker *w, int fd)
 {
+    metric_http(w, 503);
     static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
                                "Content-Length: 0\r\nConnection: close\r\n\r\n";
     ssize_t n = send(fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -1623,7 +1630,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
                 close(w->reserve_fd);
                 int victim = accept4(w->listen_io.fd, NULL, NULL, SOCK_CLOEXEC);
                 if (victim >= 0)
-                    refuse_overload(victim);
+                    refuse_overload(w, victim);
                 w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
                 wsh_log(WSH_LOG_WARN, "ev=emfile");
             }
@@ -1631,7 +1638,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         }
         if (atomic_load_explicit(&wsh_total_conns, memory_order_relaxed) >=
             wsh_cfg.max_connections) {
-            refuse_overload(fd);
+            refuse_overload(w, fd);
             continue;
         }
         /* Behind a balancer the address that counts is the one its
@@ -1643,7 +1650,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             uint32_t retry_s;
             ipc = ip_acquire(&peer, &retry_s);
             if (retry_s) {
-                send_per_ip_refusal(fd, retry_s);
+                send_per_ip_refusal(w, fd, retry_s);
                 close(fd);
                 continue;
             }

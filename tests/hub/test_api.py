@@ -10,7 +10,8 @@ import time
 import urllib.error
 import urllib.request
 
-from conftest import MULT, Client, Closed, base_config, merge, run_async, token
+from conftest import (MULT, Client, Closed, base_config, handshake_status, merge, run_async,
+                      token)
 
 API_KEY = "api-key-for-tests-0123456789"
 
@@ -215,6 +216,56 @@ async def test_metrics_parse_and_count(hub):
     st, _, body = call(h, "GET", "/metrics", key=None)
     _, s2 = parse_prometheus(body.decode())
     assert s2[("wshub_closes_total", 'code="1000"')] >= 1
+
+
+def raw_status(port, data):
+    """The status of the response to raw request bytes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5 * MULT)
+    try:
+        s.sendall(data)
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, f"no response to {data[:40]!r}"
+            head += chunk
+        return int(head.split(b" ", 2)[1])
+    finally:
+        s.close()
+
+
+def test_metrics_count_http_responses_by_code(hub):
+    """Every HTTP response is counted once under its status, the 101 of an
+    upgrade included: exactly what the clients saw."""
+    h = hub(api_config())
+    seen = {}
+
+    def saw(code):
+        seen[code] = seen.get(code, 0) + 1
+
+    get = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+    for req in (get % b"/healthz", get % b"/healthz", get % b"/nope",
+                b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n",
+                get % (b"/" + b"a" * 5000),
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"):
+        saw(raw_status(h.port, req))
+    for key in (None, "wrong-key", API_KEY):
+        saw(call(h, "GET", "/api/info", key=key)[0])
+    for _ in range(2):
+        saw(handshake_status(h.port, "/ws", [("Authorization", f"Bearer {token('bob')}")]))
+    assert seen == {200: 3, 404: 1, 405: 1, 400: 1, 414: 1, 426: 1, 401: 1, 403: 1, 101: 2}, seen
+    st, _, body = call(h, "GET", "/metrics", key=None)
+    types, s = parse_prometheus(body.decode())
+    assert types["wshub_http_responses_total"] == "counter"
+    got = {int(k[1].split('"')[1]): int(v) for k, v in s.items()
+           if k[0] == "wshub_http_responses_total" and v and "other" not in k[1]}
+    assert got == seen, (got, seen)
+    assert s[("wshub_http_responses_total", 'code="other"')] == 0
+    # The scrape itself is counted once it is sent.
+    _, _, body = call(h, "GET", "/metrics", key=None)
+    _, s2 = parse_prometheus(body.decode())
+    assert s2[("wshub_http_responses_total", 'code="200"')] == seen[200] + 1
 
 
 @run_async

@@ -46,9 +46,13 @@ def test_limits_connections_per_ip_429(hub):
     for s in held:
         s.close()
     deadline = time.monotonic() + 5 * MULT
-    while healthz(h.port) != b"HTTP/1.1 200 OK":
+    refused = len(extra)
+    while (st := healthz(h.port)) != b"HTTP/1.1 200 OK":
+        refused += st is not None and st.startswith(b"HTTP/1.1 429 ")
         assert time.monotonic() < deadline, "slot not freed after close"
         time.sleep(0.05)
+    # Refusals at accept are counted as the responses they are.
+    assert metric(h.port, 'wshub_http_responses_total{code="429"}') == refused
 
 
 def test_limits_connections_total_503(hub):
