@@ -2,8 +2,9 @@
  *
  * Sans-I/O: no sockets, no threads, no logging; the clock comes in as an
  * argument (milliseconds since the Unix epoch). JWT signatures are checked
- * with libjwt, but the header `alg` is checked here first, against the
- * algorithm each key was configured with, because libjwt 1.x trusts it.
+ * with OpenSSL against keys parsed once, at wsh_auth_create(); the header
+ * `alg` only selects among the keys configured with exactly that
+ * algorithm and never decides how a signature is checked (docs/auth.md).
  *
  * Nothing here is thread-safe: use one struct wsh_auth per worker, or lock
  * around it. Every function may be called from any callback. */

@@ -480,7 +480,8 @@ size_t hub_queue_limit(const struct conn *c)
     return wsh_cfg.max_queue;
 }
 
-/* libjwt state is not shared between threads: one key set per worker. */
+/* One key set per worker: its deny list is unlocked, and each worker
+ * verifies with its own parsed keys. */
 static _Thread_local struct wsh_auth *auth;
 
 void hub_worker_exit(struct worker *w)

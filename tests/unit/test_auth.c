@@ -9,6 +9,8 @@
 #include <cmocka.h>
 #include <jwt.h>
 #include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <stdio.h>
@@ -282,11 +284,14 @@ static void test_auth_rejects_none_with_signature(void **state)
 
 static void test_auth_libjwt_alone_is_confusable(void **state)
 {
-    /* Records the library behaviour our own alg check exists for (libjwt
-     * 1.10.2): handed the RSA public PEM as "the key", jwt_decode() accepts
-     * an HS256 token HMACed with that public PEM; with no key it accepts
-     * "none" and HS256 tokens unverified. If a libjwt upgrade makes one of
-     * these fail, the library got safer: drop that assertion. */
+    /* Records the library behaviour that docs/auth.md gives as the reason
+     * the verifier never lets a token's header choose how it is checked
+     * (libjwt 1.10.2, which verified for us until stop 14 and still mints
+     * this file's tokens): handed the RSA public PEM as "the key",
+     * jwt_decode() accepts an HS256 token HMACed with that public PEM;
+     * with no key it accepts "none" and HS256 tokens unverified. If a
+     * libjwt upgrade makes one of these fail, the library got safer: drop
+     * that assertion. */
     (void)state;
     char *t = mint(JWT_ALG_HS256, rsa_pub, strlen(rsa_pub), good_claims);
     jwt_t *j = NULL;
@@ -356,6 +361,88 @@ static void test_auth_rejects_tampered_payload(void **state)
         free(mixed);
         free(t);
         free(forged);
+    }
+    wsh_auth_destroy(a);
+}
+
+/* The signature segment of t, decoded. */
+static size_t sig_bytes(const char *t, uint8_t *out, size_t cap)
+{
+    const char *s = strrchr(t, '.') + 1;
+    size_t n = strlen(s);
+    char std[1024];
+    assert_true(n + 4 < sizeof(std));
+    for (size_t i = 0; i < n; i++)
+        std[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
+    size_t pad = (4 - n % 4) % 4;
+    memset(std + n, '=', pad);
+    std[n + pad] = 0;
+    uint8_t tmp[1024];
+    int len = EVP_DecodeBlock(tmp, (const unsigned char *)std, (int)(n + pad));
+    assert_true(len >= 0);
+    len -= (int)pad; /* EVP_DecodeBlock counts the padding as zero bytes */
+    assert_true((size_t)len <= cap);
+    memcpy(out, tmp, (size_t)len);
+    return (size_t)len;
+}
+
+/* t with its signature replaced by sig[0..n). */
+static char *resigned(const char *t, const uint8_t *sig, size_t n)
+{
+    char *s = b64url(sig, n);
+    size_t keep = (size_t)(strrchr(t, '.') - t) + 1;
+    char *out = malloc(keep + strlen(s) + 1);
+    assert_non_null(out);
+    memcpy(out, t, keep);
+    strcpy(out + keep, s);
+    free(s);
+    return out;
+}
+
+/* A signature must have exactly its algorithm's length and form: an HMAC
+ * of the hash's size (a truncated one would be a shorter secret), an RSA
+ * signature of the modulus's size, and ES256's 64-byte R || S, never DER
+ * (RFC 7518 3.2, 3.3, 3.4). */
+static void test_auth_signature_length_and_form_exact(void **state)
+{
+    (void)state;
+    struct wsh_auth *a = all_keys();
+    uint8_t sig[600];
+    jwt_alg_t algs[] = { JWT_ALG_HS256, JWT_ALG_RS256, JWT_ALG_ES256 };
+    const char *keys[] = { hs256_secret, rsa_priv, ec_priv };
+    const size_t want[] = { 32, 256, 64 };
+    for (size_t i = 0; i < 3; i++) {
+        char *t = mint(algs[i], keys[i], strlen(keys[i]), good_claims);
+        size_t n = sig_bytes(t, sig, sizeof(sig) - 1);
+        assert_int_equal(n, want[i]);
+        char *same = resigned(t, sig, n); /* the round trip itself verifies */
+        assert_int_equal(verify(a, same, NOW_MS, NULL), WSH_AUTH_OK);
+        char *shorter = resigned(t, sig, n - 1);
+        assert_int_equal(verify(a, shorter, NOW_MS, NULL), WSH_AUTH_ESIG);
+        char *half = resigned(t, sig, n / 2);
+        assert_int_equal(verify(a, half, NOW_MS, NULL), WSH_AUTH_ESIG);
+        sig[n] = 0;
+        char *longer = resigned(t, sig, n + 1);
+        assert_int_equal(verify(a, longer, NOW_MS, NULL), WSH_AUTH_ESIG);
+        free(same);
+        free(shorter);
+        free(half);
+        free(longer);
+        if (algs[i] == JWT_ALG_ES256) {
+            /* The same R and S as a DER ECDSA-Sig-Value, as some issuers
+             * wrongly send: refused. */
+            ECDSA_SIG *es = ECDSA_SIG_new();
+            assert_int_equal(
+                ECDSA_SIG_set0(es, BN_bin2bn(sig, 32, NULL), BN_bin2bn(sig + 32, 32, NULL)), 1);
+            uint8_t der[80], *q = der;
+            int dl = i2d_ECDSA_SIG(es, &q);
+            ECDSA_SIG_free(es);
+            assert_true(dl > 64 && dl <= (int)sizeof(der));
+            char *d = resigned(t, der, (size_t)dl);
+            assert_int_equal(verify(a, d, NOW_MS, NULL), WSH_AUTH_ESIG);
+            free(d);
+        }
+        free(t);
     }
     wsh_auth_destroy(a);
 }
@@ -1141,6 +1228,7 @@ int main(void)
         cmocka_unit_test(test_auth_libjwt_alone_is_confusable),
         cmocka_unit_test(test_auth_rejects_hs256_signed_with_rsa_pem),
         cmocka_unit_test(test_auth_rejects_tampered_payload),
+        cmocka_unit_test(test_auth_signature_length_and_form_exact),
         cmocka_unit_test(test_auth_rejects_bad_format),
         cmocka_unit_test(test_auth_rejects_oversized),
         cmocka_unit_test(test_auth_rejects_expired),
