@@ -7,7 +7,8 @@ the bench must refuse the server's certificate without --cacert and accept
 it with --insecure. A throw-away CA comes from bench/gen-cert.sh (the
 openssl command) in a temporary directory. Last, fanout --proto ws through
 the /ws JSON protocol with bench/ws-bench.json, and idle --proto ws, so the
-channel modes stay covered. And against an independent echo server (Python
+channel modes stay covered, and connect --token against a /ws server with
+an HS256 key (a good token and a forged one). And against an independent echo server (Python
 websockets), the bench's payload encoding and its detection of a corrupted
 echo, with each I/O engine (epoll, io_uring); and the io_uring engine
 against wshub: sizes, pipelines, deflate, exact bytes, server shutdown.
@@ -204,6 +205,47 @@ def check_uring(server, bench, tmp):
         stop(srv)
 
 
+def hs256_token(secret, claims):
+    """A JWT minted here with the standard library (RFC 7515, 7519)."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    mac = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(mac)}"
+
+
+def check_token(server, bench, tmp):
+    """connect --path /ws --token: every upgrade carries the token, which
+    the server verifies before its 101; a forged one is refused."""
+    secret = "bench-secret-0123456789abcdef-xyz"
+    cfg = os.path.join(tmp, "auth.json")
+    with open(cfg, "w") as f:
+        json.dump({"auth": {"keys": [{"alg": "HS256", "secret": secret}]},
+                   "limits": {"max_connections_per_ip": 0}}, f)
+    good = hs256_token(secret, {"sub": "bench", "exp": int(time.time()) + 3600})
+    forged = good[:-2] + ("AA" if not good.endswith("AA") else "BA")
+    srv, port = start(server, os.path.join(tmp, "port-auth"), ["--config", cfg, "--workers", "1"])
+    try:
+        check(port is not None, "/ws server with an HS256 key started")
+        if port is None:
+            return
+        rc, r, _ = run_bench(bench, port, ["connect", "--path", "/ws", "--token", good,
+                                           "-c", "4", "-d", "1"])
+        check(rc == 0 and r.get("msgs", 0) > 0 and r.get("handshake_errors") == 0
+              and r.get("errors") == 0, "connect --path /ws --token: upgrades, 0 refused")
+        rc, r, _ = run_bench(bench, port, ["connect", "--path", "/ws", "--token", forged,
+                                           "-c", "2", "-d", "1"])
+        check(r.get("msgs") == 0 and r.get("handshake_errors", 0) > 0,
+              "connect --path /ws with a forged token: every upgrade refused")
+    finally:
+        stop(srv)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", required=True)
@@ -312,6 +354,7 @@ def main():
         finally:
             stop(srv)
 
+        check_token(a.server, a.bench, tmp)
         check_uring(a.server, a.bench, tmp)
 
     check_payloads(a.bench, "epoll")

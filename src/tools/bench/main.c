@@ -37,7 +37,8 @@ static void usage(FILE *f)
           "  --proto P        fanout, idle: raw, ws or socketio (above)\n"
           "  --channel NAME   --proto ws: channel, default bench:room (idle: bench:idle);\n"
           "                   socketio: room, default bench\n"
-          "  --token T        --proto ws: send Authorization: Bearer T\n"
+          "  --token T        --proto ws, and connect: send Authorization: Bearer T\n"
+          "                   (connect --path /ws --token T: authenticated upgrades)\n"
           "  -d, --duration S seconds to measure, default 10, max 120\n"
           "  --raw            talk to bench/rawecho: no handshake, fixed-size messages\n"
           "  --sources K      bind sockets to 127.0.0.1..127.0.0.K round robin\n"
@@ -282,8 +283,9 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         fprintf(stderr, "--proto ws/socketio need WebSocket (not --raw)\n");
         return -1;
     }
-    if ((o->channel || o->token) && o->proto == PROTO_RELAY) {
-        fprintf(stderr, "--channel and --token need --proto ws or socketio\n");
+    if ((o->channel || (o->token && o->cmd != CMD_CONNECT)) && o->proto == PROTO_RELAY) {
+        fprintf(stderr,
+                "--channel and --token need --proto ws or socketio (--token: or connect)\n");
         return -1;
     }
     if (!o->channel)
