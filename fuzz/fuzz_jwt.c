@@ -1,5 +1,5 @@
 /* Auth: input = 1 mode byte + data. Modes: a token against an HS256 + ES256
- * key set (no crash, no leak, identities freed); the glob matcher with
+ * + EdDSA key set (no crash, no leak, identities freed); the glob matcher with
  * pattern/input split by the second byte, checked against a dynamic-
  * programming reference; the Bearer, query-token and Origin parsers. */
 #include <stdlib.h>
@@ -15,6 +15,11 @@ static const char hs_secret[] = "fuzz-secret-fuzz-secret-fuzz-sec"; /* 32 bytes 
 static const char ec_pub[] = "-----BEGIN PUBLIC KEY-----\n"
                              "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEf8ROSBhEpg9oFDILBTk6VsgyiCys\n"
                              "ES4FOzxoaPPBRoGoUXIYejQnVL+t8FVm9+D9IzclAFQqWKAxAFXu+u6GHw==\n"
+                             "-----END PUBLIC KEY-----\n";
+
+/* Public half of a throwaway Ed25519 key (fuzz/corpus/jwt/eddsa_valid). */
+static const char ed_pub[] = "-----BEGIN PUBLIC KEY-----\n"
+                             "MCowBQYDK2VwAyEA9ShLRzDhJp6yj6cEO0voC06w8yNmCOkg2RzywPuUH1Y=\n"
                              "-----END PUBLIC KEY-----\n";
 
 static bool glob_ref(const char *p, size_t pl, const char *s, size_t sl)
@@ -47,8 +52,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             { .alg = WSH_AUTH_ES256,
               .key = (const uint8_t *)ec_pub,
               .key_len = sizeof(ec_pub) - 1 },
+            { .alg = WSH_AUTH_EDDSA,
+              .key = (const uint8_t *)ed_pub,
+              .key_len = sizeof(ed_pub) - 1 },
         };
-        struct wsh_auth_opts o = { .keys = keys, .nkeys = 2, .exp_optional = true };
+        struct wsh_auth_opts o = { .keys = keys, .nkeys = 3, .exp_optional = true };
         if (wsh_auth_create(&o, &auth, NULL) != WSH_OK)
             abort();
         if (wsh_auth_deny(auth, "revoked", 7, INT64_MAX, 0) != WSH_OK)

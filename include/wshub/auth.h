@@ -46,7 +46,15 @@ enum wsh_auth_alg {
     WSH_AUTH_HS384 = 2, /* shared secret, >= 48 bytes */
     WSH_AUTH_HS512 = 3, /* shared secret, >= 64 bytes */
     WSH_AUTH_RS256 = 4, /* RSA public key (PEM, SubjectPublicKeyInfo), >= 2048 bits */
-    WSH_AUTH_ES256 = 5  /* EC P-256 public key (PEM, SubjectPublicKeyInfo) */
+    WSH_AUTH_ES256 = 5, /* EC P-256 public key (PEM, SubjectPublicKeyInfo) */
+    WSH_AUTH_RS384 = 6, /* RSA, as RS256 */
+    WSH_AUTH_RS512 = 7,
+    WSH_AUTH_PS256 = 8, /* RSA-PSS signatures (RFC 7518 3.5) with an RSA key, >= 2048 bits */
+    WSH_AUTH_PS384 = 9,
+    WSH_AUTH_PS512 = 10,
+    WSH_AUTH_ES384 = 11, /* EC P-384 public key */
+    WSH_AUTH_ES512 = 12, /* EC P-521 public key */
+    WSH_AUTH_EDDSA = 13  /* Ed25519 or Ed448 public key (RFC 8037) */
 };
 
 struct wsh_auth_key {
@@ -71,7 +79,8 @@ struct wsh_auth_opts {
 
 struct wsh_auth;
 
-/* Maps "HS256", "HS384", "HS512", "RS256", "ES256" (exact case) to the enum;
+/* Maps "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256",
+ * "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA" (exact case) to the enum;
  * anything else, "none" included, gives WSH_AUTH_ALG_INVALID. For config.c. */
 enum wsh_auth_alg wsh_auth_alg_parse(const char *name);
 

@@ -69,7 +69,22 @@ struct wsh_ns_config {
 };
 
 /* Same numbers as enum wsh_auth_alg (auth.h). */
-enum wsh_key_alg { WSH_ALG_HS256 = 1, WSH_ALG_HS384, WSH_ALG_HS512, WSH_ALG_RS256, WSH_ALG_ES256 };
+/* The same values as enum wsh_auth_alg (auth.h), in the same order. */
+enum wsh_key_alg {
+    WSH_ALG_HS256 = 1,
+    WSH_ALG_HS384,
+    WSH_ALG_HS512,
+    WSH_ALG_RS256,
+    WSH_ALG_ES256,
+    WSH_ALG_RS384,
+    WSH_ALG_RS512,
+    WSH_ALG_PS256,
+    WSH_ALG_PS384,
+    WSH_ALG_PS512,
+    WSH_ALG_ES384,
+    WSH_ALG_ES512,
+    WSH_ALG_EDDSA
+};
 
 /* One token verification key. HS keys carry the secret; RS/ES keys name a
  * PEM public key file, which the auth module reads (this module does not). */

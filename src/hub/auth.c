@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -21,21 +22,32 @@
 /* ------------------------------------------------------------------ */
 /* Algorithms and keys                                                 */
 
-enum key_kind { KIND_HMAC, KIND_RSA, KIND_EC };
+enum key_kind { KIND_HMAC, KIND_RSA, KIND_RSA_PSS, KIND_EC, KIND_EDDSA };
 
 struct alg_info {
     const char *name;
-    const char *digest; /* OpenSSL's name of the hash */
+    const EVP_MD *(*md)(void); /* the hash; NULL for EdDSA, which hashes inside */
     enum key_kind kind;
     size_t min_secret; /* RFC 7518 3.2: an HMAC key at least as long as the hash */
+    const char *curve; /* EC: the one curve this alg is defined on (RFC 7518 3.4) */
+    size_t ec_sig;     /* EC: R || S, twice the curve's size in bytes */
 };
 
+/* RFC 7518 3 and RFC 8037 3.1. Indexed by enum wsh_auth_alg. */
 static const struct alg_info algs[] = {
-    [WSH_AUTH_HS256] = { "HS256", "SHA256", KIND_HMAC, 32 },
-    [WSH_AUTH_HS384] = { "HS384", "SHA384", KIND_HMAC, 48 },
-    [WSH_AUTH_HS512] = { "HS512", "SHA512", KIND_HMAC, 64 },
-    [WSH_AUTH_RS256] = { "RS256", "SHA256", KIND_RSA, 0 },
-    [WSH_AUTH_ES256] = { "ES256", "SHA256", KIND_EC, 0 },
+    [WSH_AUTH_HS256] = { "HS256", EVP_sha256, KIND_HMAC, 32, NULL, 0 },
+    [WSH_AUTH_HS384] = { "HS384", EVP_sha384, KIND_HMAC, 48, NULL, 0 },
+    [WSH_AUTH_HS512] = { "HS512", EVP_sha512, KIND_HMAC, 64, NULL, 0 },
+    [WSH_AUTH_RS256] = { "RS256", EVP_sha256, KIND_RSA, 0, NULL, 0 },
+    [WSH_AUTH_ES256] = { "ES256", EVP_sha256, KIND_EC, 0, "prime256v1", 64 },
+    [WSH_AUTH_RS384] = { "RS384", EVP_sha384, KIND_RSA, 0, NULL, 0 },
+    [WSH_AUTH_RS512] = { "RS512", EVP_sha512, KIND_RSA, 0, NULL, 0 },
+    [WSH_AUTH_PS256] = { "PS256", EVP_sha256, KIND_RSA_PSS, 0, NULL, 0 },
+    [WSH_AUTH_PS384] = { "PS384", EVP_sha384, KIND_RSA_PSS, 0, NULL, 0 },
+    [WSH_AUTH_PS512] = { "PS512", EVP_sha512, KIND_RSA_PSS, 0, NULL, 0 },
+    [WSH_AUTH_ES384] = { "ES384", EVP_sha384, KIND_EC, 0, "secp384r1", 96 },
+    [WSH_AUTH_ES512] = { "ES512", EVP_sha512, KIND_EC, 0, "secp521r1", 132 },
+    [WSH_AUTH_EDDSA] = { "EdDSA", NULL, KIND_EDDSA, 0, NULL, 0 },
 };
 
 #define ALG_COUNT (sizeof(algs) / sizeof(algs[0]))
@@ -104,7 +116,7 @@ static bool contains(const uint8_t *p, size_t n, const char *needle)
  * every token later, and OpenSSL 3's PEM decoding costs far more than the
  * signature check itself (about 0.4 ms against 0.02 ms for RS256 on this
  * machine), so it must not run per token. */
-static EVP_PKEY *load_public_key(enum key_kind kind, const uint8_t *pem, size_t len)
+static EVP_PKEY *load_public_key(const struct alg_info *ai, const uint8_t *pem, size_t len)
 {
     if (len > INT32_MAX)
         return NULL;
@@ -116,14 +128,19 @@ static EVP_PKEY *load_public_key(enum key_kind kind, const uint8_t *pem, size_t 
     if (pk == NULL)
         return NULL;
     bool ok = false;
-    if (kind == KIND_RSA) {
-        ok = EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA && EVP_PKEY_get_bits(pk) >= 2048;
-    } else if (kind == KIND_EC && EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC) {
+    int id = EVP_PKEY_get_base_id(pk);
+    if (ai->kind == KIND_RSA || ai->kind == KIND_RSA_PSS) {
+        /* A plain RSA key serves both paddings (RFC 7518 3.3, 3.5). */
+        ok = id == EVP_PKEY_RSA && EVP_PKEY_get_bits(pk) >= 2048;
+    } else if (ai->kind == KIND_EC && id == EVP_PKEY_EC) {
         char group[64];
         size_t glen = 0;
         ok = EVP_PKEY_get_group_name(pk, group, sizeof(group), &glen) == 1 &&
-             strcmp(group, "prime256v1") == 0;
+             strcmp(group, ai->curve) == 0;
+    } else if (ai->kind == KIND_EDDSA) {
+        ok = id == EVP_PKEY_ED25519 || id == EVP_PKEY_ED448; /* RFC 8037 2 */
     }
+    ERR_clear_error();
     if (!ok) {
         EVP_PKEY_free(pk);
         return NULL;
@@ -142,7 +159,7 @@ static bool check_key(const struct wsh_auth_key *k)
          * attack feeds on. */
         return k->key_len >= ai->min_secret && !contains(k->key, k->key_len, "-----BEGIN");
     }
-    EVP_PKEY *pk = load_public_key(ai->kind, k->key, k->key_len);
+    EVP_PKEY *pk = load_public_key(ai, k->key, k->key_len);
     EVP_PKEY_free(pk);
     return pk != NULL;
 }
@@ -212,7 +229,7 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
                 goto fail;
             memcpy(d->key, k->key, k->key_len);
             d->key_len = k->key_len;
-        } else if ((d->pk = load_public_key(algs[k->alg].kind, k->key, k->key_len)) == NULL) {
+        } else if ((d->pk = load_public_key(&algs[k->alg], k->key, k->key_len)) == NULL) {
             goto fail; /* it parsed in check_key: only memory can fail */
         }
         if (k->kid != NULL && (d->kid = strdup(k->kid)) == NULL)
@@ -424,27 +441,17 @@ static int parse_token(const struct wsh_auth *a, const char *token, size_t len, 
     return WSH_AUTH_OK;
 }
 
-static const EVP_MD *alg_md(enum wsh_auth_alg alg)
+/* A JWS ECDSA signature is R and S as two big-endian numbers of the
+ * curve's size each (RFC 7518 3.4: 64 bytes for ES256, 96 for ES384, 132
+ * for ES512); OpenSSL verifies the DER ECDSA-Sig-Value. Returns the DER
+ * length, 0 for a signature of the wrong length, -1 out of memory. */
+static int ecdsa_der(const uint8_t *sig, size_t len, size_t want, uint8_t *der, size_t cap)
 {
-    switch (alg) {
-    case WSH_AUTH_HS384:
-        return EVP_sha384();
-    case WSH_AUTH_HS512:
-        return EVP_sha512();
-    default:
-        return EVP_sha256();
-    }
-}
-
-/* A JWS ES256 signature is R and S as two 32-byte big-endian numbers
- * (RFC 7518 3.4); OpenSSL verifies the DER ECDSA-Sig-Value. Returns the
- * DER length, 0 for a signature of the wrong length, -1 out of memory. */
-static int es256_der(const uint8_t *sig, size_t len, uint8_t *der, size_t cap)
-{
-    if (len != 64)
+    if (len != want)
         return 0;
+    size_t half = len / 2;
     ECDSA_SIG *es = ECDSA_SIG_new();
-    BIGNUM *r = BN_bin2bn(sig, 32, NULL), *sv = BN_bin2bn(sig + 32, 32, NULL);
+    BIGNUM *r = BN_bin2bn(sig, (int)half, NULL), *sv = BN_bin2bn(sig + half, (int)half, NULL);
     if (es == NULL || r == NULL || sv == NULL || ECDSA_SIG_set0(es, r, sv) != 1) {
         BN_free(r);
         BN_free(sv);
@@ -466,9 +473,10 @@ static int es256_der(const uint8_t *sig, size_t len, uint8_t *der, size_t cap)
  * memory ran out. Leaves OpenSSL's per-thread error queue empty. */
 static int verify_with(const struct auth_key *k, const struct parsed *p)
 {
-    const EVP_MD *md = alg_md(k->alg);
+    const struct alg_info *ai = &algs[k->alg];
+    const EVP_MD *md = ai->md != NULL ? ai->md() : NULL;
     const uint8_t *in = (const uint8_t *)p->input;
-    if (algs[k->alg].kind == KIND_HMAC) {
+    if (ai->kind == KIND_HMAC) {
         uint8_t mac[EVP_MAX_MD_SIZE];
         unsigned int mlen = 0;
         if (HMAC(md, k->key, (int)k->key_len, in, p->input_len, mac, &mlen) == NULL) {
@@ -483,22 +491,32 @@ static int verify_with(const struct auth_key *k, const struct parsed *p)
     }
     const uint8_t *sig = p->sig;
     size_t slen = p->sig_len;
-    uint8_t der[80]; /* a P-256 ECDSA-Sig-Value is at most 72 bytes */
-    if (algs[k->alg].kind == KIND_EC) {
-        int n = es256_der(p->sig, p->sig_len, der, sizeof(der));
+    uint8_t der[160]; /* a P-521 ECDSA-Sig-Value is at most 139 bytes */
+    if (ai->kind == KIND_EC) {
+        int n = ecdsa_der(p->sig, p->sig_len, ai->ec_sig, der, sizeof(der));
         if (n <= 0)
             return n;
         sig = der;
         slen = (size_t)n;
     } else if (slen != (size_t)EVP_PKEY_get_size(k->pk)) {
-        return 0; /* RFC 7518 3.3: exactly the modulus length */
+        /* RSA: exactly the modulus length (RFC 7518 3.3, 3.5); EdDSA: 64
+         * bytes for Ed25519, 114 for Ed448. */
+        return 0;
     }
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (ctx == NULL)
         return -1;
-    int rc = EVP_DigestVerifyInit(ctx, NULL, md, NULL, k->pk) == 1
-                 ? EVP_DigestVerify(ctx, sig, slen, in, p->input_len)
-                 : -1;
+    EVP_PKEY_CTX *pctx = NULL;
+    int rc = EVP_DigestVerifyInit(ctx, &pctx, md, NULL, k->pk) == 1 ? 1 : -1;
+    /* RFC 7518 3.5: PSS with MGF1 on the same hash and a salt as long as
+     * the hash. */
+    if (rc == 1 && ai->kind == KIND_RSA_PSS &&
+        (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
+         EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
+         EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) != 1))
+        rc = -1;
+    if (rc == 1)
+        rc = EVP_DigestVerify(ctx, sig, slen, in, p->input_len);
     EVP_MD_CTX_free(ctx);
     ERR_clear_error();
     return rc == 1;
@@ -513,7 +531,7 @@ static int check_signature(const struct wsh_auth *a, const struct parsed *p)
         return WSH_AUTH_EFORMAT;
     enum wsh_auth_alg alg = wsh_auth_alg_parse(json_string_value(jalg));
     if (alg == WSH_AUTH_ALG_INVALID)
-        return WSH_AUTH_EALG; /* "none", "RS512", "hs256", ... */
+        return WSH_AUTH_EALG; /* "none", "ES256K", "hs256", ... */
     json_t *jkid = json_object_get(p->head, "kid");
     if (jkid != NULL && !json_is_string(jkid))
         return WSH_AUTH_EFORMAT;

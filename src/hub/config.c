@@ -84,21 +84,15 @@ void wsh_config_free(struct wsh_hub_config *cfg)
     wsh_config_defaults(cfg);
 }
 
+static const char *const alg_names[] = { "HS256", "HS384", "HS512", "RS256", "ES256",
+                                         "RS384", "RS512", "PS256", "PS384", "PS512",
+                                         "ES384", "ES512", "EdDSA", NULL };
+
 const char *wsh_config_alg_name(enum wsh_key_alg alg)
 {
-    switch (alg) {
-    case WSH_ALG_HS256:
-        return "HS256";
-    case WSH_ALG_HS384:
-        return "HS384";
-    case WSH_ALG_HS512:
-        return "HS512";
-    case WSH_ALG_RS256:
-        return "RS256";
-    case WSH_ALG_ES256:
-        return "ES256";
-    }
-    return "";
+    if (alg < WSH_ALG_HS256 || alg > WSH_ALG_EDDSA)
+        return "";
+    return alg_names[alg - WSH_ALG_HS256];
 }
 
 /* ------------------------------------------------------------------ */
@@ -439,7 +433,6 @@ static bool parse_namespaces(struct ctx *c, json_t *v, struct wsh_hub_config *cf
 }
 
 static const char *const key_keys[] = { "kid", "alg", "secret", "public_key_file", NULL };
-static const char *const alg_names[] = { "HS256", "HS384", "HS512", "RS256", "ES256", NULL };
 
 static bool parse_key(struct ctx *c, json_t *v, struct wsh_key_config *k)
 {
@@ -449,7 +442,9 @@ static bool parse_key(struct ctx *c, json_t *v, struct wsh_key_config *k)
         return false;
     if (json_object_get(v, "alg") == NULL) {
         size_t old = push_key(c, "alg");
-        error(c, "missing (one of \"HS256\", \"HS384\", \"HS512\", \"RS256\", \"ES256\")");
+        error(c, "missing (one of \"HS256\", \"HS384\", \"HS512\", \"RS256\", \"ES256\", "
+                 "\"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES384\", "
+                 "\"ES512\", \"EdDSA\")");
         pop(c, old);
         return false;
     }

@@ -74,18 +74,22 @@ _keys = {}
 
 
 def keypair(kind):
-    """("rsa"|"ec") -> (private_pem_bytes, public_key_path), made once per
-    test process with the openssl command."""
+    """("rsa"|"ec"|"ec384"|"ec521"|"ed25519"|"ed448") -> (private_pem_bytes,
+    public_key_path), made once per test process with the openssl
+    command."""
     if kind in _keys:
         return _keys[kind]
     d = tempfile.mkdtemp(prefix="wshub-hub-keys-")
     priv, pub = os.path.join(d, "priv.pem"), os.path.join(d, "pub.pem")
+    curves = {"ec": "P-256", "ec384": "P-384", "ec521": "P-521"}
     if kind == "rsa":
         gen = ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
                "-out", priv]
+    elif kind in curves:
+        gen = ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+               f"ec_paramgen_curve:{curves[kind]}", "-out", priv]
     else:
-        gen = ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-               "-out", priv]
+        gen = ["openssl", "genpkey", "-algorithm", kind.upper(), "-out", priv]
     subprocess.run(gen, check=True, capture_output=True)
     subprocess.run(["openssl", "pkey", "-in", priv, "-pubout", "-out", pub], check=True,
                    capture_output=True)

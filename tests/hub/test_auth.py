@@ -42,6 +42,42 @@ async def test_token_in_header_query_and_connect_payload(hub):
 
 
 @run_async
+async def test_every_asymmetric_alg_with_pyjwt_tokens(hub):
+    """RS384, RS512, PS256-512, ES384, ES512 and EdDSA (Ed25519 and Ed448),
+    with tokens signed by PyJWT, an implementation that is not ours; each
+    key accepts only its own algorithm."""
+    _, rsa_pub = keypair("rsa")
+    keys = [{"alg": "HS256", "secret": SECRET}]
+    for alg in ("RS384", "RS512", "PS256", "PS384", "PS512"):
+        keys.append({"alg": alg, "public_key_file": rsa_pub})
+    keys += [{"alg": "ES384", "public_key_file": keypair("ec384")[1]},
+             {"alg": "ES512", "public_key_file": keypair("ec521")[1]},
+             {"alg": "EdDSA", "public_key_file": keypair("ed25519")[1], "kid": "ed25519"},
+             {"alg": "EdDSA", "public_key_file": keypair("ed448")[1], "kid": "ed448"}]
+    h = hub(merge(base_config(), {"auth": {"keys": keys}}))
+    rsa_priv = keypair("rsa")[0]
+    cases = [(alg, rsa_priv, None) for alg in ("RS384", "RS512", "PS256", "PS384", "PS512")]
+    cases += [("ES384", keypair("ec384")[0], None), ("ES512", keypair("ec521")[0], None),
+              ("EdDSA", keypair("ed25519")[0], {"kid": "ed25519"}),
+              ("EdDSA", keypair("ed448")[0], None)]  # no kid: every EdDSA key is tried
+    for alg, priv, headers in cases:
+        c = await Client.open(h, token(f"u-{alg}", alg=alg, key=priv, headers=headers))
+        assert c.info["user"] == f"u-{alg}", alg
+        await c.close()
+    # RS256 has no key here, though its RSA key signs the others: refused.
+    assert handshake_status(h.port, headers=[
+        ("Authorization", "Bearer " + token("x", alg="RS256", key=rsa_priv))]) == 403
+    # An ES384 signature under an ES512 header: the wrong size for P-521.
+    assert handshake_status(h.port, headers=[
+        ("Authorization", "Bearer " + token("x", alg="ES384", key=keypair("ec384")[0],
+                                            headers={"alg": "ES512"}))]) == 403
+    # An Ed25519 token under the Ed448 key's kid: refused.
+    assert handshake_status(h.port, headers=[
+        ("Authorization", "Bearer " + token("x", alg="EdDSA", key=keypair("ed25519")[0],
+                                            headers={"kid": "ed448"}))]) == 403
+
+
+@run_async
 async def test_rs256_and_es256_keys(hub):
     _, rsa_pub = keypair("rsa")
     _, ec_pub = keypair("ec")

@@ -13,6 +13,7 @@
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@ static const char hs512_secret[] =
     "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"; /* 64 */
 
 static char *rsa_priv, *rsa_pub, *ec_priv, *ec_pub, *rsa1024_pub;
+static char *ec384_priv, *ec384_pub, *ec521_priv, *ec521_pub, *ed_priv, *ed_pub;
 
 /* ------------------------------------------------------------------ */
 /* Helpers                                                             */
@@ -64,6 +66,9 @@ static int setup_keys(void **state)
     gen_key(EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048), &rsa_priv, &rsa_pub);
     gen_key(EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"), &ec_priv, &ec_pub);
     gen_key(EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024), NULL, &rsa1024_pub);
+    gen_key(EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384"), &ec384_priv, &ec384_pub);
+    gen_key(EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-521"), &ec521_priv, &ec521_pub);
+    gen_key(EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), &ed_priv, &ed_pub);
     return 0;
 }
 
@@ -75,6 +80,12 @@ static int teardown_keys(void **state)
     free(ec_priv);
     free(ec_pub);
     free(rsa1024_pub);
+    free(ec384_priv);
+    free(ec384_pub);
+    free(ec521_priv);
+    free(ec521_pub);
+    free(ed_priv);
+    free(ed_pub);
     return 0;
 }
 
@@ -445,6 +456,117 @@ static void test_auth_signature_length_and_form_exact(void **state)
         free(t);
     }
     wsh_auth_destroy(a);
+}
+
+/* Mints a token with OpenSSL, for what libjwt 1.10 cannot sign (PS*,
+ * EdDSA). salt: the PSS salt length (RSA_PSS_SALTLEN_DIGEST is RFC 7518's). */
+static char *mint_evp(const char *alg, const char *priv_pem, const EVP_MD *md, int salt,
+                      const char *claims)
+{
+    char head[64];
+    snprintf(head, sizeof(head), "{\"alg\":\"%s\",\"typ\":\"JWT\"}", alg);
+    char *t = craft(head, claims, "");
+    size_t in_len = strlen(t) - 1; /* without the trailing '.' */
+    BIO *b = BIO_new_mem_buf(priv_pem, -1);
+    EVP_PKEY *pk = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    BIO_free(b);
+    assert_non_null(pk);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    assert_int_equal(EVP_DigestSignInit(ctx, &pctx, md, NULL, pk), 1);
+    if (salt != 0) {
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, salt), 1);
+    }
+    uint8_t sig[600];
+    size_t slen = sizeof(sig);
+    assert_int_equal(EVP_DigestSign(ctx, sig, &slen, (const uint8_t *)t, in_len), 1);
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(pk);
+    char *s = b64url(sig, slen);
+    char *out = malloc(strlen(t) + strlen(s) + 1);
+    assert_non_null(out);
+    strcpy(out, t);
+    strcat(out, s);
+    free(s);
+    free(t);
+    return out;
+}
+
+/* RS384/512, PS256/384/512, ES384/512 and EdDSA: each verifies with its
+ * key; each refuses a signature of the wrong size; PSS takes only the salt
+ * RFC 7518 3.5 names. */
+static void test_auth_more_algs(void **state)
+{
+    (void)state;
+    struct wsh_auth_key k[] = {
+        KEY(WSH_AUTH_RS384, rsa_pub),   KEY(WSH_AUTH_RS512, rsa_pub),
+        KEY(WSH_AUTH_PS256, rsa_pub),   KEY(WSH_AUTH_PS384, rsa_pub),
+        KEY(WSH_AUTH_PS512, rsa_pub),   KEY(WSH_AUTH_ES384, ec384_pub),
+        KEY(WSH_AUTH_ES512, ec521_pub), KEY(WSH_AUTH_EDDSA, ed_pub),
+    };
+    struct wsh_auth *a = make_auth(k, sizeof(k) / sizeof(k[0]), false);
+    char *tok[8];
+    tok[0] = mint(JWT_ALG_RS384, rsa_priv, strlen(rsa_priv), good_claims);
+    tok[1] = mint(JWT_ALG_RS512, rsa_priv, strlen(rsa_priv), good_claims);
+    tok[2] = mint_evp("PS256", rsa_priv, EVP_sha256(), RSA_PSS_SALTLEN_DIGEST, good_claims);
+    tok[3] = mint_evp("PS384", rsa_priv, EVP_sha384(), RSA_PSS_SALTLEN_DIGEST, good_claims);
+    tok[4] = mint_evp("PS512", rsa_priv, EVP_sha512(), RSA_PSS_SALTLEN_DIGEST, good_claims);
+    tok[5] = mint(JWT_ALG_ES384, ec384_priv, strlen(ec384_priv), good_claims);
+    tok[6] = mint(JWT_ALG_ES512, ec521_priv, strlen(ec521_priv), good_claims);
+    tok[7] = mint_evp("EdDSA", ed_priv, NULL, 0, good_claims);
+    const size_t want[8] = { 256, 256, 256, 256, 256, 96, 132, 64 };
+    uint8_t sig[600];
+    for (size_t i = 0; i < 8; i++) {
+        struct wsh_identity id = { 0 };
+        if (verify(a, tok[i], NOW_MS, &id) != WSH_AUTH_OK)
+            fail_msg("token %zu refused", i);
+        assert_string_equal(id.sub, "alice");
+        wsh_identity_free(&id);
+        size_t n = sig_bytes(tok[i], sig, sizeof(sig) - 1);
+        assert_int_equal(n, want[i]);
+        char *shorter = resigned(tok[i], sig, n - 1);
+        sig[n] = 0;
+        char *longer = resigned(tok[i], sig, n + 1);
+        assert_int_equal(verify(a, shorter, NOW_MS, NULL), WSH_AUTH_ESIG);
+        assert_int_equal(verify(a, longer, NOW_MS, NULL), WSH_AUTH_ESIG);
+        free(shorter);
+        free(longer);
+        free(tok[i]);
+    }
+    /* A PSS signature with the longest salt instead of the hash's length. */
+    char *t = mint_evp("PS256", rsa_priv, EVP_sha256(), RSA_PSS_SALTLEN_MAX, good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_ESIG);
+    free(t);
+    /* An RS256-shaped signature (PKCS#1 v1.5) under a PS256 header. */
+    t = mint_evp("PS256", rsa_priv, EVP_sha256(), 0, good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_ESIG);
+    free(t);
+    wsh_auth_destroy(a);
+    /* Each alg takes only its own key type and curve. */
+    static const struct {
+        enum wsh_auth_alg alg;
+        const char *const *pem;
+    } bad[] = {
+        { WSH_AUTH_ES384, (const char *const *)&ec_pub },
+        { WSH_AUTH_ES512, (const char *const *)&ec384_pub },
+        { WSH_AUTH_ES256, (const char *const *)&ec521_pub },
+        { WSH_AUTH_EDDSA, (const char *const *)&ec_pub },
+        { WSH_AUTH_PS256, (const char *const *)&ed_pub },
+        { WSH_AUTH_PS256, (const char *const *)&rsa1024_pub },
+        { WSH_AUTH_RS512, (const char *const *)&ec521_pub },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct wsh_auth_key bk = { .alg = bad[i].alg,
+                                   .key = (const uint8_t *)*bad[i].pem,
+                                   .key_len = strlen(*bad[i].pem) };
+        struct wsh_auth_opts o = { .keys = &bk, .nkeys = 1 };
+        struct wsh_auth *x = NULL;
+        int which = -1;
+        if (wsh_auth_create(&o, &x, &which) != WSH_EINVAL)
+            fail_msg("bad key %zu accepted", i);
+        assert_int_equal(which, 0);
+    }
 }
 
 static void test_auth_rejects_bad_format(void **state)
@@ -1229,6 +1351,7 @@ int main(void)
         cmocka_unit_test(test_auth_rejects_hs256_signed_with_rsa_pem),
         cmocka_unit_test(test_auth_rejects_tampered_payload),
         cmocka_unit_test(test_auth_signature_length_and_form_exact),
+        cmocka_unit_test(test_auth_more_algs),
         cmocka_unit_test(test_auth_rejects_bad_format),
         cmocka_unit_test(test_auth_rejects_oversized),
         cmocka_unit_test(test_auth_rejects_expired),

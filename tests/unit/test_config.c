@@ -236,10 +236,18 @@ static void test_config_invalid_fields(void **state)
         { "{\"auth\":{\"users\":[]}}", "auth.users: unknown key" },
         { "{\"auth\":{\"keys\":[{\"secret\":\"" SECRET32 "\"}]}}",
           "auth.keys[0].alg: missing (one of \"HS256\", \"HS384\", \"HS512\", \"RS256\", "
-          "\"ES256\")" },
+          "\"ES256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES384\", "
+          "\"ES512\", \"EdDSA\")" },
         { "{\"auth\":{\"keys\":[{\"alg\":\"none\"}]}}",
           "auth.keys[0].alg: expected one of \"HS256\", \"HS384\", \"HS512\", \"RS256\", "
-          "\"ES256\", got \"none\"" },
+          "\"ES256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES384\", "
+          "\"ES512\", \"EdDSA\", got \"none\"" },
+        { "{\"auth\":{\"keys\":[{\"alg\":\"eddsa\"}]}}",
+          "auth.keys[0].alg: expected one of \"HS256\", \"HS384\", \"HS512\", \"RS256\", "
+          "\"ES256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES384\", "
+          "\"ES512\", \"EdDSA\", got \"eddsa\"" },
+        { "{\"auth\":{\"keys\":[{\"alg\":\"PS256\",\"secret\":\"" SECRET32 "\"}]}}",
+          "auth.keys[0].secret: not allowed with PS256 (use public_key_file)" },
         { "{\"auth\":{\"keys\":[{\"alg\":\"HS256\"}]}}",
           "auth.keys[0].secret: missing (required with HS256)" },
         { "{\"auth\":{\"keys\":[{\"alg\":\"HS256\",\"secret\":\"short\"}]}}",
