@@ -32,13 +32,13 @@ void metric_close(struct worker *w, unsigned code)
 
 /* Every status the server sends, so that a dashboard sees a refusal
  * spike (429, 503) or a broken client (400, 426) by name. */
-static const int http_codes[METRIC_HTTP_CODES] = { 101, 200, 400, 401, 403, 404, 405, 411,
-                                                   413, 414, 426, 429, 431, 500, 503, 505 };
+static const unsigned http_codes[METRIC_HTTP_CODES] = { 101, 200, 400, 401, 403, 404, 405, 411,
+                                                        413, 414, 426, 429, 431, 500, 503, 505 };
 
 void metric_http(struct worker *w, int status)
 {
     int i = 0;
-    while (i < METRIC_HTTP_CODES && http_codes[i] != status)
+    while (i < METRIC_HTTP_CODES && http_codes[i] != (unsigned)status)
         i++;
     metric_add(&w->m.http[i], 1);
 }
@@ -168,6 +168,21 @@ static void process_metrics(struct out *o)
             (double)btime + (double)start / (double)hz);
 }
 
+/* A counter family labelled by code: one sample per codes[0..n), then
+ * "other"; field is the offset of the first of the n + 1 counters. */
+static void code_family(struct out *o, const char *name, const char *help, const unsigned *codes,
+                        size_t n, size_t field)
+{
+    put(o, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (size_t i = 0; i <= n; i++) {
+        unsigned long long v = sum(field + i * sizeof(_Atomic uint64_t));
+        if (i < n)
+            put(o, "%s{code=\"%u\"} %llu\n", name, codes[i], v);
+        else
+            put(o, "%s{code=\"other\"} %llu\n", name, v);
+    }
+}
+
 void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
     if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
@@ -244,27 +259,12 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "frames, messages being assembled), each shared frame once.\n"
         "# TYPE wshub_client_memory_bytes gauge\nwshub_client_memory_bytes %zu\n",
         wsh_buf_live_bytes());
-    put(&o, "# HELP wshub_http_responses_total HTTP responses sent, by status code (101: "
-            "upgrades; 429 and 503 include refusals at accept).\n"
-            "# TYPE wshub_http_responses_total counter\n");
-    for (int i = 0; i <= METRIC_HTTP_CODES; i++) {
-        uint64_t v = SUM(http[i]);
-        if (i < METRIC_HTTP_CODES)
-            put(&o, "wshub_http_responses_total{code=\"%d\"} %llu\n", http_codes[i],
-                (unsigned long long)v);
-        else
-            put(&o, "wshub_http_responses_total{code=\"other\"} %llu\n", (unsigned long long)v);
-    }
-    put(&o, "# HELP wshub_closes_total Close frames sent, by close code.\n"
-            "# TYPE wshub_closes_total counter\n");
-    for (int i = 0; i <= METRIC_CODES; i++) {
-        uint64_t v = SUM(closes[i]);
-        if (i < METRIC_CODES)
-            put(&o, "wshub_closes_total{code=\"%u\"} %llu\n", close_codes[i],
-                (unsigned long long)v);
-        else
-            put(&o, "wshub_closes_total{code=\"other\"} %llu\n", (unsigned long long)v);
-    }
+    code_family(&o, "wshub_http_responses_total",
+                "HTTP responses sent, by status code (101: upgrades; 429 and 503 include "
+                "refusals at accept).",
+                http_codes, METRIC_HTTP_CODES, offsetof(struct metrics, http));
+    code_family(&o, "wshub_closes_total", "Close frames sent, by close code.", close_codes,
+                METRIC_CODES, offsetof(struct metrics, closes));
     put(&o, "# HELP wshub_publish_delivery_seconds Time from a publish being accepted to its "
             "message being queued to the subscribers of one worker.\n"
             "# TYPE wshub_publish_delivery_seconds histogram\n");
