@@ -29,6 +29,9 @@ import pytest
 from test_fault import MULT, Server, frame, read_close, upgrade_request
 
 SIG2 = b"\r\n\r\n\x00\r\nQUIT\n"
+# Debian puts both in /usr/sbin, which a non-root PATH may lack.
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def v1(src="192.0.2.1", dst="198.51.100.2", sport=56324, dport=443, proto="TCP4"):
@@ -362,7 +365,7 @@ frontend v2
 backend b2
     server ws 127.0.0.1:{backend_port} send-proxy-v2 check check-send-proxy inter 200ms
 """)
-        self.start([shutil.which("haproxy"), "-db", "-f", cfg], (self.p1, self.p2))
+        self.start([HAPROXY, "-db", "-f", cfg], (self.p1, self.p2))
 
 
 def through(port, source):
@@ -374,7 +377,7 @@ def through(port, source):
 
 
 def test_proxy_behind_real_haproxy(proxied):
-    assert shutil.which("haproxy"), "haproxy missing: scripts/install-deps.sh installs it"
+    assert os.path.exists(HAPROXY), "haproxy missing: scripts/install-deps.sh installs it"
     srv = proxied("--log-level", "debug", "--config", write_config({"max_connections_per_ip": 1}))
     hap = HAProxy(srv.port)
     try:
@@ -445,7 +448,7 @@ http {{
     }}
 }}
 """)
-        self.start([shutil.which("nginx") or "/usr/sbin/nginx", "-p", d, "-c", cfg], (self.port,))
+        self.start([NGINX, "-p", d, "-c", cfg], (self.port,))
 
 
 def status_line(s, request):
@@ -454,8 +457,7 @@ def status_line(s, request):
 
 
 def test_trusted_proxy_x_forwarded_for_behind_real_nginx(tmp_path):
-    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert os.path.exists(nginx_bin), "nginx missing: scripts/install-deps.sh installs it"
+    assert os.path.exists(NGINX), "nginx missing: scripts/install-deps.sh installs it"
     # nginx reaches wshub from 127.0.0.1, the only trusted proxy.
     srv = Server("--config", write_config_top({"limits": {"max_connections_per_ip": 1},
                                                "trusted_proxies": ["127.0.0.1"]}))
