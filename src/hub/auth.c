@@ -148,7 +148,9 @@ static EVP_PKEY *load_public_key(const struct alg_info *ai, const uint8_t *pem, 
     return pk;
 }
 
-static bool check_key(const struct wsh_auth_key *k)
+/* Checks a configured key. A public key is parsed here, once, and handed
+ * back in *pk for the key set to keep. */
+static bool check_key(const struct wsh_auth_key *k, EVP_PKEY **pk)
 {
     if ((size_t)k->alg == 0 || (size_t)k->alg >= ALG_COUNT || k->key == NULL)
         return false;
@@ -159,9 +161,8 @@ static bool check_key(const struct wsh_auth_key *k)
          * attack feeds on. */
         return k->key_len >= ai->min_secret && !contains(k->key, k->key_len, "-----BEGIN");
     }
-    EVP_PKEY *pk = load_public_key(ai, k->key, k->key_len);
-    EVP_PKEY_free(pk);
-    return pk != NULL;
+    *pk = load_public_key(ai, k->key, k->key_len);
+    return *pk != NULL;
 }
 
 static void free_key(struct auth_key *k)
@@ -189,21 +190,31 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
     if (o == NULL || out == NULL || o->keys == NULL || o->nkeys == 0 ||
         o->nkeys > WSH_AUTH_KEYS_MAX)
         return WSH_EINVAL;
+    EVP_PKEY *pks[WSH_AUTH_KEYS_MAX] = { NULL }; /* parsed public keys, until a owns them */
     for (size_t i = 0; i < o->nkeys; i++) {
         bool bad = o->keys[i].key_len > WSH_AUTH_KEY_MAX;
         for (size_t j = 0; j < i; j++) {
             bad |= o->keys[j].alg == o->keys[i].alg && same_kid(o->keys[j].kid, o->keys[i].kid);
         }
-        if (bad || !check_key(&o->keys[i])) {
+        if (bad || !check_key(&o->keys[i], &pks[i])) {
             if (bad_key != NULL)
                 *bad_key = (int)i;
+            for (size_t j = 0; j < i; j++)
+                EVP_PKEY_free(pks[j]);
             return WSH_EINVAL;
         }
     }
 
     struct wsh_auth *a = calloc(1, sizeof(*a));
-    if (a == NULL)
+    if (a == NULL) {
+        for (size_t i = 0; i < o->nkeys; i++)
+            EVP_PKEY_free(pks[i]);
         return WSH_ENOMEM;
+    }
+    /* From here wsh_auth_destroy frees the parsed keys. */
+    a->nkeys = o->nkeys;
+    for (size_t i = 0; i < o->nkeys; i++)
+        a->keys[i].pk = pks[i];
     a->exp_optional = o->exp_optional;
     a->leeway_ms = o->leeway_ms == 0                      ? WSH_AUTH_DEFAULT_LEEWAY_MS
                    : o->leeway_ms == WSH_AUTH_LEEWAY_NONE ? 0
@@ -221,7 +232,6 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
     for (size_t i = 0; i < o->nkeys; i++) {
         const struct wsh_auth_key *k = &o->keys[i];
         struct auth_key *d = &a->keys[i];
-        a->nkeys = i + 1;
         d->alg = k->alg;
         if (algs[k->alg].kind == KIND_HMAC) {
             d->key = malloc(k->key_len);
@@ -229,8 +239,6 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
                 goto fail;
             memcpy(d->key, k->key, k->key_len);
             d->key_len = k->key_len;
-        } else if ((d->pk = load_public_key(&algs[k->alg], k->key, k->key_len)) == NULL) {
-            goto fail; /* it parsed in check_key: only memory can fail */
         }
         if (k->kid != NULL && (d->kid = strdup(k->kid)) == NULL)
             goto fail;
