@@ -1058,6 +1058,22 @@ static bool per_ip_on(void)
     return wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0;
 }
 
+/* Per-address admission of a connection from peer: the socket's address,
+ * or the one a PROXY header named. A trusted proxy is not counted here but
+ * at its request (forwarded_admit), and *forwarded says so. Returns the
+ * seconds for Retry-After when the address is over its bounds, else 0
+ * with *ipc the slot to release at destroy (NULL when none was taken). */
+static uint32_t admit_peer(const struct sockaddr_storage *peer, struct ipcount **ipc,
+                           bool *forwarded)
+{
+    uint32_t retry_s = 0;
+    *ipc = NULL;
+    *forwarded = per_ip_on() && wsh_cidr_contains(wsh_cfg.trusted, wsh_cfg.ntrusted, peer);
+    if (per_ip_on() && !*forwarded)
+        *ipc = ip_acquire(peer, &retry_s);
+    return retry_s;
+}
+
 /* A connection from a trusted proxy (config: trusted_proxies) is counted
  * per address once its request names the client: the rightmost address
  * of X-Forwarded-For that is not a trusted proxy (wsh_http_forwarded_for).
@@ -1384,11 +1400,10 @@ static bool proxy_input(struct worker *w, struct conn *c)
             conn_destroy(w, c);
             return false;
         }
-        uint32_t retry_s = 0;
-        if (wsh_cidr_contains(wsh_cfg.trusted, wsh_cfg.ntrusted, &peer))
-            c->flags |= CF_FORWARDED; /* counted at the request (forwarded_admit) */
-        else
-            c->ip = ip_acquire(&peer, &retry_s);
+        bool forwarded;
+        uint32_t retry_s = admit_peer(&peer, &c->ip, &forwarded);
+        if (forwarded)
+            c->flags |= CF_FORWARDED;
         if (retry_s) {
             send_per_ip_refusal(w, c->io.fd, retry_s);
             conn_destroy(w, c);
@@ -1644,11 +1659,9 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         /* Behind a balancer the address that counts is the one its
          * header names (proxy_input), not the balancer's own. */
         struct ipcount *ipc = NULL;
-        bool forwarded = per_ip_on() && !wsh_cfg.proxy_protocol &&
-                         wsh_cidr_contains(wsh_cfg.trusted, wsh_cfg.ntrusted, &peer);
-        if (per_ip_on() && !wsh_cfg.proxy_protocol && !forwarded) {
-            uint32_t retry_s;
-            ipc = ip_acquire(&peer, &retry_s);
+        bool forwarded = false;
+        if (!wsh_cfg.proxy_protocol) {
+            uint32_t retry_s = admit_peer(&peer, &ipc, &forwarded);
             if (retry_s) {
                 send_per_ip_refusal(w, fd, retry_s);
                 close(fd);
