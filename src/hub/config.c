@@ -209,6 +209,20 @@ static bool want_object(struct ctx *c, json_t *v)
     return error(c, "expected an object, got %s", got);
 }
 
+/* An array of at most max elements. kind names what was expected ("an
+ * array", "an array of strings"), noun the elements, in the errors. */
+static bool want_array(struct ctx *c, json_t *v, const char *kind, unsigned max, const char *noun)
+{
+    if (!json_is_array(v)) {
+        char got[64];
+        describe(v, got, sizeof(got));
+        return error(c, "expected %s, got %s", kind, got);
+    }
+    if (json_array_size(v) > max)
+        return error(c, "more than %u %s", max, noun);
+    return true;
+}
+
 /* ------------------------------------------------------------------ */
 /* Typed getters: absent keys leave *out at its default                */
 
@@ -498,14 +512,9 @@ static bool parse_auth(struct ctx *c, json_t *v, struct wsh_auth_config *a)
     if (keys == NULL)
         return true;
     size_t old = push_key(c, "keys");
-    if (!json_is_array(keys)) {
-        char got[64];
-        describe(keys, got, sizeof(got));
-        return error(c, "expected an array, got %s", got);
-    }
+    if (!want_array(c, keys, "an array", WSH_CFG_MAX_KEYS, "keys"))
+        return false;
     size_t n = json_array_size(keys);
-    if (n > WSH_CFG_MAX_KEYS)
-        return error(c, "more than %u keys", WSH_CFG_MAX_KEYS);
     if (n > 0 && (a->keys = calloc(n, sizeof(*a->keys))) == NULL)
         return oom(c);
     for (size_t i = 0; i < n; i++) {
@@ -555,14 +564,9 @@ static bool origin_ok(const char *s)
 
 static bool parse_origins(struct ctx *c, json_t *v, struct wsh_hub_config *cfg)
 {
-    if (!json_is_array(v)) {
-        char got[64];
-        describe(v, got, sizeof(got));
-        return error(c, "expected an array of strings, got %s", got);
-    }
+    if (!want_array(c, v, "an array of strings", WSH_CFG_MAX_ORIGINS, "origins"))
+        return false;
     size_t n = json_array_size(v);
-    if (n > WSH_CFG_MAX_ORIGINS)
-        return error(c, "more than %u origins", WSH_CFG_MAX_ORIGINS);
     if (n > 0 && (cfg->origins = calloc(n, sizeof(*cfg->origins))) == NULL)
         return oom(c);
     for (size_t i = 0; i < n; i++) {
@@ -585,14 +589,9 @@ static bool parse_origins(struct ctx *c, json_t *v, struct wsh_hub_config *cfg)
 
 static bool parse_trusted_proxies(struct ctx *c, json_t *v, struct wsh_hub_config *cfg)
 {
-    if (!json_is_array(v)) {
-        char got[64];
-        describe(v, got, sizeof(got));
-        return error(c, "expected an array of strings, got %s", got);
-    }
+    if (!want_array(c, v, "an array of strings", WSH_CFG_MAX_TRUSTED_PROXIES, "address blocks"))
+        return false;
     size_t n = json_array_size(v);
-    if (n > WSH_CFG_MAX_TRUSTED_PROXIES)
-        return error(c, "more than %u address blocks", WSH_CFG_MAX_TRUSTED_PROXIES);
     if (n > 0 && (cfg->trusted_proxies = calloc(n, sizeof(*cfg->trusted_proxies))) == NULL)
         return oom(c);
     for (size_t i = 0; i < n; i++) {
