@@ -81,6 +81,41 @@ static void load_err(const char *text, const char *want)
         assert_int_equal(p[i], 0xa5);
 }
 
+/* open, then n copies of item separated by commas, then close, into buf. */
+static void array_doc(char *buf, size_t cap, const char *open, const char *item, size_t n,
+                      const char *close)
+{
+    size_t len = (size_t)snprintf(buf, cap, "%s", open);
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? "," : "", item);
+    snprintf(buf + len, cap - len, "%s", close);
+    assert_true(len + strlen(close) < cap);
+}
+
+/* Each array's bound: the most it takes is accepted, one more is refused
+ * by name. */
+static void test_config_array_bounds(void **state)
+{
+    (void)state;
+    static char doc[64 * 1024];
+    struct wsh_hub_config cfg;
+    array_doc(doc, sizeof(doc), "{\"trusted_proxies\":[", "\"10.0.0.0/8\"", 256, "]}");
+    load_ok(doc, &cfg);
+    assert_int_equal(cfg.ntrusted_proxies, 256);
+    wsh_config_free(&cfg);
+    array_doc(doc, sizeof(doc), "{\"trusted_proxies\":[", "\"10.0.0.0/8\"", 257, "]}");
+    load_err(doc, "trusted_proxies: more than 256 address blocks");
+    array_doc(doc, sizeof(doc), "{\"origins\":[", "\"https://a.example\"", 256, "]}");
+    load_ok(doc, &cfg);
+    assert_int_equal(cfg.norigins, 256);
+    wsh_config_free(&cfg);
+    array_doc(doc, sizeof(doc), "{\"origins\":[", "\"https://a.example\"", 257, "]}");
+    load_err(doc, "origins: more than 256 origins");
+    array_doc(doc, sizeof(doc), "{\"auth\":{\"keys\":[",
+              "{\"alg\":\"HS256\",\"secret\":\"" SECRET32 "\"}", 17, "]}}");
+    load_err(doc, "auth.keys: more than 16 keys");
+}
+
 static void test_config_defaults(void **state)
 {
     (void)state;
@@ -468,6 +503,7 @@ int main(void)
         cmocka_unit_test(test_config_namespace_lookup),
         cmocka_unit_test(test_config_load_file),
         cmocka_unit_test(test_config_too_large),
+        cmocka_unit_test(test_config_array_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
