@@ -500,6 +500,14 @@ def test_trusted_proxy_x_forwarded_for_behind_real_nginx(tmp_path):
         s = connect(srv.port, source="127.0.0.5")
         assert status_line(s, spoof2).startswith(b"HTTP/1.1 429 ")
         s.close()
+        # From the trusted proxy's own address without the field (a health
+        # check, a proxy that does not add it): counted as the proxy.
+        s = connect(srv.port, source="127.0.0.1")
+        assert status_line(s, upgrade_request()).startswith(b"HTTP/1.1 101")
+        held.append(s)
+        s = connect(srv.port, source="127.0.0.1")
+        assert status_line(s, upgrade_request()).startswith(b"HTTP/1.1 429 ")
+        s.close()
         for s in held:
             close_cleanly(s)
         ngx.stop()
