@@ -57,14 +57,21 @@ enum wsh_auth_alg {
     WSH_AUTH_EDDSA = 13  /* Ed25519 or Ed448 public key (RFC 8037) */
 };
 
+/* How wsh_auth_key.key is written. */
+enum wsh_auth_key_form {
+    WSH_AUTH_KEY_RAW = 0, /* HS*: the secret's bytes; the others: a PEM public key */
+    WSH_AUTH_KEY_JWK = 1  /* one JWK (RFC 7517 4, RFC 7518 6, RFC 8037 2) as JSON text */
+};
+
 struct wsh_auth_key {
     enum wsh_auth_alg alg; /* fixed: a token must name exactly this alg */
     /* Optional key id. A token whose header has `kid` is checked only with
      * keys of its alg that have that kid; a token without `kid` is tried
      * with every key of its alg (key rotation). */
     const char *kid;
-    const uint8_t *key; /* secret bytes, or PEM text (NUL not required) */
+    const uint8_t *key; /* secret bytes, PEM text or JWK text (NUL not required) */
     size_t key_len;
+    enum wsh_auth_key_form form;
 };
 
 /* Zero fields take the documented default. */
@@ -87,11 +94,11 @@ enum wsh_auth_alg wsh_auth_alg_parse(const char *name);
 /* Returns the JOSE name of alg, or "invalid". Static storage. */
 const char *wsh_auth_alg_name(enum wsh_auth_alg alg);
 
-/* Creates a key set. Every key is copied and checked now: an HS secret
- * shorter than its hash output (RFC 7518 3.2) or that looks like a PEM
- * block, a PEM that is not a public key of the algorithm's type, an RSA key
- * under 2048 bits, an EC key not on P-256, or a duplicate (alg, kid) pair
- * are refused.
+/* Creates a key set. Every key is copied and checked now, in whichever
+ * form it comes: an HS secret shorter than its hash output (RFC 7518 3.2)
+ * or that looks like a PEM block, a PEM or JWK that is not a public key of
+ * the algorithm's type, an RSA key under 2048 bits, an EC key not on the
+ * algorithm's curve, or a duplicate (alg, kid) pair are refused.
  *
  * Returns WSH_OK and sets *out, or:
  *   WSH_EINVAL  bad options; *bad_key (if not NULL) is the index of the
@@ -104,6 +111,48 @@ WSH_NODISCARD int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth
 /* Frees the key set (secrets are cleansed first) and its deny list. NULL is
  * a no-op. */
 void wsh_auth_destroy(struct wsh_auth *a);
+
+/* ------------------------------------------------------------------ */
+/* JWK Sets (RFC 7517 5), the form identity providers publish keys in  */
+
+#define WSH_AUTH_JWKS_MAX 262144u /* bytes of a JWK Set document */
+
+/* A JWK Set read into keys for struct wsh_auth_opts. Owned by the caller:
+ * wsh_jwks_free(). */
+struct wsh_jwks {
+    struct wsh_auth_key *keys; /* form WSH_AUTH_KEY_JWK, each one checked as
+                                * wsh_auth_create() checks it */
+    size_t nkeys;              /* 0..WSH_AUTH_KEYS_MAX */
+    size_t nskipped;           /* keys ignored (RFC 7517 5); on_skip says why */
+    void *_mem;
+};
+
+/* Told about each key that is ignored: its index in "keys", its kid (NULL
+ * when it has none) and why, as a short phrase in static storage. */
+typedef void (*wsh_jwks_skip_fn)(void *ud, size_t index, const char *kid, const char *why);
+
+/* Parses a JWK Set document text[0..len). As RFC 7517 5 asks, a key that
+ * is not understood is ignored and reported to on_skip (which may be
+ * NULL): an unknown "kty" or "alg", "use" other than "sig", "key_ops"
+ * without "verify", a missing or malformed member, a key
+ * wsh_auth_create() would refuse (RSA under 2048 bits, a point off its
+ * curve, a short secret), or a second key with the same (alg, kid).
+ * Without "alg", RSA keys are taken as RS256, EC keys by their curve
+ * (ES256, ES384, ES512) and OKP keys as EdDSA; an "oct" key needs "alg".
+ *
+ * The whole document is refused (WSH_EINVAL, with the reason in err) when
+ * it is over WSH_AUTH_JWKS_MAX bytes, is not a JSON object with a "keys"
+ * array, has duplicate member names, holds private key material ("d",
+ * "p", ...: a JWKS is public, and a private key in one is a leak to stop,
+ * not to skip), or has more than WSH_AUTH_KEYS_MAX usable keys.
+ * Returns WSH_OK, WSH_EINVAL or WSH_ENOMEM; *out is untouched on failure.
+ * A set with no usable key is WSH_OK with nkeys == 0. */
+WSH_NODISCARD int wsh_jwks_parse(const char *text, size_t len, wsh_jwks_skip_fn on_skip, void *ud,
+                                 struct wsh_jwks *out, char *err, size_t errlen);
+
+/* Frees what wsh_jwks_parse() stored (secrets cleansed) and zeroes *j.
+ * Safe on a zeroed struct. */
+void wsh_jwks_free(struct wsh_jwks *j);
 
 /* ------------------------------------------------------------------ */
 /* Token verification                                                  */

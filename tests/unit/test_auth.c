@@ -648,6 +648,422 @@ static void test_auth_rejects_oversized(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* JWK and JWK Sets                                                    */
+
+static EVP_PKEY *pem_private(const char *pem)
+{
+    BIO *b = BIO_new_mem_buf(pem, -1);
+    EVP_PKEY *pk = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    BIO_free(b);
+    assert_non_null(pk);
+    return pk;
+}
+
+static char *bn_b64(EVP_PKEY *pk, const char *name)
+{
+    BIGNUM *bn = NULL;
+    assert_int_equal(EVP_PKEY_get_bn_param(pk, name, &bn), 1);
+    uint8_t buf[1024];
+    int n = BN_bn2bin(bn, buf);
+    BN_free(bn);
+    return b64url(buf, (size_t)n);
+}
+
+/* The uncompressed point of an EC key, split into x and y, each `size`
+ * bytes; skip drops that many leading bytes of x (which must be zero). */
+static void ec_xy(EVP_PKEY *pk, size_t size, size_t skip, char **x, char **y)
+{
+    uint8_t pt[1 + 2 * 66];
+    size_t n = 0;
+    assert_int_equal(EVP_PKEY_get_octet_string_param(pk, "encoded-pub-key", pt, sizeof(pt), &n), 1);
+    assert_int_equal(n, 1 + 2 * size);
+    assert_int_equal(pt[0], 4);
+    for (size_t i = 0; i < skip; i++)
+        assert_int_equal(pt[1 + i], 0);
+    *x = b64url(pt + 1 + skip, size - skip);
+    *y = b64url(pt + 1 + size, size);
+}
+
+/* The public JWKs of the test keys, made here with OpenSSL, so the
+ * importer meets members it did not write. */
+struct jwks_fixture {
+    char rsa[1024], ec[512], ed[256], oct[256];
+};
+
+static void make_jwks_fixture(struct jwks_fixture *f)
+{
+    EVP_PKEY *pk = pem_private(rsa_priv);
+    char *n = bn_b64(pk, "n"), *e = bn_b64(pk, "e");
+    snprintf(f->rsa, sizeof(f->rsa), "{\"kty\":\"RSA\",\"kid\":\"r\",\"n\":\"%s\",\"e\":\"%s\"}", n,
+             e);
+    free(n);
+    free(e);
+    EVP_PKEY_free(pk);
+    pk = pem_private(ec_priv);
+    char *x, *y;
+    ec_xy(pk, 32, 0, &x, &y);
+    snprintf(f->ec, sizeof(f->ec),
+             "{\"kty\":\"EC\",\"crv\":\"P-256\",\"kid\":\"e\",\"x\":\"%s\",\"y\":\"%s\"}", x, y);
+    free(x);
+    free(y);
+    EVP_PKEY_free(pk);
+    pk = pem_private(ed_priv);
+    uint8_t raw[32];
+    size_t rl = sizeof(raw);
+    assert_int_equal(EVP_PKEY_get_raw_public_key(pk, raw, &rl), 1);
+    x = b64url(raw, rl);
+    snprintf(f->ed, sizeof(f->ed),
+             "{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"kid\":\"d\",\"x\":\"%s\"}", x);
+    free(x);
+    EVP_PKEY_free(pk);
+    x = b64url(hs256_secret, strlen(hs256_secret));
+    snprintf(f->oct, sizeof(f->oct),
+             "{\"kty\":\"oct\",\"alg\":\"HS256\",\"kid\":\"h\",\"k\":\"%s\"}", x);
+    free(x);
+}
+
+struct skips {
+    size_t n;
+    size_t index[40];
+    char kid[40][32];
+    char why[40][96];
+};
+
+static void record_skip(void *ud, size_t index, const char *kid, const char *why)
+{
+    struct skips *s = ud;
+    assert_true(s->n < 40);
+    s->index[s->n] = index;
+    snprintf(s->kid[s->n], sizeof(s->kid[0]), "%s", kid != NULL ? kid : "(none)");
+    snprintf(s->why[s->n], sizeof(s->why[0]), "%s", why);
+    s->n++;
+}
+
+/* Parses "{"keys":[<keys>]}"; returns the result code. */
+static int parse_set(const char *keys, struct wsh_jwks *j, struct skips *s, char *err, size_t cap)
+{
+    size_t n = strlen(keys) + 16;
+    char *doc = malloc(n);
+    assert_non_null(doc);
+    snprintf(doc, n, "{\"keys\":[%s]}", keys);
+    memset(s, 0, sizeof(*s));
+    memset(j, 0, sizeof(*j));
+    int rc = wsh_jwks_parse(doc, strlen(doc), record_skip, s, j, err, cap);
+    free(doc);
+    return rc;
+}
+
+/* A JWK Set of RSA, EC, OKP and oct keys made by OpenSSL: each key verifies
+ * the tokens of its alg, chosen by kid or tried without one. */
+static void test_auth_jwks_keys_verify(void **state)
+{
+    (void)state;
+    struct jwks_fixture f;
+    make_jwks_fixture(&f);
+    char set[2048], err[256];
+    snprintf(set, sizeof(set), "%s,%s,%s,%s", f.rsa, f.ec, f.ed, f.oct);
+    struct wsh_jwks j;
+    struct skips s;
+    assert_int_equal(parse_set(set, &j, &s, err, sizeof(err)), WSH_OK);
+    assert_int_equal(j.nkeys, 4);
+    assert_int_equal(j.nskipped, 0);
+    assert_int_equal(s.n, 0);
+    /* Inferred algs: RSA without alg is RS256, EC by curve, OKP EdDSA. */
+    assert_int_equal(j.keys[0].alg, WSH_AUTH_RS256);
+    assert_int_equal(j.keys[1].alg, WSH_AUTH_ES256);
+    assert_int_equal(j.keys[2].alg, WSH_AUTH_EDDSA);
+    assert_int_equal(j.keys[3].alg, WSH_AUTH_HS256);
+    assert_string_equal(j.keys[1].kid, "e");
+    assert_int_equal(j.keys[0].form, WSH_AUTH_KEY_JWK);
+    struct wsh_auth *a = make_auth(j.keys, j.nkeys, false);
+    wsh_jwks_free(&j); /* the key set keeps its own copies */
+
+    char *t = mint(JWT_ALG_RS256, rsa_priv, strlen(rsa_priv), good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
+    free(t);
+    t = mint(JWT_ALG_ES256, ec_priv, strlen(ec_priv), good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
+    free(t);
+    t = mint(JWT_ALG_HS256, hs256_secret, strlen(hs256_secret), good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
+    free(t);
+    t = mint_evp("EdDSA", ed_priv, NULL, 0, good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
+    free(t);
+    /* The RSA key signs nothing for PS256: its JWK said RS256. */
+    t = mint_evp("PS256", rsa_priv, EVP_sha256(), RSA_PSS_SALTLEN_DIGEST, good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_EALG);
+    free(t);
+    /* A token signed by another EC key fails against the JWK. */
+    t = mint(JWT_ALG_ES256, ec384_priv, strlen(ec384_priv), good_claims);
+    assert_int_not_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
+    free(t);
+    wsh_auth_destroy(a);
+    wsh_jwks_free(&j); /* twice is harmless */
+}
+
+/* RFC 7518 6.2.1.2 asks for full-size coordinates; some encoders drop the
+ * leading zero bytes. Such a key is the same point and must verify. */
+static void test_auth_jwk_short_ec_coordinate(void **state)
+{
+    (void)state;
+    EVP_PKEY *pk = NULL;
+    uint8_t pt[65];
+    size_t n = 0;
+    for (int i = 0; i < 8192; i++) { /* 1 in 256 has x[0] == 0 */
+        pk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+        assert_non_null(pk);
+        assert_int_equal(EVP_PKEY_get_octet_string_param(pk, "encoded-pub-key", pt, sizeof(pt), &n),
+                         1);
+        if (pt[1] == 0)
+            break;
+        EVP_PKEY_free(pk);
+        pk = NULL;
+    }
+    assert_non_null(pk);
+    char *x, *y, jwk[512], err[256];
+    ec_xy(pk, 32, 1, &x, &y);
+    snprintf(jwk, sizeof(jwk), "{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"%s\",\"y\":\"%s\"}", x,
+             y);
+    free(x);
+    free(y);
+    struct wsh_jwks j;
+    struct skips s;
+    assert_int_equal(parse_set(jwk, &j, &s, err, sizeof(err)), WSH_OK);
+    assert_int_equal(j.nkeys, 1);
+    struct wsh_auth *a = make_auth(j.keys, j.nkeys, false);
+    char *priv;
+    BIO *b = BIO_new(BIO_s_mem());
+    assert_int_equal(PEM_write_bio_PrivateKey(b, pk, NULL, NULL, 0, NULL, NULL), 1);
+    priv = bio_string(b);
+    BIO_free(b);
+    char *t = mint(JWT_ALG_ES256, priv, strlen(priv), good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
+    free(t);
+    free(priv);
+    wsh_auth_destroy(a);
+    wsh_jwks_free(&j);
+    EVP_PKEY_free(pk);
+}
+
+/* Replaces the first `from` in src with `to` (one JWK edited into a bad
+ * one). */
+static void edit(char *dst, size_t cap, const char *src, const char *from, const char *to)
+{
+    const char *p = strstr(src, from);
+    assert_non_null(p);
+    snprintf(dst, cap, "%.*s%s%s", (int)(p - src), src, to, p + strlen(from));
+}
+
+/* RFC 7517 5: keys that are not understood are ignored, each reported
+ * with its index, kid and reason; the others still load. */
+static void test_auth_jwks_skips(void **state)
+{
+    (void)state;
+    struct jwks_fixture f;
+    make_jwks_fixture(&f);
+    char bad[24][1100];
+    size_t nb = 0;
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"RSA\",\"use\":\"enc\"");
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"",
+         "\"kty\":\"RSA\",\"key_ops\":[\"sign\"]");
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"RSA\",\"alg\":\"none\"");
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"RSA\",\"alg\":\"ES256\"");
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAC\"");  /* even */
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAB=\""); /* padded */
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAB+\""); /* not url */
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQABAQABAQAB\""); /* 9 B */
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"rsa\"");
+    edit(bad[nb++], sizeof(bad[0]), f.ec, "\"crv\":\"P-256\"", "\"crv\":\"P-384\"");
+    edit(bad[nb++], sizeof(bad[0]), f.ec, "\"crv\":\"P-256\"", "\"crv\":\"secp256k1\"");
+    edit(bad[nb++], sizeof(bad[0]), f.ec, "\"x\":\"", "\"x\":\"AAAA"); /* 35 bytes */
+    /* the same kid, alg ES384 on a P-256 key */
+    edit(bad[nb++], sizeof(bad[0]), f.ec, "\"kty\":\"EC\"", "\"kty\":\"EC\",\"alg\":\"ES384\"");
+    edit(bad[nb++], sizeof(bad[0]), f.ed, "\"crv\":\"Ed25519\"", "\"crv\":\"X25519\"");
+    edit(bad[nb++], sizeof(bad[0]), f.ed, "\"crv\":\"Ed25519\"", "\"crv\":\"Ed448\"");
+    edit(bad[nb++], sizeof(bad[0]), f.oct, "\"alg\":\"HS256\",", "");
+    edit(bad[nb++], sizeof(bad[0]), f.oct, "\"alg\":\"HS256\"", "\"alg\":\"HS384\""); /* short */
+    edit(bad[nb++], sizeof(bad[0]), f.oct, "\"alg\":\"HS256\"", "\"alg\":\"RS256\"");
+    edit(bad[nb++], sizeof(bad[0]), f.oct, "\"kid\":\"h\"", "\"kid\":7");
+    char longkid[300];
+    memset(longkid, 'k', sizeof(longkid));
+    snprintf(longkid, sizeof(longkid), "\"kid\":\"%0257d\"", 0); /* 257 bytes */
+    edit(bad[nb++], sizeof(bad[0]), f.oct, "\"kid\":\"h\"", longkid);
+    snprintf(bad[nb++], sizeof(bad[0]), "\"not an object\"");
+    snprintf(bad[nb++], sizeof(bad[0]), "{\"kid\":\"nokty\"}");
+    /* a second key with the oct key's (alg, kid) */
+    snprintf(bad[nb++], sizeof(bad[0]), "%s", f.oct);
+    static const char *const why[] = {
+        "use is not sig",
+        "key_ops lacks verify",
+        "alg not supported",
+        "not an EC public key",
+        "RSA n or e is not a valid value",
+        "RSA e missing",
+        "RSA e missing",
+        "RSA e missing",
+        "kty not understood",
+        "EC point not on its curve", /* 32-byte x, y padded to P-384's 48 */
+        "EC crv missing",
+        "EC x or y missing",
+        "EC key not on the alg's curve",
+        "OKP crv missing",
+        "OKP x missing",
+        "an oct key needs alg",
+        "secret shorter than the hash",
+        "not an RSA public key",
+        "kid is not a string",
+        "kid over 256 bytes",
+        "not an object",
+        "no kty",
+        "same alg and kid as an earlier key",
+    };
+    assert_int_equal(nb, sizeof(why) / sizeof(why[0]));
+    char set[32768] = "", err[256];
+    size_t o = (size_t)snprintf(set, sizeof(set), "%s,%s", f.oct, f.ec);
+    for (size_t i = 0; i < nb; i++)
+        o += (size_t)snprintf(set + o, sizeof(set) - o, ",%s", bad[i]);
+    struct wsh_jwks j;
+    struct skips s;
+    assert_int_equal(parse_set(set, &j, &s, err, sizeof(err)), WSH_OK);
+    assert_int_equal(j.nkeys, 2);
+    assert_int_equal(j.nskipped, nb);
+    assert_int_equal(s.n, nb);
+    for (size_t i = 0; i < nb; i++) {
+        assert_int_equal(s.index[i], i + 2);
+        if (strstr(s.why[i], why[i]) != s.why[i])
+            fail_msg("key %zu (%s): skipped for \"%s\", expected \"%s\"", i, bad[i], s.why[i],
+                     why[i]);
+    }
+    assert_string_equal(s.kid[0], "r");
+    assert_string_equal(s.kid[18], "(none)"); /* a kid that is not a string */
+    wsh_jwks_free(&j);
+}
+
+/* What refuses the whole set, with its reason. */
+static void test_auth_jwks_errors(void **state)
+{
+    (void)state;
+    struct jwks_fixture f;
+    make_jwks_fixture(&f);
+    char buf[2048], err[256];
+    struct wsh_jwks j;
+    struct skips s;
+    static const struct {
+        const char *doc, *err;
+    } docs[] = {
+        { "[]", "not a JWK Set" },
+        { "{\"keys\":{}}", "not a JWK Set" },
+        { "{\"keys\":[],\"keys\":[]}", "line 1: duplicate object key" },
+        { "{\"keys\":[", "line 1: " },
+        { "", "line 1: " },
+    };
+    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
+        memset(&j, 0, sizeof(j));
+        assert_int_equal(
+            wsh_jwks_parse(docs[i].doc, strlen(docs[i].doc), NULL, NULL, &j, err, sizeof(err)),
+            WSH_EINVAL);
+        if (strstr(err, docs[i].err) != err)
+            fail_msg("%s: \"%s\", expected \"%s\"", docs[i].doc, err, docs[i].err);
+        assert_null(j.keys);
+    }
+    /* Private members, even on a key that would be skipped anyway. */
+    static const char *const priv[] = { "d", "p", "q", "dp", "dq", "qi", "oth" };
+    for (size_t i = 0; i < 7; i++) {
+        char member[32];
+        snprintf(member, sizeof(member), "\"kty\":\"RSA\",\"%s\":\"AQAB\"", priv[i]);
+        edit(buf, sizeof(buf), f.rsa, "\"kty\":\"RSA\"", member);
+        char set[2200];
+        snprintf(set, sizeof(set), "%s,{\"kty\":\"frob\",\"d\":1}", buf);
+        assert_int_equal(parse_set(i == 0 ? set + strlen(buf) + 1 : buf, &j, &s, err, sizeof(err)),
+                         WSH_EINVAL);
+        char want[96];
+        snprintf(want, sizeof(want), "keys[0] holds private key material (member %s)",
+                 i == 0 ? "d" : priv[i]);
+        if (strstr(err, want) != err)
+            fail_msg("\"%s\", expected \"%s\"", err, want);
+    }
+    /* Over the size bound, before any parsing. */
+    size_t big = WSH_AUTH_JWKS_MAX + 1;
+    char *doc = malloc(big);
+    assert_non_null(doc);
+    memset(doc, ' ', big);
+    assert_int_equal(wsh_jwks_parse(doc, big, NULL, NULL, &j, err, sizeof(err)), WSH_EINVAL);
+    assert_string_equal(err, "over 262144 bytes");
+    free(doc);
+    /* 16 usable keys load; a 17th refuses the set. Skipped ones do not count. */
+    char set[40000];
+    size_t o = 0;
+    for (int i = 0; i < 17; i++) {
+        char kid[32];
+        snprintf(kid, sizeof(kid), "\"kid\":\"k%d\"", i);
+        edit(buf, sizeof(buf), f.ec, "\"kid\":\"e\"", kid);
+        o += (size_t)snprintf(set + o, sizeof(set) - o, "%s%s,{\"kty\":\"frob\"}", i ? "," : "",
+                              buf);
+        int rc = parse_set(set, &j, &s, err, sizeof(err));
+        if (i < 16) {
+            assert_int_equal(rc, WSH_OK);
+            assert_int_equal(j.nkeys, (size_t)i + 1);
+            assert_int_equal(j.nskipped, (size_t)i + 1);
+            wsh_jwks_free(&j);
+        } else {
+            assert_int_equal(rc, WSH_EINVAL);
+            assert_string_equal(err, "more than 16 usable keys");
+        }
+    }
+    /* No usable key is not an error of the parser (the server decides). */
+    assert_int_equal(parse_set("{\"kty\":\"frob\"}", &j, &s, err, sizeof(err)), WSH_OK);
+    assert_int_equal(j.nkeys, 0);
+    assert_int_equal(j.nskipped, 1);
+    wsh_jwks_free(&j);
+}
+
+/* A JWK given straight to wsh_auth_create (form WSH_AUTH_KEY_JWK) goes
+ * through the same checks as a PEM: a bad one names its index. */
+static void test_auth_jwk_form_in_create(void **state)
+{
+    (void)state;
+    struct jwks_fixture f;
+    make_jwks_fixture(&f);
+    struct wsh_auth_key k[2] = {
+        { .alg = WSH_AUTH_HS256,
+          .key = (const uint8_t *)hs256_secret,
+          .key_len = strlen(hs256_secret) },
+        { .alg = WSH_AUTH_ES256,
+          .key = (const uint8_t *)f.ec,
+          .key_len = strlen(f.ec),
+          .form = WSH_AUTH_KEY_JWK },
+    };
+    struct wsh_auth *a = make_auth(k, 2, false);
+    char *t = mint(JWT_ALG_ES256, ec_priv, strlen(ec_priv), good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
+    free(t);
+    wsh_auth_destroy(a);
+    static const enum wsh_auth_alg wrong[] = { WSH_AUTH_ES384, WSH_AUTH_RS256, WSH_AUTH_HS256,
+                                               WSH_AUTH_EDDSA };
+    for (size_t i = 0; i < 4; i++) {
+        k[1].alg = wrong[i];
+        struct wsh_auth_opts o = { .keys = k, .nkeys = 2 };
+        int bad = -1;
+        a = NULL;
+        assert_int_equal(wsh_auth_create(&o, &a, &bad), WSH_EINVAL);
+        assert_int_equal(bad, 1);
+        assert_null(a);
+    }
+    /* Not JSON, or JSON that is no JWK. */
+    static const char *const junk[] = { "{", "[]", "{\"kty\":\"EC\"}", "-----BEGIN PUBLIC KEY" };
+    for (size_t i = 0; i < 4; i++) {
+        k[1].alg = WSH_AUTH_ES256;
+        k[1].key = (const uint8_t *)junk[i];
+        k[1].key_len = strlen(junk[i]);
+        struct wsh_auth_opts o = { .keys = k, .nkeys = 2 };
+        int bad = -1;
+        assert_int_equal(wsh_auth_create(&o, &a, &bad), WSH_EINVAL);
+        assert_int_equal(bad, 1);
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* Time claims                                                         */
 
 static int hs_claims(struct wsh_auth *a, const char *claims, int64_t now_ms)
@@ -1352,6 +1768,11 @@ int main(void)
         cmocka_unit_test(test_auth_rejects_tampered_payload),
         cmocka_unit_test(test_auth_signature_length_and_form_exact),
         cmocka_unit_test(test_auth_more_algs),
+        cmocka_unit_test(test_auth_jwks_keys_verify),
+        cmocka_unit_test(test_auth_jwk_short_ec_coordinate),
+        cmocka_unit_test(test_auth_jwks_skips),
+        cmocka_unit_test(test_auth_jwks_errors),
+        cmocka_unit_test(test_auth_jwk_form_in_create),
         cmocka_unit_test(test_auth_rejects_bad_format),
         cmocka_unit_test(test_auth_rejects_oversized),
         cmocka_unit_test(test_auth_rejects_expired),
