@@ -99,6 +99,7 @@ struct wsh_key_config {
 struct wsh_auth_config {
     struct wsh_key_config *keys; /* owned array */
     size_t nkeys;
+    char *jwks_file;      /* owned path of a JWK Set (RFC 7517 5) read beside keys; NULL: none */
     bool allow_anonymous; /* connect without a token (user "") */
 };
 

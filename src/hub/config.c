@@ -76,6 +76,7 @@ void wsh_config_free(struct wsh_hub_config *cfg)
         free(k->public_key_file);
     }
     free(cfg->auth.keys);
+    free(cfg->auth.jwks_file);
     for (size_t i = 0; i < cfg->norigins; i++)
         free(cfg->origins[i]);
     free(cfg->origins);
@@ -500,13 +501,14 @@ static bool parse_key(struct ctx *c, json_t *v, struct wsh_key_config *k)
     return true;
 }
 
-static const char *const auth_keys[] = { "keys", "allow_anonymous", NULL };
+static const char *const auth_keys[] = { "keys", "jwks_file", "allow_anonymous", NULL };
 
 static bool parse_auth(struct ctx *c, json_t *v, struct wsh_auth_config *a)
 {
     if (!want_object(c, v) || !check_keys(c, v, auth_keys))
         return false;
-    if (!get_bool(c, v, "allow_anonymous", &a->allow_anonymous))
+    if (!get_bool(c, v, "allow_anonymous", &a->allow_anonymous) ||
+        !get_string(c, v, "jwks_file", 1, 4096, &a->jwks_file))
         return false;
     json_t *keys = json_object_get(v, "keys");
     if (keys == NULL)

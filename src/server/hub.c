@@ -70,8 +70,6 @@ static struct wsh_broker *broker;
 static struct wsh_proto_limits plimits;
 static struct wsh_origin_list origins;
 static struct chanreg hub_reg = CHANREG_INIT;
-static struct wsh_auth_key *auth_keys;
-static size_t auth_nkeys;
 static bool hub_enabled;
 static bool have_config; /* --config was given */
 
@@ -361,19 +359,183 @@ static void push_to_channel(struct hubchan *ch, struct wsh_jbuf *b, enum push_ty
 /* ------------------------------------------------------------------ */
 /* Setup                                                                */
 
-static char *read_file(const char *path, size_t *len)
+/* Reads a whole file of at most max bytes into a NUL-terminated buffer. */
+static char *read_file(const char *path, size_t max, size_t *len, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
-    if (f == NULL)
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot read %s", path);
         return NULL;
-    char *buf = malloc(65537);
-    size_t n = buf ? fread(buf, 1, 65536, f) : 0;
+    }
+    char *buf = malloc(max + 2);
+    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+    bool failed = buf != NULL && ferror(f);
     fclose(f);
-    if (buf == NULL)
+    if (buf == NULL || failed || n > max) {
+        if (buf == NULL)
+            snprintf(err, errlen, "out of memory");
+        else if (failed)
+            snprintf(err, errlen, "cannot read %s", path);
+        else
+            snprintf(err, errlen, "%s is over %zu bytes", path, max);
+        free(buf);
         return NULL;
+    }
     buf[n] = '\0';
     *len = n;
     return buf;
+}
+
+/* The keys tokens are verified with, built from the configuration's auth
+ * section (auth.keys and auth.jwks_file) at start and again on SIGHUP.
+ * It owns copies of everything, so the configuration it came from can be
+ * freed. Workers never read it directly: each copies it into its own
+ * struct wsh_auth when keys_gen moves (current_auth). */
+struct keyset {
+    struct wsh_auth_key keys[WSH_AUTH_KEYS_MAX];
+    size_t nkeys;
+    char *own[2 * WSH_AUTH_KEYS_MAX]; /* kid copies, secret copies and PEM texts */
+    size_t nown;
+    struct wsh_jwks jwks;
+};
+
+static pthread_mutex_t keys_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct keyset *keys_now;     /* guarded by keys_mu */
+static _Atomic uint64_t keys_gen;   /* bumped under keys_mu each time keys_now changes */
+static _Atomic size_t keys_count;   /* keys_now->nkeys, for /metrics */
+static _Atomic size_t keys_skipped; /* JWKS keys ignored by the last load, for /metrics */
+static char *config_file;           /* --config, kept for reloads */
+
+static void keyset_free(struct keyset *ks)
+{
+    if (ks == NULL)
+        return;
+    for (size_t i = 0; i < ks->nown; i++) {
+        volatile char *p = ks->own[i];
+        for (size_t j = 0; p[j] != '\0'; j++) /* secrets do not linger */
+            p[j] = 0;
+        free(ks->own[i]);
+    }
+    wsh_jwks_free(&ks->jwks);
+    free(ks);
+}
+
+static char *keyset_own(struct keyset *ks, char *p)
+{
+    if (p != NULL)
+        ks->own[ks->nown++] = p;
+    return p;
+}
+
+static void on_jwks_skip(void *ud, size_t index, const char *kid, const char *why)
+{
+    (void)ud;
+    /* The kid comes from the file: shown in quotes, so it may hold none,
+     * nor anything that would break the log line. */
+    char shown[65];
+    size_t n = 0;
+    for (; kid != NULL && kid[n] != '\0' && n < sizeof(shown) - 1; n++)
+        shown[n] = kid[n] == '"' || (unsigned char)kid[n] < 0x20 ? '?' : kid[n];
+    shown[n] = '\0';
+    wsh_log(WSH_LOG_WARN, "ev=jwks_skip index=%zu kid=\"%s\" reason=\"%s\"", index, shown, why);
+}
+
+/* Builds the key set of one auth section and checks it as each worker
+ * will use it. Returns NULL with err set when any key cannot be used. */
+static struct keyset *keyset_build(const struct wsh_auth_config *ac, char *err, size_t errlen)
+{
+    struct keyset *ks = calloc(1, sizeof(*ks));
+    if (ks == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < ac->nkeys; i++) {
+        const struct wsh_key_config *k = &ac->keys[i];
+        struct wsh_auth_key *d = &ks->keys[ks->nkeys++];
+        d->alg = (enum wsh_auth_alg)k->alg;
+        d->kid = k->kid != NULL ? keyset_own(ks, strdup(k->kid)) : NULL;
+        char *key;
+        size_t n = 0;
+        char rerr[256] = "out of memory";
+        if (k->secret != NULL) {
+            n = k->secret_len;
+            if ((key = malloc(n + 1)) != NULL) {
+                memcpy(key, k->secret, n);
+                key[n] = '\0';
+            }
+        } else {
+            key = read_file(k->public_key_file, WSH_AUTH_KEY_MAX, &n, rerr, sizeof(rerr));
+        }
+        if (keyset_own(ks, key) == NULL || (k->kid != NULL && d->kid == NULL)) {
+            snprintf(err, errlen, "auth.keys[%zu]%s: %s", i,
+                     k->secret != NULL ? "" : ".public_key_file", rerr);
+            goto fail;
+        }
+        d->key = (const uint8_t *)key;
+        d->key_len = n;
+    }
+    if (ac->jwks_file != NULL) {
+        size_t n = 0;
+        char jerr[256];
+        char *text = read_file(ac->jwks_file, WSH_AUTH_JWKS_MAX, &n, jerr, sizeof(jerr));
+        int rc = text == NULL
+                     ? WSH_EINVAL
+                     : wsh_jwks_parse(text, n, on_jwks_skip, NULL, &ks->jwks, jerr, sizeof(jerr));
+        free(text);
+        if (rc != WSH_OK) {
+            snprintf(err, errlen, "auth.jwks_file: %s", rc == WSH_ENOMEM ? "out of memory" : jerr);
+            goto fail;
+        }
+        if (ks->jwks.nkeys == 0) {
+            snprintf(err, errlen, "auth.jwks_file: %s holds no usable key", ac->jwks_file);
+            goto fail;
+        }
+        if (ks->nkeys + ks->jwks.nkeys > WSH_AUTH_KEYS_MAX) {
+            snprintf(err, errlen, "auth: %zu keys and %zu from jwks_file, more than %u", ks->nkeys,
+                     ks->jwks.nkeys, WSH_AUTH_KEYS_MAX);
+            goto fail;
+        }
+        for (size_t i = 0; i < ks->jwks.nkeys; i++)
+            ks->keys[ks->nkeys++] = ks->jwks.keys[i];
+    }
+    if (ks->nkeys == 0)
+        return ks; /* no token can be verified: anonymous access only */
+    /* Check the keys once here, so a bad key fails at start (or fails the
+     * reload) rather than in a worker. */
+    struct wsh_auth *probe;
+    int bad = -1;
+    struct wsh_auth_opts ao = { .keys = ks->keys, .nkeys = ks->nkeys };
+    int rc = wsh_auth_create(&ao, &probe, &bad);
+    if (rc != WSH_OK) {
+        if (bad >= 0 && (size_t)bad < ac->nkeys)
+            snprintf(err, errlen, "auth.keys[%d]: the key cannot be used for its algorithm", bad);
+        else if (bad >= 0)
+            snprintf(err, errlen,
+                     "auth.jwks_file: a key has the same alg and kid as one of "
+                     "auth.keys");
+        else
+            snprintf(err, errlen, "auth: %s", wsh_strerror(rc));
+        goto fail;
+    }
+    wsh_auth_destroy(probe);
+    return ks;
+
+fail:
+    keyset_free(ks);
+    return NULL;
+}
+
+/* Makes ks the key set every worker verifies with from its next token on. */
+static void keyset_publish(struct keyset *ks)
+{
+    pthread_mutex_lock(&keys_mu);
+    struct keyset *old = keys_now;
+    keys_now = ks;
+    atomic_store(&keys_count, ks->nkeys);
+    atomic_store(&keys_skipped, ks->jwks.nskipped);
+    atomic_fetch_add(&keys_gen, 1);
+    pthread_mutex_unlock(&keys_mu);
+    keyset_free(old); /* workers copy under keys_mu, so no one holds it */
 }
 
 int hub_init(const char *config_path, char *err, size_t errlen)
@@ -382,6 +544,8 @@ int hub_init(const char *config_path, char *err, size_t errlen)
         if (wsh_config_load(config_path, &hubcfg, err, errlen) != WSH_OK)
             return -1;
         have_config = true;
+        if ((config_file = strdup(config_path)) == NULL)
+            return -1;
     } else {
         wsh_config_defaults(&hubcfg);
     }
@@ -390,41 +554,47 @@ int hub_init(const char *config_path, char *err, size_t errlen)
     origins.entries = (const char *const *)hubcfg.origins;
     origins.nentries = hubcfg.norigins;
     origins.allow_missing = true;
-    auth_nkeys = hubcfg.auth.nkeys;
-    if (auth_nkeys > 0) {
-        auth_keys = calloc(auth_nkeys, sizeof(*auth_keys));
-        if (auth_keys == NULL)
-            return -1;
-        for (size_t i = 0; i < auth_nkeys; i++) {
-            const struct wsh_key_config *k = &hubcfg.auth.keys[i];
-            auth_keys[i].alg = (enum wsh_auth_alg)k->alg;
-            auth_keys[i].kid = k->kid;
-            if (k->secret) {
-                auth_keys[i].key = (const uint8_t *)k->secret;
-                auth_keys[i].key_len = k->secret_len;
-            } else {
-                size_t n = 0;
-                char *pem = read_file(k->public_key_file, &n);
-                if (pem == NULL) {
-                    snprintf(err, errlen, "auth.keys[%zu].public_key_file: cannot read %s", i,
-                             k->public_key_file);
-                    return -1;
-                }
-                auth_keys[i].key = (const uint8_t *)pem;
-                auth_keys[i].key_len = n;
-            }
-        }
-        /* Validate the keys once here, so a bad key fails at start. */
-        struct wsh_auth *probe;
-        int bad = -1;
-        struct wsh_auth_opts ao = { .keys = auth_keys, .nkeys = auth_nkeys };
-        if (wsh_auth_create(&ao, &probe, &bad) != WSH_OK) {
-            snprintf(err, errlen, "auth.keys[%d]: the key cannot be used for its algorithm", bad);
-            return -1;
-        }
-        wsh_auth_destroy(probe);
-    }
+    struct keyset *ks = keyset_build(&hubcfg.auth, err, errlen);
+    if (ks == NULL)
+        return -1;
+    keyset_publish(ks);
     return 0;
+}
+
+int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
+{
+    if (!have_config)
+        return 1;
+    struct wsh_hub_config cfg;
+    if (wsh_config_load(config_file, &cfg, err, errlen) != WSH_OK)
+        return -1;
+    struct keyset *ks = keyset_build(&cfg.auth, err, errlen);
+    wsh_config_free(&cfg);
+    if (ks == NULL)
+        return -1;
+    size_t now = atomic_load(&keys_count);
+    if (ks->nkeys == 0 && now == 0) {
+        keyset_free(ks);
+        return 1; /* no auth before or after: nothing to do */
+    }
+    if (ks->nkeys == 0) {
+        /* Every token would fail from here on; that is never what a key
+         * rotation means. */
+        snprintf(err, errlen, "auth: the new configuration has no key; kept the %zu current ones",
+                 now);
+        keyset_free(ks);
+        return -1;
+    }
+    *nkeys = ks->nkeys;
+    *nskipped = ks->jwks.nskipped;
+    keyset_publish(ks);
+    return 0;
+}
+
+size_t hub_auth_keys(size_t *nskipped)
+{
+    *nskipped = atomic_load(&keys_skipped);
+    return atomic_load(&keys_count);
 }
 
 int hub_start(uint64_t max_message)
@@ -480,25 +650,49 @@ size_t hub_queue_limit(const struct conn *c)
     return wsh_cfg.max_queue;
 }
 
-/* One key set per worker: its deny list is unlocked, and each worker
- * verifies with its own parsed keys. */
+/* One struct wsh_auth per worker, copied from keys_now: each worker
+ * verifies with its own parsed keys and takes no lock per token. */
 static _Thread_local struct wsh_auth *auth;
+static _Thread_local uint64_t auth_gen; /* the keys_gen auth was built at */
+
+/* The worker's key set, rebuilt first when a reload published a new one. */
+static struct wsh_auth *current_auth(void)
+{
+    if (atomic_load_explicit(&keys_gen, memory_order_acquire) == auth_gen)
+        return auth;
+    pthread_mutex_lock(&keys_mu);
+    uint64_t gen = atomic_load(&keys_gen);
+    struct wsh_auth *a = NULL;
+    int rc = WSH_OK;
+    if (keys_now != NULL && keys_now->nkeys > 0) {
+        struct wsh_auth_opts ao = { .keys = keys_now->keys, .nkeys = keys_now->nkeys };
+        int bad;
+        rc = wsh_auth_create(&ao, &a, &bad);
+    }
+    pthread_mutex_unlock(&keys_mu);
+    if (rc != WSH_OK)
+        return auth; /* out of memory: keep the old keys and try again next token */
+    wsh_auth_destroy(auth);
+    auth = a;
+    auth_gen = gen;
+    return auth;
+}
 
 void hub_worker_exit(struct worker *w)
 {
     (void)w;
     wsh_auth_destroy(auth);
     auth = NULL;
+    auth_gen = 0;
 }
 
 int hub_worker_init(struct worker *w)
 {
     (void)w;
-    if (!hub_enabled || auth_nkeys == 0)
+    if (!hub_enabled)
         return 0;
-    struct wsh_auth_opts ao = { .keys = auth_keys, .nkeys = auth_nkeys };
-    int bad;
-    return wsh_auth_create(&ao, &auth, &bad) == WSH_OK ? 0 : -1;
+    (void)current_auth();
+    return auth != NULL || atomic_load(&keys_count) == 0 ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -573,14 +767,15 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t);
 
 static int verify_token(struct hubconn *h, const char *tok, size_t len, int *perr)
 {
-    if (auth == NULL) {
+    struct wsh_auth *a = current_auth();
+    if (a == NULL) {
         *perr = WSH_PERR_BAD_TOKEN;
         return -1;
     }
     struct wsh_identity id;
     memset(&id, 0, sizeof(id));
     int ecode = 0;
-    if (wsh_auth_verify(auth, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
+    if (wsh_auth_verify(a, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
         *perr =
             wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED : WSH_PERR_BAD_TOKEN;
         return -1;

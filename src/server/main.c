@@ -21,6 +21,44 @@ _Atomic int wsh_shutdown_code;
 _Atomic bool wsh_drain_now;
 _Atomic size_t wsh_total_conns;
 
+_Atomic uint64_t wsh_reloads[2][2];
+
+/* SIGHUP: certificate rotation and token key rotation without a restart.
+ * Each part is reloaded on its own; a part that fails keeps what it had. */
+/* A reason goes into a log value in double quotes: it may hold none. */
+static const char *unquote(char *s)
+{
+    for (char *p = s; *p != '\0'; p++) {
+        if (*p == '"')
+            *p = '\'';
+    }
+    return s;
+}
+
+static void reload(void)
+{
+    char err[512];
+    if (wsh_tls_ctx == NULL) {
+        wsh_log(WSH_LOG_INFO, "ev=sighup tls=0");
+    } else {
+        bool ok = wsh_tls_reload(wsh_tls_ctx, err, sizeof(err)) == WSH_OK;
+        atomic_fetch_add(&wsh_reloads[RELOAD_TLS][ok ? 0 : 1], 1);
+        if (ok)
+            wsh_log(WSH_LOG_INFO, "ev=tls_reload ok=1");
+        else
+            wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", unquote(err));
+    }
+    size_t nkeys = 0, nskipped = 0;
+    int rc = hub_reload_keys(err, sizeof(err), &nkeys, &nskipped);
+    if (rc == 1)
+        return;
+    atomic_fetch_add(&wsh_reloads[RELOAD_AUTH][rc == 0 ? 0 : 1], 1);
+    if (rc == 0)
+        wsh_log(WSH_LOG_INFO, "ev=auth_reload ok=1 keys=%zu jwks_skipped=%zu", nkeys, nskipped);
+    else
+        wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", unquote(err));
+}
+
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the
  * main thread runs worker 0, so `--workers 1` is a single-threaded process:
  * the kernel then skips the file reference counting that every socket call
@@ -33,15 +71,7 @@ static void on_signal(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         int sig = (int)si.ssi_signo;
         if (sig == SIGHUP) {
-            if (wsh_tls_ctx == NULL) {
-                wsh_log(WSH_LOG_INFO, "ev=sighup tls=0");
-                continue;
-            }
-            char err[512];
-            if (wsh_tls_reload(wsh_tls_ctx, err, sizeof(err)) == WSH_OK)
-                wsh_log(WSH_LOG_INFO, "ev=tls_reload ok=1");
-            else
-                wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", err);
+            reload();
             continue;
         }
         if (atomic_load(&wsh_shutdown_code) != 0) {

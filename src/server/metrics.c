@@ -259,6 +259,23 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "frames, messages being assembled), each shared frame once.\n"
         "# TYPE wshub_client_memory_bytes gauge\nwshub_client_memory_bytes %zu\n",
         wsh_buf_live_bytes());
+    put(&o, "# HELP wshub_reloads_total SIGHUP reloads, by part (tls: certificate and key; "
+            "auth: token keys) and result; a failed one keeps what was loaded.\n"
+            "# TYPE wshub_reloads_total counter\n");
+    static const char *const parts[2] = { "tls", "auth" };
+    for (int i = 0; i < 2; i++) {
+        for (int r = 0; r < 2; r++)
+            put(&o, "wshub_reloads_total{part=\"%s\",result=\"%s\"} %llu\n", parts[i],
+                r == 0 ? "ok" : "error", (unsigned long long)atomic_load(&wsh_reloads[i][r]));
+    }
+    size_t skipped = 0, nkeys = hub_auth_keys(&skipped);
+    put(&o,
+        "# HELP wshub_auth_keys Token verification keys in use (auth.keys and auth.jwks_file).\n"
+        "# TYPE wshub_auth_keys gauge\nwshub_auth_keys %zu\n"
+        "# HELP wshub_auth_jwks_skipped_keys Keys of auth.jwks_file ignored by the last load "
+        "(the log says why).\n"
+        "# TYPE wshub_auth_jwks_skipped_keys gauge\nwshub_auth_jwks_skipped_keys %zu\n",
+        nkeys, skipped);
     code_family(&o, "wshub_http_responses_total",
                 "HTTP responses sent, by status code (101: upgrades; 429 and 503 include "
                 "refusals at accept).",

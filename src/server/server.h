@@ -303,6 +303,10 @@ extern int wsh_nworkers;
 extern _Atomic int wsh_shutdown_code; /* 0, or the close code to send */
 extern _Atomic bool wsh_drain_now;    /* a second signal: end --drain-time */
 extern _Atomic size_t wsh_total_conns;
+/* SIGHUP reloads by part (RELOAD_TLS, RELOAD_AUTH) and result (0 ok, 1
+ * failed), for /metrics. Written by worker 0 only. */
+enum { RELOAD_TLS, RELOAD_AUTH };
+extern _Atomic uint64_t wsh_reloads[2][2];
 
 int worker_init(struct worker *w, int id, int listen_fd);
 /* Starts the admission bucket from wsh_cfg; before the workers run. */
@@ -340,6 +344,15 @@ void session_timer(struct worker *w, struct conn *c);
 struct wsh_http_request;
 struct hubchan;
 int hub_init(const char *config_path, char *err, size_t errlen);
+/* SIGHUP: re-reads the config file's auth section (auth.keys with their
+ * PEM files, auth.jwks_file) and makes it the key set every worker
+ * verifies new tokens with. Returns 0 (*nkeys, *nskipped set), 1 when
+ * there is nothing to reload (no config, no keys before or after), or -1
+ * with err set: the current keys stay. Other config changes need a
+ * restart. */
+int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped);
+/* Keys in use, and JWKS keys the last load ignored. */
+size_t hub_auth_keys(size_t *nskipped);
 /* Applies the configuration file's connection limits to cfg: the total
  * (the smaller of it and cfg's), per address, and the admission rate. All
  * stay off without a file; IPv6 addresses then count per the default

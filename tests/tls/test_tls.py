@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import pytest
 import websockets
@@ -203,6 +204,18 @@ def test_tls_client_certificates_required_with_ca(pki):
         srv.stop()
 
 
+def reloads(port, ctx):
+    """wshub_reloads_total{part="tls"} by result, read over https."""
+    with urllib.request.urlopen(f"https://localhost:{port}/metrics", context=ctx,
+                                timeout=5 * MULT) as r:
+        text = r.read().decode()
+    out = {}
+    for res in ("ok", "error"):
+        line = f'wshub_reloads_total{{part="tls",result="{res}"}} '
+        out[res] = int(next(ln for ln in text.splitlines() if ln.startswith(line)).split()[1])
+    return out
+
+
 def test_tls_sighup_reload_keeps_connections(pki):
     d = tempfile.mkdtemp(prefix="wshub-reload-")
     for f in ("server.pem", "server.key"):
@@ -238,6 +251,20 @@ def test_tls_sighup_reload_keeps_connections(pki):
             async with websockets.connect(f"wss://localhost:{port}/echo", ssl=ctx) as ws:
                 await ws.send("new cert")
                 assert await ws.recv() == "new cert"
+            assert reloads(port, ctx) == {"ok": 1, "error": 0}
+            # A key file that is not a key: the reload fails, the certificate
+            # in use stays.
+            with open(os.path.join(d, "server.key"), "w") as f:
+                f.write("not a key\n")
+            srv.send_signal(signal.SIGHUP)
+            deadline = time.time() + 10 * MULT
+            while reloads(port, ctx)["error"] != 1:
+                assert time.time() < deadline
+                await asyncio.sleep(0.05)
+            assert reloads(port, ctx) == {"ok": 1, "error": 1}
+            async with websockets.connect(f"wss://localhost:{port}/echo", ssl=ctx) as ws:
+                await ws.send("kept")
+                assert await ws.recv() == "kept"
             await old.close()
         run(go())
     finally:

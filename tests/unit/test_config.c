@@ -33,6 +33,7 @@ static const char full_config[] =
     "  },\n"
     "  \"auth\": {\n"
     "    \"allow_anonymous\": false,\n"
+    "    \"jwks_file\": \"/etc/wshub/jwks.json\",\n"
     "    \"keys\": [\n"
     "      {\"kid\": \"hs-2026\", \"alg\": \"HS256\", \"secret\": \"" SECRET32 "\"},\n"
     "      {\"kid\": \"rsa-1\", \"alg\": \"RS256\", \"public_key_file\": \"/etc/wshub/rsa.pem\"},\n"
@@ -133,6 +134,7 @@ static void test_config_defaults(void **state)
     assert_int_equal(cfg.limits.ipv6_prefix, 64);
     assert_int_equal(cfg.limits.max_client_memory, 0); /* off */
     assert_false(cfg.auth.allow_anonymous);
+    assert_null(cfg.auth.jwks_file);
     assert_null(cfg.api_key);
     assert_int_equal(cfg.nnamespaces, 0);
     assert_int_equal(cfg.default_ns.history_size, 100);
@@ -180,6 +182,7 @@ static void test_config_full_valid(void **state)
 
     assert_false(cfg.auth.allow_anonymous);
     assert_int_equal(cfg.auth.nkeys, 3);
+    assert_string_equal(cfg.auth.jwks_file, "/etc/wshub/jwks.json");
     assert_string_equal(cfg.auth.keys[0].kid, "hs-2026");
     assert_int_equal(cfg.auth.keys[0].alg, WSH_ALG_HS256);
     assert_string_equal(cfg.auth.keys[0].secret, SECRET32);
@@ -269,6 +272,9 @@ static void test_config_invalid_fields(void **state)
         { "{\"auth\":{\"allow_anonymous\":\"true\"}}",
           "auth.allow_anonymous: expected true or false, got \"true\"" },
         { "{\"auth\":{\"users\":[]}}", "auth.users: unknown key" },
+        { "{\"auth\":{\"jwks_file\":7}}", "auth.jwks_file: expected a string, got 7" },
+        { "{\"auth\":{\"jwks_file\":\"\"}}",
+          "auth.jwks_file: expected a string of 1 to 4096 bytes, got 0" },
         { "{\"auth\":{\"keys\":[{\"secret\":\"" SECRET32 "\"}]}}",
           "auth.keys[0].alg: missing (one of \"HS256\", \"HS384\", \"HS512\", \"RS256\", "
           "\"ES256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES384\", "

@@ -1,0 +1,256 @@
+"""Token keys from a JWK Set file (auth.jwks_file) and key rotation on SIGHUP
+(docs/auth.md "JWK Sets and key rotation"). The JWKs are written by PyJWT's
+to_jwk() and the tokens signed by PyJWT, an implementation that is not ours;
+the keys are made by python3-cryptography."""
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
+from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from conftest import (MULT, SECRET, Client, b64url, base_config, handshake_status, merge,
+                      run_async, token)
+
+BIN = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
+
+_rsa = {}
+
+
+def rsa_key(name, bits=2048):
+    if name not in _rsa:
+        _rsa[name] = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return _rsa[name]
+
+
+def jwk(algo, public_key, **members):
+    d = json.loads(algo.to_jwk(public_key))
+    d.update(members)
+    return d
+
+
+def write_jwks(path, keys):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"keys": keys}, f)
+    os.replace(tmp, path)  # a reload never reads half a file
+
+
+def metrics(h):
+    with urllib.request.urlopen(f"http://127.0.0.1:{h.port}/metrics", timeout=5 * MULT) as r:
+        out = {}
+        for line in r.read().decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+
+def status(h, tok):
+    return handshake_status(h.port, headers=[("Authorization", "Bearer " + tok)])
+
+
+def wait_log(h, needle, count=1, timeout=10.0):
+    deadline = time.monotonic() + timeout * MULT
+    while h.log().count(needle) < count:
+        assert time.monotonic() < deadline, f"no {needle!r} (x{count}) in log:\n{h.log()[-3000:]}"
+        time.sleep(0.02)
+
+
+def sighup(h, n):
+    """Sends SIGHUP and waits for the n-th ev=auth_reload line."""
+    h.server.signal(signal.SIGHUP)
+    wait_log(h, "ev=auth_reload", n)
+
+
+def jwks_config(path, **auth):
+    return merge(base_config(), {"auth": {"jwks_file": path, **auth}})
+
+
+@run_async
+async def test_jwks_every_key_kind_and_the_keys_it_skips(hub, tmp_path):
+    ec256, ec384, ec521 = (ec.generate_private_key(c) for c in
+                           (ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()))
+    e25519, e448 = ed25519.Ed25519PrivateKey.generate(), ed448.Ed448PrivateKey.generate()
+    hs512 = os.urandom(64)
+    off_curve = jwk(ECAlgorithm, ec.generate_private_key(ec.SECP256R1()).public_key(),
+                    kid="off-curve")
+    off_curve["y"] = off_curve["x"]  # (x, x) is not on P-256
+    good = [
+        jwk(RSAAlgorithm, rsa_key("a").public_key(), kid="rs", alg="RS256", use="sig"),
+        jwk(RSAAlgorithm, rsa_key("a").public_key(), kid="ps", alg="PS384"),
+        jwk(RSAAlgorithm, rsa_key("b").public_key(), kid="rs-noalg"),  # taken as RS256
+        jwk(ECAlgorithm, ec256.public_key(), kid="es256"),               # alg from crv
+        jwk(ECAlgorithm, ec384.public_key(), kid="es384"),
+        jwk(ECAlgorithm, ec521.public_key(), kid="es512", alg="ES512"),
+        jwk(OKPAlgorithm, e25519.public_key(), kid="ed25519"),
+        jwk(OKPAlgorithm, e448.public_key(), kid="ed448", alg="EdDSA"),
+        jwk(HMACAlgorithm, hs512, kid="hs", alg="HS512"),
+    ]
+    skipped = [
+        jwk(RSAAlgorithm, rsa_key("c").public_key(), kid="enc", use="enc"),
+        jwk(RSAAlgorithm, rsa_key("small", 1024).public_key(), kid="small"),
+        off_curve,
+        {"kty": "OKP", "crv": "X25519", "kid": "x25519",  # key agreement, not signing
+         "x": b64url(x25519.X25519PrivateKey.generate().public_key().public_bytes(
+             serialization.Encoding.Raw, serialization.PublicFormat.Raw))},
+        jwk(HMACAlgorithm, hs512, kid="hs-noalg"),
+        {"kty": "frob", "kid": "frob"},
+        jwk(RSAAlgorithm, rsa_key("c").public_key(), kid="oaep", alg="RSA-OAEP"),
+        jwk(RSAAlgorithm, rsa_key("c").public_key(), kid="rs", alg="RS256"),  # duplicate
+        jwk(ECAlgorithm, ec256.public_key(), kid="es-as-rs", alg="RS256"),
+        jwk(HMACAlgorithm, b"short" * 6, kid="hs-short",
+            alg="HS256"),
+    ]
+    path = str(tmp_path / "jwks.json")
+    write_jwks(path, good + skipped)
+    h = hub(jwks_config(path))
+    for i, k in enumerate(skipped, start=len(good)):
+        assert f'ev=jwks_skip index={i} kid="{k["kid"]}"' in h.log(), (k["kid"], h.log())
+    m = metrics(h)
+    skips = [ln for ln in h.log().splitlines() if "jwks_skip" in ln]
+    assert m["wshub_auth_keys"] == 1 + len(good), skips   # + the HS256 key of auth.keys
+    assert m["wshub_auth_jwks_skipped_keys"] == len(skipped), m
+
+    rsa_a = rsa_key("a")
+    cases = [("RS256", rsa_a, "rs"), ("PS384", rsa_a, "ps"), ("RS256", rsa_key("b"), "rs-noalg"),
+             ("ES256", ec256, "es256"), ("ES384", ec384, "es384"), ("ES512", ec521, "es512"),
+             ("EdDSA", e25519, "ed25519"), ("EdDSA", e448, "ed448"), ("HS512", hs512, "hs")]
+    for alg, key, kid in cases:
+        c = await Client.open(h, token(f"u-{kid}", alg=alg, key=key, headers={"kid": kid}))
+        assert c.info["user"] == f"u-{kid}", kid
+        await c.close()
+    # The auth.keys key still works beside the set.
+    c = await Client.open(h, token("cfg"))
+    await c.close()
+    # Keys that were skipped verify nothing.
+    for alg, key, kid in (("RS256", rsa_key("c"), "enc"), ("RS256", rsa_key("small", 1024), "small"),
+                          ("HS512", hs512, "hs-noalg"), ("RS256", rsa_key("c"), "rs")):
+        assert status(h, token("x", alg=alg, key=key, headers={"kid": kid})) == 403, kid
+    # A key for RS256 does not verify PS256, though both are RSA.
+    assert status(h, token("x", alg="PS256", key=rsa_a, headers={"kid": "rs"})) == 403
+
+
+@run_async
+async def test_sighup_rotates_keys_and_a_bad_reload_keeps_them(hub, tmp_path):
+    path = str(tmp_path / "jwks.json")
+    old, new = rsa_key("old"), rsa_key("new")
+    write_jwks(path, [jwk(RSAAlgorithm, old.public_key(), kid="2026-11", alg="RS256")])
+    h = hub(jwks_config(path), workers=2)
+    old_tok = token("alice", alg="RS256", key=old, headers={"kid": "2026-11"})
+    new_tok = token("bob", alg="RS256", key=new, headers={"kid": "2026-12"})
+    held = await Client.open(h, old_tok)
+    assert status(h, new_tok) == 403
+
+    # The issuer publishes the new key beside the old, then drops the old.
+    write_jwks(path, [jwk(RSAAlgorithm, old.public_key(), kid="2026-11", alg="RS256"),
+                      jwk(RSAAlgorithm, new.public_key(), kid="2026-12", alg="RS256")])
+    sighup(h, 1)
+    assert "ev=auth_reload ok=1 keys=3 jwks_skipped=0" in h.log(), h.log()[-2000:]
+    # Several connections each, so both workers are asked (SO_REUSEPORT
+    # spreads them): every worker verifies with the new set.
+    assert [status(h, new_tok) for _ in range(8)] == [101] * 8
+    assert [status(h, old_tok) for _ in range(8)] == [101] * 8
+    write_jwks(path, [jwk(RSAAlgorithm, new.public_key(), kid="2026-12", alg="RS256")])
+    sighup(h, 2)
+    assert [status(h, new_tok) for _ in range(8)] == [101] * 8
+    assert [status(h, old_tok) for _ in range(8)] == [403] * 8
+    # A connection made with the old key stays: its token is still valid.
+    r = await held.cmd("subscribe", "chat:rot")
+    assert r["type"] == "subscribed", r
+    await held.close()
+
+    # Bad reloads: each is refused with its reason and the keys in use stay.
+    bad = [
+        ("{not json", "auth.jwks_file: line 1"),
+        (json.dumps({"keys": [json.loads(RSAAlgorithm.to_jwk(new))]}),
+         'holds private key material (member d)'),
+        (json.dumps({"keys": [{"kty": "RSA", "kid": "x"}]}), "holds no usable key"),
+        (json.dumps({"keys": [jwk(RSAAlgorithm, new.public_key(), kid=f"k{i}")
+                              for i in range(17)]}), "more than 16 usable keys"),
+    ]
+    for n, (text, reason) in enumerate(bad, start=3):
+        with open(path, "w") as f:
+            f.write(text)
+        sighup(h, n)
+        line = [ln for ln in h.log().splitlines() if "ev=auth_reload" in ln][-1]
+        assert "ok=0" in line and reason in line, (reason, line)
+        assert status(h, new_tok) == 101
+        assert status(h, old_tok) == 403
+    m = metrics(h)
+    assert m['wshub_reloads_total{part="auth",result="ok"}'] == 2, m
+    assert m['wshub_reloads_total{part="auth",result="error"}'] == len(bad), m
+    assert m['wshub_reloads_total{part="tls",result="ok"}'] == 0, m
+    assert m["wshub_auth_keys"] == 2, m
+
+
+@run_async
+async def test_sighup_reloads_auth_keys_of_the_config_file(hub, tmp_path):
+    """auth.keys are reloaded too (a rotated HS secret, a new PEM file); a
+    configuration left without keys is refused, and other sections are
+    not applied."""
+    h = hub(base_config())
+    secret2 = "second-secret-of-at-least-32-bytes-0123456789"
+    cfg = merge(base_config(), {"auth": {"keys": [
+        {"alg": "HS256", "secret": SECRET},
+        {"alg": "HS256", "secret": secret2, "kid": "s2"}]}})
+    with open(h.config_path, "w") as f:
+        json.dump(cfg, f)
+    sighup(h, 1)
+    assert "ev=auth_reload ok=1 keys=2" in h.log()
+    c = await Client.open(h, token("two", key=secret2, headers={"kid": "s2"}))
+    await c.close()
+    with open(h.config_path, "w") as f:
+        json.dump(merge(base_config(), {"auth": {"keys": []}}), f)
+    sighup(h, 2)
+    assert "ev=auth_reload ok=0 err=\"auth: the new configuration has no key; kept the 2 " \
+           "current ones\"" in h.log(), h.log()[-2000:]
+    c = await Client.open(h, token("still", key=secret2, headers={"kid": "s2"}))
+    await c.close()
+    with open(h.config_path, "w") as f:
+        json.dump(merge(cfg, {"auth": {"keys": [{"alg": "HS256", "secret": "short"}]}}), f)
+    sighup(h, 3)
+    assert "ev=auth_reload ok=0 err=\"auth.keys[0].secret: " in h.log(), h.log()[-2000:]
+    # Leave the file as the teardown's alive check expects it.
+    with open(h.config_path, "w") as f:
+        json.dump(base_config(), f)
+
+
+def check_config(cfg, tmp_path):
+    p = str(tmp_path / "config.json")
+    with open(p, "w") as f:
+        json.dump(cfg, f)
+    return subprocess.run([BIN, "--check-config", "--config", p], capture_output=True,
+                          text=True, timeout=10 * MULT, stdin=subprocess.DEVNULL)
+
+
+def test_jwks_file_errors_stop_the_server_at_start(tmp_path):
+    path = str(tmp_path / "jwks.json")
+    r = check_config(jwks_config(str(tmp_path / "missing.json")), tmp_path)
+    assert r.returncode == 2 and "auth.jwks_file: cannot read" in r.stderr, r.stderr
+    for text, reason in (
+            ("[]", "not a JWK Set"),
+            ('{"keys": [], "keys": []}', "duplicate"),
+            (json.dumps({"keys": [json.loads(OKPAlgorithm.to_jwk(
+                ed25519.Ed25519PrivateKey.generate()))]}), "private key material"),
+            (json.dumps({"keys": [{"kty": "oct", "k": "AAAA"}]}), "holds no usable key"),
+            (" " * (256 * 1024 + 1), "is over 262144 bytes")):
+        with open(path, "w") as f:
+            f.write(text)
+        r = check_config(jwks_config(path), tmp_path)
+        assert r.returncode == 2 and reason in r.stderr, (reason, r.stderr)
+    # 16 keys from the set plus the HS256 key of auth.keys: 17, over the bound.
+    write_jwks(path, [jwk(RSAAlgorithm, rsa_key("a").public_key(), kid=f"k{i}")
+                      for i in range(16)])
+    r = check_config(jwks_config(path), tmp_path)
+    assert r.returncode == 2 and "more than 16" in r.stderr, r.stderr
+    r = check_config(jwks_config(path, keys=[]), tmp_path)
+    assert r.returncode == 0, r.stderr
+    # The same (alg, kid) in auth.keys and in the set.
+    write_jwks(path, [jwk(HMACAlgorithm, SECRET.encode(), alg="HS256")])
+    r = check_config(jwks_config(path), tmp_path)
+    assert r.returncode == 2 and "same alg and kid" in r.stderr, r.stderr
