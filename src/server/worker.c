@@ -51,7 +51,7 @@ static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 struct ipcount;
 static void ip_release(struct ipcount *e);
 static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s);
-static void send_per_ip_refusal(struct worker *w, int fd, uint32_t retry_s);
+static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s);
 static void ip_sweep(void);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
@@ -1405,7 +1405,7 @@ static bool proxy_input(struct worker *w, struct conn *c)
         if (forwarded)
             c->flags |= CF_FORWARDED;
         if (retry_s) {
-            send_per_ip_refusal(w, c->io.fd, retry_s);
+            send_early_refusal(w, c->io.fd, 429, retry_s);
             conn_destroy(w, c);
             return false;
         }
@@ -1601,27 +1601,39 @@ static void ip_sweep(void)
     pthread_mutex_unlock(&ip_mu);
 }
 
-/* The 429 of an address over its bounds, before any request is read;
- * the caller closes. */
-static void send_per_ip_refusal(struct worker *w, int fd, uint32_t retry_s)
+/* A refusal sent before anything is read from the connection, so before
+ * any TLS handshake: the 429 of an address over its bounds, the 503 of a
+ * full server. On a TLS listener the client speaks TLS from its first
+ * byte and would read HTTP text as a broken record ("wrong version
+ * number"), so it gets the one thing TLS lets a server say before the
+ * handshake: a fatal alert record, internal_error (RFC 8446 6: "an
+ * internal error unrelated to the peer"), which clients report as such.
+ * Finishing the handshake to send the status over TLS would spend the CPU
+ * that refusing early saves. Counted under the status either way. The
+ * caller closes. */
+static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s)
 {
-    metric_http(w, 429);
+    metric_http(w, status);
     char resp[160];
-    int n = snprintf(resp, sizeof(resp),
-                     "HTTP/1.1 429 Too Many Requests\r\nRetry-After: %u\r\n"
-                     "Content-Length: 0\r\nConnection: close\r\n\r\n",
-                     retry_s);
-    ssize_t r = send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    size_t n;
+    if (wsh_tls_ctx != NULL) {
+        static const uint8_t alert[] = { 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50 };
+        memcpy(resp, alert, sizeof(alert));
+        n = sizeof(alert);
+    } else {
+        n = (size_t)snprintf(resp, sizeof(resp),
+                             "HTTP/1.1 %d %s\r\nRetry-After: %u\r\n"
+                             "Content-Length: 0\r\nConnection: close\r\n\r\n",
+                             status, status == 429 ? "Too Many Requests" : "Service Unavailable",
+                             retry_s);
+    }
+    ssize_t r = send(fd, resp, n, MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)r;
 }
 
 static void refuse_overload(struct worker *w, int fd)
 {
-    metric_http(w, 503);
-    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-                               "Content-Length: 0\r\nConnection: close\r\n\r\n";
-    ssize_t n = send(fd, resp, sizeof(resp) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)n;
+    send_early_refusal(w, fd, 503, 1);
     close(fd);
 }
 
@@ -1663,7 +1675,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         if (!wsh_cfg.proxy_protocol) {
             uint32_t retry_s = admit_peer(&peer, &ipc, &forwarded);
             if (retry_s) {
-                send_per_ip_refusal(w, fd, retry_s);
+                send_early_refusal(w, fd, 429, retry_s);
                 close(fd);
                 continue;
             }

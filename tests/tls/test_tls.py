@@ -1,6 +1,7 @@
 """wss:// end to end: the real wshub with a certificate from a throw-away
 CA made by the openssl command, driven by Python websockets and Node ws."""
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -8,6 +9,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -200,6 +202,69 @@ def test_tls_client_certificates_required_with_ca(pki):
                         await ws.send("x")
                         await ws.recv()
         run(go())
+    finally:
+        srv.stop()
+
+
+def tls_refusal(port, pki):
+    """Opens a raw TLS connection; returns the SSLError text it failed with,
+    or None when the handshake completed."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5 * MULT)
+    try:
+        with client_ctx(pki).wrap_socket(raw, server_hostname="localhost"):
+            return None
+    except (ssl.SSLError, ConnectionError) as e:
+        return str(e)
+    finally:
+        raw.close()
+
+
+def http_counts(port, pki):
+    ctx = client_ctx(pki)
+    with urllib.request.urlopen(f"https://localhost:{port}/metrics", context=ctx,
+                                timeout=5 * MULT) as r:
+        text = r.read().decode()
+    return {ln.split('"')[1]: int(ln.split()[1]) for ln in text.splitlines()
+            if ln.startswith("wshub_http_responses_total{")}
+
+
+@pytest.mark.parametrize("limits,status", [({"max_connections_per_ip": 2}, "429"),
+                                           ({"max_connections": 2}, "503")])
+def test_tls_refusal_at_accept_is_a_tls_alert(pki, limits, status):
+    """Over a per-address or total bound the connection is refused before
+    its handshake: a TLS client is told with a fatal internal_error alert it
+    can read (not HTTP text it would take for a broken record), and the
+    refusal is counted under its status."""
+    d = tempfile.mkdtemp(prefix="wshub-tls-limits-")
+    cfg = os.path.join(d, "config.json")
+    with open(cfg, "w") as f:
+        json.dump({"limits": limits}, f)
+    srv = Server(pki, "--config", cfg, "--workers", "1")
+    try:
+        async def go():
+            held = await websockets.connect(f"wss://localhost:{srv.port}/echo",
+                                            ssl=client_ctx(pki))
+            # held is one connection; the metrics scrape below is the other.
+            errors = [tls_refusal(srv.port, pki) for _ in range(3)]
+            await held.close()
+            return errors
+        # Two slots: the held WebSocket and one more. Take the second with a
+        # plain TLS connection that stays open while the others are refused.
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5 * MULT)
+        keep = client_ctx(pki).wrap_socket(raw, server_hostname="localhost")
+        errors = run(go())
+        for e in errors:
+            assert e is not None and "alert internal error" in e.lower(), errors
+        keep.close()
+        deadline = time.time() + 10 * MULT
+        while True:
+            try:
+                counts = http_counts(srv.port, pki)
+                break
+            except (ssl.SSLError, ConnectionError, urllib.error.URLError):
+                assert time.time() < deadline  # until the held slots are free
+                time.sleep(0.05)
+        assert counts[status] == 3, counts
     finally:
         srv.stop()
 
