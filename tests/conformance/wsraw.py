@@ -351,6 +351,21 @@ def http_request(port, raw, timeout=5.0, host="127.0.0.1"):
         c.close()
 
 
+def scrape_metrics(port, tls_context=None, timeout=5.0):
+    """GET /metrics (over https with tls_context) and return every sample as
+    {"name{labels}": value}; raises when the scrape fails."""
+    import urllib.request
+    url = f"{'https://localhost' if tls_context else 'http://127.0.0.1'}:{port}/metrics"
+    with urllib.request.urlopen(url, context=tls_context, timeout=timeout * MULT) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 # ---- UTF-8 reference: where does a byte string become impossible? ----------
 
 def utf8_fail_index(b):

@@ -7,6 +7,7 @@ import time
 
 import websockets
 from conftest import MULT, Client, base_config, merge, raw_upgrade, run_async, token
+from wsraw import scrape_metrics
 
 
 def open_raw(port):
@@ -125,19 +126,7 @@ def upgrade(port, path="/raw/admission"):
 
 
 def metric(port, name):
-    s = open_raw(port)
-    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    for line in data.decode().split("\n"):
-        if line.startswith(name + " "):
-            return int(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
+    return int(scrape_metrics(port)[name])
 
 
 def test_limits_admission_rate_503_spreads_retry_after(hub):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
@@ -15,6 +14,7 @@ from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorith
 
 from conftest import (MULT, SECRET, Client, b64url, base_config, handshake_status, merge,
                       run_async, token)
+from wsraw import scrape_metrics
 
 BIN = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
 
@@ -38,16 +38,6 @@ def write_jwks(path, keys):
     with open(tmp, "w") as f:
         json.dump({"keys": keys}, f)
     os.replace(tmp, path)  # a reload never reads half a file
-
-
-def metrics(h):
-    with urllib.request.urlopen(f"http://127.0.0.1:{h.port}/metrics", timeout=5 * MULT) as r:
-        out = {}
-        for line in r.read().decode().splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
 
 
 def status(h, tok):
@@ -111,7 +101,7 @@ async def test_jwks_every_key_kind_and_the_keys_it_skips(hub, tmp_path):
     h = hub(jwks_config(path))
     for i, k in enumerate(skipped, start=len(good)):
         assert f'ev=jwks_skip index={i} kid="{k["kid"]}"' in h.log(), (k["kid"], h.log())
-    m = metrics(h)
+    m = scrape_metrics(h.port)
     skips = [ln for ln in h.log().splitlines() if "jwks_skip" in ln]
     assert m["wshub_auth_keys"] == 1 + len(good), skips   # + the HS256 key of auth.keys
     assert m["wshub_auth_jwks_skipped_keys"] == len(skipped), m
@@ -181,7 +171,7 @@ async def test_sighup_rotates_keys_and_a_bad_reload_keeps_them(hub, tmp_path):
         assert "ok=0" in line and reason in line, (reason, line)
         assert status(h, new_tok) == 101
         assert status(h, old_tok) == 403
-    m = metrics(h)
+    m = scrape_metrics(h.port)
     assert m['wshub_reloads_total{part="auth",result="ok"}'] == 2, m
     assert m['wshub_reloads_total{part="auth",result="error"}'] == len(bad), m
     assert m['wshub_reloads_total{part="tls",result="ok"}'] == 0, m

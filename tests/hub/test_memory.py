@@ -7,7 +7,6 @@ import asyncio
 import json
 import threading
 import time
-import urllib.request
 
 import wsraw
 from conftest import MULT, Client, merge, run_async, token
@@ -22,13 +21,7 @@ CAP = 14_000_000
 
 
 def metrics(h):
-    with urllib.request.urlopen(f"http://127.0.0.1:{h.port}/metrics", timeout=5 * MULT) as r:
-        out = {}
-        for line in r.read().decode().splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+    return wsraw.scrape_metrics(h.port)
 
 
 def wait_metric(h, name, ok, timeout=10.0):

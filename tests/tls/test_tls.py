@@ -10,10 +10,11 @@ import subprocess
 import tempfile
 import time
 import urllib.error
-import urllib.request
 
 import pytest
 import websockets
+
+import wsraw
 
 WSHUB = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
 MULT = float(os.environ.get("WSH_TEST_TIMEOUT_MULTIPLIER", "1"))
@@ -220,12 +221,9 @@ def tls_refusal(port, pki):
 
 
 def http_counts(port, pki):
-    ctx = client_ctx(pki)
-    with urllib.request.urlopen(f"https://localhost:{port}/metrics", context=ctx,
-                                timeout=5 * MULT) as r:
-        text = r.read().decode()
-    return {ln.split('"')[1]: int(ln.split()[1]) for ln in text.splitlines()
-            if ln.startswith("wshub_http_responses_total{")}
+    m = wsraw.scrape_metrics(port, client_ctx(pki))
+    return {k.split('"')[1]: int(v) for k, v in m.items()
+            if k.startswith("wshub_http_responses_total{")}
 
 
 @pytest.mark.parametrize("limits,status", [({"max_connections_per_ip": 2}, "429"),
@@ -271,14 +269,8 @@ def test_tls_refusal_at_accept_is_a_tls_alert(pki, limits, status):
 
 def reloads(port, ctx):
     """wshub_reloads_total{part="tls"} by result, read over https."""
-    with urllib.request.urlopen(f"https://localhost:{port}/metrics", context=ctx,
-                                timeout=5 * MULT) as r:
-        text = r.read().decode()
-    out = {}
-    for res in ("ok", "error"):
-        line = f'wshub_reloads_total{{part="tls",result="{res}"}} '
-        out[res] = int(next(ln for ln in text.splitlines() if ln.startswith(line)).split()[1])
-    return out
+    m = wsraw.scrape_metrics(port, ctx)
+    return {r: int(m[f'wshub_reloads_total{{part="tls",result="{r}"}}']) for r in ("ok", "error")}
 
 
 def test_tls_sighup_reload_keeps_connections(pki):
