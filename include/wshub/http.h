@@ -75,6 +75,44 @@ ssize_t wsh_http_parse_request(const char *buf, size_t len, size_t last_len,
 const struct wsh_http_header *wsh_http_find(const struct wsh_http_request *req, const char *name);
 
 /* ------------------------------------------------------------------ */
+/* Responses (response.c): the JWK Set fetch reads one to EOF          */
+
+#define WSH_HTTP_RESPONSE_HEAD_MAX 16384u /* bytes of status line and fields */
+
+struct wsh_http_response {
+    int status;       /* 100..599 */
+    const char *body; /* into the caller's buffer, de-chunked in place */
+    size_t body_len;
+};
+
+/* Parses a whole response, buf[0..len) as read up to the server's close
+ * (the request said `Connection: close`). The body is framed by
+ * Content-Length, by chunked coding (decoded in place: buf changes), or
+ * by the close. Returns WSH_OK with *out filled; WSH_EPROTO for a
+ * malformed or truncated message (a bare LF, obs-fold, a bad status line,
+ * a bad Content-Length, both framings, a transfer coding other than
+ * chunked, a body cut short); WSH_ETOOBIG when the head is over
+ * WSH_HTTP_RESPONSE_HEAD_MAX or the body over max_body. *why (may be
+ * NULL) gets a short reason in static storage. */
+int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_http_response *out,
+                            const char **why);
+
+/* An http:// or https:// URL the server fetches (auth.jwks_url). */
+struct wsh_http_url {
+    bool tls;        /* https */
+    bool ipv6;       /* host was a bracketed IPv6 literal (brackets dropped) */
+    bool loopback;   /* localhost, 127.0.0.0/8 or ::1 */
+    char host[254];  /* a name, an IPv4 literal or an IPv6 literal */
+    char port[6];    /* decimal, 1..65535; 443 or 80 when absent */
+    char path[2048]; /* origin-form with any query, "/" when absent */
+};
+
+/* Parses scheme "://" host [":" port] [path]: no userinfo, no fragment,
+ * no spaces or control bytes, the host as letters, digits, '.', '-' or a
+ * bracketed IPv6 literal. Returns false for anything else. */
+bool wsh_http_url_parse(const char *url, struct wsh_http_url *out);
+
+/* ------------------------------------------------------------------ */
 /* The client behind trusted proxies (forwarded.c)                     */
 
 /* An address block: family 4 or 6, the first `bits` bits of addr. */

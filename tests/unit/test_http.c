@@ -11,6 +11,7 @@
 /* cmocka.h needs the three headers above. */
 #include <cmocka.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -604,6 +605,192 @@ static void test_http_tolerates_bad_last_len(void **state)
     assert_int_equal(wsh_http_parse_request(b, n, 0, NULL, &q, hdrs, HMAX, NULL), (ssize_t)n);
 }
 
+/* ------------------------------------------------------------------ */
+/* Responses (response.c)                                              */
+
+/* Parses text (copied: chunked bodies are decoded in place). Returns the
+ * result; *body gets the body as a string. */
+static int resp(const char *text, size_t max_body, int *status, char *body, size_t cap,
+                const char **why)
+{
+    size_t n = strlen(text);
+    char *buf = malloc(n + 1);
+    assert_non_null(buf);
+    memcpy(buf, text, n + 1);
+    struct wsh_http_response r = { 0 };
+    int rc = wsh_http_parse_response(buf, n, max_body, &r, why);
+    if (rc == WSH_OK) {
+        *status = r.status;
+        assert_true(r.body >= buf && r.body + r.body_len <= buf + n);
+        assert_true(r.body_len < cap);
+        memcpy(body, r.body, r.body_len);
+        body[r.body_len] = '\0';
+    }
+    free(buf);
+    return rc;
+}
+
+static void test_http_response_framings(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        int status;
+        const char *body;
+    } ok[] = {
+        { "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 200, "hello" },
+        /* bytes past Content-Length are not the body */
+        { "HTTP/1.1 200 OK\r\ncontent-length:  3 \r\n\r\nabcdef", 200, "abc" },
+        { "HTTP/1.0 404 Not Found\r\n\r\nnope", 404, "nope" }, /* delimited by the close */
+        { "HTTP/1.1 204\r\n\r\n", 204, "" },                   /* no reason phrase */
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+          "5\r\nhello\r\n1;ext=1\r\n,\r\nB\r\n 0123456789\r\n0\r\n\r\n",
+          200, "hello, 0123456789" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nX-A: b\r\n\r\n"
+          "3\r\n{}\n\r\n0\r\nX-Trailer: 1\r\n\r\n",
+          200, "{}\n" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", 200, "ok" },
+    };
+    char body[256];
+    int status;
+    const char *why;
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        int rc = resp(ok[i].text, 1024, &status, body, sizeof(body), &why);
+        if (rc != WSH_OK)
+            fail_msg("case %zu refused: %s", i, why);
+        assert_int_equal(status, ok[i].status);
+        assert_string_equal(body, ok[i].body);
+    }
+}
+
+static void test_http_response_rejects(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        int rc;
+        const char *why;
+    } bad[] = {
+        { "", WSH_EPROTO, "no complete status line" },
+        { "HTTP/1.1 200 OK", WSH_EPROTO, "no complete status line" },
+        { "HTTP/2 200 OK\r\n\r\n", WSH_EPROTO, "bad status line" },
+        { "HTTP/1.1 20 OK\r\n\r\n", WSH_EPROTO, "bad status line" },
+        { "HTTP/1.1 600 X\r\n\r\n", WSH_EPROTO, "bad status line" },
+        { "HTTP/1.1 200OK\r\n\r\n", WSH_EPROTO, "bad status line" },
+        { "HTTP/1.1 200 OK\nContent-Length: 0\n\n", WSH_EPROTO, "no complete status line" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", WSH_EPROTO, "no complete head" },
+        { "HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n", WSH_EPROTO, "bad header field" },
+        { "HTTP/1.1 200 OK\r\nA : b\r\n\r\n", WSH_EPROTO, "bad header field" },
+        { "HTTP/1.1 200 OK\r\nA: b\x01\r\n\r\n", WSH_EPROTO, "control byte in a header value" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", WSH_EPROTO, "bad Content-Length" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\nx", WSH_EPROTO, "bad Content-Length" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", WSH_EPROTO,
+          "bad Content-Length" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n", WSH_EPROTO,
+          "bad Content-Length" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nshort", WSH_EPROTO, "truncated body" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+          WSH_EPROTO, "both Content-Length and Transfer-Encoding" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", WSH_EPROTO,
+          "a transfer coding other than chunked" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", WSH_EPROTO,
+          "truncated chunked body" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", WSH_EPROTO,
+          "truncated chunked body" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n", WSH_EPROTO,
+          "chunk data not followed by CRLF" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n\r\n", WSH_EPROTO,
+          "bad chunk size" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n", WSH_EPROTO,
+          "bad chunk size" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n", WSH_EPROTO,
+          "truncated chunked body" },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n123456789", WSH_ETOOBIG,
+          "body over its bound" },
+        { "HTTP/1.1 200 OK\r\n\r\n123456789", WSH_ETOOBIG, "body over its bound" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n4\r\n6789\r\n0\r\n"
+          "\r\n",
+          WSH_ETOOBIG, "body over its bound" },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n",
+          WSH_ETOOBIG, "body over its bound" },
+    };
+    char body[64];
+    int status;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *why = NULL;
+        int rc = resp(bad[i].text, 8, &status, body, sizeof(body), &why);
+        if (rc != bad[i].rc || why == NULL || strcmp(why, bad[i].why) != 0)
+            fail_msg("case %zu: rc %d (%s), want %d (%s)", i, rc, why ? why : "-", bad[i].rc,
+                     bad[i].why);
+    }
+    /* A head over its bound, whatever follows. */
+    size_t n = WSH_HTTP_RESPONSE_HEAD_MAX + 64;
+    char *head = malloc(n + 1);
+    assert_non_null(head);
+    memcpy(head, "HTTP/1.1 200 OK\r\n", 17);
+    for (size_t i = 17; i + 8 <= n; i += 8)
+        memcpy(head + i, "X-A: b\r\n", 8);
+    head[n - n % 8] = '\0';
+    const char *why = NULL;
+    assert_int_equal(resp(head, 8, &status, body, sizeof(body), &why), WSH_ETOOBIG);
+    assert_string_equal(why, "head over its bound");
+    free(head);
+}
+
+static void test_http_url_parse(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *url;
+        bool tls, ipv6, loopback;
+        const char *host, *port, *path;
+    } ok[] = {
+        { "https://issuer.example/.well-known/jwks.json", true, false, false, "issuer.example",
+          "443", "/.well-known/jwks.json" },
+        { "HTTPS://Issuer.Example:8443", true, false, false, "Issuer.Example", "8443", "/" },
+        { "http://localhost/k?a=b&c=%20", false, false, true, "localhost", "80", "/k?a=b&c=%20" },
+        { "http://127.1.2.3:9/", false, false, true, "127.1.2.3", "9", "/" },
+        { "http://[::1]:65535/x", false, true, true, "::1", "65535", "/x" },
+        { "https://[2001:db8::1]/", true, true, false, "2001:db8::1", "443", "/" },
+        { "http://127.example/", false, false, false, "127.example", "80", "/" },
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        struct wsh_http_url u;
+        if (!wsh_http_url_parse(ok[i].url, &u))
+            fail_msg("refused %s", ok[i].url);
+        assert_int_equal(u.tls, ok[i].tls);
+        assert_int_equal(u.ipv6, ok[i].ipv6);
+        assert_int_equal(u.loopback, ok[i].loopback);
+        assert_string_equal(u.host, ok[i].host);
+        assert_string_equal(u.port, ok[i].port);
+        assert_string_equal(u.path, ok[i].path);
+    }
+    static const char *const bad[] = {
+        "",
+        "issuer.example/jwks",
+        "ftp://issuer.example/",
+        "https://",
+        "https:///jwks",
+        "https://user@issuer.example/",
+        "https://issuer.example:0/",
+        "https://issuer.example:65536/",
+        "https://issuer.example:/",
+        "https://issuer.example:80x/",
+        "https://issuer.example/a b",
+        "https://issuer.example/a#frag",
+        "https://issuer.example/\x7f",
+        "https://[::1/",
+        "https://[zz]/",
+        "https://issuer_example/",
+        "https://issuer.example?q",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct wsh_http_url u;
+        if (wsh_http_url_parse(bad[i], &u))
+            fail_msg("accepted %s", bad[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -637,6 +824,9 @@ int main(void)
         cmocka_unit_test(test_http_custom_limits),
         cmocka_unit_test(test_http_caps_headers_at_array_size),
         cmocka_unit_test(test_http_tolerates_bad_last_len),
+        cmocka_unit_test(test_http_response_framings),
+        cmocka_unit_test(test_http_response_rejects),
+        cmocka_unit_test(test_http_url_parse),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

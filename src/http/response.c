@@ -1,0 +1,282 @@
+/* The response side of HTTP/1.1 (RFC 9112), for the one thing wshub
+ * fetches: a JWK Set. The client sends `Connection: close` and reads to
+ * EOF, so this parses a whole message at once, in place: no streaming,
+ * no allocation. Strict where a sloppy reading could hand back the wrong
+ * bytes (framing: Content-Length, chunked, truncation); the header fields
+ * it does not need are only checked for shape. */
+#include <string.h>
+#include <strings.h>
+
+#include "wshub/http.h"
+
+static bool is_tchar(unsigned char c)
+{
+    /* RFC 9110 5.6.2 */
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static char *find_crlf(char *p, const char *end)
+{
+    for (; p + 1 < end; p++) {
+        if (p[0] == '\r' && p[1] == '\n')
+            return p;
+        if (p[0] == '\n')
+            return NULL; /* a bare LF is not a line end here (RFC 9112 2.2) */
+    }
+    return NULL;
+}
+
+static bool name_is(const char *n, size_t len, const char *want)
+{
+    return len == strlen(want) && strncasecmp(n, want, len) == 0;
+}
+
+/* Decimal digits only, no sign, no overflow past max. */
+static bool parse_dec(const char *p, size_t n, size_t max, size_t *out)
+{
+    size_t v = 0;
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9' || v > (max - (size_t)(p[i] - '0')) / 10)
+            return false;
+        v = v * 10 + (size_t)(p[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* RFC 9112 7.1: chunk-size [chunk-ext] CRLF chunk-data CRLF ... 0 CRLF
+ * trailers CRLF. Moves the data down over the framing, in place. */
+static int dechunk(char *p, char *end, size_t max_body, char **body, size_t *body_len,
+                   const char **why)
+{
+    char *out = p;
+    for (;;) {
+        char *eol = find_crlf(p, end);
+        if (eol == NULL) {
+            *why = "truncated chunked body";
+            return WSH_EPROTO;
+        }
+        size_t size = 0, digits = 0;
+        while (p + digits < eol && p[digits] != '\0' &&
+               strchr("0123456789abcdefABCDEF", p[digits]) != NULL) {
+            size_t d = (size_t)(p[digits] <= '9' ? p[digits] - '0' : (p[digits] | 0x20) - 'a' + 10);
+            if (d > max_body || size > (max_body - d) / 16) {
+                *why = "body over its bound";
+                return WSH_ETOOBIG;
+            }
+            size = size * 16 + d;
+            digits++;
+        }
+        /* After the digits only a chunk extension (";...") may follow. */
+        if (digits == 0 ||
+            (p + digits < eol && p[digits] != ';' && p[digits] != ' ' && p[digits] != '\t')) {
+            *why = "bad chunk size";
+            return WSH_EPROTO;
+        }
+        p = eol + 2;
+        if (size == 0)
+            break;
+        if ((size_t)(out - *body) + size > max_body) {
+            *why = "body over its bound";
+            return WSH_ETOOBIG;
+        }
+        if ((size_t)(end - p) < size + 2) {
+            *why = "truncated chunked body";
+            return WSH_EPROTO;
+        }
+        if (p[size] != '\r' || p[size + 1] != '\n') {
+            *why = "chunk data not followed by CRLF";
+            return WSH_EPROTO;
+        }
+        memmove(out, p, size);
+        out += size;
+        p += size + 2;
+    }
+    /* Trailer fields, then the empty line. */
+    for (;;) {
+        char *eol = find_crlf(p, end);
+        if (eol == NULL) {
+            *why = "truncated chunked body";
+            return WSH_EPROTO;
+        }
+        if (eol == p)
+            break;
+        p = eol + 2;
+    }
+    *body_len = (size_t)(out - *body);
+    return WSH_OK;
+}
+
+int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_http_response *out,
+                            const char **why)
+{
+    const char *dummy;
+    if (why == NULL)
+        why = &dummy;
+    *why = NULL;
+    if (buf == NULL || out == NULL)
+        return WSH_EINVAL;
+    char *end = buf + len;
+    /* Status line: HTTP/1.x SP 3DIGIT SP reason (RFC 9112 4). */
+    char *eol = find_crlf(buf, end);
+    if (eol == NULL || eol - buf < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[7] < '0' ||
+        buf[7] > '9' || buf[8] != ' ' || buf[9] < '1' || buf[9] > '5' || buf[10] < '0' ||
+        buf[10] > '9' || buf[11] < '0' || buf[11] > '9' || (eol - buf > 12 && buf[12] != ' ')) {
+        *why = eol == NULL ? "no complete status line" : "bad status line";
+        return WSH_EPROTO;
+    }
+    int status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
+    size_t clen = 0;
+    bool have_clen = false, chunked = false;
+    char *p = eol + 2;
+    for (;;) {
+        if ((size_t)(p - buf) > WSH_HTTP_RESPONSE_HEAD_MAX) {
+            *why = "head over its bound";
+            return WSH_ETOOBIG;
+        }
+        eol = find_crlf(p, end);
+        if (eol == NULL) {
+            *why = "no complete head";
+            return WSH_EPROTO;
+        }
+        if (eol == p) {
+            p += 2;
+            break;
+        }
+        const char *colon = p;
+        while (colon < eol && is_tchar((unsigned char)*colon))
+            colon++;
+        if (colon == p || colon == eol || *colon != ':') {
+            *why = "bad header field"; /* obs-fold, space before ':', no name */
+            return WSH_EPROTO;
+        }
+        const char *v = colon + 1, *ve = eol;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        for (const char *c = v; c < ve; c++) {
+            if ((unsigned char)*c < 0x20 && *c != '\t') {
+                *why = "control byte in a header value";
+                return WSH_EPROTO;
+            }
+        }
+        size_t nlen = (size_t)(colon - p);
+        if (name_is(p, nlen, "Content-Length")) {
+            size_t n;
+            if (!parse_dec(v, (size_t)(ve - v), SIZE_MAX, &n) || (have_clen && n != clen)) {
+                *why = "bad Content-Length";
+                return WSH_EPROTO;
+            }
+            clen = n;
+            have_clen = true;
+        } else if (name_is(p, nlen, "Transfer-Encoding")) {
+            if (!name_is(v, (size_t)(ve - v), "chunked") || chunked) {
+                *why = "a transfer coding other than chunked";
+                return WSH_EPROTO;
+            }
+            chunked = true;
+        }
+        p = eol + 2;
+    }
+    if (have_clen && chunked) {
+        *why = "both Content-Length and Transfer-Encoding"; /* RFC 9112 6.1 */
+        return WSH_EPROTO;
+    }
+    out->status = status;
+    char *body = p;
+    size_t body_len;
+    if (chunked) {
+        int rc = dechunk(p, end, max_body, &body, &body_len, why);
+        if (rc != WSH_OK)
+            return rc;
+    } else if (have_clen) {
+        if (clen > max_body) {
+            *why = "body over its bound";
+            return WSH_ETOOBIG;
+        }
+        if ((size_t)(end - p) < clen) {
+            *why = "truncated body";
+            return WSH_EPROTO;
+        }
+        body_len = clen;
+    } else {
+        body_len = (size_t)(end - p); /* delimited by the close */
+        if (body_len > max_body) {
+            *why = "body over its bound";
+            return WSH_ETOOBIG;
+        }
+    }
+    out->body = body;
+    out->body_len = body_len;
+    return WSH_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* URLs                                                                */
+
+bool wsh_http_url_parse(const char *url, struct wsh_http_url *out)
+{
+    if (url == NULL || out == NULL)
+        return false;
+    memset(out, 0, sizeof(*out));
+    const char *p = url;
+    if (strncasecmp(p, "https://", 8) == 0) {
+        out->tls = true;
+        p += 8;
+    } else if (strncasecmp(p, "http://", 7) == 0) {
+        p += 7;
+    } else {
+        return false;
+    }
+    const char *h = p, *he;
+    if (*p == '[') {
+        /* An IPv6 literal (RFC 3986 3.2.2); getaddrinfo checks it. */
+        h = ++p;
+        while (*p != '\0' && *p != ']' && (strchr("0123456789abcdefABCDEF:.", *p) != NULL))
+            p++;
+        if (*p != ']')
+            return false;
+        he = p++;
+    } else {
+        while (*p != '\0' && ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                              (*p >= '0' && *p <= '9') || *p == '.' || *p == '-'))
+            p++;
+        he = p;
+    }
+    size_t hl = (size_t)(he - h);
+    if (hl == 0 || hl >= sizeof(out->host))
+        return false;
+    memcpy(out->host, h, hl);
+    out->ipv6 = h != url && h[-1] == '[';
+    const char *port = out->tls ? "443" : "80";
+    size_t pl = strlen(port);
+    if (*p == ':') {
+        port = ++p;
+        while (*p >= '0' && *p <= '9')
+            p++;
+        pl = (size_t)(p - port);
+        size_t v = 0;
+        if (pl == 0 || pl > 5 || !parse_dec(port, pl, 65535, &v) || v == 0)
+            return false;
+    }
+    memcpy(out->port, port, pl);
+    const char *path = *p == '\0' ? "/" : p;
+    size_t n = strlen(path);
+    if (path[0] != '/' || n >= sizeof(out->path))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)path[i];
+        if (c <= 0x20 || c >= 0x7f || c == '#')
+            return false; /* no spaces, controls or fragment in a request line */
+    }
+    memcpy(out->path, path, n);
+    out->loopback =
+        strcasecmp(out->host, "localhost") == 0 ||
+        (out->ipv6 ? strcmp(out->host, "::1") == 0
+                   : strncmp(out->host, "127.", 4) == 0 && strspn(out->host, "0123456789.") == hl);
+    return true;
+}
