@@ -40,6 +40,7 @@
 #define WSH_CFG_MAX_FILE                   (1024u * 1024u) /* config file bytes */
 #define WSH_CFG_MAX_NAMESPACES             1024u
 #define WSH_CFG_MAX_KEYS                   16u /* WSH_AUTH_KEYS_MAX */
+#define WSH_CFG_DEFAULT_JWKS_REFRESH_S     300u
 #define WSH_CFG_MAX_ORIGINS                256u
 #define WSH_CFG_MAX_TRUSTED_PROXIES        256u
 
@@ -99,8 +100,11 @@ struct wsh_key_config {
 struct wsh_auth_config {
     struct wsh_key_config *keys; /* owned array */
     size_t nkeys;
-    char *jwks_file;      /* owned path of a JWK Set (RFC 7517 5) read beside keys; NULL: none */
-    bool allow_anonymous; /* connect without a token (user "") */
+    char *jwks_file;    /* owned path of a JWK Set (RFC 7517 5) read beside keys; NULL: none */
+    char *jwks_url;     /* owned https:// URL of a JWK Set, fetched and refreshed; NULL: none */
+    char *jwks_ca_file; /* owned CA bundle for jwks_url; NULL: the system's */
+    uint32_t jwks_refresh_s; /* seconds between fetches of jwks_url */
+    bool allow_anonymous;    /* connect without a token (user "") */
 };
 
 struct wsh_limits_config {

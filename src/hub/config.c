@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wshub/http.h"
 #include "wshub/proto.h"
 
 /* ------------------------------------------------------------------ */
@@ -36,6 +37,7 @@ void wsh_config_defaults(struct wsh_hub_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     ns_defaults(&cfg->default_ns);
     cfg->auth.allow_anonymous = false;
+    cfg->auth.jwks_refresh_s = WSH_CFG_DEFAULT_JWKS_REFRESH_S;
     struct wsh_limits_config *l = &cfg->limits;
     l->publish_rate = WSH_CFG_DEFAULT_PUBLISH_RATE;
     l->publish_burst = WSH_CFG_DEFAULT_PUBLISH_BURST;
@@ -77,6 +79,8 @@ void wsh_config_free(struct wsh_hub_config *cfg)
     }
     free(cfg->auth.keys);
     free(cfg->auth.jwks_file);
+    free(cfg->auth.jwks_url);
+    free(cfg->auth.jwks_ca_file);
     for (size_t i = 0; i < cfg->norigins; i++)
         free(cfg->origins[i]);
     free(cfg->origins);
@@ -501,15 +505,35 @@ static bool parse_key(struct ctx *c, json_t *v, struct wsh_key_config *k)
     return true;
 }
 
-static const char *const auth_keys[] = { "keys", "jwks_file", "allow_anonymous", NULL };
+static const char *const auth_keys[] = {
+    "keys", "jwks_file", "jwks_url", "jwks_ca_file", "jwks_refresh_s", "allow_anonymous", NULL
+};
 
 static bool parse_auth(struct ctx *c, json_t *v, struct wsh_auth_config *a)
 {
     if (!want_object(c, v) || !check_keys(c, v, auth_keys))
         return false;
     if (!get_bool(c, v, "allow_anonymous", &a->allow_anonymous) ||
-        !get_string(c, v, "jwks_file", 1, 4096, &a->jwks_file))
+        !get_string(c, v, "jwks_file", 1, 4096, &a->jwks_file) ||
+        !get_string(c, v, "jwks_url", 1, 2048, &a->jwks_url) ||
+        !get_string(c, v, "jwks_ca_file", 1, 4096, &a->jwks_ca_file) ||
+        !get_u32(c, v, "jwks_refresh_s", 10, 86400, &a->jwks_refresh_s))
         return false;
+    if (a->jwks_url != NULL) {
+        struct wsh_http_url u;
+        size_t old = push_key(c, "jwks_url");
+        if (!wsh_http_url_parse(a->jwks_url, &u))
+            return error(c, "expected an https:// URL, got \"%s\"", a->jwks_url);
+        /* Keys fetched in clear text could be swapped on the way. */
+        if (!u.tls && !u.loopback)
+            return error(c, "http:// only to a loopback address (tests); use https://");
+        if (a->jwks_file != NULL)
+            return error(c, "not with jwks_file: keys come from one of the two");
+        pop(c, old);
+    } else if (a->jwks_ca_file != NULL) {
+        push_key(c, "jwks_ca_file");
+        return error(c, "only with jwks_url");
+    }
     json_t *keys = json_object_get(v, "keys");
     if (keys == NULL)
         return true;

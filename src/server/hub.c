@@ -442,7 +442,8 @@ static void on_jwks_skip(void *ud, size_t index, const char *kid, const char *wh
 
 /* Builds the key set of one auth section and checks it as each worker
  * will use it. Returns NULL with err set when any key cannot be used. */
-static struct keyset *keyset_build(const struct wsh_auth_config *ac, char *err, size_t errlen)
+static struct keyset *keyset_build(const struct wsh_auth_config *ac, const char *fetched,
+                                   size_t fetched_len, char *err, size_t errlen)
 {
     struct keyset *ks = calloc(1, sizeof(*ks));
     if (ks == NULL) {
@@ -474,25 +475,31 @@ static struct keyset *keyset_build(const struct wsh_auth_config *ac, char *err, 
         d->key = (const uint8_t *)key;
         d->key_len = n;
     }
-    if (ac->jwks_file != NULL) {
-        size_t n = 0;
+    /* A JWK Set: the file's, or the last one fetched from jwks_url
+     * (none until the first fetch succeeds). */
+    const char *src = ac->jwks_file != NULL ? "auth.jwks_file" : "auth.jwks_url";
+    if (ac->jwks_file != NULL || fetched != NULL) {
+        size_t n = fetched_len;
         char jerr[256];
-        char *text = read_file(ac->jwks_file, WSH_AUTH_JWKS_MAX, &n, jerr, sizeof(jerr));
-        int rc = text == NULL
+        char *text = NULL;
+        if (ac->jwks_file != NULL)
+            text = read_file(ac->jwks_file, WSH_AUTH_JWKS_MAX, &n, jerr, sizeof(jerr));
+        const char *doc = ac->jwks_file != NULL ? text : fetched;
+        int rc = doc == NULL
                      ? WSH_EINVAL
-                     : wsh_jwks_parse(text, n, on_jwks_skip, NULL, &ks->jwks, jerr, sizeof(jerr));
+                     : wsh_jwks_parse(doc, n, on_jwks_skip, NULL, &ks->jwks, jerr, sizeof(jerr));
         free(text);
         if (rc != WSH_OK) {
-            snprintf(err, errlen, "auth.jwks_file: %s", rc == WSH_ENOMEM ? "out of memory" : jerr);
+            snprintf(err, errlen, "%s: %s", src, rc == WSH_ENOMEM ? "out of memory" : jerr);
             goto fail;
         }
         if (ks->jwks.nkeys == 0) {
-            snprintf(err, errlen, "auth.jwks_file: %s holds no usable key", ac->jwks_file);
+            snprintf(err, errlen, "%s: the set holds no usable key", src);
             goto fail;
         }
         if (ks->nkeys + ks->jwks.nkeys > WSH_AUTH_KEYS_MAX) {
-            snprintf(err, errlen, "auth: %zu keys and %zu from jwks_file, more than %u", ks->nkeys,
-                     ks->jwks.nkeys, WSH_AUTH_KEYS_MAX);
+            snprintf(err, errlen, "auth: %zu keys and %zu from the JWK Set, more than %u",
+                     ks->nkeys, ks->jwks.nkeys, WSH_AUTH_KEYS_MAX);
             goto fail;
         }
         for (size_t i = 0; i < ks->jwks.nkeys; i++)
@@ -510,9 +517,7 @@ static struct keyset *keyset_build(const struct wsh_auth_config *ac, char *err, 
         if (bad >= 0 && (size_t)bad < ac->nkeys)
             snprintf(err, errlen, "auth.keys[%d]: the key cannot be used for its algorithm", bad);
         else if (bad >= 0)
-            snprintf(err, errlen,
-                     "auth.jwks_file: a key has the same alg and kid as one of "
-                     "auth.keys");
+            snprintf(err, errlen, "%s: a key has the same alg and kid as one of auth.keys", src);
         else
             snprintf(err, errlen, "auth: %s", wsh_strerror(rc));
         goto fail;
@@ -538,6 +543,46 @@ static void keyset_publish(struct keyset *ks)
     keyset_free(old); /* workers copy under keys_mu, so no one holds it */
 }
 
+/* The auth section in force: hubcfg's at start, a reloaded one's after
+ * SIGHUP (owned then). The JWK Set fetcher builds from it too. */
+static pthread_mutex_t cfg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct wsh_hub_config *auth_cfg; /* guarded by cfg_mu */
+static bool auth_cfg_owned;
+
+/* auth.jwks_url: a helper thread fetches the set at start, every
+ * jwks_refresh_s, on SIGHUP, and when a token names a kid (or an alg) no
+ * key has, at most once per JWKS_KICK_MS: that is how a key the issuer
+ * has just published is picked up before the next refresh. A failed fetch
+ * keeps the keys in use and is retried after 1, 2, 4 ... s, up to 60 s
+ * (or the refresh interval). The URL, CA file and interval are read at
+ * start; changing them needs a restart. */
+#define JWKS_KICK_MS    10000
+#define JWKS_TIMEOUT_MS 10000
+
+static struct {
+    pthread_t thread;
+    bool running;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* on CLOCK_MONOTONIC */
+    bool now;          /* fetch at once; guarded by mu */
+    _Atomic bool stop;
+    _Atomic int64_t last_kick_ms;
+    struct wsh_http_url url;
+    char *url_text, *ca_file;
+    uint32_t refresh_s;
+    char *body; /* the last set fetched that loaded; guarded by cfg_mu */
+    size_t body_len;
+} jf = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static _Atomic uint64_t jwks_fetches[2]; /* ok, error */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int hub_init(const char *config_path, char *err, size_t errlen)
 {
     if (config_path) {
@@ -554,41 +599,197 @@ int hub_init(const char *config_path, char *err, size_t errlen)
     origins.entries = (const char *const *)hubcfg.origins;
     origins.nentries = hubcfg.norigins;
     origins.allow_missing = true;
-    struct keyset *ks = keyset_build(&hubcfg.auth, err, errlen);
+    auth_cfg = &hubcfg;
+    struct keyset *ks = keyset_build(&hubcfg.auth, NULL, 0, err, errlen);
     if (ks == NULL)
         return -1;
     keyset_publish(ks);
     return 0;
 }
 
+static bool same_str(const char *a, const char *b)
+{
+    return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
+/* Asks the fetcher for a fetch now; `forced` skips the rate limit. */
+static void jwks_kick(bool forced)
+{
+    if (!jf.running)
+        return;
+    int64_t t = mono_ms();
+    if (!forced && t - atomic_load(&jf.last_kick_ms) < JWKS_KICK_MS)
+        return;
+    atomic_store(&jf.last_kick_ms, t);
+    pthread_mutex_lock(&jf.mu);
+    jf.now = true;
+    pthread_cond_signal(&jf.cv);
+    pthread_mutex_unlock(&jf.mu);
+}
+
 int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
 {
     if (!have_config)
         return 1;
-    struct wsh_hub_config cfg;
-    if (wsh_config_load(config_file, &cfg, err, errlen) != WSH_OK)
+    struct wsh_hub_config *cfg = malloc(sizeof(*cfg));
+    if (cfg == NULL || wsh_config_load(config_file, cfg, err, errlen) != WSH_OK) {
+        if (cfg == NULL)
+            snprintf(err, errlen, "out of memory");
+        free(cfg);
         return -1;
-    struct keyset *ks = keyset_build(&cfg.auth, err, errlen);
-    wsh_config_free(&cfg);
-    if (ks == NULL)
-        return -1;
-    size_t now = atomic_load(&keys_count);
-    if (ks->nkeys == 0 && now == 0) {
-        keyset_free(ks);
-        return 1; /* no auth before or after: nothing to do */
     }
-    if (ks->nkeys == 0) {
+    const struct wsh_auth_config *na = &cfg->auth;
+    if (!same_str(na->jwks_url, jf.url_text) ||
+        (jf.url_text != NULL &&
+         (!same_str(na->jwks_ca_file, jf.ca_file) || na->jwks_refresh_s != jf.refresh_s))) {
+        snprintf(err, errlen,
+                 "auth.jwks_url, jwks_ca_file and jwks_refresh_s change only with "
+                 "a restart");
+        wsh_config_free(cfg);
+        free(cfg);
+        return -1;
+    }
+    pthread_mutex_lock(&cfg_mu);
+    struct keyset *ks = keyset_build(na, jf.body, jf.body_len, err, errlen);
+    size_t now = atomic_load(&keys_count);
+    int rc = 0;
+    if (ks == NULL) {
+        rc = -1;
+    } else if (ks->nkeys == 0 && now == 0) {
+        rc = 1; /* no keys before or after: nothing to do */
+    } else if (ks->nkeys == 0 && na->jwks_url == NULL) {
         /* Every token would fail from here on; that is never what a key
          * rotation means. */
         snprintf(err, errlen, "auth: the new configuration has no key; kept the %zu current ones",
                  now);
+        rc = -1;
+    }
+    if (rc != 0) {
+        pthread_mutex_unlock(&cfg_mu);
         keyset_free(ks);
-        return -1;
+        wsh_config_free(cfg);
+        free(cfg);
+        jwks_kick(true);
+        return rc;
+    }
+    struct wsh_hub_config *old = auth_cfg_owned ? auth_cfg : NULL;
+    auth_cfg = cfg;
+    auth_cfg_owned = true;
+    pthread_mutex_unlock(&cfg_mu);
+    if (old != NULL) {
+        wsh_config_free(old);
+        free(old);
     }
     *nkeys = ks->nkeys;
     *nskipped = ks->jwks.nskipped;
     keyset_publish(ks);
+    jwks_kick(true);
     return 0;
+}
+
+/* One fetch of auth.jwks_url; on success the keys from it are in use. */
+static bool jwks_fetch_once(void)
+{
+    char err[512], body_err[256];
+    char *body = NULL;
+    size_t n = 0;
+    int status = 0;
+    int64_t t0 = mono_ms();
+    if (fetch_get(&jf.url, jf.ca_file, WSH_AUTH_JWKS_MAX, JWKS_TIMEOUT_MS, &jf.stop, &body, &n,
+                  &status, body_err, sizeof(body_err)) != 0) {
+        if (atomic_load(&jf.stop))
+            return false; /* shutting down: not a failure of the issuer */
+        snprintf(err, sizeof(err), "%s", body_err);
+    } else {
+        pthread_mutex_lock(&cfg_mu);
+        struct keyset *ks = keyset_build(&auth_cfg->auth, body, n, err, sizeof(err));
+        if (ks != NULL) {
+            free(jf.body);
+            jf.body = body;
+            jf.body_len = n;
+            body = NULL;
+        }
+        pthread_mutex_unlock(&cfg_mu);
+        free(body);
+        if (ks != NULL) {
+            size_t nk = ks->nkeys, sk = ks->jwks.nskipped;
+            keyset_publish(ks);
+            atomic_fetch_add(&jwks_fetches[0], 1);
+            wsh_log(WSH_LOG_INFO, "ev=jwks_fetch ok=1 host=%s keys=%zu jwks_skipped=%zu ms=%lld",
+                    jf.url.host, nk, sk, (long long)(mono_ms() - t0));
+            return true;
+        }
+    }
+    for (char *p = err; *p != '\0'; p++) {
+        if (*p == '"')
+            *p = '\'';
+    }
+    atomic_fetch_add(&jwks_fetches[1], 1);
+    wsh_log(WSH_LOG_WARN, "ev=jwks_fetch ok=0 host=%s status=%d err=\"%s\"", jf.url.host, status,
+            err);
+    return false;
+}
+
+static void *jwks_main(void *arg)
+{
+    (void)arg;
+    uint32_t backoff = 1;
+    pthread_mutex_lock(&jf.mu);
+    while (!atomic_load(&jf.stop)) {
+        jf.now = false;
+        pthread_mutex_unlock(&jf.mu);
+        bool ok = jwks_fetch_once();
+        uint32_t cap = jf.refresh_s < 60 ? jf.refresh_s : 60;
+        uint32_t wait_s = ok ? jf.refresh_s : backoff;
+        backoff = ok ? 1 : backoff * 2 > cap ? cap : backoff * 2;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += wait_s;
+        pthread_mutex_lock(&jf.mu);
+        while (!atomic_load(&jf.stop) && !jf.now &&
+               pthread_cond_timedwait(&jf.cv, &jf.mu, &until) == 0) {
+        }
+    }
+    pthread_mutex_unlock(&jf.mu);
+    return NULL;
+}
+
+int hub_fetch_start(void)
+{
+    const struct wsh_auth_config *a = &hubcfg.auth;
+    if (a->jwks_url == NULL)
+        return 0;
+    if (!wsh_http_url_parse(a->jwks_url, &jf.url) || (jf.url_text = strdup(a->jwks_url)) == NULL ||
+        (a->jwks_ca_file != NULL && (jf.ca_file = strdup(a->jwks_ca_file)) == NULL))
+        return -1;
+    jf.refresh_s = a->jwks_refresh_s;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&jf.cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (pthread_create(&jf.thread, NULL, jwks_main, NULL) != 0)
+        return -1;
+    jf.running = true;
+    return 0;
+}
+
+void hub_fetch_stop(void)
+{
+    if (!jf.running)
+        return;
+    atomic_store(&jf.stop, true);
+    pthread_mutex_lock(&jf.mu);
+    pthread_cond_signal(&jf.cv);
+    pthread_mutex_unlock(&jf.mu);
+    pthread_join(jf.thread, NULL);
+    jf.running = false;
+}
+
+void hub_jwks_fetches(uint64_t *ok, uint64_t *failed)
+{
+    *ok = atomic_load(&jwks_fetches[0]);
+    *failed = atomic_load(&jwks_fetches[1]);
 }
 
 size_t hub_auth_keys(size_t *nskipped)
@@ -769,6 +970,7 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
 {
     struct wsh_auth *a = current_auth();
     if (a == NULL) {
+        jwks_kick(false); /* no key yet: the first fetch may still be due */
         *perr = WSH_PERR_BAD_TOKEN;
         return -1;
     }
@@ -776,6 +978,10 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
     memset(&id, 0, sizeof(id));
     int ecode = 0;
     if (wsh_auth_verify(a, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
+        /* A kid (or alg) no key has may be a key the issuer has just
+         * published: fetch the set again (rate limited). */
+        if (ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG)
+            jwks_kick(false);
         *perr =
             wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED : WSH_PERR_BAD_TOKEN;
         return -1;

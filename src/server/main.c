@@ -491,6 +491,10 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers */
+    if (hub_fetch_start() != 0) {
+        fprintf(stderr, "wshub: cannot start the auth.jwks_url fetcher\n");
+        return 1;
+    }
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur > 128)
@@ -559,6 +563,7 @@ int main(int argc, char **argv)
     worker_main(&wsh_workers[0]); /* returns when worker 0 has drained */
     for (int i = 1; i < wsh_nworkers; i++)
         pthread_join(wsh_workers[i].thread, NULL);
+    hub_fetch_stop();
     wsh_log(WSH_LOG_INFO, "ev=exit");
     return 0;
 }

@@ -268,6 +268,15 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
             put(&o, "wshub_reloads_total{part=\"%s\",result=\"%s\"} %llu\n", parts[i],
                 r == 0 ? "ok" : "error", (unsigned long long)atomic_load(&wsh_reloads[i][r]));
     }
+    uint64_t fetched_ok, fetched_err;
+    hub_jwks_fetches(&fetched_ok, &fetched_err);
+    put(&o,
+        "# HELP wshub_jwks_fetches_total Fetches of auth.jwks_url, by result; a failed one "
+        "keeps the keys in use.\n"
+        "# TYPE wshub_jwks_fetches_total counter\n"
+        "wshub_jwks_fetches_total{result=\"ok\"} %llu\n"
+        "wshub_jwks_fetches_total{result=\"error\"} %llu\n",
+        (unsigned long long)fetched_ok, (unsigned long long)fetched_err);
     size_t skipped = 0, nkeys = hub_auth_keys(&skipped);
     put(&o,
         "# HELP wshub_auth_keys Token verification keys in use (auth.keys and auth.jwks_file).\n"

@@ -244,3 +244,239 @@ def test_jwks_file_errors_stop_the_server_at_start(tmp_path):
     write_jwks(path, [jwk(HMACAlgorithm, SECRET.encode(), alg="HS256")])
     r = check_config(jwks_config(path), tmp_path)
     assert r.returncode == 2 and "same alg and kid" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- auth.jwks_url
+
+def make_pki(d):
+    """A CA and a certificate for localhost / 127.0.0.1 signed by it, made
+    with python3-cryptography; returns (ca.pem, cert.pem, key.pem) paths."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("wshub test CA")).issuer_name(
+        name("wshub test CA")).public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(san, critical=False).sign(ca_key, hashes.SHA256()))
+    paths = [os.path.join(d, f) for f in ("ca.pem", "cert.pem", "key.pem")]
+    for p, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM),
+                               cert.public_bytes(serialization.Encoding.PEM),
+                               key.private_bytes(serialization.Encoding.PEM,
+                                                 serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))):
+        with open(p, "wb") as f:
+            f.write(data)
+    return paths
+
+
+class Issuer:
+    """An identity provider's JWKS endpoint on 127.0.0.1: what it serves
+    (the set, a status, chunked or not) can be changed while it runs, and
+    it records every request it gets."""
+
+    def __init__(self, pki=None):
+        import http.server
+        import ssl
+        import threading
+        issuer = self
+        self.keys, self.status, self.chunked, self.raw = [], 200, False, None
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                issuer.requests.append((self.path, dict(self.headers)))
+                body = issuer.raw if issuer.raw is not None else json.dumps(
+                    {"keys": issuer.keys}).encode()
+                self.send_response(issuer.status)
+                self.send_header("Content-Type", "application/json")
+                if issuer.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for i in range(0, len(body), 100):
+                        part = body[i:i + 100]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if pki is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(pki[1], pki[2])
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def fetches(h, ok):
+    return h.log().count(f"ev=jwks_fetch ok={ok}")
+
+
+def wait_fetches(h, ok, n, timeout=15.0):
+    deadline = time.monotonic() + timeout * MULT
+    while fetches(h, ok) < n:
+        assert time.monotonic() < deadline, f"{fetches(h, ok)} of {n} fetches ok={ok}:\n" \
+                                            f"{h.log()[-3000:]}"
+        time.sleep(0.02)
+
+
+def rsa_jwk(name, kid):
+    return jwk(RSAAlgorithm, rsa_key(name).public_key(), kid=kid, alg="RS256", use="sig")
+
+
+def rs_token(name, kid, sub="alice"):
+    return token(sub, alg="RS256", key=rsa_key(name), headers={"kid": kid})
+
+
+@run_async
+async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        url = f"https://localhost:{idp.port}/.well-known/jwks.json?tenant=a"
+        h = hub(merge(base_config(), {"auth": {"jwks_url": url, "jwks_ca_file": pki[0],
+                                               "jwks_refresh_s": 3600}}), workers=2)
+        wait_fetches(h, 1, 1)
+        assert status(h, rs_token("k1", "k1")) == 101
+        path, headers = idp.requests[0]
+        assert path == "/.well-known/jwks.json?tenant=a", path
+        assert headers["Host"] == f"localhost:{idp.port}", headers
+        assert headers["Connection"] == "close", headers
+
+        # The issuer publishes k2. A token naming it makes the server fetch
+        # at once (it is refused until the set arrives), not at the next
+        # refresh an hour away.
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        assert status(h, rs_token("k2", "k2")) == 403
+        wait_fetches(h, 1, 2)
+        assert [status(h, rs_token("k2", "k2")) for _ in range(6)] == [101] * 6
+        # More unknown kids within 10 s do not make it fetch again.
+        for _ in range(5):
+            assert status(h, rs_token("k2", "nope")) == 403
+        time.sleep(0.3)
+        assert fetches(h, 1) == 2 and len(idp.requests) == 2, idp.requests
+
+        # SIGHUP fetches too; this time the body comes chunked, with k3 only.
+        idp.keys, idp.chunked = [rsa_jwk("k3", "k3")], True
+        sighup(h, 1)
+        wait_fetches(h, 1, 3)
+        assert status(h, rs_token("k3", "k3")) == 101
+        assert status(h, rs_token("k1", "k1")) == 403
+
+        # Failures keep the keys in use, each with its reason in the log.
+        idp.chunked = False
+        for n, (st, raw, reason) in enumerate((
+                (500, None, "status=500"),
+                (200, b"{not json", "auth.jwks_url: line 1"),
+                (200, json.dumps({"keys": [{"kty": "RSA", "kid": "x"}]}).encode(),
+                 "the set holds no usable key")), start=1):
+            idp.status, idp.raw = st, raw
+            sighup(h, 1 + n)
+            wait_fetches(h, 0, n)
+            line = [ln for ln in h.log().splitlines() if "ev=jwks_fetch ok=0" in ln][-1]
+            assert reason in line, (reason, line)
+            assert status(h, rs_token("k3", "k3")) == 101
+        m = scrape_metrics(h.port)
+        assert m['wshub_jwks_fetches_total{result="ok"}'] == 3, m
+        assert m['wshub_jwks_fetches_total{result="error"}'] == 3, m
+        assert m["wshub_auth_keys"] == 2, m  # the HS256 key of auth.keys and k3
+        # The URL is read at start only.
+        with open(h.config_path, "w") as f:
+            json.dump(merge(base_config(), {"auth": {"jwks_url": url + "&b", "jwks_ca_file":
+                                                     pki[0], "jwks_refresh_s": 3600}}), f)
+        sighup(h, 5)
+        line = [ln for ln in h.log().splitlines() if "ev=auth_reload" in ln][-1]
+        assert "ok=0" in line and "change only with a restart" in line, line
+        with open(h.config_path, "w") as f:
+            json.dump(h.config, f)
+    finally:
+        idp.close()
+
+
+@run_async
+async def test_jwks_url_untrusted_or_silent_issuer(hub, tmp_path):
+    """A certificate the CA file does not vouch for is refused; plain http
+    is allowed to 127.0.0.1; an issuer that never answers holds nothing up,
+    shutdown included."""
+    pki = make_pki(str(tmp_path))
+    os.mkdir(tmp_path / "other")
+    other = make_pki(str(tmp_path / "other"))  # a CA that did not sign idp's certificate
+    idp = Issuer(pki)
+    plain = Issuer()
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        idp.keys = plain.keys = [rsa_jwk("k1", "k1")]
+        h = hub(merge(base_config(), {"auth": {
+            "jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": other[0]}}))
+        wait_fetches(h, 0, 1)
+        assert "not trusted" in h.log(), h.log()[-2000:]
+        assert status(h, rs_token("k1", "k1")) == 403
+        h2 = hub(merge(base_config(), {"auth": {"jwks_url": f"http://127.0.0.1:{plain.port}/"}}))
+        wait_fetches(h2, 1, 1)
+        assert status(h2, rs_token("k1", "k1")) == 101
+        h3 = hub(merge(base_config(), {"auth": {
+            "jwks_url": f"http://127.0.0.1:{silent.getsockname()[1]}/jwks"}}))
+        c = await Client.open(h3, token("hs"))  # the config's own key works meanwhile
+        await c.close()
+        t0 = time.monotonic()
+        h3.server.signal(signal.SIGTERM)
+        assert h3.server.wait(10) == 0
+        assert time.monotonic() - t0 < 5 * MULT, "shutdown waited for the fetch"
+        h3.expect_stopped = True
+    finally:
+        idp.close()
+        plain.close()
+        silent.close()
+
+
+def test_jwks_url_config_errors(tmp_path):
+    for auth, reason in (
+            ({"jwks_url": "http://issuer.example/jwks"}, "http:// only to a loopback address"),
+            ({"jwks_url": "ftp://issuer.example/jwks"}, "expected an https:// URL"),
+            ({"jwks_url": "https://user@issuer.example/jwks"}, "expected an https:// URL"),
+            ({"jwks_url": "https://issuer.example/jwks#frag"}, "expected an https:// URL"),
+            ({"jwks_url": "https://issuer.example:0/"}, "expected an https:// URL"),
+            ({"jwks_url": "https://issuer.example/", "jwks_file": "/x"}, "not with jwks_file"),
+            ({"jwks_ca_file": "/x"}, "only with jwks_url"),
+            ({"jwks_url": "https://issuer.example/", "jwks_refresh_s": 1}, "jwks_refresh_s")):
+        r = check_config(merge(base_config(), {"auth": auth}), tmp_path)
+        assert r.returncode == 2 and reason in r.stderr, (auth, r.stderr)
+    for url in ("https://issuer.example/.well-known/jwks.json", "https://[2001:db8::1]:8443/k",
+                "http://localhost:8080/jwks", "http://[::1]/jwks", "https://10.0.0.1"):
+        r = check_config(merge(base_config(), {"auth": {"jwks_url": url}}), tmp_path)
+        assert r.returncode == 0, (url, r.stderr)

@@ -1,0 +1,308 @@
+/* One HTTP(S) GET, blocking, for a helper thread: the JWK Set refresh
+ * (hub.c). Never called on a worker's loop. Every step runs against one
+ * deadline, in poll slices of at most 100 ms so that a stop request ends
+ * it promptly; only name resolution (getaddrinfo) is outside the
+ * deadline. https verifies the certificate chain against the system's
+ * trust store or a given CA bundle, and the host name (or IP address)
+ * against the certificate. The request says `Connection: close`, the
+ * response is read to EOF and parsed whole (wsh_http_parse_response). */
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server.h"
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* 0 when fd is ready for ev; -1 at the deadline; -2 when asked to stop. */
+static int wait_fd(int fd, short ev, int64_t deadline, const _Atomic bool *stop)
+{
+    for (;;) {
+        if (atomic_load(stop))
+            return -2;
+        int64_t left = deadline - mono_ms();
+        if (left <= 0)
+            return -1;
+        struct pollfd p = { .fd = fd, .events = ev, .revents = 0 };
+        int r = poll(&p, 1, left > 100 ? 100 : (int)left);
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+static int dial(const struct wsh_http_url *u, int64_t deadline, const _Atomic bool *stop, char *err,
+                size_t errlen)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(u->host, u->port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", u->host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1;
+    for (struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        int e = 0;
+        socklen_t el = sizeof(e);
+        if ((connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) ||
+            wait_fd(fd, POLLOUT, deadline, stop) != 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0 || e != 0) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        snprintf(err, errlen, "cannot connect to %s port %s", u->host, u->port);
+    return fd;
+}
+
+/* A plain socket or a TLS session over it. */
+struct stream {
+    int fd;
+    SSL *ssl;
+};
+
+/* Runs one SSL call to completion: 1 done, 0 EOF (reads), -1 error. */
+static int ssl_io(struct stream *s, int (*op)(SSL *, void *, int), void *buf, int n,
+                  int64_t deadline, const _Atomic bool *stop, int *done)
+{
+    for (;;) {
+        ERR_clear_error();
+        int r = op(s->ssl, buf, n);
+        if (r > 0) {
+            *done = r;
+            return 1;
+        }
+        int e = SSL_get_error(s->ssl, r);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            return 0;
+        short ev = e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+        if (ev == 0 || wait_fd(s->fd, ev, deadline, stop) != 0)
+            return -1;
+    }
+}
+
+static int op_read(SSL *ssl, void *buf, int n)
+{
+    return SSL_read(ssl, buf, n);
+}
+
+static int op_write(SSL *ssl, void *buf, int n)
+{
+    return SSL_write(ssl, buf, n);
+}
+
+static int op_connect(SSL *ssl, void *buf, int n)
+{
+    (void)buf;
+    (void)n;
+    return SSL_connect(ssl);
+}
+
+static SSL_CTX *client_ctx(const char *ca_file, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    /* A server that closes without close_notify: the framing checks
+     * (Content-Length, chunked) still catch a body cut short. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if ((ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+                         : SSL_CTX_set_default_verify_paths(ctx)) != 1)
+        goto fail;
+    return ctx;
+fail:
+    snprintf(err, errlen, "TLS setup: %s",
+             ca_file != NULL ? "cannot load auth.jwks_ca_file" : "no trust store");
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return NULL;
+}
+
+/* Why a TLS handshake failed, from what OpenSSL left behind. */
+static void tls_error(SSL *ssl, const struct wsh_http_url *u, char *err, size_t errlen)
+{
+    long vr = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e = ERR_get_error();
+    char es[160] = "handshake failed or timed out";
+    if (e != 0)
+        ERR_error_string_n(e, es, sizeof(es));
+    if (vr != X509_V_OK)
+        snprintf(err, errlen, "TLS: the certificate of %s is not trusted: %s", u->host,
+                 X509_verify_cert_error_string(vr));
+    else
+        snprintf(err, errlen, "TLS with %s: %s", u->host, es);
+    ERR_clear_error();
+}
+
+static int tls_start(struct stream *s, SSL_CTX *ctx, const struct wsh_http_url *u, int64_t deadline,
+                     const _Atomic bool *stop, char *err, size_t errlen)
+{
+    s->ssl = SSL_new(ctx);
+    bool literal = u->ipv6 || strspn(u->host, "0123456789.") == strlen(u->host);
+    bool ok = s->ssl != NULL && SSL_set_fd(s->ssl, s->fd) == 1;
+    if (ok && literal)
+        ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), u->host) == 1;
+    else if (ok) {
+        char name[sizeof(u->host)]; /* the SNI macro takes a non-const pointer */
+        memcpy(name, u->host, sizeof(name));
+        ok = SSL_set_tlsext_host_name(s->ssl, name) == 1 && SSL_set1_host(s->ssl, name) == 1;
+    }
+    int done = 0;
+    if (ok && ssl_io(s, op_connect, NULL, 0, deadline, stop, &done) == 1)
+        return 0;
+    tls_error(s->ssl, u, err, errlen);
+    return -1;
+}
+
+static int send_all(struct stream *s, char *p, size_t n, int64_t deadline, const _Atomic bool *stop)
+{
+    while (n > 0) {
+        int done = 0;
+        if (s->ssl != NULL) {
+            if (ssl_io(s, op_write, p, (int)n, deadline, stop, &done) != 1)
+                return -1;
+        } else {
+            ssize_t r = send(s->fd, p, n, MSG_NOSIGNAL);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+                if (wait_fd(s->fd, POLLOUT, deadline, stop) != 0)
+                    return -1;
+                continue;
+            }
+            if (r <= 0)
+                return -1;
+            done = (int)r;
+        }
+        p += done;
+        n -= (size_t)done;
+    }
+    return 0;
+}
+
+/* Reads to EOF into *buf (cap bytes at most). Returns the length, or -1
+ * on error, -2 when the response is over cap. */
+static ssize_t read_all(struct stream *s, char *buf, size_t cap, int64_t deadline,
+                        const _Atomic bool *stop)
+{
+    size_t n = 0;
+    for (;;) {
+        if (n == cap)
+            return -2;
+        int done = 0;
+        if (s->ssl != NULL) {
+            int r = ssl_io(s, op_read, buf + n, (int)(cap - n), deadline, stop, &done);
+            if (r == 0)
+                return (ssize_t)n;
+            if (r < 0)
+                return -1;
+        } else {
+            ssize_t r = recv(s->fd, buf + n, cap - n, 0);
+            if (r == 0)
+                return (ssize_t)n;
+            if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+                if (wait_fd(s->fd, POLLIN, deadline, stop) != 0)
+                    return -1;
+                continue;
+            }
+            if (r < 0)
+                return -1;
+            done = (int)r;
+        }
+        n += (size_t)done;
+    }
+}
+
+int fetch_get(const struct wsh_http_url *u, const char *ca_file, size_t max_body, int timeout_ms,
+              const _Atomic bool *stop, char **body, size_t *body_len, int *status, char *err,
+              size_t errlen)
+{
+    *status = 0;
+    int64_t deadline = mono_ms() + timeout_ms;
+    /* Room for the head, and for a chunked body's framing around max_body. */
+    size_t cap = WSH_HTTP_RESPONSE_HEAD_MAX + max_body + max_body / 8 + 4096;
+    SSL_CTX *ctx = NULL;
+    struct stream s = { .fd = -1, .ssl = NULL };
+    char *buf = NULL;
+    int rc = -1;
+    if (u->tls && (ctx = client_ctx(ca_file, err, errlen)) == NULL)
+        goto out;
+    if ((s.fd = dial(u, deadline, stop, err, errlen)) < 0)
+        goto out;
+    if (ctx != NULL && tls_start(&s, ctx, u, deadline, stop, err, errlen) != 0)
+        goto out;
+    char req[2600];
+    bool default_port = strcmp(u->port, u->tls ? "443" : "80") == 0;
+    int qn = snprintf(req, sizeof(req),
+                      "GET %s HTTP/1.1\r\nHost: %s%s%s%s%s\r\n"
+                      "User-Agent: wshub/" WSH_VERSION "\r\n"
+                      "Accept: application/jwk-set+json, application/json\r\n"
+                      "Connection: close\r\n\r\n",
+                      u->path, u->ipv6 ? "[" : "", u->host, u->ipv6 ? "]" : "",
+                      default_port ? "" : ":", default_port ? "" : u->port);
+    if (qn <= 0 || (size_t)qn >= sizeof(req) ||
+        send_all(&s, req, (size_t)qn, deadline, stop) != 0) {
+        snprintf(err, errlen, "cannot send the request to %s", u->host);
+        goto out;
+    }
+    if ((buf = malloc(cap + 1)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    ssize_t n = read_all(&s, buf, cap, deadline, stop);
+    if (n < 0) {
+        if (n == -2)
+            snprintf(err, errlen, "response over %zu bytes", cap);
+        else
+            snprintf(err, errlen, "no complete response from %s", u->host);
+        goto out;
+    }
+    struct wsh_http_response r;
+    const char *why = NULL;
+    if (wsh_http_parse_response(buf, (size_t)n, max_body, &r, &why) != WSH_OK) {
+        snprintf(err, errlen, "bad response from %s: %s", u->host, why);
+        goto out;
+    }
+    *status = r.status;
+    if (r.status != 200) {
+        /* Redirects are not followed: configure the final URL. */
+        snprintf(err, errlen, "%s answered %d", u->host, r.status);
+        goto out;
+    }
+    memmove(buf, r.body, r.body_len);
+    buf[r.body_len] = '\0';
+    *body = buf;
+    *body_len = r.body_len;
+    buf = NULL;
+    rc = 0;
+out:
+    free(buf);
+    if (s.ssl != NULL)
+        SSL_free(s.ssl);
+    if (s.fd >= 0)
+        close(s.fd);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return rc;
+}
