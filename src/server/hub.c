@@ -675,14 +675,16 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
     struct wsh_hub_config *old = auth_cfg_owned ? auth_cfg : NULL;
     auth_cfg = cfg;
     auth_cfg_owned = true;
+    *nkeys = ks->nkeys;
+    *nskipped = ks->jwks.nskipped;
+    /* Published under cfg_mu, so a fetch that built from the old section
+     * cannot publish after this one. */
+    keyset_publish(ks);
     pthread_mutex_unlock(&cfg_mu);
     if (old != NULL) {
         wsh_config_free(old);
         free(old);
     }
-    *nkeys = ks->nkeys;
-    *nskipped = ks->jwks.nskipped;
-    keyset_publish(ks);
     jwks_kick(true);
     return 0;
 }
@@ -703,17 +705,19 @@ static bool jwks_fetch_once(void)
     } else {
         pthread_mutex_lock(&cfg_mu);
         struct keyset *ks = keyset_build(&auth_cfg->auth, body, n, err, sizeof(err));
+        size_t nk = 0, sk = 0;
         if (ks != NULL) {
             free(jf.body);
             jf.body = body;
             jf.body_len = n;
             body = NULL;
+            nk = ks->nkeys;
+            sk = ks->jwks.nskipped;
+            keyset_publish(ks); /* under cfg_mu: see hub_reload_keys */
         }
         pthread_mutex_unlock(&cfg_mu);
         free(body);
         if (ks != NULL) {
-            size_t nk = ks->nkeys, sk = ks->jwks.nskipped;
-            keyset_publish(ks);
             atomic_fetch_add(&jwks_fetches[0], 1);
             wsh_log(WSH_LOG_INFO, "ev=jwks_fetch ok=1 host=%s keys=%zu jwks_skipped=%zu ms=%lld",
                     jf.url.host, nk, sk, (long long)(mono_ms() - t0));

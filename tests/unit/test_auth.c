@@ -176,6 +176,16 @@ static int verify(struct wsh_auth *a, const char *tok, int64_t now_ms, struct ws
 
 static const char good_claims[] = "{\"sub\":\"alice\",\"exp\":1700003600}";
 
+/* Mints a token for good_claims with libjwt and returns a's verdict on it
+ * at NOW_MS. */
+static int minted_verdict(struct wsh_auth *a, jwt_alg_t alg, const char *key)
+{
+    char *t = mint(alg, key, strlen(key), good_claims);
+    int err = verify(a, t, NOW_MS, NULL);
+    free(t);
+    return err;
+}
+
 /* ------------------------------------------------------------------ */
 /* Signature and algorithm                                             */
 
@@ -220,24 +230,16 @@ static void test_auth_rejects_wrong_alg_for_key(void **state)
     struct wsh_auth *a = hs256_only();
     /* HS384 with the same secret bytes: a valid HMAC, but not the alg
      * configured for this key. */
-    char *t = mint(JWT_ALG_HS384, hs384_secret, strlen(hs384_secret), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_EALG);
-    free(t);
-    t = mint(JWT_ALG_HS384, hs256_secret, strlen(hs256_secret), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_EALG);
-    free(t);
-    t = mint(JWT_ALG_ES256, ec_priv, strlen(ec_priv), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_EALG);
-    free(t);
+    assert_int_equal(minted_verdict(a, JWT_ALG_HS384, hs384_secret), WSH_AUTH_EALG);
+    assert_int_equal(minted_verdict(a, JWT_ALG_HS384, hs256_secret), WSH_AUTH_EALG);
+    assert_int_equal(minted_verdict(a, JWT_ALG_ES256, ec_priv), WSH_AUTH_EALG);
     wsh_auth_destroy(a);
 
     struct wsh_auth_key k[] = { KEY(WSH_AUTH_RS256, rsa_pub) };
     a = make_auth(k, 1, false);
-    t = mint(JWT_ALG_ES256, ec_priv, strlen(ec_priv), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_EALG);
-    free(t);
+    assert_int_equal(minted_verdict(a, JWT_ALG_ES256, ec_priv), WSH_AUTH_EALG);
     /* Unsupported or oddly cased names are refused too. */
-    t = craft("{\"alg\":\"RS512\"}", good_claims, "AAAA");
+    char *t = craft("{\"alg\":\"RS512\"}", good_claims, "AAAA");
     assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_EALG);
     free(t);
     t = craft("{\"alg\":\"rs256\"}", good_claims, "AAAA");
@@ -778,16 +780,10 @@ static void test_auth_jwks_keys_verify(void **state)
     struct wsh_auth *a = make_auth(j.keys, j.nkeys, false);
     wsh_jwks_free(&j); /* the key set keeps its own copies */
 
-    char *t = mint(JWT_ALG_RS256, rsa_priv, strlen(rsa_priv), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
-    free(t);
-    t = mint(JWT_ALG_ES256, ec_priv, strlen(ec_priv), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
-    free(t);
-    t = mint(JWT_ALG_HS256, hs256_secret, strlen(hs256_secret), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
-    free(t);
-    t = mint_evp("EdDSA", ed_priv, NULL, 0, good_claims);
+    assert_int_equal(minted_verdict(a, JWT_ALG_RS256, rsa_priv), WSH_AUTH_OK);
+    assert_int_equal(minted_verdict(a, JWT_ALG_ES256, ec_priv), WSH_AUTH_OK);
+    assert_int_equal(minted_verdict(a, JWT_ALG_HS256, hs256_secret), WSH_AUTH_OK);
+    char *t = mint_evp("EdDSA", ed_priv, NULL, 0, good_claims);
     assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
     free(t);
     /* The RSA key signs nothing for PS256: its JWK said RS256. */
@@ -837,9 +833,7 @@ static void test_auth_jwk_short_ec_coordinate(void **state)
     assert_int_equal(PEM_write_bio_PrivateKey(b, pk, NULL, NULL, 0, NULL, NULL), 1);
     priv = bio_string(b);
     BIO_free(b);
-    char *t = mint(JWT_ALG_ES256, priv, strlen(priv), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
-    free(t);
+    assert_int_equal(minted_verdict(a, JWT_ALG_ES256, priv), WSH_AUTH_OK);
     free(priv);
     wsh_auth_destroy(a);
     wsh_jwks_free(&j);
@@ -1035,9 +1029,7 @@ static void test_auth_jwk_form_in_create(void **state)
           .form = WSH_AUTH_KEY_JWK },
     };
     struct wsh_auth *a = make_auth(k, 2, false);
-    char *t = mint(JWT_ALG_ES256, ec_priv, strlen(ec_priv), good_claims);
-    assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
-    free(t);
+    assert_int_equal(minted_verdict(a, JWT_ALG_ES256, ec_priv), WSH_AUTH_OK);
     wsh_auth_destroy(a);
     static const enum wsh_auth_alg wrong[] = { WSH_AUTH_ES384, WSH_AUTH_RS256, WSH_AUTH_HS256,
                                                WSH_AUTH_EDDSA };
