@@ -112,6 +112,11 @@ WSH_NODISCARD int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth
  * a no-op. */
 void wsh_auth_destroy(struct wsh_auth *a);
 
+/* Checks one key as wsh_auth_create() does. Returns NULL when it is usable
+ * for its alg, or why not, as a short phrase in static storage ("RSA key
+ * under 2048 bits", "not a PEM public key", ...), for error messages. */
+const char *wsh_auth_key_problem(const struct wsh_auth_key *k);
+
 /* ------------------------------------------------------------------ */
 /* JWK Sets (RFC 7517 5), the form identity providers publish keys in  */
 

@@ -219,6 +219,17 @@ bool jose_key_load(const struct wsh_auth_key *k, struct jose_material *m, const 
     return true;
 }
 
+const char *wsh_auth_key_problem(const struct wsh_auth_key *k)
+{
+    struct jose_material m;
+    const char *why = NULL;
+    if (k == NULL)
+        return "no key";
+    bool ok = jose_key_load(k, &m, &why);
+    jose_material_free(&m);
+    return ok ? NULL : why;
+}
+
 static void free_key(struct auth_key *k)
 {
     if (k->key != NULL) {

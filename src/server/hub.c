@@ -514,12 +514,16 @@ static struct keyset *keyset_build(const struct wsh_auth_config *ac, const char 
     struct wsh_auth_opts ao = { .keys = ks->keys, .nkeys = ks->nkeys };
     int rc = wsh_auth_create(&ao, &probe, &bad);
     if (rc != WSH_OK) {
-        if (bad >= 0 && (size_t)bad < ac->nkeys)
-            snprintf(err, errlen, "auth.keys[%d]: the key cannot be used for its algorithm", bad);
-        else if (bad >= 0)
+        if (bad >= 0 && (size_t)bad < ac->nkeys) {
+            const char *why = wsh_auth_key_problem(&ks->keys[bad]);
+            snprintf(err, errlen, "auth.keys[%d]: the key cannot be used for %s: %s", bad,
+                     wsh_auth_alg_name(ks->keys[bad].alg),
+                     why != NULL ? why : "same alg and kid as an earlier key");
+        } else if (bad >= 0) {
             snprintf(err, errlen, "%s: a key has the same alg and kid as one of auth.keys", src);
-        else
+        } else {
             snprintf(err, errlen, "auth: %s", wsh_strerror(rc));
+        }
         goto fail;
     }
     wsh_auth_destroy(probe);

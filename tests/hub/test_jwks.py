@@ -480,3 +480,24 @@ def test_jwks_url_config_errors(tmp_path):
                 "http://localhost:8080/jwks", "http://[::1]/jwks", "https://10.0.0.1"):
         r = check_config(merge(base_config(), {"auth": {"jwks_url": url}}), tmp_path)
         assert r.returncode == 0, (url, r.stderr)
+
+
+def test_a_bad_key_says_why_at_start(tmp_path):
+    """A key of auth.keys that cannot be used stops the server with the
+    reason, not only its index."""
+    small = tmp_path / "rsa1024.pem"
+    small.write_bytes(rsa_key("small", 1024).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ec_pub = tmp_path / "ec.pem"
+    ec_pub.write_bytes(ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    for key, why in (({"alg": "RS256", "public_key_file": str(small)},
+                      "auth.keys[1]: the key cannot be used for RS256: RSA key under 2048 bits"),
+                     ({"alg": "ES256", "public_key_file": str(ec_pub)},
+                      "auth.keys[1]: the key cannot be used for ES256: EC key not on the "
+                      "alg's curve"),
+                     ({"alg": "PS256", "public_key_file": str(ec_pub)},
+                      "auth.keys[1]: the key cannot be used for PS256: not an RSA public key")):
+        cfg = merge(base_config(), {"auth": {"keys": [{"alg": "HS256", "secret": SECRET}, key]}})
+        r = check_config(cfg, tmp_path)
+        assert r.returncode == 2 and why in r.stderr, (key, r.stderr)

@@ -1273,19 +1273,28 @@ static void test_auth_create_rejects_bad_keys(void **state)
     (void)state;
     struct {
         struct wsh_auth_key k;
+        const char *why; /* wsh_auth_key_problem() */
     } bad[] = {
-        { { .alg = WSH_AUTH_HS256, .key = (const uint8_t *)hs256_secret, .key_len = 31 } },
-        { { .alg = WSH_AUTH_HS256, .key = (const uint8_t *)"", .key_len = 0 } },
-        { { .alg = WSH_AUTH_HS512, .key = (const uint8_t *)hs384_secret, .key_len = 48 } },
-        { { .alg = WSH_AUTH_ALG_INVALID, .key = (const uint8_t *)hs256_secret, .key_len = 32 } },
-        { KEY(WSH_AUTH_HS256, rsa_pub) }, /* a PEM as an HMAC secret */
-        { KEY(WSH_AUTH_RS256, ec_pub) },
-        { KEY(WSH_AUTH_ES256, rsa_pub) },
-        { KEY(WSH_AUTH_RS256, rsa1024_pub) },
-        { KEY(WSH_AUTH_RS256, "-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n") },
-        { KEY(WSH_AUTH_RS256, rsa_priv) }, /* private, not public: refuse, do not guess */
+        { { .alg = WSH_AUTH_HS256, .key = (const uint8_t *)hs256_secret, .key_len = 31 },
+          "secret shorter than the hash (RFC 7518 3.2)" },
+        { { .alg = WSH_AUTH_HS256, .key = (const uint8_t *)"", .key_len = 0 }, "empty key" },
+        { { .alg = WSH_AUTH_HS512, .key = (const uint8_t *)hs384_secret, .key_len = 48 },
+          "secret shorter than the hash (RFC 7518 3.2)" },
+        { { .alg = WSH_AUTH_ALG_INVALID, .key = (const uint8_t *)hs256_secret, .key_len = 32 },
+          "unsupported alg" },
+        { KEY(WSH_AUTH_HS256, rsa_pub), "a PEM block given as a secret" },
+        { KEY(WSH_AUTH_RS256, ec_pub), "not an RSA public key" },
+        { KEY(WSH_AUTH_ES256, rsa_pub), "not an EC public key" },
+        { KEY(WSH_AUTH_RS256, rsa1024_pub), "RSA key under 2048 bits" },
+        { KEY(WSH_AUTH_RS256, "-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n"),
+          "not a PEM public key" },
+        /* private, not public: refuse, do not guess */
+        { KEY(WSH_AUTH_RS256, rsa_priv), "not a PEM public key" },
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *why = wsh_auth_key_problem(&bad[i].k);
+        assert_non_null(why);
+        assert_string_equal(why, bad[i].why);
         struct wsh_auth_key keys[2] = { KEY(WSH_AUTH_ES256, ec_pub), bad[i].k };
         struct wsh_auth_opts o = { .keys = keys, .nkeys = 2 };
         struct wsh_auth *a = (struct wsh_auth *)&o; /* must stay untouched */
@@ -1294,6 +1303,8 @@ static void test_auth_create_rejects_bad_keys(void **state)
         assert_ptr_equal(a, (struct wsh_auth *)&o);
         assert_int_equal(which, 1);
     }
+    struct wsh_auth_key good = KEY(WSH_AUTH_ES256, ec_pub);
+    assert_null(wsh_auth_key_problem(&good));
     struct wsh_auth_key dup[] = { KEY(WSH_AUTH_HS256, hs256_secret),
                                   KEY(WSH_AUTH_HS256, hs256_secret) };
     struct wsh_auth_opts o = { .keys = dup, .nkeys = 2 };
