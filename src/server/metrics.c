@@ -279,7 +279,7 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         (unsigned long long)fetched_ok, (unsigned long long)fetched_err);
     size_t skipped = 0, nkeys = hub_auth_keys(&skipped);
     put(&o,
-        "# HELP wshub_auth_keys Token verification keys in use (auth.keys and auth.jwks_file).\n"
+        "# HELP wshub_auth_keys Token verification keys in use (auth.keys and the JWK Set).\n"
         "# TYPE wshub_auth_keys gauge\nwshub_auth_keys %zu\n"
         "# HELP wshub_auth_jwks_skipped_keys Keys of auth.jwks_file ignored by the last load "
         "(the log says why).\n"
