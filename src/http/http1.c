@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "internal.h"
 #include "wshub/http.h"
 
 enum {
@@ -112,21 +113,35 @@ static ssize_t find_head_end(const char *buf, size_t len, size_t last_len,
     return 0;
 }
 
-static int parse_content_length(const char *v, size_t n, long long *out)
+bool wsh_http_tchar(char c)
 {
-    /* RFC 9110 8.6: 1*DIGIT. Lists ("5, 5") and signs are rejected. */
+    return is(c, C_TOKEN);
+}
+
+bool wsh_http_decimal(const char *p, size_t n, uint64_t max, uint64_t *out)
+{
     if (n == 0)
-        return -1;
-    long long x = 0;
+        return false;
+    uint64_t x = 0;
     for (size_t i = 0; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return -1;
-        int d = v[i] - '0';
-        if (x > (LLONG_MAX - d) / 10)
-            return -1;
+        if (p[i] < '0' || p[i] > '9')
+            return false;
+        uint64_t d = (uint64_t)(p[i] - '0');
+        if (d > max || x > (max - d) / 10)
+            return false;
         x = x * 10 + d;
     }
     *out = x;
+    return true;
+}
+
+static int parse_content_length(const char *v, size_t n, long long *out)
+{
+    /* RFC 9110 8.6: 1*DIGIT. Lists ("5, 5") and signs are rejected. */
+    uint64_t x;
+    if (!wsh_http_decimal(v, n, LLONG_MAX, &x))
+        return -1;
+    *out = (long long)x;
     return 0;
 }
 

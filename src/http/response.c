@@ -7,14 +7,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "internal.h"
 #include "wshub/http.h"
-
-static bool is_tchar(unsigned char c)
-{
-    /* RFC 9110 5.6.2 */
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
 
 static char *find_crlf(char *p, const char *end)
 {
@@ -30,21 +24,6 @@ static char *find_crlf(char *p, const char *end)
 static bool name_is(const char *n, size_t len, const char *want)
 {
     return len == strlen(want) && strncasecmp(n, want, len) == 0;
-}
-
-/* Decimal digits only, no sign, no overflow past max. */
-static bool parse_dec(const char *p, size_t n, size_t max, size_t *out)
-{
-    size_t v = 0;
-    if (n == 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9' || v > (max - (size_t)(p[i] - '0')) / 10)
-            return false;
-        v = v * 10 + (size_t)(p[i] - '0');
-    }
-    *out = v;
-    return true;
 }
 
 /* RFC 9112 7.1: chunk-size [chunk-ext] CRLF chunk-data CRLF ... 0 CRLF
@@ -147,7 +126,7 @@ int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_h
             break;
         }
         const char *colon = p;
-        while (colon < eol && is_tchar((unsigned char)*colon))
+        while (colon < eol && wsh_http_tchar(*colon))
             colon++;
         if (colon == p || colon == eol || *colon != ':') {
             *why = "bad header field"; /* obs-fold, space before ':', no name */
@@ -166,8 +145,8 @@ int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_h
         }
         size_t nlen = (size_t)(colon - p);
         if (name_is(p, nlen, "Content-Length")) {
-            size_t n;
-            if (!parse_dec(v, (size_t)(ve - v), SIZE_MAX, &n) || (have_clen && n != clen)) {
+            uint64_t n;
+            if (!wsh_http_decimal(v, (size_t)(ve - v), SIZE_MAX, &n) || (have_clen && n != clen)) {
                 *why = "bad Content-Length";
                 return WSH_EPROTO;
             }
@@ -259,8 +238,8 @@ bool wsh_http_url_parse(const char *url, struct wsh_http_url *out)
         while (*p >= '0' && *p <= '9')
             p++;
         pl = (size_t)(p - port);
-        size_t v = 0;
-        if (pl == 0 || pl > 5 || !parse_dec(port, pl, 65535, &v) || v == 0)
+        uint64_t v = 0;
+        if (pl == 0 || pl > 5 || !wsh_http_decimal(port, pl, 65535, &v) || v == 0)
             return false;
     }
     memcpy(out->port, port, pl);
