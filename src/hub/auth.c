@@ -241,7 +241,7 @@ static void free_key(struct auth_key *k)
     memset(k, 0, sizeof(*k));
 }
 
-static bool same_kid(const char *a, const char *b)
+bool jose_same_kid(const char *a, const char *b)
 {
     if (a == NULL || b == NULL)
         return a == b;
@@ -260,7 +260,8 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
     for (size_t i = 0; i < o->nkeys; i++) {
         bool bad = false;
         for (size_t j = 0; j < i; j++) {
-            bad |= o->keys[j].alg == o->keys[i].alg && same_kid(o->keys[j].kid, o->keys[i].kid);
+            bad |=
+                o->keys[j].alg == o->keys[i].alg && jose_same_kid(o->keys[j].kid, o->keys[i].kid);
         }
         const char *why;
         if (bad || !jose_key_load(&o->keys[i], &mats[i], &why)) {

@@ -27,6 +27,10 @@ void jose_material_free(struct jose_material *m);
  * so each value has one encoding. out holds len * 3 / 4 bytes. */
 bool jose_b64url_decode(const char *in, size_t len, uint8_t *out, size_t *out_len);
 
+/* Whether two kids are the same; a missing kid (NULL) is one value of its
+ * own. A key set holds at most one key per (alg, kid). */
+bool jose_same_kid(const char *a, const char *b);
+
 /* Checks k exactly as wsh_auth_create() does and, when it is usable for
  * its alg, hands back what it verifies with. Otherwise returns false and
  * sets *why to a short phrase in static storage. */

@@ -75,25 +75,38 @@ static bool import_rsa(json_t *jwk, struct jose_material *m, const char **why)
     return m->pk != NULL;
 }
 
+/* The EC curves of RFC 7518 6.2.1.1, each with its OpenSSL group, its
+ * coordinate size and the one alg defined on it (3.4). */
+static const struct ec_curve {
+    const char *crv, *group;
+    size_t size;
+    enum wsh_auth_alg alg;
+} curves[] = { { "P-256", "prime256v1", 32, WSH_AUTH_ES256 },
+               { "P-384", "secp384r1", 48, WSH_AUTH_ES384 },
+               { "P-521", "secp521r1", 66, WSH_AUTH_ES512 } };
+
+static const char no_curve[] = "EC crv missing or not P-256, P-384 or P-521";
+
+static const struct ec_curve *ec_curve(json_t *jwk)
+{
+    const char *crv = json_string_value(json_object_get(jwk, "crv"));
+    for (size_t c = 0; crv != NULL && c < sizeof(curves) / sizeof(curves[0]); c++) {
+        if (strcmp(crv, curves[c].crv) == 0)
+            return &curves[c];
+    }
+    return NULL;
+}
+
 /* RFC 7518 6.2.1: "x" and "y" each exactly the curve's coordinate size. */
 static bool import_ec(json_t *jwk, struct jose_material *m, const char **why)
 {
-    static const struct {
-        const char *crv, *group;
-        size_t size;
-    } curves[] = { { "P-256", "prime256v1", 32 },
-                   { "P-384", "secp384r1", 48 },
-                   { "P-521", "secp521r1", 66 } };
-    const char *crv = json_string_value(json_object_get(jwk, "crv"));
-    size_t c = 0;
-    while (c < 3 && (crv == NULL || strcmp(crv, curves[c].crv) != 0))
-        c++;
-    if (c == 3) {
-        *why = "EC crv missing or not P-256, P-384 or P-521";
+    const struct ec_curve *cv = ec_curve(jwk);
+    if (cv == NULL) {
+        *why = no_curve;
         return false;
     }
     uint8_t x[COORD_MAX + 2], y[COORD_MAX + 2], pub[1 + 2 * COORD_MAX];
-    size_t sz = curves[c].size, xl, yl;
+    size_t sz = cv->size, xl, yl;
     /* RFC 7518 6.2.1.2 asks for the full size, but some encoders drop
      * leading zero bytes (PyJWT before 2.8 among them: half of all P-521
      * keys). The value is the same integer either way, so it is padded. */
@@ -108,7 +121,7 @@ static bool import_ec(json_t *jwk, struct jose_material *m, const char **why)
     memcpy(pub + 1 + 2 * sz - yl, y, yl);
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     if (bld != NULL &&
-        OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, curves[c].group, 0) == 1 &&
+        OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, cv->group, 0) == 1 &&
         OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub, 1 + 2 * sz) == 1)
         m->pk = from_params("EC", bld);
     OSSL_PARAM_BLD_free(bld);
@@ -246,22 +259,16 @@ static enum wsh_auth_alg key_alg(json_t *jwk, const char **why)
         return alg;
     }
     const char *kty = json_string_value(json_object_get(jwk, "kty"));
-    const char *crv = json_string_value(json_object_get(jwk, "crv"));
     if (kty != NULL && strcmp(kty, "RSA") == 0)
         return WSH_AUTH_RS256; /* the one every issuer means by an RSA key */
-    if (kty != NULL && strcmp(kty, "EC") == 0 && crv != NULL) {
-        if (strcmp(crv, "P-256") == 0)
-            return WSH_AUTH_ES256;
-        if (strcmp(crv, "P-384") == 0)
-            return WSH_AUTH_ES384;
-        if (strcmp(crv, "P-521") == 0)
-            return WSH_AUTH_ES512;
-    }
+    const struct ec_curve *cv = ec_curve(jwk);
+    if (kty != NULL && strcmp(kty, "EC") == 0 && cv != NULL)
+        return cv->alg;
     if (kty != NULL && strcmp(kty, "OKP") == 0)
         return WSH_AUTH_EDDSA;
     *why = kty == NULL               ? "no kty"
            : strcmp(kty, "oct") == 0 ? "an oct key needs alg"
-           : strcmp(kty, "EC") == 0  ? "EC crv missing or not P-256, P-384 or P-521"
+           : strcmp(kty, "EC") == 0  ? no_curve
                                      : "kty not understood";
     return WSH_AUTH_ALG_INVALID;
 }
@@ -313,9 +320,7 @@ static const char *take(struct wsh_jwks *j, struct jwks_mem *mem, json_t *jwk, c
     bool ok = jose_key_load(&k, &m, &why);
     jose_material_free(&m);
     for (size_t i = 0; ok && i < j->nkeys; i++) {
-        const char *o = mem->kid[i];
-        if (mem->keys[i].alg == alg &&
-            (o == NULL ? kid == NULL : kid != NULL && strcmp(o, kid) == 0)) {
+        if (mem->keys[i].alg == alg && jose_same_kid(mem->kid[i], kid)) {
             why = "same alg and kid as an earlier key";
             ok = false;
         }
