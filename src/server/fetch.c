@@ -16,17 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "server.h"
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* 0 when fd is ready for ev; -1 at the deadline; -2 when asked to stop. */
 static int wait_fd(int fd, short ev, int64_t deadline, const _Atomic bool *stop)
@@ -34,7 +26,7 @@ static int wait_fd(int fd, short ev, int64_t deadline, const _Atomic bool *stop)
     for (;;) {
         if (atomic_load(stop))
             return -2;
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - (int64_t)wsh_now_ms();
         if (left <= 0)
             return -1;
         struct pollfd p = { .fd = fd, .events = ev, .revents = 0 };
@@ -239,7 +231,7 @@ int fetch_get(const struct wsh_http_url *u, const char *ca_file, size_t max_body
               size_t errlen)
 {
     *status = 0;
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = (int64_t)wsh_now_ms() + timeout_ms;
     /* Room for the head, and for a chunked body's framing around max_body. */
     size_t cap = WSH_HTTP_RESPONSE_HEAD_MAX + max_body + max_body / 8 + 4096;
     SSL_CTX *ctx = NULL;

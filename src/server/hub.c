@@ -430,14 +430,10 @@ static char *keyset_own(struct keyset *ks, char *p)
 static void on_jwks_skip(void *ud, size_t index, const char *kid, const char *why)
 {
     (void)ud;
-    /* The kid comes from the file: shown in quotes, so it may hold none,
-     * nor anything that would break the log line. */
-    char shown[65];
-    size_t n = 0;
-    for (; kid != NULL && kid[n] != '\0' && n < sizeof(shown) - 1; n++)
-        shown[n] = kid[n] == '"' || (unsigned char)kid[n] < 0x20 ? '?' : kid[n];
-    shown[n] = '\0';
-    wsh_log(WSH_LOG_WARN, "ev=jwks_skip index=%zu kid=\"%s\" reason=\"%s\"", index, shown, why);
+    char shown[65]; /* the kid comes from the file: shown short and safe */
+    snprintf(shown, sizeof(shown), "%s", kid != NULL ? kid : "");
+    wsh_log(WSH_LOG_WARN, "ev=jwks_skip index=%zu kid=\"%s\" reason=\"%s\"", index,
+            wsh_log_value(shown), why);
 }
 
 /* Builds the key set of one auth section and checks it as each worker
@@ -580,13 +576,6 @@ static struct {
 
 static _Atomic uint64_t jwks_fetches[2]; /* ok, error */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int hub_init(const char *config_path, char *err, size_t errlen)
 {
     if (config_path) {
@@ -621,7 +610,7 @@ static void jwks_kick(bool forced)
 {
     if (!jf.running)
         return;
-    int64_t t = mono_ms();
+    int64_t t = (int64_t)wsh_now_ms();
     if (!forced && t - atomic_load(&jf.last_kick_ms) < JWKS_KICK_MS)
         return;
     atomic_store(&jf.last_kick_ms, t);
@@ -700,7 +689,7 @@ static bool jwks_fetch_once(void)
     char *body = NULL;
     size_t n = 0;
     int status = 0;
-    int64_t t0 = mono_ms();
+    int64_t t0 = (int64_t)wsh_now_ms();
     if (fetch_get(&jf.url, jf.ca_file, WSH_AUTH_JWKS_MAX, JWKS_TIMEOUT_MS, &jf.stop, &body, &n,
                   &status, body_err, sizeof(body_err)) != 0) {
         if (atomic_load(&jf.stop))
@@ -724,17 +713,13 @@ static bool jwks_fetch_once(void)
         if (ks != NULL) {
             atomic_fetch_add(&jwks_fetches[0], 1);
             wsh_log(WSH_LOG_INFO, "ev=jwks_fetch ok=1 host=%s keys=%zu jwks_skipped=%zu ms=%lld",
-                    jf.url.host, nk, sk, (long long)(mono_ms() - t0));
+                    jf.url.host, nk, sk, (long long)((int64_t)wsh_now_ms() - t0));
             return true;
         }
     }
-    for (char *p = err; *p != '\0'; p++) {
-        if (*p == '"')
-            *p = '\'';
-    }
     atomic_fetch_add(&jwks_fetches[1], 1);
     wsh_log(WSH_LOG_WARN, "ev=jwks_fetch ok=0 host=%s status=%d err=\"%s\"", jf.url.host, status,
-            err);
+            wsh_log_value(err));
     return false;
 }
 

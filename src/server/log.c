@@ -45,3 +45,14 @@ void wsh_log(enum wsh_log_level lvl, const char *fmt, ...)
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
 }
+
+char *wsh_log_value(char *s)
+{
+    for (char *p = s; *p != '\0'; p++) {
+        if (*p == '"')
+            *p = '\'';
+        else if ((unsigned char)*p < 0x20)
+            *p = '?';
+    }
+    return s;
+}

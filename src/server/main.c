@@ -25,16 +25,6 @@ _Atomic uint64_t wsh_reloads[2][2];
 
 /* SIGHUP: certificate rotation and token key rotation without a restart.
  * Each part is reloaded on its own; a part that fails keeps what it had. */
-/* A reason goes into a log value in double quotes: it may hold none. */
-static const char *unquote(char *s)
-{
-    for (char *p = s; *p != '\0'; p++) {
-        if (*p == '"')
-            *p = '\'';
-    }
-    return s;
-}
-
 static void reload(void)
 {
     char err[512];
@@ -46,7 +36,7 @@ static void reload(void)
         if (ok)
             wsh_log(WSH_LOG_INFO, "ev=tls_reload ok=1");
         else
-            wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", unquote(err));
+            wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", wsh_log_value(err));
     }
     size_t nkeys = 0, nskipped = 0;
     int rc = hub_reload_keys(err, sizeof(err), &nkeys, &nskipped);
@@ -56,7 +46,7 @@ static void reload(void)
     if (rc == 0)
         wsh_log(WSH_LOG_INFO, "ev=auth_reload ok=1 keys=%zu jwks_skipped=%zu", nkeys, nskipped);
     else
-        wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", unquote(err));
+        wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", wsh_log_value(err));
 }
 
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the

@@ -22,12 +22,19 @@ static const unsigned close_codes[METRIC_CODES] = { 1000, 1001, 1002, 1003, 1007
 static const unsigned lat_ms[METRIC_LAT_BUCKETS] = { 1,   2,   5,   10,   25,   50,
                                                      100, 250, 500, 1000, 2500, 5000 };
 
+/* Where code counts in a family labelled by codes[0..n): its own slot, or
+ * slot n, "other". */
+static size_t code_slot(const unsigned *codes, size_t n, unsigned code)
+{
+    size_t i = 0;
+    while (i < n && codes[i] != code)
+        i++;
+    return i;
+}
+
 void metric_close(struct worker *w, unsigned code)
 {
-    int i = 0;
-    while (i < METRIC_CODES && close_codes[i] != code)
-        i++;
-    metric_add(&w->m.closes[i], 1);
+    metric_add(&w->m.closes[code_slot(close_codes, METRIC_CODES, code)], 1);
 }
 
 /* Every status the server sends, so that a dashboard sees a refusal
@@ -37,10 +44,7 @@ static const unsigned http_codes[METRIC_HTTP_CODES] = { 101, 200, 400, 401, 403,
 
 void metric_http(struct worker *w, int status)
 {
-    int i = 0;
-    while (i < METRIC_HTTP_CODES && http_codes[i] != (unsigned)status)
-        i++;
-    metric_add(&w->m.http[i], 1);
+    metric_add(&w->m.http[code_slot(http_codes, METRIC_HTTP_CODES, (unsigned)status)], 1);
 }
 
 void metric_latency(struct worker *w, int64_t publish_ms)

@@ -66,6 +66,9 @@ extern int wsh_log_level;
 #define wsh_log_enabled(lvl) ((int)(lvl) <= wsh_log_level)
 void wsh_log(enum wsh_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int wsh_log_parse_level(const char *s);
+/* Makes s fit between the double quotes of a log value, in place: '"'
+ * becomes '\'' and control bytes '?'. Returns s. */
+char *wsh_log_value(char *s);
 
 /* ------------------------------------------------------------------ */
 /* Connections                                                         */
