@@ -96,11 +96,16 @@ async def test_jwks_every_key_kind_and_the_keys_it_skips(hub, tmp_path):
         jwk(HMACAlgorithm, b"short" * 6, kid="hs-short",
             alg="HS256"),
     ]
+    # A kid that would break the quoted log value: shown with ' and ?.
+    odd = {"kty": "frob", "kid": 'a"b\nc'}
     path = str(tmp_path / "jwks.json")
-    write_jwks(path, good + skipped)
+    write_jwks(path, good + skipped + [odd])
     h = hub(jwks_config(path))
     for i, k in enumerate(skipped, start=len(good)):
         assert f'ev=jwks_skip index={i} kid="{k["kid"]}"' in h.log(), (k["kid"], h.log())
+    assert f'ev=jwks_skip index={len(good) + len(skipped)} kid="a\'b?c" reason="kty not ' \
+           'understood"' in h.log(), h.log()[-2000:]
+    skipped.append(odd)
     m = scrape_metrics(h.port)
     skips = [ln for ln in h.log().splitlines() if "jwks_skip" in ln]
     assert m["wshub_auth_keys"] == 1 + len(good), skips   # + the HS256 key of auth.keys
