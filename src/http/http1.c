@@ -118,6 +118,11 @@ bool wsh_http_tchar(char c)
     return is(c, C_TOKEN);
 }
 
+bool wsh_http_field_char(char c)
+{
+    return is(c, C_VALUE);
+}
+
 bool wsh_http_decimal(const char *p, size_t n, uint64_t max, uint64_t *out)
 {
     if (n == 0)

@@ -138,7 +138,7 @@ int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_h
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
             ve--;
         for (const char *c = v; c < ve; c++) {
-            if ((unsigned char)*c < 0x20 && *c != '\t') {
+            if (!wsh_http_field_char(*c)) {
                 *why = "control byte in a header value";
                 return WSH_EPROTO;
             }

@@ -650,6 +650,8 @@ static void test_http_response_framings(void **state)
           "3\r\n{}\n\r\n0\r\nX-Trailer: 1\r\n\r\n",
           200, "{}\n" },
         { "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", 200, "ok" },
+        /* obs-text and HTAB inside a value (RFC 9110 5.5) */
+        { "HTTP/1.1 200 OK\r\nServer: caf\xc3\xa9\tx\r\nContent-Length: 1\r\n\r\n!", 200, "!" },
     };
     char body[256];
     int status;
@@ -682,6 +684,7 @@ static void test_http_response_rejects(void **state)
         { "HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n", WSH_EPROTO, "bad header field" },
         { "HTTP/1.1 200 OK\r\nA : b\r\n\r\n", WSH_EPROTO, "bad header field" },
         { "HTTP/1.1 200 OK\r\nA: b\x01\r\n\r\n", WSH_EPROTO, "control byte in a header value" },
+        { "HTTP/1.1 200 OK\r\nA: b\x7f\r\n\r\n", WSH_EPROTO, "control byte in a header value" },
         { "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", WSH_EPROTO, "bad Content-Length" },
         { "HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\nx", WSH_EPROTO, "bad Content-Length" },
         { "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", WSH_EPROTO,
