@@ -55,6 +55,7 @@ struct hubconn {
     bool refresh_sent;
     bool lagging;   /* some subscription has lagged_from set */
     bool connected; /* `connect` was answered */
+    bool waiting;   /* `connect` waits for a key set fetch (waiters) */
     char client[24];
     char anon[32]; /* user id of an anonymous connection: "anon-<client>" */
     double tokens; /* publish/signal token bucket */
@@ -123,10 +124,11 @@ static void disconnect_retry(struct worker *w, struct conn *c, unsigned code, co
     conn_close(w, c, code, reason);
 }
 
-/* Shutdown (DESIGN.md 5) and --max-client-memory: a /ws client learns it
- * may come back, each after its own delay spread over 0.5-5 s by the
- * connection id (Knuth's multiplicative hash), so the clients sent away
- * together do not all come back together. */
+/* Shutdown (DESIGN.md 5), --max-client-memory and a `connect` whose keys
+ * did not come in time: a /ws client learns it may come back, each after
+ * its own delay spread over 0.5-5 s by the connection id (Knuth's
+ * multiplicative hash), so the clients sent away together do not all come
+ * back together. */
 void hub_close_retry(struct worker *w, struct conn *c, unsigned code, const char *reason)
 {
     if (c->hub == NULL) {
@@ -565,6 +567,9 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* on CLOCK_MONOTONIC */
     bool now;          /* fetch at once; guarded by mu */
+    uint64_t begun;    /* fetches begun; guarded by mu */
+    _Atomic uint64_t ended;
+    _Atomic int nwake; /* workers to wake when a fetch ends */
     _Atomic bool stop;
     _Atomic int64_t last_kick_ms;
     struct wsh_http_url url;
@@ -575,6 +580,7 @@ static struct {
 } jf = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static _Atomic uint64_t jwks_fetches[2]; /* ok, error */
+static _Atomic uint64_t key_waits[3];    /* KEY_WAIT_* */
 
 int hub_init(const char *config_path, char *err, size_t errlen)
 {
@@ -603,6 +609,44 @@ int hub_init(const char *config_path, char *err, size_t errlen)
 static bool same_str(const char *a, const char *b)
 {
     return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
+void hub_workers_ready(void)
+{
+    atomic_store(&jf.nwake, wsh_nworkers);
+}
+
+uint64_t hub_keys_fetched(void)
+{
+    return atomic_load(&jf.ended);
+}
+
+void hub_key_wait_count(int result)
+{
+    atomic_fetch_add(&key_waits[result], 1);
+}
+
+void hub_key_waits(uint64_t out[3])
+{
+    for (int i = 0; i < 3; i++)
+        out[i] = atomic_load(&key_waits[i]);
+}
+
+/* The fetch a token with an unknown kid may wait for: the one queued, or
+ * else the one under way; 0 when none is coming (the kick was rate
+ * limited and the last fetch has ended: the token is refused at once). */
+static uint64_t jwks_ticket(void)
+{
+    if (!jf.running)
+        return 0;
+    uint64_t t = 0;
+    pthread_mutex_lock(&jf.mu);
+    if (jf.now)
+        t = jf.begun + 1;
+    else if (jf.begun > atomic_load(&jf.ended))
+        t = jf.begun;
+    pthread_mutex_unlock(&jf.mu);
+    return t;
 }
 
 /* Asks the fetcher for a fetch now; `forced` skips the rate limit. */
@@ -730,8 +774,15 @@ static void *jwks_main(void *arg)
     pthread_mutex_lock(&jf.mu);
     while (!atomic_load(&jf.stop)) {
         jf.now = false;
+        jf.begun++;
         pthread_mutex_unlock(&jf.mu);
         bool ok = jwks_fetch_once();
+        /* Tokens parked on this fetch get their answer now, whatever the
+         * result: the keys are what they will be for a while. */
+        atomic_fetch_add(&jf.ended, 1);
+        int nw = atomic_load(&jf.nwake);
+        for (int i = 0; i < nw; i++)
+            worker_wake(&wsh_workers[i]);
         uint32_t cap = jf.refresh_s < 60 ? jf.refresh_s : 60;
         uint32_t wait_s = ok ? jf.refresh_s : backoff;
         backoff = ok ? 1 : backoff * 2 > cap ? cap : backoff * 2;
@@ -849,6 +900,25 @@ size_t hub_queue_limit(const struct conn *c)
 static _Thread_local struct wsh_auth *auth;
 static _Thread_local uint64_t auth_gen; /* the keys_gen auth was built at */
 
+/* `connect` commands whose token waits for a fetch of auth.jwks_url, as
+ * parked handshakes do in worker.c: the connection's input is held
+ * (conn_hold) so commands sent right after `connect` are handled after
+ * its answer, and the answer comes when the fetch ends (hub_keys_wake),
+ * or at the unauthenticated deadline as close 1013 (try again later). At
+ * most WAIT_MAX per worker; past that the token is refused at once. */
+#define WAIT_MAX 256u
+
+struct waiter {
+    struct hubconn *h;
+    uint64_t ticket;
+    int64_t id; /* the command's */
+    char *token;
+    size_t token_len;
+};
+
+static _Thread_local struct waiter *waiters;
+static _Thread_local uint32_t nwaiters;
+
 /* The worker's key set, rebuilt first when a reload published a new one. */
 static struct wsh_auth *current_auth(void)
 {
@@ -878,6 +948,11 @@ void hub_worker_exit(struct worker *w)
     wsh_auth_destroy(auth);
     auth = NULL;
     auth_gen = 0;
+    for (uint32_t i = 0; i < nwaiters; i++)
+        free(waiters[i].token);
+    free(waiters);
+    waiters = NULL;
+    nwaiters = 0;
 }
 
 int hub_worker_init(struct worker *w)
@@ -959,22 +1034,24 @@ static bool is_revoked(const struct wsh_identity *id)
 
 static void hub_timer(struct wsh_loop *l, struct wsh_timer *t);
 
-static int verify_token(struct hubconn *h, const char *tok, size_t len, int *perr)
+/* Checks a token and, when good, makes it h's identity: returns 0, or -1
+ * with *perr set. A token whose kid (or alg) no key has may be signed by a
+ * key the issuer has just published: the set is fetched again (rate
+ * limited), and when `wait` is given and a fetch is coming, 1 is returned
+ * with *wait set to it (hub_keys_fetched() reaching it means: check again,
+ * without wait, for the final verdict). */
+static int verify_token(struct hubconn *h, const char *tok, size_t len, int *perr, uint64_t *wait)
 {
     struct wsh_auth *a = current_auth();
-    if (a == NULL) {
-        jwks_kick(false); /* no key yet: the first fetch may still be due */
-        *perr = WSH_PERR_BAD_TOKEN;
-        return -1;
-    }
     struct wsh_identity id;
     memset(&id, 0, sizeof(id));
-    int ecode = 0;
-    if (wsh_auth_verify(a, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
-        /* A kid (or alg) no key has may be a key the issuer has just
-         * published: fetch the set again (rate limited). */
-        if (ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG)
+    int ecode = WSH_AUTH_EKEY; /* no key yet: the first fetch may still be due */
+    if (a == NULL || wsh_auth_verify(a, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
+        if (ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG) {
             jwks_kick(false);
+            if (wait != NULL && (*wait = jwks_ticket()) != 0)
+                return 1;
+        }
         *perr =
             wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED : WSH_PERR_BAD_TOKEN;
         return -1;
@@ -1011,10 +1088,37 @@ static void arm_expiry(struct worker *w, struct hubconn *h)
     wsh_timer_start(w->loop, &h->exp_timer, at > now ? (uint64_t)(at - now) : 0);
 }
 
-int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-                      const char **why)
+static bool wait_add(struct hubconn *h, const struct wsh_cmd *cmd, uint64_t ticket)
 {
-    (void)w;
+    if (waiters == NULL && (waiters = malloc(WAIT_MAX * sizeof(*waiters))) == NULL)
+        return false;
+    char *tok = malloc(cmd->token_len + 1);
+    if (tok == NULL)
+        return false;
+    memcpy(tok, cmd->token, cmd->token_len);
+    tok[cmd->token_len] = '\0';
+    waiters[nwaiters++] = (struct waiter){ h, ticket, cmd->id, tok, cmd->token_len };
+    h->waiting = true;
+    return true;
+}
+
+/* Takes h's entry off the list into *out (its token then the caller's). */
+static void wait_take(struct hubconn *h, struct waiter *out)
+{
+    for (uint32_t i = 0; i < nwaiters; i++) {
+        if (waiters[i].h == h) {
+            *out = waiters[i];
+            waiters[i] = waiters[--nwaiters];
+            h->waiting = false;
+            return;
+        }
+    }
+}
+
+int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                      bool may_wait, uint64_t *ticket, const char **why)
+{
+    hub_conn_end(w, c); /* checked again after a wait: start afresh */
     if (!hub_enabled) {
         *why = "not found";
         return 404;
@@ -1056,7 +1160,10 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
     }
     if (tok != NULL) {
         int perr;
-        if (verify_token(h, tok, toklen, &perr) != 0) {
+        int v = verify_token(h, tok, toklen, &perr, may_wait ? ticket : NULL);
+        if (v == 1)
+            return HUB_WAIT;
+        if (v != 0) {
             *why = perr == WSH_PERR_TOKEN_EXPIRED ? "token expired" : "invalid token";
             return 403;
         }
@@ -1083,6 +1190,15 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t)
     struct conn *c = h->c;
     if (c->state != CONN_OPEN)
         return;
+    if (h->waiting) {
+        struct waiter wt = { 0 };
+        wait_take(h, &wt);
+        free(wt.token);
+        hub_key_wait_count(KEY_WAIT_TIMEOUT);
+        /* The token may well be good: "later", not "forbidden". */
+        hub_close_retry(w, c, WSH_CLOSE_TRY_LATER, "the signing keys are being fetched");
+        return;
+    }
     if (!h->authed) {
         hub_disconnect(w, c, WSH_CLOSE_POLICY, "authentication timeout", false);
         return;
@@ -1183,6 +1299,11 @@ void hub_conn_end(struct worker *w, struct conn *c)
     /* However the connection ended, its presence entries go (DESIGN.md 5). */
     while (h->subs)
         drop_sub(w, h, h->subs, true);
+    if (h->waiting) {
+        struct waiter wt = { 0 };
+        wait_take(h, &wt);
+        free(wt.token);
+    }
     wsh_timer_stop(&h->exp_timer);
     wsh_identity_free(&h->id);
     free(h);
@@ -1604,25 +1725,37 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
     wsh_jbuf_free(&pb);
 }
 
-static void cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubconn *h,
-                                   const struct wsh_cmd *cmd)
+/* Returns false when the command was refused (or waits: see waiters). A
+ * `connect` may wait for keys only when may_wait; a `refresh` never does:
+ * its connection stays open on the old token, and a refresh sent again
+ * after the fetch is checked against the new keys. */
+static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubconn *h,
+                                   const struct wsh_cmd *cmd, bool may_wait)
 {
     bool refresh = cmd->type == WSH_CMD_REFRESH;
     if (!refresh && h->connected) {
         reply_error(w, c, cmd->id, NULL, 0, WSH_PERR_ALREADY_CONNECTED, NULL);
-        return;
+        return false;
     }
     if (!refresh && h->authed && cmd->token == NULL) {
         /* Authenticated at the handshake: connect just reports who we are. */
     } else if (cmd->token != NULL) {
-        int perr;
-        if (verify_token(h, cmd->token, cmd->token_len, &perr) != 0) {
+        int perr = WSH_PERR_BAD_TOKEN;
+        uint64_t ticket = 0;
+        bool can_wait = may_wait && !refresh && nwaiters < WAIT_MAX;
+        int v = verify_token(h, cmd->token, cmd->token_len, &perr, can_wait ? &ticket : NULL);
+        if (v == 1 && wait_add(h, cmd, ticket)) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=connect_waits_for_keys", c->id);
+            conn_hold(w, c, true);
+            return false;
+        }
+        if (v != 0) {
             reply_error(w, c, cmd->id, NULL, 0, perr, NULL);
             if (!refresh)
                 hub_disconnect(w, c, perr == WSH_PERR_TOKEN_EXPIRED ? 4100 : 4500,
                                perr == WSH_PERR_TOKEN_EXPIRED ? "token expired" : "invalid token",
                                perr == WSH_PERR_TOKEN_EXPIRED);
-            return;
+            return false;
         }
     } else if (!refresh && hubcfg.auth.allow_anonymous) {
         h->authed = true;
@@ -1631,7 +1764,7 @@ static void cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
         reply_error(w, c, cmd->id, NULL, 0, WSH_PERR_UNAUTHORIZED, "a token is required");
         if (!refresh)
             hub_disconnect(w, c, 4500, "authentication required", false);
-        return;
+        return false;
     }
     if (h->anonymous)
         wsh_timer_stop(&h->exp_timer);
@@ -1649,6 +1782,36 @@ static void cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
     wsh_jbuf_free(&b);
     if (!refresh)
         h->connected = true;
+    return true;
+}
+
+void hub_keys_wake(struct worker *w)
+{
+    if (nwaiters == 0)
+        return;
+    uint64_t done = atomic_load(&jf.ended);
+    for (uint32_t i = 0; i < nwaiters;) {
+        if (waiters[i].ticket > done) {
+            i++;
+            continue;
+        }
+        struct hubconn *h = waiters[i].h;
+        struct conn *c = h->c;
+        struct waiter wt;
+        wait_take(h, &wt);
+        struct wsh_cmd cmd;
+        memset(&cmd, 0, sizeof(cmd));
+        cmd.type = WSH_CMD_CONNECT;
+        cmd.id = wt.id;
+        cmd.token = wt.token;
+        cmd.token_len = wt.token_len;
+        /* h may be gone after a refusal (the close ends it); c is not. */
+        bool ok = cmd_connect_or_refresh(w, c, h, &cmd, false);
+        hub_key_wait_count(ok ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
+        free(wt.token);
+        conn_hold(w, c, false);
+        i = 0; /* what that did may have ended other waiters */
+    }
 }
 
 void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *p, size_t n)
@@ -1682,7 +1845,7 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
     switch (cmd.type) {
     case WSH_CMD_CONNECT:
     case WSH_CMD_REFRESH:
-        cmd_connect_or_refresh(w, c, h, &cmd);
+        (void)cmd_connect_or_refresh(w, c, h, &cmd, true);
         break;
     case WSH_CMD_SUBSCRIBE:
         cmd_subscribe(w, c, h, &cmd);

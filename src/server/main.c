@@ -527,6 +527,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    hub_workers_ready();
     static struct wsh_io sig_io = { .cb = on_signal };
     sig_io.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sig_io.fd < 0 || wsh_loop_add(wsh_workers[0].loop, &sig_io, EPOLLIN) != WSH_OK) {

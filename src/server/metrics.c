@@ -281,6 +281,17 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "wshub_jwks_fetches_total{result=\"ok\"} %llu\n"
         "wshub_jwks_fetches_total{result=\"error\"} %llu\n",
         (unsigned long long)fetched_ok, (unsigned long long)fetched_err);
+    uint64_t waits[3];
+    hub_key_waits(waits);
+    put(&o,
+        "# HELP wshub_auth_key_waits_total Tokens naming a key no key set had, held until a "
+        "fetch of auth.jwks_url ended, by outcome.\n"
+        "# TYPE wshub_auth_key_waits_total counter\n"
+        "wshub_auth_key_waits_total{result=\"accepted\"} %llu\n"
+        "wshub_auth_key_waits_total{result=\"refused\"} %llu\n"
+        "wshub_auth_key_waits_total{result=\"timeout\"} %llu\n",
+        (unsigned long long)waits[KEY_WAIT_ACCEPTED], (unsigned long long)waits[KEY_WAIT_REFUSED],
+        (unsigned long long)waits[KEY_WAIT_TIMEOUT]);
     size_t skipped = 0, nkeys = hub_auth_keys(&skipped);
     put(&o,
         "# HELP wshub_auth_keys Token verification keys in use (auth.keys and the JWK Set).\n"

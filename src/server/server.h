@@ -77,6 +77,7 @@ enum conn_state {
     CONN_PROXY,   /* reading the PROXY protocol header, handshake deadline armed */
     CONN_TLS,     /* TLS handshake in progress, handshake deadline armed */
     CONN_HTTP,    /* reading the request head, handshake deadline armed */
+    CONN_PARKED,  /* head read, its token waits for a key set fetch; not reading */
     CONN_OPEN,    /* WebSocket open */
     CONN_CLOSING, /* close frame or final response queued; waiting to drain */
     CONN_DEAD     /* destroyed; memory freed at the end of the iteration */
@@ -122,7 +123,7 @@ struct conn {
     uint8_t state;
     uint8_t endpoint;
     uint8_t flags;
-    uint8_t _pad;
+    uint8_t hold; /* /ws input held while `connect` waits for keys (conn_hold) */
 };
 
 /* ------------------------------------------------------------------ */
@@ -298,6 +299,9 @@ struct worker {
     _Atomic uint64_t top[EVICT_TOP]; /* other workers' ranking (worker.c) */
     _Atomic bool top_valid;          /* ... published since the total passed half the cap */
     bool evict_waited;               /* ... waited a check for the others' lists */
+    struct parked *parked;           /* handshakes waiting for a key set fetch */
+    uint32_t nparked;
+    bool replay; /* a parked head is checked again: no second wait or admission */
 };
 
 extern struct worker *wsh_workers;
@@ -327,6 +331,9 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
                      size_t len);
 void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void conn_destroy(struct worker *w, struct conn *c);
+/* Holds a /ws connection's input (no reads, nothing parsed past the
+ * current message) or releases it: what was held is processed at once. */
+void conn_hold(struct worker *w, struct conn *c, bool on);
 struct wsh_http_request;
 void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                   size_t len);
@@ -387,10 +394,24 @@ void hub_close_retry(struct worker *w, struct conn *c, unsigned code, const char
  * or less before auth. */
 size_t hub_queue_limit(const struct conn *c);
 int hub_worker_init(struct worker *w);
-/* Before the 101: origin and credentials. Returns 0 to go on, or the HTTP
- * status to refuse with (401, 403). */
+/* Before the 101: origin and credentials. Returns 0 to go on, the HTTP
+ * status to refuse with (401, 403), or, only when may_wait, HUB_WAIT: the
+ * token names a key a fetch of auth.jwks_url now under way may bring;
+ * check again once hub_keys_fetched() reaches *ticket. */
+#define HUB_WAIT 1
 int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-                      const char **why);
+                      bool may_wait, uint64_t *ticket, const char **why);
+/* How many fetches of auth.jwks_url have ended, whatever their result. */
+uint64_t hub_keys_fetched(void);
+/* Tokens that waited for a fetch, by how it ended (/metrics). */
+enum { KEY_WAIT_ACCEPTED, KEY_WAIT_REFUSED, KEY_WAIT_TIMEOUT };
+void hub_key_wait_count(int result);
+void hub_key_waits(uint64_t out[3]);
+/* From the worker's wakeup: `connect` commands whose fetch has ended are
+ * answered. */
+void hub_keys_wake(struct worker *w);
+/* The workers' wakeups exist: the fetcher may wake them after a fetch. */
+void hub_workers_ready(void);
 void hub_open(struct worker *w, struct conn *c);
 void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *p, size_t n);
 void hub_conn_end(struct worker *w, struct conn *c);

@@ -227,7 +227,9 @@ size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len)
 static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t len)
 {
     size_t off = 0;
-    while (off < len && c->state == CONN_OPEN) {
+    /* A held connection (conn_hold) stops after the message that held it;
+     * the rest stays in the carry. */
+    while (off < len && c->state == CONN_OPEN && !c->hold) {
         struct wsh_event ev;
         const struct wsh_limits *lim = c->pmd                  ? &wsh_cfg.zlimits
                                        : c->endpoint == EP_HUB ? &wsh_cfg.hlimits

@@ -410,6 +410,7 @@ void conn_close(struct worker *w, struct conn *c, unsigned code, const char *rea
     c->flags |= CF_CLOSE_SENT;
     c->state = CONN_CLOSING;
     c->flags &= (uint8_t)~CF_PING_WAIT;
+    c->hold = 0; /* input is read again, to see the peer's close */
     metric_close(w, code);
     mark_pending(w, c);
     if (c->msg) {
@@ -445,11 +446,44 @@ static void http_reply(struct worker *w, struct conn *c, int status, const char 
     wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
 }
 
+/* ------------------------------------------------------------------ */
+/* Tokens waiting for keys                                              */
+
+/* A /ws upgrade whose token names a key no key set here has, while a fetch
+ * of auth.jwks_url that may bring it is queued or under way
+ * (hub_upgrade_check returned HUB_WAIT), waits for that fetch instead of
+ * being refused: a token signed by a key the issuer has just published
+ * gets its 101, not a 403. The connection is CONN_PARKED: its head stays
+ * in the carry, it is not read, and it is checked again when the fetch
+ * ends (unpark_due, from the wakeup the fetcher sends), or answered 503
+ * with Retry-After at its handshake deadline. At most PARK_MAX wait per
+ * worker; past that such a token is refused at once, as without a fetch.
+ * A `connect` command waits the same way, in hub.c (conn_hold). */
+#define PARK_MAX 256u
+
+struct parked {
+    struct conn *c;
+    uint64_t ticket; /* checked again once hub_keys_fetched() reaches it */
+};
+
+/* Takes c off the list; its state is the caller's to change. */
+static void unpark(struct worker *w, struct conn *c)
+{
+    for (uint32_t i = 0; i < w->nparked; i++) {
+        if (w->parked[i].c == c) {
+            w->parked[i] = w->parked[--w->nparked];
+            return;
+        }
+    }
+}
+
 void conn_destroy(struct worker *w, struct conn *c)
 {
     if (c->state == CONN_DEAD)
         return;
     wsh_log(WSH_LOG_DEBUG, "conn=%u ev=destroy", c->id);
+    if (c->state == CONN_PARKED)
+        unpark(w, c);
     c->state = CONN_DEAD;
     if (w->direct.c == c) {
         w->direct.c = NULL;
@@ -506,7 +540,7 @@ void conn_destroy(struct worker *w, struct conn *c)
 static void update_events(struct worker *w, struct conn *c)
 {
     uint32_t ev = 0;
-    if (wsh_wq_bytes(c->wq) <= queue_limit(c) / 2)
+    if (c->state != CONN_PARKED && !c->hold && wsh_wq_bytes(c->wq) <= queue_limit(c) / 2)
         ev |= EPOLLIN;
     if (c->wq != NULL)
         ev |= EPOLLOUT;
@@ -517,6 +551,16 @@ static void update_events(struct worker *w, struct conn *c)
     }
     if ((ev & EPOLLOUT) != was)
         w->nwaitout += was ? (size_t)-1 : 1;
+}
+
+static bool park(struct worker *w, struct conn *c, uint64_t ticket)
+{
+    if (w->parked == NULL && (w->parked = malloc(PARK_MAX * sizeof(*w->parked))) == NULL)
+        return false;
+    w->parked[w->nparked++] = (struct parked){ c, ticket };
+    c->state = CONN_PARKED;
+    update_events(w, c);
+    return true;
 }
 
 static void flush_conn(struct worker *w, struct conn *c)
@@ -985,7 +1029,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
      * come back, then close 1013: a browser script never sees a refused
      * upgrade's status or headers, but it reads these. Its token is not
      * even checked. */
-    uint32_t retry_s = admit_upgrade(c);
+    uint32_t retry_s = w->replay ? 0 : admit_upgrade(c); /* a parked one was admitted */
     if (retry_s > 0) {
         metric_add(&w->m.admission_refused, 1);
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=admission_refused path=%.*s retry_s=%u", c->id,
@@ -1001,7 +1045,18 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     }
     if (ep == EP_HUB && retry_s == 0) {
         const char *why = NULL;
-        int st = hub_upgrade_check(w, c, req, &why);
+        uint64_t ticket = 0;
+        int st = hub_upgrade_check(w, c, req, !w->replay && w->nparked < PARK_MAX, &ticket, &why);
+        if (st == HUB_WAIT && park(w, c, ticket)) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_waits_for_keys", c->id);
+            return;
+        }
+        if (st == HUB_WAIT) {
+            st = 503;
+            why = "out of memory";
+        }
+        if (w->replay)
+            hub_key_wait_count(st == 0 ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
         if (st != 0) {
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d why=\"%s\"", c->id, st,
                     why);
@@ -1120,7 +1175,7 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
         http_reply(w, c, status ? status : 400, "bad request");
         return len;
     }
-    if ((c->flags & CF_FORWARDED) && !forwarded_admit(w, c, &req))
+    if ((c->flags & CF_FORWARDED) && !w->replay && !forwarded_admit(w, c, &req))
         return len;
     size_t blen = req.content_length > 0 ? (size_t)req.content_length : 0;
     if (req.chunked) {
@@ -1286,6 +1341,9 @@ static ssize_t plain_read(struct worker *w, struct conn *c, size_t have, size_t 
     return r;
 }
 
+static void conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t len, size_t have,
+                       bool eof);
+
 static void conn_read(struct worker *w, struct conn *c)
 {
     size_t have = c->carry_len;
@@ -1325,15 +1383,28 @@ static void conn_read(struct worker *w, struct conn *c)
         conn_destroy(w, c);
         return;
     }
-    size_t len = have + (size_t)r;
-    size_t used = 0;
     metric_add(&w->m.bytes_in, (uint64_t)r);
+    conn_input(w, c, buf, have + (size_t)r, have, eof);
+}
+
+/* Handles buf[0..len), of which the first `have` bytes were seen before
+ * (the carry); keeps what is left for the next read. */
+static void conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t len, size_t have,
+                       bool eof)
+{
+    size_t used = 0;
     if (c->state == CONN_HTTP) {
         used = http_input(w, c, buf, len, have);
         if (c->state == CONN_HTTP) {
             /* The parser answers 431 past the head limit and the body is
              * bounded by BODY_MAX: the carry stays bounded. */
             keep_carry(w, c, buf + used, len - used);
+            return;
+        }
+        if (c->state == CONN_PARKED) {
+            keep_carry(w, c, buf, len); /* the head is checked again */
+            if (eof && c->state != CONN_DEAD)
+                conn_destroy(w, c);
             return;
         }
     }
@@ -1352,6 +1423,50 @@ static void conn_read(struct worker *w, struct conn *c)
     keep_carry(w, c, buf + used, len - used);
     if (eof && c->state != CONN_DEAD)
         conn_destroy(w, c);
+}
+
+/* Handles the carry again, as if just read: a parked head once its fetch
+ * ended, or /ws input held while `connect` waited. */
+static void conn_replay(struct worker *w, struct conn *c)
+{
+    size_t len = c->carry_len;
+    if (len == 0)
+        return;
+    memcpy(w->rbuf, c->carry, len);
+    conn_input(w, c, w->rbuf, len, 0, false);
+}
+
+void conn_hold(struct worker *w, struct conn *c, bool on)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    c->hold = on;
+    update_events(w, c);
+    if (!on && c->state != CONN_DEAD)
+        conn_replay(w, c);
+}
+
+/* From the wakeup: parked heads whose fetch has ended are checked again,
+ * now without waiting. */
+static void unpark_due(struct worker *w)
+{
+    uint64_t done = hub_keys_fetched();
+    for (uint32_t i = 0; i < w->nparked;) {
+        struct conn *c = w->parked[i].c;
+        if (w->parked[i].ticket > done) {
+            i++;
+            continue;
+        }
+        w->parked[i] = w->parked[--w->nparked];
+        c->state = CONN_HTTP;
+        update_events(w, c);
+        if (c->state == CONN_DEAD)
+            continue;
+        w->replay = true;
+        conn_replay(w, c);
+        w->replay = false;
+        i = 0; /* what that did may have ended other parked ones */
+    }
 }
 
 /* --proxy-protocol: the balancer's header comes before anything else,
@@ -1434,6 +1549,15 @@ static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     struct conn *c = (struct conn *)io;
     if (c->state == CONN_DEAD)
         return;
+    if (c->state == CONN_PARKED || c->hold) {
+        /* Waiting for keys: nothing is read, but a peer that is gone is
+         * let go at once. */
+        if (events & EPOLLOUT)
+            flush_conn(w, c);
+        if (c->state != CONN_DEAD && (events & (EPOLLHUP | EPOLLERR)))
+            conn_destroy(w, c);
+        return;
+    }
     if (c->state == CONN_PROXY) {
         if (!proxy_input(w, c))
             return;
@@ -1478,6 +1602,17 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_timeout", c->id);
         conn_destroy(w, c);
         break;
+    case CONN_PARKED: {
+        /* The fetch did not end by the handshake deadline: the token may
+         * well be good, so the answer says "later", not "forbidden". */
+        static const char body[] = "the signing keys are being fetched: retry\n";
+        unpark(w, c);
+        c->state = CONN_HTTP;
+        hub_key_wait_count(KEY_WAIT_TIMEOUT);
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_keys_timeout", c->id);
+        respond(w, c, 503, "text/plain", "Retry-After: 1\r\n", body, sizeof(body) - 1);
+        break;
+    }
     case CONN_OPEN:
         session_timer(w, c);
         break;
@@ -1748,7 +1883,8 @@ static uint32_t drain_some(struct worker *w, uint32_t max)
     struct conn *next;
     for (struct conn *c = w->conns; c != NULL; c = next) {
         next = c->next;
-        if (c->state == CONN_PROXY || c->state == CONN_HTTP || c->state == CONN_TLS) {
+        if (c->state == CONN_PROXY || c->state == CONN_HTTP || c->state == CONN_TLS ||
+            c->state == CONN_PARKED) {
             conn_destroy(w, c);
         } else if (c->state == CONN_OPEN && closed == max) {
             left++;
@@ -1808,6 +1944,9 @@ static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     ssize_t n = read(io->fd, &v, sizeof(v));
     (void)n;
     rawchan_deliver_inbox(w);
+    if (w->nparked > 0)
+        unpark_due(w);
+    hub_keys_wake(w);
     if (atomic_load(&wsh_shutdown_code) != 0 && !w->shutting_down)
         begin_shutdown(w);
     if (w->shutting_down && atomic_load(&wsh_drain_now)) {
@@ -1863,6 +2002,8 @@ void *worker_main(void *arg)
     }
     int rc = wsh_loop_run(w->loop);
     hub_worker_exit(w);
+    free(w->parked);
+    w->parked = NULL;
     if (rc != WSH_OK)
         wsh_log(WSH_LOG_ERROR, "worker=%d ev=loop_failed err=\"%s\"", w->id, wsh_strerror(rc));
     return NULL;

@@ -8,12 +8,14 @@ import signal
 import subprocess
 import time
 
+import pytest
+import wsraw
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from conftest import (MULT, SECRET, Client, b64url, base_config, handshake_status, merge,
-                      run_async, token)
+                      raw_upgrade, run_async, token)
 from wsraw import scrape_metrics
 
 BIN = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
@@ -304,12 +306,15 @@ class Issuer:
         issuer = self
         self.keys, self.status, self.chunked, self.raw = [], 200, False, None
         self.requests = []
+        self.gate = threading.Event()  # cleared: requests wait for set() (30 s at most)
+        self.gate.set()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):
                 issuer.requests.append((self.path, dict(self.headers)))
+                issuer.gate.wait(30)
                 body = issuer.raw if issuer.raw is not None else json.dumps(
                     {"keys": issuer.keys}).encode()
                 self.send_response(issuer.status)
@@ -340,6 +345,7 @@ class Issuer:
         self.thread.start()
 
     def close(self):
+        self.gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -381,13 +387,13 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
         assert headers["Connection"] == "close", headers
 
         # The issuer publishes k2. A token naming it makes the server fetch
-        # at once (it is refused until the set arrives), not at the next
-        # refresh an hour away.
+        # at once, not at the next refresh an hour away, and waits for it.
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
-        assert status(h, rs_token("k2", "k2")) == 403
-        wait_fetches(h, 1, 2)
+        assert status(h, rs_token("k2", "k2")) == 101
+        assert fetches(h, 1) == 2
         assert [status(h, rs_token("k2", "k2")) for _ in range(6)] == [101] * 6
-        # More unknown kids within 10 s do not make it fetch again.
+        # More unknown kids within 10 s do not make it fetch again: with no
+        # fetch coming they are refused at once.
         for _ in range(5):
             assert status(h, rs_token("k2", "nope")) == 403
         time.sleep(0.3)
@@ -428,6 +434,113 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
             json.dump(h.config, f)
     finally:
         idp.close()
+
+
+def upgrade(h, tok):
+    """The response to an upgrade with tok."""
+    r, c = raw_upgrade(h.port, headers=[("Authorization", "Bearer " + tok)])
+    c.close()
+    return r
+
+
+def connect_then_subscribe(h, tok):
+    """A /ws client that sends `connect` with tok and `subscribe` in one
+    write, before any answer."""
+    c = wsraw.ws_connect(h.port, path="/ws")
+    msgs = ({"type": "connect", "id": 1, "payload": {"token": tok}},
+            {"type": "subscribe", "id": 2, "channel": "chat:room"})
+    c.send(b"".join(wsraw.frame(wsraw.OP_TEXT, json.dumps(m).encode()) for m in msgs))
+    return c
+
+
+def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
+    """Handshakes and `connect` commands whose kid only the coming fetch
+    can bring are held until it ends, not refused, on every worker, and
+    one fetch answers them all. A command sent right after such a
+    `connect` is handled after its answer. A fetch that has not ended by
+    the handshake or the unauthenticated deadline gets "try later" (503
+    with Retry-After, close 1013), not "forbidden"."""
+    import concurrent.futures
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    pool = concurrent.futures.ThreadPoolExecutor(10)
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        cfg = merge(base_config(), {
+            "auth": {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
+                     "jwks_refresh_s": 3600},
+            "limits": {"unauthenticated": {"timeout_ms": 1500}}})
+        h = hub(cfg, "--handshake-timeout", 3, "--log-level", "debug", workers=2)
+        wait_fetches(h, 1, 1)
+
+        # k2 is published; the issuer answers when the test lets it.
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        idp.gate.clear()
+        good = [pool.submit(status, h, rs_token("k2", "k2", sub=f"u{i}")) for i in range(8)]
+        bad = pool.submit(status, h, rs_token("k9", "k9"))  # a kid in no set
+        c = connect_then_subscribe(h, rs_token("k2", "k2", sub="carol"))
+        wait_log(h, "ev=handshake_waits_for_keys", 9)
+        wait_log(h, "ev=connect_waits_for_keys", 1)
+        with pytest.raises(wsraw.ReadTimeout):
+            c.recv_frame(0.3)  # no answer before the keys
+        assert not any(f.done() for f in good + [bad])
+        assert len(idp.requests) == 2
+        idp.gate.set()
+        assert [f.result(10) for f in good] == [101] * 8
+        assert bad.result(10) == 403
+        # In order: `subscribe` is handled once `connect` succeeded.
+        r = [json.loads(c.recv_message(10)[1]) for _ in range(2)]
+        assert r[0]["type"] == "connected" and r[0]["id"] == 1, r
+        assert r[0]["payload"]["user"] == "carol", r
+        assert r[1]["type"] == "subscribed" and r[1]["id"] == 2, r
+        c.close()
+        assert fetches(h, 1) == 2 and len(idp.requests) == 2, idp.requests  # one for all
+        m = scrape_metrics(h.port)
+        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 9, m
+        assert m['wshub_auth_key_waits_total{result="refused"}'] == 1, m
+
+        # A slow fetch: SIGHUP starts one and the issuer holds it past both
+        # deadlines (3 s from accept, 1.5 s from the upgrade).
+        idp.keys.append(rsa_jwk("k3", "k3"))
+        idp.gate.clear()
+        sighup(h, 1)
+        deadline = time.monotonic() + 10 * MULT
+        while len(idp.requests) < 3:
+            assert time.monotonic() < deadline, "SIGHUP did not fetch"
+            time.sleep(0.02)
+        slow = pool.submit(upgrade, h, rs_token("k3", "k3"))
+        c = connect_then_subscribe(h, rs_token("k3", "k3", sub="dave"))
+        f, frames = c.wait_close(5)
+        c.close()
+        assert f.close_code() == 1013, f
+        seen = [json.loads(x.payload) for x in frames]
+        assert len(seen) == 1 and seen[0]["type"] == "disconnect", seen  # neither was answered
+        assert seen[0]["payload"]["code"] == 1013 and seen[0]["payload"]["reconnect"], seen
+        r = slow.result(10)
+        assert r.status == 503 and r.header("retry-after") == "1", r
+        assert b"signing keys are being fetched" in r.body, r
+        idp.gate.set()
+        wait_fetches(h, 1, 3)
+        assert status(h, rs_token("k3", "k3")) == 101
+        m = scrape_metrics(h.port)
+        assert m['wshub_auth_key_waits_total{result="timeout"}'] == 2, m
+        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 9, m
+
+        # Shutdown does not wait for a waiting handshake: it is dropped.
+        idp.gate.clear()
+        sighup(h, 2)
+        waiting = pool.submit(upgrade, h, rs_token("k4", "k4"))
+        wait_log(h, "ev=handshake_waits_for_keys", 11)
+        t0 = time.monotonic()
+        h.server.signal(signal.SIGTERM)
+        assert h.server.wait(10) == 0
+        assert time.monotonic() - t0 < 5 * MULT
+        h.expect_stopped = True
+        with pytest.raises(wsraw.PeerClosed):
+            waiting.result(10)  # no answer: the connection was closed
+    finally:
+        idp.close()
+        pool.shutdown()
 
 
 @run_async
