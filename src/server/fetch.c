@@ -1,8 +1,7 @@
 /* One HTTP(S) GET, blocking, for a helper thread: the JWK Set refresh
  * (hub.c). Never called on a worker's loop. Every step runs against one
  * deadline, in poll slices of at most 100 ms so that a stop request ends
- * it promptly; only name resolution (getaddrinfo) is outside the
- * deadline. https verifies the certificate chain against the system's
+ * it promptly, name resolution included. https verifies the certificate chain against the system's
  * trust store or a given CA bundle, and the host name (or IP address)
  * against the certificate. The request says `Connection: close`, the
  * response is read to EOF and parsed whole (wsh_http_parse_response). */
@@ -12,6 +11,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,16 +38,123 @@ static int wait_fd(int fd, short ev, int64_t deadline, const _Atomic bool *stop)
     }
 }
 
-static int dial(const struct wsh_http_url *u, int64_t deadline, const _Atomic bool *stop, char *err,
-                size_t errlen)
+/* getaddrinfo has no timeout: a name server that does not answer holds
+ * it for resolv.conf's timeout x attempts x servers (10 s and more), and
+ * with it the fetcher and so shutdown. It runs on a thread of its own
+ * instead, which the fetch waits for only until the deadline or a stop;
+ * of the two, the one that lets go last frees the lookup (and a result
+ * that came too late). */
+struct lookup {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* on CLOCK_MONOTONIC */
+    int refs;          /* guarded by mu, as are the three below */
+    bool done;
+    int rc;
+    struct addrinfo *res;
+    char host[sizeof(((struct wsh_http_url *)0)->host)];
+    char port[sizeof(((struct wsh_http_url *)0)->port)];
+};
+
+static void lookup_put(struct lookup *l)
 {
+    pthread_mutex_lock(&l->mu);
+    int left = --l->refs;
+    pthread_mutex_unlock(&l->mu);
+    if (left > 0)
+        return;
+    if (l->res != NULL)
+        freeaddrinfo(l->res);
+    pthread_cond_destroy(&l->cv);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+static void *lookup_main(void *arg)
+{
+    struct lookup *l = arg;
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
     struct addrinfo *res = NULL;
-    int rc = getaddrinfo(u->host, u->port, &hints, &res);
+    int rc = getaddrinfo(l->host, l->port, &hints, &res);
+    pthread_mutex_lock(&l->mu);
+    l->rc = rc;
+    l->res = rc == 0 ? res : NULL;
+    l->done = true;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    lookup_put(l);
+    return NULL;
+}
+
+/* getaddrinfo(u) within the deadline: 0 with *out set, or -1 with err. */
+static int resolve(const struct wsh_http_url *u, int64_t deadline, const _Atomic bool *stop,
+                   struct addrinfo **out, char *err, size_t errlen)
+{
+    struct lookup *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    memcpy(l->host, u->host, sizeof(l->host));
+    memcpy(l->port, u->port, sizeof(l->port));
+    l->refs = 2;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_attr_t ta;
+    pthread_attr_init(&ta);
+    pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int started = pthread_create(&t, &ta, lookup_main, l) == 0;
+    pthread_attr_destroy(&ta);
+    if (!started) {
+        l->refs = 1;
+        lookup_put(l);
+        snprintf(err, errlen, "cannot start a name lookup");
+        return -1;
+    }
+    int rc = EAI_AGAIN;
+    bool done = false;
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        if (l->done) {
+            done = true;
+            rc = l->rc;
+            *out = l->res;
+            l->res = NULL;
+            break;
+        }
+        int64_t left = deadline - (int64_t)wsh_now_ms();
+        if (atomic_load(stop) || left <= 0)
+            break;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        int64_t ns = until.tv_nsec + (left > 100 ? 100 : left) * 1000000;
+        until.tv_sec += ns / 1000000000;
+        until.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&l->cv, &l->mu, &until);
+    }
+    pthread_mutex_unlock(&l->mu);
+    lookup_put(l);
+    if (!done) {
+        snprintf(err, errlen, "cannot resolve %s: no answer in time", u->host);
+        return -1;
+    }
     if (rc != 0) {
         snprintf(err, errlen, "cannot resolve %s: %s", u->host, gai_strerror(rc));
         return -1;
     }
+    return 0;
+}
+
+static int dial(const struct wsh_http_url *u, int64_t deadline, const _Atomic bool *stop, char *err,
+                size_t errlen)
+{
+    struct addrinfo *res = NULL;
+    if (resolve(u, deadline, stop, &res, err, errlen) != 0)
+        return -1;
     int fd = -1;
     for (struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
         fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from conftest import (MULT, SECRET, Client, b64url, base_config, handshake_status, merge,
-                      raw_upgrade, run_async, token)
+                      raw_upgrade, run_async, sanitizer_report, token)
 from wsraw import scrape_metrics
 
 BIN = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
@@ -619,3 +619,62 @@ def test_a_bad_key_says_why_at_start(tmp_path):
         cfg = merge(base_config(), {"auth": {"keys": [{"alg": "HS256", "secret": SECRET}, key]}})
         r = check_config(cfg, tmp_path)
         assert r.returncode == 2 and why in r.stderr, (key, r.stderr)
+
+
+def can_unshare_mounts():
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs a mount namespace (root)")
+def test_jwks_url_name_server_that_never_answers(tmp_path):
+    """Name resolution counts against the fetch deadline: with a name
+    server that takes queries and never answers (resolv.conf in a mount
+    namespace of the server's own), the fetch fails after its 10 s with
+    the reason logged, is retried, and SIGTERM meanwhile exits at once
+    rather than after the resolver's own timeouts."""
+    import socket
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.0.0.77", 53))
+    dns.settimeout(0.1)
+    rc = tmp_path / "resolv.conf"
+    rc.write_text("nameserver 127.0.0.77\noptions timeout:5 attempts:3\n")
+    wrapper = tmp_path / "wshub-ns"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "exec unshare -m -- sh -c 'mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"'"
+        f" sh {rc} {os.path.abspath(BIN)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(merge(base_config(), {"auth": {
+        "jwks_url": "https://issuer.test/.well-known/jwks.json"}})))
+    s = wsraw.Server(["--config", str(cfg), "--workers", "1"], binary=str(wrapper))
+    try:
+        queries = 0
+
+        def drain(until):
+            nonlocal queries
+            while time.monotonic() < until:
+                try:
+                    dns.recvfrom(512)
+                    queries += 1
+                except socket.timeout:
+                    pass
+
+        # The config's own key works while the lookup hangs.
+        assert handshake_status(s.port, headers=[("Authorization",
+                                                   "Bearer " + token())]) == 101
+        deadline = time.monotonic() + 20 * MULT
+        while "ev=jwks_fetch ok=0" not in s.log():
+            assert time.monotonic() < deadline, s.log()[-2000:]
+            drain(time.monotonic() + 0.2)
+        line = [ln for ln in s.log().splitlines() if "ev=jwks_fetch ok=0" in ln][0]
+        assert 'cannot resolve issuer.test: no answer in time' in line, line
+        assert queries >= 1  # the name server was asked
+        drain(time.monotonic() + 1.5)  # the retry after 1 s is looking the name up again
+        t0 = time.monotonic()
+        assert s.stop() == 0
+        assert time.monotonic() - t0 < 3 * MULT, "shutdown waited for the name server"
+        assert not sanitizer_report(s.log()), s.log()[-4000:]
+    finally:
+        s.kill()
+        dns.close()
