@@ -112,6 +112,24 @@ struct wsh_http_url {
  * bracketed IPv6 literal. Returns false for anything else. */
 bool wsh_http_url_parse(const char *url, struct wsh_http_url *out);
 
+/* An HTTP proxy for the server's own https requests (egress.c), as curl
+ * and Go read HTTPS_PROXY: [http://][user[:password]@]host[:port], port 80
+ * when absent, userinfo percent-decoded, nothing after the authority but
+ * an optional "/". https:// and SOCKS proxies are refused. */
+struct wsh_http_proxy {
+    struct wsh_http_url url; /* host and port of the proxy */
+    char auth[256];          /* "user:password" for Basic, "" when none */
+};
+bool wsh_http_proxy_parse(const char *s, struct wsh_http_proxy *out);
+
+/* NO_PROXY, a comma-separated list: true when host (a name or an IP
+ * literal, as in struct wsh_http_url) on port is to be reached directly.
+ * An entry is "*" (everything), a name, which covers itself and its
+ * subdomains (a leading "." or "*." changes nothing), or an IP literal
+ * (IPv6 bare or bracketed); each may end in ":port" to cover that port
+ * only. Case-insensitive; spaces around entries ignored. No CIDR blocks. */
+bool wsh_http_no_proxy(const char *list, const char *host, const char *port);
+
 /* ------------------------------------------------------------------ */
 /* The client behind trusted proxies (forwarded.c)                     */
 

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
@@ -333,9 +334,74 @@ static ssize_t read_all(struct stream *s, char *buf, size_t cap, int64_t deadlin
     }
 }
 
-int fetch_get(const struct wsh_http_url *u, const char *ca_file, size_t max_body, int timeout_ms,
-              const _Atomic bool *stop, char **body, size_t *body_len, int *status, char *err,
-              size_t errlen)
+/* Through an HTTP proxy (HTTPS_PROXY): asks it for a tunnel to u with
+ * CONNECT (RFC 9110 9.3.6) on the plain connection s, and reads its
+ * answer's head, no further: TLS with u begins on the next byte. */
+static int tunnel(struct stream *s, const struct wsh_http_proxy *px, const struct wsh_http_url *u,
+                  int64_t deadline, const _Atomic bool *stop, char *err, size_t errlen)
+{
+    char auth[sizeof(px->auth) * 4 / 3 + 64] = "";
+    if (px->auth[0] != '\0') {
+        int n = snprintf(auth, sizeof(auth), "Proxy-Authorization: Basic ");
+        EVP_EncodeBlock((unsigned char *)auth + n, (const unsigned char *)px->auth,
+                        (int)strlen(px->auth));
+        strcat(auth, "\r\n");
+    }
+    char req[sizeof(u->host) * 2 + sizeof(auth) + 128];
+    const char *lb = u->ipv6 ? "[" : "", *rb = u->ipv6 ? "]" : "";
+    int qn = snprintf(req, sizeof(req), "CONNECT %s%s%s:%s HTTP/1.1\r\nHost: %s%s%s:%s\r\n%s\r\n",
+                      lb, u->host, rb, u->port, lb, u->host, rb, u->port, auth);
+    if (qn <= 0 || (size_t)qn >= sizeof(req) || send_all(s, req, (size_t)qn, deadline, stop) != 0) {
+        snprintf(err, errlen, "cannot send CONNECT to the proxy %s", px->url.host);
+        return -1;
+    }
+    /* Peeked until the blank line, then exactly the head is consumed. */
+    char head[WSH_HTTP_RESPONSE_HEAD_MAX];
+    size_t have = 0;
+    const char *end = NULL;
+    while (end == NULL) {
+        if (wait_fd(s->fd, POLLIN, deadline, stop) != 0) {
+            snprintf(err, errlen, "no answer to CONNECT from the proxy %s", px->url.host);
+            return -1;
+        }
+        ssize_t r = recv(s->fd, head, sizeof(head), MSG_PEEK);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (r <= 0 || (size_t)r == have) {
+            snprintf(err, errlen, "the proxy %s closed without answering CONNECT", px->url.host);
+            return -1;
+        }
+        have = (size_t)r;
+        end = memmem(head, have, "\r\n\r\n", 4);
+        if (end == NULL && have == sizeof(head)) {
+            snprintf(err, errlen, "the proxy %s answered CONNECT with an oversized head",
+                     px->url.host);
+            return -1;
+        }
+    }
+    size_t hl = (size_t)(end + 4 - head);
+    if (recv(s->fd, head, hl, 0) != (ssize_t)hl) {
+        snprintf(err, errlen, "cannot read the proxy's answer");
+        return -1;
+    }
+    /* "HTTP/1.x SSS": any 2xx opens the tunnel. */
+    bool ok = hl >= 12 && memcmp(head, "HTTP/1.", 7) == 0 && head[8] == ' ' && head[9] >= '1' &&
+              head[9] <= '5' && head[10] >= '0' && head[10] <= '9' && head[11] >= '0' &&
+              head[11] <= '9';
+    if (!ok) {
+        snprintf(err, errlen, "the proxy %s answered CONNECT with no HTTP status", px->url.host);
+        return -1;
+    }
+    if (head[9] != '2') {
+        snprintf(err, errlen, "the proxy %s refused CONNECT: %.3s", px->url.host, head + 9);
+        return -1;
+    }
+    return 0;
+}
+
+int fetch_get(const struct wsh_http_url *u, const struct wsh_http_proxy *proxy, const char *ca_file,
+              size_t max_body, int timeout_ms, const _Atomic bool *stop, char **body,
+              size_t *body_len, int *status, char *err, size_t errlen)
 {
     *status = 0;
     int64_t deadline = (int64_t)wsh_now_ms() + timeout_ms;
@@ -347,7 +413,12 @@ int fetch_get(const struct wsh_http_url *u, const char *ca_file, size_t max_body
     int rc = -1;
     if (u->tls && (ctx = client_ctx(ca_file, err, errlen)) == NULL)
         goto out;
-    if ((s.fd = dial(u, deadline, stop, err, errlen)) < 0)
+    /* Plain http:// is for loopback only, never proxied. */
+    if (!u->tls)
+        proxy = NULL;
+    if ((s.fd = dial(proxy != NULL ? &proxy->url : u, deadline, stop, err, errlen)) < 0)
+        goto out;
+    if (proxy != NULL && tunnel(&s, proxy, u, deadline, stop, err, errlen) != 0)
         goto out;
     if (ctx != NULL && tls_start(&s, ctx, u, deadline, stop, err, errlen) != 0)
         goto out;

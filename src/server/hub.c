@@ -573,6 +573,8 @@ static struct {
     _Atomic bool stop;
     _Atomic int64_t last_kick_ms;
     struct wsh_http_url url;
+    struct wsh_http_proxy proxy; /* HTTPS_PROXY, when it applies to url */
+    bool use_proxy;
     char *url_text, *ca_file;
     uint32_t refresh_s;
     char *body; /* the last set fetched that loaded; guarded by cfg_mu */
@@ -734,8 +736,8 @@ static bool jwks_fetch_once(void)
     size_t n = 0;
     int status = 0;
     int64_t t0 = (int64_t)wsh_now_ms();
-    if (fetch_get(&jf.url, jf.ca_file, WSH_AUTH_JWKS_MAX, JWKS_TIMEOUT_MS, &jf.stop, &body, &n,
-                  &status, body_err, sizeof(body_err)) != 0) {
+    if (fetch_get(&jf.url, jf.use_proxy ? &jf.proxy : NULL, jf.ca_file, WSH_AUTH_JWKS_MAX,
+                  JWKS_TIMEOUT_MS, &jf.stop, &body, &n, &status, body_err, sizeof(body_err)) != 0) {
         if (atomic_load(&jf.stop))
             return false; /* shutting down: not a failure of the issuer */
         snprintf(err, sizeof(err), "%s", body_err);
@@ -798,22 +800,53 @@ static void *jwks_main(void *arg)
     return NULL;
 }
 
-int hub_fetch_start(void)
+/* The value of an environment variable as curl reads it: lower case
+ * first; empty is unset. */
+static const char *proxy_env(const char *lower, const char *upper)
+{
+    const char *v = getenv(lower);
+    if (v == NULL || *v == '\0')
+        v = getenv(upper);
+    return v != NULL && *v != '\0' ? v : NULL;
+}
+
+int hub_fetch_start(char *err, size_t errlen)
 {
     const struct wsh_auth_config *a = &hubcfg.auth;
     if (a->jwks_url == NULL)
         return 0;
     if (!wsh_http_url_parse(a->jwks_url, &jf.url) || (jf.url_text = strdup(a->jwks_url)) == NULL ||
-        (a->jwks_ca_file != NULL && (jf.ca_file = strdup(a->jwks_ca_file)) == NULL))
+        (a->jwks_ca_file != NULL && (jf.ca_file = strdup(a->jwks_ca_file)) == NULL)) {
+        snprintf(err, errlen, "cannot start the auth.jwks_url fetcher");
         return -1;
+    }
+    /* HTTPS_PROXY and NO_PROXY, as curl and Go read them, for an issuer
+     * that is not on loopback. A proxy that cannot be understood stops the
+     * start: the keys must not be fetched around it. */
+    const char *px = proxy_env("https_proxy", "HTTPS_PROXY");
+    if (px != NULL) {
+        if (!wsh_http_proxy_parse(px, &jf.proxy)) {
+            snprintf(err, errlen,
+                     "HTTPS_PROXY: not a proxy URL of the form http://[user:password@]host[:port]");
+            return -1;
+        }
+        jf.use_proxy =
+            jf.url.tls && !jf.url.loopback &&
+            !wsh_http_no_proxy(proxy_env("no_proxy", "NO_PROXY"), jf.url.host, jf.url.port);
+        wsh_log(WSH_LOG_INFO, "ev=jwks_proxy proxy=%s%s%s:%s used=%d", jf.proxy.url.ipv6 ? "[" : "",
+                jf.proxy.url.host, jf.proxy.url.ipv6 ? "]" : "", jf.proxy.url.port,
+                jf.use_proxy ? 1 : 0);
+    }
     jf.refresh_s = a->jwks_refresh_s;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&jf.cv, &ca);
     pthread_condattr_destroy(&ca);
-    if (pthread_create(&jf.thread, NULL, jwks_main, NULL) != 0)
+    if (pthread_create(&jf.thread, NULL, jwks_main, NULL) != 0) {
+        snprintf(err, errlen, "cannot start the auth.jwks_url fetcher");
         return -1;
+    }
     jf.running = true;
     return 0;
 }

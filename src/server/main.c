@@ -481,8 +481,9 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers */
-    if (hub_fetch_start() != 0) {
-        fprintf(stderr, "wshub: cannot start the auth.jwks_url fetcher\n");
+    char ferr[160];
+    if (hub_fetch_start(ferr, sizeof(ferr)) != 0) {
+        fprintf(stderr, "wshub: %s\n", ferr);
         return 1;
     }
 

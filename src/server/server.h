@@ -354,13 +354,14 @@ void session_timer(struct worker *w, struct conn *c);
 struct wsh_http_request;
 struct hubchan;
 /* fetch.c: one blocking GET of url for a helper thread, within
- * timeout_ms (name resolution aside) and ending early once *stop is set.
+ * timeout_ms (name resolution included) and ending early once *stop is
+ * set; an https url through proxy's CONNECT tunnel when proxy is not NULL.
  * Returns 0 with the body of a 200 response in *body (malloc'd,
  * NUL-terminated, *body_len bytes; free it), or -1 with err set and
  * *status the HTTP status when one arrived (0 otherwise). */
-int fetch_get(const struct wsh_http_url *u, const char *ca_file, size_t max_body, int timeout_ms,
-              const _Atomic bool *stop, char **body, size_t *body_len, int *status, char *err,
-              size_t errlen);
+int fetch_get(const struct wsh_http_url *u, const struct wsh_http_proxy *proxy, const char *ca_file,
+              size_t max_body, int timeout_ms, const _Atomic bool *stop, char **body,
+              size_t *body_len, int *status, char *err, size_t errlen);
 
 int hub_init(const char *config_path, char *err, size_t errlen);
 /* SIGHUP: re-reads the config file's auth section (auth.keys with their
@@ -373,9 +374,10 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped);
 /* Keys in use, and JWKS keys the last load ignored. */
 size_t hub_auth_keys(size_t *nskipped);
 /* auth.jwks_url: starts the thread that fetches the set (after the signal
- * mask is set, so it inherits it), and stops it at exit. No-ops without a
- * URL. */
-int hub_fetch_start(void);
+ * mask is set, so it inherits it), through HTTPS_PROXY unless NO_PROXY or
+ * a loopback issuer says otherwise, and stops it at exit. No-ops without
+ * a URL. */
+int hub_fetch_start(char *err, size_t errlen);
 void hub_fetch_stop(void);
 /* Fetches of auth.jwks_url by result, for /metrics. */
 void hub_jwks_fetches(uint64_t *ok, uint64_t *failed);

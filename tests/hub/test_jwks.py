@@ -256,7 +256,7 @@ def test_jwks_file_errors_stop_the_server_at_start(tmp_path):
 # ---------------------------------------------------------------- auth.jwks_url
 
 def make_pki(d):
-    """A CA and a certificate for localhost / 127.0.0.1 signed by it, made
+    """A CA and a certificate for localhost, issuer.test and 127.0.0.1 signed by it, made
     with python3-cryptography; returns (ca.pem, cert.pem, key.pem) paths."""
     import datetime
     import ipaddress
@@ -276,7 +276,7 @@ def make_pki(d):
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName([x509.DNSName("localhost"),
+    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.DNSName("issuer.test"),
                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(2)
@@ -625,6 +625,21 @@ def can_unshare_mounts():
     return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
+def in_mount_namespace(tmp_path, **etc):
+    """A wrapper that runs wshub (by exec: same pid) in a mount namespace
+    of its own where /etc/<name> holds the given text instead."""
+    binds = []
+    for name, text in etc.items():
+        f = tmp_path / f"etc-{name}"
+        f.write_text(text)
+        binds.append(f"mount --bind {f} /etc/{name}")
+    wrapper = tmp_path / "wshub-ns"
+    wrapper.write_text("#!/bin/sh\nexec unshare -m -- sh -c '" + " && ".join(binds) +
+                       ' && exec "$@"\' sh ' + os.path.abspath(BIN) + ' "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 @pytest.mark.skipif(not can_unshare_mounts(), reason="needs a mount namespace (root)")
 def test_jwks_url_name_server_that_never_answers(tmp_path):
     """Name resolution counts against the fetch deadline: with a name
@@ -636,18 +651,12 @@ def test_jwks_url_name_server_that_never_answers(tmp_path):
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dns.bind(("127.0.0.77", 53))
     dns.settimeout(0.1)
-    rc = tmp_path / "resolv.conf"
-    rc.write_text("nameserver 127.0.0.77\noptions timeout:5 attempts:3\n")
-    wrapper = tmp_path / "wshub-ns"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        "exec unshare -m -- sh -c 'mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"'"
-        f" sh {rc} {os.path.abspath(BIN)} \"$@\"\n")
-    wrapper.chmod(0o755)
+    wrapper = in_mount_namespace(
+        tmp_path, **{"resolv.conf": "nameserver 127.0.0.77\noptions timeout:5 attempts:3\n"})
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(merge(base_config(), {"auth": {
         "jwks_url": "https://issuer.test/.well-known/jwks.json"}})))
-    s = wsraw.Server(["--config", str(cfg), "--workers", "1"], binary=str(wrapper))
+    s = wsraw.Server(["--config", str(cfg), "--workers", "1"], binary=wrapper)
     try:
         queries = 0
 
@@ -678,3 +687,127 @@ def test_jwks_url_name_server_that_never_answers(tmp_path):
     finally:
         s.kill()
         dns.close()
+
+
+class ConnectProxy:
+    """An HTTP proxy on 127.0.0.1 that speaks CONNECT only: it records each
+    request head and answers with `status`; on 200 it tunnels to the port
+    asked for on 127.0.0.1, whatever the host name (issuer.test exists
+    nowhere else)."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.heads, self.status = [], 200
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.threads = []
+
+        def pump(a, b):
+            try:
+                while True:
+                    d = a.recv(65536)
+                    if not d:
+                        break
+                    b.sendall(d)
+                b.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        def serve(c):
+            with c:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    d = c.recv(4096)
+                    if not d:
+                        return
+                    head += d
+                self.heads.append(head.decode())
+                if self.status != 200:
+                    c.sendall(b"HTTP/1.1 %d Nope\r\nProxy-Authenticate: Basic\r\n"
+                              b"Content-Length: 0\r\n\r\n" % self.status)
+                    return
+                port = int(head.split(b" ")[1].rsplit(b":", 1)[1])
+                with socket.create_connection(("127.0.0.1", port)) as up:
+                    c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    t = threading.Thread(target=pump, args=(up, c), daemon=True)
+                    t.start()
+                    pump(c, up)
+                    t.join(10)
+
+        def accept():
+            while True:
+                try:
+                    c, _ = self.sock.accept()
+                except OSError:
+                    return
+                t = threading.Thread(target=serve, args=(c,), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+        threading.Thread(target=accept, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_jwks_url_through_an_https_proxy(hub, tmp_path, monkeypatch):
+    """HTTPS_PROXY, as curl and Go read it: the set is fetched through the
+    proxy's CONNECT tunnel, with Basic credentials from the proxy URL and
+    TLS checked against the issuer's name end to end; a refused CONNECT
+    fails the fetch with the proxy's status; NO_PROXY covering the issuer
+    goes straight there; a proxy URL wshub cannot speak stops the start."""
+    import base64
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    px = ConnectProxy()
+    for v in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(v, raising=False)
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        cfg = merge(base_config(), {"auth": {"jwks_url": f"https://issuer.test:{idp.port}/jwks",
+                                             "jwks_ca_file": pki[0], "jwks_refresh_s": 3600}})
+        monkeypatch.setenv("HTTPS_PROXY", f"http://jwks:p%40ss@127.0.0.1:{px.port}")
+        h = hub(cfg)
+        wait_fetches(h, 1, 1)
+        assert f"ev=jwks_proxy proxy=127.0.0.1:{px.port} used=1" in h.log()
+        assert status(h, rs_token("k1", "k1")) == 101
+        head = px.heads[0]
+        assert head.startswith(f"CONNECT issuer.test:{idp.port} HTTP/1.1\r\n"), head
+        assert f"\r\nHost: issuer.test:{idp.port}\r\n" in head, head
+        cred = base64.b64encode(b"jwks:p@ss").decode()
+        assert f"\r\nProxy-Authorization: Basic {cred}\r\n" in head, head
+        assert idp.requests[0][1]["Host"] == f"issuer.test:{idp.port}", idp.requests
+
+        # The proxy refuses: the fetch fails with its status, keys kept.
+        px.status = 407
+        sighup(h, 1)
+        wait_fetches(h, 0, 1)
+        line = [ln for ln in h.log().splitlines() if "ev=jwks_fetch ok=0" in ln][-1]
+        assert "the proxy 127.0.0.1 refused CONNECT: 407" in line, line
+        assert status(h, rs_token("k1", "k1")) == 101
+        px.status = 200
+
+        # NO_PROXY covers the issuer: straight there. issuer.test is
+        # 127.0.0.1 in this server's own /etc/hosts (a mount namespace).
+        if can_unshare_mounts():
+            seen = len(px.heads)
+            monkeypatch.setenv("NO_PROXY", "localhost, .test")
+            monkeypatch.setenv("WSHUB_BIN", in_mount_namespace(
+                tmp_path, hosts="127.0.0.1 localhost issuer.test\n"))
+            h2 = hub(cfg)
+            wait_fetches(h2, 1, 1)
+            assert "used=0" in h2.log()
+            assert status(h2, rs_token("k1", "k1")) == 101
+            assert len(px.heads) == seen, px.heads[seen:]
+            monkeypatch.setenv("WSHUB_BIN", BIN)
+
+        # A proxy wshub cannot speak stops it at start, with the reason.
+        monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+        with pytest.raises(RuntimeError, match="HTTPS_PROXY: not a proxy URL"):
+            hub(cfg)
+    finally:
+        px.close()
+        idp.close()

@@ -794,6 +794,86 @@ static void test_http_url_parse(void **state)
     }
 }
 
+static void test_http_proxy_parse(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        const char *host, *port, *auth;
+    } ok[] = {
+        { "http://proxy.corp:3128", "proxy.corp", "3128", "" },
+        { "proxy.corp:3128", "proxy.corp", "3128", "" }, /* no scheme: http */
+        { "HTTP://proxy.corp/", "proxy.corp", "80", "" },
+        { "http://alice:s%40cr%3At@proxy.corp:8080", "proxy.corp", "8080", "alice:s@cr:t" },
+        { "http://bob@10.0.0.1:3128/", "10.0.0.1", "3128", "bob:" },
+        { "http://a:b@c@[2001:db8::1]:3128", "2001:db8::1", "3128", "a:b@c" }, /* the last @ */
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        struct wsh_http_proxy p;
+        if (!wsh_http_proxy_parse(ok[i].in, &p))
+            fail_msg("refused %s", ok[i].in);
+        assert_string_equal(p.url.host, ok[i].host);
+        assert_string_equal(p.url.port, ok[i].port);
+        assert_string_equal(p.auth, ok[i].auth);
+    }
+    static const char *const bad[] = {
+        "",
+        "https://proxy.corp:3128", /* TLS to the proxy is not spoken */
+        "socks5://proxy.corp:1080",
+        "http://",
+        "http://proxy.corp:0",
+        "http://proxy.corp:3128/path",
+        "http://proxy.corp:3128?x",
+        "http://@proxy.corp",        /* no user */
+        "http://a%zz@proxy.corp",    /* bad escape */
+        "http://a%0a@proxy.corp",    /* control byte */
+        "http://a%3ab:c@proxy.corp", /* a colon in the user */
+        "http://u:p@",
+        "http://pro xy:1",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct wsh_http_proxy p;
+        if (wsh_http_proxy_parse(bad[i], &p))
+            fail_msg("accepted %s", bad[i]);
+    }
+}
+
+static void test_http_no_proxy(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *list, *host, *port;
+        bool direct;
+    } cases[] = {
+        { NULL, "issuer.example", "443", false },
+        { "", "issuer.example", "443", false },
+        { "*", "issuer.example", "443", true },
+        { "issuer.example", "issuer.example", "443", true },
+        { "ISSUER.example", "issuer.EXAMPLE", "443", true },
+        { "example", "issuer.example", "443", true }, /* a subdomain */
+        { ".example", "issuer.example", "443", true },
+        { "*.example", "example", "443", true },
+        { "ample", "issuer.example", "443", false }, /* not a label boundary */
+        { "other.example", "issuer.example", "443", false },
+        { " a.test , issuer.example ", "issuer.example", "443", true },
+        { "a.test,,issuer.example", "issuer.example", "443", true },
+        { "issuer.example:443", "issuer.example", "443", true },
+        { "issuer.example:8443", "issuer.example", "443", false },
+        { "10.0.0.1", "10.0.0.1", "443", true },
+        { "10.0.0.1", "10.0.0.10", "443", false },
+        { "2001:db8::1", "2001:db8::1", "443", true }, /* bare IPv6: no port */
+        { "[2001:db8::1]:443", "2001:db8::1", "443", true },
+        { "[2001:db8::1]:80", "2001:db8::1", "443", false },
+        { "[2001:db8::1", "2001:db8::1", "443", false },
+        { "issuer.example.", "issuer.example", "443", false },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (wsh_http_no_proxy(cases[i].list, cases[i].host, cases[i].port) != cases[i].direct)
+            fail_msg("case %zu: \"%s\" for %s:%s", i, cases[i].list ? cases[i].list : "(null)",
+                     cases[i].host, cases[i].port);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -830,6 +910,8 @@ int main(void)
         cmocka_unit_test(test_http_response_framings),
         cmocka_unit_test(test_http_response_rejects),
         cmocka_unit_test(test_http_url_parse),
+        cmocka_unit_test(test_http_proxy_parse),
+        cmocka_unit_test(test_http_no_proxy),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
