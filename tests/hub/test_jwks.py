@@ -811,3 +811,58 @@ def test_jwks_url_through_an_https_proxy(hub, tmp_path, monkeypatch):
     finally:
         px.close()
         idp.close()
+
+
+def test_a_handshake_over_tls_waits_for_the_fetch_too(tmp_path):
+    """The parked head of a TLS connection is the decrypted one: it is
+    checked again and answered 101 through TLS once the fetch ends."""
+    import concurrent.futures
+    import socket
+    import ssl
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(merge(base_config(), {"auth": {
+        "jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
+        "jwks_refresh_s": 3600}})))
+    s = None
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        s = wsraw.Server(["--config", str(cfg), "--workers", "1", "--log-level", "debug",
+                          "--tls-cert", pki[1], "--tls-key", pki[2]])
+        wait_fetches(s, 1, 1)
+
+        def wss_upgrade(tok):
+            ctx = ssl.create_default_context(cafile=pki[0])
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", s.port), timeout=10),
+                                 server_hostname="localhost") as t:
+                t.sendall(("GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                           f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {tok}\r\n\r\n")
+                          .encode())
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    d = t.recv(4096)
+                    if not d:
+                        break
+                    head += d
+                return head.decode(errors="replace")
+
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        idp.gate.clear()
+        f = pool.submit(wss_upgrade, rs_token("k2", "k2"))
+        wait_log(s, "ev=handshake_waits_for_keys", 1)
+        time.sleep(0.2)
+        assert not f.done()
+        idp.gate.set()
+        head = f.result(10)
+        assert head.startswith("HTTP/1.1 101 "), head
+        assert "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head, head
+        assert s.stop() == 0
+        assert not sanitizer_report(s.log()), s.log()[-4000:]
+    finally:
+        if s is not None:
+            s.kill()
+        idp.close()
+        pool.shutdown()
