@@ -689,6 +689,18 @@ def test_jwks_url_name_server_that_never_answers(tmp_path):
         dns.close()
 
 
+def read_head(sock):
+    """Bytes up to and with the blank line that ends an HTTP head (fewer
+    if the peer closes first)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = sock.recv(4096)
+        if not d:
+            break
+        head += d
+    return head
+
+
 class ConnectProxy:
     """An HTTP proxy on 127.0.0.1 that speaks CONNECT only: it records each
     request head and answers with `status`; on 200 it tunnels to the port
@@ -718,12 +730,9 @@ class ConnectProxy:
 
         def serve(c):
             with c:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    d = c.recv(4096)
-                    if not d:
-                        return
-                    head += d
+                head = read_head(c)
+                if not head.endswith(b"\r\n\r\n"):
+                    return
                 self.heads.append(head.decode())
                 if self.status != 200:
                     c.sendall(b"HTTP/1.1 %d Nope\r\nProxy-Authenticate: Basic\r\n"
@@ -841,13 +850,7 @@ def test_a_handshake_over_tls_waits_for_the_fetch_too(tmp_path):
                            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {tok}\r\n\r\n")
                           .encode())
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    d = t.recv(4096)
-                    if not d:
-                        break
-                    head += d
-                return head.decode(errors="replace")
+                return read_head(t).decode(errors="replace")
 
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
         idp.gate.clear()
