@@ -55,7 +55,7 @@ struct hubconn {
     bool refresh_sent;
     bool lagging;   /* some subscription has lagged_from set */
     bool connected; /* `connect` was answered */
-    bool waiting;   /* `connect` waits for a key set fetch (waiters) */
+    bool waiting;   /* `connect` or `refresh` waits for a key set fetch (waiters) */
     char client[24];
     char anon[32]; /* user id of an anonymous connection: "anon-<client>" */
     double tokens; /* publish/signal token bucket */
@@ -933,18 +933,21 @@ size_t hub_queue_limit(const struct conn *c)
 static _Thread_local struct wsh_auth *auth;
 static _Thread_local uint64_t auth_gen; /* the keys_gen auth was built at */
 
-/* `connect` commands whose token waits for a fetch of auth.jwks_url, as
- * parked handshakes do in worker.c: the connection's input is held
- * (conn_hold) so commands sent right after `connect` are handled after
- * its answer, and the answer comes when the fetch ends (hub_keys_wake),
- * or at the unauthenticated deadline as close 1013 (try again later). At
+/* `connect` and `refresh` commands whose token waits for a fetch of
+ * auth.jwks_url, as parked handshakes do in worker.c. The answer comes
+ * when the fetch ends (hub_keys_wake). A `connect` holds the connection's
+ * input (conn_hold), so commands sent right behind it are handled after
+ * its answer, and past the unauthenticated deadline it gets close 1013
+ * (try again later). A `refresh` holds nothing: the connection goes on
+ * with its current token meanwhile, one refresh waiting at a time. At
  * most WAIT_MAX per worker; past that the token is refused at once. */
 #define WAIT_MAX 256u
 
 struct waiter {
     struct hubconn *h;
     uint64_t ticket;
-    int64_t id; /* the command's */
+    bool refresh; /* the command: refresh, else connect */
+    int64_t id;   /* the command's */
     char *token;
     size_t token_len;
 };
@@ -1130,7 +1133,8 @@ static bool wait_add(struct hubconn *h, const struct wsh_cmd *cmd, uint64_t tick
         return false;
     memcpy(tok, cmd->token, cmd->token_len);
     tok[cmd->token_len] = '\0';
-    waiters[nwaiters++] = (struct waiter){ h, ticket, cmd->id, tok, cmd->token_len };
+    waiters[nwaiters++] =
+        (struct waiter){ h, ticket, cmd->type == WSH_CMD_REFRESH, cmd->id, tok, cmd->token_len };
     h->waiting = true;
     return true;
 }
@@ -1223,7 +1227,7 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t)
     struct conn *c = h->c;
     if (c->state != CONN_OPEN)
         return;
-    if (h->waiting) {
+    if (h->waiting && !h->authed) {
         struct waiter wt = { 0 };
         wait_take(h, &wt);
         free(wt.token);
@@ -1758,10 +1762,8 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
     wsh_jbuf_free(&pb);
 }
 
-/* Returns false when the command was refused (or waits: see waiters). A
- * `connect` may wait for keys only when may_wait; a `refresh` never does:
- * its connection stays open on the old token, and a refresh sent again
- * after the fetch is checked against the new keys. */
+/* Returns false when the command was refused, or waits for keys (only
+ * when may_wait: see waiters). */
 static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubconn *h,
                                    const struct wsh_cmd *cmd, bool may_wait)
 {
@@ -1775,11 +1777,13 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
     } else if (cmd->token != NULL) {
         int perr = WSH_PERR_BAD_TOKEN;
         uint64_t ticket = 0;
-        bool can_wait = may_wait && !refresh && nwaiters < WAIT_MAX;
+        bool can_wait = may_wait && !h->waiting && nwaiters < WAIT_MAX;
         int v = verify_token(h, cmd->token, cmd->token_len, &perr, can_wait ? &ticket : NULL);
         if (v == 1 && wait_add(h, cmd, ticket)) {
-            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=connect_waits_for_keys", c->id);
-            conn_hold(w, c, true);
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=%s_waits_for_keys", c->id,
+                    refresh ? "refresh" : "connect");
+            if (!refresh)
+                conn_hold(w, c, true);
             return false;
         }
         if (v != 0) {
@@ -1834,7 +1838,7 @@ void hub_keys_wake(struct worker *w)
         wait_take(h, &wt);
         struct wsh_cmd cmd;
         memset(&cmd, 0, sizeof(cmd));
-        cmd.type = WSH_CMD_CONNECT;
+        cmd.type = wt.refresh ? WSH_CMD_REFRESH : WSH_CMD_CONNECT;
         cmd.id = wt.id;
         cmd.token = wt.token;
         cmd.token_len = wt.token_len;
@@ -1842,7 +1846,8 @@ void hub_keys_wake(struct worker *w)
         bool ok = cmd_connect_or_refresh(w, c, h, &cmd, false);
         hub_key_wait_count(ok ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
         free(wt.token);
-        conn_hold(w, c, false);
+        if (!wt.refresh)
+            conn_hold(w, c, false);
         i = 0; /* what that did may have ended other waiters */
     }
 }

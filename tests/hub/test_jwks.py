@@ -454,10 +454,11 @@ def connect_then_subscribe(h, tok):
 
 
 def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
-    """Handshakes and `connect` commands whose kid only the coming fetch
-    can bring are held until it ends, not refused, on every worker, and
-    one fetch answers them all. A command sent right after such a
-    `connect` is handled after its answer. A fetch that has not ended by
+    """Handshakes, `connect` and `refresh` commands whose kid only the
+    coming fetch can bring are held until it ends, not refused, on every
+    worker, and one fetch answers them all. A command sent right after
+    such a `connect` is handled after its answer; a waiting `refresh`
+    holds up nothing else. A fetch that has not ended by
     the handshake or the unauthenticated deadline gets "try later" (503
     with Retry-After, close 1013), not "forbidden"."""
     import concurrent.futures
@@ -472,6 +473,9 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
             "limits": {"unauthenticated": {"timeout_ms": 1500}}})
         h = hub(cfg, "--handshake-timeout", 3, "--log-level", "debug", workers=2)
         wait_fetches(h, 1, 1)
+        erin = wsraw.Conn("127.0.0.1", h.port)  # on k1, about to refresh with k2
+        erin.handshake("/ws", extra=f"Authorization: Bearer {rs_token('k1', 'k1', 'erin')}\r\n"
+                       .encode())
 
         # k2 is published; the issuer answers when the test lets it.
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
@@ -479,10 +483,19 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
         good = [pool.submit(status, h, rs_token("k2", "k2", sub=f"u{i}")) for i in range(8)]
         bad = pool.submit(status, h, rs_token("k9", "k9"))  # a kid in no set
         c = connect_then_subscribe(h, rs_token("k2", "k2", sub="carol"))
+        erin.send_frame(wsraw.OP_TEXT, json.dumps({"type": "refresh", "id": 7, "payload": {
+            "token": rs_token("k2", "k2", "erin")}}).encode())
         wait_log(h, "ev=handshake_waits_for_keys", 9)
         wait_log(h, "ev=connect_waits_for_keys", 1)
+        wait_log(h, "ev=refresh_waits_for_keys", 1)
+        # A refresh holds nothing else up: erin's session goes on meanwhile.
+        erin.send_frame(wsraw.OP_TEXT, b'{"type":"subscribe","id":8,"channel":"chat:e"}')
+        r = json.loads(erin.recv_message(5)[1])
+        assert r["type"] == "subscribed" and r["id"] == 8, r
         with pytest.raises(wsraw.ReadTimeout):
             c.recv_frame(0.3)  # no answer before the keys
+        with pytest.raises(wsraw.ReadTimeout):
+            erin.recv_frame(0.1)
         assert not any(f.done() for f in good + [bad])
         assert len(idp.requests) == 2
         idp.gate.set()
@@ -494,9 +507,12 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
         assert r[0]["payload"]["user"] == "carol", r
         assert r[1]["type"] == "subscribed" and r[1]["id"] == 2, r
         c.close()
+        r = json.loads(erin.recv_message(10)[1])
+        assert r["type"] == "refreshed" and r["id"] == 7, r
+        erin.close()
         assert fetches(h, 1) == 2 and len(idp.requests) == 2, idp.requests  # one for all
         m = scrape_metrics(h.port)
-        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 9, m
+        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 10, m
         assert m['wshub_auth_key_waits_total{result="refused"}'] == 1, m
 
         # A slow fetch: SIGHUP starts one and the issuer holds it past both
@@ -524,7 +540,7 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
         assert status(h, rs_token("k3", "k3")) == 101
         m = scrape_metrics(h.port)
         assert m['wshub_auth_key_waits_total{result="timeout"}'] == 2, m
-        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 9, m
+        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 10, m
 
         # Shutdown does not wait for a waiting handshake: it is dropped.
         idp.gate.clear()
