@@ -618,6 +618,15 @@ void hub_workers_ready(void)
     atomic_store(&jf.nwake, wsh_nworkers);
 }
 
+const char *hub_not_ready(void)
+{
+    /* Until the first fetch loads, every token would wait and then fail:
+     * a balancer should send clients to a node that has keys. */
+    if (hub_enabled && jf.running && atomic_load(&keys_count) == 0)
+        return "no token keys yet (auth.jwks_url has not loaded)";
+    return NULL;
+}
+
 uint64_t hub_keys_fetched(void)
 {
     return atomic_load(&jf.ended);

@@ -403,6 +403,8 @@ int hub_worker_init(struct worker *w);
 #define HUB_WAIT 1
 int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
                       bool may_wait, uint64_t *ticket, const char **why);
+/* NULL when /readyz may say ready, else why not. */
+const char *hub_not_ready(void);
 /* How many fetches of auth.jwks_url have ended, whatever their result. */
 uint64_t hub_keys_fetched(void);
 /* Tokens that waited for a fetch, by how it ended (/metrics). */

@@ -963,23 +963,24 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     const char *chan = NULL;
     size_t chan_len = 0;
 
-    if (req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0) {
+    bool healthz = req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0;
+    bool readyz = req->path_len == 7 && memcmp(req->path, "/readyz", 7) == 0;
+    if (healthz || readyz) {
         if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
             http_reply(w, c, 405, "method not allowed");
             return;
         }
-        char out[256];
-        int n = snprintf(out, sizeof(out),
-                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                         "3\r\nConnection: close\r\n\r\nok\n");
-        metric_http(w, 200);
-        conn_send_bytes(w, c, out, (size_t)n);
-        if (c->state == CONN_DEAD)
-            return;
-        c->flags |= CF_CLOSE_SENT;
-        c->state = CONN_CLOSING;
-        mark_pending(w, c);
-        wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
+        /* /healthz: the process answers (liveness). /readyz: it can also
+         * serve what it is configured for (readiness): not while the
+         * token keys of auth.jwks_url have never loaded. */
+        const char *why = readyz ? hub_not_ready() : NULL;
+        if (why != NULL) {
+            char body[160];
+            int n = snprintf(body, sizeof(body), "not ready: %s\n", why);
+            respond(w, c, 503, "text/plain", "Retry-After: 1\r\n", body, (size_t)n);
+        } else {
+            respond(w, c, 200, "text/plain", "", "ok\n", 3);
+        }
         return;
     }
     if (wsh_cfg.echo && req->path_len == 5 && memcmp(req->path, "/echo", 5) == 0) {

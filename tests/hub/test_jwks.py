@@ -885,3 +885,40 @@ def test_a_handshake_over_tls_waits_for_the_fetch_too(tmp_path):
             s.kill()
         idp.close()
         pool.shutdown()
+
+
+def test_readyz_waits_for_the_first_key_set(hub, tmp_path):
+    """/readyz (readiness, for a balancer) answers 503 while auth.jwks_url
+    has never loaded and no other key exists, then 200; /healthz
+    (liveness) answers 200 all along; a node with a key of its own is
+    ready from the start."""
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        idp.gate.clear()
+        h = hub(merge(base_config(), {"auth": {
+            "keys": [], "jwks_url": f"https://localhost:{idp.port}/jwks",
+            "jwks_ca_file": pki[0]}}))
+        get = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        r = wsraw.http_request(h.port, get.format("/readyz").encode())
+        assert r.status == 503 and r.header("retry-after") == "1", r
+        assert r.body == b"not ready: no token keys yet (auth.jwks_url has not loaded)\n", r
+        r = wsraw.http_request(h.port, get.format("/healthz").encode())
+        assert r.status == 200 and r.body == b"ok\n", r
+        idp.gate.set()
+        wait_fetches(h, 1, 1)
+        r = wsraw.http_request(h.port, get.format("/readyz").encode())
+        assert r.status == 200 and r.body == b"ok\n", r
+        assert status(h, rs_token("k1", "k1")) == 101
+        r = wsraw.http_request(h.port, b"POST /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert r.status == 405, r
+        # With a key of its own (auth.keys) a node is ready before the fetch.
+        idp.gate.clear()
+        h2 = hub(merge(base_config(), {"auth": {"jwks_url": f"https://localhost:{idp.port}/j",
+                                                "jwks_ca_file": pki[0]}}))
+        r = wsraw.http_request(h2.port, get.format("/readyz").encode())
+        assert r.status == 200 and r.body == b"ok\n", r
+        idp.gate.set()
+    finally:
+        idp.close()
