@@ -870,6 +870,10 @@ void hub_fetch_stop(void)
     pthread_mutex_unlock(&jf.mu);
     pthread_join(jf.thread, NULL);
     jf.running = false;
+    free(jf.body);
+    free(jf.url_text);
+    free(jf.ca_file);
+    jf.body = jf.url_text = jf.ca_file = NULL;
 }
 
 void hub_jwks_fetches(uint64_t *ok, uint64_t *failed)
