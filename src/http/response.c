@@ -4,6 +4,7 @@
  * no allocation. Strict where a sloppy reading could hand back the wrong
  * bytes (framing: Content-Length, chunked, truncation); the header fields
  * it does not need are only checked for shape. */
+#include <arpa/inet.h>
 #include <string.h>
 #include <strings.h>
 
@@ -213,7 +214,7 @@ bool wsh_http_url_parse(const char *url, struct wsh_http_url *out)
     }
     const char *h = p, *he;
     if (*p == '[') {
-        /* An IPv6 literal (RFC 3986 3.2.2); getaddrinfo checks it. */
+        /* An IPv6 literal (RFC 3986 3.2.2), checked below. */
         h = ++p;
         while (*p != '\0' && *p != ']' && (strchr("0123456789abcdefABCDEF:.", *p) != NULL))
             p++;
@@ -231,6 +232,9 @@ bool wsh_http_url_parse(const char *url, struct wsh_http_url *out)
         return false;
     memcpy(out->host, h, hl);
     out->ipv6 = h != url && h[-1] == '[';
+    unsigned char a6[16];
+    if (out->ipv6 && inet_pton(AF_INET6, out->host, a6) != 1)
+        return false; /* "[:]" and the like: the literal must be an address */
     const char *port = out->tls ? "443" : "80";
     size_t pl = strlen(port);
     if (*p == ':') {

@@ -784,6 +784,8 @@ static void test_http_url_parse(void **state)
         "https://issuer.example/\x7f",
         "https://[::1/",
         "https://[zz]/",
+        "https://[:]/", /* found by fuzz_http_url: hex digits and colons, yet no address */
+        "https://[1:2:3]/",
         "https://issuer_example/",
         "https://issuer.example?q",
     };
