@@ -819,10 +819,10 @@ static const char *proxy_env(const char *lower, const char *upper)
     return v != NULL && *v != '\0' ? v : NULL;
 }
 
-int hub_fetch_start(char *err, size_t errlen)
+int hub_fetch_prepare(char *err, size_t errlen)
 {
     const struct wsh_auth_config *a = &hubcfg.auth;
-    if (a->jwks_url == NULL)
+    if (a->jwks_url == NULL || jf.url_text != NULL)
         return 0;
     if (!wsh_http_url_parse(a->jwks_url, &jf.url) || (jf.url_text = strdup(a->jwks_url)) == NULL ||
         (a->jwks_ca_file != NULL && (jf.ca_file = strdup(a->jwks_ca_file)) == NULL)) {
@@ -847,6 +847,15 @@ int hub_fetch_start(char *err, size_t errlen)
                 jf.use_proxy ? 1 : 0);
     }
     jf.refresh_s = a->jwks_refresh_s;
+    return 0;
+}
+
+int hub_fetch_start(char *err, size_t errlen)
+{
+    if (hub_fetch_prepare(err, errlen) != 0)
+        return -1;
+    if (jf.url_text == NULL)
+        return 0;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

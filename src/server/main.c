@@ -467,6 +467,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "wshub: cannot start the hub\n");
             return 1;
         }
+        if (hub_fetch_prepare(err, sizeof(err)) != 0) {
+            fprintf(stderr, "wshub: %s\n", err);
+            return 2;
+        }
         if (check_config) {
             printf("%s: ok\n", config_path ? config_path : "(built-in defaults)");
             return 0;

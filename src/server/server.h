@@ -378,6 +378,9 @@ size_t hub_auth_keys(size_t *nskipped);
  * a loopback issuer says otherwise, and stops it at exit. No-ops without
  * a URL. */
 int hub_fetch_start(char *err, size_t errlen);
+/* The part of hub_fetch_start that can fail on the operator's input (the
+ * URL, HTTPS_PROXY), for --check-config. */
+int hub_fetch_prepare(char *err, size_t errlen);
 void hub_fetch_stop(void);
 /* Fetches of auth.jwks_url by result, for /metrics. */
 void hub_jwks_fetches(uint64_t *ok, uint64_t *failed);

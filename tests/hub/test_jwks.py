@@ -829,10 +829,16 @@ def test_jwks_url_through_an_https_proxy(hub, tmp_path, monkeypatch):
             assert len(px.heads) == seen, px.heads[seen:]
             monkeypatch.setenv("WSHUB_BIN", BIN)
 
-        # A proxy wshub cannot speak stops it at start, with the reason.
+        # A proxy wshub cannot speak stops it at start, with the reason,
+        # and --check-config says so too.
         monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
         with pytest.raises(RuntimeError, match="HTTPS_PROXY: not a proxy URL"):
             hub(cfg)
+        r = check_config(cfg, tmp_path)
+        assert r.returncode == 2 and "HTTPS_PROXY: not a proxy URL" in r.stderr, r
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{px.port}")
+        r = check_config(cfg, tmp_path)
+        assert r.returncode == 0 and r.stdout.endswith(": ok\n"), r
     finally:
         px.close()
         idp.close()
