@@ -582,6 +582,7 @@ static struct {
 } jf = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static _Atomic uint64_t jwks_fetches[2]; /* ok, error */
+static _Atomic int64_t jwks_loaded_ms;   /* wall clock of the last good fetch, 0 before */
 static _Atomic uint64_t key_waits[3];    /* KEY_WAIT_* */
 
 int hub_init(const char *config_path, char *err, size_t errlen)
@@ -767,6 +768,7 @@ static bool jwks_fetch_once(void)
         free(body);
         if (ks != NULL) {
             atomic_fetch_add(&jwks_fetches[0], 1);
+            atomic_store(&jwks_loaded_ms, wall_ms());
             wsh_log(WSH_LOG_INFO, "ev=jwks_fetch ok=1 host=%s keys=%zu jwks_skipped=%zu ms=%lld",
                     jf.url.host, nk, sk, (long long)((int64_t)wsh_now_ms() - t0));
             return true;
@@ -885,8 +887,9 @@ void hub_fetch_stop(void)
     jf.body = jf.url_text = jf.ca_file = NULL;
 }
 
-void hub_jwks_fetches(uint64_t *ok, uint64_t *failed)
+void hub_jwks_fetches(uint64_t *ok, uint64_t *failed, int64_t *loaded_ms)
 {
+    *loaded_ms = atomic_load(&jwks_loaded_ms);
     *ok = atomic_load(&jwks_fetches[0]);
     *failed = atomic_load(&jwks_fetches[1]);
 }

@@ -273,14 +273,20 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
                 r == 0 ? "ok" : "error", (unsigned long long)atomic_load(&wsh_reloads[i][r]));
     }
     uint64_t fetched_ok, fetched_err;
-    hub_jwks_fetches(&fetched_ok, &fetched_err);
+    int64_t loaded_ms;
+    hub_jwks_fetches(&fetched_ok, &fetched_err, &loaded_ms);
     put(&o,
         "# HELP wshub_jwks_fetches_total Fetches of auth.jwks_url, by result; a failed one "
         "keeps the keys in use.\n"
         "# TYPE wshub_jwks_fetches_total counter\n"
         "wshub_jwks_fetches_total{result=\"ok\"} %llu\n"
-        "wshub_jwks_fetches_total{result=\"error\"} %llu\n",
-        (unsigned long long)fetched_ok, (unsigned long long)fetched_err);
+        "wshub_jwks_fetches_total{result=\"error\"} %llu\n"
+        "# HELP wshub_jwks_last_success_timestamp_seconds When the last good fetch of "
+        "auth.jwks_url ended (Unix time; 0 before the first): alert on its age.\n"
+        "# TYPE wshub_jwks_last_success_timestamp_seconds gauge\n"
+        "wshub_jwks_last_success_timestamp_seconds %lld.%03lld\n",
+        (unsigned long long)fetched_ok, (unsigned long long)fetched_err,
+        (long long)(loaded_ms / 1000), (long long)(loaded_ms % 1000));
     uint64_t waits[3];
     hub_key_waits(waits);
     put(&o,

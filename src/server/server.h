@@ -382,8 +382,9 @@ int hub_fetch_start(char *err, size_t errlen);
  * URL, HTTPS_PROXY), for --check-config. */
 int hub_fetch_prepare(char *err, size_t errlen);
 void hub_fetch_stop(void);
-/* Fetches of auth.jwks_url by result, for /metrics. */
-void hub_jwks_fetches(uint64_t *ok, uint64_t *failed);
+/* Fetches of auth.jwks_url by result, and when the last good one ended
+ * (wall clock ms, 0 before the first), for /metrics. */
+void hub_jwks_fetches(uint64_t *ok, uint64_t *failed, int64_t *loaded_ms);
 /* Applies the configuration file's connection limits to cfg: the total
  * (the smaller of it and cfg's), per address, and the admission rate. All
  * stay off without a file; IPv6 addresses then count per the default

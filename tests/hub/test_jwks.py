@@ -403,6 +403,7 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
         idp.keys, idp.chunked = [rsa_jwk("k3", "k3")], True
         sighup(h, 1)
         wait_fetches(h, 1, 3)
+        good_at = time.time()
         assert status(h, rs_token("k3", "k3")) == 101
         assert status(h, rs_token("k1", "k1")) == 403
 
@@ -423,6 +424,8 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
         assert m['wshub_jwks_fetches_total{result="ok"}'] == 3, m
         assert m['wshub_jwks_fetches_total{result="error"}'] == 3, m
         assert m["wshub_auth_keys"] == 2, m  # the HS256 key of auth.keys and k3
+        # The last good fetch was the chunked one, before the three failures.
+        assert good_at - 1 <= m["wshub_jwks_last_success_timestamp_seconds"] <= good_at + 1, m
         # The URL is read at start only.
         with open(h.config_path, "w") as f:
             json.dump(merge(base_config(), {"auth": {"jwks_url": url + "&b", "jwks_ca_file":
@@ -579,6 +582,7 @@ async def test_jwks_url_untrusted_or_silent_issuer(hub, tmp_path):
             "jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": other[0]}}))
         wait_fetches(h, 0, 1)
         assert "not trusted" in h.log(), h.log()[-2000:]
+        assert scrape_metrics(h.port)["wshub_jwks_last_success_timestamp_seconds"] == 0
         assert status(h, rs_token("k1", "k1")) == 403
         h2 = hub(merge(base_config(), {"auth": {"jwks_url": f"http://127.0.0.1:{plain.port}/"}}))
         wait_fetches(h2, 1, 1)
