@@ -843,6 +843,9 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
     if (n == 0) {
         name = "index.html";
         n = 10;
+    } else if (n == 9 && memcmp(name, "dashboard", 9) == 0) {
+        name = "dashboard.html"; /* DESIGN.md 6: GET /dashboard */
+        n = 14;
     }
     if (n > 64 || name[0] == '.')
         return false;

@@ -4,7 +4,8 @@
 // pages join one room; typing indicator, message, read receipt, escaping of
 // user text, recovery after a dropped connection (nothing lost, nothing
 // twice), the offline publish buffer, and the connection badge when the
-// server stops and comes back.
+// server stops and comes back. Also the admission wait, deflate echoes, and
+// the live dashboard (web/dashboard.html) following the server's figures.
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
@@ -344,4 +345,48 @@ test('permessage-deflate with Chromium: every size echoes intact', { timeout: 60
   }, T);
   assert.match(r.extensions, /^permessage-deflate/, 'deflate was agreed');
   assert.deepEqual(r.same, r.same.map(() => true));
+});
+
+test('the dashboard shows live figures from /metrics', { timeout: 60000 * MULT }, async (t) => {
+  const server = await new Server('127.0.0.1:0', CONFIG, ['--echo', '--workers', '1']).ready();
+  const ctx = await browserFor(t, () => server);
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  await page.goto(`http://127.0.0.1:${server.port}/dashboard`);
+  assert.equal(await page.title(), 'wshub dashboard');
+  await waitFor(page, () => document.getElementById('badge').dataset.state === 'connected');
+  const tile = (id) => page.$eval(`#tile-${id}`, (el) => Number(el.dataset.value || 'NaN'));
+
+  // Three WebSocket clients of the page itself, each echoing 40 messages,
+  // then one of them closes with 1000: every figure must show it.
+  await page.evaluate(async (limitMs) => {
+    window.sockets = [];
+    for (let i = 0; i < 3; i++) {
+      const ws = new WebSocket(`ws://${location.host}/echo`);
+      await new Promise((resolve, reject) => {
+        ws.onopen = resolve;
+        setTimeout(() => reject(new Error('connect timeout')), limitMs);
+      });
+      window.sockets.push(ws);
+    }
+    await Promise.all(window.sockets.map((ws) => new Promise((resolve) => {
+      let n = 0;
+      ws.onmessage = () => { if (++n === 40) resolve(); };
+      for (let i = 0; i < 40; i++) ws.send(`message ${i}`);
+    })));
+  }, T);
+  await waitFor(page, () => Number(document.getElementById('tile-connections').dataset.value) >= 3);
+  await waitFor(page, () => Number(document.getElementById('tile-msgs-in').dataset.value) > 0);
+  await waitFor(page, () => Number(document.getElementById('tile-upgrades').dataset.value) > 0);
+  assert.ok((await tile('rss')) > 1e6, 'resident memory is shown');
+  await waitFor(page, () => Number(document.getElementById('tile-frames-out').dataset.value) > 0);
+  await page.evaluate(() => window.sockets[0].close(1000));
+  await waitFor(page, () => [...document.querySelectorAll('#closes th')].some((th) => th.textContent === '1000'));
+  await waitFor(page, () => [...document.querySelectorAll('#statuses th')].some((th) => th.textContent === '101'));
+  assert.deepEqual(await page.$$eval('#problems th', (ths) => ths.map((th) => th.textContent)), ['none']);
+  assert.match(await text(page, '#uptime'), /^up 0d 0h \d+m$/);
+  await page.screenshot({ path: path.join(OUT, 'dashboard.png'), fullPage: true });
+  assert.deepEqual(errors, []);
 });
