@@ -932,3 +932,67 @@ def test_readyz_waits_for_the_first_key_set(hub, tmp_path):
         idp.gate.set()
     finally:
         idp.close()
+
+
+@run_async
+async def test_waiting_for_keys_is_bounded_per_worker(hub, tmp_path):
+    """docs/limits.md: at most 256 handshakes and 256 `connect` commands
+    wait per worker; past that a token is refused at once, and those that
+    waited get in when the fetch ends."""
+    import asyncio
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    extra = 20
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        h = hub(merge(base_config(), {"auth": {
+            "jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
+            "jwks_refresh_s": 3600}, "limits": {"max_connections_per_ip": 0}}),
+            "--log-level", "debug", workers=1)
+        wait_fetches(h, 1, 1)
+        idp.keys.append(rsa_jwk("k2", "k2"))
+        idp.gate.clear()
+        tok = rs_token("k2", "k2")
+
+        async def upgrade():
+            r, w = await asyncio.open_connection("127.0.0.1", h.port)
+            w.write((f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade"
+                     f"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: "
+                     f"13\r\nAuthorization: Bearer {tok}\r\n\r\n").encode())
+            await w.drain()
+            return r, w
+
+        conns = [await upgrade() for _ in range(256 + extra)]
+        wait_log(h, "ev=handshake_waits_for_keys", 256)
+        refused = 0
+        for r, _ in conns[256:]:
+            line = await asyncio.wait_for(r.readline(), 5 * MULT)
+            refused += line.startswith(b"HTTP/1.1 403 ")
+        assert refused == extra
+        # Now `connect` commands: the first 256 wait, the rest are refused.
+        ws = []
+        for i in range(256 + extra):
+            c = await Client.open(h, connect=False)
+            await c.send({"type": "connect", "id": 1, "payload": {"token": tok}})
+            ws.append(c)
+        wait_log(h, "ev=connect_waits_for_keys", 256)
+        for c in ws[256:]:
+            r = await c.expect(lambda m: m.get("id") == 1)
+            assert r["type"] == "error" and r["payload"]["code"] == 2001, r
+        idp.gate.set()
+        for r, w in conns[:256]:
+            line = await asyncio.wait_for(r.readline(), 10 * MULT)
+            assert line.startswith(b"HTTP/1.1 101 "), line
+        for c in ws[:256]:
+            r = await c.expect(lambda m: m.get("id") == 1, timeout=10)
+            assert r["type"] == "connected", r
+        for r, w in conns:
+            w.close()
+        for c in ws[:256]:
+            await c.close()
+        m = scrape_metrics(h.port)
+        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 512, m
+        assert fetches(h, 1) == 2
+    finally:
+        idp.gate.set()
+        idp.close()
