@@ -69,7 +69,14 @@ struct hubconn {
 static struct wsh_hub_config hubcfg;
 static struct wsh_broker *broker;
 static struct wsh_proto_limits plimits;
-static struct wsh_origin_list origins;
+/* origins and api_key change on SIGHUP (hub_reload_settings): every
+ * upgrade's Origin check and every API call read them under the read side
+ * of settings_rw, a reload swaps them under the write side. They live in
+ * settings_cfg: hubcfg at start, the last file reloaded after (owned). */
+static pthread_rwlock_t settings_rw = PTHREAD_RWLOCK_INITIALIZER;
+static struct wsh_origin_list origins;      /* guarded by settings_rw */
+static struct wsh_hub_config *settings_cfg; /* guarded by settings_rw */
+static bool settings_owned;
 static struct chanreg hub_reg = CHANREG_INIT;
 static bool hub_enabled;
 static bool have_config; /* --config was given */
@@ -601,6 +608,7 @@ int hub_init(const char *config_path, char *err, size_t errlen)
     origins.entries = (const char *const *)hubcfg.origins;
     origins.nentries = hubcfg.norigins;
     origins.allow_missing = true;
+    settings_cfg = &hubcfg;
     auth_cfg = &hubcfg;
     struct keyset *ks = keyset_build(&hubcfg.auth, NULL, 0, err, errlen);
     if (ks == NULL)
@@ -735,6 +743,33 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
         free(old);
     }
     jwks_kick(true);
+    return 0;
+}
+
+int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_key)
+{
+    if (!have_config)
+        return 1;
+    struct wsh_hub_config *cfg = malloc(sizeof(*cfg));
+    if (cfg == NULL || wsh_config_load(config_file, cfg, err, errlen) != WSH_OK) {
+        if (cfg == NULL)
+            snprintf(err, errlen, "out of memory");
+        free(cfg);
+        return -1;
+    }
+    pthread_rwlock_wrlock(&settings_rw);
+    struct wsh_hub_config *old = settings_owned ? settings_cfg : NULL;
+    settings_cfg = cfg;
+    settings_owned = true;
+    origins.entries = (const char *const *)cfg->origins;
+    origins.nentries = cfg->norigins;
+    *norigins = cfg->norigins;
+    *api_key = cfg->api_key != NULL;
+    pthread_rwlock_unlock(&settings_rw);
+    if (old != NULL) {
+        wsh_config_free(old);
+        free(old);
+    }
     return 0;
 }
 
@@ -1186,8 +1221,11 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
         return 404;
     }
     const struct wsh_http_header *o = wsh_http_find(req, "Origin");
-    if (hubcfg.norigins > 0 &&
-        !wsh_origin_allowed(&origins, o ? o->value : NULL, o ? o->value_len : 0)) {
+    pthread_rwlock_rdlock(&settings_rw);
+    bool origin_ok = origins.nentries == 0 ||
+                     wsh_origin_allowed(&origins, o ? o->value : NULL, o ? o->value_len : 0);
+    pthread_rwlock_unlock(&settings_rw);
+    if (!origin_ok) {
         *why = "origin not allowed";
         return 403;
     }
@@ -1971,7 +2009,11 @@ static int api_authorized(const struct wsh_http_request *req)
     }
     if (k == NULL)
         return 401;
-    return wsh_auth_apikey_equal(hubcfg.api_key, strlen(hubcfg.api_key), k, n) ? 0 : 403;
+    pthread_rwlock_rdlock(&settings_rw);
+    const char *key = settings_cfg->api_key;
+    bool ok = key != NULL && wsh_auth_apikey_equal(key, strlen(key), k, n);
+    pthread_rwlock_unlock(&settings_rw);
+    return ok ? 0 : 403;
 }
 
 static int api_publish_one(const char *channel, const char *payload, size_t plen,
@@ -2087,7 +2129,10 @@ static void on_info(const struct wsh_broker_result *r, void *user)
 void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
              const uint8_t *body, size_t blen)
 {
-    if (!hub_enabled || hubcfg.api_key == NULL) {
+    pthread_rwlock_rdlock(&settings_rw);
+    bool api_on = settings_cfg->api_key != NULL;
+    pthread_rwlock_unlock(&settings_rw);
+    if (!hub_enabled || !api_on) {
         api_error(w, c, 404, "the HTTP API is off: no api_key in the configuration");
         return;
     }

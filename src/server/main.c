@@ -21,7 +21,7 @@ _Atomic int wsh_shutdown_code;
 _Atomic bool wsh_drain_now;
 _Atomic size_t wsh_total_conns;
 
-_Atomic uint64_t wsh_reloads[2][2];
+_Atomic uint64_t wsh_reloads[RELOAD_PARTS][2];
 
 /* SIGHUP: certificate rotation and token key rotation without a restart.
  * Each part is reloaded on its own; a part that fails keeps what it had. */
@@ -40,13 +40,24 @@ static void reload(void)
     }
     size_t nkeys = 0, nskipped = 0;
     int rc = hub_reload_keys(err, sizeof(err), &nkeys, &nskipped);
+    if (rc != 1) {
+        atomic_fetch_add(&wsh_reloads[RELOAD_AUTH][rc == 0 ? 0 : 1], 1);
+        if (rc == 0)
+            wsh_log(WSH_LOG_INFO, "ev=auth_reload ok=1 keys=%zu jwks_skipped=%zu", nkeys, nskipped);
+        else
+            wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", wsh_log_value(err));
+    }
+    size_t norigins = 0;
+    bool api_key = false;
+    rc = hub_reload_settings(err, sizeof(err), &norigins, &api_key);
     if (rc == 1)
         return;
-    atomic_fetch_add(&wsh_reloads[RELOAD_AUTH][rc == 0 ? 0 : 1], 1);
+    atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][rc == 0 ? 0 : 1], 1);
     if (rc == 0)
-        wsh_log(WSH_LOG_INFO, "ev=auth_reload ok=1 keys=%zu jwks_skipped=%zu", nkeys, nskipped);
+        wsh_log(WSH_LOG_INFO, "ev=settings_reload ok=1 origins=%zu api_key=%d", norigins,
+                api_key ? 1 : 0);
     else
-        wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", wsh_log_value(err));
+        wsh_log(WSH_LOG_WARN, "ev=settings_reload ok=0 err=\"%s\"", wsh_log_value(err));
 }
 
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the

@@ -264,10 +264,11 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "# TYPE wshub_client_memory_bytes gauge\nwshub_client_memory_bytes %zu\n",
         wsh_buf_live_bytes());
     put(&o, "# HELP wshub_reloads_total SIGHUP reloads, by part (tls: certificate and key; "
-            "auth: token keys) and result; a failed one keeps what was loaded.\n"
+            "auth: token keys; settings: origins and api_key) and result; a failed one keeps "
+            "what was loaded.\n"
             "# TYPE wshub_reloads_total counter\n");
-    static const char *const parts[2] = { "tls", "auth" };
-    for (int i = 0; i < 2; i++) {
+    static const char *const parts[RELOAD_PARTS] = { "tls", "auth", "settings" };
+    for (int i = 0; i < RELOAD_PARTS; i++) {
         for (int r = 0; r < 2; r++)
             put(&o, "wshub_reloads_total{part=\"%s\",result=\"%s\"} %llu\n", parts[i],
                 r == 0 ? "ok" : "error", (unsigned long long)atomic_load(&wsh_reloads[i][r]));

@@ -310,10 +310,10 @@ extern int wsh_nworkers;
 extern _Atomic int wsh_shutdown_code; /* 0, or the close code to send */
 extern _Atomic bool wsh_drain_now;    /* a second signal: end --drain-time */
 extern _Atomic size_t wsh_total_conns;
-/* SIGHUP reloads by part (RELOAD_TLS, RELOAD_AUTH) and result (0 ok, 1
- * failed), for /metrics. Written by worker 0 only. */
-enum { RELOAD_TLS, RELOAD_AUTH };
-extern _Atomic uint64_t wsh_reloads[2][2];
+/* SIGHUP reloads by part (RELOAD_TLS, RELOAD_AUTH, RELOAD_SETTINGS) and
+ * result (0 ok, 1 failed), for /metrics. Written by worker 0 only. */
+enum { RELOAD_TLS, RELOAD_AUTH, RELOAD_SETTINGS, RELOAD_PARTS };
+extern _Atomic uint64_t wsh_reloads[RELOAD_PARTS][2];
 
 int worker_init(struct worker *w, int id, int listen_fd);
 /* Starts the admission bucket from wsh_cfg; before the workers run. */
@@ -371,6 +371,11 @@ int hub_init(const char *config_path, char *err, size_t errlen);
  * with err set: the current keys stay. Other config changes need a
  * restart. */
 int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped);
+/* SIGHUP too: re-reads the config file's `origins` and `api_key` and puts
+ * them in force for the next upgrade and API call. Returns 0 (*norigins,
+ * *api_key set), 1 without a config file, or -1 with err set: the current
+ * ones stay. */
+int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_key);
 /* Keys in use, and JWKS keys the last load ignored. */
 size_t hub_auth_keys(size_t *nskipped);
 /* auth.jwks_url: starts the thread that fetches the set (after the signal

@@ -188,8 +188,8 @@ async def test_sighup_rotates_keys_and_a_bad_reload_keeps_them(hub, tmp_path):
 @run_async
 async def test_sighup_reloads_auth_keys_of_the_config_file(hub, tmp_path):
     """auth.keys are reloaded too (a rotated HS secret, a new PEM file); a
-    configuration left without keys is refused, and other sections are
-    not applied."""
+    configuration left without keys is refused (test_reload.py covers
+    origins and api_key, the other sections SIGHUP applies)."""
     h = hub(base_config())
     secret2 = "second-secret-of-at-least-32-bytes-0123456789"
     cfg = merge(base_config(), {"auth": {"keys": [

@@ -1,0 +1,71 @@
+"""SIGHUP puts the config file's `origins` and `api_key` in force without a
+restart (docs/config.md): a new front-end origin is let in, a rotated API
+key is the only one accepted, the API can be turned off and on, and a
+file that does not load changes nothing. Sessions already open stay."""
+import json
+import signal
+import time
+
+from conftest import MULT, Client, base_config, handshake_status, merge, run_async, token
+from test_api import call
+from wsraw import scrape_metrics
+
+KEY1 = "first-api-key-of-the-tests-0123456789"
+KEY2 = "second-api-key-of-the-tests-0123456789"
+
+
+def reload(h, cfg, n):
+    """Writes cfg (a dict, or raw text) as the config file, sends SIGHUP and
+    waits for the n-th ev=settings_reload line; returns it."""
+    with open(h.config_path, "w") as f:
+        f.write(cfg if isinstance(cfg, str) else json.dumps(cfg))
+    h.server.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10 * MULT
+    while True:
+        lines = [ln for ln in h.log().splitlines() if "ev=settings_reload" in ln]
+        if len(lines) >= n:
+            return lines[n - 1]
+        assert time.monotonic() < deadline, h.log()[-2000:]
+        time.sleep(0.02)
+
+
+def origin_status(h, origin):
+    return handshake_status(h.port, headers=[("Origin", origin),
+                                             ("Authorization", "Bearer " + token())])
+
+
+@run_async
+async def test_sighup_reloads_origins_and_the_api_key(hub):
+    a, b = "https://a.example", "https://b.example"
+    h = hub(merge(base_config(), {"origins": [a], "api_key": KEY1}))
+    assert origin_status(h, a) == 101 and origin_status(h, b) == 403
+    assert call(h, "GET", "/api/info", key=KEY1)[0] == 200
+    open_session = await Client.open(h, token("stays"), origin=a)
+
+    # A second front end and a rotated API key.
+    line = reload(h, merge(base_config(), {"origins": [a, b], "api_key": KEY2}), 1)
+    assert "ok=1 origins=2 api_key=1" in line, line
+    assert origin_status(h, b) == 101 and origin_status(h, a) == 101
+    assert call(h, "GET", "/api/info", key=KEY2)[0] == 200
+    assert call(h, "GET", "/api/info", key=KEY1)[0] == 403
+
+    # A file that does not load changes nothing.
+    line = reload(h, '{"origins": [', 2)
+    assert "ok=0" in line and "err=" in line, line
+    line = reload(h, merge(base_config(), {"origins": ["not an origin"], "api_key": KEY1}), 3)
+    assert "ok=0" in line and "origins[0]" in line, line
+    assert origin_status(h, b) == 101
+    assert call(h, "GET", "/api/info", key=KEY2)[0] == 200
+
+    # Without api_key the API is off; without origins every origin is let in.
+    line = reload(h, base_config(), 4)
+    assert "ok=1 origins=0 api_key=0" in line, line
+    assert call(h, "GET", "/api/info", key=KEY2)[0] == 404
+    assert origin_status(h, "https://c.example") == 101
+
+    # The session opened before all this is still served.
+    assert (await open_session.subscribe("chat:still"))["offset"] == 0
+    await open_session.close()
+    m = scrape_metrics(h.port)
+    assert m['wshub_reloads_total{part="settings",result="ok"}'] == 2, m
+    assert m['wshub_reloads_total{part="settings",result="error"}'] == 2, m
