@@ -746,7 +746,8 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
     return 0;
 }
 
-int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_key)
+int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_key,
+                        double *admission_rate)
 {
     if (!have_config)
         return 1;
@@ -766,6 +767,8 @@ int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_ke
     *norigins = cfg->norigins;
     *api_key = cfg->api_key != NULL;
     pthread_rwlock_unlock(&settings_rw);
+    *admission_rate = cfg->limits.admission_rate;
+    worker_admission_set(cfg->limits.admission_rate, cfg->limits.admission_burst);
     if (old != NULL) {
         wsh_config_free(old);
         free(old);

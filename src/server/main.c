@@ -49,13 +49,14 @@ static void reload(void)
     }
     size_t norigins = 0;
     bool api_key = false;
-    rc = hub_reload_settings(err, sizeof(err), &norigins, &api_key);
+    double admission = 0;
+    rc = hub_reload_settings(err, sizeof(err), &norigins, &api_key, &admission);
     if (rc == 1)
         return;
     atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][rc == 0 ? 0 : 1], 1);
     if (rc == 0)
-        wsh_log(WSH_LOG_INFO, "ev=settings_reload ok=1 origins=%zu api_key=%d", norigins,
-                api_key ? 1 : 0);
+        wsh_log(WSH_LOG_INFO, "ev=settings_reload ok=1 origins=%zu api_key=%d admission_rate=%g",
+                norigins, api_key ? 1 : 0, admission);
     else
         wsh_log(WSH_LOG_WARN, "ev=settings_reload ok=0 err=\"%s\"", wsh_log_value(err));
 }

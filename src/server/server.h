@@ -318,6 +318,8 @@ extern _Atomic uint64_t wsh_reloads[RELOAD_PARTS][2];
 int worker_init(struct worker *w, int id, int listen_fd);
 /* Starts the admission bucket from wsh_cfg; before the workers run. */
 void worker_admission_init(void);
+/* Sets limits.admission_rate and admission_burst (rate 0: off); SIGHUP. */
+void worker_admission_set(double rate, uint32_t burst);
 void *worker_main(void *arg);
 void worker_wake(struct worker *w);
 
@@ -371,11 +373,12 @@ int hub_init(const char *config_path, char *err, size_t errlen);
  * with err set: the current keys stay. Other config changes need a
  * restart. */
 int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped);
-/* SIGHUP too: re-reads the config file's `origins` and `api_key` and puts
- * them in force for the next upgrade and API call. Returns 0 (*norigins,
- * *api_key set), 1 without a config file, or -1 with err set: the current
- * ones stay. */
-int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_key);
+/* SIGHUP too: re-reads the config file's `origins`, `api_key` and
+ * `limits.admission_rate`/`admission_burst` and puts them in force for the
+ * next upgrade and API call. Returns 0 (the outputs set), 1 without a
+ * config file, or -1 with err set: the current ones stay. */
+int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_key,
+                        double *admission_rate);
 /* Keys in use, and JWKS keys the last load ignored. */
 size_t hub_auth_keys(size_t *nskipped);
 /* auth.jwks_url: starts the thread that fetches the set (after the signal

@@ -933,24 +933,41 @@ static uint32_t refusal_retry_s(struct wsh_rate *r, uint64_t now, uint32_t key)
     return (uint32_t)((ms + 999u) / 1000u);
 }
 
+/* The server-wide admission bucket (limits.admission_rate). SIGHUP may
+ * change it (worker_admission_set), so the rate lives under admit_mu too;
+ * admit_on lets an upgrade skip the lock while it is off. */
 static pthread_mutex_t admit_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct wsh_rate admit_bucket;
+static double admit_rate;     /* guarded by admit_mu */
+static uint32_t admit_burst;  /* guarded by admit_mu */
+static _Atomic bool admit_on; /* admit_rate > 0 */
 
 void worker_admission_init(void)
 {
-    if (wsh_cfg.admit_rate > 0)
-        wsh_rate_init(&admit_bucket, wsh_cfg.admit_rate, wsh_cfg.admit_burst, wsh_now_ms());
+    worker_admission_set(wsh_cfg.admit_rate, wsh_cfg.admit_burst);
+}
+
+void worker_admission_set(double rate, uint32_t burst)
+{
+    pthread_mutex_lock(&admit_mu);
+    /* Unchanged settings keep the bucket: a reload is no free refill. */
+    if (rate > 0 && (rate != admit_rate || burst != admit_burst))
+        wsh_rate_init(&admit_bucket, rate, burst, wsh_now_ms());
+    admit_rate = rate;
+    admit_burst = burst;
+    atomic_store(&admit_on, rate > 0);
+    pthread_mutex_unlock(&admit_mu);
 }
 
 /* 0 when the upgrade may go ahead, else the seconds for Retry-After. */
 static uint32_t admit_upgrade(const struct conn *c)
 {
-    if (wsh_cfg.admit_rate <= 0)
+    if (!atomic_load_explicit(&admit_on, memory_order_relaxed))
         return 0;
     uint32_t retry_s = 0;
     pthread_mutex_lock(&admit_mu);
     uint64_t now = wsh_now_ms();
-    if (!wsh_rate_take(&admit_bucket, now))
+    if (admit_rate > 0 && !wsh_rate_take(&admit_bucket, now))
         retry_s = refusal_retry_s(&admit_bucket, now, c->id);
     pthread_mutex_unlock(&admit_mu);
     return retry_s;

@@ -1,7 +1,8 @@
-"""SIGHUP puts the config file's `origins` and `api_key` in force without a
-restart (docs/config.md): a new front-end origin is let in, a rotated API
-key is the only one accepted, the API can be turned off and on, and a
-file that does not load changes nothing. Sessions already open stay."""
+"""SIGHUP puts the config file's `origins`, `api_key` and admission rate in
+force without a restart (docs/config.md): a new front-end origin is let
+in, a rotated API key is the only one accepted, the API can be turned off,
+the admission rate on and off, and a file that does not load changes
+nothing. Sessions already open stay."""
 import json
 import signal
 import time
@@ -69,3 +70,21 @@ async def test_sighup_reloads_origins_and_the_api_key(hub):
     m = scrape_metrics(h.port)
     assert m['wshub_reloads_total{part="settings",result="ok"}'] == 2, m
     assert m['wshub_reloads_total{part="settings",result="error"}'] == 2, m
+
+
+def test_sighup_changes_the_admission_rate(hub):
+    """limits.admission_rate and admission_burst follow SIGHUP: turned on,
+    kept as they are by a reload that does not change them (no free
+    refill), turned off again."""
+    h = hub(base_config())
+    assert [handshake_status(h.port, "/raw/a") for _ in range(3)] == [101] * 3
+    slow = merge(base_config(), {"limits": {"admission_rate": 0.01, "admission_burst": 1}})
+    line = reload(h, slow, 1)
+    assert "ok=1" in line and "admission_rate=0.01" in line, line
+    assert handshake_status(h.port, "/raw/a") == 101  # the burst of one
+    assert handshake_status(h.port, "/raw/a") == 503
+    reload(h, slow, 2)
+    assert handshake_status(h.port, "/raw/a") == 503
+    line = reload(h, base_config(), 3)
+    assert "admission_rate=0" in line, line
+    assert handshake_status(h.port, "/raw/a") == 101
