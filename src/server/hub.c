@@ -684,17 +684,36 @@ static void jwks_kick(bool forced)
     pthread_mutex_unlock(&jf.mu);
 }
 
+/* SIGHUP: the configuration file read again, malloc'd; NULL with err set. */
+static struct wsh_hub_config *config_reload(char *err, size_t errlen)
+{
+    struct wsh_hub_config *cfg = malloc(sizeof(*cfg));
+    if (cfg == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (wsh_config_load(config_file, cfg, err, errlen) != WSH_OK) {
+        free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+static void config_drop(struct wsh_hub_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    wsh_config_free(cfg);
+    free(cfg);
+}
+
 int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
 {
     if (!have_config)
         return 1;
-    struct wsh_hub_config *cfg = malloc(sizeof(*cfg));
-    if (cfg == NULL || wsh_config_load(config_file, cfg, err, errlen) != WSH_OK) {
-        if (cfg == NULL)
-            snprintf(err, errlen, "out of memory");
-        free(cfg);
+    struct wsh_hub_config *cfg = config_reload(err, errlen);
+    if (cfg == NULL)
         return -1;
-    }
     const struct wsh_auth_config *na = &cfg->auth;
     if (!same_str(na->jwks_url, jf.url_text) ||
         (jf.url_text != NULL &&
@@ -702,8 +721,7 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
         snprintf(err, errlen,
                  "auth.jwks_url, jwks_ca_file and jwks_refresh_s change only with "
                  "a restart");
-        wsh_config_free(cfg);
-        free(cfg);
+        config_drop(cfg);
         return -1;
     }
     pthread_mutex_lock(&cfg_mu);
@@ -724,8 +742,7 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
     if (rc != 0) {
         pthread_mutex_unlock(&cfg_mu);
         keyset_free(ks);
-        wsh_config_free(cfg);
-        free(cfg);
+        config_drop(cfg);
         jwks_kick(true);
         return rc;
     }
@@ -738,10 +755,7 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
      * cannot publish after this one. */
     keyset_publish(ks);
     pthread_mutex_unlock(&cfg_mu);
-    if (old != NULL) {
-        wsh_config_free(old);
-        free(old);
-    }
+    config_drop(old);
     jwks_kick(true);
     return 0;
 }
@@ -751,13 +765,9 @@ int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_ke
 {
     if (!have_config)
         return 1;
-    struct wsh_hub_config *cfg = malloc(sizeof(*cfg));
-    if (cfg == NULL || wsh_config_load(config_file, cfg, err, errlen) != WSH_OK) {
-        if (cfg == NULL)
-            snprintf(err, errlen, "out of memory");
-        free(cfg);
+    struct wsh_hub_config *cfg = config_reload(err, errlen);
+    if (cfg == NULL)
         return -1;
-    }
     pthread_rwlock_wrlock(&settings_rw);
     struct wsh_hub_config *old = settings_owned ? settings_cfg : NULL;
     settings_cfg = cfg;
@@ -766,13 +776,10 @@ int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_ke
     origins.nentries = cfg->norigins;
     *norigins = cfg->norigins;
     *api_key = cfg->api_key != NULL;
-    pthread_rwlock_unlock(&settings_rw);
     *admission_rate = cfg->limits.admission_rate;
     worker_admission_set(cfg->limits.admission_rate, cfg->limits.admission_burst);
-    if (old != NULL) {
-        wsh_config_free(old);
-        free(old);
-    }
+    pthread_rwlock_unlock(&settings_rw);
+    config_drop(old);
     return 0;
 }
 
