@@ -200,10 +200,13 @@ int wsh_auth_error_http_status(int err);
  * point into one allocation owned by the struct, valid until
  * wsh_identity_free(). Zero-initialise before first use. */
 struct wsh_identity {
-    char sub[WSH_AUTH_SUB_MAX + 1]; /* user id, 1..WSH_AUTH_SUB_MAX bytes */
+    /* Texts live in _mem, NUL-terminated, sized to what the token holds:
+     * every /ws connection carries an identity, and two fixed 129-byte
+     * arrays were a third of an idle connection's memory. */
+    const char *sub; /* user id, 1..WSH_AUTH_SUB_MAX bytes */
     size_t sub_len;
-    int64_t exp_ms;                 /* expiry in ms since the epoch; 0 when the token has no exp */
-    char jti[WSH_AUTH_JTI_MAX + 1]; /* "" when absent */
+    int64_t exp_ms;  /* expiry in ms since the epoch; 0 when the token has no exp */
+    const char *jti; /* "" when absent */
     size_t jti_len;
     const char *const *channels; /* subscribe patterns; NULL when nchannels == 0 */
     size_t nchannels;

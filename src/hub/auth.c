@@ -742,24 +742,24 @@ static int extract_claims(struct wsh_auth *a, json_t *c, int64_t now_ms, struct 
         return WSH_AUTH_ECLAIMS_TOOBIG;
     if (!valid_sub(json_string_value(v), json_string_length(v)))
         return WSH_AUTH_ECLAIM;
-    memcpy(id->sub, json_string_value(v), json_string_length(v));
-    id->sub_len = json_string_length(v);
-    id->sub[id->sub_len] = 0;
+    const char *sub = json_string_value(v);
+    size_t sub_len = json_string_length(v);
     id->exp_ms = exp_ms;
 
+    const char *jti = "";
+    size_t jti_len = 0;
     if ((v = json_object_get(c, "jti")) != NULL) {
         if (!json_is_string(v))
             return WSH_AUTH_ECLAIM;
         if (json_string_length(v) > WSH_AUTH_JTI_MAX)
             return WSH_AUTH_ECLAIMS_TOOBIG;
-        id->jti_len = json_string_length(v);
-        memcpy(id->jti, json_string_value(v), id->jti_len);
-        id->jti[id->jti_len] = 0;
-        if (id->jti_len > 0 && wsh_auth_denied(a, id->jti, id->jti_len, now_ms))
+        jti = json_string_value(v);
+        jti_len = json_string_length(v);
+        if (jti_len > 0 && wsh_auth_denied(a, jti, jti_len, now_ms))
             return WSH_AUTH_EREVOKED;
     }
 
-    size_t nch, npub, bytes = 0;
+    size_t nch, npub, bytes = sub_len + 1 + jti_len + 1;
     json_t *jch = json_object_get(c, "channels");
     json_t *jpub = json_object_get(c, "publish");
     int rc = check_patterns(jch, &nch, &bytes);
@@ -786,7 +786,7 @@ static int extract_claims(struct wsh_auth *a, json_t *c, int64_t now_ms, struct 
     }
 
     /* One allocation: the two pointer arrays first (aligned), then text. */
-    char *mem = malloc(bytes ? bytes : 1);
+    char *mem = malloc(bytes);
     if (mem == NULL) {
         free(info);
         return WSH_AUTH_ENOMEM;
@@ -796,6 +796,16 @@ static int extract_claims(struct wsh_auth *a, json_t *c, int64_t now_ms, struct 
     char *text = (char *)(ppub + npub);
     text = copy_patterns(jch, nch, pch, text);
     text = copy_patterns(jpub, npub, ppub, text);
+    memcpy(text, sub, sub_len);
+    text[sub_len] = '\0';
+    id->sub = text;
+    id->sub_len = sub_len;
+    text += sub_len + 1;
+    memcpy(text, jti, jti_len);
+    text[jti_len] = '\0';
+    id->jti = text;
+    id->jti_len = jti_len;
+    text += jti_len + 1;
     if (info != NULL) {
         memcpy(text, info, info_len + 1);
         id->info = text;
