@@ -1477,8 +1477,9 @@ static void test_auth_personal_channels(void **state)
     /* Patterns never open another user's personal channel. */
     const char *all[] = { "*", "*:*", "*:*#*" };
     const char *pub[] = { "dm:*" };
-    struct wsh_identity id = { .sub = "alice", .sub_len = 5, .channels = all, .nchannels = 3,
-                               .publish = pub, .npublish = 1 };
+    struct wsh_identity id = {
+        .sub = "alice", .sub_len = 5, .channels = all, .nchannels = 3, .publish = pub, .npublish = 1
+    };
     assert_true(wsh_auth_can_subscribe(&id, "dm:x#alice", 10));
     assert_true(wsh_auth_can_subscribe(&id, "dm:x#bob,alice", 14));
     assert_false(wsh_auth_can_subscribe(&id, "dm:x#bob", 8));
