@@ -414,10 +414,10 @@ async def expect_error(c, type_, channel=None, code=None, payload=None, **extra)
     return r
 
 
-def raw_upgrade(port, path="/ws", headers=()):
+def raw_upgrade(port, path="/ws", headers=(), timeout=5):
     """Sends an upgrade request on a raw connection; returns the response
     (with its body, for a refusal) and the connection, which the caller
-    closes."""
+    closes. timeout: seconds to wait for the response (times MULT)."""
     import base64
     c = wsraw.Conn("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -428,7 +428,7 @@ def raw_upgrade(port, path="/ws", headers=()):
         req += f"{k}: {v}\r\n"
     try:
         c.send((req + "\r\n").encode())
-        return c.read_http_response(timeout=5), c
+        return c.read_http_response(timeout=timeout), c
     except BaseException:
         c.close()
         raise

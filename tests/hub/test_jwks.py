@@ -439,13 +439,6 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
         idp.close()
 
 
-def upgrade(h, tok):
-    """The response to an upgrade with tok."""
-    r, c = raw_upgrade(h.port, headers=[("Authorization", "Bearer " + tok)])
-    c.close()
-    return r
-
-
 def connect_then_subscribe(h, tok):
     """A /ws client that sends `connect` with tok and `subscribe` in one
     write, before any answer."""
@@ -456,25 +449,36 @@ def connect_then_subscribe(h, tok):
     return c
 
 
+def parked_upgrade(h, tok, timeout=30):
+    """The response to an upgrade with tok, read patiently: it may be
+    parked until the test releases the issuer."""
+    r, c = raw_upgrade(h.port, headers=[("Authorization", "Bearer " + tok)], timeout=timeout)
+    c.close()
+    return r
+
+
 def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
     """Handshakes, `connect` and `refresh` commands whose kid only the
     coming fetch can bring are held until it ends, not refused, on every
     worker, and one fetch answers them all. A command sent right after
     such a `connect` is handled after its answer; a waiting `refresh`
-    holds up nothing else. A fetch that has not ended by
-    the handshake or the unauthenticated deadline gets "try later" (503
-    with Retry-After, close 1013), not "forbidden"."""
+    holds up nothing else. A fetch that has not ended by the handshake or
+    the unauthenticated deadline gets "try later" (503 with Retry-After,
+    close 1013), not "forbidden". Shutdown drops a parked handshake."""
     import concurrent.futures
     pki = make_pki(str(tmp_path))
     idp = Issuer(pki)
     pool = concurrent.futures.ThreadPoolExecutor(10)
+    for name in ("k1", "k2", "k3", "k4", "k9"):
+        rsa_key(name)  # made now: key generation must not eat the deadlines below
     try:
         idp.keys = [rsa_jwk("k1", "k1")]
-        cfg = merge(base_config(), {
-            "auth": {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
-                     "jwks_refresh_s": 3600},
-            "limits": {"unauthenticated": {"timeout_ms": 1500}}})
-        h = hub(cfg, "--handshake-timeout", 3, "--log-level", "debug", workers=2)
+        jwks = {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
+                "jwks_refresh_s": 3600}
+        # Deadlines far away: here every wait must end with the fetch.
+        h = hub(merge(base_config(), {"auth": jwks,
+                                      "limits": {"unauthenticated": {"timeout_ms": 60000}}}),
+                "--handshake-timeout", 60, "--log-level", "debug", workers=2)
         wait_fetches(h, 1, 1)
         erin = wsraw.Conn("127.0.0.1", h.port)  # on k1, about to refresh with k2
         erin.handshake("/ws", extra=f"Authorization: Bearer {rs_token('k1', 'k1', 'erin')}\r\n"
@@ -483,8 +487,9 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
         # k2 is published; the issuer answers when the test lets it.
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
         idp.gate.clear()
-        good = [pool.submit(status, h, rs_token("k2", "k2", sub=f"u{i}")) for i in range(8)]
-        bad = pool.submit(status, h, rs_token("k9", "k9"))  # a kid in no set
+        tokens = [rs_token("k2", "k2", sub=f"u{i}") for i in range(8)]
+        good = [pool.submit(parked_upgrade, h, t) for t in tokens]
+        bad = pool.submit(parked_upgrade, h, rs_token("k9", "k9"))  # a kid in no set
         c = connect_then_subscribe(h, rs_token("k2", "k2", sub="carol"))
         erin.send_frame(wsraw.OP_TEXT, json.dumps({"type": "refresh", "id": 7, "payload": {
             "token": rs_token("k2", "k2", "erin")}}).encode())
@@ -502,8 +507,8 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
         assert not any(f.done() for f in good + [bad])
         assert len(idp.requests) == 2
         idp.gate.set()
-        assert [f.result(10) for f in good] == [101] * 8
-        assert bad.result(10) == 403
+        assert [f.result(30).status for f in good] == [101] * 8
+        assert bad.result(30).status == 403
         # In order: `subscribe` is handled once `connect` succeeded.
         r = [json.loads(c.recv_message(10)[1]) for _ in range(2)]
         assert r[0]["type"] == "connected" and r[0]["id"] == 1, r
@@ -518,45 +523,52 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
         assert m['wshub_auth_key_waits_total{result="accepted"}'] == 10, m
         assert m['wshub_auth_key_waits_total{result="refused"}'] == 1, m
 
-        # A slow fetch: SIGHUP starts one and the issuer holds it past both
-        # deadlines (3 s from accept, 1.5 s from the upgrade).
+        # A slow fetch, on a server with near deadlines (3 s from accept,
+        # 1.5 s from the upgrade): SIGHUP starts a fetch, the issuer holds
+        # it past both.
+        idp.keys = [rsa_jwk("k1", "k1")]
+        h2 = hub(merge(base_config(), {"auth": jwks,
+                                       "limits": {"unauthenticated": {"timeout_ms": 1500}}}),
+                 "--handshake-timeout", 3, "--log-level", "debug", workers=2)
+        wait_fetches(h2, 1, 1)
         idp.keys.append(rsa_jwk("k3", "k3"))
         idp.gate.clear()
-        sighup(h, 1)
+        seen_requests = len(idp.requests)
+        sighup(h2, 1)
         deadline = time.monotonic() + 10 * MULT
-        while len(idp.requests) < 3:
+        while len(idp.requests) <= seen_requests:
             assert time.monotonic() < deadline, "SIGHUP did not fetch"
             time.sleep(0.02)
-        slow = pool.submit(upgrade, h, rs_token("k3", "k3"))
-        c = connect_then_subscribe(h, rs_token("k3", "k3", sub="dave"))
-        f, frames = c.wait_close(5)
+        slow = pool.submit(parked_upgrade, h2, rs_token("k3", "k3"))
+        c = connect_then_subscribe(h2, rs_token("k3", "k3", sub="dave"))
+        f, frames = c.wait_close(10)
         c.close()
         assert f.close_code() == 1013, f
         seen = [json.loads(x.payload) for x in frames]
         assert len(seen) == 1 and seen[0]["type"] == "disconnect", seen  # neither was answered
         assert seen[0]["payload"]["code"] == 1013 and seen[0]["payload"]["reconnect"], seen
-        r = slow.result(10)
+        r = slow.result(30)
         assert r.status == 503 and r.header("retry-after") == "1", r
         assert b"signing keys are being fetched" in r.body, r
         idp.gate.set()
-        wait_fetches(h, 1, 3)
-        assert status(h, rs_token("k3", "k3")) == 101
-        m = scrape_metrics(h.port)
+        wait_fetches(h2, 1, 2)
+        assert status(h2, rs_token("k3", "k3")) == 101
+        m = scrape_metrics(h2.port)
         assert m['wshub_auth_key_waits_total{result="timeout"}'] == 2, m
-        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 10, m
+        assert m['wshub_auth_key_waits_total{result="accepted"}'] == 0, m
 
         # Shutdown does not wait for a waiting handshake: it is dropped.
         idp.gate.clear()
-        sighup(h, 2)
-        waiting = pool.submit(upgrade, h, rs_token("k4", "k4"))
-        wait_log(h, "ev=handshake_waits_for_keys", 11)
+        sighup(h2, 2)
+        waiting = pool.submit(parked_upgrade, h2, rs_token("k4", "k4"))
+        wait_log(h2, "ev=handshake_waits_for_keys", 2)
         t0 = time.monotonic()
-        h.server.signal(signal.SIGTERM)
-        assert h.server.wait(10) == 0
+        h2.server.signal(signal.SIGTERM)
+        assert h2.server.wait(10) == 0
         assert time.monotonic() - t0 < 5 * MULT
-        h.expect_stopped = True
+        h2.expect_stopped = True
         with pytest.raises(wsraw.PeerClosed):
-            waiting.result(10)  # no answer: the connection was closed
+            waiting.result(30)  # no answer: the connection was closed
     finally:
         idp.close()
         pool.shutdown()
@@ -870,7 +882,7 @@ def test_a_handshake_over_tls_waits_for_the_fetch_too(tmp_path):
 
         def wss_upgrade(tok):
             ctx = ssl.create_default_context(cafile=pki[0])
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", s.port), timeout=10),
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", s.port), timeout=10 * MULT),
                                  server_hostname="localhost") as t:
                 t.sendall(("GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
                            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -947,8 +959,9 @@ async def test_waiting_for_keys_is_bounded_per_worker(hub, tmp_path):
         idp.keys = [rsa_jwk("k1", "k1")]
         h = hub(merge(base_config(), {"auth": {
             "jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
-            "jwks_refresh_s": 3600}, "limits": {"max_connections_per_ip": 0}}),
-            "--log-level", "debug", workers=1)
+            "jwks_refresh_s": 3600}, "limits": {
+                "max_connections_per_ip": 0, "unauthenticated": {"timeout_ms": 120000}}}),
+            "--handshake-timeout", 120, "--log-level", "debug", workers=1)  # deadlines far off
         wait_fetches(h, 1, 1)
         idp.keys.append(rsa_jwk("k2", "k2"))
         idp.gate.clear()
