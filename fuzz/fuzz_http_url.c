@@ -23,6 +23,10 @@ static void check_url(const struct wsh_http_url *u)
         abort();
     if (u->path[0] != '/')
         abort();
+    char a[sizeof(u->host) + 16];
+    int n = wsh_http_url_authority(u, true, a, sizeof(a));
+    if (n < 0 || (size_t)n != strlen(a) || strstr(a, u->host) == NULL)
+        abort();
     for (const char *p = u->path; *p; p++)
         if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == '#')
             abort();

@@ -97,6 +97,12 @@ struct wsh_http_response {
 int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_http_response *out,
                             const char **why);
 
+/* The status of an HTTP/1.x status line, line[0..len) without its CRLF:
+ * "HTTP/1." DIGIT SP 3DIGIT, then nothing or SP and a reason. 100..599,
+ * or -1 for anything else. (wsh_http_parse_response reads its first line
+ * with it, and the JWKS fetch a proxy's answer to CONNECT.) */
+int wsh_http_status_line(const char *line, size_t len);
+
 /* An http:// or https:// URL the server fetches (auth.jwks_url). */
 struct wsh_http_url {
     bool tls;        /* https */
@@ -111,6 +117,12 @@ struct wsh_http_url {
  * no spaces or control bytes, the host as letters, digits, '.', '-' or a
  * bracketed IPv6 literal. Returns false for anything else. */
 bool wsh_http_url_parse(const char *url, struct wsh_http_url *out);
+
+/* u's authority, host[:port] with an IPv6 literal in brackets, into
+ * out[0..n): the port always, or only when it is not the scheme's default
+ * (as a Host header has it). Returns the length, or -1 when it does not
+ * fit. */
+int wsh_http_url_authority(const struct wsh_http_url *u, bool always_port, char *out, size_t n);
 
 /* An HTTP proxy for the server's own https requests (egress.c), as curl
  * and Go read HTTPS_PROXY: [http://][user[:password]@]host[:port], port 80

@@ -5,6 +5,7 @@
  * bytes (framing: Content-Length, chunked, truncation); the header fields
  * it does not need are only checked for shape. */
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -90,6 +91,15 @@ static int dechunk(char *p, char *end, size_t max_body, char **body, size_t *bod
     return WSH_OK;
 }
 
+int wsh_http_status_line(const char *line, size_t len)
+{
+    if (len < 12 || memcmp(line, "HTTP/1.", 7) != 0 || line[7] < '0' || line[7] > '9' ||
+        line[8] != ' ' || line[9] < '1' || line[9] > '5' || line[10] < '0' || line[10] > '9' ||
+        line[11] < '0' || line[11] > '9' || (len > 12 && line[12] != ' '))
+        return -1;
+    return (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+}
+
 int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_http_response *out,
                             const char **why)
 {
@@ -102,13 +112,11 @@ int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_h
     char *end = buf + len;
     /* Status line: HTTP/1.x SP 3DIGIT SP reason (RFC 9112 4). */
     char *eol = find_crlf(buf, end);
-    if (eol == NULL || eol - buf < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[7] < '0' ||
-        buf[7] > '9' || buf[8] != ' ' || buf[9] < '1' || buf[9] > '5' || buf[10] < '0' ||
-        buf[10] > '9' || buf[11] < '0' || buf[11] > '9' || (eol - buf > 12 && buf[12] != ' ')) {
+    int status = eol != NULL ? wsh_http_status_line(buf, (size_t)(eol - buf)) : -1;
+    if (status < 0) {
         *why = eol == NULL ? "no complete status line" : "bad status line";
         return WSH_EPROTO;
     }
-    int status = (buf[9] - '0') * 100 + (buf[10] - '0') * 10 + (buf[11] - '0');
     size_t clen = 0;
     bool have_clen = false, chunked = false;
     char *p = eol + 2;
@@ -262,4 +270,12 @@ bool wsh_http_url_parse(const char *url, struct wsh_http_url *out)
         (out->ipv6 ? strcmp(out->host, "::1") == 0
                    : strncmp(out->host, "127.", 4) == 0 && strspn(out->host, "0123456789.") == hl);
     return true;
+}
+
+int wsh_http_url_authority(const struct wsh_http_url *u, bool always_port, char *out, size_t n)
+{
+    bool port = always_port || strcmp(u->port, u->tls ? "443" : "80") != 0;
+    int len = snprintf(out, n, "%s%s%s%s%s", u->ipv6 ? "[" : "", u->host, u->ipv6 ? "]" : "",
+                       port ? ":" : "", port ? u->port : "");
+    return len < 0 || (size_t)len >= n ? -1 : len;
 }

@@ -347,10 +347,12 @@ static int tunnel(struct stream *s, const struct wsh_http_proxy *px, const struc
                         (int)strlen(px->auth));
         strcat(auth, "\r\n");
     }
-    char req[sizeof(u->host) * 2 + sizeof(auth) + 128];
-    const char *lb = u->ipv6 ? "[" : "", *rb = u->ipv6 ? "]" : "";
-    int qn = snprintf(req, sizeof(req), "CONNECT %s%s%s:%s HTTP/1.1\r\nHost: %s%s%s:%s\r\n%s\r\n",
-                      lb, u->host, rb, u->port, lb, u->host, rb, u->port, auth);
+    char target[sizeof(u->host) + 16];
+    char req[sizeof(target) * 2 + sizeof(auth) + 64];
+    int qn = wsh_http_url_authority(u, true, target, sizeof(target)) < 0
+                 ? -1
+                 : snprintf(req, sizeof(req), "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", target,
+                            target, auth);
     if (qn <= 0 || (size_t)qn >= sizeof(req) || send_all(s, req, (size_t)qn, deadline, stop) != 0) {
         snprintf(err, errlen, "cannot send CONNECT to the proxy %s", px->url.host);
         return -1;
@@ -384,16 +386,15 @@ static int tunnel(struct stream *s, const struct wsh_http_proxy *px, const struc
         snprintf(err, errlen, "cannot read the proxy's answer");
         return -1;
     }
-    /* "HTTP/1.x SSS": any 2xx opens the tunnel. */
-    bool ok = hl >= 12 && memcmp(head, "HTTP/1.", 7) == 0 && head[8] == ' ' && head[9] >= '1' &&
-              head[9] <= '5' && head[10] >= '0' && head[10] <= '9' && head[11] >= '0' &&
-              head[11] <= '9';
-    if (!ok) {
+    /* Any 2xx opens the tunnel. */
+    const char *eol = memmem(head, hl, "\r\n", 2); /* found: the head ends in CRLF CRLF */
+    int status = wsh_http_status_line(head, (size_t)(eol - head));
+    if (status < 0) {
         snprintf(err, errlen, "the proxy %s answered CONNECT with no HTTP status", px->url.host);
         return -1;
     }
-    if (head[9] != '2') {
-        snprintf(err, errlen, "the proxy %s refused CONNECT: %.3s", px->url.host, head + 9);
+    if (status / 100 != 2) {
+        snprintf(err, errlen, "the proxy %s refused CONNECT: %d", px->url.host, status);
         return -1;
     }
     return 0;
@@ -422,15 +423,16 @@ int fetch_get(const struct wsh_http_url *u, const struct wsh_http_proxy *proxy, 
         goto out;
     if (ctx != NULL && tls_start(&s, ctx, u, deadline, stop, err, errlen) != 0)
         goto out;
-    char req[2600];
-    bool default_port = strcmp(u->port, u->tls ? "443" : "80") == 0;
-    int qn = snprintf(req, sizeof(req),
-                      "GET %s HTTP/1.1\r\nHost: %s%s%s%s%s\r\n"
-                      "User-Agent: wshub/" WSH_VERSION "\r\n"
-                      "Accept: application/jwk-set+json, application/json\r\n"
-                      "Connection: close\r\n\r\n",
-                      u->path, u->ipv6 ? "[" : "", u->host, u->ipv6 ? "]" : "",
-                      default_port ? "" : ":", default_port ? "" : u->port);
+    char host[sizeof(u->host) + 16];
+    char req[sizeof(u->path) + sizeof(host) + 160];
+    int qn = wsh_http_url_authority(u, false, host, sizeof(host)) < 0
+                 ? -1
+                 : snprintf(req, sizeof(req),
+                            "GET %s HTTP/1.1\r\nHost: %s\r\n"
+                            "User-Agent: wshub/" WSH_VERSION "\r\n"
+                            "Accept: application/jwk-set+json, application/json\r\n"
+                            "Connection: close\r\n\r\n",
+                            u->path, host);
     if (qn <= 0 || (size_t)qn >= sizeof(req) ||
         send_all(&s, req, (size_t)qn, deadline, stop) != 0) {
         snprintf(err, errlen, "cannot send the request to %s", u->host);

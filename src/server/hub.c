@@ -889,9 +889,10 @@ int hub_fetch_prepare(char *err, size_t errlen)
         jf.use_proxy =
             jf.url.tls && !jf.url.loopback &&
             !wsh_http_no_proxy(proxy_env("no_proxy", "NO_PROXY"), jf.url.host, jf.url.port);
-        wsh_log(WSH_LOG_INFO, "ev=jwks_proxy proxy=%s%s%s:%s used=%d", jf.proxy.url.ipv6 ? "[" : "",
-                jf.proxy.url.host, jf.proxy.url.ipv6 ? "]" : "", jf.proxy.url.port,
-                jf.use_proxy ? 1 : 0);
+        char where[sizeof(jf.proxy.url.host) + 16];
+        if (wsh_http_url_authority(&jf.proxy.url, true, where, sizeof(where)) < 0)
+            where[0] = '\0';
+        wsh_log(WSH_LOG_INFO, "ev=jwks_proxy proxy=%s used=%d", where, jf.use_proxy ? 1 : 0);
     }
     jf.refresh_s = a->jwks_refresh_s;
     return 0;

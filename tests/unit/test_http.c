@@ -796,6 +796,59 @@ static void test_http_url_parse(void **state)
     }
 }
 
+static void test_http_status_line_and_authority(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *line;
+        int status;
+    } st[] = {
+        { "HTTP/1.1 200 OK", 200 },
+        { "HTTP/1.0 407 Proxy Authentication Required", 407 },
+        { "HTTP/1.1 204", 204 }, /* no reason */
+        { "HTTP/1.1 599 x", 599 },
+        { "HTTP/1.1 600 x", -1 },
+        { "HTTP/1.1 099 x", -1 },
+        { "HTTP/1.1 20 OK", -1 },
+        { "HTTP/1.1 2000", -1 }, /* a fourth digit, no space */
+        { "HTTP/2.0 200 OK", -1 },
+        { "HTTP/1.x 200 OK", -1 },
+        { "HTTP/1.1  200 OK", -1 },
+        { "http/1.1 200 OK", -1 },
+        { "", -1 },
+    };
+    for (size_t i = 0; i < sizeof(st) / sizeof(st[0]); i++) {
+        if (wsh_http_status_line(st[i].line, strlen(st[i].line)) != st[i].status)
+            fail_msg("status line \"%s\"", st[i].line);
+    }
+    static const struct {
+        const char *url;
+        bool always;
+        const char *want;
+    } au[] = {
+        { "https://issuer.example/k", false, "issuer.example" }, /* the default port */
+        { "https://issuer.example/k", true, "issuer.example:443" },
+        { "http://issuer.example:80/", false, "issuer.example" },
+        { "https://issuer.example:8443/", false, "issuer.example:8443" },
+        { "https://issuer.example:80/", false, "issuer.example:80" }, /* not https's */
+        { "https://[2001:db8::1]/", true, "[2001:db8::1]:443" },
+        { "http://[::1]:8080/", false, "[::1]:8080" },
+    };
+    for (size_t i = 0; i < sizeof(au) / sizeof(au[0]); i++) {
+        struct wsh_http_url u;
+        char out[300];
+        assert_true(wsh_http_url_parse(au[i].url, &u));
+        int n = wsh_http_url_authority(&u, au[i].always, out, sizeof(out));
+        assert_int_equal(n, (int)strlen(au[i].want));
+        assert_string_equal(out, au[i].want);
+    }
+    struct wsh_http_url u;
+    char small[18];
+    assert_true(wsh_http_url_parse("https://issuer.example/", &u));
+    assert_int_equal(wsh_http_url_authority(&u, true, small, sizeof(small)), -1); /* 18 + NUL */
+    assert_int_equal(wsh_http_url_authority(&u, false, small, sizeof(small)), 14);
+}
+
 static void test_http_proxy_parse(void **state)
 {
     (void)state;
@@ -912,6 +965,7 @@ int main(void)
         cmocka_unit_test(test_http_response_framings),
         cmocka_unit_test(test_http_response_rejects),
         cmocka_unit_test(test_http_url_parse),
+        cmocka_unit_test(test_http_status_line_and_authority),
         cmocka_unit_test(test_http_proxy_parse),
         cmocka_unit_test(test_http_no_proxy),
     };
