@@ -72,11 +72,11 @@ static struct wsh_proto_limits plimits;
 /* origins and api_key change on SIGHUP (hub_reload_settings): every
  * upgrade's Origin check and every API call read them under the read side
  * of settings_rw, a reload swaps them under the write side. They live in
- * settings_cfg: hubcfg at start, the last file reloaded after (owned). */
+ * settings_cfg: hubcfg at start, the last file reloaded after (a
+ * reference of it). */
 static pthread_rwlock_t settings_rw = PTHREAD_RWLOCK_INITIALIZER;
 static struct wsh_origin_list origins;      /* guarded by settings_rw */
 static struct wsh_hub_config *settings_cfg; /* guarded by settings_rw */
-static bool settings_owned;
 static struct chanreg hub_reg = CHANREG_INIT;
 static bool hub_enabled;
 static bool have_config; /* --config was given */
@@ -553,10 +553,9 @@ static void keyset_publish(struct keyset *ks)
 }
 
 /* The auth section in force: hubcfg's at start, a reloaded one's after
- * SIGHUP (owned then). The JWK Set fetcher builds from it too. */
+ * SIGHUP (a reference of it then). The JWK Set fetcher builds from it too. */
 static pthread_mutex_t cfg_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct wsh_hub_config *auth_cfg; /* guarded by cfg_mu */
-static bool auth_cfg_owned;
 
 /* auth.jwks_url: a helper thread fetches the set at start, every
  * jwks_refresh_s, on SIGHUP, and when a token names a kid (or an alg) no
@@ -684,36 +683,55 @@ static void jwks_kick(bool forced)
     pthread_mutex_unlock(&jf.mu);
 }
 
-/* SIGHUP: the configuration file read again, malloc'd; NULL with err set. */
-static struct wsh_hub_config *config_reload(char *err, size_t errlen)
+/* A configuration file read on SIGHUP. It is read once per signal, so the
+ * keys and the settings put in force come from the same version of it
+ * (and a file that is a pipe is read once), and both parts may keep it:
+ * hence the count. hubcfg, the file read at start, is never freed. */
+struct reread {
+    _Atomic unsigned refs;
+    struct wsh_hub_config cfg;
+};
+
+int hub_config_reread(struct wsh_hub_config **out, char *err, size_t errlen)
 {
-    struct wsh_hub_config *cfg = malloc(sizeof(*cfg));
-    if (cfg == NULL) {
+    *out = NULL;
+    if (!have_config)
+        return 1;
+    struct reread *r = malloc(sizeof(*r));
+    if (r == NULL) {
         snprintf(err, errlen, "out of memory");
-        return NULL;
+        return -1;
     }
-    if (wsh_config_load(config_file, cfg, err, errlen) != WSH_OK) {
-        free(cfg);
-        return NULL;
+    if (wsh_config_load(config_file, &r->cfg, err, errlen) != WSH_OK) {
+        free(r);
+        return -1;
     }
+    atomic_init(&r->refs, 1);
+    *out = &r->cfg;
+    return 0;
+}
+
+static struct wsh_hub_config *config_ref(struct wsh_hub_config *cfg)
+{
+    if (cfg != &hubcfg)
+        atomic_fetch_add(&((struct reread *)((char *)cfg - offsetof(struct reread, cfg)))->refs, 1);
     return cfg;
 }
 
-static void config_drop(struct wsh_hub_config *cfg)
+void hub_config_release(struct wsh_hub_config *cfg)
 {
-    if (cfg == NULL)
+    if (cfg == NULL || cfg == &hubcfg)
         return;
-    wsh_config_free(cfg);
-    free(cfg);
+    struct reread *r = (struct reread *)((char *)cfg - offsetof(struct reread, cfg));
+    if (atomic_fetch_sub(&r->refs, 1) == 1) {
+        wsh_config_free(&r->cfg);
+        free(r);
+    }
 }
 
-int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
+int hub_reload_keys(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nkeys,
+                    size_t *nskipped)
 {
-    if (!have_config)
-        return 1;
-    struct wsh_hub_config *cfg = config_reload(err, errlen);
-    if (cfg == NULL)
-        return -1;
     const struct wsh_auth_config *na = &cfg->auth;
     if (!same_str(na->jwks_url, jf.url_text) ||
         (jf.url_text != NULL &&
@@ -721,7 +739,6 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
         snprintf(err, errlen,
                  "auth.jwks_url, jwks_ca_file and jwks_refresh_s change only with "
                  "a restart");
-        config_drop(cfg);
         return -1;
     }
     pthread_mutex_lock(&cfg_mu);
@@ -742,36 +759,28 @@ int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped)
     if (rc != 0) {
         pthread_mutex_unlock(&cfg_mu);
         keyset_free(ks);
-        config_drop(cfg);
         jwks_kick(true);
         return rc;
     }
-    struct wsh_hub_config *old = auth_cfg_owned ? auth_cfg : NULL;
-    auth_cfg = cfg;
-    auth_cfg_owned = true;
+    struct wsh_hub_config *old = auth_cfg;
+    auth_cfg = config_ref(cfg);
     *nkeys = ks->nkeys;
     *nskipped = ks->jwks.nskipped;
     /* Published under cfg_mu, so a fetch that built from the old section
      * cannot publish after this one. */
     keyset_publish(ks);
     pthread_mutex_unlock(&cfg_mu);
-    config_drop(old);
+    hub_config_release(old);
     jwks_kick(true);
     return 0;
 }
 
-int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_key,
-                        double *admission_rate)
+void hub_reload_settings(struct wsh_hub_config *cfg, size_t *norigins, bool *api_key,
+                         double *admission_rate)
 {
-    if (!have_config)
-        return 1;
-    struct wsh_hub_config *cfg = config_reload(err, errlen);
-    if (cfg == NULL)
-        return -1;
     pthread_rwlock_wrlock(&settings_rw);
-    struct wsh_hub_config *old = settings_owned ? settings_cfg : NULL;
-    settings_cfg = cfg;
-    settings_owned = true;
+    struct wsh_hub_config *old = settings_cfg;
+    settings_cfg = config_ref(cfg);
     origins.entries = (const char *const *)cfg->origins;
     origins.nentries = cfg->norigins;
     *norigins = cfg->norigins;
@@ -779,8 +788,7 @@ int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_ke
     *admission_rate = cfg->limits.admission_rate;
     worker_admission_set(cfg->limits.admission_rate, cfg->limits.admission_burst);
     pthread_rwlock_unlock(&settings_rw);
-    config_drop(old);
-    return 0;
+    hub_config_release(old);
 }
 
 /* One fetch of auth.jwks_url; on success the keys from it are in use. */

@@ -38,8 +38,20 @@ static void reload(void)
         else
             wsh_log(WSH_LOG_WARN, "ev=tls_reload ok=0 err=\"%s\"", wsh_log_value(err));
     }
+    struct wsh_hub_config *cfg;
+    int rc = hub_config_reread(&cfg, err, sizeof(err));
+    if (rc == 1)
+        return; /* no --config */
+    if (rc < 0) {
+        /* The file did not load: neither part changes, and both say so. */
+        atomic_fetch_add(&wsh_reloads[RELOAD_AUTH][1], 1);
+        atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][1], 1);
+        wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", wsh_log_value(err));
+        wsh_log(WSH_LOG_WARN, "ev=settings_reload ok=0 err=\"%s\"", wsh_log_value(err));
+        return;
+    }
     size_t nkeys = 0, nskipped = 0;
-    int rc = hub_reload_keys(err, sizeof(err), &nkeys, &nskipped);
+    rc = hub_reload_keys(cfg, err, sizeof(err), &nkeys, &nskipped);
     if (rc != 1) {
         atomic_fetch_add(&wsh_reloads[RELOAD_AUTH][rc == 0 ? 0 : 1], 1);
         if (rc == 0)
@@ -50,15 +62,11 @@ static void reload(void)
     size_t norigins = 0;
     bool api_key = false;
     double admission = 0;
-    rc = hub_reload_settings(err, sizeof(err), &norigins, &api_key, &admission);
-    if (rc == 1)
-        return;
-    atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][rc == 0 ? 0 : 1], 1);
-    if (rc == 0)
-        wsh_log(WSH_LOG_INFO, "ev=settings_reload ok=1 origins=%zu api_key=%d admission_rate=%g",
-                norigins, api_key ? 1 : 0, admission);
-    else
-        wsh_log(WSH_LOG_WARN, "ev=settings_reload ok=0 err=\"%s\"", wsh_log_value(err));
+    hub_reload_settings(cfg, &norigins, &api_key, &admission);
+    hub_config_release(cfg);
+    atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][0], 1);
+    wsh_log(WSH_LOG_INFO, "ev=settings_reload ok=1 origins=%zu api_key=%d admission_rate=%g",
+            norigins, api_key ? 1 : 0, admission);
 }
 
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the

@@ -96,6 +96,7 @@ enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB };
 
 struct worker;
 struct rawchan;
+struct wsh_hub_config;
 
 /* Everything a connection holds while idle is in this record: no read or
  * write buffer stays allocated between messages (DESIGN.md 2). */
@@ -366,19 +367,24 @@ int fetch_get(const struct wsh_http_url *u, const struct wsh_http_proxy *proxy, 
               size_t *body_len, int *status, char *err, size_t errlen);
 
 int hub_init(const char *config_path, char *err, size_t errlen);
-/* SIGHUP: re-reads the config file's auth section (auth.keys with their
- * PEM files, auth.jwks_file) and makes it the key set every worker
- * verifies new tokens with. Returns 0 (*nkeys, *nskipped set), 1 when
- * there is nothing to reload (no config, no keys before or after), or -1
- * with err set: the current keys stay. Other config changes need a
- * restart. */
-int hub_reload_keys(char *err, size_t errlen, size_t *nkeys, size_t *nskipped);
-/* SIGHUP too: re-reads the config file's `origins`, `api_key` and
- * `limits.admission_rate`/`admission_burst` and puts them in force for the
- * next upgrade and API call. Returns 0 (the outputs set), 1 without a
- * config file, or -1 with err set: the current ones stay. */
-int hub_reload_settings(char *err, size_t errlen, size_t *norigins, bool *api_key,
-                        double *admission_rate);
+/* SIGHUP reads the config file once (hub_config_reread: 0 with *out set,
+ * 1 without --config, -1 with err set) and hands that one reading to each
+ * part that reloads; each keeps its own reference. The caller releases
+ * its own with hub_config_release. */
+int hub_config_reread(struct wsh_hub_config **out, char *err, size_t errlen);
+void hub_config_release(struct wsh_hub_config *cfg);
+/* The auth section of cfg (auth.keys with their PEM files,
+ * auth.jwks_file) becomes the key set every worker verifies new tokens
+ * with. Returns 0 (*nkeys, *nskipped set), 1 when there is nothing to
+ * reload (no keys before or after), or -1 with err set: the current keys
+ * stay. Other config changes need a restart. */
+int hub_reload_keys(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nkeys,
+                    size_t *nskipped);
+/* cfg's `origins`, `api_key` and `limits.admission_rate`/`admission_burst`
+ * are in force for the next upgrade and API call (the outputs report
+ * them). Nothing in them can fail once the file has loaded. */
+void hub_reload_settings(struct wsh_hub_config *cfg, size_t *norigins, bool *api_key,
+                         double *admission_rate);
 /* Keys in use, and JWKS keys the last load ignored. */
 size_t hub_auth_keys(size_t *nskipped);
 /* auth.jwks_url: starts the thread that fetches the set (after the signal

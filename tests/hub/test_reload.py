@@ -3,12 +3,16 @@ force without a restart (docs/config.md): a new front-end origin is let
 in, a rotated API key is the only one accepted, the API can be turned off,
 the admission rate on and off, and a file that does not load changes
 nothing. Sessions already open stay."""
+import ctypes
 import json
+import os
 import signal
+import struct
 import time
 
 from conftest import MULT, Client, base_config, handshake_status, merge, run_async, token
 from test_api import call
+from test_jwks import wait_log
 from wsraw import scrape_metrics
 
 KEY1 = "first-api-key-of-the-tests-0123456789"
@@ -88,3 +92,64 @@ def test_sighup_changes_the_admission_rate(hub):
     line = reload(h, base_config(), 3)
     assert "admission_rate=0" in line, line
     assert handshake_status(h.port, "/raw/a") == 101
+
+
+class _OpenWatch:
+    """Counts the opens of one file (inotify IN_OPEN), so a test can say
+    how many times the server read it. Closes are watched too: inotify
+    merges an event with an identical one still unread, so two opens in a
+    row would count once."""
+    IN_CLOSE_NOWRITE = 0x10
+    IN_OPEN = 0x20
+
+    def __init__(self, path):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        wd = self.libc.inotify_add_watch(self.fd, path.encode(),
+                                          self.IN_OPEN | self.IN_CLOSE_NOWRITE)
+        assert wd >= 0, os.strerror(ctypes.get_errno())
+
+    def opens(self):
+        n = 0
+        while True:
+            try:
+                buf = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return n
+            off = 0
+            while off < len(buf):
+                _wd, mask, _cookie, length = struct.unpack_from("iIII", buf, off)
+                n += 1 if mask & self.IN_OPEN else 0
+                off += 16 + length
+
+    def close(self):
+        os.close(self.fd)
+
+
+def test_sighup_reads_the_file_once(hub):
+    """The keys and the settings a SIGHUP puts in force come from one
+    reading of the file, never from two versions of it."""
+    h = hub(base_config())
+    w = _OpenWatch(h.config_path)
+    try:
+        assert w.opens() == 0
+        h.server.signal(signal.SIGHUP)
+        wait_log(h, "ev=settings_reload", 1)
+        wait_log(h, "ev=auth_reload", 1)
+        assert w.opens() == 1
+        # A file that does not load is read once too, and both parts say so.
+        with open(h.config_path, "w") as f:
+            f.write("{")
+        w.opens()  # the test's own write
+        h.server.signal(signal.SIGHUP)
+        wait_log(h, "ev=settings_reload", 2)
+        wait_log(h, "ev=auth_reload", 2)
+        assert w.opens() == 1
+    finally:
+        w.close()
+    log = h.log()
+    assert log.count("ev=auth_reload ok=0") == 1 and log.count("ev=settings_reload ok=0") == 1, log
+    m = scrape_metrics(h.port)
+    assert m['wshub_reloads_total{part="auth",result="error"}'] == 1, m
+    assert m['wshub_reloads_total{part="settings",result="error"}'] == 1, m
