@@ -57,3 +57,19 @@ test('close codes 4500-4999 are terminal, everything else may reconnect', async 
   }
   for (const c of [4500, 4501, 4999]) assert.equal(mayReconnect(c), false, String(c));
 });
+
+test('createClient shares a connection only where SharedWorker exists', async () => {
+  const { WshubClient } = await load();
+  const { createClient, SharedWshubClient, WORKER_URL } = await import(pathToFileURL(path.join(webRoot, 'wshub-shared.js')).href);
+  assert.match(WORKER_URL, /\/wshub-worker\.js$/);
+  // Node has no SharedWorker: a plain client, share or not.
+  assert.equal(typeof globalThis.SharedWorker, 'undefined');
+  for (const opts of [undefined, {}, { share: true }, { share: false }]) {
+    const c = createClient('ws://127.0.0.1:1/ws', opts);
+    assert.ok(c instanceof WshubClient && !(c instanceof SharedWshubClient));
+  }
+  // The options meant for WshubClient reach it.
+  const c = createClient('ws://127.0.0.1:1/ws', { share: true, token: 'abc' });
+  assert.equal(c.token, 'abc');
+  assert.equal(c.url, 'ws://127.0.0.1:1/ws');
+});
