@@ -20,7 +20,7 @@
 // A tab's getToken is called in that tab when the shared connection needs
 // a token (any tab that has one may be asked).
 
-import { WshubClient, WshubError } from './wshub.js';
+import { ChannelHandle, WshubClient, WshubError } from './wshub.js';
 
 export const WORKER_URL = new URL('./wshub-worker.js', import.meta.url).href;
 
@@ -37,31 +37,6 @@ function tabId() {
   return Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-class TabSubscription {
-  constructor(client, channel, handlers) {
-    this.client = client;
-    this.channel = channel;
-    this.handlers = handlers || {};
-  }
-
-  publish(payload, opts) { return this.client.publish(this.channel, payload, opts); }
-  presence() { return this.client.presence(this.channel); }
-  history(opts) { return this.client.history(this.channel, opts); }
-  signal(payload) { return this.client.signal(this.channel, payload); }
-  read(offset) { return this.client.read(this.channel, offset); }
-  unsubscribe() { return this.client.unsubscribe(this.channel); }
-
-  call(name, arg) {
-    const fn = this.handlers[name];
-    if (typeof fn !== 'function') return;
-    try {
-      fn.call(this, arg, this);
-    } catch (e) {
-      console.error(`wshub: ${name} handler for ${this.channel} threw`, e);
-    }
-  }
-}
-
 export class SharedWshubClient extends EventTarget {
   constructor(url, { token = null, getToken = null, SharedWorker = globalThis.SharedWorker, workerUrl = WORKER_URL } = {}) {
     super();
@@ -70,7 +45,7 @@ export class SharedWshubClient extends EventTarget {
     this.state = 'disconnected';
     this.client = null;
     this.user = null;
-    this.subs = new Map(); // channel -> TabSubscription
+    this.subs = new Map(); // channel -> ChannelHandle
     this.calls = new Map(); // rid -> {resolve, reject}
     this.nextRid = 1;
     this.wanted = false;
@@ -184,7 +159,7 @@ export class SharedWshubClient extends EventTarget {
 
   subscribe(channel, handlers = {}) {
     if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
-    const sub = new TabSubscription(this, channel, handlers);
+    const sub = new ChannelHandle(this, channel, handlers);
     this.subs.set(channel, sub);
     this.post({ op: 'subscribe', channel });
     return sub;

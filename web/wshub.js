@@ -58,14 +58,14 @@ function randomId() {
   return Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-class Subscription {
+// What a subscription offers whoever holds the connection (this module's
+// client, or the shared one of wshub-shared.js): the channel's commands, and
+// calling its handlers.
+export class ChannelHandle {
   constructor(client, channel, handlers) {
     this.client = client;
     this.channel = channel;
     this.handlers = handlers || {};
-    this.offset = null; // last offset delivered to onMessage
-    this.epoch = null;
-    this.active = false; // subscribed on the current connection
   }
 
   publish(payload, opts) { return this.client.publish(this.channel, payload, opts); }
@@ -83,6 +83,15 @@ class Subscription {
     } catch (e) {
       console.error(`wshub: ${name} handler for ${this.channel} threw`, e);
     }
+  }
+}
+
+class Subscription extends ChannelHandle {
+  constructor(client, channel, handlers) {
+    super(client, channel, handlers);
+    this.offset = null; // last offset delivered to onMessage
+    this.epoch = null;
+    this.active = false; // subscribed on the current connection
   }
 
   // A message push or a replayed history entry. Returns true if delivered.
