@@ -139,6 +139,8 @@ static void usage(FILE *out)
             "                            progress for this long, 0 = off (default 10)\n"
             "  --log-level LEVEL         error, warn, info or debug (default info)\n"
             "  --port-file PATH          write the bound port to PATH once listening\n"
+            "  --admin-listen HOST:PORT  serve /metrics, /dashboard and /api/ on this address\n"
+            "                            only (plain HTTP; health checks on both)\n"
             "  --config FILE             JSON configuration: namespaces, keys, limits "
             "(docs/config.md)\n"
             "  --check-config            validate --config, explain any error, and exit\n"
@@ -156,7 +158,8 @@ static void usage(FILE *out)
             "  -h, --help                show this help\n"
             "  -V, --version             show the version\n"
             "\n"
-            "Endpoints: GET /echo (with --echo), GET /raw/<channel>, GET /healthz.\n"
+            "Endpoints: GET /ws, GET /echo (with --echo), GET /raw/<channel>,\n"
+            "GET /healthz, GET /readyz, GET /metrics, GET /dashboard, /api/ (docs/server.md).\n"
             "Docs: docs/ in the source tree.\n");
 }
 
@@ -187,11 +190,13 @@ static int parse_secs(const char *opt, const char *s, uint64_t *ms)
     return 0;
 }
 
-static int parse_listen(const char *s)
+/* HOST:PORT ([v6]:PORT too) of --listen or --admin-listen; host has room
+ * for 256 bytes. */
+static int parse_listen(const char *opt, const char *s, char *host, int *port)
 {
     const char *colon = strrchr(s, ':');
     if (colon == NULL) {
-        fprintf(stderr, "wshub: --listen: expected HOST:PORT, got '%s'\n", s);
+        fprintf(stderr, "wshub: --%s: expected HOST:PORT, got '%s'\n", opt, s);
         return -1;
     }
     size_t hl = (size_t)(colon - s);
@@ -200,20 +205,21 @@ static int parse_listen(const char *s)
         hl -= 2;
     }
     if (hl == 0 || hl >= sizeof(wsh_cfg.host)) {
-        fprintf(stderr, "wshub: --listen: bad host in '%s'\n", s);
+        fprintf(stderr, "wshub: --%s: bad host in '%s'\n", opt, s);
         return -1;
     }
-    memcpy(wsh_cfg.host, s, hl);
-    wsh_cfg.host[hl] = '\0';
-    uint64_t port;
-    if (parse_u64("listen", colon + 1, 0, 65535, &port) != 0)
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    uint64_t v;
+    if (parse_u64(opt, colon + 1, 0, 65535, &v) != 0)
         return -1;
-    wsh_cfg.port = (int)port;
+    *port = (int)v;
     return 0;
 }
 
 enum {
     OPT_LISTEN = 256,
+    OPT_ADMIN_LISTEN,
     OPT_WORKERS,
     OPT_ECHO,
     OPT_MAX_MESSAGE,
@@ -250,6 +256,7 @@ static int parse_args(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "listen", required_argument, NULL, OPT_LISTEN },
+        { "admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN },
         { "workers", required_argument, NULL, OPT_WORKERS },
         { "echo", no_argument, NULL, OPT_ECHO },
         { "max-message", required_argument, NULL, OPT_MAX_MESSAGE },
@@ -285,7 +292,11 @@ static int parse_args(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
         switch (c) {
         case OPT_LISTEN:
-            if (parse_listen(optarg) != 0)
+            if (parse_listen("listen", optarg, wsh_cfg.host, &wsh_cfg.port) != 0)
+                return -1;
+            break;
+        case OPT_ADMIN_LISTEN:
+            if (parse_listen("admin-listen", optarg, wsh_cfg.admin_host, &wsh_cfg.admin_port) != 0)
                 return -1;
             break;
         case OPT_WORKERS:
@@ -421,6 +432,13 @@ static int parse_args(int argc, char **argv)
         fprintf(stderr, "wshub: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
+    /* Listening sockets share a port (SO_REUSEPORT): the same port twice
+     * would hand public clients to the admin listener, or the reverse. */
+    if (wsh_cfg.admin_port > 0 && wsh_cfg.admin_port == wsh_cfg.port) {
+        fprintf(stderr, "wshub: --admin-listen: port %d is the --listen port; use another\n",
+                wsh_cfg.port);
+        return -1;
+    }
     return 0;
 }
 
@@ -428,6 +446,7 @@ static void set_defaults(void)
 {
     snprintf(wsh_cfg.host, sizeof(wsh_cfg.host), "127.0.0.1");
     wsh_cfg.port = 8080;
+    wsh_cfg.admin_port = -1;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     wsh_cfg.workers = n > 0 ? (int)(n > WSH_MAX_WORKERS ? WSH_MAX_WORKERS : n) : 1;
     wsh_cfg.limits.max_message = WSH_DEFAULT_MAX_MESSAGE;
@@ -552,6 +571,27 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    int admin_port = -1;
+    if (wsh_cfg.admin_port >= 0) {
+        int fd = wsh_listen_tcp(wsh_cfg.admin_host, wsh_cfg.admin_port, 128);
+        if (fd < 0) {
+            wsh_log(WSH_LOG_ERROR, "ev=listen_failed addr=%s port=%d err=\"%s\" admin=1",
+                    wsh_cfg.admin_host, wsh_cfg.admin_port, wsh_strerror(fd));
+            return 1;
+        }
+        admin_port = wsh_socket_port(fd);
+        if (admin_port == port) {
+            /* Two ephemeral choices can't collide; a fixed one against an
+             * ephemeral one can. */
+            wsh_log(WSH_LOG_ERROR, "ev=listen_failed admin=1 err=\"the --listen port\"");
+            return 1;
+        }
+        int rc = worker_listen_admin(&wsh_workers[0], fd);
+        if (rc != WSH_OK) {
+            wsh_log(WSH_LOG_ERROR, "ev=worker_init_failed err=\"%s\"", wsh_strerror(rc));
+            return 1;
+        }
+    }
     hub_workers_ready();
     static struct wsh_io sig_io = { .cb = on_signal };
     sig_io.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -571,6 +611,8 @@ int main(int argc, char **argv)
             wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.deflate ? 1 : 0,
             wsh_cfg.echo ? 1 : 0, (unsigned long long)wsh_cfg.limits.max_message,
             wsh_cfg.proxy_protocol ? 1 : 0);
+    if (admin_port >= 0)
+        wsh_log(WSH_LOG_INFO, "ev=admin_listen addr=%s port=%d", wsh_cfg.admin_host, admin_port);
     if (wsh_cfg.port_file && write_port_file(wsh_cfg.port_file, port) != 0) {
         wsh_log(WSH_LOG_ERROR, "ev=port_file_failed path=%s", wsh_cfg.port_file);
         return 1;

@@ -52,6 +52,10 @@ struct wsh_config {
     bool proxy_protocol;            /* every connection begins with a PROXY header */
     const struct wsh_cidr *trusted; /* proxies whose X-Forwarded-For is read */
     size_t ntrusted;
+    /* --admin-listen: /metrics, /dashboard and /api/ move to this address
+     * (plain HTTP, worker 0) and are 404 on the public one. */
+    char admin_host[256];
+    int admin_port; /* -1: no admin listener */
 };
 
 extern struct wsh_config wsh_cfg;
@@ -83,7 +87,8 @@ enum conn_state {
     CONN_DEAD     /* destroyed; memory freed at the end of the iteration */
 };
 
-enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB };
+/* EP_ADMIN: accepted on the --admin-listen address; it never upgrades. */
+enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB, EP_ADMIN };
 
 #define CF_CLOSE_SENT  0x01 /* our close frame (or final response) is queued */
 #define CF_CLOSE_RECVD 0x02 /* the peer's close frame arrived */
@@ -271,9 +276,10 @@ struct worker {
     struct wsh_loop *loop;
     pthread_t thread;
     struct wsh_io listen_io;
-    struct wsh_io wake_io; /* eventfd: inbox and shutdown */
-    int reserve_fd;        /* the EMFILE trick (libuv uv__emfile_trick) */
-    struct conn *conns;    /* live connections */
+    struct wsh_io admin_io; /* --admin-listen, worker 0 only; fd -1 without */
+    struct wsh_io wake_io;  /* eventfd: inbox and shutdown */
+    int reserve_fd;         /* the EMFILE trick (libuv uv__emfile_trick) */
+    struct conn *conns;     /* live connections */
     size_t nconns;
     struct conn *pending; /* connections with queued output this turn */
     struct conn *closed;  /* destroyed, freed at the end of the turn */
@@ -317,6 +323,9 @@ enum { RELOAD_TLS, RELOAD_AUTH, RELOAD_SETTINGS, RELOAD_PARTS };
 extern _Atomic uint64_t wsh_reloads[RELOAD_PARTS][2];
 
 int worker_init(struct worker *w, int id, int listen_fd);
+/* --admin-listen: worker w (0) accepts on fd too, for the operator's
+ * endpoints only. */
+int worker_listen_admin(struct worker *w, int fd);
 /* Starts the admission bucket from wsh_cfg; before the workers run. */
 void worker_admission_init(void);
 /* Sets limits.admission_rate and admission_burst (rate 0: off); SIGHUP. */

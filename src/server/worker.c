@@ -973,6 +973,34 @@ static uint32_t admit_upgrade(const struct conn *c)
     return retry_s;
 }
 
+static bool path_is(const struct wsh_http_request *req, const char *p)
+{
+    size_t n = strlen(p);
+    return req->path_len == n && memcmp(req->path, p, n) == 0;
+}
+
+static bool path_under(const struct wsh_http_request *req, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return req->path_len >= n && memcmp(req->path, prefix, n) == 0;
+}
+
+/* With --admin-listen the operator's endpoints (/metrics, /dashboard,
+ * /api/) answer on that address only, and it answers nothing that is the
+ * public's: no upgrade, no demo page; the health checks, and the static
+ * files the dashboard loads, answer on both. Without it, everything is on
+ * the one port (DESIGN.md 6). */
+static bool route_allowed(const struct conn *c, const struct wsh_http_request *req)
+{
+    if (wsh_cfg.admin_port < 0)
+        return true;
+    if (c->endpoint == EP_ADMIN)
+        return !(path_is(req, "/") || path_is(req, "/ws") || path_is(req, "/echo") ||
+                 path_under(req, "/raw/"));
+    return !(path_is(req, "/metrics") || path_is(req, "/dashboard") ||
+             path_is(req, "/dashboard.html") || path_under(req, "/api/"));
+}
+
 /* Routes a complete request head. Returns the bytes of the head, or 0 when
  * the connection was answered and is closing. */
 static void http_route(struct worker *w, struct conn *c, const struct wsh_http_request *req)
@@ -1198,6 +1226,10 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
     }
     if ((c->flags & CF_FORWARDED) && !w->replay && !forwarded_admit(w, c, &req))
         return len;
+    if (!route_allowed(c, &req)) {
+        http_reply(w, c, 404, "not found");
+        return len;
+    }
     size_t blen = req.content_length > 0 ? (size_t)req.content_length : 0;
     if (req.chunked) {
         http_reply(w, c, 411, "a Content-Length body is required");
@@ -1793,16 +1825,19 @@ static void refuse_overload(struct worker *w, int fd)
     close(fd);
 }
 
+/* Both listeners: the public one of each worker, and worker 0's
+ * --admin-listen one, whose connections are plain HTTP from the operator's
+ * network (no TLS, no PROXY header, no per-address limits) and reach only
+ * the operator's endpoints (http_input). */
 static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
 {
     struct worker *w = wsh_loop_user(l);
-    (void)io;
     (void)events;
+    bool admin = io == &w->admin_io;
     for (int i = 0; i < ACCEPT_MAX; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof(peer);
-        int fd =
-            accept4(w->listen_io.fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR)
                 continue;
@@ -1811,7 +1846,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
                  * connection at the head of the queue so the listener does
                  * not spin, then take the reserve back. */
                 close(w->reserve_fd);
-                int victim = accept4(w->listen_io.fd, NULL, NULL, SOCK_CLOEXEC);
+                int victim = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC);
                 if (victim >= 0)
                     refuse_overload(w, victim);
                 w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -1828,7 +1863,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
          * header names (proxy_input), not the balancer's own. */
         struct ipcount *ipc = NULL;
         bool forwarded = false;
-        if (!wsh_cfg.proxy_protocol) {
+        if (!wsh_cfg.proxy_protocol && !admin) {
             uint32_t retry_s = admit_peer(&peer, &ipc, &forwarded);
             if (retry_s) {
                 send_early_refusal(w, fd, 429, retry_s);
@@ -1853,7 +1888,9 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         c->timer.cb = on_conn_timer;
         c->id = next_conn_id();
         c->state = CONN_HTTP;
-        if (wsh_tls_ctx != NULL) {
+        if (admin) {
+            c->endpoint = EP_ADMIN;
+        } else if (wsh_tls_ctx != NULL) {
             c->ssl = wsh_tls_conn_new(wsh_tls_ctx, fd);
             if (c->ssl == NULL) {
                 close(fd);
@@ -1862,7 +1899,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             }
             c->state = CONN_TLS;
         }
-        if (wsh_cfg.proxy_protocol)
+        if (wsh_cfg.proxy_protocol && !admin)
             c->state = CONN_PROXY;
         if (wsh_loop_add(l, &c->io, EPOLLIN) != WSH_OK) {
             if (c->ssl)
@@ -1936,10 +1973,13 @@ static void begin_shutdown(struct worker *w)
 {
     w->shutting_down = true;
     wsh_timer_stop(&w->sweep_timer);
-    if (w->listen_io.fd >= 0) {
-        wsh_loop_del(w->loop, &w->listen_io);
-        close(w->listen_io.fd);
-        w->listen_io.fd = -1;
+    struct wsh_io *listeners[2] = { &w->listen_io, &w->admin_io };
+    for (int i = 0; i < 2; i++) {
+        if (listeners[i]->fd >= 0) {
+            wsh_loop_del(w->loop, listeners[i]);
+            close(listeners[i]->fd);
+            listeners[i]->fd = -1;
+        }
     }
     uint64_t ticks = wsh_cfg.drain_ms / DRAIN_TICK_MS;
     if (ticks <= 1) {
@@ -1981,6 +2021,8 @@ int worker_init(struct worker *w, int id, int listen_fd)
     w->id = id;
     w->listen_io.fd = listen_fd;
     w->listen_io.cb = on_accept;
+    w->admin_io.fd = -1;
+    w->admin_io.cb = on_accept;
     /* Cache-line aligned: the kernel's copy into it (rep movsb) runs about
      * a third slower into a misaligned destination on this machine's CPU,
      * and malloc puts a block this size 16 bytes into a page. */
@@ -2001,6 +2043,15 @@ int worker_init(struct worker *w, int id, int listen_fd)
     if (rc != WSH_OK)
         return rc;
     return wsh_loop_add(w->loop, &w->listen_io, EPOLLIN);
+}
+
+int worker_listen_admin(struct worker *w, int fd)
+{
+    w->admin_io.fd = fd;
+    int rc = wsh_loop_add(w->loop, &w->admin_io, EPOLLIN);
+    if (rc != WSH_OK)
+        w->admin_io.fd = -1;
+    return rc;
 }
 
 void *worker_main(void *arg)
