@@ -775,18 +775,23 @@ int hub_reload_keys(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t
     return 0;
 }
 
-void hub_reload_settings(struct wsh_hub_config *cfg, size_t *norigins, bool *api_key,
-                         double *admission_rate)
+void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
 {
+    const struct wsh_limits_config *l = &cfg->limits;
     pthread_rwlock_wrlock(&settings_rw);
     struct wsh_hub_config *old = settings_cfg;
     settings_cfg = config_ref(cfg);
     origins.entries = (const char *const *)cfg->origins;
     origins.nentries = cfg->norigins;
-    *norigins = cfg->norigins;
-    *api_key = cfg->api_key != NULL;
-    *admission_rate = cfg->limits.admission_rate;
-    worker_admission_set(cfg->limits.admission_rate, cfg->limits.admission_burst);
+    *out = (struct hub_settings){ .norigins = cfg->norigins,
+                                  .api_key = cfg->api_key != NULL,
+                                  .admission_rate = l->admission_rate,
+                                  .max_connections = l->max_connections,
+                                  .per_ip = l->max_connections_per_ip,
+                                  .ip_rate = l->handshake_rate_per_ip };
+    worker_admission_set(l->admission_rate, l->admission_burst);
+    worker_limits_set(l->max_connections, l->max_connections_per_ip, l->handshake_rate_per_ip,
+                      l->handshake_burst_per_ip, l->ipv6_prefix);
     pthread_rwlock_unlock(&settings_rw);
     hub_config_release(old);
 }
@@ -984,8 +989,7 @@ void hub_conn_limits(struct wsh_config *cfg)
     if (!have_config)
         return;
     const struct wsh_limits_config *l = &hubcfg.limits;
-    if (l->max_connections > 0 && l->max_connections < cfg->max_connections)
-        cfg->max_connections = l->max_connections;
+    cfg->max_connections_cfg = l->max_connections;
     cfg->max_per_ip = l->max_connections_per_ip;
     cfg->ip_rate = l->handshake_rate_per_ip;
     cfg->ip_burst = l->handshake_burst_per_ip;

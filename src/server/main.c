@@ -59,14 +59,15 @@ static void reload(void)
         else
             wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", wsh_log_value(err));
     }
-    size_t norigins = 0;
-    bool api_key = false;
-    double admission = 0;
-    hub_reload_settings(cfg, &norigins, &api_key, &admission);
+    struct hub_settings set;
+    hub_reload_settings(cfg, &set);
     hub_config_release(cfg);
     atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][0], 1);
-    wsh_log(WSH_LOG_INFO, "ev=settings_reload ok=1 origins=%zu api_key=%d admission_rate=%g",
-            norigins, api_key ? 1 : 0, admission);
+    wsh_log(WSH_LOG_INFO,
+            "ev=settings_reload ok=1 origins=%zu api_key=%d admission_rate=%g "
+            "max_connections=%zu max_connections_per_ip=%u handshake_rate_per_ip=%g",
+            set.norigins, set.api_key ? 1 : 0, set.admission_rate, set.max_connections, set.per_ip,
+            set.ip_rate);
 }
 
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the
@@ -546,7 +547,7 @@ int main(int argc, char **argv)
     }
 
     hub_conn_limits(&wsh_cfg);
-    worker_admission_init();
+    worker_limits_init();
 
     wsh_nworkers = wsh_cfg.workers;
     wsh_workers = calloc((size_t)wsh_nworkers, sizeof(*wsh_workers));

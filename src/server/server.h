@@ -35,9 +35,10 @@ struct wsh_config {
     size_t soft_queue;           /* outbound soft limit, 0 = off */
     uint64_t soft_queue_ms;      /* ... tolerated for this long */
     uint64_t write_timeout_ms;   /* queued output without progress, 0 = off */
-    size_t max_connections;
-    uint32_t max_per_ip; /* 0 = no per-address limit */
-    double ip_rate;      /* new connections per second per address, 0 = off */
+    size_t max_connections;      /* the ceiling: RLIMIT_NOFILE - 64 */
+    size_t max_connections_cfg;  /* limits.max_connections, 0 = the ceiling */
+    uint32_t max_per_ip;         /* 0 = no per-address limit */
+    double ip_rate;              /* new connections per second per address, 0 = off */
     uint32_t ip_burst;
     uint32_t ip6_prefix; /* IPv6 addresses count per this prefix (wsh_addr_key) */
     double admit_rate;   /* WebSocket upgrades per second, server-wide, 0 = off */
@@ -326,10 +327,16 @@ int worker_init(struct worker *w, int id, int listen_fd);
 /* --admin-listen: worker w (0) accepts on fd too, for the operator's
  * endpoints only. */
 int worker_listen_admin(struct worker *w, int fd);
-/* Starts the admission bucket from wsh_cfg; before the workers run. */
-void worker_admission_init(void);
+/* Puts the limits of wsh_cfg that SIGHUP may change in force (the
+ * admission rate, the connection limits); before the workers run. */
+void worker_limits_init(void);
 /* Sets limits.admission_rate and admission_burst (rate 0: off); SIGHUP. */
 void worker_admission_set(double rate, uint32_t burst);
+/* Sets limits.max_connections (0: the ceiling, RLIMIT_NOFILE - 64),
+ * max_connections_per_ip, handshake_rate_per_ip and burst_per_ip (0: off)
+ * and ipv6_prefix; SIGHUP. */
+void worker_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, uint32_t ip_burst,
+                       uint32_t v6prefix);
 void *worker_main(void *arg);
 void worker_wake(struct worker *w);
 
@@ -389,11 +396,21 @@ void hub_config_release(struct wsh_hub_config *cfg);
  * stay. Other config changes need a restart. */
 int hub_reload_keys(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nkeys,
                     size_t *nskipped);
-/* cfg's `origins`, `api_key` and `limits.admission_rate`/`admission_burst`
- * are in force for the next upgrade and API call (the outputs report
- * them). Nothing in them can fail once the file has loaded. */
-void hub_reload_settings(struct wsh_hub_config *cfg, size_t *norigins, bool *api_key,
-                         double *admission_rate);
+/* What a settings reload put in force, for its log line. */
+struct hub_settings {
+    size_t norigins;
+    bool api_key;
+    double admission_rate;
+    size_t max_connections; /* 0: the ceiling */
+    uint32_t per_ip;
+    double ip_rate;
+};
+/* cfg's `origins`, `api_key`, `limits.admission_rate`/`admission_burst`
+ * and the connection limits (`max_connections`, `max_connections_per_ip`,
+ * `handshake_rate_per_ip`/`handshake_burst_per_ip`, `ipv6_prefix`) are in
+ * force for the next connection, upgrade and API call. Nothing in them
+ * can fail once the file has loaded. */
+void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out);
 /* Keys in use, and JWKS keys the last load ignored. */
 size_t hub_auth_keys(size_t *nskipped);
 /* auth.jwks_url: starts the thread that fetches the set (after the signal

@@ -942,9 +942,11 @@ static double admit_rate;     /* guarded by admit_mu */
 static uint32_t admit_burst;  /* guarded by admit_mu */
 static _Atomic bool admit_on; /* admit_rate > 0 */
 
-void worker_admission_init(void)
+void worker_limits_init(void)
 {
     worker_admission_set(wsh_cfg.admit_rate, wsh_cfg.admit_burst);
+    worker_limits_set(wsh_cfg.max_connections_cfg, wsh_cfg.max_per_ip, wsh_cfg.ip_rate,
+                      wsh_cfg.ip_burst, wsh_cfg.ip6_prefix);
 }
 
 void worker_admission_set(double rate, uint32_t burst)
@@ -1157,9 +1159,11 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
             req->path);
 }
 
+static _Atomic bool ip_on; /* a per-address limit is on (ipl) */
+
 static bool per_ip_on(void)
 {
-    return wsh_cfg.max_per_ip > 0 || wsh_cfg.ip_rate > 0;
+    return atomic_load_explicit(&ip_on, memory_order_relaxed);
 }
 
 /* Per-address admission of a connection from peer: the socket's address,
@@ -1702,6 +1706,16 @@ struct ipcount {
 static pthread_mutex_t ip_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct ipcount *ip_table[IP_BUCKETS];
 static uint32_t ip_refusals; /* spreads refusals past the horizon */
+/* The limits themselves, which SIGHUP may change (worker_limits_set):
+ * guarded by ip_mu, with ip_on saying whether either is on. */
+static struct {
+    uint32_t max;   /* connections per address, 0 = off */
+    double rate;    /* new connections per second per address, 0 = off */
+    uint32_t burst; /* its bucket */
+    uint32_t v6prefix;
+} ipl;
+/* limits.max_connections, under the ceiling of RLIMIT_NOFILE. */
+static _Atomic size_t max_conns;
 
 static uint32_t ip_hash(const uint8_t *a, size_t len)
 {
@@ -1716,10 +1730,12 @@ static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *r
 {
     uint8_t a[16];
     *retry_s = 0;
-    uint8_t len = (uint8_t)wsh_addr_key(ss, wsh_cfg.ip6_prefix, a);
-    if (len == 0)
-        return NULL;
     pthread_mutex_lock(&ip_mu);
+    uint8_t len = (uint8_t)wsh_addr_key(ss, ipl.v6prefix, a);
+    if (len == 0) {
+        pthread_mutex_unlock(&ip_mu);
+        return NULL;
+    }
     uint64_t now = wsh_now_ms();
     struct ipcount **pp = &ip_table[ip_hash(a, len)], *e = *pp;
     while (e && !(e->len == len && memcmp(e->addr, a, len) == 0))
@@ -1732,15 +1748,15 @@ static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *r
         }
         e->len = len;
         memcpy(e->addr, a, len);
-        if (wsh_cfg.ip_rate > 0)
-            wsh_rate_init(&e->rate, wsh_cfg.ip_rate, wsh_cfg.ip_burst, now);
+        if (ipl.rate > 0)
+            wsh_rate_init(&e->rate, ipl.rate, ipl.burst, now);
         e->next = *pp;
         *pp = e;
     }
-    if (wsh_cfg.max_per_ip > 0 && e->n >= wsh_cfg.max_per_ip) {
+    if (ipl.max > 0 && e->n >= ipl.max) {
         *retry_s = 5; /* a slot frees when one of its connections closes */
         e = NULL;
-    } else if (wsh_cfg.ip_rate > 0 && !wsh_rate_take(&e->rate, now)) {
+    } else if (ipl.rate > 0 && !wsh_rate_take(&e->rate, now)) {
         *retry_s = refusal_retry_s(&e->rate, now, ++ip_refusals);
         e = NULL;
     }
@@ -1764,7 +1780,7 @@ static void ip_release(struct ipcount *e)
     pthread_mutex_lock(&ip_mu);
     /* With a rate limit the entry stays until its bucket is full again
      * (ip_sweep), or closing and reopening would reset it. */
-    if (--e->n == 0 && wsh_cfg.ip_rate <= 0)
+    if (--e->n == 0 && ipl.rate <= 0)
         ip_unlink_free(e);
     pthread_mutex_unlock(&ip_mu);
 }
@@ -1774,18 +1790,39 @@ static void ip_release(struct ipcount *e)
  * frees those a refused address left behind. */
 static void ip_sweep(void)
 {
-    if (wsh_cfg.max_per_ip == 0 && wsh_cfg.ip_rate <= 0)
-        return;
     pthread_mutex_lock(&ip_mu);
     uint64_t now = wsh_now_ms();
     for (uint32_t i = 0; i < IP_BUCKETS; i++) {
         struct ipcount *next;
         for (struct ipcount *e = ip_table[i]; e; e = next) {
             next = e->next;
-            if (e->n == 0 && (wsh_cfg.ip_rate <= 0 || wsh_rate_full(&e->rate, now)))
+            if (e->n == 0 && (ipl.rate <= 0 || wsh_rate_full(&e->rate, now)))
                 ip_unlink_free(e);
         }
     }
+    pthread_mutex_unlock(&ip_mu);
+}
+
+void worker_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, uint32_t ip_burst,
+                       uint32_t v6prefix)
+{
+    size_t ceiling = wsh_cfg.max_connections;
+    size_t max = max_connections > 0 && max_connections < ceiling ? max_connections : ceiling;
+    atomic_store(&max_conns, max);
+    pthread_mutex_lock(&ip_mu);
+    /* A changed rate starts every address's bucket afresh, full; an
+     * unchanged one keeps them as they are. */
+    if (ip_rate > 0 && (ip_rate != ipl.rate || ip_burst != ipl.burst)) {
+        uint64_t now = wsh_now_ms();
+        for (uint32_t i = 0; i < IP_BUCKETS; i++)
+            for (struct ipcount *e = ip_table[i]; e; e = e->next)
+                wsh_rate_init(&e->rate, ip_rate, ip_burst, now);
+    }
+    ipl.max = per_ip;
+    ipl.rate = ip_rate;
+    ipl.burst = ip_burst;
+    ipl.v6prefix = v6prefix;
+    atomic_store(&ip_on, per_ip > 0 || ip_rate > 0);
     pthread_mutex_unlock(&ip_mu);
 }
 
@@ -1855,7 +1892,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             return;
         }
         if (atomic_load_explicit(&wsh_total_conns, memory_order_relaxed) >=
-            wsh_cfg.max_connections) {
+            atomic_load_explicit(&max_conns, memory_order_relaxed)) {
             refuse_overload(w, fd);
             continue;
         }

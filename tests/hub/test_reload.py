@@ -10,7 +10,9 @@ import signal
 import struct
 import time
 
-from conftest import MULT, Client, base_config, handshake_status, merge, run_async, token
+import wsraw
+from conftest import (MULT, Client, base_config, handshake_status, merge, raw_upgrade, run_async,
+                      token)
 from test_api import call
 from test_jwks import wait_log
 from wsraw import scrape_metrics
@@ -153,3 +155,67 @@ def test_sighup_reads_the_file_once(hub):
     m = scrape_metrics(h.port)
     assert m['wshub_reloads_total{part="auth",result="error"}'] == 1, m
     assert m['wshub_reloads_total{part="settings",result="error"}'] == 1, m
+
+
+def until_status(port, want, path="/raw/a"):
+    """Upgrades until one gets `want` (a connection the server is still
+    closing may hold a slot for a moment); returns the connection when
+    want is 101, which the caller closes."""
+    deadline = time.monotonic() + 5 * MULT
+    while True:
+        r, c = raw_upgrade(port, path)
+        if r.status == want:
+            if want == 101:
+                return c
+            c.close()
+            return r
+        c.close()
+        assert time.monotonic() < deadline, (want, r.status)
+        time.sleep(0.05)
+
+
+def test_sighup_changes_the_connection_limits(hub):
+    """limits.max_connections_per_ip, handshake_rate_per_ip and
+    max_connections follow SIGHUP, counting the connections already open,
+    which stay open; turned off, they let everyone in again."""
+    h = hub(base_config())  # the file's default: 256 per address
+    held = [until_status(h.port, 101) for _ in range(3)]
+
+    line = reload(h, merge(base_config(), {"limits": {"max_connections_per_ip": 3}}), 1)
+    assert "ok=1" in line and "max_connections_per_ip=3" in line, line
+    r = until_status(h.port, 429)
+    assert r.header("retry-after") == "5", r
+    held.pop().close()
+    held.append(until_status(h.port, 101))  # the slot it left
+
+    line = reload(h, merge(base_config(), {"limits": {"max_connections_per_ip": 0}}), 2)
+    assert "max_connections_per_ip=0" in line, line
+    held += [until_status(h.port, 101) for _ in range(3)]  # 6 open now
+
+    # The whole server: 7 with the 6 open, then full.
+    line = reload(h, merge(base_config(), {"limits": {"max_connections": 7,
+                                                      "max_connections_per_ip": 0}}), 3)
+    assert "max_connections=7" in line, line
+    held.append(until_status(h.port, 101))
+    assert until_status(h.port, 503).status == 503
+
+    # A rate per address: a burst of 2, then refused with the slot's delay.
+    line = reload(h, merge(base_config(), {"limits": {"handshake_rate_per_ip": 0.1,
+                                                      "handshake_burst_per_ip": 2}}), 4)
+    assert "handshake_rate_per_ip=0.1" in line, line
+    fresh = [until_status(h.port, 101) for _ in range(2)]
+    r = until_status(h.port, 429)
+    assert int(r.header("retry-after")) >= 1, r
+    for c in fresh:
+        c.close()
+
+    line = reload(h, base_config(), 5)
+    assert "max_connections=0 max_connections_per_ip=256 handshake_rate_per_ip=0" in line, line
+    until_status(h.port, 101).close()
+
+    # Those open all along were never closed: a raw message goes round.
+    held[0].send_frame(wsraw.OP_TEXT, b"still here")
+    for c in held[1:]:
+        assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"still here")
+    for c in held:
+        c.close()
