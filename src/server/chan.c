@@ -82,6 +82,15 @@ void chanreg_sweep(struct chanreg *reg)
     pthread_mutex_unlock(&reg->mu);
 }
 
+void chanreg_each(struct chanreg *reg, chanreg_init_cb *fn, void *arg)
+{
+    pthread_mutex_lock(&reg->mu);
+    for (size_t b = 0; b < CHANREG_BUCKETS; b++)
+        for (struct chanrec *r = reg->bucket[b]; r != NULL; r = r->hnext)
+            fn(r, arg);
+    pthread_mutex_unlock(&reg->mu);
+}
+
 struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len)
 {
     size_t size = sizeof(struct rawchan) + (size_t)wsh_nworkers * sizeof(struct rawchan_local);

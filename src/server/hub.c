@@ -29,8 +29,8 @@ struct hubsub;
 /* A channel as the workers see it: per-worker subscriber lists. */
 struct hubchan {
     CHANREC_FIELDS
-    const struct wsh_ns_config *ns;
-    _Atomic uint32_t total; /* subscribers over all workers */
+    _Atomic(const struct wsh_ns_config *) ns; /* in live: chan_ns(), repoint_ns() */
+    _Atomic uint32_t total;                   /* subscribers over all workers */
     struct {
         struct hubsub *head;
         _Atomic uint32_t n;
@@ -68,7 +68,42 @@ struct hubconn {
 
 static struct wsh_hub_config hubcfg;
 static struct wsh_broker *broker;
-static struct wsh_proto_limits plimits;
+static size_t max_input; /* bytes of a /ws message (hub_start) */
+
+/* What /ws reads on every command: the namespaces, the per-connection
+ * limits (limits.publish_*, max_subscriptions, json_depth, max_channel,
+ * unauthenticated.*) and auth.allow_anonymous. hubcfg at start; SIGHUP
+ * puts the newly read file in its place (hub_reload_settings). Workers
+ * read it, and the namespaces channels point into, without a lock, so a
+ * replaced one is kept until every worker has ended the loop turn it was
+ * replaced in (live_replace, live_reclaim), as RCU waits for a grace
+ * period. */
+static _Atomic(struct wsh_hub_config *) live;
+
+static const struct wsh_hub_config *live_cfg(void)
+{
+    return atomic_load_explicit(&live, memory_order_acquire);
+}
+
+static void live_reclaim(void);
+
+/* The options for channel name in cfg. A namespace the file no longer has
+ * falls back to default_namespace: its channels go on until their
+ * subscribers leave, and new subscriptions are refused (unknown
+ * namespace) by the commands' own lookup. */
+static const struct wsh_ns_config *ns_of(const struct wsh_hub_config *cfg, const char *name,
+                                         size_t len)
+{
+    const struct wsh_ns_config *ns = wsh_config_namespace(cfg, name, len);
+    return ns != NULL ? ns : &cfg->default_ns;
+}
+
+static struct wsh_proto_limits proto_limits(const struct wsh_hub_config *cfg)
+{
+    return (struct wsh_proto_limits){ .max_input = max_input,
+                                      .max_depth = cfg->limits.json_depth,
+                                      .max_channel = cfg->limits.max_channel };
+}
 /* origins and api_key change on SIGHUP (hub_reload_settings): every
  * upgrade's Origin check and every API call read them under the read side
  * of settings_rw, a reload swaps them under the write side. They live in
@@ -168,18 +203,28 @@ static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, cons
 /* ------------------------------------------------------------------ */
 /* Channel registry                                                     */
 
-static void set_ns(struct chanrec *r, void *ns)
+static const struct wsh_ns_config *chan_ns(const struct hubchan *ch)
 {
-    ((struct hubchan *)r)->ns = ns;
+    return atomic_load_explicit(&ch->ns, memory_order_acquire);
 }
 
-/* Finds (and with ns, creates) a channel record and takes a reference. */
-static struct hubchan *chan_get(const char *name, size_t len, const struct wsh_ns_config *ns)
+/* Under the registry lock, at creation and when a reload replaces live:
+ * a record created after the reload's walk reads the new live here. */
+static void repoint_ns(struct chanrec *r, void *cfg)
 {
-    size_t size = ns ? sizeof(struct hubchan) +
-                           (size_t)wsh_nworkers * sizeof(((struct hubchan *)NULL)->local[0])
-                     : 0;
-    return (struct hubchan *)chanreg_get(&hub_reg, name, len, size, set_ns, (void *)(uintptr_t)ns);
+    const struct wsh_hub_config *c = cfg != NULL ? cfg : live_cfg();
+    atomic_store_explicit(&((struct hubchan *)r)->ns, ns_of(c, r->name, r->name_len),
+                          memory_order_release);
+}
+
+/* Finds (and with create, creates) a channel record and takes a
+ * reference. */
+static struct hubchan *chan_get(const char *name, size_t len, bool create)
+{
+    size_t size = create ? sizeof(struct hubchan) +
+                               (size_t)wsh_nworkers * sizeof(((struct hubchan *)NULL)->local[0])
+                         : 0;
+    return (struct hubchan *)chanreg_get(&hub_reg, name, len, size, repoint_ns, NULL);
 }
 
 static void chan_put(struct hubchan *ch)
@@ -189,6 +234,7 @@ static void chan_put(struct hubchan *ch)
 
 void hub_sweep(int64_t now_ms)
 {
+    live_reclaim();
     if (!hub_enabled)
         return;
     chanreg_sweep(&hub_reg);
@@ -234,7 +280,7 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
                           uint64_t offset, enum push_type type, const struct conn *skip)
 {
     uint64_t sent = 0;
-    bool lag_policy = ch->ns->slow_consumer == WSH_SLOW_DROP_OLDEST && offset != 0;
+    bool lag_policy = chan_ns(ch)->slow_consumer == WSH_SLOW_DROP_OLDEST && offset != 0;
     struct zcache zc;
     zcache_init(&zc, frame);
     struct hubsub *next;
@@ -259,7 +305,7 @@ void hub_slow_consumer(struct worker *w, struct conn *c)
 bool hub_drops_for_lag(const struct conn *c)
 {
     for (const struct hubsub *s = c->hub->subs; s; s = s->conn_next)
-        if (s->ch->ns->slow_consumer == WSH_SLOW_DROP_OLDEST)
+        if (chan_ns(s->ch)->slow_consumer == WSH_SLOW_DROP_OLDEST)
             return true;
     return false;
 }
@@ -334,7 +380,7 @@ static void on_broker_message(const char *channel, const char *epoch,
                               const struct wsh_broker_msg *m, void *user)
 {
     (void)user;
-    struct hubchan *ch = chan_get(channel, strlen(channel), NULL);
+    struct hubchan *ch = chan_get(channel, strlen(channel), false);
     if (ch == NULL)
         return; /* nobody on this node subscribes */
     struct wsh_jbuf b;
@@ -602,8 +648,7 @@ int hub_init(const char *config_path, char *err, size_t errlen)
     } else {
         wsh_config_defaults(&hubcfg);
     }
-    plimits.max_depth = hubcfg.limits.json_depth;
-    plimits.max_channel = hubcfg.limits.max_channel;
+    atomic_store(&live, &hubcfg);
     origins.entries = (const char *const *)hubcfg.origins;
     origins.nentries = hubcfg.norigins;
     origins.allow_missing = true;
@@ -775,6 +820,66 @@ int hub_reload_keys(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t
     return 0;
 }
 
+/* A replaced live config, with each worker's turn count when it was
+ * replaced: it may be freed once every count has moved on. Reloads and
+ * sweeps both run on worker 0, so the list needs no lock. */
+struct retired {
+    struct retired *next;
+    struct wsh_hub_config *cfg;
+    uint64_t turns[WSH_MAX_WORKERS];
+};
+static struct retired *retired;
+
+static void live_replace(struct wsh_hub_config *cfg)
+{
+    struct wsh_hub_config *old = atomic_exchange(&live, config_ref(cfg));
+    if (hub_enabled)
+        chanreg_each(&hub_reg, repoint_ns, cfg);
+    struct retired *r = malloc(sizeof(*r));
+    if (r == NULL)
+        return; /* kept for good: never freed under a reader */
+    r->cfg = old;
+    for (int i = 0; i < wsh_nworkers; i++) {
+        r->turns[i] = atomic_load_explicit(&wsh_workers[i].turns, memory_order_acquire);
+        worker_wake(&wsh_workers[i]); /* so an idle worker ends a turn too */
+    }
+    r->next = retired;
+    retired = r;
+}
+
+static void live_reclaim(void)
+{
+    struct retired **pp = &retired;
+    while (*pp != NULL) {
+        struct retired *r = *pp;
+        bool past = true;
+        for (int i = 0; i < wsh_nworkers && past; i++)
+            past = atomic_load_explicit(&wsh_workers[i].turns, memory_order_acquire) > r->turns[i];
+        if (!past) {
+            pp = &r->next;
+            continue;
+        }
+        *pp = r->next;
+        hub_config_release(r->cfg);
+        free(r);
+    }
+}
+
+void hub_restart_needed(const struct wsh_hub_config *cfg, char *out, size_t outlen)
+{
+    const struct wsh_limits_config *a = &hubcfg.limits, *b = &cfg->limits;
+    bool proxies = hubcfg.ntrusted_proxies != cfg->ntrusted_proxies ||
+                   (cfg->ntrusted_proxies > 0 &&
+                    memcmp(hubcfg.trusted_proxies, cfg->trusted_proxies,
+                           cfg->ntrusted_proxies * sizeof(*cfg->trusted_proxies)) != 0);
+    snprintf(out, outlen, "%s%s%s", a->max_message != b->max_message ? "limits.max_message " : "",
+             a->max_client_memory != b->max_client_memory ? "limits.max_client_memory " : "",
+             proxies ? "trusted_proxies " : "");
+    size_t n = strlen(out);
+    if (n > 0)
+        out[n - 1] = '\0'; /* the last space */
+}
+
 void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
 {
     const struct wsh_limits_config *l = &cfg->limits;
@@ -792,6 +897,7 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
     worker_admission_set(l->admission_rate, l->admission_burst);
     worker_limits_set(l->max_connections, l->max_connections_per_ip, l->handshake_rate_per_ip,
                       l->handshake_burst_per_ip, l->ipv6_prefix);
+    live_replace(cfg);
     pthread_rwlock_unlock(&settings_rw);
     hub_config_release(old);
 }
@@ -963,7 +1069,7 @@ int hub_start(uint64_t max_message)
 {
     /* One bound for a /ws message everywhere it is checked: the WebSocket
      * layer (1009), the JSON codec (1004) and the broker's payloads. */
-    plimits.max_input = (size_t)max_message;
+    max_input = (size_t)max_message;
     struct wsh_broker_memory_opts bo = { .max_payload = (size_t)max_message,
                                          .on_message = on_broker_message };
     if (wsh_broker_memory_create(&bo, &broker) != WSH_OK)
@@ -1006,8 +1112,9 @@ size_t hub_queue_limit(const struct conn *c)
 {
     /* LIMITS.md: a peer that has not authenticated gets a small outbound
      * budget. Reads are budgeted to it, as to --max-queue. */
-    if (!c->hub->authed && hubcfg.limits.unauth_max_outbound < wsh_cfg.max_queue)
-        return hubcfg.limits.unauth_max_outbound;
+    size_t unauth = live_cfg()->limits.unauth_max_outbound;
+    if (!c->hub->authed && unauth < wsh_cfg.max_queue)
+        return unauth;
     return wsh_cfg.max_queue;
 }
 
@@ -1261,7 +1368,7 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
     c->hub = h;
     snprintf(h->client, sizeof(h->client), "%u", c->id);
     snprintf(h->anon, sizeof(h->anon), "anon-%u", c->id);
-    h->tokens = hubcfg.limits.publish_burst;
+    h->tokens = live_cfg()->limits.publish_burst;
     h->refill_ms = wall_ms();
     h->exp_timer.cb = hub_timer;
     /* Browsers cannot set headers: the token may come in the query. */
@@ -1302,7 +1409,7 @@ void hub_open(struct worker *w, struct conn *c)
     } else {
         /* LIMITS.md: an unauthenticated connection has a few seconds to
          * send `connect` (Redis CVE-2021-32675). */
-        wsh_timer_start(w->loop, &h->exp_timer, hubcfg.limits.unauth_timeout_ms);
+        wsh_timer_start(w->loop, &h->exp_timer, live_cfg()->limits.unauth_timeout_ms);
     }
 }
 
@@ -1397,11 +1504,11 @@ static void drop_sub(struct worker *w, struct hubconn *h, struct hubsub *s, bool
         pp = &(*pp)->conn_next;
     *pp = s->conn_next;
     h->nsubs--;
-    if (ch->ns->presence)
+    if (chan_ns(ch)->presence)
         check(wsh_broker_presence_remove(broker, ch->name, h->client, noop_cb, NULL),
               "presence_remove");
     check(wsh_broker_unsubscribe(broker, ch->name, noop_cb, NULL), "unsubscribe");
-    if (announce && ch->ns->join_leave) {
+    if (announce && chan_ns(ch)->join_leave) {
         struct wsh_jbuf b;
         struct wsh_presence_entry e;
         presence_entry(h, &e);
@@ -1471,7 +1578,8 @@ static void on_recover(const struct wsh_broker_result *r, void *user)
 static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
                           const struct wsh_cmd *cmd)
 {
-    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, cmd->channel, cmd->channel_len);
+    const struct wsh_hub_config *cfg = live_cfg();
+    const struct wsh_ns_config *ns = wsh_config_namespace(cfg, cmd->channel, cmd->channel_len);
     if (ns == NULL) {
         reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
                     NULL);
@@ -1490,7 +1598,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
                     NULL);
         return;
     }
-    if (h->nsubs >= hubcfg.limits.max_subscriptions) {
+    if (h->nsubs >= cfg->limits.max_subscriptions) {
         reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_TOO_MANY_SUBS, NULL);
         return;
     }
@@ -1499,7 +1607,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
                     "recovery is off in this namespace");
         return;
     }
-    struct hubchan *ch = chan_get(cmd->channel, cmd->channel_len, ns);
+    struct hubchan *ch = chan_get(cmd->channel, cmd->channel_len, true);
     if (ch == NULL) {
         reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
         return;
@@ -1580,10 +1688,11 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
 static bool take_token(struct hubconn *h)
 {
     int64_t now = wall_ms();
-    h->tokens += (double)(now - h->refill_ms) * hubcfg.limits.publish_rate / 1000.0;
+    const struct wsh_limits_config *l = &live_cfg()->limits;
+    h->tokens += (double)(now - h->refill_ms) * l->publish_rate / 1000.0;
     h->refill_ms = now;
-    if (h->tokens > hubcfg.limits.publish_burst)
-        h->tokens = hubcfg.limits.publish_burst;
+    if (h->tokens > l->publish_burst)
+        h->tokens = l->publish_burst;
     if (h->tokens < 1.0)
         return false;
     h->tokens -= 1.0;
@@ -1621,7 +1730,8 @@ static void on_published(const struct wsh_broker_result *r, void *user)
 static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
                         const struct wsh_cmd *cmd)
 {
-    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, cmd->channel, cmd->channel_len);
+    const struct wsh_hub_config *cfg = live_cfg();
+    const struct wsh_ns_config *ns = wsh_config_namespace(cfg, cmd->channel, cmd->channel_len);
     if (ns == NULL) {
         reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
                     NULL);
@@ -1762,7 +1872,8 @@ static bool may_read_channel(struct hubconn *h, const struct wsh_cmd *cmd)
 
 static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const struct wsh_cmd *cmd)
 {
-    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, cmd->channel, cmd->channel_len);
+    const struct wsh_hub_config *cfg = live_cfg();
+    const struct wsh_ns_config *ns = wsh_config_namespace(cfg, cmd->channel, cmd->channel_len);
     if (ns == NULL) {
         reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
                     NULL);
@@ -1833,7 +1944,7 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
     } else {
         /* Read receipt: kept per user where the channel has history, and
          * relayed to the channel. */
-        if (s->ch->ns->history_size > 0)
+        if (chan_ns(s->ch)->history_size > 0)
             check(wsh_broker_read_set(broker, s->ch->name, user, cmd->offset, noop_cb, NULL),
                   "read_set");
         if (wsh_proto_encode_read(&b, cmd->channel, cmd->channel_len, user, ulen, cmd->offset,
@@ -1880,7 +1991,7 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
                                perr == WSH_PERR_TOKEN_EXPIRED);
             return false;
         }
-    } else if (!refresh && hubcfg.auth.allow_anonymous) {
+    } else if (!refresh && live_cfg()->auth.allow_anonymous) {
         h->authed = true;
         h->anonymous = true;
     } else {
@@ -1945,14 +2056,16 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
         hub_disconnect(w, c, WSH_CLOSE_UNSUPPORTED, "binary messages are not part of /ws", false);
         return;
     }
-    if (!h->authed && n > hubcfg.limits.unauth_max_message) {
+    const struct wsh_hub_config *cfg = live_cfg();
+    if (!h->authed && n > cfg->limits.unauth_max_message) {
         hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
         return;
     }
     struct wsh_cmd cmd;
     int code = 0;
     const char *msg = NULL;
-    if (wsh_proto_parse((const char *)p, n, &plimits, &cmd, &code, &msg) != WSH_OK) {
+    struct wsh_proto_limits pl = proto_limits(cfg);
+    if (wsh_proto_parse((const char *)p, n, &pl, &cmd, &code, &msg) != WSH_OK) {
         reply_error(w, c, cmd.id, NULL, 0, code, msg);
         wsh_cmd_free(&cmd);
         if (!h->authed)
@@ -2042,12 +2155,13 @@ static int api_authorized(const struct wsh_http_request *req)
 static int api_publish_one(const char *channel, const char *payload, size_t plen,
                            const char *msg_id, uint64_t *offset)
 {
-    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, channel, strlen(channel));
+    const struct wsh_hub_config *cfg = live_cfg();
+    const struct wsh_ns_config *ns = wsh_config_namespace(cfg, channel, strlen(channel));
     if (ns == NULL)
         return WSH_PERR_UNKNOWN_NAMESPACE;
     struct wsh_channel parts;
-    if (!wsh_proto_channel_parse(channel, strlen(channel),
-                                 plimits.max_channel ? plimits.max_channel : 128, &parts))
+    size_t max_channel = cfg->limits.max_channel;
+    if (!wsh_proto_channel_parse(channel, strlen(channel), max_channel ? max_channel : 128, &parts))
         return WSH_PERR_BAD_CHANNEL;
     struct wsh_broker_publish_req req = {
         .channel = channel,
@@ -2112,7 +2226,7 @@ static void api_kick(struct worker *w, const char *who)
 static void api_list(struct worker *w, struct conn *c, const char *channel, bool presence,
                      size_t limit)
 {
-    const struct wsh_ns_config *ns = wsh_config_namespace(&hubcfg, channel, strlen(channel));
+    const struct wsh_ns_config *ns = wsh_config_namespace(live_cfg(), channel, strlen(channel));
     if (ns == NULL) {
         api_error(w, c, 404, "unknown namespace");
         return;

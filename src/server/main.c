@@ -61,6 +61,10 @@ static void reload(void)
     }
     struct hub_settings set;
     hub_reload_settings(cfg, &set);
+    char stale[128];
+    hub_restart_needed(cfg, stale, sizeof(stale));
+    if (stale[0] != '\0')
+        wsh_log(WSH_LOG_WARN, "ev=restart_needed fields=\"%s\"", stale);
     hub_config_release(cfg);
     atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][0], 1);
     wsh_log(WSH_LOG_INFO,

@@ -179,6 +179,8 @@ uint32_t wsh_hash_bytes(const void *p, size_t n);
 struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, size_t size,
                             chanreg_init_cb *init, void *arg);
 void chanreg_sweep(struct chanreg *reg);
+/* Calls fn on every record, under the registry lock. */
+void chanreg_each(struct chanreg *reg, chanreg_init_cb *fn, void *arg);
 
 struct rawchan {
     CHANREC_FIELDS
@@ -287,6 +289,7 @@ struct worker {
     uint8_t *rbuf;        /* receive buffer shared by this worker's conns */
     bool shutting_down;
     bool wake[WSH_MAX_WORKERS]; /* workers to wake at the end of the turn */
+    _Atomic uint64_t turns;     /* loop turns ended: see hub.c, live config */
     pthread_mutex_t inbox_mu;
     struct xmsg *inbox;
     size_t inbox_n, inbox_cap;
@@ -411,6 +414,10 @@ struct hub_settings {
  * force for the next connection, upgrade and API call. Nothing in them
  * can fail once the file has loaded. */
 void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out);
+/* The settings of cfg that differ from those the server started with and
+ * that only a restart puts in force, space-separated in out (empty when
+ * none). */
+void hub_restart_needed(const struct wsh_hub_config *cfg, char *out, size_t outlen);
 /* Keys in use, and JWKS keys the last load ignored. */
 size_t hub_auth_keys(size_t *nskipped);
 /* auth.jwks_url: starts the thread that fetches the set (after the signal
@@ -476,6 +483,8 @@ uint64_t hub_max_message(void);
  * flag, or the file's. Returns 0 or -1. */
 int hub_start(uint64_t max_message);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
+/* Worker 0, every 2 s: frees dropped channel records, expired broker
+ * state, and configurations no worker can still be reading. */
 void hub_sweep(int64_t now_ms);
 /* The HTTP API (DESIGN.md 6) on /api/..., with its request body. */
 void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,

@@ -794,6 +794,9 @@ static void before_sleep(struct wsh_loop *l, void *user)
     }
     if (w->shutting_down && w->nconns == 0)
         wsh_loop_stop(w->loop);
+    /* Nothing of this turn is held past here (hub.c: a replaced config is
+     * freed once every worker has ended a turn). */
+    atomic_fetch_add_explicit(&w->turns, 1, memory_order_release);
 }
 
 /* ------------------------------------------------------------------ */

@@ -11,8 +11,8 @@ import struct
 import time
 
 import wsraw
-from conftest import (MULT, Client, base_config, handshake_status, merge, raw_upgrade, run_async,
-                      token)
+from conftest import (MULT, Client, base_config, expect_error, handshake_status, merge, raw_upgrade,
+                      run_async, token)
 from test_api import call
 from test_jwks import wait_log
 from wsraw import scrape_metrics
@@ -219,3 +219,59 @@ def test_sighup_changes_the_connection_limits(hub):
         assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"still here")
     for c in held:
         c.close()
+
+
+@run_async
+async def test_sighup_changes_namespaces_and_session_limits(hub):
+    """Namespaces and the /ws limits follow SIGHUP, for live channels too:
+    a new namespace is there at once, a changed option (presence off, a
+    shorter history) applies to a channel already in use, a removed
+    namespace takes no new subscriptions, a tighter publish rate bites, and
+    sessions opened before stay. The replaced configuration is freed
+    (after every worker has moved on) while those channels live on."""
+    h = hub(base_config(), workers=2)
+    a = await Client.open(h, token("alice"))
+    b = await Client.open(h, token("bob"))
+    await expect_error(a, "subscribe", "game:1", code=4001)
+    for c in (a, b):
+        await c.subscribe("chat:live")
+    await a.subscribe("dm:x")
+    for i in range(10):
+        await a.publish("chat:live", {"i": i})
+    r = await a.cmd("presence", "chat:live")
+    assert r["type"] == "presence" and r["payload"]["count"] == 2, r
+
+    cfg = base_config()
+    cfg["namespaces"]["game"] = {"history_size": 5, "presence": False}
+    cfg["namespaces"]["chat"].update({"presence": False, "history_size": 3})
+    del cfg["namespaces"]["dm"]
+    cfg["limits"].update({"publish_rate": 0.01, "publish_burst": 1, "max_message": 32768})
+    cfg["trusted_proxies"] = ["10.0.0.0/8"]
+    line = reload(h, cfg, 1)
+    assert "ok=1" in line, line
+    # Only a restart changes those two; the rest is in force all the same.
+    assert 'ev=restart_needed fields="limits.max_message trusted_proxies"' in h.log(), h.log()
+    # Every worker ends a turn and the 2 s sweep frees the old file:
+    # what follows reads only the new one (ASan would see otherwise).
+    time.sleep(2.5)
+
+    assert (await b.subscribe("game:1"))["offset"] == 0
+    await expect_error(b, "subscribe", "dm:y", code=4001)
+    await expect_error(a, "presence", "chat:live", code=4004)
+    # The live channel keeps its 10 messages until the next publish trims
+    # its history to the new size; the publish bucket now holds one.
+    assert await a.publish("chat:live", {"i": 10}) == 11
+    await expect_error(a, "publish", "chat:live", code=3000, payload={"i": 11})
+    r = await b.cmd("history", "chat:live", payload={"since": 0})
+    assert [m["payload"]["i"] for m in r["payload"]["messages"]] == [8, 9, 10], r
+    got = await b.expect(lambda m: m["type"] == "message" and m["payload"] == {"i": 10})
+    assert got["offset"] == 11
+
+    # And back: presence on again for the same live channel.
+    line = reload(h, base_config(), 2)
+    assert h.log().count("ev=restart_needed") == 1, h.log()
+    time.sleep(2.5)
+    r = await b.cmd("presence", "chat:live")
+    assert r["type"] == "presence" and r["payload"]["count"] == 2, r
+    await a.close()
+    await b.close()
