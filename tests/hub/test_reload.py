@@ -3,6 +3,7 @@ force without a restart (docs/config.md): a new front-end origin is let
 in, a rotated API key is the only one accepted, the API can be turned off,
 the admission rate on and off, and a file that does not load changes
 nothing. Sessions already open stay."""
+import asyncio
 import ctypes
 import json
 import os
@@ -275,3 +276,40 @@ async def test_sighup_changes_namespaces_and_session_limits(hub):
     assert r["type"] == "presence" and r["payload"]["count"] == 2, r
     await a.close()
     await b.close()
+
+
+@run_async
+async def test_reloads_under_traffic(hub):
+    """SIGHUPs while four sessions on two workers keep creating channels
+    and publishing: every command is answered under one configuration or
+    the other, and nothing reads a freed one (the ASan run checks that)."""
+    h = hub(base_config(), workers=2)
+    clients = [await Client.open(h, token(f"u{i}")) for i in range(4)]
+    cfgs = [base_config(), base_config()]
+    cfgs[1]["namespaces"]["chat"].update({"presence": False, "history_size": 5})
+    cfgs[1]["namespaces"]["extra"] = {"history_size": 1}
+
+    async def churn(c, k):
+        for i in range(60):
+            ch = f"chat:r{k}-{i}"
+            await c.subscribe(ch)
+            assert await c.publish(ch, {"i": i}) == 1
+            r = await c.cmd("presence", ch)
+            assert r["type"] == "presence" or r["payload"]["code"] == 4004, r
+
+    async def reloads():
+        for n in range(1, 21):
+            with open(h.config_path + ".new", "w") as f:
+                json.dump(cfgs[n % 2], f)
+            os.replace(h.config_path + ".new", h.config_path)  # never half a file
+            h.server.signal(signal.SIGHUP)
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(reloads(), *(churn(c, k) for k, c in enumerate(clients)))
+    await asyncio.to_thread(wait_log, h, "ev=settings_reload", 20)
+    await asyncio.sleep(2.5)  # a sweep frees what was replaced
+    for c in clients:
+        r = await c.cmd("presence", "chat:r0-0")
+        assert r["type"] in ("presence", "error"), r
+        await c.close()
+    assert h.log().count("ev=settings_reload ok=1") == 20, h.log()[-3000:]
