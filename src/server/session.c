@@ -280,6 +280,13 @@ void session_timer(struct worker *w, struct conn *c)
         conn_close(w, c, WSH_CLOSE_POLICY, "message too slow");
         return;
     }
+    if (c->hold) {
+        /* Input held while `connect` waits for keys (conn_hold): a pong
+         * could not be read, so neither ping nor wait for one until the
+         * hold ends, at most the unauthenticated deadline away. */
+        wsh_timer_start(w->loop, &c->timer, wsh_cfg.pong_timeout_ms);
+        return;
+    }
     if (c->flags & CF_PING_WAIT) {
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=pong_timeout", c->id);
         conn_close(w, c, WSH_CLOSE_INTERNAL, "keepalive timeout");

@@ -574,6 +574,42 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
         pool.shutdown()
 
 
+def test_a_waiting_connect_outlives_short_heartbeats(hub, tmp_path):
+    """While `connect` waits for a key fetch its input is held, so a pong
+    could not be read: the heartbeat waits for the hold to end instead of
+    closing the connection for a missing pong (1011)."""
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    for name in ("k1", "k2"):
+        rsa_key(name)
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        jwks = {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
+                "jwks_refresh_s": 3600}
+        h = hub(merge(base_config(), {"auth": jwks,
+                                      "limits": {"unauthenticated": {"timeout_ms": 60000}}}),
+                "--ping-interval", 0.2, "--pong-timeout", 0.3 * MULT, "--log-level", "debug",
+                workers=1)
+        wait_fetches(h, 1, 1)
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        idp.gate.clear()
+        c = connect_then_subscribe(h, rs_token("k2", "k2", sub="pat"))
+        wait_log(h, "ev=connect_waits_for_keys", 1)
+        time.sleep(1.5 * MULT)  # several heartbeats long
+        idp.gate.set()
+        r = [json.loads(c.recv_message(10, answer_pings=True)[1]) for _ in range(2)]
+        assert [m["type"] for m in r] == ["connected", "subscribed"], r
+        try:
+            got = c.recv_message(1.0, answer_pings=True)
+        except wsraw.ReadTimeout:
+            got = None
+        assert got is None, got  # heartbeats go on, answered: no close
+        c.close()
+        assert "ev=pong_timeout" not in h.log(), h.log()[-3000:]
+    finally:
+        idp.close()
+
+
 @run_async
 async def test_jwks_url_untrusted_or_silent_issuer(hub, tmp_path):
     """A certificate the CA file does not vouch for is refused; plain http
