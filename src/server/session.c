@@ -282,8 +282,10 @@ void session_timer(struct worker *w, struct conn *c)
     }
     if (c->hold) {
         /* Input held while `connect` waits for keys (conn_hold): a pong
-         * could not be read, so neither ping nor wait for one until the
-         * hold ends, at most the unauthenticated deadline away. */
+         * could not be read, so neither ping nor wait for one (a ping
+         * already out is forgotten) until the hold ends, at most the
+         * unauthenticated deadline away. */
+        c->flags &= (uint8_t)~CF_PING_WAIT;
         wsh_timer_start(w->loop, &c->timer, wsh_cfg.pong_timeout_ms);
         return;
     }
