@@ -204,7 +204,11 @@ struct wsh_identity {
      * every /ws connection carries an identity, and two fixed 129-byte
      * arrays were a third of an idle connection's memory. */
     const char *sub; /* user id, 1..WSH_AUTH_SUB_MAX bytes */
-    size_t sub_len;
+    uint32_t sub_len;
+    /* The key that verified the token (wsh_auth_key_tag): an FNV-1a hash
+     * of its alg, kid and key (the secret, or the public key's DER), so
+     * the same key in a later key set has the same tag. */
+    uint32_t key_tag;
     int64_t exp_ms;  /* expiry in ms since the epoch; 0 when the token has no exp */
     const char *jti; /* "" when absent */
     size_t jti_len;
@@ -239,6 +243,10 @@ WSH_NODISCARD int wsh_auth_verify(struct wsh_auth *a, const char *token, size_t 
 /* Frees what wsh_auth_verify() stored and zeroes *id. Safe on a zeroed
  * struct and twice in a row. */
 void wsh_identity_free(struct wsh_identity *id);
+
+/* Whether a has the key a token verified with (its wsh_identity.key_tag):
+ * false once a key rotation removed it. */
+bool wsh_auth_has_key(const struct wsh_auth *a, uint32_t key_tag);
 
 /* ------------------------------------------------------------------ */
 /* Channel permissions (docs/auth.md "Glob patterns")                  */

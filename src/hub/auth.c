@@ -60,6 +60,7 @@ struct auth_key {
     uint8_t *key; /* HMAC secret; NULL for a public key */
     size_t key_len;
     EVP_PKEY *pk; /* RS256, ES256: parsed once, at load */
+    uint32_t tag; /* wsh_identity.key_tag */
 };
 
 /* Deny list: open addressing with linear probing and backward-shift
@@ -230,6 +231,46 @@ const char *wsh_auth_key_problem(const struct wsh_auth_key *k)
     return ok ? NULL : why;
 }
 
+static uint32_t fnv1a32(uint32_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+/* k->tag from its alg, kid and key: the secret, or the public key in DER
+ * (SubjectPublicKeyInfo), whatever form it came in, so a JWK and the PEM
+ * of the same key, or the same JWK served again, give the same tag. */
+static bool key_tag(struct auth_key *k, const char *kid)
+{
+    uint32_t h = fnv1a32(2166136261u, &(uint8_t){ (uint8_t)k->alg }, 1);
+    if (kid != NULL)
+        h = fnv1a32(h, kid, strlen(kid) + 1);
+    if (k->pk != NULL) {
+        unsigned char *der = NULL;
+        int n = i2d_PUBKEY(k->pk, &der);
+        if (n <= 0)
+            return false;
+        h = fnv1a32(h, der, (size_t)n);
+        OPENSSL_free(der);
+    } else {
+        h = fnv1a32(h, k->key, k->key_len);
+    }
+    k->tag = h;
+    return true;
+}
+
+bool wsh_auth_has_key(const struct wsh_auth *a, uint32_t key_tag)
+{
+    for (size_t i = 0; a != NULL && i < a->nkeys; i++)
+        if (a->keys[i].tag == key_tag)
+            return true;
+    return false;
+}
+
 static void free_key(struct auth_key *k)
 {
     if (k->key != NULL) {
@@ -287,6 +328,9 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
         a->keys[i].key = mats[i].secret;
         a->keys[i].key_len = mats[i].secret_len;
     }
+    for (size_t i = 0; i < o->nkeys; i++)
+        if (!key_tag(&a->keys[i], o->keys[i].kid))
+            goto fail;
     a->exp_optional = o->exp_optional;
     a->leeway_ms = o->leeway_ms == 0                      ? WSH_AUTH_DEFAULT_LEEWAY_MS
                    : o->leeway_ms == WSH_AUTH_LEEWAY_NONE ? 0
@@ -602,9 +646,9 @@ static int verify_with(const struct auth_key *k, const struct parsed *p)
     return rc == 1;
 }
 
-/* Picks the keys the header allows and verifies the signature with them.
- * Returns an enum wsh_auth_error. */
-static int check_signature(const struct wsh_auth *a, const struct parsed *p)
+/* Picks the keys the header allows and verifies the signature with them;
+ * *tag is the verifying key's. Returns an enum wsh_auth_error. */
+static int check_signature(const struct wsh_auth *a, const struct parsed *p, uint32_t *tag)
 {
     json_t *jalg = json_object_get(p->head, "alg");
     if (!json_is_string(jalg))
@@ -627,8 +671,10 @@ static int check_signature(const struct wsh_auth *a, const struct parsed *p)
             continue;
         tried = true;
         int rc = verify_with(k, p);
-        if (rc > 0)
+        if (rc > 0) {
+            *tag = k->tag;
             return WSH_AUTH_OK;
+        }
         if (rc < 0)
             return WSH_AUTH_ENOMEM;
     }
@@ -799,7 +845,7 @@ static int extract_claims(struct wsh_auth *a, json_t *c, int64_t now_ms, struct 
     memcpy(text, sub, sub_len);
     text[sub_len] = '\0';
     id->sub = text;
-    id->sub_len = sub_len;
+    id->sub_len = (uint32_t)sub_len;
     text += sub_len + 1;
     memcpy(text, jti, jti_len);
     text[jti_len] = '\0';
@@ -832,9 +878,10 @@ int wsh_auth_verify(struct wsh_auth *a, const char *token, size_t len, int64_t n
 
     struct parsed p = { 0 };
     struct wsh_identity id = { 0 };
+    uint32_t tag = 0;
     int err = parse_token(a, token, len, &p);
     if (err == WSH_AUTH_OK)
-        err = check_signature(a, &p);
+        err = check_signature(a, &p, &tag);
     if (err == WSH_AUTH_OK)
         err = extract_claims(a, p.claims, now_ms, &id);
     parsed_free(&p);
@@ -843,6 +890,7 @@ int wsh_auth_verify(struct wsh_auth *a, const char *token, size_t len, int64_t n
         wsh_identity_free(&id);
         return err == WSH_AUTH_ENOMEM ? WSH_ENOMEM : WSH_EPOLICY;
     }
+    id.key_tag = tag;
     *out = id;
     return WSH_OK;
 }

@@ -459,6 +459,7 @@ static struct keyset *keys_now;     /* guarded by keys_mu */
 static _Atomic uint64_t keys_gen;   /* bumped under keys_mu each time keys_now changes */
 static _Atomic size_t keys_count;   /* keys_now->nkeys, for /metrics */
 static _Atomic size_t keys_skipped; /* JWKS keys ignored by the last load, for /metrics */
+static _Atomic int workers_up;      /* workers that can be woken (hub_workers_ready) */
 static char *config_file;           /* --config, kept for reloads */
 
 static void keyset_free(struct keyset *ks)
@@ -596,6 +597,10 @@ static void keyset_publish(struct keyset *ks)
     atomic_fetch_add(&keys_gen, 1);
     pthread_mutex_unlock(&keys_mu);
     keyset_free(old); /* workers copy under keys_mu, so no one holds it */
+    /* Each worker checks its sessions against the new keys (keys_check). */
+    int nw = atomic_load(&workers_up);
+    for (int i = 0; i < nw; i++)
+        worker_wake(&wsh_workers[i]);
 }
 
 /* The auth section in force: hubcfg's at start, a reloaded one's after
@@ -621,7 +626,6 @@ static struct {
     bool now;          /* fetch at once; guarded by mu */
     uint64_t begun;    /* fetches begun; guarded by mu */
     _Atomic uint64_t ended;
-    _Atomic int nwake; /* workers to wake when a fetch ends */
     _Atomic bool stop;
     _Atomic int64_t last_kick_ms;
     struct wsh_http_url url;
@@ -668,7 +672,7 @@ static bool same_str(const char *a, const char *b)
 
 void hub_workers_ready(void)
 {
-    atomic_store(&jf.nwake, wsh_nworkers);
+    atomic_store(&workers_up, wsh_nworkers);
 }
 
 const char *hub_not_ready(void)
@@ -957,7 +961,7 @@ static void *jwks_main(void *arg)
         /* Tokens parked on this fetch get their answer now, whatever the
          * result: the keys are what they will be for a while. */
         atomic_fetch_add(&jf.ended, 1);
-        int nw = atomic_load(&jf.nwake);
+        int nw = atomic_load(&workers_up);
         for (int i = 0; i < nw; i++)
             worker_wake(&wsh_workers[i]);
         uint32_t cap = jf.refresh_s < 60 ? jf.refresh_s : 60;
@@ -2019,8 +2023,44 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
     return true;
 }
 
+/* A rotation that removes a key (from auth.jwks_url's set, or by SIGHUP)
+ * means tokens it signed are no longer trusted. A session that
+ * authenticated with one is asked to refresh at once (refresh_required)
+ * and, unless it does, is closed as an expired token (4100, reconnect)
+ * KEY_GONE_GRACE_MS later; one whose token expires sooner is left to
+ * that. A set with no key revokes nothing: that is an issuer's mistake,
+ * not a rotation. Each worker checks its own sessions when it sees a new
+ * key set (it is woken for that). */
+#define KEY_GONE_GRACE_MS REFRESH_AHEAD_MS
+static _Thread_local uint64_t keys_checked_gen;
+
+static void keys_check(struct worker *w)
+{
+    if (atomic_load_explicit(&keys_gen, memory_order_acquire) == keys_checked_gen)
+        return;
+    struct wsh_auth *a = current_auth();
+    keys_checked_gen = auth_gen;
+    if (a == NULL)
+        return;
+    int64_t now = wall_ms(), until = now + KEY_GONE_GRACE_MS;
+    size_t n = 0;
+    for (struct conn *c = w->conns; c != NULL; c = c->next) {
+        struct hubconn *h = c->hub;
+        if (h == NULL || c->state != CONN_OPEN || !h->authed || h->anonymous ||
+            wsh_auth_has_key(a, h->id.key_tag) || (h->id.exp_ms != 0 && h->id.exp_ms <= until))
+            continue;
+        h->id.exp_ms = until;
+        h->refresh_sent = false;
+        arm_expiry(w, h);
+        n++;
+    }
+    if (n > 0)
+        wsh_log(WSH_LOG_INFO, "ev=key_removed worker=%d sessions_to_refresh=%zu", w->id, n);
+}
+
 void hub_keys_wake(struct worker *w)
 {
+    keys_check(w);
     if (nwaiters == 0)
         return;
     uint64_t done = atomic_load(&jf.ended);

@@ -2,8 +2,10 @@
 (docs/auth.md "JWK Sets and key rotation"). The JWKs are written by PyJWT's
 to_jwk() and the tokens signed by PyJWT, an implementation that is not ours;
 the keys are made by python3-cryptography."""
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -606,6 +608,53 @@ def test_a_waiting_connect_outlives_short_heartbeats(hub, tmp_path):
         assert got is None, got  # heartbeats go on, answered: no close
         c.close()
         assert "ev=pong_timeout" not in h.log(), h.log()[-3000:]
+    finally:
+        idp.close()
+
+
+@run_async
+async def test_a_removed_key_asks_its_sessions_to_refresh(hub, tmp_path):
+    """A rotation that removes the key a session's token was signed with
+    asks that session to refresh at once (refresh_required, with a deadline
+    30 s away, after which it would close as expired); one that refreshes
+    with a token of a key still in the set goes on. Sessions on the keys
+    that stay hear nothing, and a set with no key at all revokes nothing."""
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    try:
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        jwks = {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
+                "jwks_refresh_s": 3600}
+        h = hub(merge(base_config(), {"auth": jwks}), workers=2)
+        wait_fetches(h, 1, 1)
+        a = await Client.open(h, rs_token("k1", "k1", "alice"))
+        c = await Client.open(h, rs_token("k1", "k1", "carol"))
+        b = await Client.open(h, rs_token("k2", "k2", "bob"))
+        hs = await Client.open(h, token("hannah"))  # the config's HS256 key, which stays
+
+        idp.keys = [rsa_jwk("k2", "k2")]  # k1 is gone
+        await asyncio.to_thread(sighup, h, 1)
+        await asyncio.to_thread(wait_fetches, h, 1, 2)
+        t0 = time.time()
+        for s in (a, c):
+            r = await s.expect(lambda m: m["type"] == "refresh_required", what="refresh_required")
+            assert abs(r["payload"]["expires"] - (t0 + 30)) < 5, r
+        for s in (b, hs):
+            await s.quiet(0.5, lambda m: m["type"] == "refresh_required")
+        r = await a.cmd("refresh", payload={"token": rs_token("k2", "k2", "alice")})
+        assert r["type"] == "refreshed", r
+        assert (await a.subscribe("chat:after"))["offset"] == 0
+        found = re.findall(r"ev=key_removed worker=\d+ sessions_to_refresh=(\d+)", h.log())
+        assert sum(map(int, found)) == 2, h.log()[-3000:]
+
+        # An issuer that serves an empty set by mistake: nobody is asked.
+        idp.keys = []
+        await asyncio.to_thread(sighup, h, 2)
+        await asyncio.sleep(0.5)
+        for s in (a, b, hs):
+            await s.quiet(0.5, lambda m: m["type"] == "refresh_required")
+        for s in (a, b, c, hs):
+            await s.close()
     finally:
         idp.close()
 

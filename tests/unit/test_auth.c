@@ -1055,6 +1055,53 @@ static void test_auth_jwk_form_in_create(void **state)
     }
 }
 
+/* wsh_identity.key_tag names the verifying key by what it is, not by how
+ * it was given: the same EC key as PEM and as JWK has one tag; another
+ * key, or the same secret under a kid, has another. */
+static void test_auth_key_tags(void **state)
+{
+    (void)state;
+    struct jwks_fixture f;
+    make_jwks_fixture(&f);
+    struct wsh_auth_key pem[] = { KEY(WSH_AUTH_HS256, hs256_secret), KEY(WSH_AUTH_ES256, ec_pub) };
+    struct wsh_auth *a = make_auth(pem, 2, false);
+    struct wsh_identity id = { 0 };
+    char *t = mint(JWT_ALG_ES256, ec_priv, strlen(ec_priv), good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, &id), WSH_AUTH_OK);
+    free(t);
+    uint32_t ec_tag = id.key_tag;
+    wsh_identity_free(&id);
+    t = mint(JWT_ALG_HS256, hs256_secret, strlen(hs256_secret), good_claims);
+    assert_int_equal(verify(a, t, NOW_MS, &id), WSH_AUTH_OK);
+    free(t);
+    uint32_t hs_tag = id.key_tag;
+    wsh_identity_free(&id);
+    assert_int_not_equal(ec_tag, hs_tag);
+    assert_true(wsh_auth_has_key(a, ec_tag));
+    assert_true(wsh_auth_has_key(a, hs_tag));
+
+    struct wsh_auth_key jwk[] = { { .alg = WSH_AUTH_ES256,
+                                    .key = (const uint8_t *)f.ec,
+                                    .key_len = strlen(f.ec),
+                                    .form = WSH_AUTH_KEY_JWK } };
+    struct wsh_auth *b = make_auth(jwk, 1, false);
+    assert_true(wsh_auth_has_key(b, ec_tag));
+    assert_false(wsh_auth_has_key(b, hs_tag));
+    wsh_auth_destroy(b);
+
+    struct wsh_auth_key other[] = { { .alg = WSH_AUTH_HS256,
+                                      .kid = "k1",
+                                      .key = (const uint8_t *)hs256_secret,
+                                      .key_len = strlen(hs256_secret) },
+                                    KEY(WSH_AUTH_ES384, ec384_pub) };
+    b = make_auth(other, 2, false);
+    assert_false(wsh_auth_has_key(b, hs_tag));
+    assert_false(wsh_auth_has_key(b, ec_tag));
+    wsh_auth_destroy(b);
+    assert_false(wsh_auth_has_key(NULL, ec_tag));
+    wsh_auth_destroy(a);
+}
+
 /* ------------------------------------------------------------------ */
 /* Time claims                                                         */
 
@@ -1796,6 +1843,7 @@ int main(void)
         cmocka_unit_test(test_auth_apikey_constant_time_equal),
         cmocka_unit_test(test_auth_deny_list),
         cmocka_unit_test(test_auth_error_names_and_codes),
+        cmocka_unit_test(test_auth_key_tags),
     };
     return cmocka_run_group_tests(tests, setup_keys, teardown_keys);
 }
