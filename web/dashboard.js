@@ -31,6 +31,8 @@ const PROBLEMS = [
   ['wshub_proxy_header_errors_total', 'bad PROXY headers'],
   ['wshub_jwks_fetches_total{result="error"}', 'failed JWKS fetches'],
   ['wshub_auth_key_waits_total{result="timeout"}', 'tokens that waited for keys in vain'],
+  ['wshub_reloads_total{part="auth",result="error"}', 'SIGHUP key reloads refused'],
+  ['wshub_reloads_total{part="settings",result="error"}', 'SIGHUP settings reloads refused'],
 ];
 
 const history = new Map(TILES.map((t) => [t.id, []]));

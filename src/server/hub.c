@@ -700,6 +700,13 @@ void hub_key_waits(uint64_t out[3])
         out[i] = atomic_load(&key_waits[i]);
 }
 
+static _Atomic uint64_t key_removed_sessions; /* keys_check */
+
+uint64_t hub_key_removed_sessions(void)
+{
+    return atomic_load(&key_removed_sessions);
+}
+
 /* The fetch a token with an unknown kid may wait for: the one queued, or
  * else the one under way; 0 when none is coming (the kick was rate
  * limited and the last fetch has ended: the token is refused at once). */
@@ -2054,8 +2061,10 @@ static void keys_check(struct worker *w)
         arm_expiry(w, h);
         n++;
     }
-    if (n > 0)
+    if (n > 0) {
+        atomic_fetch_add(&key_removed_sessions, n);
         wsh_log(WSH_LOG_INFO, "ev=key_removed worker=%d sessions_to_refresh=%zu", w->id, n);
+    }
 }
 
 void hub_keys_wake(struct worker *w)

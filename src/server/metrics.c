@@ -299,6 +299,10 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "wshub_auth_key_waits_total{result=\"timeout\"} %llu\n",
         (unsigned long long)waits[KEY_WAIT_ACCEPTED], (unsigned long long)waits[KEY_WAIT_REFUSED],
         (unsigned long long)waits[KEY_WAIT_TIMEOUT]);
+    counter(&o, "wshub_auth_key_removed_sessions_total",
+            "Sessions asked to refresh at once because a key rotation removed the key that "
+            "verified their token.",
+            hub_key_removed_sessions());
     size_t skipped = 0, nkeys = hub_auth_keys(&skipped);
     put(&o,
         "# HELP wshub_auth_keys Token verification keys in use (auth.keys and the JWK Set).\n"

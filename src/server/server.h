@@ -462,6 +462,8 @@ uint64_t hub_keys_fetched(void);
 enum { KEY_WAIT_ACCEPTED, KEY_WAIT_REFUSED, KEY_WAIT_TIMEOUT };
 void hub_key_wait_count(int result);
 void hub_key_waits(uint64_t out[3]);
+/* Sessions asked to refresh because a rotation removed their token's key. */
+uint64_t hub_key_removed_sessions(void);
 /* From the worker's wakeup: `connect` commands whose fetch has ended are
  * answered. */
 void hub_keys_wake(struct worker *w);

@@ -646,6 +646,7 @@ async def test_a_removed_key_asks_its_sessions_to_refresh(hub, tmp_path):
         assert (await a.subscribe("chat:after"))["offset"] == 0
         found = re.findall(r"ev=key_removed worker=\d+ sessions_to_refresh=(\d+)", h.log())
         assert sum(map(int, found)) == 2, h.log()[-3000:]
+        assert scrape_metrics(h.port)["wshub_auth_key_removed_sessions_total"] == 2
 
         # An issuer that serves an empty set by mistake: nobody is asked.
         idp.keys = []
