@@ -5,11 +5,15 @@
 // sees one handshake, one `connect`, one subscription per channel and one
 // presence entry; every tab gets every message of its channels once and in
 // order, across a dropped connection; a closed tab's channels are left;
-// the connection stays while any tab wants it and closes when none does.
+// the connection stays while any tab wants it and closes when none does;
+// its tokens come from a tab's getToken.
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
 
-const { MULT, BIN, T, browserFor, startServer, waitFor } = require('./harness.js');
+const { MULT, BIN, T, Server, browserFor, startServer, waitFor } = require('./harness.js');
 
 // The counters of /metrics, by full series name.
 async function scrape(port) {
@@ -186,4 +190,54 @@ test('tabs of one browser share one connection', { timeout: 120000 * MULT }, asy
   });
 
   assert.deepEqual(b.errors, []);
+});
+
+// Tokens for the shared connection come from a tab's getToken: asked for
+// the connect, and again when the server wants a refresh (a token 31 s
+// from expiry is asked to refresh at once).
+test('the shared connection asks a tab for its tokens', { timeout: 60000 * MULT }, async (t) => {
+  assert.ok(BIN, 'WSHUB_BIN is not set');
+  const secret = 'a-secret-for-the-shared-tabs-test-0123';
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-tabs-'));
+  const cfgPath = path.join(dir, 'config.json');
+  fs.writeFileSync(cfgPath, JSON.stringify({
+    namespaces: { chat: { history_size: 10 } },
+    auth: { allow_anonymous: false, keys: [{ alg: 'HS256', secret }] },
+  }));
+  const server = await new Server('127.0.0.1:0', cfgPath).ready();
+  const ctx = await browserFor(t, () => server, [dir]);
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`http://127.0.0.1:${server.port}/`);
+  const r = await page.evaluate(async ({ secret, limitMs }) => {
+    const b64 = (bytes) => btoa(String.fromCharCode(...bytes)).replace(/=+$/, '').replace(/\+/g, '-').replace(/\//g, '_');
+    const enc = (o) => b64(new TextEncoder().encode(JSON.stringify(o)));
+    const key = await crypto.subtle.importKey('raw', new TextEncoder().encode(secret),
+      { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+    const asked = [];
+    const getToken = async () => {
+      asked.push(Date.now());
+      const head = enc({ alg: 'HS256', typ: 'JWT' });
+      const body = enc({ sub: 'alice', exp: Math.floor(Date.now() / 1000) + 31 });
+      const sig = await crypto.subtle.sign('HMAC', key, new TextEncoder().encode(`${head}.${body}`));
+      return `${head}.${body}.${b64(new Uint8Array(sig))}`;
+    };
+    const { createClient } = await import('/wshub-shared.js');
+    const c = createClient(`ws://${location.host}/ws`, { share: true, getToken });
+    c.connect();
+    const deadline = Date.now() + limitMs;
+    while ((c.state !== 'connected' || asked.length < 2) && Date.now() < deadline) {
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    return { state: c.state, user: c.user, asked: asked.length };
+  }, { secret, limitMs: T });
+  assert.equal(r.state, 'connected', JSON.stringify(r));
+  assert.equal(r.user, 'alice');
+  assert.ok(r.asked >= 2, JSON.stringify(r)); // the connect, then the refresh
+  await waitMetric(server.port, 'wshub_commands_total{type="refresh"}', 1);
+  const m = await scrape(server.port);
+  assert.equal(m['wshub_commands_total{type="connect"}'], 1);
+  assert.equal(m['wshub_messages_out_total{type="refreshed"}'], 1);
+  assert.deepEqual(errors, []);
 });
