@@ -372,6 +372,20 @@ def rs_token(name, kid, sub="alice"):
     return token(sub, alg="RS256", key=rsa_key(name), headers={"kid": kid})
 
 
+def issuer_auth(idp, pki):
+    """The auth section that takes idp's set as auth.jwks_url, trusting
+    the test CA, refreshed hourly (so only the test starts fetches)."""
+    return {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
+            "jwks_refresh_s": 3600}
+
+
+def waiting_config(idp, pki):
+    """base_config with issuer_auth and a `connect` deadline a minute
+    away: every wait ends with the fetch, not by the deadline."""
+    return merge(base_config(), {"auth": issuer_auth(idp, pki),
+                                 "limits": {"unauthenticated": {"timeout_ms": 60000}}})
+
+
 @run_async
 async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
     pki = make_pki(str(tmp_path))
@@ -475,12 +489,10 @@ def test_a_token_for_a_new_key_waits_for_the_fetch(hub, tmp_path):
         rsa_key(name)  # made now: key generation must not eat the deadlines below
     try:
         idp.keys = [rsa_jwk("k1", "k1")]
-        jwks = {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
-                "jwks_refresh_s": 3600}
+        jwks = issuer_auth(idp, pki)
         # Deadlines far away: here every wait must end with the fetch.
-        h = hub(merge(base_config(), {"auth": jwks,
-                                      "limits": {"unauthenticated": {"timeout_ms": 60000}}}),
-                "--handshake-timeout", 60, "--log-level", "debug", workers=2)
+        h = hub(waiting_config(idp, pki), "--handshake-timeout", 60, "--log-level", "debug",
+                workers=2)
         wait_fetches(h, 1, 1)
         erin = wsraw.Conn("127.0.0.1", h.port)  # on k1, about to refresh with k2
         erin.handshake("/ws", extra=f"Authorization: Bearer {rs_token('k1', 'k1', 'erin')}\r\n"
@@ -586,12 +598,8 @@ def test_a_waiting_connect_outlives_short_heartbeats(hub, tmp_path):
         rsa_key(name)
     try:
         idp.keys = [rsa_jwk("k1", "k1")]
-        jwks = {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
-                "jwks_refresh_s": 3600}
-        h = hub(merge(base_config(), {"auth": jwks,
-                                      "limits": {"unauthenticated": {"timeout_ms": 60000}}}),
-                "--ping-interval", 0.2, "--pong-timeout", 0.3 * MULT, "--log-level", "debug",
-                workers=1)
+        h = hub(waiting_config(idp, pki), "--ping-interval", 0.2, "--pong-timeout", 0.3 * MULT,
+                "--log-level", "debug", workers=1)
         wait_fetches(h, 1, 1)
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
         idp.gate.clear()
@@ -623,9 +631,7 @@ async def test_a_removed_key_asks_its_sessions_to_refresh(hub, tmp_path):
     idp = Issuer(pki)
     try:
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
-        jwks = {"jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
-                "jwks_refresh_s": 3600}
-        h = hub(merge(base_config(), {"auth": jwks}), workers=2)
+        h = hub(merge(base_config(), {"auth": issuer_auth(idp, pki)}), workers=2)
         wait_fetches(h, 1, 1)
         a = await Client.open(h, rs_token("k1", "k1", "alice"))
         c = await Client.open(h, rs_token("k1", "k1", "carol"))
