@@ -137,9 +137,11 @@ bool wsh_http_proxy_parse(const char *s, struct wsh_http_proxy *out);
 /* NO_PROXY, a comma-separated list: true when host (a name or an IP
  * literal, as in struct wsh_http_url) on port is to be reached directly.
  * An entry is "*" (everything), a name, which covers itself and its
- * subdomains (a leading "." or "*." changes nothing), or an IP literal
- * (IPv6 bare or bracketed); each may end in ":port" to cover that port
- * only. Case-insensitive; spaces around entries ignored. No CIDR blocks. */
+ * subdomains (a leading "." or "*." changes nothing), an IP literal
+ * (IPv6 bare or bracketed), or an address block ("10.0.0.0/8"), which
+ * covers IP literals in it (names are not resolved for it); all but a
+ * block may end in ":port" to cover that port only. Case-insensitive;
+ * spaces around entries ignored. */
 bool wsh_http_no_proxy(const char *list, const char *host, const char *port);
 
 /* ------------------------------------------------------------------ */

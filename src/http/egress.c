@@ -3,10 +3,13 @@
  * HTTPS_PROXY and the exceptions of NO_PROXY. Both strings are the
  * operator's, parsed strictly: a proxy that cannot be understood stops the
  * server at start rather than sending keys' traffic around it. */
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "wshub/http.h"
 
@@ -94,11 +97,33 @@ static bool domain_match(const char *host, const char *name, size_t nlen)
            strncasecmp(host + hl - nlen, name, nlen) == 0;
 }
 
+/* A block ("10.0.0.0/8", "fd00::/8") covers an issuer named by an IP
+ * literal in it, as Go's NO_PROXY does; a name is not resolved for it. A
+ * block with bits set past its prefix is no block (wsh_cidr_parse), so it
+ * covers nothing. */
+static bool cidr_covers(const char *e, size_t n, const char *host)
+{
+    struct wsh_cidr block;
+    if (!wsh_cidr_parse(e, n, &block))
+        return false;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1)
+        ss.ss_family = AF_INET;
+    else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1)
+        ss.ss_family = AF_INET6;
+    else
+        return false;
+    return wsh_cidr_contains(&block, 1, &ss);
+}
+
 /* One NO_PROXY entry e[0..n), trimmed: does it cover host:port? */
 static bool entry_covers(const char *e, size_t n, const char *host, const char *port)
 {
     if (n == 1 && e[0] == '*')
         return true;
+    if (memchr(e, '/', n) != NULL)
+        return cidr_covers(e, n, host);
     const char *name = e, *name_end = e + n, *eport = NULL;
     if (n > 0 && e[0] == '[') {
         const char *rb = memchr(e, ']', n);

@@ -921,6 +921,16 @@ static void test_http_no_proxy(void **state)
         { "[2001:db8::1]:80", "2001:db8::1", "443", false },
         { "[2001:db8::1", "2001:db8::1", "443", false },
         { "issuer.example.", "issuer.example", "443", false },
+        { "10.0.0.0/8", "10.20.30.40", "443", true }, /* blocks, as Go reads them */
+        { "10.0.0.0/8", "11.0.0.1", "443", false },
+        { "a.test, 192.168.0.0/16", "192.168.7.9", "443", true },
+        { "10.0.0.0/8", "ten.example", "443", false }, /* names are not resolved */
+        { "2001:db8::/32", "2001:db8:1::5", "443", true },
+        { "2001:db8::/32", "2001:db9::5", "443", false },
+        { "10.0.0.0/8", "2001:db8::1", "443", false },
+        { "10.0.0.1/8", "10.0.0.1", "443", false }, /* bits past the prefix: no block */
+        { "10.0.0.0/33", "10.0.0.1", "443", false },
+        { "10.0.0.0/", "10.0.0.1", "443", false },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         if (wsh_http_no_proxy(cases[i].list, cases[i].host, cases[i].port) != cases[i].direct)
