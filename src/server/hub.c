@@ -72,7 +72,8 @@ static size_t max_input; /* bytes of a /ws message (hub_start) */
 
 /* What /ws reads on every command: the namespaces, the per-connection
  * limits (limits.publish_*, max_subscriptions, json_depth, max_channel,
- * unauthenticated.*) and auth.allow_anonymous. hubcfg at start; SIGHUP
+ * unauthenticated.*) and auth.allow_anonymous; and what each upgrade and
+ * API call reads: origins and api_key. hubcfg at start; SIGHUP
  * puts the newly read file in its place (hub_reload_settings). Workers
  * read it, and the namespaces channels point into, without a lock, so a
  * replaced one is kept until every worker has ended the loop turn it was
@@ -104,14 +105,6 @@ static struct wsh_proto_limits proto_limits(const struct wsh_hub_config *cfg)
                                       .max_depth = cfg->limits.json_depth,
                                       .max_channel = cfg->limits.max_channel };
 }
-/* origins and api_key change on SIGHUP (hub_reload_settings): every
- * upgrade's Origin check and every API call read them under the read side
- * of settings_rw, a reload swaps them under the write side. They live in
- * settings_cfg: hubcfg at start, the last file reloaded after (a
- * reference of it). */
-static pthread_rwlock_t settings_rw = PTHREAD_RWLOCK_INITIALIZER;
-static struct wsh_origin_list origins;      /* guarded by settings_rw */
-static struct wsh_hub_config *settings_cfg; /* guarded by settings_rw */
 static struct chanreg hub_reg = CHANREG_INIT;
 static bool hub_enabled;
 static bool have_config; /* --config was given */
@@ -653,10 +646,6 @@ int hub_init(const char *config_path, char *err, size_t errlen)
         wsh_config_defaults(&hubcfg);
     }
     atomic_store(&live, &hubcfg);
-    origins.entries = (const char *const *)hubcfg.origins;
-    origins.nentries = hubcfg.norigins;
-    origins.allow_missing = true;
-    settings_cfg = &hubcfg;
     auth_cfg = &hubcfg;
     struct keyset *ks = keyset_build(&hubcfg.auth, NULL, 0, err, errlen);
     if (ks == NULL)
@@ -894,11 +883,6 @@ void hub_restart_needed(const struct wsh_hub_config *cfg, char *out, size_t outl
 void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
 {
     const struct wsh_limits_config *l = &cfg->limits;
-    pthread_rwlock_wrlock(&settings_rw);
-    struct wsh_hub_config *old = settings_cfg;
-    settings_cfg = config_ref(cfg);
-    origins.entries = (const char *const *)cfg->origins;
-    origins.nentries = cfg->norigins;
     *out = (struct hub_settings){ .norigins = cfg->norigins,
                                   .api_key = cfg->api_key != NULL,
                                   .admission_rate = l->admission_rate,
@@ -909,8 +893,6 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
     worker_limits_set(l->max_connections, l->max_connections_per_ip, l->handshake_rate_per_ip,
                       l->handshake_burst_per_ip, l->ipv6_prefix);
     live_replace(cfg);
-    pthread_rwlock_unlock(&settings_rw);
-    hub_config_release(old);
 }
 
 /* One fetch of auth.jwks_url; on success the keys from it are in use. */
@@ -1362,11 +1344,12 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
         return 404;
     }
     const struct wsh_http_header *o = wsh_http_find(req, "Origin");
-    pthread_rwlock_rdlock(&settings_rw);
-    bool origin_ok = origins.nentries == 0 ||
-                     wsh_origin_allowed(&origins, o ? o->value : NULL, o ? o->value_len : 0);
-    pthread_rwlock_unlock(&settings_rw);
-    if (!origin_ok) {
+    const struct wsh_hub_config *cfg = live_cfg();
+    const struct wsh_origin_list origins = { .entries = (const char *const *)cfg->origins,
+                                             .nentries = cfg->norigins,
+                                             .allow_missing = true };
+    if (cfg->norigins > 0 &&
+        !wsh_origin_allowed(&origins, o ? o->value : NULL, o ? o->value_len : 0)) {
         *why = "origin not allowed";
         return 403;
     }
@@ -2194,11 +2177,8 @@ static int api_authorized(const struct wsh_http_request *req)
     }
     if (k == NULL)
         return 401;
-    pthread_rwlock_rdlock(&settings_rw);
-    const char *key = settings_cfg->api_key;
-    bool ok = key != NULL && wsh_auth_apikey_equal(key, strlen(key), k, n);
-    pthread_rwlock_unlock(&settings_rw);
-    return ok ? 0 : 403;
+    const char *key = live_cfg()->api_key;
+    return key != NULL && wsh_auth_apikey_equal(key, strlen(key), k, n) ? 0 : 403;
 }
 
 static int api_publish_one(const char *channel, const char *payload, size_t plen,
@@ -2315,10 +2295,7 @@ static void on_info(const struct wsh_broker_result *r, void *user)
 void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
              const uint8_t *body, size_t blen)
 {
-    pthread_rwlock_rdlock(&settings_rw);
-    bool api_on = settings_cfg->api_key != NULL;
-    pthread_rwlock_unlock(&settings_rw);
-    if (!hub_enabled || !api_on) {
+    if (!hub_enabled || live_cfg()->api_key == NULL) {
         api_error(w, c, 404, "the HTTP API is off: no api_key in the configuration");
         return;
     }
