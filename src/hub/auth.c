@@ -231,12 +231,15 @@ const char *wsh_auth_key_problem(const struct wsh_auth_key *k)
     return ok ? NULL : why;
 }
 
-static uint32_t fnv1a32(uint32_t h, const void *p, size_t n)
+#define FNV1A_BASIS 0xcbf29ce484222325u
+
+/* 64-bit FNV-1a of p[0..n), continuing from h (FNV1A_BASIS to start). */
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
 {
-    const uint8_t *b = p;
+    const unsigned char *b = p;
     for (size_t i = 0; i < n; i++) {
         h ^= b[i];
-        h *= 16777619u;
+        h *= 0x100000001b3u;
     }
     return h;
 }
@@ -246,20 +249,20 @@ static uint32_t fnv1a32(uint32_t h, const void *p, size_t n)
  * of the same key, or the same JWK served again, give the same tag. */
 static bool key_tag(struct auth_key *k, const char *kid)
 {
-    uint32_t h = fnv1a32(2166136261u, &(uint8_t){ (uint8_t)k->alg }, 1);
+    uint64_t h = fnv1a(FNV1A_BASIS, &(uint8_t){ (uint8_t)k->alg }, 1);
     if (kid != NULL)
-        h = fnv1a32(h, kid, strlen(kid) + 1);
+        h = fnv1a(h, kid, strlen(kid) + 1);
     if (k->pk != NULL) {
         unsigned char *der = NULL;
         int n = i2d_PUBKEY(k->pk, &der);
         if (n <= 0)
             return false;
-        h = fnv1a32(h, der, (size_t)n);
+        h = fnv1a(h, der, (size_t)n);
         OPENSSL_free(der);
     } else {
-        h = fnv1a32(h, k->key, k->key_len);
+        h = fnv1a(h, k->key, k->key_len);
     }
-    k->tag = h;
+    k->tag = (uint32_t)(h ^ (h >> 32));
     return true;
 }
 
@@ -1221,16 +1224,6 @@ bool wsh_auth_apikey_equal(const void *expected, size_t elen, const void *given,
 /* ------------------------------------------------------------------ */
 /* Deny list                                                           */
 
-static uint64_t fnv1a(const char *s, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3u;
-    }
-    return h;
-}
-
 static size_t deny_find(const struct wsh_auth *a, const char *jti, size_t len, uint64_t h)
 {
     size_t mask = a->deny_cap - 1;
@@ -1277,7 +1270,7 @@ int wsh_auth_deny(struct wsh_auth *a, const char *jti, size_t len, int64_t until
         return WSH_EINVAL;
     if (len == 0 || len > WSH_AUTH_JTI_MAX)
         return WSH_ETOOBIG;
-    uint64_t h = fnv1a(jti, len);
+    uint64_t h = fnv1a(FNV1A_BASIS, jti, len);
     size_t i = deny_find(a, jti, len, h);
     if (a->deny[i].jti != NULL) {
         if (until_ms > a->deny[i].until_ms)
@@ -1303,7 +1296,7 @@ bool wsh_auth_denied(const struct wsh_auth *a, const char *jti, size_t len, int6
 {
     if (a == NULL || jti == NULL || len == 0 || len > WSH_AUTH_JTI_MAX)
         return false;
-    size_t i = deny_find(a, jti, len, fnv1a(jti, len));
+    size_t i = deny_find(a, jti, len, fnv1a(FNV1A_BASIS, jti, len));
     return a->deny[i].jti != NULL && a->deny[i].until_ms > now_ms;
 }
 
@@ -1311,7 +1304,7 @@ bool wsh_auth_undeny(struct wsh_auth *a, const char *jti, size_t len)
 {
     if (a == NULL || jti == NULL || len == 0 || len > WSH_AUTH_JTI_MAX)
         return false;
-    size_t i = deny_find(a, jti, len, fnv1a(jti, len));
+    size_t i = deny_find(a, jti, len, fnv1a(FNV1A_BASIS, jti, len));
     if (a->deny[i].jti == NULL)
         return false;
     deny_remove_at(a, i);
