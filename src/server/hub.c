@@ -756,10 +756,15 @@ int hub_config_reread(struct wsh_hub_config **out, char *err, size_t errlen)
     return 0;
 }
 
+static struct reread *reread_of(struct wsh_hub_config *cfg)
+{
+    return (struct reread *)((char *)cfg - offsetof(struct reread, cfg));
+}
+
 static struct wsh_hub_config *config_ref(struct wsh_hub_config *cfg)
 {
     if (cfg != &hubcfg)
-        atomic_fetch_add(&((struct reread *)((char *)cfg - offsetof(struct reread, cfg)))->refs, 1);
+        atomic_fetch_add(&reread_of(cfg)->refs, 1);
     return cfg;
 }
 
@@ -767,7 +772,7 @@ void hub_config_release(struct wsh_hub_config *cfg)
 {
     if (cfg == NULL || cfg == &hubcfg)
         return;
-    struct reread *r = (struct reread *)((char *)cfg - offsetof(struct reread, cfg));
+    struct reread *r = reread_of(cfg);
     if (atomic_fetch_sub(&r->refs, 1) == 1) {
         wsh_config_free(&r->cfg);
         free(r);
