@@ -1016,8 +1016,8 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     const char *chan = NULL;
     size_t chan_len = 0;
 
-    bool healthz = req->path_len == 8 && memcmp(req->path, "/healthz", 8) == 0;
-    bool readyz = req->path_len == 7 && memcmp(req->path, "/readyz", 7) == 0;
+    bool healthz = path_is(req, "/healthz");
+    bool readyz = path_is(req, "/readyz");
     if (healthz || readyz) {
         if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
             http_reply(w, c, 405, "method not allowed");
@@ -1036,11 +1036,11 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         }
         return;
     }
-    if (wsh_cfg.echo && req->path_len == 5 && memcmp(req->path, "/echo", 5) == 0) {
+    if (wsh_cfg.echo && path_is(req, "/echo")) {
         ep = EP_ECHO;
-    } else if (req->path_len == 3 && memcmp(req->path, "/ws", 3) == 0) {
+    } else if (path_is(req, "/ws")) {
         ep = EP_HUB;
-    } else if (req->path_len > raw_len && memcmp(req->path, raw_prefix, raw_len) == 0) {
+    } else if (req->path_len > raw_len && path_under(req, raw_prefix)) {
         ep = EP_RAW;
         chan = req->path + raw_len;
         chan_len = req->path_len - raw_len;
@@ -1243,7 +1243,7 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
         return len;
     }
     if (blen > 0) {
-        if (req.path_len < 5 || memcmp(req.path, "/api/", 5) != 0) {
+        if (!path_under(&req, "/api/")) {
             /* Only the HTTP API takes a request body. */
             http_reply(w, c, req.method_len == 3 && memcmp(req.method, "GET", 3) == 0 ? 400 : 405,
                        "request body not accepted");
@@ -1259,11 +1259,11 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
         }
     }
     c->flags &= (uint8_t)~CF_HTTP_BODY;
-    if (req.path_len >= 5 && memcmp(req.path, "/api/", 5) == 0) {
+    if (path_under(&req, "/api/")) {
         hub_api(w, c, &req, in + n, blen);
         return (size_t)n + blen;
     }
-    if (req.path_len == 8 && memcmp(req.path, "/metrics", 8) == 0) {
+    if (path_is(&req, "/metrics")) {
         metrics_serve(w, c, &req);
         return (size_t)n;
     }
