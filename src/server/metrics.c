@@ -264,8 +264,8 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "# TYPE wshub_client_memory_bytes gauge\nwshub_client_memory_bytes %zu\n",
         wsh_buf_live_bytes());
     put(&o, "# HELP wshub_reloads_total SIGHUP reloads, by part (tls: certificate and key; "
-            "auth: token keys; settings: origins, api_key, admission rate) and result; a failed "
-            "one keeps what was loaded.\n"
+            "auth: token keys; settings: namespaces, limits, origins, api_key) and result; a "
+            "failed one keeps what was loaded.\n"
             "# TYPE wshub_reloads_total counter\n");
     static const char *const parts[RELOAD_PARTS] = { "tls", "auth", "settings" };
     for (int i = 0; i < RELOAD_PARTS; i++) {

@@ -408,11 +408,12 @@ struct hub_settings {
     uint32_t per_ip;
     double ip_rate;
 };
-/* cfg's `origins`, `api_key`, `limits.admission_rate`/`admission_burst`
- * and the connection limits (`max_connections`, `max_connections_per_ip`,
- * `handshake_rate_per_ip`/`handshake_burst_per_ip`, `ipv6_prefix`) are in
- * force for the next connection, upgrade and API call. Nothing in them
- * can fail once the file has loaded. */
+/* Everything of cfg but the keys and the restart-only settings
+ * (docs/config.md, "Reloading: SIGHUP"): namespaces, the /ws limits,
+ * `allow_anonymous`, `origins`, `api_key`, the admission rate and the
+ * connection limits are in force for the next command, connection,
+ * upgrade and API call. Nothing in them can fail once the file has
+ * loaded. */
 void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out);
 /* The settings of cfg that differ from those the server started with and
  * that only a restart puts in force, space-separated in out (empty when
@@ -432,10 +433,10 @@ void hub_fetch_stop(void);
 /* Fetches of auth.jwks_url by result, and when the last good one ended
  * (wall clock ms, 0 before the first), for /metrics. */
 void hub_jwks_fetches(uint64_t *ok, uint64_t *failed, int64_t *loaded_ms);
-/* Applies the configuration file's connection limits to cfg: the total
- * (the smaller of it and cfg's), per address, and the admission rate. All
- * stay off without a file; IPv6 addresses then count per the default
- * prefix. */
+/* Copies the configuration file's connection limits into cfg: the total
+ * (max_connections_cfg, which worker_limits_set caps at cfg's
+ * max_connections), per address, and the admission rate. All stay off
+ * without a file; IPv6 addresses then count per the default prefix. */
 void hub_conn_limits(struct wsh_config *cfg);
 /* Sends `disconnect` (reconnect after retry_ms) and close 1013 to a /ws
  * connection refused by the admission rate; it never became a session. */
