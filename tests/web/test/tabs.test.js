@@ -12,18 +12,16 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { pathToFileURL } = require('node:url');
 
-const { MULT, BIN, T, Server, browserFor, startServer, waitFor } = require('./harness.js');
+const { MULT, BIN, T, WEB_ROOT, Server, browserFor, startServer, waitFor } = require('./harness.js');
 
-// The counters of /metrics, by full series name.
+// The samples of /metrics, by full series name, read by the dashboard's
+// own parser (web/metrics.js, unit-tested in metrics.test.js).
 async function scrape(port) {
+  const { parseMetrics } = await import(pathToFileURL(path.join(WEB_ROOT, 'metrics.js')).href);
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
-  const out = {};
-  for (const line of (await res.text()).split('\n')) {
-    const m = /^(\S+) (\S+)$/.exec(line);
-    if (m && !line.startsWith('#')) out[m[1]] = Number(m[2]);
-  }
-  return out;
+  return Object.fromEntries(parseMetrics(await res.text()));
 }
 
 async function waitMetric(port, series, want) {
