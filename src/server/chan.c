@@ -9,7 +9,13 @@
  * per read instead of per message, and the kernel copies one segment.
  *
  * Channel records are shared by all workers and kept in a chanreg (below),
- * which the hub's channels use too. */
+ * which the hub's channels use too.
+ *
+ * An inbox is bounded by holding its publishers (inbox_push, below): a
+ * worker that falls behind, fanning out to many subscribers or compressing
+ * for deflate ones, slows the connections that feed it through TCP
+ * instead of queueing without limit, or handing its subscribers more in
+ * one turn than their --max-queue. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,8 +194,27 @@ static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *ski
     zcache_release(&zc);
 }
 
+/* Bytes an inbox may hold before the publishers that feed it from other
+ * workers are held. The receiver releases them when it takes the batch
+ * (rawchan_deliver_inbox), so they refill the inbox while it works through
+ * the batch: at most two bounds' worth waits per receiver. The bound is
+ * also what one turn of the receiver can hand a subscriber, so it stays
+ * well under --max-queue's default, and a subscriber that reads as fast
+ * as the receiver sends is never cut. A publisher is held after the
+ * message or publish batch that crossed the bound: each can add one
+ * message past it. Hub messages wait in their own worker's inbox too
+ * (hub.c fan_out); that one is drained in the same turn and holds no
+ * one. */
+#define INBOX_HIGH (256u << 10)
+
+static size_t xmsg_bytes(const struct xmsg *m)
+{
+    return sizeof(*m) + wsh_buf_len(m->buf);
+}
+
 void inbox_push(struct worker *to, const struct xmsg *m)
 {
+    size_t size = xmsg_bytes(m);
     pthread_mutex_lock(&to->inbox_mu);
     if (to->inbox_n == to->inbox_cap) {
         size_t cap = to->inbox_cap ? to->inbox_cap * 2 : 256;
@@ -209,8 +234,54 @@ void inbox_push(struct worker *to, const struct xmsg *m)
         to->inbox_cap = cap;
     }
     to->inbox[to->inbox_n++] = *m;
+    /* Atomic only so that /metrics may read it; written under the mutex. */
+    size_t held = atomic_load_explicit(&to->inbox_bytes, memory_order_relaxed) + size;
+    atomic_store_explicit(&to->inbox_bytes, held, memory_order_relaxed);
+    struct worker *self = wsh_self;
+    bool full = self != NULL && self != to && held >= INBOX_HIGH;
+    if (full)
+        to->inbox_waiters |= (uint64_t)1 << self->id;
     atomic_store_explicit(&to->inbox_ready, true, memory_order_release);
     pthread_mutex_unlock(&to->inbox_mu);
+    if (full)
+        self->inbox_full = true; /* the caller holds its publisher */
+}
+
+bool inbox_busy_wait(struct worker *self)
+{
+    for (int i = 0; i < wsh_nworkers; i++) {
+        struct worker *to = &wsh_workers[i];
+        if (to == self)
+            continue;
+        pthread_mutex_lock(&to->inbox_mu);
+        bool full = atomic_load_explicit(&to->inbox_bytes, memory_order_relaxed) >= INBOX_HIGH;
+        if (full)
+            to->inbox_waiters |= (uint64_t)1 << self->id;
+        pthread_mutex_unlock(&to->inbox_mu);
+        if (full)
+            return true;
+    }
+    return false;
+}
+
+size_t inbox_bytes_total(void)
+{
+    size_t n = 0;
+    for (int i = 0; i < wsh_nworkers; i++)
+        n += atomic_load_explicit(&wsh_workers[i].inbox_bytes, memory_order_relaxed);
+    return n;
+}
+
+/* Tells the workers that held publishers for w's inbox that it was
+ * taken, with one wakeup each at the end of the turn. */
+static void inbox_release(struct worker *w, uint64_t waiters)
+{
+    for (int i = 0; i < wsh_nworkers; i++) {
+        if (!(waiters & ((uint64_t)1 << i)))
+            continue;
+        atomic_store(&wsh_workers[i].inbox_resume, true);
+        w->wake[i] = true;
+    }
 }
 
 static void publish_now(struct worker *w, struct conn *from, struct wsh_buf *frame)
@@ -324,7 +395,12 @@ void rawchan_deliver_inbox(struct worker *w)
     w->inbox = w->spare;
     w->inbox_cap = w->spare_cap;
     w->inbox_n = 0;
+    atomic_store_explicit(&w->inbox_bytes, 0, memory_order_relaxed);
+    uint64_t waiters = w->inbox_waiters;
+    w->inbox_waiters = 0;
     pthread_mutex_unlock(&w->inbox_mu);
+    if (waiters != 0)
+        inbox_release(w, waiters);
     for (size_t i = 0; i < n; i++) {
         if (items[i].kind != XMSG_RAW) {
             hub_deliver_inbox(w, &items[i]);

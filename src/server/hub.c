@@ -1979,7 +1979,7 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=%s_waits_for_keys", c->id,
                     refresh ? "refresh" : "connect");
             if (!refresh)
-                conn_hold(w, c, true);
+                conn_hold(w, c, HOLD_KEYS, true);
             return false;
         }
         if (v != 0) {
@@ -2081,7 +2081,7 @@ void hub_keys_wake(struct worker *w)
         hub_key_wait_count(ok ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
         free(wt.token);
         if (!wt.refresh)
-            conn_hold(w, c, false);
+            conn_hold(w, c, HOLD_KEYS, false);
         i = 0; /* what that did may have ended other waiters */
     }
 }

@@ -244,6 +244,10 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     counter(&o, "wshub_slow_consumers_total",
             "Connections cut off because their outbound queue passed its limit.",
             SUM(slow_consumers));
+    counter(&o, "wshub_publisher_holds_total",
+            "Times a publisher's input was paused because another worker's inbox held more "
+            "than its bound, until that worker caught up.",
+            SUM(inbox_holds));
     counter(&o, "wshub_write_stalls_total",
             "Connections dropped because their queued output made no progress for "
             "--write-timeout.",
@@ -263,6 +267,11 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "frames, messages being assembled), each shared frame once.\n"
         "# TYPE wshub_client_memory_bytes gauge\nwshub_client_memory_bytes %zu\n",
         wsh_buf_live_bytes());
+    put(&o,
+        "# HELP wshub_inbox_bytes Bytes of messages waiting for a worker to take them from "
+        "another (or from its own /ws publishes).\n"
+        "# TYPE wshub_inbox_bytes gauge\nwshub_inbox_bytes %zu\n",
+        inbox_bytes_total());
     put(&o, "# HELP wshub_reloads_total SIGHUP reloads, by part (tls: certificate and key; "
             "auth: token keys; settings: namespaces, limits, origins, api_key) and result; a "
             "failed one keeps what was loaded.\n"

@@ -130,8 +130,13 @@ struct conn {
     uint8_t state;
     uint8_t endpoint;
     uint8_t flags;
-    uint8_t hold; /* /ws input held while `connect` waits for keys (conn_hold) */
+    uint8_t hold; /* HOLD_* reasons its input is not read (conn_hold) */
 };
+
+/* Why a connection's input is held: a `connect` waiting for keys, or a
+ * publisher whose messages filled another worker's inbox (chan.c). */
+#define HOLD_KEYS  0x01
+#define HOLD_INBOX 0x02
 
 /* ------------------------------------------------------------------ */
 /* Raw channels, shared by all workers                                 */
@@ -233,6 +238,7 @@ struct metrics {
     _Atomic uint64_t pushes[PUSH__COUNT]; /* /ws messages out, per recipient */
     _Atomic uint64_t frames_out, bytes_in, bytes_out;
     _Atomic uint64_t slow_consumers;
+    _Atomic uint64_t inbox_holds; /* publishers paused for a full inbox */
     _Atomic uint64_t write_stalls;
     _Atomic uint64_t admission_refused;
     _Atomic uint64_t proxy_errors; /* connections dropped for a bad PROXY header */
@@ -293,8 +299,13 @@ struct worker {
     pthread_mutex_t inbox_mu;
     struct xmsg *inbox;
     size_t inbox_n, inbox_cap;
-    _Atomic bool inbox_ready; /* set by producers: skip the lock when clear */
-    struct xmsg *spare;       /* swapped with inbox by the consumer */
+    _Atomic bool inbox_ready;   /* set by producers: skip the lock when clear */
+    _Atomic size_t inbox_bytes; /* what waits in it, frames and entries (chan.c) */
+    uint64_t inbox_waiters;     /* workers holding publishers until it drains, by bit */
+    _Atomic bool inbox_resume;  /* an inbox we waited for has drained */
+    bool inbox_full;            /* a push of the current input found one full */
+    uint32_t nheld;             /* connections held with HOLD_INBOX */
+    struct xmsg *spare;         /* swapped with inbox by the consumer */
     size_t spare_cap;
     struct wsh_timer sweep_timer;    /* worker 0: periodic sweeps of channel state */
     struct wsh_timer out_timer;      /* each second: stalled and slow writers */
@@ -353,9 +364,12 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
                      size_t len);
 void conn_close(struct worker *w, struct conn *c, unsigned code, const char *reason);
 void conn_destroy(struct worker *w, struct conn *c);
-/* Holds a /ws connection's input (no reads, nothing parsed past the
- * current message) or releases it: what was held is processed at once. */
-void conn_hold(struct worker *w, struct conn *c, bool on);
+/* Holds a connection's input for a HOLD_* reason (no reads, nothing
+ * parsed past the current message) or releases it: once no reason is
+ * left, what was held is processed at once. */
+void conn_hold(struct worker *w, struct conn *c, uint8_t why, bool on);
+/* Holds c when its input just filled another worker's inbox. */
+void conn_hold_if_inbox_full(struct worker *w, struct conn *c);
 struct wsh_http_request;
 void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                   size_t len);
@@ -510,6 +524,11 @@ void zcache_init(struct zcache *z, struct wsh_buf *frame);
 struct wsh_buf *zcache_frame(struct zcache *z, const struct conn *c);
 void zcache_release(struct zcache *z);
 void inbox_push(struct worker *to, const struct xmsg *m);
+/* True when another worker's inbox is over its bound; self is then told
+ * when it drains (its held connections are released). */
+bool inbox_busy_wait(struct worker *self);
+/* Bytes waiting in all inboxes, for /metrics. */
+size_t inbox_bytes_total(void);
 struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len);
 void rawchan_leave(struct worker *w, struct conn *c);
 /* Publishes a frame (taking the reference) to from's channel. Small

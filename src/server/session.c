@@ -250,6 +250,7 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
             break;
         case WSH_EV_DATA:
             on_data(w, c, &ev);
+            conn_hold_if_inbox_full(w, c);
             break;
         case WSH_EV_PING:
             /* RFC 6455 5.5.3: answer with a pong carrying the same data. */
@@ -281,10 +282,11 @@ void session_timer(struct worker *w, struct conn *c)
         return;
     }
     if (c->hold) {
-        /* Input held while `connect` waits for keys (conn_hold): a pong
-         * could not be read, so neither ping nor wait for one (a ping
-         * already out is forgotten) until the hold ends, at most the
-         * unauthenticated deadline away. */
+        /* Input held while `connect` waits for keys or a publisher waits
+         * for another worker's inbox (conn_hold): a pong could not be
+         * read, so neither ping nor wait for one (a ping already out is
+         * forgotten) until the hold ends, at most the unauthenticated
+         * deadline or one inbox drain away. */
         c->flags &= (uint8_t)~CF_PING_WAIT;
         wsh_timer_start(w->loop, &c->timer, wsh_cfg.pong_timeout_ms);
         return;

@@ -384,6 +384,15 @@ void conn_send_frame(struct worker *w, struct conn *c, unsigned opcode, const ui
         wsh_wq_tail_mark(c->wq, need);
 }
 
+/* Ends every hold of a connection that is closing or gone, without
+ * reading what it held. */
+static void hold_drop(struct worker *w, struct conn *c)
+{
+    if (c->hold & HOLD_INBOX)
+        w->nheld--;
+    c->hold = 0;
+}
+
 /* Starts the closing handshake from our side (or answers the peer's):
  * queue the close frame, stop delivering, arm the close timeout. After the
  * frame is flushed we send FIN and wait for the peer's EOF, so the server
@@ -410,7 +419,7 @@ void conn_close(struct worker *w, struct conn *c, unsigned code, const char *rea
     c->flags |= CF_CLOSE_SENT;
     c->state = CONN_CLOSING;
     c->flags &= (uint8_t)~CF_PING_WAIT;
-    c->hold = 0; /* input is read again, to see the peer's close */
+    hold_drop(w, c); /* input is read again, to see the peer's close */
     metric_close(w, code);
     mark_pending(w, c);
     if (c->msg) {
@@ -485,6 +494,7 @@ void conn_destroy(struct worker *w, struct conn *c)
     if (c->state == CONN_PARKED)
         unpark(w, c);
     c->state = CONN_DEAD;
+    hold_drop(w, c);
     if (w->direct.c == c) {
         w->direct.c = NULL;
         w->direct.niov = 0;
@@ -760,11 +770,14 @@ static void on_evict_timer(struct wsh_loop *l, struct wsh_timer *t)
     pthread_mutex_unlock(&evict_mu);
 }
 
+static void release_held(struct worker *w);
+
 static void before_sleep(struct wsh_loop *l, void *user)
 {
     struct worker *w = user;
     (void)l;
     w->tls_budget = TLS_STEPS_MAX;
+    release_held(w);
     /* Hub messages published on this worker wait in its own inbox so that
      * every worker delivers them in offset order (hub.c fan_out). */
     rawchan_deliver_inbox(w);
@@ -1213,6 +1226,8 @@ static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_h
 
 /* Consumes the request head (and an API request's body) from in[0..len).
  * Returns bytes consumed; 0 while incomplete. */
+static void hold_for_inbox(struct worker *w, struct conn *c);
+
 static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, size_t last_len)
 {
     struct wsh_http_header headers[WSH_HTTP_DEFAULT_HEADERS];
@@ -1260,6 +1275,15 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
     }
     c->flags &= (uint8_t)~CF_HTTP_BODY;
     if (path_under(&req, "/api/")) {
+        /* A POST publishes (or disconnects) through the inboxes: while
+         * one is over its bound the request waits, whole, in the carry,
+         * and is answered once that worker has caught up, so a backend
+         * that publishes faster than the workers deliver is slowed by
+         * its own response times (chan.c, INBOX_HIGH). */
+        if (req.method_len == 4 && memcmp(req.method, "POST", 4) == 0 && inbox_busy_wait(w)) {
+            hold_for_inbox(w, c);
+            return 0;
+        }
         hub_api(w, c, &req, in + n, blen);
         return (size_t)n + blen;
     }
@@ -1453,6 +1477,7 @@ static void conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t le
                        bool eof)
 {
     size_t used = 0;
+    w->inbox_full = false; /* set by what this input publishes */
     if (c->state == CONN_HTTP) {
         used = http_input(w, c, buf, len, have);
         if (c->state == CONN_HTTP) {
@@ -1474,6 +1499,7 @@ static void conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t le
         used += session_input(w, c, buf + used, len - used);
     /* Raw messages of this read go out together. */
     rawchan_flush(w);
+    conn_hold_if_inbox_full(w, c);
     /* Echo replies still point into rbuf: send them before it is reused. */
     direct_flush(w);
     if (c->state == CONN_DEAD)
@@ -1496,14 +1522,61 @@ static void conn_replay(struct worker *w, struct conn *c)
     conn_input(w, c, w->rbuf, len, 0, false);
 }
 
-void conn_hold(struct worker *w, struct conn *c, bool on)
+void conn_hold(struct worker *w, struct conn *c, uint8_t why, bool on)
 {
     if (c->state == CONN_DEAD)
         return;
-    c->hold = on;
+    uint8_t was = c->hold;
+    c->hold = on ? (uint8_t)(was | why) : (uint8_t)(was & ~why);
+    if ((c->hold ^ was) & HOLD_INBOX)
+        w->nheld += on ? 1u : (uint32_t)-1;
+    if ((c->hold != 0) == (was != 0))
+        return;
     update_events(w, c);
     if (!on && c->state != CONN_DEAD)
         conn_replay(w, c);
+}
+
+static void hold_for_inbox(struct worker *w, struct conn *c)
+{
+    metric_add(&w->m.inbox_holds, 1);
+    wsh_log(WSH_LOG_DEBUG, "conn=%u ev=publisher_held", c->id);
+    conn_hold(w, c, HOLD_INBOX, true);
+}
+
+void conn_hold_if_inbox_full(struct worker *w, struct conn *c)
+{
+    if (!w->inbox_full)
+        return;
+    w->inbox_full = false;
+    if (c->state == CONN_OPEN && !(c->hold & HOLD_INBOX))
+        hold_for_inbox(w, c);
+}
+
+/* From the end of a turn, once an inbox this worker waited for has
+ * drained: its held publishers read again. A held connection is found by
+ * walking the worker's list, which costs a pass over its connections per
+ * drained inbox (one per INBOX_HIGH bytes at most) and saves every
+ * connection a link field. They are collected first: a release runs the
+ * held input, which may close other connections. */
+static void release_held(struct worker *w)
+{
+    if (w->nheld == 0 || !atomic_exchange(&w->inbox_resume, false))
+        return;
+    struct conn **held = malloc(w->nheld * sizeof(*held));
+    if (held == NULL) {
+        atomic_store(&w->inbox_resume, true); /* next turn */
+        return;
+    }
+    uint32_t n = 0;
+    for (struct conn *c = w->conns; c != NULL && n < w->nheld; c = c->next)
+        if (c->hold & HOLD_INBOX)
+            held[n++] = c;
+    /* Connections closed meanwhile are freed only at the end of the turn:
+     * the pointers stay valid, and conn_hold skips the dead. */
+    for (uint32_t i = 0; i < n; i++)
+        conn_hold(w, held[i], HOLD_INBOX, false);
+    free(held);
 }
 
 /* From the wakeup: parked heads whose fetch has ended are checked again,

@@ -70,17 +70,18 @@ def connect(port, timeout=5.0):
     return s
 
 
-def upgrade_request(path="/echo"):
+def upgrade_request(path="/echo", extensions=None):
     key = base64.b64encode(os.urandom(16)).decode()
+    ext = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+            f"Sec-WebSocket-Version: 13\r\n{ext}\r\n").encode()
 
 
-def upgrade(port, path="/echo", rcvbuf=None):
+def upgrade(port, path="/echo", rcvbuf=None, extensions=None, head_out=None):
     """A WebSocket client socket. rcvbuf, set before connecting, keeps the
     TCP window small, so a client that does not read backs the server up
-    sooner."""
+    sooner. head_out, a list, receives the 101 response head."""
     if rcvbuf is None:
         s = connect(port)
     else:
@@ -89,13 +90,15 @@ def upgrade(port, path="/echo", rcvbuf=None):
         s.settimeout(5 * MULT)
         s.connect(("127.0.0.1", port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(upgrade_request(path))
+    s.sendall(upgrade_request(path, extensions))
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = s.recv(4096)
         assert chunk, "closed during handshake"
         head += chunk
     assert head.startswith(b"HTTP/1.1 101"), head
+    if head_out is not None:
+        head_out.append(head)
     return s
 
 
@@ -746,6 +749,355 @@ def test_fault_reconnect_storm_admitted_at_the_rate(tmp_path):
         for s in socks:
             s.close()
         time.sleep(1.0)  # a token for assert_healthy's client
+        assert_healthy(srv, base)
+    finally:
+        srv.stop()
+
+
+def on_worker(srv, path, want, extensions=None):
+    """A connection to path that the server placed on worker `want`
+    (SO_REUSEPORT picks by address and port: connect until one lands
+    there), the 101 head it got, and the other connections, still open so
+    their ports are not picked again. Needs --log-level debug: the worker
+    is read from the connection's ev=open line, the last one logged, as
+    connections are opened one at a time (the line may follow the 101)."""
+    others = []
+    deadline = time.time() + 10 * MULT
+    while time.time() < deadline:
+        head = []
+        before = len(log_events(srv, "open"))
+        s = upgrade(srv.port, path, extensions=extensions, head_out=head)
+        while len(opened := log_events(srv, "open")) == before:
+            assert time.time() < deadline, "no ev=open line: is --log-level debug set?"
+            time.sleep(0.01)
+        if f"worker={want} ev=open path={path}" in opened[-1]:
+            return s, head[0], others
+        others.append(s)
+    raise AssertionError(f"no connection placed on worker {want}")
+
+
+class FrameReader(threading.Thread):
+    """Reads frames from s in the background into (first byte, payload)
+    pairs until it has count or the connection ends. It keeps the raw
+    bytes and parses with an offset, cheap enough to keep up with a
+    server that sends tens of MB/s."""
+
+    def __init__(self, s, count):
+        super().__init__(daemon=True)
+        self.s, self.count, self.frames, self.error = s, count, [], None
+        self.start()
+
+    def run(self):
+        buf, pos = bytearray(), 0
+        self.s.settimeout(30 * MULT)
+        try:
+            while len(self.frames) < self.count:
+                chunk = self.s.recv(1 << 20)
+                if not chunk:
+                    raise AssertionError(f"closed after {len(self.frames)} frames")
+                buf += chunk
+                while len(buf) - pos >= 2:
+                    n, off = buf[pos + 1] & 0x7F, 2
+                    if n == 126:
+                        if len(buf) - pos < 4:
+                            break
+                        n, off = struct.unpack_from("!H", buf, pos + 2)[0], 4
+                    elif n == 127:
+                        if len(buf) - pos < 10:
+                            break
+                        n, off = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+                    if len(buf) - pos < off + n:
+                        break
+                    self.frames.append((buf[pos], bytes(buf[pos + off:pos + off + n])))
+                    pos += off + n
+                if pos > (1 << 20):
+                    del buf[:pos]
+                    pos = 0
+        except Exception as e:  # reported by the test thread
+            self.error = e
+
+
+def scrape(port, name):
+    """One sample's value from the server's /metrics (no proxy: loopback)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5 * MULT)
+    conn.request("GET", "/metrics")
+    body = conn.getresponse().read().decode()
+    conn.close()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+
+
+def flood_bodies(n, size=59990):
+    """n distinct compressible text bodies of about size bytes, numbered."""
+    words = [("w%d" % (i * 7919 % 5003)).encode() for i in range(4000)]
+    bodies = [b" ".join(words[(k * 131 + j * 17) % 4000] for j in range(12000))[:size]
+              for k in range(8)]
+    return [b"%08d " % i + bodies[i % 8] for i in range(n)]
+
+
+def zero_mask_text(payload):
+    """A masked text frame with a zero mask key, which leaves the payload
+    as it is: cheap to build for megabytes."""
+    n = len(payload)
+    hdr = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else \
+        struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return hdr + b"\0\0\0\0" + payload
+
+
+def inflated_texts(frames):
+    """The text of each frame: RSV1 frames inflated (each message on its own,
+    as the server compresses without context takeover)."""
+    import zlib
+    out = []
+    for i, (b0, payload) in enumerate(frames):
+        assert b0 & 0x8F == 0x81, (i, hex(b0))
+        if b0 & 0x40:
+            payload = zlib.decompressobj(-15).decompress(payload + b"\0\0\xff\xff")
+        out.append(payload)
+    return out
+
+
+@pytest.mark.args("--deflate", "--deflate-level", "9", "--log-level", "debug")
+def test_fault_fast_publisher_held_while_another_worker_catches_up(server):
+    """LIMITS.md "fast publishers": a publisher on one worker sends 24 MB
+    to a raw channel whose subscriber is on the other worker, which must
+    compress every message for it (permessage-deflate at level 9, about
+    1.5 ms for each 60 KB), far slower than the publisher sends. The publisher's worker stops reading from it
+    while the other worker's inbox is over its bound, so the backlog stays
+    in TCP: the subscriber, which reads everything it is sent, gets every
+    message once and in order and is never cut as a slow consumer (before,
+    the inbox grew without bound and the other worker handed the
+    subscriber more in one turn than --max-queue), the publisher is not
+    closed, and /metrics counts the holds."""
+    base = server.fds()
+    path = "/raw/flood"
+    sub, head, extra = on_worker(server, path, 1, extensions=DEFLATE_OFFER)
+    assert b"permessage-deflate" in head, head
+    pub, _, extra2 = on_worker(server, path, 0)
+    for s in extra + extra2:
+        s.close()
+    n = 400
+    msgs = flood_bodies(n)
+    reader = FrameReader(sub, n)
+    sampler = GaugeSampler(server.port, "wshub_inbox_bytes")
+    for m in msgs:
+        pub.sendall(zero_mask_text(m))
+    reader.join(120 * MULT)
+    assert sampler.stop() <= INBOX_MOST, (sampler.most, sampler.samples)
+    assert not reader.is_alive(), f"subscriber has {len(reader.frames)} of {n} after 120 s"
+    assert reader.error is None, reader.error
+    assert not log_events(server, "slow_consumer")
+    assert all(b0 & 0x40 for b0, _ in reader.frames), "not every message was compressed"
+    for i, text in enumerate(inflated_texts(reader.frames)):
+        assert text == msgs[i], f"message {i} differs: {text[:9]!r}"
+    assert scrape(server.port, "wshub_publisher_holds_total") > 0
+    assert len(log_events(server, "publisher_held")) > 0
+    pub.sendall(frame(8, struct.pack("!H", 1000)))
+    assert read_close(pub) == 1000
+    sub.close()
+    pub.close()
+    assert_healthy(server, base)
+
+
+class GaugeSampler(threading.Thread):
+    """Samples a /metrics gauge every 20 ms until stopped; keeps the
+    largest value seen."""
+
+    def __init__(self, port, name):
+        super().__init__(daemon=True)
+        self.port, self.name, self.most, self.samples = port, name, 0.0, 0
+        self.done = threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.done.wait(0.02):
+            self.most = max(self.most, scrape(self.port, self.name))
+            self.samples += 1
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        return self.most
+
+
+# What waits in the inboxes stays near their bound (256 KiB each, taken in
+# while the held publishers refill it) plus one message per publisher.
+INBOX_MOST = 1 << 20
+
+
+def flood_server(tmp_path, **extra):
+    """A /ws server for the flood tests: anonymous users, no publish rate
+    to speak of, level-9 deflate (about 1.5 ms per 60 KB message), and a
+    --max-queue large enough for what the idle subscribers never read."""
+    import json
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({
+        "auth": {"allow_anonymous": True},
+        "default_namespace": {"history_size": 0, "recover": False, "presence": False},
+        "limits": {"publish_rate": 1000000, "publish_burst": 1000000}, **extra}))
+    return Server("--config", str(cfg), "--deflate", "--deflate-level", "9", "--log-level", "debug",
+                  "--max-queue", str(64 << 20))
+
+
+def ws_join(s, channel=b"flood"):
+    s.sendall(frame(1, b'{"type":"connect","id":1}'))
+    s.sendall(frame(1, b'{"type":"subscribe","id":2,"channel":"%s"}' % channel))
+
+
+class SlowAudience:
+    """The subscribers of `flood` on worker 1, all with permessage-deflate,
+    each with a different window, so that worker compresses every message
+    six times: one that reads everything (n messages, after its
+    `connected` and `subscribed`), five that never read."""
+
+    def __init__(self, srv, n):
+        import json
+        self.n, self.idle, extra = n, [], []
+        for bits in range(10, 15):
+            s, head, more = on_worker(srv, "/ws", 1,
+                                      extensions=f"{DEFLATE_OFFER}; server_max_window_bits={bits}")
+            assert f"server_max_window_bits={bits}".encode() in head, head
+            ws_join(s)
+            assert len(read_messages(s, 2)) == 2
+            self.idle.append(s)
+            extra += more
+        self.sub, head, more = on_worker(srv, "/ws", 1, extensions=DEFLATE_OFFER)
+        assert b"permessage-deflate" in head, head
+        for s in extra + more:
+            s.close()
+        self.reader = FrameReader(self.sub, n + 2)
+        ws_join(self.sub)
+        deadline = time.time() + 10 * MULT
+        while len(self.reader.frames) < 2:
+            assert self.reader.error is None and time.time() < deadline, self.reader.error
+            time.sleep(0.01)
+        got = [json.loads(t) for t in inflated_texts(self.reader.frames[:2])]
+        assert [m["type"] for m in got] == ["connected", "subscribed"], got
+
+    def messages(self):
+        """The n messages the reading subscriber got, decoded."""
+        import json
+        self.reader.join(120 * MULT)
+        assert not self.reader.is_alive(), \
+            f"subscriber has {len(self.reader.frames)} frames after 120 s"
+        assert self.reader.error is None, self.reader.error
+        return [json.loads(t) for t in inflated_texts(self.reader.frames[2:])]
+
+    def close(self):
+        self.sub.sendall(frame(8, struct.pack("!H", 1000)))
+        assert read_close(self.sub) == 1000
+        for s in [self.sub] + self.idle:
+            s.close()
+
+
+def test_fault_fast_hub_publisher_held_while_another_worker_catches_up(tmp_path):
+    """The same on /ws: a publisher allowed a million messages a second
+    sends 400 `publish` commands of 60 KB without reading, to a channel
+    whose other subscribers are on the other worker (SlowAudience). The
+    subscriber that reads gets every message once, in offset order; the
+    publisher is held, not closed, and then reads its 400 acks and its own
+    400 messages. (A publisher must subscribe, so it gets its messages
+    back: --max-queue is large enough to queue them all without pausing
+    its reads, and what paces it is the hold alone.)"""
+    import json
+    srv = flood_server(tmp_path)
+    try:
+        base = srv.fds()
+        n = 400
+        audience = SlowAudience(srv, n)
+        pub, _, extra = on_worker(srv, "/ws", 0)
+        for s in extra:
+            s.close()
+        ws_join(pub)
+        assert [json.loads(m)["type"] for m in read_messages(pub, 2)] == ["connected", "subscribed"]
+        sampler = GaugeSampler(srv.port, "wshub_inbox_bytes")
+        bodies = flood_bodies(n, 59800)
+        for i, b in enumerate(bodies):
+            cmd = b'{"type":"publish","id":%d,"channel":"flood","payload":"%s"}' % (i + 3, b)
+            pub.sendall(zero_mask_text(cmd))
+        msgs = audience.messages()
+        assert sampler.stop() <= INBOX_MOST, (sampler.most, sampler.samples)
+        assert not log_events(srv, "slow_consumer")
+        assert [m["offset"] for m in msgs] == list(range(1, n + 1))
+        assert [m["payload"] for m in msgs] == [b.decode() for b in bodies]
+        back = [json.loads(t) for t in read_messages(pub, 2 * n)]
+        acks = [m for m in back if m["type"] == "ack"]
+        assert [m["id"] for m in acks] == [i + 3 for i in range(n)]
+        own = [m for m in back if m["type"] == "message"]
+        assert [m["offset"] for m in own] == list(range(1, n + 1))
+        assert scrape(srv.port, "wshub_publisher_holds_total") > 0
+        pub.sendall(frame(8, struct.pack("!H", 1000)))
+        assert read_close(pub) == 1000
+        pub.close()
+        audience.close()
+        assert_healthy(srv, base)
+    finally:
+        srv.stop()
+
+
+def test_fault_fast_api_publisher_answered_once_the_worker_catches_up(tmp_path):
+    """The same through the HTTP API, the way a backend publishes a
+    ticker: four clients each POST 100 publishes of 60 KB, one after the
+    other, as fast as they are answered. A request that arrives while
+    another worker's inbox is over its bound waits, whole, until that
+    worker has caught up, and is then answered: every call gets 200 and
+    its offset, the subscriber that reads gets every message once and in
+    offset order, each client's in its own order, and the inboxes stay
+    near their bound."""
+    import http.client
+    import json
+    srv = flood_server(tmp_path, api_key="flood-api-key-0123")
+    try:
+        base = srv.fds()
+        clients, each = 4, 100
+        audience = SlowAudience(srv, clients * each)
+        sampler = GaugeSampler(srv.port, "wshub_inbox_bytes")
+        bodies = flood_bodies(clients * each, 59800)
+        offsets, errors = [[] for _ in range(clients)], []
+
+        def post_all(k):
+            try:
+                for i in range(each):
+                    body = json.dumps({"channel": "flood",
+                                       "payload": {"k": k, "i": i,
+                                                   "text": bodies[k * each + i].decode()}})
+                    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60 * MULT)
+                    conn.request("POST", "/api/publish", body,
+                                 {"X-API-Key": "flood-api-key-0123", "Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    reply = r.read()
+                    conn.close()
+                    assert r.status == 200, (r.status, reply)
+                    offsets[k] += json.loads(reply)["offsets"]
+            except Exception as e:  # reported by the test thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=post_all, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120 * MULT)
+        assert not errors, errors
+        msgs = audience.messages()
+        assert sampler.stop() <= INBOX_MOST, (sampler.most, sampler.samples)
+        assert not log_events(srv, "slow_consumer")
+        assert sorted(o for per in offsets for o in per) == list(range(1, clients * each + 1))
+        assert [m["offset"] for m in msgs] == list(range(1, clients * each + 1))
+        for k in range(clients):
+            mine = [m for m in msgs if m["payload"]["k"] == k]
+            assert [m["offset"] for m in mine] == offsets[k]
+            assert [m["payload"]["i"] for m in mine] == list(range(each))
+            assert all(m["payload"]["text"] == bodies[k * each + m["payload"]["i"]].decode()
+                       for m in mine)
+        assert scrape(srv.port, "wshub_publisher_holds_total") > 0
+        assert log_events(srv, "publisher_held")
+        audience.close()
         assert_healthy(srv, base)
     finally:
         srv.stop()
