@@ -327,6 +327,15 @@ struct worker {
 };
 
 extern struct worker *wsh_workers;
+
+void conn_hold_for_inbox(struct worker *w, struct conn *c);
+/* Holds c when its input just filled another worker's inbox (chan.c).
+ * Inline: it runs after every message read. */
+static inline void conn_hold_if_inbox_full(struct worker *w, struct conn *c)
+{
+    if (__builtin_expect(w->inbox_full, 0))
+        conn_hold_for_inbox(w, c);
+}
 extern _Thread_local struct worker *wsh_self; /* the worker running this thread */
 extern int wsh_nworkers;
 extern _Atomic int wsh_shutdown_code; /* 0, or the close code to send */
@@ -368,8 +377,6 @@ void conn_destroy(struct worker *w, struct conn *c);
  * parsed past the current message) or releases it: once no reason is
  * left, what was held is processed at once. */
 void conn_hold(struct worker *w, struct conn *c, uint8_t why, bool on);
-/* Holds c when its input just filled another worker's inbox. */
-void conn_hold_if_inbox_full(struct worker *w, struct conn *c);
 struct wsh_http_request;
 void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                   size_t len);

@@ -1544,10 +1544,8 @@ static void hold_for_inbox(struct worker *w, struct conn *c)
     conn_hold(w, c, HOLD_INBOX, true);
 }
 
-void conn_hold_if_inbox_full(struct worker *w, struct conn *c)
+void conn_hold_for_inbox(struct worker *w, struct conn *c)
 {
-    if (!w->inbox_full)
-        return;
     w->inbox_full = false;
     if (c->state == CONN_OPEN && !(c->hold & HOLD_INBOX))
         hold_for_inbox(w, c);
