@@ -349,6 +349,7 @@ enum {
     WSH_PROXY_EV1 = -2,     /* a v1 line that breaks the grammar */
     WSH_PROXY_EV2 = -3,     /* a v2 header with a bad version, command, family or length */
     WSH_PROXY_ETOOBIG = -4, /* a v2 header longer than WSH_PROXY_MAX */
+    WSH_PROXY_ECRC = -5,    /* a v2 header whose CRC32C TLV does not match it */
 };
 
 /* What a header says. src and dst have ss_family AF_UNSPEC when it names
@@ -366,5 +367,8 @@ struct wsh_proxy {
  * result. */
 ssize_t wsh_proxy_parse(const uint8_t *p, size_t len, struct wsh_proxy *out);
 const char *wsh_proxy_strerror(int rc);
+/* CRC32C (Castagnoli) of p[0..n), continuing from crc (0 to start): what
+ * a v2 header's PP2_TYPE_CRC32C TLV carries. */
+uint32_t wsh_crc32c(uint32_t crc, const uint8_t *p, size_t n);
 
 #endif

@@ -27,6 +27,8 @@ const char *wsh_proxy_strerror(int rc)
         return "malformed PROXY v2 header";
     case WSH_PROXY_ETOOBIG:
         return "PROXY v2 header longer than " WSH_PROXY_MAX_STR " bytes";
+    case WSH_PROXY_ECRC:
+        return "PROXY v2 header checksum mismatch";
     default:
         return "ok";
     }
@@ -152,6 +154,35 @@ static ssize_t parse_v1(const uint8_t *p, size_t len, struct wsh_proxy *out)
 /* Version 2: 12-byte signature, version and command, family and        */
 /* transport, 16-bit length, addresses, TLVs                            */
 
+#define PP2_TYPE_CRC32C 0x03
+
+/* Bit by bit, with the reflected polynomial: a header is checked once per
+ * connection and is a few hundred bytes, so a table would buy nothing. */
+uint32_t wsh_crc32c(uint32_t crc, const uint8_t *p, size_t n)
+{
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+/* Spec 2.2.5: the sum covers the whole header with the TLV's own 4 value
+ * bytes (at p[at]) taken as zero; a receiver that checks it must refuse
+ * a header that does not match. */
+static bool crc_matches(const uint8_t *p, size_t len, size_t at)
+{
+    static const uint8_t zero[4];
+    uint32_t want = (uint32_t)p[at] << 24 | (uint32_t)p[at + 1] << 16 |
+                    (uint32_t)p[at + 2] << 8 | p[at + 3];
+    uint32_t crc = wsh_crc32c(0, p, at);
+    crc = wsh_crc32c(crc, zero, 4);
+    crc = wsh_crc32c(crc, p + at + 4, len - at - 4);
+    return crc == want;
+}
+
 static ssize_t parse_v2(const uint8_t *p, size_t len, struct wsh_proxy *out)
 {
     size_t n = len < 12 ? len : 12;
@@ -186,14 +217,22 @@ static ssize_t parse_v2(const uint8_t *p, size_t len, struct wsh_proxy *out)
      * that runs past the header means the sender and we disagree about
      * where the client's bytes begin. */
     size_t off = 16 + (proxied ? need[fam] : body);
+    size_t crc_at = 0;
     while (off < 16 + body) {
         if (16 + body - off < 3)
             return WSH_PROXY_EV2;
         size_t tl = (size_t)p[off + 1] << 8 | p[off + 2];
         if (tl > 16 + body - off - 3)
             return WSH_PROXY_EV2;
+        if (p[off] == PP2_TYPE_CRC32C) {
+            if (tl != 4 || crc_at != 0) /* a 32-bit value, once */
+                return WSH_PROXY_EV2;
+            crc_at = off + 3;
+        }
         off += 3 + tl;
     }
+    if (crc_at != 0 && !crc_matches(p, 16 + body, crc_at))
+        return WSH_PROXY_ECRC;
     out->version = 2;
     out->src.ss_family = AF_UNSPEC;
     out->dst.ss_family = AF_UNSPEC;

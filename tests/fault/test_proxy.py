@@ -339,8 +339,9 @@ class Proxy:
 
 class HAProxy(Proxy):
     """Debian's haproxy in TCP mode in front of wshub: frontend v1 sends
-    `send-proxy`, frontend v2 `send-proxy-v2` and health-checks the server
-    with a PROXY header of its own (LOCAL)."""
+    `send-proxy`, frontend v2 `send-proxy-v2` with a CRC32C TLV (so its
+    sum, computed by HAProxy, must match ours) and health-checks the
+    server with a PROXY header of its own (LOCAL)."""
 
     def __init__(self, backend_port):
         self.dir = tempfile.mkdtemp(prefix="wshub-haproxy-")
@@ -363,7 +364,7 @@ frontend v2
     bind 127.0.0.1:{self.p2}
     default_backend b2
 backend b2
-    server ws 127.0.0.1:{backend_port} send-proxy-v2 check check-send-proxy inter 200ms
+    server ws 127.0.0.1:{backend_port} send-proxy-v2 proxy-v2-options crc32c check check-send-proxy inter 200ms
 """)
         self.start([HAPROXY, "-db", "-f", cfg], (self.p1, self.p2))
 

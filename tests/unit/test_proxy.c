@@ -321,6 +321,60 @@ static void test_v2_tlv_overrun(void **state)
     assert_v4(&px.src, "10.0.0.1", 1);
 }
 
+/* The CRC32C check value of the Castagnoli polynomial (RFC 3720 B.4's
+ * and every CRC catalogue's "123456789"), whole and in pieces. */
+static void test_crc32c(void **state)
+{
+    (void)state;
+    const uint8_t *s = (const uint8_t *)"123456789";
+    assert_int_equal(wsh_crc32c(0, s, 9), 0xE3069283u);
+    assert_int_equal(wsh_crc32c(wsh_crc32c(0, s, 4), s + 4, 5), 0xE3069283u);
+    assert_int_equal(wsh_crc32c(0, s, 0), 0);
+    /* RFC 3720 B.4: 32 bytes of zeros. */
+    static const uint8_t zeros[32];
+    assert_int_equal(wsh_crc32c(0, zeros, 32), 0x8A9136AAu);
+}
+
+/* A v2 header with a PP2_TYPE_CRC32C TLV: taken when the sum over the
+ * header (the TLV's value as zeros) matches, refused at any changed byte,
+ * and a CRC TLV that is not 4 bytes, or comes twice, is malformed. */
+static void test_v2_crc32c(void **state)
+{
+    (void)state;
+    uint8_t body[32] = { 192, 0, 2, 1, 198, 51, 100, 2, 0xDC, 0x04, 0x01, 0xBB,
+                         0x03, 0x00, 0x04, 0, 0, 0, 0, 0x01, 0x00, 0x02, 'h', '2' };
+    uint8_t buf[64];
+    struct wsh_proxy px;
+    size_t n = v2(buf, 0x21, 0x11, body, 24);
+    uint32_t crc = wsh_crc32c(0, buf, n); /* the value bytes are zero yet */
+    buf[31] = (uint8_t)(crc >> 24);
+    buf[32] = (uint8_t)(crc >> 16);
+    buf[33] = (uint8_t)(crc >> 8);
+    buf[34] = (uint8_t)crc;
+    assert_int_equal(parse_all(buf, n, &px, NULL), (ssize_t)n);
+    assert_v4(&px.src, "192.0.2.1", 56324);
+    for (size_t i = 12; i < n; i++) {
+        /* Skipped: version, family and length (refused as malformed), the
+         * CRC TLV's type (it would no longer be one) and the TLV lengths. */
+        if ((i >= 12 && i <= 15) || (i >= 28 && i <= 30) || i == 36 || i == 37)
+            continue;
+        buf[i] ^= 0x10;
+        assert_int_equal(wsh_proxy_parse(buf, n, &px), WSH_PROXY_ECRC);
+        buf[i] ^= 0x10;
+    }
+    assert_int_equal(wsh_proxy_parse(buf, n, &px), (ssize_t)n);
+    assert_string_equal(wsh_proxy_strerror(WSH_PROXY_ECRC), "PROXY v2 header checksum mismatch");
+    /* A 3-byte CRC TLV. */
+    memcpy(body + 12, (const uint8_t[]){ 0x03, 0x00, 0x03, 1, 2, 3 }, 6);
+    n = v2(buf, 0x21, 0x11, body, 18);
+    assert_int_equal(parse_all(buf, n, &px, NULL), WSH_PROXY_EV2);
+    /* Two of them. */
+    memcpy(body + 12, (const uint8_t[]){ 0x03, 0x00, 0x04, 0, 0, 0, 0, 0x03, 0x00, 0x04, 0, 0, 0, 0 },
+           14);
+    n = v2(buf, 0x21, 0x11, body, 26);
+    assert_int_equal(parse_all(buf, n, &px, NULL), WSH_PROXY_EV2);
+}
+
 /* WSH_PROXY_MAX bytes in all is accepted; one more is refused as soon as
  * the length field is read. */
 static void test_v2_size_bound(void **state)
@@ -356,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_v2_tcp4_with_tlvs), cmocka_unit_test(test_v2_tcp6),
         cmocka_unit_test(test_v2_no_client),      cmocka_unit_test(test_v2_bad_fields_fail_fast),
         cmocka_unit_test(test_v2_tlv_overrun),    cmocka_unit_test(test_v2_size_bound),
+        cmocka_unit_test(test_crc32c),            cmocka_unit_test(test_v2_crc32c),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
