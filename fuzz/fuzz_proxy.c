@@ -77,7 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         else
             abort();
     } else if (r != 0 && r != WSH_PROXY_ESIG && r != WSH_PROXY_EV1 && r != WSH_PROXY_EV2 &&
-               r != WSH_PROXY_ETOOBIG) {
+               r != WSH_PROXY_ETOOBIG && r != WSH_PROXY_ECRC) {
         abort();
     }
     if (r < 0 && strcmp(wsh_proxy_strerror((int)r), "ok") == 0)
