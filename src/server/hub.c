@@ -272,7 +272,7 @@ static bool drop_for_lag(struct worker *w, struct hubsub *s, uint64_t offset, si
 static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *frame,
                           uint64_t offset, enum push_type type, const struct conn *skip)
 {
-    uint64_t sent = 0;
+    uint64_t sent = 0, dropped = 0;
     bool lag_policy = chan_ns(ch)->slow_consumer == WSH_SLOW_DROP_OLDEST && offset != 0;
     struct zcache zc;
     zcache_init(&zc, frame);
@@ -281,6 +281,14 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
         next = s->next;
         if (s->c == skip || (offset != 0 && offset <= s->after))
             continue;
+        /* A signal (typing, a cursor) is stale by the time a reader that
+         * is behind would get it, and the next one says more: it is not
+         * queued for a connection the kernel is refusing bytes from, so
+         * signals alone never make a slow consumer (docs/protocol.md). */
+        if (type == PUSH_SIGNAL && conn_behind(s->c)) {
+            dropped++;
+            continue;
+        }
         if (lag_policy && drop_for_lag(w, s, offset, wsh_buf_len(frame)))
             continue;
         conn_send(w, s->c, wsh_buf_ref(zcache_frame(&zc, s->c)));
@@ -288,6 +296,8 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
     }
     zcache_release(&zc);
     metric_add(&w->m.pushes[type], sent);
+    if (dropped)
+        metric_add(&w->m.signals_dropped, dropped);
 }
 
 void hub_slow_consumer(struct worker *w, struct conn *c)

@@ -244,6 +244,9 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     counter(&o, "wshub_slow_consumers_total",
             "Connections cut off because their outbound queue passed its limit.",
             SUM(slow_consumers));
+    counter(&o, "wshub_signals_dropped_total",
+            "/ws signal pushes not queued for a subscriber the kernel was refusing bytes from.",
+            SUM(signals_dropped));
     counter(&o, "wshub_publisher_holds_total",
             "Times a publisher's input was paused because another worker's inbox held more "
             "than its bound, until that worker caught up.",

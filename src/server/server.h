@@ -239,6 +239,7 @@ struct metrics {
     _Atomic uint64_t frames_out, bytes_in, bytes_out;
     _Atomic uint64_t slow_consumers;
     _Atomic uint64_t inbox_holds; /* publishers paused for a full inbox */
+    _Atomic uint64_t signals_dropped; /* signal pushes not sent to readers behind */
     _Atomic uint64_t write_stalls;
     _Atomic uint64_t admission_refused;
     _Atomic uint64_t proxy_errors; /* connections dropped for a bad PROXY header */
@@ -365,6 +366,8 @@ void worker_wake(struct worker *w);
 
 /* Connection helpers used by the endpoints. */
 void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b);
+/* True while the kernel refuses c's bytes (its reader is behind). */
+bool conn_behind(const struct conn *c);
 void conn_reply(struct worker *w, struct conn *c, struct wsh_buf *b);
 bool conn_send_direct(struct worker *w, struct conn *c, unsigned opcode, uint8_t *payload,
                       size_t len, size_t room);

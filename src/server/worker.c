@@ -334,6 +334,11 @@ static void conn_send_bytes(struct worker *w, struct conn *c, const void *p, siz
     conn_reply(w, c, b);
 }
 
+bool conn_behind(const struct conn *c)
+{
+    return (c->io.events & EPOLLOUT) != 0;
+}
+
 /* LIMITS.md: at most one pong pending once the peer stops reading. While
  * the kernel refuses our bytes (EPOLLOUT armed), a new pong replaces an
  * unsent one at the end of the queue, which answers only the latest ping

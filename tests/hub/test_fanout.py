@@ -175,3 +175,60 @@ async def test_cross_worker_fan_out_to_many_clients(hub):
     for c in subs + pubs:
         await c.quiet(0.0, lambda m: m["type"] == "message")
     await asyncio.gather(*[c.close() for c in subs + pubs])
+
+
+@run_async
+async def test_signals_are_dropped_for_a_subscriber_that_is_behind_not_cut_off(hub):
+    """docs/protocol.md, signal: "may be coalesced or dropped under
+    backpressure". A subscriber that stops reading while 600 signals of
+    16 KB (ten times --max-queue) go by is not cut off as a slow consumer:
+    once the kernel refuses its bytes, signals are not queued for it
+    (wshub_signals_dropped_total). When it reads again, what it got is in
+    order, it is still subscribed, and a message published after the flood
+    reaches it. A subscriber that reads gets signals, in order."""
+    h = hub(SLOW_CFG)
+    pub = await Client.open(h, token("pub"))
+    await pub.subscribe("chat:sig")
+    fast = await Client.open(h, token("fast"))
+    await fast.subscribe("chat:sig")
+    slow = await asyncio.to_thread(raw_subscriber, h, "chat:sig")
+    try:
+        n = 600
+        for i in range(n):
+            await pub.send({"type": "signal", "channel": "chat:sig",
+                            "payload": {"i": i, "pad": PAYLOAD}})
+        r = await pub.cmd("publish", "chat:sig", payload={"after": True})
+        assert r["type"] == "ack", r
+        seen = []
+        while True:
+            m = await fast.expect(lambda m: m["type"] in ("signal", "message"), timeout=20)
+            if m["type"] == "message":
+                break
+            seen.append(m["payload"]["i"])
+        assert seen and seen == sorted(set(seen)), f"fast reader's signals out of order: {seen[:20]}"
+        assert metrics_value(h, "wshub_signals_dropped_total") > 0
+
+        def drain_to_message():
+            got = []
+            while True:
+                f = slow.recv_message(timeout=20)
+                assert not isinstance(f, wsraw.Frame), \
+                    f"closed {f.close_code()} after {len(got)} signals"
+                m = json.loads(f[1])
+                assert m["type"] != "disconnect", m
+                if m["type"] == "message":
+                    return got, m
+                got.append(m["payload"]["i"])
+
+        got, msg = await asyncio.to_thread(drain_to_message)
+    finally:
+        slow.close()
+    assert msg["payload"] == {"after": True}
+    assert got == sorted(set(got)) and len(got) < n, f"{len(got)} signals, in order"
+    print(f"the reader that was behind got {len(got)} of {n} signals, the fast one {len(seen)}")
+    await fast.close()
+    await pub.close()
+
+
+def metrics_value(h, name):
+    return float(wsraw.scrape_metrics(h.port)[name])
