@@ -1564,7 +1564,15 @@ void conn_hold_for_inbox(struct worker *w, struct conn *c)
  * held input, which may close other connections. */
 static void release_held(struct worker *w)
 {
-    if (w->nheld == 0 || !atomic_exchange(&w->inbox_resume, false))
+    if (w->nheld == 0) {
+        /* Holds begin only during a turn: a word that came for
+         * connections already gone is stale, and kept it would release
+         * the next held publisher before its inbox was taken in. */
+        if (atomic_load_explicit(&w->inbox_resume, memory_order_relaxed))
+            atomic_store(&w->inbox_resume, false);
+        return;
+    }
+    if (!atomic_exchange(&w->inbox_resume, false))
         return;
     struct conn **held = malloc(w->nheld * sizeof(*held));
     if (held == NULL) {
