@@ -20,6 +20,7 @@ const TILES = [
   { id: 'cpu', title: 'CPU %', value: (p, c, dt) => 100 * rate(sum(p, 'process_cpu_seconds_total'), sum(c, 'process_cpu_seconds_total'), dt), fmt: (v) => v.toFixed(1) },
   { id: 'rss', gauge: true, title: 'Resident memory', value: (p, c) => sum(c, 'process_resident_memory_bytes'), fmt: formatBytes },
   { id: 'client-memory', gauge: true, title: 'Client buffers', value: (p, c) => sum(c, 'wshub_client_memory_bytes'), fmt: formatBytes },
+  { id: 'inbox', gauge: true, title: 'Between workers', value: (p, c) => sum(c, 'wshub_inbox_bytes'), fmt: formatBytes },
 ];
 
 // Counters whose growth means something went wrong, with what it means.
@@ -27,6 +28,8 @@ const PROBLEMS = [
   ['wshub_slow_consumers_total', 'slow consumers cut off'],
   ['wshub_write_stalls_total', 'stalled writers dropped'],
   ['wshub_memory_evictions_total', 'evicted over --max-client-memory'],
+  ['wshub_publisher_holds_total', 'publishers paused: a worker was behind'],
+  ['wshub_signals_dropped_total', 'signals not sent to readers behind'],
   ['wshub_admission_refused_total', 'upgrades over the admission rate'],
   ['wshub_proxy_header_errors_total', 'bad PROXY headers'],
   ['wshub_jwks_fetches_total{result="error"}', 'failed JWKS fetches'],
