@@ -212,6 +212,17 @@ static size_t xmsg_bytes(const struct xmsg *m)
     return sizeof(*m) + wsh_buf_len(m->buf);
 }
 
+/* Whether to's inbox is at its bound, for a pusher on worker self; if so,
+ * self asks to be told when it is taken in. The caller holds to's mutex,
+ * so the receiver's swap sees the bit. */
+static bool inbox_full_wait(struct worker *to, const struct worker *self)
+{
+    if (atomic_load_explicit(&to->inbox_bytes, memory_order_relaxed) < INBOX_HIGH)
+        return false;
+    to->inbox_waiters |= (uint64_t)1 << self->id;
+    return true;
+}
+
 void inbox_push(struct worker *to, const struct xmsg *m)
 {
     size_t size = xmsg_bytes(m);
@@ -238,9 +249,7 @@ void inbox_push(struct worker *to, const struct xmsg *m)
     size_t held = atomic_load_explicit(&to->inbox_bytes, memory_order_relaxed) + size;
     atomic_store_explicit(&to->inbox_bytes, held, memory_order_relaxed);
     struct worker *self = wsh_self;
-    bool full = self != NULL && self != to && held >= INBOX_HIGH;
-    if (full)
-        to->inbox_waiters |= (uint64_t)1 << self->id;
+    bool full = self != NULL && self != to && inbox_full_wait(to, self);
     atomic_store_explicit(&to->inbox_ready, true, memory_order_release);
     pthread_mutex_unlock(&to->inbox_mu);
     if (full)
@@ -254,9 +263,7 @@ bool inbox_busy_wait(struct worker *self)
         if (to == self)
             continue;
         pthread_mutex_lock(&to->inbox_mu);
-        bool full = atomic_load_explicit(&to->inbox_bytes, memory_order_relaxed) >= INBOX_HIGH;
-        if (full)
-            to->inbox_waiters |= (uint64_t)1 << self->id;
+        bool full = inbox_full_wait(to, self);
         pthread_mutex_unlock(&to->inbox_mu);
         if (full)
             return true;

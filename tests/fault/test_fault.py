@@ -154,6 +154,20 @@ def read_close(s, timeout=5.0):
                 return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
 
 
+def wait_fds_back(srv, base_fds):
+    """The server's fd count returns to base_fds within 10 s."""
+    deadline = time.time() + 10 * MULT
+    while srv.fds() > base_fds and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.fds() <= base_fds, f"fd leak: {srv.fds()} > {base_fds}"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def assert_healthy(srv, base_fds, base_rss_kb=None, rss_slack_kb=16384):
     """The server is alive, echoes for a fresh client, and returns to its
     baseline fd count (and memory, when a baseline is given)."""
@@ -166,10 +180,7 @@ def assert_healthy(srv, base_fds, base_rss_kb=None, rss_slack_kb=16384):
     s.sendall(frame(8, struct.pack("!H", 1000)))
     assert read_close(s) == 1000
     s.close()
-    deadline = time.time() + 10 * MULT
-    while srv.fds() > base_fds and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.fds() <= base_fds, f"fd leak: {srv.fds()} > {base_fds}"
+    wait_fds_back(srv, base_fds)
     if base_rss_kb is not None:
         assert srv.rss_kb() <= base_rss_kb + rss_slack_kb, (srv.rss_kb(), base_rss_kb)
 
@@ -893,10 +904,7 @@ def test_fault_fast_tls_publisher_held_while_another_worker_catches_up(tmp_path)
                     "ec_paramgen_curve:P-256", "-nodes", "-keyout", "key.pem", "-out", "cert.pem",
                     "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
                     "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True, capture_output=True)
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    admin = probe.getsockname()[1]
-    probe.close()
+    admin = free_port()
     srv = Server("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
                  "--admin-listen", f"127.0.0.1:{admin}", "--deflate", "--deflate-level", "9",
                  "--log-level", "debug")
@@ -904,10 +912,7 @@ def test_fault_fast_tls_publisher_held_while_another_worker_catches_up(tmp_path)
         base = srv.fds()
         tls = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
         raw_flood_through_busy_worker(srv, admin, tls)
-        deadline = time.time() + 10 * MULT
-        while srv.fds() > base and time.time() < deadline:
-            time.sleep(0.05)
-        assert srv.fds() <= base
+        wait_fds_back(srv, base)
     finally:
         srv.stop()
 

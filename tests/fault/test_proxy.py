@@ -26,7 +26,8 @@ import tempfile
 import time
 
 import pytest
-from test_fault import MULT, Server, frame, read_close, upgrade_request
+from test_fault import (MULT, Server, frame, free_port, read_close, upgrade_request,
+                        wait_fds_back)
 
 SIG2 = b"\r\n\r\n\x00\r\nQUIT\n"
 # Debian puts both in /usr/sbin, which a non-root PATH may lack.
@@ -265,10 +266,7 @@ def test_proxy_then_tls(tmp_path):
             s.sendall(frame(8, struct.pack("!H", 1000)))
             assert s.recv(100)[:4] == b"\x88\x02\x03\xe8"
             s.close()
-        deadline = time.time() + 10 * MULT
-        while srv.fds() > base_fds and time.time() < deadline:
-            time.sleep(0.05)
-        assert srv.fds() <= base_fds
+        wait_fds_back(srv, base_fds)
     finally:
         srv.stop()
     assert srv.proc.returncode == 0
@@ -305,12 +303,6 @@ def test_proxy_per_address_limit_counts_the_named_client(proxied):
 
 
 # ---- a real balancer ---------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Proxy:
     """A proxy process this test starts, in the foreground, and stops by
@@ -513,10 +505,7 @@ def test_trusted_proxy_x_forwarded_for_behind_real_nginx(tmp_path):
             close_cleanly(s)
         ngx.stop()
         ngx = None
-        deadline = time.time() + 10 * MULT
-        while srv.fds() > base_fds and time.time() < deadline:
-            time.sleep(0.05)
-        assert srv.fds() <= base_fds, f"fd leak: {srv.fds()} > {base_fds}"
+        wait_fds_back(srv, base_fds)
         # Every slot came back: a client can connect again.
         s = connect(srv.port, source="127.0.0.2")
         assert status_line(s, upgrade_request()).startswith(b"HTTP/1.1 101")
