@@ -935,6 +935,8 @@ def raw_flood_through_busy_worker(srv, metrics_port, tls=None):
         pub.sendall(zero_mask_text(m))
     reader.join(120 * MULT)
     assert sampler.stop() <= INBOX_MOST, (sampler.most, sampler.samples)
+    # ... and shows the backlog while there is one.
+    assert sampler.most > 0, sampler.samples
     assert not reader.is_alive(), f"subscriber has {len(reader.frames)} of {n} after 120 s"
     assert reader.error is None, reader.error
     assert not log_events(srv, "slow_consumer")
