@@ -203,8 +203,9 @@ static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *ski
  * as the receiver sends is never cut. A publisher is held after the
  * message or publish batch that crossed the bound: each can add one
  * message past it. Hub messages wait in their own worker's inbox too
- * (hub.c fan_out); that one is drained in the same turn and holds no
- * one. */
+ * (hub.c fan_out); that one is drained in the same turn and holds no one
+ * but an API broadcast, which could fill it without limit in one turn
+ * (inbox_own_full_wait). */
 #define INBOX_HIGH (256u << 10)
 
 static size_t xmsg_bytes(const struct xmsg *m)
@@ -271,6 +272,22 @@ bool inbox_busy_wait(struct worker *self)
     return false;
 }
 
+/* For a request that publishes many messages at once (an API broadcast):
+ * whether this worker's own inbox is at its bound. Publishes of this worker
+ * wait in it until the end of the turn (hub.c fan_out), so one request
+ * could fill it without limit; past the bound the request waits for that
+ * drain, told like a publisher held for another worker's inbox (the drain
+ * wakes this worker once more to release it). */
+bool inbox_own_full_wait(struct worker *self)
+{
+    if (atomic_load_explicit(&self->inbox_bytes, memory_order_relaxed) < INBOX_HIGH)
+        return false;
+    pthread_mutex_lock(&self->inbox_mu);
+    bool full = inbox_full_wait(self, self);
+    pthread_mutex_unlock(&self->inbox_mu);
+    return full;
+}
+
 size_t inbox_bytes_total(void)
 {
     size_t n = 0;
@@ -280,14 +297,23 @@ size_t inbox_bytes_total(void)
 }
 
 /* Tells the workers that held publishers for w's inbox that it was
- * taken, with one wakeup each at the end of the turn. */
+ * taken. They are woken now, not with the end-of-turn wakeups: the batch
+ * just taken is what w works on for the rest of its turn, and the
+ * publishers are to refill the inbox meanwhile. Deferred, they slept until
+ * w had delivered the whole batch, and w's next turn found the inbox all
+ * but empty. One wakeup per drained inbox with waiters, at most one per
+ * INBOX_HIGH bytes. w itself (a request held for its own inbox, hub.c)
+ * is woken at the end of its turn, as it is running now. */
 static void inbox_release(struct worker *w, uint64_t waiters)
 {
     for (int i = 0; i < wsh_nworkers; i++) {
         if (!(waiters & ((uint64_t)1 << i)))
             continue;
         atomic_store(&wsh_workers[i].inbox_resume, true);
-        w->wake[i] = true;
+        if (i == w->id)
+            w->wake[i] = true;
+        else
+            worker_wake(&wsh_workers[i]);
     }
 }
 

@@ -2196,17 +2196,30 @@ static int api_authorized(const struct wsh_http_request *req)
     return key != NULL && wsh_auth_apikey_equal(key, strlen(key), k, n) ? 0 : 403;
 }
 
-static int api_publish_one(const char *channel, const char *payload, size_t plen,
-                           const char *msg_id, uint64_t *offset)
+/* The namespace of an API publish's channel, or NULL with the error. */
+static const struct wsh_ns_config *api_channel_ns(const char *channel, int *err)
 {
     const struct wsh_hub_config *cfg = live_cfg();
     const struct wsh_ns_config *ns = wsh_config_namespace(cfg, channel, strlen(channel));
-    if (ns == NULL)
-        return WSH_PERR_UNKNOWN_NAMESPACE;
     struct wsh_channel parts;
     size_t max_channel = cfg->limits.max_channel;
-    if (!wsh_proto_channel_parse(channel, strlen(channel), max_channel ? max_channel : 128, &parts))
-        return WSH_PERR_BAD_CHANNEL;
+    if (ns == NULL)
+        *err = WSH_PERR_UNKNOWN_NAMESPACE;
+    else if (!wsh_proto_channel_parse(channel, strlen(channel), max_channel ? max_channel : 128,
+                                      &parts))
+        *err = WSH_PERR_BAD_CHANNEL;
+    else
+        return ns;
+    return NULL;
+}
+
+static int api_publish_one(const char *channel, const char *payload, size_t plen,
+                           const char *msg_id, uint64_t *offset)
+{
+    int err = 0;
+    const struct wsh_ns_config *ns = api_channel_ns(channel, &err);
+    if (ns == NULL)
+        return err;
     struct wsh_broker_publish_req req = {
         .channel = channel,
         .payload = payload,
@@ -2224,6 +2237,145 @@ static int api_publish_one(const char *channel, const char *payload, size_t plen
         return rc == WSH_ETOOBIG ? WSH_PERR_TOO_LARGE : WSH_PERR_UNAVAILABLE;
     *offset = a.offset;
     return 0;
+}
+
+/* A publish or broadcast in progress. A broadcast reaches up to 1000
+ * channels with one body of up to 64 KiB: published in one go it could put
+ * 64 MB into the workers' inboxes within one turn, far past their bound
+ * (chan.c, INBOX_HIGH) and past what a subscriber's queue takes in a turn.
+ * So it is published only as far as the inboxes take it; the rest waits
+ * in this record, the request itself held in its connection's carry
+ * (worker.c), and goes on once the inbox that filled has been taken in.
+ * A worker keeps its held requests' records in a list: there are few, and
+ * a connection record stays without a field for them. */
+struct api_job {
+    struct api_job *next;
+    const struct conn *c;
+    json_t *chans;   /* the channel names, every one checked */
+    json_t *offsets; /* one per channel published so far */
+    char *payload;   /* the payload's JSON text, encoded once */
+    char *msg_id;    /* NULL when none */
+    size_t done;     /* channels published */
+};
+
+static struct api_job **api_job_link(struct worker *w, const struct conn *c)
+{
+    struct api_job **j = &w->api_jobs;
+    while (*j != NULL && (*j)->c != c)
+        j = &(*j)->next;
+    return j;
+}
+
+void hub_api_forget(struct worker *w, const struct conn *c)
+{
+    struct api_job **link = api_job_link(w, c);
+    struct api_job *j = *link;
+    if (j == NULL)
+        return;
+    *link = j->next;
+    json_decref(j->chans);
+    json_decref(j->offsets);
+    free(j->payload);
+    free(j->msg_id);
+    free(j);
+}
+
+/* Validates a publish or broadcast body into a job, or answers 400. Every
+ * channel is checked before the first is published: a bad one publishes
+ * nothing, and the answer names it. */
+static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, bool one)
+{
+    json_t *payload = json_object_get(j, "payload");
+    json_t *mid = json_object_get(j, "msg_id");
+    json_t *chans = one ? json_pack("[O]", json_object_get(j, "channel"))
+                        : json_incref(json_object_get(j, "channels"));
+    struct api_job *job = calloc(1, sizeof(*job));
+    int err = 0;
+    const char *bad = NULL;
+    size_t i;
+    json_t *v;
+    if (job == NULL) {
+        json_decref(chans);
+        api_error(w, c, 500, "internal");
+        return NULL;
+    }
+    if (!json_is_array(chans) || json_array_size(chans) == 0 || json_array_size(chans) > 1000 ||
+        payload == NULL || (mid && !json_is_string(mid)))
+        err = WSH_PERR_BAD_FIELD;
+    json_array_foreach(chans, i, v)
+    {
+        if (err)
+            break;
+        if (!json_is_string(v))
+            err = WSH_PERR_BAD_FIELD;
+        else if (api_channel_ns(json_string_value(v), &err) == NULL)
+            bad = json_string_value(v);
+    }
+    if (!err) {
+        job->c = c;
+        job->chans = json_incref(chans);
+        job->offsets = json_array();
+        job->payload = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
+        job->msg_id = mid ? strdup(json_string_value(mid)) : NULL;
+        job->next = w->api_jobs;
+        w->api_jobs = job;
+        if (job->offsets == NULL || job->payload == NULL || (mid && job->msg_id == NULL)) {
+            hub_api_forget(w, c);
+            job = NULL;
+            api_error(w, c, 500, "internal");
+        }
+    } else {
+        json_t *e = json_pack("{s:i,s:s}", "code", err, "error", wsh_proto_code_message(err));
+        if (bad != NULL && e != NULL)
+            json_object_set_new(e, "channel", json_string(bad));
+        api_json(w, c, 400, e);
+        free(job);
+        job = NULL;
+    }
+    json_decref(chans);
+    return job;
+}
+
+/* Publishes the job's channels until done or an inbox is full; returns
+ * HUB_API_HELD in the second case, with the job kept. A broker error
+ * midway answers with the offsets of the channels published before it. */
+static int api_job_run(struct worker *w, struct conn *c, struct api_job *job)
+{
+    size_t n = json_array_size(job->chans);
+    w->inbox_full = false;
+    while (job->done < n) {
+        if (job->done > 0 && (w->inbox_full || inbox_own_full_wait(w))) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=broadcast_paused published=%zu of=%zu", c->id,
+                    job->done, n);
+            return HUB_API_HELD;
+        }
+        uint64_t off = 0;
+        int err = api_publish_one(json_string_value(json_array_get(job->chans, job->done)),
+                                  job->payload, strlen(job->payload), job->msg_id, &off);
+        if (err) {
+            json_t *e = json_pack("{s:i,s:s,s:O}", "code", err, "error",
+                                  wsh_proto_code_message(err), "offsets", job->offsets);
+            hub_api_forget(w, c);
+            api_json(w, c, err == WSH_PERR_UNAVAILABLE ? 503 : 400, e);
+            return 0;
+        }
+        json_array_append_new(job->offsets, json_integer((json_int_t)off));
+        job->done++;
+    }
+    json_t *ok = json_pack("{s:O}", "offsets", job->offsets);
+    hub_api_forget(w, c);
+    api_json(w, c, 200, ok);
+    return 0;
+}
+
+void hub_api_expired(struct worker *w, struct conn *c)
+{
+    struct api_job *job = *api_job_link(w, c);
+    json_t *e = json_pack("{s:i,s:s,s:o}", "code", WSH_PERR_UNAVAILABLE, "error",
+                          "the workers are behind: not done, or published only where offsets says",
+                          "offsets", job ? json_incref(job->offsets) : json_array());
+    hub_api_forget(w, c);
+    api_json(w, c, 503, e);
 }
 
 /* who is 'u' + user id, or 'j' + token id. */
@@ -2307,18 +2459,21 @@ static void on_info(const struct wsh_broker_result *r, void *user)
                      "duplicates", (json_int_t)i->duplicates);
 }
 
-void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-             const uint8_t *body, size_t blen)
+int hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+            const uint8_t *body, size_t blen)
 {
     if (!hub_enabled || live_cfg()->api_key == NULL) {
         api_error(w, c, 404, "the HTTP API is off: no api_key in the configuration");
-        return;
+        return 0;
     }
     int st = api_authorized(req);
     if (st != 0) {
         api_error(w, c, st, st == 401 ? "API key required" : "bad API key");
-        return;
+        return 0;
     }
+    struct api_job *job = *api_job_link(w, c);
+    if (job != NULL)
+        return api_job_run(w, c, job); /* held midway, now released */
     bool post = req->method_len == 4 && memcmp(req->method, "POST", 4) == 0;
     bool get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
     const char *p = req->path + 5;
@@ -2330,86 +2485,52 @@ void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *re
         size_t pl = p[0] == 'p' ? 9 : 8;
         if (!get) {
             api_error(w, c, 405, "use GET");
-            return;
+            return 0;
         }
         if (n - pl > WSH_BROKER_NAME_MAX) {
             api_error(w, c, 400, "bad channel");
-            return;
+            return 0;
         }
         snprintf(chan, sizeof(chan), "%.*s", (int)(n - pl), p + pl);
         size_t limit = 0;
         if (req->query && req->query_len > 6 && memcmp(req->query, "limit=", 6) == 0)
             limit = (size_t)strtoul(req->query + 6, NULL, 10);
         api_list(w, c, chan, pl == 9, limit);
-        return;
+        return 0;
     }
     if (ROUTE("info")) {
         if (!get) {
             api_error(w, c, 405, "use GET");
-            return;
+            return 0;
         }
         json_t *b = NULL;
         if (wsh_broker_info(broker, on_info, &b) != WSH_OK || b == NULL) {
             api_error(w, c, 500, "internal");
-            return;
+            return 0;
         }
         api_json(w, c, 200,
                  json_pack("{s:s,s:I,s:i,s:o}", "version", WSH_VERSION, "connections",
                            (json_int_t)atomic_load(&wsh_total_conns), "workers", wsh_nworkers,
                            "broker", b));
-        return;
+        return 0;
     }
     if (!post) {
         api_error(w, c, ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? 405 : 404,
                   ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? "use POST"
                                                                                 : "not found");
-        return;
+        return 0;
     }
     json_error_t jerr;
     json_t *j = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
     if (j == NULL || !json_is_object(j)) {
         json_decref(j);
         api_error(w, c, 400, "the body must be a JSON object");
-        return;
+        return 0;
     }
     if (ROUTE("publish") || ROUTE("broadcast")) {
-        json_t *payload = json_object_get(j, "payload");
-        json_t *mid = json_object_get(j, "msg_id");
-        json_t *chans = ROUTE("publish") ? json_pack("[O]", json_object_get(j, "channel"))
-                                         : json_incref(json_object_get(j, "channels"));
-        char *ptext = payload ? json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-        json_t *offsets = json_array();
-        int err = 0;
-        size_t i;
-        json_t *v;
-        if (ptext == NULL || !json_is_array(chans) || json_array_size(chans) == 0 ||
-            json_array_size(chans) > 1000 || (mid && !json_is_string(mid)))
-            err = WSH_PERR_BAD_FIELD;
-        json_array_foreach(chans, i, v)
-        {
-            if (err)
-                break;
-            uint64_t off = 0;
-            if (!json_is_string(v)) {
-                err = WSH_PERR_BAD_FIELD;
-                break;
-            }
-            err = api_publish_one(json_string_value(v), ptext, strlen(ptext),
-                                  mid ? json_string_value(mid) : NULL, &off);
-            if (!err)
-                json_array_append_new(offsets, json_integer((json_int_t)off));
-        }
-        free(ptext);
-        json_decref(chans);
+        job = api_job_new(w, c, j, ROUTE("publish"));
         json_decref(j);
-        if (err) {
-            json_decref(offsets);
-            api_json(w, c, err == WSH_PERR_UNAVAILABLE ? 503 : 400,
-                     json_pack("{s:i,s:s}", "code", err, "error", wsh_proto_code_message(err)));
-            return;
-        }
-        api_json(w, c, 200, json_pack("{s:o}", "offsets", offsets));
-        return;
+        return job ? api_job_run(w, c, job) : 0;
     }
     if (ROUTE("disconnect")) {
         /* {"user": U, "revoke_s"?: N} closes every connection of U (4501)
@@ -2426,7 +2547,7 @@ void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *re
                    json_integer_value(r) > 30 * 86400))) {
             json_decref(j);
             api_error(w, c, 400, "one of user or jti (string), and revoke_s (seconds) optional");
-            return;
+            return 0;
         }
         char who[WSH_AUTH_SUB_MAX + 2];
         snprintf(who, sizeof(who), "%c%s", u ? 'u' : 'j', json_string_value(id));
@@ -2434,15 +2555,16 @@ void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *re
         if (secs > 0 && !revoke(who[0], who + 1, wall_ms() + secs * 1000)) {
             json_decref(j);
             api_error(w, c, 503, "revocation list full");
-            return;
+            return 0;
         }
         api_kick(w, who);
         json_decref(j);
         api_json(w, c, 200, json_pack("{s:b,s:I}", "ok", 1, "revoked_s", (json_int_t)secs));
-        return;
+        return 0;
     }
     json_decref(j);
     api_error(w, c, 404, "not found");
+    return 0;
 #undef ROUTE
 #undef PREFIX
 }

@@ -101,6 +101,7 @@ enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB, EP_ADMIN };
 #define CF_BIG_READS   0x80 /* the last read was large: split the next (plain_read) */
 
 struct worker;
+struct api_job;
 struct rawchan;
 struct wsh_hub_config;
 
@@ -238,7 +239,7 @@ struct metrics {
     _Atomic uint64_t pushes[PUSH__COUNT]; /* /ws messages out, per recipient */
     _Atomic uint64_t frames_out, bytes_in, bytes_out;
     _Atomic uint64_t slow_consumers;
-    _Atomic uint64_t inbox_holds; /* publishers paused for a full inbox */
+    _Atomic uint64_t inbox_holds;     /* publishers paused for a full inbox */
     _Atomic uint64_t signals_dropped; /* signal pushes not sent to readers behind */
     _Atomic uint64_t write_stalls;
     _Atomic uint64_t admission_refused;
@@ -323,6 +324,7 @@ struct worker {
     _Atomic bool top_valid;          /* ... published since the total passed half the cap */
     bool evict_waited;               /* ... waited a check for the others' lists */
     struct parked *parked;           /* handshakes waiting for a key set fetch */
+    struct api_job *api_jobs;        /* API broadcasts held midway (hub.c) */
     uint32_t nparked;
     bool replay; /* a parked head is checked again: no second wait or admission */
 };
@@ -513,9 +515,17 @@ void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 /* Worker 0, every 2 s: frees dropped channel records, expired broker
  * state, and configurations no worker can still be reading. */
 void hub_sweep(int64_t now_ms);
-/* The HTTP API (DESIGN.md 6) on /api/..., with its request body. */
-void hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-             const uint8_t *body, size_t blen);
+/* The HTTP API (DESIGN.md 6) on /api/..., with its request body. Returns
+ * 0 once answered, or HUB_API_HELD: a broadcast stopped midway at a full
+ * inbox, and the caller holds the request until that inbox is taken in,
+ * then hands it here again to go on. */
+int hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+            const uint8_t *body, size_t blen);
+#define HUB_API_HELD 1
+/* A held API request reached the handshake deadline: answers 503 with what
+ * was published. Forget drops a held request's progress (c is closing). */
+void hub_api_expired(struct worker *w, struct conn *c);
+void hub_api_forget(struct worker *w, const struct conn *c);
 void hub_kick_local(struct worker *w, const char *user, unsigned code, const char *reason);
 
 /* metrics.c: counters kept per worker, summed for /metrics. */
@@ -537,6 +547,7 @@ void inbox_push(struct worker *to, const struct xmsg *m);
 /* True when another worker's inbox is over its bound; self is then told
  * when it drains (its held connections are released). */
 bool inbox_busy_wait(struct worker *self);
+bool inbox_own_full_wait(struct worker *self);
 /* Bytes waiting in all inboxes, for /metrics. */
 size_t inbox_bytes_total(void);
 struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len);

@@ -500,6 +500,8 @@ void conn_destroy(struct worker *w, struct conn *c)
         unpark(w, c);
     c->state = CONN_DEAD;
     hold_drop(w, c);
+    if (w->api_jobs != NULL)
+        hub_api_forget(w, c);
     if (w->direct.c == c) {
         w->direct.c = NULL;
         w->direct.niov = 0;
@@ -1289,7 +1291,14 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
             hold_for_inbox(w, c);
             return 0;
         }
-        hub_api(w, c, &req, in + n, blen);
+        if (hub_api(w, c, &req, in + n, blen) == HUB_API_HELD) {
+            /* A broadcast went as far as the inboxes took it. The deadline
+             * bounds a stall, not the whole broadcast: it starts again at
+             * each step that published something. */
+            wsh_timer_start(w->loop, &c->timer, wsh_cfg.handshake_timeout_ms);
+            hold_for_inbox(w, c);
+            return 0;
+        }
         return (size_t)n + blen;
     }
     if (path_is(&req, "/metrics")) {
@@ -1323,10 +1332,12 @@ static void respond(struct worker *w, struct conn *c, int status, const char *ty
     wsh_timer_start(w->loop, &c->timer, wsh_cfg.close_timeout_ms);
 }
 
+/* A 503 here (the HTTP API: broker refused, workers behind) is always
+ * "try again shortly". */
 void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                   size_t len)
 {
-    respond(w, c, status, type, "", body, len);
+    respond(w, c, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
 }
 
 static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, size_t n)
@@ -1742,6 +1753,17 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
     case CONN_PROXY:
     case CONN_TLS:
     case CONN_HTTP:
+        if (c->hold & HOLD_INBOX) {
+            /* An API request still waiting for a worker that is behind:
+             * answered, so the backend learns what was published. */
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=api_held_timeout", c->id);
+            hold_drop(w, c);
+            keep_carry(w, c, NULL, 0);
+            hub_api_expired(w, c);
+            if (c->state != CONN_DEAD)
+                update_events(w, c);
+            break;
+        }
         /* Whole-head deadline from accept (slowloris): drop, no answer. */
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_timeout", c->id);
         conn_destroy(w, c);

@@ -45,7 +45,10 @@ class Server:
         raise AssertionError("no VmRSS")
 
     def stop(self):
-        if self.proc.poll() is None:
+        """SIGTERM; the server must exit 0 with no sanitizer report (under
+        ASan a leak makes the exit code non-zero)."""
+        running = self.proc.poll() is None
+        if running:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10 * MULT)
@@ -53,7 +56,14 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
                 raise AssertionError("wshub did not exit on SIGTERM")
+        self.log.seek(0)
+        text = self.log.read()
         self.log.close()
+        for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
+                       "WARNING: ThreadSanitizer"):
+            assert marker not in text, text[text.index(marker) - 200:][:4000]
+        assert not running or self.proc.returncode == 0, \
+            f"wshub exited {self.proc.returncode} on SIGTERM"
 
 
 @pytest.fixture
@@ -860,7 +870,8 @@ def zero_mask_text(payload):
     as it is: cheap to build for megabytes."""
     n = len(payload)
     hdr = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else \
-        struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        struct.pack("!BBH", 0x81, 0x80 | 126, n) if n < 65536 else \
+        struct.pack("!BBQ", 0x81, 0x80 | 127, n)
     return hdr + b"\0\0\0\0" + payload
 
 
@@ -977,7 +988,7 @@ class GaugeSampler(threading.Thread):
 INBOX_MOST = 1 << 20
 
 
-def flood_server(tmp_path, **extra):
+def flood_server(tmp_path, args=(), **extra):
     """A /ws server for the flood tests: anonymous users, no publish rate
     to speak of, level-9 deflate (about 1.5 ms per 60 KB message), and a
     --max-queue large enough for what the idle subscribers never read."""
@@ -988,7 +999,7 @@ def flood_server(tmp_path, **extra):
         "default_namespace": {"history_size": 0, "recover": False, "presence": False},
         "limits": {"publish_rate": 1000000, "publish_burst": 1000000}, **extra}))
     return Server("--config", str(cfg), "--deflate", "--deflate-level", "9", "--log-level", "debug",
-                  "--max-queue", str(64 << 20))
+                  "--max-queue", str(64 << 20), *args)
 
 
 def ws_join(s, channel=b"flood"):
@@ -1144,6 +1155,269 @@ def test_fault_fast_api_publisher_answered_once_the_worker_catches_up(tmp_path):
         assert scrape(srv.port, "wshub_publisher_holds_total") > 0
         assert log_events(srv, "publisher_held")
         audience.close()
+        assert_healthy(srv, base)
+    finally:
+        srv.stop()
+
+
+def api_post(port, path, body, key="flood-api-key-0123", timeout=60, head=None):
+    """One HTTP API call: (status, decoded JSON reply); the response's
+    headers go into the dict head, when given."""
+    import http.client
+    import json
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * MULT)
+    conn.request("POST", path, json.dumps(body),
+                 {"X-API-Key": key, "Content-Type": "application/json"})
+    r = conn.getresponse()
+    reply = r.read()
+    conn.close()
+    if head is not None:
+        head.update(r.headers)
+    return r.status, json.loads(reply)
+
+
+def test_fault_api_request_held_past_the_deadline_is_answered_503(tmp_path):
+    """An API POST that still waits for a worker behind when the deadline
+    (--handshake-timeout, here 0.15 s) comes is answered 503 with the
+    offsets published, here none, instead of being dropped unanswered. To
+    keep worker 1 behind for longer than that, raw publishers on worker 0
+    send 1 MB messages to subscribers on worker 1 that take them
+    compressed at level 9 with four windows: each inbox batch takes it
+    about a second. The API is on --admin-listen, which worker 0 serves.
+    A request waits for worker 1's next batch and gets 200 or 503; the
+    channel's offsets and history show afterwards that no 503 published.
+    A broadcast of 60 KB to ten channels with a subscriber on worker 1
+    stops midway at worker 1's inbox bound and waits there in turn: its
+    503 lists the channels it reached, and the histories agree."""
+    import http.client
+    import json
+    admin = free_port()
+    srv = flood_server(tmp_path, ("--max-message", str(1 << 20), "--handshake-timeout", "0.15",
+                                  "--admin-listen", f"127.0.0.1:{admin}"),
+                       api_key="flood-api-key-0123",
+                       namespaces={"ticker": {"history_size": 100, "history_ttl_s": 300}})
+    try:
+        base = srv.fds()
+        path, extra, subs, pubs = "/raw/slow", [], [], []
+        for bits in (12, 13, 14, 15):
+            s, head, more = on_worker(srv, path, 1,
+                                      extensions=f"{DEFLATE_OFFER}; server_max_window_bits={bits}")
+            assert f"server_max_window_bits={bits}".encode() in head, head
+            subs.append(s)
+            extra += more
+        for _ in range(8):
+            s, _, more = on_worker(srv, path, 0)
+            pubs.append(s)
+            extra += more
+        bchans = ["ticker:c%d" % i for i in range(10)]
+        ws, _, more = on_worker(srv, "/ws", 1)
+        ws_join(ws, bchans[0].encode())
+        for ch in bchans[1:]:
+            ws.sendall(frame(1, b'{"type":"subscribe","channel":"%s"}' % ch.encode()))
+        assert len(read_messages(ws, 1 + len(bchans))) == 1 + len(bchans)
+        subs.append(ws)
+        for s in extra + more:
+            s.close()
+        stop = threading.Event()
+
+        def drain(s):  # everyone reads what it is sent, so no one is cut or paused
+            s.settimeout(60 * MULT)
+            try:
+                while s.recv(1 << 20):
+                    pass
+            except OSError:
+                pass
+
+        def flood(s, k):  # at most 100 MB each, until told to stop
+            body = (flood_bodies(8)[k % 8] * 18)[:(1 << 20) - 64]
+            for _ in range(100):
+                if stop.is_set():
+                    return
+                s.sendall(zero_mask_text(body))
+
+        # A /raw publisher gets the others' messages too: it reads them.
+        threads = [threading.Thread(target=drain, args=(s,), daemon=True) for s in subs + pubs]
+        floods = [threading.Thread(target=flood, args=(s, k), daemon=True)
+                  for k, s in enumerate(pubs)]
+        threads += floods
+        for t in threads:
+            t.start()
+        # Worker 1 falls behind at once: the first 1 MB message alone is
+        # four times its inbox bound.
+        deadline = time.time() + 10 * MULT
+        while not log_events(srv, "publisher_held"):
+            assert time.time() < deadline, "the publishers were never held"
+            time.sleep(0.02)
+        answered, failed = [], []
+        for i in range(20):
+            if len(failed) >= 3:
+                break
+            # Not right after a 200, which comes when worker 1 has just
+            # taken its inbox in, before the publishers refill it.
+            time.sleep(0.3)
+            head = {}
+            st, reply = api_post(admin, "/api/publish", {"channel": "ticker:t", "payload": i},
+                                 head=head)
+            if st == 200:
+                answered.append((i, reply["offsets"]))
+            else:
+                assert st == 503 and head.get("Retry-After") == "1", (st, reply, head)
+                assert reply["code"] == 5001 and reply["offsets"] == [], reply
+                failed.append(i)
+        # A broadcast that arrives while the inbox is full waits whole and
+        # gets a 503 with no offsets, like the publishes; one that arrives
+        # in the moment after worker 1 took its inbox in, before the raw
+        # publishers refill it, stops midway.
+        partial, whole, none = None, [], 0
+        text = flood_bodies(1, 60000)[0].decode()
+        for i in range(100):
+            st, reply = api_post(admin, "/api/broadcast",
+                                 {"channels": bchans, "payload": {"n": i, "text": text}})
+            if st == 200:
+                assert len(reply["offsets"]) == len(bchans), reply
+                whole.append(i)
+                continue
+            assert st == 503 and len(reply["offsets"]) < len(bchans), (st, reply)
+            if not reply["offsets"]:
+                none += 1
+                continue
+            partial = (i, len(reply["offsets"]))
+            break
+        stop.set()
+        print(f"publish: {len(answered)} 200, {len(failed)} 503; broadcast: {len(whole)} 200, "
+              f"{none} 503 before it began, stopped midway: {partial}")
+        assert partial, whole
+        assert len(failed) == 3, (failed, answered)
+        assert len(log_events(srv, "api_held_timeout")) == len(failed) + none + 1
+        assert log_events(srv, "broadcast_paused")
+        for t in floods:
+            t.join(60 * MULT)
+            assert not t.is_alive()
+        # The 503s published nothing: offsets went on from the 200s.
+        deadline = time.time() + 30 * MULT
+        while True:
+            st, reply = api_post(admin, "/api/publish", {"channel": "ticker:t", "payload": "end"})
+            if st == 200 or time.time() > deadline:
+                break
+        assert st == 200, reply
+        assert [o for _, offs in answered for o in offs] == list(range(1, len(answered) + 1))
+        assert reply["offsets"] == [len(answered) + 1], (reply, answered)
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=30 * MULT)
+        conn.request("GET", "/api/history/ticker:t", headers={"X-API-Key": "flood-api-key-0123"})
+        hist = json.loads(conn.getresponse().read())["payload"]["messages"]
+        conn.close()
+        assert [m["payload"] for m in hist] == [i for i, _ in answered] + ["end"], hist
+        for k, ch in enumerate(bchans):
+            conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=30 * MULT)
+            conn.request("GET", f"/api/history/{ch}", headers={"X-API-Key": "flood-api-key-0123"})
+            hist = json.loads(conn.getresponse().read())["payload"]["messages"]
+            conn.close()
+            want = whole + ([partial[0]] if k < partial[1] else [])
+            assert [m["payload"]["n"] for m in hist] == want, (ch, partial, whole)
+        # shutdown, not close alone: a socket a drain thread is blocked
+        # on stays open until that recv returns.
+        for s in subs + pubs:
+            s.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join(30 * MULT)
+        for s in subs + pubs:
+            s.close()
+        assert_healthy(srv, base)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_fault_api_broadcast_goes_out_as_far_as_the_inboxes_take_it(tmp_path, workers):
+    """A broadcast of one 60 KB payload to 100 channels is 6 MB of
+    messages from a 60 KB request. It is published only as far as the
+    workers' inboxes take it (ev=broadcast_paused) and goes on as they are
+    taken in, so what waits between workers stays near the bound wherever
+    the request lands (before, the whole 6 MB went into the inboxes in one
+    turn). Two backends send two broadcasts each at once: every call gets
+    its 100 offsets, and a reading subscriber of all 100 channels on each
+    worker (permessage-deflate: delivery is the slow side) gets every
+    message once, each channel's in offset order, with the payload of the
+    call that got that offset. With one worker the bound that paces it is
+    the worker's own inbox, where its publishes wait for the end of the
+    turn: before, one turn handed each subscriber the whole 6 MB."""
+    import json
+    srv = flood_server(tmp_path, ("--workers", str(workers)), api_key="flood-api-key-0123")
+    try:
+        base = srv.fds()
+        chans = ["b%d" % i for i in range(100)]
+        clients, each = 2, 2
+        total = clients * each * len(chans)
+        readers, extra = [], []
+        for wk in range(workers):
+            s, head, more = on_worker(srv, "/ws", wk, extensions=DEFLATE_OFFER)
+            assert b"permessage-deflate" in head, head
+            extra += more
+            reader = FrameReader(s, 1 + len(chans) + total)
+            s.sendall(frame(1, b'{"type":"connect","id":1}'))
+            for i, ch in enumerate(chans):
+                s.sendall(frame(1, b'{"type":"subscribe","id":%d,"channel":"%s"}'
+                                % (i + 2, ch.encode())))
+            deadline = time.time() + 10 * MULT
+            while len(reader.frames) < 1 + len(chans):
+                assert reader.error is None and time.time() < deadline, reader.error
+                time.sleep(0.01)
+            got = [json.loads(t)["type"] for t in inflated_texts(reader.frames[:1 + len(chans)])]
+            assert got == ["connected"] + ["subscribed"] * len(chans), got
+            readers.append((s, reader))
+        for s in extra:
+            s.close()
+        sampler = GaugeSampler(srv.port, "wshub_inbox_bytes")
+        bodies = flood_bodies(clients * each, 59000)
+        replies, errors = {}, []
+
+        def post_all(k):
+            try:
+                for i in range(each):
+                    payload = {"k": k, "i": i, "text": bodies[k * each + i].decode()}
+                    st, r = api_post(srv.port, "/api/broadcast",
+                                     {"channels": chans, "payload": payload})
+                    assert st == 200 and len(r["offsets"]) == len(chans), (st, r)
+                    replies[(k, i)] = r["offsets"]
+            except Exception as e:  # reported by the test thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=post_all, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120 * MULT)
+        assert not errors, errors
+        # Who got which offset of each channel, from the answers.
+        sent = {}
+        for (k, i), offs in replies.items():
+            for ch, off in zip(chans, offs):
+                assert (ch, off) not in sent
+                sent[(ch, off)] = (k, i)
+        assert sorted(set(o for _, o in sent)) == list(range(1, clients * each + 1))
+        for s, reader in readers:
+            reader.join(120 * MULT)
+            assert not reader.is_alive() and reader.error is None, \
+                (len(reader.frames), reader.error)
+            msgs = [json.loads(t) for t in inflated_texts(reader.frames[1 + len(chans):])]
+            for ch in chans:
+                mine = [m for m in msgs if m["channel"] == ch]
+                assert [m["offset"] for m in mine] == list(range(1, clients * each + 1)), ch
+                for m in mine:
+                    k, i = sent[(ch, m["offset"])]
+                    assert (m["payload"]["k"], m["payload"]["i"]) == (k, i)
+                    assert m["payload"]["text"] == bodies[k * each + i].decode()
+        most = sampler.stop()
+        print("inbox bytes at most", most, "in", sampler.samples, "samples")
+        assert most <= INBOX_MOST, (most, sampler.samples)
+        paused = log_events(srv, "broadcast_paused")
+        print(len(paused), "pauses")
+        assert paused and all("of=100" in line for line in paused), paused[:3]
+        assert not log_events(srv, "slow_consumer")
+        for s, _ in readers:
+            s.sendall(frame(8, struct.pack("!H", 1000)))
+            assert read_close(s) == 1000
+            s.close()
         assert_healthy(srv, base)
     finally:
         srv.stop()

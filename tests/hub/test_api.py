@@ -90,6 +90,33 @@ async def test_api_publish_broadcast_reach_subscribers(hub):
     await a.close()
 
 
+@run_async
+async def test_api_broadcast_checks_every_channel_before_publishing_any(hub):
+    """A broadcast with one bad channel anywhere in its list publishes
+    nothing, and the 400 names the channel: a backend can fix the call and
+    send it again without duplicating the channels before the bad one."""
+    h = hub(api_config())
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:a")
+    for chans, bad, code in [(["chat:a", "chat:bad name", "chat:b"], "chat:bad name", 4000),
+                             (["chat:a", "chat:b", "nope:x"], "nope:x", 4001),
+                             (["chat:a", "chat:b#"], "chat:b#", 4000)]:
+        st, _, b = call(h, "POST", "/api/broadcast", {"channels": chans, "payload": "no"})
+        err = json.loads(b)
+        assert st == 400 and err["channel"] == bad and err["code"] == code, (chans, st, b)
+    st, _, b = call(h, "POST", "/api/broadcast", {"channels": ["chat:a", 5], "payload": "no"})
+    assert st == 400 and json.loads(b)["code"] == 1002, b
+    # Nothing went out: the next publish is the channel's first, and the
+    # first message the subscriber sees.
+    st, _, b = call(h, "POST", "/api/publish", {"channel": "chat:a", "payload": "first"})
+    assert st == 200 and json.loads(b) == {"offsets": [1]}, b
+    m = await a.expect(lambda m: m["type"] == "message", what="message")
+    assert m["payload"] == "first" and m["offset"] == 1, m
+    st, _, b = call(h, "GET", "/api/history/chat:a")
+    assert [x["payload"] for x in json.loads(b)["payload"]["messages"]] == ["first"], b
+    await a.close()
+
+
 def test_api_rejects_bad_requests(hub):
     h = hub(api_config())
     cases = [
