@@ -1098,6 +1098,41 @@ def test_fault_fast_hub_publisher_held_while_another_worker_catches_up(tmp_path)
         srv.stop()
 
 
+def api_post(port, path, body, key="flood-api-key-0123", timeout=60, head=None):
+    """One HTTP API call: (status, decoded JSON reply); the response's
+    headers go into the dict head, when given."""
+    import http.client
+    import json
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * MULT)
+    conn.request("POST", path, json.dumps(body),
+                 {"X-API-Key": key, "Content-Type": "application/json"})
+    r = conn.getresponse()
+    reply = r.read()
+    conn.close()
+    if head is not None:
+        head.update(r.headers)
+    return r.status, json.loads(reply)
+
+
+def in_threads(fn, n, timeout=120):
+    """Runs fn(0) … fn(n-1) at once, one thread each, as n clients would;
+    the first failure is raised in the test's thread."""
+    errors = []
+
+    def run(k):
+        try:
+            fn(k)
+        except Exception as e:  # reported by the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout * MULT)
+    assert not any(t.is_alive() for t in threads), "a client is still running"
+    assert not errors, errors
+
 def test_fault_fast_api_publisher_answered_once_the_worker_catches_up(tmp_path):
     """The same through the HTTP API, the way a backend publishes a
     ticker: four clients each POST 100 publishes of 60 KB, one after the
@@ -1107,8 +1142,6 @@ def test_fault_fast_api_publisher_answered_once_the_worker_catches_up(tmp_path):
     its offset, the subscriber that reads gets every message once and in
     offset order, each client's in its own order, and the inboxes stay
     near their bound."""
-    import http.client
-    import json
     srv = flood_server(tmp_path, api_key="flood-api-key-0123")
     try:
         base = srv.fds()
@@ -1116,31 +1149,17 @@ def test_fault_fast_api_publisher_answered_once_the_worker_catches_up(tmp_path):
         audience = SlowAudience(srv, clients * each)
         sampler = GaugeSampler(srv.port, "wshub_inbox_bytes")
         bodies = flood_bodies(clients * each, 59800)
-        offsets, errors = [[] for _ in range(clients)], []
+        offsets = [[] for _ in range(clients)]
 
         def post_all(k):
-            try:
-                for i in range(each):
-                    body = json.dumps({"channel": "flood",
-                                       "payload": {"k": k, "i": i,
-                                                   "text": bodies[k * each + i].decode()}})
-                    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60 * MULT)
-                    conn.request("POST", "/api/publish", body,
-                                 {"X-API-Key": "flood-api-key-0123", "Content-Type": "application/json"})
-                    r = conn.getresponse()
-                    reply = r.read()
-                    conn.close()
-                    assert r.status == 200, (r.status, reply)
-                    offsets[k] += json.loads(reply)["offsets"]
-            except Exception as e:  # reported by the test thread
-                errors.append(e)
+            for i in range(each):
+                payload = {"k": k, "i": i, "text": bodies[k * each + i].decode()}
+                st, reply = api_post(srv.port, "/api/publish",
+                                     {"channel": "flood", "payload": payload})
+                assert st == 200, (st, reply)
+                offsets[k] += reply["offsets"]
 
-        threads = [threading.Thread(target=post_all, args=(k,)) for k in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120 * MULT)
-        assert not errors, errors
+        in_threads(post_all, clients)
         msgs = audience.messages()
         assert sampler.stop() <= INBOX_MOST, (sampler.most, sampler.samples)
         assert not log_events(srv, "slow_consumer")
@@ -1159,21 +1178,6 @@ def test_fault_fast_api_publisher_answered_once_the_worker_catches_up(tmp_path):
     finally:
         srv.stop()
 
-
-def api_post(port, path, body, key="flood-api-key-0123", timeout=60, head=None):
-    """One HTTP API call: (status, decoded JSON reply); the response's
-    headers go into the dict head, when given."""
-    import http.client
-    import json
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * MULT)
-    conn.request("POST", path, json.dumps(body),
-                 {"X-API-Key": key, "Content-Type": "application/json"})
-    r = conn.getresponse()
-    reply = r.read()
-    conn.close()
-    if head is not None:
-        head.update(r.headers)
-    return r.status, json.loads(reply)
 
 
 def test_fault_api_request_held_past_the_deadline_is_answered_503(tmp_path):
@@ -1369,25 +1373,16 @@ def test_fault_api_broadcast_goes_out_as_far_as_the_inboxes_take_it(tmp_path, wo
             s.close()
         sampler = GaugeSampler(srv.port, "wshub_inbox_bytes")
         bodies = flood_bodies(clients * each, 59000)
-        replies, errors = {}, []
+        replies = {}
 
         def post_all(k):
-            try:
-                for i in range(each):
-                    payload = {"k": k, "i": i, "text": bodies[k * each + i].decode()}
-                    st, r = api_post(srv.port, "/api/broadcast",
-                                     {"channels": chans, "payload": payload})
-                    assert st == 200 and len(r["offsets"]) == len(chans), (st, r)
-                    replies[(k, i)] = r["offsets"]
-            except Exception as e:  # reported by the test thread
-                errors.append(e)
+            for i in range(each):
+                payload = {"k": k, "i": i, "text": bodies[k * each + i].decode()}
+                st, r = api_post(srv.port, "/api/broadcast", {"channels": chans, "payload": payload})
+                assert st == 200 and len(r["offsets"]) == len(chans), (st, r)
+                replies[(k, i)] = r["offsets"]
 
-        threads = [threading.Thread(target=post_all, args=(k,)) for k in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120 * MULT)
-        assert not errors, errors
+        in_threads(post_all, clients)
         # Who got which offset of each channel, from the answers.
         sent = {}
         for (k, i), offs in replies.items():
