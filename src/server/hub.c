@@ -73,7 +73,8 @@ static size_t max_input; /* bytes of a /ws message (hub_start) */
 /* What /ws reads on every command: the namespaces, the per-connection
  * limits (limits.publish_*, max_subscriptions, json_depth, max_channel,
  * unauthenticated.*) and auth.allow_anonymous; and what each upgrade and
- * API call reads: origins and api_key. hubcfg at start; SIGHUP
+ * API call reads: origins, api_key and trusted_proxies (at accept, too).
+ * hubcfg at start; SIGHUP
  * puts the newly read file in its place (hub_reload_settings). Workers
  * read it, and the namespaces channels point into, without a lock, so a
  * replaced one is kept until every worker has ended the loop turn it was
@@ -87,6 +88,13 @@ static const struct wsh_hub_config *live_cfg(void)
 }
 
 static void live_reclaim(void);
+
+const struct wsh_cidr *hub_trusted_proxies(size_t *n)
+{
+    const struct wsh_hub_config *cfg = live_cfg();
+    *n = cfg != NULL ? cfg->ntrusted_proxies : 0;
+    return cfg != NULL ? cfg->trusted_proxies : NULL;
+}
 
 /* The options for channel name in cfg. A namespace the file no longer has
  * falls back to default_namespace: its channels go on until their
@@ -883,13 +891,8 @@ static void live_reclaim(void)
 void hub_restart_needed(const struct wsh_hub_config *cfg, char *out, size_t outlen)
 {
     const struct wsh_limits_config *a = &hubcfg.limits, *b = &cfg->limits;
-    bool proxies = hubcfg.ntrusted_proxies != cfg->ntrusted_proxies ||
-                   (cfg->ntrusted_proxies > 0 &&
-                    memcmp(hubcfg.trusted_proxies, cfg->trusted_proxies,
-                           cfg->ntrusted_proxies * sizeof(*cfg->trusted_proxies)) != 0);
-    snprintf(out, outlen, "%s%s%s", a->max_message != b->max_message ? "limits.max_message " : "",
-             a->max_client_memory != b->max_client_memory ? "limits.max_client_memory " : "",
-             proxies ? "trusted_proxies " : "");
+    snprintf(out, outlen, "%s%s", a->max_message != b->max_message ? "limits.max_message " : "",
+             a->max_client_memory != b->max_client_memory ? "limits.max_client_memory " : "");
     size_t n = strlen(out);
     if (n > 0)
         out[n - 1] = '\0'; /* the last space */
@@ -1108,8 +1111,6 @@ void hub_conn_limits(struct wsh_config *cfg)
     cfg->ip_rate = l->handshake_rate_per_ip;
     cfg->ip_burst = l->handshake_burst_per_ip;
     cfg->ip6_prefix = l->ipv6_prefix;
-    cfg->trusted = hubcfg.trusted_proxies;
-    cfg->ntrusted = hubcfg.ntrusted_proxies;
     cfg->admit_rate = l->admission_rate;
     cfg->admit_burst = l->admission_burst;
     if (!memory_flag)

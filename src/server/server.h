@@ -51,8 +51,6 @@ struct wsh_config {
     struct wsh_limits hlimits;      /* parser limits on /ws connections */
     const char *web_root;           /* directory of static files, NULL for none */
     bool proxy_protocol;            /* every connection begins with a PROXY header */
-    const struct wsh_cidr *trusted; /* proxies whose X-Forwarded-For is read */
-    size_t ntrusted;
     /* --admin-listen: /metrics, /dashboard and /api/ move to this address
      * (plain HTTP, worker 0) and are 404 on the public one. */
     char admin_host[256];
@@ -473,6 +471,9 @@ void hub_close_retry(struct worker *w, struct conn *c, unsigned code, const char
 /* The outbound queue limit for a /ws connection (c->hub set): --max-queue,
  * or less before auth. */
 size_t hub_queue_limit(const struct conn *c);
+/* The config file's trusted_proxies, as of the last SIGHUP: proxies whose
+ * X-Forwarded-For is read. Valid until the caller's loop turn ends. */
+const struct wsh_cidr *hub_trusted_proxies(size_t *n);
 int hub_worker_init(struct worker *w);
 /* Before the 101: origin and credentials. Returns 0 to go on, the HTTP
  * status to refuse with (401, 403), or, only when may_wait, HUB_WAIT: the

@@ -1199,7 +1199,9 @@ static uint32_t admit_peer(const struct sockaddr_storage *peer, struct ipcount *
 {
     uint32_t retry_s = 0;
     *ipc = NULL;
-    *forwarded = per_ip_on() && wsh_cidr_contains(wsh_cfg.trusted, wsh_cfg.ntrusted, peer);
+    size_t ntrusted;
+    const struct wsh_cidr *trusted = hub_trusted_proxies(&ntrusted);
+    *forwarded = per_ip_on() && wsh_cidr_contains(trusted, ntrusted, peer);
     if (per_ip_on() && !*forwarded)
         *ipc = ip_acquire(peer, &retry_s);
     return retry_s;
@@ -1216,7 +1218,9 @@ static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_h
     c->flags &= (uint8_t)~CF_FORWARDED;
     struct sockaddr_storage client;
     socklen_t len = sizeof(client);
-    bool named = wsh_http_forwarded_for(req, wsh_cfg.trusted, wsh_cfg.ntrusted, &client);
+    size_t ntrusted;
+    const struct wsh_cidr *trusted = hub_trusted_proxies(&ntrusted);
+    bool named = wsh_http_forwarded_for(req, trusted, ntrusted, &client);
     if (!named && getpeername(c->io.fd, (struct sockaddr *)&client, &len) != 0)
         return true; /* nothing to count under: let the request decide */
     uint32_t retry_s;
