@@ -24,6 +24,7 @@
 #define WSH_CFG_DEFAULT_PUBLISH_RATE       20.0
 #define WSH_CFG_DEFAULT_PUBLISH_BURST      40u
 #define WSH_CFG_DEFAULT_MAX_SUBSCRIPTIONS  128u
+#define WSH_CFG_DEFAULT_MAX_REVOCATIONS    65536u
 #define WSH_CFG_DEFAULT_MAX_CONNS          0u /* 0: RLIMIT_NOFILE - 64 */
 #define WSH_CFG_DEFAULT_MAX_CONNS_PER_IP   256u
 #define WSH_CFG_DEFAULT_HANDSHAKE_RATE_IP  0.0 /* off: NAT puts many users behind one */
@@ -125,6 +126,7 @@ struct wsh_limits_config {
     uint32_t unauth_max_message;     /* bytes of the one message before connect */
     uint32_t unauth_timeout_ms;      /* time allowed to authenticate */
     uint32_t unauth_max_outbound;    /* bytes queued to an unauthenticated client */
+    uint32_t max_revocations;        /* live users and token ids refused (api/disconnect) */
 };
 
 struct wsh_hub_config {

@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "jose.h"
+#include "wshub/expset.h"
 
 /* ------------------------------------------------------------------ */
 /* Algorithms and keys                                                 */
@@ -63,27 +64,13 @@ struct auth_key {
     uint32_t tag; /* wsh_identity.key_tag */
 };
 
-/* Deny list: open addressing with linear probing and backward-shift
- * deletion, so there are no tombstones. jti values only reach a lookup
- * after their token's signature verified (or come from the admin API), so
- * a peer cannot choose them to flood one probe chain; FNV-1a is enough. */
-struct deny_slot {
-    char *jti; /* NULL: empty slot */
-    size_t len;
-    uint64_t hash;
-    int64_t until_ms;
-};
-
 struct wsh_auth {
     struct auth_key keys[WSH_AUTH_KEYS_MAX];
     size_t nkeys;
     bool exp_optional;
     int64_t leeway_ms;
     size_t max_token;
-    size_t max_deny;
-    struct deny_slot *deny; /* deny_cap slots, power of two >= 2 * max_deny */
-    size_t deny_cap;
-    size_t deny_n;
+    struct wsh_expset *deny; /* jti values refused until a time */
 };
 
 enum wsh_auth_alg wsh_auth_alg_parse(const char *name)
@@ -231,36 +218,23 @@ const char *wsh_auth_key_problem(const struct wsh_auth_key *k)
     return ok ? NULL : why;
 }
 
-#define FNV1A_BASIS 0xcbf29ce484222325u
-
-/* 64-bit FNV-1a of p[0..n), continuing from h (FNV1A_BASIS to start). */
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 0x100000001b3u;
-    }
-    return h;
-}
-
 /* k->tag from its alg, kid and key: the secret, or the public key in DER
  * (SubjectPublicKeyInfo), whatever form it came in, so a JWK and the PEM
  * of the same key, or the same JWK served again, give the same tag. */
 static bool key_tag(struct auth_key *k, const char *kid)
 {
-    uint64_t h = fnv1a(FNV1A_BASIS, &(uint8_t){ (uint8_t)k->alg }, 1);
+    uint64_t h = wsh_fnv1a(WSH_FNV1A_BASIS, &(uint8_t){ (uint8_t)k->alg }, 1);
     if (kid != NULL)
-        h = fnv1a(h, kid, strlen(kid) + 1);
+        h = wsh_fnv1a(h, kid, strlen(kid) + 1);
     if (k->pk != NULL) {
         unsigned char *der = NULL;
         int n = i2d_PUBKEY(k->pk, &der);
         if (n <= 0)
             return false;
-        h = fnv1a(h, der, (size_t)n);
+        h = wsh_fnv1a(h, der, (size_t)n);
         OPENSSL_free(der);
     } else {
-        h = fnv1a(h, k->key, k->key_len);
+        h = wsh_fnv1a(h, k->key, k->key_len);
     }
     k->tag = (uint32_t)(h ^ (h >> 32));
     return true;
@@ -339,13 +313,9 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
                    : o->leeway_ms == WSH_AUTH_LEEWAY_NONE ? 0
                                                           : o->leeway_ms;
     a->max_token = o->max_token ? o->max_token : WSH_AUTH_DEFAULT_TOKEN_MAX;
-    a->max_deny = o->max_deny ? o->max_deny : WSH_AUTH_DEFAULT_DENY_MAX;
-    if (a->max_token > INT32_MAX / 2 || a->max_deny > (SIZE_MAX / sizeof(struct deny_slot)) / 4)
+    if (a->max_token > INT32_MAX / 2)
         goto fail_inval;
-    a->deny_cap = 8;
-    while (a->deny_cap < 2 * a->max_deny)
-        a->deny_cap *= 2;
-    a->deny = calloc(a->deny_cap, sizeof(*a->deny));
+    a->deny = wsh_expset_new(o->max_deny ? o->max_deny : WSH_AUTH_DEFAULT_DENY_MAX);
     if (a->deny == NULL)
         goto fail;
     for (size_t i = 0; i < o->nkeys; i++) {
@@ -370,11 +340,7 @@ void wsh_auth_destroy(struct wsh_auth *a)
         return;
     for (size_t i = 0; i < a->nkeys; i++)
         free_key(&a->keys[i]);
-    if (a->deny != NULL) {
-        for (size_t i = 0; i < a->deny_cap; i++)
-            free(a->deny[i].jti);
-        free(a->deny);
-    }
+    wsh_expset_free(a->deny);
     free(a);
 }
 
@@ -1222,47 +1188,7 @@ bool wsh_auth_apikey_equal(const void *expected, size_t elen, const void *given,
 }
 
 /* ------------------------------------------------------------------ */
-/* Deny list                                                           */
-
-static size_t deny_find(const struct wsh_auth *a, const char *jti, size_t len, uint64_t h)
-{
-    size_t mask = a->deny_cap - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
-        const struct deny_slot *s = &a->deny[i];
-        if (s->jti == NULL || (s->hash == h && s->len == len && memcmp(s->jti, jti, len) == 0))
-            return i;
-    }
-}
-
-/* Backward-shift deletion keeps every probe chain unbroken. */
-static void deny_remove_at(struct wsh_auth *a, size_t i)
-{
-    size_t mask = a->deny_cap - 1;
-    free(a->deny[i].jti);
-    a->deny[i].jti = NULL;
-    a->deny_n--;
-    for (size_t j = (i + 1) & mask; a->deny[j].jti != NULL; j = (j + 1) & mask) {
-        size_t home = a->deny[j].hash & mask;
-        /* Move j into the hole at i unless its home lies cyclically in (i, j]. */
-        bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-        if (!stays) {
-            a->deny[i] = a->deny[j];
-            a->deny[j].jti = NULL;
-            i = j;
-        }
-    }
-}
-
-static void deny_purge(struct wsh_auth *a, int64_t now_ms)
-{
-    for (size_t i = 0; i < a->deny_cap;) {
-        /* After a removal a later entry may have moved into slot i. */
-        if (a->deny[i].jti != NULL && a->deny[i].until_ms <= now_ms)
-            deny_remove_at(a, i);
-        else
-            i++;
-    }
-}
+/* Deny list (a wsh_expset of jti values)                               */
 
 int wsh_auth_deny(struct wsh_auth *a, const char *jti, size_t len, int64_t until_ms, int64_t now_ms)
 {
@@ -1270,48 +1196,24 @@ int wsh_auth_deny(struct wsh_auth *a, const char *jti, size_t len, int64_t until
         return WSH_EINVAL;
     if (len == 0 || len > WSH_AUTH_JTI_MAX)
         return WSH_ETOOBIG;
-    uint64_t h = fnv1a(FNV1A_BASIS, jti, len);
-    size_t i = deny_find(a, jti, len, h);
-    if (a->deny[i].jti != NULL) {
-        if (until_ms > a->deny[i].until_ms)
-            a->deny[i].until_ms = until_ms;
-        return WSH_OK;
-    }
-    if (a->deny_n >= a->max_deny) {
-        deny_purge(a, now_ms);
-        if (a->deny_n >= a->max_deny)
-            return WSH_ENOSPC;
-        i = deny_find(a, jti, len, h);
-    }
-    char *copy = malloc(len);
-    if (copy == NULL)
-        return WSH_ENOMEM;
-    memcpy(copy, jti, len);
-    a->deny[i] = (struct deny_slot){ .jti = copy, .len = len, .hash = h, .until_ms = until_ms };
-    a->deny_n++;
-    return WSH_OK;
+    return wsh_expset_add(a->deny, jti, len, until_ms, now_ms);
 }
 
 bool wsh_auth_denied(const struct wsh_auth *a, const char *jti, size_t len, int64_t now_ms)
 {
     if (a == NULL || jti == NULL || len == 0 || len > WSH_AUTH_JTI_MAX)
         return false;
-    size_t i = deny_find(a, jti, len, fnv1a(FNV1A_BASIS, jti, len));
-    return a->deny[i].jti != NULL && a->deny[i].until_ms > now_ms;
+    return wsh_expset_has(a->deny, jti, len, now_ms);
 }
 
 bool wsh_auth_undeny(struct wsh_auth *a, const char *jti, size_t len)
 {
     if (a == NULL || jti == NULL || len == 0 || len > WSH_AUTH_JTI_MAX)
         return false;
-    size_t i = deny_find(a, jti, len, fnv1a(FNV1A_BASIS, jti, len));
-    if (a->deny[i].jti == NULL)
-        return false;
-    deny_remove_at(a, i);
-    return true;
+    return wsh_expset_remove(a->deny, jti, len);
 }
 
 size_t wsh_auth_deny_count(const struct wsh_auth *a)
 {
-    return a != NULL ? a->deny_n : 0;
+    return a != NULL ? wsh_expset_count(a->deny) : 0;
 }

@@ -55,6 +55,7 @@ void wsh_config_defaults(struct wsh_hub_config *cfg)
     l->unauth_max_message = WSH_CFG_DEFAULT_UNAUTH_MESSAGE;
     l->unauth_timeout_ms = WSH_CFG_DEFAULT_UNAUTH_TIMEOUT_MS;
     l->unauth_max_outbound = WSH_CFG_DEFAULT_UNAUTH_OUTBOUND;
+    l->max_revocations = WSH_CFG_DEFAULT_MAX_REVOCATIONS;
 }
 
 void wsh_config_free(struct wsh_hub_config *cfg)
@@ -652,6 +653,7 @@ static const char *const limit_keys[] = { "publish_rate",
                                           "max_message",
                                           "json_depth",
                                           "max_channel",
+                                          "max_revocations",
                                           "unauthenticated",
                                           NULL };
 static const char *const unauth_keys[] = { "max_message", "timeout_ms", "max_outbound", NULL };
@@ -688,7 +690,8 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         !get_client_memory(c, v, &l->max_client_memory) ||
         !get_u32(c, v, "max_message", 256, 64u * 1024u * 1024u, &l->max_message) ||
         !get_u32(c, v, "json_depth", 2, 1000, &l->json_depth) ||
-        !get_u32(c, v, "max_channel", 8, 1024, &l->max_channel))
+        !get_u32(c, v, "max_channel", 8, 1024, &l->max_channel) ||
+        !get_u32(c, v, "max_revocations", 1, 10000000, &l->max_revocations))
         return false;
     json_t *u = json_object_get(v, "unauthenticated");
     if (u != NULL) {

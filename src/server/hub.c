@@ -18,6 +18,7 @@
 #include "wshub/auth.h"
 #include "wshub/broker.h"
 #include "wshub/config.h"
+#include "wshub/expset.h"
 #include "wshub/http.h"
 #include "wshub/proto.h"
 
@@ -88,6 +89,7 @@ static const struct wsh_hub_config *live_cfg(void)
 }
 
 static void live_reclaim(void);
+static void revoked_sweep(int64_t now_ms);
 
 const struct wsh_cidr *hub_trusted_proxies(size_t *n)
 {
@@ -240,6 +242,7 @@ void hub_sweep(int64_t now_ms)
         return;
     chanreg_sweep(&hub_reg);
     wsh_broker_sweep(broker, now_ms);
+    revoked_sweep(wall_ms());
 }
 
 /* ------------------------------------------------------------------ */
@@ -1201,67 +1204,60 @@ int hub_worker_init(struct worker *w)
 
 /* ------------------------------------------------------------------ */
 /* Revocation (POST /api/disconnect): users refused until a time, and   */
-/* token ids refused until their expiry. Shared by all workers.         */
-
-#define REVOKED_MAX 4096u
-
-struct revoked {
-    char key[WSH_AUTH_SUB_MAX + 2]; /* 'u' + user, or 'j' + jti */
-    int64_t until_ms;
-};
+/* token ids refused until their expiry. Shared by all workers: one     */
+/* expiring set keyed 'u' + user or 'j' + jti, at most                  */
+/* limits.max_revocations live entries, looked up in O(1) at every      */
+/* token check.                                                         */
 
 static pthread_mutex_t revoked_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct revoked revoked[REVOKED_MAX];
-static size_t nrevoked;
+static struct wsh_expset *revoked; /* created at the first revocation */
 
 /* Adds or extends an entry; expired entries make room first. Returns
- * false when the table is full of live entries: a revocation is never
- * pushed out by another. */
+ * false when the set is full of live entries (a revocation is never
+ * pushed out by another) or memory ran out. */
 static bool revoke(char kind, const char *id, int64_t until_ms)
 {
-    int64_t now = wall_ms();
-    bool ok = false;
+    char key[WSH_AUTH_SUB_MAX + 2];
+    int n = snprintf(key, sizeof(key), "%c%s", kind, id);
+    if (n < 0 || (size_t)n >= sizeof(key))
+        return false;
     pthread_mutex_lock(&revoked_mu);
-    for (size_t i = 0; i < nrevoked;) {
-        if (revoked[i].until_ms <= now)
-            revoked[i] = revoked[--nrevoked];
-        else
-            i++;
-    }
-    for (size_t i = 0; i < nrevoked; i++) {
-        if (revoked[i].key[0] == kind && strcmp(revoked[i].key + 1, id) == 0) {
-            if (until_ms > revoked[i].until_ms)
-                revoked[i].until_ms = until_ms;
-            ok = true;
-            goto out;
-        }
-    }
-    if (nrevoked < REVOKED_MAX) {
-        revoked[nrevoked].key[0] = kind;
-        snprintf(revoked[nrevoked].key + 1, sizeof(revoked[0].key) - 1, "%s", id);
-        revoked[nrevoked].until_ms = until_ms;
-        nrevoked++;
-        ok = true;
-    }
-out:
+    size_t max = live_cfg()->limits.max_revocations;
+    if (revoked == NULL)
+        revoked = wsh_expset_new(max);
+    else
+        wsh_expset_set_max(revoked, max);
+    bool ok =
+        revoked != NULL && wsh_expset_add(revoked, key, (size_t)n, until_ms, wall_ms()) == WSH_OK;
     pthread_mutex_unlock(&revoked_mu);
     return ok;
 }
 
 static bool is_revoked(const struct wsh_identity *id)
 {
+    char key[WSH_AUTH_SUB_MAX + 2];
     int64_t now = wall_ms();
     bool hit = false;
     pthread_mutex_lock(&revoked_mu);
-    for (size_t i = 0; i < nrevoked && !hit; i++) {
-        if (revoked[i].until_ms <= now)
-            continue;
-        const char *k = revoked[i].key;
-        hit = (k[0] == 'u' && strcmp(k + 1, id->sub) == 0) ||
-              (k[0] == 'j' && id->jti_len > 0 && strcmp(k + 1, id->jti) == 0);
+    if (revoked != NULL) {
+        int n = snprintf(key, sizeof(key), "u%s", id->sub);
+        hit = n > 0 && (size_t)n < sizeof(key) && wsh_expset_has(revoked, key, (size_t)n, now);
+        if (!hit && id->jti_len > 0) {
+            n = snprintf(key, sizeof(key), "j%s", id->jti);
+            hit = n > 0 && (size_t)n < sizeof(key) && wsh_expset_has(revoked, key, (size_t)n, now);
+        }
     }
     pthread_mutex_unlock(&revoked_mu);
     return hit;
+}
+
+/* From the 2 s sweep: expired entries give their memory back. */
+static void revoked_sweep(int64_t now_ms)
+{
+    pthread_mutex_lock(&revoked_mu);
+    if (revoked != NULL)
+        wsh_expset_purge(revoked, now_ms);
+    pthread_mutex_unlock(&revoked_mu);
 }
 
 /* ------------------------------------------------------------------ */

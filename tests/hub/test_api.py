@@ -366,3 +366,53 @@ async def test_api_revocation_by_user_and_jti(hub):
                 {"user": "x", "revoke_s": "10"}]:
         st, _, _ = call(h, "POST", "/api/disconnect", bad)
         assert st == 400, bad
+
+
+def test_api_revocations_past_4096_up_to_the_limit(hub):
+    """limits.max_revocations (here 4200, past the old fixed 4096): every
+    one of 4200 token ids is refused at the handshake after its
+    revocation, one more is refused with 503 while they are live, and
+    tokens of the same user with other ids are let in. An expired entry
+    makes room."""
+    import http.client
+    import threading
+    from conftest import handshake_status
+    n, clients = 4200, 4
+    h = hub(merge(api_config(), {"limits": {"max_revocations": n}}))
+    errors = []
+
+    def revoke(k):
+        try:
+            for i in range(k, n, clients):
+                conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=10 * MULT)
+                conn.request("POST", "/api/disconnect",
+                             json.dumps({"jti": f"jti-{i}", "revoke_s": 3 if i == 7 else 600}),
+                             {"X-API-Key": API_KEY})
+                r = conn.getresponse()
+                body = r.read()
+                conn.close()
+                assert r.status == 200, (i, r.status, body)
+        except Exception as e:  # reported by the test thread
+            errors.append(e)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=revoke, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120 * MULT)
+    assert not errors, errors[:3]
+    st, hd, b = call(h, "POST", "/api/disconnect", {"jti": "one-more"})
+    assert st == 503 and hd["Retry-After"] == "1" and b"revocation list full" in b, (st, b)
+    for i in (0, 1, 2048, 4095, 4096, 4199):
+        assert handshake_status(h.port, f"/ws?token={token('dave', jti=f'jti-{i}')}") == 403, i
+    assert handshake_status(h.port, f"/ws?token={token('dave', jti='not-revoked')}") == 101
+    # jti-7 was revoked for 3 s: once it has expired, its slot is free.
+    time.sleep(max(0.0, t0 + 3.2 - time.monotonic()))
+    while handshake_status(h.port, f"/ws?token={token('dave', jti='jti-7')}") != 101:
+        assert time.monotonic() < t0 + 30 * MULT, "jti-7 never expired"
+        time.sleep(0.2)
+    st, _, b = call(h, "POST", "/api/disconnect", {"jti": "one-more"})
+    assert st == 200, b
+    st, _, b = call(h, "POST", "/api/disconnect", {"jti": "and-another"})
+    assert st == 503, b

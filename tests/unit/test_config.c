@@ -45,6 +45,7 @@ static const char full_config[] =
     "  \"trusted_proxies\": [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"],\n"
     "  \"limits\": {\n"
     "    \"publish_rate\": 10.5, \"publish_burst\": 30, \"max_subscriptions\": 64,\n"
+    "    \"max_revocations\": 100000,\n"
     "    \"max_connections\": 50000, \"max_connections_per_ip\": 100,\n"
     "    \"handshake_rate_per_ip\": 2.5, \"handshake_burst_per_ip\": 12,\n"
     "    \"admission_rate\": 2000, \"admission_burst\": 5000, \"ipv6_prefix\": 56,\n"
@@ -128,6 +129,7 @@ static void test_config_defaults(void **state)
     assert_int_equal(cfg.limits.unauth_timeout_ms, 5000);
     assert_int_equal(cfg.limits.unauth_max_outbound, 16384);
     assert_int_equal(cfg.limits.max_subscriptions, 128);
+    assert_int_equal(cfg.limits.max_revocations, 65536);
     assert_int_equal(cfg.limits.max_connections, 0);
     assert_true(cfg.limits.admission_rate == 0.0); /* off */
     assert_int_equal(cfg.limits.admission_burst, 1000);
@@ -209,6 +211,7 @@ static void test_config_full_valid(void **state)
     assert_true(l->publish_rate > 10.4 && l->publish_rate < 10.6);
     assert_int_equal(l->publish_burst, 30);
     assert_int_equal(l->max_subscriptions, 64);
+    assert_int_equal(l->max_revocations, 100000);
     assert_int_equal(l->max_connections, 50000);
     assert_int_equal(l->max_connections_per_ip, 100);
     assert_true(l->handshake_rate_per_ip > 2.4 && l->handshake_rate_per_ip < 2.6);
@@ -348,6 +351,8 @@ static void test_config_invalid_fields(void **state)
           "limits.publish_burst: expected an integer from 1 to 1000000, got 0" },
         { "{\"limits\":{\"max_subscriptions\":0}}",
           "limits.max_subscriptions: expected an integer from 1 to 1000000, got 0" },
+        { "{\"limits\":{\"max_revocations\":0}}",
+          "limits.max_revocations: expected an integer from 1 to 10000000, got 0" },
         { "{\"limits\":{\"max_message\":100}}",
           "limits.max_message: expected an integer from 256 to 67108864, got 100" },
         { "{\"limits\":{\"json_depth\":1}}",
