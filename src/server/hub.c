@@ -1251,6 +1251,14 @@ static bool is_revoked(const struct wsh_identity *id)
     return hit;
 }
 
+size_t hub_revocations(void)
+{
+    pthread_mutex_lock(&revoked_mu);
+    size_t n = revoked != NULL ? wsh_expset_count(revoked) : 0;
+    pthread_mutex_unlock(&revoked_mu);
+    return n;
+}
+
 /* From the 2 s sweep: expired entries give their memory back. */
 static void revoked_sweep(int64_t now_ms)
 {

@@ -275,6 +275,11 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "another (or from its own /ws publishes).\n"
         "# TYPE wshub_inbox_bytes gauge\nwshub_inbox_bytes %zu\n",
         inbox_bytes_total());
+    put(&o,
+        "# HELP wshub_revocations Users and token ids refused by POST /api/disconnect "
+        "(expired ones until the next 2 s sweep), of at most limits.max_revocations.\n"
+        "# TYPE wshub_revocations gauge\nwshub_revocations %zu\n",
+        hub_revocations());
     put(&o, "# HELP wshub_reloads_total SIGHUP reloads, by part (tls: certificate and key; "
             "auth: token keys; settings: namespaces, limits, origins, api_key) and result; a "
             "failed one keeps what was loaded.\n"

@@ -527,6 +527,8 @@ int hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req
  * was published. Forget drops a held request's progress (c is closing). */
 void hub_api_expired(struct worker *w, struct conn *c);
 void hub_api_forget(struct worker *w, const struct conn *c);
+/* Entries in the revocation set, for /metrics. */
+size_t hub_revocations(void);
 void hub_kick_local(struct worker *w, const char *user, unsigned code, const char *reason);
 
 /* metrics.c: counters kept per worker, summed for /metrics. */

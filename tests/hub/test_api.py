@@ -404,6 +404,14 @@ def test_api_revocations_past_4096_up_to_the_limit(hub):
     assert not errors, errors[:3]
     st, hd, b = call(h, "POST", "/api/disconnect", {"jti": "one-more"})
     assert st == 503 and hd["Retry-After"] == "1" and b"revocation list full" in b, (st, b)
+
+    def revocations():
+        _, _, body = call(h, "GET", "/metrics", key=None)
+        types, samples = parse_prometheus(body.decode())
+        assert types["wshub_revocations"] == "gauge"
+        return samples[("wshub_revocations", "")]
+
+    assert revocations() == n
     for i in (0, 1, 2048, 4095, 4096, 4199):
         assert handshake_status(h.port, f"/ws?token={token('dave', jti=f'jti-{i}')}") == 403, i
     assert handshake_status(h.port, f"/ws?token={token('dave', jti='not-revoked')}") == 101
@@ -416,3 +424,4 @@ def test_api_revocations_past_4096_up_to_the_limit(hub):
     assert st == 200, b
     st, _, b = call(h, "POST", "/api/disconnect", {"jti": "and-another"})
     assert st == 503, b
+    assert revocations() == n
