@@ -2373,12 +2373,13 @@ static int api_job_run(struct worker *w, struct conn *c, struct api_job *job)
     return 0;
 }
 
-void hub_api_expired(struct worker *w, struct conn *c)
+void hub_api_expired(struct worker *w, struct conn *c, const char *why)
 {
     struct api_job *job = *api_job_link(w, c);
-    json_t *e = json_pack("{s:i,s:s,s:o}", "code", WSH_PERR_UNAVAILABLE, "error",
-                          "the workers are behind: not done, or published only where offsets says",
-                          "offsets", job ? json_incref(job->offsets) : json_array());
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s: not done, or published only where offsets says", why);
+    json_t *e = json_pack("{s:i,s:s,s:o}", "code", WSH_PERR_UNAVAILABLE, "error", msg, "offsets",
+                          job ? json_incref(job->offsets) : json_array());
     hub_api_forget(w, c);
     api_json(w, c, 503, e);
 }

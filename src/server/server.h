@@ -47,10 +47,10 @@ struct wsh_config {
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
     struct wsh_pmd_config pmd;
-    struct wsh_limits zlimits;      /* parser limits on compressed connections */
-    struct wsh_limits hlimits;      /* parser limits on /ws connections */
-    const char *web_root;           /* directory of static files, NULL for none */
-    bool proxy_protocol;            /* every connection begins with a PROXY header */
+    struct wsh_limits zlimits; /* parser limits on compressed connections */
+    struct wsh_limits hlimits; /* parser limits on /ws connections */
+    const char *web_root;      /* directory of static files, NULL for none */
+    bool proxy_protocol;       /* every connection begins with a PROXY header */
     /* --admin-listen: /metrics, /dashboard and /api/ move to this address
      * (plain HTTP, worker 0) and are 404 on the public one. */
     char admin_host[256];
@@ -523,9 +523,10 @@ void hub_sweep(int64_t now_ms);
 int hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
             const uint8_t *body, size_t blen);
 #define HUB_API_HELD 1
-/* A held API request reached the handshake deadline: answers 503 with what
- * was published. Forget drops a held request's progress (c is closing). */
-void hub_api_expired(struct worker *w, struct conn *c);
+/* A held API request reached the handshake deadline, or the server is
+ * shutting down: answers 503 with what was published, and why. Forget
+ * drops a held request's progress (c is closing). */
+void hub_api_expired(struct worker *w, struct conn *c, const char *why);
 void hub_api_forget(struct worker *w, const struct conn *c);
 /* Entries in the revocation set, for /metrics. */
 size_t hub_revocations(void);

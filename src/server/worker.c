@@ -1292,6 +1292,7 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
          * that publishes faster than the workers deliver is slowed by
          * its own response times (chan.c, INBOX_HIGH). */
         if (req.method_len == 4 && memcmp(req.method, "POST", 4) == 0 && inbox_busy_wait(w)) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=api_waits", c->id);
             hold_for_inbox(w, c);
             return 0;
         }
@@ -1749,6 +1750,18 @@ static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         conn_read(w, c);
 }
 
+/* An API request still waiting for a worker that is behind (held in
+ * CONN_HTTP), at its deadline or at shutdown: answered 503 with what it
+ * published, so the backend knows, rather than dropped. */
+static void answer_held_api(struct worker *w, struct conn *c, const char *why)
+{
+    hold_drop(w, c);
+    keep_carry(w, c, NULL, 0);
+    hub_api_expired(w, c, why);
+    if (c->state != CONN_DEAD)
+        update_events(w, c);
+}
+
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
 {
     struct worker *w = wsh_loop_user(l);
@@ -1758,14 +1771,8 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
     case CONN_TLS:
     case CONN_HTTP:
         if (c->hold & HOLD_INBOX) {
-            /* An API request still waiting for a worker that is behind:
-             * answered, so the backend learns what was published. */
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=api_held_timeout", c->id);
-            hold_drop(w, c);
-            keep_carry(w, c, NULL, 0);
-            hub_api_expired(w, c);
-            if (c->state != CONN_DEAD)
-                update_events(w, c);
+            answer_held_api(w, c, "the workers are behind");
             break;
         }
         /* Whole-head deadline from accept (slowloris): drop, no answer. */
@@ -2091,8 +2098,10 @@ static uint32_t drain_some(struct worker *w, uint32_t max)
     struct conn *next;
     for (struct conn *c = w->conns; c != NULL; c = next) {
         next = c->next;
-        if (c->state == CONN_PROXY || c->state == CONN_HTTP || c->state == CONN_TLS ||
-            c->state == CONN_PARKED) {
+        if (c->state == CONN_HTTP && (c->hold & HOLD_INBOX)) {
+            answer_held_api(w, c, why);
+        } else if (c->state == CONN_PROXY || c->state == CONN_HTTP || c->state == CONN_TLS ||
+                   c->state == CONN_PARKED) {
             conn_destroy(w, c);
         } else if (c->state == CONN_OPEN && closed == max) {
             left++;

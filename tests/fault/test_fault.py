@@ -1180,14 +1180,90 @@ def test_fault_fast_api_publisher_answered_once_the_worker_catches_up(tmp_path):
 
 
 
+class BusyWorker:
+    """Keeps worker 1 behind for about a second at a time: eight raw
+    publishers on worker 0 send 1 MB messages to subscribers on worker 1
+    that take them compressed at level 9 with four windows. Everyone
+    reads what it is sent (a /raw publisher gets the others' messages),
+    so no one is cut or paused; `also` are more sockets to drain. Returns
+    once worker 1's inbox has held a publisher: the first 1 MB message
+    alone is four times its bound. Needs --max-message 1048576."""
+
+    def __init__(self, srv, also=()):
+        path, extra, self.subs, self.pubs = "/raw/slow", [], [], []
+        for bits in (12, 13, 14, 15):
+            s, head, more = on_worker(srv, path, 1,
+                                      extensions=f"{DEFLATE_OFFER}; server_max_window_bits={bits}")
+            assert f"server_max_window_bits={bits}".encode() in head, head
+            self.subs.append(s)
+            extra += more
+        for _ in range(8):
+            s, _, more = on_worker(srv, path, 0)
+            self.pubs.append(s)
+            extra += more
+        for s in extra:
+            s.close()
+        self.socks = self.subs + self.pubs + list(also)
+        self.done = threading.Event()
+        self.drains = [threading.Thread(target=self.drain, args=(s,), daemon=True)
+                       for s in self.socks]
+        self.floods = [threading.Thread(target=self.flood, args=(s, k), daemon=True)
+                       for k, s in enumerate(self.pubs)]
+        for t in self.drains + self.floods:
+            t.start()
+        deadline = time.time() + 10 * MULT
+        while not log_events(srv, "publisher_held"):
+            assert time.time() < deadline, "the publishers were never held"
+            time.sleep(0.02)
+
+    @staticmethod
+    def drain(s):
+        s.settimeout(60 * MULT)
+        try:
+            while s.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+
+    def flood(self, s, k):  # at most 100 MB each, until told to stop
+        body = (flood_bodies(8)[k % 8] * 18)[:(1 << 20) - 64]
+        try:
+            for _ in range(100):
+                if self.done.is_set():
+                    return
+                s.sendall(zero_mask_text(body))
+        except OSError:
+            if not self.done.is_set():  # the server went away while flooding
+                raise
+
+    def stop_flood(self):
+        """The publishers end their message under way and stop."""
+        self.done.set()
+        for t in self.floods:
+            t.join(60 * MULT)
+            assert not t.is_alive()
+
+    def close(self):
+        self.stop_flood()
+        # shutdown, not close alone: a socket a drain thread is blocked
+        # on stays open until that recv returns.
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self.drains:
+            t.join(30 * MULT)
+        for s in self.socks:
+            s.close()
+
+
 def test_fault_api_request_held_past_the_deadline_is_answered_503(tmp_path):
     """An API POST that still waits for a worker behind when the deadline
     (--handshake-timeout, here 0.15 s) comes is answered 503 with the
-    offsets published, here none, instead of being dropped unanswered. To
-    keep worker 1 behind for longer than that, raw publishers on worker 0
-    send 1 MB messages to subscribers on worker 1 that take them
-    compressed at level 9 with four windows: each inbox batch takes it
-    about a second. The API is on --admin-listen, which worker 0 serves.
+    offsets published, here none, instead of being dropped unanswered.
+    Worker 1 is kept behind for longer than that (BusyWorker). The API is
+    on --admin-listen, which worker 0 serves.
     A request waits for worker 1's next batch and gets 200 or 503; the
     channel's offsets and history show afterwards that no 503 published.
     A broadcast of 60 KB to ten channels with a subscriber on worker 1
@@ -1202,56 +1278,15 @@ def test_fault_api_request_held_past_the_deadline_is_answered_503(tmp_path):
                        namespaces={"ticker": {"history_size": 100, "history_ttl_s": 300}})
     try:
         base = srv.fds()
-        path, extra, subs, pubs = "/raw/slow", [], [], []
-        for bits in (12, 13, 14, 15):
-            s, head, more = on_worker(srv, path, 1,
-                                      extensions=f"{DEFLATE_OFFER}; server_max_window_bits={bits}")
-            assert f"server_max_window_bits={bits}".encode() in head, head
-            subs.append(s)
-            extra += more
-        for _ in range(8):
-            s, _, more = on_worker(srv, path, 0)
-            pubs.append(s)
-            extra += more
         bchans = ["ticker:c%d" % i for i in range(10)]
         ws, _, more = on_worker(srv, "/ws", 1)
+        for s in more:
+            s.close()
         ws_join(ws, bchans[0].encode())
         for ch in bchans[1:]:
             ws.sendall(frame(1, b'{"type":"subscribe","channel":"%s"}' % ch.encode()))
         assert len(read_messages(ws, 1 + len(bchans))) == 1 + len(bchans)
-        subs.append(ws)
-        for s in extra + more:
-            s.close()
-        stop = threading.Event()
-
-        def drain(s):  # everyone reads what it is sent, so no one is cut or paused
-            s.settimeout(60 * MULT)
-            try:
-                while s.recv(1 << 20):
-                    pass
-            except OSError:
-                pass
-
-        def flood(s, k):  # at most 100 MB each, until told to stop
-            body = (flood_bodies(8)[k % 8] * 18)[:(1 << 20) - 64]
-            for _ in range(100):
-                if stop.is_set():
-                    return
-                s.sendall(zero_mask_text(body))
-
-        # A /raw publisher gets the others' messages too: it reads them.
-        threads = [threading.Thread(target=drain, args=(s,), daemon=True) for s in subs + pubs]
-        floods = [threading.Thread(target=flood, args=(s, k), daemon=True)
-                  for k, s in enumerate(pubs)]
-        threads += floods
-        for t in threads:
-            t.start()
-        # Worker 1 falls behind at once: the first 1 MB message alone is
-        # four times its inbox bound.
-        deadline = time.time() + 10 * MULT
-        while not log_events(srv, "publisher_held"):
-            assert time.time() < deadline, "the publishers were never held"
-            time.sleep(0.02)
+        busy = BusyWorker(srv, [ws])
         answered, failed = [], []
         for i in range(20):
             if len(failed) >= 3:
@@ -1287,16 +1322,13 @@ def test_fault_api_request_held_past_the_deadline_is_answered_503(tmp_path):
                 continue
             partial = (i, len(reply["offsets"]))
             break
-        stop.set()
+        busy.stop_flood()
         print(f"publish: {len(answered)} 200, {len(failed)} 503; broadcast: {len(whole)} 200, "
               f"{none} 503 before it began, stopped midway: {partial}")
         assert partial, whole
         assert len(failed) == 3, (failed, answered)
         assert len(log_events(srv, "api_held_timeout")) == len(failed) + none + 1
         assert log_events(srv, "broadcast_paused")
-        for t in floods:
-            t.join(60 * MULT)
-            assert not t.is_alive()
         # The 503s published nothing: offsets went on from the 200s.
         deadline = time.time() + 30 * MULT
         while True:
@@ -1318,16 +1350,61 @@ def test_fault_api_request_held_past_the_deadline_is_answered_503(tmp_path):
             conn.close()
             want = whole + ([partial[0]] if k < partial[1] else [])
             assert [m["payload"]["n"] for m in hist] == want, (ch, partial, whole)
-        # shutdown, not close alone: a socket a drain thread is blocked
-        # on stays open until that recv returns.
-        for s in subs + pubs:
-            s.shutdown(socket.SHUT_RDWR)
-        for t in threads:
-            t.join(30 * MULT)
-        for s in subs + pubs:
-            s.close()
+        busy.close()
         assert_healthy(srv, base)
     finally:
+        srv.stop()
+
+
+def test_fault_api_request_held_at_shutdown_is_answered_503(tmp_path):
+    """SIGTERM while an API POST waits for a worker behind: the request is
+    answered 503 with Retry-After and the offsets it published (none),
+    not dropped, and the server still exits 0. The deadline is the
+    default 10 s, so only the shutdown can end the wait this soon."""
+    admin = free_port()
+    srv = flood_server(tmp_path, ("--max-message", str(1 << 20),
+                                  "--admin-listen", f"127.0.0.1:{admin}"),
+                       api_key="flood-api-key-0123")
+    busy = None
+    try:
+        busy = BusyWorker(srv)
+        got = {}
+
+        def post():
+            got["head"] = {}
+            got["reply"] = api_post(admin, "/api/publish", {"channel": "ticker", "payload": 1},
+                                    head=got["head"])
+
+        # A request that lands in the moment after worker 1 took its inbox
+        # in is answered at once: send until one waits.
+        for _ in range(50):
+            waiting = len(log_events(srv, "api_waits"))
+            t = threading.Thread(target=post)
+            t.start()
+            deadline = time.time() + 5 * MULT
+            while len(log_events(srv, "api_waits")) == waiting and t.is_alive():
+                assert time.time() < deadline
+                time.sleep(0.005)
+            if t.is_alive():
+                break
+            assert got["reply"][0] == 200, got
+        assert t.is_alive(), "no request ever waited"
+        t0 = time.time()
+        srv.proc.send_signal(signal.SIGTERM)
+        t.join(10 * MULT)
+        assert not t.is_alive()
+        st, reply = got["reply"]
+        assert st == 503 and got["head"].get("Retry-After") == "1", (st, reply, got["head"])
+        assert reply["code"] == 5001 and reply["offsets"] == [], reply
+        assert reply["error"].startswith("server restart"), reply  # SIGTERM: 1012
+        assert time.time() - t0 < 5 * MULT
+        busy.close()
+        busy = None
+        srv.proc.wait(20 * MULT)
+        assert srv.proc.returncode == 0
+    finally:
+        if busy:
+            busy.close()
         srv.stop()
 
 
