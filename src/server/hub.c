@@ -1211,6 +1211,9 @@ int hub_worker_init(struct worker *w)
 
 static pthread_mutex_t revoked_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct wsh_expset *revoked; /* created at the first revocation */
+/* A key is a kind byte and a user or token id, in a buffer of
+ * WSH_AUTH_SUB_MAX + 2 with its NUL. */
+_Static_assert(WSH_AUTH_JTI_MAX <= WSH_AUTH_SUB_MAX, "a jti key must fit the user key buffer");
 
 /* Adds or extends an entry; expired entries make room first. Returns
  * false when the set is full of live entries (a revocation is never
