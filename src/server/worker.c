@@ -1600,9 +1600,18 @@ static void release_held(struct worker *w)
         if (c->hold & HOLD_INBOX)
             held[n++] = c;
     /* Connections closed meanwhile are freed only at the end of the turn:
-     * the pointers stay valid, and conn_hold skips the dead. */
+     * the pointers stay valid, and conn_hold skips the dead. API requests
+     * go first, oldest first (the list has the newest at its head): each
+     * is checked against the inboxes before it starts, so those released
+     * before it may keep it waiting, and in order of arrival none waits
+     * behind newer ones round after round. Publishers go after them: each
+     * takes its next message whatever the others did. */
+    for (uint32_t i = n; i-- > 0;)
+        if (held[i]->state == CONN_HTTP)
+            conn_hold(w, held[i], HOLD_INBOX, false);
     for (uint32_t i = 0; i < n; i++)
-        conn_hold(w, held[i], HOLD_INBOX, false);
+        if (held[i]->state != CONN_HTTP)
+            conn_hold(w, held[i], HOLD_INBOX, false);
     free(held);
 }
 

@@ -1180,6 +1180,50 @@ def test_fault_fast_api_publisher_answered_once_the_worker_catches_up(tmp_path):
 
 
 
+def test_fault_api_requests_that_wait_go_in_order_of_arrival(tmp_path):
+    """24 backends POST 15 publishes of 60 KB each at once, through the
+    admin address (worker 0), to a channel whose subscribers are on the
+    busy worker 1 (SlowAudience): most requests wait for its inbox. Held
+    requests are released oldest first, so none waits behind newer ones
+    round after round: with a deadline of 3 s every call is answered 200
+    (before, the newest went first and the oldest waited up to 5 s, past
+    the deadline: 503), every message is delivered once and in offset
+    order, and the inboxes stay near their bound (requests are still
+    checked against them before they start)."""
+    admin = free_port()
+    srv = flood_server(tmp_path, ("--admin-listen", f"127.0.0.1:{admin}",
+                                  "--handshake-timeout", str(3 * MULT)),
+                       api_key="flood-api-key-0123")
+    try:
+        base = srv.fds()
+        clients, each = 24, 15
+        audience = SlowAudience(srv, clients * each)
+        sampler = GaugeSampler(admin, "wshub_inbox_bytes")
+        bodies = flood_bodies(clients * each, 59800)
+        offsets = [[] for _ in range(clients)]
+
+        def post_all(k):
+            for i in range(each):
+                payload = {"k": k, "i": i, "text": bodies[k * each + i].decode()}
+                st, reply = api_post(admin, "/api/publish", {"channel": "flood", "payload": payload})
+                assert st == 200, (k, i, st, reply)
+                offsets[k] += reply["offsets"]
+
+        in_threads(post_all, clients)
+        msgs = audience.messages()
+        assert sampler.stop() <= INBOX_MOST, (sampler.most, sampler.samples)
+        assert log_events(srv, "api_waits")
+        assert [m["offset"] for m in msgs] == list(range(1, clients * each + 1))
+        for k in range(clients):
+            mine = [m for m in msgs if m["payload"]["k"] == k]
+            assert [m["offset"] for m in mine] == offsets[k]
+            assert [m["payload"]["i"] for m in mine] == list(range(each))
+        audience.close()
+        assert_healthy(srv, base)
+    finally:
+        srv.stop()
+
+
 class BusyWorker:
     """Keeps worker 1 behind for about a second at a time: eight raw
     publishers on worker 0 send 1 MB messages to subscribers on worker 1
