@@ -21,6 +21,7 @@ const TILES = [
   { id: 'rss', gauge: true, title: 'Resident memory', value: (p, c) => sum(c, 'process_resident_memory_bytes'), fmt: formatBytes },
   { id: 'client-memory', gauge: true, title: 'Client buffers', value: (p, c) => sum(c, 'wshub_client_memory_bytes'), fmt: formatBytes },
   { id: 'inbox', gauge: true, title: 'Between workers', value: (p, c) => sum(c, 'wshub_inbox_bytes'), fmt: formatBytes },
+  { id: 'revocations', gauge: true, title: 'Revoked users and tokens', value: (p, c) => sum(c, 'wshub_revocations'), fmt: formatCount },
 ];
 
 // Counters whose growth means something went wrong, with what it means.

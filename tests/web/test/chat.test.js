@@ -275,8 +275,13 @@ test('permessage-deflate with Chromium: every size echoes intact', { timeout: 60
 });
 
 test('the dashboard shows live figures from /metrics', { timeout: 60000 * MULT }, async (t) => {
-  const server = await new Server('127.0.0.1:0', CONFIG, ['--echo', '--workers', '1']).ready();
-  const ctx = await browserFor(t, () => server);
+  // The demo's configuration with an API key, to revoke a user below.
+  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-dash-'));
+  const cfgPath = path.join(cfgDir, 'config.json');
+  const apiKey = 'dashboard-test-key-0123456789';
+  fs.writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(fs.readFileSync(CONFIG, 'utf8')), api_key: apiKey }));
+  const server = await new Server('127.0.0.1:0', cfgPath, ['--echo', '--workers', '1']).ready();
+  const ctx = await browserFor(t, () => server, [cfgDir]);
   const page = await ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
@@ -312,6 +317,13 @@ test('the dashboard shows live figures from /metrics', { timeout: 60000 * MULT }
   await page.evaluate(() => window.sockets[0].close(1000));
   await waitFor(page, () => [...document.querySelectorAll('#closes th')].some((th) => th.textContent === '1000'));
   await waitFor(page, () => [...document.querySelectorAll('#statuses th')].some((th) => th.textContent === '101'));
+  // A user revoked through the HTTP API shows in the revocations tile.
+  assert.equal(await tile('revocations'), 0);
+  const r = await fetch(`http://127.0.0.1:${server.port}/api/disconnect`, {
+    method: 'POST', headers: { 'X-API-Key': apiKey }, body: JSON.stringify({ user: 'mallory', revoke_s: 600 }),
+  });
+  assert.equal(r.status, 200);
+  await waitFor(page, () => Number(document.getElementById('tile-revocations').dataset.value) === 1);
   assert.deepEqual(await page.$$eval('#problems th', (ths) => ths.map((th) => th.textContent)), ['none']);
   assert.match(await text(page, '#uptime'), /^up 0d 0h \d+m$/);
   await page.screenshot({ path: path.join(OUT, 'dashboard.png'), fullPage: true });
