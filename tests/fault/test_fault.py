@@ -1302,6 +1302,46 @@ class BusyWorker:
             s.close()
 
 
+def test_fault_small_raw_messages_held_at_the_end_of_their_read(tmp_path):
+    """Messages under 64 bytes are published together, one batch per read
+    (chan.c), so the inbox bound is checked when the read's batch goes out,
+    not after each message. A publisher of such messages to a subscriber
+    on the busy worker 1 (BusyWorker), sending 8 KB at a time, each read
+    smaller than a batch, is held after the read that found the inbox
+    full, and every message still arrives once and in order."""
+    srv = flood_server(tmp_path, ("--max-message", str(1 << 20)))
+    busy = None
+    try:
+        base = srv.fds()
+        sub, _, extra = on_worker(srv, "/raw/small", 1)
+        pub, _, more = on_worker(srv, "/raw/small", 0)
+        pub_id = log_events(srv, "open")[-1].split("conn=")[1].split()[0]
+        for s in extra + more:
+            s.close()
+        busy = BusyWorker(srv)
+        frames = [zero_mask_text(b"%08d" % i + b"." * 32) for i in range(20 * 178)]
+        reader = FrameReader(sub, len(frames))
+        for k in range(0, len(frames), 178):
+            pub.sendall(b"".join(frames[k:k + 178]))  # 8 KB
+            time.sleep(0.05)
+        reader.join(60 * MULT)
+        assert not reader.is_alive() and reader.error is None, (len(reader.frames), reader.error)
+        assert [p for _, p in reader.frames] == [b"%08d" % i + b"." * 32 for i in range(len(frames))]
+        held = [ln for ln in log_events(srv, "publisher_held") if f"conn={pub_id} " in ln]
+        assert held, "the small-message publisher was never held"
+        busy.close()
+        busy = None
+        for s in (pub, sub):
+            s.sendall(frame(8, struct.pack("!H", 1000)))
+            assert read_close(s) == 1000
+            s.close()
+        assert_healthy(srv, base)
+    finally:
+        if busy:
+            busy.close()
+        srv.stop()
+
+
 def test_fault_api_request_held_past_the_deadline_is_answered_503(tmp_path):
     """An API POST that still waits for a worker behind when the deadline
     (--handshake-timeout, here 0.15 s) comes is answered 503 with the
