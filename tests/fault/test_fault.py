@@ -1234,6 +1234,7 @@ class BusyWorker:
     alone is four times its bound. Needs --max-message 1048576."""
 
     def __init__(self, srv, also=()):
+        self.srv, self.base = srv, srv.fds()
         path, extra, self.subs, self.pubs = "/raw/slow", [], [], []
         for bits in (12, 13, 14, 15):
             s, head, more = on_worker(srv, path, 1,
@@ -1248,6 +1249,7 @@ class BusyWorker:
         for s in extra:
             s.close()
         self.socks = self.subs + self.pubs + list(also)
+        self.nalso = len(also)  # open before: counted in base
         self.done = threading.Event()
         self.drains = [threading.Thread(target=self.drain, args=(s,), daemon=True)
                        for s in self.socks]
@@ -1300,6 +1302,18 @@ class BusyWorker:
             t.join(30 * MULT)
         for s in self.socks:
             s.close()
+        # Worker 1 sees its clients gone only after the batch it is on
+        # (seconds of level-9 deflate on a loaded machine): wait for that,
+        # so what follows does not time out waiting for its turn.
+        deadline = time.time() + 30 * MULT
+        while self.srv.proc.poll() is None:  # (a test may have stopped it)
+            try:
+                if self.srv.fds() <= self.base - self.nalso:
+                    break
+            except FileNotFoundError:  # it exited just now
+                break
+            assert time.time() < deadline, "the busy worker never caught up"
+            time.sleep(0.05)
 
 
 def test_fault_small_raw_messages_held_at_the_end_of_their_read(tmp_path):
