@@ -224,6 +224,20 @@ static bool inbox_full_wait(struct worker *to, const struct worker *self)
     return true;
 }
 
+/* inbox_full_wait from outside to's mutex: whether a request that is
+ * about to publish should wait for to's inbox first. Under the bound (the
+ * common case) the mutex is not taken; a push racing the read is a race
+ * the request would meet a moment later anyway. */
+static bool inbox_wait_on(struct worker *to, const struct worker *self)
+{
+    if (atomic_load_explicit(&to->inbox_bytes, memory_order_relaxed) < INBOX_HIGH)
+        return false;
+    pthread_mutex_lock(&to->inbox_mu);
+    bool full = inbox_full_wait(to, self);
+    pthread_mutex_unlock(&to->inbox_mu);
+    return full;
+}
+
 void inbox_push(struct worker *to, const struct xmsg *m)
 {
     size_t size = xmsg_bytes(m);
@@ -259,16 +273,9 @@ void inbox_push(struct worker *to, const struct xmsg *m)
 
 bool inbox_busy_wait(struct worker *self)
 {
-    for (int i = 0; i < wsh_nworkers; i++) {
-        struct worker *to = &wsh_workers[i];
-        if (to == self)
-            continue;
-        pthread_mutex_lock(&to->inbox_mu);
-        bool full = inbox_full_wait(to, self);
-        pthread_mutex_unlock(&to->inbox_mu);
-        if (full)
+    for (int i = 0; i < wsh_nworkers; i++)
+        if (&wsh_workers[i] != self && inbox_wait_on(&wsh_workers[i], self))
             return true;
-    }
     return false;
 }
 
@@ -280,12 +287,7 @@ bool inbox_busy_wait(struct worker *self)
  * wakes this worker once more to release it). */
 bool inbox_own_full_wait(struct worker *self)
 {
-    if (atomic_load_explicit(&self->inbox_bytes, memory_order_relaxed) < INBOX_HIGH)
-        return false;
-    pthread_mutex_lock(&self->inbox_mu);
-    bool full = inbox_full_wait(self, self);
-    pthread_mutex_unlock(&self->inbox_mu);
-    return full;
+    return inbox_wait_on(self, self);
 }
 
 size_t inbox_bytes_total(void)

@@ -1215,15 +1215,12 @@ static struct wsh_expset *revoked; /* created at the first revocation */
  * WSH_AUTH_SUB_MAX + 2 with its NUL. */
 _Static_assert(WSH_AUTH_JTI_MAX <= WSH_AUTH_SUB_MAX, "a jti key must fit the user key buffer");
 
-/* Adds or extends an entry; expired entries make room first. Returns
- * false when the set is full of live entries (a revocation is never
- * pushed out by another) or memory ran out. */
-static bool revoke(char kind, const char *id, int64_t until_ms)
+/* Adds or extends the entry of key ('u' + user, or 'j' + token id: the
+ * `who` of api_kick); expired entries make room first. Returns false when
+ * the set is full of live entries (a revocation is never pushed out by
+ * another) or memory ran out. */
+static bool revoke(const char *key, int64_t until_ms)
 {
-    char key[WSH_AUTH_SUB_MAX + 2];
-    int n = snprintf(key, sizeof(key), "%c%s", kind, id);
-    if (n < 0 || (size_t)n >= sizeof(key))
-        return false;
     pthread_mutex_lock(&revoked_mu);
     size_t max = live_cfg()->limits.max_revocations;
     if (revoked == NULL)
@@ -1231,25 +1228,25 @@ static bool revoke(char kind, const char *id, int64_t until_ms)
     else
         wsh_expset_set_max(revoked, max);
     bool ok =
-        revoked != NULL && wsh_expset_add(revoked, key, (size_t)n, until_ms, wall_ms()) == WSH_OK;
+        revoked != NULL && wsh_expset_add(revoked, key, strlen(key), until_ms, wall_ms()) == WSH_OK;
     pthread_mutex_unlock(&revoked_mu);
     return ok;
 }
 
-static bool is_revoked(const struct wsh_identity *id)
+/* Under revoked_mu, with the set made. */
+static bool revoked_has(char kind, const char *id, int64_t now)
 {
     char key[WSH_AUTH_SUB_MAX + 2];
+    int n = snprintf(key, sizeof(key), "%c%s", kind, id);
+    return n > 0 && (size_t)n < sizeof(key) && wsh_expset_has(revoked, key, (size_t)n, now);
+}
+
+static bool is_revoked(const struct wsh_identity *id)
+{
     int64_t now = wall_ms();
-    bool hit = false;
     pthread_mutex_lock(&revoked_mu);
-    if (revoked != NULL) {
-        int n = snprintf(key, sizeof(key), "u%s", id->sub);
-        hit = n > 0 && (size_t)n < sizeof(key) && wsh_expset_has(revoked, key, (size_t)n, now);
-        if (!hit && id->jti_len > 0) {
-            n = snprintf(key, sizeof(key), "j%s", id->jti);
-            hit = n > 0 && (size_t)n < sizeof(key) && wsh_expset_has(revoked, key, (size_t)n, now);
-        }
-    }
+    bool hit = revoked != NULL && (revoked_has('u', id->sub, now) ||
+                                   (id->jti_len > 0 && revoked_has('j', id->jti, now)));
     pthread_mutex_unlock(&revoked_mu);
     return hit;
 }
@@ -2260,10 +2257,11 @@ struct api_job {
     struct api_job *next;
     const struct conn *c;
     json_t *chans;   /* the channel names, every one checked */
+    json_t *msg_id;  /* the request's string, NULL when none */
     json_t *offsets; /* one per channel published so far */
     char *payload;   /* the payload's JSON text, encoded once */
-    char *msg_id;    /* NULL when none */
-    size_t done;     /* channels published */
+    size_t plen;
+    size_t done; /* channels published */
 };
 
 static struct api_job **api_job_link(struct worker *w, const struct conn *c)
@@ -2282,9 +2280,9 @@ void hub_api_forget(struct worker *w, const struct conn *c)
         return;
     *link = j->next;
     json_decref(j->chans);
+    json_decref(j->msg_id);
     json_decref(j->offsets);
     free(j->payload);
-    free(j->msg_id);
     free(j);
 }
 
@@ -2324,10 +2322,11 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
         job->chans = json_incref(chans);
         job->offsets = json_array();
         job->payload = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
-        job->msg_id = mid ? strdup(json_string_value(mid)) : NULL;
+        job->plen = job->payload != NULL ? strlen(job->payload) : 0;
+        job->msg_id = json_incref(mid);
         job->next = w->api_jobs;
         w->api_jobs = job;
-        if (job->offsets == NULL || job->payload == NULL || (mid && job->msg_id == NULL)) {
+        if (job->offsets == NULL || job->payload == NULL) {
             hub_api_forget(w, c);
             job = NULL;
             api_error(w, c, 500, "internal");
@@ -2342,6 +2341,18 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
     }
     json_decref(chans);
     return job;
+}
+
+/* Answers status with {code, error, offsets}: the offsets of the channels
+ * c's job published before it ended short (none without a job), and
+ * forgets the job. */
+static void api_job_fail(struct worker *w, struct conn *c, int status, int code, const char *msg)
+{
+    struct api_job *job = *api_job_link(w, c);
+    json_t *e = json_pack("{s:i,s:s,s:o}", "code", code, "error", msg, "offsets",
+                          job ? json_incref(job->offsets) : json_array());
+    hub_api_forget(w, c);
+    api_json(w, c, status, e);
 }
 
 /* Publishes the job's channels until done or an inbox is full; returns
@@ -2359,12 +2370,10 @@ static int api_job_run(struct worker *w, struct conn *c, struct api_job *job)
         }
         uint64_t off = 0;
         int err = api_publish_one(json_string_value(json_array_get(job->chans, job->done)),
-                                  job->payload, strlen(job->payload), job->msg_id, &off);
+                                  job->payload, job->plen, json_string_value(job->msg_id), &off);
         if (err) {
-            json_t *e = json_pack("{s:i,s:s,s:O}", "code", err, "error",
-                                  wsh_proto_code_message(err), "offsets", job->offsets);
-            hub_api_forget(w, c);
-            api_json(w, c, err == WSH_PERR_UNAVAILABLE ? 503 : 400, e);
+            api_job_fail(w, c, err == WSH_PERR_UNAVAILABLE ? 503 : 400, err,
+                         wsh_proto_code_message(err));
             return 0;
         }
         json_array_append_new(job->offsets, json_integer((json_int_t)off));
@@ -2378,13 +2387,9 @@ static int api_job_run(struct worker *w, struct conn *c, struct api_job *job)
 
 void hub_api_expired(struct worker *w, struct conn *c, const char *why)
 {
-    struct api_job *job = *api_job_link(w, c);
     char msg[128];
     snprintf(msg, sizeof(msg), "%s: not done, or published only where offsets says", why);
-    json_t *e = json_pack("{s:i,s:s,s:o}", "code", WSH_PERR_UNAVAILABLE, "error", msg, "offsets",
-                          job ? json_incref(job->offsets) : json_array());
-    hub_api_forget(w, c);
-    api_json(w, c, 503, e);
+    api_job_fail(w, c, 503, WSH_PERR_UNAVAILABLE, msg);
 }
 
 /* who is 'u' + user id, or 'j' + token id. */
@@ -2561,7 +2566,7 @@ int hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req
         char who[WSH_AUTH_SUB_MAX + 2];
         snprintf(who, sizeof(who), "%c%s", u ? 'u' : 'j', json_string_value(id));
         int64_t secs = r ? json_integer_value(r) : (t ? 86400 : 0);
-        if (secs > 0 && !revoke(who[0], who + 1, wall_ms() + secs * 1000)) {
+        if (secs > 0 && !revoke(who, wall_ms() + secs * 1000)) {
             json_decref(j);
             api_error(w, c, 503, "revocation list full");
             return 0;
