@@ -425,3 +425,24 @@ def test_api_revocations_past_4096_up_to_the_limit(hub):
     st, _, b = call(h, "POST", "/api/disconnect", {"jti": "and-another"})
     assert st == 503, b
     assert revocations() == n
+
+
+@run_async
+async def test_api_payload_over_max_message_publishes_nothing(hub):
+    """A payload over limits.max_message (here 1024 bytes) is refused by the
+    broker at the first channel: 400 with code 1004 and no offsets, and no
+    channel of the broadcast gets it."""
+    h = hub(merge(api_config(), {"limits": {"max_message": 1024,
+                                            "unauthenticated": {"max_message": 1024}}}))
+    a = await Client.open(h, token("alice"))
+    for ch in ("chat:a", "chat:b"):
+        await a.subscribe(ch)
+    st, _, b = call(h, "POST", "/api/broadcast",
+                    {"channels": ["chat:a", "chat:b"], "payload": "x" * 2000})
+    err = json.loads(b)
+    assert st == 400 and err["code"] == 1004 and err["offsets"] == [], b
+    st, _, b = call(h, "POST", "/api/broadcast", {"channels": ["chat:a", "chat:b"], "payload": 1})
+    assert st == 200 and json.loads(b) == {"offsets": [1, 1]}, b
+    got = [await a.expect(lambda m: m["type"] == "message", what="message") for _ in range(2)]
+    assert sorted((m["channel"], m["payload"]) for m in got) == [("chat:a", 1), ("chat:b", 1)]
+    await a.close()
