@@ -203,8 +203,9 @@ static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *ski
  * as the receiver sends is never cut. A publisher is held after the
  * message or publish batch that crossed the bound: each can add one
  * message past it. Hub messages wait in their own worker's inbox too
- * (hub.c fan_out); that one is drained in the same turn and holds no one
- * but an API broadcast, which could fill it without limit in one turn
+ * (hub.c fan_out); that one is taken at the end of the turn (once the
+ * batch before it is out: INBOX_SLICE_MS) and holds no one but an API
+ * broadcast, which could fill it without limit in one turn
  * (inbox_own_full_wait). */
 #define INBOX_HIGH (256u << 10)
 
@@ -418,36 +419,87 @@ alone:
     publish_now(w, from, frame);
 }
 
-void rawchan_deliver_inbox(struct worker *w)
+/* How long one loop turn may spend delivering a taken inbox batch before
+ * the worker reads its sockets again. A batch is what the inbox bound lets
+ * in, plus up to one message per publisher past it, and each message is
+ * compressed once per deflate window of its recipients: a batch of 1 MB
+ * messages for four windows at level 9 took over a second, during which
+ * the worker's other connections went unread and its timers late. The
+ * rest of the batch waits in w->carry and goes on at the next turn, which
+ * the worker wakes itself for; its inbox fills meanwhile, up to the bound,
+ * and is taken only when the carry is done, so messages keep their order
+ * and what waits stays at one batch and one inbox. At least one message is
+ * delivered per turn, however late the turn already is. */
+#define INBOX_SLICE_MS 10u
+
+static void deliver_one(struct worker *w, const struct xmsg *m)
+{
+    if (m->kind != XMSG_RAW) {
+        hub_deliver_inbox(w, m);
+        return;
+    }
+    struct rawchan *ch = m->ch;
+    fan_out_local(w, ch, NULL, m->buf);
+    wsh_buf_unref(m->buf);
+    atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
+}
+
+/* Takes the inbox as the carry; false when it is empty. */
+static bool inbox_take(struct worker *w)
 {
     /* Called every loop turn: most turns have nothing for us. */
     if (!atomic_exchange_explicit(&w->inbox_ready, false, memory_order_acquire))
-        return;
+        return false;
     pthread_mutex_lock(&w->inbox_mu);
-    struct xmsg *items = w->inbox;
-    size_t n = w->inbox_n;
-    size_t cap = w->inbox_cap;
+    w->carry = w->inbox;
+    w->carry_n = w->inbox_n;
+    w->carry_cap = w->inbox_cap;
+    w->carry_i = 0;
     w->inbox = w->spare;
     w->inbox_cap = w->spare_cap;
     w->inbox_n = 0;
+    w->spare = NULL;
+    w->spare_cap = 0;
     atomic_store_explicit(&w->inbox_bytes, 0, memory_order_relaxed);
     uint64_t waiters = w->inbox_waiters;
     w->inbox_waiters = 0;
     pthread_mutex_unlock(&w->inbox_mu);
     if (waiters != 0)
         inbox_release(w, waiters);
-    for (size_t i = 0; i < n; i++) {
-        if (items[i].kind != XMSG_RAW) {
-            hub_deliver_inbox(w, &items[i]);
-            continue;
+    w->carry_t0 = wsh_now_ms();
+    w->carry_slices = 0;
+    w->carry_turn = UINT64_MAX;
+    return true;
+}
+
+void rawchan_deliver_inbox(struct worker *w)
+{
+    if (w->carry == NULL && !inbox_take(w))
+        return;
+    /* The turn began when epoll returned: what its events took counts
+     * against the slice too. It is called twice in a turn that was woken
+     * (on_wake, before_sleep), and delivers at least one message a turn,
+     * not a call. */
+    uint64_t until = wsh_loop_now(w->loop) + INBOX_SLICE_MS;
+    uint64_t turn = atomic_load_explicit(&w->turns, memory_order_relaxed);
+    while (w->carry_i < w->carry_n) {
+        if (w->carry_turn == turn && wsh_now_ms() >= until) {
+            w->wake[w->id] = true; /* the next turn goes on without sleeping */
+            return;
         }
-        struct rawchan *ch = items[i].ch;
-        fan_out_local(w, ch, NULL, items[i].buf);
-        wsh_buf_unref(items[i].buf);
-        atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
+        if (w->carry_turn != turn) {
+            w->carry_turn = turn;
+            w->carry_slices++;
+        }
+        deliver_one(w, &w->carry[w->carry_i++]);
     }
-    w->spare = items;
-    w->spare_cap = cap;
+    if (w->carry_slices > 1)
+        wsh_log(WSH_LOG_DEBUG, "worker=%d ev=inbox_sliced items=%zu slices=%u ms=%llu", w->id,
+                w->carry_n, w->carry_slices, (unsigned long long)(wsh_now_ms() - w->carry_t0));
+    w->spare = w->carry;
+    w->spare_cap = w->carry_cap;
+    w->carry = NULL;
+    w->carry_n = w->carry_cap = w->carry_i = 0;
 }
 
 void rawchan_sweep(void)

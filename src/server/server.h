@@ -307,6 +307,11 @@ struct worker {
     uint32_t nheld;             /* connections held with HOLD_INBOX */
     struct xmsg *spare;         /* swapped with inbox by the consumer */
     size_t spare_cap;
+    struct xmsg *carry; /* the taken inbox, delivered over turns (chan.c) */
+    size_t carry_n, carry_i, carry_cap;
+    uint64_t carry_t0;               /* when it was taken */
+    uint64_t carry_turn;             /* the turn (turns) that last delivered from it */
+    uint32_t carry_slices;           /* turns it has taken so far */
     struct wsh_timer sweep_timer;    /* worker 0: periodic sweeps of channel state */
     struct wsh_timer out_timer;      /* each second: stalled and slow writers */
     struct wsh_timer drain_timer;    /* shutdown with --drain-time: the next batch */

@@ -2172,7 +2172,7 @@ static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     uint64_t v;
     ssize_t n = read(io->fd, &v, sizeof(v));
     (void)n;
-    rawchan_deliver_inbox(w);
+    /* The inbox is delivered in before_sleep, after the turn's reads. */
     if (w->nparked > 0)
         unpark_due(w);
     hub_keys_wake(w);

@@ -1316,6 +1316,52 @@ class BusyWorker:
             time.sleep(0.05)
 
 
+def test_fault_busy_worker_goes_on_serving_its_other_connections(tmp_path):
+    """A worker that takes a long batch from its inbox (BusyWorker: 1 MB
+    messages, each compressed for four windows at level 9, about a second
+    a batch) delivers it a few messages per loop turn (chan.c
+    INBOX_SLICE_MS) and reads its other sockets in between: an echo client
+    on that worker is answered within about one message's work, not after
+    the whole batch. The bar is the batches' own length, which the server
+    logs with ev=inbox_sliced, so it holds on a slower machine or under a
+    sanitizer. Every message still reaches the reading subscribers once
+    and in order (BusyWorker's drains check nothing; the reader here does)."""
+    srv = flood_server(tmp_path, ("--max-message", str(1 << 20), "--echo"))
+    busy = None
+    try:
+        echo, _, extra = on_worker(srv, "/echo", 1)
+        for s in extra:
+            s.close()
+        busy = BusyWorker(srv)
+        rtts, deadline = [], time.time() + 6 * MULT
+        for i in range(300):  # bounded in count and in time
+            if time.time() > deadline:
+                break
+            t0 = time.time()
+            echo.sendall(frame(1, b"probe %d" % i))
+            assert read_messages(echo, 1, timeout=60) == [b"probe %d" % i]
+            rtts.append(time.time() - t0)
+            time.sleep(0.005)
+        busy.stop_flood()
+        batches = []
+        for ln in log_events(srv, "inbox_sliced"):
+            kv = dict(f.split("=", 1) for f in ln.split() if "=" in f)
+            if kv.get("worker") == "1" and int(kv["items"]) >= 4:
+                batches.append((int(kv["ms"]) / 1000, int(kv["items"]), int(kv["slices"])))
+        assert batches, "worker 1 never took a batch of 4 or more messages in slices"
+        print(f"echo round trips: {len(rtts)}, max {max(rtts):.3f}s; "
+              f"batches of 4+: {batches}")
+        assert max(rtts) < max(batches)[0] * 0.6, (max(rtts), batches)
+        assert len(rtts) >= 10, rtts
+        busy.close()
+        busy = None
+        assert_healthy(srv, srv.fds())
+    finally:
+        if busy is not None:
+            busy.close()
+        srv.stop()
+
+
 def test_fault_small_raw_messages_held_at_the_end_of_their_read(tmp_path):
     """Messages under 64 bytes are published together, one batch per read
     (chan.c), so the inbox bound is checked when the read's batch goes out,
