@@ -2,7 +2,7 @@
 // the figures an operator watches, each with a 5-minute curve, plus the
 // counters that mean trouble. No dependencies; the parsing is metrics.js.
 import {
-  parseMetrics, series, sum, rate, histogramQuantile, formatCount, formatBytes, formatSeconds,
+  parseMetrics, series, sum, rate, maxRate, histogramQuantile, formatCount, formatBytes, formatSeconds,
 } from './metrics.js';
 
 const PERIOD_MS = 2000;
@@ -17,6 +17,7 @@ const TILES = [
   { id: 'bytes-out', title: 'Bytes out /s', value: (p, c, dt) => rate(sum(p, 'wshub_bytes_out_total'), sum(c, 'wshub_bytes_out_total'), dt), fmt: formatBytes },
   { id: 'upgrades', title: 'Upgrades /s', value: (p, c, dt) => rate(sum(p, 'wshub_http_responses_total{code="101"}'), sum(c, 'wshub_http_responses_total{code="101"}'), dt), fmt: formatCount },
   { id: 'delivery-p99', title: 'Publish delivery p99', value: (p, c) => histogramQuantile(p, c, 'wshub_publish_delivery_seconds', 0.99), fmt: formatSeconds },
+  { id: 'busiest-worker', title: 'Busiest worker %', value: (p, c, dt) => Math.min(100, 100 * maxRate(p, c, 'wshub_worker_busy_seconds_total', dt)), fmt: (v) => v.toFixed(1) },
   { id: 'cpu', title: 'CPU %', value: (p, c, dt) => 100 * rate(sum(p, 'process_cpu_seconds_total'), sum(c, 'process_cpu_seconds_total'), dt), fmt: (v) => v.toFixed(1) },
   { id: 'rss', gauge: true, title: 'Resident memory', value: (p, c) => sum(c, 'process_resident_memory_bytes'), fmt: formatBytes },
   { id: 'client-memory', gauge: true, title: 'Client buffers', value: (p, c) => sum(c, 'wshub_client_memory_bytes'), fmt: formatBytes },

@@ -56,6 +56,15 @@ export function rate(before, after, dt) {
   return d / dt;
 }
 
+// The largest per-second rate among the series of a counter, each series
+// matched by its labels across the two scrapes (per worker, say: the
+// busiest one). A series the earlier scrape lacked counts from zero.
+export function maxRate(before, after, name, dt) {
+  const was = new Map(series(before, name).map((s) => [JSON.stringify(s.labels), s.value]));
+  return series(after, name).reduce(
+    (m, s) => Math.max(m, rate(was.get(JSON.stringify(s.labels)) ?? 0, s.value, dt)), 0);
+}
+
 // The q-quantile (0..1) of the observations a histogram gained between two
 // scrapes, by linear interpolation inside the bucket, as Prometheus's
 // histogram_quantile does. null when nothing was observed. The +Inf bucket

@@ -26,6 +26,8 @@ struct wsh_loop {
     uint64_t tick; /* last tick processed */
     size_t ntimers;
     wsh_loop_hook *before_sleep;
+    wsh_loop_turn_cb *on_turn;
+    uint64_t woke_ns; /* when epoll last returned, 0 once its turn is counted */
     void *user;
     struct wsh_timer *wheel[WHEEL_SLOTS];
 };
@@ -35,6 +37,18 @@ uint64_t wsh_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t wsh_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void wsh_loop_on_turn(struct wsh_loop *l, wsh_loop_turn_cb *cb)
+{
+    l->on_turn = cb;
 }
 
 uint64_t wsh_loop_now(const struct wsh_loop *l)
@@ -180,6 +194,10 @@ int wsh_loop_run(struct wsh_loop *l)
     while (!l->stop) {
         if (l->before_sleep)
             l->before_sleep(l, l->user);
+        if (l->woke_ns != 0 && l->on_turn) {
+            l->on_turn(l, wsh_now_ns() - l->woke_ns, l->user);
+            l->woke_ns = 0; /* a turn cut short by EINTR is not counted twice */
+        }
         if (l->stop)
             break;
         int timeout = -1;
@@ -194,7 +212,12 @@ int wsh_loop_run(struct wsh_loop *l)
                 continue;
             return -errno;
         }
-        l->now = wsh_now_ms();
+        if (l->on_turn) { /* one clock read for both */
+            l->woke_ns = wsh_now_ns();
+            l->now = l->woke_ns / 1000000u;
+        } else {
+            l->now = wsh_now_ms();
+        }
         for (int i = 0; i < n; i++) {
             struct wsh_io *io = evs[i].data.ptr;
             io->cb(l, io, evs[i].events);

@@ -117,6 +117,14 @@ void *wsh_loop_user(const struct wsh_loop *l);
 /* Milliseconds of CLOCK_MONOTONIC, cached once per iteration. */
 uint64_t wsh_loop_now(const struct wsh_loop *l);
 uint64_t wsh_now_ms(void);
+uint64_t wsh_now_ns(void);
+
+/* Called once per turn that epoll woke, after before_sleep, with the
+ * nanoseconds the turn took from the wakeup: its events, timers and
+ * before_sleep. What a turn takes is how long every other connection of
+ * the loop waited, so this is the loop's load and its stalls (metrics). */
+typedef void wsh_loop_turn_cb(struct wsh_loop *l, uint64_t ns, void *user);
+void wsh_loop_on_turn(struct wsh_loop *l, wsh_loop_turn_cb *cb);
 
 /* 32-bit stamps of loop time, for clocks kept in small fields (only
  * differences are used, which survive the wrap). A stamp is never 0, so 0

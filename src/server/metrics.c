@@ -63,6 +63,21 @@ void metric_latency(struct worker *w, int64_t publish_ms)
     metric_add(&w->m.lat_count, 1);
 }
 
+/* Upper bounds of the loop-turn buckets, in microseconds: most turns take
+ * well under a millisecond; the upper ones are stalls, which every other
+ * connection of that worker waited out. */
+static const unsigned turn_us[METRIC_TURN_BUCKETS] = { 100,    1000,   5000,    10000,  50000,
+                                                       100000, 500000, 1000000, 5000000 };
+
+void metric_turn(struct worker *w, uint64_t ns)
+{
+    int i = 0;
+    while (i < METRIC_TURN_BUCKETS && ns > (uint64_t)turn_us[i] * 1000u)
+        i++;
+    metric_add(&w->m.turn[i], 1);
+    metric_add(&w->m.busy_ns, ns);
+}
+
 static uint64_t sum(size_t offset)
 {
     uint64_t n = 0;
@@ -347,6 +362,26 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     put(&o, "wshub_publish_delivery_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
     put(&o, "wshub_publish_delivery_seconds_sum %.6f\n", (double)SUM(lat_sum_us) / 1e6);
     put(&o, "wshub_publish_delivery_seconds_count %llu\n", (unsigned long long)SUM(lat_count));
+    put(&o, "# HELP wshub_loop_turn_seconds Time a worker's loop took for one turn (the events "
+            "of one wakeup, its timers and its writes); the worker's other connections waited "
+            "that long.\n"
+            "# TYPE wshub_loop_turn_seconds histogram\n");
+    cum = 0;
+    for (int i = 0; i < METRIC_TURN_BUCKETS; i++) {
+        cum += SUM(turn[i]);
+        put(&o, "wshub_loop_turn_seconds_bucket{le=\"%g\"} %llu\n", turn_us[i] / 1e6,
+            (unsigned long long)cum);
+    }
+    cum += SUM(turn[METRIC_TURN_BUCKETS]);
+    put(&o, "wshub_loop_turn_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    put(&o, "wshub_loop_turn_seconds_sum %.6f\n", (double)SUM(busy_ns) / 1e9);
+    put(&o, "wshub_loop_turn_seconds_count %llu\n", (unsigned long long)cum);
+    put(&o, "# HELP wshub_worker_busy_seconds_total Time each worker spent on its loop turns, not "
+            "waiting for events: its rate is the worker's load, from 0 to 1.\n"
+            "# TYPE wshub_worker_busy_seconds_total counter\n");
+    for (int i = 0; i < wsh_nworkers; i++)
+        put(&o, "wshub_worker_busy_seconds_total{worker=\"%d\"} %.6f\n", i,
+            (double)atomic_load_explicit(&wsh_workers[i].m.busy_ns, memory_order_relaxed) / 1e9);
     process_metrics(&o);
     http_respond(w, c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
 }

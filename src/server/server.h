@@ -227,9 +227,10 @@ enum push_type {
 
 /* Counters of one worker, summed by /metrics. Only the owning worker
  * writes them; relaxed atomics keep the scraping thread's reads defined. */
-#define METRIC_CODES       14
-#define METRIC_HTTP_CODES  16
-#define METRIC_LAT_BUCKETS 12
+#define METRIC_CODES        14
+#define METRIC_HTTP_CODES   16
+#define METRIC_LAT_BUCKETS  12
+#define METRIC_TURN_BUCKETS 9
 struct metrics {
     _Atomic uint64_t accepted;
     _Atomic uint64_t msgs_in[4];          /* by enum conn_endpoint */
@@ -247,6 +248,8 @@ struct metrics {
     _Atomic uint64_t http[METRIC_HTTP_CODES + 1]; /* HTTP responses by status, last = other */
     _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */
     _Atomic uint64_t lat_sum_us, lat_count;
+    _Atomic uint64_t turn[METRIC_TURN_BUCKETS + 1]; /* loop turns by length */
+    _Atomic uint64_t busy_ns;                       /* their total */
 };
 
 /* Only the owning worker writes a counter, so a relaxed load and store is
@@ -262,6 +265,8 @@ void metric_close(struct worker *w, unsigned code);
 /* An HTTP response sent (the 101 of an upgrade included), by status. */
 void metric_http(struct worker *w, int status);
 void metric_latency(struct worker *w, int64_t publish_ms);
+/* One loop turn of ns nanoseconds (wsh_loop_on_turn). */
+void metric_turn(struct worker *w, uint64_t ns);
 
 /* Echo replies written straight from the receive buffer: frame headers in
  * hdr, payloads pointing into the worker's rbuf, sent with one sendmsg at the

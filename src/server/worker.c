@@ -2184,6 +2184,12 @@ static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     }
 }
 
+static void on_turn(struct wsh_loop *l, uint64_t ns, void *user)
+{
+    (void)l;
+    metric_turn(user, ns);
+}
+
 int worker_init(struct worker *w, int id, int listen_fd)
 {
     w->id = id;
@@ -2202,6 +2208,7 @@ int worker_init(struct worker *w, int id, int listen_fd)
     int rc = wsh_loop_create(before_sleep, w, &w->loop);
     if (rc != WSH_OK)
         return rc;
+    wsh_loop_on_turn(w->loop, on_turn);
     int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd < 0)
         return -errno;

@@ -219,6 +219,18 @@ async def test_metrics_parse_and_count(hub):
     assert counts == sorted(counts), "buckets are cumulative"
     assert buckets[-1][0] == float("inf")
     assert counts[-1] == s[("wshub_publish_delivery_seconds_count", "")] >= 5
+    # Loop turns: a histogram whose sum is the workers' busy time, one
+    # counter per worker.
+    assert types["wshub_loop_turn_seconds"] == "histogram"
+    turns = sorted(((float(k[1].split('"')[1]) if "+Inf" not in k[1] else float("inf")), v)
+                   for k, v in s.items() if k[0] == "wshub_loop_turn_seconds_bucket")
+    assert [v for _, v in turns] == sorted(v for _, v in turns) and turns[-1][0] == float("inf")
+    assert turns[-1][1] == s[("wshub_loop_turn_seconds_count", "")] > 0
+    assert types["wshub_worker_busy_seconds_total"] == "counter"
+    busy = {k[1]: v for k, v in s.items() if k[0] == "wshub_worker_busy_seconds_total"}
+    assert sorted(busy) == ['worker="0"', 'worker="1"'], busy  # the fixture's 2 workers
+    assert all(v > 0 for v in busy.values()), busy
+    assert abs(sum(busy.values()) - s[("wshub_loop_turn_seconds_sum", "")]) < 0.05, busy
     # The standard process_* metrics, against what /proc says of the pid.
     pid = h.pid
     for name, kind in [("process_cpu_seconds_total", "counter"),

@@ -314,6 +314,9 @@ test('the dashboard shows live figures from /metrics', { timeout: 60000 * MULT }
   await waitFor(page, () => Number(document.getElementById('tile-upgrades').dataset.value) > 0);
   assert.ok((await tile('rss')) > 1e6, 'resident memory is shown');
   await waitFor(page, () => Number(document.getElementById('tile-frames-out').dataset.value) > 0);
+  // The busiest worker's share of time at work, as a percentage.
+  await waitFor(page, () => Number(document.getElementById('tile-busiest-worker').dataset.value) > 0);
+  assert.ok((await tile('busiest-worker')) <= 100, 'a worker is at most 100 % busy');
   await page.evaluate(() => window.sockets[0].close(1000));
   await waitFor(page, () => [...document.querySelectorAll('#closes th')].some((th) => th.textContent === '1000'));
   await waitFor(page, () => [...document.querySelectorAll('#statuses th')].some((th) => th.textContent === '101'));

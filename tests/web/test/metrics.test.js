@@ -48,6 +48,17 @@ test('rates survive a restart of the server', async () => {
   assert.equal(rate(1, 2, 0), 0);
 });
 
+test('the largest rate among the series of a counter', async () => {
+  const { parseMetrics, maxRate } = await load();
+  const name = 'wshub_worker_busy_seconds_total';
+  const before = parseMetrics(`${name}{worker="0"} 1.5\n${name}{worker="1"} 4\n`);
+  const after = parseMetrics(`${name}{worker="0"} 3.1\n${name}{worker="1"} 4.2\n${name}{worker="2"} 0.5\n`);
+  assert.ok(Math.abs(maxRate(before, after, name, 2) - 0.8) < 1e-12); // worker 0, not the largest value
+  assert.ok(Math.abs(maxRate(after, after, name, 2)) < 1e-12);
+  assert.equal(maxRate(before, parseMetrics(''), name, 2), 0);
+  assert.equal(maxRate(before, after, name, 0), 0);
+});
+
 test('histogram quantiles interpolate inside the bucket, over the interval', async () => {
   const { parseMetrics, histogramQuantile } = await load();
   const name = 'wshub_publish_delivery_seconds';
