@@ -60,7 +60,6 @@ void metric_latency(struct worker *w, int64_t publish_ms)
         i++;
     metric_add(&w->m.lat[i], 1);
     metric_add(&w->m.lat_sum_us, (uint64_t)d_us);
-    metric_add(&w->m.lat_count, 1);
 }
 
 /* Upper bounds of the loop-turn buckets, in microseconds: most turns take
@@ -189,6 +188,24 @@ static void process_metrics(struct out *o)
 
 /* A counter family labelled by code: one sample per codes[0..n), then
  * "other"; field is the offset of the first of the n + 1 counters. */
+/* A histogram summed over the workers: n + 1 bucket counters at field
+ * (the last one +Inf) with upper bounds bound[i] * unit seconds, and the
+ * sum of the observations in seconds. The count is the buckets' total,
+ * read once with them, so the two always agree. */
+static void histogram(struct out *o, const char *name, const char *help, const unsigned *bound,
+                      size_t n, double unit, size_t field, double sum_s)
+{
+    put(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= n; i++) {
+        cum += sum(field + i * sizeof(_Atomic uint64_t));
+        if (i < n)
+            put(o, "%s_bucket{le=\"%g\"} %llu\n", name, bound[i] * unit, (unsigned long long)cum);
+    }
+    put(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+        (unsigned long long)cum, name, sum_s, name, (unsigned long long)cum);
+}
+
 static void code_family(struct out *o, const char *name, const char *help, const unsigned *codes,
                         size_t n, size_t field)
 {
@@ -349,33 +366,16 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
                 http_codes, METRIC_HTTP_CODES, offsetof(struct metrics, http));
     code_family(&o, "wshub_closes_total", "Close frames sent, by close code.", close_codes,
                 METRIC_CODES, offsetof(struct metrics, closes));
-    put(&o, "# HELP wshub_publish_delivery_seconds Time from a publish being accepted to its "
-            "message being queued to the subscribers of one worker.\n"
-            "# TYPE wshub_publish_delivery_seconds histogram\n");
-    uint64_t cum = 0;
-    for (int i = 0; i < METRIC_LAT_BUCKETS; i++) {
-        cum += SUM(lat[i]);
-        put(&o, "wshub_publish_delivery_seconds_bucket{le=\"%g\"} %llu\n", lat_ms[i] / 1000.0,
-            (unsigned long long)cum);
-    }
-    cum += SUM(lat[METRIC_LAT_BUCKETS]);
-    put(&o, "wshub_publish_delivery_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-    put(&o, "wshub_publish_delivery_seconds_sum %.6f\n", (double)SUM(lat_sum_us) / 1e6);
-    put(&o, "wshub_publish_delivery_seconds_count %llu\n", (unsigned long long)SUM(lat_count));
-    put(&o, "# HELP wshub_loop_turn_seconds Time a worker's loop took for one turn (the events "
-            "of one wakeup, its timers and its writes); the worker's other connections waited "
-            "that long.\n"
-            "# TYPE wshub_loop_turn_seconds histogram\n");
-    cum = 0;
-    for (int i = 0; i < METRIC_TURN_BUCKETS; i++) {
-        cum += SUM(turn[i]);
-        put(&o, "wshub_loop_turn_seconds_bucket{le=\"%g\"} %llu\n", turn_us[i] / 1e6,
-            (unsigned long long)cum);
-    }
-    cum += SUM(turn[METRIC_TURN_BUCKETS]);
-    put(&o, "wshub_loop_turn_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-    put(&o, "wshub_loop_turn_seconds_sum %.6f\n", (double)SUM(busy_ns) / 1e9);
-    put(&o, "wshub_loop_turn_seconds_count %llu\n", (unsigned long long)cum);
+    histogram(&o, "wshub_publish_delivery_seconds",
+              "Time from a publish being accepted to its message being queued to the "
+              "subscribers of one worker.",
+              lat_ms, METRIC_LAT_BUCKETS, 1e-3, offsetof(struct metrics, lat),
+              (double)SUM(lat_sum_us) / 1e6);
+    histogram(&o, "wshub_loop_turn_seconds",
+              "Time a worker's loop took for one turn (the events of one wakeup, its timers and "
+              "its writes); the worker's other connections waited that long.",
+              turn_us, METRIC_TURN_BUCKETS, 1e-6, offsetof(struct metrics, turn),
+              (double)SUM(busy_ns) / 1e9);
     put(&o, "# HELP wshub_worker_busy_seconds_total Time each worker spent on its loop turns, not "
             "waiting for events: its rate is the worker's load, from 0 to 1.\n"
             "# TYPE wshub_worker_busy_seconds_total counter\n");

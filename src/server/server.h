@@ -247,7 +247,7 @@ struct metrics {
     _Atomic uint64_t closes[METRIC_CODES + 1];    /* by code, last = other */
     _Atomic uint64_t http[METRIC_HTTP_CODES + 1]; /* HTTP responses by status, last = other */
     _Atomic uint64_t lat[METRIC_LAT_BUCKETS + 1]; /* publish-to-delivery, ms buckets */
-    _Atomic uint64_t lat_sum_us, lat_count;
+    _Atomic uint64_t lat_sum_us;
     _Atomic uint64_t turn[METRIC_TURN_BUCKETS + 1]; /* loop turns by length */
     _Atomic uint64_t busy_ns;                       /* their total */
 };

@@ -407,6 +407,15 @@ def utf8_fail_index(b):
 
 # ---- starting the server ---------------------------------------------------
 
+def sanitizer_report(log):
+    """The first sanitizer marker in a server's log text, or None."""
+    for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
+                   "WARNING: ThreadSanitizer"):
+        if marker in log:
+            return marker
+    return None
+
+
 class Server:
     """A wshub process on 127.0.0.1 with an ephemeral port."""
 

@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
 
 import wsraw  # noqa: E402
+from wsraw import sanitizer_report  # noqa: E402
 
 MULT = wsraw.MULT
 SECRET = "hub-test-secret-0123456789abcdef-0123456789"          # HS256 (>= 32 bytes)
@@ -128,14 +129,6 @@ def merge(base, over):
 
 
 # ---------------------------------------------------------------- server
-
-def sanitizer_report(log):
-    for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
-                   "WARNING: ThreadSanitizer"):
-        if marker in log:
-            return marker
-    return None
-
 
 def fd_count(pid):
     try:

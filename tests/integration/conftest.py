@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
 
 import wsraw  # noqa: E402
+from wsraw import sanitizer_report  # noqa: E402
 
 MULT = wsraw.MULT
 
@@ -31,14 +32,6 @@ def run_async(fn):
     def wrapper(*args, **kwargs):
         return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60 * MULT))
     return wrapper
-
-
-def sanitizer_report(log):
-    for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
-                   "WARNING: ThreadSanitizer"):
-        if marker in log:
-            return marker
-    return None
 
 
 def check_alive(server):

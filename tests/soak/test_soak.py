@@ -31,7 +31,7 @@ import os
 import random
 import signal
 import struct
-import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -39,8 +39,10 @@ import urllib.request
 
 import websockets
 
-WSHUB = os.environ.get("WSHUB_BIN", "wshub")
-MULT = float(os.environ.get("WSH_TEST_TIMEOUT_MULTIPLIER", "1"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conformance"))
+import wsraw  # noqa: E402
+
+MULT = wsraw.MULT
 SECONDS = float(os.environ.get("WSH_SOAK_SECONDS", "30"))
 KEY = "soak-api-key-0123456789abcdef"
 HUB_CHANNELS = [f"room{i}" for i in range(6)]
@@ -64,20 +66,12 @@ class Soak:
         self.rng, self.tmp = rng, tmp
         self.cfg = os.path.join(tmp, "config.json")
         self.write_config()
-        self.log = open(os.path.join(tmp, "log"), "w+")
-        pf = os.path.join(tmp, "port")
         # --max-queue leaves the sentinels, which share one Python thread
         # with every other client, room to fall behind for a while.
-        self.proc = subprocess.Popen(
-            [WSHUB, "--listen", "127.0.0.1:0", "--port-file", pf, "--workers", "2", "--echo",
-             "--deflate", "--config", self.cfg, "--max-message", str(MAX_MESSAGE),
-             "--max-queue", str(64 << 20)], stderr=self.log)
-        deadline = time.time() + 10 * MULT
-        while not (os.path.exists(pf) and open(pf).read().strip()):
-            assert self.proc.poll() is None, "wshub exited at start"
-            assert time.time() < deadline, "no port file"
-            time.sleep(0.02)
-        self.port = int(open(pf).read())
+        self.server = wsraw.Server(["--workers", "2", "--echo", "--deflate", "--config", self.cfg,
+                                    "--max-message", str(MAX_MESSAGE),
+                                    "--max-queue", str(64 << 20)])
+        self.proc, self.port = self.server.proc, self.server.port
         self.url = f"ws://127.0.0.1:{self.port}"
         self.stats = dict.fromkeys(("echo", "raw", "hub", "api", "refused", "reloads"), 0)
         self.raw_seen = {ch: 0 for ch in RAW_CHANNELS}
@@ -354,19 +348,8 @@ def test_soak_mixed_crowd_with_reloads():
             assert time.time() < deadline, f"fds {soak.fds()} > {base} after the soak"
             time.sleep(0.1)
     finally:
-        running = soak.proc.poll() is None
-        if running:
-            soak.proc.send_signal(signal.SIGTERM)
-            try:
-                soak.proc.wait(20 * MULT)
-            except subprocess.TimeoutExpired:
-                soak.proc.kill()
-                soak.proc.wait()
-                raise AssertionError("wshub did not exit on SIGTERM")
-        soak.log.seek(0)
-        text = soak.log.read()
-        soak.log.close()
-    for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
-                   "WARNING: ThreadSanitizer"):
-        assert marker not in text, text[text.index(marker) - 200:][:4000]
-    assert not running or soak.proc.returncode == 0, f"exit {soak.proc.returncode}"
+        rc = soak.server.stop()  # SIGTERM
+        log = soak.server.log()
+    marker = wsraw.sanitizer_report(log)
+    assert marker is None, log[log.index(marker) - 200:][:4000]
+    assert rc == 0, f"wshub exited {rc} on SIGTERM: {log[-2000:]}"
