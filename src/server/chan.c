@@ -468,7 +468,6 @@ static bool inbox_take(struct worker *w)
         inbox_release(w, waiters);
     w->carry_t0 = wsh_now_ms();
     w->carry_slices = 0;
-    w->carry_turn = UINT64_MAX;
     return true;
 }
 
@@ -476,22 +475,20 @@ void rawchan_deliver_inbox(struct worker *w)
 {
     if (w->carry == NULL && !inbox_take(w))
         return;
-    /* The turn began when epoll returned: what its events took counts
-     * against the slice too. It is called twice in a turn that was woken
-     * (on_wake, before_sleep), and delivers at least one message a turn,
-     * not a call. */
+    /* Called once a turn, from before_sleep. The turn began when epoll
+     * returned: what its events took counts against the slice too, and
+     * at least one message goes out whatever the time. */
     uint64_t until = wsh_loop_now(w->loop) + INBOX_SLICE_MS;
-    uint64_t turn = atomic_load_explicit(&w->turns, memory_order_relaxed);
-    while (w->carry_i < w->carry_n) {
-        if (w->carry_turn == turn && wsh_now_ms() >= until) {
-            w->wake[w->id] = true; /* the next turn goes on without sleeping */
-            return;
-        }
-        if (w->carry_turn != turn) {
-            w->carry_turn = turn;
-            w->carry_slices++;
-        }
+    w->carry_slices++;
+    /* (A taken inbox may be empty: a push between the exchange of
+     * inbox_ready and the lock lands in the batch taken and sets the flag
+     * again.) */
+    for (bool first = true; w->carry_i < w->carry_n && (first || wsh_now_ms() < until);
+         first = false)
         deliver_one(w, &w->carry[w->carry_i++]);
+    if (w->carry_i < w->carry_n) {
+        w->wake[w->id] = true; /* the next turn goes on without sleeping */
+        return;
     }
     if (w->carry_slices > 1)
         wsh_log(WSH_LOG_DEBUG, "worker=%d ev=inbox_sliced items=%zu slices=%u ms=%llu", w->id,

@@ -186,8 +186,6 @@ static void process_metrics(struct out *o)
             (double)btime + (double)start / (double)hz);
 }
 
-/* A counter family labelled by code: one sample per codes[0..n), then
- * "other"; field is the offset of the first of the n + 1 counters. */
 /* A histogram summed over the workers: n + 1 bucket counters at field
  * (the last one +Inf) with upper bounds bound[i] * unit seconds, and the
  * sum of the observations in seconds. The count is the buckets' total,
@@ -206,6 +204,8 @@ static void histogram(struct out *o, const char *name, const char *help, const u
         (unsigned long long)cum, name, sum_s, name, (unsigned long long)cum);
 }
 
+/* A counter family labelled by code: one sample per codes[0..n), then
+ * "other"; field is the offset of the first of the n + 1 counters. */
 static void code_family(struct out *o, const char *name, const char *help, const unsigned *codes,
                         size_t n, size_t field)
 {

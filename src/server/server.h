@@ -315,7 +315,6 @@ struct worker {
     struct xmsg *carry; /* the taken inbox, delivered over turns (chan.c) */
     size_t carry_n, carry_i, carry_cap;
     uint64_t carry_t0;               /* when it was taken */
-    uint64_t carry_turn;             /* the turn (turns) that last delivered from it */
     uint32_t carry_slices;           /* turns it has taken so far */
     struct wsh_timer sweep_timer;    /* worker 0: periodic sweeps of channel state */
     struct wsh_timer out_timer;      /* each second: stalled and slow writers */
