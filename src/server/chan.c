@@ -203,10 +203,10 @@ static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *ski
  * as the receiver sends is never cut. A publisher is held after the
  * message or publish batch that crossed the bound: each can add one
  * message past it. Hub messages wait in their own worker's inbox too
- * (hub.c fan_out); that one is taken at the end of the turn (once the
- * batch before it is out: INBOX_SLICE_MS) and holds no one but an API
- * broadcast, which could fill it without limit in one turn
- * (inbox_own_full_wait). */
+ * (hub.c fan_out); that one is taken at the end of the turn once the
+ * batch before it is out (INBOX_SLICE_MS), which can take many turns, so
+ * its publishers are held the same way; an API broadcast, which could
+ * fill it in one turn, checks it before each step (inbox_own_full_wait). */
 #define INBOX_HIGH (256u << 10)
 
 static size_t xmsg_bytes(const struct xmsg *m)
@@ -264,8 +264,12 @@ void inbox_push(struct worker *to, const struct xmsg *m)
     /* Atomic only so that /metrics may read it; written under the mutex. */
     size_t held = atomic_load_explicit(&to->inbox_bytes, memory_order_relaxed) + size;
     atomic_store_explicit(&to->inbox_bytes, held, memory_order_relaxed);
+    /* A push to the pusher's own inbox (a /ws publish, hub.c fan_out) is
+     * bounded too: that inbox waits while a long batch from the others is
+     * delivered a slice a turn (INBOX_SLICE_MS), and its publishers would
+     * fill it all that time. */
     struct worker *self = wsh_self;
-    bool full = self != NULL && self != to && inbox_full_wait(to, self);
+    bool full = self != NULL && inbox_full_wait(to, self);
     atomic_store_explicit(&to->inbox_ready, true, memory_order_release);
     pthread_mutex_unlock(&to->inbox_mu);
     if (full)

@@ -1369,6 +1369,86 @@ def test_fault_busy_worker_goes_on_serving_its_other_connections(tmp_path):
         srv.stop()
 
 
+def test_fault_hub_publishers_on_the_busy_worker_held_for_its_own_inbox(tmp_path):
+    """/ws messages published on a worker wait in its own inbox (hub.c
+    fan_out), which it takes only once the batch before it is delivered,
+    and that takes many turns when the batch is long (BusyWorker). So a
+    push to the own inbox is bounded like the others: a publisher whose
+    message takes it past the bound is held until it is taken in (before,
+    six publishers there, never held, grew it by megabytes a batch: 11.3
+    MB seen against 8.7 MB with the hold, BusyWorker's own 1 MB messages
+    included). Six publishers on the busy worker send 40 messages of 60 KB
+    each without pause; each is held, and every one gets all the messages
+    back once, in offset order, each publisher's in the order it sent
+    them."""
+    import json
+    srv = flood_server(tmp_path, ("--max-message", str(1 << 20)))
+    busy, pubs, ids = None, [], []
+    try:
+        extra = []
+        for _ in range(6):
+            s, _, more = on_worker(srv, "/ws", 1)
+            pubs.append(s)
+            ids.append(log_events(srv, "open")[-1].split("conn=")[1].split()[0])
+            extra += more
+        for s in extra:
+            s.close()
+        n = 40
+        readers = []
+        for s in pubs:
+            ws_join(s, b"own")
+            # connected, subscribed, then an ack and a message per publish
+            # of every publisher (all six subscribe to the channel).
+            readers.append(FrameReader(s, 2 + n + 6 * n))
+        deadline = time.time() + 10 * MULT
+        while any(len(r.frames) < 2 for r in readers):
+            assert time.time() < deadline, [len(r.frames) for r in readers]
+            time.sleep(0.01)
+        busy = BusyWorker(srv)
+        bodies = flood_bodies(n, 59800)
+
+        def flood(k):
+            for i, b in enumerate(bodies):
+                cmd = b'{"type":"publish","id":%d,"channel":"own","payload":"p%d-%s"}' % (i + 3, k, b)
+                pubs[k].sendall(zero_mask_text(cmd))
+        failed = []
+
+        def floods_run():
+            try:
+                in_threads(flood, len(pubs))
+            except Exception as e:  # reported below
+                failed.append(e)
+        floods = threading.Thread(target=floods_run, daemon=True)
+        floods.start()
+        # Once each has been held, the busy worker may rest: the rest of
+        # the messages need not wait a second-long batch per step.
+        deadline = time.time() + 60 * MULT
+        while not all(f"conn={i} " in " ".join(log_events(srv, "publisher_held")) for i in ids):
+            assert time.time() < deadline, "the publishers on the busy worker were never held"
+            time.sleep(0.05)
+        busy.stop_flood()
+        floods.join(120 * MULT)
+        assert not floods.is_alive() and not failed, failed
+        for r in readers:
+            r.join(120 * MULT)
+        for k, r in enumerate(readers):
+            assert not r.is_alive() and r.error is None, (k, len(r.frames), r.error)
+            got = [json.loads(p) for _, p in r.frames[2:]]
+            msgs = [m for m in got if m["type"] == "message"]
+            assert [m["offset"] for m in msgs] == list(range(1, 6 * n + 1)), k
+            for j in range(6):
+                mine = [m["payload"] for m in msgs if m["payload"].startswith(f"p{j}-")]
+                assert mine == [f"p{j}-{b.decode()}" for b in bodies], (k, j)
+        busy.close()
+        busy = None
+    finally:
+        if busy is not None:
+            busy.close()
+        for s in pubs:
+            s.close()
+        srv.stop()
+
+
 def test_fault_small_raw_messages_held_at_the_end_of_their_read(tmp_path):
     """Messages under 64 bytes are published together, one batch per read
     (chan.c), so the inbox bound is checked when the read's batch goes out,
