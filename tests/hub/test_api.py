@@ -229,7 +229,7 @@ async def test_metrics_parse_and_count(hub):
     assert types["wshub_worker_busy_seconds_total"] == "counter"
     busy = {k[1]: v for k, v in s.items() if k[0] == "wshub_worker_busy_seconds_total"}
     assert sorted(busy) == ['worker="0"', 'worker="1"'], busy  # the fixture's 2 workers
-    assert all(v > 0 for v in busy.values()), busy
+    assert sum(busy.values()) > 0, busy  # (a worker with no connection may never wake)
     assert abs(sum(busy.values()) - s[("wshub_loop_turn_seconds_sum", "")]) < 0.05, busy
     # The standard process_* metrics, against what /proc says of the pid.
     pid = h.pid
