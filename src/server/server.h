@@ -557,8 +557,8 @@ void zcache_init(struct zcache *z, struct wsh_buf *frame);
 struct wsh_buf *zcache_frame(struct zcache *z, const struct conn *c);
 void zcache_release(struct zcache *z);
 void inbox_push(struct worker *to, const struct xmsg *m);
-/* True when another worker's inbox is over its bound; self is then told
- * when it drains (its held connections are released). */
+/* True when an inbox, self's own included, is over its bound; self is
+ * then told when it drains (its held connections are released). */
 bool inbox_busy_wait(struct worker *self);
 bool inbox_own_full_wait(struct worker *self);
 /* Bytes waiting in all inboxes, for /metrics. */
