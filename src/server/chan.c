@@ -288,11 +288,12 @@ bool inbox_busy_wait(struct worker *self)
     return false;
 }
 
-/* For a request that publishes many messages at once (an API broadcast):
- * whether this worker's own inbox is at its bound. Publishes of this worker
- * wait in it until the end of the turn (hub.c fan_out), so one request
+/* For a request that publishes many messages at once (an API broadcast),
+ * between its steps: whether this worker's own inbox is at its bound.
+ * Publishes of this worker wait in it until it is taken (hub.c fan_out;
+ * at the end of a turn, once any batch before it is out), so one request
  * could fill it without limit; past the bound the request waits for that
- * drain, told like a publisher held for another worker's inbox (the drain
+ * take, told like a publisher held for another worker's inbox (the take
  * wakes this worker once more to release it). */
 bool inbox_own_full_wait(struct worker *self)
 {
@@ -452,7 +453,8 @@ static void deliver_one(struct worker *w, const struct xmsg *m)
     atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
 }
 
-/* Takes the inbox as the carry; false when it is empty. */
+/* Takes the inbox as the carry; false when nothing was pushed since the
+ * last take. */
 static bool inbox_take(struct worker *w)
 {
     /* Called every loop turn: most turns have nothing for us. */
