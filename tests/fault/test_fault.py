@@ -1449,6 +1449,74 @@ def test_fault_hub_publishers_on_the_busy_worker_held_for_its_own_inbox(tmp_path
         srv.stop()
 
 
+def test_fault_api_request_waits_for_its_own_workers_inbox(tmp_path):
+    """An API POST waits while its own worker's inbox is over the bound,
+    not only another worker's: what it publishes waits in that inbox, and
+    while a long batch is delivered in slices the inbox is not taken, so
+    requests answered at once would fill it meanwhile. One worker (so
+    there is no other inbox to wait for): four /ws publishers send 1 MB
+    messages to four subscribers with deflate windows 12-15 at level 9,
+    which keeps the worker's own inbox over its bound much of the time.
+    API publishes through --admin-listen, one at a time, until one has
+    waited (ev=api_waits; before, with one worker none ever did), and
+    every one is answered 200 with its offset."""
+    admin = free_port()
+    srv = flood_server(tmp_path, ("--workers", "1", "--max-message", str(1 << 20),
+                                  "--admin-listen", f"127.0.0.1:{admin}"),
+                       api_key="flood-api-key-0123")
+    socks, stop = [], threading.Event()
+    try:
+        subs = []
+        for bits in (12, 13, 14, 15):
+            s = upgrade(srv.port, "/ws", extensions=f"{DEFLATE_OFFER}; server_max_window_bits={bits}")
+            ws_join(s, b"heavy")
+            subs.append(s)
+        pubs = [upgrade(srv.port, "/ws") for _ in range(4)]
+        for s in pubs:
+            ws_join(s, b"heavy")
+        socks = subs + pubs
+        drains = [threading.Thread(target=BusyWorker.drain, args=(s,), daemon=True) for s in socks]
+        for t in drains:
+            t.start()
+        body = flood_bodies(1, (1 << 20) - 200)[0].decode()
+
+        def flood(k):  # at most 40 MB each, until told to stop
+            for i in range(40):
+                if stop.is_set():
+                    return
+                cmd = '{"type":"publish","id":%d,"channel":"heavy","payload":"%s"}' % (i + 3, body)
+                pubs[k].sendall(zero_mask_text(cmd.encode()))
+        floods = [threading.Thread(target=flood, args=(k,), daemon=True) for k in range(4)]
+        for t in floods:
+            t.start()
+        waited, answered = [], 0
+        for i in range(60):  # bounded: one at a time, 0.1 s apart
+            before = len(log_events(srv, "api_waits"))
+            st, reply = api_post(admin, "/api/publish", {"channel": "heavy", "payload": {"api": i}})
+            assert st == 200 and len(reply["offsets"]) == 1, (st, reply)
+            answered += 1
+            if len(log_events(srv, "api_waits")) > before:
+                waited.append(i)
+                if len(waited) >= 2:
+                    break
+            time.sleep(0.1)
+        print(f"API publishes: {answered}, waited: {waited}")
+        assert waited, "no API request waited for its own worker's inbox"
+        stop.set()
+        for t in floods:
+            t.join(60 * MULT)
+            assert not t.is_alive()
+    finally:
+        stop.set()
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        srv.stop()
+
+
 def test_fault_small_raw_messages_held_at_the_end_of_their_read(tmp_path):
     """Messages under 64 bytes are published together, one batch per read
     (chan.c), so the inbox bound is checked when the read's batch goes out,
