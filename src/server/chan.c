@@ -15,7 +15,9 @@
  * worker that falls behind, fanning out to many subscribers or compressing
  * for deflate ones, slows the connections that feed it through TCP
  * instead of queueing without limit, or handing its subscribers more in
- * one turn than their --max-queue. */
+ * one turn than their --max-queue. A message its own worker compresses
+ * for deflate subscribers goes through that worker's own inbox too
+ * (defer_local), so that its compression is sliced and bounded alike. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,8 +178,11 @@ void zcache_release(struct zcache *z)
             wsh_buf_unref(z->buf[i]);
 }
 
-/* Sends one encoded frame to every local subscriber but skip. */
-static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *skip,
+/* Sends one encoded frame to every local subscriber but the connection
+ * whose id is skip (0: none). An id, not a pointer: a deferred fan-out
+ * (publish_now) may outlive its publisher, whose memory a new subscriber
+ * could then take. */
+static void fan_out_local(struct worker *w, struct rawchan *ch, uint32_t skip,
                           struct wsh_buf *frame)
 {
     struct zcache zc;
@@ -187,7 +192,7 @@ static void fan_out_local(struct worker *w, struct rawchan *ch, struct conn *ski
         /* conn_send may close a slow consumer, unlinking it: read the next
          * link first. */
         next = c->chan_next;
-        if (c == skip)
+        if (c->id == skip)
             continue;
         conn_send(w, c, wsh_buf_ref(zcache_frame(&zc, c)));
     }
@@ -250,10 +255,12 @@ void inbox_push(struct worker *to, const struct xmsg *m)
             pthread_mutex_unlock(&to->inbox_mu);
             /* Dropped: the receiver's memory is exhausted anyway. */
             wsh_buf_unref(m->buf);
-            if (m->kind == XMSG_RAW)
-                atomic_fetch_sub_explicit(&((struct rawchan *)m->ch)->refs, 1,
-                                          memory_order_release);
-            else
+            if (m->kind == XMSG_RAW) {
+                struct rawchan *ch = m->ch;
+                if (m->from != 0) /* to is the pusher's own worker */
+                    ch->local[to->id].deferred--;
+                atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
+            } else
                 hub_deliver_inbox(NULL, m);
             return;
         }
@@ -272,8 +279,15 @@ void inbox_push(struct worker *to, const struct xmsg *m)
     bool full = self != NULL && inbox_full_wait(to, self);
     atomic_store_explicit(&to->inbox_ready, true, memory_order_release);
     pthread_mutex_unlock(&to->inbox_mu);
-    if (full)
-        self->inbox_full = true; /* the caller holds its publisher */
+    if (full) {
+        /* The caller holds its publisher until that inbox is taken: of
+         * several, another worker's, as its own is taken every turn (or
+         * at the end of a batch in slices) and the publisher pushing to it
+         * again finds it full again. */
+        if (!self->inbox_full || to != self)
+            self->inbox_full_on = (uint8_t)to->id;
+        self->inbox_full = true;
+    }
 }
 
 /* Its own inbox included: what a request publishes waits there too, and
@@ -286,6 +300,18 @@ bool inbox_busy_wait(struct worker *self)
         if (inbox_wait_on(&wsh_workers[i], self))
             return true;
     return false;
+}
+
+/* For a publisher held for to's inbox that this worker is about to
+ * release (an inbox it waited for was taken): whether to's is still at
+ * its bound, and if so self is told when it is taken. The inbox taken may
+ * have been another one, this worker's own for instance, which a
+ * deferred fan-out (defer_local) fills and which is taken every turn:
+ * released then, a publisher would add a message per turn to an inbox
+ * that is over its bound. */
+bool inbox_still_full(struct worker *self, int to)
+{
+    return inbox_wait_on(&wsh_workers[to], self);
 }
 
 /* For a request that publishes many messages at once (an API broadcast),
@@ -329,6 +355,31 @@ static void inbox_release(struct worker *w, uint64_t waiters)
     }
 }
 
+/* A message that is compressed for the publisher's own worker's deflate
+ * subscribers would be compressed in the publisher's read, once per
+ * window: several 1 MB messages completing in one read turn at level 9
+ * kept the worker off its other sockets for over a second, unsliced. Such
+ * a fan-out goes through the worker's own inbox instead, delivered at the
+ * end of the turn a slice at a time like the other workers' messages
+ * (INBOX_SLICE_MS), and its publisher is held past the inbox's bound like
+ * theirs. While any of a channel's local fan-outs wait there (deferred),
+ * the channel's next ones wait behind them, whatever their size, so a
+ * publisher's messages keep their order. Whether the channel has deflate
+ * subscribers here is not tracked: a plain fan-out of a message this
+ * large is cheap either way, and deferred it goes out in the same turn. */
+static bool defer_local(struct worker *w, struct rawchan *ch, struct conn *from,
+                        const struct wsh_buf *frame)
+{
+    struct rawchan_local *loc = &ch->local[w->id];
+    if (loc->deferred > 0)
+        return true;
+    if (!wsh_cfg.deflate || loc->head == NULL || (loc->head == from && from->chan_next == NULL))
+        return false;
+    size_t plen;
+    frame_payload(frame, &plen);
+    return worth_deflating(plen);
+}
+
 static void publish_now(struct worker *w, struct conn *from, struct wsh_buf *frame)
 {
     struct rawchan *ch = from->chan;
@@ -348,7 +399,14 @@ static void publish_now(struct worker *w, struct conn *from, struct wsh_buf *fra
         inbox_push(&wsh_workers[i], &m);
         w->wake[i] = true;
     }
-    fan_out_local(w, ch, from, frame);
+    if (defer_local(w, ch, from, frame)) {
+        ch->local[w->id].deferred++;
+        atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+        struct xmsg m = { .ch = ch, .buf = frame, .kind = XMSG_RAW, .from = from->id };
+        inbox_push(w, &m); /* the frame's reference goes with it */
+        return;
+    }
+    fan_out_local(w, ch, from->id, frame);
     wsh_buf_unref(frame);
 }
 
@@ -448,7 +506,9 @@ static void deliver_one(struct worker *w, const struct xmsg *m)
         return;
     }
     struct rawchan *ch = m->ch;
-    fan_out_local(w, ch, NULL, m->buf);
+    if (m->from != 0)
+        ch->local[w->id].deferred--;
+    fan_out_local(w, ch, m->from, m->buf);
     wsh_buf_unref(m->buf);
     atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
 }

@@ -129,7 +129,8 @@ struct conn {
     uint8_t state;
     uint8_t endpoint;
     uint8_t flags;
-    uint8_t hold; /* HOLD_* reasons its input is not read (conn_hold) */
+    uint8_t hold;     /* HOLD_* reasons its input is not read (conn_hold) */
+    uint8_t held_for; /* with HOLD_INBOX: whose inbox it waits for */
 };
 
 /* Why a connection's input is held: a `connect` waiting for keys, or a
@@ -143,6 +144,7 @@ struct conn {
 struct rawchan_local {
     struct conn *head; /* touched only by its own worker */
     _Atomic uint32_t n;
+    uint32_t deferred; /* its own worker's fan-outs waiting in its inbox (chan.c) */
 };
 
 /* Channel records shared by all workers (raw channels, hub channels)
@@ -200,7 +202,9 @@ struct xmsg {
     uint64_t offset; /* hub: the message's offset, 0 for signals and pushes */
     int64_t t_ms;    /* hub: publish time (wall clock), for the latency metric */
     uint8_t kind;
-    uint8_t push; /* hub: enum push_type, for the metrics */
+    uint8_t push;  /* hub: enum push_type, for the metrics */
+    uint32_t from; /* raw: the publisher's connection id when it is on the
+                    * receiving worker (a deferred local fan-out), else 0 */
 };
 
 /* What the server sends on /ws (docs/protocol.md), by type, for
@@ -309,6 +313,7 @@ struct worker {
     uint64_t inbox_waiters;     /* workers holding publishers until it drains, by bit */
     _Atomic bool inbox_resume;  /* an inbox we waited for has drained */
     bool inbox_full;            /* a push of the current input found one full */
+    uint8_t inbox_full_on;      /* whose (another worker's first: chan.c) */
     uint32_t nheld;             /* connections held with HOLD_INBOX */
     struct xmsg *spare;         /* swapped with inbox by the consumer */
     size_t spare_cap;
@@ -560,6 +565,9 @@ void inbox_push(struct worker *to, const struct xmsg *m);
 /* True when an inbox, self's own included, is over its bound; self is
  * then told when it drains (its held connections are released). */
 bool inbox_busy_wait(struct worker *self);
+/* Whether worker to's inbox is still over its bound; if so self is told
+ * when it drains. */
+bool inbox_still_full(struct worker *self, int to);
 bool inbox_own_full_wait(struct worker *self);
 /* Bytes waiting in all inboxes, for /metrics. */
 size_t inbox_bytes_total(void);

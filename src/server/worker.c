@@ -58,10 +58,16 @@ static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
 
 _Thread_local struct worker *wsh_self;
 
+/* Never 0, which says "no connection" (struct xmsg's from), even once
+ * the counter wraps. */
 static uint32_t next_conn_id(void)
 {
     static _Atomic uint32_t id;
-    return atomic_fetch_add_explicit(&id, 1, memory_order_relaxed) + 1;
+    uint32_t n;
+    do
+        n = atomic_fetch_add_explicit(&id, 1, memory_order_relaxed) + 1;
+    while (n == 0);
+    return n;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1568,15 +1574,17 @@ static void hold_for_inbox(struct worker *w, struct conn *c)
 void conn_hold_for_inbox(struct worker *w, struct conn *c)
 {
     w->inbox_full = false;
+    c->held_for = w->inbox_full_on;
     if (c->state == CONN_OPEN && !(c->hold & HOLD_INBOX))
         hold_for_inbox(w, c);
 }
 
 /* From the end of a turn, once an inbox this worker waited for has
- * drained: its held publishers read again. A held connection is found by
- * walking the worker's list, which costs a pass over its connections per
- * drained inbox (one per INBOX_HIGH bytes at most) and saves every
- * connection a link field. They are collected first: a release runs the
+ * drained: its held publishers read again, but for those whose inbox
+ * (held_for) is still over its bound, which wait on for that one. A held
+ * connection is found by walking the worker's list, which costs a pass
+ * over its connections per drained inbox (one per INBOX_HIGH bytes at
+ * most) and saves every connection a link field. They are collected first: a release runs the
  * held input, which may close other connections. */
 static void release_held(struct worker *w)
 {
@@ -1610,7 +1618,8 @@ static void release_held(struct worker *w)
         if (held[i]->state == CONN_HTTP)
             conn_hold(w, held[i], HOLD_INBOX, false);
     for (uint32_t i = 0; i < n; i++)
-        if (held[i]->state != CONN_HTTP)
+        if (held[i]->state == CONN_DEAD ||
+            (held[i]->state != CONN_HTTP && !inbox_still_full(w, held[i]->held_for)))
             conn_hold(w, held[i], HOLD_INBOX, false);
     free(held);
 }

@@ -1231,9 +1231,11 @@ class BusyWorker:
     reads what it is sent (a /raw publisher gets the others' messages),
     so no one is cut or paused; `also` are more sockets to drain. Returns
     once worker 1's inbox has held a publisher: the first 1 MB message
-    alone is four times its bound. Needs --max-message 1048576."""
+    alone is four times its bound. Needs --max-message 1048576. With
+    pubs_on=1 the publishers are on worker 1 too, and what keeps it busy
+    is its own fan-out (chan.c defer_local)."""
 
-    def __init__(self, srv, also=()):
+    def __init__(self, srv, also=(), pubs_on=0):
         self.srv, self.base = srv, srv.fds()
         path, extra, self.subs, self.pubs = "/raw/slow", [], [], []
         for bits in (12, 13, 14, 15):
@@ -1243,7 +1245,7 @@ class BusyWorker:
             self.subs.append(s)
             extra += more
         for _ in range(8):
-            s, _, more = on_worker(srv, path, 0)
+            s, _, more = on_worker(srv, path, pubs_on)
             self.pubs.append(s)
             extra += more
         for s in extra:
@@ -1316,7 +1318,8 @@ class BusyWorker:
             time.sleep(0.05)
 
 
-def test_fault_busy_worker_goes_on_serving_its_other_connections(tmp_path):
+@pytest.mark.parametrize("pubs_on", [0, 1], ids=["publishers_elsewhere", "publishers_there"])
+def test_fault_busy_worker_goes_on_serving_its_other_connections(tmp_path, pubs_on):
     """A worker that takes a long batch from its inbox (BusyWorker: 1 MB
     messages, each compressed for four windows at level 9, about a second
     a batch) delivers it a few messages per loop turn (chan.c
@@ -1324,15 +1327,17 @@ def test_fault_busy_worker_goes_on_serving_its_other_connections(tmp_path):
     on that worker is answered within about one message's work, not after
     the whole batch. The bar is the batches' own length, which the server
     logs with ev=inbox_sliced, so it holds on a slower machine or under a
-    sanitizer. Every message still reaches the reading subscribers once
-    and in order (BusyWorker's drains check nothing; the reader here does)."""
+    sanitizer. The same when the publishers are on that worker too: the
+    fan-out it compresses for its own publishers goes through its own
+    inbox (chan.c defer_local), or eight messages completed in one read
+    turn would be compressed in that turn, a second and more of it."""
     srv = flood_server(tmp_path, ("--max-message", str(1 << 20), "--echo"))
     busy = None
     try:
         echo, _, extra = on_worker(srv, "/echo", 1)
         for s in extra:
             s.close()
-        busy = BusyWorker(srv)
+        busy = BusyWorker(srv, pubs_on=pubs_on)
         load = 'wshub_worker_busy_seconds_total{worker="1"}'
         start, busy0 = time.time(), scrape(srv.port, load)
         rtts, deadline = [], time.time() + 6 * MULT
@@ -1358,6 +1363,12 @@ def test_fault_busy_worker_goes_on_serving_its_other_connections(tmp_path):
         print(f"worker 1 busy {share:.2f}; echo round trips: {len(rtts)}, max {max(rtts):.3f}s; "
               f"batches of 4+: {batches}")
         assert max(rtts) < max(batches)[0] * 0.6, (max(rtts), batches)
+        # And the inbox stays bounded: a publisher is held once its
+        # message takes the inbox past the bound (any 1 MB one does), and
+        # released once it is taken, so a batch holds at most one message
+        # per publisher. (Released when its own worker's inbox was taken
+        # instead, a publisher on worker 0 added one per turn: 23.)
+        assert max(b[1] for b in batches) <= len(busy.pubs), batches
         assert len(rtts) >= 10, rtts
         assert 0.5 < share <= 1.2, share
         busy.close()

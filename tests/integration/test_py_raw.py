@@ -3,6 +3,7 @@
 import asyncio
 import os
 
+import pytest
 import websockets
 
 from conftest import MULT, run_async, ws_uri
@@ -263,12 +264,17 @@ def test_burst_in_one_write_arrives_as_separate_messages_in_order(wshub):
             c.close()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @run_async
-async def test_burst_reaches_deflate_and_plain_subscribers_alike(wshub):
+async def test_burst_reaches_deflate_and_plain_subscribers_alike(wshub, workers):
     """With --deflate, frames worth compressing go alone (compressed once
     per window) and the small ones are batched plain: a subscriber with
-    permessage-deflate and one without get the same messages in order."""
-    s = wshub("--workers", 2, "--deflate", "--max-message", 1 << 20, "--max-queue", 16 << 20)
+    permessage-deflate and one without get the same messages in order.
+    With one worker every subscriber is on the publisher's worker, where a
+    message compressed for deflate ones waits in that worker's own inbox
+    (chan.c defer_local) and the small ones after it wait behind it."""
+    s = wshub("--workers", workers, "--deflate", "--max-message", 1 << 20,
+              "--max-queue", 16 << 20)
     zsubs = [await connect(s, "/raw/zburst", compression="deflate") for _ in range(3)]
     psubs = [await connect(s, "/raw/zburst") for _ in range(3)]
     pub = wsraw.ws_connect(s.port, "/raw/zburst")
