@@ -357,7 +357,10 @@ static void inbox_release(struct worker *w, uint64_t waiters)
 
 /* A message that is compressed for the publisher's own worker's deflate
  * subscribers would be compressed in the publisher's read, once per
- * window: several 1 MB messages completing in one read turn at level 9
+ * window. Up to a read's worth (READ_MAX) that is work in proportion to
+ * what the turn read, like its inflating and UTF-8 checks; but a larger
+ * message, read over many turns, is compressed whole in the turn that
+ * completes it: eight 1 MB messages completing in one turn at level 9
  * kept the worker off its other sockets for over a second, unsliced. Such
  * a fan-out goes through the worker's own inbox instead, delivered at the
  * end of the turn a slice at a time like the other workers' messages
@@ -377,7 +380,7 @@ static bool defer_local(struct worker *w, struct rawchan *ch, struct conn *from,
         return false;
     size_t plen;
     frame_payload(frame, &plen);
-    return worth_deflating(plen);
+    return plen > READ_MAX && worth_deflating(plen);
 }
 
 static void publish_now(struct worker *w, struct conn *from, struct wsh_buf *frame)

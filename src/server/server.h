@@ -98,6 +98,9 @@ enum conn_endpoint { EP_NONE, EP_ECHO, EP_RAW, EP_HUB, EP_ADMIN };
 #define CF_HTTP_BODY   0x40 /* request head parsed, waiting for its body */
 #define CF_BIG_READS   0x80 /* the last read was large: split the next (plain_read) */
 
+/* What one connection reads at most per loop turn (worker.c). */
+#define READ_MAX 65536u
+
 struct worker;
 struct api_job;
 struct rawchan;

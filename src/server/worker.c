@@ -21,9 +21,8 @@
 #include "wshub/http.h"
 
 /* Per-turn budgets (LIMITS.md): a connection reads at most READ_MAX bytes
- * per turn, and a listener accepts at most ACCEPT_MAX per turn so a
- * connection flood cannot starve established connections. */
-#define READ_MAX  65536u
+ * per turn (server.h), and a listener accepts at most ACCEPT_MAX per turn
+ * so a connection flood cannot starve established connections. */
 #define CARRY_MAX WSH_HTTP_DEFAULT_HEAD
 /* Request bodies are only for the HTTP API, and small (LIMITS.md max
  * message); larger ones get 413. */
