@@ -52,6 +52,7 @@ static void ip_release(struct ipcount *e);
 static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s);
 static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s);
 static void ip_sweep(void);
+static void ip_count_open(struct worker *w);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
 
@@ -1863,32 +1864,40 @@ static uint32_t ip_hash(const uint8_t *a, size_t len)
  * entry to release at destroy, or NULL with *retry_s set (seconds for
  * Retry-After) when the address is over a bound, or NULL with *retry_s 0
  * when it cannot be tracked (the connection is then let in). */
-static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s)
+/* The entry of ss's address, made when missing; NULL when it cannot be
+ * tracked. Under ip_mu. */
+static struct ipcount *ip_find(const struct sockaddr_storage *ss, uint64_t now)
 {
     uint8_t a[16];
-    *retry_s = 0;
-    pthread_mutex_lock(&ip_mu);
     uint8_t len = (uint8_t)wsh_addr_key(ss, ipl.v6prefix, a);
-    if (len == 0) {
-        pthread_mutex_unlock(&ip_mu);
+    if (len == 0)
         return NULL;
-    }
-    uint64_t now = wsh_now_ms();
     struct ipcount **pp = &ip_table[ip_hash(a, len)], *e = *pp;
     while (e && !(e->len == len && memcmp(e->addr, a, len) == 0))
         e = e->next;
     if (e == NULL) {
         e = calloc(1, sizeof(*e));
-        if (e == NULL) {
-            pthread_mutex_unlock(&ip_mu);
+        if (e == NULL)
             return NULL;
-        }
         e->len = len;
         memcpy(e->addr, a, len);
         if (ipl.rate > 0)
             wsh_rate_init(&e->rate, ipl.rate, ipl.burst, now);
         e->next = *pp;
         *pp = e;
+    }
+    return e;
+}
+
+static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s)
+{
+    *retry_s = 0;
+    pthread_mutex_lock(&ip_mu);
+    uint64_t now = wsh_now_ms();
+    struct ipcount *e = ip_find(ss, now);
+    if (e == NULL) {
+        pthread_mutex_unlock(&ip_mu);
+        return NULL;
     }
     if (ipl.max > 0 && e->n >= ipl.max) {
         *retry_s = 5; /* a slot frees when one of its connections closes */
@@ -1940,6 +1949,38 @@ static void ip_sweep(void)
     pthread_mutex_unlock(&ip_mu);
 }
 
+/* Per-address limits turned on by a reload count the connections opened
+ * while they were off, so that an address already over its bound is
+ * refused from now on (its connections stay, as under a lowered bound).
+ * Not a trusted proxy's, whose clients are named request by request, nor
+ * any behind --proxy-protocol, whose header named an address that is no
+ * longer known; the admin listener's are never counted. */
+static void ip_count_open(struct worker *w)
+{
+    if (wsh_cfg.proxy_protocol)
+        return;
+    size_t ntrusted;
+    const struct wsh_cidr *trusted = hub_trusted_proxies(&ntrusted);
+    uint32_t n = 0;
+    for (struct conn *c = w->conns; c != NULL; c = c->next) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        if (c->ip != NULL || c->state == CONN_DEAD || c->endpoint == EP_ADMIN ||
+            (c->flags & CF_FORWARDED) ||
+            getpeername(c->io.fd, (struct sockaddr *)&peer, &len) != 0 ||
+            wsh_cidr_contains(trusted, ntrusted, &peer))
+            continue;
+        pthread_mutex_lock(&ip_mu);
+        c->ip = ip_find(&peer, wsh_now_ms());
+        if (c->ip != NULL) {
+            c->ip->n++;
+            n++;
+        }
+        pthread_mutex_unlock(&ip_mu);
+    }
+    wsh_log(WSH_LOG_INFO, "worker=%d ev=per_ip_counted conns=%u", w->id, n);
+}
+
 void worker_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, uint32_t ip_burst,
                        uint32_t v6prefix)
 {
@@ -1959,8 +2000,15 @@ void worker_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, 
     ipl.rate = ip_rate;
     ipl.burst = ip_burst;
     ipl.v6prefix = v6prefix;
-    atomic_store(&ip_on, per_ip > 0 || ip_rate > 0);
+    bool was_on = atomic_exchange(&ip_on, per_ip > 0 || ip_rate > 0);
     pthread_mutex_unlock(&ip_mu);
+    /* (At start-up the workers do not exist yet, nor any connection.) */
+    if (!was_on && per_ip_on() && wsh_workers != NULL) {
+        for (int i = 0; i < wsh_nworkers; i++) {
+            atomic_store(&wsh_workers[i].ip_recount, true);
+            worker_wake(&wsh_workers[i]);
+        }
+    }
 }
 
 /* A refusal sent before anything is read from the connection, so before
@@ -2181,6 +2229,9 @@ static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     ssize_t n = read(io->fd, &v, sizeof(v));
     (void)n;
     /* The inbox is delivered in before_sleep, after the turn's reads. */
+    if (atomic_load_explicit(&w->ip_recount, memory_order_relaxed) &&
+        atomic_exchange(&w->ip_recount, false))
+        ip_count_open(w);
     if (w->nparked > 0)
         unpark_due(w);
     hub_keys_wake(w);

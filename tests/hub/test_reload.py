@@ -222,6 +222,44 @@ def test_sighup_changes_the_connection_limits(hub):
         c.close()
 
 
+def test_sighup_turning_the_per_address_limit_on_counts_what_is_open(hub):
+    """Turned on by a reload, max_connections_per_ip counts the connections
+    an address opened while it was off: during a flood, the operator's
+    bound applies to the flood's open connections too. They stay open
+    (as under a lowered bound); each that closes frees its slot."""
+    off = {"limits": {"max_connections_per_ip": 0, "handshake_rate_per_ip": 0}}
+    h = hub(merge(base_config(), off))
+    held = [until_status(h.port, 101) for _ in range(4)]
+
+    line = reload(h, merge(base_config(), {"limits": {"max_connections_per_ip": 3}}), 1)
+    assert "ok=1" in line and "max_connections_per_ip=3" in line, line
+    wait_log(h, "ev=per_ip_counted", 2)
+    r = until_status(h.port, 429)  # 4 open against 3
+    assert r.header("retry-after") == "5", r
+    held.pop().close()
+    assert until_status(h.port, 429).status == 429  # 3 open against 3
+    held.pop().close()
+    held.append(until_status(h.port, 101))  # the slot it left
+
+    # Off and on again: the counted ones keep their slots, none twice.
+    line = reload(h, merge(base_config(), off), 2)
+    assert "max_connections_per_ip=0" in line, line
+    held.append(until_status(h.port, 101))  # 4 open
+    line = reload(h, merge(base_config(), {"limits": {"max_connections_per_ip": 4}}), 3)
+    assert "max_connections_per_ip=4" in line, line
+    wait_log(h, "ev=per_ip_counted", 4)  # each of the 2 workers, twice
+    assert until_status(h.port, 429).status == 429
+    held.pop().close()
+    held.append(until_status(h.port, 101))
+
+    # The connections were never closed: a raw message goes round.
+    held[0].send_frame(wsraw.OP_TEXT, b"still here")
+    for c in held[1:]:
+        assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"still here")
+    for c in held:
+        c.close()
+
+
 def test_sighup_changes_the_trusted_proxies(hub):
     """trusted_proxies follows SIGHUP: once 127.0.0.1 is a trusted proxy,
     a connection from it counts under the client its X-Forwarded-For
