@@ -302,18 +302,6 @@ bool inbox_busy_wait(struct worker *self)
     return false;
 }
 
-/* For a publisher held for to's inbox that this worker is about to
- * release (an inbox it waited for was taken): whether to's is still at
- * its bound, and if so self is told when it is taken. The inbox taken may
- * have been another one, this worker's own for instance, which a
- * deferred fan-out (defer_local) fills and which is taken every turn:
- * released then, a publisher would add a message per turn to an inbox
- * that is over its bound. */
-bool inbox_still_full(struct worker *self, int to)
-{
-    return inbox_wait_on(&wsh_workers[to], self);
-}
-
 /* For a request that publishes many messages at once (an API broadcast),
  * between its steps: whether this worker's own inbox is at its bound.
  * Publishes of this worker wait in it until it is taken (hub.c fan_out;
@@ -347,7 +335,7 @@ static void inbox_release(struct worker *w, uint64_t waiters)
     for (int i = 0; i < wsh_nworkers; i++) {
         if (!(waiters & ((uint64_t)1 << i)))
             continue;
-        atomic_store(&wsh_workers[i].inbox_resume, true);
+        atomic_fetch_or(&wsh_workers[i].inbox_resume, (uint64_t)1 << w->id);
         if (i == w->id)
             w->wake[i] = true;
         else

@@ -311,15 +311,15 @@ struct worker {
     pthread_mutex_t inbox_mu;
     struct xmsg *inbox;
     size_t inbox_n, inbox_cap;
-    _Atomic bool inbox_ready;   /* set by producers: skip the lock when clear */
-    _Atomic size_t inbox_bytes; /* what waits in it, frames and entries (chan.c) */
-    uint64_t inbox_waiters;     /* workers holding publishers until it drains, by bit */
-    _Atomic bool inbox_resume;  /* an inbox we waited for has drained */
-    _Atomic bool ip_recount;    /* per-address limits turned on: count what is open */
-    bool inbox_full;            /* a push of the current input found one full */
-    uint8_t inbox_full_on;      /* whose (another worker's first: chan.c) */
-    uint32_t nheld;             /* connections held with HOLD_INBOX */
-    struct xmsg *spare;         /* swapped with inbox by the consumer */
+    _Atomic bool inbox_ready;      /* set by producers: skip the lock when clear */
+    _Atomic size_t inbox_bytes;    /* what waits in it, frames and entries (chan.c) */
+    uint64_t inbox_waiters;        /* workers holding publishers until it drains, by bit */
+    _Atomic uint64_t inbox_resume; /* inboxes we waited for that were taken, by bit */
+    _Atomic bool ip_recount;       /* per-address limits turned on: count what is open */
+    bool inbox_full;               /* a push of the current input found one full */
+    uint8_t inbox_full_on;         /* whose (another worker's first: chan.c) */
+    uint32_t nheld;                /* connections held with HOLD_INBOX */
+    struct xmsg *spare;            /* swapped with inbox by the consumer */
     size_t spare_cap;
     struct xmsg *carry; /* the taken inbox, delivered over turns (chan.c) */
     size_t carry_n, carry_i, carry_cap;
@@ -569,9 +569,6 @@ void inbox_push(struct worker *to, const struct xmsg *m);
 /* True when an inbox, self's own included, is over its bound; self is
  * then told when it drains (its held connections are released). */
 bool inbox_busy_wait(struct worker *self);
-/* Whether worker to's inbox is still over its bound; if so self is told
- * when it drains. */
-bool inbox_still_full(struct worker *self, int to);
 bool inbox_own_full_wait(struct worker *self);
 /* Bytes waiting in all inboxes, for /metrics. */
 size_t inbox_bytes_total(void);

@@ -1580,12 +1580,15 @@ void conn_hold_for_inbox(struct worker *w, struct conn *c)
 }
 
 /* From the end of a turn, once an inbox this worker waited for has
- * drained: its held publishers read again, but for those whose inbox
- * (held_for) is still over its bound, which wait on for that one. A held
- * connection is found by walking the worker's list, which costs a pass
- * over its connections per drained inbox (one per INBOX_HIGH bytes at
- * most) and saves every connection a link field. They are collected first: a release runs the
- * held input, which may close other connections. */
+ * drained: its held API requests, and the publishers held for that inbox
+ * (held_for), read again. Only those: released when another was taken,
+ * this worker's own for instance, which a deferred fan-out (chan.c
+ * defer_local) fills and which is taken every turn, a publisher would add
+ * a message per turn to an inbox over its bound. A held connection is
+ * found by walking the worker's list, which costs a pass over its
+ * connections per drained inbox (one per INBOX_HIGH bytes at most) and
+ * saves every connection a link field. They are collected first: a
+ * release runs the held input, which may close other connections. */
 static void release_held(struct worker *w)
 {
     if (w->nheld == 0) {
@@ -1593,14 +1596,15 @@ static void release_held(struct worker *w)
          * connections already gone is stale, and kept it would release
          * the next held publisher before its inbox was taken in. */
         if (atomic_load_explicit(&w->inbox_resume, memory_order_relaxed))
-            atomic_store(&w->inbox_resume, false);
+            atomic_store(&w->inbox_resume, 0);
         return;
     }
-    if (!atomic_exchange(&w->inbox_resume, false))
+    uint64_t taken = atomic_exchange(&w->inbox_resume, 0);
+    if (taken == 0)
         return;
     struct conn **held = malloc(w->nheld * sizeof(*held));
     if (held == NULL) {
-        atomic_store(&w->inbox_resume, true); /* next turn */
+        atomic_fetch_or(&w->inbox_resume, taken); /* next turn */
         return;
     }
     uint32_t n = 0;
@@ -1618,8 +1622,7 @@ static void release_held(struct worker *w)
         if (held[i]->state == CONN_HTTP)
             conn_hold(w, held[i], HOLD_INBOX, false);
     for (uint32_t i = 0; i < n; i++)
-        if (held[i]->state == CONN_DEAD ||
-            (held[i]->state != CONN_HTTP && !inbox_still_full(w, held[i]->held_for)))
+        if (held[i]->state != CONN_HTTP && (taken & ((uint64_t)1 << held[i]->held_for)))
             conn_hold(w, held[i], HOLD_INBOX, false);
     free(held);
 }
