@@ -41,6 +41,11 @@ static void live_add(int64_t n)
                           memory_order_relaxed);
 }
 
+void wsh_buf_live_charge(int64_t n)
+{
+    live_add(n);
+}
+
 size_t wsh_buf_live_bytes(void)
 {
     int64_t sum = atomic_load_explicit(&live_orphan, memory_order_relaxed);

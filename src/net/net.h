@@ -51,6 +51,9 @@ void wsh_buf_unref(struct wsh_buf *b);
  * summed over the threads' own counters: a moment's approximation when
  * other threads are busy. */
 size_t wsh_buf_live_bytes(void);
+/* Counts n more bytes (or fewer, negative) of client memory that is not
+ * a wsh_buf: a connection's carried input (server). */
+void wsh_buf_live_charge(int64_t n);
 
 static inline size_t wsh_buf_len(const struct wsh_buf *b)
 {

@@ -299,7 +299,7 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
             SUM(memory_evictions));
     put(&o,
         "# HELP wshub_client_memory_bytes Bytes of the buffers held for clients (queued "
-        "frames, messages being assembled), each shared frame once.\n"
+        "frames, messages being assembled, input carried over), each shared frame once.\n"
         "# TYPE wshub_client_memory_bytes gauge\nwshub_client_memory_bytes %zu\n",
         wsh_buf_live_bytes());
     put(&o,

@@ -521,6 +521,7 @@ void conn_destroy(struct worker *w, struct conn *c)
     if (c->hub)
         hub_conn_end(w, c);
     wsh_wq_clear(&c->wq);
+    wsh_buf_live_charge(-(int64_t)c->carry_cap);
     free(c->carry);
     c->carry = NULL;
     c->carry_len = c->carry_cap = 0;
@@ -660,12 +661,13 @@ static void on_out_timer(struct wsh_loop *l, struct wsh_timer *t)
     wsh_timer_start(l, t, 1000);
 }
 
-/* Client buffer bytes a connection holds: its output queue and the
- * message it is assembling. A frame shared with other queues is counted
+/* Client buffer bytes a connection holds: its output queue, the message
+ * it is assembling and the input it carries (up to a read's worth while
+ * it is held for an inbox). A frame shared with other queues is counted
  * in each, so this ranks connections; it does not add up to the total. */
 static size_t conn_held(const struct conn *c)
 {
-    return wsh_wq_bytes(c->wq) + (c->msg ? c->msg->cap : 0);
+    return wsh_wq_bytes(c->wq) + (c->msg ? c->msg->cap : 0) + c->carry_cap;
 }
 
 static void evict(struct worker *w, struct conn *c, uint64_t held, size_t live)
@@ -1355,6 +1357,7 @@ static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, si
 {
     if (n == 0) {
         if (c->carry_cap > 0) {
+            wsh_buf_live_charge(-(int64_t)c->carry_cap);
             free(c->carry);
             c->carry = NULL;
             c->carry_cap = 0;
@@ -1375,6 +1378,7 @@ static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, si
             conn_destroy(w, c);
             return;
         }
+        wsh_buf_live_charge((int64_t)cap - (int64_t)c->carry_cap);
         free(c->carry);
         c->carry = nc;
         c->carry_cap = cap;

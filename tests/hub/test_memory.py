@@ -5,6 +5,7 @@ keep up are not touched, nothing else is lost, and the server's client
 memory (wshub_client_memory_bytes) comes back under the cap."""
 import asyncio
 import json
+import socket
 import threading
 import time
 
@@ -167,3 +168,24 @@ def test_client_memory_cap_on_shared_frames(hub):
     wait_metric(h, "wshub_client_memory_bytes", lambda v: v <= 3_000_000)
     for c in (*laggers, healthy, pub):
         c.close()
+
+
+def test_client_memory_counts_input_carried_over(hub):
+    """Input kept for the next read counts as client memory: here the
+    partial request heads of 40 connections that stop half-way (each kept
+    in an 8 KiB carry until the head completes or the handshake deadline);
+    in the same way, the up to 64 KiB a publisher held for a full inbox
+    keeps. They leave the count when their connections close."""
+    h = hub(None, "--handshake-timeout", 60)
+    base = metrics(h)["wshub_client_memory_bytes"]
+    socks = []
+    try:
+        for i in range(40):
+            s = socket.create_connection(("127.0.0.1", h.port))
+            s.sendall(b"GET /raw/carry HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 3000)
+            socks.append(s)
+        wait_metric(h, "wshub_client_memory_bytes", lambda v: v >= base + 40 * 3000)
+    finally:
+        for s in socks:
+            s.close()
+    wait_metric(h, "wshub_client_memory_bytes", lambda v: v <= base)
