@@ -305,6 +305,8 @@ struct worker {
     struct conn *pending; /* connections with queued output this turn */
     struct conn *closed;  /* destroyed, freed at the end of the turn */
     uint8_t *rbuf;        /* receive buffer shared by this worker's conns */
+    uint8_t *zbuf;        /* inflated whole messages, before their own buffer (session.c) */
+    size_t zbuf_cap;
     bool shutting_down;
     bool wake[WSH_MAX_WORKERS]; /* workers to wake at the end of the turn */
     _Atomic uint64_t turns;     /* loop turns ended: see hub.c, live config */

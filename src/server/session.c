@@ -1,6 +1,7 @@
 /* The WebSocket phase of a connection: frames in through the protocol
  * core, messages reassembled and handed to the endpoint (/echo or
  * /raw/<channel>), control frames answered, heartbeats. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "server.h"
@@ -79,8 +80,38 @@ static int append(struct conn *c, const uint8_t *p, size_t n)
 
 struct inflate_ctx {
     struct conn *c;
+    struct worker *w; /* inflating into w->zbuf, or NULL: into c->msg */
+    size_t n;         /* bytes in w->zbuf */
     bool text;
 };
+
+/* The worker's scratch for a message that came whole in one frame: it
+ * grows to the largest such message (at most --max-message) and is kept
+ * up to ZBUF_KEEP. Inflating into it and then copying once into a buffer
+ * of the message's own size costs one copy; growing the message's buffer
+ * by doubling from a guess (the inflated size is not known before) cost
+ * five for a 100 KB message, each moving the buffer once other buffers
+ * lay past it on the heap, as when the frames of several messages of a
+ * turn wait in an inbox (chan.c defer_local). */
+#define ZBUF_KEEP (1u << 20)
+
+static int zbuf_append(struct inflate_ctx *x, const uint8_t *p, size_t n)
+{
+    struct worker *w = x->w;
+    if (x->n + n > w->zbuf_cap) {
+        size_t cap = w->zbuf_cap ? w->zbuf_cap * 2 : 65536;
+        while (cap < x->n + n)
+            cap *= 2;
+        uint8_t *nb = realloc(w->zbuf, cap);
+        if (nb == NULL)
+            return WSH_ENOMEM;
+        w->zbuf = nb;
+        w->zbuf_cap = cap;
+    }
+    memcpy(w->zbuf + x->n, p, n);
+    x->n += n;
+    return WSH_OK;
+}
 
 /* Inflated bytes: UTF-8 is checked as they come out, so a compressed text
  * message fails as fast as an uncompressed one. */
@@ -89,7 +120,7 @@ static int inflate_out(const uint8_t *p, size_t n, void *user)
     struct inflate_ctx *x = user;
     if (x->text && wsh_utf8_feed(&x->c->zutf8, p, n) != WSH_OK)
         return WSH_EUTF8;
-    return append(x->c, p, n);
+    return x->w != NULL ? zbuf_append(x, p, n) : append(x->c, p, n);
 }
 
 static unsigned close_code_for(int status)
@@ -136,14 +167,15 @@ static bool start_message(struct worker *w, struct conn *c, size_t hint)
  * most max_message + one chunk). */
 static void on_compressed(struct worker *w, struct conn *c, const struct wsh_event *ev)
 {
+    bool whole = ev->first && ev->last;
     if (ev->first) {
         wsh_utf8_init(&c->zutf8);
-        if (!start_message(w, c, ev->len * 2))
+        if (!whole && !start_message(w, c, ev->len * 2))
             return;
     }
-    if (c->msg == NULL)
+    if (c->msg == NULL && !whole)
         return;
-    struct inflate_ctx x = { .c = c, .text = ev->opcode == WSH_OP_TEXT };
+    struct inflate_ctx x = { .c = c, .w = whole ? w : NULL, .text = ev->opcode == WSH_OP_TEXT };
     int rc = wsh_pmd_inflate(c->pmd, &wsh_cfg.limits, ev->data, ev->len, ev->last, inflate_out, &x);
     if (rc == WSH_OK && ev->last && x.text && !wsh_utf8_complete(&c->zutf8))
         rc = WSH_EUTF8;
@@ -155,10 +187,24 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
                    code == WSH_CLOSE_TOO_BIG        ? "message too big"
                    : code == WSH_CLOSE_INVALID_DATA ? "invalid UTF-8"
                                                     : "bad compressed data");
-        return;
+        goto out;
     }
-    if (ev->last)
+    if (whole) {
+        struct wsh_buf *f = frame_new(ev->opcode, w->zbuf, x.n);
+        if (f == NULL) {
+            conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+            goto out;
+        }
+        deliver(w, c, f);
+    } else if (ev->last) {
         deliver(w, c, finish_message(c, ev->opcode));
+    }
+out:
+    if (w->zbuf_cap > ZBUF_KEEP) {
+        free(w->zbuf);
+        w->zbuf = NULL;
+        w->zbuf_cap = 0;
+    }
 }
 
 static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev)
