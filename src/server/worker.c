@@ -2317,6 +2317,8 @@ void *worker_main(void *arg)
     hub_worker_exit(w);
     free(w->parked);
     w->parked = NULL;
+    free(w->zbuf);
+    w->zbuf = NULL;
     if (rc != WSH_OK)
         wsh_log(WSH_LOG_ERROR, "worker=%d ev=loop_failed err=\"%s\"", w->id, wsh_strerror(rc));
     return NULL;
