@@ -80,24 +80,27 @@ static int append(struct conn *c, const uint8_t *p, size_t n)
 
 struct inflate_ctx {
     struct conn *c;
-    struct worker *w; /* inflating into w->zbuf, or NULL: into c->msg */
-    size_t n;         /* bytes in w->zbuf */
+    struct worker *w; /* a message whole in this frame: may go on in w->zbuf */
+    size_t n;         /* bytes in w->zbuf, once it went there (c->msg NULL) */
     bool text;
 };
 
-/* The worker's scratch for a message that came whole in one frame: it
- * grows to the largest such message (at most --max-message) and is kept
- * up to ZBUF_KEEP. Inflating into it and then copying once into a buffer
- * of the message's own size costs one copy; growing the message's buffer
- * by doubling from a guess (the inflated size is not known before) cost
- * five for a 100 KB message, each moving the buffer once other buffers
- * lay past it on the heap, as when the frames of several messages of a
- * turn wait in an inbox (chan.c defer_local). */
+/* The worker's scratch for a message that came whole in one frame and
+ * outgrew the first guess at its size (start_message: twice the
+ * compressed size, at least 4 KiB): it grows to the largest such message
+ * (at most --max-message) and is kept up to ZBUF_KEEP, and the message is
+ * copied once into a buffer of its own size. Growing the message's buffer
+ * by doubling instead cost five copies for a 100 KB message, each moving
+ * it once other buffers lay past it on the heap, as when the frames of
+ * several messages of a turn wait in an inbox (chan.c defer_local). A
+ * message that fits the guess is inflated in place, as before. */
 #define ZBUF_KEEP (1u << 20)
 
 static int zbuf_append(struct inflate_ctx *x, const uint8_t *p, size_t n)
 {
     struct worker *w = x->w;
+    if (n == 0)
+        return WSH_OK; /* (w->zbuf may be NULL yet) */
     if (x->n + n > w->zbuf_cap) {
         size_t cap = w->zbuf_cap ? w->zbuf_cap * 2 : 65536;
         while (cap < x->n + n)
@@ -120,7 +123,17 @@ static int inflate_out(const uint8_t *p, size_t n, void *user)
     struct inflate_ctx *x = user;
     if (x->text && wsh_utf8_feed(&x->c->zutf8, p, n) != WSH_OK)
         return WSH_EUTF8;
-    return x->w != NULL ? zbuf_append(x, p, n) : append(x->c, p, n);
+    struct wsh_buf *b = x->c->msg;
+    if (x->w == NULL || (b != NULL && (size_t)b->end + n <= b->cap))
+        return append(x->c, p, n);
+    if (b != NULL) { /* it outgrew the guess: on in the scratch */
+        int rc = zbuf_append(x, b->data + HEADROOM, b->end - HEADROOM);
+        if (rc != WSH_OK)
+            return rc;
+        wsh_buf_unref(b);
+        x->c->msg = NULL;
+    }
+    return zbuf_append(x, p, n);
 }
 
 static unsigned close_code_for(int status)
@@ -167,15 +180,16 @@ static bool start_message(struct worker *w, struct conn *c, size_t hint)
  * most max_message + one chunk). */
 static void on_compressed(struct worker *w, struct conn *c, const struct wsh_event *ev)
 {
-    bool whole = ev->first && ev->last;
     if (ev->first) {
         wsh_utf8_init(&c->zutf8);
-        if (!whole && !start_message(w, c, ev->len * 2))
+        if (!start_message(w, c, ev->len * 2))
             return;
     }
-    if (c->msg == NULL && !whole)
+    if (c->msg == NULL)
         return;
-    struct inflate_ctx x = { .c = c, .w = whole ? w : NULL, .text = ev->opcode == WSH_OP_TEXT };
+    struct inflate_ctx x = { .c = c,
+                             .w = ev->first && ev->last ? w : NULL,
+                             .text = ev->opcode == WSH_OP_TEXT };
     int rc = wsh_pmd_inflate(c->pmd, &wsh_cfg.limits, ev->data, ev->len, ev->last, inflate_out, &x);
     if (rc == WSH_OK && ev->last && x.text && !wsh_utf8_complete(&c->zutf8))
         rc = WSH_EUTF8;
@@ -189,7 +203,7 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
                                                     : "bad compressed data");
         goto out;
     }
-    if (whole) {
+    if (c->msg == NULL) { /* it went on in the scratch */
         struct wsh_buf *f = frame_new(ev->opcode, w->zbuf, x.n);
         if (f == NULL) {
             conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
