@@ -550,7 +550,9 @@ def wait_log(srv, ev, timeout=10.0):
 
 
 def read_messages(s, count, timeout=20.0):
-    """Reads count unfragmented data frames; returns their payloads."""
+    """Reads count unfragmented data frames; returns their payloads. The
+    server's heartbeat pings (every 25 s; a slow build's test may last
+    that long) and pongs are skipped."""
     s.settimeout(timeout * MULT)
     buf, out = b"", []
     while len(out) < count:
@@ -569,7 +571,8 @@ def read_messages(s, count, timeout=20.0):
                 n, off = struct.unpack("!Q", buf[2:10])[0], 10
             if len(buf) < off + n:
                 break
-            out.append(buf[off:off + n])
+            if buf[0] & 0x0F not in (0x9, 0xA):
+                out.append(buf[off:off + n])
             buf = buf[off + n:]
     return out
 
