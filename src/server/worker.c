@@ -53,6 +53,7 @@ static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *r
 static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s);
 static void ip_sweep(void);
 static void ip_count_open(struct worker *w);
+static void carry_free(struct conn *c);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
 
@@ -521,10 +522,7 @@ void conn_destroy(struct worker *w, struct conn *c)
     if (c->hub)
         hub_conn_end(w, c);
     wsh_wq_clear(&c->wq);
-    wsh_buf_live_charge(-(int64_t)c->carry_cap);
-    free(c->carry);
-    c->carry = NULL;
-    c->carry_len = c->carry_cap = 0;
+    carry_free(c);
     if (c->msg) {
         wsh_buf_unref(c->msg);
         c->msg = NULL;
@@ -1353,15 +1351,20 @@ void http_respond(struct worker *w, struct conn *c, int status, const char *type
     respond(w, c, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
 }
 
+/* Frees the carried input, which client memory counts (keep_carry). */
+static void carry_free(struct conn *c)
+{
+    wsh_buf_live_charge(-(int64_t)c->carry_cap);
+    free(c->carry);
+    c->carry = NULL;
+    c->carry_len = c->carry_cap = 0;
+}
+
 static void keep_carry(struct worker *w, struct conn *c, const uint8_t *rest, size_t n)
 {
     if (n == 0) {
-        if (c->carry_cap > 0) {
-            wsh_buf_live_charge(-(int64_t)c->carry_cap);
-            free(c->carry);
-            c->carry = NULL;
-            c->carry_cap = 0;
-        }
+        if (c->carry_cap > 0)
+            carry_free(c);
         c->carry_len = 0;
         return;
     }
@@ -1867,10 +1870,6 @@ static uint32_t ip_hash(const uint8_t *a, size_t len)
     return wsh_hash_bytes(a, len) % IP_BUCKETS;
 }
 
-/* Takes a connection slot and a token for the peer's address. Returns the
- * entry to release at destroy, or NULL with *retry_s set (seconds for
- * Retry-After) when the address is over a bound, or NULL with *retry_s 0
- * when it cannot be tracked (the connection is then let in). */
 /* The entry of ss's address, made when missing; NULL when it cannot be
  * tracked. Under ip_mu. */
 static struct ipcount *ip_find(const struct sockaddr_storage *ss, uint64_t now)
@@ -1896,6 +1895,10 @@ static struct ipcount *ip_find(const struct sockaddr_storage *ss, uint64_t now)
     return e;
 }
 
+/* Takes a connection slot and a token for the peer's address. Returns the
+ * entry to release at destroy, or NULL with *retry_s set (seconds for
+ * Retry-After) when the address is over a bound, or NULL with *retry_s 0
+ * when it cannot be tracked (the connection is then let in). */
 static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s)
 {
     *retry_s = 0;
