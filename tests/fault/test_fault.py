@@ -807,11 +807,13 @@ class FrameReader(threading.Thread):
     """Reads frames from s in the background into (first byte, payload)
     pairs until it has count or the connection ends. It keeps the raw
     bytes and parses with an offset, cheap enough to keep up with a
-    server that sends tens of MB/s."""
+    server that sends tens of MB/s. With keep, only the first keep bytes
+    of each payload are kept."""
 
-    def __init__(self, s, count):
+    def __init__(self, s, count, keep=None):
         super().__init__(daemon=True)
         self.s, self.count, self.frames, self.error = s, count, [], None
+        self.keep = keep
         self.start()
 
     def run(self):
@@ -835,7 +837,8 @@ class FrameReader(threading.Thread):
                         n, off = struct.unpack_from("!Q", buf, pos + 2)[0], 10
                     if len(buf) - pos < off + n:
                         break
-                    self.frames.append((buf[pos], bytes(buf[pos + off:pos + off + n])))
+                    end = pos + off + (n if self.keep is None else min(n, self.keep))
+                    self.frames.append((buf[pos], bytes(buf[pos + off:end])))
                     pos += off + n
                 if pos > (1 << 20):
                     del buf[:pos]
@@ -1384,6 +1387,88 @@ def test_fault_busy_worker_goes_on_serving_its_other_connections(tmp_path, pubs_
     finally:
         if busy is not None:
             busy.close()
+        srv.stop()
+
+
+def test_fault_two_workers_publishing_into_one_busy_inbox_share_it(tmp_path):
+    """Publishers on two workers feed one worker's inbox, which its deflate
+    subscribers keep over the bound (1 MB messages compressed for four
+    windows at level 9). Each take of that inbox releases the publishers
+    held for it on both workers (chan.c inbox_release wakes every waiter),
+    and each is held again once its next message is in: so neither
+    worker's publishers crowd out the other's, and a plain subscriber
+    there sees both halves at about the same rate. Were a take to release
+    only the first worker that waited (the lowest id, say), the other's
+    publishers would stay held and their messages would stop."""
+    srv = flood_server(tmp_path, ("--max-message", str(1 << 20), "--workers", "3"))
+    socks, done, reader = [], threading.Event(), None
+    try:
+        extra, pubs = [], []
+        for bits in (12, 13, 14, 15):
+            s, head, more = on_worker(srv, "/raw/slow", 2,
+                                      extensions=f"{DEFLATE_OFFER}; server_max_window_bits={bits}")
+            assert f"server_max_window_bits={bits}".encode() in head, head
+            socks.append(s)
+            extra += more
+        plain, _, more = on_worker(srv, "/raw/slow", 2)
+        extra += more
+        for w in (0, 1):
+            for _ in range(4):
+                s, _, more = on_worker(srv, "/raw/slow", w)
+                pubs.append(s)
+                extra += more
+        for s in extra:
+            s.close()
+        socks += pubs
+        reader = FrameReader(plain, 1 << 20, keep=9)
+        drains = [threading.Thread(target=BusyWorker.drain, args=(s,), daemon=True) for s in socks]
+        bodies = flood_bodies(8)
+
+        def flood(k):  # publisher k: 0-3 on worker 0, 4-7 on worker 1
+            body = (bodies[k] * 18)[:(1 << 20) - 64]
+            try:
+                for _ in range(100):
+                    if done.is_set():
+                        return
+                    pubs[k].sendall(zero_mask_text(body))
+            except OSError:
+                if not done.is_set():
+                    raise
+        floods = [threading.Thread(target=flood, args=(k,), daemon=True) for k in range(8)]
+        for t in drains + floods:
+            t.start()
+        # Counted from the second batch on, once every publisher is in.
+        deadline = time.time() + 20 * MULT
+        while sum("worker=2 " in ln for ln in log_events(srv, "inbox_sliced")) < 2:
+            assert time.time() < deadline, "worker 2 never delivered a batch in slices"
+            time.sleep(0.05)
+        start = len(reader.frames)
+        deadline = time.time() + 60 * MULT
+        while len(reader.frames) - start < 40 and time.time() < deadline:
+            assert reader.is_alive(), reader.error
+            time.sleep(0.05)
+        got = [int(p[:8]) for op, p in reader.frames[start:] if op & 0x0F == 1]
+        done.set()
+        for t in floods:
+            t.join(60 * MULT)
+            assert not t.is_alive()
+        per_pub = [got.count(k) for k in range(8)]
+        print(f"messages per publisher: {per_pub}; "
+              f"held: {len(log_events(srv, 'publisher_held'))} times")
+        assert len(got) >= 16, per_pub
+        # Each worker's publishers get at least a third of the inbox
+        # (an even share is a half), and every publisher some of it.
+        first = sum(per_pub[:4])
+        assert len(got) / 3 <= first <= 2 * len(got) / 3, per_pub
+        assert min(per_pub) >= 1, per_pub
+    finally:
+        done.set()
+        for s in socks + ([plain] if reader is not None else []):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
         srv.stop()
 
 
