@@ -52,7 +52,7 @@ static void ip_release(struct ipcount *e);
 static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s);
 static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s);
 static void ip_sweep(void);
-static void ip_count_open(struct worker *w);
+static void ip_recount_open(struct worker *w);
 static void carry_free(struct conn *c);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
@@ -1931,13 +1931,19 @@ static void ip_unlink_free(struct ipcount *e)
     free(e);
 }
 
-static void ip_release(struct ipcount *e)
+/* Under ip_mu. */
+static void ip_put(struct ipcount *e)
 {
-    pthread_mutex_lock(&ip_mu);
     /* With a rate limit the entry stays until its bucket is full again
      * (ip_sweep), or closing and reopening would reset it. */
     if (--e->n == 0 && ipl.rate <= 0)
         ip_unlink_free(e);
+}
+
+static void ip_release(struct ipcount *e)
+{
+    pthread_mutex_lock(&ip_mu);
+    ip_put(e);
     pthread_mutex_unlock(&ip_mu);
 }
 
@@ -1962,33 +1968,42 @@ static void ip_sweep(void)
 /* Per-address limits turned on by a reload count the connections opened
  * while they were off, so that an address already over its bound is
  * refused from now on (its connections stay, as under a lowered bound).
+ * A reload that changes limits.ipv6_prefix while they are on (or turns
+ * them on again with another) moves each counted IPv6 connection to the
+ * entry of its address under the new prefix: left under the old one, a
+ * /64 whose connections were counted per /128 could open its bound again.
  * Not a trusted proxy's, whose clients are named request by request, nor
  * any behind --proxy-protocol, whose header named an address that is no
  * longer known; the admin listener's are never counted. */
-static void ip_count_open(struct worker *w)
+static void ip_recount_open(struct worker *w)
 {
     if (wsh_cfg.proxy_protocol)
         return;
     size_t ntrusted;
     const struct wsh_cidr *trusted = hub_trusted_proxies(&ntrusted);
-    uint32_t n = 0;
+    uint32_t counted = 0, moved = 0;
     for (struct conn *c = w->conns; c != NULL; c = c->next) {
         struct sockaddr_storage peer;
         socklen_t len = sizeof(peer);
-        if (c->ip != NULL || c->state == CONN_DEAD || c->endpoint == EP_ADMIN ||
-            (c->flags & CF_FORWARDED) ||
+        if (c->state == CONN_DEAD || c->endpoint == EP_ADMIN || (c->flags & CF_FORWARDED) ||
+            (c->ip != NULL && c->ip->len == 4) || /* an IPv4 key has no prefix */
             getpeername(c->io.fd, (struct sockaddr *)&peer, &len) != 0 ||
             wsh_cidr_contains(trusted, ntrusted, &peer))
             continue;
         pthread_mutex_lock(&ip_mu);
-        c->ip = ip_find(&peer, wsh_now_ms());
-        if (c->ip != NULL) {
-            c->ip->n++;
-            n++;
+        struct ipcount *e = ip_find(&peer, wsh_now_ms());
+        if (e != NULL && e != c->ip) {
+            e->n++;
+            if (c->ip != NULL) {
+                ip_put(c->ip);
+                moved++;
+            } else
+                counted++;
+            c->ip = e;
         }
         pthread_mutex_unlock(&ip_mu);
     }
-    wsh_log(WSH_LOG_INFO, "worker=%d ev=per_ip_counted conns=%u", w->id, n);
+    wsh_log(WSH_LOG_INFO, "worker=%d ev=per_ip_counted conns=%u moved=%u", w->id, counted, moved);
 }
 
 void worker_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, uint32_t ip_burst,
@@ -2009,11 +2024,12 @@ void worker_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, 
     ipl.max = per_ip;
     ipl.rate = ip_rate;
     ipl.burst = ip_burst;
+    bool prefix_changed = v6prefix != ipl.v6prefix;
     ipl.v6prefix = v6prefix;
     bool was_on = atomic_exchange(&ip_on, per_ip > 0 || ip_rate > 0);
     pthread_mutex_unlock(&ip_mu);
     /* (At start-up the workers do not exist yet, nor any connection.) */
-    if (!was_on && per_ip_on() && wsh_workers != NULL) {
+    if ((!was_on || prefix_changed) && per_ip_on() && wsh_workers != NULL) {
         for (int i = 0; i < wsh_nworkers; i++) {
             atomic_store(&wsh_workers[i].ip_recount, true);
             worker_wake(&wsh_workers[i]);
@@ -2241,7 +2257,7 @@ static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     /* The inbox is delivered in before_sleep, after the turn's reads. */
     if (atomic_load_explicit(&w->ip_recount, memory_order_relaxed) &&
         atomic_exchange(&w->ip_recount, false))
-        ip_count_open(w);
+        ip_recount_open(w);
     if (w->nparked > 0)
         unpark_due(w);
     hub_keys_wake(w);

@@ -407,12 +407,12 @@ async def expect_error(c, type_, channel=None, code=None, payload=None, **extra)
     return r
 
 
-def raw_upgrade(port, path="/ws", headers=(), timeout=5):
+def raw_upgrade(port, path="/ws", headers=(), timeout=5, host="127.0.0.1"):
     """Sends an upgrade request on a raw connection; returns the response
     (with its body, for a refusal) and the connection, which the caller
     closes. timeout: seconds to wait for the response (times MULT)."""
     import base64
-    c = wsraw.Conn("127.0.0.1", port)
+    c = wsraw.Conn(host, port)
     key = base64.b64encode(os.urandom(16)).decode()
     req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"

@@ -8,8 +8,11 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import struct
 import time
+
+import pytest
 
 import wsraw
 from conftest import (MULT, Client, base_config, expect_error, handshake_status, merge, raw_upgrade,
@@ -158,13 +161,13 @@ def test_sighup_reads_the_file_once(hub):
     assert m['wshub_reloads_total{part="settings",result="error"}'] == 1, m
 
 
-def until_status(port, want, path="/raw/a", headers=()):
+def until_status(port, want, path="/raw/a", headers=(), host="127.0.0.1"):
     """Upgrades until one gets `want` (a connection the server is still
     closing may hold a slot for a moment); returns the connection when
     want is 101, which the caller closes."""
     deadline = time.monotonic() + 5 * MULT
     while True:
-        r, c = raw_upgrade(port, path, headers)
+        r, c = raw_upgrade(port, path, headers, host=host)
         if r.status == want:
             if want == 101:
                 return c
@@ -258,6 +261,45 @@ def test_sighup_turning_the_per_address_limit_on_counts_what_is_open(hub):
         assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"still here")
     for c in held:
         c.close()
+
+
+def test_sighup_changing_the_ipv6_prefix_counts_open_connections_anew(hub):
+    """A reload that changes limits.ipv6_prefix moves each open IPv6
+    connection to the count of its address under the new prefix: three
+    from ::1 counted as its /64 are counted as ::1/128 once the prefix is
+    128, and the bound of 3 holds there (left under the /64, ::1/128 had
+    0 and opened 3 more). A server on [::1], stopped by the test."""
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+
+    def limits(prefix):
+        return merge(base_config(), {"limits": {"max_connections_per_ip": 3,
+                                                "ipv6_prefix": prefix}})
+    h = hub(limits(64), "--listen", "[::1]:0")
+    h.expect_stopped = True
+    held = [until_status(h.port, 101, host="::1") for _ in range(3)]
+    until_status(h.port, 429, host="::1")
+
+    reload(h, limits(128), 1)
+    wait_log(h, "ev=per_ip_counted", 2)  # each of the 2 workers
+    moved = sum(int(ln.split("moved=")[1].split()[0]) for ln in h.log().splitlines()
+                if "ev=per_ip_counted" in ln)
+    assert moved == 3, h.log()[-2000:]
+    assert until_status(h.port, 429, host="::1").status == 429
+    held.pop().close()
+    held.append(until_status(h.port, 101, host="::1"))  # the slot it left
+
+    # And back: the /64 holds the same three.
+    reload(h, limits(64), 2)
+    wait_log(h, "ev=per_ip_counted", 4)
+    assert until_status(h.port, 429, host="::1").status == 429
+    for c in held:
+        c.close()
+    until_status(h.port, 101, host="::1").close()
+    h.server.signal(signal.SIGTERM)
+    assert h.server.wait(10 * MULT) == 0, h.log()[-2000:]
 
 
 def test_sighup_changes_the_trusted_proxies(hub):
