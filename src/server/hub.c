@@ -156,6 +156,12 @@ static void reply_error(struct worker *w, struct conn *c, int64_t id, const char
     wsh_jbuf_free(&b);
 }
 
+/* The error reply to a command, naming its id and channel. */
+static void cmd_error(struct worker *w, struct conn *c, const struct wsh_cmd *cmd, int code)
+{
+    reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, code, NULL);
+}
+
 /* Sends `disconnect` (DESIGN.md 3) and then the close frame with code. */
 static void disconnect_retry(struct worker *w, struct conn *c, unsigned code, const char *reason,
                              bool reconnect, uint64_t retry_ms)
@@ -1488,6 +1494,16 @@ static struct hubsub *find_sub(struct hubconn *h, const char *ch, size_t len)
     return NULL;
 }
 
+/* The subscription a command names, or NULL once not_subscribed went out. */
+static struct hubsub *cmd_sub(struct worker *w, struct conn *c, struct hubconn *h,
+                              const struct wsh_cmd *cmd)
+{
+    struct hubsub *s = find_sub(h, cmd->channel, cmd->channel_len);
+    if (s == NULL)
+        cmd_error(w, c, cmd, WSH_PERR_NOT_SUBSCRIBED);
+    return s;
+}
+
 /* The memory engine's bookkeeping calls fail only on a bad argument or on
  * ENOMEM; neither leaves anything to undo here, so the result is logged. */
 static void check(int rc, const char *what)
@@ -1595,8 +1611,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     const struct wsh_hub_config *cfg = live_cfg();
     const struct wsh_ns_config *ns = wsh_config_namespace(cfg, cmd->channel, cmd->channel_len);
     if (ns == NULL) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
-                    NULL);
+        cmd_error(w, c, cmd, WSH_PERR_UNKNOWN_NAMESPACE);
         return;
     }
     bool allowed = h->anonymous
@@ -1604,16 +1619,15 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
                        : (h->id.nchannels == 0 && cmd->chan.user == NULL) ||
                              wsh_auth_can_subscribe(&h->id, cmd->channel, cmd->channel_len);
     if (!allowed) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_FORBIDDEN, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_FORBIDDEN);
         return;
     }
     if (find_sub(h, cmd->channel, cmd->channel_len)) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_ALREADY_SUBSCRIBED,
-                    NULL);
+        cmd_error(w, c, cmd, WSH_PERR_ALREADY_SUBSCRIBED);
         return;
     }
     if (h->nsubs >= cfg->limits.max_subscriptions) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_TOO_MANY_SUBS, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_TOO_MANY_SUBS);
         return;
     }
     if (cmd->has_recover && !ns->recover) {
@@ -1623,18 +1637,18 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     }
     struct hubchan *ch = chan_get(cmd->channel, cmd->channel_len, true);
     if (ch == NULL) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_INTERNAL);
         return;
     }
     if (ns->max_subscribers && atomic_load(&ch->total) >= ns->max_subscribers) {
         chan_put(ch);
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_CHANNEL_FULL, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_CHANNEL_FULL);
         return;
     }
     struct hubsub *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         chan_put(ch);
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_INTERNAL);
         return;
     }
     s->ch = ch;
@@ -1747,17 +1761,16 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
     const struct wsh_hub_config *cfg = live_cfg();
     const struct wsh_ns_config *ns = wsh_config_namespace(cfg, cmd->channel, cmd->channel_len);
     if (ns == NULL) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
-                    NULL);
+        cmd_error(w, c, cmd, WSH_PERR_UNKNOWN_NAMESPACE);
         return;
     }
     int denied = may_publish(h, cmd, ns);
     if (denied) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, denied, NULL);
+        cmd_error(w, c, cmd, denied);
         return;
     }
     if (!take_token(h)) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_RATE_LIMITED, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_RATE_LIMITED);
         return;
     }
     struct wsh_jbuf pb;
@@ -1767,7 +1780,7 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
     if (payload == NULL) {
         if (wsh_proto_payload_dump(cmd, &pb) != WSH_OK) {
             wsh_jbuf_free(&pb);
-            reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
+            cmd_error(w, c, cmd, WSH_PERR_INTERNAL);
             return;
         }
         payload = pb.data;
@@ -1795,8 +1808,7 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
     int rc = wsh_broker_publish(broker, &req, on_published, &a);
     wsh_jbuf_free(&pb);
     if (rc != WSH_OK || a.status != WSH_OK) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len,
-                    rc == WSH_ETOOBIG ? WSH_PERR_TOO_LARGE : WSH_PERR_UNAVAILABLE, NULL);
+        cmd_error(w, c, cmd, rc == WSH_ETOOBIG ? WSH_PERR_TOO_LARGE : WSH_PERR_UNAVAILABLE);
         return;
     }
     /* The ack follows acceptance by the broker (DESIGN.md 4); a duplicate
@@ -1812,11 +1824,9 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
 static void cmd_unsubscribe(struct worker *w, struct conn *c, struct hubconn *h,
                             const struct wsh_cmd *cmd)
 {
-    struct hubsub *s = find_sub(h, cmd->channel, cmd->channel_len);
-    if (s == NULL) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_NOT_SUBSCRIBED, NULL);
+    struct hubsub *s = cmd_sub(w, c, h, cmd);
+    if (s == NULL)
         return;
-    }
     drop_sub(w, h, s, true);
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
@@ -1889,17 +1899,16 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
     const struct wsh_hub_config *cfg = live_cfg();
     const struct wsh_ns_config *ns = wsh_config_namespace(cfg, cmd->channel, cmd->channel_len);
     if (ns == NULL) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_UNKNOWN_NAMESPACE,
-                    NULL);
+        cmd_error(w, c, cmd, WSH_PERR_UNKNOWN_NAMESPACE);
         return;
     }
     bool presence = cmd->type == WSH_CMD_PRESENCE;
     if (presence ? !ns->presence : ns->history_size == 0) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_NOT_AVAILABLE, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_NOT_AVAILABLE);
         return;
     }
     if (!may_read_channel(h, cmd)) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_FORBIDDEN, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_FORBIDDEN);
         return;
     }
     char chname[WSH_BROKER_NAME_MAX + 1];
@@ -1923,20 +1932,18 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
     if (rc == WSH_OK && x.rc == WSH_OK)
         send_jbuf(w, c, &b, presence ? PUSH_PRESENCE : PUSH_HISTORY);
     else
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_INTERNAL, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_INTERNAL);
     wsh_jbuf_free(&b);
 }
 
 static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn *h,
                                const struct wsh_cmd *cmd)
 {
-    struct hubsub *s = find_sub(h, cmd->channel, cmd->channel_len);
-    if (s == NULL) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_NOT_SUBSCRIBED, NULL);
+    struct hubsub *s = cmd_sub(w, c, h, cmd);
+    if (s == NULL)
         return;
-    }
     if (!take_token(h)) {
-        reply_error(w, c, cmd->id, cmd->channel, cmd->channel_len, WSH_PERR_RATE_LIMITED, NULL);
+        cmd_error(w, c, cmd, WSH_PERR_RATE_LIMITED);
         return;
     }
     size_t ulen;

@@ -1230,6 +1230,18 @@ def test_fault_api_requests_that_wait_go_in_order_of_arrival(tmp_path):
         srv.stop()
 
 
+def shut(socks, close=True):
+    """Shuts the sockets down (a thread blocked in recv on one returns:
+    close alone would leave it open until then) and closes them."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if close:
+            s.close()
+
+
 class BusyWorker:
     """Keeps worker 1 behind for about a second at a time: eight raw
     publishers on worker 0 send 1 MB messages to subscribers on worker 1
@@ -1305,11 +1317,7 @@ class BusyWorker:
         self.stop_flood()
         # shutdown, not close alone: a socket a drain thread is blocked
         # on stays open until that recv returns.
-        for s in self.socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut(self.socks, close=False)
         for t in self.drains:
             t.join(30 * MULT)
         for s in self.socks:
@@ -1463,12 +1471,7 @@ def test_fault_two_workers_publishing_into_one_busy_inbox_share_it(tmp_path):
         assert min(per_pub) >= 1, per_pub
     finally:
         done.set()
-        for s in socks + ([plain] if reader is not None else []):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        shut(socks + ([plain] if reader is not None else []))
         srv.stop()
 
 
@@ -1611,12 +1614,7 @@ def test_fault_api_request_waits_for_its_own_workers_inbox(tmp_path):
             assert not t.is_alive()
     finally:
         stop.set()
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        shut(socks)
         srv.stop()
 
 
