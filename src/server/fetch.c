@@ -301,24 +301,36 @@ static int send_all(struct stream *s, char *p, size_t n, int64_t deadline, const
     return 0;
 }
 
-/* Reads to EOF into *buf (cap bytes at most). Returns the length, or -1
- * on error, -2 when the response is over cap. */
-static ssize_t read_all(struct stream *s, char *buf, size_t cap, int64_t deadline,
+/* Reads to EOF into *bufp, grown as the response comes up to cap bytes
+ * (and one more, for a terminating NUL). Returns the length, or -1 on
+ * error, -2 when the response is over cap, -3 when out of memory. */
+static ssize_t read_all(struct stream *s, char **bufp, size_t cap, int64_t deadline,
                         const _Atomic bool *stop)
 {
-    size_t n = 0;
+    size_t n = 0, size = 0;
+    char *buf = NULL;
     for (;;) {
-        if (n == cap)
-            return -2;
+        if (n == size) {
+            if (size == cap)
+                return -2;
+            size_t want = size == 0 ? 16384 : size * 2;
+            if (want > cap)
+                want = cap;
+            char *nb = realloc(buf, want + 1);
+            if (nb == NULL)
+                return -3;
+            *bufp = buf = nb;
+            size = want;
+        }
         int done = 0;
         if (s->ssl != NULL) {
-            int r = ssl_io(s, op_read, buf + n, (int)(cap - n), deadline, stop, &done);
+            int r = ssl_io(s, op_read, buf + n, (int)(size - n), deadline, stop, &done);
             if (r == 0)
                 return (ssize_t)n;
             if (r < 0)
                 return -1;
         } else {
-            ssize_t r = recv(s->fd, buf + n, cap - n, 0);
+            ssize_t r = recv(s->fd, buf + n, size - n, 0);
             if (r == 0)
                 return (ssize_t)n;
             if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -406,8 +418,11 @@ int fetch_get(const struct wsh_http_url *u, const struct wsh_http_proxy *proxy, 
 {
     *status = 0;
     int64_t deadline = (int64_t)wsh_now_ms() + timeout_ms;
-    /* Room for the head, and for a chunked body's framing around max_body. */
-    size_t cap = WSH_HTTP_RESPONSE_HEAD_MAX + max_body + max_body / 8 + 4096;
+    /* Room for the head, and for a chunked body's framing around max_body:
+     * up to 5 bytes a byte, which 1-byte chunks take ("1\r\nX\r\n"). The
+     * buffer grows with what comes (read_all); a set sent in small chunks
+     * by a server that writes as it goes is no error. */
+    size_t cap = WSH_HTTP_RESPONSE_HEAD_MAX + 6 * max_body + 4096;
     SSL_CTX *ctx = NULL;
     struct stream s = { .fd = -1, .ssl = NULL };
     char *buf = NULL;
@@ -438,14 +453,13 @@ int fetch_get(const struct wsh_http_url *u, const struct wsh_http_proxy *proxy, 
         snprintf(err, errlen, "cannot send the request to %s", u->host);
         goto out;
     }
-    if ((buf = malloc(cap + 1)) == NULL) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    ssize_t n = read_all(&s, buf, cap, deadline, stop);
+    ssize_t n = read_all(&s, &buf, cap, deadline, stop);
     if (n < 0) {
         if (n == -2)
-            snprintf(err, errlen, "response over %zu bytes", cap);
+            snprintf(err, errlen, "body over its bound of %zu bytes (response over %zu bytes)",
+                     max_body, cap);
+        else if (n == -3)
+            snprintf(err, errlen, "out of memory");
         else
             snprintf(err, errlen, "no complete response from %s", u->host);
         goto out;

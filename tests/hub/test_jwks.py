@@ -298,8 +298,9 @@ def make_pki(d):
 
 class Issuer:
     """An identity provider's JWKS endpoint on 127.0.0.1: what it serves
-    (the set, a status, chunked or not) can be changed while it runs, and
-    it records every request it gets."""
+    (the set, a status, chunked or not: True for 100-byte chunks, or a
+    chunk size) can be changed while it runs, and it records every
+    request it gets."""
 
     def __init__(self, pki=None):
         import http.server
@@ -324,10 +325,10 @@ class Issuer:
                 if issuer.chunked:
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
-                    for i in range(0, len(body), 100):
-                        part = body[i:i + 100]
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-                    self.wfile.write(b"0\r\n\r\n")
+                    step = 100 if issuer.chunked is True else issuer.chunked
+                    self.wfile.write(b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + step]),
+                                                                  body[i:i + step])
+                                              for i in range(0, len(body), step)) + b"0\r\n\r\n")
                 else:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
@@ -451,6 +452,39 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
         assert "ok=0" in line and "change only with a restart" in line, line
         with open(h.config_path, "w") as f:
             json.dump(h.config, f)
+    finally:
+        idp.close()
+
+
+@run_async
+async def test_jwks_url_set_sent_in_one_byte_chunks(hub, tmp_path):
+    """A set near the 256 KiB bound sent in 1-byte chunks, as a server that
+    writes as it goes may: six times its size on the wire, all framing.
+    It is read and its key used (before, the read stopped at 1.125 times
+    the bound: `response over 315392 bytes`). Past the bound, chunked or
+    not, the fetch fails and the keys in use stay."""
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    try:
+        def padded(kid, size):
+            doc = {"keys": [rsa_jwk(kid, kid)], "pad": ""}
+            doc["pad"] = "p" * (size - len(json.dumps(doc)))
+            raw = json.dumps(doc).encode()
+            assert len(raw) == size
+            return raw
+        idp.raw, idp.chunked = padded("k1", 250000), 1
+        h = hub(merge(base_config(), {"auth": issuer_auth(idp, pki)}))
+        wait_fetches(h, 1, 1)
+        assert status(h, rs_token("k1", "k1")) == 101
+        for chunked in (1, False):
+            idp.raw, idp.chunked = padded("k2", 270000), chunked
+            sighup(h, 1 if chunked else 2)
+            wait_fetches(h, 0, 1 if chunked else 2)
+            line = [ln for ln in h.log().splitlines() if "ev=jwks_fetch ok=0" in ln][-1]
+            assert "body over its bound" in line, line
+            assert status(h, rs_token("k1", "k1")) == 101
+            assert status(h, rs_token("k2", "k2")) == 403
+        assert len(idp.requests) == 3, idp.requests
     finally:
         idp.close()
 
