@@ -916,9 +916,9 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
                                   .max_connections = l->max_connections,
                                   .per_ip = l->max_connections_per_ip,
                                   .ip_rate = l->handshake_rate_per_ip };
-    worker_admission_set(l->admission_rate, l->admission_burst);
-    worker_limits_set(l->max_connections, l->max_connections_per_ip, l->handshake_rate_per_ip,
-                      l->handshake_burst_per_ip, l->ipv6_prefix);
+    admit_rate_set(l->admission_rate, l->admission_burst);
+    admit_limits_set(l->max_connections, l->max_connections_per_ip, l->handshake_rate_per_ip,
+                     l->handshake_burst_per_ip, l->ipv6_prefix);
     live_replace(cfg);
 }
 

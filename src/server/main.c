@@ -551,7 +551,7 @@ int main(int argc, char **argv)
     }
 
     hub_conn_limits(&wsh_cfg);
-    worker_limits_init();
+    admit_limits_init();
 
     wsh_nworkers = wsh_cfg.workers;
     wsh_workers = calloc((size_t)wsh_nworkers, sizeof(*wsh_workers));

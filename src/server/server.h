@@ -371,18 +371,43 @@ int worker_init(struct worker *w, int id, int listen_fd);
 /* --admin-listen: worker w (0) accepts on fd too, for the operator's
  * endpoints only. */
 int worker_listen_admin(struct worker *w, int fd);
-/* Puts the limits of wsh_cfg that SIGHUP may change in force (the
- * admission rate, the connection limits); before the workers run. */
-void worker_limits_init(void);
-/* Sets limits.admission_rate and admission_burst (rate 0: off); SIGHUP. */
-void worker_admission_set(double rate, uint32_t burst);
-/* Sets limits.max_connections (0: the ceiling, RLIMIT_NOFILE - 64),
- * max_connections_per_ip, handshake_rate_per_ip and burst_per_ip (0: off)
- * and ipv6_prefix; SIGHUP. */
-void worker_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, uint32_t ip_burst,
-                       uint32_t v6prefix);
 void *worker_main(void *arg);
 void worker_wake(struct worker *w);
+
+/* Admission (admit.c): the admission rate of upgrades, max_connections,
+ * and per client address its connections and their rate. */
+struct ipcount;
+/* Puts the limits of wsh_cfg that SIGHUP may change in force (the
+ * admission rate, the connection limits); before the workers run. */
+void admit_limits_init(void);
+/* Sets limits.admission_rate and admission_burst (rate 0: off); SIGHUP. */
+void admit_rate_set(double rate, uint32_t burst);
+/* Sets limits.max_connections (0: the ceiling, RLIMIT_NOFILE - 64),
+ * max_connections_per_ip, handshake_rate_per_ip and burst_per_ip (0: off)
+ * and ipv6_prefix; SIGHUP. Turning the per-address limits on, or changing
+ * the prefix while they are on, has each worker count its open
+ * connections anew at its next wakeup (worker.ip_recount). */
+void admit_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, uint32_t ip_burst,
+                      uint32_t v6prefix);
+/* limits.max_connections under the ceiling of RLIMIT_NOFILE. */
+size_t admit_max_conns(void);
+/* 0 when an upgrade may go ahead under the admission rate, else the
+ * seconds for Retry-After (key spreads refusals past the horizon). */
+uint32_t admit_upgrade(uint32_t key);
+/* Whether a per-address limit is on. */
+bool admit_per_ip_on(void);
+/* Per-address admission of a connection from peer (the socket's address,
+ * or the one a PROXY header named); see admit.c. */
+uint32_t admit_peer(const struct sockaddr_storage *peer, struct ipcount **ipc, bool *forwarded);
+/* A connection slot and a token for ss's address: the entry to release
+ * at destroy, or NULL with *retry_s set when over a bound (0 when it
+ * cannot be tracked). */
+struct ipcount *admit_ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s);
+void admit_ip_release(struct ipcount *e);
+/* Frees the entries no connection holds whose bucket has refilled. */
+void admit_ip_sweep(void);
+/* From w's wakeup after admit_limits_set asked (worker.ip_recount). */
+void admit_ip_recount(struct worker *w);
 
 /* Connection helpers used by the endpoints. */
 void conn_send(struct worker *w, struct conn *c, struct wsh_buf *b);
@@ -478,7 +503,7 @@ void hub_fetch_stop(void);
  * (wall clock ms, 0 before the first), for /metrics. */
 void hub_jwks_fetches(uint64_t *ok, uint64_t *failed, int64_t *loaded_ms);
 /* Copies the configuration file's connection limits into cfg: the total
- * (max_connections_cfg, which worker_limits_set caps at cfg's
+ * (max_connections_cfg, which admit_limits_set caps at cfg's
  * max_connections), per address, and the admission rate. All stay off
  * without a file; IPv6 addresses then count per the default prefix. */
 void hub_conn_limits(struct wsh_config *cfg);

@@ -1,7 +1,7 @@
 /* Workers: one epoll loop per thread with its own SO_REUSEPORT listener.
- * Accepting, the HTTP phase (request head, routing, the upgrade), corked
- * writes flushed once per loop turn, deferred free of closed connections,
- * and graceful shutdown. */
+ * Accepting (the limits it checks are admit.c's), the HTTP phase (request
+ * head, routing, the upgrade), corked writes flushed once per loop turn,
+ * deferred free of closed connections, and graceful shutdown. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -47,12 +47,7 @@
 #define EVICT_CHECK_MS 100u
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
-struct ipcount;
-static void ip_release(struct ipcount *e);
-static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s);
 static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s);
-static void ip_sweep(void);
-static void ip_recount_open(struct worker *w);
 static void carry_free(struct conn *c);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
@@ -534,7 +529,7 @@ void conn_destroy(struct worker *w, struct conn *c)
     wsh_pmd_destroy(c->pmd);
     c->pmd = NULL;
     if (c->ip) {
-        ip_release(c->ip);
+        admit_ip_release(c->ip);
         c->ip = NULL;
     }
     close(c->io.fd); /* also removes it from epoll */
@@ -619,7 +614,7 @@ static void flush_conn(struct worker *w, struct conn *c)
 static void on_sweep(struct wsh_loop *l, struct wsh_timer *t)
 {
     rawchan_sweep();
-    ip_sweep();
+    admit_ip_sweep();
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     hub_sweep((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
@@ -936,74 +931,6 @@ static bool pick_deflate(struct wsh_slice name, const struct wsh_slice *pn,
     return true;
 }
 
-/* ------------------------------------------------------------------ */
-/* Admission of upgrades                                               */
-
-/* limits.admission_rate (LIMITS.md: 503 + Retry-After over the admission
- * rate; 1013, overload after the upgrade, on /ws, where a browser can read
- * it): one token bucket for the whole server, under a mutex taken once per
- * upgrade request. It counts WebSocket upgrades only, so /healthz,
- * /metrics and the API keep answering while a reconnect storm is held
- * back, and the costly part of a connection (authentication, subscribing,
- * replaying history) is what it spaces out. Each refused client is told
- * its own delay: the bucket promises refused clients slots one token's
- * time apart (wsh_rate_promise), so those sent away come back about as
- * fast as they can be let in. Past RETRY_HORIZON_MS of promises the rest
- * are spread over the horizon by connection id. */
-#define RETRY_HORIZON_MS 60000u
-
-/* Retry-After for a caller r has just refused: its promised slot, or past
- * the horizon a second spread by `key`. The caller holds r's lock. */
-static uint32_t refusal_retry_s(struct wsh_rate *r, uint64_t now, uint32_t key)
-{
-    uint64_t ms = wsh_rate_promise(r, now, RETRY_HORIZON_MS);
-    if (ms == 0)
-        ms = 1000u + ((uint64_t)key * 2654435761u) % (RETRY_HORIZON_MS - 1000u);
-    return (uint32_t)((ms + 999u) / 1000u);
-}
-
-/* The server-wide admission bucket (limits.admission_rate). SIGHUP may
- * change it (worker_admission_set), so the rate lives under admit_mu too;
- * admit_on lets an upgrade skip the lock while it is off. */
-static pthread_mutex_t admit_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct wsh_rate admit_bucket;
-static double admit_rate;     /* guarded by admit_mu */
-static uint32_t admit_burst;  /* guarded by admit_mu */
-static _Atomic bool admit_on; /* admit_rate > 0 */
-
-void worker_limits_init(void)
-{
-    worker_admission_set(wsh_cfg.admit_rate, wsh_cfg.admit_burst);
-    worker_limits_set(wsh_cfg.max_connections_cfg, wsh_cfg.max_per_ip, wsh_cfg.ip_rate,
-                      wsh_cfg.ip_burst, wsh_cfg.ip6_prefix);
-}
-
-void worker_admission_set(double rate, uint32_t burst)
-{
-    pthread_mutex_lock(&admit_mu);
-    /* Unchanged settings keep the bucket: a reload is no free refill. */
-    if (rate > 0 && (rate != admit_rate || burst != admit_burst))
-        wsh_rate_init(&admit_bucket, rate, burst, wsh_now_ms());
-    admit_rate = rate;
-    admit_burst = burst;
-    atomic_store(&admit_on, rate > 0);
-    pthread_mutex_unlock(&admit_mu);
-}
-
-/* 0 when the upgrade may go ahead, else the seconds for Retry-After. */
-static uint32_t admit_upgrade(const struct conn *c)
-{
-    if (!atomic_load_explicit(&admit_on, memory_order_relaxed))
-        return 0;
-    uint32_t retry_s = 0;
-    pthread_mutex_lock(&admit_mu);
-    uint64_t now = wsh_now_ms();
-    if (admit_rate > 0 && !wsh_rate_take(&admit_bucket, now))
-        retry_s = refusal_retry_s(&admit_bucket, now, c->id);
-    pthread_mutex_unlock(&admit_mu);
-    return retry_s;
-}
-
 static bool path_is(const struct wsh_http_request *req, const char *p)
 {
     size_t n = strlen(p);
@@ -1109,7 +1036,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
      * come back, then close 1013: a browser script never sees a refused
      * upgrade's status or headers, but it reads these. Its token is not
      * even checked. */
-    uint32_t retry_s = w->replay ? 0 : admit_upgrade(c); /* a parked one was admitted */
+    uint32_t retry_s = w->replay ? 0 : admit_upgrade(c->id); /* a parked one was admitted */
     if (retry_s > 0) {
         metric_add(&w->m.admission_refused, 1);
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=admission_refused path=%.*s retry_s=%u", c->id,
@@ -1188,31 +1115,6 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
             req->path);
 }
 
-static _Atomic bool ip_on; /* a per-address limit is on (ipl) */
-
-static bool per_ip_on(void)
-{
-    return atomic_load_explicit(&ip_on, memory_order_relaxed);
-}
-
-/* Per-address admission of a connection from peer: the socket's address,
- * or the one a PROXY header named. A trusted proxy is not counted here but
- * at its request (forwarded_admit), and *forwarded says so. Returns the
- * seconds for Retry-After when the address is over its bounds, else 0
- * with *ipc the slot to release at destroy (NULL when none was taken). */
-static uint32_t admit_peer(const struct sockaddr_storage *peer, struct ipcount **ipc,
-                           bool *forwarded)
-{
-    uint32_t retry_s = 0;
-    *ipc = NULL;
-    size_t ntrusted;
-    const struct wsh_cidr *trusted = hub_trusted_proxies(&ntrusted);
-    *forwarded = per_ip_on() && wsh_cidr_contains(trusted, ntrusted, peer);
-    if (per_ip_on() && !*forwarded)
-        *ipc = ip_acquire(peer, &retry_s);
-    return retry_s;
-}
-
 /* A connection from a trusted proxy (config: trusted_proxies) is counted
  * per address once its request names the client: the rightmost address
  * of X-Forwarded-For that is not a trusted proxy (wsh_http_forwarded_for).
@@ -1230,7 +1132,7 @@ static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_h
     if (!named && getpeername(c->io.fd, (struct sockaddr *)&client, &len) != 0)
         return true; /* nothing to count under: let the request decide */
     uint32_t retry_s;
-    c->ip = ip_acquire(&client, &retry_s);
+    c->ip = admit_ip_acquire(&client, &retry_s);
     if (retry_s == 0)
         return true;
     char extra[48];
@@ -1695,7 +1597,7 @@ static bool proxy_input(struct worker *w, struct conn *c)
     keep_carry(w, c, buf, n == 0 ? have + take : 0);
     if (n == 0 || c->state == CONN_DEAD)
         return false;
-    if (per_ip_on()) {
+    if (admit_per_ip_on()) {
         struct sockaddr_storage peer = px.src;
         socklen_t plen = sizeof(peer);
         if (px.src.ss_family == AF_UNSPEC &&
@@ -1833,210 +1735,6 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
 /* ------------------------------------------------------------------ */
 /* Accepting                                                           */
 
-/* Per client address, over all workers (LIMITS.md: 429 past either
- * bound): how many connections it holds, and a token bucket of new
- * connections it may open. One small table under a mutex taken at accept,
- * at destroy and by the 2-second sweep only. An entry lives while its
- * address holds connections or its bucket is refilling. IPv6 addresses
- * count per limits.ipv6_prefix (a /64 by default; wsh_addr_key). Over the
- * rate, Retry-After comes from the bucket's promised slots, as for the
- * server-wide admission rate: the users behind one NAT who all reconnect
- * at once are told to come back one after the other. */
-struct ipcount {
-    struct ipcount *next;
-    uint32_t n;
-    uint8_t len;
-    uint8_t addr[16];
-    struct wsh_rate rate; /* with limits.handshake_rate_per_ip */
-};
-
-#define IP_BUCKETS 4096u
-static pthread_mutex_t ip_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct ipcount *ip_table[IP_BUCKETS];
-static uint32_t ip_refusals; /* spreads refusals past the horizon */
-/* The limits themselves, which SIGHUP may change (worker_limits_set):
- * guarded by ip_mu, with ip_on saying whether either is on. */
-static struct {
-    uint32_t max;   /* connections per address, 0 = off */
-    double rate;    /* new connections per second per address, 0 = off */
-    uint32_t burst; /* its bucket */
-    uint32_t v6prefix;
-} ipl;
-/* limits.max_connections, under the ceiling of RLIMIT_NOFILE. */
-static _Atomic size_t max_conns;
-
-static uint32_t ip_hash(const uint8_t *a, size_t len)
-{
-    return wsh_hash_bytes(a, len) % IP_BUCKETS;
-}
-
-/* The entry of ss's address, made when missing; NULL when it cannot be
- * tracked. Under ip_mu. */
-static struct ipcount *ip_find(const struct sockaddr_storage *ss, uint64_t now)
-{
-    uint8_t a[16];
-    uint8_t len = (uint8_t)wsh_addr_key(ss, ipl.v6prefix, a);
-    if (len == 0)
-        return NULL;
-    struct ipcount **pp = &ip_table[ip_hash(a, len)], *e = *pp;
-    while (e && !(e->len == len && memcmp(e->addr, a, len) == 0))
-        e = e->next;
-    if (e == NULL) {
-        e = calloc(1, sizeof(*e));
-        if (e == NULL)
-            return NULL;
-        e->len = len;
-        memcpy(e->addr, a, len);
-        if (ipl.rate > 0)
-            wsh_rate_init(&e->rate, ipl.rate, ipl.burst, now);
-        e->next = *pp;
-        *pp = e;
-    }
-    return e;
-}
-
-/* Takes a connection slot and a token for the peer's address. Returns the
- * entry to release at destroy, or NULL with *retry_s set (seconds for
- * Retry-After) when the address is over a bound, or NULL with *retry_s 0
- * when it cannot be tracked (the connection is then let in). */
-static struct ipcount *ip_acquire(const struct sockaddr_storage *ss, uint32_t *retry_s)
-{
-    *retry_s = 0;
-    pthread_mutex_lock(&ip_mu);
-    uint64_t now = wsh_now_ms();
-    struct ipcount *e = ip_find(ss, now);
-    if (e == NULL) {
-        pthread_mutex_unlock(&ip_mu);
-        return NULL;
-    }
-    if (ipl.max > 0 && e->n >= ipl.max) {
-        *retry_s = 5; /* a slot frees when one of its connections closes */
-        e = NULL;
-    } else if (ipl.rate > 0 && !wsh_rate_take(&e->rate, now)) {
-        *retry_s = refusal_retry_s(&e->rate, now, ++ip_refusals);
-        e = NULL;
-    }
-    if (e != NULL)
-        e->n++;
-    pthread_mutex_unlock(&ip_mu);
-    return e;
-}
-
-static void ip_unlink_free(struct ipcount *e)
-{
-    struct ipcount **pp = &ip_table[ip_hash(e->addr, e->len)];
-    while (*pp != e)
-        pp = &(*pp)->next;
-    *pp = e->next;
-    free(e);
-}
-
-/* Under ip_mu. */
-static void ip_put(struct ipcount *e)
-{
-    /* With a rate limit the entry stays until its bucket is full again
-     * (ip_sweep), or closing and reopening would reset it. */
-    if (--e->n == 0 && ipl.rate <= 0)
-        ip_unlink_free(e);
-}
-
-static void ip_release(struct ipcount *e)
-{
-    pthread_mutex_lock(&ip_mu);
-    ip_put(e);
-    pthread_mutex_unlock(&ip_mu);
-}
-
-/* Frees the entries of addresses that hold no connection and whose bucket
- * has refilled: what a forgotten address would start with anyway. Also
- * frees those a refused address left behind. */
-static void ip_sweep(void)
-{
-    pthread_mutex_lock(&ip_mu);
-    uint64_t now = wsh_now_ms();
-    for (uint32_t i = 0; i < IP_BUCKETS; i++) {
-        struct ipcount *next;
-        for (struct ipcount *e = ip_table[i]; e; e = next) {
-            next = e->next;
-            if (e->n == 0 && (ipl.rate <= 0 || wsh_rate_full(&e->rate, now)))
-                ip_unlink_free(e);
-        }
-    }
-    pthread_mutex_unlock(&ip_mu);
-}
-
-/* Per-address limits turned on by a reload count the connections opened
- * while they were off, so that an address already over its bound is
- * refused from now on (its connections stay, as under a lowered bound).
- * A reload that changes limits.ipv6_prefix while they are on (or turns
- * them on again with another) moves each counted IPv6 connection to the
- * entry of its address under the new prefix: left under the old one, a
- * /64 whose connections were counted per /128 could open its bound again.
- * Not a trusted proxy's, whose clients are named request by request, nor
- * any behind --proxy-protocol, whose header named an address that is no
- * longer known; the admin listener's are never counted. */
-static void ip_recount_open(struct worker *w)
-{
-    if (wsh_cfg.proxy_protocol)
-        return;
-    size_t ntrusted;
-    const struct wsh_cidr *trusted = hub_trusted_proxies(&ntrusted);
-    uint32_t counted = 0, moved = 0;
-    for (struct conn *c = w->conns; c != NULL; c = c->next) {
-        struct sockaddr_storage peer;
-        socklen_t len = sizeof(peer);
-        if (c->state == CONN_DEAD || c->endpoint == EP_ADMIN || (c->flags & CF_FORWARDED) ||
-            (c->ip != NULL && c->ip->len == 4) || /* an IPv4 key has no prefix */
-            getpeername(c->io.fd, (struct sockaddr *)&peer, &len) != 0 ||
-            wsh_cidr_contains(trusted, ntrusted, &peer))
-            continue;
-        pthread_mutex_lock(&ip_mu);
-        struct ipcount *e = ip_find(&peer, wsh_now_ms());
-        if (e != NULL && e != c->ip) {
-            e->n++;
-            if (c->ip != NULL) {
-                ip_put(c->ip);
-                moved++;
-            } else
-                counted++;
-            c->ip = e;
-        }
-        pthread_mutex_unlock(&ip_mu);
-    }
-    wsh_log(WSH_LOG_INFO, "worker=%d ev=per_ip_counted conns=%u moved=%u", w->id, counted, moved);
-}
-
-void worker_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, uint32_t ip_burst,
-                       uint32_t v6prefix)
-{
-    size_t ceiling = wsh_cfg.max_connections;
-    size_t max = max_connections > 0 && max_connections < ceiling ? max_connections : ceiling;
-    atomic_store(&max_conns, max);
-    pthread_mutex_lock(&ip_mu);
-    /* A changed rate starts every address's bucket afresh, full; an
-     * unchanged one keeps them as they are. */
-    if (ip_rate > 0 && (ip_rate != ipl.rate || ip_burst != ipl.burst)) {
-        uint64_t now = wsh_now_ms();
-        for (uint32_t i = 0; i < IP_BUCKETS; i++)
-            for (struct ipcount *e = ip_table[i]; e; e = e->next)
-                wsh_rate_init(&e->rate, ip_rate, ip_burst, now);
-    }
-    ipl.max = per_ip;
-    ipl.rate = ip_rate;
-    ipl.burst = ip_burst;
-    bool prefix_changed = v6prefix != ipl.v6prefix;
-    ipl.v6prefix = v6prefix;
-    bool was_on = atomic_exchange(&ip_on, per_ip > 0 || ip_rate > 0);
-    pthread_mutex_unlock(&ip_mu);
-    /* (At start-up the workers do not exist yet, nor any connection.) */
-    if ((!was_on || prefix_changed) && per_ip_on() && wsh_workers != NULL) {
-        for (int i = 0; i < wsh_nworkers; i++) {
-            atomic_store(&wsh_workers[i].ip_recount, true);
-            worker_wake(&wsh_workers[i]);
-        }
-    }
-}
-
 /* A refusal sent before anything is read from the connection, so before
  * any TLS handshake: the 429 of an address over its bounds, the 503 of a
  * full server. On a TLS listener the client speaks TLS from its first
@@ -2102,8 +1800,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             }
             return;
         }
-        if (atomic_load_explicit(&wsh_total_conns, memory_order_relaxed) >=
-            atomic_load_explicit(&max_conns, memory_order_relaxed)) {
+        if (atomic_load_explicit(&wsh_total_conns, memory_order_relaxed) >= admit_max_conns()) {
             refuse_overload(w, fd);
             continue;
         }
@@ -2124,7 +1821,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         struct conn *c = calloc(1, sizeof(*c));
         if (c == NULL) {
             if (ipc)
-                ip_release(ipc);
+                admit_ip_release(ipc);
             close(fd);
             continue;
         }
@@ -2153,7 +1850,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             if (c->ssl)
                 wsh_tls_conn_free(c->ssl);
             if (ipc)
-                ip_release(ipc);
+                admit_ip_release(ipc);
             close(fd);
             free(c);
             continue;
@@ -2257,7 +1954,7 @@ static void on_wake(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     /* The inbox is delivered in before_sleep, after the turn's reads. */
     if (atomic_load_explicit(&w->ip_recount, memory_order_relaxed) &&
         atomic_exchange(&w->ip_recount, false))
-        ip_recount_open(w);
+        admit_ip_recount(w);
     if (w->nparked > 0)
         unpark_due(w);
     hub_keys_wake(w);
