@@ -417,6 +417,34 @@ def sanitizer_report(log):
     return None
 
 
+def teardown_servers(entries):
+    """The end of a test for each (server, stopped, check) it started:
+    unless the test stopped it on purpose (stopped), the suite's check()
+    and a SIGTERM that must end it with status 0 (under ASan that also
+    means no leak report); then no sanitizer report in its log, and the
+    process killed whatever happened. The errors of all of them go out as
+    one failure."""
+    errors = []
+    for s, stopped, check in entries:
+        try:
+            if not stopped:
+                check()
+                s.signal(signal.SIGTERM)
+                rc = s.wait(10)
+                assert rc == 0, (f"after SIGTERM at teardown wshub exit status {rc}; log tail:\n"
+                                 f"{s.log()[-3000:]}")
+            rep = sanitizer_report(s.log())
+            if rep:
+                errors.append(f"sanitizer report ({rep}) in wshub log:\n{s.log()[-4000:]}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"after the test: {type(e).__name__}: {e}")
+        finally:
+            s.kill()
+    if errors:
+        import pytest
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
 class Server:
     """A wshub process on 127.0.0.1 with an ephemeral port."""
 

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from conftest import (MULT, SECRET, Client, b64url, base_config, handshake_status, merge,
-                      raw_upgrade, run_async, sanitizer_report, token)
-from wsraw import scrape_metrics
+                      raw_upgrade, run_async, token)
+from wsraw import sanitizer_report, scrape_metrics
 
 BIN = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
 

@@ -5,8 +5,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import textwrap
 
 from conftest import Client, run_async, token

@@ -3,7 +3,6 @@ disconnect, recovered:false when history is gone, and idempotent publish
 by msg_id."""
 import asyncio
 import re
-import time
 
 from conftest import Client, base_config, merge, run_async, token
 

@@ -11,7 +11,6 @@ server left running is killed by pid.
 import asyncio
 import functools
 import os
-import signal
 import sys
 
 import pytest
@@ -20,7 +19,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
 
 import wsraw  # noqa: E402
-from wsraw import sanitizer_report  # noqa: E402
 
 MULT = wsraw.MULT
 
@@ -106,26 +104,12 @@ def wshub():
     Pass expect_stopped=True when the test stops the server itself."""
     servers = Servers()
     yield servers
-    errors = []
-    for s in servers.started:
-        try:
-            if not s.expect_stopped:
-                check_fds(s)
-                check_alive(s)
-                # graceful stop: exit status 0 (under ASan this also means no leak report)
-                s.signal(signal.SIGTERM)
-                rc = s.wait(10)
-                assert rc == 0, (f"after SIGTERM at teardown wshub exit status {rc}; log tail:\n"
-                                 f"{s.log()[-3000:]}")
-            rep = sanitizer_report(s.log())
-            if rep:
-                errors.append(f"sanitizer report ({rep}) in wshub log:\n{s.log()[-4000:]}")
-        except Exception as e:  # noqa: BLE001
-            errors.append(f"after the test: {type(e).__name__}: {e}")
-        finally:
-            s.kill()
-    if errors:
-        pytest.fail("\n".join(errors), pytrace=False)
+
+    def check(s):
+        check_fds(s)
+        check_alive(s)
+    wsraw.teardown_servers([(s, s.expect_stopped, functools.partial(check, s))
+                            for s in servers.started])
 
 
 def ws_uri(server, path="/echo"):
