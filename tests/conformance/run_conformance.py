@@ -11,10 +11,8 @@ Prints 'N passed, N failed' and exits 1 if any case failed.
 
 import argparse
 import concurrent.futures
-import json
 import os
 import re
-import signal
 import struct
 import sys
 import time
@@ -1126,49 +1124,17 @@ def main():
             alive["detail"] = f"{type(e).__name__}: {e}"
         results.append(alive)
         if server is not None:
-            # graceful stop: exit 0, and no sanitizer report in the log
-            stop = {"id": "99.2", "description": "SIGTERM: exit status 0, no sanitizer report",
-                    "ms": 0, "result": "pass"}
-            server.signal(signal.SIGTERM)
-            rc = server.wait(10)
-            log = server.log()
-            marks = [m for m in ("ERROR: AddressSanitizer", "runtime error:",
-                                 "ERROR: LeakSanitizer") if m in log]
-            if rc != 0 or marks:
-                stop["result"] = "fail"
-                stop["detail"] = f"exit status {rc}, sanitizer markers {marks}: {log[-2000:]}"
-            results.append(stop)
+            results.append(wsraw.stop_case(server))
     finally:
         if server is not None:
             server.kill()
     elapsed = time.monotonic() - t0
     results.sort(key=lambda r: case_key(r["id"]))
-    passed = sum(1 for r in results if r["result"] == "pass")
-    failed = len(results) - passed
-    for r in results:
-        if r["result"] != "pass":
-            print(f"FAIL {r['id']}: {r['description']}\n     {r.get('detail')}")
-    fam = {}
-    for r in results:
-        s = r["id"].split(".")[0]
-        fam.setdefault(s, [0, 0])[0 if r["result"] == "pass" else 1] += 1
-    for s in sorted(fam, key=int):
-        print(f"  section {s:>2}: {fam[s][0]} passed, {fam[s][1]} failed")
-    report = {
-        "server": args.bin if not args.port else f"127.0.0.1:{args.port}",
-        "server_args": SERVER_ARGS,
-        "elapsed_s": round(elapsed, 2),
-        "passed": passed,
-        "failed": failed,
-        "server_exit_during_run": server_died,
-        "server_log_tail": server.log()[-4000:] if server is not None else None,
-        "cases": results,
-    }
-    with open(args.report, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"report: {os.path.abspath(args.report)} ({elapsed:.1f} s)")
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+    return wsraw.finish_run(
+        results, lambda cid: cid.split(".")[0], int, lambda s: f"section {s:>2}",
+        report_path=args.report,
+        server_desc=args.bin if not args.port else f"127.0.0.1:{args.port}",
+        server_args=SERVER_ARGS, server=server, server_died=server_died, elapsed=elapsed)
 
 
 if __name__ == "__main__":

@@ -417,6 +417,55 @@ def sanitizer_report(log):
     return None
 
 
+def stop_case(server):
+    """Case 99.2 of the conformance runners: SIGTERM ends the server with
+    exit status 0 and no sanitizer report in its log."""
+    stop = {"id": "99.2", "description": "SIGTERM: exit status 0, no sanitizer report",
+            "ms": 0, "result": "pass"}
+    server.signal(signal.SIGTERM)
+    rc = server.wait(10)
+    log = server.log()
+    rep = sanitizer_report(log)
+    if rc != 0 or rep:
+        stop["result"] = "fail"
+        stop["detail"] = f"exit status {rc}, sanitizer report {rep}: {log[-2000:]}"
+    return stop
+
+
+def finish_run(results, family, order, label, *, report_path, server_desc, server_args,
+               server, server_died, elapsed):
+    """The end of a conformance run: each failure printed, a line per
+    family of cases (family(id) its key, sorted by order, printed with
+    label), the JSON report written to report_path. Returns the exit
+    status: 0 when every case passed."""
+    import json
+    passed = sum(1 for r in results if r["result"] == "pass")
+    failed = len(results) - passed
+    for r in results:
+        if r["result"] != "pass":
+            print(f"FAIL {r['id']}: {r['description']}\n     {r.get('detail')}")
+    fam = {}
+    for r in results:
+        fam.setdefault(family(r["id"]), [0, 0])[0 if r["result"] == "pass" else 1] += 1
+    for s in sorted(fam, key=order):
+        print(f"  {label(s)}: {fam[s][0]} passed, {fam[s][1]} failed")
+    report = {
+        "server": server_desc,
+        "server_args": server_args,
+        "elapsed_s": round(elapsed, 2),
+        "passed": passed,
+        "failed": failed,
+        "server_exit_during_run": server_died,
+        "server_log_tail": server.log()[-4000:] if server is not None else None,
+        "cases": results,
+    }
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"report: {os.path.abspath(report_path)} ({elapsed:.1f} s)")
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
 def teardown_servers(entries):
     """The end of a test for each (server, stopped, check) it started:
     unless the test stopped it on purpose (stopped), the suite's check()
