@@ -123,6 +123,7 @@ struct ipcount {
     struct ipcount *next;
     uint32_t n;
     uint8_t len;
+    uint8_t prefix; /* the ipv6_prefix addr was cut to (IPv6 keys) */
     uint8_t addr[16];
     struct wsh_rate rate; /* with limits.handshake_rate_per_ip */
 };
@@ -168,6 +169,7 @@ static struct ipcount *ip_find(const struct sockaddr_storage *ss, uint64_t now)
         if (e == NULL)
             return NULL;
         e->len = len;
+        e->prefix = (uint8_t)ipl.v6prefix;
         memcpy(e->addr, a, len);
         if (ipl.rate > 0)
             wsh_rate_init(&e->rate, ipl.rate, ipl.burst, now);
@@ -247,6 +249,16 @@ void admit_ip_sweep(void)
     pthread_mutex_unlock(&ip_mu);
 }
 
+/* Whether e is the entry of peer's own address under the prefix e was
+ * made with, not of a client an X-Forwarded-For field named (e's fields
+ * never change, so no lock). */
+static bool ip_is_peer(const struct ipcount *e, const struct sockaddr_storage *peer)
+{
+    uint8_t a[16];
+    size_t len = wsh_addr_key(peer, e->prefix, a);
+    return len == e->len && memcmp(a, e->addr, len) == 0;
+}
+
 /* Per-address limits turned on by a reload count the connections opened
  * while they were off, so that an address already over its bound is
  * refused from now on (its connections stay, as under a lowered bound).
@@ -254,8 +266,10 @@ void admit_ip_sweep(void)
  * them on again with another) moves each counted IPv6 connection to the
  * entry of its address under the new prefix: left under the old one, a
  * /64 whose connections were counted per /128 could open its bound again.
- * Not a trusted proxy's, whose clients are named request by request, nor
- * any behind --proxy-protocol, whose header named an address that is no
+ * A connection counted under the client a trusted proxy named stays
+ * where it is, even once that proxy is no longer trusted. Not counted: a
+ * trusted proxy's, whose clients are named request by request, and any
+ * behind --proxy-protocol, whose header named an address that is no
  * longer known; the admin listener's are never counted. */
 void admit_ip_recount(struct worker *w)
 {
@@ -270,7 +284,8 @@ void admit_ip_recount(struct worker *w)
         if (c->state == CONN_DEAD || c->endpoint == EP_ADMIN || (c->flags & CF_FORWARDED) ||
             (c->ip != NULL && c->ip->len == 4) || /* an IPv4 key has no prefix */
             getpeername(c->io.fd, (struct sockaddr *)&peer, &len) != 0 ||
-            wsh_cidr_contains(trusted, ntrusted, &peer))
+            wsh_cidr_contains(trusted, ntrusted, &peer) ||
+            (c->ip != NULL && !ip_is_peer(c->ip, &peer)))
             continue;
         pthread_mutex_lock(&ip_mu);
         struct ipcount *e = ip_find(&peer, wsh_now_ms());

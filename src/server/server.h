@@ -317,7 +317,7 @@ struct worker {
     _Atomic size_t inbox_bytes;    /* what waits in it, frames and entries (chan.c) */
     uint64_t inbox_waiters;        /* workers holding publishers until it drains, by bit */
     _Atomic uint64_t inbox_resume; /* inboxes we waited for that were taken, by bit */
-    _Atomic bool ip_recount;       /* per-address limits turned on: count what is open */
+    _Atomic bool ip_recount;       /* per-address limits on, or a new prefix: recount (admit.c) */
     bool inbox_full;               /* a push of the current input found one full */
     uint8_t inbox_full_on;         /* whose (another worker's first: chan.c) */
     uint32_t nheld;                /* connections held with HOLD_INBOX */

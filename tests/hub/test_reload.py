@@ -302,6 +302,37 @@ def test_sighup_changing_the_ipv6_prefix_counts_open_connections_anew(hub):
     assert h.server.wait(10 * MULT) == 0, h.log()[-2000:]
 
 
+def test_sighup_changing_the_ipv6_prefix_leaves_forwarded_clients_counted_as_named(hub):
+    """A connection a trusted proxy ([::1]) opened for the client its
+    X-Forwarded-For named stays counted under that client when a reload
+    changes ipv6_prefix, even one that also stops trusting the proxy: its
+    slot is not moved to the proxy's own address, which then still has
+    its own one connection to open."""
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+
+    def limits(prefix, trusted):
+        return merge(base_config(), {"limits": {"max_connections_per_ip": 1, "ipv6_prefix": prefix},
+                                     "trusted_proxies": trusted})
+    h = hub(limits(64, ["::1/128"]), "--listen", "[::1]:0")
+    h.expect_stopped = True
+    xff = [("X-Forwarded-For", "2001:db8::7")]
+    held = [until_status(h.port, 101, headers=xff, host="::1")]
+    until_status(h.port, 429, headers=xff, host="::1")
+
+    reload(h, limits(128, []), 1)
+    wait_log(h, "ev=per_ip_counted", 2)
+    assert "moved=1" not in h.log(), h.log()[-2000:]
+    held.append(until_status(h.port, 101, host="::1"))  # ::1's own slot
+    until_status(h.port, 429, host="::1")
+    for c in held:
+        c.close()
+    h.server.signal(signal.SIGTERM)
+    assert h.server.wait(10 * MULT) == 0, h.log()[-2000:]
+
+
 def test_sighup_changes_the_trusted_proxies(hub):
     """trusted_proxies follows SIGHUP: once 127.0.0.1 is a trusted proxy,
     a connection from it counts under the client its X-Forwarded-For
