@@ -356,11 +356,12 @@ static void inbox_release(struct worker *w, uint64_t waiters)
  * a fan-out goes through the worker's own inbox instead, delivered at the
  * end of the turn a slice at a time like the other workers' messages
  * (INBOX_SLICE_MS), and while such a batch goes on its publisher is held
- * past the inbox's bound like theirs (inbox_push). While any of a channel's local fan-outs wait
- * there (deferred), the channel's next ones wait behind them, whatever their size, so a publisher's
- * messages keep their order. Whether the channel has deflate subscribers here is not tracked: a
- * plain fan-out of a message this large is cheap either way, and deferred it goes out in the same
- * turn. */
+ * past the inbox's bound like theirs (inbox_push). While any of a
+ * channel's local fan-outs wait there (deferred), the channel's next ones
+ * wait behind them, whatever their size, so a publisher's messages keep
+ * their order. Whether the channel has deflate subscribers here is not
+ * tracked: a plain fan-out of a message this large is cheap either way,
+ * and deferred it goes out in the same turn. */
 static bool defer_local(struct worker *w, struct rawchan *ch, struct conn *from,
                         const struct wsh_buf *frame)
 {

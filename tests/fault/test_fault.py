@@ -1242,6 +1242,20 @@ def shut(socks, close=True):
             s.close()
 
 
+def flood_mb(s, k, done):
+    """Publisher k's 1 MB text messages on s (body k of flood_bodies, so
+    its first bytes name k), at most 100 of them, until done is set."""
+    body = (flood_bodies(8)[k % 8] * 18)[:(1 << 20) - 64]
+    try:
+        for _ in range(100):
+            if done.is_set():
+                return
+            s.sendall(zero_mask_text(body))
+    except OSError:
+        if not done.is_set():  # the server went away while flooding
+            raise
+
+
 class BusyWorker:
     """Keeps worker 1 behind for about a second at a time: eight raw
     publishers on worker 0 send 1 MB messages to subscribers on worker 1
@@ -1295,16 +1309,8 @@ class BusyWorker:
         except OSError:
             pass
 
-    def flood(self, s, k):  # at most 100 MB each, until told to stop
-        body = (flood_bodies(8)[k % 8] * 18)[:(1 << 20) - 64]
-        try:
-            for _ in range(100):
-                if self.done.is_set():
-                    return
-                s.sendall(zero_mask_text(body))
-        except OSError:
-            if not self.done.is_set():  # the server went away while flooding
-                raise
+    def flood(self, s, k):
+        flood_mb(s, k, self.done)
 
     def stop_flood(self):
         """The publishers end their message under way and stop."""
@@ -1430,19 +1436,9 @@ def test_fault_two_workers_publishing_into_one_busy_inbox_share_it(tmp_path):
         socks += pubs
         reader = FrameReader(plain, 1 << 20, keep=9)
         drains = [threading.Thread(target=BusyWorker.drain, args=(s,), daemon=True) for s in socks]
-        bodies = flood_bodies(8)
-
-        def flood(k):  # publisher k: 0-3 on worker 0, 4-7 on worker 1
-            body = (bodies[k] * 18)[:(1 << 20) - 64]
-            try:
-                for _ in range(100):
-                    if done.is_set():
-                        return
-                    pubs[k].sendall(zero_mask_text(body))
-            except OSError:
-                if not done.is_set():
-                    raise
-        floods = [threading.Thread(target=flood, args=(k,), daemon=True) for k in range(8)]
+        # publisher k: 0-3 on worker 0, 4-7 on worker 1
+        floods = [threading.Thread(target=flood_mb, args=(s, k, done), daemon=True)
+                  for k, s in enumerate(pubs)]
         for t in drains + floods:
             t.start()
         # Counted from the second batch on, once every publisher is in.
