@@ -121,6 +121,8 @@ void *wsh_loop_user(const struct wsh_loop *l);
 uint64_t wsh_loop_now(const struct wsh_loop *l);
 uint64_t wsh_now_ms(void);
 uint64_t wsh_now_ns(void);
+/* Milliseconds since the Unix epoch (CLOCK_REALTIME): the times users see. */
+int64_t wsh_wall_ms(void);
 
 /* Called once per turn that epoll woke, after before_sleep, with the
  * nanoseconds the turn took from the wakeup: its events, timers and

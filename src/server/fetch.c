@@ -1,5 +1,5 @@
 /* One HTTP(S) GET, blocking, for a helper thread: the JWK Set refresh
- * (hub.c). Never called on a worker's loop. Every step runs against one
+ * (keys.c). Never called on a worker's loop. Every step runs against one
  * deadline, in poll slices of at most 100 ms so that a stop request ends
  * it promptly, name resolution included. https verifies the certificate chain against the system's
  * trust store or a given CA bundle, and the host name (or IP address)

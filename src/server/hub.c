@@ -119,13 +119,6 @@ static struct chanreg hub_reg = CHANREG_INIT;
 static bool hub_enabled;
 static bool have_config; /* --config was given */
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ------------------------------------------------------------------ */
 /* Sending JSON                                                         */
 
@@ -151,7 +144,7 @@ static void reply_error(struct worker *w, struct conn *c, int64_t id, const char
 {
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    if (wsh_proto_encode_error(&b, id, ch, chlen, code, msg, wall_ms()) == WSH_OK)
+    if (wsh_proto_encode_error(&b, id, ch, chlen, code, msg, wsh_wall_ms()) == WSH_OK)
         send_jbuf(w, c, &b, PUSH_ERROR);
     wsh_jbuf_free(&b);
 }
@@ -169,7 +162,7 @@ static void disconnect_retry(struct worker *w, struct conn *c, unsigned code, co
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_disconnect(&b, code, reason, strlen(reason), reconnect, retry_ms,
-                                    wall_ms()) == WSH_OK)
+                                    wsh_wall_ms()) == WSH_OK)
         send_jbuf(w, c, &b, PUSH_DISCONNECT);
     wsh_jbuf_free(&b);
     conn_close(w, c, code, reason);
@@ -203,7 +196,7 @@ static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, cons
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_disconnect(&b, code, reason, strlen(reason), reconnect,
-                                    reconnect ? 500 : 0, wall_ms()) == WSH_OK)
+                                    reconnect ? 500 : 0, wsh_wall_ms()) == WSH_OK)
         send_jbuf(w, c, &b, PUSH_DISCONNECT);
     wsh_jbuf_free(&b);
     conn_close(w, c, code, reason);
@@ -248,7 +241,7 @@ void hub_sweep(int64_t now_ms)
         return;
     chanreg_sweep(&hub_reg);
     wsh_broker_sweep(broker, now_ms);
-    revoked_sweep(wall_ms());
+    revoked_sweep(wsh_wall_ms());
 }
 
 /* ------------------------------------------------------------------ */
@@ -259,7 +252,7 @@ static void send_lagged(struct worker *w, struct hubsub *s)
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_lagged(&b, s->ch->name, s->ch->name_len, s->lagged_from, s->epoch,
-                                strlen(s->epoch), wall_ms()) == WSH_OK)
+                                strlen(s->epoch), wsh_wall_ms()) == WSH_OK)
         send_jbuf(w, s->c, &b, PUSH_LAGGED);
     wsh_jbuf_free(&b);
     s->lagged_from = 0;
@@ -432,234 +425,9 @@ static void push_to_channel(struct hubchan *ch, struct wsh_jbuf *b, enum push_ty
 }
 
 /* ------------------------------------------------------------------ */
-/* Setup                                                                */
+/* Configuration                                                        */
 
-/* Reads a whole file of at most max bytes into a NUL-terminated buffer. */
-static char *read_file(const char *path, size_t max, size_t *len, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        snprintf(err, errlen, "cannot read %s", path);
-        return NULL;
-    }
-    char *buf = malloc(max + 2);
-    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
-    bool failed = buf != NULL && ferror(f);
-    fclose(f);
-    if (buf == NULL || failed || n > max) {
-        if (buf == NULL)
-            snprintf(err, errlen, "out of memory");
-        else if (failed)
-            snprintf(err, errlen, "cannot read %s", path);
-        else
-            snprintf(err, errlen, "%s is over %zu bytes", path, max);
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
-/* The keys tokens are verified with, built from the configuration's auth
- * section (auth.keys and auth.jwks_file) at start and again on SIGHUP.
- * It owns copies of everything, so the configuration it came from can be
- * freed. Workers never read it directly: each copies it into its own
- * struct wsh_auth when keys_gen moves (current_auth). */
-struct keyset {
-    struct wsh_auth_key keys[WSH_AUTH_KEYS_MAX];
-    size_t nkeys;
-    char *own[2 * WSH_AUTH_KEYS_MAX]; /* kid copies, secret copies and PEM texts */
-    size_t nown;
-    struct wsh_jwks jwks;
-};
-
-static pthread_mutex_t keys_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct keyset *keys_now;     /* guarded by keys_mu */
-static _Atomic uint64_t keys_gen;   /* bumped under keys_mu each time keys_now changes */
-static _Atomic size_t keys_count;   /* keys_now->nkeys, for /metrics */
-static _Atomic size_t keys_skipped; /* JWKS keys ignored by the last load, for /metrics */
-static _Atomic int workers_up;      /* workers that can be woken (hub_workers_ready) */
-static char *config_file;           /* --config, kept for reloads */
-
-static void keyset_free(struct keyset *ks)
-{
-    if (ks == NULL)
-        return;
-    for (size_t i = 0; i < ks->nown; i++) {
-        volatile char *p = ks->own[i];
-        for (size_t j = 0; p[j] != '\0'; j++) /* secrets do not linger */
-            p[j] = 0;
-        free(ks->own[i]);
-    }
-    wsh_jwks_free(&ks->jwks);
-    free(ks);
-}
-
-static char *keyset_own(struct keyset *ks, char *p)
-{
-    if (p != NULL)
-        ks->own[ks->nown++] = p;
-    return p;
-}
-
-static void on_jwks_skip(void *ud, size_t index, const char *kid, const char *why)
-{
-    (void)ud;
-    char shown[65]; /* the kid comes from the file: shown short and safe */
-    snprintf(shown, sizeof(shown), "%s", kid != NULL ? kid : "");
-    wsh_log(WSH_LOG_WARN, "ev=jwks_skip index=%zu kid=\"%s\" reason=\"%s\"", index,
-            wsh_log_value(shown), why);
-}
-
-/* Builds the key set of one auth section and checks it as each worker
- * will use it. Returns NULL with err set when any key cannot be used. */
-static struct keyset *keyset_build(const struct wsh_auth_config *ac, const char *fetched,
-                                   size_t fetched_len, char *err, size_t errlen)
-{
-    struct keyset *ks = calloc(1, sizeof(*ks));
-    if (ks == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    for (size_t i = 0; i < ac->nkeys; i++) {
-        const struct wsh_key_config *k = &ac->keys[i];
-        struct wsh_auth_key *d = &ks->keys[ks->nkeys++];
-        d->alg = (enum wsh_auth_alg)k->alg;
-        d->kid = k->kid != NULL ? keyset_own(ks, strdup(k->kid)) : NULL;
-        char *key;
-        size_t n = 0;
-        char rerr[256] = "out of memory";
-        if (k->secret != NULL) {
-            n = k->secret_len;
-            if ((key = malloc(n + 1)) != NULL) {
-                memcpy(key, k->secret, n);
-                key[n] = '\0';
-            }
-        } else {
-            key = read_file(k->public_key_file, WSH_AUTH_KEY_MAX, &n, rerr, sizeof(rerr));
-        }
-        if (keyset_own(ks, key) == NULL || (k->kid != NULL && d->kid == NULL)) {
-            snprintf(err, errlen, "auth.keys[%zu]%s: %s", i,
-                     k->secret != NULL ? "" : ".public_key_file", rerr);
-            goto fail;
-        }
-        d->key = (const uint8_t *)key;
-        d->key_len = n;
-    }
-    /* A JWK Set: the file's, or the last one fetched from jwks_url
-     * (none until the first fetch succeeds). */
-    const char *src = ac->jwks_file != NULL ? "auth.jwks_file" : "auth.jwks_url";
-    if (ac->jwks_file != NULL || fetched != NULL) {
-        size_t n = fetched_len;
-        char jerr[256];
-        char *text = NULL;
-        if (ac->jwks_file != NULL)
-            text = read_file(ac->jwks_file, WSH_AUTH_JWKS_MAX, &n, jerr, sizeof(jerr));
-        const char *doc = ac->jwks_file != NULL ? text : fetched;
-        int rc = doc == NULL
-                     ? WSH_EINVAL
-                     : wsh_jwks_parse(doc, n, on_jwks_skip, NULL, &ks->jwks, jerr, sizeof(jerr));
-        free(text);
-        if (rc != WSH_OK) {
-            snprintf(err, errlen, "%s: %s", src, rc == WSH_ENOMEM ? "out of memory" : jerr);
-            goto fail;
-        }
-        if (ks->jwks.nkeys == 0) {
-            snprintf(err, errlen, "%s: the set holds no usable key", src);
-            goto fail;
-        }
-        if (ks->nkeys + ks->jwks.nkeys > WSH_AUTH_KEYS_MAX) {
-            snprintf(err, errlen, "auth: %zu keys and %zu from the JWK Set, more than %u",
-                     ks->nkeys, ks->jwks.nkeys, WSH_AUTH_KEYS_MAX);
-            goto fail;
-        }
-        for (size_t i = 0; i < ks->jwks.nkeys; i++)
-            ks->keys[ks->nkeys++] = ks->jwks.keys[i];
-    }
-    if (ks->nkeys == 0)
-        return ks; /* no token can be verified: anonymous access only */
-    /* Check the keys once here, so a bad key fails at start (or fails the
-     * reload) rather than in a worker. */
-    struct wsh_auth *probe;
-    int bad = -1;
-    struct wsh_auth_opts ao = { .keys = ks->keys, .nkeys = ks->nkeys };
-    int rc = wsh_auth_create(&ao, &probe, &bad);
-    if (rc != WSH_OK) {
-        if (bad >= 0 && (size_t)bad < ac->nkeys) {
-            const char *why = wsh_auth_key_problem(&ks->keys[bad]);
-            snprintf(err, errlen, "auth.keys[%d]: the key cannot be used for %s: %s", bad,
-                     wsh_auth_alg_name(ks->keys[bad].alg),
-                     why != NULL ? why : "same alg and kid as an earlier key");
-        } else if (bad >= 0) {
-            snprintf(err, errlen, "%s: a key has the same alg and kid as one of auth.keys", src);
-        } else {
-            snprintf(err, errlen, "auth: %s", wsh_strerror(rc));
-        }
-        goto fail;
-    }
-    wsh_auth_destroy(probe);
-    return ks;
-
-fail:
-    keyset_free(ks);
-    return NULL;
-}
-
-/* Makes ks the key set every worker verifies with from its next token on. */
-static void keyset_publish(struct keyset *ks)
-{
-    pthread_mutex_lock(&keys_mu);
-    struct keyset *old = keys_now;
-    keys_now = ks;
-    atomic_store(&keys_count, ks->nkeys);
-    atomic_store(&keys_skipped, ks->jwks.nskipped);
-    atomic_fetch_add(&keys_gen, 1);
-    pthread_mutex_unlock(&keys_mu);
-    keyset_free(old); /* workers copy under keys_mu, so no one holds it */
-    /* Each worker checks its sessions against the new keys (keys_check). */
-    int nw = atomic_load(&workers_up);
-    for (int i = 0; i < nw; i++)
-        worker_wake(&wsh_workers[i]);
-}
-
-/* The auth section in force: hubcfg's at start, a reloaded one's after
- * SIGHUP (a reference of it then). The JWK Set fetcher builds from it too. */
-static pthread_mutex_t cfg_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct wsh_hub_config *auth_cfg; /* guarded by cfg_mu */
-
-/* auth.jwks_url: a helper thread fetches the set at start, every
- * jwks_refresh_s, on SIGHUP, and when a token names a kid (or an alg) no
- * key has, at most once per JWKS_KICK_MS: that is how a key the issuer
- * has just published is picked up before the next refresh. A failed fetch
- * keeps the keys in use and is retried after 1, 2, 4 ... s, up to 60 s
- * (or the refresh interval). The URL, CA file and interval are read at
- * start; changing them needs a restart. */
-#define JWKS_KICK_MS    10000
-#define JWKS_TIMEOUT_MS 10000
-
-static struct {
-    pthread_t thread;
-    bool running;
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* on CLOCK_MONOTONIC */
-    bool now;          /* fetch at once; guarded by mu */
-    uint64_t begun;    /* fetches begun; guarded by mu */
-    _Atomic uint64_t ended;
-    _Atomic bool stop;
-    _Atomic int64_t last_kick_ms;
-    struct wsh_http_url url;
-    struct wsh_http_proxy proxy; /* HTTPS_PROXY, when it applies to url */
-    bool use_proxy;
-    char *url_text, *ca_file;
-    uint32_t refresh_s;
-    char *body; /* the last set fetched that loaded; guarded by cfg_mu */
-    size_t body_len;
-} jf = { .mu = PTHREAD_MUTEX_INITIALIZER };
-
-static _Atomic uint64_t jwks_fetches[2]; /* ok, error */
-static _Atomic int64_t jwks_loaded_ms;   /* wall clock of the last good fetch, 0 before */
-static _Atomic uint64_t key_waits[3];    /* KEY_WAIT_* */
+static char *config_file; /* --config, kept for reloads */
 
 int hub_init(const char *config_path, char *err, size_t errlen)
 {
@@ -673,47 +441,16 @@ int hub_init(const char *config_path, char *err, size_t errlen)
         wsh_config_defaults(&hubcfg);
     }
     atomic_store(&live, &hubcfg);
-    auth_cfg = &hubcfg;
-    struct keyset *ks = keyset_build(&hubcfg.auth, NULL, 0, err, errlen);
-    if (ks == NULL)
-        return -1;
-    keyset_publish(ks);
-    return 0;
-}
-
-static bool same_str(const char *a, const char *b)
-{
-    return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
-}
-
-void hub_workers_ready(void)
-{
-    atomic_store(&workers_up, wsh_nworkers);
+    return keys_init(&hubcfg, err, errlen);
 }
 
 const char *hub_not_ready(void)
 {
     /* Until the first fetch loads, every token would wait and then fail:
      * a balancer should send clients to a node that has keys. */
-    if (hub_enabled && jf.running && atomic_load(&keys_count) == 0)
+    if (hub_enabled && keys_none_yet())
         return "no token keys yet (auth.jwks_url has not loaded)";
     return NULL;
-}
-
-uint64_t hub_keys_fetched(void)
-{
-    return atomic_load(&jf.ended);
-}
-
-void hub_key_wait_count(int result)
-{
-    atomic_fetch_add(&key_waits[result], 1);
-}
-
-void hub_key_waits(uint64_t out[3])
-{
-    for (int i = 0; i < 3; i++)
-        out[i] = atomic_load(&key_waits[i]);
 }
 
 static _Atomic uint64_t key_removed_sessions; /* keys_check */
@@ -721,38 +458,6 @@ static _Atomic uint64_t key_removed_sessions; /* keys_check */
 uint64_t hub_key_removed_sessions(void)
 {
     return atomic_load(&key_removed_sessions);
-}
-
-/* The fetch a token with an unknown kid may wait for: the one queued, or
- * else the one under way; 0 when none is coming (the kick was rate
- * limited and the last fetch has ended: the token is refused at once). */
-static uint64_t jwks_ticket(void)
-{
-    if (!jf.running)
-        return 0;
-    uint64_t t = 0;
-    pthread_mutex_lock(&jf.mu);
-    if (jf.now)
-        t = jf.begun + 1;
-    else if (jf.begun > atomic_load(&jf.ended))
-        t = jf.begun;
-    pthread_mutex_unlock(&jf.mu);
-    return t;
-}
-
-/* Asks the fetcher for a fetch now; `forced` skips the rate limit. */
-static void jwks_kick(bool forced)
-{
-    if (!jf.running)
-        return;
-    int64_t t = (int64_t)wsh_now_ms();
-    if (!forced && t - atomic_load(&jf.last_kick_ms) < JWKS_KICK_MS)
-        return;
-    atomic_store(&jf.last_kick_ms, t);
-    pthread_mutex_lock(&jf.mu);
-    jf.now = true;
-    pthread_cond_signal(&jf.cv);
-    pthread_mutex_unlock(&jf.mu);
 }
 
 /* A configuration file read on SIGHUP. It is read once per signal, so the
@@ -788,7 +493,7 @@ static struct reread *reread_of(struct wsh_hub_config *cfg)
     return (struct reread *)((char *)cfg - offsetof(struct reread, cfg));
 }
 
-static struct wsh_hub_config *config_ref(struct wsh_hub_config *cfg)
+struct wsh_hub_config *hub_config_ref(struct wsh_hub_config *cfg)
 {
     if (cfg != &hubcfg)
         atomic_fetch_add(&reread_of(cfg)->refs, 1);
@@ -806,52 +511,6 @@ void hub_config_release(struct wsh_hub_config *cfg)
     }
 }
 
-int hub_reload_keys(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nkeys,
-                    size_t *nskipped)
-{
-    const struct wsh_auth_config *na = &cfg->auth;
-    if (!same_str(na->jwks_url, jf.url_text) ||
-        (jf.url_text != NULL &&
-         (!same_str(na->jwks_ca_file, jf.ca_file) || na->jwks_refresh_s != jf.refresh_s))) {
-        snprintf(err, errlen,
-                 "auth.jwks_url, jwks_ca_file and jwks_refresh_s change only with "
-                 "a restart");
-        return -1;
-    }
-    pthread_mutex_lock(&cfg_mu);
-    struct keyset *ks = keyset_build(na, jf.body, jf.body_len, err, errlen);
-    size_t now = atomic_load(&keys_count);
-    int rc = 0;
-    if (ks == NULL) {
-        rc = -1;
-    } else if (ks->nkeys == 0 && now == 0) {
-        rc = 1; /* no keys before or after: nothing to do */
-    } else if (ks->nkeys == 0 && na->jwks_url == NULL) {
-        /* Every token would fail from here on; that is never what a key
-         * rotation means. */
-        snprintf(err, errlen, "auth: the new configuration has no key; kept the %zu current ones",
-                 now);
-        rc = -1;
-    }
-    if (rc != 0) {
-        pthread_mutex_unlock(&cfg_mu);
-        keyset_free(ks);
-        jwks_kick(true);
-        return rc;
-    }
-    struct wsh_hub_config *old = auth_cfg;
-    auth_cfg = config_ref(cfg);
-    *nkeys = ks->nkeys;
-    *nskipped = ks->jwks.nskipped;
-    /* Published under cfg_mu, so a fetch that built from the old section
-     * cannot publish after this one. */
-    keyset_publish(ks);
-    pthread_mutex_unlock(&cfg_mu);
-    hub_config_release(old);
-    jwks_kick(true);
-    return 0;
-}
-
 /* A replaced live config, with each worker's turn count when it was
  * replaced: it may be freed once every count has moved on. Reloads and
  * sweeps both run on worker 0, so the list needs no lock. */
@@ -864,7 +523,7 @@ static struct retired *retired;
 
 static void live_replace(struct wsh_hub_config *cfg)
 {
-    struct wsh_hub_config *old = atomic_exchange(&live, config_ref(cfg));
+    struct wsh_hub_config *old = atomic_exchange(&live, hub_config_ref(cfg));
     if (hub_enabled)
         chanreg_each(&hub_reg, repoint_ns, cfg);
     struct retired *r = malloc(sizeof(*r));
@@ -922,169 +581,6 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
     live_replace(cfg);
 }
 
-/* One fetch of auth.jwks_url; on success the keys from it are in use. */
-static bool jwks_fetch_once(void)
-{
-    char err[512], body_err[256];
-    char *body = NULL;
-    size_t n = 0;
-    int status = 0;
-    int64_t t0 = (int64_t)wsh_now_ms();
-    if (fetch_get(&jf.url, jf.use_proxy ? &jf.proxy : NULL, jf.ca_file, WSH_AUTH_JWKS_MAX,
-                  JWKS_TIMEOUT_MS, &jf.stop, &body, &n, &status, body_err, sizeof(body_err)) != 0) {
-        if (atomic_load(&jf.stop))
-            return false; /* shutting down: not a failure of the issuer */
-        snprintf(err, sizeof(err), "%s", body_err);
-    } else {
-        pthread_mutex_lock(&cfg_mu);
-        struct keyset *ks = keyset_build(&auth_cfg->auth, body, n, err, sizeof(err));
-        size_t nk = 0, sk = 0;
-        if (ks != NULL) {
-            free(jf.body);
-            jf.body = body;
-            jf.body_len = n;
-            body = NULL;
-            nk = ks->nkeys;
-            sk = ks->jwks.nskipped;
-            keyset_publish(ks); /* under cfg_mu: see hub_reload_keys */
-        }
-        pthread_mutex_unlock(&cfg_mu);
-        free(body);
-        if (ks != NULL) {
-            atomic_fetch_add(&jwks_fetches[0], 1);
-            atomic_store(&jwks_loaded_ms, wall_ms());
-            wsh_log(WSH_LOG_INFO, "ev=jwks_fetch ok=1 host=%s keys=%zu jwks_skipped=%zu ms=%lld",
-                    jf.url.host, nk, sk, (long long)((int64_t)wsh_now_ms() - t0));
-            return true;
-        }
-    }
-    atomic_fetch_add(&jwks_fetches[1], 1);
-    wsh_log(WSH_LOG_WARN, "ev=jwks_fetch ok=0 host=%s status=%d err=\"%s\"", jf.url.host, status,
-            wsh_log_value(err));
-    return false;
-}
-
-static void *jwks_main(void *arg)
-{
-    (void)arg;
-    uint32_t backoff = 1;
-    pthread_mutex_lock(&jf.mu);
-    while (!atomic_load(&jf.stop)) {
-        jf.now = false;
-        jf.begun++;
-        pthread_mutex_unlock(&jf.mu);
-        bool ok = jwks_fetch_once();
-        /* Tokens parked on this fetch get their answer now, whatever the
-         * result: the keys are what they will be for a while. */
-        atomic_fetch_add(&jf.ended, 1);
-        int nw = atomic_load(&workers_up);
-        for (int i = 0; i < nw; i++)
-            worker_wake(&wsh_workers[i]);
-        uint32_t cap = jf.refresh_s < 60 ? jf.refresh_s : 60;
-        uint32_t wait_s = ok ? jf.refresh_s : backoff;
-        backoff = ok ? 1 : backoff * 2 > cap ? cap : backoff * 2;
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += wait_s;
-        pthread_mutex_lock(&jf.mu);
-        while (!atomic_load(&jf.stop) && !jf.now &&
-               pthread_cond_timedwait(&jf.cv, &jf.mu, &until) == 0) {
-        }
-    }
-    pthread_mutex_unlock(&jf.mu);
-    return NULL;
-}
-
-/* The value of an environment variable as curl reads it: lower case
- * first; empty is unset. */
-static const char *proxy_env(const char *lower, const char *upper)
-{
-    const char *v = getenv(lower);
-    if (v == NULL || *v == '\0')
-        v = getenv(upper);
-    return v != NULL && *v != '\0' ? v : NULL;
-}
-
-int hub_fetch_prepare(char *err, size_t errlen)
-{
-    const struct wsh_auth_config *a = &hubcfg.auth;
-    if (a->jwks_url == NULL || jf.url_text != NULL)
-        return 0;
-    if (!wsh_http_url_parse(a->jwks_url, &jf.url) || (jf.url_text = strdup(a->jwks_url)) == NULL ||
-        (a->jwks_ca_file != NULL && (jf.ca_file = strdup(a->jwks_ca_file)) == NULL)) {
-        snprintf(err, errlen, "cannot start the auth.jwks_url fetcher");
-        return -1;
-    }
-    /* HTTPS_PROXY and NO_PROXY, as curl and Go read them, for an issuer
-     * that is not on loopback. A proxy that cannot be understood stops the
-     * start: the keys must not be fetched around it. */
-    const char *px = proxy_env("https_proxy", "HTTPS_PROXY");
-    if (px != NULL) {
-        if (!wsh_http_proxy_parse(px, &jf.proxy)) {
-            snprintf(err, errlen,
-                     "HTTPS_PROXY: not a proxy URL of the form http://[user:password@]host[:port]");
-            return -1;
-        }
-        jf.use_proxy =
-            jf.url.tls && !jf.url.loopback &&
-            !wsh_http_no_proxy(proxy_env("no_proxy", "NO_PROXY"), jf.url.host, jf.url.port);
-        char where[sizeof(jf.proxy.url.host) + 16];
-        if (wsh_http_url_authority(&jf.proxy.url, true, where, sizeof(where)) < 0)
-            where[0] = '\0';
-        wsh_log(WSH_LOG_INFO, "ev=jwks_proxy proxy=%s used=%d", where, jf.use_proxy ? 1 : 0);
-    }
-    jf.refresh_s = a->jwks_refresh_s;
-    return 0;
-}
-
-int hub_fetch_start(char *err, size_t errlen)
-{
-    if (hub_fetch_prepare(err, errlen) != 0)
-        return -1;
-    if (jf.url_text == NULL)
-        return 0;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&jf.cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (pthread_create(&jf.thread, NULL, jwks_main, NULL) != 0) {
-        snprintf(err, errlen, "cannot start the auth.jwks_url fetcher");
-        return -1;
-    }
-    jf.running = true;
-    return 0;
-}
-
-void hub_fetch_stop(void)
-{
-    if (!jf.running)
-        return;
-    atomic_store(&jf.stop, true);
-    pthread_mutex_lock(&jf.mu);
-    pthread_cond_signal(&jf.cv);
-    pthread_mutex_unlock(&jf.mu);
-    pthread_join(jf.thread, NULL);
-    jf.running = false;
-    free(jf.body);
-    free(jf.url_text);
-    free(jf.ca_file);
-    jf.body = jf.url_text = jf.ca_file = NULL;
-}
-
-void hub_jwks_fetches(uint64_t *ok, uint64_t *failed, int64_t *loaded_ms)
-{
-    *loaded_ms = atomic_load(&jwks_loaded_ms);
-    *ok = atomic_load(&jwks_fetches[0]);
-    *failed = atomic_load(&jwks_fetches[1]);
-}
-
-size_t hub_auth_keys(size_t *nskipped)
-{
-    *nskipped = atomic_load(&keys_skipped);
-    return atomic_load(&keys_count);
-}
-
 int hub_start(uint64_t max_message)
 {
     /* One bound for a /ws message everywhere it is checked: the WebSocket
@@ -1136,11 +632,6 @@ size_t hub_queue_limit(const struct conn *c)
     return wsh_cfg.max_queue;
 }
 
-/* One struct wsh_auth per worker, copied from keys_now: each worker
- * verifies with its own parsed keys and takes no lock per token. */
-static _Thread_local struct wsh_auth *auth;
-static _Thread_local uint64_t auth_gen; /* the keys_gen auth was built at */
-
 /* `connect` and `refresh` commands whose token waits for a fetch of
  * auth.jwks_url, as parked handshakes do in worker.c. The answer comes
  * when the fetch ends (hub_keys_wake). A `connect` holds the connection's
@@ -1163,35 +654,10 @@ struct waiter {
 static _Thread_local struct waiter *waiters;
 static _Thread_local uint32_t nwaiters;
 
-/* The worker's key set, rebuilt first when a reload published a new one. */
-static struct wsh_auth *current_auth(void)
-{
-    if (atomic_load_explicit(&keys_gen, memory_order_acquire) == auth_gen)
-        return auth;
-    pthread_mutex_lock(&keys_mu);
-    uint64_t gen = atomic_load(&keys_gen);
-    struct wsh_auth *a = NULL;
-    int rc = WSH_OK;
-    if (keys_now != NULL && keys_now->nkeys > 0) {
-        struct wsh_auth_opts ao = { .keys = keys_now->keys, .nkeys = keys_now->nkeys };
-        int bad;
-        rc = wsh_auth_create(&ao, &a, &bad);
-    }
-    pthread_mutex_unlock(&keys_mu);
-    if (rc != WSH_OK)
-        return auth; /* out of memory: keep the old keys and try again next token */
-    wsh_auth_destroy(auth);
-    auth = a;
-    auth_gen = gen;
-    return auth;
-}
-
 void hub_worker_exit(struct worker *w)
 {
     (void)w;
-    wsh_auth_destroy(auth);
-    auth = NULL;
-    auth_gen = 0;
+    keys_worker_exit();
     for (uint32_t i = 0; i < nwaiters; i++)
         free(waiters[i].token);
     free(waiters);
@@ -1204,8 +670,7 @@ int hub_worker_init(struct worker *w)
     (void)w;
     if (!hub_enabled)
         return 0;
-    (void)current_auth();
-    return auth != NULL || atomic_load(&keys_count) == 0 ? 0 : -1;
+    return keys_worker_init();
 }
 
 /* ------------------------------------------------------------------ */
@@ -1233,8 +698,8 @@ static bool revoke(const char *key, int64_t until_ms)
         revoked = wsh_expset_new(max);
     else
         wsh_expset_set_max(revoked, max);
-    bool ok =
-        revoked != NULL && wsh_expset_add(revoked, key, strlen(key), until_ms, wall_ms()) == WSH_OK;
+    bool ok = revoked != NULL &&
+              wsh_expset_add(revoked, key, strlen(key), until_ms, wsh_wall_ms()) == WSH_OK;
     pthread_mutex_unlock(&revoked_mu);
     return ok;
 }
@@ -1249,7 +714,7 @@ static bool revoked_has(char kind, const char *id, int64_t now)
 
 static bool is_revoked(const struct wsh_identity *id)
 {
-    int64_t now = wall_ms();
+    int64_t now = wsh_wall_ms();
     pthread_mutex_lock(&revoked_mu);
     bool hit = revoked != NULL && (revoked_has('u', id->sub, now) ||
                                    (id->jti_len > 0 && revoked_has('j', id->jti, now)));
@@ -1283,18 +748,18 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t);
  * with *perr set. A token whose kid (or alg) no key has may be signed by a
  * key the issuer has just published: the set is fetched again (rate
  * limited), and when `wait` is given and a fetch is coming, 1 is returned
- * with *wait set to it (hub_keys_fetched() reaching it means: check again,
+ * with *wait set to it (keys_fetched() reaching it means: check again,
  * without wait, for the final verdict). */
 static int verify_token(struct hubconn *h, const char *tok, size_t len, int *perr, uint64_t *wait)
 {
-    struct wsh_auth *a = current_auth();
+    struct wsh_auth *a = keys_auth(NULL);
     struct wsh_identity id;
     memset(&id, 0, sizeof(id));
     int ecode = WSH_AUTH_EKEY; /* no key yet: the first fetch may still be due */
-    if (a == NULL || wsh_auth_verify(a, tok, len, wall_ms(), &id, &ecode) != WSH_OK) {
+    if (a == NULL || wsh_auth_verify(a, tok, len, wsh_wall_ms(), &id, &ecode) != WSH_OK) {
         if (ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG) {
-            jwks_kick(false);
-            if (wait != NULL && (*wait = jwks_ticket()) != 0)
+            keys_kick(false);
+            if (wait != NULL && (*wait = keys_ticket()) != 0)
                 return 1;
         }
         *perr =
@@ -1324,7 +789,7 @@ static void arm_expiry(struct worker *w, struct hubconn *h)
     wsh_timer_stop(&h->exp_timer);
     if (h->id.exp_ms == 0)
         return;
-    int64_t now = wall_ms();
+    int64_t now = wsh_wall_ms();
     int64_t at = h->id.exp_ms - REFRESH_AHEAD_MS;
     if (h->refresh_sent)
         at = h->id.exp_ms;
@@ -1389,7 +854,7 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
     snprintf(h->client, sizeof(h->client), "%u", c->id);
     snprintf(h->anon, sizeof(h->anon), "anon-%u", c->id);
     h->tokens = live_cfg()->limits.publish_burst;
-    h->refill_ms = wall_ms();
+    h->refill_ms = wsh_wall_ms();
     h->exp_timer.cb = hub_timer;
     /* Browsers cannot set headers: the token may come in the query. */
     const char *tok = NULL;
@@ -1444,7 +909,7 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t)
         struct waiter wt = { 0 };
         wait_take(h, &wt);
         free(wt.token);
-        hub_key_wait_count(KEY_WAIT_TIMEOUT);
+        keys_wait_count(KEY_WAIT_TIMEOUT);
         /* The token may well be good: "later", not "forbidden". */
         hub_close_retry(w, c, WSH_CLOSE_TRY_LATER, "the signing keys are being fetched");
         return;
@@ -1453,7 +918,7 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t)
         hub_disconnect(w, c, WSH_CLOSE_POLICY, "authentication timeout", false);
         return;
     }
-    int64_t now = wall_ms();
+    int64_t now = wsh_wall_ms();
     if (h->id.exp_ms != 0 && now >= h->id.exp_ms) {
         hub_disconnect(w, c, 4100, "token expired", true);
         return;
@@ -1543,7 +1008,7 @@ static void drop_sub(struct worker *w, struct hubconn *h, struct hubsub *s, bool
         struct wsh_presence_entry e;
         presence_entry(h, &e);
         wsh_jbuf_init(&b);
-        if (wsh_proto_encode_join(&b, true, ch->name, ch->name_len, &e, wall_ms()) == WSH_OK)
+        if (wsh_proto_encode_join(&b, true, ch->name, ch->name_len, &e, wsh_wall_ms()) == WSH_OK)
             push_to_channel(ch, &b, PUSH_LEAVE, h->c);
         wsh_jbuf_free(&b);
     }
@@ -1672,7 +1137,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     if (cmd->has_recover)
         snprintf(epoch, sizeof(epoch), "%.*s", (int)cmd->recover_epoch_len, cmd->recover_epoch);
     check(wsh_broker_recover(broker, ch->name, cmd->has_recover ? cmd->recover_offset : 0, epoch,
-                             wall_ms(), on_recover, &x),
+                             wsh_wall_ms(), on_recover, &x),
           "recover");
     s->after = x.offset;
     snprintf(s->epoch, sizeof(s->epoch), "%s", x.epoch);
@@ -1680,7 +1145,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_subscribed(&b, cmd->id, ch->name, ch->name_len, x.offset, x.epoch,
-                                    strlen(x.epoch), recovered, wall_ms()) == WSH_OK)
+                                    strlen(x.epoch), recovered, wsh_wall_ms()) == WSH_OK)
         send_jbuf(w, c, &b, PUSH_SUBSCRIBED);
     wsh_jbuf_free(&b);
     if (recovered) {
@@ -1706,7 +1171,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
         struct wsh_presence_entry e;
         presence_entry(h, &e);
         wsh_jbuf_init(&b);
-        if (wsh_proto_encode_join(&b, false, ch->name, ch->name_len, &e, wall_ms()) == WSH_OK)
+        if (wsh_proto_encode_join(&b, false, ch->name, ch->name_len, &e, wsh_wall_ms()) == WSH_OK)
             push_to_channel(ch, &b, PUSH_JOIN, c);
         wsh_jbuf_free(&b);
     }
@@ -1715,7 +1180,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
 /* Token bucket per connection for publish and signal (LIMITS.md). */
 static bool take_token(struct hubconn *h)
 {
-    int64_t now = wall_ms();
+    int64_t now = wsh_wall_ms();
     const struct wsh_limits_config *l = &live_cfg()->limits;
     h->tokens += (double)(now - h->refill_ms) * l->publish_rate / 1000.0;
     h->refill_ms = now;
@@ -1799,7 +1264,7 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
         .payload_len = plen,
         .msg_id = cmd->msg_id ? msgid : NULL,
         .from = user,
-        .now_ms = wall_ms(),
+        .now_ms = wsh_wall_ms(),
         .opts = { .history_size = ns->history_size,
                   .history_ttl_ms = (uint64_t)ns->history_ttl_s * 1000u,
                   .dedup_window_ms = (uint64_t)ns->dedup_window_s * 1000u },
@@ -1815,8 +1280,8 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
      * msg_id gets the original offset and was not delivered again. */
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, a.offset, wall_ms()) ==
-        WSH_OK)
+    if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, a.offset,
+                             wsh_wall_ms()) == WSH_OK)
         send_jbuf(w, c, &b, PUSH_ACK);
     wsh_jbuf_free(&b);
 }
@@ -1830,7 +1295,7 @@ static void cmd_unsubscribe(struct worker *w, struct conn *c, struct hubconn *h,
     drop_sub(w, h, s, true);
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    if (wsh_proto_encode_unsubscribed(&b, cmd->id, cmd->channel, cmd->channel_len, wall_ms()) ==
+    if (wsh_proto_encode_unsubscribed(&b, cmd->id, cmd->channel, cmd->channel_len, wsh_wall_ms()) ==
         WSH_OK)
         send_jbuf(w, c, &b, PUSH_UNSUBSCRIBED);
     wsh_jbuf_free(&b);
@@ -1863,7 +1328,7 @@ static void on_presence(const struct wsh_broker_result *r, void *user)
         e[i].info_json_len = r->members[i].info_len;
     }
     x->rc = wsh_proto_encode_presence(x->b, x->id, x->cmd->channel, x->cmd->channel_len, n, e,
-                                      count_only ? 0 : n, wall_ms());
+                                      count_only ? 0 : n, wsh_wall_ms());
     free(e);
 }
 
@@ -1884,7 +1349,7 @@ static void on_history(const struct wsh_broker_result *r, void *user)
         e[i].time_ms = r->msgs[i].time_ms;
     }
     x->rc = wsh_proto_encode_history(x->b, x->id, x->cmd->channel, x->cmd->channel_len, r->offset,
-                                     r->epoch, strlen(r->epoch), e, r->nmsgs, wall_ms());
+                                     r->epoch, strlen(r->epoch), e, r->nmsgs, wsh_wall_ms());
     free(e);
 }
 
@@ -1926,7 +1391,7 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
                                              .has_since = cmd->has_since,
                                              .since = cmd->since,
                                              .limit = cmd->has_limit ? cmd->limit : 0,
-                                             .now_ms = wall_ms() };
+                                             .now_ms = wsh_wall_ms() };
         rc = wsh_broker_history(broker, &hr, on_history, &x);
     }
     if (rc == WSH_OK && x.rc == WSH_OK)
@@ -1960,7 +1425,7 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
             plen = pb.len;
         }
         if (wsh_proto_encode_signal(&b, cmd->channel, cmd->channel_len, user, ulen, payload, plen,
-                                    wall_ms()) == WSH_OK)
+                                    wsh_wall_ms()) == WSH_OK)
             push_to_channel(s->ch, &b, PUSH_SIGNAL, c);
     } else {
         /* Read receipt: kept per user where the channel has history, and
@@ -1969,11 +1434,11 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
             check(wsh_broker_read_set(broker, s->ch->name, user, cmd->offset, noop_cb, NULL),
                   "read_set");
         if (wsh_proto_encode_read(&b, cmd->channel, cmd->channel_len, user, ulen, cmd->offset,
-                                  wall_ms()) == WSH_OK)
+                                  wsh_wall_ms()) == WSH_OK)
             push_to_channel(s->ch, &b, PUSH_READ, c);
         wsh_jbuf_reset(&b);
         if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, cmd->offset,
-                                 wall_ms()) == WSH_OK)
+                                 wsh_wall_ms()) == WSH_OK)
             send_jbuf(w, c, &b, PUSH_ACK);
     }
     wsh_jbuf_free(&b);
@@ -2029,9 +1494,9 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
     wsh_jbuf_init(&b);
     size_t ulen;
     const char *user = user_of(h, &ulen);
-    int rc = refresh ? wsh_proto_encode_refreshed(&b, cmd->id, h->id.exp_ms / 1000, wall_ms())
+    int rc = refresh ? wsh_proto_encode_refreshed(&b, cmd->id, h->id.exp_ms / 1000, wsh_wall_ms())
                      : wsh_proto_encode_connected(&b, cmd->id, h->client, strlen(h->client), user,
-                                                  ulen, h->id.exp_ms / 1000, wall_ms());
+                                                  ulen, h->id.exp_ms / 1000, wsh_wall_ms());
     if (rc == WSH_OK)
         send_jbuf(w, c, &b, refresh ? PUSH_REFRESHED : PUSH_CONNECTED);
     wsh_jbuf_free(&b);
@@ -2053,13 +1518,12 @@ static _Thread_local uint64_t keys_checked_gen;
 
 static void keys_check(struct worker *w)
 {
-    if (atomic_load_explicit(&keys_gen, memory_order_acquire) == keys_checked_gen)
+    if (keys_generation() == keys_checked_gen)
         return;
-    struct wsh_auth *a = current_auth();
-    keys_checked_gen = auth_gen;
+    struct wsh_auth *a = keys_auth(&keys_checked_gen);
     if (a == NULL)
         return;
-    int64_t now = wall_ms(), until = now + KEY_GONE_GRACE_MS;
+    int64_t now = wsh_wall_ms(), until = now + KEY_GONE_GRACE_MS;
     size_t n = 0;
     for (struct conn *c = w->conns; c != NULL; c = c->next) {
         struct hubconn *h = c->hub;
@@ -2082,7 +1546,7 @@ void hub_keys_wake(struct worker *w)
     keys_check(w);
     if (nwaiters == 0)
         return;
-    uint64_t done = atomic_load(&jf.ended);
+    uint64_t done = keys_fetched();
     for (uint32_t i = 0; i < nwaiters;) {
         if (waiters[i].ticket > done) {
             i++;
@@ -2100,7 +1564,7 @@ void hub_keys_wake(struct worker *w)
         cmd.token_len = wt.token_len;
         /* h may be gone after a refusal (the close ends it); c is not. */
         bool ok = cmd_connect_or_refresh(w, c, h, &cmd, false);
-        hub_key_wait_count(ok ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
+        keys_wait_count(ok ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
         free(wt.token);
         if (!wt.refresh)
             conn_hold(w, c, HOLD_KEYS, false);
@@ -2168,48 +1632,15 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
 }
 
 /* ------------------------------------------------------------------ */
-/* HTTP API (DESIGN.md 6)                                               */
+/* What the HTTP API (api.c) asks of the hub                            */
 
-static void api_json(struct worker *w, struct conn *c, int status, json_t *j)
+const char *hub_api_key(void)
 {
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    if (s == NULL) {
-        http_respond(w, c, 500, "application/json", "{\"error\":\"internal\"}", 20);
-    } else {
-        http_respond(w, c, status, "application/json", s, strlen(s));
-        free(s);
-    }
-    json_decref(j);
+    return hub_enabled ? live_cfg()->api_key : NULL;
 }
 
-static void api_error(struct worker *w, struct conn *c, int status, const char *msg)
-{
-    api_json(w, c, status, json_pack("{s:s}", "error", msg));
-}
-
-/* The API key comes as "Authorization: apikey <key>" or "X-API-Key". It is
- * compared in constant time (docs/auth.md). */
-static int api_authorized(const struct wsh_http_request *req)
-{
-    const struct wsh_http_header *h = wsh_http_find(req, "X-API-Key");
-    const char *k = NULL;
-    size_t n = 0;
-    if (h != NULL) {
-        k = h->value;
-        n = h->value_len;
-    } else if ((h = wsh_http_find(req, "Authorization")) != NULL && h->value_len > 7 &&
-               strncasecmp(h->value, "apikey ", 7) == 0) {
-        k = h->value + 7;
-        n = h->value_len - 7;
-    }
-    if (k == NULL)
-        return 401;
-    const char *key = live_cfg()->api_key;
-    return key != NULL && wsh_auth_apikey_equal(key, strlen(key), k, n) ? 0 : 403;
-}
-
-/* The namespace of an API publish's channel, or NULL with the error. */
-static const struct wsh_ns_config *api_channel_ns(const char *channel, int *err)
+/* The namespace of a publish's channel, or NULL with the error. */
+static const struct wsh_ns_config *publish_ns(const char *channel, int *err)
 {
     const struct wsh_hub_config *cfg = live_cfg();
     const struct wsh_ns_config *ns = wsh_config_namespace(cfg, channel, strlen(channel));
@@ -2225,11 +1656,17 @@ static const struct wsh_ns_config *api_channel_ns(const char *channel, int *err)
     return NULL;
 }
 
-static int api_publish_one(const char *channel, const char *payload, size_t plen,
-                           const char *msg_id, uint64_t *offset)
+int hub_channel_check(const char *channel)
 {
     int err = 0;
-    const struct wsh_ns_config *ns = api_channel_ns(channel, &err);
+    return publish_ns(channel, &err) != NULL ? 0 : err;
+}
+
+int hub_publish(const char *channel, const char *payload, size_t plen, const char *msg_id,
+                uint64_t *offset)
+{
+    int err = 0;
+    const struct wsh_ns_config *ns = publish_ns(channel, &err);
     if (ns == NULL)
         return err;
     struct wsh_broker_publish_req req = {
@@ -2238,7 +1675,7 @@ static int api_publish_one(const char *channel, const char *payload, size_t plen
         .payload_len = plen,
         .msg_id = msg_id,
         .from = NULL,
-        .now_ms = wall_ms(),
+        .now_ms = wsh_wall_ms(),
         .opts = { .history_size = ns->history_size,
                   .history_ttl_ms = (uint64_t)ns->history_ttl_s * 1000u,
                   .dedup_window_ms = (uint64_t)ns->dedup_window_s * 1000u },
@@ -2251,152 +1688,39 @@ static int api_publish_one(const char *channel, const char *payload, size_t plen
     return 0;
 }
 
-/* A publish or broadcast in progress. A broadcast reaches up to 1000
- * channels with one body of up to 64 KiB: published in one go it could put
- * 64 MB into the workers' inboxes within one turn, far past their bound
- * (chan.c, INBOX_HIGH) and past what a subscriber's queue takes in a turn.
- * So it is published only as far as the inboxes take it; the rest waits
- * in this record, the request itself held in its connection's carry
- * (worker.c), and goes on once the inbox that filled has been taken in.
- * A worker keeps its held requests' records in a list: there are few, and
- * a connection record stays without a field for them. */
-struct api_job {
-    struct api_job *next;
-    const struct conn *c;
-    json_t *chans;   /* the channel names, every one checked */
-    json_t *msg_id;  /* the request's string, NULL when none */
-    json_t *offsets; /* one per channel published so far */
-    char *payload;   /* the payload's JSON text, encoded once */
-    size_t plen;
-    size_t done; /* channels published */
-};
-
-static struct api_job **api_job_link(struct worker *w, const struct conn *c)
+int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *b)
 {
-    struct api_job **j = &w->api_jobs;
-    while (*j != NULL && (*j)->c != c)
-        j = &(*j)->next;
-    return j;
-}
-
-void hub_api_forget(struct worker *w, const struct conn *c)
-{
-    struct api_job **link = api_job_link(w, c);
-    struct api_job *j = *link;
-    if (j == NULL)
-        return;
-    *link = j->next;
-    json_decref(j->chans);
-    json_decref(j->msg_id);
-    json_decref(j->offsets);
-    free(j->payload);
-    free(j);
-}
-
-/* Validates a publish or broadcast body into a job, or answers 400. Every
- * channel is checked before the first is published: a bad one publishes
- * nothing, and the answer names it. */
-static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, bool one)
-{
-    json_t *payload = json_object_get(j, "payload");
-    json_t *mid = json_object_get(j, "msg_id");
-    json_t *chans = one ? json_pack("[O]", json_object_get(j, "channel"))
-                        : json_incref(json_object_get(j, "channels"));
-    struct api_job *job = calloc(1, sizeof(*job));
-    int err = 0;
-    const char *bad = NULL;
-    size_t i;
-    json_t *v;
-    if (job == NULL) {
-        json_decref(chans);
-        api_error(w, c, 500, "internal");
-        return NULL;
-    }
-    if (!json_is_array(chans) || json_array_size(chans) == 0 || json_array_size(chans) > 1000 ||
-        payload == NULL || (mid && !json_is_string(mid)))
-        err = WSH_PERR_BAD_FIELD;
-    json_array_foreach(chans, i, v)
-    {
-        if (err)
-            break;
-        if (!json_is_string(v))
-            err = WSH_PERR_BAD_FIELD;
-        else if (api_channel_ns(json_string_value(v), &err) == NULL)
-            bad = json_string_value(v);
-    }
-    if (!err) {
-        job->c = c;
-        job->chans = json_incref(chans);
-        job->offsets = json_array();
-        job->payload = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
-        job->plen = job->payload != NULL ? strlen(job->payload) : 0;
-        job->msg_id = json_incref(mid);
-        job->next = w->api_jobs;
-        w->api_jobs = job;
-        if (job->offsets == NULL || job->payload == NULL) {
-            hub_api_forget(w, c);
-            job = NULL;
-            api_error(w, c, 500, "internal");
-        }
+    if (wsh_config_namespace(live_cfg(), channel, strlen(channel)) == NULL)
+        return WSH_EINVAL;
+    struct wsh_cmd fake = { .channel = channel, .channel_len = strlen(channel) };
+    struct list_ctx x = { .b = b, .id = WSH_PROTO_NO_ID, .cmd = &fake, .rc = -1 };
+    int rc;
+    if (presence) {
+        rc = wsh_broker_presence_list(broker, channel, on_presence, &x);
     } else {
-        json_t *e = json_pack("{s:i,s:s}", "code", err, "error", wsh_proto_code_message(err));
-        if (bad != NULL && e != NULL)
-            json_object_set_new(e, "channel", json_string(bad));
-        api_json(w, c, 400, e);
-        free(job);
-        job = NULL;
+        struct wsh_broker_history_req hr = { .channel = channel,
+                                             .limit = limit,
+                                             .now_ms = wsh_wall_ms() };
+        rc = wsh_broker_history(broker, &hr, on_history, &x);
     }
-    json_decref(chans);
-    return job;
+    if (rc == WSH_OK && x.rc == WSH_OK && b->_oom)
+        rc = WSH_ENOMEM;
+    return rc != WSH_OK ? rc : x.rc;
 }
 
-/* Answers status with {code, error, offsets}: the offsets of the channels
- * c's job published before it ended short (none without a job), and
- * forgets the job. */
-static void api_job_fail(struct worker *w, struct conn *c, int status, int code, const char *msg)
+static void on_info(const struct wsh_broker_result *r, void *user)
 {
-    struct api_job *job = *api_job_link(w, c);
-    json_t *e = json_pack("{s:i,s:s,s:o}", "code", code, "error", msg, "offsets",
-                          job ? json_incref(job->offsets) : json_array());
-    hub_api_forget(w, c);
-    api_json(w, c, status, e);
+    *(struct wsh_broker_info *)user = *r->info;
 }
 
-/* Publishes the job's channels until done or an inbox is full; returns
- * HUB_API_HELD in the second case, with the job kept. A broker error
- * midway answers with the offsets of the channels published before it. */
-static int api_job_run(struct worker *w, struct conn *c, struct api_job *job)
+int hub_broker_info(struct wsh_broker_info *out)
 {
-    size_t n = json_array_size(job->chans);
-    w->inbox_full = false;
-    while (job->done < n) {
-        if (job->done > 0 && (w->inbox_full || inbox_own_full_wait(w))) {
-            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=broadcast_paused published=%zu of=%zu", c->id,
-                    job->done, n);
-            return HUB_API_HELD;
-        }
-        uint64_t off = 0;
-        int err = api_publish_one(json_string_value(json_array_get(job->chans, job->done)),
-                                  job->payload, job->plen, json_string_value(job->msg_id), &off);
-        if (err) {
-            api_job_fail(w, c, err == WSH_PERR_UNAVAILABLE ? 503 : 400, err,
-                         wsh_proto_code_message(err));
-            return 0;
-        }
-        json_array_append_new(job->offsets, json_integer((json_int_t)off));
-        job->done++;
-    }
-    json_t *ok = json_pack("{s:O}", "offsets", job->offsets);
-    hub_api_forget(w, c);
-    api_json(w, c, 200, ok);
-    return 0;
+    return wsh_broker_info(broker, on_info, out);
 }
 
-void hub_api_expired(struct worker *w, struct conn *c, const char *why)
+bool hub_revoke(const char *who, int64_t secs)
 {
-    char msg[128];
-    snprintf(msg, sizeof(msg), "%s: not done, or published only where offsets says", why);
-    api_job_fail(w, c, 503, WSH_PERR_UNAVAILABLE, msg);
+    return revoke(who, wsh_wall_ms() + secs * 1000);
 }
 
 /* who is 'u' + user id, or 'j' + token id. */
@@ -2419,173 +1743,4 @@ void hub_kick_local(struct worker *w, const char *who, unsigned code, const char
         if (hit)
             hub_disconnect(w, c, code, reason, false);
     }
-}
-
-static void api_kick(struct worker *w, const char *who)
-{
-    /* Every worker closes its own connections of the user; the others get
-     * the user id through their inbox. */
-    for (int i = 0; i < wsh_nworkers; i++) {
-        if (i == w->id)
-            continue;
-        struct wsh_buf *b = wsh_buf_new(strlen(who) + 1);
-        if (b == NULL)
-            continue;
-        memcpy(b->data, who, strlen(who) + 1);
-        b->end = (uint32_t)strlen(who) + 1;
-        struct xmsg m = { .buf = b, .kind = XMSG_KICK };
-        inbox_push(&wsh_workers[i], &m);
-        w->wake[i] = true;
-    }
-    hub_kick_local(w, who, 4501, "disconnected by the server");
-}
-
-static void api_list(struct worker *w, struct conn *c, const char *channel, bool presence,
-                     size_t limit)
-{
-    const struct wsh_ns_config *ns = wsh_config_namespace(live_cfg(), channel, strlen(channel));
-    if (ns == NULL) {
-        api_error(w, c, 404, "unknown namespace");
-        return;
-    }
-    struct wsh_jbuf b;
-    wsh_jbuf_init(&b);
-    struct wsh_cmd fake = { .channel = channel, .channel_len = strlen(channel) };
-    struct list_ctx x = { .b = &b, .id = WSH_PROTO_NO_ID, .cmd = &fake, .rc = -1 };
-    int rc;
-    if (presence) {
-        rc = wsh_broker_presence_list(broker, channel, on_presence, &x);
-    } else {
-        struct wsh_broker_history_req hr = { .channel = channel,
-                                             .limit = limit,
-                                             .now_ms = wall_ms() };
-        rc = wsh_broker_history(broker, &hr, on_history, &x);
-    }
-    /* The reply is the same JSON a /ws client gets for the command. */
-    if (rc == WSH_OK && x.rc == WSH_OK && !b._oom)
-        http_respond(w, c, 200, "application/json", b.data, b.len);
-    else
-        api_error(w, c, 500, "internal");
-    wsh_jbuf_free(&b);
-}
-
-static void on_info(const struct wsh_broker_result *r, void *user)
-{
-    json_t **out = user;
-    const struct wsh_broker_info *i = r->info;
-    *out = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I}", "engine", i->engine, "channels",
-                     (json_int_t)i->channels, "subscriptions", (json_int_t)i->subscriptions,
-                     "presence", (json_int_t)i->presence, "history_messages",
-                     (json_int_t)i->history_messages, "published", (json_int_t)i->published,
-                     "duplicates", (json_int_t)i->duplicates);
-}
-
-int hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-            const uint8_t *body, size_t blen)
-{
-    if (!hub_enabled || live_cfg()->api_key == NULL) {
-        api_error(w, c, 404, "the HTTP API is off: no api_key in the configuration");
-        return 0;
-    }
-    int st = api_authorized(req);
-    if (st != 0) {
-        api_error(w, c, st, st == 401 ? "API key required" : "bad API key");
-        return 0;
-    }
-    struct api_job *job = *api_job_link(w, c);
-    if (job != NULL)
-        return api_job_run(w, c, job); /* held midway, now released */
-    bool post = req->method_len == 4 && memcmp(req->method, "POST", 4) == 0;
-    bool get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
-    const char *p = req->path + 5;
-    size_t n = req->path_len - 5;
-    char chan[WSH_BROKER_NAME_MAX + 1];
-#define ROUTE(lit)  (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
-#define PREFIX(lit) (n > sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
-    if (PREFIX("presence/") || PREFIX("history/")) {
-        size_t pl = p[0] == 'p' ? 9 : 8;
-        if (!get) {
-            api_error(w, c, 405, "use GET");
-            return 0;
-        }
-        if (n - pl > WSH_BROKER_NAME_MAX) {
-            api_error(w, c, 400, "bad channel");
-            return 0;
-        }
-        snprintf(chan, sizeof(chan), "%.*s", (int)(n - pl), p + pl);
-        size_t limit = 0;
-        if (req->query && req->query_len > 6 && memcmp(req->query, "limit=", 6) == 0)
-            limit = (size_t)strtoul(req->query + 6, NULL, 10);
-        api_list(w, c, chan, pl == 9, limit);
-        return 0;
-    }
-    if (ROUTE("info")) {
-        if (!get) {
-            api_error(w, c, 405, "use GET");
-            return 0;
-        }
-        json_t *b = NULL;
-        if (wsh_broker_info(broker, on_info, &b) != WSH_OK || b == NULL) {
-            api_error(w, c, 500, "internal");
-            return 0;
-        }
-        api_json(w, c, 200,
-                 json_pack("{s:s,s:I,s:i,s:o}", "version", WSH_VERSION, "connections",
-                           (json_int_t)atomic_load(&wsh_total_conns), "workers", wsh_nworkers,
-                           "broker", b));
-        return 0;
-    }
-    if (!post) {
-        api_error(w, c, ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? 405 : 404,
-                  ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? "use POST"
-                                                                                : "not found");
-        return 0;
-    }
-    json_error_t jerr;
-    json_t *j = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL || !json_is_object(j)) {
-        json_decref(j);
-        api_error(w, c, 400, "the body must be a JSON object");
-        return 0;
-    }
-    if (ROUTE("publish") || ROUTE("broadcast")) {
-        job = api_job_new(w, c, j, ROUTE("publish"));
-        json_decref(j);
-        return job ? api_job_run(w, c, job) : 0;
-    }
-    if (ROUTE("disconnect")) {
-        /* {"user": U, "revoke_s"?: N} closes every connection of U (4501)
-         * and, with revoke_s, refuses U's tokens for N seconds;
-         * {"jti": T, "revoke_s"?: N} does the same for one token id, refused
-         * for N seconds (default a day: past any sensible token expiry). */
-        json_t *u = json_object_get(j, "user");
-        json_t *t = json_object_get(j, "jti");
-        json_t *r = json_object_get(j, "revoke_s");
-        json_t *id = u ? u : t;
-        if ((u != NULL) == (t != NULL) || !json_is_string(id) || json_string_length(id) == 0 ||
-            json_string_length(id) > WSH_AUTH_SUB_MAX ||
-            (r && (!json_is_integer(r) || json_integer_value(r) < 0 ||
-                   json_integer_value(r) > 30 * 86400))) {
-            json_decref(j);
-            api_error(w, c, 400, "one of user or jti (string), and revoke_s (seconds) optional");
-            return 0;
-        }
-        char who[WSH_AUTH_SUB_MAX + 2];
-        snprintf(who, sizeof(who), "%c%s", u ? 'u' : 'j', json_string_value(id));
-        int64_t secs = r ? json_integer_value(r) : (t ? 86400 : 0);
-        if (secs > 0 && !revoke(who, wall_ms() + secs * 1000)) {
-            json_decref(j);
-            api_error(w, c, 503, "revocation list full");
-            return 0;
-        }
-        api_kick(w, who);
-        json_decref(j);
-        api_json(w, c, 200, json_pack("{s:b,s:I}", "ok", 1, "revoked_s", (json_int_t)secs));
-        return 0;
-    }
-    json_decref(j);
-    api_error(w, c, 404, "not found");
-    return 0;
-#undef ROUTE
-#undef PREFIX
 }

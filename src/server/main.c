@@ -51,7 +51,7 @@ static void reload(void)
         return;
     }
     size_t nkeys = 0, nskipped = 0;
-    rc = hub_reload_keys(cfg, err, sizeof(err), &nkeys, &nskipped);
+    rc = keys_reload(cfg, err, sizeof(err), &nkeys, &nskipped);
     if (rc != 1) {
         atomic_fetch_add(&wsh_reloads[RELOAD_AUTH][rc == 0 ? 0 : 1], 1);
         if (rc == 0)
@@ -511,7 +511,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "wshub: cannot start the hub\n");
             return 1;
         }
-        if (hub_fetch_prepare(err, sizeof(err)) != 0) {
+        if (keys_fetch_prepare(err, sizeof(err)) != 0) {
             fprintf(stderr, "wshub: %s\n", err);
             return 2;
         }
@@ -530,7 +530,7 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers */
     char ferr[160];
-    if (hub_fetch_start(ferr, sizeof(ferr)) != 0) {
+    if (keys_fetch_start(ferr, sizeof(ferr)) != 0) {
         fprintf(stderr, "wshub: %s\n", ferr);
         return 1;
     }
@@ -597,7 +597,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    hub_workers_ready();
+    keys_workers_ready();
     static struct wsh_io sig_io = { .cb = on_signal };
     sig_io.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sig_io.fd < 0 || wsh_loop_add(wsh_workers[0].loop, &sig_io, EPOLLIN) != WSH_OK) {
@@ -626,7 +626,7 @@ int main(int argc, char **argv)
     worker_main(&wsh_workers[0]); /* returns when worker 0 has drained */
     for (int i = 1; i < wsh_nworkers; i++)
         pthread_join(wsh_workers[i].thread, NULL);
-    hub_fetch_stop();
+    keys_fetch_stop();
     wsh_log(WSH_LOG_INFO, "ev=exit");
     return 0;
 }

@@ -324,7 +324,7 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     }
     uint64_t fetched_ok, fetched_err;
     int64_t loaded_ms;
-    hub_jwks_fetches(&fetched_ok, &fetched_err, &loaded_ms);
+    keys_jwks_fetches(&fetched_ok, &fetched_err, &loaded_ms);
     put(&o,
         "# HELP wshub_jwks_fetches_total Fetches of auth.jwks_url, by result; a failed one "
         "keeps the keys in use.\n"
@@ -338,7 +338,7 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         (unsigned long long)fetched_ok, (unsigned long long)fetched_err,
         (long long)(loaded_ms / 1000), (long long)(loaded_ms % 1000));
     uint64_t waits[3];
-    hub_key_waits(waits);
+    keys_waits(waits);
     put(&o,
         "# HELP wshub_auth_key_waits_total Tokens naming a key no key set had, held until a "
         "fetch of auth.jwks_url ended, by outcome.\n"
@@ -352,7 +352,7 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
             "Sessions asked to refresh at once because a key rotation removed the key that "
             "verified their token.",
             hub_key_removed_sessions());
-    size_t skipped = 0, nkeys = hub_auth_keys(&skipped);
+    size_t skipped = 0, nkeys = keys_in_use(&skipped);
     put(&o,
         "# HELP wshub_auth_keys Token verification keys in use (auth.keys and the JWK Set).\n"
         "# TYPE wshub_auth_keys gauge\nwshub_auth_keys %zu\n"

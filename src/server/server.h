@@ -342,7 +342,7 @@ struct worker {
     _Atomic bool top_valid;          /* ... published since the total passed half the cap */
     bool evict_waited;               /* ... waited a check for the others' lists */
     struct parked *parked;           /* handshakes waiting for a key set fetch */
-    struct api_job *api_jobs;        /* API broadcasts held midway (hub.c) */
+    struct api_job *api_jobs;        /* API broadcasts held midway (api.c) */
     uint32_t nparked;
     bool replay; /* a parked head is checked again: no second wait or admission */
 };
@@ -441,9 +441,6 @@ const uint8_t *frame_payload(const struct wsh_buf *frame, size_t *len);
 size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len);
 void session_timer(struct worker *w, struct conn *c);
 
-/* hub.c: the /ws JSON protocol (DESIGN.md 3). */
-struct wsh_http_request;
-struct hubchan;
 /* fetch.c: one blocking GET of url for a helper thread, within
  * timeout_ms (name resolution included) and ending early once *stop is
  * set; an https url through proxy's CONNECT tunnel when proxy is not NULL.
@@ -454,20 +451,69 @@ int fetch_get(const struct wsh_http_url *u, const struct wsh_http_proxy *proxy, 
               size_t max_body, int timeout_ms, const _Atomic bool *stop, char **body,
               size_t *body_len, int *status, char *err, size_t errlen);
 
+/* keys.c: the keys tokens are verified with. keys_init builds the set
+ * of cfg's auth section at start (-1 with err set when a key cannot be
+ * used); cfg stays referenced. */
+int keys_init(struct wsh_hub_config *cfg, char *err, size_t errlen);
+/* The auth section of cfg (auth.keys with their PEM files,
+ * auth.jwks_file) becomes the key set every worker verifies new tokens
+ * with. Returns 0 (*nkeys, *nskipped set), 1 when there is nothing to
+ * reload (no keys before or after), or -1 with err set: the current keys
+ * stay. Other config changes need a restart. */
+int keys_reload(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nkeys,
+                size_t *nskipped);
+/* Keys in use, and JWKS keys the last load ignored. */
+size_t keys_in_use(size_t *nskipped);
+/* auth.jwks_url: starts the thread that fetches the set (after the signal
+ * mask is set, so it inherits it), through HTTPS_PROXY unless NO_PROXY or
+ * a loopback issuer says otherwise, and stops it at exit. No-ops without
+ * a URL. */
+int keys_fetch_start(char *err, size_t errlen);
+/* The part of keys_fetch_start that can fail on the operator's input (the
+ * URL, HTTPS_PROXY), for --check-config. */
+int keys_fetch_prepare(char *err, size_t errlen);
+void keys_fetch_stop(void);
+/* Fetches of auth.jwks_url by result, and when the last good one ended
+ * (wall clock ms, 0 before the first), for /metrics. */
+void keys_jwks_fetches(uint64_t *ok, uint64_t *failed, int64_t *loaded_ms);
+/* How many fetches of auth.jwks_url have ended, whatever their result. */
+uint64_t keys_fetched(void);
+/* Tokens that waited for a fetch, by how it ended (/metrics). */
+enum { KEY_WAIT_ACCEPTED, KEY_WAIT_REFUSED, KEY_WAIT_TIMEOUT };
+void keys_wait_count(int result);
+void keys_waits(uint64_t out[3]);
+/* The workers' wakeups exist: the fetcher may wake them after a fetch. */
+void keys_workers_ready(void);
+/* True while auth.jwks_url is set and no key has loaded yet. */
+bool keys_none_yet(void);
+/* The fetch a token with an unknown kid may wait for (see keys_fetched),
+ * 0 when none is coming; and a request for one now (`forced` skips the
+ * once-per-10-s limit). */
+uint64_t keys_ticket(void);
+void keys_kick(bool forced);
+/* This worker's parsed copy of the key set in force (NULL: no keys), and
+ * the generation it was built at; keys_generation() moves with each new
+ * set. */
+struct wsh_auth;
+struct wsh_auth *keys_auth(uint64_t *gen);
+uint64_t keys_generation(void);
+/* A worker's copy: made before its loop starts (-1: out of memory), freed
+ * at its exit. */
+int keys_worker_init(void);
+void keys_worker_exit(void);
+
+/* hub.c: the /ws JSON protocol (DESIGN.md 3). */
+struct wsh_http_request;
+struct hubchan;
+
 int hub_init(const char *config_path, char *err, size_t errlen);
 /* SIGHUP reads the config file once (hub_config_reread: 0 with *out set,
  * 1 without --config, -1 with err set) and hands that one reading to each
  * part that reloads; each keeps its own reference. The caller releases
  * its own with hub_config_release. */
 int hub_config_reread(struct wsh_hub_config **out, char *err, size_t errlen);
+struct wsh_hub_config *hub_config_ref(struct wsh_hub_config *cfg);
 void hub_config_release(struct wsh_hub_config *cfg);
-/* The auth section of cfg (auth.keys with their PEM files,
- * auth.jwks_file) becomes the key set every worker verifies new tokens
- * with. Returns 0 (*nkeys, *nskipped set), 1 when there is nothing to
- * reload (no keys before or after), or -1 with err set: the current keys
- * stay. Other config changes need a restart. */
-int hub_reload_keys(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nkeys,
-                    size_t *nskipped);
 /* What a settings reload put in force, for its log line. */
 struct hub_settings {
     size_t norigins;
@@ -488,20 +534,6 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out);
  * that only a restart puts in force, space-separated in out (empty when
  * none). */
 void hub_restart_needed(const struct wsh_hub_config *cfg, char *out, size_t outlen);
-/* Keys in use, and JWKS keys the last load ignored. */
-size_t hub_auth_keys(size_t *nskipped);
-/* auth.jwks_url: starts the thread that fetches the set (after the signal
- * mask is set, so it inherits it), through HTTPS_PROXY unless NO_PROXY or
- * a loopback issuer says otherwise, and stops it at exit. No-ops without
- * a URL. */
-int hub_fetch_start(char *err, size_t errlen);
-/* The part of hub_fetch_start that can fail on the operator's input (the
- * URL, HTTPS_PROXY), for --check-config. */
-int hub_fetch_prepare(char *err, size_t errlen);
-void hub_fetch_stop(void);
-/* Fetches of auth.jwks_url by result, and when the last good one ended
- * (wall clock ms, 0 before the first), for /metrics. */
-void hub_jwks_fetches(uint64_t *ok, uint64_t *failed, int64_t *loaded_ms);
 /* Copies the configuration file's connection limits into cfg: the total
  * (max_connections_cfg, which admit_limits_set caps at cfg's
  * max_connections), per address, and the admission rate. All stay off
@@ -523,25 +555,17 @@ int hub_worker_init(struct worker *w);
 /* Before the 101: origin and credentials. Returns 0 to go on, the HTTP
  * status to refuse with (401, 403), or, only when may_wait, HUB_WAIT: the
  * token names a key a fetch of auth.jwks_url now under way may bring;
- * check again once hub_keys_fetched() reaches *ticket. */
+ * check again once keys_fetched() reaches *ticket. */
 #define HUB_WAIT 1
 int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
                       bool may_wait, uint64_t *ticket, const char **why);
 /* NULL when /readyz may say ready, else why not. */
 const char *hub_not_ready(void);
-/* How many fetches of auth.jwks_url have ended, whatever their result. */
-uint64_t hub_keys_fetched(void);
-/* Tokens that waited for a fetch, by how it ended (/metrics). */
-enum { KEY_WAIT_ACCEPTED, KEY_WAIT_REFUSED, KEY_WAIT_TIMEOUT };
-void hub_key_wait_count(int result);
-void hub_key_waits(uint64_t out[3]);
 /* Sessions asked to refresh because a rotation removed their token's key. */
 uint64_t hub_key_removed_sessions(void);
 /* From the worker's wakeup: `connect` commands whose fetch has ended are
  * answered. */
 void hub_keys_wake(struct worker *w);
-/* The workers' wakeups exist: the fetcher may wake them after a fetch. */
-void hub_workers_ready(void);
 void hub_open(struct worker *w, struct conn *c);
 void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_t *p, size_t n);
 void hub_conn_end(struct worker *w, struct conn *c);
@@ -561,21 +585,41 @@ void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 /* Worker 0, every 2 s: frees dropped channel records, expired broker
  * state, and configurations no worker can still be reading. */
 void hub_sweep(int64_t now_ms);
-/* The HTTP API (DESIGN.md 6) on /api/..., with its request body. Returns
- * 0 once answered, or HUB_API_HELD: a broadcast stopped midway at a full
- * inbox, and the caller holds the request until that inbox is taken in,
- * then hands it here again to go on. */
-int hub_api(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-            const uint8_t *body, size_t blen);
-#define HUB_API_HELD 1
+/* Entries in the revocation set, for /metrics. */
+size_t hub_revocations(void);
+/* Closes this worker's sessions of who: 'u' + a user id, or 'j' + a token
+ * id. */
+void hub_kick_local(struct worker *w, const char *who, unsigned code, const char *reason);
+/* What the HTTP API asks of the hub. The configuration's api_key, NULL
+ * when the API is off (no key, or no /ws hub). */
+const char *hub_api_key(void);
+/* 0 when a publish may go to channel, else its WSH_PERR_* code. */
+int hub_channel_check(const char *channel);
+/* Publishes payload (JSON text) to channel as the server: 0 with the
+ * message's *offset, or a WSH_PERR_* code. */
+int hub_publish(const char *channel, const char *payload, size_t plen, const char *msg_id,
+                uint64_t *offset);
+/* The `presence` or `history` reply of channel into b, as a /ws client
+ * gets it: WSH_OK, WSH_EINVAL for an unknown namespace, else an error. */
+struct wsh_jbuf;
+int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *b);
+struct wsh_broker_info;
+int hub_broker_info(struct wsh_broker_info *out);
+/* Refuses who's tokens for secs seconds; false when the set is full. */
+bool hub_revoke(const char *who, int64_t secs);
+
+/* api.c: the HTTP API (DESIGN.md 6) on /api/..., with its request body.
+ * Returns 0 once answered, or API_HELD: a broadcast stopped midway at a
+ * full inbox, and the caller holds the request until that inbox is taken
+ * in, then hands it here again to go on. */
+int api_request(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                const uint8_t *body, size_t blen);
+#define API_HELD 1
 /* A held API request reached the handshake deadline, or the server is
  * shutting down: answers 503 with what was published, and why. Forget
  * drops a held request's progress (c is closing). */
-void hub_api_expired(struct worker *w, struct conn *c, const char *why);
-void hub_api_forget(struct worker *w, const struct conn *c);
-/* Entries in the revocation set, for /metrics. */
-size_t hub_revocations(void);
-void hub_kick_local(struct worker *w, const char *user, unsigned code, const char *reason);
+void api_expired(struct worker *w, struct conn *c, const char *why);
+void api_forget(struct worker *w, const struct conn *c);
 
 /* metrics.c: counters kept per worker, summed for /metrics. */
 void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req);

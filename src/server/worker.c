@@ -479,7 +479,7 @@ static void http_reply(struct worker *w, struct conn *c, int status, const char 
 
 struct parked {
     struct conn *c;
-    uint64_t ticket; /* checked again once hub_keys_fetched() reaches it */
+    uint64_t ticket; /* checked again once keys_fetched() reaches it */
 };
 
 /* Takes c off the list; its state is the caller's to change. */
@@ -503,7 +503,7 @@ void conn_destroy(struct worker *w, struct conn *c)
     c->state = CONN_DEAD;
     hold_drop(w, c);
     if (w->api_jobs != NULL)
-        hub_api_forget(w, c);
+        api_forget(w, c);
     if (w->direct.c == c) {
         w->direct.c = NULL;
         w->direct.niov = 0;
@@ -615,9 +615,7 @@ static void on_sweep(struct wsh_loop *l, struct wsh_timer *t)
 {
     rawchan_sweep();
     admit_ip_sweep();
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    hub_sweep((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    hub_sweep(wsh_wall_ms());
     wsh_timer_start(l, t, 2000);
 }
 
@@ -1063,7 +1061,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
             why = "out of memory";
         }
         if (w->replay)
-            hub_key_wait_count(st == 0 ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
+            keys_wait_count(st == 0 ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
         if (st != 0) {
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d why=\"%s\"", c->id, st,
                     why);
@@ -1204,7 +1202,7 @@ static size_t http_input(struct worker *w, struct conn *c, uint8_t *in, size_t l
             hold_for_inbox(w, c);
             return 0;
         }
-        if (hub_api(w, c, &req, in + n, blen) == HUB_API_HELD) {
+        if (api_request(w, c, &req, in + n, blen) == API_HELD) {
             /* A broadcast went as far as the inboxes took it. The deadline
              * bounds a stall, not the whole broadcast: it starts again at
              * each step that published something. */
@@ -1540,7 +1538,7 @@ static void release_held(struct worker *w)
  * now without waiting. */
 static void unpark_due(struct worker *w)
 {
-    uint64_t done = hub_keys_fetched();
+    uint64_t done = keys_fetched();
     for (uint32_t i = 0; i < w->nparked;) {
         struct conn *c = w->parked[i].c;
         if (w->parked[i].ticket > done) {
@@ -1687,7 +1685,7 @@ static void answer_held_api(struct worker *w, struct conn *c, const char *why)
 {
     hold_drop(w, c);
     keep_carry(w, c, NULL, 0);
-    hub_api_expired(w, c, why);
+    api_expired(w, c, why);
     if (c->state != CONN_DEAD)
         update_events(w, c);
 }
@@ -1715,7 +1713,7 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
         static const char body[] = "the signing keys are being fetched: retry\n";
         unpark(w, c);
         c->state = CONN_HTTP;
-        hub_key_wait_count(KEY_WAIT_TIMEOUT);
+        keys_wait_count(KEY_WAIT_TIMEOUT);
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_keys_timeout", c->id);
         respond(w, c, 503, "text/plain", "Retry-After: 1\r\n", body, sizeof(body) - 1);
         break;

@@ -1,0 +1,352 @@
+/* The HTTP API (DESIGN.md 6, docs/api.md) on /api/...: publish and
+ * broadcast, presence, history, info and disconnect, for an application's
+ * backend holding the configuration's api_key. This file reads requests
+ * and writes JSON answers; the channels, the broker and the connections
+ * are hub.c's (hub_publish, hub_list, hub_kick_local ...). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "server.h"
+#include "wshub/auth.h"
+#include "wshub/broker.h"
+#include "wshub/proto.h"
+
+static void api_json(struct worker *w, struct conn *c, int status, json_t *j)
+{
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (s == NULL) {
+        http_respond(w, c, 500, "application/json", "{\"error\":\"internal\"}", 20);
+    } else {
+        http_respond(w, c, status, "application/json", s, strlen(s));
+        free(s);
+    }
+    json_decref(j);
+}
+
+static void api_error(struct worker *w, struct conn *c, int status, const char *msg)
+{
+    api_json(w, c, status, json_pack("{s:s}", "error", msg));
+}
+
+/* The API key comes as "Authorization: apikey <key>" or "X-API-Key". It is
+ * compared in constant time (docs/auth.md). */
+static int api_authorized(const struct wsh_http_request *req)
+{
+    const struct wsh_http_header *h = wsh_http_find(req, "X-API-Key");
+    const char *k = NULL;
+    size_t n = 0;
+    if (h != NULL) {
+        k = h->value;
+        n = h->value_len;
+    } else if ((h = wsh_http_find(req, "Authorization")) != NULL && h->value_len > 7 &&
+               strncasecmp(h->value, "apikey ", 7) == 0) {
+        k = h->value + 7;
+        n = h->value_len - 7;
+    }
+    if (k == NULL)
+        return 401;
+    const char *key = hub_api_key();
+    return key != NULL && wsh_auth_apikey_equal(key, strlen(key), k, n) ? 0 : 403;
+}
+
+/* A publish or broadcast in progress. A broadcast reaches up to 1000
+ * channels with one body of up to 64 KiB: published in one go it could put
+ * 64 MB into the workers' inboxes within one turn, far past their bound
+ * (chan.c, INBOX_HIGH) and past what a subscriber's queue takes in a turn.
+ * So it is published only as far as the inboxes take it; the rest waits
+ * in this record, the request itself held in its connection's carry
+ * (worker.c), and goes on once the inbox that filled has been taken in.
+ * A worker keeps its held requests' records in a list: there are few, and
+ * a connection record stays without a field for them. */
+struct api_job {
+    struct api_job *next;
+    const struct conn *c;
+    json_t *chans;   /* the channel names, every one checked */
+    json_t *msg_id;  /* the request's string, NULL when none */
+    json_t *offsets; /* one per channel published so far */
+    char *payload;   /* the payload's JSON text, encoded once */
+    size_t plen;
+    size_t done; /* channels published */
+};
+
+static struct api_job **api_job_link(struct worker *w, const struct conn *c)
+{
+    struct api_job **j = &w->api_jobs;
+    while (*j != NULL && (*j)->c != c)
+        j = &(*j)->next;
+    return j;
+}
+
+void api_forget(struct worker *w, const struct conn *c)
+{
+    struct api_job **link = api_job_link(w, c);
+    struct api_job *j = *link;
+    if (j == NULL)
+        return;
+    *link = j->next;
+    json_decref(j->chans);
+    json_decref(j->msg_id);
+    json_decref(j->offsets);
+    free(j->payload);
+    free(j);
+}
+
+/* Validates a publish or broadcast body into a job, or answers 400. Every
+ * channel is checked before the first is published: a bad one publishes
+ * nothing, and the answer names it. */
+static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, bool one)
+{
+    json_t *payload = json_object_get(j, "payload");
+    json_t *mid = json_object_get(j, "msg_id");
+    json_t *chans = one ? json_pack("[O]", json_object_get(j, "channel"))
+                        : json_incref(json_object_get(j, "channels"));
+    struct api_job *job = calloc(1, sizeof(*job));
+    int err = 0;
+    const char *bad = NULL;
+    size_t i;
+    json_t *v;
+    if (job == NULL) {
+        json_decref(chans);
+        api_error(w, c, 500, "internal");
+        return NULL;
+    }
+    if (!json_is_array(chans) || json_array_size(chans) == 0 || json_array_size(chans) > 1000 ||
+        payload == NULL || (mid && !json_is_string(mid)))
+        err = WSH_PERR_BAD_FIELD;
+    json_array_foreach(chans, i, v)
+    {
+        if (err)
+            break;
+        if (!json_is_string(v))
+            err = WSH_PERR_BAD_FIELD;
+        else if ((err = hub_channel_check(json_string_value(v))) != 0)
+            bad = json_string_value(v);
+    }
+    if (!err) {
+        job->c = c;
+        job->chans = json_incref(chans);
+        job->offsets = json_array();
+        job->payload = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
+        job->plen = job->payload != NULL ? strlen(job->payload) : 0;
+        job->msg_id = json_incref(mid);
+        job->next = w->api_jobs;
+        w->api_jobs = job;
+        if (job->offsets == NULL || job->payload == NULL) {
+            api_forget(w, c);
+            job = NULL;
+            api_error(w, c, 500, "internal");
+        }
+    } else {
+        json_t *e = json_pack("{s:i,s:s}", "code", err, "error", wsh_proto_code_message(err));
+        if (bad != NULL && e != NULL)
+            json_object_set_new(e, "channel", json_string(bad));
+        api_json(w, c, 400, e);
+        free(job);
+        job = NULL;
+    }
+    json_decref(chans);
+    return job;
+}
+
+/* Answers status with {code, error, offsets}: the offsets of the channels
+ * c's job published before it ended short (none without a job), and
+ * forgets the job. */
+static void api_job_fail(struct worker *w, struct conn *c, int status, int code, const char *msg)
+{
+    struct api_job *job = *api_job_link(w, c);
+    json_t *e = json_pack("{s:i,s:s,s:o}", "code", code, "error", msg, "offsets",
+                          job ? json_incref(job->offsets) : json_array());
+    api_forget(w, c);
+    api_json(w, c, status, e);
+}
+
+/* Publishes the job's channels until done or an inbox is full; returns
+ * API_HELD in the second case, with the job kept. A broker error
+ * midway answers with the offsets of the channels published before it. */
+static int api_job_run(struct worker *w, struct conn *c, struct api_job *job)
+{
+    size_t n = json_array_size(job->chans);
+    w->inbox_full = false;
+    while (job->done < n) {
+        if (job->done > 0 && (w->inbox_full || inbox_own_full_wait(w))) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=broadcast_paused published=%zu of=%zu", c->id,
+                    job->done, n);
+            return API_HELD;
+        }
+        uint64_t off = 0;
+        int err = hub_publish(json_string_value(json_array_get(job->chans, job->done)),
+                              job->payload, job->plen, json_string_value(job->msg_id), &off);
+        if (err) {
+            api_job_fail(w, c, err == WSH_PERR_UNAVAILABLE ? 503 : 400, err,
+                         wsh_proto_code_message(err));
+            return 0;
+        }
+        json_array_append_new(job->offsets, json_integer((json_int_t)off));
+        job->done++;
+    }
+    json_t *ok = json_pack("{s:O}", "offsets", job->offsets);
+    api_forget(w, c);
+    api_json(w, c, 200, ok);
+    return 0;
+}
+
+void api_expired(struct worker *w, struct conn *c, const char *why)
+{
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s: not done, or published only where offsets says", why);
+    api_job_fail(w, c, 503, WSH_PERR_UNAVAILABLE, msg);
+}
+
+static void api_kick(struct worker *w, const char *who)
+{
+    /* Every worker closes its own connections of the user; the others get
+     * the user id through their inbox. */
+    for (int i = 0; i < wsh_nworkers; i++) {
+        if (i == w->id)
+            continue;
+        struct wsh_buf *b = wsh_buf_new(strlen(who) + 1);
+        if (b == NULL)
+            continue;
+        memcpy(b->data, who, strlen(who) + 1);
+        b->end = (uint32_t)strlen(who) + 1;
+        struct xmsg m = { .buf = b, .kind = XMSG_KICK };
+        inbox_push(&wsh_workers[i], &m);
+        w->wake[i] = true;
+    }
+    hub_kick_local(w, who, 4501, "disconnected by the server");
+}
+
+static void api_list(struct worker *w, struct conn *c, const char *channel, bool presence,
+                     size_t limit)
+{
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    /* The reply is the same JSON a /ws client gets for the command. */
+    int rc = hub_list(channel, presence, limit, &b);
+    if (rc == WSH_OK)
+        http_respond(w, c, 200, "application/json", b.data, b.len);
+    else if (rc == WSH_EINVAL)
+        api_error(w, c, 404, "unknown namespace");
+    else
+        api_error(w, c, 500, "internal");
+    wsh_jbuf_free(&b);
+}
+
+int api_request(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                const uint8_t *body, size_t blen)
+{
+    if (hub_api_key() == NULL) {
+        api_error(w, c, 404, "the HTTP API is off: no api_key in the configuration");
+        return 0;
+    }
+    int st = api_authorized(req);
+    if (st != 0) {
+        api_error(w, c, st, st == 401 ? "API key required" : "bad API key");
+        return 0;
+    }
+    struct api_job *job = *api_job_link(w, c);
+    if (job != NULL)
+        return api_job_run(w, c, job); /* held midway, now released */
+    bool post = req->method_len == 4 && memcmp(req->method, "POST", 4) == 0;
+    bool get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
+    const char *p = req->path + 5;
+    size_t n = req->path_len - 5;
+    char chan[WSH_BROKER_NAME_MAX + 1];
+#define ROUTE(lit)  (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
+#define PREFIX(lit) (n > sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
+    if (PREFIX("presence/") || PREFIX("history/")) {
+        size_t pl = p[0] == 'p' ? 9 : 8;
+        if (!get) {
+            api_error(w, c, 405, "use GET");
+            return 0;
+        }
+        if (n - pl > WSH_BROKER_NAME_MAX) {
+            api_error(w, c, 400, "bad channel");
+            return 0;
+        }
+        snprintf(chan, sizeof(chan), "%.*s", (int)(n - pl), p + pl);
+        size_t limit = 0;
+        if (req->query && req->query_len > 6 && memcmp(req->query, "limit=", 6) == 0)
+            limit = (size_t)strtoul(req->query + 6, NULL, 10);
+        api_list(w, c, chan, pl == 9, limit);
+        return 0;
+    }
+    if (ROUTE("info")) {
+        if (!get) {
+            api_error(w, c, 405, "use GET");
+            return 0;
+        }
+        struct wsh_broker_info i;
+        json_t *b = NULL;
+        if (hub_broker_info(&i) == WSH_OK)
+            b = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I}", "engine", i.engine, "channels",
+                          (json_int_t)i.channels, "subscriptions", (json_int_t)i.subscriptions,
+                          "presence", (json_int_t)i.presence, "history_messages",
+                          (json_int_t)i.history_messages, "published", (json_int_t)i.published,
+                          "duplicates", (json_int_t)i.duplicates);
+        if (b == NULL) {
+            api_error(w, c, 500, "internal");
+            return 0;
+        }
+        api_json(w, c, 200,
+                 json_pack("{s:s,s:I,s:i,s:o}", "version", WSH_VERSION, "connections",
+                           (json_int_t)atomic_load(&wsh_total_conns), "workers", wsh_nworkers,
+                           "broker", b));
+        return 0;
+    }
+    if (!post) {
+        api_error(w, c, ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? 405 : 404,
+                  ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? "use POST"
+                                                                                : "not found");
+        return 0;
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL || !json_is_object(j)) {
+        json_decref(j);
+        api_error(w, c, 400, "the body must be a JSON object");
+        return 0;
+    }
+    if (ROUTE("publish") || ROUTE("broadcast")) {
+        job = api_job_new(w, c, j, ROUTE("publish"));
+        json_decref(j);
+        return job ? api_job_run(w, c, job) : 0;
+    }
+    if (ROUTE("disconnect")) {
+        /* {"user": U, "revoke_s"?: N} closes every connection of U (4501)
+         * and, with revoke_s, refuses U's tokens for N seconds;
+         * {"jti": T, "revoke_s"?: N} does the same for one token id, refused
+         * for N seconds (default a day: past any sensible token expiry). */
+        json_t *u = json_object_get(j, "user");
+        json_t *t = json_object_get(j, "jti");
+        json_t *r = json_object_get(j, "revoke_s");
+        json_t *id = u ? u : t;
+        if ((u != NULL) == (t != NULL) || !json_is_string(id) || json_string_length(id) == 0 ||
+            json_string_length(id) > WSH_AUTH_SUB_MAX ||
+            (r && (!json_is_integer(r) || json_integer_value(r) < 0 ||
+                   json_integer_value(r) > 30 * 86400))) {
+            json_decref(j);
+            api_error(w, c, 400, "one of user or jti (string), and revoke_s (seconds) optional");
+            return 0;
+        }
+        char who[WSH_AUTH_SUB_MAX + 2];
+        snprintf(who, sizeof(who), "%c%s", u ? 'u' : 'j', json_string_value(id));
+        int64_t secs = r ? json_integer_value(r) : (t ? 86400 : 0);
+        if (secs > 0 && !hub_revoke(who, secs)) {
+            json_decref(j);
+            api_error(w, c, 503, "revocation list full");
+            return 0;
+        }
+        api_kick(w, who);
+        json_decref(j);
+        api_json(w, c, 200, json_pack("{s:b,s:I}", "ok", 1, "revoked_s", (json_int_t)secs));
+        return 0;
+    }
+    json_decref(j);
+    api_error(w, c, 404, "not found");
+    return 0;
+#undef ROUTE
+#undef PREFIX
+}
