@@ -680,8 +680,12 @@ int hub_worker_init(struct worker *w)
 /* limits.max_revocations live entries, looked up in O(1) at every      */
 /* token check.                                                         */
 
-static pthread_mutex_t revoked_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Token checks only read the set, on every worker at once: they share a
+ * read lock, and while the set is empty, as it mostly is, they take no
+ * lock at all (revoked_n). */
+static pthread_rwlock_t revoked_mu = PTHREAD_RWLOCK_INITIALIZER;
 static struct wsh_expset *revoked; /* created at the first revocation */
+static _Atomic size_t revoked_n;   /* its entries, stored under the write lock */
 /* A key is a kind byte and a user or token id, in a buffer of
  * WSH_AUTH_SUB_MAX + 2 with its NUL. */
 _Static_assert(WSH_AUTH_JTI_MAX <= WSH_AUTH_SUB_MAX, "a jti key must fit the user key buffer");
@@ -692,7 +696,7 @@ _Static_assert(WSH_AUTH_JTI_MAX <= WSH_AUTH_SUB_MAX, "a jti key must fit the use
  * another) or memory ran out. */
 static bool revoke(const char *key, int64_t until_ms)
 {
-    pthread_mutex_lock(&revoked_mu);
+    pthread_rwlock_wrlock(&revoked_mu);
     size_t max = live_cfg()->limits.max_revocations;
     if (revoked == NULL)
         revoked = wsh_expset_new(max);
@@ -700,7 +704,9 @@ static bool revoke(const char *key, int64_t until_ms)
         wsh_expset_set_max(revoked, max);
     bool ok = revoked != NULL &&
               wsh_expset_add(revoked, key, strlen(key), until_ms, wsh_wall_ms()) == WSH_OK;
-    pthread_mutex_unlock(&revoked_mu);
+    if (revoked != NULL)
+        atomic_store_explicit(&revoked_n, wsh_expset_count(revoked), memory_order_release);
+    pthread_rwlock_unlock(&revoked_mu);
     return ok;
 }
 
@@ -714,29 +720,30 @@ static bool revoked_has(char kind, const char *id, int64_t now)
 
 static bool is_revoked(const struct wsh_identity *id)
 {
+    if (atomic_load_explicit(&revoked_n, memory_order_acquire) == 0)
+        return false;
     int64_t now = wsh_wall_ms();
-    pthread_mutex_lock(&revoked_mu);
-    bool hit = revoked != NULL && (revoked_has('u', id->sub, now) ||
-                                   (id->jti_len > 0 && revoked_has('j', id->jti, now)));
-    pthread_mutex_unlock(&revoked_mu);
+    pthread_rwlock_rdlock(&revoked_mu);
+    bool hit =
+        revoked_has('u', id->sub, now) || (id->jti_len > 0 && revoked_has('j', id->jti, now));
+    pthread_rwlock_unlock(&revoked_mu);
     return hit;
 }
 
 size_t hub_revocations(void)
 {
-    pthread_mutex_lock(&revoked_mu);
-    size_t n = revoked != NULL ? wsh_expset_count(revoked) : 0;
-    pthread_mutex_unlock(&revoked_mu);
-    return n;
+    return atomic_load(&revoked_n);
 }
 
 /* From the 2 s sweep: expired entries give their memory back. */
 static void revoked_sweep(int64_t now_ms)
 {
-    pthread_mutex_lock(&revoked_mu);
-    if (revoked != NULL)
-        wsh_expset_purge(revoked, now_ms);
-    pthread_mutex_unlock(&revoked_mu);
+    if (atomic_load(&revoked_n) == 0)
+        return;
+    pthread_rwlock_wrlock(&revoked_mu);
+    wsh_expset_purge(revoked, now_ms);
+    atomic_store_explicit(&revoked_n, wsh_expset_count(revoked), memory_order_release);
+    pthread_rwlock_unlock(&revoked_mu);
 }
 
 /* ------------------------------------------------------------------ */
