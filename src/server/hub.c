@@ -428,6 +428,7 @@ static void push_to_channel(struct hubchan *ch, struct wsh_jbuf *b, enum push_ty
 /* Configuration                                                        */
 
 static char *config_file; /* --config, kept for reloads */
+static bool memory_flag;  /* --max-client-memory was given: the file's is not read */
 
 int hub_init(const char *config_path, char *err, size_t errlen)
 {
@@ -558,12 +559,8 @@ static void live_reclaim(void)
 
 void hub_restart_needed(const struct wsh_hub_config *cfg, char *out, size_t outlen)
 {
-    const struct wsh_limits_config *a = &hubcfg.limits, *b = &cfg->limits;
-    snprintf(out, outlen, "%s%s", a->max_message != b->max_message ? "limits.max_message " : "",
-             a->max_client_memory != b->max_client_memory ? "limits.max_client_memory " : "");
-    size_t n = strlen(out);
-    if (n > 0)
-        out[n - 1] = '\0'; /* the last space */
+    snprintf(out, outlen, "%s",
+             hubcfg.limits.max_message != cfg->limits.max_message ? "limits.max_message" : "");
 }
 
 void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
@@ -575,6 +572,9 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
                                   .max_connections = l->max_connections,
                                   .per_ip = l->max_connections_per_ip,
                                   .ip_rate = l->handshake_rate_per_ip };
+    if (!memory_flag)
+        worker_memory_cap_set((size_t)l->max_client_memory);
+    out->max_client_memory = worker_memory_cap();
     admit_rate_set(l->admission_rate, l->admission_burst);
     admit_limits_set(l->max_connections, l->max_connections_per_ip, l->handshake_rate_per_ip,
                      l->handshake_burst_per_ip, l->ipv6_prefix);
@@ -602,7 +602,7 @@ uint64_t hub_max_message(void)
 void hub_conn_limits(struct wsh_config *cfg)
 {
     /* --max-client-memory, when given, overrides the file (SIZE_MAX: not given). */
-    bool memory_flag = cfg->max_client_memory != SIZE_MAX;
+    memory_flag = cfg->max_client_memory != SIZE_MAX;
     if (!memory_flag)
         cfg->max_client_memory = 0;
     cfg->ip6_prefix = WSH_CFG_DEFAULT_IPV6_PREFIX;

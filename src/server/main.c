@@ -69,9 +69,10 @@ static void reload(void)
     atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][0], 1);
     wsh_log(WSH_LOG_INFO,
             "ev=settings_reload ok=1 origins=%zu api_key=%d admission_rate=%g "
-            "max_connections=%zu max_connections_per_ip=%u handshake_rate_per_ip=%g",
+            "max_connections=%zu max_connections_per_ip=%u handshake_rate_per_ip=%g "
+            "max_client_memory=%zu",
             set.norigins, set.api_key ? 1 : 0, set.admission_rate, set.max_connections, set.per_ip,
-            set.ip_rate);
+            set.ip_rate, set.max_client_memory);
 }
 
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the
@@ -552,6 +553,7 @@ int main(int argc, char **argv)
 
     hub_conn_limits(&wsh_cfg);
     admit_limits_init();
+    worker_memory_cap_set(wsh_cfg.max_client_memory);
 
     wsh_nworkers = wsh_cfg.workers;
     wsh_workers = calloc((size_t)wsh_nworkers, sizeof(*wsh_workers));

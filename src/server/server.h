@@ -373,6 +373,11 @@ int worker_init(struct worker *w, int id, int listen_fd);
 int worker_listen_admin(struct worker *w, int fd);
 void *worker_main(void *arg);
 void worker_wake(struct worker *w);
+/* The cap on all client buffers together (--max-client-memory, or
+ * limits.max_client_memory, which SIGHUP changes); 0 = off. Each worker
+ * reads it at its next check. */
+void worker_memory_cap_set(size_t cap);
+size_t worker_memory_cap(void);
 
 /* Admission (admit.c): the admission rate of upgrades, max_connections,
  * and per client address its connections and their rate. */
@@ -522,6 +527,7 @@ struct hub_settings {
     size_t max_connections; /* 0: the ceiling */
     uint32_t per_ip;
     double ip_rate;
+    size_t max_client_memory; /* in force: the flag's when it was given */
 };
 /* Everything of cfg but the keys and the restart-only settings
  * (docs/config.md, "Reloading: SIGHUP"): namespaces, the /ws limits,

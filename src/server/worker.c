@@ -45,6 +45,7 @@
 #define CORK_SIZE     4096u
 /* --max-client-memory: how often each worker checks the total. */
 #define EVICT_CHECK_MS 100u
+#define EVICT_IDLE_MS  1000u /* with the cap off: a reload may turn it on */
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
 static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s);
@@ -676,7 +677,8 @@ static void evict(struct worker *w, struct conn *c, uint64_t held, size_t live)
  * last published) and closes this worker's part of the prefix that covers
  * the excess. Returns how many of mine (sorted, largest first) remain,
  * compacted to the front. */
-static size_t evict_share(struct worker *w, struct wsh_holder *mine, size_t n, size_t live)
+static size_t evict_share(struct worker *w, struct wsh_holder *mine, size_t n, size_t live,
+                          size_t cap)
 {
     struct wsh_holder all[WSH_MAX_WORKERS * EVICT_TOP];
     uint32_t ranks[EVICT_TOP];
@@ -695,8 +697,7 @@ static size_t evict_share(struct worker *w, struct wsh_holder *mine, size_t n, s
                 .rank = j,
             };
     }
-    size_t picked =
-        wsh_evict_pick(all, na, live - wsh_cfg.max_client_memory, (uint32_t)w->id, ranks);
+    size_t picked = wsh_evict_pick(all, na, live - cap, (uint32_t)w->id, ranks);
     for (size_t i = 0; i < picked; i++) {
         evict(w, mine[ranks[i]].ptr, mine[ranks[i]].bytes, live);
         mine[ranks[i]].ptr = NULL;
@@ -741,14 +742,27 @@ static bool others_published(struct worker *w)
  * closed, so a check that still finds the total over the cap closes the
  * next ones. */
 static pthread_mutex_t evict_mu = PTHREAD_MUTEX_INITIALIZER;
+/* The cap in force: the flag, else the config file's as of the last
+ * SIGHUP (hub_reload_settings); 0 = off. */
+static _Atomic size_t memory_cap;
+
+void worker_memory_cap_set(size_t cap)
+{
+    atomic_store_explicit(&memory_cap, cap, memory_order_relaxed);
+}
+
+size_t worker_memory_cap(void)
+{
+    return atomic_load_explicit(&memory_cap, memory_order_relaxed);
+}
 
 static void on_evict_timer(struct wsh_loop *l, struct wsh_timer *t)
 {
     struct worker *w = wsh_loop_user(l);
-    size_t cap = wsh_cfg.max_client_memory;
+    size_t cap = worker_memory_cap();
     size_t live = wsh_buf_live_bytes();
-    wsh_timer_start(l, t, EVICT_CHECK_MS);
-    if (live <= cap / 2) {
+    wsh_timer_start(l, t, cap != 0 ? EVICT_CHECK_MS : EVICT_IDLE_MS);
+    if (cap == 0 || live <= cap / 2) {
         atomic_store_explicit(&w->ntop, 0, memory_order_relaxed);
         atomic_store_explicit(&w->top_valid, false, memory_order_relaxed);
         w->evict_waited = false;
@@ -768,7 +782,7 @@ static void on_evict_timer(struct wsh_loop *l, struct wsh_timer *t)
     pthread_mutex_lock(&evict_mu);
     live = wsh_buf_live_bytes();
     if (live > cap && others_published(w))
-        n = evict_share(w, mine, n, live);
+        n = evict_share(w, mine, n, live, cap);
     for (size_t i = 0; i < n; i++)
         atomic_store_explicit(&w->top[i], mine[i].bytes, memory_order_relaxed);
     atomic_store_explicit(&w->ntop, (uint32_t)n, memory_order_release);
@@ -2019,10 +2033,9 @@ void *worker_main(void *arg)
     }
     w->out_timer.cb = on_out_timer;
     wsh_timer_start(w->loop, &w->out_timer, 1000);
-    if (wsh_cfg.max_client_memory != 0) {
-        w->evict_timer.cb = on_evict_timer;
-        wsh_timer_start(w->loop, &w->evict_timer, EVICT_CHECK_MS);
-    }
+    w->evict_timer.cb = on_evict_timer;
+    wsh_timer_start(w->loop, &w->evict_timer,
+                    worker_memory_cap() != 0 ? EVICT_CHECK_MS : EVICT_IDLE_MS);
     if (w->id == 0) {
         w->sweep_timer.cb = on_sweep;
         wsh_timer_start(w->loop, &w->sweep_timer, 2000);

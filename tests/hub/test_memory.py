@@ -12,6 +12,7 @@ import time
 import wsraw
 from conftest import MULT, Client, merge, run_async, token
 from test_fanout import SLOW_CFG
+from test_reload import reload
 
 N_HIST = 50          # messages in the channel's history
 BODY = "m" * 8000    # ~400 KB per history reply
@@ -189,3 +190,59 @@ def test_client_memory_counts_input_carried_over(hub):
         for s in socks:
             s.close()
     wait_metric(h, "wshub_client_memory_bytes", lambda v: v <= base)
+
+
+def lag_behind(h, path, n=3):
+    """n /raw subscribers that do not read, and 12 MB published to them
+    (shared frames): the server holds most of it."""
+    laggers = [raw_lagger(h.port, path) for _ in range(n)]
+    pub = wsraw.ws_connect(h.port, path)
+    for i in range(200):
+        pub.send_frame(wsraw.OP_BINARY, bytes([i % 256]) * 60000)
+    return laggers, pub
+
+
+def test_sighup_turns_the_client_memory_cap_on_and_off(hub):
+    """limits.max_client_memory follows SIGHUP: turned on under a backlog
+    it closes the holders until the total is under it; turned off, the
+    next backlog stays. It no longer asks for a restart."""
+    h = hub(SLOW_CFG, "--max-queue", 64 << 20, "--soft-queue", 0, "--write-timeout", 0,
+            "--ping-interval", 0)
+    laggers, pub = lag_behind(h, "/raw/memreload1")
+    wait_metric(h, "wshub_client_memory_bytes", lambda v: v > 6_000_000)
+    time.sleep(1.5)  # checks run meanwhile: the cap is off
+    assert metrics(h)["wshub_memory_evictions_total"] == 0
+    line = reload(h, merge(SLOW_CFG, {"limits": {"max_client_memory": 3_000_000}}), 1)
+    assert "ok=1" in line and "max_client_memory=3000000" in line, line
+    assert "ev=restart_needed" not in h.log(), h.log()
+    wait_metric(h, "wshub_memory_evictions_total", lambda v: v >= 3)
+    for c in laggers:
+        f, _ = c.wait_close(timeout=10)
+        assert f.close_code() == 1013, f
+    wait_metric(h, "wshub_client_memory_bytes", lambda v: v <= 3_000_000)
+    for c in (*laggers, pub):
+        c.close()
+
+    line = reload(h, SLOW_CFG, 2)
+    assert "max_client_memory=0" in line, line
+    laggers, pub = lag_behind(h, "/raw/memreload2")
+    wait_metric(h, "wshub_client_memory_bytes", lambda v: v > 6_000_000)
+    time.sleep(1.5)
+    assert metrics(h)["wshub_memory_evictions_total"] == 3
+    for c in (*laggers, pub):
+        c.close()
+
+
+def test_the_client_memory_flag_outlasts_a_reload(hub):
+    """--max-client-memory overrides the file at start and at every SIGHUP:
+    here it keeps the cap off whatever the file says."""
+    h = hub(SLOW_CFG, "--max-client-memory", 0, "--max-queue", 64 << 20, "--soft-queue", 0,
+            "--write-timeout", 0, "--ping-interval", 0)
+    line = reload(h, merge(SLOW_CFG, {"limits": {"max_client_memory": 3_000_000}}), 1)
+    assert "ok=1" in line and "max_client_memory=0" in line, line
+    laggers, pub = lag_behind(h, "/raw/memflag")
+    wait_metric(h, "wshub_client_memory_bytes", lambda v: v > 6_000_000)
+    time.sleep(1.5)
+    assert metrics(h)["wshub_memory_evictions_total"] == 0
+    for c in (*laggers, pub):
+        c.close()
