@@ -112,6 +112,16 @@ static void on_signal(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     }
 }
 
+/* The parser's limits on a compressed connection: a compressed message may
+ * be a little larger than its inflated size (stored blocks); the true
+ * bound, l's, is enforced on the inflated bytes. */
+static struct wsh_limits compressed_limits(const struct wsh_limits *l)
+{
+    struct wsh_limits z = *l;
+    z.max_message = l->max_message + l->max_message / 64 + 256;
+    return z;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -429,11 +439,6 @@ static int parse_args(int argc, char **argv)
         fprintf(stderr, "wshub: --tls-cert and --tls-key go together (and --tls-ca needs them)\n");
         return -1;
     }
-    /* A compressed message may be a little larger than its inflated size
-     * (stored blocks); the true bound is enforced on the inflated bytes. */
-    wsh_cfg.zlimits = wsh_cfg.limits;
-    wsh_cfg.zlimits.max_message =
-        wsh_cfg.limits.max_message + wsh_cfg.limits.max_message / 64 + 256;
     if (optind < argc) {
         fprintf(stderr, "wshub: unexpected argument '%s'\n", argv[optind]);
         return -1;
@@ -508,6 +513,8 @@ int main(int argc, char **argv)
         uint64_t hm = hub_max_message();
         if (hm > 0 && !max_message_flag)
             wsh_cfg.hlimits.max_message = hm;
+        wsh_cfg.zlimits = compressed_limits(&wsh_cfg.limits);
+        wsh_cfg.hzlimits = compressed_limits(&wsh_cfg.hlimits);
         if (hub_start(wsh_cfg.hlimits.max_message) != 0) {
             fprintf(stderr, "wshub: cannot start the hub\n");
             return 1;

@@ -47,10 +47,11 @@ struct wsh_config {
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
     struct wsh_pmd_config pmd;
-    struct wsh_limits zlimits; /* parser limits on compressed connections */
-    struct wsh_limits hlimits; /* parser limits on /ws connections */
-    const char *web_root;      /* directory of static files, NULL for none */
-    bool proxy_protocol;       /* every connection begins with a PROXY header */
+    struct wsh_limits hlimits;  /* message limits on /ws connections (the file's max_message) */
+    struct wsh_limits zlimits;  /* parser limits on compressed connections: limits' */
+    struct wsh_limits hzlimits; /* and hlimits' (main.c, compressed_limits) */
+    const char *web_root;       /* directory of static files, NULL for none */
+    bool proxy_protocol;        /* every connection begins with a PROXY header */
     /* --admin-listen: /metrics, /dashboard and /api/ move to this address
      * (plain HTTP, worker 0) and are 404 on the public one. */
     char admin_host[256];

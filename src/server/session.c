@@ -53,6 +53,14 @@ static const char *reason_for(unsigned code)
     }
 }
 
+/* The bounds of c's messages: /ws takes limits.max_message of the
+ * configuration file unless --max-message was given (main.c), the other
+ * endpoints the flag's. */
+static const struct wsh_limits *msg_limits(const struct conn *c)
+{
+    return c->endpoint == EP_HUB ? &wsh_cfg.hlimits : &wsh_cfg.limits;
+}
+
 static int append(struct conn *c, const uint8_t *p, size_t n)
 {
     struct wsh_buf *b = c->msg;
@@ -61,7 +69,7 @@ static int append(struct conn *c, const uint8_t *p, size_t n)
         /* Doubling keeps reassembly linear; the parser has already refused
          * anything whose declared length passes --max-message. */
         size_t cap = (size_t)b->cap * 2;
-        size_t limit = HEADROOM + (size_t)wsh_cfg.limits.max_message;
+        size_t limit = HEADROOM + (size_t)msg_limits(c)->max_message;
         if (cap < need)
             cap = need;
         if (cap > limit)
@@ -164,8 +172,9 @@ static struct wsh_buf *finish_message(struct conn *c, unsigned opcode)
 static bool start_message(struct worker *w, struct conn *c, size_t hint)
 {
     size_t cap = HEADROOM + (hint > 4096 ? hint : 4096);
-    if (cap > HEADROOM + wsh_cfg.limits.max_message)
-        cap = HEADROOM + (size_t)wsh_cfg.limits.max_message;
+    size_t max = (size_t)msg_limits(c)->max_message;
+    if (cap > HEADROOM + max)
+        cap = HEADROOM + max;
     c->msg = wsh_buf_new(cap);
     if (c->msg == NULL) {
         conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
@@ -190,7 +199,7 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
     struct inflate_ctx x = { .c = c,
                              .w = ev->first && ev->last ? w : NULL,
                              .text = ev->opcode == WSH_OP_TEXT };
-    int rc = wsh_pmd_inflate(c->pmd, &wsh_cfg.limits, ev->data, ev->len, ev->last, inflate_out, &x);
+    int rc = wsh_pmd_inflate(c->pmd, msg_limits(c), ev->data, ev->len, ev->last, inflate_out, &x);
     if (rc == WSH_OK && ev->last && x.text && !wsh_utf8_complete(&c->zutf8))
         rc = WSH_EUTF8;
     if (rc != WSH_OK) {
@@ -291,9 +300,9 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
      * the rest stays in the carry. */
     while (off < len && c->state == CONN_OPEN && !c->hold) {
         struct wsh_event ev;
-        const struct wsh_limits *lim = c->pmd                  ? &wsh_cfg.zlimits
-                                       : c->endpoint == EP_HUB ? &wsh_cfg.hlimits
-                                                               : &wsh_cfg.limits;
+        const struct wsh_limits *lim = c->pmd == NULL          ? msg_limits(c)
+                                       : c->endpoint == EP_HUB ? &wsh_cfg.hzlimits
+                                                               : &wsh_cfg.zlimits;
         ssize_t n = wsh_parser_feed(&c->parser, lim, in + off, len - off, &ev);
         if (n < 0) {
             unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;

@@ -253,9 +253,10 @@ class Client:
 
     @classmethod
     async def open(cls, hub, tok=None, how="header", connect=True, origin=None, headers=None,
-                   path="/ws", payload_token=None):
+                   path="/ws", payload_token=None, compression=None):
         """how: "header" (Authorization: Bearer), "query" (?token=),
-        "payload" (the connect command's payload.token) or None."""
+        "payload" (the connect command's payload.token) or None.
+        compression="deflate" offers permessage-deflate."""
         extra = dict(headers or {})
         url = hub.url(path)
         if tok is not None and how == "header":
@@ -264,7 +265,7 @@ class Client:
             url += ("&" if "?" in url else "?") + "token=" + tok
         elif tok is not None and how == "payload":
             payload_token = tok
-        ws = await websockets.connect(url, extra_headers=extra, origin=origin, compression=None,
+        ws = await websockets.connect(url, extra_headers=extra, origin=origin, compression=compression,
                                       max_size=None, max_queue=None, ping_interval=None, close_timeout=2,
                                       open_timeout=10 * MULT)
         c = cls(ws)

@@ -2,6 +2,8 @@
 documented reply."""
 import asyncio
 import json
+import random
+import string
 import time
 
 from conftest import Client, base_config, expect_error, merge, run_async, token
@@ -111,6 +113,33 @@ async def test_message_size_from_the_config(hub):
     await a.send(body)
     code, _, seen = await a.expect_close()
     assert code == 1009, (code, [m for m in seen if m["type"] != "message"])
+
+
+@run_async
+async def test_message_size_from_the_config_holds_for_compressed_messages(hub):
+    """permessage-deflate changes nothing of limits.max_message: the file's
+    bound holds on the inflated bytes, above the --max-message default of
+    64 KiB (a 200 KB message goes through, compressed both ways) as below
+    it (30 KB that deflate makes tiny gets 1009)."""
+    h = hub(limits(max_message=262144), "--deflate")
+    a = await Client.open(h, token("alice"), compression="deflate")
+    assert [e.name for e in a.ws.extensions] == ["permessage-deflate"]
+    await a.subscribe("chat:big")
+    rng = random.Random(7)
+    body = "".join(rng.choice(string.ascii_letters) for _ in range(200_000))
+    await a.publish("chat:big", body)
+    [m] = await a.messages("chat:big", 1)
+    assert m["payload"] == body
+    await a.send({"type": "publish", "id": 99, "channel": "chat:big", "payload": body + body})
+    code, _, seen = await a.expect_close()
+    assert code == 1009, (code, [m["type"] for m in seen])
+
+    h = hub(limits(max_message=16384), "--deflate")
+    b = await Client.open(h, token("bob"), compression="deflate")
+    await b.subscribe("chat:big")
+    await b.send({"type": "publish", "id": 1, "channel": "chat:big", "payload": "y" * 30_000})
+    code, _, seen = await b.expect_close()
+    assert code == 1009, (code, seen)
 
 
 @run_async
