@@ -33,6 +33,7 @@
 #define WSH_CFG_DEFAULT_ADMISSION_RATE     0.0 /* off: a server's capacity is its operator's to say */
 #define WSH_CFG_DEFAULT_ADMISSION_BURST    1000u
 #define WSH_CFG_DEFAULT_MAX_MESSAGE        65536u
+#define WSH_CFG_MAX_MESSAGE_CEIL           (64u * 1024u * 1024u) /* the most it may be */
 #define WSH_CFG_DEFAULT_JSON_DEPTH         32u
 #define WSH_CFG_DEFAULT_MAX_CHANNEL        128u
 #define WSH_CFG_DEFAULT_UNAUTH_MESSAGE     4096u

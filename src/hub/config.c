@@ -688,7 +688,7 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         !get_u32(c, v, "ipv6_prefix", 32, 128, &l->ipv6_prefix) ||
         !get_u32(c, v, "admission_burst", 1, 1000000, &l->admission_burst) ||
         !get_client_memory(c, v, &l->max_client_memory) ||
-        !get_u32(c, v, "max_message", 256, 64u * 1024u * 1024u, &l->max_message) ||
+        !get_u32(c, v, "max_message", 256, WSH_CFG_MAX_MESSAGE_CEIL, &l->max_message) ||
         !get_u32(c, v, "json_depth", 2, 1000, &l->json_depth) ||
         !get_u32(c, v, "max_channel", 8, 1024, &l->max_channel) ||
         !get_u32(c, v, "max_revocations", 1, 10000000, &l->max_revocations))
@@ -697,7 +697,7 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
     if (u != NULL) {
         size_t old = push_key(c, "unauthenticated");
         if (!want_object(c, u) || !check_keys(c, u, unauth_keys) ||
-            !get_u32(c, u, "max_message", 256, 64u * 1024u * 1024u, &l->unauth_max_message) ||
+            !get_u32(c, u, "max_message", 256, WSH_CFG_MAX_MESSAGE_CEIL, &l->unauth_max_message) ||
             !get_u32(c, u, "timeout_ms", 100, 600000, &l->unauth_timeout_ms) ||
             !get_u32(c, u, "max_outbound", 1024, 64u * 1024u * 1024u, &l->unauth_max_outbound))
             return false;

@@ -69,7 +69,8 @@ struct hubconn {
 
 static struct wsh_hub_config hubcfg;
 static struct wsh_broker *broker;
-static size_t max_input; /* bytes of a /ws message (hub_start) */
+static _Atomic size_t max_input; /* bytes of a /ws message: hub_message_limit() */
+static bool max_message_flag;    /* --max-message was given: the file's is not read */
 
 /* What /ws reads on every command: the namespaces, the per-connection
  * limits (limits.publish_*, max_subscriptions, json_depth, max_channel,
@@ -111,7 +112,8 @@ static const struct wsh_ns_config *ns_of(const struct wsh_hub_config *cfg, const
 
 static struct wsh_proto_limits proto_limits(const struct wsh_hub_config *cfg)
 {
-    return (struct wsh_proto_limits){ .max_input = max_input,
+    return (struct wsh_proto_limits){ .max_input =
+                                          atomic_load_explicit(&max_input, memory_order_relaxed),
                                       .max_depth = cfg->limits.json_depth,
                                       .max_channel = cfg->limits.max_channel };
 }
@@ -557,12 +559,6 @@ static void live_reclaim(void)
     }
 }
 
-void hub_restart_needed(const struct wsh_hub_config *cfg, char *out, size_t outlen)
-{
-    snprintf(out, outlen, "%s",
-             hubcfg.limits.max_message != cfg->limits.max_message ? "limits.max_message" : "");
-}
-
 void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
 {
     const struct wsh_limits_config *l = &cfg->limits;
@@ -575,18 +571,25 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
     if (!memory_flag)
         worker_memory_cap_set((size_t)l->max_client_memory);
     out->max_client_memory = worker_memory_cap();
+    if (!max_message_flag)
+        atomic_store_explicit(&max_input, (size_t)l->max_message, memory_order_relaxed);
+    out->max_message = hub_message_limit();
     admit_rate_set(l->admission_rate, l->admission_burst);
     admit_limits_set(l->max_connections, l->max_connections_per_ip, l->handshake_rate_per_ip,
                      l->handshake_burst_per_ip, l->ipv6_prefix);
     live_replace(cfg);
 }
 
-int hub_start(uint64_t max_message)
+int hub_start(uint64_t flag_max, bool flag_given)
 {
     /* One bound for a /ws message everywhere it is checked: the WebSocket
-     * layer (1009), the JSON codec (1004) and the broker's payloads. */
-    max_input = (size_t)max_message;
-    struct wsh_broker_memory_opts bo = { .max_payload = (size_t)max_message,
+     * layer (1009), the JSON codec (1004) and API publishes (hub_publish).
+     * The broker's own bound is the largest a reload may set. */
+    max_message_flag = flag_given;
+    uint64_t max = have_config && !flag_given ? hubcfg.limits.max_message : flag_max;
+    atomic_store(&max_input, (size_t)max);
+    size_t ceiling = WSH_CFG_MAX_MESSAGE_CEIL;
+    struct wsh_broker_memory_opts bo = { .max_payload = max > ceiling ? (size_t)max : ceiling,
                                          .on_message = on_broker_message };
     if (wsh_broker_memory_create(&bo, &broker) != WSH_OK)
         return -1;
@@ -594,9 +597,9 @@ int hub_start(uint64_t max_message)
     return 0;
 }
 
-uint64_t hub_max_message(void)
+uint64_t hub_message_limit(void)
 {
-    return have_config ? hubcfg.limits.max_message : 0;
+    return atomic_load_explicit(&max_input, memory_order_relaxed);
 }
 
 void hub_conn_limits(struct wsh_config *cfg)
@@ -1676,6 +1679,8 @@ int hub_publish(const char *channel, const char *payload, size_t plen, const cha
     const struct wsh_ns_config *ns = publish_ns(channel, &err);
     if (ns == NULL)
         return err;
+    if (plen > hub_message_limit())
+        return WSH_PERR_TOO_LARGE;
     struct wsh_broker_publish_req req = {
         .channel = channel,
         .payload = payload,

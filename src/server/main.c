@@ -61,18 +61,14 @@ static void reload(void)
     }
     struct hub_settings set;
     hub_reload_settings(cfg, &set);
-    char stale[128];
-    hub_restart_needed(cfg, stale, sizeof(stale));
-    if (stale[0] != '\0')
-        wsh_log(WSH_LOG_WARN, "ev=restart_needed fields=\"%s\"", stale);
     hub_config_release(cfg);
     atomic_fetch_add(&wsh_reloads[RELOAD_SETTINGS][0], 1);
     wsh_log(WSH_LOG_INFO,
             "ev=settings_reload ok=1 origins=%zu api_key=%d admission_rate=%g "
             "max_connections=%zu max_connections_per_ip=%u handshake_rate_per_ip=%g "
-            "max_client_memory=%zu",
+            "max_client_memory=%zu max_message=%llu",
             set.norigins, set.api_key ? 1 : 0, set.admission_rate, set.max_connections, set.per_ip,
-            set.ip_rate, set.max_client_memory);
+            set.ip_rate, set.max_client_memory, (unsigned long long)set.max_message);
 }
 
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the
@@ -110,16 +106,6 @@ static void on_signal(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         for (int i = 0; i < wsh_nworkers; i++)
             worker_wake(&wsh_workers[i]);
     }
-}
-
-/* The parser's limits on a compressed connection: a compressed message may
- * be a little larger than its inflated size (stored blocks); the true
- * bound, l's, is enforced on the inflated bytes. */
-static struct wsh_limits compressed_limits(const struct wsh_limits *l)
-{
-    struct wsh_limits z = *l;
-    z.max_message = l->max_message + l->max_message / 64 + 256;
-    return z;
 }
 
 static void usage(FILE *out)
@@ -506,16 +492,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "wshub: %s: %s\n", config_path ? config_path : "config", err);
             return 2;
         }
-        /* /ws takes the configuration's limits.max_message unless
-         * --max-message was given: command-line flags override the file.
-         * The WebSocket layer enforces it (1009). */
-        wsh_cfg.hlimits = wsh_cfg.limits;
-        uint64_t hm = hub_max_message();
-        if (hm > 0 && !max_message_flag)
-            wsh_cfg.hlimits.max_message = hm;
-        wsh_cfg.zlimits = compressed_limits(&wsh_cfg.limits);
-        wsh_cfg.hzlimits = compressed_limits(&wsh_cfg.hlimits);
-        if (hub_start(wsh_cfg.hlimits.max_message) != 0) {
+        wsh_cfg.zlimits = session_zlimits(&wsh_cfg.limits);
+        if (hub_start(wsh_cfg.limits.max_message, max_message_flag) != 0) {
             fprintf(stderr, "wshub: cannot start the hub\n");
             return 1;
         }

@@ -47,11 +47,9 @@ struct wsh_config {
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
     struct wsh_pmd_config pmd;
-    struct wsh_limits hlimits;  /* message limits on /ws connections (the file's max_message) */
-    struct wsh_limits zlimits;  /* parser limits on compressed connections: limits' */
-    struct wsh_limits hzlimits; /* and hlimits' (main.c, compressed_limits) */
-    const char *web_root;       /* directory of static files, NULL for none */
-    bool proxy_protocol;        /* every connection begins with a PROXY header */
+    struct wsh_limits zlimits; /* parser limits on compressed connections (session_zlimits) */
+    const char *web_root;      /* directory of static files, NULL for none */
+    bool proxy_protocol;       /* every connection begins with a PROXY header */
     /* --admin-listen: /metrics, /dashboard and /api/ move to this address
      * (plain HTTP, worker 0) and are 404 on the public one. */
     char admin_host[256];
@@ -346,6 +344,9 @@ struct worker {
     struct api_job *api_jobs;        /* API broadcasts held midway (api.c) */
     uint32_t nparked;
     bool replay; /* a parked head is checked again: no second wait or admission */
+    /* /ws message limits as of hub_message_limit(), plain and compressed:
+     * this worker's copy, renewed when the bound moves (session.c). */
+    struct wsh_limits hlimits, hzlimits;
 };
 
 extern struct worker *wsh_workers;
@@ -444,6 +445,10 @@ struct wsh_buf *frame_deflate(struct wsh_pmd *z, uint8_t window_bits, unsigned o
 const uint8_t *frame_payload(const struct wsh_buf *frame, size_t *len);
 
 /* session.c: the WebSocket phase. */
+/* The parser's limits on a compressed connection: a compressed message
+ * may be a little larger than its inflated size (stored blocks); the true
+ * bound, l's, is enforced on the inflated bytes. */
+struct wsh_limits session_zlimits(const struct wsh_limits *l);
 size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len);
 void session_timer(struct worker *w, struct conn *c);
 
@@ -529,6 +534,7 @@ struct hub_settings {
     uint32_t per_ip;
     double ip_rate;
     size_t max_client_memory; /* in force: the flag's when it was given */
+    uint64_t max_message;     /* of a /ws message, the same */
 };
 /* Everything of cfg but the keys and the restart-only settings
  * (docs/config.md, "Reloading: SIGHUP"): namespaces, the /ws limits,
@@ -537,10 +543,6 @@ struct hub_settings {
  * upgrade and API call. Nothing in them can fail once the file has
  * loaded. */
 void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out);
-/* The settings of cfg that differ from those the server started with and
- * that only a restart puts in force, space-separated in out (empty when
- * none). */
-void hub_restart_needed(const struct wsh_hub_config *cfg, char *out, size_t outlen);
 /* Copies the configuration file's connection limits into cfg: the total
  * (max_connections_cfg, which admit_limits_set caps at cfg's
  * max_connections), per address, and the admission rate. All stay off
@@ -583,11 +585,14 @@ void hub_slow_consumer(struct worker *w, struct conn *c);
  * messages instead of disconnecting: the soft limit leaves it alone. */
 bool hub_drops_for_lag(const struct conn *c);
 void hub_worker_exit(struct worker *w);
-/* limits.max_message of the configuration file, 0 without one. */
-uint64_t hub_max_message(void);
-/* Starts the hub (the broker) with the /ws message limit in force: the
- * flag, or the file's. Returns 0 or -1. */
-int hub_start(uint64_t max_message);
+/* Starts the hub (the broker). A /ws message is bounded by the
+ * configuration file's limits.max_message, which SIGHUP changes, unless
+ * the flag was given (flag_given: flag_max then, and at every reload).
+ * Returns 0 or -1. */
+int hub_start(uint64_t flag_max, bool flag_given);
+/* The bound of a /ws message in force, for the WebSocket layer (1009),
+ * inflate and the JSON codec. */
+uint64_t hub_message_limit(void);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 /* Worker 0, every 2 s: frees dropped channel records, expired broker
  * state, and configurations no worker can still be reading. */

@@ -53,12 +53,38 @@ static const char *reason_for(unsigned code)
     }
 }
 
-/* The bounds of c's messages: /ws takes limits.max_message of the
- * configuration file unless --max-message was given (main.c), the other
- * endpoints the flag's. */
-static const struct wsh_limits *msg_limits(const struct conn *c)
+struct wsh_limits session_zlimits(const struct wsh_limits *l)
 {
-    return c->endpoint == EP_HUB ? &wsh_cfg.hlimits : &wsh_cfg.limits;
+    struct wsh_limits z = *l;
+    z.max_message = l->max_message + l->max_message / 64 + 256;
+    return z;
+}
+
+/* The bound of c's messages: /ws takes the configuration file's
+ * limits.max_message unless --max-message was given (hub_message_limit),
+ * the other endpoints the flag's. */
+static uint64_t msg_max(const struct conn *c)
+{
+    return c->endpoint == EP_HUB ? hub_message_limit() : wsh_cfg.limits.max_message;
+}
+
+/* The limits the parser (wire: what arrives, compressed or not) or
+ * inflate reads for c. /ws's follow SIGHUP: each worker keeps its own
+ * copy, renewed here when the bound has moved, so no one writes what a
+ * parser reads. A message under way when it moves is held to the new
+ * bound from its next frame. */
+static const struct wsh_limits *msg_limits(struct worker *w, const struct conn *c, bool wire)
+{
+    bool z = wire && c->pmd != NULL;
+    if (c->endpoint != EP_HUB)
+        return z ? &wsh_cfg.zlimits : &wsh_cfg.limits;
+    uint64_t max = hub_message_limit();
+    if (w->hlimits.max_message != max) {
+        w->hlimits = wsh_cfg.limits;
+        w->hlimits.max_message = max;
+        w->hzlimits = session_zlimits(&w->hlimits);
+    }
+    return z ? &w->hzlimits : &w->hlimits;
 }
 
 static int append(struct conn *c, const uint8_t *p, size_t n)
@@ -67,9 +93,9 @@ static int append(struct conn *c, const uint8_t *p, size_t n)
     size_t need = (size_t)b->end + n;
     if (need > b->cap) {
         /* Doubling keeps reassembly linear; the parser has already refused
-         * anything whose declared length passes --max-message. */
+         * anything whose declared length passes its bound (msg_max). */
         size_t cap = (size_t)b->cap * 2;
-        size_t limit = HEADROOM + (size_t)msg_limits(c)->max_message;
+        size_t limit = HEADROOM + (size_t)msg_max(c);
         if (cap < need)
             cap = need;
         if (cap > limit)
@@ -172,7 +198,7 @@ static struct wsh_buf *finish_message(struct conn *c, unsigned opcode)
 static bool start_message(struct worker *w, struct conn *c, size_t hint)
 {
     size_t cap = HEADROOM + (hint > 4096 ? hint : 4096);
-    size_t max = (size_t)msg_limits(c)->max_message;
+    size_t max = (size_t)msg_max(c);
     if (cap > HEADROOM + max)
         cap = HEADROOM + max;
     c->msg = wsh_buf_new(cap);
@@ -199,7 +225,8 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
     struct inflate_ctx x = { .c = c,
                              .w = ev->first && ev->last ? w : NULL,
                              .text = ev->opcode == WSH_OP_TEXT };
-    int rc = wsh_pmd_inflate(c->pmd, msg_limits(c), ev->data, ev->len, ev->last, inflate_out, &x);
+    int rc = wsh_pmd_inflate(c->pmd, msg_limits(w, c, false), ev->data, ev->len, ev->last,
+                             inflate_out, &x);
     if (rc == WSH_OK && ev->last && x.text && !wsh_utf8_complete(&c->zutf8))
         rc = WSH_EUTF8;
     if (rc != WSH_OK) {
@@ -300,9 +327,7 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
      * the rest stays in the carry. */
     while (off < len && c->state == CONN_OPEN && !c->hold) {
         struct wsh_event ev;
-        const struct wsh_limits *lim = c->pmd == NULL          ? msg_limits(c)
-                                       : c->endpoint == EP_HUB ? &wsh_cfg.hzlimits
-                                                               : &wsh_cfg.zlimits;
+        const struct wsh_limits *lim = msg_limits(w, c, true);
         ssize_t n = wsh_parser_feed(&c->parser, lim, in + off, len - off, &ev);
         if (n < 0) {
             unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;
