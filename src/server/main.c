@@ -599,10 +599,10 @@ int main(int argc, char **argv)
     }
     wsh_log(WSH_LOG_INFO,
             "ev=listen addr=%s port=%d workers=%d tls=%d deflate=%d echo=%d max_message=%llu "
-            "proxy_protocol=%d",
+            "ws_max_message=%llu proxy_protocol=%d",
             wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.deflate ? 1 : 0,
             wsh_cfg.echo ? 1 : 0, (unsigned long long)wsh_cfg.limits.max_message,
-            wsh_cfg.proxy_protocol ? 1 : 0);
+            (unsigned long long)hub_message_limit(), wsh_cfg.proxy_protocol ? 1 : 0);
     if (admin_port >= 0)
         wsh_log(WSH_LOG_INFO, "ev=admin_listen addr=%s port=%d", wsh_cfg.admin_host, admin_port);
     if (wsh_cfg.port_file && write_port_file(wsh_cfg.port_file, port) != 0) {

@@ -100,6 +100,7 @@ async def test_message_size_from_the_config(hub):
     """docs/config.md limits.max_message: "Over it: close 1009"; protocol.md
     1004 is the codec's own bound behind it."""
     h = hub(limits(max_message=1024, unauthenticated={"max_message": 512}))
+    assert "max_message=65536 ws_max_message=1024 " in h.log(), h.log()
     a = await Client.open(h, token("alice"))
     await a.subscribe("chat:big")
     body = {"type": "publish", "id": 1, "channel": "chat:big", "payload": {"x": ""}}
