@@ -602,6 +602,28 @@ uint64_t hub_message_limit(void)
     return atomic_load_explicit(&max_input, memory_order_relaxed);
 }
 
+/* LIMITS.md: a client that has not authenticated costs almost nothing
+ * (Redis CVE-2021-32675), so its message is refused at the frame header
+ * that declares it too long, before any of it is buffered. */
+uint64_t hub_conn_message_limit(const struct conn *c)
+{
+    uint64_t max = hub_message_limit();
+    if (c->hub == NULL || !c->hub->authed) {
+        uint64_t u = live_cfg()->limits.unauth_max_message;
+        if (u < max)
+            max = u;
+    }
+    return max;
+}
+
+void hub_too_big(struct worker *w, struct conn *c)
+{
+    if (c->hub == NULL || !c->hub->authed)
+        hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
+    else
+        conn_close(w, c, WSH_CLOSE_TOO_BIG, "message too big");
+}
+
 void hub_conn_limits(struct wsh_config *cfg)
 {
     /* --max-client-memory, when given, overrides the file (SIZE_MAX: not given). */

@@ -344,9 +344,6 @@ struct worker {
     struct api_job *api_jobs;        /* API broadcasts held midway (api.c) */
     uint32_t nparked;
     bool replay; /* a parked head is checked again: no second wait or admission */
-    /* /ws message limits as of hub_message_limit(), plain and compressed:
-     * this worker's copy, renewed when the bound moves (session.c). */
-    struct wsh_limits hlimits, hzlimits;
 };
 
 extern struct worker *wsh_workers;
@@ -591,8 +588,13 @@ void hub_worker_exit(struct worker *w);
  * Returns 0 or -1. */
 int hub_start(uint64_t flag_max, bool flag_given);
 /* The bound of a /ws message in force, for the WebSocket layer (1009),
- * inflate and the JSON codec. */
+ * inflate and the JSON codec; and that of c's next message: the same, or
+ * limits.unauthenticated.max_message before c has authenticated. */
 uint64_t hub_message_limit(void);
+uint64_t hub_conn_message_limit(const struct conn *c);
+/* Closes c, whose message passed hub_conn_message_limit: 1009, or 1008
+ * "authenticate first" (after `disconnect`) before it authenticated. */
+void hub_too_big(struct worker *w, struct conn *c);
 void hub_deliver_inbox(struct worker *w, const struct xmsg *m);
 /* Worker 0, every 2 s: frees dropped channel records, expired broker
  * state, and configurations no worker can still be reading. */

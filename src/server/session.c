@@ -60,31 +60,35 @@ struct wsh_limits session_zlimits(const struct wsh_limits *l)
     return z;
 }
 
-/* The bound of c's messages: /ws takes the configuration file's
- * limits.max_message unless --max-message was given (hub_message_limit),
- * the other endpoints the flag's. */
+/* The bound of c's next message: the flag's, or on /ws the hub's
+ * (hub_conn_message_limit: the file's limits.max_message, which SIGHUP
+ * changes, and a smaller one before the session has authenticated). It is
+ * read afresh for every frame, so a message under way when it moves is
+ * held to the new bound from its next frame. */
 static uint64_t msg_max(const struct conn *c)
 {
-    return c->endpoint == EP_HUB ? hub_message_limit() : wsh_cfg.limits.max_message;
+    return c->endpoint == EP_HUB ? hub_conn_message_limit(c) : wsh_cfg.limits.max_message;
 }
 
 /* The limits the parser (wire: what arrives, compressed or not) or
- * inflate reads for c. /ws's follow SIGHUP: each worker keeps its own
- * copy, renewed here when the bound has moved, so no one writes what a
- * parser reads. A message under way when it moves is held to the new
- * bound from its next frame. */
-static const struct wsh_limits *msg_limits(struct worker *w, const struct conn *c, bool wire)
+ * inflate holds c to. */
+static struct wsh_limits msg_limits(const struct conn *c, bool wire)
 {
-    bool z = wire && c->pmd != NULL;
     if (c->endpoint != EP_HUB)
-        return z ? &wsh_cfg.zlimits : &wsh_cfg.limits;
-    uint64_t max = hub_message_limit();
-    if (w->hlimits.max_message != max) {
-        w->hlimits = wsh_cfg.limits;
-        w->hlimits.max_message = max;
-        w->hzlimits = session_zlimits(&w->hlimits);
-    }
-    return z ? &w->hzlimits : &w->hlimits;
+        return wire && c->pmd != NULL ? wsh_cfg.zlimits : wsh_cfg.limits;
+    struct wsh_limits l = wsh_cfg.limits;
+    l.max_message = msg_max(c);
+    return wire && c->pmd != NULL ? session_zlimits(&l) : l;
+}
+
+/* A message over its bound: 1009, or on a /ws session that has not
+ * authenticated the 1008 of its budget (hub_too_big). */
+static void too_big(struct worker *w, struct conn *c)
+{
+    if (c->endpoint == EP_HUB)
+        hub_too_big(w, c);
+    else
+        conn_close(w, c, WSH_CLOSE_TOO_BIG, reason_for(WSH_CLOSE_TOO_BIG));
 }
 
 static int append(struct conn *c, const uint8_t *p, size_t n)
@@ -225,18 +229,19 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
     struct inflate_ctx x = { .c = c,
                              .w = ev->first && ev->last ? w : NULL,
                              .text = ev->opcode == WSH_OP_TEXT };
-    int rc = wsh_pmd_inflate(c->pmd, msg_limits(w, c, false), ev->data, ev->len, ev->last,
-                             inflate_out, &x);
+    struct wsh_limits lim = msg_limits(c, false);
+    int rc = wsh_pmd_inflate(c->pmd, &lim, ev->data, ev->len, ev->last, inflate_out, &x);
     if (rc == WSH_OK && ev->last && x.text && !wsh_utf8_complete(&c->zutf8))
         rc = WSH_EUTF8;
     if (rc != WSH_OK) {
         unsigned code = close_code_for(rc);
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
                 wsh_strerror(rc));
-        conn_close(w, c, code,
-                   code == WSH_CLOSE_TOO_BIG        ? "message too big"
-                   : code == WSH_CLOSE_INVALID_DATA ? "invalid UTF-8"
-                                                    : "bad compressed data");
+        if (code == WSH_CLOSE_TOO_BIG)
+            too_big(w, c);
+        else
+            conn_close(w, c, code,
+                       code == WSH_CLOSE_INVALID_DATA ? "invalid UTF-8" : "bad compressed data");
         goto out;
     }
     if (c->msg == NULL) { /* it went on in the scratch */
@@ -327,13 +332,16 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
      * the rest stays in the carry. */
     while (off < len && c->state == CONN_OPEN && !c->hold) {
         struct wsh_event ev;
-        const struct wsh_limits *lim = msg_limits(w, c, true);
-        ssize_t n = wsh_parser_feed(&c->parser, lim, in + off, len - off, &ev);
+        struct wsh_limits lim = msg_limits(c, true);
+        ssize_t n = wsh_parser_feed(&c->parser, &lim, in + off, len - off, &ev);
         if (n < 0) {
             unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
                     wsh_strerror((int)n));
-            conn_close(w, c, code, reason_for(code));
+            if (code == WSH_CLOSE_TOO_BIG)
+                too_big(w, c);
+            else
+                conn_close(w, c, code, reason_for(code));
             return len;
         }
         off += (size_t)n;

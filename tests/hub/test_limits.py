@@ -6,6 +6,7 @@ import random
 import string
 import time
 
+import wsraw
 from conftest import Client, base_config, expect_error, merge, run_async, token
 
 
@@ -198,3 +199,29 @@ async def test_unauthenticated_message_budget(hub):
     await a.subscribe("chat:u")
     assert await a.publish("chat:u", {"x": "y" * 400}) == 1
     await a.close()
+
+
+def test_unauthenticated_message_refused_at_its_header(hub):
+    """Before `connect`, a frame that declares more than
+    limits.unauthenticated.max_message is refused as soon as its header
+    arrives (`disconnect`, then 1008), not once the server has buffered the
+    message: a client that has not authenticated costs almost nothing
+    (LIMITS.md). An authenticated one is held to limits.max_message the
+    same way (1009)."""
+    h = hub(limits(max_message=1 << 20, unauthenticated={"max_message": 512}),
+            "--message-timeout", 60)
+    c = wsraw.Conn("127.0.0.1", h.port)
+    c.handshake("/ws")
+    c.send(wsraw.frame(wsraw.OP_TEXT, b'{"type":"connect","payload":{"x":"' + b"x" * 600,
+                       length=900_000))
+    f, seen = c.wait_close(timeout=5)
+    assert f.close_code() == 1008 and f.payload[2:] == b"authenticate first", f
+    assert [json.loads(m.payload)["type"] for m in seen] == ["disconnect"], seen
+    c.close()
+
+    a = wsraw.Conn("127.0.0.1", h.port)
+    a.handshake("/ws", extra=f"Authorization: Bearer {token('alice')}\r\n".encode())
+    a.send(wsraw.frame(wsraw.OP_TEXT, b" " * 100, length=(1 << 20) + 1))
+    f, seen = a.wait_close(timeout=5)
+    assert f.close_code() == 1009, f
+    a.close()

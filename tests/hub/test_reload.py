@@ -445,7 +445,9 @@ async def test_reloads_under_traffic(hub):
                 json.dump(cfgs[n % 2], f)
             os.replace(h.config_path + ".new", h.config_path)  # never half a file
             h.server.signal(signal.SIGHUP)
-            await asyncio.sleep(0.05)
+            # Signals sent before the last was taken merge into one: each
+            # waits for its reload.
+            await asyncio.to_thread(wait_log, h, "ev=settings_reload", n)
 
     await asyncio.gather(reloads(), *(churn(c, k) for k, c in enumerate(clients)))
     await asyncio.to_thread(wait_log, h, "ev=settings_reload", 20)

@@ -296,7 +296,16 @@ def test_tls_sighup_reload_keeps_connections(pki):
                         open(os.path.join(d, f"server.{f}"), "wb") as dst:
                     dst.write(src.read())
             srv.send_signal(signal.SIGHUP)
-            await asyncio.sleep(0.3)
+            # The reload is done once the other CA verifies the server.
+            ctx = ssl.create_default_context(cafile=os.path.join(pki, "otherca.pem"))
+            deadline = time.time() + 10 * MULT
+            while True:
+                try:
+                    wsraw.scrape_metrics(port, ctx)
+                    break
+                except (ssl.SSLError, urllib.error.URLError):  # the old certificate
+                    assert time.time() < deadline
+                    await asyncio.sleep(0.05)
             # The established connection still works.
             await old.send("still here")
             assert await old.recv() == "still here"
@@ -304,7 +313,6 @@ def test_tls_sighup_reload_keeps_connections(pki):
             # verifies it, the other CA does.
             with pytest.raises(ssl.SSLCertVerificationError):
                 await websockets.connect(f"wss://localhost:{port}/echo", ssl=client_ctx(pki))
-            ctx = ssl.create_default_context(cafile=os.path.join(pki, "otherca.pem"))
             async with websockets.connect(f"wss://localhost:{port}/echo", ssl=ctx) as ws:
                 await ws.send("new cert")
                 assert await ws.recv() == "new cert"
