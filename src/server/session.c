@@ -71,14 +71,16 @@ static uint64_t msg_max(const struct conn *c)
 }
 
 /* The limits the parser (wire: what arrives, compressed or not) or
- * inflate holds c to. */
-static struct wsh_limits msg_limits(const struct conn *c, bool wire)
+ * inflate holds c to: the flags' as they are, or /ws's made in *buf. */
+static const struct wsh_limits *msg_limits(const struct conn *c, bool wire, struct wsh_limits *buf)
 {
     if (c->endpoint != EP_HUB)
-        return wire && c->pmd != NULL ? wsh_cfg.zlimits : wsh_cfg.limits;
-    struct wsh_limits l = wsh_cfg.limits;
-    l.max_message = msg_max(c);
-    return wire && c->pmd != NULL ? session_zlimits(&l) : l;
+        return wire && c->pmd != NULL ? &wsh_cfg.zlimits : &wsh_cfg.limits;
+    *buf = wsh_cfg.limits;
+    buf->max_message = msg_max(c);
+    if (wire && c->pmd != NULL)
+        *buf = session_zlimits(buf);
+    return buf;
 }
 
 /* A message over its bound: 1009, or on a /ws session that has not
@@ -229,8 +231,9 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
     struct inflate_ctx x = { .c = c,
                              .w = ev->first && ev->last ? w : NULL,
                              .text = ev->opcode == WSH_OP_TEXT };
-    struct wsh_limits lim = msg_limits(c, false);
-    int rc = wsh_pmd_inflate(c->pmd, &lim, ev->data, ev->len, ev->last, inflate_out, &x);
+    struct wsh_limits buf;
+    int rc = wsh_pmd_inflate(c->pmd, msg_limits(c, false, &buf), ev->data, ev->len, ev->last,
+                             inflate_out, &x);
     if (rc == WSH_OK && ev->last && x.text && !wsh_utf8_complete(&c->zutf8))
         rc = WSH_EUTF8;
     if (rc != WSH_OK) {
@@ -332,8 +335,9 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
      * the rest stays in the carry. */
     while (off < len && c->state == CONN_OPEN && !c->hold) {
         struct wsh_event ev;
-        struct wsh_limits lim = msg_limits(c, true);
-        ssize_t n = wsh_parser_feed(&c->parser, &lim, in + off, len - off, &ev);
+        struct wsh_limits buf;
+        ssize_t n =
+            wsh_parser_feed(&c->parser, msg_limits(c, true, &buf), in + off, len - off, &ev);
         if (n < 0) {
             unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
