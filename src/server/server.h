@@ -467,7 +467,8 @@ int keys_init(struct wsh_hub_config *cfg, char *err, size_t errlen);
  * auth.jwks_file) becomes the key set every worker verifies new tokens
  * with. Returns 0 (*nkeys, *nskipped set), 1 when there is nothing to
  * reload (no keys before or after), or -1 with err set: the current keys
- * stay. Other config changes need a restart. */
+ * stay (a changed auth.jwks_url, jwks_ca_file or jwks_refresh_s is such
+ * an error: they need a restart). */
 int keys_reload(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nkeys,
                 size_t *nskipped);
 /* Keys in use, and JWKS keys the last load ignored. */
