@@ -83,14 +83,18 @@ static const struct wsh_limits *msg_limits(const struct conn *c, bool wire, stru
     return buf;
 }
 
-/* A message over its bound: 1009, or on a /ws session that has not
- * authenticated the 1008 of its budget (hub_too_big). */
-static void too_big(struct worker *w, struct conn *c)
+/* Closes c for its peer's fault: code and reason, status for the log. A
+ * /ws message over its bound goes to the hub, which answers a session
+ * that has not authenticated with the 1008 of its budget (hub_too_big). */
+static void peer_fault(struct worker *w, struct conn *c, unsigned code, const char *reason,
+                       int status)
 {
-    if (c->endpoint == EP_HUB)
+    wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
+            wsh_strerror(status));
+    if (code == WSH_CLOSE_TOO_BIG && c->endpoint == EP_HUB)
         hub_too_big(w, c);
     else
-        conn_close(w, c, WSH_CLOSE_TOO_BIG, reason_for(WSH_CLOSE_TOO_BIG));
+        conn_close(w, c, code, reason);
 }
 
 static int append(struct conn *c, const uint8_t *p, size_t n)
@@ -238,13 +242,11 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
         rc = WSH_EUTF8;
     if (rc != WSH_OK) {
         unsigned code = close_code_for(rc);
-        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
-                wsh_strerror(rc));
-        if (code == WSH_CLOSE_TOO_BIG)
-            too_big(w, c);
-        else
-            conn_close(w, c, code,
-                       code == WSH_CLOSE_INVALID_DATA ? "invalid UTF-8" : "bad compressed data");
+        peer_fault(w, c, code,
+                   code == WSH_CLOSE_TOO_BIG        ? "message too big"
+                   : code == WSH_CLOSE_INVALID_DATA ? "invalid UTF-8"
+                                                    : "bad compressed data",
+                   rc);
         goto out;
     }
     if (c->msg == NULL) { /* it went on in the scratch */
@@ -340,12 +342,7 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
             wsh_parser_feed(&c->parser, msg_limits(c, true, &buf), in + off, len - off, &ev);
         if (n < 0) {
             unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;
-            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=peer_fault code=%u err=\"%s\"", c->id, code,
-                    wsh_strerror((int)n));
-            if (code == WSH_CLOSE_TOO_BIG)
-                too_big(w, c);
-            else
-                conn_close(w, c, code, reason_for(code));
+            peer_fault(w, c, code, reason_for(code), (int)n);
             return len;
         }
         off += (size_t)n;
