@@ -1385,6 +1385,16 @@ static void on_history(const struct wsh_broker_result *r, void *user)
     free(e);
 }
 
+/* The presence list, or the history hr asks for, of hr->channel into
+ * x->b: the reply a /ws client gets. WSH_OK, or the broker's or the
+ * encoder's error (-1 when no reply came). */
+static int list_run(struct list_ctx *x, bool presence, const struct wsh_broker_history_req *hr)
+{
+    int rc = presence ? wsh_broker_presence_list(broker, hr->channel, on_presence, x)
+                      : wsh_broker_history(broker, hr, on_history, x);
+    return rc != WSH_OK ? rc : x->rc;
+}
+
 static bool may_read_channel(struct hubconn *h, const struct wsh_cmd *cmd)
 {
     /* Presence and history of a channel are for its subscribers. */
@@ -1415,18 +1425,12 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
     struct list_ctx x = {
         .b = &b, .id = cmd->id, .cmd = cmd, .threshold = ns->presence_count_threshold, .rc = -1
     };
-    int rc;
-    if (presence) {
-        rc = wsh_broker_presence_list(broker, chname, on_presence, &x);
-    } else {
-        struct wsh_broker_history_req hr = { .channel = chname,
-                                             .has_since = cmd->has_since,
-                                             .since = cmd->since,
-                                             .limit = cmd->has_limit ? cmd->limit : 0,
-                                             .now_ms = wsh_wall_ms() };
-        rc = wsh_broker_history(broker, &hr, on_history, &x);
-    }
-    if (rc == WSH_OK && x.rc == WSH_OK)
+    struct wsh_broker_history_req hr = { .channel = chname,
+                                         .has_since = cmd->has_since,
+                                         .since = cmd->since,
+                                         .limit = cmd->has_limit ? cmd->limit : 0,
+                                         .now_ms = wsh_wall_ms() };
+    if (list_run(&x, presence, &hr) == WSH_OK)
         send_jbuf(w, c, &b, presence ? PUSH_PRESENCE : PUSH_HISTORY);
     else
         cmd_error(w, c, cmd, WSH_PERR_INTERNAL);
@@ -1728,18 +1732,11 @@ int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *
         return WSH_EINVAL;
     struct wsh_cmd fake = { .channel = channel, .channel_len = strlen(channel) };
     struct list_ctx x = { .b = b, .id = WSH_PROTO_NO_ID, .cmd = &fake, .rc = -1 };
-    int rc;
-    if (presence) {
-        rc = wsh_broker_presence_list(broker, channel, on_presence, &x);
-    } else {
-        struct wsh_broker_history_req hr = { .channel = channel,
-                                             .limit = limit,
-                                             .now_ms = wsh_wall_ms() };
-        rc = wsh_broker_history(broker, &hr, on_history, &x);
-    }
-    if (rc == WSH_OK && x.rc == WSH_OK && b->_oom)
-        rc = WSH_ENOMEM;
-    return rc != WSH_OK ? rc : x.rc;
+    struct wsh_broker_history_req hr = { .channel = channel,
+                                         .limit = limit,
+                                         .now_ms = wsh_wall_ms() };
+    int rc = list_run(&x, presence, &hr);
+    return rc == WSH_OK && b->_oom ? WSH_ENOMEM : rc;
 }
 
 static void on_info(const struct wsh_broker_result *r, void *user)
