@@ -38,8 +38,13 @@ WSH_NODISCARD int wsh_expset_add(struct wsh_expset *s, const void *key, size_t l
 bool wsh_expset_has(const struct wsh_expset *s, const void *key, size_t len, int64_t now_ms);
 /* Removes key. Returns true when it was there (expired or not). */
 bool wsh_expset_remove(struct wsh_expset *s, const void *key, size_t len);
-/* Forgets the expired entries. */
+/* Forgets the expired entries. O(1) while none can have expired (before
+ * wsh_expset_soonest), else a scan of the table. */
 void wsh_expset_purge(struct wsh_expset *s, int64_t now_ms);
+/* A time before which no entry expires: the earliest expiry as of the
+ * last purge or add (INT64_MAX for an empty set). A removal or an
+ * extension may leave it earlier than the true earliest. */
+int64_t wsh_expset_soonest(const struct wsh_expset *s);
 /* Entries held, expired ones not yet forgotten included. */
 size_t wsh_expset_count(const struct wsh_expset *s);
 

@@ -16,6 +16,11 @@ struct wsh_expset {
     size_t cap;
     size_t n;
     size_t max;
+    /* No entry expires before this: the earliest until_ms at the last
+     * purge, lowered by adds since (INT64_MAX when none). Entries removed
+     * or extended since leave it a bound, not the minimum, which is all
+     * a purge needs to skip its scan. */
+    int64_t soonest;
 };
 
 #define MIN_CAP 16u
@@ -41,6 +46,7 @@ struct wsh_expset *wsh_expset_new(size_t max)
         return NULL;
     }
     s->cap = MIN_CAP;
+    s->soonest = INT64_MAX;
     wsh_expset_set_max(s, max);
     return s;
 }
@@ -100,13 +106,29 @@ static void remove_at(struct wsh_expset *s, size_t i)
 
 void wsh_expset_purge(struct wsh_expset *s, int64_t now_ms)
 {
+    if (now_ms < s->soonest)
+        return;
+    int64_t soonest = INT64_MAX;
     for (size_t i = 0; i < s->cap;) {
-        /* After a removal a later entry may have moved into slot i. */
-        if (s->slots[i].key != NULL && s->slots[i].until_ms <= now_ms)
-            remove_at(s, i);
-        else
+        /* After a removal a later entry may have moved into slot i. (One
+         * moved back across the end was seen before: it counts twice in
+         * soonest, which is harmless.) */
+        if (s->slots[i].key == NULL) {
             i++;
+        } else if (s->slots[i].until_ms <= now_ms) {
+            remove_at(s, i);
+        } else {
+            if (s->slots[i].until_ms < soonest)
+                soonest = s->slots[i].until_ms;
+            i++;
+        }
     }
+    s->soonest = soonest;
+}
+
+int64_t wsh_expset_soonest(const struct wsh_expset *s)
+{
+    return s->soonest;
 }
 
 /* Doubles the table, re-placing every entry. */
@@ -158,6 +180,8 @@ int wsh_expset_add(struct wsh_expset *s, const void *key, size_t len, int64_t un
     i = find(s, key, len, h); /* the purge or the growth moved it */
     s->slots[i] = (struct slot){ .key = copy, .len = len, .hash = h, .until_ms = until_ms };
     s->n++;
+    if (until_ms < s->soonest)
+        s->soonest = until_ms;
     return WSH_OK;
 }
 

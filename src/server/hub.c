@@ -711,9 +711,19 @@ int hub_worker_init(struct worker *w)
 static pthread_rwlock_t revoked_mu = PTHREAD_RWLOCK_INITIALIZER;
 static struct wsh_expset *revoked; /* created at the first revocation */
 static _Atomic size_t revoked_n;   /* its entries, stored under the write lock */
+/* wsh_expset_soonest, stored under the write lock: the sweep takes that
+ * lock only once something may have expired. */
+static _Atomic int64_t revoked_soonest = INT64_MAX;
 /* A key is a kind byte and a user or token id, in a buffer of
  * WSH_AUTH_SUB_MAX + 2 with its NUL. */
 _Static_assert(WSH_AUTH_JTI_MAX <= WSH_AUTH_SUB_MAX, "a jti key must fit the user key buffer");
+
+/* Under the write lock, with the set made. */
+static void revoked_counts(void)
+{
+    atomic_store_explicit(&revoked_soonest, wsh_expset_soonest(revoked), memory_order_relaxed);
+    atomic_store_explicit(&revoked_n, wsh_expset_count(revoked), memory_order_release);
+}
 
 /* Adds or extends the entry of key ('u' + user, or 'j' + token id: the
  * `who` of api_kick); expired entries make room first. Returns false when
@@ -730,7 +740,7 @@ static bool revoke(const char *key, int64_t until_ms)
     bool ok = revoked != NULL &&
               wsh_expset_add(revoked, key, strlen(key), until_ms, wsh_wall_ms()) == WSH_OK;
     if (revoked != NULL)
-        atomic_store_explicit(&revoked_n, wsh_expset_count(revoked), memory_order_release);
+        revoked_counts();
     pthread_rwlock_unlock(&revoked_mu);
     return ok;
 }
@@ -763,11 +773,11 @@ size_t hub_revocations(void)
 /* From the 2 s sweep: expired entries give their memory back. */
 static void revoked_sweep(int64_t now_ms)
 {
-    if (atomic_load(&revoked_n) == 0)
+    if (atomic_load(&revoked_n) == 0 || now_ms < atomic_load(&revoked_soonest))
         return;
     pthread_rwlock_wrlock(&revoked_mu);
     wsh_expset_purge(revoked, now_ms);
-    atomic_store_explicit(&revoked_n, wsh_expset_count(revoked), memory_order_release);
+    revoked_counts();
     pthread_rwlock_unlock(&revoked_mu);
 }
 

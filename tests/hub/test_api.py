@@ -439,6 +439,33 @@ def test_api_revocations_past_4096_up_to_the_limit(hub):
     assert revocations() == n
 
 
+def test_api_expired_revocations_are_swept(hub):
+    """The 2 s sweep forgets a revocation once it has expired, with no new
+    revocation to make it look (the gauge falls back), and keeps the live
+    ones: it looks only once the soonest expiry has passed (hub.c
+    revoked_soonest), and then finds the next one."""
+    h = hub(api_config())
+
+    def revocations():
+        _, _, body = call(h, "GET", "/metrics", key=None)
+        return parse_prometheus(body.decode())[1][("wshub_revocations", "")]
+
+    for jti, secs in (("short", 1), ("mid", 5), ("long", 600)):
+        st, _, b = call(h, "POST", "/api/disconnect", {"jti": jti, "revoke_s": secs})
+        assert st == 200, b
+    assert revocations() == 3
+    deadline = time.monotonic() + 20 * MULT
+    seen = [3]
+    while seen[-1] > 1:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
+        if revocations() != seen[-1]:
+            seen.append(revocations())
+    assert seen == [3, 2, 1], seen
+    time.sleep(2.5)  # a sweep or more later, the live one is still there
+    assert revocations() == 1
+
+
 @run_async
 async def test_api_payload_over_max_message_publishes_nothing(hub):
     """A payload over limits.max_message (here 1024 bytes) is refused by the

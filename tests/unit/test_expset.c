@@ -193,6 +193,40 @@ static void test_expset_grows_to_many(void **state)
     wsh_expset_free(s);
 }
 
+/* wsh_expset_soonest bounds the next expiry, so a purge before it skips
+ * the scan; a purge after it leaves the true earliest. */
+static void test_expset_soonest_bounds_the_next_expiry(void **state)
+{
+    (void)state;
+    struct wsh_expset *s = wsh_expset_new(8);
+    assert_non_null(s);
+    assert_true(wsh_expset_soonest(s) == INT64_MAX);
+    assert_int_equal(wsh_expset_add(s, "a", 1, NOW + 100, NOW), WSH_OK);
+    assert_int_equal(wsh_expset_add(s, "b", 1, NOW + 50, NOW), WSH_OK);
+    assert_int_equal(wsh_expset_add(s, "c", 1, NOW + 200, NOW), WSH_OK);
+    assert_true(wsh_expset_soonest(s) == NOW + 50);
+    wsh_expset_purge(s, NOW + 49);
+    assert_int_equal(wsh_expset_count(s), 3);
+    wsh_expset_purge(s, NOW + 50);
+    assert_int_equal(wsh_expset_count(s), 2);
+    assert_false(wsh_expset_has(s, "b", 1, NOW));
+    assert_true(wsh_expset_soonest(s) == NOW + 100);
+    /* Extended or removed, an entry leaves the bound early: the next
+     * purge past it scans and finds the true earliest. */
+    assert_int_equal(wsh_expset_add(s, "a", 1, NOW + 500, NOW), WSH_OK);
+    assert_true(wsh_expset_soonest(s) == NOW + 100);
+    wsh_expset_purge(s, NOW + 150);
+    assert_int_equal(wsh_expset_count(s), 2);
+    assert_true(wsh_expset_soonest(s) == NOW + 200);
+    assert_true(wsh_expset_remove(s, "c", 1));
+    wsh_expset_purge(s, NOW + 200);
+    assert_true(wsh_expset_soonest(s) == NOW + 500);
+    wsh_expset_purge(s, NOW + 500);
+    assert_int_equal(wsh_expset_count(s), 0);
+    assert_true(wsh_expset_soonest(s) == INT64_MAX);
+    wsh_expset_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -200,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_expset_bound_and_room_from_expired),
         cmocka_unit_test(test_expset_matches_a_model),
         cmocka_unit_test(test_expset_grows_to_many),
+        cmocka_unit_test(test_expset_soonest_bounds_the_next_expiry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
