@@ -95,7 +95,7 @@ bool admit_per_ip_on(void)
 
 /* Per-address admission of a connection from peer: the socket's address,
  * or the one a PROXY header named. A trusted proxy is not counted here but
- * at its request (worker.c forwarded_admit), and *forwarded says so. Returns the
+ * at its request (route.c forwarded_admit), and *forwarded says so. Returns the
  * seconds for Retry-After when the address is over its bounds, else 0
  * with *ipc the slot to release at destroy (NULL when none was taken). */
 uint32_t admit_peer(const struct sockaddr_storage *peer, struct ipcount **ipc, bool *forwarded)

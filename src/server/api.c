@@ -17,9 +17,9 @@ static void api_json(struct worker *w, struct conn *c, int status, json_t *j)
 {
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     if (s == NULL) {
-        http_respond(w, c, 500, "application/json", "{\"error\":\"internal\"}", 20);
+        route_respond(w, c, 500, "application/json", "{\"error\":\"internal\"}", 20);
     } else {
-        http_respond(w, c, status, "application/json", s, strlen(s));
+        route_respond(w, c, status, "application/json", s, strlen(s));
         free(s);
     }
     json_decref(j);
@@ -226,7 +226,7 @@ static void api_list(struct worker *w, struct conn *c, const char *channel, bool
     /* The reply is the same JSON a /ws client gets for the command. */
     int rc = hub_list(channel, presence, limit, &b);
     if (rc == WSH_OK)
-        http_respond(w, c, 200, "application/json", b.data, b.len);
+        route_respond(w, c, 200, "application/json", b.data, b.len);
     else if (rc == WSH_EINVAL)
         api_error(w, c, 404, "unknown namespace");
     else

@@ -185,7 +185,7 @@ void hub_close_retry(struct worker *w, struct conn *c, unsigned code, const char
     disconnect_retry(w, c, code, reason, true, 500 + spread);
 }
 
-/* Over limits.admission_rate (worker.c admit_upgrade): the client may come
+/* Over limits.admission_rate (route.c, admit_upgrade): the client may come
  * back after retry_ms, its own slot (LIMITS.md 1013, try again later). */
 void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms)
 {

@@ -222,7 +222,7 @@ static void code_family(struct out *o, const char *name, const char *help, const
 void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
     if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
-        http_respond(w, c, 405, "text/plain", "method not allowed\n", 19);
+        route_respond(w, c, 405, "text/plain", "method not allowed\n", 19);
         return;
     }
     static _Thread_local char buf[16384];
@@ -383,5 +383,5 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         put(&o, "wshub_worker_busy_seconds_total{worker=\"%d\"} %.6f\n", i,
             (double)atomic_load_explicit(&wsh_workers[i].m.busy_ns, memory_order_relaxed) / 1e9);
     process_metrics(&o);
-    http_respond(w, c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
+    route_respond(w, c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
 }

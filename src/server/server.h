@@ -429,9 +429,30 @@ void conn_destroy(struct worker *w, struct conn *c);
  * parsed past the current message) or releases it: once no reason is
  * left, what was held is processed at once. */
 void conn_hold(struct worker *w, struct conn *c, uint8_t why, bool on);
-struct wsh_http_request;
-void http_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
-                  size_t len);
+/* Sends bytes (an HTTP answer, the 101) now, queueing what the kernel
+ * does not take. */
+void conn_send_bytes(struct worker *w, struct conn *c, const void *p, size_t n);
+/* After a plain HTTP answer: the connection closes once it is sent, or at
+ * the close timeout. */
+void conn_end_after_reply(struct worker *w, struct conn *c);
+/* An upgrade whose token waits for a key fetch (worker.c, "Tokens waiting
+ * for keys"): whether this worker has room for one more, and parking it. */
+bool conn_park_room(const struct worker *w);
+bool conn_park(struct worker *w, struct conn *c, uint64_t ticket);
+/* Holds an HTTP API request until the inboxes it would fill are taken. */
+void conn_hold_api(struct worker *w, struct conn *c);
+
+/* route.c: the HTTP phase. Request bodies are only for the HTTP API, and
+ * small (LIMITS.md max message); larger ones get 413. */
+#define ROUTE_BODY_MAX 65536u
+/* Consumes the request head (and an API request's body) from in[0..len):
+ * the bytes consumed, 0 while incomplete. last_len is what was there at
+ * the last call (the head's end is searched for in the new bytes only). */
+size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, size_t last_len);
+/* A plain HTTP answer that closes the connection once sent; a 503 says
+ * Retry-After: 1. */
+void route_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
+                   size_t len);
 struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);
 /* A compressed frame (RSV1) of payload: with z, that connection's state;
  * with z NULL, the stateless compressor for window_bits (fan-out). */

@@ -1,0 +1,450 @@
+/* The HTTP phase of a connection: a complete request head is routed to
+ * the health checks, the operator's endpoints (/metrics, /api/), the
+ * static files of web/, or a WebSocket upgrade (/ws, /echo, /raw/<channel>),
+ * which it checks and answers. Everything else is a plain HTTP answer that
+ * closes the connection once it is sent: wshub's clients open a connection
+ * per request or upgrade, so there is no keep-alive. The bytes and the
+ * connection's life are worker.c's. */
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "server.h"
+#include "wshub/http.h"
+
+/* Answers a plain HTTP request and closes after the body (no keep-alive:
+ * every client of ours opens a connection per request or upgrades).
+ * `extra` is more header lines, each ending in CRLF. */
+static void respond(struct worker *w, struct conn *c, int status, const char *type,
+                    const char *extra, const char *body, size_t len)
+{
+    char head[512];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "%sCache-Control: no-store\r\nConnection: close\r\n\r\n",
+                      status, wsh_http_reason(status), type, len, extra);
+    metric_http(w, status);
+    conn_send_bytes(w, c, head, (size_t)hl);
+    if (c->state != CONN_DEAD && len)
+        conn_send_bytes(w, c, body, len);
+    if (c->state == CONN_DEAD)
+        return;
+    conn_end_after_reply(w, c);
+}
+
+/* A 503 here (the HTTP API: broker refused, workers behind) is always
+ * "try again shortly". */
+void route_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
+                   size_t len)
+{
+    respond(w, c, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
+}
+
+static void http_reply(struct worker *w, struct conn *c, int status, const char *error)
+{
+    char out[512];
+    ssize_t n = wsh_hs_error_response(out, sizeof(out), status, error);
+    if (n < 0) {
+        conn_destroy(w, c);
+        return;
+    }
+    metric_http(w, status);
+    conn_send_bytes(w, c, out, (size_t)n);
+    if (c->state == CONN_DEAD)
+        return;
+    conn_end_after_reply(w, c);
+}
+
+static bool channel_name_ok(const char *p, size_t n)
+{
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '%')
+            return false;
+    }
+    return true;
+}
+
+static const char *content_type(const char *name, size_t n)
+{
+    static const struct {
+        const char *ext, *type;
+    } types[] = {
+        { ".html", "text/html; charset=utf-8" },
+        { ".js", "text/javascript; charset=utf-8" },
+        { ".mjs", "text/javascript; charset=utf-8" },
+        { ".css", "text/css; charset=utf-8" },
+        { ".svg", "image/svg+xml" },
+        { ".png", "image/png" },
+        { ".ico", "image/x-icon" },
+        { ".json", "application/json" },
+    };
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        size_t el = strlen(types[i].ext);
+        if (n > el && memcmp(name + n - el, types[i].ext, el) == 0)
+            return types[i].type;
+    }
+    return NULL;
+}
+
+/* Static files of web/ (the demo page and the browser client): a flat
+ * directory, names of [A-Za-z0-9._-] with a known extension, so no path
+ * can leave it. Returns false when the path is not one of ours. */
+static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+{
+    const char *name = req->path + 1;
+    size_t n = req->path_len - 1;
+    if (n == 0) {
+        name = "index.html";
+        n = 10;
+    } else if (n == 9 && memcmp(name, "dashboard", 9) == 0) {
+        name = "dashboard.html"; /* DESIGN.md 6: GET /dashboard */
+        n = 14;
+    }
+    if (n > 64 || name[0] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return false;
+    }
+    const char *type = content_type(name, n);
+    if (type == NULL)
+        return false;
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%.*s", wsh_cfg.web_root, (int)n, name);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return false;
+    static _Thread_local char body[1 << 20];
+    size_t len = fread(body, 1, sizeof(body), f);
+    fclose(f);
+    if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
+        http_reply(w, c, 405, "method not allowed");
+        return true;
+    }
+    char head[512];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
+                      "Connection: close\r\n\r\n",
+                      type, len);
+    metric_http(w, 200);
+    conn_send_bytes(w, c, head, (size_t)hl);
+    if (c->state == CONN_DEAD)
+        return true;
+    conn_send_bytes(w, c, body, len);
+    if (c->state == CONN_DEAD)
+        return true;
+    conn_end_after_reply(w, c);
+    return true;
+}
+
+/* RFC 7692 5: an offer with an unknown or malformed parameter is declined
+ * (the connection goes on uncompressed), not refused; the first acceptable
+ * offer wins. */
+static bool pick_deflate(struct wsh_slice name, const struct wsh_slice *pn,
+                         const struct wsh_slice *pv, size_t np, void *user)
+{
+    struct wsh_pmd_pick *pick = user;
+    if (pick->accepted)
+        return true;
+    struct wsh_pmd_params agreed;
+    if (wsh_pmd_server_offer(pick->cfg, name, pn, pv, np, &agreed) == WSH_PMD_ACCEPT) {
+        pick->accepted = true;
+        pick->params = agreed;
+    }
+    return true;
+}
+
+static bool path_is(const struct wsh_http_request *req, const char *p)
+{
+    size_t n = strlen(p);
+    return req->path_len == n && memcmp(req->path, p, n) == 0;
+}
+
+static bool path_under(const struct wsh_http_request *req, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return req->path_len >= n && memcmp(req->path, prefix, n) == 0;
+}
+
+/* With --admin-listen the operator's endpoints (/metrics, /dashboard,
+ * /api/) answer on that address only, and it answers nothing that is the
+ * public's: no upgrade, no demo page; the health checks, and the static
+ * files the dashboard loads, answer on both. Without it, everything is on
+ * the one port (DESIGN.md 6). */
+static bool route_allowed(const struct conn *c, const struct wsh_http_request *req)
+{
+    if (wsh_cfg.admin_port < 0)
+        return true;
+    if (c->endpoint == EP_ADMIN)
+        return !(path_is(req, "/") || path_is(req, "/ws") || path_is(req, "/echo") ||
+                 path_under(req, "/raw/"));
+    return !(path_is(req, "/metrics") || path_is(req, "/dashboard") ||
+             path_is(req, "/dashboard.html") || path_under(req, "/api/"));
+}
+
+/* Routes a complete request head that is not the HTTP API's or /metrics:
+ * answers it, parks it (a token waiting for keys), or upgrades. */
+static void http_route(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+{
+    static const char raw_prefix[] = "/raw/";
+    const size_t raw_len = sizeof(raw_prefix) - 1;
+    enum conn_endpoint ep = EP_NONE;
+    const char *chan = NULL;
+    size_t chan_len = 0;
+
+    bool healthz = path_is(req, "/healthz");
+    bool readyz = path_is(req, "/readyz");
+    if (healthz || readyz) {
+        if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
+            http_reply(w, c, 405, "method not allowed");
+            return;
+        }
+        /* /healthz: the process answers (liveness). /readyz: it can also
+         * serve what it is configured for (readiness): not while the
+         * token keys of auth.jwks_url have never loaded. */
+        const char *why = readyz ? hub_not_ready() : NULL;
+        if (why != NULL) {
+            char body[160];
+            int n = snprintf(body, sizeof(body), "not ready: %s\n", why);
+            respond(w, c, 503, "text/plain", "Retry-After: 1\r\n", body, (size_t)n);
+        } else {
+            respond(w, c, 200, "text/plain", "", "ok\n", 3);
+        }
+        return;
+    }
+    if (wsh_cfg.echo && path_is(req, "/echo")) {
+        ep = EP_ECHO;
+    } else if (path_is(req, "/ws")) {
+        ep = EP_HUB;
+    } else if (req->path_len > raw_len && path_under(req, raw_prefix)) {
+        ep = EP_RAW;
+        chan = req->path + raw_len;
+        chan_len = req->path_len - raw_len;
+    }
+    if (ep == EP_NONE) {
+        if (wsh_cfg.web_root && serve_static(w, c, req))
+            return;
+        http_reply(w, c, 404, "not found");
+        return;
+    }
+    if (ep == EP_RAW && !channel_name_ok(chan, chan_len)) {
+        http_reply(w, c, 400, "invalid channel name");
+        return;
+    }
+
+    struct wsh_hs_header hs_headers[WSH_HTTP_DEFAULT_HEADERS];
+    for (size_t i = 0; i < req->nheaders; i++) {
+        hs_headers[i].name.p = req->headers[i].name;
+        hs_headers[i].name.n = req->headers[i].name_len;
+        hs_headers[i].value.p = req->headers[i].value;
+        hs_headers[i].value.n = req->headers[i].value_len;
+    }
+    struct wsh_hs_request hreq = {
+        .method = { req->method, req->method_len },
+        .target = { req->target, req->target_len },
+        .minor_version = req->minor_version,
+        .headers = hs_headers,
+        .nheaders = req->nheaders,
+    };
+    struct wsh_hs_result res;
+    struct wsh_pmd_pick pick = { .cfg = &wsh_cfg.pmd };
+    if (wsh_hs_server_check(&hreq, NULL, wsh_cfg.deflate ? pick_deflate : NULL, &pick, &res) !=
+        WSH_OK) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d", c->id, res.status);
+        http_reply(w, c, res.status, res.error ? res.error : "bad request");
+        return;
+    }
+    /* Over the admission rate, /raw and /echo get 503. A /ws client is
+     * let through the upgrade only to be told `disconnect` with when to
+     * come back, then close 1013: a browser script never sees a refused
+     * upgrade's status or headers, but it reads these. Its token is not
+     * even checked. */
+    uint32_t retry_s = w->replay ? 0 : admit_upgrade(c->id); /* a parked one was admitted */
+    if (retry_s > 0) {
+        metric_add(&w->m.admission_refused, 1);
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=admission_refused path=%.*s retry_s=%u", c->id,
+                (int)req->path_len, req->path, retry_s);
+        if (ep != EP_HUB) {
+            char extra[48];
+            snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
+            static const char body[] = "over the admission rate: retry later\n";
+            respond(w, c, 503, "text/plain", extra, body, sizeof(body) - 1);
+            return;
+        }
+        pick.accepted = false; /* the notice goes out uncompressed */
+    }
+    if (ep == EP_HUB && retry_s == 0) {
+        const char *why = NULL;
+        uint64_t ticket = 0;
+        int st = hub_upgrade_check(w, c, req, !w->replay && conn_park_room(w), &ticket, &why);
+        if (st == HUB_WAIT && conn_park(w, c, ticket)) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_waits_for_keys", c->id);
+            return;
+        }
+        if (st == HUB_WAIT) {
+            st = 503;
+            why = "out of memory";
+        }
+        if (w->replay)
+            keys_wait_count(st == 0 ? KEY_WAIT_ACCEPTED : KEY_WAIT_REFUSED);
+        if (st != 0) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d why=\"%s\"", c->id, st,
+                    why);
+            http_reply(w, c, st, why);
+            return;
+        }
+    }
+    char ext[WSH_PMD_HEADER_MAX];
+    const char *ext_response = NULL;
+    if (pick.accepted) {
+        if (wsh_pmd_response_write(ext, sizeof(ext), &pick.params) < 0 ||
+            wsh_pmd_create(WSH_ROLE_SERVER, &pick.params, &wsh_cfg.pmd, &c->pmd) != WSH_OK) {
+            conn_destroy(w, c);
+            return;
+        }
+        ext_response = ext;
+    }
+    char out[512];
+    ssize_t n = wsh_hs_server_response(out, sizeof(out), &res, ext_response);
+    if (n <= 0) {
+        conn_destroy(w, c);
+        return;
+    }
+    metric_http(w, 101);
+    conn_send_bytes(w, c, out, (size_t)n);
+    if (c->state == CONN_DEAD)
+        return;
+    c->state = CONN_OPEN;
+    /* RSV1 is legal only once permessage-deflate was agreed. */
+    wsh_parser_init(&c->parser, WSH_ROLE_SERVER, c->pmd ? 0x40 : 0);
+    if (retry_s > 0) {
+        /* Never a /ws session (no c->hub): what the client sends before
+         * our close is discarded. */
+        hub_overload_notice(w, c, (uint64_t)retry_s * 1000u);
+        return;
+    }
+    c->endpoint = (uint8_t)ep;
+    if (ep == EP_RAW && rawchan_join(w, c, chan, chan_len) == NULL) {
+        conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
+    if (ep == EP_HUB)
+        hub_open(w, c);
+    if (wsh_cfg.ping_interval_ms > 0)
+        wsh_timer_start(w->loop, &c->timer, wsh_cfg.ping_interval_ms);
+    else
+        wsh_timer_stop(&c->timer);
+    wsh_log(WSH_LOG_DEBUG, "conn=%u worker=%d ev=open path=%.*s", c->id, w->id, (int)req->path_len,
+            req->path);
+}
+
+/* A connection from a trusted proxy (config: trusted_proxies) is counted
+ * per address once its request names the client: the rightmost address
+ * of X-Forwarded-For that is not a trusted proxy (wsh_http_forwarded_for).
+ * A request without one (the proxy's own health check, a proxy that does
+ * not add the field) counts under the connection's address. Returns false
+ * when the client is over its bounds and has been answered 429. */
+static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+{
+    c->flags &= (uint8_t)~CF_FORWARDED;
+    struct sockaddr_storage client;
+    socklen_t len = sizeof(client);
+    size_t ntrusted;
+    const struct wsh_cidr *trusted = hub_trusted_proxies(&ntrusted);
+    bool named = wsh_http_forwarded_for(req, trusted, ntrusted, &client);
+    if (!named && getpeername(c->io.fd, (struct sockaddr *)&client, &len) != 0)
+        return true; /* nothing to count under: let the request decide */
+    uint32_t retry_s;
+    c->ip = admit_ip_acquire(&client, &retry_s);
+    if (retry_s == 0)
+        return true;
+    char extra[48];
+    snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
+    wsh_log(WSH_LOG_DEBUG, "conn=%u ev=per_ip_refused forwarded=%d retry_s=%u", c->id,
+            named ? 1 : 0, retry_s);
+    respond(w, c, 429, "text/plain", extra, "too many connections from this address\n", 39);
+    return false;
+}
+
+/* Consumes the request head (and an API request's body) from in[0..len).
+ * Returns bytes consumed; 0 while incomplete. */
+size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, size_t last_len)
+{
+    struct wsh_http_header headers[WSH_HTTP_DEFAULT_HEADERS];
+    struct wsh_http_request req;
+    int status = 0;
+    /* While a body is awaited the head is known complete: parse it again
+     * from the start rather than searching only the new bytes. */
+    if (c->flags & CF_HTTP_BODY)
+        last_len = 0;
+    ssize_t n = wsh_http_parse_request((const char *)in, len, last_len, NULL, &req, headers,
+                                       WSH_HTTP_DEFAULT_HEADERS, &status);
+    if (n == 0)
+        return 0;
+    if (n < 0) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=bad_request status=%d", c->id, status);
+        http_reply(w, c, status ? status : 400, "bad request");
+        return len;
+    }
+    if ((c->flags & CF_FORWARDED) && !w->replay && !forwarded_admit(w, c, &req))
+        return len;
+    if (!route_allowed(c, &req)) {
+        http_reply(w, c, 404, "not found");
+        return len;
+    }
+    size_t blen = req.content_length > 0 ? (size_t)req.content_length : 0;
+    if (req.chunked) {
+        http_reply(w, c, 411, "a Content-Length body is required");
+        return len;
+    }
+    if (blen > 0) {
+        if (!path_under(&req, "/api/")) {
+            /* Only the HTTP API takes a request body. */
+            http_reply(w, c, req.method_len == 3 && memcmp(req.method, "GET", 3) == 0 ? 400 : 405,
+                       "request body not accepted");
+            return len;
+        }
+        if (blen > ROUTE_BODY_MAX) {
+            http_reply(w, c, 413, "request body too large");
+            return len;
+        }
+        if (len < (size_t)n + blen) {
+            c->flags |= CF_HTTP_BODY;
+            return 0;
+        }
+    }
+    c->flags &= (uint8_t)~CF_HTTP_BODY;
+    if (path_under(&req, "/api/")) {
+        /* A POST publishes (or disconnects) through the inboxes: while
+         * one is over its bound the request waits, whole, in the carry,
+         * and is answered once that worker has caught up, so a backend
+         * that publishes faster than the workers deliver is slowed by
+         * its own response times (chan.c, INBOX_HIGH). */
+        if (req.method_len == 4 && memcmp(req.method, "POST", 4) == 0 && inbox_busy_wait(w)) {
+            wsh_log(WSH_LOG_DEBUG, "conn=%u ev=api_waits", c->id);
+            conn_hold_api(w, c);
+            return 0;
+        }
+        if (api_request(w, c, &req, in + n, blen) == API_HELD) {
+            /* A broadcast went as far as the inboxes took it. The deadline
+             * bounds a stall, not the whole broadcast: it starts again at
+             * each step that published something. */
+            wsh_timer_start(w->loop, &c->timer, wsh_cfg.handshake_timeout_ms);
+            conn_hold_api(w, c);
+            return 0;
+        }
+        return (size_t)n + blen;
+    }
+    if (path_is(&req, "/metrics")) {
+        metrics_serve(w, c, &req);
+        return (size_t)n;
+    }
+    http_route(w, c, &req);
+    return (size_t)n;
+}
