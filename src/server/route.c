@@ -5,9 +5,13 @@
  * closes the connection once it is sent: wshub's clients open a connection
  * per request or upgrade, so there is no keep-alive. The bytes and the
  * connection's life are worker.c's. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "server.h"
 #include "wshub/http.h"
@@ -91,7 +95,12 @@ static const char *content_type(const char *name, size_t n)
 
 /* Static files of web/ (the demo page and the browser client): a flat
  * directory, names of [A-Za-z0-9._-] with a known extension, so no path
- * can leave it. Returns false when the path is not one of ours. */
+ * can leave it. Only regular files: a FIFO of that name would block the
+ * loop in open(2) without O_NONBLOCK, and a directory reads as nothing.
+ * The file is read whole into the buffer that is queued (no copy), on
+ * the loop: these are small and in the page cache, and ROUTE_STATIC_MAX
+ * bounds what one request can make a worker read and hold. Returns false
+ * when the path is not one of ours. */
 static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
     const char *name = req->path + 1;
@@ -116,16 +125,42 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         return false;
     char path[4200];
     snprintf(path, sizeof(path), "%s/%.*s", wsh_cfg.web_root, (int)n, name);
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
         return false;
-    static _Thread_local char body[1 << 20];
-    size_t len = fread(body, 1, sizeof(body), f);
-    fclose(f);
+    }
     if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
+        close(fd);
         http_reply(w, c, 405, "method not allowed");
         return true;
     }
+    if (st.st_size > ROUTE_STATIC_MAX) {
+        close(fd);
+        wsh_log(WSH_LOG_WARN, "conn=%u ev=static_too_large file=%.*s bytes=%lld max=%u", c->id,
+                (int)n, name, (long long)st.st_size, ROUTE_STATIC_MAX);
+        route_respond(w, c, 500, "text/plain", "file too large to serve\n", 24);
+        return true;
+    }
+    size_t size = (size_t)st.st_size, len = 0;
+    struct wsh_buf *body = wsh_buf_new(size > 0 ? size : 1);
+    while (body != NULL && len < size) {
+        ssize_t r = pread(fd, body->data + len, size - len, (off_t)len);
+        if (r <= 0 && !(r < 0 && errno == EINTR))
+            break; /* shrunk, or an I/O error: answered below */
+        if (r > 0)
+            len += (size_t)r;
+    }
+    close(fd);
+    if (body == NULL || len < size) {
+        wsh_buf_unref(body);
+        wsh_log(WSH_LOG_WARN, "conn=%u ev=static_unreadable file=%.*s", c->id, (int)n, name);
+        route_respond(w, c, 500, "text/plain", "file could not be read\n", 23);
+        return true;
+    }
+    body->end = (uint32_t)len;
     char head[512];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -134,9 +169,11 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
                       type, len);
     metric_http(w, 200);
     conn_send_bytes(w, c, head, (size_t)hl);
-    if (c->state == CONN_DEAD)
-        return true;
-    conn_send_bytes(w, c, body, len);
+    if (c->state == CONN_DEAD || len == 0) {
+        wsh_buf_unref(body);
+    } else {
+        conn_reply(w, c, body);
+    }
     if (c->state == CONN_DEAD)
         return true;
     conn_end_after_reply(w, c);

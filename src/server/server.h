@@ -445,6 +445,9 @@ void conn_hold_api(struct worker *w, struct conn *c);
 /* route.c: the HTTP phase. Request bodies are only for the HTTP API, and
  * small (LIMITS.md max message); larger ones get 413. */
 #define ROUTE_BODY_MAX 65536u
+/* The largest static file served (web/ holds files of a few KB); a larger
+ * one gets 500 and a warning in the log. */
+#define ROUTE_STATIC_MAX (4u << 20)
 /* Consumes the request head (and an API request's body) from in[0..len):
  * the bytes consumed, 0 while incomplete. last_len is what was there at
  * the last call (the head's end is searched for in the new bytes only). */

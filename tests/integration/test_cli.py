@@ -106,6 +106,37 @@ def test_cli_web_root_serves_only_flat_known_files(wshub):
     assert http_get(s.port, "/", method="POST").status in (405,), "POST on a static file"
 
 
+def test_cli_web_root_serves_whole_regular_files_only(wshub):
+    """A static file is sent whole, past the 1 MiB an earlier version cut
+    it to without a word; a FIFO or a directory under a served name is not
+    a file (404), and opening the FIFO does not block the worker, which
+    answers the next request; a file over the 4 MiB bound gets 500 and a
+    warning in the log, never a truncated body."""
+    d = tempfile.mkdtemp(prefix="wshub-web-")
+    big = bytes((i * 7 + i // 251) % 256 for i in range(1536 * 1024))
+    with open(os.path.join(d, "big.js"), "wb") as f:
+        f.write(big)
+    with open(os.path.join(d, "empty.css"), "wb"):
+        pass
+    os.mkfifo(os.path.join(d, "pipe.js"))
+    os.mkdir(os.path.join(d, "dir.html"))
+    with open(os.path.join(d, "huge.js"), "wb") as f:
+        f.truncate((4 << 20) + 1)  # sparse: one byte over the bound
+    s = wshub("--web-root", d, "--workers", "1")
+    r = http_get(s.port, "/big.js")
+    assert r.status == 200 and r.header("content-length") == str(len(big)), r
+    assert r.body == big
+    r = http_get(s.port, "/empty.css")
+    assert r.status == 200 and r.header("content-length") == "0" and r.body == b"", r
+    for path in ("/pipe.js", "/dir.html"):
+        assert http_get(s.port, path).status == 404, path
+    assert http_get(s.port, "/pipe.js", method="POST").status == 404
+    r = http_get(s.port, "/huge.js")
+    assert r.status == 500 and r.body == b"file too large to serve\n", r
+    assert "ev=static_too_large file=huge.js bytes=4194305" in s.log(), s.log()[-2000:]
+    assert http_get(s.port, "/big.js").body == big  # one worker, still serving
+
+
 @pytest.mark.parametrize("level", ["1", "9"])
 @run_async
 async def test_cli_deflate_level_compresses_correctly(wshub, level):
