@@ -9,10 +9,7 @@ Usage: run_conformance.py [--bin WSHUB] [--report report.json] [--jobs N]
 Prints 'N passed, N failed' and exits 1 if any case failed.
 """
 
-import argparse
-import concurrent.futures
 import os
-import re
 import struct
 import sys
 import time
@@ -1051,90 +1048,22 @@ def run_case(port, cid, desc, fn):
     return result
 
 
-def case_key(cid):
-    return [int(x) if x.isdigit() else x for x in cid.split(".")]
+def fresh_echo(port):
+    c = wsraw.ws_connect(port)
+    try:
+        c.send(frame(OP_TEXT, b"still alive"))
+        expect_echo(c, OP_TEXT, b"still alive")
+        close_clean(c)
+    finally:
+        c.close()
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.environ.get("WSHUB_BIN"))
-    ap.add_argument("--port", type=int, help="use an already running server")
-    ap.add_argument("--report", default="conformance-report.json")
-    ap.add_argument("--jobs", type=int, default=6, help="parallel small cases")
-    ap.add_argument("--filter", default=None, help="regex on case ids")
-    ap.add_argument("--list", action="store_true")
-    args = ap.parse_args()
-
-    cases = CASES
-    if args.filter:
-        rx = re.compile(args.filter)
-        cases = [x for x in cases if rx.search(x[0])]
-    ids = [x[0] for x in CASES]
-    dup = {i for i in ids if ids.count(i) > 1}
-    assert not dup, f"duplicate case ids {dup}"
-    if args.list:
-        for cid, desc, _, kind in cases:
-            print(f"{cid:10} {kind:5} {desc}")
-        print(f"{len(cases)} cases")
-        return 0
-
-    server = None
-    if args.port:
-        port = args.port
-    else:
-        if not args.bin:
-            print("error: no server: set WSHUB_BIN or pass --bin/--port", file=sys.stderr)
-            return 2
-        server = wsraw.Server(SERVER_ARGS, binary=args.bin)
-        port = server.port
-    t0 = time.monotonic()
-    results = []
-    server_died = None
-    try:
-        small = [x for x in cases if x[3] == "small"]
-        big = [x for x in cases if x[3] == "big"]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
-            futs = [ex.submit(run_case, port, cid, desc, fn) for cid, desc, fn, _ in small]
-            for f in futs:
-                results.append(f.result())
-        for cid, desc, fn, _ in big:
-            if server is not None and not server.alive():
-                results.append({"id": cid, "description": desc, "result": "fail",
-                                "detail": "server is not running"})
-                continue
-            results.append(run_case(port, cid, desc, fn))
-        # the server must still be alive and answer a fresh client
-        alive = {"id": "99.1", "description": "server alive afterwards: /healthz and a fresh echo",
-                 "ms": 0}
-        try:
-            if server is not None and not server.alive():
-                server_died = server.proc.returncode
-                raise CaseFail(f"server exited with {server.proc.returncode}")
-            r = wsraw.http_request(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            if r.status != 200 or r.body != b"ok\n":
-                raise CaseFail(f"/healthz answered {r!r}")
-            c = wsraw.ws_connect(port)
-            c.send(frame(OP_TEXT, b"still alive"))
-            expect_echo(c, OP_TEXT, b"still alive")
-            close_clean(c)
-            c.close()
-            alive["result"] = "pass"
-        except Exception as e:  # noqa: BLE001
-            alive["result"] = "fail"
-            alive["detail"] = f"{type(e).__name__}: {e}"
-        results.append(alive)
-        if server is not None:
-            results.append(wsraw.stop_case(server))
-    finally:
-        if server is not None:
-            server.kill()
-    elapsed = time.monotonic() - t0
-    results.sort(key=lambda r: case_key(r["id"]))
-    return wsraw.finish_run(
-        results, lambda cid: cid.split(".")[0], int, lambda s: f"section {s:>2}",
-        report_path=args.report,
-        server_desc=args.bin if not args.port else f"127.0.0.1:{args.port}",
-        server_args=SERVER_ARGS, server=server, server_died=server_died, elapsed=elapsed)
+    return wsraw.run_main(
+        __doc__, CASES, SERVER_ARGS, run_case, fresh_echo, report="conformance-report.json",
+        jobs=6, big_jobs=1, port_help="use an already running server",
+        family=lambda cid: cid.split(".")[0], order=int, label=lambda s: f"section {s:>2}",
+        alive_desc="server alive afterwards: /healthz and a fresh echo")
 
 
 if __name__ == "__main__":

@@ -36,10 +36,7 @@ Usage: run_conformance_deflate.py [--bin WSHUB] [--report r.json] [--jobs N]
 Prints 'N passed, N failed' and exits 1 if any case failed.
 """
 
-import argparse
-import concurrent.futures
 import os
-import re
 import sys
 import time
 import traceback
@@ -445,87 +442,15 @@ def run_case(port, cid, desc, fn):
     return result
 
 
-def case_key(cid):
-    return [int(x) if x.isdigit() else x for x in cid.split(".")]
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.environ.get("WSHUB_BIN"))
-    ap.add_argument("--port", type=int, help="use an already running server (with --deflate)")
-    ap.add_argument("--report", default="conformance-deflate-report.json")
-    ap.add_argument("--jobs", type=int, default=4, help="parallel small cases")
-    ap.add_argument("--filter", default=None, help="regex on case ids")
-    ap.add_argument("--list", action="store_true")
-    args = ap.parse_args()
-
-    ids = [x[0] for x in CASES]
-    dup = {i for i in ids if ids.count(i) > 1}
-    assert not dup, f"duplicate case ids {dup}"
-    cases = CASES
-    if args.filter:
-        rx = re.compile(args.filter)
-        cases = [x for x in cases if rx.search(x[0])]
-    if args.list:
-        for cid, desc, _, kind in cases:
-            print(f"{cid:10} {kind:5} {desc}")
-        print(f"{len(cases)} cases")
-        return 0
-
-    server = None
-    if args.port:
-        port = args.port
-    else:
-        if not args.bin:
-            print("error: no server: set WSHUB_BIN or pass --bin/--port", file=sys.stderr)
-            return 2
-        server = wsraw.Server(SERVER_ARGS, binary=args.bin)
-        port = server.port
-    t0 = time.monotonic()
-    results = []
-    server_died = None
-    try:
-        small = [x for x in cases if x[3] == "small"]
-        big = [x for x in cases if x[3] == "big"]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
-            futs = [ex.submit(run_case, port, cid, desc, fn) for cid, desc, fn, _ in small]
-            for f in futs:
-                results.append(f.result())
-        # the big streams two at a time (2 cores)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as ex:
-            futs = []
-            for cid, desc, fn, _ in big:
-                futs.append(ex.submit(run_case, port, cid, desc, fn))
-            for f in futs:
-                results.append(f.result())
-        alive = {"id": "99.1", "description": "server alive afterwards: /healthz and a fresh "
-                 "compressed echo", "ms": 0}
-        try:
-            if server is not None and not server.alive():
-                server_died = server.proc.returncode
-                raise PmdError(f"server exited with {server.proc.returncode}")
-            r = wsraw.http_request(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            if r.status != 200 or r.body != b"ok\n":
-                raise PmdError(f"/healthz answered {r!r}")
-            _single_offer(dict(cmwb=True))(port)
-            alive["result"] = "pass"
-        except Exception as e:  # noqa: BLE001
-            alive["result"] = "fail"
-            alive["detail"] = f"{type(e).__name__}: {e}"
-        results.append(alive)
-        if server is not None:
-            results.append(wsraw.stop_case(server))
-    finally:
-        if server is not None:
-            server.kill()
-    elapsed = time.monotonic() - t0
-    results.sort(key=lambda r: case_key(r["id"]))
-    return wsraw.finish_run(
-        results, lambda cid: ".".join(cid.split(".")[:2]), case_key, lambda s: f"{s:>6}",
-        report_path=args.report,
-        server_desc=args.bin if not args.port else f"127.0.0.1:{args.port}",
-        server_args=SERVER_ARGS, server=server, server_died=server_died, elapsed=elapsed)
+    # the big streams two at a time (2 cores)
+    return wsraw.run_main(
+        __doc__, CASES, SERVER_ARGS, run_case, _single_offer(dict(cmwb=True)),
+        report="conformance-deflate-report.json", jobs=4, big_jobs=2,
+        port_help="use an already running server (with --deflate)",
+        family=lambda cid: ".".join(cid.split(".")[:2]), order=wsraw.case_key,
+        label=lambda s: f"{s:>6}", alive_desc="server alive afterwards: /healthz and a fresh "
+        "compressed echo")
 
 
 if __name__ == "__main__":

@@ -432,6 +432,97 @@ def stop_case(server):
     return stop
 
 
+def case_key(cid):
+    """Case ids sort by their numbers: 9.10 after 9.9."""
+    return [int(x) if x.isdigit() else x for x in cid.split(".")]
+
+
+def run_main(doc, cases, server_args, run_case, fresh_client, *, report, jobs, big_jobs,
+             port_help, family, order, label, alive_desc):
+    """The command line of a conformance runner (run_conformance*.py):
+    --bin/--port/--report/--jobs/--filter/--list. Starts the server with
+    server_args unless --port names one, runs the "small" cases jobs at a
+    time and the "big" ones big_jobs at a time (run_case(port, id, desc,
+    fn) -> result dict), then case 99.1 (/healthz and fresh_client(port),
+    which raises on failure) and 99.2 (stop_case), and ends with
+    finish_run. Returns the exit status."""
+    import argparse
+    import concurrent.futures
+    import re
+    import sys
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.environ.get("WSHUB_BIN"))
+    ap.add_argument("--port", type=int, help=port_help)
+    ap.add_argument("--report", default=report)
+    ap.add_argument("--jobs", type=int, default=jobs, help="parallel small cases")
+    ap.add_argument("--filter", default=None, help="regex on case ids")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+
+    ids = [x[0] for x in cases]
+    dup = {i for i in ids if ids.count(i) > 1}
+    assert not dup, f"duplicate case ids {dup}"
+    if args.filter:
+        rx = re.compile(args.filter)
+        cases = [x for x in cases if rx.search(x[0])]
+    if args.list:
+        for cid, desc, _, kind in cases:
+            print(f"{cid:10} {kind:5} {desc}")
+        print(f"{len(cases)} cases")
+        return 0
+
+    server = None
+    if args.port:
+        port = args.port
+    else:
+        if not args.bin:
+            print("error: no server: set WSHUB_BIN or pass --bin/--port", file=sys.stderr)
+            return 2
+        server = Server(server_args, binary=args.bin)
+        port = server.port
+
+    def one(cid, desc, fn):
+        if server is not None and not server.alive():
+            return {"id": cid, "description": desc, "result": "fail",
+                    "detail": "server is not running"}
+        return run_case(port, cid, desc, fn)
+
+    t0 = time.monotonic()
+    results = []
+    server_died = None
+    try:
+        for kind, n in (("small", args.jobs), ("big", big_jobs)):
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, n)) as ex:
+                futs = [ex.submit(one, cid, desc, fn) for cid, desc, fn, k in cases if k == kind]
+                results += [f.result() for f in futs]
+        alive = {"id": "99.1", "description": alive_desc, "ms": 0}
+        try:
+            if server is not None and not server.alive():
+                server_died = server.proc.returncode
+                raise AssertionError(f"server exited with {server.proc.returncode}")
+            r = http_request(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            if r.status != 200 or r.body != b"ok\n":
+                raise AssertionError(f"/healthz answered {r!r}")
+            fresh_client(port)
+            alive["result"] = "pass"
+        except Exception as e:  # noqa: BLE001
+            alive["result"] = "fail"
+            alive["detail"] = f"{type(e).__name__}: {e}"
+        results.append(alive)
+        if server is not None:
+            results.append(stop_case(server))
+    finally:
+        if server is not None:
+            server.kill()
+    elapsed = time.monotonic() - t0
+    results.sort(key=lambda r: case_key(r["id"]))
+    return finish_run(
+        results, family, order, label, report_path=args.report,
+        server_desc=args.bin if not args.port else f"127.0.0.1:{args.port}",
+        server_args=server_args, server=server, server_died=server_died, elapsed=elapsed)
+
+
 def finish_run(results, family, order, label, *, report_path, server_desc, server_args,
                server, server_died, elapsed):
     """The end of a conformance run: each failure printed, a line per
