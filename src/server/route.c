@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -409,6 +410,14 @@ static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_h
     return false;
 }
 
+/* Expect: 100-continue, the only expectation defined (RFC 9110 10.1.1);
+ * any other is ignored, as the RFC allows. */
+static bool expects_continue(const struct wsh_http_request *req)
+{
+    const struct wsh_http_header *h = wsh_http_find(req, "expect");
+    return h != NULL && h->value_len == 12 && strncasecmp(h->value, "100-continue", 12) == 0;
+}
+
 /* Consumes the request head (and an API request's body) from in[0..len).
  * Returns bytes consumed; 0 while incomplete. */
 size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, size_t last_len)
@@ -452,6 +461,15 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
             return len;
         }
         if (len < (size_t)n + blen) {
+            /* The first time the body is found missing, a client that
+             * waits for a go-ahead before sending it gets one (RFC 9110
+             * 10.1.1); a refusal above would have been its final answer. */
+            if (!(c->flags & CF_HTTP_BODY) && expects_continue(&req)) {
+                static const char go_on[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                conn_send_bytes(w, c, go_on, sizeof(go_on) - 1);
+                if (c->state == CONN_DEAD)
+                    return 0;
+            }
             c->flags |= CF_HTTP_BODY;
             return 0;
         }

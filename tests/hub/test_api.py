@@ -272,6 +272,48 @@ def raw_status(port, data):
         s.close()
 
 
+@run_async
+async def test_api_expect_100_continue(hub):
+    """A client that sends Expect: 100-continue and waits before sending its
+    body gets `100 Continue` at once, then the final answer once the body
+    is in (RFC 9110 10.1.1), and once only however the body comes. A
+    request refused on its head alone (here 413) gets the final status
+    instead, its body never read."""
+    h = hub(api_config())
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:cont")
+    body = json.dumps({"channel": "chat:cont", "payload": "after the go-ahead"}).encode()
+    s = socket.create_connection(("127.0.0.1", h.port), timeout=5 * MULT)
+    try:
+        s.sendall(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode() +
+                  b"\r\nContent-Type: application/json\r\nExpect: 100-Continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert got == b"HTTP/1.1 100 Continue\r\n\r\n", got
+        for i in range(0, len(body), 7):  # in pieces: no second 100
+            s.sendall(body[i:i + 7])
+            time.sleep(0.002)
+        got = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200 "), got
+        assert b"100 Continue" not in got, got
+    finally:
+        s.close()
+    m = await a.expect(lambda m: m["type"] == "message", what="the published message")
+    assert m["payload"] == "after the go-ahead", m
+    assert raw_status(h.port, b"POST /api/publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue"
+                      b"\r\nContent-Length: 70000\r\n\r\n") == 413
+    await a.close()
+
+
 def test_metrics_count_http_responses_by_code(hub):
     """Every HTTP response is counted once under its status, the 101 of an
     upgrade included: exactly what the clients saw."""
