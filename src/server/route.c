@@ -17,11 +17,19 @@
 #include "server.h"
 #include "wshub/http.h"
 
+static bool method_is(const struct wsh_http_request *req, const char *m)
+{
+    size_t n = strlen(m);
+    return req->method_len == n && memcmp(req->method, m, n) == 0;
+}
+
 /* Answers a plain HTTP request and closes after the body (no keep-alive:
  * every client of ours opens a connection per request or upgrades).
- * `extra` is more header lines, each ending in CRLF. */
-static void respond(struct worker *w, struct conn *c, int status, const char *type,
-                    const char *extra, const char *body, size_t len)
+ * `extra` is more header lines, each ending in CRLF. A HEAD request (req,
+ * when given) gets the head alone, with the Content-Length of the body it
+ * would have had (RFC 9110 9.3.2). */
+static void respond(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                    int status, const char *type, const char *extra, const char *body, size_t len)
 {
     char head[512];
     int hl = snprintf(head, sizeof(head),
@@ -30,11 +38,22 @@ static void respond(struct worker *w, struct conn *c, int status, const char *ty
                       status, wsh_http_reason(status), type, len, extra);
     metric_http(w, status);
     conn_send_bytes(w, c, head, (size_t)hl);
-    if (c->state != CONN_DEAD && len)
+    if (c->state != CONN_DEAD && len && !(req != NULL && method_is(req, "HEAD")))
         conn_send_bytes(w, c, body, len);
     if (c->state == CONN_DEAD)
         return;
     conn_end_after_reply(w, c);
+}
+
+/* What is only read (the health checks, static files) answers GET and
+ * HEAD; any other method gets 405 naming both. Returns false when it did. */
+static bool readable_method(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+{
+    if (method_is(req, "GET") || method_is(req, "HEAD"))
+        return true;
+    static const char body[] = "method not allowed\n";
+    respond(w, c, req, 405, "text/plain", "Allow: GET, HEAD\r\n", body, sizeof(body) - 1);
+    return false;
 }
 
 /* A 503 here (the HTTP API: broker refused, workers behind) is always
@@ -42,7 +61,7 @@ static void respond(struct worker *w, struct conn *c, int status, const char *ty
 void route_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                    size_t len)
 {
-    respond(w, c, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
+    respond(w, c, NULL, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
 }
 
 static void http_reply(struct worker *w, struct conn *c, int status, const char *error)
@@ -133,9 +152,8 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
             close(fd);
         return false;
     }
-    if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
+    if (!readable_method(w, c, req)) {
         close(fd);
-        http_reply(w, c, 405, "method not allowed");
         return true;
     }
     if (st.st_size > ROUTE_STATIC_MAX) {
@@ -145,35 +163,38 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         route_respond(w, c, 500, "text/plain", "file too large to serve\n", 24);
         return true;
     }
-    size_t size = (size_t)st.st_size, len = 0;
-    struct wsh_buf *body = wsh_buf_new(size > 0 ? size : 1);
-    while (body != NULL && len < size) {
-        ssize_t r = pread(fd, body->data + len, size - len, (off_t)len);
+    bool head_only = method_is(req, "HEAD");
+    size_t size = (size_t)st.st_size, want = head_only ? 0 : size, len = 0;
+    struct wsh_buf *body = want > 0 ? wsh_buf_new(want) : NULL;
+    while (body != NULL && len < want) {
+        ssize_t r = pread(fd, body->data + len, want - len, (off_t)len);
         if (r <= 0 && !(r < 0 && errno == EINTR))
             break; /* shrunk, or an I/O error: answered below */
         if (r > 0)
             len += (size_t)r;
     }
     close(fd);
-    if (body == NULL || len < size) {
-        wsh_buf_unref(body);
+    if (len < want) { /* out of memory included */
+        if (body != NULL)
+            wsh_buf_unref(body);
         wsh_log(WSH_LOG_WARN, "conn=%u ev=static_unreadable file=%.*s", c->id, (int)n, name);
         route_respond(w, c, 500, "text/plain", "file could not be read\n", 23);
         return true;
     }
-    body->end = (uint32_t)len;
     char head[512];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                       "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
                       "Connection: close\r\n\r\n",
-                      type, len);
+                      type, size);
     metric_http(w, 200);
     conn_send_bytes(w, c, head, (size_t)hl);
-    if (c->state == CONN_DEAD || len == 0) {
-        wsh_buf_unref(body);
-    } else {
-        conn_reply(w, c, body);
+    if (body != NULL) {
+        body->end = (uint32_t)len;
+        if (c->state == CONN_DEAD)
+            wsh_buf_unref(body);
+        else
+            conn_reply(w, c, body);
     }
     if (c->state == CONN_DEAD)
         return true;
@@ -239,10 +260,8 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     bool healthz = path_is(req, "/healthz");
     bool readyz = path_is(req, "/readyz");
     if (healthz || readyz) {
-        if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
-            http_reply(w, c, 405, "method not allowed");
+        if (!readable_method(w, c, req))
             return;
-        }
         /* /healthz: the process answers (liveness). /readyz: it can also
          * serve what it is configured for (readiness): not while the
          * token keys of auth.jwks_url have never loaded. */
@@ -250,9 +269,9 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         if (why != NULL) {
             char body[160];
             int n = snprintf(body, sizeof(body), "not ready: %s\n", why);
-            respond(w, c, 503, "text/plain", "Retry-After: 1\r\n", body, (size_t)n);
+            respond(w, c, req, 503, "text/plain", "Retry-After: 1\r\n", body, (size_t)n);
         } else {
-            respond(w, c, 200, "text/plain", "", "ok\n", 3);
+            respond(w, c, req, 200, "text/plain", "", "ok\n", 3);
         }
         return;
     }
@@ -312,7 +331,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
             char extra[48];
             snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
             static const char body[] = "over the admission rate: retry later\n";
-            respond(w, c, 503, "text/plain", extra, body, sizeof(body) - 1);
+            respond(w, c, req, 503, "text/plain", extra, body, sizeof(body) - 1);
             return;
         }
         pick.accepted = false; /* the notice goes out uncompressed */
@@ -406,7 +425,7 @@ static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_h
     snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
     wsh_log(WSH_LOG_DEBUG, "conn=%u ev=per_ip_refused forwarded=%d retry_s=%u", c->id,
             named ? 1 : 0, retry_s);
-    respond(w, c, 429, "text/plain", extra, "too many connections from this address\n", 39);
+    respond(w, c, req, 429, "text/plain", extra, "too many connections from this address\n", 39);
     return false;
 }
 
@@ -452,8 +471,7 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
     if (blen > 0) {
         if (!path_under(&req, "/api/")) {
             /* Only the HTTP API takes a request body. */
-            http_reply(w, c, req.method_len == 3 && memcmp(req.method, "GET", 3) == 0 ? 400 : 405,
-                       "request body not accepted");
+            http_reply(w, c, method_is(&req, "GET") ? 400 : 405, "request body not accepted");
             return len;
         }
         if (blen > ROUTE_BODY_MAX) {
@@ -481,7 +499,7 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
          * and is answered once that worker has caught up, so a backend
          * that publishes faster than the workers deliver is slowed by
          * its own response times (chan.c, INBOX_HIGH). */
-        if (req.method_len == 4 && memcmp(req.method, "POST", 4) == 0 && inbox_busy_wait(w)) {
+        if (method_is(&req, "POST") && inbox_busy_wait(w)) {
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=api_waits", c->id);
             conn_hold_api(w, c);
             return 0;

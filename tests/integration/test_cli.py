@@ -5,6 +5,7 @@ bad and missing files, --web-root and the static-file rules, and
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import tempfile
 
@@ -135,6 +136,33 @@ def test_cli_web_root_serves_whole_regular_files_only(wshub):
     assert r.status == 500 and r.body == b"file too large to serve\n", r
     assert "ev=static_too_large file=huge.js bytes=4194305" in s.log(), s.log()[-2000:]
     assert http_get(s.port, "/big.js").body == big  # one worker, still serving
+    # HEAD: the same head, no body (RFC 9110 9.3.2); other methods 405
+    # naming both.
+    for path, length in (("/big.js", len(big)), ("/empty.css", 0), ("/healthz", 3)):
+        head, rest = head_request(s.port, path)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"\r\ncontent-length: %d\r\n" % length \
+            in head.lower(), head
+        assert rest == b"", (path, rest[:40])
+    for path in ("/big.js", "/healthz"):
+        r = http_get(s.port, path, method="DELETE")
+        assert r.status == 405 and r.header("allow") == "GET, HEAD", r
+
+
+def head_request(port, path):
+    """A HEAD request read to EOF: the response head, and what came after."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=5 * MULT)
+    try:
+        c.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        c.close()
+    head, _, rest = got.partition(b"\r\n\r\n")
+    return head + b"\r\n", rest
 
 
 @pytest.mark.parametrize("level", ["1", "9"])
