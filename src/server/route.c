@@ -160,7 +160,7 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         close(fd);
         wsh_log(WSH_LOG_WARN, "conn=%u ev=static_too_large file=%.*s bytes=%lld max=%u", c->id,
                 (int)n, name, (long long)st.st_size, ROUTE_STATIC_MAX);
-        route_respond(w, c, 500, "text/plain", "file too large to serve\n", 24);
+        respond(w, c, req, 500, "text/plain", "", "file too large to serve\n", 24);
         return true;
     }
     bool head_only = method_is(req, "HEAD");
@@ -178,7 +178,7 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         if (body != NULL)
             wsh_buf_unref(body);
         wsh_log(WSH_LOG_WARN, "conn=%u ev=static_unreadable file=%.*s", c->id, (int)n, name);
-        route_respond(w, c, 500, "text/plain", "file could not be read\n", 23);
+        respond(w, c, req, 500, "text/plain", "", "file could not be read\n", 23);
         return true;
     }
     char head[512];
