@@ -406,6 +406,19 @@ def utf8_fail_index(b):
     return None
 
 
+def run_async(fn):
+    """Runs an `async def` test body in a fresh event loop, within 60 s
+    (times MULT): there is no pytest-asyncio in Debian's python3-pytest
+    set."""
+    import asyncio
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60 * MULT))
+    return wrapper
+
+
 # ---- starting the server ---------------------------------------------------
 
 def sanitizer_report(log):

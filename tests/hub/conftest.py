@@ -32,18 +32,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
 import wsraw  # noqa: E402
 
 MULT = wsraw.MULT
+run_async = wsraw.run_async
 SECRET = "hub-test-secret-0123456789abcdef-0123456789"          # HS256 (>= 32 bytes)
 SECRET384 = "hub-test-secret-384-0123456789abcdef-0123456789abcdef"  # HS384 (>= 48 bytes)
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def run_async(fn):
-    """Run an `async def` test body in a fresh event loop (no pytest-asyncio
-    in Debian's python3-pytest set)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60 * MULT))
-    return wrapper
 
 
 # ---------------------------------------------------------------- tokens

@@ -8,7 +8,6 @@ SIGTERM and requires exit status 0 and no sanitizer report in its log; any
 server left running is killed by pid.
 """
 
-import asyncio
 import functools
 import os
 import sys
@@ -21,15 +20,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "conformance"))
 import wsraw  # noqa: E402
 
 MULT = wsraw.MULT
-
-
-def run_async(fn):
-    """Run an `async def` test body in a fresh event loop (no pytest-asyncio
-    in Debian's python3-pytest set)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60 * MULT))
-    return wrapper
+run_async = wsraw.run_async
 
 
 def check_alive(server):
