@@ -64,6 +64,9 @@ void route_respond(struct worker *w, struct conn *c, int status, const char *typ
     respond(w, c, NULL, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
 }
 
+/* A refusal in the HTTP phase, as wsh_hs_error_response words it: the
+ * error as a text body, with Allow: GET on a 405 (the upgrade's method)
+ * and Sec-WebSocket-Version on a 426. */
 static void http_reply(struct worker *w, struct conn *c, int status, const char *error)
 {
     char out[512];
