@@ -406,6 +406,16 @@ def utf8_fail_index(b):
     return None
 
 
+def read_to_eof(sock):
+    """Everything a plain socket receives until the peer closes."""
+    got = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+
+
 def run_async(fn):
     """Runs an `async def` test body in a fresh event loop, within 60 s
     (times MULT): there is no pytest-asyncio in Debian's python3-pytest

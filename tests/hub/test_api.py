@@ -13,6 +13,8 @@ import urllib.request
 from conftest import (MULT, Client, Closed, base_config, handshake_status, merge, run_async,
                       token)
 
+import wsraw  # noqa: E402 (on the path conftest set)
+
 API_KEY = "api-key-for-tests-0123456789"
 
 
@@ -297,12 +299,7 @@ async def test_api_expect_100_continue(hub):
         for i in range(0, len(body), 7):  # in pieces: no second 100
             s.sendall(body[i:i + 7])
             time.sleep(0.002)
-        got = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            got += chunk
+        got = wsraw.read_to_eof(s)
         assert got.startswith(b"HTTP/1.1 200 "), got
         assert b"100 Continue" not in got, got
     finally:

@@ -153,12 +153,7 @@ def head_request(port, path):
     c = socket.create_connection(("127.0.0.1", port), timeout=5 * MULT)
     try:
         c.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        got = b""
-        while True:
-            chunk = c.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        got = wsraw.read_to_eof(c)
     finally:
         c.close()
     head, _, rest = got.partition(b"\r\n\r\n")
