@@ -30,6 +30,14 @@ static void api_error(struct worker *w, struct conn *c, int status, const char *
     api_json(w, c, status, json_pack("{s:s}", "error", msg));
 }
 
+/* 405 naming the one method the call takes, in Allow and in the error. */
+static void api_not_allowed(struct worker *w, struct conn *c, const char *method)
+{
+    char body[64];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"use %s\"}", method);
+    route_not_allowed(w, c, method, "application/json", body, (size_t)n);
+}
+
 /* The API key comes as "Authorization: apikey <key>" or "X-API-Key". It is
  * compared in constant time (docs/auth.md). */
 static int api_authorized(const struct wsh_http_request *req)
@@ -259,7 +267,7 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
     if (PREFIX("presence/") || PREFIX("history/")) {
         size_t pl = p[0] == 'p' ? 9 : 8;
         if (!get) {
-            api_error(w, c, 405, "use GET");
+            api_not_allowed(w, c, "GET");
             return 0;
         }
         if (n - pl > WSH_BROKER_NAME_MAX) {
@@ -275,7 +283,7 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
     }
     if (ROUTE("info")) {
         if (!get) {
-            api_error(w, c, 405, "use GET");
+            api_not_allowed(w, c, "GET");
             return 0;
         }
         struct wsh_broker_info i;
@@ -297,9 +305,10 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
         return 0;
     }
     if (!post) {
-        api_error(w, c, ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? 405 : 404,
-                  ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect") ? "use POST"
-                                                                                : "not found");
+        if (ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect"))
+            api_not_allowed(w, c, "POST");
+        else
+            api_error(w, c, 404, "not found");
         return 0;
     }
     json_error_t jerr;

@@ -222,7 +222,7 @@ static void code_family(struct out *o, const char *name, const char *help, const
 void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
     if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
-        route_respond(w, c, 405, "text/plain", "method not allowed\n", 19);
+        route_not_allowed(w, c, "GET", "text/plain", "method not allowed\n", 19);
         return;
     }
     static _Thread_local char buf[16384];

@@ -45,6 +45,14 @@ static void respond(struct worker *w, struct conn *c, const struct wsh_http_requ
     conn_end_after_reply(w, c);
 }
 
+void route_not_allowed(struct worker *w, struct conn *c, const char *allow, const char *type,
+                       const char *body, size_t len)
+{
+    char extra[64];
+    snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+    respond(w, c, NULL, 405, type, extra, body, len);
+}
+
 /* What is only read (the health checks, static files) answers GET and
  * HEAD; any other method gets 405 naming both. Returns false when it did. */
 static bool readable_method(struct worker *w, struct conn *c, const struct wsh_http_request *req)

@@ -136,6 +136,15 @@ def test_api_rejects_bad_requests(hub):
     for method, path, raw, want in cases:
         st, _, b = call(h, method, path, raw=raw)
         assert st == want, (path, raw, st, b)
+    # A 405 names the methods the path takes (RFC 9110 15.5.6).
+    for method, path, allow in (("GET", "/api/broadcast", "POST"), ("POST", "/api/info", "GET"),
+                                ("POST", "/api/presence/chat:a", "GET"),
+                                ("POST", "/metrics", "GET"), ("PUT", "/healthz", "GET, HEAD")):
+        st, hd, b = call(h, method, path, raw=b"{}" if path.startswith("/api/") else None,
+                         key=API_KEY if path.startswith("/api/") else None)
+        assert st == 405 and hd["Allow"] == allow, (method, path, st, dict(hd), b)
+        if path.startswith("/api/"):
+            assert json.loads(b) == {"error": f"use {allow}"}, b
     st, _, b = call(h, "POST", "/api/publish", raw=b"x" * 70000)
     assert st == 413, st
     # A chunked body is refused with 411.
