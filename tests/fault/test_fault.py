@@ -997,8 +997,15 @@ INBOX_MOST = 1 << 20
 
 def flood_server(tmp_path, args=(), **extra):
     """A /ws server for the flood tests: anonymous users, no publish rate
-    to speak of, level-9 deflate (about 1.5 ms per 60 KB message), and a
-    --max-queue large enough for what the idle subscribers never read."""
+    to speak of, level-9 deflate (about 1.5 ms per 60 KB message), a
+    --max-queue large enough for what the idle subscribers never read, and
+    neither of the checks on peers that stop reading: these clients read
+    late or never by design. With --write-timeout (10 s by default) a
+    publisher whose acks and echoes filled its socket while the test waited
+    for the audience was dropped (ev=write_stall) once that wait passed
+    10 s, as it did under ASan on a loaded CI machine; the heartbeat would
+    close it with 1011 at --ping-interval plus --pong-timeout (45 s). Both
+    have tests of their own."""
     import json
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({
@@ -1006,7 +1013,8 @@ def flood_server(tmp_path, args=(), **extra):
         "default_namespace": {"history_size": 0, "recover": False, "presence": False},
         "limits": {"publish_rate": 1000000, "publish_burst": 1000000}, **extra}))
     return Server("--config", str(cfg), "--deflate", "--deflate-level", "9", "--log-level", "debug",
-                  "--max-queue", str(64 << 20), *args)
+                  "--max-queue", str(64 << 20), "--write-timeout", "0", "--ping-interval", "0",
+                  *args)
 
 
 def ws_join(s, channel=b"flood"):
