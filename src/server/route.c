@@ -23,25 +23,30 @@ static bool method_is(const struct wsh_http_request *req, const char *m)
     return req->method_len == n && memcmp(req->method, m, n) == 0;
 }
 
-/* Answers a plain HTTP request and closes after the body (no keep-alive:
- * every client of ours opens a connection per request or upgrades).
- * `extra` is more header lines, each ending in CRLF. A HEAD request (req,
- * when given) gets the head alone, with the Content-Length of the body it
- * would have had (RFC 9110 9.3.2). */
-static void respond(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-                    int status, const char *type, const char *extra, const char *body, size_t len)
+/* The head of a plain answer, counted by status. `extra` is more header
+ * lines, each ending in CRLF; cache is the Cache-Control value. */
+static void send_head(struct worker *w, struct conn *c, int status, const char *type, size_t len,
+                      const char *extra, const char *cache)
 {
     char head[512];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                      "%sCache-Control: no-store\r\nConnection: close\r\n\r\n",
-                      status, wsh_http_reason(status), type, len, extra);
+                      "%sCache-Control: %s\r\nConnection: close\r\n\r\n",
+                      status, wsh_http_reason(status), type, len, extra, cache);
     metric_http(w, status);
     conn_send_bytes(w, c, head, (size_t)hl);
+}
+
+/* Answers a plain HTTP request and closes after the body (no keep-alive:
+ * every client of ours opens a connection per request or upgrades). A
+ * HEAD request (req, when given) gets the head alone, with the
+ * Content-Length of the body it would have had (RFC 9110 9.3.2). */
+static void respond(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                    int status, const char *type, const char *extra, const char *body, size_t len)
+{
+    send_head(w, c, status, type, len, extra, "no-store");
     if (c->state != CONN_DEAD && len && !(req != NULL && method_is(req, "HEAD")))
         conn_send_bytes(w, c, body, len);
-    if (c->state == CONN_DEAD)
-        return;
     conn_end_after_reply(w, c);
 }
 
@@ -60,7 +65,7 @@ static bool readable_method(struct worker *w, struct conn *c, const struct wsh_h
     if (method_is(req, "GET") || method_is(req, "HEAD"))
         return true;
     static const char body[] = "method not allowed\n";
-    respond(w, c, req, 405, "text/plain", "Allow: GET, HEAD\r\n", body, sizeof(body) - 1);
+    route_not_allowed(w, c, "GET, HEAD", "text/plain", body, sizeof(body) - 1);
     return false;
 }
 
@@ -85,8 +90,6 @@ static void http_reply(struct worker *w, struct conn *c, int status, const char 
     }
     metric_http(w, status);
     conn_send_bytes(w, c, out, (size_t)n);
-    if (c->state == CONN_DEAD)
-        return;
     conn_end_after_reply(w, c);
 }
 
@@ -192,14 +195,7 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         respond(w, c, req, 500, "text/plain", "", "file could not be read\n", 23);
         return true;
     }
-    char head[512];
-    int hl = snprintf(head, sizeof(head),
-                      "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                      "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
-                      "Connection: close\r\n\r\n",
-                      type, size);
-    metric_http(w, 200);
-    conn_send_bytes(w, c, head, (size_t)hl);
+    send_head(w, c, 200, type, size, "X-Content-Type-Options: nosniff\r\n", "no-cache");
     if (body != NULL) {
         body->end = (uint32_t)len;
         if (c->state == CONN_DEAD)
@@ -207,8 +203,6 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         else
             conn_reply(w, c, body);
     }
-    if (c->state == CONN_DEAD)
-        return true;
     conn_end_after_reply(w, c);
     return true;
 }

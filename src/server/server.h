@@ -433,13 +433,14 @@ void conn_hold(struct worker *w, struct conn *c, uint8_t why, bool on);
  * does not take. */
 void conn_send_bytes(struct worker *w, struct conn *c, const void *p, size_t n);
 /* After a plain HTTP answer: the connection closes once it is sent, or at
- * the close timeout. */
+ * the close timeout. Nothing when sending it destroyed the connection. */
 void conn_end_after_reply(struct worker *w, struct conn *c);
 /* An upgrade whose token waits for a key fetch (worker.c, "Tokens waiting
  * for keys"): whether this worker has room for one more, and parking it. */
 bool conn_park_room(const struct worker *w);
 bool conn_park(struct worker *w, struct conn *c, uint64_t ticket);
-/* Holds an HTTP API request until the inboxes it would fill are taken. */
+/* Holds an HTTP API request until the inboxes it would fill are taken
+ * (conn_hold_for_inbox holds a publisher the same way). */
 void conn_hold_api(struct worker *w, struct conn *c);
 
 /* route.c: the HTTP phase. Request bodies are only for the HTTP API, and

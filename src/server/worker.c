@@ -336,6 +336,8 @@ void conn_send_bytes(struct worker *w, struct conn *c, const void *p, size_t n)
 
 void conn_end_after_reply(struct worker *w, struct conn *c)
 {
+    if (c->state == CONN_DEAD) /* a send above failed and destroyed it */
+        return;
     c->flags |= CF_CLOSE_SENT;
     c->state = CONN_CLOSING;
     mark_pending(w, c); /* the flush sends FIN once the queue is empty */
@@ -1044,16 +1046,11 @@ void conn_hold(struct worker *w, struct conn *c, uint8_t why, bool on)
         conn_replay(w, c);
 }
 
-static void hold_for_inbox(struct worker *w, struct conn *c)
+void conn_hold_api(struct worker *w, struct conn *c)
 {
     metric_add(&w->m.inbox_holds, 1);
     wsh_log(WSH_LOG_DEBUG, "conn=%u ev=publisher_held", c->id);
     conn_hold(w, c, HOLD_INBOX, true);
-}
-
-void conn_hold_api(struct worker *w, struct conn *c)
-{
-    hold_for_inbox(w, c);
 }
 
 void conn_hold_for_inbox(struct worker *w, struct conn *c)
@@ -1061,7 +1058,7 @@ void conn_hold_for_inbox(struct worker *w, struct conn *c)
     w->inbox_full = false;
     c->held_for = w->inbox_full_on;
     if (c->state == CONN_OPEN && !(c->hold & HOLD_INBOX))
-        hold_for_inbox(w, c);
+        conn_hold_api(w, c); /* the same hold, for a publisher */
 }
 
 /* From the end of a turn, once an inbox this worker waited for has
