@@ -189,7 +189,13 @@ class Soak:
                         await ws.send(body)
                         self.stats["raw"] += 1
                         if rng.random() < 0.02:
-                            ws.transport.abort()  # gone mid-stream
+                            # Gone mid-stream. Not once websockets has closed
+                            # the transport itself (the server cut this
+                            # publisher off): CPython 3.11's abort() after a
+                            # close() that drained its buffer raises
+                            # AttributeError ('NoneType' has no call_soon).
+                            if not ws.transport.is_closing():
+                                ws.transport.abort()
                             break
                         while reads:
                             try:
