@@ -89,19 +89,43 @@ static uint64_t sum(size_t offset)
 
 #define SUM(field) sum(offsetof(struct metrics, field))
 
+/* The page being written. It grows as it must: its size follows the
+ * number of workers and the width of the counts, and a page cut short
+ * would lose whole families without a word to the scraper. */
 struct out {
     char *p;
     size_t len, cap;
+    bool failed; /* an allocation failed: the page is not served */
 };
 
 __attribute__((format(printf, 2, 3))) static void put(struct out *o, const char *fmt, ...)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
-    va_end(ap);
-    if (n > 0 && (size_t)n < o->cap - o->len)
-        o->len += (size_t)n;
+    for (;;) {
+        if (o->failed)
+            return;
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->p ? o->p + o->len : NULL, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            o->failed = true;
+            return;
+        }
+        if ((size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = o->cap ? o->cap : 16384;
+        while (cap - o->len <= (size_t)n)
+            cap *= 2;
+        char *p = realloc(o->p, cap);
+        if (p == NULL) {
+            o->failed = true;
+            return;
+        }
+        o->p = p;
+        o->cap = cap;
+    }
 }
 
 static void counter(struct out *o, const char *name, const char *help, uint64_t v)
@@ -221,12 +245,9 @@ static void code_family(struct out *o, const char *name, const char *help, const
 
 void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
-    if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
-        route_not_allowed(w, c, "GET", "text/plain", "method not allowed\n", 19);
+    if (!route_readable(w, c, req))
         return;
-    }
-    static _Thread_local char buf[16384];
-    struct out o = { buf, 0, sizeof(buf) };
+    struct out o = { 0 };
     put(&o,
         "# HELP wshub_connections Open connections, all endpoints and states.\n"
         "# TYPE wshub_connections gauge\nwshub_connections %zu\n",
@@ -382,6 +403,19 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     for (int i = 0; i < wsh_nworkers; i++)
         put(&o, "wshub_worker_busy_seconds_total{worker=\"%d\"} %.6f\n", i,
             (double)atomic_load_explicit(&wsh_workers[i].m.busy_ns, memory_order_relaxed) / 1e9);
+    put(&o, "# HELP wshub_worker_connections Open connections of each worker (the kernel "
+            "spreads new ones across the workers' listeners).\n"
+            "# TYPE wshub_worker_connections gauge\n");
+    for (int i = 0; i < wsh_nworkers; i++)
+        put(&o, "wshub_worker_connections{worker=\"%d\"} %llu\n", i,
+            (unsigned long long)atomic_load_explicit(&wsh_workers[i].m.conns,
+                                                     memory_order_relaxed));
     process_metrics(&o);
-    route_respond(w, c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
+    if (o.failed) {
+        static const char oom[] = "out of memory\n";
+        route_respond(w, c, 503, "text/plain", oom, sizeof(oom) - 1);
+    } else {
+        route_answer(w, c, req, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
+    }
+    free(o.p);
 }

@@ -58,9 +58,7 @@ void route_not_allowed(struct worker *w, struct conn *c, const char *allow, cons
     respond(w, c, NULL, 405, type, extra, body, len);
 }
 
-/* What is only read (the health checks, static files) answers GET and
- * HEAD; any other method gets 405 naming both. Returns false when it did. */
-static bool readable_method(struct worker *w, struct conn *c, const struct wsh_http_request *req)
+bool route_readable(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
     if (method_is(req, "GET") || method_is(req, "HEAD"))
         return true;
@@ -74,7 +72,13 @@ static bool readable_method(struct worker *w, struct conn *c, const struct wsh_h
 void route_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                    size_t len)
 {
-    respond(w, c, NULL, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
+    route_answer(w, c, NULL, status, type, body, len);
+}
+
+void route_answer(struct worker *w, struct conn *c, const struct wsh_http_request *req, int status,
+                  const char *type, const char *body, size_t len)
+{
+    respond(w, c, req, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
 }
 
 /* A refusal in the HTTP phase, as wsh_hs_error_response words it: the
@@ -166,7 +170,7 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
             close(fd);
         return false;
     }
-    if (!readable_method(w, c, req)) {
+    if (!route_readable(w, c, req)) {
         close(fd);
         return true;
     }
@@ -265,7 +269,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     bool healthz = path_is(req, "/healthz");
     bool readyz = path_is(req, "/readyz");
     if (healthz || readyz) {
-        if (!readable_method(w, c, req))
+        if (!route_readable(w, c, req))
             return;
         /* /healthz: the process answers (liveness). /readyz: it can also
          * serve what it is configured for (readiness): not while the
@@ -473,12 +477,17 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
         http_reply(w, c, 411, "a Content-Length body is required");
         return len;
     }
-    if (blen > 0) {
-        if (!path_under(&req, "/api/")) {
-            /* Only the HTTP API takes a request body. */
-            http_reply(w, c, method_is(&req, "GET") ? 400 : 405, "request body not accepted");
-            return len;
-        }
+    /* Only the HTTP API takes a request body. Elsewhere a GET or HEAD that
+     * sends one is malformed (400); any other method is wrong for the path
+     * whatever its body, and the path's own route refuses it below, with
+     * that path's Allow list (or 404). Such a body is never waited for:
+     * input after an answer is discarded. */
+    bool api = path_under(&req, "/api/");
+    if (blen > 0 && !api && (method_is(&req, "GET") || method_is(&req, "HEAD"))) {
+        http_reply(w, c, 400, "request body not accepted");
+        return len;
+    }
+    if (blen > 0 && api) {
         if (blen > ROUTE_BODY_MAX) {
             http_reply(w, c, 413, "request body too large");
             return len;
@@ -498,7 +507,7 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
         }
     }
     c->flags &= (uint8_t)~CF_HTTP_BODY;
-    if (path_under(&req, "/api/")) {
+    if (api) {
         /* A POST publishes (or disconnects) through the inboxes: while
          * one is over its bound the request waits, whole, in the carry,
          * and is answered once that worker has caught up, so a backend

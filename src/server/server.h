@@ -239,6 +239,7 @@ enum push_type {
 #define METRIC_TURN_BUCKETS 9
 struct metrics {
     _Atomic uint64_t accepted;
+    _Atomic uint64_t conns;               /* a gauge: this worker's open connections (nconns) */
     _Atomic uint64_t msgs_in[4];          /* by enum conn_endpoint */
     _Atomic uint64_t commands[10];        /* by enum wsh_cmd_type */
     _Atomic uint64_t pushes[PUSH__COUNT]; /* /ws messages out, per recipient */
@@ -461,6 +462,12 @@ void route_respond(struct worker *w, struct conn *c, int status, const char *typ
  * methods the path takes ("GET", "POST"). */
 void route_not_allowed(struct worker *w, struct conn *c, const char *allow, const char *type,
                        const char *body, size_t len);
+/* What is only read (the health checks, static files, /metrics) takes GET
+ * and HEAD: any other method gets 405 naming both, and false. */
+bool route_readable(struct worker *w, struct conn *c, const struct wsh_http_request *req);
+/* route_respond for a request that may be HEAD: that gets the head alone. */
+void route_answer(struct worker *w, struct conn *c, const struct wsh_http_request *req, int status,
+                  const char *type, const char *body, size_t len);
 struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);
 /* A compressed frame (RSV1) of payload: with z, that connection's state;
  * with z NULL, the stateless compressor for window_bits (fan-out). */

@@ -528,6 +528,7 @@ void conn_destroy(struct worker *w, struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     w->nconns--;
+    atomic_store_explicit(&w->m.conns, w->nconns, memory_order_relaxed);
     atomic_fetch_sub_explicit(&wsh_total_conns, 1, memory_order_relaxed);
     /* Freed at the end of the turn: epoll may still hold events for it in
      * this batch, and it may sit on the flush list (uSockets closed_head). */
@@ -1433,6 +1434,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             w->conns->prev = c;
         w->conns = c;
         w->nconns++;
+        atomic_store_explicit(&w->m.conns, w->nconns, memory_order_relaxed);
         atomic_fetch_add_explicit(&wsh_total_conns, 1, memory_order_relaxed);
         metric_add(&w->m.accepted, 1);
         wsh_timer_start(l, &c->timer, wsh_cfg.handshake_timeout_ms);

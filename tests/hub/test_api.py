@@ -136,15 +136,23 @@ def test_api_rejects_bad_requests(hub):
     for method, path, raw, want in cases:
         st, _, b = call(h, method, path, raw=raw)
         assert st == want, (path, raw, st, b)
-    # A 405 names the methods the path takes (RFC 9110 15.5.6).
-    for method, path, allow in (("GET", "/api/broadcast", "POST"), ("POST", "/api/info", "GET"),
-                                ("POST", "/api/presence/chat:a", "GET"),
-                                ("POST", "/metrics", "GET"), ("PUT", "/healthz", "GET, HEAD")):
-        st, hd, b = call(h, method, path, raw=b"{}" if path.startswith("/api/") else None,
+    # A 405 names the methods the path takes (RFC 9110 15.5.6), with a
+    # body or without one; a GET or HEAD with a body where no body is
+    # taken is malformed (400).
+    for method, path, body, allow in (
+            ("GET", "/api/broadcast", b"{}", "POST"), ("POST", "/api/info", b"{}", "GET"),
+            ("POST", "/api/presence/chat:a", b"{}", "GET"),
+            ("POST", "/metrics", None, "GET, HEAD"), ("PUT", "/metrics", b"x=1", "GET, HEAD"),
+            ("PUT", "/healthz", None, "GET, HEAD"), ("POST", "/readyz", b"{}", "GET, HEAD"),
+            ("POST", "/ws", b"{}", "GET")):
+        st, hd, b = call(h, method, path, raw=body,
                          key=API_KEY if path.startswith("/api/") else None)
         assert st == 405 and hd["Allow"] == allow, (method, path, st, dict(hd), b)
         if path.startswith("/api/"):
             assert json.loads(b) == {"error": f"use {allow}"}, b
+    assert call(h, "POST", "/nothing-here", raw=b"{}", key=None)[0] == 404
+    for method in ("GET", "HEAD"):
+        assert call(h, method, "/healthz", raw=b"{}", key=None)[0] == 400, method
     st, _, b = call(h, "POST", "/api/publish", raw=b"x" * 70000)
     assert st == 413, st
     # A chunked body is refused with 411.
@@ -266,6 +274,51 @@ async def test_metrics_parse_and_count(hub):
     st, _, body = call(h, "GET", "/metrics", key=None)
     _, s2 = parse_prometheus(body.decode())
     assert s2[("wshub_closes_total", 'code="1000"')] >= 1
+
+
+def test_metrics_whole_at_64_workers(hub):
+    """With 64 workers the page passes 16 KiB (once the fixed size of its
+    buffer, which dropped what did not fit without a word): every family is
+    there, each worker's open connections among them, and HEAD answers
+    the head alone."""
+    h = hub(api_config(), workers=64)
+    socks = []
+    try:
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", h.port), timeout=5 * MULT)
+            socks.append(s)
+        deadline = time.monotonic() + 10 * MULT
+        while True:
+            st, hdrs, body = call(h, "GET", "/metrics", key=None)
+            assert st == 200, st
+            text = body.decode()
+            assert int(hdrs["Content-Length"]) == len(body) > 16384, len(body)
+            types, s = parse_prometheus(text)
+            per = {k[1]: v for k, v in s.items() if k[0] == "wshub_worker_connections"}
+            # Opened and closed at the same moments as the total; the
+            # scrape reads them one after the other, so a connection of
+            # an earlier scrape still closing may be counted in one only.
+            if sum(per.values()) == s[("wshub_connections", "")] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert types["wshub_worker_connections"] == "gauge"
+        assert sorted(per) == sorted(f'worker="{i}"' for i in range(64)), sorted(per)
+        assert sum(per.values()) == s[("wshub_connections", "")] >= 13, (per, s)
+        assert len([k for k in s if k[0] == "wshub_worker_busy_seconds_total"]) == 64
+        # The last family written, after the per-worker ones.
+        assert types["process_start_time_seconds"] == "gauge"
+        assert s[("process_start_time_seconds", "")] > 0
+        c = socket.create_connection(("127.0.0.1", h.port), timeout=5 * MULT)
+        c.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = wsraw.read_to_eof(c)
+        c.close()
+        head, _, rest = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and rest == b"", got[:300]
+        length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+        assert length and int(length.group(1)) > 16384, head
+    finally:
+        for s in socks:
+            s.close()
 
 
 def raw_status(port, data):

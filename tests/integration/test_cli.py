@@ -77,10 +77,11 @@ def test_cli_check_config():
     assert r.returncode == 2 and "missing.json" in r.stderr, r.stderr
 
 
-def http_get(port, path, method="GET"):
+def http_get(port, path, method="GET", body=b""):
     c = wsraw.Conn("127.0.0.1", port)
     try:
-        c.send(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        length = f"Content-Length: {len(body)}\r\n" if body else ""
+        c.send(f"{method} {path} HTTP/1.1\r\nHost: x\r\n{length}\r\n".encode() + body)
         return c.read_http_response(timeout=5)
     finally:
         c.close()
@@ -146,6 +147,10 @@ def test_cli_web_root_serves_whole_regular_files_only(wshub):
     for path in ("/big.js", "/healthz"):
         r = http_get(s.port, path, method="DELETE")
         assert r.status == 405 and r.header("allow") == "GET, HEAD", r
+        r = http_get(s.port, path, method="POST", body=b"a=1")
+        assert r.status == 405 and r.header("allow") == "GET, HEAD", r
+    assert http_get(s.port, "/big.js", body=b"a=1").status == 400
+    assert http_get(s.port, "/big.js").body == big
 
 
 def head_request(port, path):
