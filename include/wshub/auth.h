@@ -35,6 +35,7 @@
 
 /* Application close codes (LIMITS.md). */
 #define WSH_CLOSE_TOKEN_EXPIRED 4100 /* reconnect allowed with a fresh token */
+#define WSH_CLOSE_RATE_LIMITED  4103 /* reconnect allowed after the delay given */
 #define WSH_CLOSE_FORBIDDEN     4500 /* terminal: do not reconnect */
 
 /* ------------------------------------------------------------------ */

@@ -58,8 +58,9 @@ struct hubconn {
     bool connected; /* `connect` was answered */
     bool waiting;   /* `connect` or `refresh` waits for a key set fetch (waiters) */
     char client[24];
-    char anon[32]; /* user id of an anonymous connection: "anon-<client>" */
-    double tokens; /* publish/signal token bucket */
+    char anon[32];  /* user id of an anonymous connection: "anon-<client>" */
+    double tokens;  /* publish/signal token bucket */
+    double refused; /* refusals not yet forgiven (take_token) */
     int64_t refill_ms;
     uint32_t nsubs;
     struct hubsub *subs;
@@ -195,13 +196,7 @@ void hub_overload_notice(struct worker *w, struct conn *c, uint64_t retry_ms)
 static void hub_disconnect(struct worker *w, struct conn *c, unsigned code, const char *reason,
                            bool reconnect)
 {
-    struct wsh_jbuf b;
-    wsh_jbuf_init(&b);
-    if (wsh_proto_encode_disconnect(&b, code, reason, strlen(reason), reconnect,
-                                    reconnect ? 500 : 0, wsh_wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b, PUSH_DISCONNECT);
-    wsh_jbuf_free(&b);
-    conn_close(w, c, code, reason);
+    disconnect_retry(w, c, code, reason, reconnect, reconnect ? 500 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1219,19 +1214,52 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     }
 }
 
-/* Token bucket per connection for publish and signal (LIMITS.md). */
-static bool take_token(struct hubconn *h)
+enum { TOKEN_TAKEN, TOKEN_REFUSED, TOKEN_ABUSED };
+
+/* Token bucket per connection for publish and signal (LIMITS.md). The
+ * refusals go through a bucket of their own, of the same size and rate:
+ * past publish_burst refusals that the rate has not forgiven, the client
+ * is not slowing down (TOKEN_ABUSED), and is closed rather than answered
+ * error after error. A client at up to twice the rate stays, told 3000
+ * for what is over; one sending faster without pause is closed once the
+ * surplus passes a burst. */
+static int take_token(struct hubconn *h)
 {
     int64_t now = wsh_wall_ms();
     const struct wsh_limits_config *l = &live_cfg()->limits;
-    h->tokens += (double)(now - h->refill_ms) * l->publish_rate / 1000.0;
+    double refill = (double)(now - h->refill_ms) * l->publish_rate / 1000.0;
     h->refill_ms = now;
+    h->tokens += refill;
     if (h->tokens > l->publish_burst)
         h->tokens = l->publish_burst;
-    if (h->tokens < 1.0)
-        return false;
-    h->tokens -= 1.0;
-    return true;
+    h->refused = h->refused > refill ? h->refused - refill : 0.0;
+    if (h->tokens >= 1.0) {
+        h->tokens -= 1.0;
+        return TOKEN_TAKEN;
+    }
+    h->refused += 1.0;
+    return h->refused > l->publish_burst ? TOKEN_ABUSED : TOKEN_REFUSED;
+}
+
+/* A publish or signal over the rate: error 3000, and for a client that
+ * goes on regardless, `disconnect` and close 4103, to come back once a
+ * whole burst has refilled. Returns false when the command may not go on. */
+static bool rate_allows(struct worker *w, struct conn *c, struct hubconn *h,
+                        const struct wsh_cmd *cmd)
+{
+    int t = take_token(h);
+    if (t == TOKEN_TAKEN)
+        return true;
+    cmd_error(w, c, cmd, WSH_PERR_RATE_LIMITED);
+    if (t == TOKEN_ABUSED) {
+        const struct wsh_limits_config *l = &live_cfg()->limits;
+        double refill_ms = (double)l->publish_burst * 1000.0 / l->publish_rate;
+        uint64_t retry_ms = refill_ms < 500 ? 500 : refill_ms > 60000 ? 60000 : (uint64_t)refill_ms;
+        wsh_log(WSH_LOG_INFO, "conn=%u ev=rate_abuse retry_ms=%llu", c->id,
+                (unsigned long long)retry_ms);
+        disconnect_retry(w, c, WSH_CLOSE_RATE_LIMITED, "rate limited", true, retry_ms);
+    }
+    return false;
 }
 
 /* Returns 0 when the connection may publish on the channel, else the
@@ -1276,10 +1304,8 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
         cmd_error(w, c, cmd, denied);
         return;
     }
-    if (!take_token(h)) {
-        cmd_error(w, c, cmd, WSH_PERR_RATE_LIMITED);
+    if (!rate_allows(w, c, h, cmd))
         return;
-    }
     struct wsh_jbuf pb;
     wsh_jbuf_init(&pb);
     const char *payload = cmd->payload_raw;
@@ -1453,10 +1479,8 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
     struct hubsub *s = cmd_sub(w, c, h, cmd);
     if (s == NULL)
         return;
-    if (!take_token(h)) {
-        cmd_error(w, c, cmd, WSH_PERR_RATE_LIMITED);
+    if (!rate_allows(w, c, h, cmd))
         return;
-    }
     size_t ulen;
     const char *user = user_of(h, &ulen);
     struct wsh_jbuf b, pb;

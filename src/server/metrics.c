@@ -16,8 +16,8 @@
 #include "server.h"
 #include "wshub/http.h"
 
-static const unsigned close_codes[METRIC_CODES] = { 1000, 1001, 1002, 1003, 1007, 1008, 1009,
-                                                    1011, 1012, 1013, 4100, 4101, 4500, 4501 };
+static const unsigned close_codes[METRIC_CODES] = { 1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011,
+                                                    1012, 1013, 4100, 4101, 4103, 4500, 4501 };
 /* Upper bounds of the latency buckets, in milliseconds. */
 static const unsigned lat_ms[METRIC_LAT_BUCKETS] = { 1,   2,   5,   10,   25,   50,
                                                      100, 250, 500, 1000, 2500, 5000 };

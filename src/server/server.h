@@ -233,7 +233,7 @@ enum push_type {
 
 /* Counters of one worker, summed by /metrics. Only the owning worker
  * writes them; relaxed atomics keep the scraping thread's reads defined. */
-#define METRIC_CODES        14
+#define METRIC_CODES        15
 #define METRIC_HTTP_CODES   16
 #define METRIC_LAT_BUCKETS  12
 #define METRIC_TURN_BUCKETS 9

@@ -41,6 +41,51 @@ async def test_publish_rate_token_bucket(hub):
 
 
 @run_async
+async def test_publish_rate_abuse_closes_4103(hub):
+    """docs/protocol.md: over the rate, error 3000; a client that goes on
+    regardless is told `disconnect` and closed with 4103, reconnect allowed
+    once a whole burst has refilled. One that pauses when told stays."""
+    h = hub(limits(publish_rate=4, publish_burst=5))
+    a = await Client.open(h, token("alice"))
+    calm = await Client.open(h, token("carol"))
+    await a.subscribe("chat:abuse")
+    await calm.subscribe("chat:abuse")
+    # carol: the burst, refusals up to one burst's worth, then a pause.
+    for i in range(5):
+        await calm.publish("chat:abuse", {"c": i})
+    for _ in range(4):
+        await expect_error(calm, "publish", "chat:abuse", 3000, payload={"c": "over"})
+    await asyncio.sleep(0.6)
+    assert await calm.publish("chat:abuse", {"c": "after the pause"}) >= 6
+    # alice: 40 publishes without waiting for an answer.
+    for i in range(40):
+        await a.send({"type": "publish", "id": 100 + i, "channel": "chat:abuse",
+                      "payload": {"a": i}})
+    code, reason, seen = await a.expect_close(10)
+    assert (code, reason) == (4103, "rate limited"), (code, reason)
+    acks = [m for m in seen if m["type"] == "ack"]
+    errors = [m for m in seen if m["type"] == "error"]
+    assert len(acks) <= 6, acks  # the burst (and what refilled meanwhile)
+    assert all(m["payload"]["code"] == 3000 for m in errors), errors
+    # Refusals past a burst's worth, and no answer after the close.
+    assert 5 < len(errors) <= 8 and len(acks) + len(errors) < 40, (len(acks), len(errors))
+    disc = [m for m in seen if m["type"] == "disconnect"]
+    assert len(disc) == 1 and seen[-1] is disc[0], seen[-3:]
+    assert disc[0]["payload"] == {"code": 4103, "reason": "rate limited", "reconnect": True,
+                                  "retry_after_ms": 1250}, disc  # 5 tokens at 4 a second
+    assert "ev=rate_abuse retry_ms=1250" in h.log()
+    await calm.quiet(0.2, lambda m: m["type"] == "disconnect")
+    assert wsraw.scrape_metrics(h.port)['wshub_closes_total{code="4103"}'] == 1
+    # Reconnecting gives a new connection its own full bucket.
+    b = await Client.open(h, token("alice"))
+    await b.subscribe("chat:abuse")
+    for i in range(5):
+        await b.publish("chat:abuse", {"b": i})
+    await b.close()
+    await calm.close()
+
+
+@run_async
 async def test_max_subscriptions(hub):
     h = hub(limits(max_subscriptions=3))
     a = await Client.open(h, token("alice"))
