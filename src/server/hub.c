@@ -863,6 +863,17 @@ static void wait_take(struct hubconn *h, struct waiter *out)
     }
 }
 
+bool hub_origin_allowed(const struct wsh_http_request *req)
+{
+    const struct wsh_http_header *o = wsh_http_find(req, "Origin");
+    const struct wsh_hub_config *cfg = live_cfg();
+    const struct wsh_origin_list origins = { .entries = (const char *const *)cfg->origins,
+                                             .nentries = cfg->norigins,
+                                             .allow_missing = true };
+    return cfg->norigins == 0 ||
+           wsh_origin_allowed(&origins, o ? o->value : NULL, o ? o->value_len : 0);
+}
+
 int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
                       bool may_wait, uint64_t *ticket, const char **why)
 {
@@ -871,13 +882,7 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
         *why = "not found";
         return 404;
     }
-    const struct wsh_http_header *o = wsh_http_find(req, "Origin");
-    const struct wsh_hub_config *cfg = live_cfg();
-    const struct wsh_origin_list origins = { .entries = (const char *const *)cfg->origins,
-                                             .nentries = cfg->norigins,
-                                             .allow_missing = true };
-    if (cfg->norigins > 0 &&
-        !wsh_origin_allowed(&origins, o ? o->value : NULL, o ? o->value_len : 0)) {
+    if (!hub_origin_allowed(req)) {
         *why = "origin not allowed";
         return 403;
     }

@@ -118,6 +118,8 @@ static void usage(FILE *out)
             "                            any free port, see --port-file)\n"
             "  --workers N               worker threads, one event loop each (default: cores)\n"
             "  --echo                    enable /echo, which echoes every message\n"
+            "  --no-raw                  disable /raw/<channel> (open to any client that\n"
+            "                            passes the Origin check: no token)\n"
             "  --max-message BYTES       largest message accepted (default 65536)\n"
             "  --max-fragments N         most frames in one message (default 1024)\n"
             "  --ping-interval SECS      heartbeat ping interval, 0 = off (default 25)\n"
@@ -224,6 +226,7 @@ enum {
     OPT_ADMIN_LISTEN,
     OPT_WORKERS,
     OPT_ECHO,
+    OPT_NO_RAW,
     OPT_MAX_MESSAGE,
     OPT_MAX_FRAGMENTS,
     OPT_PING,
@@ -261,6 +264,7 @@ static int parse_args(int argc, char **argv)
         { "admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN },
         { "workers", required_argument, NULL, OPT_WORKERS },
         { "echo", no_argument, NULL, OPT_ECHO },
+        { "no-raw", no_argument, NULL, OPT_NO_RAW },
         { "max-message", required_argument, NULL, OPT_MAX_MESSAGE },
         { "max-fragments", required_argument, NULL, OPT_MAX_FRAGMENTS },
         { "ping-interval", required_argument, NULL, OPT_PING },
@@ -308,6 +312,9 @@ static int parse_args(int argc, char **argv)
             break;
         case OPT_ECHO:
             wsh_cfg.echo = true;
+            break;
+        case OPT_NO_RAW:
+            wsh_cfg.no_raw = true;
             break;
         case OPT_MAX_MESSAGE:
             /* The frame buffer length is 32-bit: leave room for a header. */
@@ -597,12 +604,14 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    wsh_log(WSH_LOG_INFO,
-            "ev=listen addr=%s port=%d workers=%d tls=%d deflate=%d echo=%d max_message=%llu "
-            "ws_max_message=%llu proxy_protocol=%d",
-            wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.deflate ? 1 : 0,
-            wsh_cfg.echo ? 1 : 0, (unsigned long long)wsh_cfg.limits.max_message,
-            (unsigned long long)hub_message_limit(), wsh_cfg.proxy_protocol ? 1 : 0);
+    wsh_log(
+        WSH_LOG_INFO,
+        "ev=listen addr=%s port=%d workers=%d tls=%d deflate=%d echo=%d raw=%d max_message=%llu "
+        "ws_max_message=%llu proxy_protocol=%d",
+        wsh_cfg.host, port, wsh_nworkers, wsh_tls_ctx ? 1 : 0, wsh_cfg.deflate ? 1 : 0,
+        wsh_cfg.echo ? 1 : 0, wsh_cfg.no_raw ? 0 : 1,
+        (unsigned long long)wsh_cfg.limits.max_message, (unsigned long long)hub_message_limit(),
+        wsh_cfg.proxy_protocol ? 1 : 0);
     if (admin_port >= 0)
         wsh_log(WSH_LOG_INFO, "ev=admin_listen addr=%s port=%d", wsh_cfg.admin_host, admin_port);
     if (wsh_cfg.port_file && write_port_file(wsh_cfg.port_file, port) != 0) {

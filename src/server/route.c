@@ -288,7 +288,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         ep = EP_ECHO;
     } else if (path_is(req, "/ws")) {
         ep = EP_HUB;
-    } else if (req->path_len > raw_len && path_under(req, raw_prefix)) {
+    } else if (!wsh_cfg.no_raw && req->path_len > raw_len && path_under(req, raw_prefix)) {
         ep = EP_RAW;
         chan = req->path + raw_len;
         chan_len = req->path_len - raw_len;
@@ -324,6 +324,13 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
         WSH_OK) {
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=%d", c->id, res.status);
         http_reply(w, c, res.status, res.error ? res.error : "bad request");
+        return;
+    }
+    /* /ws checks the Origin with the rest of its credentials (after the
+     * admission rate, which it answers in-band); the other paths here. */
+    if (ep != EP_HUB && !hub_origin_allowed(req)) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=handshake_refused status=403", c->id);
+        http_reply(w, c, 403, "origin not allowed");
         return;
     }
     /* Over the admission rate, /raw and /echo get 503. A /ws client is

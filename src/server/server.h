@@ -23,6 +23,7 @@ struct wsh_config {
     int port;
     int workers;
     bool echo;
+    bool no_raw; /* --no-raw: /raw/<channel> answers 404 */
     struct wsh_limits limits;
     uint64_t ping_interval_ms; /* 0 disables heartbeats */
     uint64_t pong_timeout_ms;
@@ -600,6 +601,11 @@ int hub_worker_init(struct worker *w);
  * token names a key a fetch of auth.jwks_url now under way may bring;
  * check again once keys_fetched() reaches *ticket. */
 #define HUB_WAIT 1
+/* The configuration's `origins` allow req's Origin: always without a list,
+ * and always without an Origin (a client that is not a browser). Checked
+ * on every upgrade path, /raw and /echo included (cross-site WebSocket
+ * hijacking). */
+bool hub_origin_allowed(const struct wsh_http_request *req);
 int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_request *req,
                       bool may_wait, uint64_t *ticket, const char **why);
 /* NULL when /readyz may say ready, else why not. */

@@ -8,7 +8,8 @@ import json
 import time
 
 from conftest import (SECRET, SECRET384, Client, base_config, b64url, expect_error,
-                      handshake_status, keypair, merge, run_async, token, unsigned_token)
+                      handshake_status, keypair, merge, raw_upgrade, run_async, token,
+                      unsigned_token)
 
 
 def hmac_token(secret, alg="HS256", sub="mallory", exp_in=3600):
@@ -258,6 +259,30 @@ async def test_origin_allow_list(hub):
     assert handshake_status(h.port, headers=[auth]) == 101  # non-browser client
     c = await Client.open(h, token("alice"), origin="https://good.example")
     await c.close()
+
+
+def test_origin_allow_list_guards_raw_and_echo_too(hub):
+    """/raw takes no token, so the Origin check is all that keeps a page
+    of another site from reading and writing its channels (cross-site
+    WebSocket hijacking); /echo the same. --no-raw turns /raw off."""
+    cfg = merge(base_config(), {"origins": ["https://good.example"]})
+    h = hub(cfg, "--echo")
+    for path in ("/raw/room", "/echo"):
+        assert handshake_status(h.port, path, [("Origin", "https://evil.example")]) == 403, path
+        assert handshake_status(h.port, path, [("Origin", "null")]) == 403, path
+        assert handshake_status(h.port, path, [("Origin", "https://good.example")]) == 101, path
+        assert handshake_status(h.port, path) == 101, path  # not a browser
+    r, c = raw_upgrade(h.port, "/raw/room", [("Origin", "https://evil.example")])
+    c.close()
+    assert r.status == 403 and b"origin not allowed" in r.body, r
+    # Without a list every Origin passes (docs/config.md, origins).
+    open_hub = hub(base_config(), "--echo")
+    for path in ("/raw/room", "/echo"):
+        assert handshake_status(open_hub.port, path, [("Origin", "https://any.example")]) == 101
+    off = hub(cfg, "--no-raw")
+    assert handshake_status(off.port, "/raw/room") == 404
+    assert handshake_status(off.port, "/raw/room", [("Origin", "https://good.example")]) == 404
+    assert "raw=0" in off.log() and "raw=1" in h.log()
 
 
 @run_async
