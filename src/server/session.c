@@ -311,12 +311,16 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
 
 /* Tracks when the data message in progress began (LIMITS.md message-progress
  * deadline): a frame declared large and then trickled in must not hold its
- * buffer forever. Checked on each heartbeat tick. */
+ * buffer forever. Checked on each heartbeat tick; without heartbeats the
+ * timer is armed for the deadline itself. */
 static void note_progress(struct worker *w, struct conn *c)
 {
     if (wsh_parser_in_message(&c->parser) || c->msg != NULL) {
-        if (c->msg_since == 0)
+        if (c->msg_since == 0) {
             c->msg_since = wsh_stamp(wsh_loop_now(w->loop));
+            if (wsh_cfg.ping_interval_ms == 0 && wsh_cfg.message_timeout_ms > 0)
+                wsh_timer_start(w->loop, &c->timer, wsh_cfg.message_timeout_ms);
+        }
     } else {
         c->msg_since = 0;
     }
@@ -382,6 +386,13 @@ void session_timer(struct worker *w, struct conn *c)
     if (c->msg_since != 0 && wsh_cfg.message_timeout_ms > 0 && age >= wsh_cfg.message_timeout_ms) {
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=message_timeout", c->id);
         conn_close(w, c, WSH_CLOSE_POLICY, "message too slow");
+        return;
+    }
+    if (wsh_cfg.ping_interval_ms == 0) {
+        /* No heartbeat: armed only for a message's deadline. The message
+         * it was armed for may have ended and another begun since. */
+        if (c->msg_since != 0 && wsh_cfg.message_timeout_ms > 0)
+            wsh_timer_start(w->loop, &c->timer, wsh_cfg.message_timeout_ms - age);
         return;
     }
     if (c->hold) {

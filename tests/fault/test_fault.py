@@ -426,6 +426,51 @@ def test_fault_dribbled_message_hits_progress_deadline(server):
     assert_healthy(server, base)
 
 
+@pytest.mark.args("--ping-interval", "0", "--message-timeout", "1", "--log-level", "debug")
+def test_fault_trickled_frame_hits_progress_deadline_without_heartbeats(server):
+    """One frame declared 60,000 bytes long and sent a byte at a time: with
+    heartbeats off (no tick to check on) the message-progress deadline
+    still closes it with 1008, while an idle connection stays open."""
+    base = server.fds()
+    idle = upgrade(server.port)
+    s = upgrade(server.port)
+    s.sendall(frame(2, b"", length=60000))  # the head and its mask only
+    s.settimeout(0.1)
+    t0 = time.time()
+    got = b""
+    while time.time() - t0 < 8 * MULT:
+        try:
+            s.sendall(b"x")
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        try:
+            chunk = s.recv(4096)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        got += chunk
+        if len(got) >= 4:
+            break
+    elapsed = time.time() - t0
+    assert got[:1] == b"\x88" and struct.unpack("!H", got[2:4])[0] == 1008, \
+        f"got {got[:40]!r} after {elapsed:.1f}s"
+    assert 0.9 < elapsed < 4 * MULT, elapsed
+    assert wait_log(server, "message_timeout")
+    s.close()
+    idle.sendall(frame(1, b"still here"))
+    idle.settimeout(5 * MULT)
+    data = b""
+    while b"still here" not in data:
+        chunk = idle.recv(200)
+        assert chunk, "closed"
+        data += chunk
+    idle.close()
+    assert_healthy(server, base)
+
+
 @pytest.mark.args("--max-queue", "65536")
 def test_fault_echo_flood_without_reading_meets_backpressure(server):
     """A client that sends far more than --max-queue of echo requests before
