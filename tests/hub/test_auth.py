@@ -134,6 +134,9 @@ async def test_rejections_at_the_handshake_are_403(hub):
         assert st == 403, f"{what} in Authorization: HTTP {st}"
         st = handshake_status(h.port, path="/ws?token=" + tok)
         assert st == 403, f"{what} in ?token=: HTTP {st}"
+    # An Authorization header that is not a Bearer token: 401 (LIMITS.md).
+    for value in ("Basic YWxpY2U6c2VjcmV0", "Bearer", "Bearer  two spaces", token("a")):
+        assert handshake_status(h.port, headers=[("Authorization", value)]) == 401, value
     # the good one passes both ways
     assert handshake_status(h.port, headers=[("Authorization", "Bearer " + token("a"))]) == 101
     assert handshake_status(h.port, path="/ws?token=" + token("a")) == 101
@@ -188,9 +191,11 @@ async def test_anonymous_off(hub):
     code, _, seen = await c.expect_close()
     errs = [m for m in seen if m["type"] == "error"]
     assert errs and errs[0]["payload"]["code"] == 2000, seen
-    # no close code is named for this case; 4500 (forbidden) or 1008
-    # (unauthenticated over its budget) are the documented candidates
-    assert code in (4500, 1008), (code, seen)
+    # docs/auth.md: error 2000, then `disconnect` and close 4500 (terminal).
+    assert code == 4500, (code, seen)
+    disc = [m for m in seen if m["type"] == "disconnect"]
+    assert len(disc) == 1 and disc[0]["payload"]["code"] == 4500, seen
+    assert disc[0]["payload"]["reconnect"] is False, disc
 
 
 @run_async
