@@ -244,18 +244,21 @@ def test_fault_header_floods_rejected(server):
     assert_healthy(server, base)
 
 
-def test_fault_pathological_extensions_header_linear(server):
-    """Sec-WebSocket-Extensions full of separators and quotes, parsed in
-    linear time: the answer comes at once."""
+@pytest.mark.parametrize("header", ["Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol"])
+def test_fault_pathological_extensions_header_linear(server, header):
+    """Sec-WebSocket-Extensions or -Protocol full of separators, quotes and
+    tiny elements (LIMITS.md: parsed in more than linear time elsewhere):
+    the answer comes at once."""
     base = server.fds()
-    ugly = [";" * 7000, ",;" * 3500, 'x; a="' + "\\\"" * 3000 + '"', "a=" * 3500]
+    ugly = [";" * 7000, ",;" * 3500, 'x; a="' + "\\\"" * 3000 + '"', "a=" * 3500, "," * 7000,
+            "a," * 3500, " ," * 3500, "a" * 7000]
     for value in ugly:
         s = connect(server.port)
         key = base64.b64encode(os.urandom(16)).decode()
         t0 = time.time()
         s.sendall((f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                   f"Sec-WebSocket-Extensions: {value}\r\n\r\n").encode())
+                   f"{header}: {value}\r\n\r\n").encode())
         s.settimeout(5 * MULT)
         got = s.recv(200)
         assert got.startswith(b"HTTP/1.1 "), got
