@@ -429,15 +429,20 @@ def test_fault_dribbled_message_hits_progress_deadline(server):
     assert code == 1008, f"got {code} after {elapsed:.1f}s"
     assert 0.9 < elapsed < 4 * MULT, elapsed
     s.close()
-    good.sendall(frame(1, b"still here"))
-    good.settimeout(5 * MULT)
+    assert_echoes(good, b"still here")
+    assert_healthy(server, base)
+
+
+def assert_echoes(s, text):
+    """s, a client left alone meanwhile, still gets its echo; closes it."""
+    s.sendall(frame(1, text))
+    s.settimeout(5 * MULT)
     data = b""
-    while b"still here" not in data:
-        chunk = good.recv(200)
+    while text not in data:
+        chunk = s.recv(200)
         assert chunk, "closed"
         data += chunk
-    good.close()
-    assert_healthy(server, base)
+    s.close()
 
 
 @pytest.mark.args("--ping-interval", "0", "--message-timeout", "1", "--log-level", "debug")
@@ -474,14 +479,7 @@ def test_fault_trickled_frame_hits_progress_deadline_without_heartbeats(server):
     assert 0.9 < elapsed < 4 * MULT, elapsed
     assert wait_log(server, "message_timeout")
     s.close()
-    idle.sendall(frame(1, b"still here"))
-    idle.settimeout(5 * MULT)
-    data = b""
-    while b"still here" not in data:
-        chunk = idle.recv(200)
-        assert chunk, "closed"
-        data += chunk
-    idle.close()
+    assert_echoes(idle, b"still here")
     assert_healthy(server, base)
 
 
