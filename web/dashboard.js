@@ -97,6 +97,33 @@ function fill(id, rows) {
   }));
 }
 
+// One row per worker: its open connections, and its share of time at work
+// since the last scrape (SO_REUSEPORT spreads connections by hash, so an
+// uneven row means a few busy clients landed together).
+function workers(cur, dt) {
+  const was = new Map(prev ? series(prev, 'wshub_worker_busy_seconds_total').map((s) => [s.labels.worker, s.value]) : []);
+  const busy = new Map(series(cur, 'wshub_worker_busy_seconds_total').map((s) => [s.labels.worker, s.value]));
+  const rows = series(cur, 'wshub_worker_connections')
+    .sort((a, b) => Number(a.labels.worker) - Number(b.labels.worker))
+    .map((s) => {
+      const id = s.labels.worker;
+      const share = prev && was.has(id) ? Math.min(100, 100 * rate(was.get(id), busy.get(id) ?? 0, dt)) : NaN;
+      const tr = document.createElement('tr');
+      tr.dataset.worker = id;
+      tr.dataset.connections = String(s.value);
+      tr.dataset.busy = Number.isFinite(share) ? String(share) : '';
+      const th = document.createElement('th');
+      th.textContent = id;
+      const n = document.createElement('td');
+      n.textContent = formatCount(s.value);
+      const b = document.createElement('td');
+      b.textContent = Number.isFinite(share) ? share.toFixed(1) : '–';
+      tr.append(th, n, b);
+      return tr;
+    });
+  document.querySelector('#workers tbody').replaceChildren(...rows);
+}
+
 function render(cur, dt) {
   for (const t of TILES) {
     const el = tile(t);
@@ -114,6 +141,7 @@ function render(cur, dt) {
   fill('statuses', series(cur, 'wshub_http_responses_total').filter((s) => s.value > 0)
     .map((s) => [s.labels.code, s.value]));
   fill('problems', PROBLEMS.map(([k, what]) => [what, sum(cur, k)]).filter(([, v]) => v > 0));
+  workers(cur, dt);
   const start = sum(cur, 'process_start_time_seconds');
   if (start > 0) {
     const s = Math.max(0, Math.round(Date.now() / 1000 - start));

@@ -280,7 +280,7 @@ test('the dashboard shows live figures from /metrics', { timeout: 60000 * MULT }
   const cfgPath = path.join(cfgDir, 'config.json');
   const apiKey = 'dashboard-test-key-0123456789';
   fs.writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(fs.readFileSync(CONFIG, 'utf8')), api_key: apiKey }));
-  const server = await new Server('127.0.0.1:0', cfgPath, ['--echo', '--workers', '1']).ready();
+  const server = await new Server('127.0.0.1:0', cfgPath, ['--echo', '--workers', '2']).ready();
   const ctx = await browserFor(t, () => server, [cfgDir]);
   const page = await ctx.newPage();
   const errors = [];
@@ -317,6 +317,17 @@ test('the dashboard shows live figures from /metrics', { timeout: 60000 * MULT }
   // The busiest worker's share of time at work, as a percentage.
   await waitFor(page, () => Number(document.getElementById('tile-busiest-worker').dataset.value) > 0);
   assert.ok((await tile('busiest-worker')) <= 100, 'a worker is at most 100 % busy');
+  // The workers table: one row each, their connections summing to the
+  // tile's (the page's three sockets among them), each busy share 0-100.
+  await waitFor(page, () => {
+    const rows = [...document.querySelectorAll('#workers tbody tr')];
+    const conns = rows.reduce((a, tr) => a + Number(tr.dataset.connections), 0);
+    return rows.length === 2 && conns >= 3 && rows.every((tr) => tr.dataset.busy !== '') &&
+      conns === Number(document.getElementById('tile-connections').dataset.value);
+  });
+  const rows = await page.$$eval('#workers tbody tr', (trs) => trs.map((tr) => [tr.dataset.worker, Number(tr.dataset.busy)]));
+  assert.deepEqual(rows.map(([id]) => id), ['0', '1']);
+  assert.ok(rows.every(([, b]) => b >= 0 && b <= 100), JSON.stringify(rows));
   await page.evaluate(() => window.sockets[0].close(1000));
   await waitFor(page, () => [...document.querySelectorAll('#closes th')].some((th) => th.textContent === '1000'));
   await waitFor(page, () => [...document.querySelectorAll('#statuses th')].some((th) => th.textContent === '101'));
