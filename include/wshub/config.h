@@ -36,6 +36,7 @@
 #define WSH_CFG_MAX_MESSAGE_CEIL           (64u * 1024u * 1024u) /* the most it may be */
 #define WSH_CFG_DEFAULT_JSON_DEPTH         32u
 #define WSH_CFG_DEFAULT_MAX_CHANNEL        128u
+#define WSH_CFG_MAX_CHANNEL_CEIL           255u /* the broker's bound on a name */
 #define WSH_CFG_DEFAULT_UNAUTH_MESSAGE     4096u
 #define WSH_CFG_DEFAULT_UNAUTH_TIMEOUT_MS  5000u
 #define WSH_CFG_DEFAULT_UNAUTH_OUTBOUND    16384u

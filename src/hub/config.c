@@ -690,7 +690,7 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         !get_client_memory(c, v, &l->max_client_memory) ||
         !get_u32(c, v, "max_message", 256, WSH_CFG_MAX_MESSAGE_CEIL, &l->max_message) ||
         !get_u32(c, v, "json_depth", 2, 1000, &l->json_depth) ||
-        !get_u32(c, v, "max_channel", 8, 1024, &l->max_channel) ||
+        !get_u32(c, v, "max_channel", 8, WSH_CFG_MAX_CHANNEL_CEIL, &l->max_channel) ||
         !get_u32(c, v, "max_revocations", 1, 10000000, &l->max_revocations))
         return false;
     json_t *u = json_object_get(v, "unauthenticated");

@@ -22,6 +22,10 @@
 #include "wshub/http.h"
 #include "wshub/proto.h"
 
+/* A name the configuration lets through fits the broker whole: the copies
+ * into chname[] below never cut one into another channel's name. */
+_Static_assert(WSH_CFG_MAX_CHANNEL_CEIL <= WSH_BROKER_NAME_MAX, "channel names must fit the broker");
+
 /* refresh_required goes out this long before the token expires. */
 #define REFRESH_AHEAD_MS 30000
 

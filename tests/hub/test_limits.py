@@ -210,6 +210,28 @@ async def test_max_channel(hub):
 
 
 @run_async
+async def test_max_channel_at_its_ceiling_is_its_own_channel(hub):
+    """At the largest max_channel (255), a name of that length is a channel
+    of its own: a subscriber of a name one byte shorter (its prefix) gets
+    nothing of it. (A ceiling of 1,024 once let a 300-byte name through,
+    cut to 255 bytes on its way to the broker: another channel's.)"""
+    h = hub(limits(max_channel=255))
+    long_name = "chat:" + "x" * 250
+    a = await Client.open(h, token("alice"))
+    b = await Client.open(h, token("bob"))
+    await a.subscribe(long_name)
+    await b.subscribe(long_name[:-1])
+    assert await a.publish(long_name, {"n": 1}) == 1
+    got = await a.push("message", long_name)
+    assert got["payload"] == {"n": 1}, got
+    await b.quiet(0.3, lambda m: m["type"] == "message")
+    r = await a.cmd("subscribe", long_name + "y")
+    assert r["type"] == "error" and r["payload"]["code"] == 4000, r
+    await a.close()
+    await b.close()
+
+
+@run_async
 async def test_unauthenticated_timeout(hub):
     h = hub(limits(unauthenticated={"timeout_ms": 300}))
     c = await Client.open(h, None, how=None, connect=False)

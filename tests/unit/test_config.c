@@ -381,7 +381,10 @@ static void test_config_invalid_fields(void **state)
         { "{\"limits\":{\"max_client_memory\":\"8G\"}}",
           "limits.max_client_memory: expected a non-negative integer, got \"8G\"" },
         { "{\"limits\":{\"max_channel\":4}}",
-          "limits.max_channel: expected an integer from 8 to 1024, got 4" },
+          "limits.max_channel: expected an integer from 8 to 255, got 4" },
+        /* A longer name would not fit the broker's bound (WSH_BROKER_NAME_MAX). */
+        { "{\"limits\":{\"max_channel\":256}}",
+          "limits.max_channel: expected an integer from 8 to 255, got 256" },
         { "{\"limits\":{\"rate\":1}}", "limits.rate: unknown key" },
         { "{\"limits\":{\"unauthenticated\":{\"timeout_ms\":10}}}",
           "limits.unauthenticated.timeout_ms: expected an integer from 100 to 600000, got 10" },
