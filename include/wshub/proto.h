@@ -95,6 +95,10 @@ struct wsh_channel {
     size_t user_len;
 };
 
+/* A `msg_id` the protocol takes: 1 to max bytes of printable ASCII
+ * without space. The HTTP API checks its publishes with it too. */
+bool wsh_proto_msg_id_ok(const char *s, size_t n, size_t max);
+
 /* Splits and validates a channel name. max 0 means the default. Returns
  * true when valid; *out is written only then. Never reads past s[n). */
 bool wsh_proto_channel_parse(const char *s, size_t n, size_t max, struct wsh_channel *out);

@@ -270,6 +270,11 @@ static bool printable(const char *s, size_t n)
     return true;
 }
 
+bool wsh_proto_msg_id_ok(const char *s, size_t n, size_t max)
+{
+    return n > 0 && n <= max && printable(s, n);
+}
+
 /* JWT compact serialization (RFC 7519): base64url segments and dots. */
 static bool token_chars(const char *s, size_t n)
 {
@@ -361,7 +366,7 @@ static int parse_fields(json_t *root, const struct prescan *ps, const struct wsh
             if (!json_is_string(m))
                 return fail(e, WSH_PERR_BAD_FIELD, "msg_id: expected a string");
             size_t n = json_string_length(m);
-            if (n == 0 || n > lim->max_msg_id || !printable(json_string_value(m), n))
+            if (!wsh_proto_msg_id_ok(json_string_value(m), n, lim->max_msg_id))
                 return fail(e, WSH_PERR_BAD_FIELD, "msg_id: empty, too long or not printable");
             cmd->msg_id = json_string_value(m);
             cmd->msg_id_len = n;

@@ -121,7 +121,10 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
         return NULL;
     }
     if (!json_is_array(chans) || json_array_size(chans) == 0 || json_array_size(chans) > 1000 ||
-        payload == NULL || (mid && !json_is_string(mid)))
+        payload == NULL ||
+        (mid && (!json_is_string(mid) ||
+                 !wsh_proto_msg_id_ok(json_string_value(mid), json_string_length(mid),
+                                      WSH_PROTO_DEFAULT_MAX_MSG_ID))))
         err = WSH_PERR_BAD_FIELD;
     json_array_foreach(chans, i, v)
     {

@@ -127,6 +127,11 @@ def test_api_rejects_bad_requests(hub):
         ("POST", "/api/publish", json.dumps({"payload": 1}).encode(), 400),
         ("POST", "/api/publish", json.dumps({"channel": "nope:x", "payload": 1}).encode(), 400),
         ("POST", "/api/publish", json.dumps({"channel": "chat:a"}).encode(), 400),
+        # A msg_id the broker would refuse is a bad field (it was 503 + Retry-After).
+        *[("POST", p, json.dumps({**chan, "payload": 1, "msg_id": m}).encode(), 400)
+          for m in ("", "x" * 300, "has space", 7, "caf\u00e9")
+          for p, chan in (("/api/publish", {"channel": "chat:a"}),
+                          ("/api/broadcast", {"channels": ["chat:a"]}))],
         ("POST", "/api/broadcast", json.dumps({"channels": [], "payload": 1}).encode(), 400),
         ("POST", "/api/disconnect", json.dumps({"user": 5}).encode(), 400),
         ("GET", "/api/publish", None, 405),
@@ -134,8 +139,11 @@ def test_api_rejects_bad_requests(hub):
         ("POST", "/api/nothing", b"{}", 404),
     ]
     for method, path, raw, want in cases:
-        st, _, b = call(h, method, path, raw=raw)
+        st, hd, b = call(h, method, path, raw=raw)
         assert st == want, (path, raw, st, b)
+        assert "Retry-After" not in hd, (path, raw, dict(hd))
+    st, _, b = call(h, "GET", "/api/history/chat:a")
+    assert st == 200 and json.loads(b)["payload"]["messages"] == [], b  # nothing went out
     # A 405 names the methods the path takes (RFC 9110 15.5.6), with a
     # body or without one; a GET or HEAD with a body where no body is
     # taken is malformed (400).
