@@ -1668,6 +1668,7 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
     const char *msg = NULL;
     struct wsh_proto_limits pl = proto_limits(cfg);
     if (wsh_proto_parse((const char *)p, n, &pl, &cmd, &code, &msg) != WSH_OK) {
+        metric_add(&w->m.commands[WSH_CMD_NONE], 1); /* "invalid" in /metrics */
         reply_error(w, c, cmd.id, NULL, 0, code, msg);
         wsh_cmd_free(&cmd);
         if (!h->authed)

@@ -232,12 +232,18 @@ async def test_metrics_parse_and_count(hub):
         await a.cmd("publish", "chat:m", payload={"i": i})
     for _ in range(5):
         await a.expect(lambda m: m["type"] == "message", what="message")
+    # Commands that do not parse: not JSON, an unknown type, a bad field.
+    for raw in ("{", '{"type":"dance","id":1}', '{"type":"publish","id":2,"channel":7}'):
+        await a.send(raw)
+        e = await a.expect(lambda m: m["type"] == "error", what=f"error for {raw}")
+        assert 1000 <= e["payload"]["code"] < 2000, e
     st, hdrs, body = call(h, "GET", "/metrics", key=None)
     assert st == 200 and hdrs["Content-Type"].startswith("text/plain; version=0.0.4")
     types, s = parse_prometheus(body.decode())
     assert types["wshub_connections"] == "gauge" and s[("wshub_connections", "")] >= 1
     assert s[("wshub_commands_total", 'type="publish"')] >= 5
     assert s[("wshub_commands_total", 'type="subscribe"')] >= 1
+    assert s[("wshub_commands_total", 'type="invalid"')] == 3
     assert s[("wshub_messages_in_total", 'endpoint="ws"')] >= 7
     assert types["wshub_publish_delivery_seconds"] == "histogram"
     buckets = sorted(((float(k[1].split('"')[1]) if "+Inf" not in k[1] else float("inf")), v)
