@@ -24,7 +24,8 @@
 
 /* A name the configuration lets through fits the broker whole: the copies
  * into chname[] below never cut one into another channel's name. */
-_Static_assert(WSH_CFG_MAX_CHANNEL_CEIL <= WSH_BROKER_NAME_MAX, "channel names must fit the broker");
+_Static_assert(WSH_CFG_MAX_CHANNEL_CEIL <= WSH_BROKER_NAME_MAX,
+               "channel names must fit the broker");
 
 /* refresh_required goes out this long before the token expires. */
 #define REFRESH_AHEAD_MS 30000
@@ -803,8 +804,11 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
             if (wait != NULL && (*wait = keys_ticket()) != 0)
                 return 1;
         }
-        *perr =
-            wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED : WSH_PERR_BAD_TOKEN;
+        /* Out of memory is the server's fault, not the token's: the
+         * client is told to come back, never that it is forbidden. */
+        *perr = ecode == WSH_AUTH_ENOMEM                   ? WSH_PERR_INTERNAL
+                : wsh_auth_error_close_code(ecode) == 4100 ? WSH_PERR_TOKEN_EXPIRED
+                                                           : WSH_PERR_BAD_TOKEN;
         return -1;
     }
     if (is_revoked(&id)) {
@@ -924,6 +928,10 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
         int v = verify_token(h, tok, toklen, &perr, may_wait ? ticket : NULL);
         if (v == 1)
             return HUB_WAIT;
+        if (v != 0 && perr == WSH_PERR_INTERNAL) {
+            *why = "internal error";
+            return 500;
+        }
         if (v != 0) {
             *why = perr == WSH_PERR_TOKEN_EXPIRED ? "token expired" : "invalid token";
             return 403;
@@ -1550,7 +1558,9 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
         }
         if (v != 0) {
             reply_error(w, c, cmd->id, NULL, 0, perr, NULL);
-            if (!refresh)
+            if (!refresh && perr == WSH_PERR_INTERNAL)
+                hub_disconnect(w, c, WSH_CLOSE_INTERNAL, "internal error", true);
+            else if (!refresh)
                 hub_disconnect(w, c, perr == WSH_PERR_TOKEN_EXPIRED ? 4100 : 4500,
                                perr == WSH_PERR_TOKEN_EXPIRED ? "token expired" : "invalid token",
                                perr == WSH_PERR_TOKEN_EXPIRED);
