@@ -245,34 +245,56 @@ static void api_list(struct worker *w, struct conn *c, const char *channel, bool
     wsh_jbuf_free(&b);
 }
 
-int api_request(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-                const uint8_t *body, size_t blen)
+#define ROUTE(lit)  (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
+#define PREFIX(lit) (n > sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
+
+/* The method a call under /api/ takes, from the rest of its path p[0..n);
+ * NULL for no call. */
+static const char *api_method(const char *p, size_t n)
+{
+    if (PREFIX("presence/") || PREFIX("history/") || ROUTE("info"))
+        return "GET";
+    if (ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect"))
+        return "POST";
+    return NULL;
+}
+
+bool api_head_refused(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
     if (hub_api_key() == NULL) {
         api_error(w, c, 404, "the HTTP API is off: no api_key in the configuration");
-        return 0;
+        return true;
     }
     int st = api_authorized(req);
     if (st != 0) {
         api_error(w, c, st, st == 401 ? "API key required" : "bad API key");
-        return 0;
+        return true;
     }
+    const char *m = api_method(req->path + 5, req->path_len - 5);
+    if (m == NULL) {
+        api_error(w, c, 404, "not found");
+        return true;
+    }
+    if (req->method_len != strlen(m) || memcmp(req->method, m, req->method_len) != 0) {
+        api_not_allowed(w, c, m);
+        return true;
+    }
+    return false;
+}
+
+int api_request(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                const uint8_t *body, size_t blen)
+{
     struct api_job *job = *api_job_link(w, c);
     if (job != NULL)
         return api_job_run(w, c, job); /* held midway, now released */
-    bool post = req->method_len == 4 && memcmp(req->method, "POST", 4) == 0;
-    bool get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
+    if (api_head_refused(w, c, req))
+        return 0;
     const char *p = req->path + 5;
     size_t n = req->path_len - 5;
     char chan[WSH_BROKER_NAME_MAX + 1];
-#define ROUTE(lit)  (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
-#define PREFIX(lit) (n > sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
     if (PREFIX("presence/") || PREFIX("history/")) {
         size_t pl = p[0] == 'p' ? 9 : 8;
-        if (!get) {
-            api_not_allowed(w, c, "GET");
-            return 0;
-        }
         if (n - pl > WSH_BROKER_NAME_MAX) {
             api_error(w, c, 400, "bad channel");
             return 0;
@@ -285,10 +307,6 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
         return 0;
     }
     if (ROUTE("info")) {
-        if (!get) {
-            api_not_allowed(w, c, "GET");
-            return 0;
-        }
         struct wsh_broker_info i;
         json_t *b = NULL;
         if (hub_broker_info(&i) == WSH_OK)
@@ -305,13 +323,6 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
                  json_pack("{s:s,s:I,s:i,s:o}", "version", WSH_VERSION, "connections",
                            (json_int_t)atomic_load(&wsh_total_conns), "workers", wsh_nworkers,
                            "broker", b));
-        return 0;
-    }
-    if (!post) {
-        if (ROUTE("publish") || ROUTE("broadcast") || ROUTE("disconnect"))
-            api_not_allowed(w, c, "POST");
-        else
-            api_error(w, c, 404, "not found");
         return 0;
     }
     json_error_t jerr;
@@ -359,6 +370,6 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
     json_decref(j);
     api_error(w, c, 404, "not found");
     return 0;
+}
 #undef ROUTE
 #undef PREFIX
-}

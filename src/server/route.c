@@ -502,8 +502,11 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
         if (len < (size_t)n + blen) {
             /* The first time the body is found missing, a client that
              * waits for a go-ahead before sending it gets one (RFC 9110
-             * 10.1.1); a refusal above would have been its final answer. */
+             * 10.1.1), unless its head is refused already: then the
+             * refusal is its final answer, and the body is not waited for. */
             if (!(c->flags & CF_HTTP_BODY) && expects_continue(&req)) {
+                if (api_head_refused(w, c, &req))
+                    return len;
                 static const char go_on[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 conn_send_bytes(w, c, go_on, sizeof(go_on) - 1);
                 if (c->state == CONN_DEAD)

@@ -672,6 +672,10 @@ bool hub_revoke(const char *who, int64_t secs);
 int api_request(struct worker *w, struct conn *c, const struct wsh_http_request *req,
                 const uint8_t *body, size_t blen);
 #define API_HELD 1
+/* What the head of an API request alone refuses (the API off, the key
+ * missing or wrong, no such call, the wrong method): answered, and true.
+ * api_request checks it too; route.c asks before a 100 Continue. */
+bool api_head_refused(struct worker *w, struct conn *c, const struct wsh_http_request *req);
 /* A held API request reached the handshake deadline, or the server is
  * shutting down: answers 503 with what was published, and why. Forget
  * drops a held request's progress (c is closing). */

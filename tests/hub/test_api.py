@@ -384,6 +384,15 @@ async def test_api_expect_100_continue(hub):
     assert m["payload"] == "after the go-ahead", m
     assert raw_status(h.port, b"POST /api/publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue"
                       b"\r\nContent-Length: 70000\r\n\r\n") == 413
+    # The key, the call and the method are in the head too: a refusal of
+    # any of them is the final answer, never a go-ahead first.
+    key = b"X-API-Key: " + API_KEY.encode() + b"\r\n"
+    for line, headers, want in ((b"POST /api/publish", b"", 401),
+                                (b"POST /api/publish", b"X-API-Key: wrong-key-0123456789\r\n", 403),
+                                (b"PUT /api/publish", key, 405), (b"POST /api/info", key, 405),
+                                (b"POST /api/nothing", key, 404)):
+        assert raw_status(h.port, line + b" HTTP/1.1\r\nHost: x\r\n" + headers +
+                          b"Expect: 100-continue\r\nContent-Length: 20\r\n\r\n") == want, line
     await a.close()
 
 
