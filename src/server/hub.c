@@ -918,7 +918,15 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
         }
     } else if (req->query != NULL) {
         size_t n = 0;
-        if (wsh_auth_query_token(req->query, req->query_len, qtok, sizeof(qtok), &n) == 1) {
+        int q = wsh_auth_query_token(req->query, req->query_len, qtok, sizeof(qtok), &n);
+        if (q < 0) {
+            /* docs/auth.md: a bad escape, a NUL or `token` twice (a proxy
+             * and we could read different ones) is refused, as a
+             * malformed Authorization header is. */
+            *why = "malformed token parameter";
+            return 401;
+        }
+        if (q == 1) {
             tok = qtok;
             toklen = n;
         }

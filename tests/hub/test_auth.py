@@ -134,9 +134,14 @@ async def test_rejections_at_the_handshake_are_403(hub):
         assert st == 403, f"{what} in Authorization: HTTP {st}"
         st = handshake_status(h.port, path="/ws?token=" + tok)
         assert st == 403, f"{what} in ?token=: HTTP {st}"
-    # An Authorization header that is not a Bearer token: 401 (LIMITS.md).
+    # An Authorization header that is not a Bearer token: 401 (LIMITS.md);
+    # so is a token parameter that cannot be read as one (docs/auth.md).
     for value in ("Basic YWxpY2U6c2VjcmV0", "Bearer", "Bearer  two spaces", token("a")):
         assert handshake_status(h.port, headers=[("Authorization", value)]) == 401, value
+    good = token("a")
+    for query in (f"token={good}&token={good}", "token=%zz", "token=abc%4", "token=a%00b"):
+        assert handshake_status(h.port, path="/ws?" + query) == 401, query
+    assert handshake_status(h.port, path=f"/ws?x=1&token={good}&y=%41") == 101
     # the good one passes both ways
     assert handshake_status(h.port, headers=[("Authorization", "Bearer " + token("a"))]) == 101
     assert handshake_status(h.port, path="/ws?token=" + token("a")) == 101
