@@ -236,12 +236,17 @@ static void api_list(struct worker *w, struct conn *c, const char *channel, bool
     wsh_jbuf_init(&b);
     /* The reply is the same JSON a /ws client gets for the command. */
     int rc = hub_list(channel, presence, limit, &b);
-    if (rc == WSH_OK)
+    if (rc == 0) {
         route_respond(w, c, 200, "application/json", b.data, b.len);
-    else if (rc == WSH_EINVAL)
-        api_error(w, c, 404, "unknown namespace");
-    else
+    } else if (rc == WSH_PERR_INTERNAL) {
         api_error(w, c, 500, "internal");
+    } else {
+        /* The URL names no such channel (an unknown namespace: 404), or
+         * not one of its own: a bad name, or a namespace without it. */
+        api_json(w, c, rc == WSH_PERR_UNKNOWN_NAMESPACE ? 404 : 400,
+                 json_pack("{s:i,s:s,s:s}", "code", rc, "error", wsh_proto_code_message(rc),
+                           "channel", channel));
+    }
     wsh_jbuf_free(&b);
 }
 

@@ -1737,8 +1737,9 @@ const char *hub_api_key(void)
     return hub_enabled ? live_cfg()->api_key : NULL;
 }
 
-/* The namespace of a publish's channel, or NULL with the error. */
-static const struct wsh_ns_config *publish_ns(const char *channel, int *err)
+/* The namespace of a channel the HTTP API names, or NULL with the error:
+ * an unknown namespace (4001), or a name that is not a channel (4000). */
+static const struct wsh_ns_config *api_ns(const char *channel, int *err)
 {
     const struct wsh_hub_config *cfg = live_cfg();
     const struct wsh_ns_config *ns = wsh_config_namespace(cfg, channel, strlen(channel));
@@ -1757,14 +1758,14 @@ static const struct wsh_ns_config *publish_ns(const char *channel, int *err)
 int hub_channel_check(const char *channel)
 {
     int err = 0;
-    return publish_ns(channel, &err) != NULL ? 0 : err;
+    return api_ns(channel, &err) != NULL ? 0 : err;
 }
 
 int hub_publish(const char *channel, const char *payload, size_t plen, const char *msg_id,
                 uint64_t *offset)
 {
     int err = 0;
-    const struct wsh_ns_config *ns = publish_ns(channel, &err);
+    const struct wsh_ns_config *ns = api_ns(channel, &err);
     if (ns == NULL)
         return err;
     if (plen > hub_message_limit())
@@ -1790,15 +1791,19 @@ int hub_publish(const char *channel, const char *payload, size_t plen, const cha
 
 int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *b)
 {
-    if (wsh_config_namespace(live_cfg(), channel, strlen(channel)) == NULL)
-        return WSH_EINVAL;
+    int err = 0;
+    const struct wsh_ns_config *ns = api_ns(channel, &err);
+    if (ns == NULL)
+        return err;
+    if (presence ? !ns->presence : ns->history_size == 0)
+        return WSH_PERR_NOT_AVAILABLE; /* as cmd_list answers a client */
     struct wsh_cmd fake = { .channel = channel, .channel_len = strlen(channel) };
     struct list_ctx x = { .b = b, .id = WSH_PROTO_NO_ID, .cmd = &fake, .rc = -1 };
     struct wsh_broker_history_req hr = { .channel = channel,
                                          .limit = limit,
                                          .now_ms = wsh_wall_ms() };
     int rc = list_run(&x, presence, &hr);
-    return rc == WSH_OK && b->_oom ? WSH_ENOMEM : rc;
+    return rc == WSH_OK && !b->_oom ? 0 : WSH_PERR_INTERNAL;
 }
 
 static void on_info(const struct wsh_broker_result *r, void *user)

@@ -657,7 +657,9 @@ int hub_channel_check(const char *channel);
 int hub_publish(const char *channel, const char *payload, size_t plen, const char *msg_id,
                 uint64_t *offset);
 /* The `presence` or `history` reply of channel into b, as a /ws client
- * gets it: WSH_OK, WSH_EINVAL for an unknown namespace, else an error. */
+ * gets it, except that presence is always the full list (the count
+ * threshold spares clients, not the operator): 0, or the WSH_PERR_* code
+ * a client would get (4001, 4000, 4004; 5000 for an internal error). */
 struct wsh_jbuf;
 int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *b);
 struct wsh_broker_info;

@@ -144,6 +144,15 @@ def test_api_rejects_bad_requests(hub):
         assert "Retry-After" not in hd, (path, raw, dict(hd))
     st, _, b = call(h, "GET", "/api/history/chat:a")
     assert st == 200 and json.loads(b)["payload"]["messages"] == [], b  # nothing went out
+    # presence and history: what a /ws client would be told, as a status.
+    for path, want, code in (("/api/history/zzz:y", 404, 4001),
+                             ("/api/history/chat:bad%20name", 400, 4000),
+                             ("/api/presence/chat:a,b", 400, 4000),
+                             ("/api/presence/cursors:x", 400, 4004),
+                             ("/api/history/cursors:x", 400, 4004)):
+        st, _, b = call(h, "GET", path)
+        assert st == want and json.loads(b)["code"] == code, (path, st, b)
+        assert json.loads(b)["channel"] == path.split("/")[-1], b
     # A 405 names the methods the path takes (RFC 9110 15.5.6), with a
     # body or without one; a GET or HEAD with a body where no body is
     # taken is malformed (400).
