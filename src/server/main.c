@@ -52,13 +52,13 @@ static void reload(void)
     }
     size_t nkeys = 0, nskipped = 0;
     rc = keys_reload(cfg, err, sizeof(err), &nkeys, &nskipped);
-    if (rc != 1) {
-        atomic_fetch_add(&wsh_reloads[RELOAD_AUTH][rc == 0 ? 0 : 1], 1);
-        if (rc == 0)
-            wsh_log(WSH_LOG_INFO, "ev=auth_reload ok=1 keys=%zu jwks_skipped=%zu", nkeys, nskipped);
-        else
-            wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", wsh_log_value(err));
-    }
+    /* rc 1: no keys before and none after (anonymous access only): a
+     * reload that changed nothing, logged and counted like any other. */
+    atomic_fetch_add(&wsh_reloads[RELOAD_AUTH][rc >= 0 ? 0 : 1], 1);
+    if (rc >= 0)
+        wsh_log(WSH_LOG_INFO, "ev=auth_reload ok=1 keys=%zu jwks_skipped=%zu", nkeys, nskipped);
+    else
+        wsh_log(WSH_LOG_WARN, "ev=auth_reload ok=0 err=\"%s\"", wsh_log_value(err));
     struct hub_settings set;
     hub_reload_settings(cfg, &set);
     hub_config_release(cfg);

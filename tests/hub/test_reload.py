@@ -161,6 +161,20 @@ def test_sighup_reads_the_file_once(hub):
     assert m['wshub_reloads_total{part="settings",result="error"}'] == 1, m
 
 
+def test_sighup_without_keys_still_logs_and_counts_both_parts(hub):
+    """docs/config.md: each part of a reload is logged and counted, also
+    for a server with no token keys before or after (anonymous only)."""
+    cfg = base_config()
+    cfg["auth"] = {"allow_anonymous": True}
+    h = hub(cfg)
+    reload(h, cfg, 1)
+    wait_log(h, "ev=auth_reload", 1)
+    assert "ev=auth_reload ok=1 keys=0 jwks_skipped=0" in h.log(), h.log()[-2000:]
+    m = scrape_metrics(h.port)
+    assert m['wshub_reloads_total{part="auth",result="ok"}'] == 1, m
+    assert m['wshub_reloads_total{part="settings",result="ok"}'] == 1, m
+
+
 def until_status(port, want, path="/raw/a", headers=(), host="127.0.0.1"):
     """Upgrades until one gets `want` (a connection the server is still
     closing may hold a slot for a moment); returns the connection when
