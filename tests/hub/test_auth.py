@@ -7,7 +7,7 @@ import hmac
 import json
 import time
 
-from conftest import (SECRET, SECRET384, Client, base_config, b64url, expect_error,
+from conftest import (MULT, SECRET, SECRET384, Client, base_config, b64url, expect_error,
                       handshake_status, keypair, merge, raw_upgrade, run_async, token,
                       unsigned_token)
 
@@ -317,6 +317,24 @@ async def test_expiry_sends_refresh_required_then_closes_4100(hub):
     rr = seen[kinds.index("refresh_required")]
     assert rr["payload"] == {"expires": c.info["expires"]}, rr
     assert kinds.index("refresh_required") < kinds.index("disconnect"), seen
+
+
+@run_async
+async def test_refresh_required_comes_30_s_before_expiry(hub):
+    """docs/protocol.md: refresh_required is sent 30 s before the token
+    expires, not at once: a token 33 s from expiry hears of it after
+    about 3 s (exp has whole seconds), and the connection stays."""
+    h = hub()
+    c = await Client.open(h, token("alice", exp_in=33))
+    t0 = time.monotonic()
+    await c.quiet(1.5, lambda m: m["type"] in ("refresh_required", "disconnect"))
+    rr = await c.push("refresh_required", timeout=6)
+    took = time.monotonic() - t0
+    assert 1.5 <= took < 6 * MULT, took
+    assert rr["payload"] == {"expires": c.info["expires"]}, rr
+    assert c.info["expires"] - time.time() > 25, (c.info, time.time())
+    await c.subscribe("chat:still-open")
+    await c.close()
 
 
 @run_async

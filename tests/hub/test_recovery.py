@@ -211,3 +211,18 @@ async def test_dedup_window_expires(hub):
     await asyncio.sleep(1.5)
     assert await a.publish("dw:x", {}, msg_id="k") == 2
     await a.close()
+
+
+@run_async
+async def test_dedup_window_zero_turns_dedup_off(hub):
+    """docs/config.md: dedup_window_s 0 keeps no msg_id: the same one twice
+    is published twice."""
+    cfg = merge(base_config(), {"namespaces": {"d0": {"dedup_window_s": 0}}})
+    h = hub(cfg)
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("d0:x")
+    assert await a.publish("d0:x", {"n": 1}, msg_id="k") == 1
+    assert await a.publish("d0:x", {"n": 2}, msg_id="k") == 2
+    got = await a.messages("d0:x", 2)
+    assert [m["payload"] for m in got] == [{"n": 1}, {"n": 2}], got
+    await a.close()
