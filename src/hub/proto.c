@@ -107,11 +107,19 @@ bool wsh_proto_channel_parse(const char *s, size_t n, size_t max, struct wsh_cha
         i++; /* '#' */
         c.user = s + i;
         c.user_len = n - i;
-        if (c.user_len == 0)
-            return false;
-        for (; i < n; i++)
-            if (!name_char((unsigned char)s[i]))
+        /* One user id, or a comma-separated list of them, each 1 byte or
+         * more: `dm:pair#alice,bob` is open to both (docs/auth.md). */
+        bool empty = true;
+        for (; i < n; i++) {
+            if (s[i] == ',' && !empty)
+                empty = true;
+            else if (name_char((unsigned char)s[i]))
+                empty = false;
+            else
                 return false;
+        }
+        if (empty)
+            return false;
     }
     *out = c;
     return true;

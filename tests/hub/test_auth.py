@@ -212,10 +212,20 @@ async def test_channels_claim_and_personal_channels(hub):
     await expect_error(a, "subscribe", "chat:b", 2003)
     await expect_error(a, "subscribe", "lobby", 2003)
     await a.subscribe("dm:inbox#alice")
-    # docs/protocol.md's grammar has no "," in the user part (auth.md's
-    # comma lists are not part of the protocol): 4000
-    r = await a.cmd("subscribe", "dm:pair#bob,alice")
-    assert r["type"] == "error" and r["payload"]["code"] == 4000, r
+    # A channel for several users: each in the list, and no one else.
+    await a.subscribe("dm:pair#alice,bob")
+    bob = await Client.open(h, token("bob"))
+    await bob.subscribe("dm:pair#alice,bob")
+    await a.publish("dm:pair#alice,bob", {"text": "hi bob"})
+    got = await bob.push("message", "dm:pair#alice,bob")
+    assert got["payload"] == {"text": "hi bob"} and got["from"] == "alice", got
+    await bob.close()
+    mallory = await Client.open(h, token("mallory", channels=["*:*#*", "dm:*"]))
+    await expect_error(mallory, "subscribe", "dm:pair#alice,bob", 2003)
+    await mallory.close()
+    for bad in ("dm:pair#alice,", "dm:pair#,alice", "dm:pair#alice,,bob"):
+        r = await a.cmd("subscribe", bad)
+        assert r["type"] == "error" and r["payload"]["code"] == 4000, (bad, r)
     await expect_error(a, "subscribe", "dm:inbox#bob", 2003)
     # no pattern opens another user's personal channel
     w = await Client.open(h, token("wild", channels=["*:*#*", "dm:*", "*"]))

@@ -469,29 +469,18 @@ static void test_proto_channel_names(void **state)
 {
     (void)state;
     static const char *const good[] = {
-        "a",           "lobby",    "chat:lobby",      "chat:room.1",
-        "a-b_c:x=y@z", "inbox#42", "dm:inbox#user.1", "A9:Z0",
+        "a",        "lobby",           "chat:lobby", "chat:room.1",       "a-b_c:x=y@z",
+        "inbox#42", "dm:inbox#user.1", "A9:Z0",      "dm:pair#alice,bob", "room#a,b,c",
     };
     static const char *const bad[] = {
-        "",
-        ":",
-        ":a",
-        "a:",
-        "a:b:c",
-        "a b",
-        "a/b",
-        "a%2f",
-        "#42",
-        "a#",
-        "a#b#c",
-        "ns.x:a",
-        "a:#1",
-        "caf\xc3\xa9",
-        "a\tb",
-        "a,b",
-        "a*",
-        "a?",
-        "123456789012345678901234567890123:x", /* 33-byte namespace */
+        "",        ":",           ":a",
+        "a:",      "a:b:c",       "a b",
+        "a/b",     "a%2f",        "#42",
+        "a#",      "a#b#c",       "ns.x:a",
+        "a:#1",    "caf\xc3\xa9", "a\tb",
+        "a,b",     "a,b#c",       "dm:x#,a",
+        "dm:x#a,", "dm:x#a,,b",   "dm:x#a, b",
+        "a*",      "a?",          "123456789012345678901234567890123:x", /* 33-byte namespace */
     };
     struct wsh_channel ch;
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
@@ -730,7 +719,7 @@ static void test_proto_escape_all_bytes(void **state)
 
 #define ENC(call, want)                                  \
     do {                                                 \
-        wsh_jbuf_reset(&b);                               \
+        wsh_jbuf_reset(&b);                              \
         assert_int_equal((call), WSH_OK);                \
         assert_slice(b.data, b.len, (want));             \
         json_t *v_ = json_loadb(b.data, b.len, 0, NULL); \
