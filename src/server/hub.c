@@ -54,6 +54,16 @@ struct hubsub {
     char epoch[WSH_BROKER_EPOCH_LEN + 1]; /* as reported by `subscribed` */
 };
 
+/* A token bucket of limits.publish_rate and publish_burst, with the
+ * refusals it answered counted in a second one of the same size and rate
+ * (take_token). Timed by the monotonic clock: a step of the wall clock
+ * (NTP, a resumed VM) neither fills nor drains it. */
+struct bucket {
+    double tokens;
+    double refused;
+    uint64_t at_ms; /* wsh_now_ms() of the last refill */
+};
+
 struct hubconn {
     struct wsh_identity id;
     bool authed;
@@ -63,10 +73,9 @@ struct hubconn {
     bool connected; /* `connect` was answered */
     bool waiting;   /* `connect` or `refresh` waits for a key set fetch (waiters) */
     char client[24];
-    char anon[32];  /* user id of an anonymous connection: "anon-<client>" */
-    double tokens;  /* publish/signal token bucket */
-    double refused; /* refusals not yet forgiven (take_token) */
-    int64_t refill_ms;
+    char anon[32];       /* user id of an anonymous connection: "anon-<client>" */
+    struct bucket pub;   /* publish and signal (take_token) */
+    struct bucket reads; /* read receipts: a bucket of their own */
     uint32_t nsubs;
     struct hubsub *subs;
     struct wsh_timer exp_timer; /* authentication deadline, then token expiry */
@@ -903,8 +912,8 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
     c->hub = h;
     snprintf(h->client, sizeof(h->client), "%u", c->id);
     snprintf(h->anon, sizeof(h->anon), "anon-%u", c->id);
-    h->tokens = live_cfg()->limits.publish_burst;
-    h->refill_ms = wsh_wall_ms();
+    h->pub.tokens = h->reads.tokens = live_cfg()->limits.publish_burst;
+    h->pub.at_ms = h->reads.at_ms = wsh_now_ms();
     h->exp_timer.cb = hub_timer;
     /* Browsers cannot set headers: the token may come in the query. */
     const char *tok = NULL;
@@ -1241,42 +1250,43 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
 
 enum { TOKEN_TAKEN, TOKEN_REFUSED, TOKEN_ABUSED };
 
-/* Token bucket per connection for publish and signal (LIMITS.md). The
- * refusals go through a bucket of their own, of the same size and rate:
- * past publish_burst refusals that the rate has not forgiven, the client
- * is not slowing down (TOKEN_ABUSED), and is closed rather than answered
- * error after error. A client at up to twice the rate stays, told 3000
- * for what is over; one sending faster without pause is closed once the
- * surplus passes a burst. */
-static int take_token(struct hubconn *h)
+/* Takes a token of b (LIMITS.md). Past publish_burst refusals that the
+ * rate has not forgiven, the client is not slowing down (TOKEN_ABUSED): a
+ * client at up to twice the rate is only refused what is over, one that
+ * sends faster without pause goes past a burst of refusals. */
+static int take_token(struct bucket *b)
 {
-    int64_t now = wsh_wall_ms();
+    uint64_t now = wsh_now_ms();
     const struct wsh_limits_config *l = &live_cfg()->limits;
-    double refill = (double)(now - h->refill_ms) * l->publish_rate / 1000.0;
-    h->refill_ms = now;
-    h->tokens += refill;
-    if (h->tokens > l->publish_burst)
-        h->tokens = l->publish_burst;
-    h->refused = h->refused > refill ? h->refused - refill : 0.0;
-    if (h->tokens >= 1.0) {
-        h->tokens -= 1.0;
+    double refill = now > b->at_ms ? (double)(now - b->at_ms) * l->publish_rate / 1000.0 : 0.0;
+    b->at_ms = now;
+    b->tokens += refill;
+    if (b->tokens > l->publish_burst)
+        b->tokens = l->publish_burst;
+    b->refused = b->refused > refill ? b->refused - refill : 0.0;
+    if (b->tokens >= 1.0) {
+        b->tokens -= 1.0;
         return TOKEN_TAKEN;
     }
-    h->refused += 1.0;
-    return h->refused > l->publish_burst ? TOKEN_ABUSED : TOKEN_REFUSED;
+    b->refused += 1.0;
+    return b->refused > l->publish_burst ? TOKEN_ABUSED : TOKEN_REFUSED;
 }
 
-/* A publish or signal over the rate: error 3000, and for a client that
- * goes on regardless, `disconnect` and close 4103, to come back once a
- * whole burst has refilled. Returns false when the command may not go on. */
+/* A publish, signal or read over the rate: error 3000. A publisher or
+ * signaller that goes on regardless gets `disconnect` and close 4103, to
+ * come back once a whole burst has refilled. Read receipts have a bucket
+ * of their own and are never a reason to close: a client sends them as
+ * others' messages arrive, so their rate is the room's, not its own.
+ * Returns false when the command may not go on. */
 static bool rate_allows(struct worker *w, struct conn *c, struct hubconn *h,
                         const struct wsh_cmd *cmd)
 {
-    int t = take_token(h);
+    bool read = cmd->type == WSH_CMD_READ;
+    int t = take_token(read ? &h->reads : &h->pub);
     if (t == TOKEN_TAKEN)
         return true;
     cmd_error(w, c, cmd, WSH_PERR_RATE_LIMITED);
-    if (t == TOKEN_ABUSED) {
+    if (t == TOKEN_ABUSED && !read) {
         const struct wsh_limits_config *l = &live_cfg()->limits;
         double refill_ms = (double)l->publish_burst * 1000.0 / l->publish_rate;
         uint64_t retry_ms = refill_ms < 500 ? 500 : refill_ms > 60000 ? 60000 : (uint64_t)refill_ms;
