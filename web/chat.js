@@ -144,13 +144,23 @@ function stopTyping(user) {
 
 // --- read receipts -----------------------------------------------------------
 
+// One read receipt a second at most, for the latest message seen: in a
+// busy room a receipt per message would be most of what we send (and the
+// server's read bucket would refuse them).
+const READ_EVERY_MS = 1000;
+let readTimer = null;
+
 function markRead() {
-  if (!sub || document.visibilityState !== 'visible' || client.state !== 'connected') return;
+  if (readTimer || !sub || document.visibilityState !== 'visible' || client.state !== 'connected') return;
   let max = 0;
   for (const m of messages.values()) if (!m.pending && !m.mine && m.offset > max) max = m.offset;
   if (max > lastReadSent) {
     lastReadSent = max;
     client.read(channel, max).catch(() => { lastReadSent = 0; });
+    readTimer = setTimeout(() => {
+      readTimer = null;
+      markRead(); // what came meanwhile
+    }, READ_EVERY_MS);
   }
 }
 document.addEventListener('visibilitychange', markRead);

@@ -41,6 +41,12 @@ export function mayReconnect(code) {
 // Error codes worth retrying a publish for: rate limited, internal error,
 // broker temporarily unavailable.
 const RETRYABLE_ERRORS = new Set([3000, 5000, 5001]);
+// Publishes sent and not yet answered, at most: a full buffer flushed
+// after a reconnect goes out at the pace of the acks, not all at once.
+// Told we publish too fast (3000), we keep one in flight and let the
+// window grow by one per ack (as TCP does), so that we meet at most a
+// few refusals each time, never the many a server closes for (4103).
+export const MAX_IN_FLIGHT = 8;
 const REQUEST_TIMEOUT_MS = 10000;
 
 export class WshubError extends Error {
@@ -131,6 +137,11 @@ export class WshubClient extends EventTarget {
     this.wanted = false; // the user wants to be connected
     this.msgPrefix = randomId();
     this.msgSeq = 0;
+    this.inFlight = 0; // publishes sent, not yet answered
+    this.window = MAX_IN_FLIGHT; // how many may be (1 after a 3000)
+    this.rateLimits = 0; // pauses for 3000 since the window was last full
+    this.outboxPausedUntil = 0;
+    this.outboxTimer = null;
     // Back online: try now instead of waiting out the backoff.
     globalThis.addEventListener?.('online', () => {
       if (this.reconnectTimer) {
@@ -249,6 +260,7 @@ export class WshubClient extends EventTarget {
     this.pending.clear();
     for (const s of this.subs.values()) s.active = false;
     for (const item of this.outbox) item.sent = false;
+    this.inFlight = 0; // their answers will never come: all are re-sent
   }
 
   // --- wire ---------------------------------------------------------------
@@ -358,7 +370,7 @@ export class WshubClient extends EventTarget {
     try {
       r = await this.request(cmd);
     } catch (e) {
-      if (e.code === 4002) { sub.active = true; return; } // already subscribed
+      if (e.code === 4002) { sub.active = true; this.flushOutbox(); return; } // already subscribed
       if (e.code !== 0) sub.call('onError', { code: e.code, message: e.message }); // 0: connection lost, retried
       return;
     }
@@ -373,6 +385,8 @@ export class WshubClient extends EventTarget {
       sub.offset = offset;
     }
     sub.call('onSubscribed', { offset, epoch, recovered: !!recovered, resubscribe });
+    // Publishes to this channel made before the reply waited for it.
+    this.flushOutbox();
   }
 
   // After `lagged`: fetch what was dropped from history.
@@ -402,11 +416,32 @@ export class WshubClient extends EventTarget {
 
   get pendingPublishes() { return this.outbox.length; }
 
+  // Sends what the buffer holds, in order, up to MAX_IN_FLIGHT unanswered,
+  // unless the server said we publish too fast: then all of it waits.
   flushOutbox() {
-    if (this.state !== 'connected') return;
+    if (this.state !== 'connected' || Date.now() < this.outboxPausedUntil) return;
     for (const item of this.outbox) {
+      if (this.inFlight >= this.window) break;
       if (!item.sent) this.sendPublish(item);
     }
+  }
+
+  // Over the rate (error 3000) the whole buffer waits, longer each time
+  // until the window is full again, and then sends one at a time: a
+  // server closes a client that goes on being refused (4103). The other
+  // refusals of the same flight find the wait begun.
+  pauseOutbox() {
+    this.window = 1;
+    if (Date.now() < this.outboxPausedUntil) return;
+    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(this.rateLimits++, 5));
+    const wait = ceiling / 2 + Math.random() * (ceiling / 2);
+    this.outboxPausedUntil = Math.max(this.outboxPausedUntil, Date.now() + wait);
+    clearTimeout(this.outboxTimer);
+    this.outboxTimer = setTimeout(() => {
+      this.outboxTimer = null;
+      this.outboxPausedUntil = 0; // a timer may fire a little before Date.now() says
+      this.flushOutbox();
+    }, this.outboxPausedUntil - Date.now());
   }
 
   sendPublish(item) {
@@ -415,12 +450,24 @@ export class WshubClient extends EventTarget {
     if (sub && !sub.active) return; // wait for the re-subscribe
     item.sent = true;
     item.tries++;
+    this.inFlight++;
+    const ws = this.ws;
     this.request({ type: 'publish', channel: item.channel, msg_id: item.msg_id, payload: item.payload }, { publish: true })
       .then((r) => {
+        if (ws === this.ws) this.inFlight--;
+        if (this.window < MAX_IN_FLIGHT) this.window++;
+        if (this.window === MAX_IN_FLIGHT) this.rateLimits = 0;
         this.outbox = this.outbox.filter((x) => x !== item);
         item.resolve(r.payload);
+        this.flushOutbox();
       }, (e) => {
+        if (ws === this.ws && this.inFlight > 0) this.inFlight--;
         if (e.code === 0) return; // disconnected: stays in the outbox
+        if (e.code === 3000 && item.tries < 10) {
+          item.sent = false;
+          this.pauseOutbox();
+          return;
+        }
         if (RETRYABLE_ERRORS.has(e.code) && item.tries < 10) {
           item.sent = false;
           setTimeout(() => this.sendPublish(item), backoffDelay(item.tries));
@@ -428,6 +475,7 @@ export class WshubClient extends EventTarget {
         }
         this.outbox = this.outbox.filter((x) => x !== item);
         item.reject(e);
+        this.flushOutbox();
       });
   }
 

@@ -1250,10 +1250,15 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
 
 enum { TOKEN_TAKEN, TOKEN_REFUSED, TOKEN_ABUSED };
 
-/* Takes a token of b (LIMITS.md). Past publish_burst refusals that the
- * rate has not forgiven, the client is not slowing down (TOKEN_ABUSED): a
- * client at up to twice the rate is only refused what is over, one that
- * sends faster without pause goes past a burst of refusals. */
+/* Refusals a client may collect before it counts as not slowing down: a
+ * burst's worth, and never fewer than a client keeping a few publishes in
+ * flight may meet before it hears of the first (web/wshub.js keeps 8). */
+#define REFUSALS_MIN 32.0
+
+/* Takes a token of b (LIMITS.md). Past max(publish_burst, REFUSALS_MIN)
+ * refusals that the rate has not forgiven, the client is not slowing down
+ * (TOKEN_ABUSED): a client at up to twice the rate is only refused what is
+ * over, one that sends faster without pause soon goes past them. */
 static int take_token(struct bucket *b)
 {
     uint64_t now = wsh_now_ms();
@@ -1269,7 +1274,8 @@ static int take_token(struct bucket *b)
         return TOKEN_TAKEN;
     }
     b->refused += 1.0;
-    return b->refused > l->publish_burst ? TOKEN_ABUSED : TOKEN_REFUSED;
+    double allowed = l->publish_burst > REFUSALS_MIN ? l->publish_burst : REFUSALS_MIN;
+    return b->refused > allowed ? TOKEN_ABUSED : TOKEN_REFUSED;
 }
 
 /* A publish, signal or read over the rate: error 3000. A publisher or

@@ -232,6 +232,50 @@ test('over the admission rate the browser client waits as told, then connects', 
   assert.deepEqual(errors, []);
 });
 
+test('60 publishes at once, past the rate, go out paced: all acked, never closed', { timeout: 60000 * MULT }, async (t) => {
+  // 20 a second, a burst of 10: sent all at once, 50 would be refused and
+  // the server would close the client (4103) long before the end.
+  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-pace-'));
+  const cfg = JSON.parse(fs.readFileSync(CONFIG, 'utf8'));
+  cfg.limits = { ...cfg.limits, publish_rate: 20, publish_burst: 10 };
+  const cfgPath = path.join(cfgDir, 'config.json');
+  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
+  const server = await new Server('127.0.0.1:0', cfgPath).ready();
+  const ctx = await browserFor(t, () => server, [cfgDir]);
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(`http://127.0.0.1:${server.port}/`);
+  const r = await page.evaluate(async (limitMs) => {
+    const { WshubClient } = await import('/wshub.js');
+    const c = new WshubClient(`ws://${location.host}/ws`);
+    const states = [];
+    c.addEventListener('state', (e) => states.push(e.detail.code ? `${e.detail.state}:${e.detail.code}` : e.detail.state));
+    c.connect();
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`not connected: ${c.state}`)), limitMs);
+      c.addEventListener('state', () => { if (c.state === 'connected') { clearTimeout(timer); resolve(); } });
+    });
+    c.subscribe('chat:pace', () => {});
+    const t0 = performance.now();
+    const acks = await Promise.all(Array.from({ length: 60 }, (_, i) => c.publish('chat:pace', { i })));
+    const ms = performance.now() - t0;
+    const left = c.pendingPublishes;
+    const seen = states.slice(); // before our own disconnect
+    c.disconnect();
+    return { offsets: acks.map((a) => a.offset), states: seen, ms, left };
+  }, T);
+  // Each stored once. (One refused while those sent behind it were taken,
+  // as a token came back meanwhile, is stored after them: the order holds
+  // except around a refusal.)
+  assert.deepEqual([...r.offsets].sort((a, b) => a - b), Array.from({ length: 60 }, (_, i) => i + 1), JSON.stringify(r));
+  assert.equal(r.left, 0);
+  assert.ok(!r.states.some((s) => s.startsWith('disconnected')), JSON.stringify(r.states));
+  assert.ok(r.ms >= 2000, `60 publishes at 20 a second after a burst of 10 took ${r.ms} ms`);
+  assert.ok(!/ev=rate_abuse/.test(server.log), server.log.slice(-2000));
+  assert.deepEqual(errors, []);
+});
+
 // Chromium's own inflater against what wshub compresses: small messages
 // get deflate streams sized to them (windows from 9 bits), larger ones
 // reuse the worker's full-size stream after a reset, one after another.
