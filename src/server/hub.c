@@ -1761,11 +1761,12 @@ static const struct wsh_ns_config *api_ns(const char *channel, int *err)
     const struct wsh_ns_config *ns = wsh_config_namespace(cfg, channel, strlen(channel));
     struct wsh_channel parts;
     size_t max_channel = cfg->limits.max_channel;
-    if (ns == NULL)
-        *err = WSH_PERR_UNKNOWN_NAMESPACE;
-    else if (!wsh_proto_channel_parse(channel, strlen(channel), max_channel ? max_channel : 128,
-                                      &parts))
+    /* The name first, as a /ws command is parsed before its namespace is
+     * looked up: "nons:a,b" is a bad name (4000), not an unknown one. */
+    if (!wsh_proto_channel_parse(channel, strlen(channel), max_channel ? max_channel : 128, &parts))
         *err = WSH_PERR_BAD_CHANNEL;
+    else if (ns == NULL)
+        *err = WSH_PERR_UNKNOWN_NAMESPACE;
     else
         return ns;
     return NULL;

@@ -344,6 +344,8 @@ int keys_reload(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nk
         rc = -1;
     } else if (ks->nkeys == 0 && now == 0) {
         rc = 1; /* no keys before or after: nothing to do */
+        *nkeys = 0;
+        *nskipped = ks->jwks.nskipped;
     } else if (ks->nkeys == 0 && na->jwks_url == NULL) {
         /* Every token would fail from here on; that is never what a key
          * rotation means. */

@@ -115,7 +115,7 @@ __attribute__((format(printf, 2, 3))) static void put(struct out *o, const char 
             o->len += (size_t)n;
             return;
         }
-        size_t cap = o->cap ? o->cap : 16384;
+        size_t cap = o->cap ? o->cap : 4096; /* every scrape grows it: that path is exercised */
         while (cap - o->len <= (size_t)n)
             cap *= 2;
         char *p = realloc(o->p, cap);
@@ -413,7 +413,7 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     process_metrics(&o);
     if (o.failed) {
         static const char oom[] = "out of memory\n";
-        route_respond(w, c, 503, "text/plain", oom, sizeof(oom) - 1);
+        route_answer(w, c, req, 503, "text/plain", oom, sizeof(oom) - 1);
     } else {
         route_answer(w, c, req, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
     }
