@@ -46,6 +46,22 @@ async function openChat(ctx, port, name, room) {
 const shownOffsets = (page) => page.$$eval('#messages li[data-offset]', (lis) => lis.map((li) => Number(li.dataset.offset)));
 const bubbles = (page) => page.$$eval('#messages li .bubble', (bs) => bs.map((b) => b.textContent));
 
+// A server on the demo's configuration with some limits changed, and a
+// page of it in a fresh Chromium whose errors are collected.
+async function pageWithLimits(t, limits) {
+  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-limits-'));
+  const cfg = JSON.parse(fs.readFileSync(CONFIG, 'utf8'));
+  cfg.limits = { ...cfg.limits, ...limits };
+  const cfgPath = path.join(cfgDir, 'config.json');
+  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
+  const server = await new Server('127.0.0.1:0', cfgPath).ready();
+  const ctx = await browserFor(t, () => server, [cfgDir]);
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  return { server, page, errors };
+}
+
 test('two people chat in real Chromium', { timeout: 150000 * MULT }, async (t) => {
   assert.ok(BIN, 'WSHUB_BIN is not set');
   let server = await startServer();
@@ -188,16 +204,7 @@ test('two people chat in real Chromium', { timeout: 150000 * MULT }, async (t) =
 // client waits that long (plus its jitter) and then gets in.
 test('over the admission rate the browser client waits as told, then connects', { timeout: 60000 * MULT }, async (t) => {
   assert.ok(BIN, 'WSHUB_BIN is not set');
-  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-adm-'));
-  const cfg = JSON.parse(fs.readFileSync(CONFIG, 'utf8'));
-  cfg.limits = { ...cfg.limits, admission_rate: 1, admission_burst: 1, max_connections_per_ip: 0 };
-  const cfgPath = path.join(cfgDir, 'config.json');
-  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
-  const server = await new Server('127.0.0.1:0', cfgPath).ready();
-  const ctx = await browserFor(t, () => server, [cfgDir]);
-  const page = await ctx.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  const { server, page, errors } = await pageWithLimits(t, { admission_rate: 1, admission_burst: 1, max_connections_per_ip: 0 });
   await page.goto(`http://127.0.0.1:${server.port}/`); // plain HTTP: not counted
   const r = await page.evaluate(async (limitMs) => {
     const { WshubClient } = await import('/wshub.js');
@@ -235,16 +242,7 @@ test('over the admission rate the browser client waits as told, then connects', 
 test('60 publishes at once, past the rate, go out paced: all acked, never closed', { timeout: 60000 * MULT }, async (t) => {
   // 20 a second, a burst of 10: sent all at once, 50 would be refused and
   // the server would close the client (4103) long before the end.
-  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-pace-'));
-  const cfg = JSON.parse(fs.readFileSync(CONFIG, 'utf8'));
-  cfg.limits = { ...cfg.limits, publish_rate: 20, publish_burst: 10 };
-  const cfgPath = path.join(cfgDir, 'config.json');
-  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
-  const server = await new Server('127.0.0.1:0', cfgPath).ready();
-  const ctx = await browserFor(t, () => server, [cfgDir]);
-  const page = await ctx.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  const { server, page, errors } = await pageWithLimits(t, { publish_rate: 20, publish_burst: 10 });
   await page.goto(`http://127.0.0.1:${server.port}/`);
   const r = await page.evaluate(async (limitMs) => {
     const { WshubClient } = await import('/wshub.js');
