@@ -277,8 +277,9 @@ ssize_t wsh_hs_server_response(char *out, size_t cap, const struct wsh_hs_result
                                const char *ext_response);
 
 /* Writes an error response (status line, Content-Length, Connection:
- * close, and for 426 the Sec-WebSocket-Version header; for 405 Allow: GET)
- * with a short text body. Returns the length or WSH_ENOSPC. */
+ * close, and for 426 the Sec-WebSocket-Version header; for 405 Allow: GET;
+ * for 401 WWW-Authenticate: Bearer, the upgrade's token scheme) with a
+ * short text body. Returns the length or WSH_ENOSPC. */
 ssize_t wsh_hs_error_response(char *out, size_t cap, int status, const char *error);
 
 /* Reason phrase for an HTTP status ("Bad Request"), "Unknown" if unknown. */

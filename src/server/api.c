@@ -271,8 +271,16 @@ bool api_head_refused(struct worker *w, struct conn *c, const struct wsh_http_re
         return true;
     }
     int st = api_authorized(req);
+    if (st == 401) {
+        /* RFC 9110 11.6.1: a 401 names the scheme it wants, here the
+         * "Authorization: apikey <key>" of docs/api.md. */
+        static const char body[] = "{\"error\":\"API key required\"}";
+        route_respond_extra(w, c, 401, "application/json", "WWW-Authenticate: apikey\r\n", body,
+                            sizeof(body) - 1);
+        return true;
+    }
     if (st != 0) {
-        api_error(w, c, st, st == 401 ? "API key required" : "bad API key");
+        api_error(w, c, st, "bad API key");
         return true;
     }
     const char *m = api_method(req->path + 5, req->path_len - 5);

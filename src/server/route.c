@@ -50,12 +50,18 @@ static void respond(struct worker *w, struct conn *c, const struct wsh_http_requ
     conn_end_after_reply(w, c);
 }
 
+void route_respond_extra(struct worker *w, struct conn *c, int status, const char *type,
+                         const char *extra, const char *body, size_t len)
+{
+    respond(w, c, NULL, status, type, extra, body, len);
+}
+
 void route_not_allowed(struct worker *w, struct conn *c, const char *allow, const char *type,
                        const char *body, size_t len)
 {
     char extra[64];
     snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
-    respond(w, c, NULL, 405, type, extra, body, len);
+    route_respond_extra(w, c, 405, type, extra, body, len);
 }
 
 bool route_readable(struct worker *w, struct conn *c, const struct wsh_http_request *req)

@@ -459,6 +459,9 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
  * Retry-After: 1. */
 void route_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                    size_t len);
+/* route_respond with extra header lines (each ending in CRLF). */
+void route_respond_extra(struct worker *w, struct conn *c, int status, const char *type,
+                         const char *extra, const char *body, size_t len);
 /* 405 with the Allow field RFC 9110 15.5.6 requires: allow lists the
  * methods the path takes ("GET", "POST"). */
 void route_not_allowed(struct worker *w, struct conn *c, const char *allow, const char *type,

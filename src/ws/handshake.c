@@ -456,6 +456,8 @@ ssize_t wsh_hs_error_response(char *out, size_t cap, int status, const char *err
         puts_(&o, "Sec-WebSocket-Version: 13\r\n");
     else if (status == 405)
         puts_(&o, "Allow: GET\r\n");
+    else if (status == 401) /* RFC 9110 11.6.1: a 401 names its scheme */
+        puts_(&o, "WWW-Authenticate: Bearer\r\n");
     puts_(&o, "\r\n");
     puts_(&o, error);
     puts_(&o, "\n");

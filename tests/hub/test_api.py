@@ -43,8 +43,9 @@ def test_api_requires_the_key(hub):
                                ("GET", "/api/presence/chat:a", None),
                                ("GET", "/api/history/chat:a", None),
                                ("POST", "/api/disconnect", {"user": "alice"})]:
-        st, _, b = call(h, method, path, body, key=None)
-        assert st == 401, (path, st, b)
+        st, hd, b = call(h, method, path, body, key=None)
+        assert st == 401 and json.loads(b) == {"error": "API key required"}, (path, st, b)
+        assert hd["WWW-Authenticate"] == "apikey", dict(hd)  # RFC 9110 11.6.1
         st, _, b = call(h, method, path, body, key="wrong-key")
         assert st == 403, (path, st, b)
     st, _, b = call(h, "GET", "/api/info", header="Authorization")

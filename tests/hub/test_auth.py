@@ -138,6 +138,9 @@ async def test_rejections_at_the_handshake_are_403(hub):
     # so is a token parameter that cannot be read as one (docs/auth.md).
     for value in ("Basic YWxpY2U6c2VjcmV0", "Bearer", "Bearer  two spaces", token("a")):
         assert handshake_status(h.port, headers=[("Authorization", value)]) == 401, value
+    r, c = raw_upgrade(h.port, headers=[("Authorization", "Basic YWxpY2U6c2VjcmV0")])
+    c.close()
+    assert r.header("www-authenticate") == "Bearer", r  # RFC 9110 11.6.1
     good = token("a")
     for query in (f"token={good}&token={good}", "token=%zz", "token=abc%4", "token=a%00b"):
         assert handshake_status(h.port, path="/ws?" + query) == 401, query

@@ -424,6 +424,11 @@ static void test_handshake_error_responses(void **state)
     assert_non_null(strstr(out, "HTTP/1.1 405 Method Not Allowed\r\n"));
     assert_non_null(strstr(out, "\r\nAllow: GET\r\n"));
 
+    n = wsh_hs_error_response(out, sizeof(out), 401, "malformed Authorization header");
+    out[n] = '\0';
+    assert_non_null(strstr(out, "HTTP/1.1 401 Unauthorized\r\n"));
+    assert_non_null(strstr(out, "\r\nWWW-Authenticate: Bearer\r\n"));
+
     static const int statuses[] = {
         400, 401, 403, 404, 405, 408, 414, 426, 429, 431, 500, 503, 505
     };
