@@ -1478,6 +1478,12 @@ static bool may_read_channel(struct hubconn *h, const struct wsh_cmd *cmd)
     return find_sub(h, cmd->channel, cmd->channel_len) != NULL;
 }
 
+/* The namespace keeps what `presence` (or `history`) asks for: else 4004. */
+static bool ns_lists(const struct wsh_ns_config *ns, bool presence)
+{
+    return presence ? ns->presence : ns->history_size > 0;
+}
+
 static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const struct wsh_cmd *cmd)
 {
     const struct wsh_hub_config *cfg = live_cfg();
@@ -1487,7 +1493,7 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
         return;
     }
     bool presence = cmd->type == WSH_CMD_PRESENCE;
-    if (presence ? !ns->presence : ns->history_size == 0) {
+    if (!ns_lists(ns, presence)) {
         cmd_error(w, c, cmd, WSH_PERR_NOT_AVAILABLE);
         return;
     }
@@ -1812,7 +1818,7 @@ int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *
     const struct wsh_ns_config *ns = api_ns(channel, &err);
     if (ns == NULL)
         return err;
-    if (presence ? !ns->presence : ns->history_size == 0)
+    if (!ns_lists(ns, presence))
         return WSH_PERR_NOT_AVAILABLE; /* as cmd_list answers a client */
     struct wsh_cmd fake = { .channel = channel, .channel_len = strlen(channel) };
     struct list_ctx x = { .b = b, .id = WSH_PROTO_NO_ID, .cmd = &fake, .rc = -1 };

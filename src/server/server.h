@@ -240,7 +240,7 @@ enum push_type {
 #define METRIC_TURN_BUCKETS 9
 struct metrics {
     _Atomic uint64_t accepted;
-    _Atomic uint64_t conns;               /* a gauge: this worker's open connections (nconns) */
+    _Atomic uint64_t conns;               /* a gauge: this worker's open connections */
     _Atomic uint64_t msgs_in[4];          /* by enum conn_endpoint */
     _Atomic uint64_t commands[10];        /* by enum wsh_cmd_type */
     _Atomic uint64_t pushes[PUSH__COUNT]; /* /ws messages out, per recipient */
@@ -301,12 +301,11 @@ struct worker {
     struct wsh_io admin_io; /* --admin-listen, worker 0 only; fd -1 without */
     struct wsh_io wake_io;  /* eventfd: inbox and shutdown */
     int reserve_fd;         /* the EMFILE trick (libuv uv__emfile_trick) */
-    struct conn *conns;     /* live connections */
-    size_t nconns;
-    struct conn *pending; /* connections with queued output this turn */
-    struct conn *closed;  /* destroyed, freed at the end of the turn */
-    uint8_t *rbuf;        /* receive buffer shared by this worker's conns */
-    uint8_t *zbuf;        /* inflated whole messages, before their own buffer (session.c) */
+    struct conn *conns;     /* live connections (m.conns counts them) */
+    struct conn *pending;   /* connections with queued output this turn */
+    struct conn *closed;    /* destroyed, freed at the end of the turn */
+    uint8_t *rbuf;          /* receive buffer shared by this worker's conns */
+    uint8_t *zbuf;          /* inflated whole messages, before their own buffer (session.c) */
     size_t zbuf_cap;
     bool shutting_down;
     bool wake[WSH_MAX_WORKERS]; /* workers to wake at the end of the turn */

@@ -527,8 +527,7 @@ void conn_destroy(struct worker *w, struct conn *c)
         w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    w->nconns--;
-    atomic_store_explicit(&w->m.conns, w->nconns, memory_order_relaxed);
+    metric_add(&w->m.conns, (uint64_t)-1); /* one less: unsigned wrap */
     atomic_fetch_sub_explicit(&wsh_total_conns, 1, memory_order_relaxed);
     /* Freed at the end of the turn: epoll may still hold events for it in
      * this batch, and it may sit on the flush list (uSockets closed_head). */
@@ -817,7 +816,7 @@ static void before_sleep(struct wsh_loop *l, void *user)
             worker_wake(&wsh_workers[i]);
         }
     }
-    if (w->shutting_down && w->nconns == 0)
+    if (w->shutting_down && atomic_load_explicit(&w->m.conns, memory_order_relaxed) == 0)
         wsh_loop_stop(w->loop);
     /* Nothing of this turn is held past here (hub.c: a replaced config is
      * freed once every worker has ended a turn). */
@@ -1433,8 +1432,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         if (w->conns)
             w->conns->prev = c;
         w->conns = c;
-        w->nconns++;
-        atomic_store_explicit(&w->m.conns, w->nconns, memory_order_relaxed);
+        metric_add(&w->m.conns, 1);
         atomic_fetch_add_explicit(&wsh_total_conns, 1, memory_order_relaxed);
         metric_add(&w->m.accepted, 1);
         wsh_timer_start(l, &c->timer, wsh_cfg.handshake_timeout_ms);
