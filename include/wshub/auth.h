@@ -320,10 +320,11 @@ bool wsh_origin_allowed(const struct wsh_origin_list *list, const char *origin, 
 /* ------------------------------------------------------------------ */
 /* API key (HTTP API)                                                  */
 
-/* Compares the configured key with the one presented, in time independent
- * of where they differ and of their lengths: both are hashed with SHA-256
- * and the digests compared with CRYPTO_memcmp. An empty configured key
- * matches nothing, so an unset key never opens the API. */
+/* Compares the configured key with the one presented, in time that
+ * depends only on the presented key's length: not on where they differ,
+ * nor on the configured key. It allocates nothing, so it cannot fail. An
+ * empty configured key matches nothing, so an unset key never opens the
+ * API. */
 bool wsh_auth_apikey_equal(const void *expected, size_t elen, const void *given, size_t glen);
 
 /* ------------------------------------------------------------------ */

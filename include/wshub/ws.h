@@ -255,8 +255,9 @@ struct wsh_hs_result {
 };
 
 /* Computes Sec-WebSocket-Accept for a key (RFC 6455 4.2.2: SHA-1 of key +
- * the GUID, base64). out gets 28 characters and a NUL. */
-void wsh_hs_accept(const char *key, size_t key_len, char out[WSH_HS_ACCEPT_LEN + 1]);
+ * the GUID, base64). out gets 28 characters and a NUL. Returns WSH_OK, or
+ * WSH_ENOMEM when OpenSSL could not allocate (out is then ""). */
+int wsh_hs_accept(const char *key, size_t key_len, char out[WSH_HS_ACCEPT_LEN + 1]);
 
 /* Validates an upgrade request (server role). Checks, in order: method GET
  * (405), HTTP/1.1 or later (400), Host present once (400), Upgrade token list
@@ -266,7 +267,8 @@ void wsh_hs_accept(const char *key, size_t key_len, char out[WSH_HS_ACCEPT_LEN +
  * and exactly 16 bytes of base64 (400), extension header syntax (400), in
  * time linear in the header size. proto_cb and ext_cb may be NULL. Returns
  * WSH_OK with res->status 101, or WSH_EPROTO with res->status and
- * res->error set. */
+ * res->error set (503 when the accept key could not be computed for lack
+ * of memory). */
 int wsh_hs_server_check(const struct wsh_hs_request *req, wsh_hs_protocol_cb *proto_cb,
                         wsh_hs_extension_cb *ext_cb, void *user, struct wsh_hs_result *res);
 
@@ -305,8 +307,9 @@ struct wsh_hs_client_result {
  * the head length (> 0) when complete and valid: status 101, Upgrade
  * websocket, Connection upgrade, and Sec-WebSocket-Accept matching key.
  * Returns 0 when the head is incomplete, WSH_ETOOBIG when no end was found
- * within 8 KiB, or WSH_EPROTO when it is malformed or refused (res->status
- * holds the status when one was read). */
+ * within 8 KiB, WSH_EPROTO when it is malformed or refused (res->status
+ * holds the status when one was read), or WSH_ENOMEM when the expected
+ * accept key could not be computed. */
 ssize_t wsh_hs_client_parse_response(const char *buf, size_t len, const char *key,
                                      struct wsh_hs_client_result *res);
 

@@ -21,6 +21,7 @@
 
 #include "jose.h"
 #include "wshub/expset.h"
+#include "wshub/json.h"
 
 /* ------------------------------------------------------------------ */
 /* Algorithms and keys                                                 */
@@ -456,21 +457,27 @@ bool jose_b64url_decode(const char *in, size_t len, uint8_t *out, size_t *out_le
     return b64url_decode(in, len, out, out_len);
 }
 
-static json_t *decode_json_object(const char *seg, size_t len, uint8_t *scratch)
+/* Decodes one segment into *out, an object. Returns an enum
+ * wsh_auth_error: memory running out is not a malformed token. */
+static int decode_json_object(const char *seg, size_t len, uint8_t *scratch, json_t **out)
 {
     size_t n;
     if (!b64url_decode(seg, len, scratch, &n))
-        return NULL;
+        return WSH_AUTH_EFORMAT;
     /* Duplicate names are refused: parsers disagree on which one wins
      * (libjwt and jansson keep the last), and a differential between two
      * parsers of one token, ours and the application's, is how checks get
      * bypassed. */
-    json_t *j = json_loadb((const char *)scratch, n, JSON_REJECT_DUPLICATES, NULL);
-    if (j != NULL && !json_is_object(j)) {
+    bool oom;
+    json_t *j = wsh_json_loadb((const char *)scratch, n, JSON_REJECT_DUPLICATES, NULL, &oom);
+    if (j == NULL)
+        return oom ? WSH_AUTH_ENOMEM : WSH_AUTH_EFORMAT;
+    if (!json_is_object(j)) {
         json_decref(j);
-        return NULL;
+        return WSH_AUTH_EFORMAT;
     }
-    return j;
+    *out = j;
+    return WSH_AUTH_OK;
 }
 
 struct parsed {
@@ -521,12 +528,12 @@ static int parse_token(const struct wsh_auth *a, const char *token, size_t len, 
     p->input_len = dot[1];
     if (!b64url_decode(token + dot[1] + 1, len - dot[1] - 1, p->sig, &p->sig_len))
         return WSH_AUTH_EFORMAT;
-    p->head = decode_json_object(token, dot[0], p->scratch);
-    if (p->head == NULL)
-        return WSH_AUTH_EFORMAT;
-    p->claims = decode_json_object(token + dot[0] + 1, dot[1] - dot[0] - 1, p->scratch);
-    if (p->claims == NULL)
-        return WSH_AUTH_EFORMAT;
+    int rc = decode_json_object(token, dot[0], p->scratch, &p->head);
+    if (rc != WSH_AUTH_OK)
+        return rc;
+    rc = decode_json_object(token + dot[0] + 1, dot[1] - dot[0] - 1, p->scratch, &p->claims);
+    if (rc != WSH_AUTH_OK)
+        return rc;
     /* RFC 7515 4.1.11: a recipient that does not understand a `crit`
      * extension must refuse the token, and we understand none. */
     if (json_object_get(p->head, "crit") != NULL)
@@ -600,19 +607,23 @@ static int verify_with(const struct auth_key *k, const struct parsed *p)
     if (ctx == NULL)
         return -1;
     EVP_PKEY_CTX *pctx = NULL;
-    int rc = EVP_DigestVerifyInit(ctx, &pctx, md, NULL, k->pk) == 1 ? 1 : -1;
+    /* The key was checked against its alg when it was loaded, so setting
+     * up fails only for want of memory: -1, which the caller answers as
+     * "try again", not as a bad token. (OpenSSL's verify itself says 0 for
+     * a bad signature and for a failed allocation alike.) */
+    int rc = EVP_DigestVerifyInit(ctx, &pctx, md, NULL, k->pk) == 1 ? 0 : -1;
     /* RFC 7518 3.5: PSS with MGF1 on the same hash and a salt as long as
      * the hash. */
-    if (rc == 1 && ai->kind == KIND_RSA_PSS &&
+    if (rc == 0 && ai->kind == KIND_RSA_PSS &&
         (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
          EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
          EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) != 1))
         rc = -1;
-    if (rc == 1)
-        rc = EVP_DigestVerify(ctx, sig, slen, in, p->input_len);
+    if (rc == 0)
+        rc = EVP_DigestVerify(ctx, sig, slen, in, p->input_len) == 1;
     EVP_MD_CTX_free(ctx);
     ERR_clear_error();
-    return rc == 1;
+    return rc;
 }
 
 /* Picks the keys the header allows and verifies the signature with them;
@@ -1175,16 +1186,18 @@ bool wsh_origin_allowed(const struct wsh_origin_list *list, const char *origin, 
 
 bool wsh_auth_apikey_equal(const void *expected, size_t elen, const void *given, size_t glen)
 {
-    unsigned char de[32], dg[32];
-    unsigned int n1 = 0, n2 = 0;
     if (expected == NULL || elen == 0 || (given == NULL && glen > 0))
         return false;
-    /* Hashing first makes the comparison independent of both lengths. */
-    if (!EVP_Digest(expected, elen, de, &n1, EVP_sha256(), NULL) ||
-        !EVP_Digest(given != NULL ? given : "", glen, dg, &n2, EVP_sha256(), NULL) || n1 != 32 ||
-        n2 != 32)
-        return false;
-    return CRYPTO_memcmp(de, dg, sizeof(de)) == 0;
+    /* Every byte given is compared, with the expected key repeated under
+     * it, so the time depends on glen, the caller's own, and not on where
+     * the first difference is nor on the key. No digest: OpenSSL 3
+     * allocates for one, and a key refused for want of memory would read
+     * to the caller as a wrong key. */
+    const unsigned char *e = expected, *g = given;
+    unsigned diff = elen != glen;
+    for (size_t i = 0; i < glen; i++)
+        diff |= (unsigned)(e[i % elen] ^ g[i]);
+    return diff == 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "wshub/http.h"
+#include "wshub/json.h"
 #include "wshub/proto.h"
 
 /* ------------------------------------------------------------------ */
@@ -789,9 +790,10 @@ int wsh_config_parse(const char *text, size_t len, struct wsh_hub_config *out, c
     }
     json_error_t jerr;
     /* Duplicate keys are errors: the second would silently win otherwise. */
-    json_t *root = json_loadb(text ? text : "", len, JSON_REJECT_DUPLICATES, &jerr);
+    bool nomem;
+    json_t *root = wsh_json_loadb(text ? text : "", len, JSON_REJECT_DUPLICATES, &jerr, &nomem);
     if (root == NULL) {
-        if (json_error_code(&jerr) == json_error_out_of_memory)
+        if (nomem)
             return oom(&c), c.rc;
         if (err != NULL && errlen > 0)
             snprintf(err, errlen, "line %d, column %d: %s", jerr.line, jerr.column, jerr.text);

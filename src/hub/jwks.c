@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "jose.h"
+#include "wshub/json.h"
 
 #define RSA_N_MAX 2048u /* bytes: 16384-bit moduli, OpenSSL's own bound */
 #define RSA_E_MAX 8u    /* bytes: public exponents fit 64 bits (65537 in practice) */
@@ -354,7 +355,12 @@ int wsh_jwks_parse(const char *text, size_t len, wsh_jwks_skip_fn on_skip, void 
         return WSH_EINVAL;
     }
     json_error_t je;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    bool oom;
+    json_t *root = wsh_json_loadb(text, len, JSON_REJECT_DUPLICATES, &je, &oom);
+    if (root == NULL && oom) {
+        snprintf(err, errlen, "out of memory");
+        return WSH_ENOMEM;
+    }
     if (root == NULL) {
         snprintf(err, errlen, "line %d: %s", je.line, je.text);
         return WSH_EINVAL;

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wshub/json.h"
+
 /* ------------------------------------------------------------------ */
 /* Error codes                                                         */
 
@@ -467,10 +469,11 @@ int wsh_proto_parse(const char *in, size_t len, const struct wsh_proto_limits *l
         json_error_t jerr;
         /* Duplicate keys are rejected so that every reader of the message
          * (us, a proxy, the payload's consumers) sees the same fields. */
+        bool oom;
         json_t *root =
-            json_loadb(in ? in : "", len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+            wsh_json_loadb(in ? in : "", len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr, &oom);
         if (root == NULL) {
-            if (json_error_code(&jerr) == json_error_out_of_memory) {
+            if (oom) {
                 e.code = WSH_PERR_INTERNAL;
                 e.msg = "out of memory";
                 rc = WSH_ENOMEM;

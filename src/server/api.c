@@ -11,6 +11,7 @@
 #include "server.h"
 #include "wshub/auth.h"
 #include "wshub/broker.h"
+#include "wshub/json.h"
 #include "wshub/proto.h"
 
 static void api_json(struct worker *w, struct conn *c, int status, json_t *j)
@@ -106,6 +107,7 @@ void api_forget(struct worker *w, const struct conn *c)
  * nothing, and the answer names it. */
 static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, bool one)
 {
+    unsigned long jfail = wsh_json_failures();
     json_t *payload = json_object_get(j, "payload");
     json_t *mid = json_object_get(j, "msg_id");
     json_t *chans = one ? json_pack("[O]", json_object_get(j, "channel"))
@@ -135,7 +137,12 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
         else if ((err = hub_channel_check(json_string_value(v))) != 0)
             bad = json_string_value(v);
     }
-    if (!err) {
+    if (err && wsh_json_failures() != jfail) {
+        /* "channel" made into a list is what failed: not the body's fault */
+        api_error(w, c, 503, "out of memory");
+        free(job);
+        job = NULL;
+    } else if (!err) {
         job->c = c;
         job->chans = json_incref(chans);
         job->offsets = json_array();
@@ -144,7 +151,9 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
         job->msg_id = json_incref(mid);
         job->next = w->api_jobs;
         w->api_jobs = job;
-        if (job->offsets == NULL || job->payload == NULL) {
+        /* (json_dumps fails whole on a failed allocation, but nothing of
+         * this job is trusted after one.) */
+        if (job->offsets == NULL || job->payload == NULL || wsh_json_failures() != jfail) {
             api_forget(w, c);
             job = NULL;
             api_error(w, c, 500, "internal");
@@ -194,8 +203,13 @@ static int api_job_run(struct worker *w, struct conn *c, struct api_job *job)
                          wsh_proto_code_message(err));
             return 0;
         }
-        json_array_append_new(job->offsets, json_integer((json_int_t)off));
         job->done++;
+        if (json_array_append_new(job->offsets, json_integer((json_int_t)off)) != 0) {
+            /* Published, but its offset cannot be told: not a 503, which
+             * would have the caller publish it again. */
+            api_job_fail(w, c, 500, WSH_PERR_INTERNAL, "out of memory");
+            return 0;
+        }
     }
     json_t *ok = json_pack("{s:O}", "offsets", job->offsets);
     api_forget(w, c);
@@ -339,7 +353,12 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
         return 0;
     }
     json_error_t jerr;
-    json_t *j = json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr);
+    bool oom;
+    json_t *j = wsh_json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr, &oom);
+    if (j == NULL && oom) {
+        api_error(w, c, 503, "out of memory");
+        return 0;
+    }
     if (j == NULL || !json_is_object(j)) {
         json_decref(j);
         api_error(w, c, 400, "the body must be a JSON object");

@@ -244,12 +244,27 @@ static bool inbox_wait_on(struct worker *to, const struct worker *self)
     return full;
 }
 
+/* The inbox and its spare start at this many messages, allocated with the
+ * worker: a push that finds no room and cannot grow the array drops its
+ * message, so the common case must not need to grow it. */
+#define INBOX_FIRST 256u
+
+int inbox_init(struct worker *w)
+{
+    w->inbox = malloc(INBOX_FIRST * sizeof(*w->inbox));
+    w->spare = malloc(INBOX_FIRST * sizeof(*w->spare));
+    if (w->inbox == NULL || w->spare == NULL)
+        return WSH_ENOMEM;
+    w->inbox_cap = w->spare_cap = INBOX_FIRST;
+    return WSH_OK;
+}
+
 void inbox_push(struct worker *to, const struct xmsg *m)
 {
     size_t size = xmsg_bytes(m);
     pthread_mutex_lock(&to->inbox_mu);
     if (to->inbox_n == to->inbox_cap) {
-        size_t cap = to->inbox_cap ? to->inbox_cap * 2 : 256;
+        size_t cap = to->inbox_cap ? to->inbox_cap * 2 : INBOX_FIRST;
         struct xmsg *n = realloc(to->inbox, cap * sizeof(*n));
         if (n == NULL) {
             pthread_mutex_unlock(&to->inbox_mu);

@@ -139,10 +139,25 @@ static bool have_config; /* --config was given */
 /* ------------------------------------------------------------------ */
 /* Sending JSON                                                         */
 
-static void send_jbuf(struct worker *w, struct conn *c, struct wsh_jbuf *b, enum push_type type)
+/* Sends what b holds to c; encoded is what encoding it returned. When
+ * that ran out of memory, c is closed with 1011 instead: a reply left out
+ * would have the client wait for it forever on a connection that looks
+ * fine, while a close makes it reconnect and recover what it missed.
+ *
+ * Returns whether c is still open. A close, for memory here or for a slow
+ * consumer in conn_send, has ended c->hub (hub_conn_end): after false the
+ * caller must not touch the hubconn or its subscriptions. */
+static bool send_jbuf(struct worker *w, struct conn *c, struct wsh_jbuf *b, int encoded,
+                      enum push_type type)
 {
-    if (b->_oom || b->len == 0)
-        return;
+    if (c->state != CONN_OPEN)
+        return false;
+    if (encoded != WSH_OK || b->_oom) {
+        conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+        return false;
+    }
+    if (b->len == 0)
+        return true;
     struct wsh_buf *f = NULL;
     if (c->pmd && wsh_pmd_worth_compressing(&wsh_cfg.pmd, b->len))
         f = frame_deflate(c->pmd, 0, WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
@@ -150,10 +165,11 @@ static void send_jbuf(struct worker *w, struct conn *c, struct wsh_jbuf *b, enum
         f = frame_new(WSH_OP_TEXT, (const uint8_t *)b->data, b->len);
     if (f == NULL) {
         conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
-        return;
+        return false;
     }
     conn_send(w, c, f);
     metric_add(&w->m.pushes[type], 1);
+    return c->state == CONN_OPEN;
 }
 
 static void reply_error(struct worker *w, struct conn *c, int64_t id, const char *ch, size_t chlen,
@@ -161,8 +177,8 @@ static void reply_error(struct worker *w, struct conn *c, int64_t id, const char
 {
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    if (wsh_proto_encode_error(&b, id, ch, chlen, code, msg, wsh_wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b, PUSH_ERROR);
+    int rc = wsh_proto_encode_error(&b, id, ch, chlen, code, msg, wsh_wall_ms());
+    (void)send_jbuf(w, c, &b, rc, PUSH_ERROR);
     wsh_jbuf_free(&b);
 }
 
@@ -180,7 +196,7 @@ static void disconnect_retry(struct worker *w, struct conn *c, unsigned code, co
     wsh_jbuf_init(&b);
     if (wsh_proto_encode_disconnect(&b, code, reason, strlen(reason), reconnect, retry_ms,
                                     wsh_wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b, PUSH_DISCONNECT);
+        (void)send_jbuf(w, c, &b, WSH_OK, PUSH_DISCONNECT);
     wsh_jbuf_free(&b);
     conn_close(w, c, code, reason);
 }
@@ -258,15 +274,18 @@ void hub_sweep(int64_t now_ms)
 /* ------------------------------------------------------------------ */
 /* Fan-out                                                              */
 
-static void send_lagged(struct worker *w, struct hubsub *s)
+/* Returns false when the connection was closed, s with it. */
+static bool send_lagged(struct worker *w, struct hubsub *s)
 {
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    if (wsh_proto_encode_lagged(&b, s->ch->name, s->ch->name_len, s->lagged_from, s->epoch,
-                                strlen(s->epoch), wsh_wall_ms()) == WSH_OK)
-        send_jbuf(w, s->c, &b, PUSH_LAGGED);
+    int rc = wsh_proto_encode_lagged(&b, s->ch->name, s->ch->name_len, s->lagged_from, s->epoch,
+                                     strlen(s->epoch), wsh_wall_ms());
+    bool open = send_jbuf(w, s->c, &b, rc, PUSH_LAGGED);
     wsh_jbuf_free(&b);
-    s->lagged_from = 0;
+    if (open)
+        s->lagged_from = 0;
+    return open;
 }
 
 /* The drop policy of a namespace with slow_consumer "drop_oldest": while
@@ -280,8 +299,7 @@ static bool drop_for_lag(struct worker *w, struct hubsub *s, uint64_t offset, si
     if (s->lagged_from != 0) {
         if (q > wsh_cfg.max_queue / 2)
             return true;
-        send_lagged(w, s);
-        return false;
+        return !send_lagged(w, s); /* closed: nothing more for it */
     }
     if (q + len <= wsh_cfg.max_queue)
         return false;
@@ -341,8 +359,8 @@ void hub_drained(struct worker *w, struct conn *c)
         return;
     h->lagging = false;
     for (struct hubsub *s = h->subs; s; s = s->conn_next)
-        if (s->lagged_from != 0)
-            send_lagged(w, s);
+        if (s->lagged_from != 0 && !send_lagged(w, s))
+            return; /* closed: h and its subs are gone */
 }
 
 /* Delivers one encoded push to every subscriber of ch on every worker.
@@ -997,9 +1015,11 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t)
     if (!h->refresh_sent) {
         struct wsh_jbuf b;
         wsh_jbuf_init(&b);
-        if (wsh_proto_encode_refresh_required(&b, h->id.exp_ms / 1000, now) == WSH_OK)
-            send_jbuf(w, c, &b, PUSH_REFRESH_REQUIRED);
+        int rc = wsh_proto_encode_refresh_required(&b, h->id.exp_ms / 1000, now);
+        bool open = send_jbuf(w, c, &b, rc, PUSH_REFRESH_REQUIRED);
         wsh_jbuf_free(&b);
+        if (!open)
+            return;
         h->refresh_sent = true;
     }
     arm_expiry(w, h);
@@ -1215,22 +1235,29 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     bool recovered = cmd->has_recover && x.recovered;
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    if (wsh_proto_encode_subscribed(&b, cmd->id, ch->name, ch->name_len, x.offset, x.epoch,
-                                    strlen(x.epoch), recovered, wsh_wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b, PUSH_SUBSCRIBED);
+    int rc = wsh_proto_encode_subscribed(&b, cmd->id, ch->name, ch->name_len, x.offset, x.epoch,
+                                         strlen(x.epoch), recovered, wsh_wall_ms());
+    bool open = send_jbuf(w, c, &b, rc, PUSH_SUBSCRIBED);
     wsh_jbuf_free(&b);
-    if (recovered) {
-        for (size_t off = 0; off < x.replay.len;) {
-            size_t n = strlen(x.replay.data + off);
-            struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)x.replay.data + off, n);
-            if (f) {
-                conn_send(w, c, f);
-                metric_add(&w->m.pushes[PUSH_MESSAGE], 1);
-            }
-            off += n + 1;
+    /* The replay may pass --max-queue (slow consumer, 4101), and a message
+     * that cannot be framed is not skipped: 1011, and the client recovers
+     * again. Either way h is gone after. */
+    for (size_t off = 0; open && recovered && off < x.replay.len;) {
+        size_t n = strlen(x.replay.data + off);
+        struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)x.replay.data + off, n);
+        if (f == NULL) {
+            conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+            open = false;
+            break;
         }
+        conn_send(w, c, f);
+        metric_add(&w->m.pushes[PUSH_MESSAGE], 1);
+        open = c->state == CONN_OPEN;
+        off += n + 1;
     }
     wsh_jbuf_free(&x.replay);
+    if (!open)
+        return;
     if (ns->presence) {
         struct wsh_presence_entry e;
         presence_entry(h, &e);
@@ -1389,9 +1416,8 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
      * msg_id gets the original offset and was not delivered again. */
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, a.offset,
-                             wsh_wall_ms()) == WSH_OK)
-        send_jbuf(w, c, &b, PUSH_ACK);
+    rc = wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, a.offset, wsh_wall_ms());
+    (void)send_jbuf(w, c, &b, rc, PUSH_ACK);
     wsh_jbuf_free(&b);
 }
 
@@ -1404,9 +1430,9 @@ static void cmd_unsubscribe(struct worker *w, struct conn *c, struct hubconn *h,
     drop_sub(w, h, s, true);
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    if (wsh_proto_encode_unsubscribed(&b, cmd->id, cmd->channel, cmd->channel_len, wsh_wall_ms()) ==
-        WSH_OK)
-        send_jbuf(w, c, &b, PUSH_UNSUBSCRIBED);
+    int rc =
+        wsh_proto_encode_unsubscribed(&b, cmd->id, cmd->channel, cmd->channel_len, wsh_wall_ms());
+    (void)send_jbuf(w, c, &b, rc, PUSH_UNSUBSCRIBED);
     wsh_jbuf_free(&b);
 }
 
@@ -1514,7 +1540,7 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
                                          .limit = cmd->has_limit ? cmd->limit : 0,
                                          .now_ms = wsh_wall_ms() };
     if (list_run(&x, presence, &hr) == WSH_OK)
-        send_jbuf(w, c, &b, presence ? PUSH_PRESENCE : PUSH_HISTORY);
+        (void)send_jbuf(w, c, &b, WSH_OK, presence ? PUSH_PRESENCE : PUSH_HISTORY);
     else
         cmd_error(w, c, cmd, WSH_PERR_INTERNAL);
     wsh_jbuf_free(&b);
@@ -1554,9 +1580,9 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
                                   wsh_wall_ms()) == WSH_OK)
             push_to_channel(s->ch, &b, PUSH_READ, c);
         wsh_jbuf_reset(&b);
-        if (wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, cmd->offset,
-                                 wsh_wall_ms()) == WSH_OK)
-            send_jbuf(w, c, &b, PUSH_ACK);
+        int rc = wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, cmd->offset,
+                                      wsh_wall_ms());
+        (void)send_jbuf(w, c, &b, rc, PUSH_ACK);
     }
     wsh_jbuf_free(&b);
     wsh_jbuf_free(&pb);
@@ -1616,11 +1642,10 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
     int rc = refresh ? wsh_proto_encode_refreshed(&b, cmd->id, h->id.exp_ms / 1000, wsh_wall_ms())
                      : wsh_proto_encode_connected(&b, cmd->id, h->client, strlen(h->client), user,
                                                   ulen, h->id.exp_ms / 1000, wsh_wall_ms());
-    if (rc == WSH_OK)
-        send_jbuf(w, c, &b, refresh ? PUSH_REFRESHED : PUSH_CONNECTED);
-    wsh_jbuf_free(&b);
     if (!refresh)
-        h->connected = true;
+        h->connected = true; /* before the reply, which may end h */
+    (void)send_jbuf(w, c, &b, rc, refresh ? PUSH_REFRESHED : PUSH_CONNECTED);
+    wsh_jbuf_free(&b);
     return true;
 }
 
@@ -1711,7 +1736,12 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
         metric_add(&w->m.commands[WSH_CMD_NONE], 1); /* "invalid" in /metrics */
         reply_error(w, c, cmd.id, NULL, 0, code, msg);
         wsh_cmd_free(&cmd);
-        if (!h->authed)
+        if (code == WSH_PERR_INTERNAL)
+            /* Memory ran out reading a command that may be valid, before
+             * its id was known: the error cannot answer it, and the
+             * client would wait for its reply. 1011 makes it reconnect. */
+            conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+        else if (!h->authed)
             hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
         return;
     }

@@ -249,6 +249,22 @@ void direct_flush(struct worker *w)
     mark_pending(w, c);
 }
 
+/* No memory to queue the close frame: when nothing is queued ahead of it
+ * on a plain connection it is written straight from the stack, so the
+ * peer reads the code (often 1011, for this very reason) rather than a
+ * dropped connection; either way the connection ends here. */
+static void close_unqueued(struct worker *w, struct conn *c, const uint8_t *payload, size_t plen)
+{
+    if (c->ssl == NULL && (c->wq == NULL || c->wq->count == 0)) {
+        uint8_t f[2 + WSH_CONTROL_MAX];
+        f[0] = 0x80u | WSH_OP_CLOSE;
+        f[1] = (uint8_t)plen;
+        memcpy(f + 2, payload, plen);
+        (void)!send(c->io.fd, f, 2 + plen, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    conn_destroy(w, c);
+}
+
 /* Queues a frame, taking over the caller's reference. Returns false when
  * the frame was dropped (closing, or the connection was destroyed). */
 static bool queue_frame(struct worker *w, struct conn *c, struct wsh_buf *b)
@@ -262,7 +278,8 @@ static bool queue_frame(struct worker *w, struct conn *c, struct wsh_buf *b)
     metric_add(&w->m.frames_out, 1);
     metric_add(&w->m.bytes_out, wsh_buf_len(b));
     if (wsh_wq_push(&c->wq, b) != WSH_OK) {
-        conn_destroy(w, c);
+        uint8_t p[WSH_CONTROL_MAX];
+        close_unqueued(w, c, p, wsh_close_payload(p, WSH_CLOSE_INTERNAL, "out of memory", 13));
         return false;
     }
     mark_pending(w, c);
@@ -423,12 +440,8 @@ void conn_close(struct worker *w, struct conn *c, unsigned code, const char *rea
                       ? 0
                       : wsh_close_payload(payload, code, reason, reason ? strlen(reason) : 0);
     struct wsh_buf *b = frame_new(WSH_OP_CLOSE, payload, plen);
-    if (b == NULL) {
-        conn_destroy(w, c);
-        return;
-    }
-    if (wsh_wq_push(&c->wq, b) != WSH_OK) {
-        conn_destroy(w, c);
+    if (b == NULL || wsh_wq_push(&c->wq, b) != WSH_OK) { /* the push unrefs b */
+        close_unqueued(w, c, payload, plen);
         return;
     }
     c->flags |= CF_CLOSE_SENT;
@@ -1560,7 +1573,10 @@ int worker_init(struct worker *w, int id, int listen_fd)
         return WSH_ENOMEM;
     w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     pthread_mutex_init(&w->inbox_mu, NULL);
-    int rc = wsh_loop_create(before_sleep, w, &w->loop);
+    int rc = inbox_init(w);
+    if (rc != WSH_OK)
+        return rc;
+    rc = wsh_loop_create(before_sleep, w, &w->loop);
     if (rc != WSH_OK)
         return rc;
     wsh_loop_on_turn(w->loop, on_turn);

@@ -2,6 +2,7 @@
  * (4.2.1) and response (4.2.2), error responses (4.2.2 point 4 for 426),
  * the Sec-WebSocket-Extensions grammar of 9.1 (and RFC 7692 5), and the
  * client side (4.1): key, request and response validation. */
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <string.h>
@@ -98,27 +99,35 @@ static bool list_has(struct wsh_slice v, const char *token)
 /* ------------------------------------------------------------------ */
 /* Keys                                                                 */
 
-void wsh_hs_accept(const char *key, size_t key_len, char out[WSH_HS_ACCEPT_LEN + 1])
+int wsh_hs_accept(const char *key, size_t key_len, char out[WSH_HS_ACCEPT_LEN + 1])
 {
     unsigned char md[SHA_DIGEST_LENGTH];
     unsigned char buf[128];
     const size_t glen = sizeof(WS_GUID) - 1;
+    bool ok;
 
+    /* OpenSSL 3 allocates even for a one-shot digest (the algorithm is
+     * fetched from its provider), so either way may fail; md is then
+     * unset, and a 101 built from it would carry a wrong key. */
     if (key_len + glen <= sizeof(buf)) {
         memcpy(buf, key, key_len);
         memcpy(buf + key_len, WS_GUID, glen);
-        SHA1(buf, key_len + glen, md);
+        ok = SHA1(buf, key_len + glen, md) != NULL;
     } else {
-        /* Only reachable with a key no valid client sends; the result just
-         * has to be deterministic. */
+        /* Only reachable with a key no valid client sends. */
         EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-        if (ctx == NULL || !EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) ||
-            !EVP_DigestUpdate(ctx, key, key_len) || !EVP_DigestUpdate(ctx, WS_GUID, glen) ||
-            !EVP_DigestFinal_ex(ctx, md, NULL))
-            memset(md, 0, sizeof(md));
+        ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) &&
+             EVP_DigestUpdate(ctx, key, key_len) && EVP_DigestUpdate(ctx, WS_GUID, glen) &&
+             EVP_DigestFinal_ex(ctx, md, NULL);
         EVP_MD_CTX_free(ctx);
     }
+    if (!ok) {
+        ERR_clear_error();
+        out[0] = '\0';
+        return WSH_ENOMEM;
+    }
     EVP_EncodeBlock((unsigned char *)out, md, SHA_DIGEST_LENGTH);
+    return WSH_OK;
 }
 
 void wsh_hs_client_key(const uint8_t nonce[16], char out[WSH_HS_KEY_LEN + 1])
@@ -301,7 +310,8 @@ int wsh_hs_server_check(const struct wsh_hs_request *req, wsh_hs_protocol_cb *pr
         return refuse(res, 426, "Sec-WebSocket-Version: 13 required");
     if (nkey != 1 || !key_valid(key))
         return refuse(res, 400, "invalid Sec-WebSocket-Key");
-    wsh_hs_accept(key.p, key.n, res->accept);
+    if (wsh_hs_accept(key.p, key.n, res->accept) != WSH_OK)
+        return refuse(res, 503, "out of memory");
 
     /* Extensions and subprotocols are offered to the callbacks only once
      * everything else is known to be valid. */
@@ -584,7 +594,8 @@ ssize_t wsh_hs_client_parse_response(const char *buf, size_t len, const char *ke
     if (!upgrade || !connection || naccept != 1 || nproto > 1)
         return WSH_EPROTO;
     char expect[WSH_HS_ACCEPT_LEN + 1];
-    wsh_hs_accept(key, strlen(key), expect);
+    if (wsh_hs_accept(key, strlen(key), expect) != WSH_OK)
+        return WSH_ENOMEM;
     if (accept.n != WSH_HS_ACCEPT_LEN || memcmp(accept.p, expect, WSH_HS_ACCEPT_LEN) != 0)
         return WSH_EPROTO;
     return (ssize_t)head;

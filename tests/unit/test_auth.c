@@ -1696,6 +1696,8 @@ static void test_auth_apikey_constant_time_equal(void **state)
     assert_false(wsh_auth_apikey_equal("s3cret-key", 10, "s3cret-kez", 10));
     assert_false(wsh_auth_apikey_equal("s3cret-key", 10, "s3cret-key", 9));
     assert_false(wsh_auth_apikey_equal("s3cret-key", 10, "s3cret-key!", 11));
+    /* the key twice over: every byte matches the key repeated under it */
+    assert_false(wsh_auth_apikey_equal("s3cret-key", 10, "s3cret-keys3cret-key", 20));
     assert_false(wsh_auth_apikey_equal("s3cret-key", 10, "", 0));
     assert_false(wsh_auth_apikey_equal("s3cret-key", 10, NULL, 0));
     /* An unset key opens nothing, not even for an empty one presented. */

@@ -1,0 +1,112 @@
+/* failmalloc: an LD_PRELOAD shim that makes malloc, calloc and realloc
+ * fail now and then, for the out-of-memory fault test (test_oom.py).
+ *
+ * It is inert until the file named by WSH_FAILMALLOC_FLAG exists; while it
+ * does, about one allocation in WSH_FAILMALLOC_ONE_IN (default 50) returns
+ * NULL with errno ENOMEM, on every thread. The test turns failures on and
+ * off by creating and removing that file, so the server starts and stops
+ * normally and only the traffic in between meets a failing allocator.
+ *
+ * The file is looked at no more than every 20 ms (by the coarse monotonic
+ * clock, which costs no system call), so an allocation pays a clock read
+ * and, while failures are on, a step of a thread-local xorshift. Real
+ * allocation is glibc's own, through its exported __libc_* entry points:
+ * no dlsym, which itself allocates. free is not replaced. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+extern void *__libc_malloc(size_t n);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+
+#define RECHECK_NS (20u * 1000u * 1000u)
+
+static atomic_bool failing;
+static _Atomic uint64_t checked_ns;
+static _Atomic uint64_t failed;
+static uint32_t one_in = 50;
+static const char *flag_path;
+
+__attribute__((constructor)) static void failmalloc_init(void)
+{
+    flag_path = getenv("WSH_FAILMALLOC_FLAG");
+    const char *n = getenv("WSH_FAILMALLOC_ONE_IN");
+    if (n != NULL && atoi(n) > 0)
+        one_in = (uint32_t)atoi(n);
+}
+
+static uint64_t coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static bool should_fail(void)
+{
+    if (flag_path == NULL)
+        return false;
+    uint64_t now = coarse_ns(), seen = atomic_load_explicit(&checked_ns, memory_order_relaxed);
+    /* One thread looks at the file per period; the others use what it saw.
+     * access() allocates nothing. */
+    if (now - seen >= RECHECK_NS &&
+        atomic_compare_exchange_strong_explicit(&checked_ns, &seen, now, memory_order_relaxed,
+                                                memory_order_relaxed))
+        atomic_store_explicit(&failing, access(flag_path, F_OK) == 0, memory_order_relaxed);
+    if (!atomic_load_explicit(&failing, memory_order_relaxed))
+        return false;
+    static _Thread_local uint32_t x;
+    if (x == 0)
+        x = (uint32_t)(uintptr_t)&x | 1u; /* a different seed per thread */
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    if (x % one_in != 0)
+        return false;
+    atomic_fetch_add_explicit(&failed, 1, memory_order_relaxed);
+    errno = ENOMEM;
+    return true;
+}
+
+/* At exit, one line on stderr, so a test can tell the failures happened. */
+__attribute__((destructor)) static void failmalloc_report(void)
+{
+    if (flag_path == NULL)
+        return;
+    char line[64] = "failmalloc: failed=";
+    size_t len = 19;
+    char digits[24];
+    size_t nd = 0;
+    uint64_t v = atomic_load(&failed);
+    do
+        digits[nd++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (nd > 0)
+        line[len++] = digits[--nd];
+    line[len++] = '\n';
+    (void)!write(2, line, len);
+}
+
+void *malloc(size_t n)
+{
+    return should_fail() ? NULL : __libc_malloc(n);
+}
+
+void *calloc(size_t n, size_t size)
+{
+    return should_fail() ? NULL : __libc_calloc(n, size);
+}
+
+void *realloc(void *p, size_t n)
+{
+    /* realloc(p, 0) frees: that never fails. */
+    if (p != NULL && n == 0)
+        return __libc_realloc(p, n);
+    return should_fail() ? NULL : __libc_realloc(p, n);
+}
