@@ -97,6 +97,8 @@ class Subscription extends ChannelHandle {
     super(client, channel, handlers);
     this.offset = null; // last offset delivered to onMessage
     this.epoch = null;
+    this.held = null; // messages that wait while a gap is fetched (fillGap)
+    this.subscribeTries = 0; // subscribes refused with an error to retry
     this.active = false; // subscribed on the current connection
   }
 
@@ -308,7 +310,7 @@ export class WshubClient extends EventTarget {
     const sub = m.channel ? this.subs.get(m.channel) : null;
     switch (m.type) {
       case 'message':
-        if (sub) sub.deliver(m);
+        if (sub) this.onMessage(sub, m);
         break;
       case 'join': if (sub) sub.call('onJoin', m.payload); break;
       case 'leave': if (sub) sub.call('onLeave', m.payload); break;
@@ -363,6 +365,7 @@ export class WshubClient extends EventTarget {
   }
 
   async sendSubscribe(sub) {
+    sub.held = null; // recovery replays from sub.offset, gap included
     const cmd = { type: 'subscribe', channel: sub.channel };
     const resubscribe = sub.epoch !== null;
     if (resubscribe && sub.offset !== null) cmd.payload = { recover: { offset: sub.offset, epoch: sub.epoch } };
@@ -371,9 +374,18 @@ export class WshubClient extends EventTarget {
       r = await this.request(cmd);
     } catch (e) {
       if (e.code === 4002) { sub.active = true; this.flushOutbox(); return; } // already subscribed
-      if (e.code !== 0) sub.call('onError', { code: e.code, message: e.message }); // 0: connection lost, retried
+      if (e.code === 0) return; // connection lost: re-subscribed on reconnect
+      if (RETRYABLE_ERRORS.has(e.code) && sub.subscribeTries++ < 10) {
+        const ws = this.ws;
+        setTimeout(() => {
+          if (ws === this.ws && this.subs.get(sub.channel) === sub && !sub.active) this.sendSubscribe(sub);
+        }, backoffDelay(sub.subscribeTries));
+        return;
+      }
+      sub.call('onError', { code: e.code, message: e.message });
       return;
     }
+    sub.subscribeTries = 0;
     if (this.subs.get(sub.channel) !== sub) return;
     sub.active = true;
     const { offset, epoch, recovered } = r.payload;
@@ -389,13 +401,59 @@ export class WshubClient extends EventTarget {
     this.flushOutbox();
   }
 
+  // Offsets grow by one per publish, so a message more than one past the
+  // last one seen (same epoch) means some were not delivered: the server
+  // could not (it ran out of memory, docs/server.md). They are fetched from
+  // history first, and what arrives meanwhile waits, so the handler still
+  // sees every message once and in order.
+  onMessage(sub, m) {
+    if (sub.held) {
+      sub.held.push(m);
+    } else if (sub.offset !== null && m.epoch === sub.epoch && m.offset > sub.offset + 1) {
+      sub.held = [m];
+      this.fillGap(sub);
+    } else {
+      sub.deliver(m);
+    }
+  }
+
+  async fillGap(sub) {
+    const held = sub.held;
+    try {
+      await this.replayFrom(sub);
+    } catch (e) {
+      if (sub.held !== held) return; // re-subscribed meanwhile: recovery replays it all
+      sub.held = null;
+      if (e.code === 0) return; // connection lost: the same
+      sub.call('onError', { code: e.code, message: e.message }); // no history: the gap stays
+    }
+    if (sub.held !== held) return;
+    sub.held = null;
+    for (const m of held) sub.deliver(m); // what history gave already is skipped
+  }
+
   // After `lagged`: fetch what was dropped from history.
   async catchUp(sub) {
     try {
-      const r = await this.history(sub.channel, { since: sub.offset ?? 0 });
-      for (const m of r.messages) sub.deliver({ channel: sub.channel, epoch: r.epoch, ...m });
+      await this.replayFrom(sub);
     } catch (e) {
       sub.call('onError', { code: e.code, message: e.message });
+    }
+  }
+
+  // Delivers what history holds after sub.offset. A refusal to retry
+  // (5000: the server short of memory, 5001: its broker away) is retried
+  // after a backoff, a few times; what else ends it is thrown.
+  async replayFrom(sub) {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const r = await this.history(sub.channel, { since: sub.offset ?? 0 });
+        for (const m of r.messages) sub.deliver({ channel: sub.channel, epoch: r.epoch, ...m });
+        return;
+      } catch (e) {
+        if (!RETRYABLE_ERRORS.has(e.code) || attempt >= 5) throw e;
+        await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt)));
+      }
     }
   }
 

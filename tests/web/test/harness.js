@@ -19,12 +19,14 @@ const T = 10000 * MULT; // per-step wait
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 class Server {
-  constructor(listen, config = CONFIG, extra = []) {
+  // env: variables added to ours for the server (the OOM test preloads an
+  // allocator that fails with it).
+  constructor(listen, config = CONFIG, extra = [], env = {}) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-'));
     this.portFile = path.join(this.dir, 'port');
     this.log = '';
     this.proc = spawn(BIN, ['--listen', listen, '--port-file', this.portFile, '--config', config,
-      '--web-root', WEB_ROOT, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+      '--web-root', WEB_ROOT, ...extra], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
     this.proc.stderr.on('data', (d) => { this.log += d; });
     this.exited = false;
     this.exit = new Promise((r) => this.proc.on('exit', (code, signal) => { this.exited = true; r({ code, signal }); }));
