@@ -249,6 +249,16 @@ WSH_NODISCARD int wsh_tls_create(const struct wsh_tls_opts *o, char *err, size_t
 int wsh_tls_reload(struct wsh_tls *t, char *err, size_t errlen);
 void wsh_tls_destroy(struct wsh_tls *t);
 
+/* Has OpenSSL's default provider register every algorithm it offers, for
+ * every kind of operation, while memory is there: OpenSSL 3.0 names an
+ * algorithm the first time its kind is fetched, and a kind whose naming
+ * ran out of memory is never named again, so that algorithm is
+ * "unsupported" for the rest of the process (seen: every TLS 1.3
+ * handshake refused for want of TLS13-KDF after an out-of-memory spell).
+ * Called once at startup, before the workers. Returns WSH_OK, or
+ * WSH_ENOMEM when even this could not be done. */
+int wsh_openssl_prime(void);
+
 /* A new server-side session for fd, or NULL. Free with wsh_tls_conn_free. */
 struct ssl_st *wsh_tls_conn_new(struct wsh_tls *t, int fd);
 void wsh_tls_conn_free(struct ssl_st *ssl);

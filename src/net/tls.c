@@ -3,6 +3,8 @@
  * without dropping connections (SIGHUP). */
 #include <errno.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -135,6 +137,48 @@ int wsh_tls_reload(struct wsh_tls *t, char *err, size_t errlen)
     pthread_mutex_unlock(&t->mu);
     /* Sessions made from the old context hold their own references. */
     SSL_CTX_free(old);
+    return WSH_OK;
+}
+
+/* One counting callback per kind: the do_all functions take each its own
+ * pointer type. */
+#define COUNTER(name, type)                \
+    static void name(type *alg, void *arg) \
+    {                                      \
+        (void)alg;                         \
+        ++*(size_t *)arg;                  \
+    }
+COUNTER(count_md, EVP_MD)
+COUNTER(count_cipher, EVP_CIPHER)
+COUNTER(count_kdf, EVP_KDF)
+COUNTER(count_mac, EVP_MAC)
+COUNTER(count_keymgmt, EVP_KEYMGMT)
+COUNTER(count_keyexch, EVP_KEYEXCH)
+COUNTER(count_signature, EVP_SIGNATURE)
+COUNTER(count_asym, EVP_ASYM_CIPHER)
+COUNTER(count_kem, EVP_KEM)
+COUNTER(count_rand, EVP_RAND)
+#undef COUNTER
+
+int wsh_openssl_prime(void)
+{
+    size_t n[10] = { 0 };
+    EVP_MD_do_all_provided(NULL, count_md, &n[0]);
+    EVP_CIPHER_do_all_provided(NULL, count_cipher, &n[1]);
+    EVP_KDF_do_all_provided(NULL, count_kdf, &n[2]);
+    EVP_MAC_do_all_provided(NULL, count_mac, &n[3]);
+    EVP_KEYMGMT_do_all_provided(NULL, count_keymgmt, &n[4]);
+    EVP_KEYEXCH_do_all_provided(NULL, count_keyexch, &n[5]);
+    EVP_SIGNATURE_do_all_provided(NULL, count_signature, &n[6]);
+    EVP_ASYM_CIPHER_do_all_provided(NULL, count_asym, &n[7]);
+    EVP_KEM_do_all_provided(NULL, count_kem, &n[8]);
+    EVP_RAND_do_all_provided(NULL, count_rand, &n[9]);
+    ERR_clear_error();
+    /* The kinds every server uses (SHA-1 for the accept key, HMAC and
+     * signatures for tokens, KDFs for TLS) came back with something. */
+    for (size_t i = 0; i < 7; i++)
+        if (n[i] == 0)
+            return WSH_ENOMEM;
     return WSH_OK;
 }
 

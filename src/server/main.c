@@ -514,6 +514,10 @@ int main(int argc, char **argv)
         }
     }
 
+    if (wsh_openssl_prime() != WSH_OK) {
+        fprintf(stderr, "wshub: OpenSSL could not list its algorithms (out of memory?)\n");
+        return 1;
+    }
     /* A peer that vanishes mid-write must never kill the server. */
     signal(SIGPIPE, SIG_IGN);
     sigset_t sigs;
