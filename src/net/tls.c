@@ -162,6 +162,10 @@ COUNTER(count_rand, EVP_RAND)
 
 int wsh_openssl_prime(void)
 {
+    /* Its own start first: what it could not set up there, it would
+     * otherwise find missing later (seen: a NULL lock, a crash). */
+    if (OPENSSL_init_ssl(0, NULL) != 1 || OSSL_LIB_CTX_get0_global_default() == NULL)
+        return WSH_ENOMEM;
     size_t n[10] = { 0 };
     EVP_MD_do_all_provided(NULL, count_md, &n[0]);
     EVP_CIPHER_do_all_provided(NULL, count_cipher, &n[1]);

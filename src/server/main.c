@@ -492,6 +492,11 @@ int main(int argc, char **argv)
     set_defaults();
     if (parse_args(argc, argv) != 0)
         return 2;
+    /* Before anything uses OpenSSL (keys, TLS, the accept key). */
+    if (wsh_openssl_prime() != WSH_OK) {
+        fprintf(stderr, "wshub: OpenSSL could not start (out of memory?)\n");
+        return 1;
+    }
 
     {
         char err[512];
@@ -514,10 +519,6 @@ int main(int argc, char **argv)
         }
     }
 
-    if (wsh_openssl_prime() != WSH_OK) {
-        fprintf(stderr, "wshub: OpenSSL could not list its algorithms (out of memory?)\n");
-        return 1;
-    }
     /* A peer that vanishes mid-write must never kill the server. */
     signal(SIGPIPE, SIG_IGN);
     sigset_t sigs;
