@@ -136,6 +136,34 @@ async def test_slow_subscriber_gets_disconnect_before_the_4101_close(hub):
 
 
 @run_async
+async def test_subscriber_that_stays_over_the_soft_queue_limit_gets_4101(hub):
+    """--soft-queue on /ws (docs/server.md, Backpressure): a subscriber
+    whose queue stays over 64 KiB for a second is a slow consumer, though
+    far under --max-queue: `disconnect` (reconnect allowed), then 4101, and
+    the log names the soft limit."""
+    h = hub(SLOW_CFG, "--max-queue", 64 << 20, "--soft-queue", 65536, "--soft-queue-time", 1,
+            "--write-timeout", 0, "--ping-interval", 0)
+    pub = await Client.open(h, token("pub"))
+    await pub.subscribe("chat:soft")
+    slow = await asyncio.to_thread(raw_subscriber, h, "chat:soft")
+    try:
+        # More than the kernel buffers take (a few MB on loopback), so
+        # the rest waits in the server's queue, far under --max-queue.
+        await flood(pub, "chat:soft", 400)
+        await asyncio.sleep(2.5)  # not reading: the queue stays over the limit
+        code, msgs = await asyncio.to_thread(drain_to_close, slow)
+    finally:
+        slow.close()
+    assert code == 4101, (code, [m["type"] for m in msgs[-3:]])
+    disc = [m for m in msgs if m["type"] == "disconnect"]
+    assert disc and disc[-1]["payload"]["code"] == 4101 and disc[-1]["payload"]["reconnect"] is True, \
+        [m["type"] for m in msgs[-3:]]
+    lines = re.findall(r"ev=slow_consumer limit=\w+", h.log())
+    assert lines == ["ev=slow_consumer limit=soft"], lines
+    await pub.close()
+
+
+@run_async
 async def test_cross_worker_fan_out_to_many_clients(hub):
     h = hub(SLOW_CFG, "--log-level", "debug", workers=2)
     n_clients, n_pubs, per_pub = 60, 6, 25

@@ -108,6 +108,17 @@ async def ws_round(h, i, seen):
         seen.append(outcome(e))
 
 
+def pass_one(src, dst, body, seen):
+    """src sends body; what dst reads next must be it, or a close."""
+    src.send_frame(wsraw.OP_TEXT, body)
+    f = dst.recv_frame(timeout=5)
+    if f.opcode == wsraw.OP_CLOSE:
+        seen.append(f"closed {f.close_code()}")
+    else:
+        assert f.payload == body, "message altered"
+        seen.append("ok")
+
+
 def raw_round(port, i, seen):
     """Two /raw clients: what one sends the other gets, or one of them
     learns the server could not (a close, a refusal, a dropped connection)."""
@@ -118,14 +129,7 @@ def raw_round(port, i, seen):
         b = wsraw.ws_connect(port, "/raw/oom")
         conns.append(b)
         time.sleep(0.02)  # both joined before the message
-        body = b"m" * (100 + i * 37 % 20000)
-        a.send_frame(wsraw.OP_TEXT, body)
-        f = b.recv_frame(timeout=5)
-        if f.opcode == wsraw.OP_CLOSE:
-            seen.append(f"closed {f.close_code()}")
-        else:
-            assert f.payload == body, "raw message altered"
-            seen.append("ok")
+        pass_one(a, b, b"m" * (100 + i * 37 % 20000), seen)
     except wsraw.ReadTimeout:
         # Not delivered: only allowed when the sender was cut off.
         try:
@@ -144,14 +148,7 @@ def echo_round(port, i, seen):
     try:
         c = wsraw.ws_connect(port, "/echo")
         try:
-            body = bytes([65 + i % 26]) * (1000 + i * 4099 % 200000)
-            c.send_frame(wsraw.OP_TEXT, body)
-            f = c.recv_frame(timeout=5)
-            if f.opcode == wsraw.OP_CLOSE:
-                seen.append(f"closed {f.close_code()}")
-            else:
-                assert f.payload == body, "echo altered"
-                seen.append("ok")
+            pass_one(c, c, bytes([65 + i % 26]) * (1000 + i * 4099 % 200000), seen)
         finally:
             c.close()
     except Exception as e:  # noqa: BLE001
