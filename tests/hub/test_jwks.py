@@ -658,7 +658,7 @@ def test_a_waiting_connect_outlives_short_heartbeats(hub, tmp_path):
 async def test_a_removed_key_asks_its_sessions_to_refresh(hub, tmp_path):
     """A rotation that removes the key a session's token was signed with
     asks that session to refresh at once (refresh_required, with a deadline
-    30 s away, after which it would close as expired); one that refreshes
+    30 s away, after which it closes as expired, 4100); one that refreshes
     with a token of a key still in the set goes on. Sessions on the keys
     that stay hear nothing, and a set with no key at all revokes nothing."""
     pki = make_pki(str(tmp_path))
@@ -694,7 +694,17 @@ async def test_a_removed_key_asks_its_sessions_to_refresh(hub, tmp_path):
         await asyncio.sleep(0.5)
         for s in (a, b, hs):
             await s.quiet(0.5, lambda m: m["type"] == "refresh_required")
-        for s in (a, b, c, hs):
+
+        # carol never refreshed: 30 s after the rotation her session ends
+        # as an expired token's would, `disconnect` (reconnect allowed: with
+        # a fresh token she is welcome) and then 4100. alice, who refreshed,
+        # stays.
+        code, _, seen = await c.expect_close(timeout=max(1.0, t0 + 35 - time.time()))
+        assert code == 4100 and time.time() >= t0 + 29, (code, time.time() - t0)
+        disc = [m for m in seen if m["type"] == "disconnect"]
+        assert disc and disc[-1]["payload"]["code"] == 4100 and disc[-1]["payload"]["reconnect"], seen
+        assert (await a.subscribe("chat:still"))["offset"] == 0
+        for s in (a, b, hs):
             await s.close()
     finally:
         idp.close()
