@@ -5,9 +5,8 @@
  * 2.14), so a caller cannot tell "this is not JSON" — answered with a
  * permanent refusal, a client told its valid command or token is bad —
  * from "try again"; worse, a failure in the middle of a string drops a
- * byte and parsing goes on. This module gives jansson an allocator that counts
- * its failures per thread, installed before main() while no thread uses
- * jansson, and a json_loadb() that says whether one happened. */
+ * byte and parsing goes on. wsh_json_loadb() asks wsh_libmem whether an
+ * allocation failed while jansson parsed. */
 #ifndef WSHUB_JSON_H
 #define WSHUB_JSON_H
 
@@ -19,10 +18,5 @@
  * allocation failed while it ran: then the text may well be valid, and
  * a value jansson returned anyway may have lost bytes. */
 json_t *wsh_json_loadb(const char *buf, size_t len, size_t flags, json_error_t *err, bool *oom);
-
-/* How many allocations by jansson have failed on this thread: a caller
- * that builds values with json_pack() and friends compares it before and
- * after. */
-unsigned long wsh_json_failures(void);
 
 #endif

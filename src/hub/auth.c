@@ -22,6 +22,7 @@
 #include "jose.h"
 #include "wshub/expset.h"
 #include "wshub/json.h"
+#include "wshub/libmem.h"
 
 /* ------------------------------------------------------------------ */
 /* Algorithms and keys                                                 */
@@ -609,8 +610,10 @@ static int verify_with(const struct auth_key *k, const struct parsed *p)
     EVP_PKEY_CTX *pctx = NULL;
     /* The key was checked against its alg when it was loaded, so setting
      * up fails only for want of memory: -1, which the caller answers as
-     * "try again", not as a bad token. (OpenSSL's verify itself says 0 for
-     * a bad signature and for a failed allocation alike.) */
+     * "try again", not as a bad token. OpenSSL's verify itself says 0 for
+     * a bad signature and for a failed allocation alike: wsh_libmem tells
+     * them apart. */
+    unsigned long failures = wsh_libmem_failures();
     int rc = EVP_DigestVerifyInit(ctx, &pctx, md, NULL, k->pk) == 1 ? 0 : -1;
     /* RFC 7518 3.5: PSS with MGF1 on the same hash and a salt as long as
      * the hash. */
@@ -621,6 +624,8 @@ static int verify_with(const struct auth_key *k, const struct parsed *p)
         rc = -1;
     if (rc == 0)
         rc = EVP_DigestVerify(ctx, sig, slen, in, p->input_len) == 1;
+    if (rc == 0 && wsh_libmem_failures() != failures)
+        rc = -1;
     EVP_MD_CTX_free(ctx);
     ERR_clear_error();
     return rc;

@@ -12,6 +12,7 @@
 #include "wshub/auth.h"
 #include "wshub/broker.h"
 #include "wshub/json.h"
+#include "wshub/libmem.h"
 #include "wshub/proto.h"
 
 static void api_json(struct worker *w, struct conn *c, int status, json_t *j)
@@ -107,7 +108,7 @@ void api_forget(struct worker *w, const struct conn *c)
  * nothing, and the answer names it. */
 static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, bool one)
 {
-    unsigned long jfail = wsh_json_failures();
+    unsigned long jfail = wsh_libmem_failures();
     json_t *payload = json_object_get(j, "payload");
     json_t *mid = json_object_get(j, "msg_id");
     json_t *chans = one ? json_pack("[O]", json_object_get(j, "channel"))
@@ -137,7 +138,7 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
         else if ((err = hub_channel_check(json_string_value(v))) != 0)
             bad = json_string_value(v);
     }
-    if (err && wsh_json_failures() != jfail) {
+    if (err && wsh_libmem_failures() != jfail) {
         /* "channel" made into a list is what failed: not the body's fault */
         api_error(w, c, 503, "out of memory");
         free(job);
@@ -153,7 +154,7 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
         w->api_jobs = job;
         /* (json_dumps fails whole on a failed allocation, but nothing of
          * this job is trusted after one.) */
-        if (job->offsets == NULL || job->payload == NULL || wsh_json_failures() != jfail) {
+        if (job->offsets == NULL || job->payload == NULL || wsh_libmem_failures() != jfail) {
             api_forget(w, c);
             job = NULL;
             api_error(w, c, 500, "internal");

@@ -383,3 +383,58 @@ def test_start_with_failing_allocations_serves_or_says_why(tmp_path):
             assert re.search(r"^wshub: |lvl=error", err, re.M), f"start {i}: exit {p.returncode}, said nothing:\n{err}"
         codes[p.returncode] += 1
     assert codes[0] > 0 and codes[0] < 24, f"none or all of the starts failed: {dict(codes)}"
+
+
+def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch):
+    """auth.jwks_url while allocations fail: fetches (at start of the
+    spell by SIGHUP, and for tokens naming a key the server lacks) may
+    fail and are retried; a token of a key the server has is never refused
+    as invalid (403) for the server's want of memory. After the spell a
+    fetch brings the issuer's new key and its tokens get in."""
+    from conftest import base_config, handshake_status
+    from test_jwks import Issuer, issuer_auth, make_pki, rs_token, rsa_jwk, wait_fetches
+
+    def status(tok):
+        try:
+            return str(handshake_status(h.port, headers=[("Authorization", "Bearer " + tok)]))
+        except (OSError, wsraw.PeerClosed, wsraw.ReadTimeout):
+            return "dropped"
+
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        flag = tmp_path / "fail"
+        monkeypatch.setenv("LD_PRELOAD", SHIM)
+        monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
+        monkeypatch.setenv("WSH_FAILMALLOC_ONE_IN", "40")
+        h = hub(merge(base_config(), {"auth": issuer_auth(idp, pki)}), workers=2)
+        monkeypatch.delenv("LD_PRELOAD")
+        wait_fetches(h, 1, 1)
+        known = Counter()
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        flag.touch()
+        try:
+            deadline = time.monotonic() + 4
+            for i in range(400):
+                if time.monotonic() > deadline:
+                    break
+                if i % 50 == 0:
+                    h.server.signal(signal.SIGHUP)  # a fetch, which may fail
+                known[status(rs_token("k1", "k1", f"u{i}"))] += 1
+                status(rs_token("k2", "k2", f"v{i}"))  # may wait, fail, or get in
+        finally:
+            flag.unlink()
+        time.sleep(0.1)
+        assert h.server.alive(), h.log()[-3000:]
+        print("k1 tokens:", dict(known))
+        assert set(known) <= {"101", "500", "503", "dropped"}, dict(known)
+        # After the spell: k1 as ever, and k2 once a fetch has brought it
+        # (a token naming it asks for one at most every 10 s).
+        assert status(rs_token("k1", "k1", "after")) == "101"
+        deadline = time.monotonic() + 15 * MULT
+        while status(rs_token("k2", "k2", "after")) != "101":
+            assert time.monotonic() < deadline, h.log()[-3000:]
+            time.sleep(0.5)
+    finally:
+        idp.close()
