@@ -215,8 +215,11 @@ const char *wsh_auth_key_problem(const struct wsh_auth_key *k)
     const char *why = NULL;
     if (k == NULL)
         return "no key";
+    unsigned long failures = wsh_libmem_failures();
     bool ok = jose_key_load(k, &m, &why);
     jose_material_free(&m);
+    if (!ok && wsh_libmem_failures() != failures)
+        return "out of memory";
     return ok ? NULL : why;
 }
 
@@ -284,12 +287,16 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
                 o->keys[j].alg == o->keys[i].alg && jose_same_kid(o->keys[j].kid, o->keys[i].kid);
         }
         const char *why;
+        unsigned long failures = wsh_libmem_failures();
         if (bad || !jose_key_load(&o->keys[i], &mats[i], &why)) {
-            if (bad_key != NULL)
+            /* A key OpenSSL could not load for want of memory is not a
+             * bad key: the caller would name it as one. */
+            bool oom = !bad && wsh_libmem_failures() != failures;
+            if (bad_key != NULL && !oom)
                 *bad_key = (int)i;
             for (size_t j = 0; j < i; j++)
                 jose_material_free(&mats[j]);
-            return WSH_EINVAL;
+            return oom ? WSH_ENOMEM : WSH_EINVAL;
         }
     }
 

@@ -12,6 +12,7 @@
 
 #include "jose.h"
 #include "wshub/json.h"
+#include "wshub/libmem.h"
 
 #define RSA_N_MAX 2048u /* bytes: 16384-bit moduli, OpenSSL's own bound */
 #define RSA_E_MAX 8u    /* bytes: public exponents fit 64 bits (65537 in practice) */
@@ -318,8 +319,15 @@ static const char *take(struct wsh_jwks *j, struct jwks_mem *mem, json_t *jwk, c
                               .key_len = strlen(text),
                               .form = WSH_AUTH_KEY_JWK };
     struct jose_material m;
+    unsigned long failures = wsh_libmem_failures();
     bool ok = jose_key_load(&k, &m, &why);
     jose_material_free(&m);
+    if (!ok && wsh_libmem_failures() != failures) {
+        /* Not this key's fault: the whole set fails, and is fetched again. */
+        OPENSSL_cleanse(text, k.key_len);
+        free(text);
+        return no_memory;
+    }
     for (size_t i = 0; ok && i < j->nkeys; i++) {
         if (mem->keys[i].alg == alg && jose_same_kid(mem->kid[i], kid)) {
             why = "same alg and kid as an earlier key";

@@ -824,7 +824,10 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
     struct wsh_auth *a = keys_auth(NULL);
     struct wsh_identity id;
     memset(&id, 0, sizeof(id));
-    int ecode = WSH_AUTH_EKEY; /* no key yet: the first fetch may still be due */
+    size_t skipped;
+    /* No key yet: the first fetch may still be due. No copy of keys that
+     * are there: this worker ran out of memory making it. */
+    int ecode = a == NULL && keys_in_use(&skipped) > 0 ? WSH_AUTH_ENOMEM : WSH_AUTH_EKEY;
     if (a == NULL || wsh_auth_verify(a, tok, len, wsh_wall_ms(), &id, &ecode) != WSH_OK) {
         if (ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG) {
             keys_kick(false);

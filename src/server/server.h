@@ -545,8 +545,8 @@ void keys_kick(bool forced);
 struct wsh_auth;
 struct wsh_auth *keys_auth(uint64_t *gen);
 uint64_t keys_generation(void);
-/* A worker's copy: made before its loop starts (-1: out of memory), freed
- * at its exit. */
+/* A worker's copy: made before its loop starts (-1: out of memory, and
+ * keys_auth tries again at each call), freed at its exit. */
 int keys_worker_init(void);
 void keys_worker_exit(void);
 

@@ -1604,10 +1604,13 @@ void *worker_main(void *arg)
 {
     struct worker *w = arg;
     wsh_self = w;
-    if (hub_worker_init(w) != 0) {
-        wsh_log(WSH_LOG_ERROR, "worker=%d ev=auth_init_failed", w->id);
-        return NULL;
-    }
+    /* Out of memory for this worker's copy of the keys: it is made again
+     * at the next token (keys_auth), which meanwhile gets "try again".
+     * Returning here instead left the server half up: that worker's
+     * listener unserved and, for worker 0, signals unread, so SIGTERM
+     * never ended it. */
+    if (hub_worker_init(w) != 0)
+        wsh_log(WSH_LOG_WARN, "worker=%d ev=auth_init_failed err=\"out of memory\"", w->id);
     w->out_timer.cb = on_out_timer;
     wsh_timer_start(w->loop, &w->out_timer, 1000);
     w->evict_timer.cb = on_evict_timer;

@@ -1,7 +1,8 @@
 /* failmalloc: an LD_PRELOAD shim that makes malloc, calloc and realloc
  * fail now and then, for the out-of-memory fault test (test_oom.py).
  *
- * It is inert until the file named by WSH_FAILMALLOC_FLAG exists; while it
+ * It is inert until the file named by WSH_FAILMALLOC_FLAG exists (and in
+ * any program but WSH_FAILMALLOC_ONLY, when that is set); while it
  * does, about one allocation in WSH_FAILMALLOC_ONE_IN (default 50) returns
  * NULL with errno ENOMEM, on every thread. The test turns failures on and
  * off by creating and removing that file, so the server starts and stops
@@ -18,6 +19,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +37,11 @@ static const char *flag_path;
 
 __attribute__((constructor)) static void failmalloc_init(void)
 {
+    /* WSH_FAILMALLOC_ONLY=wshub: inert in every other program, so a
+     * whole test suite can run with it preloaded, its clients unharmed. */
+    const char *only = getenv("WSH_FAILMALLOC_ONLY");
+    if (only != NULL && strcmp(only, program_invocation_short_name) != 0)
+        return;
     flag_path = getenv("WSH_FAILMALLOC_FLAG");
     const char *n = getenv("WSH_FAILMALLOC_ONE_IN");
     if (n != NULL && atoi(n) > 0)
