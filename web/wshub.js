@@ -419,17 +419,27 @@ export class WshubClient extends EventTarget {
 
   async fillGap(sub) {
     const held = sub.held;
+    let failed = null;
     try {
       await this.replayFrom(sub);
     } catch (e) {
-      if (sub.held !== held) return; // re-subscribed meanwhile: recovery replays it all
-      sub.held = null;
-      if (e.code === 0) return; // connection lost: the same
-      sub.call('onError', { code: e.code, message: e.message }); // no history: the gap stays
+      failed = e;
     }
-    if (sub.held !== held) return;
+    if (sub.held !== held) return; // re-subscribed meanwhile: recovery replays it all
     sub.held = null;
-    for (const m of held) sub.deliver(m); // what history gave already is skipped
+    if (failed?.code === 0) return; // connection lost: the same; or timed out: the next gap refetches
+    if (failed) {
+      // Refused (no history here): the gap stays, and the messages go on.
+      sub.call('onError', { code: failed.code, message: failed.message });
+      for (const m of held) sub.deliver(m);
+      return;
+    }
+    // What history gave is skipped. Without the missing ones (they left
+    // its window) the gap stays: the message that showed it goes on, and
+    // a further gap among the others is fetched in turn.
+    const [first, ...rest] = held;
+    sub.deliver(first);
+    for (const m of rest) this.onMessage(sub, m);
   }
 
   // After `lagged`: fetch what was dropped from history.

@@ -168,7 +168,22 @@ void jose_material_free(struct jose_material *m)
     memset(m, 0, sizeof(*m));
 }
 
+const char jose_no_memory[] = "out of memory";
+
+static bool key_load(const struct wsh_auth_key *k, struct jose_material *m, const char **why);
+
 bool jose_key_load(const struct wsh_auth_key *k, struct jose_material *m, const char **why)
+{
+    /* jansson and OpenSSL say a failed allocation the way they say bad
+     * input: wsh_libmem tells. */
+    unsigned long failures = wsh_libmem_failures();
+    bool ok = key_load(k, m, why);
+    if (!ok && wsh_libmem_failures() != failures)
+        *why = jose_no_memory;
+    return ok;
+}
+
+static bool key_load(const struct wsh_auth_key *k, struct jose_material *m, const char **why)
 {
     memset(m, 0, sizeof(*m));
     if ((size_t)k->alg == 0 || (size_t)k->alg >= ALG_COUNT) {
@@ -182,7 +197,9 @@ bool jose_key_load(const struct wsh_auth_key *k, struct jose_material *m, const 
     const struct alg_info *ai = &algs[k->alg];
     *why = NULL;
     if (k->form == WSH_AUTH_KEY_JWK) {
-        json_t *j = json_loadb((const char *)k->key, k->key_len, JSON_REJECT_DUPLICATES, NULL);
+        bool oom; /* counted by wsh_libmem: jose_key_load sees it */
+        json_t *j =
+            wsh_json_loadb((const char *)k->key, k->key_len, JSON_REJECT_DUPLICATES, NULL, &oom);
         bool ok = json_is_object(j) && jose_jwk_import(j, m, why);
         json_decref(j);
         if (!ok) {
@@ -193,7 +210,7 @@ bool jose_key_load(const struct wsh_auth_key *k, struct jose_material *m, const 
         }
     } else if (ai->kind == KIND_HMAC) {
         if ((m->secret = malloc(k->key_len)) == NULL) {
-            *why = "out of memory";
+            *why = jose_no_memory;
             return false;
         }
         memcpy(m->secret, k->key, k->key_len);
@@ -215,11 +232,8 @@ const char *wsh_auth_key_problem(const struct wsh_auth_key *k)
     const char *why = NULL;
     if (k == NULL)
         return "no key";
-    unsigned long failures = wsh_libmem_failures();
     bool ok = jose_key_load(k, &m, &why);
     jose_material_free(&m);
-    if (!ok && wsh_libmem_failures() != failures)
-        return "out of memory";
     return ok ? NULL : why;
 }
 
@@ -286,12 +300,11 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
             bad |=
                 o->keys[j].alg == o->keys[i].alg && jose_same_kid(o->keys[j].kid, o->keys[i].kid);
         }
-        const char *why;
-        unsigned long failures = wsh_libmem_failures();
+        const char *why = NULL;
         if (bad || !jose_key_load(&o->keys[i], &mats[i], &why)) {
-            /* A key OpenSSL could not load for want of memory is not a
+            /* A key that could not be loaded for want of memory is not a
              * bad key: the caller would name it as one. */
-            bool oom = !bad && wsh_libmem_failures() != failures;
+            bool oom = why == jose_no_memory;
             if (bad_key != NULL && !oom)
                 *bad_key = (int)i;
             for (size_t j = 0; j < i; j++)

@@ -33,8 +33,11 @@ bool jose_same_kid(const char *a, const char *b);
 
 /* Checks k exactly as wsh_auth_create() does and, when it is usable for
  * its alg, hands back what it verifies with. Otherwise returns false and
- * sets *why to a short phrase in static storage. */
+ * sets *why to a short phrase in static storage: jose_no_memory itself
+ * (compare the pointer) when memory ran out, which is not the key's
+ * fault. */
 bool jose_key_load(const struct wsh_auth_key *k, struct jose_material *m, const char **why);
+extern const char jose_no_memory[];
 
 /* jwks.c: turns one JWK object into key material by its "kty" alone (RSA,
  * EC, OKP, oct); whether that fits the key's alg is jose_key_load()'s

@@ -12,7 +12,6 @@
 
 #include "jose.h"
 #include "wshub/json.h"
-#include "wshub/libmem.h"
 
 #define RSA_N_MAX 2048u /* bytes: 16384-bit moduli, OpenSSL's own bound */
 #define RSA_E_MAX 8u    /* bytes: public exponents fit 64 bits (65537 in practice) */
@@ -174,7 +173,7 @@ static bool import_oct(json_t *jwk, struct jose_material *m, const char **why)
         return false;
     }
     if ((m->secret = malloc(len / 4 * 3 + 2)) == NULL) {
-        *why = "out of memory";
+        *why = jose_no_memory;
         return false;
     }
     if (!jose_b64url_decode(json_string_value(k), len, m->secret, &m->secret_len)) {
@@ -319,10 +318,9 @@ static const char *take(struct wsh_jwks *j, struct jwks_mem *mem, json_t *jwk, c
                               .key_len = strlen(text),
                               .form = WSH_AUTH_KEY_JWK };
     struct jose_material m;
-    unsigned long failures = wsh_libmem_failures();
     bool ok = jose_key_load(&k, &m, &why);
     jose_material_free(&m);
-    if (!ok && wsh_libmem_failures() != failures) {
+    if (!ok && why == jose_no_memory) {
         /* Not this key's fault: the whole set fails, and is fetched again. */
         OPENSSL_cleanse(text, k.key_len);
         free(text);

@@ -177,13 +177,41 @@ int wsh_openssl_prime(void)
     EVP_ASYM_CIPHER_do_all_provided(NULL, count_asym, &n[7]);
     EVP_KEM_do_all_provided(NULL, count_kem, &n[8]);
     EVP_RAND_do_all_provided(NULL, count_rand, &n[9]);
+    /* A listing cut short by a failed allocation still counts some: the
+     * algorithms the server itself needs are looked up by name. */
+    /* (Only what every OpenSSL build has, FIPS ones included.) */
+    static const char *const mds[] = { "SHA1", "SHA256", "SHA384" };
+    static const char *const kdfs[] = { "TLS13-KDF", "HKDF", "TLS1-PRF" };
+    static const char *const ciphers[] = { "AES-128-GCM", "AES-256-GCM" };
+    static const char *const keymgmts[] = { "EC", "RSA" };
+    bool ok = true;
+    for (size_t i = 0; ok && i < sizeof(mds) / sizeof(*mds); i++) {
+        EVP_MD *md = EVP_MD_fetch(NULL, mds[i], NULL);
+        ok = md != NULL;
+        EVP_MD_free(md);
+    }
+    for (size_t i = 0; ok && i < sizeof(kdfs) / sizeof(*kdfs); i++) {
+        EVP_KDF *kdf = EVP_KDF_fetch(NULL, kdfs[i], NULL);
+        ok = kdf != NULL;
+        EVP_KDF_free(kdf);
+    }
+    for (size_t i = 0; ok && i < sizeof(ciphers) / sizeof(*ciphers); i++) {
+        EVP_CIPHER *ci = EVP_CIPHER_fetch(NULL, ciphers[i], NULL);
+        ok = ci != NULL;
+        EVP_CIPHER_free(ci);
+    }
+    for (size_t i = 0; ok && i < sizeof(keymgmts) / sizeof(*keymgmts); i++) {
+        EVP_KEYMGMT *km = EVP_KEYMGMT_fetch(NULL, keymgmts[i], NULL);
+        ok = km != NULL;
+        EVP_KEYMGMT_free(km);
+    }
+    EVP_MAC *mac = ok ? EVP_MAC_fetch(NULL, "HMAC", NULL) : NULL;
+    ok = mac != NULL;
+    EVP_MAC_free(mac);
     ERR_clear_error();
-    /* The kinds every server uses (SHA-1 for the accept key, HMAC and
-     * signatures for tokens, KDFs for TLS) came back with something. */
     for (size_t i = 0; i < 7; i++)
-        if (n[i] == 0)
-            return WSH_ENOMEM;
-    return WSH_OK;
+        ok = ok && n[i] > 0;
+    return ok ? WSH_OK : WSH_ENOMEM;
 }
 
 void wsh_tls_destroy(struct wsh_tls *t)

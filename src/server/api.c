@@ -32,6 +32,14 @@ static void api_error(struct worker *w, struct conn *c, int status, const char *
     api_json(w, c, status, json_pack("{s:s}", "error", msg));
 }
 
+/* Nothing was done for want of memory: 503 (Retry-After), from a body
+ * that needs none, where api_error's would turn into a 500. */
+static void api_no_memory(struct worker *w, struct conn *c)
+{
+    static const char body[] = "{\"error\":\"out of memory\"}";
+    route_respond(w, c, 503, "application/json", body, sizeof(body) - 1);
+}
+
 /* 405 naming the one method the call takes, in Allow and in the error. */
 static void api_not_allowed(struct worker *w, struct conn *c, const char *method)
 {
@@ -120,7 +128,7 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
     json_t *v;
     if (job == NULL) {
         json_decref(chans);
-        api_error(w, c, 500, "internal");
+        api_no_memory(w, c);
         return NULL;
     }
     if (!json_is_array(chans) || json_array_size(chans) == 0 || json_array_size(chans) > 1000 ||
@@ -140,7 +148,7 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
     }
     if (err && wsh_libmem_failures() != jfail) {
         /* "channel" made into a list is what failed: not the body's fault */
-        api_error(w, c, 503, "out of memory");
+        api_no_memory(w, c);
         free(job);
         job = NULL;
     } else if (!err) {
@@ -157,7 +165,7 @@ static struct api_job *api_job_new(struct worker *w, struct conn *c, json_t *j, 
         if (job->offsets == NULL || job->payload == NULL || wsh_libmem_failures() != jfail) {
             api_forget(w, c);
             job = NULL;
-            api_error(w, c, 500, "internal");
+            api_no_memory(w, c); /* nothing published yet */
         }
     } else {
         json_t *e = json_pack("{s:i,s:s}", "code", err, "error", wsh_proto_code_message(err));
@@ -357,7 +365,7 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
     bool oom;
     json_t *j = wsh_json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr, &oom);
     if (j == NULL && oom) {
-        api_error(w, c, 503, "out of memory");
+        api_no_memory(w, c);
         return 0;
     }
     if (j == NULL || !json_is_object(j)) {

@@ -315,6 +315,7 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
     bool lag_policy = chan_ns(ch)->slow_consumer == WSH_SLOW_DROP_OLDEST && offset != 0;
     struct zcache zc;
     zcache_init(&zc, frame);
+    w->hub_fanning++;
     struct hubsub *next;
     for (struct hubsub *s = ch->local[w->id].head; s != NULL; s = next) {
         next = s->next;
@@ -333,6 +334,7 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
         conn_send(w, s->c, wsh_buf_ref(zcache_frame(&zc, s->c)));
         sent++;
     }
+    w->hub_fanning--;
     zcache_release(&zc);
     metric_add(&w->m.pushes[type], sent);
     if (dropped)
@@ -369,13 +371,18 @@ void hub_drained(struct worker *w, struct conn *c)
  * inboxes receive offsets in order, and a worker drains its inbox in
  * order. Delivering to local subscribers at once instead would let a later
  * offset published here overtake an earlier one still in this worker's
- * inbox from another worker. Pushes without an offset go out at once. */
+ * inbox from another worker. Pushes without an offset go out at once,
+ * unless a fan-out is under way on this worker: a subscriber it closes (a
+ * slow consumer) leaves its channels, and a `leave` fanned out at once
+ * could close the next subscriber of the walk under way, which would then
+ * read freed memory. Those wait in the inbox too. */
 static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset, int64_t t_ms,
                     enum push_type type, const struct conn *skip)
 {
     struct worker *w = wsh_self;
+    bool now = w != NULL && offset == 0 && w->hub_fanning == 0;
     for (int i = 0; i < wsh_nworkers; i++) {
-        if (w != NULL && i == w->id && offset == 0)
+        if (now && i == w->id)
             continue;
         if (atomic_load_explicit(&ch->local[i].n, memory_order_relaxed) == 0)
             continue;
@@ -394,7 +401,7 @@ static void fan_out(struct hubchan *ch, struct wsh_buf *frame, uint64_t offset, 
         else if (w == NULL)
             worker_wake(&wsh_workers[i]);
     }
-    if (w != NULL && offset == 0)
+    if (now)
         fan_out_local(w, ch, frame, offset, type, skip);
 }
 
@@ -1154,13 +1161,14 @@ static void on_recover(const struct wsh_broker_result *r, void *user)
     snprintf(x->epoch, sizeof(x->epoch), "%s", r->epoch);
     for (size_t i = 0; i < r->nmsgs; i++) {
         const struct wsh_broker_msg *m = &r->msgs[i];
+        /* A failure leaves replay._oom set, which the caller checks. */
         if (wsh_proto_encode_message(&x->replay, r->channel, strlen(r->channel), m->offset,
                                      r->epoch, strlen(r->epoch), m->from, strlen(m->from),
-                                     m->payload, m->payload_len, m->time_ms) != WSH_OK)
+                                     m->payload, m->payload_len, m->time_ms) != WSH_OK ||
+            wsh_jbuf_reserve(&x->replay, 1) != WSH_OK)
             break;
         /* One JSON message per frame: mark the boundary with a NUL. */
-        if (wsh_jbuf_reserve(&x->replay, 1) == WSH_OK)
-            x->replay.data[x->replay.len++] = '\0';
+        x->replay.data[x->replay.len++] = '\0';
     }
 }
 
@@ -1210,6 +1218,16 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
         cmd_error(w, c, cmd, WSH_PERR_INTERNAL);
         return;
     }
+    /* Before the subscription is linked: a broker that did not take it
+     * must not be told of its end (drop_sub unsubscribes). */
+    int brc = wsh_broker_subscribe(broker, ch->name, noop_cb, NULL);
+    if (brc != WSH_OK) {
+        check(brc, "subscribe");
+        free(s);
+        chan_put(ch);
+        cmd_error(w, c, cmd, brc == WSH_ENOMEM ? WSH_PERR_INTERNAL : WSH_PERR_UNAVAILABLE);
+        return;
+    }
     s->ch = ch;
     s->c = c;
     s->next = ch->local[w->id].head;
@@ -1221,7 +1239,6 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     s->conn_next = h->subs;
     h->subs = s;
     h->nsubs++;
-    check(wsh_broker_subscribe(broker, ch->name, noop_cb, NULL), "subscribe");
 
     struct subscribe_ctx x = { .w = w, .c = c, .s = s, .id = cmd->id };
     wsh_jbuf_init(&x.replay);
@@ -1230,9 +1247,19 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     char epoch[WSH_PROTO_DEFAULT_MAX_EPOCH + 1] = "-";
     if (cmd->has_recover)
         snprintf(epoch, sizeof(epoch), "%.*s", (int)cmd->recover_epoch_len, cmd->recover_epoch);
-    check(wsh_broker_recover(broker, ch->name, cmd->has_recover ? cmd->recover_offset : 0, epoch,
-                             wsh_wall_ms(), on_recover, &x),
-          "recover");
+    brc = wsh_broker_recover(broker, ch->name, cmd->has_recover ? cmd->recover_offset : 0, epoch,
+                             wsh_wall_ms(), on_recover, &x);
+    if (brc != WSH_OK || x.replay._oom) {
+        /* No position, or a replay short of what was missed: not
+         * subscribed, and told to try again (5000), never `subscribed`
+         * with an empty epoch or a gap. */
+        check(brc, "recover");
+        wsh_jbuf_free(&x.replay);
+        drop_sub(w, h, s, false);
+        cmd_error(w, c, cmd,
+                  brc == WSH_OK || brc == WSH_ENOMEM ? WSH_PERR_INTERNAL : WSH_PERR_UNAVAILABLE);
+        return;
+    }
     s->after = x.offset;
     snprintf(s->epoch, sizeof(s->epoch), "%s", x.epoch);
     bool recovered = cmd->has_recover && x.recovered;
@@ -1737,6 +1764,7 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
     struct wsh_proto_limits pl = proto_limits(cfg);
     if (wsh_proto_parse((const char *)p, n, &pl, &cmd, &code, &msg) != WSH_OK) {
         metric_add(&w->m.commands[WSH_CMD_NONE], 1); /* "invalid" in /metrics */
+        bool authed = h->authed;                     /* the reply may close c and free h */
         reply_error(w, c, cmd.id, NULL, 0, code, msg);
         wsh_cmd_free(&cmd);
         if (code == WSH_PERR_INTERNAL)
@@ -1744,7 +1772,7 @@ void hub_message(struct worker *w, struct conn *c, unsigned opcode, const uint8_
              * its id was known: the error cannot answer it, and the
              * client would wait for its reply. 1011 makes it reconnect. */
             conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
-        else if (!h->authed)
+        else if (!authed)
             hub_disconnect(w, c, WSH_CLOSE_POLICY, "authenticate first", false);
         return;
     }

@@ -319,6 +319,7 @@ struct worker {
     _Atomic uint64_t inbox_resume; /* inboxes we waited for that were taken, by bit */
     _Atomic bool ip_recount;       /* per-address limits on, or a new prefix: recount (admit.c) */
     bool inbox_full;               /* a push of the current input found one full */
+    uint32_t hub_fanning;          /* depth of hub fan-outs under way (hub.c fan_out) */
     uint8_t inbox_full_on;         /* whose (another worker's first: chan.c) */
     uint32_t nheld;                /* connections held with HOLD_INBOX */
     struct xmsg *spare;            /* swapped with inbox by the consumer */

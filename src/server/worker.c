@@ -250,12 +250,13 @@ void direct_flush(struct worker *w)
 }
 
 /* No memory to queue the close frame: when nothing is queued ahead of it
- * on a plain connection it is written straight from the stack, so the
- * peer reads the code (often 1011, for this very reason) rather than a
- * dropped connection; either way the connection ends here. */
+ * on a plain WebSocket connection it is written straight from the stack,
+ * so the peer reads the code (often 1011, for this very reason) rather
+ * than a dropped connection; either way the connection ends here. (An
+ * HTTP connection gets no frame: it would land in a response.) */
 static void close_unqueued(struct worker *w, struct conn *c, const uint8_t *payload, size_t plen)
 {
-    if (c->ssl == NULL && (c->wq == NULL || c->wq->count == 0)) {
+    if (c->state == CONN_OPEN && c->ssl == NULL && (c->wq == NULL || c->wq->count == 0)) {
         uint8_t f[2 + WSH_CONTROL_MAX];
         f[0] = 0x80u | WSH_OP_CLOSE;
         f[1] = (uint8_t)plen;
