@@ -61,7 +61,14 @@ async def flood(pub, channel, n, readers=()):
 
     rt = asyncio.create_task(reader())
     for i in range(n):
-        await window.acquire()
+        # The reader ends early only by an error (the publisher closed, say):
+        # raise it now rather than wait on the window until the test's end.
+        acquire = asyncio.ensure_future(window.acquire())
+        await asyncio.wait({acquire, rt}, return_when=asyncio.FIRST_COMPLETED)
+        if not acquire.done():
+            acquire.cancel()
+            rt.result()
+            raise AssertionError(f"the reader stopped after {len(acks)} of {n} acks")
         deadline = time.monotonic() + 20 * MULT
         while readers and min(r.progress for r in readers) < i - LEAD:
             assert time.monotonic() < deadline, "a fast subscriber stopped receiving"
