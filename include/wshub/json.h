@@ -16,7 +16,8 @@
 
 /* json_loadb(buf, len, flags, err), or NULL with *oom true when any
  * allocation failed while it ran: then the text may well be valid, and
- * a value jansson returned anyway may have lost bytes. */
+ * a value jansson returned anyway may have lost bytes. oom may be NULL
+ * (a caller that asks wsh_libmem itself). */
 json_t *wsh_json_loadb(const char *buf, size_t len, size_t flags, json_error_t *err, bool *oom);
 
 #endif

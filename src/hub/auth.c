@@ -197,9 +197,9 @@ static bool key_load(const struct wsh_auth_key *k, struct jose_material *m, cons
     const struct alg_info *ai = &algs[k->alg];
     *why = NULL;
     if (k->form == WSH_AUTH_KEY_JWK) {
-        bool oom; /* counted by wsh_libmem: jose_key_load sees it */
+        /* A failure is counted by wsh_libmem, which jose_key_load asks. */
         json_t *j =
-            wsh_json_loadb((const char *)k->key, k->key_len, JSON_REJECT_DUPLICATES, NULL, &oom);
+            wsh_json_loadb((const char *)k->key, k->key_len, JSON_REJECT_DUPLICATES, NULL, NULL);
         bool ok = json_is_object(j) && jose_jwk_import(j, m, why);
         json_decref(j);
         if (!ok) {

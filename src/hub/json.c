@@ -12,8 +12,10 @@ json_t *wsh_json_loadb(const char *buf, size_t len, size_t flags, json_error_t *
      * drops a byte it has no room to save and goes on (lex_save ignores
      * the error), so a string comes out a character short, still valid
      * JSON. Seen as payloads stored one byte short, and acknowledged. */
-    *oom = wsh_libmem_failures() != before;
-    if (*oom) {
+    bool failed = wsh_libmem_failures() != before;
+    if (oom != NULL)
+        *oom = failed;
+    if (failed) {
         json_decref(j);
         return NULL;
     }

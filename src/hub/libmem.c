@@ -8,7 +8,7 @@
 
 static _Thread_local unsigned long failures;
 
-static void *json_malloc(size_t n)
+static void *counting_malloc(size_t n)
 {
     void *p = malloc(n);
     if (p == NULL)
@@ -20,7 +20,7 @@ static void *ssl_malloc(size_t n, const char *file, int line)
 {
     (void)file;
     (void)line;
-    return json_malloc(n);
+    return counting_malloc(n);
 }
 
 static void *ssl_realloc(void *p, size_t n, const char *file, int line)
@@ -45,7 +45,7 @@ static void ssl_free(void *p, const char *file, int line)
  * is freed alike, both being malloc and free underneath. */
 __attribute__((constructor)) static void wsh_libmem_install(void)
 {
-    json_set_alloc_funcs(json_malloc, free);
+    json_set_alloc_funcs(counting_malloc, free);
     (void)CRYPTO_set_mem_functions(ssl_malloc, ssl_realloc, ssl_free);
 }
 

@@ -140,25 +140,37 @@ int wsh_tls_reload(struct wsh_tls *t, char *err, size_t errlen)
     return WSH_OK;
 }
 
-/* One counting callback per kind: the do_all functions take each its own
- * pointer type. */
-#define COUNTER(name, type)                \
-    static void name(type *alg, void *arg) \
-    {                                      \
-        (void)alg;                         \
-        ++*(size_t *)arg;                  \
+/* What the listing of one kind found: how many algorithms, and which of
+ * the names the server itself needs (a listing cut short by a failed
+ * allocation still counts some). */
+struct kind_seen {
+    size_t n;
+    const char *const *need; /* NULL-terminated, or NULL */
+    unsigned found;          /* bit i: need[i] was listed */
+};
+
+/* One callback per kind: the do_all functions take each its own pointer
+ * type, and each kind its own is_a. */
+#define SEEN(name, type, is_a)                                   \
+    static void name(type *alg, void *arg)                       \
+    {                                                            \
+        struct kind_seen *k = arg;                               \
+        k->n++;                                                  \
+        for (unsigned i = 0; k->need != NULL && k->need[i]; i++) \
+            if (is_a(alg, k->need[i]))                           \
+                k->found |= 1u << i;                             \
     }
-COUNTER(count_md, EVP_MD)
-COUNTER(count_cipher, EVP_CIPHER)
-COUNTER(count_kdf, EVP_KDF)
-COUNTER(count_mac, EVP_MAC)
-COUNTER(count_keymgmt, EVP_KEYMGMT)
-COUNTER(count_keyexch, EVP_KEYEXCH)
-COUNTER(count_signature, EVP_SIGNATURE)
-COUNTER(count_asym, EVP_ASYM_CIPHER)
-COUNTER(count_kem, EVP_KEM)
-COUNTER(count_rand, EVP_RAND)
-#undef COUNTER
+SEEN(seen_md, EVP_MD, EVP_MD_is_a)
+SEEN(seen_cipher, EVP_CIPHER, EVP_CIPHER_is_a)
+SEEN(seen_kdf, EVP_KDF, EVP_KDF_is_a)
+SEEN(seen_mac, EVP_MAC, EVP_MAC_is_a)
+SEEN(seen_keymgmt, EVP_KEYMGMT, EVP_KEYMGMT_is_a)
+SEEN(seen_keyexch, EVP_KEYEXCH, EVP_KEYEXCH_is_a)
+SEEN(seen_signature, EVP_SIGNATURE, EVP_SIGNATURE_is_a)
+SEEN(seen_asym, EVP_ASYM_CIPHER, EVP_ASYM_CIPHER_is_a)
+SEEN(seen_kem, EVP_KEM, EVP_KEM_is_a)
+SEEN(seen_rand, EVP_RAND, EVP_RAND_is_a)
+#undef SEEN
 
 int wsh_openssl_prime(void)
 {
@@ -166,52 +178,39 @@ int wsh_openssl_prime(void)
      * otherwise find missing later (seen: a NULL lock, a crash). */
     if (OPENSSL_init_ssl(0, NULL) != 1 || OSSL_LIB_CTX_get0_global_default() == NULL)
         return WSH_ENOMEM;
-    size_t n[10] = { 0 };
-    EVP_MD_do_all_provided(NULL, count_md, &n[0]);
-    EVP_CIPHER_do_all_provided(NULL, count_cipher, &n[1]);
-    EVP_KDF_do_all_provided(NULL, count_kdf, &n[2]);
-    EVP_MAC_do_all_provided(NULL, count_mac, &n[3]);
-    EVP_KEYMGMT_do_all_provided(NULL, count_keymgmt, &n[4]);
-    EVP_KEYEXCH_do_all_provided(NULL, count_keyexch, &n[5]);
-    EVP_SIGNATURE_do_all_provided(NULL, count_signature, &n[6]);
-    EVP_ASYM_CIPHER_do_all_provided(NULL, count_asym, &n[7]);
-    EVP_KEM_do_all_provided(NULL, count_kem, &n[8]);
-    EVP_RAND_do_all_provided(NULL, count_rand, &n[9]);
-    /* A listing cut short by a failed allocation still counts some: the
-     * algorithms the server itself needs are looked up by name. */
-    /* (Only what every OpenSSL build has, FIPS ones included.) */
-    static const char *const mds[] = { "SHA1", "SHA256", "SHA384" };
-    static const char *const kdfs[] = { "TLS13-KDF", "HKDF", "TLS1-PRF" };
-    static const char *const ciphers[] = { "AES-128-GCM", "AES-256-GCM" };
-    static const char *const keymgmts[] = { "EC", "RSA" };
-    bool ok = true;
-    for (size_t i = 0; ok && i < sizeof(mds) / sizeof(*mds); i++) {
-        EVP_MD *md = EVP_MD_fetch(NULL, mds[i], NULL);
-        ok = md != NULL;
-        EVP_MD_free(md);
-    }
-    for (size_t i = 0; ok && i < sizeof(kdfs) / sizeof(*kdfs); i++) {
-        EVP_KDF *kdf = EVP_KDF_fetch(NULL, kdfs[i], NULL);
-        ok = kdf != NULL;
-        EVP_KDF_free(kdf);
-    }
-    for (size_t i = 0; ok && i < sizeof(ciphers) / sizeof(*ciphers); i++) {
-        EVP_CIPHER *ci = EVP_CIPHER_fetch(NULL, ciphers[i], NULL);
-        ok = ci != NULL;
-        EVP_CIPHER_free(ci);
-    }
-    for (size_t i = 0; ok && i < sizeof(keymgmts) / sizeof(*keymgmts); i++) {
-        EVP_KEYMGMT *km = EVP_KEYMGMT_fetch(NULL, keymgmts[i], NULL);
-        ok = km != NULL;
-        EVP_KEYMGMT_free(km);
-    }
-    EVP_MAC *mac = ok ? EVP_MAC_fetch(NULL, "HMAC", NULL) : NULL;
-    ok = mac != NULL;
-    EVP_MAC_free(mac);
+    /* What the server needs, of what every OpenSSL build has (FIPS ones
+     * included): the accept key, tokens, TLS. */
+    static const char *const mds[] = { "SHA1", "SHA256", "SHA384", NULL };
+    static const char *const ciphers[] = { "AES-128-GCM", "AES-256-GCM", NULL };
+    static const char *const kdfs[] = { "TLS13-KDF", "HKDF", "TLS1-PRF", NULL };
+    static const char *const macs[] = { "HMAC", NULL };
+    static const char *const keymgmts[] = { "EC", "RSA", NULL };
+    struct kind_seen k[10] = { { .need = mds },
+                               { .need = ciphers },
+                               { .need = kdfs },
+                               { .need = macs },
+                               { .need = keymgmts } };
+    EVP_MD_do_all_provided(NULL, seen_md, &k[0]);
+    EVP_CIPHER_do_all_provided(NULL, seen_cipher, &k[1]);
+    EVP_KDF_do_all_provided(NULL, seen_kdf, &k[2]);
+    EVP_MAC_do_all_provided(NULL, seen_mac, &k[3]);
+    EVP_KEYMGMT_do_all_provided(NULL, seen_keymgmt, &k[4]);
+    EVP_KEYEXCH_do_all_provided(NULL, seen_keyexch, &k[5]);
+    EVP_SIGNATURE_do_all_provided(NULL, seen_signature, &k[6]);
+    EVP_ASYM_CIPHER_do_all_provided(NULL, seen_asym, &k[7]);
+    EVP_KEM_do_all_provided(NULL, seen_kem, &k[8]);
+    EVP_RAND_do_all_provided(NULL, seen_rand, &k[9]);
     ERR_clear_error();
-    for (size_t i = 0; i < 7; i++)
-        ok = ok && n[i] > 0;
-    return ok ? WSH_OK : WSH_ENOMEM;
+    /* The kinds every server uses came back with something, and with
+     * every name it needs. */
+    for (size_t i = 0; i < 7; i++) {
+        size_t want = 0;
+        while (k[i].need != NULL && k[i].need[want] != NULL)
+            want++;
+        if (k[i].n == 0 || k[i].found != (1u << want) - 1)
+            return WSH_ENOMEM;
+    }
+    return WSH_OK;
 }
 
 void wsh_tls_destroy(struct wsh_tls *t)

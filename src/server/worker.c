@@ -279,8 +279,9 @@ static bool queue_frame(struct worker *w, struct conn *c, struct wsh_buf *b)
     metric_add(&w->m.frames_out, 1);
     metric_add(&w->m.bytes_out, wsh_buf_len(b));
     if (wsh_wq_push(&c->wq, b) != WSH_OK) {
+        static const char why[] = "out of memory";
         uint8_t p[WSH_CONTROL_MAX];
-        close_unqueued(w, c, p, wsh_close_payload(p, WSH_CLOSE_INTERNAL, "out of memory", 13));
+        close_unqueued(w, c, p, wsh_close_payload(p, WSH_CLOSE_INTERNAL, why, sizeof(why) - 1));
         return false;
     }
     mark_pending(w, c);
