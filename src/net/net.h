@@ -337,8 +337,33 @@ size_t wsh_evict_pick(struct wsh_holder *all, size_t n, uint64_t excess, uint32_
 /* ------------------------------------------------------------------ */
 /* Sockets                                                             */
 
+/* Socket addresses to try in turn: an IP literal's one, localhost's two,
+ * or the first few of a name's (getaddrinfo). */
+#define WSH_ADDRS_MAX 8
+struct wsh_addrs {
+    int n;
+    struct {
+        struct sockaddr_storage ss;
+        socklen_t len;
+    } a[WSH_ADDRS_MAX];
+};
+/* host (an IPv4 or IPv6 literal without brackets, or a name) and port as
+ * the addresses that need no resolver: the literal's, or for "localhost"
+ * (any case) 127.0.0.1 then ::1, localhost being loopback whatever
+ * /etc/hosts says (RFC 6761 6.3; browsers and curl do the same). Returns
+ * true with out filled, false for a name only a resolver can answer.
+ * glibc's resolver is kept out of the way where it is not needed: when an
+ * allocation fails inside getaddrinfo (2.36), it has been seen to crash
+ * and to leave its resolv.conf lock held, after which no lookup in the
+ * process returns. */
+bool wsh_addrs_literal(const char *host, int port, struct wsh_addrs *out);
+struct addrinfo;
+/* Appends a getaddrinfo list to out, as much as fits. */
+void wsh_addrs_append(struct wsh_addrs *out, const struct addrinfo *ai);
+
 /* Creates a non-blocking listening socket with SO_REUSEADDR and
- * SO_REUSEPORT bound to host:port. Returns the fd or -errno. */
+ * SO_REUSEPORT bound to host:port (the first of its addresses that can
+ * be bound). Returns the fd or -errno. */
 int wsh_listen_tcp(const char *host, int port, int backlog);
 /* The port a socket is bound to, or -errno. */
 int wsh_socket_port(int fd);

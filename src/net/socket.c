@@ -6,27 +6,65 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "net.h"
 
+static void addrs_put(struct wsh_addrs *out, const void *sa, socklen_t len)
+{
+    if (out->n == WSH_ADDRS_MAX || len > sizeof(out->a[0].ss))
+        return;
+    memcpy(&out->a[out->n].ss, sa, len);
+    out->a[out->n++].len = len;
+}
+
+bool wsh_addrs_literal(const char *host, int port, struct wsh_addrs *out)
+{
+    struct sockaddr_in v4 = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    struct sockaddr_in6 v6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port) };
+    out->n = 0;
+    if (inet_pton(AF_INET, host, &v4.sin_addr) == 1) {
+        addrs_put(out, &v4, sizeof(v4));
+    } else if (inet_pton(AF_INET6, host, &v6.sin6_addr) == 1) {
+        addrs_put(out, &v6, sizeof(v6));
+    } else if (strcasecmp(host, "localhost") == 0) {
+        v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        v6.sin6_addr = in6addr_loopback;
+        addrs_put(out, &v4, sizeof(v4));
+        addrs_put(out, &v6, sizeof(v6));
+    }
+    return out->n > 0;
+}
+
+void wsh_addrs_append(struct wsh_addrs *out, const struct addrinfo *ai)
+{
+    for (; ai != NULL; ai = ai->ai_next)
+        addrs_put(out, ai->ai_addr, ai->ai_addrlen);
+}
+
 int wsh_listen_tcp(const char *host, int port, int backlog)
 {
-    struct addrinfo hints = { 0 }, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char portstr[16];
-    snprintf(portstr, sizeof(portstr), "%d", port);
-    int rc = getaddrinfo(host, portstr, &hints, &res);
-    if (rc != 0)
-        return rc == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+    struct wsh_addrs addrs;
+    if (!wsh_addrs_literal(host, port, &addrs)) {
+        struct addrinfo hints = { 0 }, *res = NULL;
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+        char portstr[16];
+        snprintf(portstr, sizeof(portstr), "%d", port);
+        int rc = getaddrinfo(host, portstr, &hints, &res);
+        if (rc != 0)
+            return rc == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+        wsh_addrs_append(&addrs, res);
+        freeaddrinfo(res);
+    }
     int err = -EADDRNOTAVAIL;
-    int fd = -1;
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    for (int i = 0; i < addrs.n; i++) {
+        const struct sockaddr *sa = (const struct sockaddr *)&addrs.a[i].ss;
+        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             err = -errno;
             continue;
@@ -34,16 +72,14 @@ int wsh_listen_tcp(const char *host, int port, int backlog)
         int one = 1;
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
-            bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+            bind(fd, sa, addrs.a[i].len) != 0 || listen(fd, backlog) != 0) {
             err = -errno;
             close(fd);
-            fd = -1;
             continue;
         }
-        break;
+        return fd;
     }
-    freeaddrinfo(res);
-    return fd >= 0 ? fd : err;
+    return err;
 }
 
 int wsh_socket_port(int fd)

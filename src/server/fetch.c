@@ -44,7 +44,12 @@ static int wait_fd(int fd, short ev, int64_t deadline, const _Atomic bool *stop)
  * with it the fetcher and so shutdown. It runs on a thread of its own
  * instead, which the fetch waits for only until the deadline or a stop;
  * of the two, the one that lets go last frees the lookup (and a result
- * that came too late). */
+ * that came too late). A lookup may also never return (glibc's, after an
+ * allocation failed inside it: see wsh_addrs_literal), so while one that
+ * was given up on is still running no other is started: the fetches fail
+ * at once, saying so, instead of leaving a thread behind each. */
+static _Atomic int lookups_running;
+
 struct lookup {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* on CLOCK_MONOTONIC */
@@ -83,13 +88,20 @@ static void *lookup_main(void *arg)
     pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->mu);
     lookup_put(l);
+    atomic_fetch_sub(&lookups_running, 1);
     return NULL;
 }
 
-/* getaddrinfo(u) within the deadline: 0 with *out set, or -1 with err. */
+/* u's addresses within the deadline: 0 with out filled, or -1 with err. */
 static int resolve(const struct wsh_http_url *u, int64_t deadline, const _Atomic bool *stop,
-                   struct addrinfo **out, char *err, size_t errlen)
+                   struct wsh_addrs *out, char *err, size_t errlen)
 {
+    if (wsh_addrs_literal(u->host, atoi(u->port), out))
+        return 0;
+    if (atomic_load(&lookups_running) > 0) {
+        snprintf(err, errlen, "cannot resolve %s: an earlier lookup has not returned", u->host);
+        return -1;
+    }
     struct lookup *l = calloc(1, sizeof(*l));
     if (l == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -108,9 +120,11 @@ static int resolve(const struct wsh_http_url *u, int64_t deadline, const _Atomic
     pthread_attr_init(&ta);
     pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
     pthread_t t;
+    atomic_fetch_add(&lookups_running, 1);
     int started = pthread_create(&t, &ta, lookup_main, l) == 0;
     pthread_attr_destroy(&ta);
     if (!started) {
+        atomic_fetch_sub(&lookups_running, 1);
         l->refs = 1;
         lookup_put(l);
         snprintf(err, errlen, "cannot start a name lookup");
@@ -123,8 +137,7 @@ static int resolve(const struct wsh_http_url *u, int64_t deadline, const _Atomic
         if (l->done) {
             done = true;
             rc = l->rc;
-            *out = l->res;
-            l->res = NULL;
+            wsh_addrs_append(out, l->res);
             break;
         }
         int64_t left = deadline - (int64_t)wsh_now_ms();
@@ -153,24 +166,24 @@ static int resolve(const struct wsh_http_url *u, int64_t deadline, const _Atomic
 static int dial(const struct wsh_http_url *u, int64_t deadline, const _Atomic bool *stop, char *err,
                 size_t errlen)
 {
-    struct addrinfo *res = NULL;
-    if (resolve(u, deadline, stop, &res, err, errlen) != 0)
+    struct wsh_addrs addrs;
+    if (resolve(u, deadline, stop, &addrs, err, errlen) != 0)
         return -1;
     int fd = -1;
-    for (struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    for (int i = 0; i < addrs.n && fd < 0; i++) {
+        const struct sockaddr *sa = (const struct sockaddr *)&addrs.a[i].ss;
+        fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
             continue;
         int e = 0;
         socklen_t el = sizeof(e);
-        if ((connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) ||
+        if ((connect(fd, sa, addrs.a[i].len) != 0 && errno != EINPROGRESS) ||
             wait_fd(fd, POLLOUT, deadline, stop) != 0 ||
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0 || e != 0) {
             close(fd);
             fd = -1;
         }
     }
-    freeaddrinfo(res);
     if (fd < 0)
         snprintf(err, errlen, "cannot connect to %s port %s", u->host, u->port);
     return fd;

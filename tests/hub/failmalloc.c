@@ -12,9 +12,15 @@
  * clock, which costs no system call), so an allocation pays a clock read
  * and, while failures are on, a step of a thread-local xorshift. Real
  * allocation is glibc's own, through its exported __libc_* entry points:
- * no dlsym, which itself allocates. free is not replaced. */
+ * no dlsym, which itself allocates. free is not replaced.
+ *
+ * WSH_FAILMALLOC_HANG_LOOKUPS=1 also makes every getaddrinfo call block
+ * for good, flag file or not, as glibc's does once an allocation has
+ * failed inside it and left its resolv.conf lock held. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -34,6 +40,7 @@ static _Atomic uint64_t checked_ns;
 static _Atomic uint64_t failed;
 static uint32_t one_in = 50;
 static const char *flag_path;
+static bool hang_lookups;
 
 __attribute__((constructor)) static void failmalloc_init(void)
 {
@@ -43,6 +50,7 @@ __attribute__((constructor)) static void failmalloc_init(void)
     if (only != NULL && strcmp(only, program_invocation_short_name) != 0)
         return;
     flag_path = getenv("WSH_FAILMALLOC_FLAG");
+    hang_lookups = getenv("WSH_FAILMALLOC_HANG_LOOKUPS") != NULL;
     const char *n = getenv("WSH_FAILMALLOC_ONE_IN");
     if (n != NULL && atoi(n) > 0)
         one_in = (uint32_t)atoi(n);
@@ -116,4 +124,25 @@ void *realloc(void *p, size_t n)
     if (p != NULL && n == 0)
         return __libc_realloc(p, n);
     return should_fail() ? NULL : __libc_realloc(p, n);
+}
+
+typedef int gai_fn(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res)
+{
+    while (hang_lookups)
+        pause();
+    /* Looked up at the first call, not in the constructor: dlsym allocates,
+     * and may fail then like anything else. */
+    static _Atomic(gai_fn *) real;
+    gai_fn *f = atomic_load(&real);
+    if (f == NULL) {
+        void *sym = dlsym(RTLD_NEXT, "getaddrinfo");
+        if (sym == NULL)
+            return EAI_MEMORY;
+        memcpy(&f, &sym, sizeof(f)); /* POSIX's object-to-function pointer */
+        atomic_store(&real, f);
+    }
+    return f(node, service, hints, res);
 }

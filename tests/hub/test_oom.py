@@ -442,3 +442,66 @@ def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch)
             time.sleep(0.5)
     finally:
         idp.close()
+
+
+
+def hanging_lookups_hub(hub, monkeypatch, auth):
+    """A hub whose getaddrinfo never returns (the shim's
+    WSH_FAILMALLOC_HANG_LOOKUPS), as glibc's does once an allocation failed
+    inside it and left its resolv.conf lock held (seen with 2.36, along
+    with crashes)."""
+    from conftest import base_config
+    monkeypatch.setenv("LD_PRELOAD", SHIM)
+    monkeypatch.setenv("WSH_FAILMALLOC_HANG_LOOKUPS", "1")
+    try:
+        return hub(merge(base_config(), {"auth": auth}), workers=1)
+    finally:
+        monkeypatch.delenv("LD_PRELOAD")
+        monkeypatch.delenv("WSH_FAILMALLOC_HANG_LOOKUPS")
+
+
+def test_localhost_and_literals_need_no_resolver(hub, tmp_path, monkeypatch):
+    """--listen 127.0.0.1 and an auth.jwks_url on localhost never go
+    through getaddrinfo: with every lookup hanging the server starts,
+    fetches the key set, and a SIGHUP brings the issuer's new key."""
+    from test_jwks import Issuer, issuer_auth, make_pki, rs_token, rsa_jwk, wait_fetches
+    from conftest import handshake_status
+
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        h = hanging_lookups_hub(hub, monkeypatch, issuer_auth(idp, pki))
+        wait_fetches(h, 1, 1)
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        h.server.signal(signal.SIGHUP)
+        wait_fetches(h, 1, 2)
+        auth = [("Authorization", "Bearer " + rs_token("k2", "k2"))]
+        assert str(handshake_status(h.port, headers=auth)) == "101"
+    finally:
+        idp.close()
+
+
+def test_lookup_that_never_returns_leaves_one_thread(hub, monkeypatch):
+    """An issuer whose name lookup never returns: the first fetch gives up
+    at its deadline and leaves its lookup thread; later fetches fail at
+    once, saying why, and start no other, so threads do not pile up one a
+    fetch. The server still stops on SIGTERM (the hub fixture's teardown).
+    The name is never sent to a name server: the shim's lookups hang."""
+    from test_jwks import fetches
+    h = hanging_lookups_hub(hub, monkeypatch, {
+        "jwks_url": "https://wshub-test.invalid/jwks", "jwks_refresh_s": 3600})
+    deadline = time.monotonic() + 20 * MULT
+    while fetches(h, 0) < 1:
+        assert time.monotonic() < deadline, h.log()[-3000:]
+        time.sleep(0.1)
+    assert "no answer in time" in h.log()
+    threads = len(os.listdir(f"/proc/{h.pid}/task"))
+    for n in range(2, 7):
+        h.server.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5 * MULT
+        while fetches(h, 0) < n:
+            assert time.monotonic() < deadline, h.log()[-3000:]
+            time.sleep(0.05)
+    assert h.log().count("an earlier lookup has not returned") >= 5, h.log()[-3000:]
+    assert len(os.listdir(f"/proc/{h.pid}/task")) <= threads
