@@ -833,9 +833,12 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
     memset(&id, 0, sizeof(id));
     size_t skipped;
     /* No key yet: the first fetch may still be due. No copy of keys that
-     * are there: this worker ran out of memory making it. */
+     * are there, or an older one that does not know the token's key: this
+     * worker ran out of memory making the copy of the keys in force. */
     int ecode = a == NULL && keys_in_use(&skipped) > 0 ? WSH_AUTH_ENOMEM : WSH_AUTH_EKEY;
     if (a == NULL || wsh_auth_verify(a, tok, len, wsh_wall_ms(), &id, &ecode) != WSH_OK) {
+        if ((ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG) && keys_auth_stale())
+            ecode = WSH_AUTH_ENOMEM;
         if (ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG) {
             keys_kick(false);
             if (wait != NULL && (*wait = keys_ticket()) != 0)

@@ -538,6 +538,7 @@ size_t keys_in_use(size_t *nskipped)
  * verifies with its own parsed keys and takes no lock per token. */
 static _Thread_local struct wsh_auth *auth;
 static _Thread_local uint64_t auth_gen; /* the keys_gen auth was built at */
+static _Thread_local bool auth_stale;   /* making a newer copy failed */
 
 struct wsh_auth *keys_auth(uint64_t *gen)
 {
@@ -553,6 +554,7 @@ struct wsh_auth *keys_auth(uint64_t *gen)
         }
         pthread_mutex_unlock(&keys_mu);
         /* Out of memory: the old keys stay, and the next token tries again. */
+        auth_stale = rc != WSH_OK;
         if (rc == WSH_OK) {
             wsh_auth_destroy(auth);
             auth = a;
@@ -562,6 +564,11 @@ struct wsh_auth *keys_auth(uint64_t *gen)
     if (gen != NULL)
         *gen = auth_gen;
     return auth;
+}
+
+bool keys_auth_stale(void)
+{
+    return auth_stale;
 }
 
 uint64_t keys_generation(void)
@@ -580,4 +587,5 @@ void keys_worker_exit(void)
     wsh_auth_destroy(auth);
     auth = NULL;
     auth_gen = 0;
+    auth_stale = false;
 }

@@ -545,6 +545,10 @@ void keys_kick(bool forced);
  * set. */
 struct wsh_auth;
 struct wsh_auth *keys_auth(uint64_t *gen);
+/* True after keys_auth kept an older copy (or none) because making the
+ * one in force ran out of memory: a token it does not know may be signed
+ * by a key this worker lacks, and is the server's fault to refuse. */
+bool keys_auth_stale(void);
 uint64_t keys_generation(void);
 /* A worker's copy: made before its loop starts (-1: out of memory, and
  * keys_auth tries again at each call), freed at its exit. */

@@ -393,10 +393,12 @@ def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch)
     """auth.jwks_url while allocations fail: fetches (at start of the
     spell by SIGHUP, and for tokens naming a key the server lacks) may
     fail and are retried; a token of a key the server has is never refused
-    as invalid (403) for the server's want of memory. After the spell a
-    fetch brings the issuer's new key and its tokens get in."""
+    as invalid (403) for the server's want of memory, nor is one of a key
+    fetched during the spell (a worker whose copy of the new set could not
+    be made answers 500). After the spell a fetch brings the issuer's new
+    key and its tokens get in."""
     from conftest import base_config, handshake_status
-    from test_jwks import Issuer, issuer_auth, make_pki, rs_token, rsa_jwk, wait_fetches
+    from test_jwks import Issuer, fetches, issuer_auth, make_pki, rs_token, rsa_jwk, wait_fetches
 
     def status(tok):
         try:
@@ -415,7 +417,7 @@ def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch)
         h = hub(merge(base_config(), {"auth": issuer_auth(idp, pki)}), workers=2)
         monkeypatch.delenv("LD_PRELOAD")
         wait_fetches(h, 1, 1)
-        known = Counter()
+        known, fetched = Counter(), Counter()
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
         flag.touch()
         try:
@@ -426,13 +428,17 @@ def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch)
                 if i % 50 == 0:
                     h.server.signal(signal.SIGHUP)  # a fetch, which may fail
                 known[status(rs_token("k1", "k1", f"u{i}"))] += 1
-                status(rs_token("k2", "k2", f"v{i}"))  # may wait, fail, or get in
+                # k2 may wait, fail, or get in: once a fetch has brought
+                # it, it is a key the server has.
+                after = fetches(h, 1) > 1
+                (fetched if after else Counter())[status(rs_token("k2", "k2", f"v{i}"))] += 1
         finally:
             flag.unlink()
         time.sleep(0.1)
         assert h.server.alive(), h.log()[-3000:]
-        print("k1 tokens:", dict(known))
+        print("k1 tokens:", dict(known), "k2 tokens after its fetch:", dict(fetched))
         assert set(known) <= {"101", "500", "503", "dropped"}, dict(known)
+        assert set(fetched) <= {"101", "500", "503", "dropped"}, dict(fetched)
         # After the spell: k1 as ever, and k2 once a fetch has brought it
         # (a token naming it asks for one at most every 10 s).
         assert status(rs_token("k1", "k1", "after")) == "101"
@@ -505,3 +511,56 @@ def test_lookup_that_never_returns_leaves_one_thread(hub, monkeypatch):
             time.sleep(0.05)
     assert h.log().count("an earlier lookup has not returned") >= 5, h.log()[-3000:]
     assert len(os.listdir(f"/proc/{h.pid}/task")) <= threads
+
+
+def test_new_key_while_allocations_fail(hub, tmp_path, monkeypatch):
+    """A key set fetched while allocations fail: a worker that cannot make
+    its copy of the new set keeps the old one a while, and a token of the
+    new key, which it does not know, is the server's fault to refuse
+    then: 500, never 403. A plain-http issuer on loopback, so that fetches
+    get through at one allocation in 150 failing."""
+    from conftest import base_config, handshake_status
+    from test_jwks import Issuer, fetches, rs_token, rsa_jwk, wait_fetches
+
+    def status(tok):
+        try:
+            return str(handshake_status(h.port, headers=[("Authorization", "Bearer " + tok)]))
+        except (OSError, wsraw.PeerClosed, wsraw.ReadTimeout):
+            return "dropped"
+
+    idp = Issuer()
+    try:
+        idp.keys = [rsa_jwk("k1", "k1")]
+        flag = tmp_path / "fail"
+        monkeypatch.setenv("LD_PRELOAD", SHIM)
+        monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
+        monkeypatch.setenv("WSH_FAILMALLOC_ONE_IN", "150")
+        h = hub(merge(base_config(), {"auth": {
+            "jwks_url": f"http://127.0.0.1:{idp.port}/jwks", "jwks_refresh_s": 3600}}), workers=2)
+        monkeypatch.delenv("LD_PRELOAD")
+        wait_fetches(h, 1, 1)
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        seen = Counter()
+        flag.touch()
+        try:
+            deadline = time.monotonic() + 15 * MULT
+            while sum(seen.values()) < 300 and time.monotonic() < deadline:
+                if fetches(h, 1) < 2:
+                    h.server.signal(signal.SIGHUP)
+                    time.sleep(0.05)
+                    continue
+                if not seen:
+                    # A key the issuer does not have: its fetch leaves the
+                    # next 10 s without another, so a token the server
+                    # wrongly took for unknown would meet 403 at once.
+                    status(rs_token("k3", "k3"))
+                seen[status(rs_token("k2", "k2", f"v{sum(seen.values())}"))] += 1
+        finally:
+            flag.unlink()
+        time.sleep(0.1)  # the shim looks at its flag every 20 ms
+        print("k2 tokens after its fetch:", dict(seen))
+        assert sum(seen.values()) > 0, "no fetch got through: " + str(Counter(re.findall(r"ev=jwks_fetch ok=0 .*", h.log())))
+        assert set(seen) <= {"101", "500", "503", "dropped"}, dict(seen)
+        assert status(rs_token("k2", "k2", "after")) == "101"
+    finally:
+        idp.close()
