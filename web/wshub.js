@@ -222,7 +222,9 @@ export class WshubClient extends EventTarget {
     this.attempt = 0;
     this.setState('connected', { client: this.client, user: this.user });
     // Re-subscribe (with recovery), then flush the publish buffer, so our
-    // own publishes are not sent before we are a subscriber again.
+    // own publishes are not sent before we are a subscriber again. Each
+    // connection gets a subscription's retries afresh.
+    for (const s of this.subs.values()) s.subscribeTries = 0;
     await Promise.all([...this.subs.values()].map((s) => this.sendSubscribe(s)));
     this.flushOutbox();
   }

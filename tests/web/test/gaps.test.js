@@ -76,3 +76,37 @@ test('in a channel without history the gap is reported and later messages still 
   await tick(); await tick();
   assert.deepEqual(got, [1, 'error 4004', 3, 4, 'error 4004', 6, 7]);
 });
+
+// Subscribes the server refuses for want of memory (5000, 5001) are
+// retried with backoff, 10 times; each new connection starts the count
+// again, so a subscription given up on is tried anew after a reconnect.
+test('a subscribe refused on one connection is retried in full on the next', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const { WshubClient } = await load();
+  const c = new WshubClient('ws://127.0.0.1:1/ws', { WebSocket: class {} });
+  const seen = [];
+  c.subscribe('chat:a', {
+    onSubscribed: () => seen.push('subscribed'),
+    onError: (e) => seen.push(`error ${e.code}`),
+  });
+  let refuse = Infinity;
+  c.request = async (cmd) => {
+    if (cmd.type !== 'subscribe') return { payload: {} };
+    if (refuse-- > 0) throw Object.assign(new Error('out of memory'), { code: 5000 });
+    return { payload: { offset: 0, epoch: 'e', recovered: false } };
+  };
+  const settle = async () => {
+    for (let i = 0; i < 12; i++) {
+      for (let j = 0; j < 10; j++) await Promise.resolve();
+      t.mock.timers.tick(20000);
+    }
+    for (let j = 0; j < 10; j++) await Promise.resolve();
+  };
+  await c.onConnected({ payload: { client: 'c1', user: 'u' } });
+  await settle();
+  assert.deepEqual(seen, ['error 5000']); // 1 + 10 tries, then given up
+  refuse = 3;
+  await c.onConnected({ payload: { client: 'c2', user: 'u' } }); // a reconnect
+  await settle();
+  assert.deepEqual(seen, ['error 5000', 'subscribed']);
+});
