@@ -450,6 +450,11 @@ void conn_close(struct worker *w, struct conn *c, unsigned code, const char *rea
     c->state = CONN_CLOSING;
     c->flags &= (uint8_t)~CF_PING_WAIT;
     hold_drop(w, c); /* input is read again, to see the peer's close */
+    /* What a held connection had read and not handled (up to a whole
+     * read) would otherwise be copied ahead of the next read, which rbuf
+     * has no room for on top of it; input after our close is discarded. */
+    if (c->carry_len > 0)
+        carry_free(c);
     metric_close(w, code);
     mark_pending(w, c);
     if (c->msg) {
@@ -952,6 +957,17 @@ static ssize_t plain_read(struct worker *w, struct conn *c, size_t have, size_t 
 static void conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t len, size_t have,
                        bool eof);
 
+/* read_budget(c), less what rbuf lacks room for after the carry (have
+ * bytes) and a TLS read's extra record: the carry is bounded so that this
+ * never cuts a read (keep_carry), but rbuf's bound must not rest on that. */
+static size_t rbuf_budget(const struct conn *c, size_t have)
+{
+    size_t budget = read_budget(c);
+    size_t tail = RBUF_LEAD + TLS_RECORD;
+    size_t room = have + tail < RBUF_SIZE ? RBUF_SIZE - tail - have : 0;
+    return budget < room ? budget : room;
+}
+
 static void conn_read(struct worker *w, struct conn *c)
 {
     size_t have = c->carry_len;
@@ -959,7 +975,7 @@ static void conn_read(struct worker *w, struct conn *c)
     ssize_t r;
     bool eof = false;
     if (c->ssl) {
-        size_t budget = read_budget(c);
+        size_t budget = rbuf_budget(c, have);
         if (budget == 0)
             return;
         if (have)
@@ -972,7 +988,7 @@ static void conn_read(struct worker *w, struct conn *c)
             return;
         }
     } else {
-        size_t budget = read_budget(c);
+        size_t budget = rbuf_budget(c, have);
         if (budget == 0)
             return;
         r = plain_read(w, c, have, budget, &buf);
@@ -1426,6 +1442,8 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         } else if (wsh_tls_ctx != NULL) {
             c->ssl = wsh_tls_conn_new(wsh_tls_ctx, fd);
             if (c->ssl == NULL) {
+                if (ipc)
+                    admit_ip_release(ipc);
                 close(fd);
                 free(c);
                 continue;
