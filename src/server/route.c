@@ -262,6 +262,78 @@ static bool route_allowed(const struct conn *c, const struct wsh_http_request *r
              path_is(req, "/dashboard.html") || path_under(req, "/api/"));
 }
 
+/* /healthz: the process answers (liveness). /readyz: it can also serve
+ * what it is configured for (readiness): not while the token keys of
+ * auth.jwks_url have never loaded. */
+static void health_reply(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                         bool readyz)
+{
+    if (!route_readable(w, c, req))
+        return;
+    const char *why = readyz ? hub_not_ready() : NULL;
+    if (why != NULL) {
+        char body[160];
+        int n = snprintf(body, sizeof(body), "not ready: %s\n", why);
+        respond(w, c, req, 503, "text/plain", "Retry-After: 1\r\n", body, (size_t)n);
+    } else {
+        respond(w, c, req, 200, "text/plain", "", "ok\n", 3);
+    }
+}
+
+/* The 101 and the open connection, once every check has passed:
+ * permessage-deflate as picked, then the endpoint's own start. retry_s:
+ * a /ws client over the admission rate, told when to come back. */
+static void upgrade(struct worker *w, struct conn *c, const struct wsh_http_request *req,
+                    const struct wsh_hs_result *res, const struct wsh_pmd_pick *pick,
+                    enum conn_endpoint ep, const char *chan, size_t chan_len, uint32_t retry_s)
+{
+    char ext[WSH_PMD_HEADER_MAX];
+    const char *ext_response = NULL;
+    if (pick->accepted) {
+        if (wsh_pmd_response_write(ext, sizeof(ext), &pick->params) < 0) {
+            http_reply(w, c, 500, "cannot write the extension response");
+            return;
+        }
+        if (wsh_pmd_create(WSH_ROLE_SERVER, &pick->params, &wsh_cfg.pmd, &c->pmd) != WSH_OK) {
+            http_reply(w, c, 503, "out of memory");
+            return;
+        }
+        ext_response = ext;
+    }
+    char out[512];
+    ssize_t n = wsh_hs_server_response(out, sizeof(out), res, ext_response);
+    if (n <= 0) {
+        http_reply(w, c, 500, "cannot write the handshake response");
+        return;
+    }
+    metric_http(w, 101);
+    conn_send_bytes(w, c, out, (size_t)n);
+    if (c->state == CONN_DEAD)
+        return;
+    c->state = CONN_OPEN;
+    /* RSV1 is legal only once permessage-deflate was agreed. */
+    wsh_parser_init(&c->parser, WSH_ROLE_SERVER, c->pmd ? 0x40 : 0);
+    if (retry_s > 0) {
+        /* Never a /ws session (no c->hub): what the client sends before
+         * our close is discarded. */
+        hub_overload_notice(w, c, (uint64_t)retry_s * 1000u);
+        return;
+    }
+    c->endpoint = (uint8_t)ep;
+    if (ep == EP_RAW && rawchan_join(w, c, chan, chan_len) == NULL) {
+        conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
+    if (ep == EP_HUB)
+        hub_open(w, c);
+    if (wsh_cfg.ping_interval_ms > 0)
+        wsh_timer_start(w->loop, &c->timer, wsh_cfg.ping_interval_ms);
+    else
+        wsh_timer_stop(&c->timer);
+    wsh_log(WSH_LOG_DEBUG, "conn=%u worker=%d ev=open path=%.*s", c->id, w->id, (int)req->path_len,
+            req->path);
+}
+
 /* Routes a complete request head that is not the HTTP API's or /metrics:
  * answers it, parks it (a token waiting for keys), or upgrades. */
 static void http_route(struct worker *w, struct conn *c, const struct wsh_http_request *req)
@@ -272,22 +344,9 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
     const char *chan = NULL;
     size_t chan_len = 0;
 
-    bool healthz = path_is(req, "/healthz");
     bool readyz = path_is(req, "/readyz");
-    if (healthz || readyz) {
-        if (!route_readable(w, c, req))
-            return;
-        /* /healthz: the process answers (liveness). /readyz: it can also
-         * serve what it is configured for (readiness): not while the
-         * token keys of auth.jwks_url have never loaded. */
-        const char *why = readyz ? hub_not_ready() : NULL;
-        if (why != NULL) {
-            char body[160];
-            int n = snprintf(body, sizeof(body), "not ready: %s\n", why);
-            respond(w, c, req, 503, "text/plain", "Retry-After: 1\r\n", body, (size_t)n);
-        } else {
-            respond(w, c, req, 200, "text/plain", "", "ok\n", 3);
-        }
+    if (readyz || path_is(req, "/healthz")) {
+        health_reply(w, c, req, readyz);
         return;
     }
     if (wsh_cfg.echo && path_is(req, "/echo")) {
@@ -379,48 +438,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
             return;
         }
     }
-    char ext[WSH_PMD_HEADER_MAX];
-    const char *ext_response = NULL;
-    if (pick.accepted) {
-        if (wsh_pmd_response_write(ext, sizeof(ext), &pick.params) < 0 ||
-            wsh_pmd_create(WSH_ROLE_SERVER, &pick.params, &wsh_cfg.pmd, &c->pmd) != WSH_OK) {
-            conn_destroy(w, c);
-            return;
-        }
-        ext_response = ext;
-    }
-    char out[512];
-    ssize_t n = wsh_hs_server_response(out, sizeof(out), &res, ext_response);
-    if (n <= 0) {
-        conn_destroy(w, c);
-        return;
-    }
-    metric_http(w, 101);
-    conn_send_bytes(w, c, out, (size_t)n);
-    if (c->state == CONN_DEAD)
-        return;
-    c->state = CONN_OPEN;
-    /* RSV1 is legal only once permessage-deflate was agreed. */
-    wsh_parser_init(&c->parser, WSH_ROLE_SERVER, c->pmd ? 0x40 : 0);
-    if (retry_s > 0) {
-        /* Never a /ws session (no c->hub): what the client sends before
-         * our close is discarded. */
-        hub_overload_notice(w, c, (uint64_t)retry_s * 1000u);
-        return;
-    }
-    c->endpoint = (uint8_t)ep;
-    if (ep == EP_RAW && rawchan_join(w, c, chan, chan_len) == NULL) {
-        conn_close(w, c, WSH_CLOSE_INTERNAL, "out of memory");
-        return;
-    }
-    if (ep == EP_HUB)
-        hub_open(w, c);
-    if (wsh_cfg.ping_interval_ms > 0)
-        wsh_timer_start(w->loop, &c->timer, wsh_cfg.ping_interval_ms);
-    else
-        wsh_timer_stop(&c->timer);
-    wsh_log(WSH_LOG_DEBUG, "conn=%u worker=%d ev=open path=%.*s", c->id, w->id, (int)req->path_len,
-            req->path);
+    upgrade(w, c, req, &res, &pick, ep, chan, chan_len, retry_s);
 }
 
 /* A connection from a trusted proxy (config: trusted_proxies) is counted
