@@ -217,6 +217,11 @@ struct wsh_identity {
     size_t nchannels;
     const char *const *publish; /* publish patterns; NULL when npublish == 0 */
     size_t npublish;
+    /* Whether the token had the claim (an array, empty included): a
+     * server that reads an absent claim as "no restriction" must still
+     * read `"channels": []` as "none". */
+    bool channels_claim;
+    bool publish_claim;
     const char *info; /* compact JSON object text, NULL when absent */
     size_t info_len;
     void *_mem;

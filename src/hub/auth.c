@@ -865,8 +865,10 @@ static int extract_claims(struct wsh_auth *a, json_t *c, int64_t now_ms, struct 
     }
     id->channels = nch ? pch : NULL;
     id->nchannels = nch;
+    id->channels_claim = json_is_array(jch);
     id->publish = npub ? ppub : NULL;
     id->npublish = npub;
+    id->publish_claim = json_is_array(jpub);
     id->_mem = mem;
     return WSH_AUTH_OK;
 }

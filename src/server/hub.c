@@ -856,8 +856,10 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
         *perr = WSH_PERR_BAD_TOKEN;
         return -1;
     }
-    if (h->authed && !h->anonymous && strcmp(id.sub, h->id.sub) != 0) {
-        wsh_identity_free(&id); /* a refresh may not change the user */
+    if (h->authed && (h->anonymous || strcmp(id.sub, h->id.sub) != 0)) {
+        /* A refresh may not change the user, an anonymous one included:
+         * presence, read cursors and kicks know the session by its user. */
+        wsh_identity_free(&id);
         *perr = WSH_PERR_BAD_TOKEN;
         return -1;
     }
@@ -1186,7 +1188,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     }
     bool allowed = h->anonymous
                        ? cmd->chan.user == NULL
-                       : (h->id.nchannels == 0 && cmd->chan.user == NULL) ||
+                       : (!h->id.channels_claim && cmd->chan.user == NULL) ||
                              wsh_auth_can_subscribe(&h->id, cmd->channel, cmd->channel_len);
     if (!allowed) {
         cmd_error(w, c, cmd, WSH_PERR_FORBIDDEN);
@@ -1373,7 +1375,7 @@ static int may_publish(struct hubconn *h, const struct wsh_cmd *cmd, const struc
         return WSH_PERR_PUBLISH_DENIED;
     if (find_sub(h, cmd->channel, cmd->channel_len) == NULL)
         return WSH_PERR_NOT_SUBSCRIBED;
-    if (!h->anonymous && h->id.npublish > 0 &&
+    if (!h->anonymous && h->id.publish_claim &&
         !wsh_auth_can_publish(&h->id, cmd->channel, cmd->channel_len))
         return WSH_PERR_PUBLISH_DENIED;
     return 0;
@@ -1383,6 +1385,16 @@ struct ack_ctx {
     uint64_t offset;
     int status;
 };
+
+/* A publish the broker did not take, as the client's error code: out of
+ * memory is 5000 (as anywhere), other broker failures 5001. */
+static int publish_error(int rc, const struct ack_ctx *a)
+{
+    if (rc == WSH_ETOOBIG)
+        return WSH_PERR_TOO_LARGE;
+    return rc == WSH_ENOMEM || (rc == WSH_OK && a->status == WSH_ENOMEM) ? WSH_PERR_INTERNAL
+                                                                         : WSH_PERR_UNAVAILABLE;
+}
 
 static void on_published(const struct wsh_broker_result *r, void *user)
 {
@@ -1442,7 +1454,7 @@ static void cmd_publish(struct worker *w, struct conn *c, struct hubconn *h,
     int rc = wsh_broker_publish(broker, &req, on_published, &a);
     wsh_jbuf_free(&pb);
     if (rc != WSH_OK || a.status != WSH_OK) {
-        cmd_error(w, c, cmd, rc == WSH_ETOOBIG ? WSH_PERR_TOO_LARGE : WSH_PERR_UNAVAILABLE);
+        cmd_error(w, c, cmd, publish_error(rc, &a));
         return;
     }
     /* The ack follows acceptance by the broker (DESIGN.md 4); a duplicate
@@ -1474,6 +1486,7 @@ struct list_ctx {
     int64_t id;
     const struct wsh_cmd *cmd;
     uint32_t threshold;
+    bool position_only; /* history with limit 0: offset and epoch, no messages */
     int rc;
 };
 
@@ -1503,12 +1516,13 @@ static void on_presence(const struct wsh_broker_result *r, void *user)
 static void on_history(const struct wsh_broker_result *r, void *user)
 {
     struct list_ctx *x = user;
-    struct wsh_history_entry *e = calloc(r->nmsgs ? r->nmsgs : 1, sizeof(*e));
+    size_t n = x->position_only ? 0 : r->nmsgs;
+    struct wsh_history_entry *e = calloc(n ? n : 1, sizeof(*e));
     if (e == NULL) {
         x->rc = WSH_ENOMEM;
         return;
     }
-    for (size_t i = 0; i < r->nmsgs; i++) {
+    for (size_t i = 0; i < n; i++) {
         e[i].offset = r->msgs[i].offset;
         e[i].from = r->msgs[i].from;
         e[i].from_len = strlen(r->msgs[i].from);
@@ -1517,7 +1531,7 @@ static void on_history(const struct wsh_broker_result *r, void *user)
         e[i].time_ms = r->msgs[i].time_ms;
     }
     x->rc = wsh_proto_encode_history(x->b, x->id, x->cmd->channel, x->cmd->channel_len, r->offset,
-                                     r->epoch, strlen(r->epoch), e, r->nmsgs, wsh_wall_ms());
+                                     r->epoch, strlen(r->epoch), e, n, wsh_wall_ms());
     free(e);
 }
 
@@ -1564,13 +1578,20 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
     snprintf(chname, sizeof(chname), "%.*s", (int)cmd->channel_len, cmd->channel);
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
-    struct list_ctx x = {
-        .b = &b, .id = cmd->id, .cmd = cmd, .threshold = ns->presence_count_threshold, .rc = -1
-    };
+    struct list_ctx x = { .b = &b,
+                          .id = cmd->id,
+                          .cmd = cmd,
+                          .threshold = ns->presence_count_threshold,
+                          .position_only = cmd->has_limit && cmd->limit == 0,
+                          .rc = -1 };
+    /* The broker's limit 0 is "all": a client's 0 asks it for one, and
+     * gets none of it (x.position_only). */
     struct wsh_broker_history_req hr = { .channel = chname,
                                          .has_since = cmd->has_since,
                                          .since = cmd->since,
-                                         .limit = cmd->has_limit ? cmd->limit : 0,
+                                         .limit = !cmd->has_limit ? 0
+                                                  : cmd->limit    ? cmd->limit
+                                                                  : 1,
                                          .now_ms = wsh_wall_ms() };
     if (list_run(&x, presence, &hr) == WSH_OK)
         (void)send_jbuf(w, c, &b, WSH_OK, presence ? PUSH_PRESENCE : PUSH_HISTORY);
@@ -1645,6 +1666,8 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
                 conn_hold(w, c, HOLD_KEYS, true);
             return false;
         }
+        if (v == 1)
+            perr = WSH_PERR_INTERNAL; /* no memory to wait with */
         if (v != 0) {
             reply_error(w, c, cmd->id, NULL, 0, perr, NULL);
             if (!refresh && perr == WSH_PERR_INTERNAL)
@@ -1871,7 +1894,7 @@ int hub_publish(const char *channel, const char *payload, size_t plen, const cha
     struct ack_ctx a = { 0 };
     int rc = wsh_broker_publish(broker, &req, on_published, &a);
     if (rc != WSH_OK || a.status != WSH_OK)
-        return rc == WSH_ETOOBIG ? WSH_PERR_TOO_LARGE : WSH_PERR_UNAVAILABLE;
+        return publish_error(rc, &a);
     *offset = a.offset;
     return 0;
 }

@@ -180,6 +180,11 @@ async def test_anonymous_on(hub):
     # anonymous clients never get a personal channel
     await expect_error(a, "subscribe", f"dm:inbox#{a.info['user']}", 2003)
     await expect_error(a, "subscribe", "dm:inbox#alice", 2003)
+    # an anonymous session cannot become a user by refresh: it stays anonymous
+    await expect_error(a, "refresh", None, 2001, payload={"token": token("bob")})
+    assert await a.publish("chat:anon", {"hi": 2}) == 2
+    m = await a.push("message", "chat:anon")
+    assert m["from"] == a.info["user"], m
     # a token still works and still has to be valid
     b = await Client.open(h, token("bob"))
     assert b.info["user"] == "bob"
@@ -239,7 +244,11 @@ async def test_channels_claim_and_personal_channels(hub):
     await n.subscribe("chat:anything")
     await n.subscribe("dm:inbox#nina")
     await expect_error(n, "subscribe", "dm:inbox#alice", 2003)
-    for c in (a, w, n):
+    # an empty channels claim: no public channel (only the user's own)
+    z = await Client.open(h, token("zoe", channels=[]))
+    await expect_error(z, "subscribe", "chat:anything", 2003)
+    await z.subscribe("dm:inbox#zoe")
+    for c in (a, w, n, z):
         await c.close()
 
 
@@ -261,6 +270,11 @@ async def test_publish_claim(hub):
     await c.subscribe("dm:inbox#carl")
     await expect_error(c, "publish", "dm:inbox#carl", 2004, payload={"dm": 1})
     await c.close()
+    # an empty publish claim: subscribe, never publish
+    d = await Client.open(h, token("dora", publish=[]))
+    await d.subscribe("chat:ok1")
+    await expect_error(d, "publish", "chat:ok1", 2004, payload={"x": 1})
+    await d.close()
     await a.close()
     await b.close()
 

@@ -118,6 +118,9 @@ async def test_history_since_and_limit(hub):
     assert len(offs) == 3 and offs == sorted(offs) and all(o > 2 for o in offs), r
     r = await a.cmd("history", "chat:h", payload={"since": 10})
     assert r["payload"]["messages"] == [], r
+    # limit 0: the position only
+    r = await a.cmd("history", "chat:h", payload={"limit": 0})
+    assert r["payload"] == {"offset": 10, "epoch": sub["epoch"], "messages": []}, r
     await expect_error(a, "history", "chat:h", 1002, payload={"since": -1})
     await expect_error(a, "history", "chat:h", 1002, payload={"limit": "3"})
     # no history in the namespace: 4004

@@ -1205,6 +1205,8 @@ static void test_auth_extracts_claims(void **state)
     assert_string_equal(id.jti, "t-1");
     assert_int_equal(id.jti_len, 3);
     assert_int_equal(id.nchannels, 2);
+    assert_true(id.channels_claim);
+    assert_true(id.publish_claim);
     assert_string_equal(id.channels[0], "chat:*");
     assert_string_equal(id.channels[1], "news");
     assert_int_equal(id.npublish, 1);
@@ -1225,6 +1227,8 @@ static void test_auth_extracts_claims(void **state)
     t = mint(JWT_ALG_ES256, ec_priv, strlen(ec_priv), good_claims);
     assert_int_equal(verify(a, t, NOW_MS, &id), WSH_AUTH_OK);
     assert_int_equal(id.nchannels, 0);
+    assert_false(id.channels_claim);
+    assert_false(id.publish_claim);
     assert_null(id.channels);
     assert_null(id.publish);
     assert_null(id.info);
