@@ -183,8 +183,10 @@ int wsh_wq_flush(struct wsh_wq **q, int fd);
 void wsh_wq_clear(struct wsh_wq **q);
 
 /* Drops every entry not yet started, keeping a partially written head so
- * the byte stream stays well-formed. */
-void wsh_wq_drop_unstarted(struct wsh_wq **q);
+ * the byte stream stays well-formed, and the entries that hold the first
+ * `pinned` bytes: a TLS write to be repeated covers those (its record is
+ * already made, and OpenSSL sends it whatever the queue holds by then). */
+void wsh_wq_drop_unstarted(struct wsh_wq **q, size_t pinned);
 
 /* Cork: returns room for `need` more bytes at the end of the queue's last
  * buffer when only this queue references it and that buffer has the room;

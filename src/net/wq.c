@@ -61,12 +61,18 @@ void wsh_wq_clear(struct wsh_wq **qp)
     *qp = NULL;
 }
 
-void wsh_wq_drop_unstarted(struct wsh_wq **qp)
+void wsh_wq_drop_unstarted(struct wsh_wq **qp, size_t pinned)
 {
     struct wsh_wq *q = *qp;
     if (q == NULL)
         return;
     uint32_t keep = (q->count > 0 && q->e[q->head].off > 0) ? 1 : 0;
+    size_t kept = keep ? wsh_buf_len(q->e[q->head].b) - q->e[q->head].off : 0;
+    while (keep < q->count && kept < pinned) {
+        const struct wsh_wq_entry *e = &q->e[(q->head + keep) % q->cap];
+        kept += wsh_buf_len(e->b) - e->off;
+        keep++;
+    }
     for (uint32_t i = keep; i < q->count; i++) {
         struct wsh_wq_entry *e = &q->e[(q->head + i) % q->cap];
         q->bytes -= wsh_buf_len(e->b) - e->off;

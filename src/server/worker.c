@@ -320,7 +320,7 @@ static void slow_consumer(struct worker *w, struct conn *c, const char *limit)
     wsh_log(WSH_LOG_INFO, "conn=%u ev=slow_consumer limit=%s queued=%zu", c->id, limit,
             wsh_wq_bytes(c->wq));
     metric_add(&w->m.slow_consumers, 1);
-    wsh_wq_drop_unstarted(&c->wq);
+    wsh_wq_drop_unstarted(&c->wq, c->tls_retry);
     /* /ws clients learn the reconnect-allowed code of LIMITS.md, with
      * the `disconnect` push their protocol promises. */
     if (c->hub != NULL)
@@ -680,7 +680,7 @@ static void evict(struct worker *w, struct conn *c, uint64_t held, size_t live)
     wsh_log(WSH_LOG_WARN, "conn=%u ev=memory_evict held=%llu live=%zu", c->id,
             (unsigned long long)held, live);
     metric_add(&w->m.memory_evictions, 1);
-    wsh_wq_drop_unstarted(&c->wq);
+    wsh_wq_drop_unstarted(&c->wq, c->tls_retry);
     hub_close_retry(w, c, WSH_CLOSE_TRY_LATER, "server memory limit");
 }
 

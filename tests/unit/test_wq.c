@@ -112,13 +112,33 @@ static void test_wq_drop_unstarted_keeps_started_head(void **state)
     assert_int_equal(wsh_wq_flush(&q, sv[0]), WSH_EAGAIN);
     size_t left = wsh_wq_bytes(q);
     assert_true(left > 0 && left < 50u * 100000u);
-    wsh_wq_drop_unstarted(&q);
+    wsh_wq_drop_unstarted(&q, 0);
     /* Only the rest of the frame already begun remains. */
     assert_non_null(q);
     assert_true(wsh_wq_bytes(q) < 100000);
     wsh_wq_clear(&q);
     assert_null(q);
     close(sv[0]), close(sv[1]);
+}
+
+/* A TLS write to be repeated (wsh_tls_flush) covers the queue's first
+ * bytes across entries none of which has begun: they stay, whole. */
+static void test_wq_drop_unstarted_keeps_pinned_bytes(void **state)
+{
+    (void)state;
+    struct wsh_wq *q = NULL;
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(wsh_wq_push(&q, make_buf((uint8_t)i, 3000)), WSH_OK);
+    wsh_wq_drop_unstarted(&q, 7000); /* a record of 7000 bytes: 3 entries */
+    assert_int_equal(wsh_wq_bytes(q), 9000);
+    uint8_t out[16384];
+    const uint8_t *p;
+    size_t n = wsh_wq_gather(q, out, sizeof(out), &p);
+    assert_int_equal(n, 9000);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(p[i], (uint8_t)(i / 3000));
+    wsh_wq_drop_unstarted(&q, 0);
+    assert_null(q);
 }
 
 static void test_wq_flush_error_on_closed_peer(void **state)
@@ -277,6 +297,7 @@ int main(void)
         cmocka_unit_test(test_wq_shared_buffer_two_queues),
         cmocka_unit_test(test_wq_partial_write_resumes_in_order),
         cmocka_unit_test(test_wq_drop_unstarted_keeps_started_head),
+        cmocka_unit_test(test_wq_drop_unstarted_keeps_pinned_bytes),
         cmocka_unit_test(test_wq_flush_error_on_closed_peer),
         cmocka_unit_test(test_wq_tail_mark_replace_and_cancel),
         cmocka_unit_test(test_wq_clocks),
