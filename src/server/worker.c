@@ -45,7 +45,7 @@
 #define EVICT_IDLE_MS  1000u /* with the cap off: a reload may turn it on */
 
 static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events);
-static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s);
+static void send_early_refusal(struct worker *w, int fd, bool tls, int status, uint32_t retry_s);
 static void carry_free(struct conn *c);
 static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t);
 static void slow_consumer(struct worker *w, struct conn *c, const char *limit);
@@ -1214,7 +1214,7 @@ static bool proxy_input(struct worker *w, struct conn *c)
         if (forwarded)
             c->flags |= CF_FORWARDED;
         if (retry_s) {
-            send_early_refusal(w, c->io.fd, 429, retry_s);
+            send_early_refusal(w, c->io.fd, c->ssl != NULL, 429, retry_s);
             conn_destroy(w, c);
             return false;
         }
@@ -1347,14 +1347,15 @@ static void on_conn_timer(struct wsh_loop *l, struct wsh_timer *t)
  * handshake: a fatal alert record, internal_error (RFC 8446 6: "an
  * internal error unrelated to the peer"), which clients report as such.
  * Finishing the handshake to send the status over TLS would spend the CPU
- * that refusing early saves. Counted under the status either way. The
- * caller closes. */
-static void send_early_refusal(struct worker *w, int fd, int status, uint32_t retry_s)
+ * that refusing early saves. Counted under the status either way. tls:
+ * the connection came to the TLS listener (the admin one is plain HTTP).
+ * The caller closes. */
+static void send_early_refusal(struct worker *w, int fd, bool tls, int status, uint32_t retry_s)
 {
     metric_http(w, status);
     char resp[160];
     size_t n;
-    if (wsh_tls_ctx != NULL) {
+    if (tls) {
         static const uint8_t alert[] = { 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50 };
         memcpy(resp, alert, sizeof(alert));
         n = sizeof(alert);
@@ -1369,9 +1370,9 @@ static void send_early_refusal(struct worker *w, int fd, int status, uint32_t re
     (void)r;
 }
 
-static void refuse_overload(struct worker *w, int fd)
+static void refuse_overload(struct worker *w, int fd, bool tls)
 {
-    send_early_refusal(w, fd, 503, 1);
+    send_early_refusal(w, fd, tls, 503, 1);
     close(fd);
 }
 
@@ -1384,6 +1385,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     struct worker *w = wsh_loop_user(l);
     (void)events;
     bool admin = io == &w->admin_io;
+    bool tls = wsh_tls_ctx != NULL && !admin;
     for (int i = 0; i < ACCEPT_MAX; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof(peer);
@@ -1398,14 +1400,14 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
                 close(w->reserve_fd);
                 int victim = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC);
                 if (victim >= 0)
-                    refuse_overload(w, victim);
+                    refuse_overload(w, victim, tls);
                 w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
                 wsh_log(WSH_LOG_WARN, "ev=emfile");
             }
             return;
         }
         if (atomic_load_explicit(&wsh_total_conns, memory_order_relaxed) >= admit_max_conns()) {
-            refuse_overload(w, fd);
+            refuse_overload(w, fd, tls);
             continue;
         }
         /* Behind a balancer the address that counts is the one its
@@ -1415,7 +1417,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         if (!wsh_cfg.proxy_protocol && !admin) {
             uint32_t retry_s = admit_peer(&peer, &ipc, &forwarded);
             if (retry_s) {
-                send_early_refusal(w, fd, 429, retry_s);
+                send_early_refusal(w, fd, tls, 429, retry_s);
                 close(fd);
                 continue;
             }

@@ -7,6 +7,7 @@ import re
 import socket
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -103,6 +104,37 @@ def test_the_admin_address_is_plain_http_beside_tls_and_proxy_headers(tmp_path):
                 t.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 head = t.recv(4096)
         assert head.startswith(b"HTTP/1.1 404 "), head
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_full_server_refuses_the_admin_port_in_http(tmp_path):
+    """At limits.max_connections a new connection is refused before it is
+    read: on the TLS port with a TLS alert (it speaks TLS from its first
+    byte), on the admin port with 503 and Retry-After, in plain HTTP as
+    the scraper speaks it (it got the TLS alert, a broken response)."""
+    pki = make_pki(str(tmp_path))
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"limits": {"max_connections": 1}}')
+    os.chmod(cfg, 0o600)
+    s = wsraw.Server(["--tls-cert", pki[1], "--tls-key", pki[2], "--config", str(cfg),
+                      "--admin-listen", "127.0.0.1:0", "--workers", "1"])
+    try:
+        ap = admin_port(s)
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5 * MULT):  # held
+            deadline = time.monotonic() + 5 * MULT
+            while True:  # until the server has counted the held connection
+                with socket.create_connection(("127.0.0.1", ap), timeout=5 * MULT) as a:
+                    a.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    head = a.recv(4096)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    break
+                assert time.monotonic() < deadline, head
+                time.sleep(0.05)
+            assert head.startswith(b"HTTP/1.1 503 "), head
+            assert b"Retry-After: 1\r\n" in head, head
+            with socket.create_connection(("127.0.0.1", s.port), timeout=5 * MULT) as t:
+                assert t.recv(16) == bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50])
     finally:
         assert s.stop() == 0
 
