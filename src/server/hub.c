@@ -1606,6 +1606,14 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
     struct hubsub *s = cmd_sub(w, c, h, cmd);
     if (s == NULL)
         return;
+    /* A signal reaches every subscriber as a publish does, and is allowed
+     * where a publish is: not in a namespace only the server publishes
+     * to, nor past the token's publish claim. */
+    int perr = cmd->type == WSH_CMD_SIGNAL ? may_publish(h, cmd, chan_ns(s->ch)) : 0;
+    if (perr != 0) {
+        cmd_error(w, c, cmd, perr);
+        return;
+    }
     if (!rate_allows(w, c, h, cmd))
         return;
     size_t ulen;

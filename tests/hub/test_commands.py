@@ -151,8 +151,18 @@ async def test_signal_is_relayed_to_others_and_never_stored(hub):
     await d.send({"type": "signal", "id": 9, "channel": "chat:s", "payload": {}})
     e = await d.expect(lambda m: m.get("id") == 9)
     assert e["type"] == "error" and e["payload"]["code"] == 4003, e
+    # where a publish is refused, so is a signal: a namespace only the
+    # server publishes to, and past the token's publish claim (2004)
+    e = await Client.open(h, token("erin", publish=["chat:other"]))
+    await e.subscribe("chat:s")
+    await b.subscribe("news:s")
+    for who, ch in ((e, "chat:s"), (b, "news:s")):
+        await who.send({"type": "signal", "id": 10, "channel": ch, "payload": {}})
+        r = await who.expect(lambda m: m.get("id") == 10)
+        assert r["type"] == "error" and r["payload"]["code"] == 2004, (ch, r)
     await b.quiet(0.2, lambda m: m["type"] == "signal")
-    for x in (a, b, c, d):
+    await a.quiet(0.2, lambda m: m["type"] == "signal")
+    for x in (a, b, c, d, e):
         await x.close()
 
 
