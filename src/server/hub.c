@@ -1634,8 +1634,10 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
             push_to_channel(s->ch, &b, PUSH_SIGNAL, c);
     } else {
         /* Read receipt: kept per user where the channel has history, and
-         * relayed to the channel. */
-        if (chan_ns(s->ch)->history_size > 0)
+         * relayed to the channel. Not kept for an anonymous session: its
+         * user ends with the connection, and each reconnect would add a
+         * cursor the channel keeps as long as its history. */
+        if (chan_ns(s->ch)->history_size > 0 && !h->anonymous)
             check(wsh_broker_read_set(broker, s->ch->name, user, cmd->offset, noop_cb, NULL),
                   "read_set");
         if (wsh_proto_encode_read(&b, cmd->channel, cmd->channel_len, user, ulen, cmd->offset,
