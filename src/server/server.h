@@ -140,6 +140,7 @@ struct conn {
  * publisher whose messages filled another worker's inbox (chan.c). */
 #define HOLD_KEYS  0x01
 #define HOLD_INBOX 0x02
+#define HOLD_EOF   0x04 /* the peer's EOF came while our last bytes wait (conn_eof) */
 
 /* ------------------------------------------------------------------ */
 /* Raw channels, shared by all workers                                 */

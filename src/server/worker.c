@@ -618,6 +618,8 @@ static void flush_conn(struct worker *w, struct conn *c)
             wsh_tls_shutdown(c->ssl);
         shutdown(c->io.fd, SHUT_WR);
         c->flags |= CF_SHUT_WR;
+        if (c->hold & HOLD_EOF) /* and the peer's EOF came already */
+            conn_destroy(w, c);
     }
 }
 
@@ -957,6 +959,20 @@ static ssize_t plain_read(struct worker *w, struct conn *c, size_t have, size_t 
 static void conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t len, size_t have,
                        bool eof);
 
+/* The peer's EOF. Before our close frame or final response is queued, the
+ * peer is gone (1006 on its side). After, what is queued still goes out:
+ * a client that half-closes once its request is sent (nc -N, some HTTP/1.0
+ * clients) reads the whole answer. Input stops, and the flush ends the
+ * connection once everything is sent (flush_conn). */
+static void conn_eof(struct worker *w, struct conn *c)
+{
+    if (c->state == CONN_CLOSING && c->wq != NULL && !(c->flags & CF_SHUT_WR)) {
+        conn_hold(w, c, HOLD_EOF, true);
+        return;
+    }
+    conn_destroy(w, c);
+}
+
 /* read_budget(c), less what rbuf lacks room for after the carry (have
  * bytes) and a TLS read's extra record: the carry is bounded so that this
  * never cuts a read (keep_carry), but rbuf's bound must not rest on that. */
@@ -1004,7 +1020,7 @@ static void conn_read(struct worker *w, struct conn *c)
          * the peer vanished without a close frame (1006 on its side). */
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=eof clean=%d", c->id,
                 (c->flags & CF_CLOSE_SENT) ? 1 : 0);
-        conn_destroy(w, c);
+        conn_eof(w, c);
         return;
     }
     metric_add(&w->m.bytes_in, (uint64_t)r);
@@ -1048,7 +1064,7 @@ static void conn_input(struct worker *w, struct conn *c, uint8_t *buf, size_t le
         used = len;
     keep_carry(w, c, buf + used, len - used);
     if (eof && c->state != CONN_DEAD)
-        conn_destroy(w, c);
+        conn_eof(w, c);
 }
 
 /* Handles the carry again, as if just read: a parked head once its fetch

@@ -108,6 +108,35 @@ def test_cli_web_root_serves_only_flat_known_files(wshub):
     assert http_get(s.port, "/", method="POST").status in (405,), "POST on a static file"
 
 
+def test_cli_web_root_answers_a_client_that_half_closes(wshub):
+    """A client that shuts down its sending side once its request is out
+    (nc -N, some HTTP/1.0 clients) still reads the whole answer: the
+    server's EOF came while most of a 4 MiB file waited in its queue,
+    which it used to drop with the connection."""
+    d = tempfile.mkdtemp(prefix="wshub-web-")
+    big = os.urandom(4 << 20)
+    with open(os.path.join(d, "big.js"), "wb") as f:
+        f.write(big)
+    s = wshub("--web-root", d, "--workers", "1")
+    for _ in range(3):
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # the server must queue
+        c.settimeout(10 * MULT)
+        c.connect(("127.0.0.1", s.port))
+        c.sendall(b"GET /big.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.shutdown(socket.SHUT_WR)
+        got = bytearray()
+        while True:
+            b = c.recv(1 << 16)
+            if not b:
+                break
+            got += b
+        c.close()
+        head, _, body = bytes(got).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+        assert len(body) == len(big) and body == big, len(body)
+
+
 def test_cli_web_root_serves_whole_regular_files_only(wshub):
     """A static file is sent whole, past the 1 MiB an earlier version cut
     it to without a word; a FIFO or a directory under a served name is not
