@@ -393,6 +393,29 @@ def test_start_with_failing_allocations_serves_or_says_why(tmp_path):
     assert codes[0] > 0 and codes[0] < 60, f"none or all of the starts failed: {dict(codes)}"
 
 
+def token_status(h, tok):
+    """The status of an upgrade with tok as its bearer token, as a string,
+    or "dropped"."""
+    from conftest import handshake_status
+    try:
+        return str(handshake_status(h.port, headers=[("Authorization", "Bearer " + tok)]))
+    except (OSError, wsraw.PeerClosed, wsraw.ReadTimeout):
+        return "dropped"
+
+
+def failing_hub(hub, monkeypatch, flag, one_in, auth):
+    """A hub with two workers and auth, whose allocations fail one in
+    one_in while the file flag exists."""
+    from conftest import base_config
+    monkeypatch.setenv("LD_PRELOAD", SHIM)
+    monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
+    monkeypatch.setenv("WSH_FAILMALLOC_ONE_IN", str(one_in))
+    try:
+        return hub(merge(base_config(), {"auth": auth}), workers=2)
+    finally:
+        monkeypatch.delenv("LD_PRELOAD")
+
+
 def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch):
     """auth.jwks_url while allocations fail: fetches (at start of the
     spell by SIGHUP, and for tokens naming a key the server lacks) may
@@ -401,25 +424,14 @@ def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch)
     fetched during the spell (a worker whose copy of the new set could not
     be made answers 500). After the spell a fetch brings the issuer's new
     key and its tokens get in."""
-    from conftest import base_config, handshake_status
     from test_jwks import Issuer, fetches, issuer_auth, make_pki, rs_token, rsa_jwk, wait_fetches
-
-    def status(tok):
-        try:
-            return str(handshake_status(h.port, headers=[("Authorization", "Bearer " + tok)]))
-        except (OSError, wsraw.PeerClosed, wsraw.ReadTimeout):
-            return "dropped"
 
     pki = make_pki(str(tmp_path))
     idp = Issuer(pki)
     try:
         idp.keys = [rsa_jwk("k1", "k1")]
         flag = tmp_path / "fail"
-        monkeypatch.setenv("LD_PRELOAD", SHIM)
-        monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
-        monkeypatch.setenv("WSH_FAILMALLOC_ONE_IN", "40")
-        h = hub(merge(base_config(), {"auth": issuer_auth(idp, pki)}), workers=2)
-        monkeypatch.delenv("LD_PRELOAD")
+        h = failing_hub(hub, monkeypatch, flag, 40, issuer_auth(idp, pki))
         wait_fetches(h, 1, 1)
         known, fetched = Counter(), Counter()
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
@@ -431,11 +443,11 @@ def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch)
                     break
                 if i % 50 == 0:
                     h.server.signal(signal.SIGHUP)  # a fetch, which may fail
-                known[status(rs_token("k1", "k1", f"u{i}"))] += 1
+                known[token_status(h, rs_token("k1", "k1", f"u{i}"))] += 1
                 # k2 may wait, fail, or get in: once a fetch has brought
                 # it, it is a key the server has.
                 after = fetches(h, 1) > 1
-                (fetched if after else Counter())[status(rs_token("k2", "k2", f"v{i}"))] += 1
+                (fetched if after else Counter())[token_status(h, rs_token("k2", "k2", f"v{i}"))] += 1
         finally:
             flag.unlink()
         time.sleep(0.1)
@@ -445,9 +457,9 @@ def test_key_set_fetches_through_failing_allocations(hub, tmp_path, monkeypatch)
         assert set(fetched) <= {"101", "500", "503", "dropped"}, dict(fetched)
         # After the spell: k1 as ever, and k2 once a fetch has brought it
         # (a token naming it asks for one at most every 10 s).
-        assert status(rs_token("k1", "k1", "after")) == "101"
+        assert token_status(h, rs_token("k1", "k1", "after")) == "101"
         deadline = time.monotonic() + 15 * MULT
-        while status(rs_token("k2", "k2", "after")) != "101":
+        while token_status(h, rs_token("k2", "k2", "after")) != "101":
             assert time.monotonic() < deadline, h.log()[-3000:]
             time.sleep(0.5)
     finally:
@@ -523,25 +535,14 @@ def test_new_key_while_allocations_fail(hub, tmp_path, monkeypatch):
     new key, which it does not know, is the server's fault to refuse
     then: 500, never 403. A plain-http issuer on loopback, so that fetches
     get through at one allocation in 150 failing."""
-    from conftest import base_config, handshake_status
     from test_jwks import Issuer, fetches, rs_token, rsa_jwk, wait_fetches
-
-    def status(tok):
-        try:
-            return str(handshake_status(h.port, headers=[("Authorization", "Bearer " + tok)]))
-        except (OSError, wsraw.PeerClosed, wsraw.ReadTimeout):
-            return "dropped"
 
     idp = Issuer()
     try:
         idp.keys = [rsa_jwk("k1", "k1")]
         flag = tmp_path / "fail"
-        monkeypatch.setenv("LD_PRELOAD", SHIM)
-        monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
-        monkeypatch.setenv("WSH_FAILMALLOC_ONE_IN", "150")
-        h = hub(merge(base_config(), {"auth": {
-            "jwks_url": f"http://127.0.0.1:{idp.port}/jwks", "jwks_refresh_s": 3600}}), workers=2)
-        monkeypatch.delenv("LD_PRELOAD")
+        h = failing_hub(hub, monkeypatch, flag, 150, {
+            "jwks_url": f"http://127.0.0.1:{idp.port}/jwks", "jwks_refresh_s": 3600})
         wait_fetches(h, 1, 1)
         idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
         seen = Counter()
@@ -557,14 +558,14 @@ def test_new_key_while_allocations_fail(hub, tmp_path, monkeypatch):
                     # A key the issuer does not have: its fetch leaves the
                     # next 10 s without another, so a token the server
                     # wrongly took for unknown would meet 403 at once.
-                    status(rs_token("k3", "k3"))
-                seen[status(rs_token("k2", "k2", f"v{sum(seen.values())}"))] += 1
+                    token_status(h, rs_token("k3", "k3"))
+                seen[token_status(h, rs_token("k2", "k2", f"v{sum(seen.values())}"))] += 1
         finally:
             flag.unlink()
         time.sleep(0.1)  # the shim looks at its flag every 20 ms
         print("k2 tokens after its fetch:", dict(seen))
         assert sum(seen.values()) > 0, "no fetch got through: " + str(Counter(re.findall(r"ev=jwks_fetch ok=0 .*", h.log())))
         assert set(seen) <= {"101", "500", "503", "dropped"}, dict(seen)
-        assert status(rs_token("k2", "k2", "after")) == "101"
+        assert token_status(h, rs_token("k2", "k2", "after")) == "101"
     finally:
         idp.close()
