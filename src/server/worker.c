@@ -975,10 +975,13 @@ static void conn_eof(struct worker *w, struct conn *c)
 
 /* read_budget(c), less what rbuf lacks room for after the carry (have
  * bytes) and a TLS read's extra record: the carry is bounded so that this
- * never cuts a read (keep_carry), but rbuf's bound must not rest on that. */
+ * never cuts a read (keep_carry), but rbuf's bound must not rest on that.
+ * Without a carry a whole budget always fits (RBUF_SIZE). */
 static size_t rbuf_budget(const struct conn *c, size_t have)
 {
     size_t budget = read_budget(c);
+    if (have == 0)
+        return budget;
     size_t tail = RBUF_LEAD + TLS_RECORD;
     size_t room = have + tail < RBUF_SIZE ? RBUF_SIZE - tail - have : 0;
     return budget < room ? budget : room;
