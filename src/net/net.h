@@ -364,8 +364,9 @@ struct addrinfo;
 void wsh_addrs_append(struct wsh_addrs *out, const struct addrinfo *ai);
 
 /* Creates a non-blocking listening socket with SO_REUSEADDR and
- * SO_REUSEPORT bound to host:port (the first of its addresses that can
- * be bound). Returns the fd or -errno. */
+ * SO_REUSEPORT bound to host:port: its first address, or the next where
+ * the machine lacks that one (no IPv6, say), never past a port in use.
+ * Returns the fd or -errno. */
 int wsh_listen_tcp(const char *host, int port, int backlog);
 /* The port a socket is bound to, or -errno. */
 int wsh_socket_port(int fd);

@@ -175,8 +175,8 @@ uint32_t wsh_crc32c(uint32_t crc, const uint8_t *p, size_t n)
 static bool crc_matches(const uint8_t *p, size_t len, size_t at)
 {
     static const uint8_t zero[4];
-    uint32_t want = (uint32_t)p[at] << 24 | (uint32_t)p[at + 1] << 16 |
-                    (uint32_t)p[at + 2] << 8 | p[at + 3];
+    uint32_t want =
+        (uint32_t)p[at] << 24 | (uint32_t)p[at + 1] << 16 | (uint32_t)p[at + 2] << 8 | p[at + 3];
     uint32_t crc = wsh_crc32c(0, p, at);
     crc = wsh_crc32c(crc, zero, 4);
     crc = wsh_crc32c(crc, p + at + 4, len - at - 4);

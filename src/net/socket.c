@@ -75,6 +75,10 @@ int wsh_listen_tcp(const char *host, int port, int backlog)
             bind(fd, sa, addrs.a[i].len) != 0 || listen(fd, backlog) != 0) {
             err = -errno;
             close(fd);
+            /* The next address only for one this machine lacks: a port
+             * taken, or not ours to take, is the answer, not hidden. */
+            if (err == -EADDRINUSE || err == -EACCES)
+                break;
             continue;
         }
         return fd;

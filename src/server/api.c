@@ -338,8 +338,9 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
             return 0;
         }
         snprintf(chan, sizeof(chan), "%.*s", (int)(n - pl), p + pl);
-        size_t limit = 0;
-        if (req->query && req->query_len > 6 && memcmp(req->query, "limit=", 6) == 0)
+        size_t limit = HUB_LIST_ALL;
+        if (req->query && req->query_len > 6 && memcmp(req->query, "limit=", 6) == 0 &&
+            req->query[6] >= '0' && req->query[6] <= '9')
             limit = (size_t)strtoul(req->query + 6, NULL, 10);
         api_list(w, c, chan, pl == 9, limit);
         return 0;

@@ -84,11 +84,12 @@ static void *lookup_main(void *arg)
     pthread_mutex_lock(&l->mu);
     l->rc = rc;
     l->res = rc == 0 ? res : NULL;
+    /* Before done: the fetch that sees done may start the next lookup. */
+    atomic_fetch_sub(&lookups_running, 1);
     l->done = true;
     pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->mu);
     lookup_put(l);
-    atomic_fetch_sub(&lookups_running, 1);
     return NULL;
 }
 

@@ -837,7 +837,10 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
      * worker ran out of memory making the copy of the keys in force. */
     int ecode = a == NULL && keys_in_use(&skipped) > 0 ? WSH_AUTH_ENOMEM : WSH_AUTH_EKEY;
     if (a == NULL || wsh_auth_verify(a, tok, len, wsh_wall_ms(), &id, &ecode) != WSH_OK) {
-        if ((ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG) && keys_auth_stale())
+        /* A stale copy may also lack the new key of a kid it knows (a key
+         * rotated under the same kid, or a token without kid): ESIG too. */
+        if ((ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG || ecode == WSH_AUTH_ESIG) &&
+            keys_auth_stale())
             ecode = WSH_AUTH_ENOMEM;
         if (ecode == WSH_AUTH_EKEY || ecode == WSH_AUTH_EALG) {
             keys_kick(false);
@@ -1557,6 +1560,14 @@ static bool ns_lists(const struct wsh_ns_config *ns, bool presence)
     return presence ? ns->presence : ns->history_size > 0;
 }
 
+/* A history limit as the broker takes it, whose 0 is "all": a limit of
+ * 0 (the position only, list_ctx.position_only) asks it for one message,
+ * which is not sent. */
+static size_t broker_limit(bool has_limit, uint64_t limit)
+{
+    return !has_limit ? 0 : limit == 0 ? 1 : (size_t)limit;
+}
+
 static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const struct wsh_cmd *cmd)
 {
     const struct wsh_hub_config *cfg = live_cfg();
@@ -1584,14 +1595,10 @@ static void cmd_list(struct worker *w, struct conn *c, struct hubconn *h, const 
                           .threshold = ns->presence_count_threshold,
                           .position_only = cmd->has_limit && cmd->limit == 0,
                           .rc = -1 };
-    /* The broker's limit 0 is "all": a client's 0 asks it for one, and
-     * gets none of it (x.position_only). */
     struct wsh_broker_history_req hr = { .channel = chname,
                                          .has_since = cmd->has_since,
                                          .since = cmd->since,
-                                         .limit = !cmd->has_limit ? 0
-                                                  : cmd->limit    ? cmd->limit
-                                                                  : 1,
+                                         .limit = broker_limit(cmd->has_limit, cmd->limit),
                                          .now_ms = wsh_wall_ms() };
     if (list_run(&x, presence, &hr) == WSH_OK)
         (void)send_jbuf(w, c, &b, WSH_OK, presence ? PUSH_PRESENCE : PUSH_HISTORY);
@@ -1918,9 +1925,11 @@ int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *
     if (!ns_lists(ns, presence))
         return WSH_PERR_NOT_AVAILABLE; /* as cmd_list answers a client */
     struct wsh_cmd fake = { .channel = channel, .channel_len = strlen(channel) };
-    struct list_ctx x = { .b = b, .id = WSH_PROTO_NO_ID, .cmd = &fake, .rc = -1 };
+    struct list_ctx x = {
+        .b = b, .id = WSH_PROTO_NO_ID, .cmd = &fake, .position_only = limit == 0, .rc = -1
+    };
     struct wsh_broker_history_req hr = { .channel = channel,
-                                         .limit = limit,
+                                         .limit = broker_limit(limit != HUB_LIST_ALL, limit),
                                          .now_ms = wsh_wall_ms() };
     int rc = list_run(&x, presence, &hr);
     return rc == WSH_OK && !b->_oom ? 0 : WSH_PERR_INTERNAL;

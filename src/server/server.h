@@ -669,6 +669,7 @@ int hub_publish(const char *channel, const char *payload, size_t plen, const cha
  * threshold spares clients, not the operator): 0, or the WSH_PERR_* code
  * a client would get (4001, 4000, 4004; 5000 for an internal error). */
 struct wsh_jbuf;
+#define HUB_LIST_ALL SIZE_MAX /* hub_list's limit: no limit (0: the position only) */
 int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *b);
 struct wsh_broker_info;
 int hub_broker_info(struct wsh_broker_info *out);

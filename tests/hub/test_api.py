@@ -87,6 +87,9 @@ async def test_api_publish_broadcast_reach_subscribers(hub):
     hist = json.loads(b)
     assert st == 200 and hist["type"] == "history"
     assert [x["offset"] for x in hist["payload"]["messages"]] == [2, 3]
+    st, _, b = call(h, "GET", "/api/history/chat:a?limit=0")  # the position only
+    assert st == 200 and json.loads(b)["payload"]["messages"] == [], b
+    assert json.loads(b)["payload"]["offset"] == 3, b
     st, _, b = call(h, "GET", "/api/presence/chat:a")
     pres = json.loads(b)
     assert st == 200 and [c["user"] for c in pres["payload"]["clients"]] == ["alice"]

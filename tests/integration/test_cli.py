@@ -87,6 +87,21 @@ def http_get(port, path, method="GET", body=b""):
         c.close()
 
 
+def test_cli_listen_on_a_port_in_use_fails():
+    """--listen localhost:PORT is 127.0.0.1 (then ::1 only where there is
+    no IPv4): a port another program holds on 127.0.0.1 stops the start
+    with the reason, rather than a quiet listen on ::1 alone."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for host in ("localhost", "127.0.0.1"):
+            r = run("--listen", f"{host}:{port}")
+            assert r.returncode == 1, (host, r)
+            assert f'ev=listen_failed addr={host} port={port} err="Address already in use"' \
+                in r.stderr, (host, r.stderr)
+
+
 def test_cli_web_root_serves_only_flat_known_files(wshub):
     d = tempfile.mkdtemp(prefix="wshub-web-")
     with open(os.path.join(d, "index.html"), "w") as f:
