@@ -813,17 +813,19 @@ int wsh_config_parse(const char *text, size_t len, struct wsh_hub_config *out, c
 
 int wsh_config_load(const char *path, struct wsh_hub_config *out, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = fopen(path, "rb"); /* which allocates: ENOMEM is ours, not the file's */
     if (f == NULL) {
         int e = errno;
         if (err != NULL && errlen > 0)
-            snprintf(err, errlen, "%s: %s", path, strerror(e));
-        return WSH_EINVAL;
+            snprintf(err, errlen, "%s: %s", path, e == ENOMEM ? "out of memory" : strerror(e));
+        return e == ENOMEM ? WSH_ENOMEM : WSH_EINVAL;
     }
     size_t cap = WSH_CFG_MAX_FILE + 1;
     char *buf = malloc(cap);
     if (buf == NULL) {
         fclose(f);
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "out of memory");
         return WSH_ENOMEM;
     }
     size_t len = fread(buf, 1, cap, f);
@@ -833,8 +835,8 @@ int wsh_config_load(const char *path, struct wsh_hub_config *out, char *err, siz
     int rc;
     if (bad) {
         if (err != NULL && errlen > 0)
-            snprintf(err, errlen, "%s: %s", path, strerror(e));
-        rc = WSH_EINVAL;
+            snprintf(err, errlen, "%s: %s", path, e == ENOMEM ? "out of memory" : strerror(e));
+        rc = e == ENOMEM ? WSH_ENOMEM : WSH_EINVAL;
     } else if (len > WSH_CFG_MAX_FILE) {
         if (err != NULL && errlen > 0)
             snprintf(err, errlen, "%s: over %u bytes", path, WSH_CFG_MAX_FILE);

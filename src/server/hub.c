@@ -472,8 +472,10 @@ int hub_init(const char *config_path, char *err, size_t errlen)
         if (wsh_config_load(config_path, &hubcfg, err, errlen) != WSH_OK)
             return -1;
         have_config = true;
-        if ((config_file = strdup(config_path)) == NULL)
+        if ((config_file = strdup(config_path)) == NULL) {
+            snprintf(err, errlen, "out of memory");
             return -1;
+        }
     } else {
         wsh_config_defaults(&hubcfg);
     }
