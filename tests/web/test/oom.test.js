@@ -84,7 +84,20 @@ test('through failing allocations the browser client gets every acknowledged mes
       fs.rmSync(flag, { force: true });
     }
     await sleep(100); // the shim looks at its flag every 20 ms
-    const last = await publish(server.port, { n: 'last' });
+    // The spell's end is not sharp (the shim's look at its flag is made by
+    // whichever thread allocates, and may be stored late): the first
+    // request after it may still meet a failure. A server that did not
+    // come back fails all three. (Seen once in CI: a dropped connection.)
+    let last;
+    for (let i = 0; ; i++) {
+      try {
+        last = await publish(server.port, { n: 'last' });
+      } catch (e) {
+        last = { status: 'dropped', body: String(e.cause || e) };
+      }
+      if (last.status === 200 || i === 2) break;
+      await sleep(200);
+    }
     assert.equal(last.status, 200, last.body);
     acked.set(last.offset, { n: 'last' });
     // Answers to the server's fault only, and some of them: the failures happened.
