@@ -1395,6 +1395,54 @@ static void refuse_overload(struct worker *w, int fd, bool tls)
     close(fd);
 }
 
+/* An accepted socket as a connection of w. Owns fd and ipc: on failure
+ * (out of memory) both are let go, in one place, and the client sees the
+ * connection closed. */
+static void conn_new(struct worker *w, int fd, struct ipcount *ipc, bool forwarded, bool admin,
+                     bool tls)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        goto fail;
+    c->ip = ipc;
+    if (forwarded)
+        c->flags |= CF_FORWARDED;
+    c->io.fd = fd;
+    c->io.cb = on_conn_io;
+    c->timer.cb = on_conn_timer;
+    c->id = next_conn_id();
+    c->state = CONN_HTTP;
+    if (admin)
+        c->endpoint = EP_ADMIN;
+    if (tls) {
+        if ((c->ssl = wsh_tls_conn_new(wsh_tls_ctx, fd)) == NULL)
+            goto fail;
+        c->state = CONN_TLS;
+    }
+    if (wsh_cfg.proxy_protocol && !admin)
+        c->state = CONN_PROXY;
+    if (wsh_loop_add(w->loop, &c->io, EPOLLIN) != WSH_OK)
+        goto fail;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    metric_add(&w->m.conns, 1);
+    atomic_fetch_add_explicit(&wsh_total_conns, 1, memory_order_relaxed);
+    metric_add(&w->m.accepted, 1);
+    wsh_timer_start(w->loop, &c->timer, wsh_cfg.handshake_timeout_ms);
+    return;
+fail:
+    if (c != NULL && c->ssl != NULL)
+        wsh_tls_conn_free(c->ssl);
+    free(c);
+    if (ipc)
+        admit_ip_release(ipc);
+    close(fd);
+}
+
 /* Both listeners: the public one of each worker, and worker 0's
  * --admin-listen one, whose connections are plain HTTP from the operator's
  * network (no TLS, no PROXY header, no per-address limits) and reach only
@@ -1441,55 +1489,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
                 continue;
             }
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        struct conn *c = calloc(1, sizeof(*c));
-        if (c == NULL) {
-            if (ipc)
-                admit_ip_release(ipc);
-            close(fd);
-            continue;
-        }
-        c->ip = ipc;
-        if (forwarded)
-            c->flags |= CF_FORWARDED;
-        c->io.fd = fd;
-        c->io.cb = on_conn_io;
-        c->timer.cb = on_conn_timer;
-        c->id = next_conn_id();
-        c->state = CONN_HTTP;
-        if (admin) {
-            c->endpoint = EP_ADMIN;
-        } else if (wsh_tls_ctx != NULL) {
-            c->ssl = wsh_tls_conn_new(wsh_tls_ctx, fd);
-            if (c->ssl == NULL) {
-                if (ipc)
-                    admit_ip_release(ipc);
-                close(fd);
-                free(c);
-                continue;
-            }
-            c->state = CONN_TLS;
-        }
-        if (wsh_cfg.proxy_protocol && !admin)
-            c->state = CONN_PROXY;
-        if (wsh_loop_add(l, &c->io, EPOLLIN) != WSH_OK) {
-            if (c->ssl)
-                wsh_tls_conn_free(c->ssl);
-            if (ipc)
-                admit_ip_release(ipc);
-            close(fd);
-            free(c);
-            continue;
-        }
-        c->next = w->conns;
-        if (w->conns)
-            w->conns->prev = c;
-        w->conns = c;
-        metric_add(&w->m.conns, 1);
-        atomic_fetch_add_explicit(&wsh_total_conns, 1, memory_order_relaxed);
-        metric_add(&w->m.accepted, 1);
-        wsh_timer_start(l, &c->timer, wsh_cfg.handshake_timeout_ms);
+        conn_new(w, fd, ipc, forwarded, admin, tls);
     }
 }
 
