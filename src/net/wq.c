@@ -66,8 +66,11 @@ void wsh_wq_drop_unstarted(struct wsh_wq **qp, size_t pinned)
     struct wsh_wq *q = *qp;
     if (q == NULL)
         return;
-    uint32_t keep = (q->count > 0 && q->e[q->head].off > 0) ? 1 : 0;
-    size_t kept = keep ? wsh_buf_len(q->e[q->head].b) - q->e[q->head].off : 0;
+    /* A head already begun is pinned too: its rest keeps the stream whole. */
+    if (pinned == 0 && q->count > 0 && q->e[q->head].off > 0)
+        pinned = 1;
+    uint32_t keep = 0;
+    size_t kept = 0;
     while (keep < q->count && kept < pinned) {
         const struct wsh_wq_entry *e = &q->e[(q->head + keep) % q->cap];
         kept += wsh_buf_len(e->b) - e->off;
