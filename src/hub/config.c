@@ -811,15 +811,20 @@ int wsh_config_parse(const char *text, size_t len, struct wsh_hub_config *out, c
     return WSH_OK;
 }
 
+/* The file could not be opened or read (errno e): stdio allocates, and
+ * ENOMEM is the server's want of memory, not the file's fault. */
+static int file_error(const char *path, int e, char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s: %s", path, e == ENOMEM ? "out of memory" : strerror(e));
+    return e == ENOMEM ? WSH_ENOMEM : WSH_EINVAL;
+}
+
 int wsh_config_load(const char *path, struct wsh_hub_config *out, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb"); /* which allocates: ENOMEM is ours, not the file's */
-    if (f == NULL) {
-        int e = errno;
-        if (err != NULL && errlen > 0)
-            snprintf(err, errlen, "%s: %s", path, e == ENOMEM ? "out of memory" : strerror(e));
-        return e == ENOMEM ? WSH_ENOMEM : WSH_EINVAL;
-    }
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return file_error(path, errno, err, errlen);
     size_t cap = WSH_CFG_MAX_FILE + 1;
     char *buf = malloc(cap);
     if (buf == NULL) {
@@ -834,9 +839,7 @@ int wsh_config_load(const char *path, struct wsh_hub_config *out, char *err, siz
     fclose(f);
     int rc;
     if (bad) {
-        if (err != NULL && errlen > 0)
-            snprintf(err, errlen, "%s: %s", path, e == ENOMEM ? "out of memory" : strerror(e));
-        rc = e == ENOMEM ? WSH_ENOMEM : WSH_EINVAL;
+        rc = file_error(path, e, err, errlen);
     } else if (len > WSH_CFG_MAX_FILE) {
         if (err != NULL && errlen > 0)
             snprintf(err, errlen, "%s: over %u bytes", path, WSH_CFG_MAX_FILE);
