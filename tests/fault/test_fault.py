@@ -1056,8 +1056,11 @@ def flood_server(tmp_path, args=(), **extra):
     """A /ws server for the flood tests: anonymous users, no publish rate
     to speak of, level-9 deflate (about 1.5 ms per 60 KB message), a
     --max-queue large enough for what the idle subscribers never read, and
-    neither of the checks on peers that stop reading: these clients read
-    late or never by design. With --write-timeout (10 s by default) a
+    none of the checks on peers that stop reading: these clients read
+    late or never by design. The idle subscribers stay over --soft-queue
+    (256 KiB) from the first messages on, and were cut as slow consumers
+    once a test outlasted --soft-queue-time (10 s), as on a loaded machine
+    under ASan. With --write-timeout (10 s by default) a
     publisher whose acks and echoes filled its socket while the test waited
     for the audience was dropped (ev=write_stall) once that wait passed
     10 s, as it did under ASan on a loaded CI machine; the heartbeat would
@@ -1070,8 +1073,8 @@ def flood_server(tmp_path, args=(), **extra):
         "default_namespace": {"history_size": 0, "recover": False, "presence": False},
         "limits": {"publish_rate": 1000000, "publish_burst": 1000000}, **extra}))
     return Server("--config", str(cfg), "--deflate", "--deflate-level", "9", "--log-level", "debug",
-                  "--max-queue", str(64 << 20), "--write-timeout", "0", "--ping-interval", "0",
-                  *args)
+                  "--max-queue", str(64 << 20), "--soft-queue", "0", "--write-timeout", "0",
+                  "--ping-interval", "0", *args)
 
 
 def ws_join(s, channel=b"flood"):
