@@ -132,8 +132,9 @@ struct conn {
     uint8_t state;
     uint8_t endpoint;
     uint8_t flags;
-    uint8_t hold;     /* HOLD_* reasons its input is not read (conn_hold) */
-    uint8_t held_for; /* with HOLD_INBOX: whose inbox it waits for */
+    uint8_t hold;      /* HOLD_* reasons its input is not read (conn_hold) */
+    uint8_t held_for;  /* with HOLD_INBOX: whose inbox it waits for */
+    uint16_t held_gen; /* and which of its takes, the low bits (inbox_taken_since) */
 };
 
 /* Why a connection's input is held: a `connect` waiting for keys, or a
@@ -318,10 +319,12 @@ struct worker {
     _Atomic size_t inbox_bytes;    /* what waits in it, frames and entries (chan.c) */
     uint64_t inbox_waiters;        /* workers holding publishers until it drains, by bit */
     _Atomic uint64_t inbox_resume; /* inboxes we waited for that were taken, by bit */
+    _Atomic uint32_t inbox_takes;  /* times it was taken, each a generation; under inbox_mu */
     _Atomic bool ip_recount;       /* per-address limits on, or a new prefix: recount (admit.c) */
     bool inbox_full;               /* a push of the current input found one full */
     uint32_t hub_fanning;          /* depth of hub fan-outs under way (hub.c fan_out) */
     uint8_t inbox_full_on;         /* whose (another worker's first: chan.c) */
+    uint16_t inbox_full_gen;       /* and the generation that push went into */
     uint32_t nheld;                /* connections held with HOLD_INBOX */
     struct xmsg *spare;            /* swapped with inbox by the consumer */
     size_t spare_cap;
@@ -714,6 +717,9 @@ void inbox_push(struct worker *to, const struct xmsg *m);
  * then told when it drains (its held connections are released). */
 bool inbox_busy_wait(struct worker *self);
 bool inbox_own_full_wait(struct worker *self);
+/* Whether the generation gen of worker id's inbox, which a publisher of
+ * self filled, has been taken since (release_held, worker.c). */
+bool inbox_taken_since(struct worker *self, int id, uint16_t gen);
 /* Bytes waiting in all inboxes, for /metrics. */
 size_t inbox_bytes_total(void);
 struct rawchan *rawchan_join(struct worker *w, struct conn *c, const char *name, size_t len);

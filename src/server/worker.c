@@ -1107,13 +1107,15 @@ void conn_hold_for_inbox(struct worker *w, struct conn *c)
 {
     w->inbox_full = false;
     c->held_for = w->inbox_full_on;
+    c->held_gen = w->inbox_full_gen;
     if (c->state == CONN_OPEN && !(c->hold & HOLD_INBOX))
         conn_hold_api(w, c); /* the same hold, for a publisher */
 }
 
 /* From the end of a turn, once an inbox this worker waited for has
  * drained: its held API requests, and the publishers held for that inbox
- * (held_for), read again. Only those: released when another was taken,
+ * (held_for) whose generation of it was taken (held_gen; chan.c
+ * inbox_taken_since), read again. Only those: released when another was taken,
  * this worker's own for instance, which a deferred fan-out (chan.c
  * defer_local) fills and which is taken every turn, a publisher would add
  * a message per turn to an inbox over its bound. A held connection is
@@ -1153,9 +1155,12 @@ static void release_held(struct worker *w)
     for (uint32_t i = n; i-- > 0;)
         if (held[i]->state == CONN_HTTP)
             conn_hold(w, held[i], HOLD_INBOX, false);
-    for (uint32_t i = 0; i < n; i++)
-        if (held[i]->state != CONN_HTTP && (taken & ((uint64_t)1 << held[i]->held_for)))
-            conn_hold(w, held[i], HOLD_INBOX, false);
+    for (uint32_t i = 0; i < n; i++) {
+        struct conn *c = held[i];
+        if (c->state != CONN_HTTP && (taken & ((uint64_t)1 << c->held_for)) &&
+            inbox_taken_since(w, c->held_for, c->held_gen))
+            conn_hold(w, c, HOLD_INBOX, false);
+    }
     free(held);
 }
 
