@@ -35,8 +35,9 @@ extern void *__libc_realloc(void *p, size_t n);
 
 #define RECHECK_NS (20u * 1000u * 1000u)
 
-static atomic_bool failing;
-static _Atomic uint64_t checked_ns;
+/* When the file was last looked at (ns, even) and whether it was there
+ * (the low bit), in one word: see should_fail. */
+static _Atomic uint64_t checked;
 static _Atomic uint64_t failed;
 static uint32_t one_in = 50;
 static const char *flag_path;
@@ -67,14 +68,25 @@ static bool should_fail(void)
 {
     if (flag_path == NULL)
         return false;
-    uint64_t now = coarse_ns(), seen = atomic_load_explicit(&checked_ns, memory_order_relaxed);
-    /* One thread looks at the file per period; the others use what it saw.
-     * access() allocates nothing. */
-    if (now - seen >= RECHECK_NS &&
-        atomic_compare_exchange_strong_explicit(&checked_ns, &seen, now, memory_order_relaxed,
-                                                memory_order_relaxed))
-        atomic_store_explicit(&failing, access(flag_path, F_OK) == 0, memory_order_relaxed);
-    if (!atomic_load_explicit(&failing, memory_order_relaxed))
+    uint64_t now = coarse_ns() & ~(uint64_t)1;
+    uint64_t seen = atomic_load_explicit(&checked, memory_order_relaxed);
+    /* One thread looks at the file per period, claiming it by its stamp;
+     * the others use what it saw. It tells what it saw only if no later
+     * period was claimed meanwhile: a thread descheduled between access()
+     * and the store wrote "on" over a later "off" (the test had removed
+     * the file), and allocations failed after the spell had ended, until
+     * the next look. access() allocates nothing. */
+    /* Signed: another thread's stamp may be later than our clock read. */
+    if ((int64_t)(now - (seen & ~(uint64_t)1)) >= (int64_t)RECHECK_NS) {
+        uint64_t claim = now | (seen & 1u);
+        if (atomic_compare_exchange_strong_explicit(&checked, &seen, claim, memory_order_relaxed,
+                                                    memory_order_relaxed)) {
+            uint64_t saw = now | (access(flag_path, F_OK) == 0);
+            atomic_compare_exchange_strong_explicit(&checked, &claim, saw, memory_order_relaxed,
+                                                    memory_order_relaxed);
+        }
+    }
+    if (!(atomic_load_explicit(&checked, memory_order_relaxed) & 1u))
         return false;
     static _Thread_local uint32_t x;
     if (x == 0)
