@@ -335,6 +335,7 @@ struct worker {
     struct wsh_timer sweep_timer;    /* worker 0: periodic sweeps of channel state */
     struct wsh_timer out_timer;      /* each second: stalled and slow writers */
     struct wsh_timer drain_timer;    /* shutdown with --drain-time: the next batch */
+    struct wsh_timer accept_timer;   /* listeners paused out of fds, with no reserve */
     uint32_t drain_batch;            /* connections closed per drain tick */
     size_t nwaitout;                 /* connections waiting for EPOLLOUT */
     int tls_budget;                  /* TLS handshake steps left in this loop turn */

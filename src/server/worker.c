@@ -1448,6 +1448,55 @@ fail:
     close(fd);
 }
 
+/* How long the listeners rest when the process is out of fds and the
+ * reserve is gone (accept_out_of_fds). */
+#define ACCEPT_PAUSE_MS 100u
+
+static void listeners_watch(struct worker *w, uint32_t events)
+{
+    struct wsh_io *listeners[2] = { &w->listen_io, &w->admin_io };
+    for (int i = 0; i < 2; i++)
+        if (listeners[i]->fd >= 0)
+            wsh_loop_mod(w->loop, listeners[i], events);
+}
+
+/* Out of fds. With the reserve (libuv's EMFILE trick): free it, accept
+ * and refuse the connection at the head of the queue so the listener does
+ * not spin, then take the reserve back. Another thread (another worker,
+ * the key fetcher) may take the number it freed first, and it may never
+ * have been had (open failed at start): with no reserve, the listener,
+ * level-triggered, woke the worker again at once, turn after turn, at
+ * full CPU, until some fd was closed. The listeners rest instead, for
+ * ACCEPT_PAUSE_MS, and then try again, the reserve first. */
+static void accept_out_of_fds(struct worker *w, struct wsh_io *io, bool tls)
+{
+    if (w->reserve_fd >= 0) {
+        close(w->reserve_fd);
+        int victim = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (victim >= 0)
+            refuse_overload(w, victim, tls);
+        w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        wsh_log(WSH_LOG_WARN, "ev=emfile");
+        if (w->reserve_fd >= 0)
+            return;
+    }
+    if (wsh_timer_active(&w->accept_timer))
+        return;
+    wsh_log(WSH_LOG_WARN, "worker=%d ev=accept_paused ms=%u reason=\"out of file descriptors\"",
+            w->id, ACCEPT_PAUSE_MS);
+    listeners_watch(w, 0);
+    wsh_timer_start(w->loop, &w->accept_timer, ACCEPT_PAUSE_MS);
+}
+
+static void on_accept_timer(struct wsh_loop *l, struct wsh_timer *t)
+{
+    struct worker *w = wsh_loop_user(l);
+    (void)t;
+    if (w->reserve_fd < 0)
+        w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    listeners_watch(w, EPOLLIN);
+}
+
 /* Both listeners: the public one of each worker, and worker 0's
  * --admin-listen one, whose connections are plain HTTP from the operator's
  * network (no TLS, no PROXY header, no per-address limits) and reach only
@@ -1465,17 +1514,8 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         if (fd < 0) {
             if (errno == EINTR)
                 continue;
-            if ((errno == EMFILE || errno == ENFILE) && w->reserve_fd >= 0) {
-                /* Out of fds: free the reserve, accept and close the
-                 * connection at the head of the queue so the listener does
-                 * not spin, then take the reserve back. */
-                close(w->reserve_fd);
-                int victim = accept4(io->fd, NULL, NULL, SOCK_CLOEXEC);
-                if (victim >= 0)
-                    refuse_overload(w, victim, tls);
-                w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-                wsh_log(WSH_LOG_WARN, "ev=emfile");
-            }
+            if (errno == EMFILE || errno == ENFILE)
+                accept_out_of_fds(w, io, tls);
             return;
         }
         if (atomic_load_explicit(&wsh_total_conns, memory_order_relaxed) >= admit_max_conns()) {
@@ -1552,6 +1592,7 @@ static void begin_shutdown(struct worker *w)
 {
     w->shutting_down = true;
     wsh_timer_stop(&w->sweep_timer);
+    wsh_timer_stop(&w->accept_timer);
     struct wsh_io *listeners[2] = { &w->listen_io, &w->admin_io };
     for (int i = 0; i < 2; i++) {
         if (listeners[i]->fd >= 0) {
@@ -1611,6 +1652,7 @@ int worker_init(struct worker *w, int id, int listen_fd)
     w->listen_io.cb = on_accept;
     w->admin_io.fd = -1;
     w->admin_io.cb = on_accept;
+    w->accept_timer.cb = on_accept_timer;
     /* Cache-line aligned: the kernel's copy into it (rep movsb) runs about
      * a third slower into a misaligned destination on this machine's CPU,
      * and malloc puts a block this size 16 bytes into a page. */

@@ -16,11 +16,17 @@
  *
  * WSH_FAILMALLOC_HANG_LOOKUPS=1 also makes every getaddrinfo call block
  * for good, flag file or not, as glibc's does once an allocation has
- * failed inside it and left its resolv.conf lock held. */
+ * failed inside it and left its resolv.conf lock held.
+ *
+ * WSH_FAILMALLOC_NO_RESERVE=1 makes every open of /dev/null fail with
+ * EMFILE: the server never has its reserve fd (worker.c), as when another
+ * thread took the number it had just freed. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -32,6 +38,7 @@
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t size);
 extern void *__libc_realloc(void *p, size_t n);
+extern int __open(const char *path, int flags, ...);
 
 #define RECHECK_NS (20u * 1000u * 1000u)
 
@@ -42,6 +49,7 @@ static _Atomic uint64_t failed;
 static uint32_t one_in = 50;
 static const char *flag_path;
 static bool hang_lookups;
+static bool no_reserve;
 
 __attribute__((constructor)) static void failmalloc_init(void)
 {
@@ -52,6 +60,7 @@ __attribute__((constructor)) static void failmalloc_init(void)
         return;
     flag_path = getenv("WSH_FAILMALLOC_FLAG");
     hang_lookups = getenv("WSH_FAILMALLOC_HANG_LOOKUPS") != NULL;
+    no_reserve = getenv("WSH_FAILMALLOC_NO_RESERVE") != NULL;
     const char *n = getenv("WSH_FAILMALLOC_ONE_IN");
     if (n != NULL && atoi(n) > 0)
         one_in = (uint32_t)atoi(n);
@@ -157,4 +166,20 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
         atomic_store(&real, f);
     }
     return f(node, service, hints, res);
+}
+
+int open(const char *path, int flags, ...)
+{
+    mode_t mode = 0;
+    if (flags & (O_CREAT | O_TMPFILE)) {
+        va_list ap;
+        va_start(ap, flags);
+        mode = va_arg(ap, mode_t);
+        va_end(ap);
+    }
+    if (no_reserve && strcmp(path, "/dev/null") == 0) {
+        errno = EMFILE;
+        return -1;
+    }
+    return __open(path, flags, mode);
 }

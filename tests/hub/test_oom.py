@@ -569,3 +569,66 @@ def test_new_key_while_allocations_fail(hub, tmp_path, monkeypatch):
         assert token_status(h, rs_token("k2", "k2", "after")) == "101"
     finally:
         idp.close()
+
+
+def cpu_ticks(pid):
+    """User plus system clock ticks a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_out_of_fds_with_no_reserve_the_listener_rests(monkeypatch):
+    """Out of file descriptors (RLIMIT_NOFILE 64) with no reserve fd to
+    refuse with: the shim's WSH_FAILMALLOC_NO_RESERVE fails every open of
+    /dev/null, as when another thread takes the number the reserve had
+    just freed. The listener rests (ev=accept_paused) instead of waking the
+    worker at once, turn after turn: the server burns little CPU while
+    full. Connections past the limit wait unanswered; once others close,
+    they are served, and so is a new one."""
+    import resource
+    monkeypatch.setenv("LD_PRELOAD", SHIM)
+    monkeypatch.setenv("WSH_FAILMALLOC_NO_RESERVE", "1")
+    try:
+        srv = wsraw.Server(["--workers", "1", "--echo"])
+    finally:
+        monkeypatch.delenv("LD_PRELOAD")
+        monkeypatch.delenv("WSH_FAILMALLOC_NO_RESERVE")
+    held, waiting = [], []
+    try:
+        resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, (64, 64))
+        for _ in range(100):
+            c = wsraw.Conn("127.0.0.1", srv.port)
+            try:
+                c.handshake("/echo", timeout=1)
+                held.append(c)
+            except wsraw.ReadTimeout:
+                waiting.append(c)
+                if len(waiting) == 3:
+                    break
+        assert len(waiting) == 3, f"every one of {len(held)} connections was answered"
+        assert 30 <= len(held) < 64, len(held)
+        time.sleep(0.2)
+        before = cpu_ticks(srv.pid)
+        time.sleep(1.0 * MULT)
+        used = cpu_ticks(srv.pid) - before
+        assert used < 30 * MULT, f"{used} ticks of CPU in {MULT} s while full"
+        assert "ev=accept_paused" in srv.log(), srv.log()[-2000:]
+        for c in held:
+            c.close()
+        held = []
+        for i, c in enumerate(waiting):
+            resp = c.read_http_response(timeout=10, body=False)
+            assert resp.status == 101, resp
+            c.send_frame(wsraw.OP_TEXT, b"waited %d" % i)
+            assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"waited %d" % i)
+        c = wsraw.Conn("127.0.0.1", srv.port)
+        waiting.append(c)
+        c.handshake("/echo")
+        c.send_frame(wsraw.OP_TEXT, b"new")
+        assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"new")
+        assert srv.alive()
+    finally:
+        for c in held + waiting:
+            c.close()
+        srv.kill()
