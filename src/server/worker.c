@@ -1400,9 +1400,9 @@ static void refuse_overload(struct worker *w, int fd, bool tls)
     close(fd);
 }
 
-/* An accepted socket as a connection of w. Owns fd and ipc: on failure
- * (out of memory) both are let go, in one place, and the client sees the
- * connection closed. */
+/* An accepted socket as a connection of w. Owns fd, ipc and the place
+ * taken in wsh_total_conns: on failure (out of memory) all are let go, in
+ * one place, and the client sees the connection closed. */
 static void conn_new(struct worker *w, int fd, struct ipcount *ipc, bool forwarded, bool admin,
                      bool tls)
 {
@@ -1435,7 +1435,6 @@ static void conn_new(struct worker *w, int fd, struct ipcount *ipc, bool forward
         w->conns->prev = c;
     w->conns = c;
     metric_add(&w->m.conns, 1);
-    atomic_fetch_add_explicit(&wsh_total_conns, 1, memory_order_relaxed);
     metric_add(&w->m.accepted, 1);
     wsh_timer_start(w->loop, &c->timer, wsh_cfg.handshake_timeout_ms);
     return;
@@ -1445,6 +1444,7 @@ fail:
     free(c);
     if (ipc)
         admit_ip_release(ipc);
+    atomic_fetch_sub_explicit(&wsh_total_conns, 1, memory_order_relaxed);
     close(fd);
 }
 
@@ -1518,7 +1518,11 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
                 accept_out_of_fds(w, io, tls);
             return;
         }
-        if (atomic_load_explicit(&wsh_total_conns, memory_order_relaxed) >= admit_max_conns()) {
+        /* The place is taken before the check: checked first and added
+         * later, the last place could go to a connection on each worker. */
+        if (atomic_fetch_add_explicit(&wsh_total_conns, 1, memory_order_relaxed) >=
+            admit_max_conns()) {
+            atomic_fetch_sub_explicit(&wsh_total_conns, 1, memory_order_relaxed);
             refuse_overload(w, fd, tls);
             continue;
         }
@@ -1529,6 +1533,7 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         if (!wsh_cfg.proxy_protocol && !admin) {
             uint32_t retry_s = admit_peer(&peer, &ipc, &forwarded);
             if (retry_s) {
+                atomic_fetch_sub_explicit(&wsh_total_conns, 1, memory_order_relaxed);
                 send_early_refusal(w, fd, tls, 429, retry_s);
                 close(fd);
                 continue;

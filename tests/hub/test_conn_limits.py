@@ -223,3 +223,47 @@ def test_limits_admission_rate_past_the_horizon_spread(hub):
     assert len(set(beyond)) >= 5, beyond
     first.close()
     time.sleep(2.5)  # a token for the fixture's check at teardown
+
+
+def test_limits_connections_total_is_exact_across_workers(hub):
+    """max_connections with two workers and connections arriving on both
+    at once: exactly max_connections are kept and the rest get 503. (Each
+    worker checked the count and added its connection later, so both could
+    take the last slot: one connection per extra worker over the limit.)"""
+    import threading
+    h = hub(merge(base_config(), {"limits": {"max_connections": 20,
+                                             "max_connections_per_ip": 0}}),
+            "--handshake-timeout", 30, workers=2)
+    rounds, per_thread, nthreads = 5, 20, 4
+    for r in range(rounds):
+        start = threading.Barrier(nthreads)
+        socks = [[] for _ in range(nthreads)]
+
+        def opener(i):
+            start.wait()
+            for _ in range(per_thread):
+                socks[i].append(open_raw(h.port))
+
+        threads = [threading.Thread(target=opener, args=(i,)) for i in range(nthreads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        every = [s for group in socks for s in group]
+        time.sleep(0.5 * MULT)  # refusals are sent at accept
+        kept = 0
+        for s in every:
+            s.setblocking(False)
+            try:
+                data = s.recv(200)
+            except BlockingIOError:
+                kept += 1
+                continue
+            assert data.startswith(b"HTTP/1.1 503 "), data
+        for s in every:
+            s.close()
+        assert kept == 20, f"round {r}: {kept} connections kept with max_connections 20"
+        deadline = time.monotonic() + 5 * MULT
+        while healthz(h.port) != b"HTTP/1.1 200 OK":
+            assert time.monotonic() < deadline, "slots not freed after close"
+            time.sleep(0.05)
