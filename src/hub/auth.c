@@ -711,6 +711,11 @@ static bool numeric_date_ms(json_t *v, int64_t *ms)
 
 static bool valid_sub(const char *s, size_t n)
 {
+    /* "anon-<client>" is the user id of an anonymous session (server
+     * hub.c): a token naming one would share its presence entries, its
+     * msg_ids and its kicks. */
+    if (n >= 5 && memcmp(s, "anon-", 5) == 0)
+        return false;
     /* ',' and '#' would be ambiguous in personal channel user lists, '*'
      * in patterns; control bytes and spaces have no place in an id. */
     for (size_t i = 0; i < n; i++) {

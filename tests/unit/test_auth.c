@@ -1182,6 +1182,13 @@ static void test_auth_rejects_missing_sub(void **state)
     assert_int_equal(hs_claims(a, "{\"sub\":\"a,b\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_ECLAIM);
     assert_int_equal(hs_claims(a, "{\"sub\":\"a#b\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_ECLAIM);
     assert_int_equal(hs_claims(a, "{\"sub\":\"a b\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_ECLAIM);
+    /* The user ids of anonymous sessions. */
+    assert_int_equal(hs_claims(a, "{\"sub\":\"anon-7\",\"exp\":1700003600}", NOW_MS),
+                     WSH_AUTH_ECLAIM);
+    assert_int_equal(hs_claims(a, "{\"sub\":\"anon-\",\"exp\":1700003600}", NOW_MS),
+                     WSH_AUTH_ECLAIM);
+    assert_int_equal(hs_claims(a, "{\"sub\":\"anon\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_OK);
+    assert_int_equal(hs_claims(a, "{\"sub\":\"xanon-7\",\"exp\":1700003600}", NOW_MS), WSH_AUTH_OK);
     char c[400];
     snprintf(c, sizeof(c), "{\"sub\":\"%0128d\",\"exp\":1700003600}", 0);
     assert_int_equal(hs_claims(a, c, NOW_MS), WSH_AUTH_OK);
