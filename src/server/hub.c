@@ -1094,6 +1094,12 @@ static void noop_cb(const struct wsh_broker_result *r, void *user)
     (void)user;
 }
 
+/* The channel's last offset (0 before its first message). */
+static void on_top(const struct wsh_broker_result *r, void *user)
+{
+    *(uint64_t *)user = r->offset;
+}
+
 static void drop_sub(struct worker *w, struct hubconn *h, struct hubsub *s, bool announce)
 {
     struct hubchan *ch = s->ch;
@@ -1645,15 +1651,23 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
         /* Read receipt: kept per user where the channel has history, and
          * relayed to the channel. Not kept for an anonymous session: its
          * user ends with the connection, and each reconnect would add a
-         * cursor the channel keeps as long as its history. */
+         * cursor the channel keeps as long as its history. An offset past
+         * the channel's last message is relayed and acknowledged as that
+         * message's, as the broker keeps it: other readers are not told
+         * of reads of messages that do not exist. (Unknown when the
+         * broker failed: then as sent.) */
+        uint64_t top = UINT64_MAX;
         if (chan_ns(s->ch)->history_size > 0 && !h->anonymous)
-            check(wsh_broker_read_set(broker, s->ch->name, user, cmd->offset, noop_cb, NULL),
+            check(wsh_broker_read_set(broker, s->ch->name, user, cmd->offset, on_top, &top),
                   "read_set");
-        if (wsh_proto_encode_read(&b, cmd->channel, cmd->channel_len, user, ulen, cmd->offset,
+        else
+            check(wsh_broker_read_get(broker, s->ch->name, user, on_top, &top), "read_get");
+        uint64_t offset = cmd->offset < top ? cmd->offset : top;
+        if (wsh_proto_encode_read(&b, cmd->channel, cmd->channel_len, user, ulen, offset,
                                   wsh_wall_ms()) == WSH_OK)
             push_to_channel(s->ch, &b, PUSH_READ, c);
         wsh_jbuf_reset(&b);
-        int rc = wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, cmd->offset,
+        int rc = wsh_proto_encode_ack(&b, cmd->id, cmd->channel, cmd->channel_len, offset,
                                       wsh_wall_ms());
         (void)send_jbuf(w, c, &b, rc, PUSH_ACK);
     }

@@ -179,6 +179,22 @@ async def test_read_receipt_push_and_ack(hub):
     p = await b.push("read", "chat:r")
     assert p["payload"] == {"user": "alice", "offset": off}, p
     await a.quiet(0.2, lambda m: m["type"] == "read")
+    # Past the last message: acknowledged and relayed as the last one's.
+    r = await a.cmd("read", "chat:r", payload={"offset": off + 1000})
+    assert r["type"] == "ack" and r["payload"] == {"offset": off}, r
+    p = await b.push("read", "chat:r")
+    assert p["payload"] == {"user": "alice", "offset": off}, p
+    # The same where no cursor is kept (no history), and before any message.
+    await a.subscribe("cursors:r")
+    await b.subscribe("cursors:r")
+    r = await a.cmd("read", "cursors:r", payload={"offset": 7})
+    assert r["type"] == "ack" and r["payload"] == {"offset": 0}, r
+    assert (await b.push("read", "cursors:r"))["payload"]["offset"] == 0
+    off = await b.publish("cursors:r", {"t": "hi"})
+    await a.push("message", "cursors:r")
+    r = await a.cmd("read", "cursors:r", payload={"offset": off + 5})
+    assert r["type"] == "ack" and r["payload"] == {"offset": off}, r
+    assert (await b.push("read", "cursors:r"))["payload"]["offset"] == off
     await expect_error(a, "read", "chat:r", 1002, payload={})
     await expect_error(a, "read", "chat:r", 1002, payload={"offset": "x"})
     await expect_error(a, "read", "chat:other", 4003, payload={"offset": 1})
