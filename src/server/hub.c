@@ -52,6 +52,7 @@ struct hubsub {
     uint64_t after;                       /* drop messages with offset <= after */
     uint64_t lagged_from;                 /* first message dropped while backlogged, 0 if none */
     char epoch[WSH_BROKER_EPOCH_LEN + 1]; /* as reported by `subscribed` */
+    bool present;                         /* has a presence entry to remove */
 };
 
 /* A token bucket of limits.publish_rate and publish_burst, with the
@@ -1116,7 +1117,9 @@ static void drop_sub(struct worker *w, struct hubconn *h, struct hubsub *s, bool
         pp = &(*pp)->conn_next;
     *pp = s->conn_next;
     h->nsubs--;
-    if (chan_ns(ch)->presence)
+    /* By what the subscribe did, not by the namespace now: a reload may
+     * have turned presence off since, and the entry stayed for good. */
+    if (s->present)
         check(wsh_broker_presence_remove(broker, ch->name, h->client, noop_cb, NULL),
               "presence_remove");
     check(wsh_broker_unsubscribe(broker, ch->name, noop_cb, NULL), "unsubscribe");
@@ -1307,9 +1310,10 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     if (ns->presence) {
         struct wsh_presence_entry e;
         presence_entry(h, &e);
-        check(wsh_broker_presence_add(broker, ch->name, h->client, e.user, e.info_json,
-                                      e.info_json_len, noop_cb, NULL),
-              "presence_add");
+        int added = wsh_broker_presence_add(broker, ch->name, h->client, e.user, e.info_json,
+                                            e.info_json_len, noop_cb, NULL);
+        check(added, "presence_add");
+        s->present = added == WSH_OK;
     }
     if (ns->join_leave) {
         struct wsh_presence_entry e;

@@ -387,18 +387,21 @@ async def test_sighup_changes_namespaces_and_session_limits(hub):
     shorter history) applies to a channel already in use, a removed
     namespace takes no new subscriptions, a tighter publish rate bites, and
     sessions opened before stay. The replaced configuration is freed
-    (after every worker has moved on) while those channels live on."""
+    (after every worker has moved on) while those channels live on. A
+    member that joined with presence on and left while it was off is not
+    listed when it is on again (its entry was left behind for good)."""
     h = hub(base_config(), workers=2)
     a = await Client.open(h, token("alice"))
     b = await Client.open(h, token("bob"))
+    carol = await Client.open(h, token("carol"))
     await expect_error(a, "subscribe", "game:1", code=4001)
-    for c in (a, b):
+    for c in (a, b, carol):
         await c.subscribe("chat:live")
     await a.subscribe("dm:x")
     for i in range(10):
         await a.publish("chat:live", {"i": i})
     r = await a.cmd("presence", "chat:live")
-    assert r["type"] == "presence" and r["payload"]["count"] == 2, r
+    assert r["type"] == "presence" and r["payload"]["count"] == 3, r
 
     cfg = base_config()
     cfg["namespaces"]["game"] = {"history_size": 5, "presence": False}
@@ -415,6 +418,7 @@ async def test_sighup_changes_namespaces_and_session_limits(hub):
     assert (await b.subscribe("game:1"))["offset"] == 0
     await expect_error(b, "subscribe", "dm:y", code=4001)
     await expect_error(a, "presence", "chat:live", code=4004)
+    await carol.close()
     # The live channel keeps its 10 messages until the next publish trims
     # its history to the new size; the publish bucket now holds one.
     assert await a.publish("chat:live", {"i": 10}) == 11
