@@ -1503,7 +1503,13 @@ struct list_ctx {
     uint32_t threshold;
     bool position_only; /* history with limit 0: offset and epoch, no messages */
     int rc;
+    size_t count; /* presence: members, when asked for the count first */
 };
+
+static void on_presence_count(const struct wsh_broker_result *r, void *user)
+{
+    ((struct list_ctx *)user)->count = r->count;
+}
 
 static void on_presence(const struct wsh_broker_result *r, void *user)
 {
@@ -1555,6 +1561,18 @@ static void on_history(const struct wsh_broker_result *r, void *user)
  * encoder's error (-1 when no reply came). */
 static int list_run(struct list_ctx *x, bool presence, const struct wsh_broker_history_req *hr)
 {
+    if (presence && x->threshold) {
+        /* Over the threshold the reply is the count alone: the count
+         * copies nothing, where the list copies every entry, under the
+         * channel's lock, to be thrown away. (A list that has grown over
+         * it since is cut to its count by on_presence.) */
+        int rc = wsh_broker_presence_count(broker, hr->channel, on_presence_count, x);
+        if (rc != WSH_OK)
+            return rc;
+        if (x->count > x->threshold)
+            return wsh_proto_encode_presence(x->b, x->id, x->cmd->channel, x->cmd->channel_len,
+                                             x->count, NULL, 0, wsh_wall_ms());
+    }
     int rc = presence ? wsh_broker_presence_list(broker, hr->channel, on_presence, x)
                       : wsh_broker_history(broker, hr, on_history, x);
     return rc != WSH_OK ? rc : x->rc;
