@@ -230,7 +230,9 @@ static ssize_t feed_header(struct wsh_parser *p, const struct wsh_limits *lim, u
             lim && lim->max_fragments ? lim->max_fragments : WSH_DEFAULT_MAX_FRAGMENTS;
         uint64_t so_far = op == WSH_OP_CONT ? p->_msg_len : 0;
         uint32_t frags = op == WSH_OP_CONT ? p->_fragments : 0;
-        if (plen > max_msg - so_far)
+        /* so_far may pass max_msg when the limit was lowered between a
+         * message's frames (a reload): the subtraction must not wrap. */
+        if (so_far > max_msg || plen > max_msg - so_far)
             return fail(p, WSH_CLOSE_TOO_BIG);
         if (frags >= max_frag)
             return fail(p, WSH_CLOSE_POLICY);

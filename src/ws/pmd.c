@@ -668,6 +668,11 @@ static int inflate_run(struct wsh_pmd *z, const uint8_t *p, size_t n, bool is_ta
         s->next_in = p;
         s->avail_in = (uInt)feed;
         for (;;) {
+            /* The limit may have been lowered under a message already
+             * past it (a reload, session.c): without this, room wrapped
+             * and the rest of the message inflated without any bound. */
+            if (z->msg_out > limit)
+                return WSH_ETOOBIG;
             uint64_t room = limit - z->msg_out;
             size_t cap = room >= sizeof(buf) ? sizeof(buf) : (size_t)room + 1;
             s->next_out = buf;

@@ -415,6 +415,29 @@ static void test_frame_rejects_too_big_before_payload(void **state)
     assert_int_equal(p.close_code, 1009);
 }
 
+/* The server reads its limits again at each frame, and a reload may
+ * lower them under a message already past the new limit: the rest is
+ * refused, not let through by a bound that wrapped below zero. */
+static void test_frame_limit_lowered_mid_message(void **state)
+{
+    (void)state;
+    struct wsh_parser p;
+    wsh_parser_init(&p, WSH_ROLE_CLIENT, 0);
+    struct wsh_limits big = { 20, 0 }, small = { 5, 0 };
+    uint8_t first[] = { 0x02, 0x08, 1, 2, 3, 4, 5, 6, 7, 8 };
+    uint8_t cont[] = { 0x80, 0x03, 9, 10, 11 };
+    struct wsh_event ev;
+    size_t off = 0;
+    while (off < sizeof(first)) {
+        ssize_t r = wsh_parser_feed(&p, &big, first + off, sizeof(first) - off, &ev);
+        assert_true(r > 0);
+        off += (size_t)r;
+    }
+    assert_true(wsh_parser_in_message(&p));
+    assert_int_equal(wsh_parser_feed(&p, &small, cont, sizeof(cont), &ev), WSH_ETOOBIG);
+    assert_int_equal(p.close_code, 1009);
+}
+
 static void test_frame_rejects_too_many_fragments(void **state)
 {
     (void)state;
@@ -797,7 +820,8 @@ static void test_frame_event_reports_header_in_front(void **state)
 static void test_frame_whole_frames_same_verdicts(void **state)
 {
     (void)state;
-    static const size_t lens[] = { 0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 125, 126, 127, 300 };
+    static const size_t lens[] = { 0,  1,  7,  8,  9,  15,  16,  17,  31,
+                                   32, 33, 63, 64, 65, 125, 126, 127, 300 };
     static uint8_t payload[400], v[1024];
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         size_t len = lens[li];
@@ -932,6 +956,7 @@ int main(void)
         cmocka_unit_test(test_frame_rejects_len_msb),
         cmocka_unit_test(test_frame_rejects_non_minimal_length),
         cmocka_unit_test(test_frame_rejects_too_big_before_payload),
+        cmocka_unit_test(test_frame_limit_lowered_mid_message),
         cmocka_unit_test(test_frame_rejects_too_many_fragments),
         cmocka_unit_test(test_frame_rejects_bad_masking),
         cmocka_unit_test(test_frame_rejects_bad_control),

@@ -723,6 +723,34 @@ static void test_pmd_bomb_refused(void **state)
     free(zeros);
 }
 
+/* A limit lowered under a message already inflated past it (a reload
+ * between two of its frames): the next frame is refused, where the room
+ * left wrapped below zero and the rest inflated without bound. */
+static void test_pmd_limit_lowered_mid_message(void **state)
+{
+    (void)state;
+    size_t n = 1u << 20;
+    uint8_t *zeros = calloc(1, n);
+    struct buf c = { 0 };
+    assert_int_equal(wsh_pmd_compress_oneshot(15, 9, 9, zeros, n, buf_put, &c), WSH_OK);
+    struct wsh_pmd_params p = { true, true, 15, 15, false };
+    struct wsh_pmd *z;
+    assert_int_equal(wsh_pmd_create(WSH_ROLE_SERVER, &p, NULL, &z), WSH_OK);
+    struct wsh_limits big = { 4u << 20, 0 }, small = { 1000, 0 };
+    struct buf u = { 0 };
+    size_t half = c.n / 2;
+    assert_int_equal(wsh_pmd_inflate(z, &big, c.p, half, false, buf_put, &u), WSH_OK);
+    assert_true(u.n > 1000);
+    size_t before = u.n;
+    assert_int_equal(wsh_pmd_inflate(z, &small, c.p + half, c.n - half, true, buf_put, &u),
+                     WSH_ETOOBIG);
+    assert_int_equal(u.n, before);
+    buf_free(&u);
+    buf_free(&c);
+    wsh_pmd_destroy(z);
+    free(zeros);
+}
+
 static void test_pmd_limit_boundary(void **state)
 {
     (void)state;
@@ -926,6 +954,7 @@ int main(void)
         cmocka_unit_test(test_pmd_thread_stream_reused_exactly),
         cmocka_unit_test(test_pmd_window_8_fits),
         cmocka_unit_test(test_pmd_bomb_refused),
+        cmocka_unit_test(test_pmd_limit_lowered_mid_message),
         cmocka_unit_test(test_pmd_limit_boundary),
         cmocka_unit_test(test_pmd_corrupt_input),
         cmocka_unit_test(test_pmd_bfinal_message),
