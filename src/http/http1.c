@@ -252,8 +252,12 @@ static int parse_head(const char *buf, size_t n, struct wsh_http_request *req,
             chunked = ends_with_chunked(v, vlen);
         }
     }
-    /* RFC 9112 6.1: both present is a smuggling vector; refuse it. */
-    if (cl >= 0 && te)
+    /* RFC 9112 6.1: both present is a smuggling vector; refuse it. And
+     * 6.3: when chunked is not the final coding (of the last field line,
+     * the end of the combined list), the body's length cannot be told:
+     * taken as no body, the bytes after the head were read as the next
+     * request, or as WebSocket frames after an upgrade's 101. */
+    if ((cl >= 0 && te) || (te && !chunked))
         return 400;
     req->headers = headers;
     req->nheaders = nh;

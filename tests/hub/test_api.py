@@ -183,6 +183,16 @@ def test_api_rejects_bad_requests(hub):
               b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     assert s.recv(100).startswith(b"HTTP/1.1 411")
     s.close()
+    # A coding other than chunked last: the length is unknown (RFC 9112
+    # 6.3), 400, and what follows the head is not taken as WebSocket
+    # frames after a 101 (request smuggling past a proxy that reads the
+    # body otherwise).
+    s = socket.create_connection(("127.0.0.1", h.port), timeout=5 * MULT)
+    s.sendall(b"GET /raw/x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\nTransfer-Encoding: gzip\r\n\r\n\x81\x80abcd")
+    assert s.recv(100).startswith(b"HTTP/1.1 400")
+    s.close()
 
 
 @run_async

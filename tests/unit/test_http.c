@@ -307,8 +307,16 @@ static void test_http_reads_transfer_encoding(void **state)
     parse_ok(S("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"), NULL, &q);
     assert_int_equal(q.chunked, 1);
     assert_int_equal(q.content_length, -1);
-    parse_ok(S("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), NULL, &q);
-    assert_int_equal(q.chunked, 0);
+    parse_ok(S("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"),
+             NULL, &q);
+    assert_int_equal(q.chunked, 1);
+    /* RFC 9112 6.3: chunked not last, the length is unknown: 400. */
+    check_err(S("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), 400);
+    check_err(S("GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 400);
+    check_err(S("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                "Transfer-Encoding: identity\r\n\r\n"),
+              400);
+    check_err(S("POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n"), 400);
 }
 
 static void test_http_incomplete_returns_zero(void **state)
