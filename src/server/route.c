@@ -147,6 +147,11 @@ static const char *content_type(const char *name, size_t n)
  * when the path is not one of ours. */
 static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
+    /* The other routes compare whole paths; here a target without its
+     * "/" ("xdashboard") named a file by what followed its first byte,
+     * past the split of --admin-listen (route_allowed). */
+    if (req->path[0] != '/')
+        return false;
     const char *name = req->path + 1;
     size_t n = req->path_len - 1;
     if (n == 0) {

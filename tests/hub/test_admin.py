@@ -38,6 +38,13 @@ def status(port, path, method="GET", key=None, body=None, scheme="http", context
         return e.code, e.read()
 
 
+def raw_status(port, target):
+    """The status code of GET target, sent as it is."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5 * MULT) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target.encode())
+        return s.recv(100).split(b" ", 2)[1]
+
+
 OPERATOR = ["/metrics", "/dashboard", "/dashboard.html", "/api/info"]
 
 
@@ -68,6 +75,12 @@ async def test_the_operator_endpoints_move_to_the_admin_address(hub):
     for path in ("/ws", "/raw/a", "/echo"):
         assert handshake_status(ap, path) == 404, path
     assert status(ap, "/")[0] == 404
+    # A target without its "/" is no way around the split: static files
+    # were served by the name after its first byte, whatever that was.
+    assert raw_status(h.port, "xdashboard") == b"404"
+    assert raw_status(h.port, "xdashboard.html") == b"404"
+    assert raw_status(ap, "x") == b"404"
+    assert raw_status(ap, "xindex.html") == b"404"
 
     # The public side works as before, and the API on the admin address
     # reaches its subscribers.
