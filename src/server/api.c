@@ -328,6 +328,15 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
         return api_job_run(w, c, job); /* held midway, now released */
     if (api_head_refused(w, c, req))
         return 0;
+    /* A POST publishes (or disconnects) through the inboxes: while one is
+     * over its bound the request waits, whole, in the carry, and is
+     * answered once that worker has caught up, so a backend that
+     * publishes faster than the workers deliver is slowed by its own
+     * response times (chan.c, INBOX_HIGH). Only once its head passed: a
+     * request without the key, or for no call, was kept waiting before,
+     * and at the deadline told 503 (try again) instead of 401 or 404. */
+    if (req->method_len == 4 && memcmp(req->method, "POST", 4) == 0 && inbox_busy_wait(w))
+        return API_WAIT;
     const char *p = req->path + 5;
     size_t n = req->path_len - 5;
     char chan[WSH_BROKER_NAME_MAX + 1];

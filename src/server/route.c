@@ -547,17 +547,13 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
     }
     c->flags &= (uint8_t)~CF_HTTP_BODY;
     if (api) {
-        /* A POST publishes (or disconnects) through the inboxes: while
-         * one is over its bound the request waits, whole, in the carry,
-         * and is answered once that worker has caught up, so a backend
-         * that publishes faster than the workers deliver is slowed by
-         * its own response times (chan.c, INBOX_HIGH). */
-        if (method_is(&req, "POST") && inbox_busy_wait(w)) {
+        int st = api_request(w, c, &req, in + n, blen);
+        if (st == API_WAIT) {
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=api_waits", c->id);
             conn_hold_api(w, c);
             return 0;
         }
-        if (api_request(w, c, &req, in + n, blen) == API_HELD) {
+        if (st == API_HELD) {
             /* A broadcast went as far as the inboxes took it. The deadline
              * bounds a stall, not the whole broadcast: it starts again at
              * each step that published something. */

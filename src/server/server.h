@@ -681,12 +681,14 @@ int hub_broker_info(struct wsh_broker_info *out);
 bool hub_revoke(const char *who, int64_t secs);
 
 /* api.c: the HTTP API (DESIGN.md 6) on /api/..., with its request body.
- * Returns 0 once answered, or API_HELD: a broadcast stopped midway at a
- * full inbox, and the caller holds the request until that inbox is taken
- * in, then hands it here again to go on. */
+ * Returns 0 once answered; API_WAIT: a POST that passed the head checks
+ * found an inbox over its bound before it began; or API_HELD: a broadcast
+ * stopped midway at a full inbox. The caller holds the request until that
+ * inbox is taken in, then hands it here again, to begin or go on. */
 int api_request(struct worker *w, struct conn *c, const struct wsh_http_request *req,
                 const uint8_t *body, size_t blen);
 #define API_HELD 1
+#define API_WAIT 2
 /* What the head of an API request alone refuses (the API off, the key
  * missing or wrong, no such call, the wrong method): answered, and true.
  * api_request checks it too; route.c asks before a 100 Continue. */

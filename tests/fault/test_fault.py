@@ -1643,7 +1643,9 @@ def test_fault_api_request_waits_for_its_own_workers_inbox(tmp_path):
     which keeps the worker's own inbox over its bound much of the time.
     API publishes through --admin-listen, one at a time, until one has
     waited (ev=api_waits; before, with one worker none ever did), and
-    every one is answered 200 with its offset."""
+    every one is answered 200 with its offset. Between them, one with a
+    wrong key is refused (403) without waiting: it was held like the
+    others, and at the deadline told 503, try again."""
     admin = free_port()
     srv = flood_server(tmp_path, ("--workers", "1", "--max-message", str(1 << 20),
                                   "--admin-listen", f"127.0.0.1:{admin}"),
@@ -1683,6 +1685,11 @@ def test_fault_api_request_waits_for_its_own_workers_inbox(tmp_path):
                 waited.append(i)
                 if len(waited) >= 2:
                     break
+            before = len(log_events(srv, "api_waits"))
+            st, reply = api_post(admin, "/api/publish", {"channel": "heavy", "payload": {}},
+                                 key="not-the-api-key-0123")
+            assert st == 403, (st, reply)
+            assert len(log_events(srv, "api_waits")) == before, "a wrong key waited for the inboxes"
             time.sleep(0.1)
         print(f"API publishes: {answered}, waited: {waited}")
         assert waited, "no API request waited for its own worker's inbox"
