@@ -49,21 +49,28 @@ static void api_not_allowed(struct worker *w, struct conn *c, const char *method
 }
 
 /* The API key comes as "Authorization: apikey <key>" or "X-API-Key". It is
- * compared in constant time (docs/auth.md). */
+ * compared in constant time (docs/auth.md). An empty one is none (401). */
 static int api_authorized(const struct wsh_http_request *req)
 {
     const struct wsh_http_header *h = wsh_http_find(req, "X-API-Key");
     const char *k = NULL;
     size_t n = 0;
-    if (h != NULL) {
+    if (h != NULL && h->value_len > 0) {
         k = h->value;
         n = h->value_len;
     } else if ((h = wsh_http_find(req, "Authorization")) != NULL && h->value_len > 7 &&
-               strncasecmp(h->value, "apikey ", 7) == 0) {
+               strncasecmp(h->value, "apikey", 6) == 0 &&
+               (h->value[6] == ' ' || h->value[6] == '\t')) {
+        /* RFC 9110 11.4: the scheme, then one or more spaces (1*SP; tabs
+         * taken too); the field value has no trailing white space. */
         k = h->value + 7;
         n = h->value_len - 7;
+        while (n > 0 && (*k == ' ' || *k == '\t')) {
+            k++;
+            n--;
+        }
     }
-    if (k == NULL)
+    if (k == NULL || n == 0)
         return 401;
     const char *key = hub_api_key();
     return key != NULL && wsh_auth_apikey_equal(key, strlen(key), k, n) ? 0 : 403;
@@ -278,6 +285,33 @@ static void api_list(struct worker *w, struct conn *c, const char *channel, bool
 #define ROUTE(lit)  (n == sizeof(lit) - 1 && memcmp(p, lit, n) == 0)
 #define PREFIX(lit) (n > sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
 
+/* The limit=N parameter of the query, wherever it is among the others;
+ * false when it is there but not all digits. Larger than any history, a
+ * big N saturates. */
+static bool query_limit(const struct wsh_http_request *req, size_t *limit)
+{
+    const char *q = req->query, *end = q ? q + req->query_len : NULL;
+    while (q != NULL && q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *next = amp ? amp : end;
+        if (next - q >= 6 && memcmp(q, "limit=", 6) == 0) {
+            const char *d = q + 6;
+            if (d == next)
+                return false;
+            size_t v = 0;
+            for (; d < next; d++) {
+                if (*d < '0' || *d > '9')
+                    return false;
+                v = v > (SIZE_MAX - 9) / 10 ? SIZE_MAX - 1 : v * 10 + (size_t)(*d - '0');
+            }
+            *limit = v;
+            return true;
+        }
+        q = amp ? amp + 1 : end;
+    }
+    return true;
+}
+
 /* The method a call under /api/ takes, from the rest of its path p[0..n);
  * NULL for no call. */
 static const char *api_method(const char *p, size_t n)
@@ -348,9 +382,10 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
         }
         snprintf(chan, sizeof(chan), "%.*s", (int)(n - pl), p + pl);
         size_t limit = HUB_LIST_ALL;
-        if (req->query && req->query_len > 6 && memcmp(req->query, "limit=", 6) == 0 &&
-            req->query[6] >= '0' && req->query[6] <= '9')
-            limit = (size_t)strtoul(req->query + 6, NULL, 10);
+        if (!query_limit(req, &limit)) {
+            api_error(w, c, 400, "bad limit: digits expected");
+            return 0;
+        }
         api_list(w, c, chan, pl == 9, limit);
         return 0;
     }

@@ -478,8 +478,10 @@ static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_h
  * any other is ignored, as the RFC allows. */
 static bool expects_continue(const struct wsh_http_request *req)
 {
+    /* RFC 9110 10.1.1: an HTTP/1.0 request's expectation is ignored. */
     const struct wsh_http_header *h = wsh_http_find(req, "expect");
-    return h != NULL && h->value_len == 12 && strncasecmp(h->value, "100-continue", 12) == 0;
+    return req->minor_version >= 1 && h != NULL && h->value_len == 12 &&
+           strncasecmp(h->value, "100-continue", 12) == 0;
 }
 
 /* Consumes the request head (and an API request's body) from in[0..len).

@@ -50,6 +50,16 @@ def test_api_requires_the_key(hub):
         assert st == 403, (path, st, b)
     st, _, b = call(h, "GET", "/api/info", header="Authorization")
     assert st == 200, b
+    # An empty key is none; the scheme may be followed by more than one
+    # space or a tab (RFC 9110 11.4: 1*SP).
+    for headers, want in ((b"X-API-Key: \r\n", 401), (b"X-API-Key:\r\n", 401),
+                          (b"Authorization: apikey \r\n", 401),
+                          (b"Authorization: apikey  " + API_KEY.encode() + b"\r\n", 200),
+                          (b"Authorization: ApiKey\t" + API_KEY.encode() + b"\r\n", 200),
+                          (b"X-API-Key:\r\nAuthorization: apikey " + API_KEY.encode() + b"\r\n",
+                           200)):
+        assert raw_status(h.port, b"GET /api/info HTTP/1.1\r\nHost: x\r\n" + headers +
+                          b"\r\n") == want, headers
 
 
 def test_api_off_without_configured_key(hub):
@@ -87,6 +97,11 @@ async def test_api_publish_broadcast_reach_subscribers(hub):
     hist = json.loads(b)
     assert st == 200 and hist["type"] == "history"
     assert [x["offset"] for x in hist["payload"]["messages"]] == [2, 3]
+    st, _, b = call(h, "GET", "/api/history/chat:a?x=1&limit=2&y")  # anywhere in the query
+    assert st == 200 and len(json.loads(b)["payload"]["messages"]) == 2, b
+    for bad in ("limit=", "limit=2x", "limit=-1", "a=b&limit=%32"):
+        st, _, b = call(h, "GET", "/api/history/chat:a?" + bad)
+        assert st == 400 and b"bad limit" in b, (bad, st, b)
     st, _, b = call(h, "GET", "/api/history/chat:a?limit=0")  # the position only
     assert st == 200 and json.loads(b)["payload"]["messages"] == [], b
     assert json.loads(b)["payload"]["offset"] == 3, b
@@ -420,6 +435,24 @@ async def test_api_expect_100_continue(hub):
                                 (b"POST /api/nothing", key, 404)):
         assert raw_status(h.port, line + b" HTTP/1.1\r\nHost: x\r\n" + headers +
                           b"Expect: 100-continue\r\nContent-Length: 20\r\n\r\n") == want, line
+    # HTTP/1.0 has no 100 Continue: its expectation is ignored (RFC 9110
+    # 10.1.1), and the answer comes once the body is in.
+    s = socket.create_connection(("127.0.0.1", h.port), timeout=5 * MULT)
+    try:
+        s.sendall(b"POST /api/publish HTTP/1.0\r\nHost: x\r\nX-API-Key: " + API_KEY.encode() +
+                  b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        s.settimeout(0.3)
+        try:
+            early = s.recv(100)
+        except socket.timeout:
+            early = b""
+        assert early == b"", early
+        s.settimeout(5 * MULT)
+        s.sendall(body)
+        got = wsraw.read_to_eof(s)
+        assert got.startswith(b"HTTP/1.1 200 "), got
+    finally:
+        s.close()
     await a.close()
 
 
