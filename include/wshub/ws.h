@@ -50,6 +50,9 @@ enum wsh_role { WSH_ROLE_SERVER = 0, WSH_ROLE_CLIENT = 1 };
 struct wsh_limits {
     uint64_t max_message;   /* bytes in one message, all fragments; default 65536 */
     uint32_t max_fragments; /* frames in one data message; default 1024 */
+    /* Bytes on the wire of a compressed (RSV1) message, when more than
+     * max_message: deflate can grow what it cannot compress. 0: none. */
+    uint64_t max_compressed;
 };
 
 #define WSH_DEFAULT_MAX_MESSAGE   65536u

@@ -55,8 +55,10 @@ static const char *reason_for(unsigned code)
 
 struct wsh_limits session_zlimits(const struct wsh_limits *l)
 {
+    /* Only compressed messages: a plain one on the same connection is
+     * held to max_message itself (it was given the allowance too). */
     struct wsh_limits z = *l;
-    z.max_message = l->max_message + l->max_message / 64 + 256;
+    z.max_compressed = l->max_message + l->max_message / 64 + 256;
     return z;
 }
 

@@ -226,6 +226,9 @@ static ssize_t feed_header(struct wsh_parser *p, const struct wsh_limits *lim, u
         /* Limits are checked on the declared length, before any payload
          * is accepted (LIMITS.md; wslay does the same). */
         uint64_t max_msg = lim && lim->max_message ? lim->max_message : WSH_DEFAULT_MAX_MESSAGE;
+        bool rsv1 = op == WSH_OP_CONT ? p->_msg_rsv1 != 0 : (b0 & B0_RSV1) != 0;
+        if (rsv1 && lim && lim->max_compressed > max_msg)
+            max_msg = lim->max_compressed;
         uint32_t max_frag =
             lim && lim->max_fragments ? lim->max_fragments : WSH_DEFAULT_MAX_FRAGMENTS;
         uint64_t so_far = op == WSH_OP_CONT ? p->_msg_len : 0;

@@ -424,6 +424,31 @@ def test_bomb_just_over_and_at_the_limit(wshub):
                 c.close()
 
 
+def test_uncompressed_message_on_compressed_connection_has_the_plain_limit(wshub):
+    """The allowance a compressed message has on the wire (deflate can grow
+    what it cannot compress) is for compressed messages only: a plain one
+    on a deflate connection is held to --max-message itself, whole or in
+    fragments, as on any other connection. (It was given the allowance,
+    and 500 bytes over the limit were echoed.)"""
+    lim = 65536
+    s = wshub("--echo", "--deflate", "--max-message", lim)
+    for frames in ([frame(OP_BINARY, b"b" * (lim + 500))],
+                   [frame(OP_BINARY, b"b" * lim, fin=False), frame(OP_CONT, b"c" * 500)]):
+        c, a = raw_open(s)
+        try:
+            c.send(b"".join(frames))
+            assert pmdraw.expect_close(c, 1009) == []
+        finally:
+            c.close()
+    c, a = raw_open(s)
+    try:
+        c.send(frame(OP_BINARY, b"b" * lim))  # at the limit: echoed
+        pmdraw.expect_echo(c, pmdraw.Inflater(a), OP_BINARY, b"b" * lim)
+        pmdraw.close_clean(c)
+    finally:
+        c.close()
+
+
 def _corrupt_cases():
     z = zlib.compressobj(6, zlib.DEFLATED, -10)
     good = z.compress(b"hello hello hello hello world" * 20) + z.flush(zlib.Z_SYNC_FLUSH)
