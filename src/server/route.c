@@ -531,13 +531,15 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
             return len;
         }
         if (len < (size_t)n + blen) {
-            /* The first time the body is found missing, a client that
-             * waits for a go-ahead before sending it gets one (RFC 9110
-             * 10.1.1), unless its head is refused already: then the
-             * refusal is its final answer, and the body is not waited for. */
+            /* The first time the body is found missing, a head that is
+             * refused already gets its final answer, and the body is not
+             * waited for: a client without the key could otherwise make
+             * the server keep up to a body's worth, trickled, until the
+             * handshake deadline. A client that waits for a go-ahead
+             * before sending it gets one (RFC 9110 10.1.1). */
+            if (!(c->flags & CF_HTTP_BODY) && api_head_refused(w, c, &req))
+                return len;
             if (!(c->flags & CF_HTTP_BODY) && expects_continue(&req)) {
-                if (api_head_refused(w, c, &req))
-                    return len;
                 static const char go_on[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 conn_send_bytes(w, c, go_on, sizeof(go_on) - 1);
                 if (c->state == CONN_DEAD)

@@ -60,6 +60,11 @@ def test_api_requires_the_key(hub):
                            200)):
         assert raw_status(h.port, b"GET /api/info HTTP/1.1\r\nHost: x\r\n" + headers +
                           b"\r\n") == want, headers
+    # Refused on its head before its body is in, without Expect too: the
+    # server does not keep a keyless body trickled in until its deadline.
+    for headers, want in ((b"", 401), (b"X-API-Key: wrong-key-0123456789\r\n", 403)):
+        assert raw_status(h.port, b"POST /api/publish HTTP/1.1\r\nHost: x\r\n" + headers +
+                          b"Content-Length: 60000\r\n\r\n{") == want, headers
 
 
 def test_api_off_without_configured_key(hub):
