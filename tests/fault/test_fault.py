@@ -992,6 +992,91 @@ def test_fault_fast_tls_publisher_held_while_another_worker_catches_up(tmp_path)
         srv.stop()
 
 
+def test_fault_tls_publishers_kicked_while_held(tmp_path):
+    """A publisher held for a full inbox keeps the rest of its last read
+    unhandled. One closed while held (here by a kick through the API; a
+    slow consumer, an eviction, a drain or an expiry do the same) was still
+    read until its close ended, and over TLS that read copied the
+    leftover, up to a whole read, ahead of a full budget and one more
+    record: past the end of the worker's receive buffer (155,712 bytes),
+    with the client's bytes. The leftover is dropped at the close now.
+    Rounds of eight TLS publishers of 2 KB messages on worker 0, which read
+    what comes back, and deflate subscribers on worker 1, whose compression
+    at level 9 keeps its inbox full: the publishers are held, kicked, go on
+    sending until the server closes them, and the server stays up and
+    exits clean. Before the fix, ASan reported a heap-buffer-overflow in 2
+    runs of 3 (a hold's leftover and the next read together must pass the
+    buffer: 76,559 + 78,634 bytes, say)."""
+    import ssl
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", "key.pem", "-out", "cert.pem",
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1"], cwd=tmp_path, check=True, capture_output=True)
+    admin = free_port()
+    srv = flood_server(tmp_path, ("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key",
+                                  str(tmp_path / "key.pem"), "--admin-listen", f"127.0.0.1:{admin}"),
+                       api_key="flood-api-key-0123")
+    tls = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    socks = []
+    try:
+        for bits in (12, 13, 14):
+            s, _, extra = on_worker(srv, "/ws", 1, tls=tls,
+                                    extensions=f"{DEFLATE_OFFER}; server_max_window_bits={bits}")
+            ws_join(s)
+            socks += [s] + extra
+            threading.Thread(target=BusyWorker.drain, args=(s,), daemon=True).start()
+        body = flood_bodies(1, 2000)[0]
+
+        def send(s):
+            """7 to 19 messages a write, so TLS records are full and fall
+            anywhere across the server's read budget: its reads can go
+            most of a record past it, and what a hold leaves unhandled can
+            be most of a read. Bounded: 500 writes, or until the server
+            closes it."""
+            import random
+            rng = random.Random(s.fileno())
+            try:
+                for k in range(500):
+                    s.sendall(b"".join(zero_mask_text(
+                        b'{"type":"publish","id":%d,"channel":"flood","payload":"%s"}'
+                        % (k * 20 + i + 3, body)) for i in range(rng.randint(7, 19))))
+            except OSError:
+                pass
+
+        kicked = 0
+        for _ in range(10):
+            pubs, users = [], []
+            for _ in range(8):
+                s, _, extra = on_worker(srv, "/ws", 0, tls=tls)
+                users.append("anon-" + log_events(srv, "open")[-1].split("conn=")[1].split()[0])
+                ws_join(s)
+                pubs.append(s)
+                shut(extra)
+            threads = [threading.Thread(target=f, args=(s,), daemon=True)
+                       for s in pubs for f in (send, BusyWorker.drain)]
+            holds = len(log_events(srv, "publisher_held"))
+            for t in threads:
+                t.start()
+            deadline = time.time() + 10 * MULT
+            while len(log_events(srv, "publisher_held")) < holds + 8 and time.time() < deadline:
+                time.sleep(0.01)
+            for u in users:
+                st, reply = api_post(admin, "/api/disconnect", {"user": u})
+                assert st == 200, (st, reply)
+                kicked += 1
+            for t in threads:
+                t.join(120 * MULT)
+                assert not t.is_alive(), "a publisher was neither read nor closed"
+            shut(pubs)
+        held = log_events(srv, "publisher_held")
+        print(f"holds: {len(held)}, kicked: {kicked}")
+        assert held, "no publisher was held"
+        assert srv.proc.poll() is None, "wshub died"
+    finally:
+        shut(socks)
+        srv.stop()
+
+
 def raw_flood_through_busy_worker(srv, metrics_port, tls=None):
     """A deflate subscriber on worker 1 and a publisher on worker 0 of a
     raw channel; 400 messages of 60 KB; checks what the tests above say,
