@@ -11,7 +11,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    struct wsh_limits lim = { data[0] & 1 ? 200 : 0, data[0] & 2 ? 2 : 0, 0 };
+    struct wsh_limits lim = { data[0] & 1 ? 200 : 0, data[0] & 2 ? 2 : 0 };
     uint8_t rsv = data[0] & 4 ? 0x40 : 0, cs = data[1];
     data += 2;
     size -= 2;

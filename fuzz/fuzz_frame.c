@@ -21,7 +21,7 @@ static void put(struct run *r, const void *p, size_t n)
 static void feed(const uint8_t *cfg, const uint8_t *in, size_t n, int chunked, struct run *r)
 {
     struct wsh_parser p;
-    struct wsh_limits lim = { cfg[0] & 4 ? 64 : 0, cfg[0] & 8 ? 3 : 0, cfg[0] & 16 ? 96 : 0 };
+    struct wsh_limits lim = { cfg[0] & 4 ? 64 : 0, cfg[0] & 8 ? 3 : 0 };
     wsh_parser_init(&p, cfg[0] & 1 ? WSH_ROLE_CLIENT : WSH_ROLE_SERVER, cfg[0] & 2 ? 0x40 : 0);
     uint8_t *buf = malloc(n + 1);
     size_t have = 0, pos = 0, k = 0, off = 0, closed = 0;

@@ -36,7 +36,7 @@ static void run(const uint8_t *cfg, const uint8_t *in, size_t n, int chunked, st
 {
     struct wsh_pmd_params p = { cfg[0] & 1, (cfg[0] & 2) != 0, (uint8_t)(8 + (cfg[0] >> 2) % 8),
                                 (uint8_t)(8 + (cfg[0] >> 5)), false };
-    struct wsh_limits lim = { LIMIT, 0, 0 };
+    struct wsh_limits lim = { LIMIT, 0 };
     struct wsh_pmd *z;
     if (wsh_pmd_create(WSH_ROLE_CLIENT, &p, NULL, &z) != WSH_OK)
         abort();

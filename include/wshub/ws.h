@@ -48,11 +48,12 @@ enum wsh_role { WSH_ROLE_SERVER = 0, WSH_ROLE_CLIENT = 1 };
 
 /* Bounds checked by the parser. Zero fields take the documented default. */
 struct wsh_limits {
-    uint64_t max_message;   /* bytes in one message, all fragments; default 65536 */
+    /* Bytes in one message, all fragments; default 65536. A compressed
+     * (RSV1) message may take max_message/64 + 256 more on the wire
+     * (deflate's growth on what it cannot compress); its inflated size is
+     * bounded by wsh_pmd_inflate. */
+    uint64_t max_message;
     uint32_t max_fragments; /* frames in one data message; default 1024 */
-    /* Bytes on the wire of a compressed (RSV1) message, when more than
-     * max_message: deflate can grow what it cannot compress. 0: none. */
-    uint64_t max_compressed;
 };
 
 #define WSH_DEFAULT_MAX_MESSAGE   65536u

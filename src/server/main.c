@@ -504,7 +504,6 @@ int main(int argc, char **argv)
             fprintf(stderr, "wshub: %s: %s\n", config_path ? config_path : "config", err);
             return 2;
         }
-        wsh_cfg.zlimits = session_zlimits(&wsh_cfg.limits);
         if (hub_start(wsh_cfg.limits.max_message, max_message_flag) != 0) {
             fprintf(stderr, "wshub: cannot start the hub\n");
             return 1;

@@ -48,9 +48,8 @@ struct wsh_config {
     struct wsh_tls_opts tls; /* cert_file set: every connection is TLS */
     bool deflate;            /* offer permessage-deflate (RFC 7692) */
     struct wsh_pmd_config pmd;
-    struct wsh_limits zlimits; /* parser limits on compressed connections (session_zlimits) */
-    const char *web_root;      /* directory of static files, NULL for none */
-    bool proxy_protocol;       /* every connection begins with a PROXY header */
+    const char *web_root; /* directory of static files, NULL for none */
+    bool proxy_protocol;  /* every connection begins with a PROXY header */
     /* --admin-listen: /metrics, /dashboard and /api/ move to this address
      * (plain HTTP, worker 0) and are 404 on the public one. */
     char admin_host[256];
@@ -487,10 +486,6 @@ struct wsh_buf *frame_deflate(struct wsh_pmd *z, uint8_t window_bits, unsigned o
 const uint8_t *frame_payload(const struct wsh_buf *frame, size_t *len);
 
 /* session.c: the WebSocket phase. */
-/* The parser's limits on a compressed connection: a compressed message
- * may be a little larger than its inflated size (stored blocks); the true
- * bound, l's, is enforced on the inflated bytes. */
-struct wsh_limits session_zlimits(const struct wsh_limits *l);
 size_t session_input(struct worker *w, struct conn *c, uint8_t *in, size_t len);
 void session_timer(struct worker *w, struct conn *c);
 

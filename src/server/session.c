@@ -53,15 +53,6 @@ static const char *reason_for(unsigned code)
     }
 }
 
-struct wsh_limits session_zlimits(const struct wsh_limits *l)
-{
-    /* Only compressed messages: a plain one on the same connection is
-     * held to max_message itself (it was given the allowance too). */
-    struct wsh_limits z = *l;
-    z.max_compressed = l->max_message + l->max_message / 64 + 256;
-    return z;
-}
-
 /* The bound of c's next message: the flag's, or on /ws the hub's
  * (hub_conn_message_limit: the file's limits.max_message, which SIGHUP
  * changes, and a smaller one before the session has authenticated). It is
@@ -72,16 +63,16 @@ static uint64_t msg_max(const struct conn *c)
     return c->endpoint == EP_HUB ? hub_conn_message_limit(c) : wsh_cfg.limits.max_message;
 }
 
-/* The limits the parser (wire: what arrives, compressed or not) or
- * inflate holds c to: the flags' as they are, or /ws's made in *buf. */
-static const struct wsh_limits *msg_limits(const struct conn *c, bool wire, struct wsh_limits *buf)
+/* The limits the parser and inflate hold c to: the flags' as they are,
+ * or /ws's made in *buf. (On the wire the parser lets a compressed
+ * message grow a little past them, as deflate can; inflate holds it to
+ * them.) */
+static const struct wsh_limits *msg_limits(const struct conn *c, struct wsh_limits *buf)
 {
     if (c->endpoint != EP_HUB)
-        return wire && c->pmd != NULL ? &wsh_cfg.zlimits : &wsh_cfg.limits;
+        return &wsh_cfg.limits;
     *buf = wsh_cfg.limits;
     buf->max_message = msg_max(c);
-    if (wire && c->pmd != NULL)
-        *buf = session_zlimits(buf);
     return buf;
 }
 
@@ -238,8 +229,8 @@ static void on_compressed(struct worker *w, struct conn *c, const struct wsh_eve
                              .w = ev->first && ev->last ? w : NULL,
                              .text = ev->opcode == WSH_OP_TEXT };
     struct wsh_limits buf;
-    int rc = wsh_pmd_inflate(c->pmd, msg_limits(c, false, &buf), ev->data, ev->len, ev->last,
-                             inflate_out, &x);
+    int rc =
+        wsh_pmd_inflate(c->pmd, msg_limits(c, &buf), ev->data, ev->len, ev->last, inflate_out, &x);
     if (rc == WSH_OK && ev->last && x.text && !wsh_utf8_complete(&c->zutf8))
         rc = WSH_EUTF8;
     if (rc != WSH_OK) {
@@ -344,8 +335,7 @@ static size_t session_feed(struct worker *w, struct conn *c, uint8_t *in, size_t
     while (off < len && c->state == CONN_OPEN && !c->hold) {
         struct wsh_event ev;
         struct wsh_limits buf;
-        ssize_t n =
-            wsh_parser_feed(&c->parser, msg_limits(c, true, &buf), in + off, len - off, &ev);
+        ssize_t n = wsh_parser_feed(&c->parser, msg_limits(c, &buf), in + off, len - off, &ev);
         if (n < 0) {
             unsigned code = c->parser.close_code ? c->parser.close_code : WSH_CLOSE_PROTOCOL;
             peer_fault(w, c, code, reason_for(code), (int)n);

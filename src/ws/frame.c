@@ -170,6 +170,17 @@ static ssize_t feed_payload(struct wsh_parser *p, uint8_t *in, size_t len, size_
     return (ssize_t)(hdr + n);
 }
 
+/* What a compressed (RSV1) message of at most max inflated bytes may take
+ * on the wire: deflate grows what it cannot compress, by 5 bytes per
+ * stored block of up to 64 KiB; max/64 + 256 covers that with room for the
+ * block headers of many small flushes. The inflated size is the
+ * inflater's to bound (wsh_pmd_inflate). */
+static uint64_t zmax(uint64_t max)
+{
+    uint64_t grow = max / 64 + 256;
+    return max > UINT64_MAX - grow ? UINT64_MAX : max + grow;
+}
+
 /* Parses a frame header at in[0..len); headers are consumed only when
  * complete, so this restarts from the first byte each time (at most 14
  * bytes). Rules are checked in byte order, so the first error is the same
@@ -226,16 +237,19 @@ static ssize_t feed_header(struct wsh_parser *p, const struct wsh_limits *lim, u
         /* Limits are checked on the declared length, before any payload
          * is accepted (LIMITS.md; wslay does the same). */
         uint64_t max_msg = lim && lim->max_message ? lim->max_message : WSH_DEFAULT_MAX_MESSAGE;
-        bool rsv1 = op == WSH_OP_CONT ? p->_msg_rsv1 != 0 : (b0 & B0_RSV1) != 0;
-        if (rsv1 && lim && lim->max_compressed > max_msg)
-            max_msg = lim->max_compressed;
         uint32_t max_frag =
             lim && lim->max_fragments ? lim->max_fragments : WSH_DEFAULT_MAX_FRAGMENTS;
         uint64_t so_far = op == WSH_OP_CONT ? p->_msg_len : 0;
         uint32_t frags = op == WSH_OP_CONT ? p->_fragments : 0;
-        /* so_far may pass max_msg when the limit was lowered between a
-         * message's frames (a reload): the subtraction must not wrap. */
-        if (so_far > max_msg || plen > max_msg - so_far)
+        /* A sum, not max_msg - so_far, which wrapped when the limit was
+         * lowered between a message's frames (a reload) under so_far. It
+         * does not overflow: plen is under 2^63 (5.2) and so_far under
+         * what can have been sent. Past max_msg, a compressed message
+         * may still be within deflate's growth (zmax): the common path
+         * is one comparison. */
+        uint64_t total = so_far + plen;
+        if (total > max_msg && !(total <= zmax(max_msg) &&
+                                 (op == WSH_OP_CONT ? p->_msg_rsv1 != 0 : (b0 & B0_RSV1) != 0)))
             return fail(p, WSH_CLOSE_TOO_BIG);
         if (frags >= max_frag)
             return fail(p, WSH_CLOSE_POLICY);

@@ -474,7 +474,7 @@ static void round_trip(const struct wsh_pmd_params *p, const size_t *sizes, size
     struct wsh_pmd *srv, *cli;
     assert_int_equal(wsh_pmd_create(WSH_ROLE_SERVER, p, NULL, &srv), WSH_OK);
     assert_int_equal(wsh_pmd_create(WSH_ROLE_CLIENT, p, NULL, &cli), WSH_OK);
-    struct wsh_limits lim = { 2u << 20, 0, 0 };
+    struct wsh_limits lim = { 2u << 20, 0 };
     z_stream zs[2];
     for (int d = 0; d < 2; d++) {
         memset(&zs[d], 0, sizeof(zs[d]));
@@ -587,9 +587,9 @@ static struct buf zlib_fresh(const uint8_t *in, size_t n, int bits, int level, i
 static void test_pmd_sized_for_the_message(void **state)
 {
     (void)state;
-    static const size_t sizes[] = { 1,    64,   100,  128,   129,   249,   250,   251,  262,
-                                    263,  511,  512,  513,   774,   775,   1024,  1286, 2048,
-                                    4096, 8192, 8193, 16384, 16385, 32506, 40000, 70000 };
+    static const size_t sizes[] = { 1,   64,  100, 128, 129,  249,  250,  251,  262,  263,
+                                    511, 512, 513, 774, 775,  1024, 1286, 2048, 4096, 8192,
+                                    8193, 16384, 16385, 32506, 40000, 70000 };
     for (int kind = 0; kind < 2; kind++)
         for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
             uint8_t *data = make_data(sizes[i], kind);
@@ -629,8 +629,8 @@ struct reuse_case {
 static void *reuse_run(void *arg)
 {
     struct reuse_case *rc = arg;
-    static const int params[][3] = { { 15, 6, 8 }, { 12, 1, 8 }, { 15, 6, 8 },
-                                     { 15, 1, 9 }, { 10, 9, 8 }, { 15, 6, 8 } };
+    static const int params[][3] = { { 15, 6, 8 }, { 12, 1, 8 }, { 15, 6, 8 }, { 15, 1, 9 },
+                                     { 10, 9, 8 }, { 15, 6, 8 } };
     for (size_t k = 0; k < sizeof(params) / sizeof(params[0]); k++) {
         int bits = params[k][0], level = params[k][1], mem = params[k][2];
         struct buf want = zlib_fresh(rc->data, rc->n, bits, level, mem);
@@ -710,7 +710,7 @@ static void test_pmd_bomb_refused(void **state)
     for (int how = 0; how < 3; how++) {
         struct wsh_pmd *z;
         assert_int_equal(wsh_pmd_create(WSH_ROLE_SERVER, &p, NULL, &z), WSH_OK);
-        struct wsh_limits lim = { 65536, 0, 0 };
+        struct wsh_limits lim = { 65536, 0 };
         struct buf u = { 0 };
         assert_int_equal(inflate_fed(z, &lim, c.p, c.n, (enum feed)how, &u), WSH_ETOOBIG);
         assert_true(u.n <= 65536);
@@ -736,7 +736,7 @@ static void test_pmd_limit_lowered_mid_message(void **state)
     struct wsh_pmd_params p = { true, true, 15, 15, false };
     struct wsh_pmd *z;
     assert_int_equal(wsh_pmd_create(WSH_ROLE_SERVER, &p, NULL, &z), WSH_OK);
-    struct wsh_limits big = { 4u << 20, 0, 0 }, small = { 1000, 0, 0 };
+    struct wsh_limits big = { 4u << 20, 0 }, small = { 1000, 0 };
     struct buf u = { 0 };
     size_t half = c.n / 2;
     assert_int_equal(wsh_pmd_inflate(z, &big, c.p, half, false, buf_put, &u), WSH_OK);
