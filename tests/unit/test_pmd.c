@@ -698,13 +698,20 @@ static void test_pmd_window_8_fits(void **state)
 /* ------------------------------------------------------------------ */
 /* Limits and hostile input                                            */
 
+/* n zero bytes compressed at level 9 into c: a bomb, c is tiny. */
+static void zeros_compressed(size_t n, struct buf *c)
+{
+    uint8_t *zeros = calloc(1, n);
+    assert_non_null(zeros);
+    assert_int_equal(wsh_pmd_compress_oneshot(15, 9, 9, zeros, n, buf_put, c), WSH_OK);
+    free(zeros);
+}
+
 static void test_pmd_bomb_refused(void **state)
 {
     (void)state;
-    size_t n = 10u << 20;
-    uint8_t *zeros = calloc(1, n);
     struct buf c = { 0 };
-    assert_int_equal(wsh_pmd_compress_oneshot(15, 9, 9, zeros, n, buf_put, &c), WSH_OK);
+    zeros_compressed(10u << 20, &c);
     assert_true(c.n < 20000);
     struct wsh_pmd_params p = { true, true, 15, 15, false };
     for (int how = 0; how < 3; how++) {
@@ -720,7 +727,6 @@ static void test_pmd_bomb_refused(void **state)
         wsh_pmd_destroy(z);
     }
     buf_free(&c);
-    free(zeros);
 }
 
 /* A limit lowered under a message already inflated past it (a reload
@@ -729,10 +735,8 @@ static void test_pmd_bomb_refused(void **state)
 static void test_pmd_limit_lowered_mid_message(void **state)
 {
     (void)state;
-    size_t n = 1u << 20;
-    uint8_t *zeros = calloc(1, n);
     struct buf c = { 0 };
-    assert_int_equal(wsh_pmd_compress_oneshot(15, 9, 9, zeros, n, buf_put, &c), WSH_OK);
+    zeros_compressed(1u << 20, &c);
     struct wsh_pmd_params p = { true, true, 15, 15, false };
     struct wsh_pmd *z;
     assert_int_equal(wsh_pmd_create(WSH_ROLE_SERVER, &p, NULL, &z), WSH_OK);
@@ -748,7 +752,6 @@ static void test_pmd_limit_lowered_mid_message(void **state)
     buf_free(&u);
     buf_free(&c);
     wsh_pmd_destroy(z);
-    free(zeros);
 }
 
 static void test_pmd_limit_boundary(void **state)
