@@ -628,10 +628,11 @@ int hub_start(uint64_t flag_max, bool flag_given)
     size_t ceiling = WSH_CFG_MAX_MESSAGE_CEIL;
     struct wsh_broker_memory_opts bo = { .max_payload = max > ceiling ? (size_t)max : ceiling,
                                          .on_message = on_broker_message };
-    if (wsh_broker_memory_create(&bo, &broker) != WSH_OK)
-        return -1;
+    int rc = wsh_broker_memory_create(&bo, &broker);
+    if (rc != WSH_OK)
+        return rc;
     hub_enabled = true;
-    return 0;
+    return WSH_OK;
 }
 
 uint64_t hub_message_limit(void)

@@ -504,8 +504,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "wshub: %s: %s\n", config_path ? config_path : "config", err);
             return 2;
         }
-        if (hub_start(wsh_cfg.limits.max_message, max_message_flag) != 0) {
-            fprintf(stderr, "wshub: cannot start the hub\n");
+        int rc = hub_start(wsh_cfg.limits.max_message, max_message_flag);
+        if (rc != WSH_OK) {
+            /* Said why: a start that ran out of memory says so
+             * (hub_oom's start test). */
+            fprintf(stderr, "wshub: cannot start the hub: %s\n", wsh_strerror(rc));
             return 1;
         }
         if (keys_fetch_prepare(err, sizeof(err)) != 0) {

@@ -635,7 +635,7 @@ void hub_worker_exit(struct worker *w);
 /* Starts the hub (the broker). A /ws message is bounded by the
  * configuration file's limits.max_message, which SIGHUP changes, unless
  * the flag was given (flag_given: flag_max then, and at every reload).
- * Returns 0 or -1. */
+ * Returns WSH_OK or the broker's error (WSH_ENOMEM). */
 int hub_start(uint64_t flag_max, bool flag_given);
 /* The bound of a /ws message in force, for the WebSocket layer (1009),
  * inflate and the JSON codec; and that of c's next message: the same, or
