@@ -39,13 +39,15 @@ static void send_head(struct worker *w, struct conn *c, int status, const char *
 
 /* Answers a plain HTTP request and closes after the body (no keep-alive:
  * every client of ours opens a connection per request or upgrades). A
- * HEAD request (req, when given) gets the head alone, with the
- * Content-Length of the body it would have had (RFC 9110 9.3.2). */
+ * HEAD request gets the head alone, with the Content-Length of the body it
+ * would have had (RFC 9110 9.3.2): refusals too, which are written
+ * without the request at hand (w->req_head). */
 static void respond(struct worker *w, struct conn *c, const struct wsh_http_request *req,
                     int status, const char *type, const char *extra, const char *body, size_t len)
 {
+    bool head = w->req_head || (req != NULL && method_is(req, "HEAD"));
     send_head(w, c, status, type, len, extra, "no-store");
-    if (c->state != CONN_DEAD && len && !(req != NULL && method_is(req, "HEAD")))
+    if (c->state != CONN_DEAD && len && !head)
         conn_send_bytes(w, c, body, len);
     conn_end_after_reply(w, c);
 }
@@ -99,6 +101,11 @@ static void http_reply(struct worker *w, struct conn *c, int status, const char 
         return;
     }
     metric_http(w, status);
+    if (w->req_head) { /* the head alone, its Content-Length kept */
+        const char *end = memmem(out, (size_t)n, "\r\n\r\n", 4);
+        if (end != NULL)
+            n = end + 4 - out;
+    }
     conn_send_bytes(w, c, out, (size_t)n);
     conn_end_after_reply(w, c);
 }
@@ -486,7 +493,20 @@ static bool expects_continue(const struct wsh_http_request *req)
 
 /* Consumes the request head (and an API request's body) from in[0..len).
  * Returns bytes consumed; 0 while incomplete. */
+static size_t route_request(struct worker *w, struct conn *c, uint8_t *in, size_t len,
+                            size_t last_len);
+
 size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, size_t last_len)
+{
+    size_t used = route_request(w, c, in, len, last_len);
+    w->req_head = false; /* answers outside a request (timers) are not for a HEAD */
+    return used;
+}
+
+/* route_input for one request in in[0..len): whether it is a HEAD is known
+ * to every answer written while it is handled (w->req_head). */
+static size_t route_request(struct worker *w, struct conn *c, uint8_t *in, size_t len,
+                            size_t last_len)
 {
     struct wsh_http_header headers[WSH_HTTP_DEFAULT_HEADERS];
     struct wsh_http_request req;
@@ -504,6 +524,7 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
         http_reply(w, c, status ? status : 400, "bad request");
         return len;
     }
+    w->req_head = method_is(&req, "HEAD");
     if ((c->flags & CF_FORWARDED) && !w->replay && !forwarded_admit(w, c, &req))
         return len;
     if (!route_allowed(c, &req)) {

@@ -193,6 +193,18 @@ def test_api_rejects_bad_requests(hub):
         if path.startswith("/api/"):
             assert json.loads(b) == {"error": f"use {allow}"}, b
     assert call(h, "POST", "/nothing-here", raw=b"{}", key=None)[0] == 404
+    # HEAD gets heads alone, refusals included (RFC 9110 9.3.2), with the
+    # Content-Length the body would have had.
+    key = b"X-API-Key: " + API_KEY.encode() + b"\r\n"
+    for path, headers, want in ((b"/api/info", key, b"405"), (b"/api/info", b"", b"401"),
+                                (b"/nothing-here", b"", b"404"), (b"/healthz", b"", b"200")):
+        s = socket.create_connection(("127.0.0.1", h.port), timeout=5 * MULT)
+        s.sendall(b"HEAD " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        got = wsraw.read_to_eof(s)
+        s.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == want and body == b"", (path, got)
+        assert int(re.search(rb"Content-Length: (\d+)", head).group(1)) > 0, (path, got)
     for method in ("GET", "HEAD"):
         assert call(h, method, "/healthz", raw=b"{}", key=None)[0] == 400, method
     st, _, b = call(h, "POST", "/api/publish", raw=b"x" * 70000)
