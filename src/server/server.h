@@ -309,7 +309,7 @@ struct worker {
     uint8_t *zbuf;          /* inflated whole messages, before their own buffer (session.c) */
     size_t zbuf_cap;
     bool shutting_down;
-    bool req_head; /* route_input is answering a HEAD: heads alone (route.c respond) */
+    bool req_head;              /* route_input is answering a HEAD: heads alone (route.c respond) */
     bool wake[WSH_MAX_WORKERS]; /* workers to wake at the end of the turn */
     _Atomic uint64_t turns;     /* loop turns ended: see hub.c, live config */
     pthread_mutex_t inbox_mu;
