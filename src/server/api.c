@@ -377,7 +377,11 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
     if (PREFIX("presence/") || PREFIX("history/")) {
         size_t pl = p[0] == 'p' ? 9 : 8;
         if (n - pl > WSH_BROKER_NAME_MAX) {
-            api_error(w, c, 400, "bad channel");
+            /* As a bad name of any length is answered (api_list), less
+             * the name itself. */
+            api_json(w, c, 400,
+                     json_pack("{s:i,s:s}", "code", WSH_PERR_BAD_CHANNEL, "error",
+                               wsh_proto_code_message(WSH_PERR_BAD_CHANNEL)));
             return 0;
         }
         snprintf(chan, sizeof(chan), "%.*s", (int)(n - pl), p + pl);
@@ -445,9 +449,13 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
         char who[WSH_AUTH_SUB_MAX + 2];
         snprintf(who, sizeof(who), "%c%s", u ? 'u' : 'j', json_string_value(id));
         int64_t secs = r ? json_integer_value(r) : (t ? 86400 : 0);
-        if (secs > 0 && !hub_revoke(who, secs)) {
+        int rc = secs > 0 ? hub_revoke(who, secs) : WSH_OK;
+        if (rc != WSH_OK) {
             json_decref(j);
-            api_error(w, c, 503, "revocation list full");
+            if (rc == WSH_ENOMEM)
+                api_no_memory(w, c);
+            else
+                api_error(w, c, 503, "revocation list full");
             return 0;
         }
         api_kick(w, who);

@@ -767,7 +767,8 @@ static void revoked_counts(void)
  * `who` of api_kick); expired entries make room first. Returns false when
  * the set is full of live entries (a revocation is never pushed out by
  * another) or memory ran out. */
-static bool revoke(const char *key, int64_t until_ms)
+/* WSH_OK, WSH_ENOSPC (limits.max_revocations live ones) or WSH_ENOMEM. */
+static int revoke(const char *key, int64_t until_ms)
 {
     pthread_rwlock_wrlock(&revoked_mu);
     size_t max = live_cfg()->limits.max_revocations;
@@ -775,12 +776,12 @@ static bool revoke(const char *key, int64_t until_ms)
         revoked = wsh_expset_new(max);
     else
         wsh_expset_set_max(revoked, max);
-    bool ok = revoked != NULL &&
-              wsh_expset_add(revoked, key, strlen(key), until_ms, wsh_wall_ms()) == WSH_OK;
+    int rc = revoked == NULL ? WSH_ENOMEM
+                             : wsh_expset_add(revoked, key, strlen(key), until_ms, wsh_wall_ms());
     if (revoked != NULL)
         revoked_counts();
     pthread_rwlock_unlock(&revoked_mu);
-    return ok;
+    return rc;
 }
 
 /* Under revoked_mu, with the set made. */
@@ -1984,7 +1985,7 @@ int hub_broker_info(struct wsh_broker_info *out)
     return wsh_broker_info(broker, on_info, out);
 }
 
-bool hub_revoke(const char *who, int64_t secs)
+int hub_revoke(const char *who, int64_t secs)
 {
     return revoke(who, wsh_wall_ms() + secs * 1000);
 }

@@ -673,8 +673,9 @@ struct wsh_jbuf;
 int hub_list(const char *channel, bool presence, size_t limit, struct wsh_jbuf *b);
 struct wsh_broker_info;
 int hub_broker_info(struct wsh_broker_info *out);
-/* Refuses who's tokens for secs seconds; false when the set is full. */
-bool hub_revoke(const char *who, int64_t secs);
+/* Refuses who's tokens for secs seconds: WSH_OK, WSH_ENOSPC when the set
+ * is full (limits.max_revocations), or WSH_ENOMEM. */
+int hub_revoke(const char *who, int64_t secs);
 
 /* api.c: the HTTP API (DESIGN.md 6) on /api/..., with its request body.
  * Returns 0 once answered; API_WAIT: a POST that passed the head checks

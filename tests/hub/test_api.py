@@ -178,6 +178,9 @@ def test_api_rejects_bad_requests(hub):
         st, _, b = call(h, "GET", path)
         assert st == want and json.loads(b)["code"] == code, (path, st, b)
         assert json.loads(b)["channel"] == path.split("/")[-1], b
+    for kind in ("presence", "history"):  # too long to be a name: the code alone
+        st, _, b = call(h, "GET", f"/api/{kind}/chat:" + "x" * 300)
+        assert st == 400 and json.loads(b)["code"] == 4000, (kind, st, b)
     # A 405 names the methods the path takes (RFC 9110 15.5.6), with a
     # body or without one; a GET or HEAD with a body where no body is
     # taken is malformed (400).
