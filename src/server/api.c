@@ -347,7 +347,7 @@ bool api_head_refused(struct worker *w, struct conn *c, const struct wsh_http_re
         api_error(w, c, 404, "not found");
         return true;
     }
-    if (req->method_len != strlen(m) || memcmp(req->method, m, req->method_len) != 0) {
+    if (!route_method_is(req, m)) {
         api_not_allowed(w, c, m);
         return true;
     }
@@ -369,7 +369,7 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
      * response times (chan.c, INBOX_HIGH). Only once its head passed: a
      * request without the key, or for no call, was kept waiting before,
      * and at the deadline told 503 (try again) instead of 401 or 404. */
-    if (req->method_len == 4 && memcmp(req->method, "POST", 4) == 0 && inbox_busy_wait(w))
+    if (route_method_is(req, "POST") && inbox_busy_wait(w))
         return API_WAIT;
     const char *p = req->path + 5;
     size_t n = req->path_len - 5;

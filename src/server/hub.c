@@ -764,10 +764,9 @@ static void revoked_counts(void)
 }
 
 /* Adds or extends the entry of key ('u' + user, or 'j' + token id: the
- * `who` of api_kick); expired entries make room first. Returns false when
- * the set is full of live entries (a revocation is never pushed out by
- * another) or memory ran out. */
-/* WSH_OK, WSH_ENOSPC (limits.max_revocations live ones) or WSH_ENOMEM. */
+ * `who` of api_kick); expired entries make room first. WSH_OK; WSH_ENOSPC
+ * when the set is full of live entries (a revocation is never pushed out
+ * by another); WSH_ENOMEM. */
 static int revoke(const char *key, int64_t until_ms)
 {
     pthread_rwlock_wrlock(&revoked_mu);

@@ -17,7 +17,7 @@
 #include "server.h"
 #include "wshub/http.h"
 
-static bool method_is(const struct wsh_http_request *req, const char *m)
+bool route_method_is(const struct wsh_http_request *req, const char *m)
 {
     size_t n = strlen(m);
     return req->method_len == n && memcmp(req->method, m, n) == 0;
@@ -45,7 +45,7 @@ static void send_head(struct worker *w, struct conn *c, int status, const char *
 static void respond(struct worker *w, struct conn *c, const struct wsh_http_request *req,
                     int status, const char *type, const char *extra, const char *body, size_t len)
 {
-    bool head = w->req_head || (req != NULL && method_is(req, "HEAD"));
+    bool head = w->req_head || (req != NULL && route_method_is(req, "HEAD"));
     send_head(w, c, status, type, len, extra, "no-store");
     if (c->state != CONN_DEAD && len && !head)
         conn_send_bytes(w, c, body, len);
@@ -68,7 +68,7 @@ void route_not_allowed(struct worker *w, struct conn *c, const char *allow, cons
 
 bool route_readable(struct worker *w, struct conn *c, const struct wsh_http_request *req)
 {
-    if (method_is(req, "GET") || method_is(req, "HEAD"))
+    if (route_method_is(req, "GET") || route_method_is(req, "HEAD"))
         return true;
     static const char body[] = "method not allowed\n";
     route_not_allowed(w, c, "GET, HEAD", "text/plain", body, sizeof(body) - 1);
@@ -199,7 +199,7 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         respond(w, c, req, 500, "text/plain", "", "file too large to serve\n", 24);
         return true;
     }
-    bool head_only = method_is(req, "HEAD");
+    bool head_only = route_method_is(req, "HEAD");
     size_t size = (size_t)st.st_size, want = head_only ? 0 : size, len = 0;
     struct wsh_buf *body = want > 0 ? wsh_buf_new(want) : NULL;
     while (body != NULL && len < want) {
@@ -524,7 +524,7 @@ static size_t route_request(struct worker *w, struct conn *c, uint8_t *in, size_
         http_reply(w, c, status ? status : 400, "bad request");
         return len;
     }
-    w->req_head = method_is(&req, "HEAD");
+    w->req_head = route_method_is(&req, "HEAD");
     if ((c->flags & CF_FORWARDED) && !w->replay && !forwarded_admit(w, c, &req))
         return len;
     if (!route_allowed(c, &req)) {
@@ -542,7 +542,7 @@ static size_t route_request(struct worker *w, struct conn *c, uint8_t *in, size_
      * that path's Allow list (or 404). Such a body is never waited for:
      * input after an answer is discarded. */
     bool api = path_under(&req, "/api/");
-    if (blen > 0 && !api && (method_is(&req, "GET") || method_is(&req, "HEAD"))) {
+    if (blen > 0 && !api && (route_method_is(&req, "GET") || route_method_is(&req, "HEAD"))) {
         http_reply(w, c, 400, "request body not accepted");
         return len;
     }

@@ -460,6 +460,8 @@ void conn_hold_api(struct worker *w, struct conn *c);
  * the bytes consumed, 0 while incomplete. last_len is what was there at
  * the last call (the head's end is searched for in the new bytes only). */
 size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, size_t last_len);
+/* Whether req's method is m, exactly (methods are case-sensitive). */
+bool route_method_is(const struct wsh_http_request *req, const char *m);
 /* A plain HTTP answer that closes the connection once sent; a 503 says
  * Retry-After: 1. */
 void route_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
