@@ -413,9 +413,9 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
     process_metrics(&o);
     if (o.failed) {
         static const char oom[] = "out of memory\n";
-        route_answer(w, c, req, 503, "text/plain", oom, sizeof(oom) - 1);
+        route_respond(w, c, 503, "text/plain", oom, sizeof(oom) - 1);
     } else {
-        route_answer(w, c, req, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
+        route_respond(w, c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
     }
     free(o.p);
 }

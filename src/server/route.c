@@ -40,14 +40,13 @@ static void send_head(struct worker *w, struct conn *c, int status, const char *
 /* Answers a plain HTTP request and closes after the body (no keep-alive:
  * every client of ours opens a connection per request or upgrades). A
  * HEAD request gets the head alone, with the Content-Length of the body it
- * would have had (RFC 9110 9.3.2): refusals too, which are written
- * without the request at hand (w->req_head). */
-static void respond(struct worker *w, struct conn *c, const struct wsh_http_request *req,
-                    int status, const char *type, const char *extra, const char *body, size_t len)
+ * would have had (RFC 9110 9.3.2), whoever writes the answer: route_input
+ * marks the worker while it handles one (w->req_head). */
+static void respond(struct worker *w, struct conn *c, int status, const char *type,
+                    const char *extra, const char *body, size_t len)
 {
-    bool head = w->req_head || (req != NULL && route_method_is(req, "HEAD"));
     send_head(w, c, status, type, len, extra, "no-store");
-    if (c->state != CONN_DEAD && len && !head)
+    if (c->state != CONN_DEAD && len && !w->req_head)
         conn_send_bytes(w, c, body, len);
     conn_end_after_reply(w, c);
 }
@@ -55,7 +54,7 @@ static void respond(struct worker *w, struct conn *c, const struct wsh_http_requ
 void route_respond_extra(struct worker *w, struct conn *c, int status, const char *type,
                          const char *extra, const char *body, size_t len)
 {
-    respond(w, c, NULL, status, type, extra, body, len);
+    respond(w, c, status, type, extra, body, len);
 }
 
 void route_not_allowed(struct worker *w, struct conn *c, const char *allow, const char *type,
@@ -80,13 +79,7 @@ bool route_readable(struct worker *w, struct conn *c, const struct wsh_http_requ
 void route_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                    size_t len)
 {
-    route_answer(w, c, NULL, status, type, body, len);
-}
-
-void route_answer(struct worker *w, struct conn *c, const struct wsh_http_request *req, int status,
-                  const char *type, const char *body, size_t len)
-{
-    respond(w, c, req, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
+    respond(w, c, status, type, status == 503 ? "Retry-After: 1\r\n" : "", body, len);
 }
 
 /* A refusal in the HTTP phase, as wsh_hs_error_response words it: the
@@ -196,10 +189,10 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         close(fd);
         wsh_log(WSH_LOG_WARN, "conn=%u ev=static_too_large file=%.*s bytes=%lld max=%u", c->id,
                 (int)n, name, (long long)st.st_size, ROUTE_STATIC_MAX);
-        respond(w, c, req, 500, "text/plain", "", "file too large to serve\n", 24);
+        respond(w, c, 500, "text/plain", "", "file too large to serve\n", 24);
         return true;
     }
-    bool head_only = route_method_is(req, "HEAD");
+    bool head_only = w->req_head;
     size_t size = (size_t)st.st_size, want = head_only ? 0 : size, len = 0;
     struct wsh_buf *body = want > 0 ? wsh_buf_new(want) : NULL;
     while (body != NULL && len < want) {
@@ -214,7 +207,7 @@ static bool serve_static(struct worker *w, struct conn *c, const struct wsh_http
         if (body != NULL)
             wsh_buf_unref(body);
         wsh_log(WSH_LOG_WARN, "conn=%u ev=static_unreadable file=%.*s", c->id, (int)n, name);
-        respond(w, c, req, 500, "text/plain", "", "file could not be read\n", 23);
+        respond(w, c, 500, "text/plain", "", "file could not be read\n", 23);
         return true;
     }
     send_head(w, c, 200, type, size, "X-Content-Type-Options: nosniff\r\n", "no-cache");
@@ -286,9 +279,9 @@ static void health_reply(struct worker *w, struct conn *c, const struct wsh_http
     if (why != NULL) {
         char body[160];
         int n = snprintf(body, sizeof(body), "not ready: %s\n", why);
-        respond(w, c, req, 503, "text/plain", "Retry-After: 1\r\n", body, (size_t)n);
+        respond(w, c, 503, "text/plain", "Retry-After: 1\r\n", body, (size_t)n);
     } else {
-        respond(w, c, req, 200, "text/plain", "", "ok\n", 3);
+        respond(w, c, 200, "text/plain", "", "ok\n", 3);
     }
 }
 
@@ -424,7 +417,7 @@ static void http_route(struct worker *w, struct conn *c, const struct wsh_http_r
             char extra[48];
             snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
             static const char body[] = "over the admission rate: retry later\n";
-            respond(w, c, req, 503, "text/plain", extra, body, sizeof(body) - 1);
+            respond(w, c, 503, "text/plain", extra, body, sizeof(body) - 1);
             return;
         }
         pick.accepted = false; /* the notice goes out uncompressed */
@@ -477,7 +470,7 @@ static bool forwarded_admit(struct worker *w, struct conn *c, const struct wsh_h
     snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", retry_s);
     wsh_log(WSH_LOG_DEBUG, "conn=%u ev=per_ip_refused forwarded=%d retry_s=%u", c->id,
             named ? 1 : 0, retry_s);
-    respond(w, c, req, 429, "text/plain", extra, "too many connections from this address\n", 39);
+    respond(w, c, 429, "text/plain", extra, "too many connections from this address\n", 39);
     return false;
 }
 

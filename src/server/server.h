@@ -463,7 +463,8 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
 /* Whether req's method is m, exactly (methods are case-sensitive). */
 bool route_method_is(const struct wsh_http_request *req, const char *m);
 /* A plain HTTP answer that closes the connection once sent; a 503 says
- * Retry-After: 1. */
+ * Retry-After: 1, and a HEAD request (route_input marks it) gets the
+ * head alone. */
 void route_respond(struct worker *w, struct conn *c, int status, const char *type, const char *body,
                    size_t len);
 /* route_respond with extra header lines (each ending in CRLF). */
@@ -476,9 +477,6 @@ void route_not_allowed(struct worker *w, struct conn *c, const char *allow, cons
 /* What is only read (the health checks, static files, /metrics) takes GET
  * and HEAD: any other method gets 405 naming both, and false. */
 bool route_readable(struct worker *w, struct conn *c, const struct wsh_http_request *req);
-/* route_respond for a request that may be HEAD: that gets the head alone. */
-void route_answer(struct worker *w, struct conn *c, const struct wsh_http_request *req, int status,
-                  const char *type, const char *body, size_t len);
 struct wsh_buf *frame_new(unsigned opcode, const uint8_t *payload, size_t len);
 /* A compressed frame (RSV1) of payload: with z, that connection's state;
  * with z NULL, the stateless compressor for window_bits (fan-out). */
