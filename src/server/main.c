@@ -601,13 +601,18 @@ int main(int argc, char **argv)
     keys_workers_ready();
     static struct wsh_io sig_io = { .cb = on_signal };
     sig_io.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (sig_io.fd < 0 || wsh_loop_add(wsh_workers[0].loop, &sig_io, EPOLLIN) != WSH_OK) {
-        wsh_log(WSH_LOG_ERROR, "ev=signalfd_failed");
+    int sig_rc = sig_io.fd < 0 ? -errno : wsh_loop_add(wsh_workers[0].loop, &sig_io, EPOLLIN);
+    if (sig_rc != WSH_OK) {
+        wsh_log(WSH_LOG_ERROR, "ev=signalfd_failed err=\"%s\"", wsh_strerror(sig_rc));
         return 1;
     }
     for (int i = 1; i < wsh_nworkers; i++) {
-        if (pthread_create(&wsh_workers[i].thread, NULL, worker_main, &wsh_workers[i]) != 0) {
-            wsh_log(WSH_LOG_ERROR, "ev=thread_failed");
+        int e = pthread_create(&wsh_workers[i].thread, NULL, worker_main, &wsh_workers[i]);
+        if (e != 0) {
+            /* EAGAIN: glibc says so when a thread's memory cannot be had,
+             * as well as at the thread limit; the log says which may be. */
+            wsh_log(WSH_LOG_ERROR, "ev=thread_failed err=\"%s\"",
+                    e == EAGAIN ? "out of memory, or of threads" : strerror(e));
             return 1;
         }
     }
