@@ -121,15 +121,18 @@ struct wsh_broker_channel_stats {
 };
 
 struct wsh_broker_info {
-    const char *engine;      /* "memory", "redis" */
-    size_t channels;         /* channels with state now */
-    size_t subscriptions;    /* sum of subscribers over channels */
-    size_t presence;         /* presence entries over channels */
-    size_t history_messages; /* messages retained over channels */
-    size_t history_bytes;    /* their payload + from bytes */
-    uint64_t published;      /* publishes accepted since start */
-    uint64_t duplicates;     /* publishes answered as duplicates */
-    uint64_t channels_freed; /* channel states dropped by sweep */
+    const char *engine;        /* "memory", "redis" */
+    size_t channels;           /* channels with state now */
+    size_t subscriptions;      /* sum of subscribers over channels */
+    size_t presence;           /* presence entries over channels */
+    size_t history_messages;   /* messages retained over channels */
+    size_t history_bytes;      /* their payload + from bytes */
+    uint64_t published;        /* publishes accepted since start */
+    uint64_t duplicates;       /* publishes answered as duplicates */
+    uint64_t channels_freed;   /* channel states dropped by sweep */
+    uint64_t channels_refused; /* new channel states refused over max_channels */
+    uint64_t history_evicted;  /* messages dropped to stay under max_history_memory */
+    size_t history_memory;     /* what max_history_memory bounds (see there) */
 };
 
 /* The result of one request. op says which fields are meaningful:
@@ -189,6 +192,25 @@ typedef void wsh_broker_cb(const struct wsh_broker_result *r, void *user);
 typedef void wsh_broker_message_cb(const char *channel, const char *epoch,
                                    const struct wsh_broker_msg *m, void *user);
 
+/* Bounds on what all channels together hold, which a reload may change.
+ *
+ * max_channels: channel states at once. A publish, subscribe, presence_add
+ * or read_set that needs a new one beyond it fails with WSH_EPOLICY.
+ *
+ * max_history_memory: bytes of history over all channels, each message
+ * counted with its record (payload + from + ~70 bytes). A publish that
+ * passes it drops history from the channels published to least recently
+ * (oldest messages first; possibly the publishing channel's own) until the
+ * total is 1/64 under it (so the next publishes find room without
+ * evicting), at most 4096 messages per call; the next calls and sweep go
+ * on where one stopped. One thread evicts at a time. Recovery across a dropped message reports
+ * recovered = false, as for any message trimmed by size or TTL; it is never
+ * a silent gap. 0 means unbounded for either. */
+struct wsh_broker_limits {
+    size_t max_channels;
+    size_t max_history_memory;
+};
+
 /* The engine vtable. `self` is the engine's own state, given to
  * wsh_broker_create(). Every slot is required; argument checks happen in the
  * wsh_broker_* wrappers before a slot is called, so engines may assume
@@ -219,6 +241,7 @@ struct wsh_broker_ops {
     int (*info)(void *self, wsh_broker_cb *cb, void *user);
     /* Synchronous for every engine: see wsh_broker_sweep(). */
     size_t (*sweep)(void *self, int64_t now_ms);
+    void (*set_limits)(void *self, const struct wsh_broker_limits *l);
     void (*destroy)(void *self);
 };
 
@@ -229,11 +252,11 @@ WSH_NODISCARD int wsh_broker_create(const struct wsh_broker_ops *ops, void *self
                                     struct wsh_broker **out);
 
 struct wsh_broker_memory_opts {
-    size_t max_payload;  /* bytes per payload; 0 = WSH_BROKER_DEFAULT_MAX_PAYLOAD */
-    size_t max_channels; /* channel states at once; 0 = unbounded */
-    size_t dedup_max;    /* msg_ids per channel; 0 = WSH_BROKER_DEFAULT_DEDUP_MAX */
-    size_t presence_max; /* entries per channel; 0 = WSH_BROKER_DEFAULT_PRESENCE_MAX */
-    size_t readers_max;  /* read cursors per channel; 0 = WSH_BROKER_DEFAULT_READERS_MAX */
+    size_t max_payload;              /* bytes per payload; 0 = WSH_BROKER_DEFAULT_MAX_PAYLOAD */
+    struct wsh_broker_limits limits; /* 0s = unbounded */
+    size_t dedup_max;                /* msg_ids per channel; 0 = WSH_BROKER_DEFAULT_DEDUP_MAX */
+    size_t presence_max;             /* entries per channel; 0 = WSH_BROKER_DEFAULT_PRESENCE_MAX */
+    size_t readers_max; /* read cursors per channel; 0 = WSH_BROKER_DEFAULT_READERS_MAX */
     wsh_broker_message_cb *on_message; /* may be NULL */
     void *user;                        /* for on_message */
 };
@@ -344,5 +367,11 @@ WSH_NODISCARD int wsh_broker_info(struct wsh_broker *b, wsh_broker_cb *cb, void 
  * offset 1. Returns the number of channel states dropped. Call it
  * periodically (every second or so) from one thread. */
 size_t wsh_broker_sweep(struct wsh_broker *b, int64_t now_ms);
+
+/* Puts new bounds in force: for new channel states from the next call on;
+ * a lowered max_history_memory drops history down to it at the next
+ * publish or sweep. Channel states beyond a lowered max_channels stay until
+ * sweep drops them. */
+void wsh_broker_set_limits(struct wsh_broker *b, const struct wsh_broker_limits *l);
 
 #endif

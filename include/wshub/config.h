@@ -25,7 +25,9 @@
 #define WSH_CFG_DEFAULT_PUBLISH_BURST      40u
 #define WSH_CFG_DEFAULT_MAX_SUBSCRIPTIONS  128u
 #define WSH_CFG_DEFAULT_MAX_REVOCATIONS    65536u
-#define WSH_CFG_DEFAULT_MAX_CONNS          0u /* 0: RLIMIT_NOFILE - 64 */
+#define WSH_CFG_DEFAULT_MAX_CHANNELS       1000000u /* channel states: ~300 MB of them at most */
+#define WSH_CFG_DEFAULT_MAX_HISTORY_MEMORY (256ull << 20) /* nchan's message store: 128 MiB */
+#define WSH_CFG_DEFAULT_MAX_CONNS          0u             /* 0: RLIMIT_NOFILE - 64 */
 #define WSH_CFG_DEFAULT_MAX_CONNS_PER_IP   256u
 #define WSH_CFG_DEFAULT_HANDSHAKE_RATE_IP  0.0 /* off: NAT puts many users behind one */
 #define WSH_CFG_DEFAULT_HANDSHAKE_BURST_IP 100u
@@ -129,6 +131,8 @@ struct wsh_limits_config {
     uint32_t unauth_timeout_ms;      /* time allowed to authenticate */
     uint32_t unauth_max_outbound;    /* bytes queued to an unauthenticated client */
     uint32_t max_revocations;        /* live users and token ids refused (api/disconnect) */
+    uint32_t max_channels;           /* channel states in the broker, 0 = unbounded */
+    uint64_t max_history_memory;     /* bytes of history over all channels, 0 = unbounded */
 };
 
 struct wsh_hub_config {

@@ -171,6 +171,12 @@ size_t wsh_broker_sweep(struct wsh_broker *b, int64_t now_ms)
     return b->ops->sweep(b->self, now_ms);
 }
 
+void wsh_broker_set_limits(struct wsh_broker *b, const struct wsh_broker_limits *l)
+{
+    if (b != NULL && l != NULL)
+        b->ops->set_limits(b->self, l);
+}
+
 /* ---- a small keyed hash map ----------------------------------------------
  * Intrusive chained buckets. Keys come from peers (channel names, msg_ids,
  * user ids), so the hash is SipHash-1-3 with a per-broker random key: a
@@ -370,6 +376,13 @@ struct channel {
     struct map members;
     struct map readers;
     size_t subs;
+    /* In the history list (struct memory's lru_*). lru_prev and lru_next
+     * are the list's: read and written under lru_mu only (a neighbour's
+     * link or unlink rewrites them). in_lru and lru_ms are written under
+     * both mu and lru_mu, so either is enough to read them. */
+    struct channel *lru_prev, *lru_next;
+    int64_t lru_ms; /* when it last moved to the list's end */
+    bool in_lru;
     char name[];
 };
 
@@ -377,12 +390,23 @@ struct memory {
     pthread_rwlock_t lock; /* the registry: channels, nchannels */
     struct map channels;
     uint64_t key[2];
-    size_t max_payload, max_channels, dedup_max, presence_max, readers_max;
+    size_t max_payload, dedup_max, presence_max, readers_max;
+    atomic_size_t max_channels, max_history; /* wsh_broker_limits, set by reloads */
+    /* Channels that hold history, least recently published first: where
+     * the history memory bound takes from. Lock order: registry, then a
+     * channel's mu, then lru_mu; nothing is locked under lru_mu. */
+    pthread_mutex_t lru_mu;
+    struct channel *lru_head, *lru_tail;
+    atomic_bool evicting; /* a thread is in evict_down */
     wsh_broker_message_cb *on_message;
     void *user;
-    atomic_size_t subscriptions, presence, history_messages, history_bytes;
-    _Atomic uint64_t published, duplicates, channels_freed;
+    atomic_size_t subscriptions, presence, history_messages, history_bytes, history_memory;
+    _Atomic uint64_t published, duplicates, channels_freed, channels_refused, history_evicted;
 };
+
+/* What one message in history costs beside its bytes: the record and the
+ * allocator's header, so that a flood of tiny messages is counted too. */
+#define BLOB_OVERHEAD (sizeof(struct blob) + 2 + 16)
 
 static void blob_unref(struct blob *b)
 {
@@ -463,6 +487,7 @@ static void ring_pop(struct memory *m, struct channel *c)
     c->ring_bytes -= blob_bytes(b);
     atomic_fetch_sub(&m->history_messages, 1);
     atomic_fetch_sub(&m->history_bytes, blob_bytes(b));
+    atomic_fetch_sub(&m->history_memory, blob_bytes(b) + BLOB_OVERHEAD);
     blob_unref(b);
 }
 
@@ -510,6 +535,48 @@ static int ring_resize(struct memory *m, struct channel *c, uint32_t cap)
     return WSH_OK;
 }
 
+/* ---- the history memory bound -------------------------------------------- */
+
+/* A channel moves to the list's end at most this often, so a busy channel
+ * takes lru_mu about once a second, not at every publish. Recency to the
+ * second is all eviction needs. */
+#define LRU_GRAIN_MS 1000
+
+/* Called with lru_mu held (and c->mu, or sole use of c). */
+static void lru_unlink(struct memory *m, struct channel *c)
+{
+    if (c->lru_prev != NULL)
+        c->lru_prev->lru_next = c->lru_next;
+    else
+        m->lru_head = c->lru_next;
+    if (c->lru_next != NULL)
+        c->lru_next->lru_prev = c->lru_prev;
+    else
+        m->lru_tail = c->lru_prev;
+    c->lru_prev = c->lru_next = NULL;
+    c->in_lru = false;
+}
+
+/* After a message joined c's history; called with c->mu held. */
+static void lru_touch(struct memory *m, struct channel *c, int64_t now_ms)
+{
+    if (c->in_lru && now_ms >= c->lru_ms && now_ms - c->lru_ms < LRU_GRAIN_MS)
+        return;
+    pthread_mutex_lock(&m->lru_mu);
+    if (c->in_lru)
+        lru_unlink(m, c);
+    c->lru_prev = m->lru_tail;
+    c->lru_next = NULL;
+    if (m->lru_tail != NULL)
+        m->lru_tail->lru_next = c;
+    else
+        m->lru_head = c;
+    m->lru_tail = c;
+    c->in_lru = true;
+    c->lru_ms = now_ms;
+    pthread_mutex_unlock(&m->lru_mu);
+}
+
 static void free_node(struct node *n, void *arg)
 {
     (void)arg;
@@ -519,6 +586,11 @@ static void free_node(struct node *n, void *arg)
 
 static void channel_free(struct memory *m, struct channel *c)
 {
+    if (c->in_lru) {
+        pthread_mutex_lock(&m->lru_mu);
+        lru_unlink(m, c);
+        pthread_mutex_unlock(&m->lru_mu);
+    }
     while (c->len > 0)
         ring_pop(m, c);
     free(c->ring);
@@ -580,13 +652,15 @@ static int channel_get(struct memory *m, const char *name, bool create, struct c
     new_epoch(c->epoch);
 
     int rc = WSH_OK;
+    size_t max;
     pthread_rwlock_wrlock(&m->lock);
     n = map_find(&m->channels, name, len, h);
     if (n != NULL) { /* another thread created it meanwhile */
         struct channel *found = CONTAINER(n, struct channel, node);
         atomic_fetch_add(&found->refs, 1);
         *out = found;
-    } else if (m->max_channels != 0 && m->channels.n >= m->max_channels) {
+    } else if ((max = atomic_load(&m->max_channels)) != 0 && m->channels.n >= max) {
+        atomic_fetch_add(&m->channels_refused, 1);
         rc = WSH_EPOLICY;
     } else if ((rc = map_reserve(&m->channels)) == WSH_OK) {
         map_insert(&m->channels, &c->node);
@@ -610,6 +684,68 @@ static void result_init(struct wsh_broker_result *r, enum wsh_broker_op op, cons
     r->op = op;
     r->status = WSH_OK;
     r->channel = channel;
+}
+
+/* A publish past the bound frees this much more, so that the ones after it
+ * find room without evicting: eviction runs about once per max/64 bytes
+ * published, not at every publish of a full broker. */
+#define EVICT_SLACK(max) ((max) / 64)
+/* Messages one call drops at most: a bound that a reload lowered a long way
+ * is reached over several publishes and sweeps, not in one stall of the
+ * loop that happens to publish next. */
+#define EVICT_BATCH 4096u
+
+/* Drops the oldest history of the least recently published channels until
+ * history_memory is down to low, or budget messages went; returns what is
+ * left of the budget (0 also when there is nothing left to drop). The
+ * channel is taken like any lookup (a reference under the registry lock),
+ * so sweep cannot free it meanwhile. */
+static size_t evict_down(struct memory *m, size_t low, size_t budget)
+{
+    while (budget > 0 && atomic_load(&m->history_memory) > low) {
+        pthread_rwlock_rdlock(&m->lock);
+        pthread_mutex_lock(&m->lru_mu);
+        struct channel *c = m->lru_head;
+        if (c != NULL)
+            atomic_fetch_add(&c->refs, 1);
+        pthread_mutex_unlock(&m->lru_mu);
+        pthread_rwlock_unlock(&m->lock);
+        if (c == NULL)
+            return 0;
+        uint64_t n = 0;
+        pthread_mutex_lock(&c->mu);
+        while (n < budget && c->len > 0 && atomic_load(&m->history_memory) > low) {
+            ring_pop(m, c);
+            n++;
+        }
+        if (c->len == 0 && c->in_lru) {
+            pthread_mutex_lock(&m->lru_mu);
+            lru_unlink(m, c);
+            pthread_mutex_unlock(&m->lru_mu);
+        }
+        pthread_mutex_unlock(&c->mu);
+        channel_put(c);
+        atomic_fetch_add(&m->history_evicted, n);
+        budget -= n;
+    }
+    return budget;
+}
+
+/* Past max_history, evicts down to its low mark. Called with no lock held.
+ * One thread evicts at a time; the others go on, and what they add is seen
+ * by the one evicting, which looks again after letting go. */
+static void evict(struct memory *m)
+{
+    size_t budget = EVICT_BATCH;
+    for (;;) {
+        size_t max = atomic_load(&m->max_history);
+        if (max == 0 || budget == 0 || atomic_load(&m->history_memory) <= max)
+            return;
+        if (atomic_exchange(&m->evicting, true))
+            return;
+        budget = evict_down(m, max - EVICT_SLACK(max), budget);
+        atomic_store(&m->evicting, false);
+    }
 }
 
 /* ---- publish and history ------------------------------------------------- */
@@ -743,6 +879,8 @@ static int memory_publish(void *self, const struct wsh_broker_publish_req *req, 
         c->ring_bytes += blob_bytes(b);
         atomic_fetch_add(&m->history_messages, 1);
         atomic_fetch_add(&m->history_bytes, blob_bytes(b));
+        atomic_fetch_add(&m->history_memory, blob_bytes(b) + BLOB_OVERHEAD);
+        lru_touch(m, c, req->now_ms);
     }
     if (d != NULL) {
         d->offset = r.offset;
@@ -765,6 +903,7 @@ static int memory_publish(void *self, const struct wsh_broker_publish_req *req, 
     pthread_mutex_unlock(&c->order);
     blob_unref(b);
     atomic_fetch_add(&m->published, 1);
+    evict(m);
     if (cb != NULL)
         cb(&r, user);
     channel_put(c);
@@ -1251,6 +1390,9 @@ static int memory_info(void *self, wsh_broker_cb *cb, void *user)
     i.published = atomic_load(&m->published);
     i.duplicates = atomic_load(&m->duplicates);
     i.channels_freed = atomic_load(&m->channels_freed);
+    i.channels_refused = atomic_load(&m->channels_refused);
+    i.history_evicted = atomic_load(&m->history_evicted);
+    i.history_memory = atomic_load(&m->history_memory);
     r.info = &i;
     cb(&r, user);
     return WSH_OK;
@@ -1283,7 +1425,15 @@ static size_t memory_sweep(void *self, int64_t now_ms)
     }
     pthread_rwlock_unlock(&m->lock);
     atomic_fetch_add(&m->channels_freed, freed);
+    evict(m); /* after a reload lowered the bound */
     return freed;
+}
+
+static void memory_set_limits(void *self, const struct wsh_broker_limits *l)
+{
+    struct memory *m = self;
+    atomic_store(&m->max_channels, l->max_channels);
+    atomic_store(&m->max_history, l->max_history_memory);
 }
 
 static void free_channel_node(struct node *n, void *arg)
@@ -1296,6 +1446,7 @@ static void memory_destroy(void *self)
     struct memory *m = self;
     map_each(&m->channels, free_channel_node, m);
     free(m->channels.b);
+    pthread_mutex_destroy(&m->lru_mu);
     pthread_rwlock_destroy(&m->lock);
     free(m);
 }
@@ -1316,6 +1467,7 @@ static const struct wsh_broker_ops memory_ops = {
     .channel_stats = memory_channel_stats,
     .info = memory_info,
     .sweep = memory_sweep,
+    .set_limits = memory_set_limits,
     .destroy = memory_destroy,
 };
 
@@ -1330,11 +1482,16 @@ int wsh_broker_memory_create(const struct wsh_broker_memory_opts *o, struct wsh_
         free(m);
         return WSH_ENOMEM;
     }
+    if (pthread_mutex_init(&m->lru_mu, NULL) != 0) {
+        pthread_rwlock_destroy(&m->lock);
+        free(m);
+        return WSH_ENOMEM;
+    }
     struct wsh_broker_memory_opts d = { 0 };
     if (o == NULL)
         o = &d;
     m->max_payload = o->max_payload != 0 ? o->max_payload : WSH_BROKER_DEFAULT_MAX_PAYLOAD;
-    m->max_channels = o->max_channels;
+    memory_set_limits(m, &o->limits);
     m->dedup_max = o->dedup_max != 0 ? o->dedup_max : WSH_BROKER_DEFAULT_DEDUP_MAX;
     m->presence_max = o->presence_max != 0 ? o->presence_max : WSH_BROKER_DEFAULT_PRESENCE_MAX;
     m->readers_max = o->readers_max != 0 ? o->readers_max : WSH_BROKER_DEFAULT_READERS_MAX;

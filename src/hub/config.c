@@ -57,6 +57,8 @@ void wsh_config_defaults(struct wsh_hub_config *cfg)
     l->unauth_timeout_ms = WSH_CFG_DEFAULT_UNAUTH_TIMEOUT_MS;
     l->unauth_max_outbound = WSH_CFG_DEFAULT_UNAUTH_OUTBOUND;
     l->max_revocations = WSH_CFG_DEFAULT_MAX_REVOCATIONS;
+    l->max_channels = WSH_CFG_DEFAULT_MAX_CHANNELS;
+    l->max_history_memory = WSH_CFG_DEFAULT_MAX_HISTORY_MEMORY;
 }
 
 void wsh_config_free(struct wsh_hub_config *cfg)
@@ -655,15 +657,17 @@ static const char *const limit_keys[] = { "publish_rate",
                                           "json_depth",
                                           "max_channel",
                                           "max_revocations",
+                                          "max_channels",
+                                          "max_history_memory",
                                           "unauthenticated",
                                           NULL };
 static const char *const unauth_keys[] = { "max_message", "timeout_ms", "max_outbound", NULL };
 
 /* Bytes, up to 2^50 (a petabyte): a bound any machine's memory is under. */
-static bool get_client_memory(struct ctx *c, json_t *v, uint64_t *out)
+static bool get_memory(struct ctx *c, json_t *v, const char *key, uint64_t *out)
 {
     json_int_t n = (json_int_t)*out;
-    if (!get_int(c, v, "max_client_memory", 0, (json_int_t)1 << 50, &n))
+    if (!get_int(c, v, key, 0, (json_int_t)1 << 50, &n))
         return false;
     *out = (uint64_t)n;
     return true;
@@ -688,11 +692,13 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         !get_u32(c, v, "handshake_burst_per_ip", 1, 1000000, &l->handshake_burst_per_ip) ||
         !get_u32(c, v, "ipv6_prefix", 32, 128, &l->ipv6_prefix) ||
         !get_u32(c, v, "admission_burst", 1, 1000000, &l->admission_burst) ||
-        !get_client_memory(c, v, &l->max_client_memory) ||
+        !get_memory(c, v, "max_client_memory", &l->max_client_memory) ||
+        !get_memory(c, v, "max_history_memory", &l->max_history_memory) ||
         !get_u32(c, v, "max_message", 256, WSH_CFG_MAX_MESSAGE_CEIL, &l->max_message) ||
         !get_u32(c, v, "json_depth", 2, 1000, &l->json_depth) ||
         !get_u32(c, v, "max_channel", 8, WSH_CFG_MAX_CHANNEL_CEIL, &l->max_channel) ||
-        !get_u32(c, v, "max_revocations", 1, 10000000, &l->max_revocations))
+        !get_u32(c, v, "max_revocations", 1, 10000000, &l->max_revocations) ||
+        !get_u32(c, v, "max_channels", 0, 100000000, &l->max_channels))
         return false;
     json_t *u = json_object_get(v, "unauthenticated");
     if (u != NULL) {

@@ -215,9 +215,11 @@ static int api_job_run(struct worker *w, struct conn *c, struct api_job *job)
         int err = hub_publish(json_string_value(json_array_get(job->chans, job->done)),
                               job->payload, job->plen, json_string_value(job->msg_id), &off);
         if (err) {
-            /* The broker's failures, memory included, are ours: 503, to
-             * be retried; the rest are the request's. */
-            bool ours = err == WSH_PERR_UNAVAILABLE || err == WSH_PERR_INTERNAL;
+            /* The broker's failures, memory and limits.max_channels
+             * included, are ours: 503, to be retried; the rest are the
+             * request's. */
+            bool ours = err == WSH_PERR_UNAVAILABLE || err == WSH_PERR_INTERNAL ||
+                        err == WSH_PERR_LIMIT_EXCEEDED;
             api_job_fail(w, c, ours ? 503 : 400, err, wsh_proto_code_message(err));
             return 0;
         }

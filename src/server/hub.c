@@ -596,6 +596,12 @@ static void live_reclaim(void)
     }
 }
 
+static struct wsh_broker_limits broker_limits(const struct wsh_limits_config *l)
+{
+    return (struct wsh_broker_limits){ .max_channels = l->max_channels,
+                                       .max_history_memory = (size_t)l->max_history_memory };
+}
+
 void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
 {
     const struct wsh_limits_config *l = &cfg->limits;
@@ -604,7 +610,9 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
                                   .admission_rate = l->admission_rate,
                                   .max_connections = l->max_connections,
                                   .per_ip = l->max_connections_per_ip,
-                                  .ip_rate = l->handshake_rate_per_ip };
+                                  .ip_rate = l->handshake_rate_per_ip,
+                                  .max_channels = l->max_channels,
+                                  .max_history = l->max_history_memory };
     if (!memory_flag)
         worker_memory_cap_set((size_t)l->max_client_memory);
     out->max_client_memory = worker_memory_cap();
@@ -614,6 +622,10 @@ void hub_reload_settings(struct wsh_hub_config *cfg, struct hub_settings *out)
     admit_rate_set(l->admission_rate, l->admission_burst);
     admit_limits_set(l->max_connections, l->max_connections_per_ip, l->handshake_rate_per_ip,
                      l->handshake_burst_per_ip, l->ipv6_prefix);
+    if (hub_enabled) {
+        struct wsh_broker_limits bl = broker_limits(l);
+        wsh_broker_set_limits(broker, &bl);
+    }
     live_replace(cfg);
 }
 
@@ -627,6 +639,7 @@ int hub_start(uint64_t flag_max, bool flag_given)
     atomic_store(&max_input, (size_t)max);
     size_t ceiling = WSH_CFG_MAX_MESSAGE_CEIL;
     struct wsh_broker_memory_opts bo = { .max_payload = max > ceiling ? (size_t)max : ceiling,
+                                         .limits = broker_limits(&hubcfg.limits),
                                          .on_message = on_broker_message };
     int rc = wsh_broker_memory_create(&bo, &broker);
     if (rc != WSH_OK)
@@ -1084,10 +1097,22 @@ static struct hubsub *cmd_sub(struct worker *w, struct conn *c, struct hubconn *
 
 /* The memory engine's bookkeeping calls fail only on a bad argument or on
  * ENOMEM; neither leaves anything to undo here, so the result is logged. */
+/* Logs a broker failure; limits.max_channels is not one (a client can
+ * reach it at will: /metrics counts it instead). */
 static void check(int rc, const char *what)
 {
-    if (rc != WSH_OK)
+    if (rc != WSH_OK && rc != WSH_EPOLICY)
         wsh_log(WSH_LOG_WARN, "ev=broker_error op=%s err=\"%s\"", what, wsh_strerror(rc));
+}
+
+/* A broker call's failure as the client's error code: no room for another
+ * channel (limits.max_channels) is 3003, out of memory 5000 (as anywhere),
+ * the rest 5001, to be tried again. */
+static int broker_error(int rc)
+{
+    if (rc == WSH_EPOLICY)
+        return WSH_PERR_LIMIT_EXCEEDED;
+    return rc == WSH_ENOMEM ? WSH_PERR_INTERNAL : WSH_PERR_UNAVAILABLE;
 }
 
 static void noop_cb(const struct wsh_broker_result *r, void *user)
@@ -1245,7 +1270,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
         check(brc, "subscribe");
         free(s);
         chan_put(ch);
-        cmd_error(w, c, cmd, brc == WSH_ENOMEM ? WSH_PERR_INTERNAL : WSH_PERR_UNAVAILABLE);
+        cmd_error(w, c, cmd, broker_error(brc));
         return;
     }
     s->ch = ch;
@@ -1402,14 +1427,12 @@ struct ack_ctx {
     int status;
 };
 
-/* A publish the broker did not take, as the client's error code: out of
- * memory is 5000 (as anywhere), other broker failures 5001. */
+/* A publish the broker did not take, as the client's error code. */
 static int publish_error(int rc, const struct ack_ctx *a)
 {
     if (rc == WSH_ETOOBIG)
         return WSH_PERR_TOO_LARGE;
-    return rc == WSH_ENOMEM || (rc == WSH_OK && a->status == WSH_ENOMEM) ? WSH_PERR_INTERNAL
-                                                                         : WSH_PERR_UNAVAILABLE;
+    return broker_error(rc == WSH_OK ? a->status : rc);
 }
 
 static void on_published(const struct wsh_broker_result *r, void *user)

@@ -66,9 +66,10 @@ static void reload(void)
     wsh_log(WSH_LOG_INFO,
             "ev=settings_reload ok=1 origins=%zu api_key=%d admission_rate=%g "
             "max_connections=%zu max_connections_per_ip=%u handshake_rate_per_ip=%g "
-            "max_client_memory=%zu max_message=%llu",
+            "max_client_memory=%zu max_message=%llu max_channels=%u max_history_memory=%llu",
             set.norigins, set.api_key ? 1 : 0, set.admission_rate, set.max_connections, set.per_ip,
-            set.ip_rate, set.max_client_memory, (unsigned long long)set.max_message);
+            set.ip_rate, set.max_client_memory, (unsigned long long)set.max_message,
+            set.max_channels, (unsigned long long)set.max_history);
 }
 
 /* SIGTERM, SIGINT and SIGHUP arrive on a signalfd in worker 0's loop (the

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "server.h"
+#include "wshub/broker.h"
 #include "wshub/http.h"
 
 static const unsigned close_codes[METRIC_CODES] = { 1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011,
@@ -333,6 +334,27 @@ void metrics_serve(struct worker *w, struct conn *c, const struct wsh_http_reque
         "(expired ones until the next 2 s sweep), of at most limits.max_revocations.\n"
         "# TYPE wshub_revocations gauge\nwshub_revocations %zu\n",
         hub_revocations());
+    struct wsh_broker_info bi;
+    if (hub_broker_info(&bi) == WSH_OK) {
+        put(&o,
+            "# HELP wshub_broker_channels Channel states the broker holds, of at most "
+            "limits.max_channels.\n"
+            "# TYPE wshub_broker_channels gauge\nwshub_broker_channels %zu\n",
+            bi.channels);
+        counter(&o, "wshub_broker_channels_refused_total",
+                "Subscribes and publishes refused (3003, or 503 from the API) because "
+                "limits.max_channels channels were in use.",
+                bi.channels_refused);
+        put(&o,
+            "# HELP wshub_broker_history_bytes Memory of the history kept over all channels "
+            "(payloads, senders and records), of at most limits.max_history_memory.\n"
+            "# TYPE wshub_broker_history_bytes gauge\nwshub_broker_history_bytes %zu\n",
+            bi.history_memory);
+        counter(&o, "wshub_broker_history_evicted_total",
+                "Messages dropped from history, least recently published channels first, to "
+                "stay under limits.max_history_memory.",
+                bi.history_evicted);
+    }
     put(&o, "# HELP wshub_reloads_total SIGHUP reloads, by part (tls: certificate and key; "
             "auth: token keys; settings: namespaces, limits, origins, api_key) and result; a "
             "failed one keeps what was loaded.\n"

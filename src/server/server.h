@@ -578,6 +578,8 @@ struct hub_settings {
     double ip_rate;
     size_t max_client_memory; /* in force: the flag's when it was given */
     uint64_t max_message;     /* of a /ws message, the same */
+    uint32_t max_channels;    /* the broker's limits.max_channels */
+    uint64_t max_history;     /* and its limits.max_history_memory */
 };
 /* Everything of cfg but the keys and the restart-only settings
  * (docs/config.md, "Reloading: SIGHUP"): namespaces, the /ws limits,

@@ -7,7 +7,9 @@ import string
 import time
 
 import wsraw
-from conftest import Client, base_config, expect_error, merge, run_async, token
+from conftest import MULT, Client, base_config, expect_error, merge, run_async, token
+from test_api import API_KEY, call
+from test_reload import reload
 
 
 def limits(**kw):
@@ -303,3 +305,102 @@ def test_unauthenticated_message_refused_at_its_header(hub):
     f, seen = a.wait_close(timeout=5)
     assert f.close_code() == 1009, f
     a.close()
+
+
+@run_async
+async def test_max_channels_refuses_new_channels_with_3003(hub):
+    """limits.max_channels: the broker holds at most that many channel
+    states. A subscribe that needs one more is error 3003 (the connection
+    and its subscriptions go on), an API publish to a new channel 503 with
+    code 3003; /metrics counts both. A reload raising the bound lets the
+    next one in, and a channel whose last subscriber left is given back."""
+    cfg = merge(limits(max_channels=2), {"api_key": API_KEY})
+    h = hub(cfg)
+    a = await Client.open(h, token("alice"))
+    await a.subscribe("chat:one")
+    await a.subscribe("chat:two")
+    await expect_error(a, "subscribe", "chat:three", 3003)
+    assert await a.publish("chat:one", {"x": 1}) == 1
+    st, _, body = await asyncio.to_thread(call, h, "POST", "/api/publish",
+                                          {"channel": "news:new", "payload": {"n": 1}})
+    assert st == 503 and json.loads(body)["code"] == 3003, (st, body)
+    st, _, body = await asyncio.to_thread(call, h, "POST", "/api/publish",
+                                          {"channel": "chat:two", "payload": {"n": 1}})
+    assert st == 200, (st, body)
+    m = wsraw.scrape_metrics(h.port)
+    assert m["wshub_broker_channels"] == 2, m
+    assert m["wshub_broker_channels_refused_total"] == 2, m
+    assert "ev=broker_error" not in h.log()  # a client's doing, not the broker's
+
+    line = await asyncio.to_thread(reload, h, merge(cfg, {"limits": {"max_channels": 3}}), 1)
+    assert "ok=1" in line and "max_channels=3" in line, line
+    await a.subscribe("chat:three")
+    await expect_error(a, "subscribe", "chat:four", 3003)
+    # chat:three never had a message: its state goes with its last
+    # subscriber, at the next sweep (every 2 s).
+    r = await a.cmd("unsubscribe", "chat:three")
+    assert r["type"] == "unsubscribed", r
+    deadline = time.monotonic() + 10 * MULT
+    while wsraw.scrape_metrics(h.port)["wshub_broker_channels"] > 2:
+        assert time.monotonic() < deadline, "chat:three's state was never dropped"
+        await asyncio.sleep(0.1)
+    await a.subscribe("chat:four")
+    await a.close()
+
+
+@run_async
+async def test_max_history_memory_drops_the_coldest_history_first(hub):
+    """limits.max_history_memory bounds the history of all channels
+    together. Past it, the channel published to least recently loses its
+    oldest messages first, the one being published to keeps its own, and
+    a client recovering across what went is told recovered=false (never a
+    gap). A reload lowering the bound holds at the next sweep."""
+    body = "h" * 10_000
+    cfg = limits(max_history_memory=100_000)
+    h = hub(cfg)
+    a = await Client.open(h, token("alice"))
+    cold = await a.subscribe("chat:cold")
+    for i in range(5):
+        await a.publish("chat:cold", {"i": i, "b": body})
+    await a.subscribe("chat:warm")
+    for i in range(8):
+        await a.publish("chat:warm", {"i": i, "b": body})
+
+    async def offsets(ch):
+        r = await a.cmd("history", ch)
+        assert r["type"] == "history", r
+        return [m["offset"] for m in r["payload"]["messages"]]
+
+    assert await offsets("chat:warm") == list(range(1, 9))
+    kept = await offsets("chat:cold")
+    assert 0 < len(kept) < 5 and kept == list(range(6 - len(kept), 6)), kept
+    m = wsraw.scrape_metrics(h.port)
+    assert m["wshub_broker_history_bytes"] <= 100_000, m
+    assert m["wshub_broker_history_evicted_total"] == 5 - len(kept), m
+
+    b = await Client.open(h, token("bob"))
+    r = await b.subscribe("chat:cold", recover={"offset": 0, "epoch": cold["epoch"]})
+    assert r["recovered"] is False and r["epoch"] == cold["epoch"], r
+    r = await b.subscribe("chat:warm", recover={"offset": 0, "epoch": cold["epoch"]})
+    assert r["recovered"] is False, r  # another channel's epoch
+    await b.close()
+    c = await Client.open(h, token("carol"))
+    r = await c.subscribe("chat:cold", recover={"offset": kept[0] - 1, "epoch": cold["epoch"]})
+    assert r["recovered"] is True, r
+    got = await c.messages("chat:cold", len(kept))
+    assert [g["offset"] for g in got] == kept
+    await c.close()
+
+    line = await asyncio.to_thread(reload, h, limits(max_history_memory=30_000), 1)
+    assert "ok=1" in line and "max_history_memory=30000" in line, line
+    deadline = time.monotonic() + 10 * MULT
+    while wsraw.scrape_metrics(h.port)["wshub_broker_history_bytes"] > 30_000:
+        assert time.monotonic() < deadline, "the lowered bound never held"
+        await asyncio.sleep(0.1)
+    assert await offsets("chat:cold") == []
+    warm = await offsets("chat:warm")
+    assert 0 < len(warm) <= 2 and warm[-1] == 8, warm
+    # New messages still go to history, the newest kept.
+    assert await a.publish("chat:cold", {"i": 5, "b": body}) == 6
+    assert (await offsets("chat:cold")) == [6]
+    await a.close()

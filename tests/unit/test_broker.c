@@ -597,7 +597,7 @@ static void test_broker_on_message_only_when_subscribed(void **state)
 static void test_broker_rejects_bad_arguments(void **state)
 {
     (void)state;
-    struct wsh_broker_memory_opts mo = { .max_payload = 8, .max_channels = 2 };
+    struct wsh_broker_memory_opts mo = { .max_payload = 8, .limits = { .max_channels = 2 } };
     struct wsh_broker *b = mk(&mo);
     struct got g;
     char longname[WSH_BROKER_NAME_MAX + 2];
@@ -731,16 +731,19 @@ static void *storm_churn(void *arg)
     return NULL;
 }
 
-static void test_broker_threads_offsets_exact(void **state)
+/* Four publishers and two churners; max_history bounds history memory (0:
+ * none). Returns the broker's counters at the end. */
+static struct wsh_broker_info storm_run(size_t max_history)
 {
-    (void)state;
     static struct storm s;
     memset(&s, 0, sizeof(s));
     pthread_mutex_init(&s.mu, NULL);
     const size_t n = PER_THR * NTHREADS / NCHANNELS;
     for (int c = 0; c < NCHANNELS; c++)
         s.seen[c] = calloc(n + 1, 1);
-    struct wsh_broker_memory_opts mo = { .on_message = storm_deliver, .user = &s };
+    struct wsh_broker_memory_opts mo = { .limits = { .max_history_memory = max_history },
+                                         .on_message = storm_deliver,
+                                         .user = &s };
     s.b = mk(&mo);
     char ch[8];
     for (int c = 0; c < NCHANNELS; c++) {
@@ -767,9 +770,138 @@ static void test_broker_threads_offsets_exact(void **state)
     struct wsh_broker_info i = info(s.b);
     assert_int_equal(i.published, (uint64_t)PER_THR * NTHREADS + 2 * 3000);
     assert_int_equal(i.duplicates, 0);
-    assert_int_equal(i.history_messages, NCHANNELS * 16);
     wsh_broker_destroy(s.b);
     pthread_mutex_destroy(&s.mu);
+    return i;
+}
+
+static void test_broker_threads_offsets_exact(void **state)
+{
+    (void)state;
+    struct wsh_broker_info i = storm_run(0);
+    assert_int_equal(i.history_messages, NCHANNELS * 16);
+    assert_int_equal(i.history_evicted, 0);
+}
+
+/* The same storm with history memory for 40 of its 128 messages: eviction
+ * runs on every publisher thread at once, across channels other threads
+ * are publishing to, and never costs an offset, an order or a delivery. */
+static void test_broker_threads_history_bound(void **state)
+{
+    (void)state;
+    struct wsh_broker_info one = { 0 };
+    struct wsh_broker *b = mk(NULL);
+    pub(b, "ch:0", "0-1000", 0, HIST10); /* a storm message's size */
+    one = info(b);
+    wsh_broker_destroy(b);
+    struct wsh_broker_info i = storm_run(40 * one.history_memory);
+    assert_true(i.history_memory <= 40 * one.history_memory);
+    assert_true(i.history_messages >= 30 && i.history_messages <= 42); /* ids of 3 to 6 bytes */
+    assert_true(i.history_evicted > 0);
+}
+
+/* History over limits.max_history_memory goes from the channel published
+ * to least recently, oldest first, down to 1/64 under the bound; recovery
+ * across what went says so. */
+static void test_broker_history_memory_bound(void **state)
+{
+    (void)state;
+    struct wsh_broker *b = mk(NULL);
+    pub(b, "m", "0123456789", 0, HIST10);
+    const size_t per = info(b).history_memory; /* one message of 10 bytes from "u1" */
+    assert_true(per > 12);
+    wsh_broker_destroy(b);
+
+    b = mk(NULL);
+    struct wsh_broker_limits lim = { .max_history_memory = 5 * per };
+    wsh_broker_set_limits(b, &lim);
+    struct got g;
+    for (int k = 0; k < 3; k++)
+        pub(b, "a", "0123456789", 0, HIST10);
+    recover(b, "a", 0, "-", 0, &g);
+    char epoch_a[WSH_BROKER_EPOCH_LEN + 1];
+    memcpy(epoch_a, g.epoch, sizeof(epoch_a));
+    pub(b, "b", "0123456789", 2000, HIST10);
+    pub(b, "b", "0123456789", 2000, HIST10);
+    assert_int_equal(info(b).history_evicted, 0); /* exactly at the bound */
+    /* One over: a's first goes, and its second to get under the low mark
+     * (5 - 5/64 messages' worth). */
+    pub(b, "c", "0123456789", 4000, HIST10);
+    struct wsh_broker_info i = info(b);
+    assert_int_equal(i.history_evicted, 2);
+    assert_int_equal(i.history_memory, 4 * per);
+    history(b, "a", false, 0, 0, 4000, &g);
+    assert_int_equal(g.r.nmsgs, 1);
+    assert_int_equal(g.off[0], 3);
+    recover(b, "a", 0, epoch_a, 4000, &g);
+    assert_false(g.r.recovered); /* offsets 1 and 2 are gone: never a silent gap */
+    recover(b, "a", 1, epoch_a, 4000, &g);
+    assert_false(g.r.recovered);
+    recover(b, "a", 2, epoch_a, 4000, &g);
+    assert_true(g.r.recovered);
+    assert_int_equal(g.r.nmsgs, 1);
+
+    /* The room the low mark left takes one publish without evicting. */
+    pub(b, "a", "0123456789", 6000, HIST10);
+    assert_int_equal(info(b).history_evicted, 2);
+    /* a is now the newest: b, the least recent, pays for the next. */
+    pub(b, "a", "0123456789", 6000, HIST10);
+    assert_int_equal(info(b).history_evicted, 4);
+    history(b, "b", false, 0, 0, 6000, &g);
+    assert_int_equal(g.r.nmsgs, 0);
+    history(b, "c", false, 0, 0, 6000, &g);
+    assert_int_equal(g.r.nmsgs, 1);
+    history(b, "a", false, 0, 0, 6000, &g);
+    assert_int_equal(g.r.nmsgs, 3);
+
+    /* A lowered bound holds at the next sweep: c, then a's oldest. */
+    lim.max_history_memory = 2 * per;
+    wsh_broker_set_limits(b, &lim);
+    assert_int_equal(wsh_broker_sweep(b, 6000), 1); /* b, empty since before */
+    i = info(b);
+    assert_int_equal(i.history_memory, 1 * per);
+    assert_int_equal(i.history_evicted, 7);
+    history(b, "a", false, 0, 0, 6000, &g);
+    assert_int_equal(g.r.nmsgs, 1);
+    assert_int_equal(g.off[0], 5);
+    /* c holds nothing now, so the next sweep drops its state. */
+    assert_int_equal(wsh_broker_sweep(b, 6000), 1);
+    assert_int_equal(info(b).channels, 1);
+
+    /* 0 is unbounded again. */
+    lim.max_history_memory = 0;
+    wsh_broker_set_limits(b, &lim);
+    for (int k = 0; k < 10; k++)
+        pub(b, "d", "0123456789", 7000, HIST10);
+    assert_int_equal(info(b).history_evicted, 7);
+    assert_int_equal(info(b).history_memory, 11 * per);
+    wsh_broker_set_limits(NULL, &lim); /* ignored, as is a NULL bound */
+    wsh_broker_set_limits(b, NULL);
+    wsh_broker_destroy(b);
+}
+
+/* limits.max_channels refuses new channel states, counted, and a reload
+ * can raise it. */
+static void test_broker_max_channels_reload(void **state)
+{
+    (void)state;
+    struct wsh_broker_memory_opts mo = { .limits = { .max_channels = 1 } };
+    struct wsh_broker *b = mk(&mo);
+    pub(b, "a", "x", 0, HIST10);
+    assert_int_equal(wsh_broker_subscribe(b, "b", NULL, NULL), WSH_EPOLICY);
+    assert_int_equal(wsh_broker_presence_add(b, "b", "cl", "u", NULL, 0, NULL, NULL), WSH_EPOLICY);
+    assert_int_equal(wsh_broker_read_set(b, "b", "u", 1, NULL, NULL), WSH_EPOLICY);
+    assert_int_equal(wsh_broker_subscribe(b, "a", NULL, NULL), WSH_OK); /* exists already */
+    assert_int_equal(info(b).channels_refused, 3);
+    struct wsh_broker_limits lim = { .max_channels = 2 };
+    wsh_broker_set_limits(b, &lim);
+    assert_int_equal(wsh_broker_subscribe(b, "b", NULL, NULL), WSH_OK);
+    struct got g;
+    assert_int_equal(pub_full(b, "c", "x", NULL, NULL, 0, HIST10, &g), WSH_EPOLICY);
+    assert_int_equal(g.calls, 0);
+    assert_int_equal(info(b).channels, 2);
+    assert_int_equal(info(b).channels_refused, 4);
+    wsh_broker_destroy(b);
 }
 
 int main(void)
@@ -790,6 +922,9 @@ int main(void)
         cmocka_unit_test(test_broker_on_message_only_when_subscribed),
         cmocka_unit_test(test_broker_rejects_bad_arguments),
         cmocka_unit_test(test_broker_threads_offsets_exact),
+        cmocka_unit_test(test_broker_threads_history_bound),
+        cmocka_unit_test(test_broker_history_memory_bound),
+        cmocka_unit_test(test_broker_max_channels_reload),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -50,6 +50,7 @@ static const char full_config[] =
     "    \"handshake_rate_per_ip\": 2.5, \"handshake_burst_per_ip\": 12,\n"
     "    \"admission_rate\": 2000, \"admission_burst\": 5000, \"ipv6_prefix\": 56,\n"
     "    \"max_client_memory\": 8589934592,\n"
+    "    \"max_channels\": 200000, \"max_history_memory\": 1073741824,\n"
     "    \"max_message\": 32768, \"json_depth\": 16, \"max_channel\": 96,\n"
     "    \"unauthenticated\": {\"max_message\": 2048, \"timeout_ms\": 3000, "
     "\"max_outbound\": 8192}\n"
@@ -135,6 +136,8 @@ static void test_config_defaults(void **state)
     assert_int_equal(cfg.limits.admission_burst, 1000);
     assert_int_equal(cfg.limits.ipv6_prefix, 64);
     assert_int_equal(cfg.limits.max_client_memory, 0); /* off */
+    assert_int_equal(cfg.limits.max_channels, 1000000);
+    assert_int_equal(cfg.limits.max_history_memory, 256u << 20);
     assert_false(cfg.auth.allow_anonymous);
     assert_null(cfg.auth.jwks_file);
     assert_null(cfg.api_key);
@@ -220,6 +223,8 @@ static void test_config_full_valid(void **state)
     assert_int_equal(l->admission_burst, 5000);
     assert_int_equal(l->ipv6_prefix, 56);
     assert_int_equal(l->max_client_memory, 8589934592ull); /* 8 GiB: past 32 bits */
+    assert_int_equal(l->max_channels, 200000);
+    assert_int_equal(l->max_history_memory, 1073741824ull);
     assert_int_equal(l->max_message, 32768);
     assert_int_equal(l->json_depth, 16);
     assert_int_equal(l->max_channel, 96);
@@ -380,6 +385,12 @@ static void test_config_invalid_fields(void **state)
           "limits.max_client_memory: expected at most 1125899906842624, got 2251799813685248" },
         { "{\"limits\":{\"max_client_memory\":\"8G\"}}",
           "limits.max_client_memory: expected a non-negative integer, got \"8G\"" },
+        { "{\"limits\":{\"max_history_memory\":-5}}",
+          "limits.max_history_memory: expected a non-negative integer, got -5" },
+        { "{\"limits\":{\"max_history_memory\":2251799813685248}}",
+          "limits.max_history_memory: expected at most 1125899906842624, got 2251799813685248" },
+        { "{\"limits\":{\"max_channels\":100000001}}",
+          "limits.max_channels: expected at most 100000000, got 100000001" },
         { "{\"limits\":{\"max_channel\":4}}",
           "limits.max_channel: expected an integer from 8 to 255, got 4" },
         /* A longer name would not fit the broker's bound (WSH_BROKER_NAME_MAX). */
