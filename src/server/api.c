@@ -244,23 +244,29 @@ void api_expired(struct worker *w, struct conn *c, const char *why)
     api_job_fail(w, c, 503, WSH_PERR_UNAVAILABLE, msg);
 }
 
-static void api_kick(struct worker *w, const char *who)
+/* Returns false when a worker could not be told (out of memory): its
+ * connections of the user stay open. */
+static bool api_kick(struct worker *w, const char *who)
 {
     /* Every worker closes its own connections of the user; the others get
      * the user id through their inbox. */
+    bool all = true;
     for (int i = 0; i < wsh_nworkers; i++) {
         if (i == w->id)
             continue;
         struct wsh_buf *b = wsh_buf_new(strlen(who) + 1);
-        if (b == NULL)
+        if (b == NULL) {
+            all = false;
             continue;
+        }
         memcpy(b->data, who, strlen(who) + 1);
         b->end = (uint32_t)strlen(who) + 1;
         struct xmsg m = { .buf = b, .kind = XMSG_KICK };
-        inbox_push(&wsh_workers[i], &m);
+        all &= inbox_push(&wsh_workers[i], &m);
         w->wake[i] = true;
     }
     hub_kick_local(w, who, 4501, "disconnected by the server");
+    return all;
 }
 
 static void api_list(struct worker *w, struct conn *c, const char *channel, bool presence,
@@ -460,8 +466,13 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
                 api_error(w, c, 503, "revocation list full");
             return 0;
         }
-        api_kick(w, who);
         json_decref(j);
+        if (!api_kick(w, who)) {
+            /* The revocation, if any, holds; the same call again closes
+             * what is left. */
+            api_no_memory(w, c);
+            return 0;
+        }
         api_json(w, c, 200, json_pack("{s:b,s:I}", "ok", 1, "revoked_s", (json_int_t)secs));
         return 0;
     }

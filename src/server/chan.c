@@ -259,7 +259,7 @@ int inbox_init(struct worker *w)
     return WSH_OK;
 }
 
-void inbox_push(struct worker *to, const struct xmsg *m)
+bool inbox_push(struct worker *to, const struct xmsg *m)
 {
     size_t size = xmsg_bytes(m);
     pthread_mutex_lock(&to->inbox_mu);
@@ -277,7 +277,7 @@ void inbox_push(struct worker *to, const struct xmsg *m)
                 atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_release);
             } else
                 hub_deliver_inbox(NULL, m);
-            return;
+            return false;
         }
         to->inbox = n;
         to->inbox_cap = cap;
@@ -309,6 +309,7 @@ void inbox_push(struct worker *to, const struct xmsg *m)
         }
         self->inbox_full = true;
     }
+    return true;
 }
 
 /* Its own inbox included: what a request publishes waits there too, and

@@ -714,7 +714,7 @@ void zcache_init(struct zcache *z, struct wsh_buf *frame);
 struct wsh_buf *zcache_frame(struct zcache *z, const struct conn *c);
 void zcache_release(struct zcache *z);
 int inbox_init(struct worker *w); /* WSH_OK or WSH_ENOMEM */
-void inbox_push(struct worker *to, const struct xmsg *m);
+bool inbox_push(struct worker *to, const struct xmsg *m);
 /* True when an inbox, self's own included, is over its bound; self is
  * then told when it drains (its held connections are released). */
 bool inbox_busy_wait(struct worker *self);
