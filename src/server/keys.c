@@ -459,9 +459,13 @@ int keys_fetch_prepare(char *err, size_t errlen)
     const struct wsh_auth_config *a = &start_cfg->auth;
     if (a->jwks_url == NULL || jf.url_text != NULL)
         return 0;
-    if (!wsh_http_url_parse(a->jwks_url, &jf.url) || (jf.url_text = strdup(a->jwks_url)) == NULL ||
+    if (!wsh_http_url_parse(a->jwks_url, &jf.url)) { /* the config checked it */
+        snprintf(err, errlen, "cannot start the auth.jwks_url fetcher: bad URL");
+        return -1;
+    }
+    if ((jf.url_text = strdup(a->jwks_url)) == NULL ||
         (a->jwks_ca_file != NULL && (jf.ca_file = strdup(a->jwks_ca_file)) == NULL)) {
-        snprintf(err, errlen, "cannot start the auth.jwks_url fetcher");
+        snprintf(err, errlen, "cannot start the auth.jwks_url fetcher: out of memory");
         return -1;
     }
     /* HTTPS_PROXY and NO_PROXY, as curl and Go read them, for an issuer
@@ -498,7 +502,9 @@ int keys_fetch_start(char *err, size_t errlen)
     pthread_cond_init(&jf.cv, &ca);
     pthread_condattr_destroy(&ca);
     if (pthread_create(&jf.thread, NULL, jwks_main, NULL) != 0) {
-        snprintf(err, errlen, "cannot start the auth.jwks_url fetcher");
+        /* glibc's EAGAIN covers both */
+        snprintf(err, errlen,
+                 "cannot start the auth.jwks_url fetcher: out of memory, or of threads");
         return -1;
     }
     jf.running = true;
