@@ -26,7 +26,7 @@
 
 import { WshubClient } from './wshub.js';
 
-const HANDLERS = ['onMessage', 'onJoin', 'onLeave', 'onSignal', 'onRead', 'onSubscribed', 'onError'];
+const HANDLERS = ['onMessage', 'onJoin', 'onLeave', 'onSignal', 'onRead', 'onSubscribed', 'onError', 'onGap'];
 const CALLS = new Set(['publish', 'presence', 'history', 'read', 'signal', 'dropConnection']);
 const TOKEN_TIMEOUT_MS = 10000;
 

@@ -48,6 +48,10 @@ const RETRYABLE_ERRORS = new Set([3000, 5000, 5001]);
 // few refusals each time, never the many a server closes for (4103).
 export const MAX_IN_FLIGHT = 8;
 const REQUEST_TIMEOUT_MS = 10000;
+// Publishes the offline buffer holds at most, by default: past it a publish
+// is refused at once (WshubError 3003) rather than memory growing for as
+// long as the network is away.
+export const MAX_OUTBOX = 1000;
 
 export class WshubError extends Error {
   constructor(code, message, reply) {
@@ -100,6 +104,15 @@ class Subscription extends ChannelHandle {
     this.held = null; // messages that wait while a gap is fetched (fillGap)
     this.subscribeTries = 0; // subscribes refused with an error to retry
     this.active = false; // subscribed on the current connection
+    this.pending = false; // a subscribe sent and not yet answered
+    this.noRecover = false; // the namespace has recovery off (4004)
+  }
+
+  // Offsets before `offset` (same epoch) that will never be delivered:
+  // history no longer holds them, or the channel keeps none.
+  gapBefore(offset) {
+    if (this.offset === null || offset <= this.offset + 1) return;
+    this.call('onGap', { from: this.offset + 1, to: offset - 1, epoch: this.epoch });
   }
 
   // A message push or a replayed history entry. Returns true if delivered.
@@ -118,8 +131,9 @@ export class WshubClient extends EventTarget {
   // url: ws(s)://host/ws. options.token: a JWT; options.getToken: an async
   // function returning a fresh JWT (called before each connect and on
   // refresh_required). options.WebSocket: a constructor (for Node tests).
-  constructor(url, { token = null, getToken = null, WebSocket = globalThis.WebSocket } = {}) {
+  constructor(url, { token = null, getToken = null, WebSocket = globalThis.WebSocket, maxOutbox = MAX_OUTBOX } = {}) {
     super();
+    this.maxOutbox = maxOutbox;
     this.url = url;
     this.token = token;
     this.getToken = getToken;
@@ -144,9 +158,11 @@ export class WshubClient extends EventTarget {
     this.rateLimits = 0; // pauses for 3000 since the window was last full
     this.outboxPausedUntil = 0;
     this.outboxTimer = null;
-    // Back online: try now instead of waiting out the backoff.
+    this.opens = 0; // open() calls: a later one supersedes a pending one
+    // Back online: try now instead of waiting out the backoff, unless the
+    // server said when to come back.
     globalThis.addEventListener?.('online', () => {
-      if (this.reconnectTimer) {
+      if (this.reconnectTimer && !this.retryAfterMs) {
         clearTimeout(this.reconnectTimer);
         this.reconnectTimer = null;
         this.open('connecting');
@@ -189,6 +205,7 @@ export class WshubClient extends EventTarget {
   }
 
   async open(state) {
+    const gen = ++this.opens;
     this.setState(state);
     let token = this.token;
     if (this.getToken) {
@@ -196,11 +213,13 @@ export class WshubClient extends EventTarget {
         token = await this.getToken();
         this.token = token;
       } catch (e) {
-        this.scheduleReconnect({ reason: `getToken failed: ${e.message}` });
+        if (this.wanted && gen === this.opens) this.scheduleReconnect({ reason: `getToken failed: ${e.message}` });
         return;
       }
     }
-    if (!this.wanted) return;
+    // Given up meanwhile (disconnect), or another open() began (connect
+    // again after a disconnect while this one awaited its token).
+    if (!this.wanted || gen !== this.opens) return;
     const ws = new this.WebSocketImpl(this.url);
     this.ws = ws;
     this.serverSaysNoReconnect = false;
@@ -235,9 +254,15 @@ export class WshubClient extends EventTarget {
     this.lost();
     this.setState('disconnected', { code, reason });
     if (!this.wanted) return;
-    if (!mayReconnect(code) || this.serverSaysNoReconnect) {
+    // An expired token (4100) with no getToken for a fresh one would be
+    // refused again at every reconnect, for good.
+    const stale = code === 4100 && !this.getToken;
+    if (!mayReconnect(code) || this.serverSaysNoReconnect || stale) {
       this.wanted = false;
       this.setState('closed', { code, reason });
+      // Nothing in the buffer will go out now: say so to each publisher.
+      const why = new WshubError(code, `closed for good (${code}${reason ? ` ${reason}` : ''})`);
+      for (const item of this.outbox.splice(0)) item.reject(why);
       return;
     }
     this.scheduleReconnect({ code, reason });
@@ -360,7 +385,9 @@ export class WshubClient extends EventTarget {
     const sub = this.subs.get(channel);
     if (!sub) return;
     this.subs.delete(channel);
-    if (sub.active) {
+    // With its subscribe still unanswered too: the server takes commands
+    // in order, so this one undoes that one whatever its answer.
+    if (sub.active || sub.pending) {
       sub.active = false;
       await this.request({ type: 'unsubscribe', channel }).catch(() => {});
     }
@@ -370,23 +397,47 @@ export class WshubClient extends EventTarget {
     sub.held = null; // recovery replays from sub.offset, gap included
     const cmd = { type: 'subscribe', channel: sub.channel };
     const resubscribe = sub.epoch !== null;
-    if (resubscribe && sub.offset !== null) cmd.payload = { recover: { offset: sub.offset, epoch: sub.epoch } };
+    if (resubscribe && sub.offset !== null && !sub.noRecover) {
+      cmd.payload = { recover: { offset: sub.offset, epoch: sub.epoch } };
+    }
+    const ws = this.ws;
+    const retry = () => {
+      setTimeout(() => {
+        if (ws === this.ws && this.subs.get(sub.channel) === sub && !sub.active) this.sendSubscribe(sub);
+      }, backoffDelay(sub.subscribeTries));
+    };
     let r;
+    sub.pending = true;
     try {
       r = await this.request(cmd);
     } catch (e) {
-      if (e.code === 4002) { sub.active = true; this.flushOutbox(); return; } // already subscribed
-      if (e.code === 0) return; // connection lost: re-subscribed on reconnect
-      if (RETRYABLE_ERRORS.has(e.code) && sub.subscribeTries++ < 10) {
-        const ws = this.ws;
-        setTimeout(() => {
-          if (ws === this.ws && this.subs.get(sub.channel) === sub && !sub.active) this.sendSubscribe(sub);
-        }, backoffDelay(sub.subscribeTries));
+      sub.pending = false;
+      if (this.subs.get(sub.channel) !== sub) return; // unsubscribed meanwhile
+      if (e.code === 4004 && cmd.payload) {
+        // Recovery is off in this namespace: subscribe afresh, and the
+        // application hears recovered: false.
+        sub.noRecover = true;
+        this.sendSubscribe(sub);
+        return;
+      }
+      if (e.code === 4002 && sub.subscribeTries++ < 10) {
+        // The server has a subscription we have no position for (a
+        // subscribe whose answer came after its timeout): leave it and
+        // subscribe again, which tells us where the channel is.
+        await this.request({ type: 'unsubscribe', channel: sub.channel }).catch(() => {});
+        if (ws === this.ws && this.subs.get(sub.channel) === sub) this.sendSubscribe(sub);
+        return;
+      }
+      const timedOut = e.code === 0 && ws === this.ws && this.state === 'connected';
+      if (e.code === 0 && !timedOut) return; // connection lost: re-subscribed on reconnect
+      if ((timedOut || RETRYABLE_ERRORS.has(e.code)) && sub.subscribeTries++ < 10) {
+        retry();
         return;
       }
       sub.call('onError', { code: e.code, message: e.message });
       return;
     }
+    sub.pending = false;
     sub.subscribeTries = 0;
     if (this.subs.get(sub.channel) !== sub) return;
     sub.active = true;
@@ -433,13 +484,15 @@ export class WshubClient extends EventTarget {
     if (failed) {
       // Refused (no history here): the gap stays, and the messages go on.
       sub.call('onError', { code: failed.code, message: failed.message });
+      sub.gapBefore(held[0].offset);
       for (const m of held) sub.deliver(m);
       return;
     }
     // What history gave is skipped. Without the missing ones (they left
-    // its window) the gap stays: the message that showed it goes on, and
-    // a further gap among the others is fetched in turn.
+    // its window) the gap stays, told to onGap: the message that showed
+    // it goes on, and a further gap among the others is fetched in turn.
     const [first, ...rest] = held;
+    sub.gapBefore(first.offset);
     sub.deliver(first);
     for (const m of rest) this.onMessage(sub, m);
   }
@@ -460,7 +513,10 @@ export class WshubClient extends EventTarget {
     for (let attempt = 0; ; attempt++) {
       try {
         const r = await this.history(sub.channel, { since: sub.offset ?? 0 });
-        for (const m of r.messages) sub.deliver({ channel: sub.channel, epoch: r.epoch, ...m });
+        for (const m of r.messages) {
+          if (r.epoch === sub.epoch) sub.gapBefore(m.offset); // history had lost the first ones
+          sub.deliver({ channel: sub.channel, epoch: r.epoch, ...m });
+        }
         return;
       } catch (e) {
         if (!RETRYABLE_ERRORS.has(e.code) || attempt >= 5) throw e;
@@ -477,6 +533,9 @@ export class WshubClient extends EventTarget {
   // same msg_id, which the server de-duplicates.
   publish(channel, payload, { msgId } = {}) {
     const msg_id = msgId || `${this.msgPrefix}-${++this.msgSeq}`;
+    if (this.outbox.length >= this.maxOutbox) {
+      return Promise.reject(new WshubError(3003, `offline buffer full (${this.maxOutbox} publishes waiting)`));
+    }
     return new Promise((resolve, reject) => {
       const item = { channel, payload, msg_id, resolve, reject, sent: false, tries: 0 };
       this.outbox.push(item);

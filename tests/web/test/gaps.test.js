@@ -23,6 +23,7 @@ async function setup(kept, code = 0) {
   const sub = c.subscribe('chat:a', {
     onMessage: (m) => got.push(m.offset),
     onError: (e) => got.push(`error ${e.code}`),
+    onGap: (g) => got.push(`gap ${g.from}-${g.to}`),
   });
   c.history = async (channel, { since }) => {
     await tick();
@@ -53,15 +54,23 @@ test('a second gap among the held messages is fetched in turn', async () => {
   assert.deepEqual(got, [1, 2, 3, 4, 5]);
 });
 
-test('a gap history no longer holds stays, and the messages go on', async () => {
+test('a gap history no longer holds is told to onGap, and the messages go on', async () => {
   const { got, push } = await setup([1, 5, 6]); // 2-4 left the window
   push(1);
   push(5);
   push(6);
   await tick(); await tick();
-  assert.deepEqual(got, [1, 5, 6]);
+  assert.deepEqual(got, [1, 'gap 2-4', 5, 6]);
   push(7);
-  assert.deepEqual(got, [1, 5, 6, 7]);
+  assert.deepEqual(got, [1, 'gap 2-4', 5, 6, 7]);
+});
+
+test('history that lost the start of a gap fills the rest and tells onGap the lost part', async () => {
+  const { got, push } = await setup([1, 4, 5, 6]); // 2 and 3 left the window
+  push(1);
+  push(6); // 2-5 missing
+  await tick(); await tick();
+  assert.deepEqual(got, [1, 'gap 2-3', 4, 5, 6]);
 });
 
 test('in a channel without history the gap is reported and later messages still arrive', async () => {
@@ -70,11 +79,11 @@ test('in a channel without history the gap is reported and later messages still 
   push(3);
   push(4);
   await tick(); await tick();
-  assert.deepEqual(got, [1, 'error 4004', 3, 4]);
+  assert.deepEqual(got, [1, 'error 4004', 'gap 2-2', 3, 4]);
   push(6);
   push(7);
   await tick(); await tick();
-  assert.deepEqual(got, [1, 'error 4004', 3, 4, 'error 4004', 6, 7]);
+  assert.deepEqual(got, [1, 'error 4004', 'gap 2-2', 3, 4, 'error 4004', 'gap 5-5', 6, 7]);
 });
 
 // Subscribes the server refuses for want of memory (5000, 5001) are
@@ -109,4 +118,100 @@ test('a subscribe refused on one connection is retried in full on the next', asy
   await c.onConnected({ payload: { client: 'c2', user: 'u' } }); // a reconnect
   await settle();
   assert.deepEqual(seen, ['error 5000', 'subscribed']);
+});
+
+// A client whose request() answers from `answer(cmd)` (a reply payload, or
+// a thrown {code}), recording the commands sent.
+async function scripted(answer, opts = {}) {
+  const { WshubClient } = await load();
+  const c = new WshubClient('ws://127.0.0.1:1/ws', { WebSocket: class {}, ...opts });
+  const sent = [];
+  c.request = async (cmd) => {
+    sent.push(cmd.payload?.recover ? `${cmd.type}+recover` : cmd.type);
+    await tick();
+    const r = answer(cmd);
+    if (r instanceof Error) throw r;
+    return { payload: r };
+  };
+  return { c, sent };
+}
+const refused = (code) => Object.assign(new Error(`refused ${code}`), { code });
+
+test('a namespace with recovery off is subscribed again without recover after a reconnect', async () => {
+  const { c, sent } = await scripted((cmd) => (cmd.type === 'subscribe' && cmd.payload?.recover
+    ? refused(4004) : { offset: 7, epoch: 'e', recovered: false }));
+  const seen = [];
+  const sub = c.subscribe('feed:a', { onSubscribed: (s) => seen.push(s), onError: (e) => seen.push(e.code) });
+  await c.onConnected({ payload: { client: 'c1', user: 'u' } });
+  sub.deliver({ channel: 'feed:a', epoch: 'e', offset: 8 });
+  c.lost(); // the connection drops
+  await c.onConnected({ payload: { client: 'c2', user: 'u' } });
+  await tick(); await tick();
+  assert.deepEqual(sent, ['subscribe', 'subscribe+recover', 'subscribe']);
+  assert.deepEqual(seen, [
+    { offset: 7, epoch: 'e', recovered: false, resubscribe: false },
+    { offset: 7, epoch: 'e', recovered: false, resubscribe: true },
+  ]);
+  assert.equal(sub.active, true);
+  c.lost(); // and again: it remembers, no recover sent
+  await c.onConnected({ payload: { client: 'c3', user: 'u' } });
+  assert.deepEqual(sent.slice(3), ['subscribe']);
+});
+
+test('unsubscribing while the subscribe is unanswered unsubscribes on the server too', async () => {
+  const { c, sent } = await scripted(() => ({ offset: 0, epoch: 'e', recovered: false }));
+  c.state = 'connected';
+  const seen = [];
+  c.subscribe('chat:a', { onSubscribed: () => seen.push('first') });
+  const gone = c.unsubscribe('chat:a'); // before the answer
+  c.subscribe('chat:a', { onSubscribed: () => seen.push('second') });
+  await gone;
+  await tick(); await tick();
+  assert.deepEqual(sent, ['subscribe', 'unsubscribe', 'subscribe']);
+  assert.deepEqual(seen, ['second']);
+});
+
+test('already subscribed (4002) is undone and subscribed again, which gives the position', async () => {
+  let n = 0;
+  const { c, sent } = await scripted((cmd) => (cmd.type === 'subscribe' && n++ === 0
+    ? refused(4002) : { offset: 3, epoch: 'e', recovered: false }));
+  c.state = 'connected';
+  const seen = [];
+  const sub = c.subscribe('chat:a', { onSubscribed: (s) => seen.push(s.offset) });
+  await tick(); await tick(); await tick(); await tick();
+  assert.deepEqual(sent, ['subscribe', 'unsubscribe', 'subscribe']);
+  assert.deepEqual(seen, [3]);
+  assert.equal(sub.offset, 3);
+});
+
+test('the offline buffer is bounded: past maxOutbox a publish is refused at once', async () => {
+  const { WshubClient, MAX_OUTBOX } = await load();
+  assert.equal(MAX_OUTBOX, 1000);
+  const c = new WshubClient('ws://127.0.0.1:1/ws', { WebSocket: class {}, maxOutbox: 3 });
+  const waiting = [1, 2, 3].map((i) => c.publish('chat:a', { i }));
+  await assert.rejects(c.publish('chat:a', { i: 4 }), (e) => e.code === 3003 && /offline buffer full/.test(e.message));
+  assert.equal(c.pendingPublishes, 3);
+  // A terminal close refuses what waits, with its code.
+  c.wanted = true;
+  c.ws = {};
+  c.onClose(c.ws, 4501, 'kicked');
+  for (const p of waiting) await assert.rejects(p, (e) => e.code === 4501);
+  assert.equal(c.pendingPublishes, 0);
+  assert.equal(c.state, 'closed');
+});
+
+test('an expired token and no getToken: closed, not reconnecting with it for good', async () => {
+  const { WshubClient } = await load();
+  const c = new WshubClient('ws://127.0.0.1:1/ws', { WebSocket: class {}, token: 'old' });
+  c.wanted = true;
+  c.ws = {};
+  c.onClose(c.ws, 4100, 'token expired');
+  assert.equal(c.state, 'closed');
+  assert.equal(c.reconnectTimer, null);
+  const d = new WshubClient('ws://127.0.0.1:1/ws', { WebSocket: class {}, getToken: async () => 'new' });
+  d.wanted = true;
+  d.ws = {};
+  d.onClose(d.ws, 4100, 'token expired');
+  assert.equal(d.state, 'reconnecting'); // it can fetch a fresh one
+  d.disconnect();
 });
