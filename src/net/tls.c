@@ -72,6 +72,11 @@ static SSL_CTX *make_ctx(const struct wsh_tls *t, char *err, size_t errlen)
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    /* Without a context a resumed TLS 1.2 session is refused with an
+     * internal error once client certificates are asked for (OpenSSL
+     * cannot tell whose cache the session came from). */
+    static const unsigned char sid_ctx[] = "wshub";
+    SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
     SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
     if (SSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != 1) {
         last_error(err, errlen, t->cert_file);
@@ -230,10 +235,16 @@ SSL *wsh_tls_conn_new(struct wsh_tls *t, int fd)
     pthread_mutex_lock(&t->mu);
     SSL *ssl = SSL_new(t->ctx);
     pthread_mutex_unlock(&t->mu);
-    if (ssl == NULL)
+    /* A failure leaves its reason on this thread's error queue, where the
+     * next connection's SSL_get_error would find it and take an ordinary
+     * WANT_READ for a protocol error. */
+    if (ssl == NULL) {
+        ERR_clear_error();
         return NULL;
+    }
     if (SSL_set_fd(ssl, fd) != 1) {
         SSL_free(ssl);
+        ERR_clear_error();
         return NULL;
     }
     SSL_set_accept_state(ssl);

@@ -203,6 +203,21 @@ def test_tls_client_certificates_required_with_ca(pki):
                         await ws.send("x")
                         await ws.recv()
         run(go())
+        # A TLS 1.2 client resuming its session (as browsers do on every
+        # reconnect) is let in, resumed, with its certificate still known.
+        ctx = client_ctx(pki, cert="client")
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        session = None
+        for attempt in range(2):
+            raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5 * MULT)
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as t:
+                t.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := t.recv(4096):
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.1 200"), (attempt, reply)
+                assert t.session_reused == (attempt == 1), attempt
+                session = t.session
     finally:
         srv.stop()
 
