@@ -536,9 +536,15 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* The spare 64 are for what else opens files (logs, a certificate
+     * reload, the key fetcher, static files); each worker's own four (its
+     * listener, epoll, eventfd and reserve) come off too, and the admin
+     * listener, so that the count is reached before the kernel's limit. */
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur > 128)
-        wsh_cfg.max_connections = (size_t)rl.rlim_cur - 64;
+    size_t own = 64 + 4 * (size_t)wsh_cfg.workers + 1;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur > 128 &&
+        rl.rlim_cur > own + 64)
+        wsh_cfg.max_connections = (size_t)rl.rlim_cur - own;
     else
         wsh_cfg.max_connections = 1000000;
 

@@ -299,14 +299,16 @@ struct worker {
     struct wsh_loop *loop;
     pthread_t thread;
     struct wsh_io listen_io;
-    struct wsh_io admin_io; /* --admin-listen, worker 0 only; fd -1 without */
-    struct wsh_io wake_io;  /* eventfd: inbox and shutdown */
-    int reserve_fd;         /* the EMFILE trick (libuv uv__emfile_trick) */
-    struct conn *conns;     /* live connections (m.conns counts them) */
-    struct conn *pending;   /* connections with queued output this turn */
-    struct conn *closed;    /* destroyed, freed at the end of the turn */
-    uint8_t *rbuf;          /* receive buffer shared by this worker's conns */
-    uint8_t *zbuf;          /* inflated whole messages, before their own buffer (session.c) */
+    struct wsh_io admin_io;    /* --admin-listen, worker 0 only; fd -1 without */
+    struct wsh_io wake_io;     /* eventfd: inbox and shutdown */
+    int reserve_fd;            /* the EMFILE trick (libuv uv__emfile_trick) */
+    uint32_t emfile_refused;   /* connections refused so, since the last ev=emfile */
+    uint64_t emfile_logged_ms; /* when ev=emfile was last logged (loop time) */
+    struct conn *conns;        /* live connections (m.conns counts them) */
+    struct conn *pending;      /* connections with queued output this turn */
+    struct conn *closed;       /* destroyed, freed at the end of the turn */
+    uint8_t *rbuf;             /* receive buffer shared by this worker's conns */
+    uint8_t *zbuf;             /* inflated whole messages, before their own buffer (session.c) */
     size_t zbuf_cap;
     bool shutting_down;
     bool req_head;              /* route_input is answering a HEAD: heads alone (route.c respond) */

@@ -1468,6 +1468,16 @@ static void listeners_watch(struct worker *w, uint32_t events)
  * level-triggered, woke the worker again at once, turn after turn, at
  * full CPU, until some fd was closed. The listeners rest instead, for
  * ACCEPT_PAUSE_MS, and then try again, the reserve first. */
+static void accept_pause(struct worker *w, const char *reason)
+{
+    if (wsh_timer_active(&w->accept_timer))
+        return;
+    wsh_log(WSH_LOG_WARN, "worker=%d ev=accept_paused ms=%u reason=\"%s\"", w->id, ACCEPT_PAUSE_MS,
+            reason);
+    listeners_watch(w, 0);
+    wsh_timer_start(w->loop, &w->accept_timer, ACCEPT_PAUSE_MS);
+}
+
 static void accept_out_of_fds(struct worker *w, struct wsh_io *io, bool tls)
 {
     if (w->reserve_fd >= 0) {
@@ -1476,16 +1486,19 @@ static void accept_out_of_fds(struct worker *w, struct wsh_io *io, bool tls)
         if (victim >= 0)
             refuse_overload(w, victim, tls);
         w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        wsh_log(WSH_LOG_WARN, "ev=emfile");
+        /* One line a second at most: every refused connection would be
+         * one, at the rate a client chooses. */
+        w->emfile_refused++;
+        uint64_t now = wsh_loop_now(w->loop);
+        if (w->emfile_logged_ms == 0 || now - w->emfile_logged_ms >= 1000) {
+            wsh_log(WSH_LOG_WARN, "worker=%d ev=emfile refused=%u", w->id, w->emfile_refused);
+            w->emfile_logged_ms = now;
+            w->emfile_refused = 0;
+        }
         if (w->reserve_fd >= 0)
             return;
     }
-    if (wsh_timer_active(&w->accept_timer))
-        return;
-    wsh_log(WSH_LOG_WARN, "worker=%d ev=accept_paused ms=%u reason=\"out of file descriptors\"",
-            w->id, ACCEPT_PAUSE_MS);
-    listeners_watch(w, 0);
-    wsh_timer_start(w->loop, &w->accept_timer, ACCEPT_PAUSE_MS);
+    accept_pause(w, "out of file descriptors");
 }
 
 static void on_accept_timer(struct wsh_loop *l, struct wsh_timer *t)
@@ -1512,10 +1525,17 @@ static void on_accept(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
         socklen_t plen = sizeof(peer);
         int fd = accept4(io->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EINTR)
+            /* That connection is gone (reset while queued): the next may
+             * be there. */
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
                 continue;
             if (errno == EMFILE || errno == ENFILE)
                 accept_out_of_fds(w, io, tls);
+            /* Out of kernel memory, or a security module's refusal: the
+             * connection stays queued and the listener readable, which
+             * would wake this loop again at once, turn after turn. */
+            else if (errno != EAGAIN && errno != EWOULDBLOCK)
+                accept_pause(w, strerror(errno));
             return;
         }
         /* The place is taken before the check: checked first and added

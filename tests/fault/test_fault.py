@@ -556,11 +556,17 @@ def test_fault_fd_exhaustion_refuses_and_recovers():
                 held.append(upgrade(port))
             except (AssertionError, OSError):
                 refused += 1
-                if refused == 5:
+                if refused == 20:
                     break
-        assert refused == 5, f"no refusal after {len(held)} connections"
+        assert refused == 20, f"no refusal after {len(held)} connections"
         assert 30 <= len(held) < 64, len(held)
         assert proc.poll() is None, "wshub died at EMFILE"
+        # Logged a line a second at most, with the count: a client must not
+        # be able to write the log at its own rate.
+        log.flush()
+        with open(log.name) as f:
+            lines = [ln for ln in f if "ev=emfile" in ln]
+        assert 1 <= len(lines) <= 3, lines
         # The CPU is not burnt by a spinning listener while full.
         time.sleep(0.2)
         with open(f"/proc/{proc.pid}/stat") as f:
@@ -586,6 +592,55 @@ def test_fault_fd_exhaustion_refuses_and_recovers():
                 assert time.time() < deadline, "did not serve again after fds were freed"
                 time.sleep(0.1)
     finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10 * MULT) == 0
+        log.close()
+
+
+def test_fault_connection_count_is_reached_before_the_fd_limit():
+    """docs/limits.md: with no max_connections, the count is RLIMIT_NOFILE
+    - 64 - 4 per worker - 1, so with many workers the server still refuses
+    with its own 503 (Retry-After: 1) at the count, never reaching the
+    kernel's limit, where a certificate reload or a key fetch would fail."""
+    import resource
+
+    def fds_300():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    d = tempfile.mkdtemp(prefix="wshub-fdcount-")
+    pf = os.path.join(d, "port")
+    log = open(os.path.join(d, "log"), "w+")
+    proc = subprocess.Popen([WSHUB, "--listen", "127.0.0.1:0", "--port-file", pf, "--workers", "16",
+                             "--echo"], stderr=log, preexec_fn=fds_300)
+    held = []
+    try:
+        deadline = time.time() + 10 * MULT
+        while not os.path.exists(pf) or not open(pf).read().endswith("\n"):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        port = int(open(pf).read())
+        expected = 300 - 64 - 4 * 16 - 1
+        statuses = []
+        for _ in range(expected + 5):
+            s = connect(port)
+            s.sendall(upgrade_request())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            statuses.append(head.split(b" ", 2)[1] if head else b"closed")
+            held.append(s)
+        assert statuses[:expected] == [b"101"] * expected, statuses
+        assert statuses[expected:] == [b"503"] * 5, statuses[expected - 2:]
+        log.flush()
+        with open(log.name) as f:
+            text = f.read()
+        assert "ev=emfile" not in text and "accept_paused" not in text, text[-2000:]
+    finally:
+        for s in held:
+            s.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10 * MULT) == 0
         log.close()
