@@ -1402,7 +1402,8 @@ static void refuse_overload(struct worker *w, int fd, bool tls)
 
 /* An accepted socket as a connection of w. Owns fd, ipc and the place
  * taken in wsh_total_conns: on failure (out of memory) all are let go, in
- * one place, and the client sees the connection closed. */
+ * one place, and the client is told 503 (a TLS client an internal-error
+ * alert), which needs no memory, as docs/server.md promises. */
 static void conn_new(struct worker *w, int fd, struct ipcount *ipc, bool forwarded, bool admin,
                      bool tls)
 {
@@ -1445,7 +1446,7 @@ fail:
     if (ipc)
         admit_ip_release(ipc);
     atomic_fetch_sub_explicit(&wsh_total_conns, 1, memory_order_relaxed);
-    close(fd);
+    refuse_overload(w, fd, tls);
 }
 
 /* How long the listeners rest when the process is out of fds and the
