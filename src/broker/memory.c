@@ -8,10 +8,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "wshub/broker.h"
+#include "wshub/hash.h"
 
 /* ---- engine-neutral entry points ----------------------------------------
  * They live here because memory.c is the library's only file today; they
@@ -179,8 +179,9 @@ void wsh_broker_set_limits(struct wsh_broker *b, const struct wsh_broker_limits 
 
 /* ---- a small keyed hash map ----------------------------------------------
  * Intrusive chained buckets. Keys come from peers (channel names, msg_ids,
- * user ids), so the hash is SipHash-1-3 with a per-broker random key: a
- * client cannot pick keys that collide into one long chain. */
+ * user ids), so the hash is SipHash-1-3 with a per-broker random key
+ * (wshub/hash.h): a client cannot pick keys that collide into one long
+ * chain. */
 
 struct node {
     struct node *next;
@@ -194,54 +195,6 @@ struct map {
     size_t nb; /* power of two, or 0 before the first insert */
     size_t n;
 };
-
-#define ROTL(x, s) (((x) << (s)) | ((x) >> (64 - (s))))
-#define SIPROUND           \
-    do {                   \
-        v0 += v1;          \
-        v1 = ROTL(v1, 13); \
-        v1 ^= v0;          \
-        v0 = ROTL(v0, 32); \
-        v2 += v3;          \
-        v3 = ROTL(v3, 16); \
-        v3 ^= v2;          \
-        v0 += v3;          \
-        v3 = ROTL(v3, 21); \
-        v3 ^= v0;          \
-        v2 += v1;          \
-        v1 = ROTL(v1, 17); \
-        v1 ^= v2;          \
-        v2 = ROTL(v2, 32); \
-    } while (0)
-
-static uint64_t siphash13(const uint64_t k[2], const void *p, size_t len)
-{
-    const uint8_t *in = p;
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k[0];
-    uint64_t v1 = 0x646f72616e646f6dULL ^ k[1];
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k[0];
-    uint64_t v3 = 0x7465646279746573ULL ^ k[1];
-    size_t whole = len & ~(size_t)7;
-    for (size_t i = 0; i < whole; i += 8) {
-        uint64_t m = 0;
-        for (size_t j = 0; j < 8; j++)
-            m |= (uint64_t)in[i + j] << (8 * j);
-        v3 ^= m;
-        SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t last = (uint64_t)len << 56;
-    for (size_t j = 0; j < (len & 7); j++)
-        last |= (uint64_t)in[whole + j] << (8 * j);
-    v3 ^= last;
-    SIPROUND;
-    v0 ^= last;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
-}
 
 static struct node *map_find(const struct map *m, const char *key, size_t klen, uint64_t h)
 {
@@ -428,47 +381,11 @@ static void blob_msg(const struct blob *b, struct wsh_broker_msg *m)
     m->from = b->data + b->payload_len + 1;
 }
 
-static void random_bytes(void *p, size_t n)
-{
-    static atomic_uint_fast64_t fallback;
-    uint8_t *d = p;
-    while (n > 0) {
-        ssize_t r = getrandom(d, n, 0);
-        if (r > 0) {
-            d += r;
-            n -= (size_t)r;
-        } else if (r < 0 && errno == EINTR) {
-            continue;
-        } else {
-            break;
-        }
-    }
-    if (n == 0)
-        return;
-    /* No getrandom (old kernel, seccomp): splitmix64 over the clock and a
-     * counter. Epochs only need to differ, hash keys only to be unguessable
-     * in practice. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t s = atomic_fetch_add(&fallback, 0x9e3779b97f4a7c15ULL) ^
-                 ((uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec);
-    while (n > 0) {
-        uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        z ^= z >> 31;
-        size_t k = n < 8 ? n : 8;
-        memcpy(d, &z, k);
-        d += k;
-        n -= k;
-    }
-}
-
 static void new_epoch(char out[WSH_BROKER_EPOCH_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
     uint8_t r[WSH_BROKER_EPOCH_LEN / 2];
-    random_bytes(r, sizeof(r));
+    wsh_random_bytes(r, sizeof(r));
     for (size_t i = 0; i < sizeof(r); i++) {
         out[2 * i] = hex[r[i] >> 4];
         out[2 * i + 1] = hex[r[i] & 15];
@@ -619,7 +536,7 @@ static bool channel_idle(const struct channel *c)
 static int channel_get(struct memory *m, const char *name, bool create, struct channel **out)
 {
     size_t len = strlen(name);
-    uint64_t h = siphash13(m->key, name, len);
+    uint64_t h = wsh_siphash13(m->key, name, len);
     *out = NULL;
     pthread_rwlock_rdlock(&m->lock);
     struct node *n = map_find(&m->channels, name, len, h);
@@ -786,7 +703,7 @@ static struct dedup *dedup_new(const struct wsh_broker_publish_req *req, const u
     memcpy(d->key + fl + 1, req->msg_id, il);
     d->node.key = d->key;
     d->node.klen = fl + 1 + il;
-    d->node.hash = siphash13(key, d->key, d->node.klen);
+    d->node.hash = wsh_siphash13(key, d->key, d->node.klen);
     d->fifo_next = NULL;
     d->offset = 0;
     int64_t w = req->opts.dedup_window_ms < (uint64_t)INT64_MAX ? (int64_t)req->opts.dedup_window_ms
@@ -1098,7 +1015,7 @@ static int memory_presence_add(void *self, const char *channel, const char *clie
     memcpy(p, client, cl + 1);
     e->node.key = p;
     e->node.klen = cl;
-    e->node.hash = siphash13(m->key, client, cl);
+    e->node.hash = wsh_siphash13(m->key, client, cl);
     p += cl + 1;
     memcpy(p, user_id, ul + 1);
     e->user = p;
@@ -1158,7 +1075,7 @@ static int memory_presence_remove(void *self, const char *channel, const char *c
     struct node *n = NULL;
     if (c != NULL) {
         size_t cl = strlen(client);
-        uint64_t h = siphash13(m->key, client, cl);
+        uint64_t h = wsh_siphash13(m->key, client, cl);
         pthread_mutex_lock(&c->mu);
         n = map_find(&c->members, client, cl, h);
         if (n != NULL)
@@ -1266,7 +1183,7 @@ static int memory_read_set(void *self, const char *channel, const char *user_id,
 {
     struct memory *m = self;
     size_t ul = strlen(user_id);
-    uint64_t h = siphash13(m->key, user_id, ul);
+    uint64_t h = wsh_siphash13(m->key, user_id, ul);
     struct reader *e = malloc(sizeof(*e) + ul + 1);
     if (e == NULL)
         return WSH_ENOMEM;
@@ -1327,7 +1244,7 @@ static int memory_read_get(void *self, const char *channel, const char *user_id,
     if (c != NULL) {
         size_t ul = strlen(user_id);
         pthread_mutex_lock(&c->mu);
-        struct node *n = map_find(&c->readers, user_id, ul, siphash13(m->key, user_id, ul));
+        struct node *n = map_find(&c->readers, user_id, ul, wsh_siphash13(m->key, user_id, ul));
         if (n != NULL)
             r.read_offset = CONTAINER(n, struct reader, node)->offset;
         memcpy(r.epoch, c->epoch, sizeof(r.epoch));
@@ -1497,6 +1414,6 @@ int wsh_broker_memory_create(const struct wsh_broker_memory_opts *o, struct wsh_
     m->readers_max = o->readers_max != 0 ? o->readers_max : WSH_BROKER_DEFAULT_READERS_MAX;
     m->on_message = o->on_message;
     m->user = o->user;
-    random_bytes(m->key, sizeof(m->key));
+    wsh_random_bytes(m->key, sizeof(m->key));
     return wsh_broker_create(&memory_ops, m, out);
 }

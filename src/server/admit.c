@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "server.h"
+#include "wshub/hash.h"
 
 /* ------------------------------------------------------------------ */
 /* The server-wide admission rate of upgrades                          */
@@ -148,9 +149,19 @@ size_t admit_max_conns(void)
     return atomic_load_explicit(&max_conns, memory_order_relaxed);
 }
 
+/* Keyed, like the channel registries (chan.c): a client holding a large
+ * IPv6 block must not be able to pick addresses that share one chain,
+ * which every accept and close of the server would walk under ip_mu.
+ * Under ip_mu; the key is drawn at the first use. */
 static uint32_t ip_hash(const uint8_t *a, size_t len)
 {
-    return wsh_hash_bytes(a, len) % IP_BUCKETS;
+    static uint64_t key[2];
+    static bool keyed;
+    if (!keyed) {
+        wsh_random_bytes(key, sizeof(key));
+        keyed = true;
+    }
+    return (uint32_t)(wsh_siphash13(key, a, len) % IP_BUCKETS);
 }
 
 /* The entry of ss's address, made when missing; NULL when it cannot be

@@ -23,30 +23,58 @@
 #include <string.h>
 
 #include "server.h"
+#include "wshub/hash.h"
 
 static struct chanreg raw_reg = CHANREG_INIT;
 
-uint32_t wsh_hash_bytes(const void *p, size_t n)
+#define CHANREG_FIRST 64u
+
+/* Under reg->mu: room for one more record. The first table is required;
+ * a failed doubling keeps the table (longer chains, still correct). */
+static bool chanreg_reserve(struct chanreg *reg)
 {
-    const uint8_t *b = p;
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 16777619u;
+    if (reg->nb == 0) {
+        reg->bucket = calloc(CHANREG_FIRST, sizeof(*reg->bucket));
+        if (reg->bucket == NULL)
+            return false;
+        reg->nb = CHANREG_FIRST;
+        return true;
     }
-    return h;
+    if (reg->n < reg->nb)
+        return true;
+    size_t nb = reg->nb * 2;
+    struct chanrec **b = calloc(nb, sizeof(*b));
+    if (b == NULL)
+        return true;
+    for (size_t i = 0; i < reg->nb; i++) {
+        struct chanrec *r = reg->bucket[i], *next;
+        for (; r != NULL; r = next) {
+            next = r->hnext;
+            r->hnext = b[r->hash & (nb - 1)];
+            b[r->hash & (nb - 1)] = r;
+        }
+    }
+    free(reg->bucket);
+    reg->bucket = b;
+    reg->nb = nb;
+    return true;
 }
 
 struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, size_t size,
                             chanreg_init_cb *init, void *arg)
 {
-    uint32_t h = wsh_hash_bytes(name, len);
-    struct chanrec **head = &reg->bucket[h % CHANREG_BUCKETS];
     pthread_mutex_lock(&reg->mu);
-    struct chanrec *r = *head;
+    if (reg->nb == 0 && reg->key[0] == 0 && reg->key[1] == 0)
+        wsh_random_bytes(reg->key, sizeof(reg->key));
+    uint64_t h = wsh_siphash13(reg->key, name, len);
+    struct chanrec *r = reg->nb ? reg->bucket[h & (reg->nb - 1)] : NULL;
     while (r && !(r->hash == h && r->name_len == len && memcmp(r->name, name, len) == 0))
         r = r->hnext;
     if (r == NULL && size > 0) {
+        if (!chanreg_reserve(reg)) {
+            pthread_mutex_unlock(&reg->mu);
+            return NULL;
+        }
         r = calloc(1, size);
         char *nm = malloc(len + 1);
         if (r == NULL || nm == NULL) {
@@ -62,8 +90,10 @@ struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, s
         r->hash = h;
         if (init)
             init(r, arg);
+        struct chanrec **head = &reg->bucket[h & (reg->nb - 1)];
         r->hnext = *head;
         *head = r;
+        reg->n++;
     }
     if (r)
         atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
@@ -74,12 +104,13 @@ struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, s
 void chanreg_sweep(struct chanreg *reg)
 {
     pthread_mutex_lock(&reg->mu);
-    for (size_t b = 0; b < CHANREG_BUCKETS; b++) {
+    for (size_t b = 0; b < reg->nb; b++) {
         struct chanrec **pp = &reg->bucket[b];
         while (*pp) {
             struct chanrec *r = *pp;
             if (atomic_load_explicit(&r->refs, memory_order_acquire) == 0) {
                 *pp = r->hnext;
+                reg->n--;
                 free(r->name);
                 free(r);
             } else {
@@ -93,7 +124,7 @@ void chanreg_sweep(struct chanreg *reg)
 void chanreg_each(struct chanreg *reg, chanreg_init_cb *fn, void *arg)
 {
     pthread_mutex_lock(&reg->mu);
-    for (size_t b = 0; b < CHANREG_BUCKETS; b++)
+    for (size_t b = 0; b < reg->nb; b++)
         for (struct chanrec *r = reg->bucket[b]; r != NULL; r = r->hnext)
             fn(r, arg);
     pthread_mutex_unlock(&reg->mu);

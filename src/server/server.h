@@ -154,11 +154,11 @@ struct rawchan_local {
 /* Channel records shared by all workers (raw channels, hub channels)
  * begin with these fields, as libuv handles begin with UV_HANDLE_FIELDS,
  * so one registry serves both kinds. */
-#define CHANREC_FIELDS                                                       \
-    _Atomic uint32_t refs; /* holders: subscriptions + messages in flight */ \
-    uint32_t hash;                                                           \
-    struct chanrec *hnext; /* registry chain, under the registry lock */     \
-    char *name;            /* NUL-terminated copy */                         \
+#define CHANREC_FIELDS                                                           \
+    _Atomic uint32_t refs; /* holders: subscriptions + messages in flight */     \
+    uint64_t hash;         /* keyed (wsh_siphash13), under the registry's key */ \
+    struct chanrec *hnext; /* registry chain, under the registry lock */         \
+    char *name;            /* NUL-terminated copy */                             \
     size_t name_len;
 
 struct chanrec {
@@ -168,11 +168,17 @@ struct chanrec {
 /* Records are found by name under one mutex, taken only to look up or
  * create and in the sweep; a record whose holders are gone is freed by the
  * sweep, under the same mutex, so it can never be freed between a lookup
- * and its use. */
-#define CHANREG_BUCKETS 4096u
+ * and its use. Names come from clients, so the hash is keyed (a random
+ * key per registry, drawn at its first record): a client cannot choose
+ * names that share a chain. The table doubles when it holds as many
+ * records as chains, so chains stay short however many channels there
+ * are (a fixed table of 4096 chains walked 250 records a lookup at a
+ * million channels, under the one mutex, on every hub publish). */
 struct chanreg {
     pthread_mutex_t mu;
-    struct chanrec *bucket[CHANREG_BUCKETS];
+    struct chanrec **bucket; /* nb chains, a power of two; NULL before the first record */
+    size_t nb, n;
+    uint64_t key[2];
 };
 #define CHANREG_INIT                    \
     {                                   \
@@ -181,7 +187,6 @@ struct chanreg {
 
 typedef void chanreg_init_cb(struct chanrec *r, void *arg);
 
-uint32_t wsh_hash_bytes(const void *p, size_t n);
 /* Finds the record for name and takes a reference. When there is none and
  * size > 0, creates one of size bytes (zeroed, name copied) and calls init
  * (may be NULL) under the lock, before any other thread can see it.

@@ -404,3 +404,28 @@ async def test_max_history_memory_drops_the_coldest_history_first(hub):
     assert await a.publish("chat:cold", {"i": 5, "b": body}) == 6
     assert (await offsets("chat:cold")) == [6]
     await a.close()
+
+
+@run_async
+async def test_many_channels_each_get_their_own_messages(hub):
+    """The channel registries grow with the channels (64 chains at first,
+    doubled as they fill): 4 clients × 128 subscriptions are 512 channels,
+    on 2 workers, each of which gets exactly its own broadcast message."""
+    h = hub(merge(base_config(), {"api_key": API_KEY}), workers=2)
+    clients = [await Client.open(h, token(f"u{k}")) for k in range(4)]
+    names = [[f"chat:many-{k}-{i}" for i in range(128)] for k in range(4)]
+    for c, mine in zip(clients, names):
+        for ch in mine:
+            await c.subscribe(ch)
+    for k, mine in enumerate(names):
+        st, _, body = await asyncio.to_thread(call, h, "POST", "/api/broadcast",
+                                              {"channels": mine, "payload": {"k": k}})
+        assert st == 200 and json.loads(body)["offsets"] == [1] * 128, (st, body[:200])
+    for k, (c, mine) in enumerate(zip(clients, names)):
+        got = {}
+        for _ in range(128):
+            m = await c.push("message", timeout=10 * MULT)
+            got[m["channel"]] = m["payload"]
+        assert got == {ch: {"k": k} for ch in mine}
+        await c.quiet(0.2, lambda m: m["type"] == "message")
+        await c.close()
