@@ -151,6 +151,10 @@ export class SharedWshubClient extends EventTarget {
     this.setState({ state: 'disconnected' });
   }
 
+  // The same for a tab done with the client: the worker lets go of this
+  // tab's channels with it.
+  close() { this.disconnect(); }
+
   // Drops the shared connection as if the network failed (every tab sees
   // the reconnect). For demos and tests.
   dropConnection() { this.call('dropConnection', []); }

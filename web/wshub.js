@@ -48,6 +48,9 @@ const RETRYABLE_ERRORS = new Set([3000, 5000, 5001]);
 // few refusals each time, never the many a server closes for (4103).
 export const MAX_IN_FLIGHT = 8;
 const REQUEST_TIMEOUT_MS = 10000;
+// A connection that lasted this long resets the backoff; one the server
+// closes sooner (over a limit, a restart that fails) keeps it growing.
+export const STABLE_MS = 5000;
 // Publishes the offline buffer holds at most, by default: past it a publish
 // is refused at once (WshubError 3003) rather than memory growing for as
 // long as the network is away.
@@ -159,15 +162,17 @@ export class WshubClient extends EventTarget {
     this.outboxPausedUntil = 0;
     this.outboxTimer = null;
     this.opens = 0; // open() calls: a later one supersedes a pending one
+    this.connectedAt = null; // when the current connection was accepted
     // Back online: try now instead of waiting out the backoff, unless the
     // server said when to come back.
-    globalThis.addEventListener?.('online', () => {
+    this.onOnline = () => {
       if (this.reconnectTimer && !this.retryAfterMs) {
         clearTimeout(this.reconnectTimer);
         this.reconnectTimer = null;
         this.open('connecting');
       }
-    });
+    };
+    globalThis.addEventListener?.('online', this.onOnline);
   }
 
   // --- connection ---------------------------------------------------------
@@ -191,6 +196,18 @@ export class WshubClient extends EventTarget {
       this.lost();
     }
     this.setState('disconnected');
+  }
+
+  // disconnect(), and lets go of what ties the client to the page (the
+  // 'online' listener, timers): for a client that is done with for good.
+  // Publishes still waiting are refused (code 0).
+  close() {
+    this.disconnect();
+    globalThis.removeEventListener?.('online', this.onOnline);
+    clearTimeout(this.outboxTimer);
+    this.outboxTimer = null;
+    const why = new WshubError(0, 'client closed');
+    for (const item of this.outbox.splice(0)) item.reject(why);
   }
 
   // Drop the connection as if the network failed (reconnects normally).
@@ -238,7 +255,7 @@ export class WshubClient extends EventTarget {
   async onConnected(reply) {
     this.client = reply.payload.client;
     this.user = reply.payload.user;
-    this.attempt = 0;
+    this.connectedAt = Date.now();
     this.setState('connected', { client: this.client, user: this.user });
     // Re-subscribe (with recovery), then flush the publish buffer, so our
     // own publishes are not sent before we are a subscriber again. Each
@@ -251,6 +268,8 @@ export class WshubClient extends EventTarget {
   onClose(ws, code, reason) {
     if (ws !== this.ws) return;
     this.ws = null;
+    if (this.connectedAt !== null && Date.now() - this.connectedAt >= STABLE_MS) this.attempt = 0;
+    this.connectedAt = null;
     this.lost();
     this.setState('disconnected', { code, reason });
     if (!this.wanted) return;

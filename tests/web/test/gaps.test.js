@@ -215,3 +215,40 @@ test('an expired token and no getToken: closed, not reconnecting with it for goo
   assert.equal(d.state, 'reconnecting'); // it can fetch a fresh one
   d.disconnect();
 });
+
+test('the backoff resets only after a connection that lasted, and close() lets go of the page', async (t) => {
+  const { WshubClient, STABLE_MS } = await load();
+  t.mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  const added = [];
+  const removed = [];
+  const saved = { add: globalThis.addEventListener, remove: globalThis.removeEventListener };
+  globalThis.addEventListener = (type, fn) => added.push([type, fn]);
+  globalThis.removeEventListener = (type, fn) => removed.push([type, fn]);
+  t.after(() => { globalThis.addEventListener = saved.add; globalThis.removeEventListener = saved.remove; });
+  const c = new WshubClient('ws://127.0.0.1:1/ws', { WebSocket: class {} });
+  c.request = async () => ({ payload: {} });
+  const attempts = [];
+  c.addEventListener('state', (e) => { if (e.detail.state === 'reconnecting') attempts.push(e.detail.attempt); });
+  c.wanted = true;
+  // Accepted and closed at once, three times (a server refusing after the
+  // upgrade): the backoff keeps growing.
+  for (let i = 0; i < 3; i++) {
+    c.ws = {};
+    await c.onConnected({ payload: { client: 'c', user: 'u' } });
+    c.onClose(c.ws, 1013, 'try again later');
+  }
+  assert.deepEqual(attempts, [1, 2, 3]);
+  // A connection that lasted resets it.
+  c.ws = {};
+  await c.onConnected({ payload: { client: 'c', user: 'u' } });
+  t.mock.timers.tick(STABLE_MS);
+  c.onClose(c.ws, 1012, 'restart');
+  assert.deepEqual(attempts, [1, 2, 3, 1]);
+  const waiting = c.publish('chat:a', {});
+  c.close();
+  await assert.rejects(waiting, (e) => e.code === 0);
+  assert.equal(c.state, 'disconnected');
+  assert.equal(c.reconnectTimer, null);
+  assert.deepEqual(removed, added.filter(([type]) => type === 'online'));
+  assert.equal(removed.length, 1);
+});
