@@ -27,6 +27,9 @@ let epoch = null;
 const names = new Map(); // user id -> display name
 const present = new Map(); // client id -> user id
 const messages = new Map(); // key (offset or "p:"+mid) -> message
+// mids stored once: an anonymous sender is a new user after a reconnect, so
+// the server does not de-duplicate its retried publish (docs/protocol.md).
+const storedMids = new Set();
 const readBy = new Map(); // user id -> offset
 const typing = new Map(); // user id -> timer
 let lastTypingSent = 0;
@@ -74,6 +77,8 @@ function addMessage(m) {
   const n = normalize(m);
   learn(m.from, m.payload);
   if (messages.has(n.offset)) return;
+  if (n.mid && storedMids.has(n.mid)) return; // stored twice: shown once
+  if (n.mid) storedMids.add(n.mid);
   if (n.mid) messages.delete(`p:${n.mid}`); // our local echo is now stored
   messages.set(n.offset, n);
   stopTyping(m.from);
