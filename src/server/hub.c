@@ -53,6 +53,7 @@ struct hubsub {
     uint64_t lagged_from;                 /* first message dropped while backlogged, 0 if none */
     char epoch[WSH_BROKER_EPOCH_LEN + 1]; /* as reported by `subscribed` */
     bool present;                         /* has a presence entry to remove */
+    bool joined;                          /* its join went out, so its leave may */
 };
 
 /* A token bucket of limits.publish_rate and publish_burst, with the
@@ -1149,7 +1150,10 @@ static void drop_sub(struct worker *w, struct hubconn *h, struct hubsub *s, bool
         check(wsh_broker_presence_remove(broker, ch->name, h->client, noop_cb, NULL),
               "presence_remove");
     check(wsh_broker_unsubscribe(broker, ch->name, noop_cb, NULL), "unsubscribe");
-    if (announce && chan_ns(ch)->join_leave) {
+    /* One client's join comes before its leave (docs/protocol.md): a
+     * subscription cut before its join went out (its replay passed the
+     * queue, say) leaves without a word. */
+    if (announce && s->joined) {
         struct wsh_jbuf b;
         struct wsh_presence_entry e;
         presence_entry(h, &e);
@@ -1193,6 +1197,7 @@ struct subscribe_ctx {
     uint64_t offset;
     char epoch[WSH_BROKER_EPOCH_LEN + 1];
     struct wsh_jbuf replay;
+    size_t nreplay; /* messages in replay */
 };
 
 /* Recovery (DESIGN.md 4): `subscribed`, then the missed messages in order.
@@ -1214,6 +1219,7 @@ static void on_recover(const struct wsh_broker_result *r, void *user)
             break;
         /* One JSON message per frame: mark the boundary with a NUL. */
         x->replay.data[x->replay.len++] = '\0';
+        x->nreplay++;
     }
 }
 
@@ -1308,15 +1314,27 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     s->after = x.offset;
     snprintf(s->epoch, sizeof(s->epoch), "%s", x.epoch);
     bool recovered = cmd->has_recover && x.recovered;
+    /* A replay that would take the queue past half of --max-queue is not
+     * sent: recovered false, and the client pages through `history`
+     * (since, limit). Sent, it would pass the limit with the first live
+     * message behind it (4101), and the client, recovering again from the
+     * same offset, would meet the same cut at every try. Half leaves room
+     * for the live messages that come while it drains. */
+    size_t replay_bytes = x.replay.len + 14 * x.nreplay; /* + frame headers */
+    if (recovered && x.nreplay > 1 &&
+        wsh_wq_bytes(c->wq) + replay_bytes > hub_queue_limit(c) / 2) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=replay_too_large bytes=%zu messages=%zu", c->id,
+                replay_bytes, x.nreplay);
+        recovered = false;
+    }
     struct wsh_jbuf b;
     wsh_jbuf_init(&b);
     int rc = wsh_proto_encode_subscribed(&b, cmd->id, ch->name, ch->name_len, x.offset, x.epoch,
                                          strlen(x.epoch), recovered, wsh_wall_ms());
     bool open = send_jbuf(w, c, &b, rc, PUSH_SUBSCRIBED);
     wsh_jbuf_free(&b);
-    /* The replay may pass --max-queue (slow consumer, 4101), and a message
-     * that cannot be framed is not skipped: 1011, and the client recovers
-     * again. Either way h is gone after. */
+    /* A message that cannot be framed is not skipped: 1011, and the
+     * client recovers again; h is gone after. */
     for (size_t off = 0; open && recovered && off < x.replay.len;) {
         size_t n = strlen(x.replay.data + off);
         struct wsh_buf *f = frame_new(WSH_OP_TEXT, (const uint8_t *)x.replay.data + off, n);
@@ -1348,6 +1366,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
         if (wsh_proto_encode_join(&b, false, ch->name, ch->name_len, &e, wsh_wall_ms()) == WSH_OK)
             push_to_channel(ch, &b, PUSH_JOIN, c);
         wsh_jbuf_free(&b);
+        s->joined = true;
     }
 }
 

@@ -223,3 +223,41 @@ async def test_dedup_window_zero_turns_dedup_off(hub):
     got = await a.messages("d0:x", 2)
     assert [m["payload"] for m in got] == [{"n": 1}, {"n": 2}], got
     await a.close()
+
+
+@run_async
+async def test_a_replay_too_large_for_the_queue_is_recovered_false_not_4101(hub):
+    """docs/protocol.md: a replay that would take the outbound queue past
+    half of --max-queue is not sent (sent, it cut the client with 4101, and
+    again at every reconnect): `recovered:false`, the subscription live, and
+    the client pages through `history` instead. The others never hear a
+    `leave` for a client whose `join` they did not hear."""
+    h = hub(None, "--max-queue", 1 << 20)
+    pub = await Client.open(h, token("pub"))
+    s = await pub.subscribe("chat:big")
+    body = "b" * 60_000
+    for i in range(20):  # 1.2 MB of history
+        await pub.publish("chat:big", {"i": i, "body": body})
+    await pub.messages("chat:big", 20)
+    late = await Client.open(h, token("late"))
+    r = await late.subscribe("chat:big", recover={"offset": 0, "epoch": s["epoch"]})
+    assert r == {"offset": 20, "epoch": s["epoch"], "recovered": False}, r
+    j = await pub.push("join", "chat:big")
+    assert j["payload"]["user"] == "late", j
+    got = []
+    while len(got) < 20:
+        page = await late.cmd("history", "chat:big", payload={"since": len(got), "limit": 5})
+        assert page["type"] == "history", page
+        got += [m["offset"] for m in page["payload"]["messages"]]
+    assert got == list(range(1, 21))
+    assert await pub.publish("chat:big", {"i": 20}) == 21
+    m = await late.push("message", "chat:big")
+    assert m["offset"] == 21
+    # A small replay still comes whole.
+    again = await Client.open(h, token("again"))
+    r = await again.subscribe("chat:big", recover={"offset": 19, "epoch": s["epoch"]})
+    assert r["recovered"] is True, r
+    assert [m["offset"] for m in await again.messages("chat:big", 2)] == [20, 21]
+    await pub.quiet(0.3, lambda m: m["type"] == "leave")
+    for c in (pub, late, again):
+        await c.close()
