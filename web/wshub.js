@@ -51,6 +51,10 @@ const REQUEST_TIMEOUT_MS = 10000;
 // A connection that lasted this long resets the backoff; one the server
 // closes sooner (over a limit, a restart that fails) keeps it growing.
 export const STABLE_MS = 5000;
+// Messages asked of `history` at once when filling a gap: ten of the
+// largest (64 KiB) stay well under the server's outbound queue limit
+// (1 MiB), past which a reply and what follows it would cut us off.
+export const HISTORY_PAGE = 10;
 // Publishes the offline buffer holds at most, by default: past it a publish
 // is refused at once (WshubError 3003) rather than memory growing for as
 // long as the network is away.
@@ -525,18 +529,22 @@ export class WshubClient extends EventTarget {
     }
   }
 
-  // Delivers what history holds after sub.offset. A refusal to retry
-  // (5000: the server short of memory, 5001: its broker away) is retried
-  // after a backoff, a few times; what else ends it is thrown.
+  // Delivers what history holds after sub.offset, HISTORY_PAGE messages a
+  // request. A refusal to retry (5000: the server short of memory, 5001:
+  // its broker away) is retried after a backoff, a few times; what else
+  // ends it is thrown.
   async replayFrom(sub) {
     for (let attempt = 0; ; attempt++) {
       try {
-        const r = await this.history(sub.channel, { since: sub.offset ?? 0 });
-        for (const m of r.messages) {
-          if (r.epoch === sub.epoch) sub.gapBefore(m.offset); // history had lost the first ones
-          sub.deliver({ channel: sub.channel, epoch: r.epoch, ...m });
+        for (;;) {
+          const since = sub.offset ?? 0;
+          const r = await this.history(sub.channel, { since, limit: HISTORY_PAGE });
+          for (const m of r.messages) {
+            if (r.epoch === sub.epoch) sub.gapBefore(m.offset); // history had lost the first ones
+            sub.deliver({ channel: sub.channel, epoch: r.epoch, ...m });
+          }
+          if (r.messages.length < HISTORY_PAGE || (sub.offset ?? 0) <= since) return;
         }
-        return;
       } catch (e) {
         if (!RETRYABLE_ERRORS.has(e.code) || attempt >= 5) throw e;
         await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt)));

@@ -252,3 +252,24 @@ test('the backoff resets only after a connection that lasted, and close() lets g
   assert.deepEqual(removed, added.filter(([type]) => type === 'online'));
   assert.equal(removed.length, 1);
 });
+
+test('a long gap is fetched a page at a time', async () => {
+  const { WshubClient, HISTORY_PAGE } = await load();
+  const c = new WshubClient('ws://127.0.0.1:1/ws', { WebSocket: class {} });
+  const got = [];
+  const sub = c.subscribe('chat:a', { onMessage: (m) => got.push(m.offset), onGap: (g) => got.push(`gap ${g.from}-${g.to}`) });
+  const asked = [];
+  c.history = async (channel, { since, limit }) => {
+    asked.push([since, limit]);
+    await tick();
+    const kept = Array.from({ length: 30 }, (_, i) => i + 1).filter((o) => o > since).slice(0, limit);
+    return { epoch: 'e', messages: kept.map((o) => ({ offset: o, payload: o })) };
+  };
+  const push = (o) => c.onMessage(sub, { type: 'message', channel: 'chat:a', epoch: 'e', offset: o, payload: o });
+  push(1);
+  push(31); // 2-30 missing
+  for (let i = 0; i < 8; i++) await tick();
+  assert.equal(HISTORY_PAGE, 10);
+  assert.deepEqual(asked, [[1, 10], [11, 10], [21, 10]]); // the third page is short: the end
+  assert.deepEqual(got, Array.from({ length: 31 }, (_, i) => i + 1));
+});
