@@ -314,7 +314,8 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
                           uint64_t offset, enum push_type type, const struct conn *skip)
 {
     uint64_t sent = 0, dropped = 0;
-    bool lag_policy = chan_ns(ch)->slow_consumer == WSH_SLOW_DROP_OLDEST && offset != 0;
+    bool drop_policy = chan_ns(ch)->slow_consumer == WSH_SLOW_DROP_OLDEST;
+    bool lag_policy = drop_policy && offset != 0;
     struct zcache zc;
     zcache_init(&zc, frame);
     w->hub_fanning++;
@@ -332,6 +333,14 @@ static void fan_out_local(struct worker *w, struct hubchan *ch, struct wsh_buf *
             continue;
         }
         if (lag_policy && drop_for_lag(w, s, offset, wsh_buf_len(frame)))
+            continue;
+        /* A join, leave or read receipt for a subscriber behind in a
+         * drop_oldest namespace goes the way of its messages: queued, it
+         * would pass the limit and cut off the subscriber the policy keeps.
+         * After `lagged` it re-reads presence with the history. */
+        if (drop_policy && offset == 0 &&
+            (s->lagged_from != 0 ||
+             wsh_wq_bytes(s->c->wq) + wsh_buf_len(frame) > wsh_cfg.max_queue))
             continue;
         conn_send(w, s->c, wsh_buf_ref(zcache_frame(&zc, s->c)));
         sent++;

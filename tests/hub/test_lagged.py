@@ -82,3 +82,29 @@ async def test_lagged_subscriber_dropped_then_told_where_to_recover(hub, soft):
     for f in fast:
         await f.close()
     await pub.close()
+
+
+@run_async
+async def test_a_join_while_lagging_does_not_cut_the_lagging_subscriber(hub):
+    """In a drop_oldest namespace with join/leave, the pushes that are not
+    messages (join, leave, read) are dropped too for a subscriber that is
+    behind, where they passed the queue limit and cut it off with 4101."""
+    cfg = merge(LAG_CFG, {"namespaces": {"lag": {"presence": True, "join_leave": True}}})
+    h = hub(cfg, "--max-queue", 262144)
+    pub = await Client.open(h, token("pub"))
+    await pub.subscribe("lag:jl")
+    slow = await asyncio.to_thread(raw_subscriber, h, "lag:jl")
+    try:
+        acks = await flood(pub, "lag:jl", N_MSGS, [])
+        assert acks == list(range(1, N_MSGS + 1))
+        # Others come and go while it is behind.
+        for i in range(3):
+            c = await Client.open(h, token(f"comer{i}", info={"pad": "p" * 2000}))
+            await c.subscribe("lag:jl")
+            await c.close()
+        offs, lag = await asyncio.to_thread(read_until_lagged, slow)
+        assert len(offs) < N_MSGS and lag["payload"]["from_offset"] == len(offs) + 1
+        assert "ev=slow_consumer" not in h.log()
+    finally:
+        slow.close()
+    await pub.close()
