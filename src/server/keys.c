@@ -149,6 +149,20 @@ static struct keyset *keyset_build(const struct wsh_auth_config *ac, const char 
             snprintf(err, errlen, "%s: the set holds no usable key", src);
             goto fail;
         }
+        /* A document served at a URL is public: an HMAC secret in it is one
+         * anybody may read and sign with. Refused like private key members
+         * (wsh_jwks_parse), so the keys in use stay; a local jwks_file may
+         * hold the operator's own secrets. */
+        for (size_t i = 0; ac->jwks_file == NULL && i < ks->jwks.nkeys; i++) {
+            enum wsh_auth_alg alg = ks->jwks.keys[i].alg;
+            if (alg == WSH_AUTH_HS256 || alg == WSH_AUTH_HS384 || alg == WSH_AUTH_HS512) {
+                snprintf(err, errlen,
+                         "%s: the set holds a shared secret (an oct key); a fetched set may "
+                         "hold only public keys",
+                         src);
+                goto fail;
+            }
+        }
         if (ks->nkeys + ks->jwks.nkeys > WSH_AUTH_KEYS_MAX) {
             snprintf(err, errlen, "auth: %zu keys and %zu from the JWK Set, more than %u",
                      ks->nkeys, ks->jwks.nkeys, WSH_AUTH_KEYS_MAX);

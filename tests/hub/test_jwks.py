@@ -3,6 +3,7 @@
 to_jwk() and the tokens signed by PyJWT, an implementation that is not ours;
 the keys are made by python3-cryptography."""
 import asyncio
+import base64
 import json
 import os
 import re
@@ -425,21 +426,28 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
         assert status(h, rs_token("k1", "k1")) == 403
 
         # Failures keep the keys in use, each with its reason in the log.
+        # A shared secret in a fetched set is one anybody may read: refused.
+        leaked = b"s" * 32
+        oct_key = {"kty": "oct", "alg": "HS256", "kid": "leak",
+                   "k": base64.urlsafe_b64encode(leaked).rstrip(b"=").decode()}
         idp.chunked = False
         for n, (st, raw, reason) in enumerate((
                 (500, None, "status=500"),
                 (200, b"{not json", "auth.jwks_url: line 1"),
                 (200, json.dumps({"keys": [{"kty": "RSA", "kid": "x"}]}).encode(),
-                 "the set holds no usable key")), start=1):
+                 "the set holds no usable key"),
+                (200, json.dumps({"keys": [rsa_jwk("k3", "k3"), oct_key]}).encode(),
+                 "holds a shared secret")), start=1):
             idp.status, idp.raw = st, raw
             sighup(h, 1 + n)
             wait_fetches(h, 0, n)
             line = [ln for ln in h.log().splitlines() if "ev=jwks_fetch ok=0" in ln][-1]
             assert reason in line, (reason, line)
             assert status(h, rs_token("k3", "k3")) == 101
+        assert status(h, token("mallory", key=leaked, headers={"kid": "leak"})) == 403
         m = scrape_metrics(h.port)
         assert m['wshub_jwks_fetches_total{result="ok"}'] == 3, m
-        assert m['wshub_jwks_fetches_total{result="error"}'] == 3, m
+        assert m['wshub_jwks_fetches_total{result="error"}'] == 4, m
         assert m["wshub_auth_keys"] == 2, m  # the HS256 key of auth.keys and k3
         # The last good fetch was the chunked one, before the three failures.
         assert good_at - 1 <= m["wshub_jwks_last_success_timestamp_seconds"] <= good_at + 1, m
@@ -447,7 +455,7 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
         with open(h.config_path, "w") as f:
             json.dump(merge(base_config(), {"auth": {"jwks_url": url + "&b", "jwks_ca_file":
                                                      pki[0], "jwks_refresh_s": 3600}}), f)
-        sighup(h, 5)
+        sighup(h, 6)
         line = [ln for ln in h.log().splitlines() if "ev=auth_reload" in ln][-1]
         assert "ok=0" in line and "change only with a restart" in line, line
         with open(h.config_path, "w") as f:
