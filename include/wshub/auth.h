@@ -83,6 +83,13 @@ struct wsh_auth_opts {
     uint32_t leeway_ms; /* default WSH_AUTH_DEFAULT_LEEWAY_MS; WSH_AUTH_LEEWAY_NONE = 0 */
     size_t max_token;   /* default WSH_AUTH_DEFAULT_TOKEN_MAX */
     size_t max_deny;    /* default WSH_AUTH_DEFAULT_DENY_MAX */
+    /* RFC 7519 4.1.1 and 4.1.3, copied by wsh_auth_create(). With issuer,
+     * a token's `iss` must be exactly it; with audience, its `aud` must be
+     * it or an array holding it. NULL: not checked. A key set shared by
+     * many applications (an identity provider's JWKS) signs tokens for all
+     * of them: these say which are for this one. */
+    const char *issuer;
+    const char *audience;
 };
 
 struct wsh_auth;
@@ -182,7 +189,9 @@ enum wsh_auth_error {
     WSH_AUTH_ECLAIM = 10,         /* "token_bad_claim": a claim has the wrong type or value */
     WSH_AUTH_ECLAIMS_TOOBIG = 11, /* "token_claims_too_large": a claim over its bound */
     WSH_AUTH_EREVOKED = 12,       /* "token_revoked": `jti` is on the deny list */
-    WSH_AUTH_ENOMEM = 13          /* "internal": out of memory */
+    WSH_AUTH_ENOMEM = 13,         /* "internal": out of memory */
+    WSH_AUTH_EISSUER = 14,        /* "token_wrong_issuer": `iss` absent or not the issuer */
+    WSH_AUTH_EAUDIENCE = 15       /* "token_wrong_audience": `aud` does not hold the audience */
 };
 
 /* Stable snake_case name of an enum wsh_auth_error ("unknown" otherwise). */

@@ -109,6 +109,8 @@ struct wsh_auth_config {
     char *jwks_url;     /* owned https:// URL of a JWK Set, fetched and refreshed; NULL: none */
     char *jwks_ca_file; /* owned CA bundle for jwks_url; NULL: the system's */
     uint32_t jwks_refresh_s; /* seconds between fetches of jwks_url */
+    char *issuer;            /* owned; the `iss` every token must have; NULL: not checked */
+    char *audience;          /* owned; a value `aud` must hold; NULL: not checked */
     bool allow_anonymous;    /* connect without a token (user "") */
 };
 

@@ -73,6 +73,8 @@ ssize_t wsh_http_parse_request(const char *buf, size_t len, size_t last_len,
 /* Finds a header by name, case-insensitive. Returns the first match or
  * NULL. */
 const struct wsh_http_header *wsh_http_find(const struct wsh_http_request *req, const char *name);
+/* How many header fields are named name (case-insensitive). */
+size_t wsh_http_count(const struct wsh_http_request *req, const char *name);
 
 /* ------------------------------------------------------------------ */
 /* Responses (response.c): the JWK Set fetch reads one to EOF          */

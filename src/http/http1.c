@@ -301,6 +301,14 @@ ssize_t wsh_http_parse_request(const char *buf, size_t len, size_t last_len,
     return r;
 }
 
+size_t wsh_http_count(const struct wsh_http_request *req, const char *name)
+{
+    size_t n = strlen(name), count = 0;
+    for (size_t i = 0; i < req->nheaders; i++)
+        count += eq_nocase(req->headers[i].name, req->headers[i].name_len, name, n);
+    return count;
+}
+
 const struct wsh_http_header *wsh_http_find(const struct wsh_http_request *req, const char *name)
 {
     size_t n = strlen(name);

@@ -73,6 +73,7 @@ struct wsh_auth {
     int64_t leeway_ms;
     size_t max_token;
     struct wsh_expset *deny; /* jti values refused until a time */
+    char *issuer, *audience; /* owned copies; NULL: not checked */
 };
 
 enum wsh_auth_alg wsh_auth_alg_parse(const char *name)
@@ -345,6 +346,9 @@ int wsh_auth_create(const struct wsh_auth_opts *o, struct wsh_auth **out, int *b
         if (kid != NULL && (a->keys[i].kid = strdup(kid)) == NULL)
             goto fail;
     }
+    if ((o->issuer != NULL && (a->issuer = strdup(o->issuer)) == NULL) ||
+        (o->audience != NULL && (a->audience = strdup(o->audience)) == NULL))
+        goto fail;
     *out = a;
     return WSH_OK;
 
@@ -363,6 +367,8 @@ void wsh_auth_destroy(struct wsh_auth *a)
     for (size_t i = 0; i < a->nkeys; i++)
         free_key(&a->keys[i]);
     wsh_expset_free(a->deny);
+    free(a->issuer);
+    free(a->audience);
     free(a);
 }
 
@@ -386,6 +392,8 @@ const char *wsh_auth_error_name(int err)
         [WSH_AUTH_ECLAIMS_TOOBIG] = "token_claims_too_large",
         [WSH_AUTH_EREVOKED] = "token_revoked",
         [WSH_AUTH_ENOMEM] = "internal",
+        [WSH_AUTH_EISSUER] = "token_wrong_issuer",
+        [WSH_AUTH_EAUDIENCE] = "token_wrong_audience",
     };
     if (err < 0 || (size_t)err >= sizeof(names) / sizeof(names[0]))
         return "unknown";
@@ -763,10 +771,42 @@ static char *copy_patterns(json_t *arr, size_t count, const char **ptrs, char *d
     return dst;
 }
 
+/* Whether the string JSON value v is exactly s (jansson strings may hold
+ * NUL; the token's JSON is refused with one anyway). */
+static bool json_str_is(json_t *v, const char *s)
+{
+    return json_is_string(v) && json_string_length(v) == strlen(s) &&
+           memcmp(json_string_value(v), s, json_string_length(v)) == 0;
+}
+
+/* RFC 7519 4.1.1, 4.1.3: the issuer and audience the server was told to
+ * require. */
+static int check_iss_aud(const struct wsh_auth *a, json_t *c)
+{
+    if (a->issuer != NULL && !json_str_is(json_object_get(c, "iss"), a->issuer))
+        return WSH_AUTH_EISSUER;
+    if (a->audience == NULL)
+        return WSH_AUTH_OK;
+    json_t *aud = json_object_get(c, "aud");
+    if (json_str_is(aud, a->audience))
+        return WSH_AUTH_OK;
+    size_t i;
+    json_t *e;
+    json_array_foreach(aud, i, e)
+    {
+        if (json_str_is(e, a->audience))
+            return WSH_AUTH_OK;
+    }
+    return WSH_AUTH_EAUDIENCE;
+}
+
 /* Claim checks and extraction, after the signature verified. */
 static int extract_claims(struct wsh_auth *a, json_t *c, int64_t now_ms, struct wsh_identity *id)
 {
     int64_t exp_ms = 0, t;
+    int bad = check_iss_aud(a, c);
+    if (bad != WSH_AUTH_OK)
+        return bad;
     json_t *v = json_object_get(c, "exp");
     if (v != NULL) {
         if (!numeric_date_ms(v, &exp_ms))

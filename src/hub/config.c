@@ -85,6 +85,8 @@ void wsh_config_free(struct wsh_hub_config *cfg)
     free(cfg->auth.jwks_file);
     free(cfg->auth.jwks_url);
     free(cfg->auth.jwks_ca_file);
+    free(cfg->auth.issuer);
+    free(cfg->auth.audience);
     for (size_t i = 0; i < cfg->norigins; i++)
         free(cfg->origins[i]);
     free(cfg->origins);
@@ -509,9 +511,9 @@ static bool parse_key(struct ctx *c, json_t *v, struct wsh_key_config *k)
     return true;
 }
 
-static const char *const auth_keys[] = {
-    "keys", "jwks_file", "jwks_url", "jwks_ca_file", "jwks_refresh_s", "allow_anonymous", NULL
-};
+static const char *const auth_keys[] = { "keys",         "jwks_file",      "jwks_url",
+                                         "jwks_ca_file", "jwks_refresh_s", "allow_anonymous",
+                                         "issuer",       "audience",       NULL };
 
 static bool parse_auth(struct ctx *c, json_t *v, struct wsh_auth_config *a)
 {
@@ -521,7 +523,9 @@ static bool parse_auth(struct ctx *c, json_t *v, struct wsh_auth_config *a)
         !get_string(c, v, "jwks_file", 1, 4096, &a->jwks_file) ||
         !get_string(c, v, "jwks_url", 1, 2048, &a->jwks_url) ||
         !get_string(c, v, "jwks_ca_file", 1, 4096, &a->jwks_ca_file) ||
-        !get_u32(c, v, "jwks_refresh_s", 10, 86400, &a->jwks_refresh_s))
+        !get_u32(c, v, "jwks_refresh_s", 10, 86400, &a->jwks_refresh_s) ||
+        !get_string(c, v, "issuer", 1, 1024, &a->issuer) ||
+        !get_string(c, v, "audience", 1, 1024, &a->audience))
         return false;
     if (a->jwks_url != NULL) {
         struct wsh_http_url u;

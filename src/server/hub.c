@@ -874,6 +874,10 @@ static int verify_token(struct hubconn *h, const char *tok, size_t len, int *per
             if (wait != NULL && (*wait = keys_ticket()) != 0)
                 return 1;
         }
+        /* Why, for whoever wonders why a token is refused (docs/auth.md,
+         * Error codes); the client is told only 2001 or 2002. */
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=token_refused reason=%s", h->c->id,
+                wsh_auth_error_name(ecode));
         /* Out of memory is the server's fault, not the token's: the
          * client is told to come back, never that it is forbidden. */
         *perr = ecode == WSH_AUTH_ENOMEM                   ? WSH_PERR_INTERNAL
@@ -984,6 +988,12 @@ int hub_upgrade_check(struct worker *w, struct conn *c, const struct wsh_http_re
     char qtok[WSH_PROTO_DEFAULT_MAX_TOKEN];
     const struct wsh_http_header *a = wsh_http_find(req, "Authorization");
     if (a != NULL) {
+        /* Two: a proxy and we could read different ones (as `token` twice
+         * in the query). */
+        if (wsh_http_count(req, "Authorization") > 1) {
+            *why = "Authorization header given twice";
+            return 401;
+        }
         if (wsh_auth_bearer(a->value, a->value_len, &tok, &toklen) != WSH_OK) {
             *why = "malformed Authorization header";
             return 401;
@@ -1330,8 +1340,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
      * same offset, would meet the same cut at every try. Half leaves room
      * for the live messages that come while it drains. */
     size_t replay_bytes = x.replay.len + 14 * x.nreplay; /* + frame headers */
-    if (recovered && x.nreplay > 1 &&
-        wsh_wq_bytes(c->wq) + replay_bytes > hub_queue_limit(c) / 2) {
+    if (recovered && x.nreplay > 1 && wsh_wq_bytes(c->wq) + replay_bytes > hub_queue_limit(c) / 2) {
         wsh_log(WSH_LOG_DEBUG, "conn=%u ev=replay_too_large bytes=%zu messages=%zu", c->id,
                 replay_bytes, x.nreplay);
         recovered = false;

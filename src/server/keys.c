@@ -50,9 +50,10 @@ static char *read_file(const char *path, size_t max, size_t *len, char *err, siz
 struct keyset {
     struct wsh_auth_key keys[WSH_AUTH_KEYS_MAX];
     size_t nkeys;
-    char *own[2 * WSH_AUTH_KEYS_MAX]; /* kid copies, secret copies and PEM texts */
+    char *own[2 * WSH_AUTH_KEYS_MAX + 2]; /* kid copies, secret copies, PEM texts, iss, aud */
     size_t nown;
     struct wsh_jwks jwks;
+    const char *issuer, *audience; /* auth.issuer and auth.audience (in own[]), or NULL */
 };
 
 static pthread_mutex_t keys_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -101,6 +102,11 @@ static struct keyset *keyset_build(const struct wsh_auth_config *ac, const char 
     if (ks == NULL) {
         snprintf(err, errlen, "out of memory");
         return NULL;
+    }
+    if ((ac->issuer != NULL && (ks->issuer = keyset_own(ks, strdup(ac->issuer))) == NULL) ||
+        (ac->audience != NULL && (ks->audience = keyset_own(ks, strdup(ac->audience))) == NULL)) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
     }
     for (size_t i = 0; i < ac->nkeys; i++) {
         const struct wsh_key_config *k = &ac->keys[i];
@@ -177,7 +183,9 @@ static struct keyset *keyset_build(const struct wsh_auth_config *ac, const char 
      * reload) rather than in a worker. */
     struct wsh_auth *probe;
     int bad = -1;
-    struct wsh_auth_opts ao = { .keys = ks->keys, .nkeys = ks->nkeys };
+    struct wsh_auth_opts ao = {
+        .keys = ks->keys, .nkeys = ks->nkeys, .issuer = ks->issuer, .audience = ks->audience
+    };
     int rc = wsh_auth_create(&ao, &probe, &bad);
     if (rc != WSH_OK) {
         if (bad >= 0 && (size_t)bad < ac->nkeys) {
@@ -239,6 +247,11 @@ int keys_init(struct wsh_hub_config *cfg, char *err, size_t errlen)
     if (ks == NULL)
         return -1;
     keyset_publish(ks);
+    /* An identity provider's keys sign tokens for all its applications
+     * (docs/auth.md, Claims). */
+    if (cfg->auth.jwks_url != NULL && cfg->auth.audience == NULL)
+        wsh_log(WSH_LOG_WARN, "ev=auth_no_audience err=\"auth.jwks_url without auth.audience: "
+                              "tokens its keys signed for any application are taken\"");
     return 0;
 }
 
@@ -568,7 +581,10 @@ struct wsh_auth *keys_auth(uint64_t *gen)
         struct wsh_auth *a = NULL;
         int rc = WSH_OK;
         if (keys_now != NULL && keys_now->nkeys > 0) {
-            struct wsh_auth_opts ao = { .keys = keys_now->keys, .nkeys = keys_now->nkeys };
+            struct wsh_auth_opts ao = { .keys = keys_now->keys,
+                                        .nkeys = keys_now->nkeys,
+                                        .issuer = keys_now->issuer,
+                                        .audience = keys_now->audience };
             int bad;
             rc = wsh_auth_create(&ao, &a, &bad);
         }

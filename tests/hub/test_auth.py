@@ -145,6 +145,10 @@ async def test_rejections_at_the_handshake_are_403(hub):
     for query in (f"token={good}&token={good}", "token=%zz", "token=abc%4", "token=a%00b"):
         assert handshake_status(h.port, path="/ws?" + query) == 401, query
     assert handshake_status(h.port, path=f"/ws?x=1&token={good}&y=%41") == 101
+    # Two Authorization headers: a proxy and the server could read different
+    # ones, so neither is (as `token` twice in the query).
+    two = [("Authorization", "Bearer " + token("a")), ("Authorization", "Bearer " + token("b"))]
+    assert handshake_status(h.port, headers=two) == 401
     # the good one passes both ways
     assert handshake_status(h.port, headers=[("Authorization", "Bearer " + token("a"))]) == 101
     assert handshake_status(h.port, path="/ws?token=" + token("a")) == 101
@@ -380,3 +384,32 @@ async def test_refresh_keeps_the_connection(hub):
     assert await c.publish("chat:rf", {"still": "here"}) == 1
     await c.quiet(0.2, lambda m: m["type"] in ("disconnect",))
     await c.close()
+
+
+@run_async
+async def test_issuer_and_audience_are_required_when_configured(hub):
+    """auth.issuer and auth.audience (docs/auth.md): a key set an identity
+    provider shares among its applications signs tokens for all of them;
+    only those whose `iss` is the issuer and whose `aud` names this
+    audience get in."""
+    h = hub(merge(base_config(), {"auth": {"issuer": "https://idp.example", "audience": "wshub"}}),
+            "--log-level", "debug")
+    iss = "https://idp.example"
+    h.alive_token = lambda: token("__alive__", iss=iss, aud="wshub")  # for the check at the end
+    ok = [token("a", iss=iss, aud="wshub"), token("a", iss=iss, aud=["chat", "wshub"])]
+    for t in ok:
+        assert handshake_status(h.port, headers=[("Authorization", "Bearer " + t)]) == 101
+    refused = {"token_wrong_audience": [token("a", iss=iss, aud="some-other-app"),
+                                        token("a", iss=iss)],
+               "token_wrong_issuer": [token("a", iss="https://evil.example", aud="wshub"),
+                                      token("a", aud="wshub")]}
+    for reason, toks in refused.items():
+        for t in toks:
+            assert handshake_status(h.port, headers=[("Authorization", "Bearer " + t)]) == 403
+        assert reason in h.log(), h.log()[-2000:]
+    # In `connect` too: 2001 and close 4500.
+    c = await Client.open(h, None, how=None, connect=False)
+    await c.send({"type": "connect", "id": 5, "payload": {"token": token("a", iss=iss, aud="x")}})
+    code, _, seen = await c.expect_close()
+    errs = [m for m in seen if m["type"] == "error"]
+    assert code == 4500 and errs and errs[0]["payload"]["code"] == 2001, (code, seen)

@@ -399,6 +399,7 @@ async def test_jwks_url_fetched_refreshed_on_new_kid_and_sighup(hub, tmp_path):
                                                "jwks_refresh_s": 3600}}), workers=2)
         wait_fetches(h, 1, 1)
         assert status(h, rs_token("k1", "k1")) == 101
+        assert "ev=auth_no_audience" in h.log()  # a provider's keys, no auth.audience
         path, headers = idp.requests[0]
         assert path == "/.well-known/jwks.json?tenant=a", path
         assert headers["Host"] == f"localhost:{idp.port}", headers

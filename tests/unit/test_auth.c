@@ -1267,6 +1267,57 @@ static void test_auth_rejects_bad_claims(void **state)
     wsh_auth_destroy(a);
 }
 
+/* auth.issuer and auth.audience (RFC 7519 4.1.1, 4.1.3): a key set shared by
+ * many applications signs tokens for all of them. */
+static void test_auth_issuer_and_audience(void **state)
+{
+    (void)state;
+    struct wsh_auth_key k[] = { KEY(WSH_AUTH_HS256, hs256_secret) };
+    struct wsh_auth_opts o = {
+        .keys = k, .nkeys = 1, .issuer = "https://idp.example", .audience = "wshub"
+    };
+    struct wsh_auth *a = NULL;
+    int bad = 0;
+    assert_int_equal(wsh_auth_create(&o, &a, &bad), WSH_OK);
+    static const struct {
+        const char *claims;
+        int want;
+    } cases[] = {
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":\"https://idp.example\",\"aud\":\"wshub\"}",
+          WSH_AUTH_OK },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":\"https://idp.example\","
+          "\"aud\":[\"other\",\"wshub\"]}",
+          WSH_AUTH_OK },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"aud\":\"wshub\"}", WSH_AUTH_EISSUER },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":\"https://evil.example\",\"aud\":\"wshub\"}",
+          WSH_AUTH_EISSUER },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":\"https://idp.example/\",\"aud\":\"wshub\"}",
+          WSH_AUTH_EISSUER },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":[\"https://idp.example\"],\"aud\":\"wshub\"}",
+          WSH_AUTH_EISSUER },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":\"https://idp.example\"}",
+          WSH_AUTH_EAUDIENCE },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":\"https://idp.example\",\"aud\":\"other\"}",
+          WSH_AUTH_EAUDIENCE },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":\"https://idp.example\",\"aud\":[]}",
+          WSH_AUTH_EAUDIENCE },
+        { "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":\"https://idp.example\",\"aud\":\"WSHUB\"}",
+          WSH_AUTH_EAUDIENCE },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        assert_int_equal(hs_claims(a, cases[i].claims, NOW_MS), cases[i].want);
+    assert_string_equal(wsh_auth_error_name(WSH_AUTH_EISSUER), "token_wrong_issuer");
+    assert_string_equal(wsh_auth_error_name(WSH_AUTH_EAUDIENCE), "token_wrong_audience");
+    assert_int_equal(wsh_auth_error_http_status(WSH_AUTH_EAUDIENCE), 403);
+    wsh_auth_destroy(a);
+    /* Without them, neither claim is looked at. */
+    a = hs256_only();
+    assert_int_equal(
+        hs_claims(a, "{\"sub\":\"a\",\"exp\":1700003600,\"iss\":7,\"aud\":{}}", NOW_MS),
+        WSH_AUTH_OK);
+    wsh_auth_destroy(a);
+}
+
 static void test_auth_rejects_claims_too_large(void **state)
 {
     (void)state;
@@ -1843,6 +1894,7 @@ int main(void)
         cmocka_unit_test(test_auth_rejects_missing_sub),
         cmocka_unit_test(test_auth_extracts_claims),
         cmocka_unit_test(test_auth_rejects_bad_claims),
+        cmocka_unit_test(test_auth_issuer_and_audience),
         cmocka_unit_test(test_auth_rejects_claims_too_large),
         cmocka_unit_test(test_auth_selects_key_by_kid),
         cmocka_unit_test(test_auth_create_rejects_bad_keys),

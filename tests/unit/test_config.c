@@ -33,6 +33,7 @@ static const char full_config[] =
     "  },\n"
     "  \"auth\": {\n"
     "    \"allow_anonymous\": false,\n"
+    "    \"issuer\": \"https://idp.example\", \"audience\": \"wshub-app\",\n"
     "    \"jwks_file\": \"/etc/wshub/jwks.json\",\n"
     "    \"keys\": [\n"
     "      {\"kid\": \"hs-2026\", \"alg\": \"HS256\", \"secret\": \"" SECRET32 "\"},\n"
@@ -140,6 +141,8 @@ static void test_config_defaults(void **state)
     assert_int_equal(cfg.limits.max_history_memory, 256u << 20);
     assert_false(cfg.auth.allow_anonymous);
     assert_null(cfg.auth.jwks_file);
+    assert_null(cfg.auth.issuer);
+    assert_null(cfg.auth.audience);
     assert_null(cfg.api_key);
     assert_int_equal(cfg.nnamespaces, 0);
     assert_int_equal(cfg.default_ns.history_size, 100);
@@ -186,6 +189,8 @@ static void test_config_full_valid(void **state)
     assert_int_equal(cfg.namespaces[2].history_ttl_s, WSH_CFG_DEFAULT_HISTORY_TTL_S);
 
     assert_false(cfg.auth.allow_anonymous);
+    assert_string_equal(cfg.auth.issuer, "https://idp.example");
+    assert_string_equal(cfg.auth.audience, "wshub-app");
     assert_int_equal(cfg.auth.nkeys, 3);
     assert_string_equal(cfg.auth.jwks_file, "/etc/wshub/jwks.json");
     assert_string_equal(cfg.auth.keys[0].kid, "hs-2026");
@@ -277,6 +282,9 @@ static void test_config_invalid_fields(void **state)
         { "{\"nope\":1}", "nope: unknown key" },
         { "[]", "(root): expected an object, got an array" },
         { "{\"auth\":{\"keys\":{}}}", "auth.keys: expected an array, got an object" },
+        { "{\"auth\":{\"audience\":\"\"}}",
+          "auth.audience: expected a string of 1 to 1024 bytes, got 0" },
+        { "{\"auth\":{\"issuer\":7}}", "auth.issuer: expected a string, got 7" },
         { "{\"auth\":{\"allow_anonymous\":\"true\"}}",
           "auth.allow_anonymous: expected true or false, got \"true\"" },
         { "{\"auth\":{\"users\":[]}}", "auth.users: unknown key" },
