@@ -1242,6 +1242,42 @@ static void on_recover(const struct wsh_broker_result *r, void *user)
     }
 }
 
+/* Whether the session's identity lets it subscribe to the channel p is
+ * the parse of: its token's `channels` claim and the personal-channel rule
+ * (docs/auth.md). The namespace is checked apart. */
+static bool may_subscribe(const struct hubconn *h, const char *name, size_t len,
+                          const struct wsh_channel *p)
+{
+    if (h->anonymous)
+        return p->user == NULL;
+    return (!h->id.channels_claim && p->user == NULL) || wsh_auth_can_subscribe(&h->id, name, len);
+}
+
+/* After a refresh: a subscription the new token no longer allows ends, as
+ * if it had never been allowed (its leave goes out), and the client is
+ * told with an `unsubscribed` push without id. Otherwise narrowing a
+ * user's `channels` at the issuer took effect only at the reconnect. */
+static void drop_forbidden_subs(struct worker *w, struct conn *c, struct hubconn *h)
+{
+    struct hubsub *next;
+    for (struct hubsub *s = h->subs; s != NULL && c->state == CONN_OPEN; s = next) {
+        next = s->conn_next;
+        struct wsh_channel p;
+        if (wsh_proto_channel_parse(s->ch->name, s->ch->name_len, WSH_CFG_MAX_CHANNEL_CEIL, &p) &&
+            may_subscribe(h, s->ch->name, s->ch->name_len, &p))
+            continue;
+        char name[WSH_BROKER_NAME_MAX + 1];
+        size_t len = s->ch->name_len < WSH_BROKER_NAME_MAX ? s->ch->name_len : WSH_BROKER_NAME_MAX;
+        memcpy(name, s->ch->name, len);
+        drop_sub(w, h, s, true);
+        struct wsh_jbuf b;
+        wsh_jbuf_init(&b);
+        int rc = wsh_proto_encode_unsubscribed(&b, WSH_PROTO_NO_ID, name, len, wsh_wall_ms());
+        (void)send_jbuf(w, c, &b, rc, PUSH_UNSUBSCRIBED);
+        wsh_jbuf_free(&b);
+    }
+}
+
 static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
                           const struct wsh_cmd *cmd)
 {
@@ -1251,11 +1287,7 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
         cmd_error(w, c, cmd, WSH_PERR_UNKNOWN_NAMESPACE);
         return;
     }
-    bool allowed = h->anonymous
-                       ? cmd->chan.user == NULL
-                       : (!h->id.channels_claim && cmd->chan.user == NULL) ||
-                             wsh_auth_can_subscribe(&h->id, cmd->channel, cmd->channel_len);
-    if (!allowed) {
+    if (!may_subscribe(h, cmd->channel, cmd->channel_len, &cmd->chan)) {
         cmd_error(w, c, cmd, WSH_PERR_FORBIDDEN);
         return;
     }
@@ -1816,8 +1848,10 @@ static bool cmd_connect_or_refresh(struct worker *w, struct conn *c, struct hubc
                                                   ulen, h->id.exp_ms / 1000, wsh_wall_ms());
     if (!refresh)
         h->connected = true; /* before the reply, which may end h */
-    (void)send_jbuf(w, c, &b, rc, refresh ? PUSH_REFRESHED : PUSH_CONNECTED);
+    bool open = send_jbuf(w, c, &b, rc, refresh ? PUSH_REFRESHED : PUSH_CONNECTED);
     wsh_jbuf_free(&b);
+    if (refresh && open)
+        drop_forbidden_subs(w, c, h);
     return true;
 }
 

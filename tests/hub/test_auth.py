@@ -413,3 +413,36 @@ async def test_issuer_and_audience_are_required_when_configured(hub):
     code, _, seen = await c.expect_close()
     errs = [m for m in seen if m["type"] == "error"]
     assert code == 4500 and errs and errs[0]["payload"]["code"] == 2001, (code, seen)
+
+
+@run_async
+async def test_a_refresh_that_narrows_channels_ends_those_subscriptions(hub):
+    """docs/auth.md: the channels a refreshed token no longer allows are left
+    at once, told by an `unsubscribed` push without id (and a `leave` to the
+    others); the rest go on. The issuer can take a user out of a room
+    without waiting for a reconnect."""
+    h = hub()
+    a = await Client.open(h, token("alice", channels=["chat:*"]))
+    await a.subscribe("chat:secret")
+    await a.subscribe("chat:pub")
+    bob = await Client.open(h, token("bob"))
+    await bob.subscribe("chat:secret")
+    await bob.subscribe("chat:pub")
+    r = await a.cmd("refresh", payload={"token": token("alice", channels=["chat:pub"])})
+    assert r["type"] == "refreshed", r
+    u = await a.push("unsubscribed", "chat:secret")
+    assert "id" not in u, u
+    leave = await bob.push("leave", "chat:secret")
+    assert leave["payload"]["user"] == "alice", leave
+    await bob.publish("chat:secret", {"n": 1})
+    await bob.publish("chat:pub", {"n": 2})
+    m = await a.push("message")
+    assert m["channel"] == "chat:pub" and m["payload"] == {"n": 2}, m
+    await a.quiet(0.3, lambda m: m["type"] == "message")
+    await expect_error(a, "subscribe", "chat:secret", 2003)
+    # A refresh that keeps them all ends none.
+    r = await a.cmd("refresh", payload={"token": token("alice", channels=["chat:pub"])})
+    assert r["type"] == "refreshed", r
+    await a.quiet(0.3, lambda m: m["type"] == "unsubscribed")
+    await a.close()
+    await bob.close()
