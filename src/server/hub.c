@@ -913,7 +913,7 @@ static void arm_expiry(struct worker *w, struct hubconn *h)
     int64_t now = wsh_wall_ms();
     int64_t at = h->id.exp_ms - REFRESH_AHEAD_MS;
     if (h->refresh_sent)
-        at = h->id.exp_ms;
+        at = h->id.exp_ms + WSH_AUTH_DEFAULT_LEEWAY_MS;
     else if (at < now)
         at = now; /* expires within the lead time: ask for a refresh now */
     wsh_timer_start(w->loop, &h->exp_timer, at > now ? (uint64_t)(at - now) : 0);
@@ -1062,8 +1062,12 @@ static void hub_timer(struct wsh_loop *l, struct wsh_timer *t)
         hub_disconnect(w, c, WSH_CLOSE_POLICY, "authentication timeout", false);
         return;
     }
+    /* Closed when the token would no longer be taken (exp + the leeway
+     * verification allows): one taken within the leeway, a little past its
+     * exp, gets refresh_required and that much time to refresh, rather
+     * than a 4100 a moment after `connected`. */
     int64_t now = wsh_wall_ms();
-    if (h->id.exp_ms != 0 && now >= h->id.exp_ms) {
+    if (h->id.exp_ms != 0 && now >= h->id.exp_ms + WSH_AUTH_DEFAULT_LEEWAY_MS) {
         hub_disconnect(w, c, 4100, "token expired", true);
         return;
     }
