@@ -528,26 +528,43 @@ def test_fault_echo_flood_without_reading_meets_backpressure(server):
     assert_healthy(server, base)
 
 
+def read_head(s):
+    """An HTTP response head, or what came before the peer closed."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def start_with_fds(nofile, workers):
+    """`wshub --echo` with RLIMIT_NOFILE nofile: (process, its log file,
+    port)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    d = tempfile.mkdtemp(prefix="wshub-fds-")
+    pf = os.path.join(d, "port")
+    log = open(os.path.join(d, "log"), "w+")
+    proc = subprocess.Popen([WSHUB, "--listen", "127.0.0.1:0", "--port-file", pf, "--workers",
+                             str(workers), "--echo"], stderr=log, preexec_fn=limit)
+    deadline = time.time() + 10 * MULT
+    while not os.path.exists(pf) or not open(pf).read().endswith("\n"):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    return proc, log, int(open(pf).read())
+
+
 def test_fault_fd_exhaustion_refuses_and_recovers():
     """Out of file descriptors (RLIMIT_NOFILE 64): the listener does not
     spin; surplus connections are refused (503 via the reserve fd, or
     closed), and once connections close the server serves again."""
-    import resource
-
-    def low_fds():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-
-    d = tempfile.mkdtemp(prefix="wshub-emfile-")
-    pf = os.path.join(d, "port")
-    log = open(os.path.join(d, "log"), "w+")
-    proc = subprocess.Popen([WSHUB, "--listen", "127.0.0.1:0", "--port-file", pf, "--workers", "1",
-                             "--echo"], stderr=log, preexec_fn=low_fds)
+    proc, log, port = start_with_fds(64, 1)
     try:
-        deadline = time.time() + 10 * MULT
-        while not os.path.exists(pf):
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.02)
-        port = int(open(pf).read())
         # Open connections until the server runs out of fds: the ones past
         # the limit are refused (503 through the reserve fd, or closed).
         held, refused = [], 0
@@ -602,34 +619,15 @@ def test_fault_connection_count_is_reached_before_the_fd_limit():
     - 64 - 4 per worker - 1, so with many workers the server still refuses
     with its own 503 (Retry-After: 1) at the count, never reaching the
     kernel's limit, where a certificate reload or a key fetch would fail."""
-    import resource
-
-    def fds_300():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
-
-    d = tempfile.mkdtemp(prefix="wshub-fdcount-")
-    pf = os.path.join(d, "port")
-    log = open(os.path.join(d, "log"), "w+")
-    proc = subprocess.Popen([WSHUB, "--listen", "127.0.0.1:0", "--port-file", pf, "--workers", "16",
-                             "--echo"], stderr=log, preexec_fn=fds_300)
+    proc, log, port = start_with_fds(300, 16)
     held = []
     try:
-        deadline = time.time() + 10 * MULT
-        while not os.path.exists(pf) or not open(pf).read().endswith("\n"):
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.02)
-        port = int(open(pf).read())
         expected = 300 - 64 - 4 * 16 - 1
         statuses = []
         for _ in range(expected + 5):
             s = connect(port)
             s.sendall(upgrade_request())
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
+            head = read_head(s)
             statuses.append(head.split(b" ", 2)[1] if head else b"closed")
             held.append(s)
         assert statuses[:expected] == [b"101"] * expected, statuses

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 import pytest
-from test_fault import (MULT, Server, frame, free_port, read_close, upgrade_request,
+from test_fault import (MULT, Server, frame, free_port, read_close, read_head, upgrade_request,
                         wait_fds_back)
 
 SIG2 = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -60,16 +60,6 @@ def connect(port, source=None):
     s.connect(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
-
-
-def read_head(s):
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return head
 
 
 def proxied_upgrade(port, header, path="/echo", chop=False):

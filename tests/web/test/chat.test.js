@@ -13,7 +13,7 @@ const os = require('node:os');
 const path = require('node:path');
 
 const {
-  MULT, BIN, CONFIG, OUT, T, Server, browserFor, startServer, waitFor,
+  MULT, BIN, CONFIG, OUT, T, Server, browserFor, startServer, waitFor, pageWithConfig,
 } = require('./harness.js');
 
 const text = (page, sel) => page.locator(sel).innerText();
@@ -49,17 +49,9 @@ const bubbles = (page) => page.$$eval('#messages li .bubble', (bs) => bs.map((b)
 // A server on the demo's configuration with some limits changed, and a
 // page of it in a fresh Chromium whose errors are collected.
 async function pageWithLimits(t, limits) {
-  const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-limits-'));
   const cfg = JSON.parse(fs.readFileSync(CONFIG, 'utf8'));
   cfg.limits = { ...cfg.limits, ...limits };
-  const cfgPath = path.join(cfgDir, 'config.json');
-  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
-  const server = await new Server('127.0.0.1:0', cfgPath).ready();
-  const ctx = await browserFor(t, () => server, [cfgDir]);
-  const page = await ctx.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  return { server, page, errors };
+  return pageWithConfig(t, cfg);
 }
 
 test('two people chat in real Chromium', { timeout: 150000 * MULT }, async (t) => {

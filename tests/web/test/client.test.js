@@ -7,10 +7,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const os = require('node:os');
-const path = require('node:path');
 
-const { MULT, CONFIG, Server, browserFor, waitFor } = require('./harness.js');
+const { MULT, CONFIG, pageWithConfig, waitFor } = require('./harness.js');
 
 const API_KEY = 'client-test-api-key-0123456789';
 
@@ -29,17 +27,10 @@ async function publish(port, channel, payload) {
 // The demo's configuration, an API key, and `feed`, a namespace that
 // keeps history but does not recover.
 async function start(t) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-client-'));
   const cfg = JSON.parse(fs.readFileSync(CONFIG, 'utf8'));
   cfg.api_key = API_KEY;
   cfg.namespaces.feed = { history_size: 10, recover: false, publish: 'server' };
-  const cfgPath = path.join(dir, 'config.json');
-  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
-  const server = await new Server('127.0.0.1:0', cfgPath).ready();
-  const ctx = await browserFor(t, () => server, [dir]);
-  const page = await ctx.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  const { server, page, errors } = await pageWithConfig(t, cfg);
   await page.goto(`http://127.0.0.1:${server.port}/`);
   await page.evaluate(async () => {
     const { WshubClient } = await import('/wshub.js');

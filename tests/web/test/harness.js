@@ -85,6 +85,22 @@ async function startServer(listen = '127.0.0.1:0') {
 
 const waitFor = (page, fn, arg) => page.waitForFunction(fn, arg, { timeout: T });
 
+// A server on configuration cfg (an object, written to a throw-away file)
+// and a page of it in a fresh Chromium whose errors are collected; all of
+// it ends with test t.
+async function pageWithConfig(t, cfg) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-cfg-'));
+  const cfgPath = path.join(dir, 'config.json');
+  fs.writeFileSync(cfgPath, JSON.stringify(cfg));
+  const server = await new Server('127.0.0.1:0', cfgPath).ready();
+  const ctx = await browserFor(t, () => server, [dir]);
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  return { server, page, errors };
+}
+
 module.exports = {
   MULT, BIN, SRC, WEB_ROOT, CONFIG, OUT, CHROMIUM, T, sleep, Server, launchChromium, browserFor, startServer, waitFor,
+  pageWithConfig,
 };

@@ -9,12 +9,10 @@
 // its tokens come from a tab's getToken.
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 const { pathToFileURL } = require('node:url');
 
-const { MULT, BIN, T, WEB_ROOT, Server, browserFor, startServer, waitFor } = require('./harness.js');
+const { MULT, BIN, T, WEB_ROOT, browserFor, startServer, waitFor, pageWithConfig } = require('./harness.js');
 
 // The samples of /metrics, by full series name, read by the dashboard's
 // own parser (web/metrics.js, unit-tested in metrics.test.js).
@@ -197,17 +195,10 @@ test('tabs of one browser share one connection', { timeout: 120000 * MULT }, asy
 test('the shared connection asks a tab for its tokens', { timeout: 60000 * MULT }, async (t) => {
   assert.ok(BIN, 'WSHUB_BIN is not set');
   const secret = 'a-secret-for-the-shared-tabs-test-0123';
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wshub-web-tabs-'));
-  const cfgPath = path.join(dir, 'config.json');
-  fs.writeFileSync(cfgPath, JSON.stringify({
+  const { server, page, errors } = await pageWithConfig(t, {
     namespaces: { chat: { history_size: 10 } },
     auth: { allow_anonymous: false, keys: [{ alg: 'HS256', secret }] },
-  }));
-  const server = await new Server('127.0.0.1:0', cfgPath).ready();
-  const ctx = await browserFor(t, () => server, [dir]);
-  const page = await ctx.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  });
   await page.goto(`http://127.0.0.1:${server.port}/`);
   const r = await page.evaluate(async ({ secret, limitMs }) => {
     const b64 = (bytes) => btoa(String.fromCharCode(...bytes)).replace(/=+$/, '').replace(/\+/g, '-').replace(/\//g, '_');
