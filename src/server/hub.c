@@ -1120,9 +1120,9 @@ static struct hubsub *cmd_sub(struct worker *w, struct conn *c, struct hubconn *
 }
 
 /* The memory engine's bookkeeping calls fail only on a bad argument or on
- * ENOMEM; neither leaves anything to undo here, so the result is logged. */
-/* Logs a broker failure; limits.max_channels is not one (a client can
- * reach it at will: /metrics counts it instead). */
+ * ENOMEM; neither leaves anything to undo here, so the result is logged.
+ * limits.max_channels (WSH_EPOLICY) is not logged: a client can reach it
+ * at will, and /metrics counts it. */
 static void check(int rc, const char *what)
 {
     if (rc != WSH_OK && rc != WSH_EPOLICY)
