@@ -139,8 +139,10 @@ static bool key_fits(const struct alg_info *ai, const struct jose_material *m, c
     int id = m->pk != NULL ? EVP_PKEY_get_base_id(m->pk) : EVP_PKEY_NONE;
     if (ai->kind == KIND_RSA || ai->kind == KIND_RSA_PSS) {
         /* A plain RSA key serves both paddings (RFC 7518 3.3, 3.5). */
+        /* Over 8192 bits, as jwks.c bounds a JWK: what one check costs. */
         *why = id != EVP_PKEY_RSA                ? "not an RSA public key"
                : EVP_PKEY_get_bits(m->pk) < 2048 ? "RSA key under 2048 bits"
+               : EVP_PKEY_get_bits(m->pk) > 8192 ? "RSA key over 8192 bits"
                                                  : NULL;
     } else if (ai->kind == KIND_EC) {
         char group[64];

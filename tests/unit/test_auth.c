@@ -856,7 +856,7 @@ static void test_auth_jwks_skips(void **state)
     (void)state;
     struct jwks_fixture f;
     make_jwks_fixture(&f);
-    char bad[24][1100];
+    char bad[25][1100];
     size_t nb = 0;
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"RSA\",\"use\":\"enc\"");
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"",
@@ -867,6 +867,7 @@ static void test_auth_jwks_skips(void **state)
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAB=\""); /* padded */
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAB+\""); /* not url */
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQABAQABAQAB\""); /* 9 B */
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAAAAE\""); /* 5 B: 33 bits */
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"rsa\"");
     edit(bad[nb++], sizeof(bad[0]), f.ec, "\"crv\":\"P-256\"", "\"crv\":\"P-384\"");
     edit(bad[nb++], sizeof(bad[0]), f.ec, "\"crv\":\"P-256\"", "\"crv\":\"secp256k1\"");
@@ -896,6 +897,7 @@ static void test_auth_jwks_skips(void **state)
         "RSA e missing",
         "RSA e missing",
         "RSA e missing",
+        "RSA e missing, malformed or over 32 bits",
         "kty not understood",
         "EC point not on its curve", /* 32-byte x, y padded to P-384's 48 */
         "EC crv missing",
@@ -930,7 +932,7 @@ static void test_auth_jwks_skips(void **state)
                      why[i]);
     }
     assert_string_equal(s.kid[0], "r");
-    assert_string_equal(s.kid[18], "(none)"); /* a kid that is not a string */
+    assert_string_equal(s.kid[19], "(none)"); /* a kid that is not a string */
     wsh_jwks_free(&j);
 }
 
