@@ -203,9 +203,9 @@ typedef void wsh_broker_message_cb(const char *channel, const char *epoch,
  * (oldest messages first; possibly the publishing channel's own) until the
  * total is 1/64 under it (so the next publishes find room without
  * evicting), at most 4096 messages per call; the next calls and sweep go
- * on where one stopped. One thread evicts at a time. Recovery across a dropped message reports
- * recovered = false, as for any message trimmed by size or TTL; it is never
- * a silent gap. 0 means unbounded for either. */
+ * on where one stopped. One thread evicts at a time. Recovery across a
+ * dropped message reports recovered = false, as for any message trimmed by
+ * size or TTL; it is never a silent gap. 0 means unbounded for either. */
 struct wsh_broker_limits {
     size_t max_channels;
     size_t max_history_memory;

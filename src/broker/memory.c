@@ -353,13 +353,19 @@ struct memory {
     atomic_bool evicting; /* a thread is in evict_down */
     wsh_broker_message_cb *on_message;
     void *user;
-    atomic_size_t subscriptions, presence, history_messages, history_bytes, history_memory;
+    atomic_size_t subscriptions, presence, history_messages, history_bytes;
     _Atomic uint64_t published, duplicates, channels_freed, channels_refused, history_evicted;
 };
 
 /* What one message in history costs beside its bytes: the record and the
  * allocator's header, so that a flood of tiny messages is counted too. */
 #define BLOB_OVERHEAD (sizeof(struct blob) + 2 + 16)
+
+/* What max_history bounds, from the counters history keeps anyway. */
+static size_t history_memory(struct memory *m)
+{
+    return atomic_load(&m->history_bytes) + atomic_load(&m->history_messages) * BLOB_OVERHEAD;
+}
 
 static void blob_unref(struct blob *b)
 {
@@ -404,7 +410,6 @@ static void ring_pop(struct memory *m, struct channel *c)
     c->ring_bytes -= blob_bytes(b);
     atomic_fetch_sub(&m->history_messages, 1);
     atomic_fetch_sub(&m->history_bytes, blob_bytes(b));
-    atomic_fetch_sub(&m->history_memory, blob_bytes(b) + BLOB_OVERHEAD);
     blob_unref(b);
 }
 
@@ -474,6 +479,17 @@ static void lru_unlink(struct memory *m, struct channel *c)
     c->in_lru = false;
 }
 
+/* Takes c off the list if it is on it; called with c->mu held (or sole
+ * use of c). */
+static void lru_drop(struct memory *m, struct channel *c)
+{
+    if (!c->in_lru)
+        return;
+    pthread_mutex_lock(&m->lru_mu);
+    lru_unlink(m, c);
+    pthread_mutex_unlock(&m->lru_mu);
+}
+
 /* After a message joined c's history; called with c->mu held. */
 static void lru_touch(struct memory *m, struct channel *c, int64_t now_ms)
 {
@@ -503,11 +519,7 @@ static void free_node(struct node *n, void *arg)
 
 static void channel_free(struct memory *m, struct channel *c)
 {
-    if (c->in_lru) {
-        pthread_mutex_lock(&m->lru_mu);
-        lru_unlink(m, c);
-        pthread_mutex_unlock(&m->lru_mu);
-    }
+    lru_drop(m, c);
     while (c->len > 0)
         ring_pop(m, c);
     free(c->ring);
@@ -619,7 +631,7 @@ static void result_init(struct wsh_broker_result *r, enum wsh_broker_op op, cons
  * so sweep cannot free it meanwhile. */
 static size_t evict_down(struct memory *m, size_t low, size_t budget)
 {
-    while (budget > 0 && atomic_load(&m->history_memory) > low) {
+    while (budget > 0 && history_memory(m) > low) {
         pthread_rwlock_rdlock(&m->lock);
         pthread_mutex_lock(&m->lru_mu);
         struct channel *c = m->lru_head;
@@ -631,15 +643,12 @@ static size_t evict_down(struct memory *m, size_t low, size_t budget)
             return 0;
         uint64_t n = 0;
         pthread_mutex_lock(&c->mu);
-        while (n < budget && c->len > 0 && atomic_load(&m->history_memory) > low) {
+        while (n < budget && c->len > 0 && history_memory(m) > low) {
             ring_pop(m, c);
             n++;
         }
-        if (c->len == 0 && c->in_lru) {
-            pthread_mutex_lock(&m->lru_mu);
-            lru_unlink(m, c);
-            pthread_mutex_unlock(&m->lru_mu);
-        }
+        if (c->len == 0)
+            lru_drop(m, c);
         pthread_mutex_unlock(&c->mu);
         channel_put(c);
         atomic_fetch_add(&m->history_evicted, n);
@@ -656,7 +665,7 @@ static void evict(struct memory *m)
     size_t budget = EVICT_BATCH;
     for (;;) {
         size_t max = atomic_load(&m->max_history);
-        if (max == 0 || budget == 0 || atomic_load(&m->history_memory) <= max)
+        if (max == 0 || budget == 0 || history_memory(m) <= max)
             return;
         if (atomic_exchange(&m->evicting, true))
             return;
@@ -796,7 +805,6 @@ static int memory_publish(void *self, const struct wsh_broker_publish_req *req, 
         c->ring_bytes += blob_bytes(b);
         atomic_fetch_add(&m->history_messages, 1);
         atomic_fetch_add(&m->history_bytes, blob_bytes(b));
-        atomic_fetch_add(&m->history_memory, blob_bytes(b) + BLOB_OVERHEAD);
         lru_touch(m, c, req->now_ms);
     }
     if (d != NULL) {
@@ -1309,7 +1317,7 @@ static int memory_info(void *self, wsh_broker_cb *cb, void *user)
     i.channels_freed = atomic_load(&m->channels_freed);
     i.channels_refused = atomic_load(&m->channels_refused);
     i.history_evicted = atomic_load(&m->history_evicted);
-    i.history_memory = atomic_load(&m->history_memory);
+    i.history_memory = history_memory(m);
     r.info = &i;
     cb(&r, user);
     return WSH_OK;
