@@ -1221,7 +1221,12 @@ struct subscribe_ctx {
     char epoch[WSH_BROKER_EPOCH_LEN + 1];
     struct wsh_jbuf replay;
     size_t nreplay; /* messages in replay */
+    size_t room;    /* bytes the replay may take in the queue (see cmd_subscribe) */
+    bool too_big;   /* more than one message, and past room: not encoded further */
 };
+
+/* A replayed message's frame header and NUL boundary, at most. */
+#define REPLAY_FRAME_HEAD 14
 
 /* Recovery (DESIGN.md 4): `subscribed`, then the missed messages in order.
  * The subscription was registered before the broker was asked, so live
@@ -1243,6 +1248,10 @@ static void on_recover(const struct wsh_broker_result *r, void *user)
         /* One JSON message per frame: mark the boundary with a NUL. */
         x->replay.data[x->replay.len++] = '\0';
         x->nreplay++;
+        if (x->nreplay > 1 && x->replay.len + REPLAY_FRAME_HEAD * x->nreplay > x->room) {
+            x->too_big = true;
+            break;
+        }
     }
 }
 
@@ -1255,6 +1264,22 @@ static bool may_subscribe(const struct hubconn *h, const char *name, size_t len,
     if (h->anonymous)
         return p->user == NULL;
     return (!h->id.channels_claim && p->user == NULL) || wsh_auth_can_subscribe(&h->id, name, len);
+}
+
+/* Ends s and tells the client: `unsubscribed`, with the command's id, or
+ * without one when the server ended it. */
+static void end_sub(struct worker *w, struct conn *c, struct hubconn *h, struct hubsub *s,
+                    int64_t id)
+{
+    char name[WSH_BROKER_NAME_MAX + 1];
+    size_t len = s->ch->name_len < WSH_BROKER_NAME_MAX ? s->ch->name_len : WSH_BROKER_NAME_MAX;
+    memcpy(name, s->ch->name, len); /* s and maybe its channel go with drop_sub */
+    drop_sub(w, h, s, true);
+    struct wsh_jbuf b;
+    wsh_jbuf_init(&b);
+    int rc = wsh_proto_encode_unsubscribed(&b, id, name, len, wsh_wall_ms());
+    (void)send_jbuf(w, c, &b, rc, PUSH_UNSUBSCRIBED);
+    wsh_jbuf_free(&b);
 }
 
 /* After a refresh: a subscription the new token no longer allows ends, as
@@ -1270,15 +1295,7 @@ static void drop_forbidden_subs(struct worker *w, struct conn *c, struct hubconn
         if (wsh_proto_channel_parse(s->ch->name, s->ch->name_len, WSH_CFG_MAX_CHANNEL_CEIL, &p) &&
             may_subscribe(h, s->ch->name, s->ch->name_len, &p))
             continue;
-        char name[WSH_BROKER_NAME_MAX + 1];
-        size_t len = s->ch->name_len < WSH_BROKER_NAME_MAX ? s->ch->name_len : WSH_BROKER_NAME_MAX;
-        memcpy(name, s->ch->name, len);
-        drop_sub(w, h, s, true);
-        struct wsh_jbuf b;
-        wsh_jbuf_init(&b);
-        int rc = wsh_proto_encode_unsubscribed(&b, WSH_PROTO_NO_ID, name, len, wsh_wall_ms());
-        (void)send_jbuf(w, c, &b, rc, PUSH_UNSUBSCRIBED);
-        wsh_jbuf_free(&b);
+        end_sub(w, c, h, s, WSH_PROTO_NO_ID);
     }
 }
 
@@ -1346,7 +1363,17 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     h->subs = s;
     h->nsubs++;
 
-    struct subscribe_ctx x = { .w = w, .c = c, .s = s, .id = cmd->id };
+    /* A replay that would take the queue past half of --max-queue is not
+     * sent: recovered false, and the client pages through `history`
+     * (since, limit). Sent, it would pass the limit with the first live
+     * message behind it (4101), and the client, recovering again from the
+     * same offset, would meet the same cut at every try. Half leaves room
+     * for the live messages that come while it drains. One message alone
+     * may pass, as anywhere (conn_send). */
+    size_t half = hub_queue_limit(c) / 2, queued = wsh_wq_bytes(c->wq);
+    struct subscribe_ctx x = {
+        .w = w, .c = c, .s = s, .id = cmd->id, .room = queued < half ? half - queued : 0
+    };
     wsh_jbuf_init(&x.replay);
     /* With an offset/epoch the broker replays what was missed; without, an
      * impossible epoch just reports the channel's current position. */
@@ -1369,16 +1396,8 @@ static void cmd_subscribe(struct worker *w, struct conn *c, struct hubconn *h,
     s->after = x.offset;
     snprintf(s->epoch, sizeof(s->epoch), "%s", x.epoch);
     bool recovered = cmd->has_recover && x.recovered;
-    /* A replay that would take the queue past half of --max-queue is not
-     * sent: recovered false, and the client pages through `history`
-     * (since, limit). Sent, it would pass the limit with the first live
-     * message behind it (4101), and the client, recovering again from the
-     * same offset, would meet the same cut at every try. Half leaves room
-     * for the live messages that come while it drains. */
-    size_t replay_bytes = x.replay.len + 14 * x.nreplay; /* + frame headers */
-    if (recovered && x.nreplay > 1 && wsh_wq_bytes(c->wq) + replay_bytes > hub_queue_limit(c) / 2) {
-        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=replay_too_large bytes=%zu messages=%zu", c->id,
-                replay_bytes, x.nreplay);
+    if (recovered && x.too_big) {
+        wsh_log(WSH_LOG_DEBUG, "conn=%u ev=replay_too_large room=%zu", c->id, x.room);
         recovered = false;
     }
     struct wsh_jbuf b;
@@ -1582,15 +1601,8 @@ static void cmd_unsubscribe(struct worker *w, struct conn *c, struct hubconn *h,
                             const struct wsh_cmd *cmd)
 {
     struct hubsub *s = cmd_sub(w, c, h, cmd);
-    if (s == NULL)
-        return;
-    drop_sub(w, h, s, true);
-    struct wsh_jbuf b;
-    wsh_jbuf_init(&b);
-    int rc =
-        wsh_proto_encode_unsubscribed(&b, cmd->id, cmd->channel, cmd->channel_len, wsh_wall_ms());
-    (void)send_jbuf(w, c, &b, rc, PUSH_UNSUBSCRIBED);
-    wsh_jbuf_free(&b);
+    if (s != NULL)
+        end_sub(w, c, h, s, cmd->id);
 }
 
 struct list_ctx {
