@@ -210,7 +210,11 @@ export class WshubClient extends EventTarget {
     globalThis.removeEventListener?.('online', this.onOnline);
     clearTimeout(this.outboxTimer);
     this.outboxTimer = null;
-    const why = new WshubError(0, 'client closed');
+    this.refuseOutbox(new WshubError(0, 'client closed'));
+  }
+
+  // Every publish still waiting is refused with why: none will go out.
+  refuseOutbox(why) {
     for (const item of this.outbox.splice(0)) item.reject(why);
   }
 
@@ -284,8 +288,7 @@ export class WshubClient extends EventTarget {
       this.wanted = false;
       this.setState('closed', { code, reason });
       // Nothing in the buffer will go out now: say so to each publisher.
-      const why = new WshubError(code, `closed for good (${code}${reason ? ` ${reason}` : ''})`);
-      for (const item of this.outbox.splice(0)) item.reject(why);
+      this.refuseOutbox(new WshubError(code, `closed for good (${code}${reason ? ` ${reason}` : ''})`));
       return;
     }
     this.scheduleReconnect({ code, reason });
@@ -424,11 +427,6 @@ export class WshubClient extends EventTarget {
       cmd.payload = { recover: { offset: sub.offset, epoch: sub.epoch } };
     }
     const ws = this.ws;
-    const retry = () => {
-      setTimeout(() => {
-        if (ws === this.ws && this.subs.get(sub.channel) === sub && !sub.active) this.sendSubscribe(sub);
-      }, backoffDelay(sub.subscribeTries));
-    };
     let r;
     sub.pending = true;
     try {
@@ -454,7 +452,9 @@ export class WshubClient extends EventTarget {
       const timedOut = e.code === 0 && ws === this.ws && this.state === 'connected';
       if (e.code === 0 && !timedOut) return; // connection lost: re-subscribed on reconnect
       if ((timedOut || RETRYABLE_ERRORS.has(e.code)) && sub.subscribeTries++ < 10) {
-        retry();
+        setTimeout(() => {
+          if (ws === this.ws && this.subs.get(sub.channel) === sub && !sub.active) this.sendSubscribe(sub);
+        }, backoffDelay(sub.subscribeTries));
         return;
       }
       sub.call('onError', { code: e.code, message: e.message });
