@@ -10,8 +10,10 @@
 #include <jwt.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <stdio.h>
@@ -867,7 +869,8 @@ static void test_auth_jwks_skips(void **state)
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAB=\""); /* padded */
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAB+\""); /* not url */
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQABAQABAQAB\""); /* 9 B */
-    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQAAAAE\""); /* 5 B: 33 bits */
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"",
+         "\"e\":\"AQAAAAE\""); /* 5 B: 33 bits */
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"rsa\"");
     edit(bad[nb++], sizeof(bad[0]), f.ec, "\"crv\":\"P-256\"", "\"crv\":\"P-384\"");
     edit(bad[nb++], sizeof(bad[0]), f.ec, "\"crv\":\"P-256\"", "\"crv\":\"secp256k1\"");
@@ -1377,6 +1380,77 @@ static void test_auth_selects_key_by_kid(void **state)
     assert_int_equal(verify(a, t, NOW_MS, NULL), WSH_AUTH_OK);
     free(t);
     wsh_auth_destroy(a);
+}
+
+/* An RSA public key (PEM) whose modulus is `bytes` long, top and low bits
+ * set, exponent 65537. Not a product of two primes: nothing here checks
+ * that, and it is the size that is tested. */
+static char *rsa_pem_of_size(size_t bytes, uint8_t *n)
+{
+    for (size_t i = 0; i < bytes; i++)
+        n[i] = (uint8_t)(i * 131 + 7);
+    n[0] |= 0x80;
+    n[bytes - 1] |= 1;
+    BIGNUM *bn = BN_bin2bn(n, (int)bytes, NULL), *e = BN_new();
+    assert_non_null(bn);
+    assert_non_null(e);
+    assert_int_equal(BN_set_word(e, 65537), 1);
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    assert_int_equal(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn), 1);
+    assert_int_equal(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e), 1);
+    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    EVP_PKEY *pk = NULL;
+    assert_int_equal(EVP_PKEY_fromdata_init(ctx), 1);
+    assert_int_equal(EVP_PKEY_fromdata(ctx, &pk, EVP_PKEY_PUBLIC_KEY, params), 1);
+    BIO *b = BIO_new(BIO_s_mem());
+    assert_int_equal(PEM_write_bio_PUBKEY(b, pk), 1);
+    char *pem = bio_string(b);
+    BIO_free(b);
+    EVP_PKEY_free(pk);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(bn);
+    BN_free(e);
+    return pem;
+}
+
+/* What one signature check costs is bounded: RSA keys of at most 8192 bits,
+ * as PEM and as JWK (a token without kid is tried against every key). */
+static void test_auth_rsa_size_bound(void **state)
+{
+    (void)state;
+    uint8_t n[1025];
+    for (size_t bytes = 1024; bytes <= 1025; bytes++) {
+        char *pem = rsa_pem_of_size(bytes, n);
+        struct wsh_auth_key k = KEY(WSH_AUTH_RS256, pem);
+        const char *why = wsh_auth_key_problem(&k);
+        if (bytes == 1024)
+            assert_null(why);
+        else {
+            assert_non_null(why);
+            assert_string_equal(why, "RSA key over 8192 bits");
+        }
+        free(pem);
+        char *nb = b64url(n, bytes);
+        size_t cap = strlen(nb) + 64;
+        char *jwk = malloc(cap);
+        assert_non_null(jwk);
+        snprintf(jwk, cap, "{\"kty\":\"RSA\",\"kid\":\"big\",\"n\":\"%s\",\"e\":\"AQAB\"}", nb);
+        struct wsh_jwks j;
+        struct skips sk;
+        char err[256];
+        assert_int_equal(parse_set(jwk, &j, &sk, err, sizeof(err)), WSH_OK);
+        assert_int_equal(j.nkeys, bytes == 1024 ? 1 : 0);
+        if (bytes == 1025) {
+            assert_int_equal(sk.n, 1);
+            assert_string_equal(sk.why[0], "RSA key over 8192 bits");
+        }
+        wsh_jwks_free(&j);
+        free(jwk);
+        free(nb);
+    }
 }
 
 static void test_auth_create_rejects_bad_keys(void **state)
@@ -1897,6 +1971,7 @@ int main(void)
         cmocka_unit_test(test_auth_extracts_claims),
         cmocka_unit_test(test_auth_rejects_bad_claims),
         cmocka_unit_test(test_auth_issuer_and_audience),
+        cmocka_unit_test(test_auth_rsa_size_bound),
         cmocka_unit_test(test_auth_rejects_claims_too_large),
         cmocka_unit_test(test_auth_selects_key_by_kid),
         cmocka_unit_test(test_auth_create_rejects_bad_keys),
