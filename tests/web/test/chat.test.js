@@ -148,6 +148,25 @@ test('two people chat in real Chromium', { timeout: 150000 * MULT }, async (t) =
     assert.equal(await b.evaluate(() => window.wshubChat.client.pendingPublishes), 0);
   });
 
+  await t.test('a message stored twice under one mid is shown once', async () => {
+    // What a sender's retry after the de-duplication window leaves in
+    // history: two offsets, one message (chat.js keys stored messages by
+    // mid as well as by offset).
+    const offs = await a.evaluate(async () => {
+      const { client, channel } = window.wshubChat;
+      const p = { name: 'Alice', text: 'said twice', mid: 'test-dup-1' };
+      const acks = [await client.publish(channel, p), await client.publish(channel, p)];
+      acks.push(await client.publish(channel, { name: 'Alice', text: 'after the twice' }));
+      return acks.map((x) => x.offset);
+    });
+    assert.equal(new Set(offs).size, 3, `both copies were stored: ${offs}`);
+    for (const page of [a, b]) {
+      await waitFor(page, () => [...document.querySelectorAll('#messages .bubble')].some((e) => e.textContent === 'after the twice'));
+      const texts = await bubbles(page);
+      assert.equal(texts.filter((s) => s === 'said twice').length, 1, JSON.stringify(texts));
+    }
+  });
+
   await t.test('a 45xx close is terminal: no reconnect', async () => {
     // A bad token gets error 2001 and close 4500 (anonymous access does not
     // rescue a connection that presented invalid credentials).
