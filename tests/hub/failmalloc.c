@@ -20,7 +20,12 @@
  *
  * WSH_FAILMALLOC_NO_RESERVE=1 makes every open of /dev/null fail with
  * EMFILE: the server never has its reserve fd (worker.c), as when another
- * thread took the number it had just freed. */
+ * thread took the number it had just freed.
+ *
+ * WSH_FAILMALLOC_ACCEPT_ERRNO=N makes every accept4 fail with errno N
+ * while the flag file exists (every call, not one in ONE_IN), as the
+ * kernel's does out of socket buffers (ENOBUFS) or when a security module
+ * refuses (EPERM): the connection stays queued. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -32,6 +37,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +56,7 @@ static uint32_t one_in = 50;
 static const char *flag_path;
 static bool hang_lookups;
 static bool no_reserve;
+static int accept_errno;
 
 __attribute__((constructor)) static void failmalloc_init(void)
 {
@@ -61,6 +68,9 @@ __attribute__((constructor)) static void failmalloc_init(void)
     flag_path = getenv("WSH_FAILMALLOC_FLAG");
     hang_lookups = getenv("WSH_FAILMALLOC_HANG_LOOKUPS") != NULL;
     no_reserve = getenv("WSH_FAILMALLOC_NO_RESERVE") != NULL;
+    const char *e = getenv("WSH_FAILMALLOC_ACCEPT_ERRNO");
+    if (e != NULL)
+        accept_errno = atoi(e);
     const char *n = getenv("WSH_FAILMALLOC_ONE_IN");
     if (n != NULL && atoi(n) > 0)
         one_in = (uint32_t)atoi(n);
@@ -73,7 +83,8 @@ static uint64_t coarse_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static bool should_fail(void)
+/* Whether the flag file exists, as last seen. */
+static bool flag_on(void)
 {
     if (flag_path == NULL)
         return false;
@@ -95,7 +106,12 @@ static bool should_fail(void)
                                                     memory_order_relaxed);
         }
     }
-    if (!(atomic_load_explicit(&checked, memory_order_relaxed) & 1u))
+    return atomic_load_explicit(&checked, memory_order_relaxed) & 1u;
+}
+
+static bool should_fail(void)
+{
+    if (!flag_on())
         return false;
     static _Thread_local uint32_t x;
     if (x == 0)
@@ -147,6 +163,19 @@ void *realloc(void *p, size_t n)
     return should_fail() ? NULL : __libc_realloc(p, n);
 }
 
+/* The next definition of name (libc's), looked up at the first call, not
+ * in the constructor: dlsym allocates, and may fail then like anything
+ * else. NULL if it cannot be found. */
+static void *real_fn(_Atomic(void *) *cache, const char *name)
+{
+    void *f = atomic_load(cache);
+    if (f == NULL) {
+        f = dlsym(RTLD_NEXT, name);
+        atomic_store(cache, f);
+    }
+    return f;
+}
+
 typedef int gai_fn(const char *, const char *, const struct addrinfo *, struct addrinfo **);
 
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
@@ -154,18 +183,33 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
 {
     while (hang_lookups)
         pause();
-    /* Looked up at the first call, not in the constructor: dlsym allocates,
-     * and may fail then like anything else. */
-    static _Atomic(gai_fn *) real;
-    gai_fn *f = atomic_load(&real);
-    if (f == NULL) {
-        void *sym = dlsym(RTLD_NEXT, "getaddrinfo");
-        if (sym == NULL)
-            return EAI_MEMORY;
-        memcpy(&f, &sym, sizeof(f)); /* POSIX's object-to-function pointer */
-        atomic_store(&real, f);
-    }
+    static _Atomic(void *) real;
+    void *sym = real_fn(&real, "getaddrinfo");
+    if (sym == NULL)
+        return EAI_MEMORY;
+    gai_fn *f;
+    memcpy(&f, &sym, sizeof(f)); /* POSIX's object-to-function pointer */
     return f(node, service, hints, res);
+}
+
+/* glibc declares addr as a transparent union under _GNU_SOURCE. */
+typedef int accept4_fn(int, __SOCKADDR_ARG, socklen_t *, int);
+
+int accept4(int fd, __SOCKADDR_ARG addr, socklen_t *len, int flags)
+{
+    if (accept_errno != 0 && flag_on()) {
+        errno = accept_errno;
+        return -1;
+    }
+    static _Atomic(void *) real;
+    void *sym = real_fn(&real, "accept4");
+    if (sym == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+    accept4_fn *f;
+    memcpy(&f, &sym, sizeof(f));
+    return f(fd, addr, len, flags);
 }
 
 int open(const char *path, int flags, ...)

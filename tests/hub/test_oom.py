@@ -632,3 +632,55 @@ def test_out_of_fds_with_no_reserve_the_listener_rests(monkeypatch):
         for c in held + waiting:
             c.close()
         srv.kill()
+
+
+@pytest.mark.parametrize("err", ["ENOBUFS", "EPERM"])
+def test_accept_refused_by_the_kernel_the_listener_rests(tmp_path, monkeypatch, err):
+    """accept4 failing with the connection left queued (out of socket
+    buffers, or a security module's refusal; the shim's
+    WSH_FAILMALLOC_ACCEPT_ERRNO): the listener stays readable, and a loop
+    that went back to it at once would spin. The worker rests
+    (ev=accept_paused naming the error) and burns little CPU; once accept
+    works again, the connection that waited is served, and so is a new
+    one."""
+    import errno as errnos
+    flag = tmp_path / "fail"
+    monkeypatch.setenv("LD_PRELOAD", SHIM)
+    monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
+    monkeypatch.setenv("WSH_FAILMALLOC_ACCEPT_ERRNO", str(getattr(errnos, err)))
+    try:
+        srv = wsraw.Server(["--workers", "1", "--echo"])
+    finally:
+        for k in ("LD_PRELOAD", "WSH_FAILMALLOC_FLAG", "WSH_FAILMALLOC_ACCEPT_ERRNO"):
+            monkeypatch.delenv(k)
+    conns = []
+    try:
+        flag.touch()
+        time.sleep(0.1)  # the shim looks at its flag every 20 ms
+        c = wsraw.Conn("127.0.0.1", srv.port)  # queued: the kernel completes it
+        conns.append(c)
+        with pytest.raises(wsraw.ReadTimeout):
+            c.handshake("/echo", timeout=0.5)
+        before = cpu_ticks(srv.pid)
+        time.sleep(1.0 * MULT)
+        used = cpu_ticks(srv.pid) - before
+        assert used < 30 * MULT, f"{used} ticks of CPU in {MULT} s while accept fails"
+        assert re.search(r"ev=accept_paused ms=\d+ reason=\"%s" % os.strerror(getattr(errnos, err)),
+                         srv.log()), srv.log()[-2000:]
+        flag.unlink()
+        resp = c.read_http_response(timeout=5, body=False)
+        assert resp.status == 101, resp
+        c.send_frame(wsraw.OP_TEXT, b"waited")
+        assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"waited")
+        n = wsraw.Conn("127.0.0.1", srv.port)
+        conns.append(n)
+        n.handshake("/echo")
+        n.send_frame(wsraw.OP_TEXT, b"new")
+        assert n.recv_message(timeout=5) == (wsraw.OP_TEXT, b"new")
+        assert srv.alive()
+    finally:
+        if flag.exists():
+            flag.unlink()
+        for c in conns:
+            c.close()
+        srv.kill()
