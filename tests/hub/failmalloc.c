@@ -25,7 +25,12 @@
  * WSH_FAILMALLOC_ACCEPT_ERRNO=N makes every accept4 fail with errno N
  * while the flag file exists (every call, not one in ONE_IN), as the
  * kernel's does out of socket buffers (ENOBUFS) or when a security module
- * refuses (EPERM): the connection stays queued. */
+ * refuses (EPERM): the connection stays queued.
+ *
+ * WSH_FAILMALLOC_SIZE=N fails every allocation of exactly N bytes while
+ * the flag file exists, and no other: a test that knows the size of one
+ * allocation (a buffer holding a string it chose the length of) makes that
+ * one fail every time. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -57,6 +62,7 @@ static const char *flag_path;
 static bool hang_lookups;
 static bool no_reserve;
 static int accept_errno;
+static size_t only_size; /* 0: any size, one in one_in */
 
 __attribute__((constructor)) static void failmalloc_init(void)
 {
@@ -71,6 +77,9 @@ __attribute__((constructor)) static void failmalloc_init(void)
     const char *e = getenv("WSH_FAILMALLOC_ACCEPT_ERRNO");
     if (e != NULL)
         accept_errno = atoi(e);
+    const char *z = getenv("WSH_FAILMALLOC_SIZE");
+    if (z != NULL)
+        only_size = (size_t)strtoull(z, NULL, 10);
     const char *n = getenv("WSH_FAILMALLOC_ONE_IN");
     if (n != NULL && atoi(n) > 0)
         one_in = (uint32_t)atoi(n);
@@ -109,18 +118,24 @@ static bool flag_on(void)
     return atomic_load_explicit(&checked, memory_order_relaxed) & 1u;
 }
 
-static bool should_fail(void)
+/* Whether an allocation of size bytes fails. */
+static bool should_fail(size_t size)
 {
     if (!flag_on())
         return false;
-    static _Thread_local uint32_t x;
-    if (x == 0)
-        x = (uint32_t)(uintptr_t)&x | 1u; /* a different seed per thread */
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    if (x % one_in != 0)
-        return false;
+    if (only_size != 0) {
+        if (size != only_size)
+            return false;
+    } else {
+        static _Thread_local uint32_t x;
+        if (x == 0)
+            x = (uint32_t)(uintptr_t)&x | 1u; /* a different seed per thread */
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        if (x % one_in != 0)
+            return false;
+    }
     atomic_fetch_add_explicit(&failed, 1, memory_order_relaxed);
     errno = ENOMEM;
     return true;
@@ -147,12 +162,13 @@ __attribute__((destructor)) static void failmalloc_report(void)
 
 void *malloc(size_t n)
 {
-    return should_fail() ? NULL : __libc_malloc(n);
+    return should_fail(n) ? NULL : __libc_malloc(n);
 }
 
 void *calloc(size_t n, size_t size)
 {
-    return should_fail() ? NULL : __libc_calloc(n, size);
+    /* An overflowing product fails in glibc anyway. */
+    return should_fail(n * size) ? NULL : __libc_calloc(n, size);
 }
 
 void *realloc(void *p, size_t n)
@@ -160,7 +176,7 @@ void *realloc(void *p, size_t n)
     /* realloc(p, 0) frees: that never fails. */
     if (p != NULL && n == 0)
         return __libc_realloc(p, n);
-    return should_fail() ? NULL : __libc_realloc(p, n);
+    return should_fail(n) ? NULL : __libc_realloc(p, n);
 }
 
 /* The next definition of name (libc's), looked up at the first call, not

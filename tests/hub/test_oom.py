@@ -684,3 +684,40 @@ def test_accept_refused_by_the_kernel_the_listener_rests(tmp_path, monkeypatch, 
         for c in conns:
             c.close()
         srv.kill()
+
+
+@run_async
+async def test_disconnect_that_cannot_reach_a_worker_says_so(hub, tmp_path, monkeypatch):
+    """POST /api/disconnect when the message to another worker cannot be
+    allocated: the user's connections there stay open, so the call
+    answers 503 (and the same call again closes what is left), never 200.
+    The shim's WSH_FAILMALLOC_SIZE fails only the inbox buffer holding
+    the user id: 16 bytes of header, the kind letter, the id and its NUL."""
+    user = "v" * 101
+    flag = tmp_path / "fail"
+    monkeypatch.setenv("LD_PRELOAD", SHIM)
+    monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
+    monkeypatch.setenv("WSH_FAILMALLOC_SIZE", str(16 + 1 + len(user) + 1))
+    try:
+        h = hub(api_config(), workers=2)
+    finally:
+        monkeypatch.delenv("LD_PRELOAD")
+    # Sixteen connections: some on each worker, but for 1 in 2^15.
+    victims = [await Client.open(h, token(user)) for _ in range(16)]
+    flag.touch()
+    try:
+        time.sleep(0.1)  # the shim looks at its flag every 20 ms
+        st, resp = http(h.port, "POST", "/api/disconnect", {"user": user})
+    finally:
+        flag.unlink()
+    time.sleep(0.1)
+    assert st == 503 and b"out of memory" in resp, (st, resp)
+    await asyncio.sleep(0.5 * MULT)
+    left = [v for v in victims if v.ws.close_code is None]
+    assert left, "every connection closed: none was on the other worker"
+    st, resp = http(h.port, "POST", "/api/disconnect", {"user": user})
+    assert st == 200, (st, resp)
+    for v in left:
+        code, _, _ = await v.expect_close()
+        assert code == 4501, code
+    assert all(v.ws.close_code == 4501 for v in victims), [v.ws.close_code for v in victims]
