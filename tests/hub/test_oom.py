@@ -721,3 +721,42 @@ async def test_disconnect_that_cannot_reach_a_worker_says_so(hub, tmp_path, monk
         code, _, _ = await v.expect_close()
         assert code == 4501, code
     assert all(v.ws.close_code == 4501 for v in victims), [v.ws.close_code for v in victims]
+
+
+def test_connection_that_cannot_be_set_up_is_told_503(tmp_path, monkeypatch):
+    """Every allocation failing (WSH_FAILMALLOC_ONE_IN=1) when a
+    connection is accepted: the server cannot make its record, and answers
+    503 with Retry-After from the stack (docs/server.md) rather than
+    closing without a word; once memory is back, the next is served."""
+    flag = tmp_path / "fail"
+    monkeypatch.setenv("LD_PRELOAD", SHIM)
+    monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
+    monkeypatch.setenv("WSH_FAILMALLOC_ONE_IN", "1")
+    try:
+        srv = wsraw.Server(["--workers", "1", "--echo"])
+    finally:
+        for k in ("LD_PRELOAD", "WSH_FAILMALLOC_FLAG", "WSH_FAILMALLOC_ONE_IN"):
+            monkeypatch.delenv(k)
+    conns = []
+    try:
+        flag.touch()
+        try:
+            time.sleep(0.1)  # the shim looks at its flag every 20 ms
+            for _ in range(3):
+                c = wsraw.Conn("127.0.0.1", srv.port)
+                conns.append(c)
+                resp = c.read_http_response(timeout=5, body=False)
+                assert resp.status == 503 and resp.header("retry-after") == "1", resp
+        finally:
+            flag.unlink()
+        time.sleep(0.1)
+        c = wsraw.Conn("127.0.0.1", srv.port)
+        conns.append(c)
+        c.handshake("/echo")
+        c.send_frame(wsraw.OP_TEXT, b"after")
+        assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"after")
+        assert srv.alive()
+    finally:
+        for c in conns:
+            c.close()
+        srv.kill()
