@@ -177,100 +177,79 @@ void wsh_broker_set_limits(struct wsh_broker *b, const struct wsh_broker_limits 
         b->ops->set_limits(b->self, l);
 }
 
-/* ---- a small keyed hash map ----------------------------------------------
- * Intrusive chained buckets. Keys come from peers (channel names, msg_ids,
- * user ids), so the hash is SipHash-1-3 with a per-broker random key
- * (wshub/hash.h): a client cannot pick keys that collide into one long
- * chain. */
+/* ---- keyed maps ----------------------------------------------------------
+ * Records found by a string key in a wsh_htab (wshub/hash.h). Keys come
+ * from peers (channel names, msg_ids, user ids), so the hash is SipHash-1-3
+ * under a per-broker random key: a client cannot pick keys that collide
+ * into one long chain. */
+
+#define CONTAINER(p, type, field) ((type *)(void *)((char *)(p)-offsetof(type, field)))
 
 struct node {
-    struct node *next;
-    uint64_t hash;
+    struct wsh_hnode h;
     const char *key; /* in the record's own allocation */
     size_t klen;
 };
 
-struct map {
-    struct node **b;
-    size_t nb; /* power of two, or 0 before the first insert */
-    size_t n;
-};
-
-static struct node *map_find(const struct map *m, const char *key, size_t klen, uint64_t h)
+static struct node *map_find(const struct wsh_htab *m, const char *key, size_t klen, uint64_t h)
 {
-    if (m->nb == 0)
-        return NULL;
-    for (struct node *n = m->b[h & (m->nb - 1)]; n != NULL; n = n->next)
-        if (n->hash == h && n->klen == klen && memcmp(n->key, key, klen) == 0)
+    for (struct wsh_hnode *e = wsh_htab_chain(m, h); e != NULL; e = e->next) {
+        struct node *n = CONTAINER(e, struct node, h);
+        if (e->hash == h && n->klen == klen && memcmp(n->key, key, klen) == 0)
             return n;
+    }
     return NULL;
 }
 
-/* Makes room for one more entry, so that map_insert cannot fail afterwards.
- * Only the first table is required; a failed growth keeps the old table
- * (longer chains, still correct). */
-static int map_reserve(struct map *m)
+/* Makes room for one more entry, so that map_insert cannot fail afterwards. */
+static int map_reserve(struct wsh_htab *m)
 {
-    if (m->nb == 0) {
-        m->b = calloc(8, sizeof(*m->b));
-        if (m->b == NULL)
-            return WSH_ENOMEM;
-        m->nb = 8;
-        return WSH_OK;
-    }
-    if (m->n + 1 <= m->nb)
-        return WSH_OK;
-    size_t nb = m->nb * 2;
-    struct node **b = calloc(nb, sizeof(*b));
-    if (b == NULL)
-        return WSH_OK;
-    for (size_t i = 0; i < m->nb; i++) {
-        struct node *n = m->b[i];
-        while (n != NULL) {
-            struct node *next = n->next;
-            n->next = b[n->hash & (nb - 1)];
-            b[n->hash & (nb - 1)] = n;
-            n = next;
-        }
-    }
-    free(m->b);
-    m->b = b;
-    m->nb = nb;
-    return WSH_OK;
+    return wsh_htab_reserve(m, 8) ? WSH_OK : WSH_ENOMEM;
 }
 
-static void map_insert(struct map *m, struct node *n)
+static void map_insert(struct wsh_htab *m, struct node *n)
 {
-    struct node **head = &m->b[n->hash & (m->nb - 1)];
-    n->next = *head;
-    *head = n;
-    m->n++;
+    wsh_htab_insert(m, &n->h);
 }
 
-static void map_remove(struct map *m, struct node *n)
+static void map_remove(struct wsh_htab *m, struct node *n)
 {
-    struct node **pp = &m->b[n->hash & (m->nb - 1)];
-    while (*pp != n)
-        pp = &(*pp)->next;
-    *pp = n->next;
-    m->n--;
+    wsh_htab_remove(m, &n->h);
 }
 
-/* Calls fn on every entry; fn may free the entry (the next link is read
- * first). The map itself is freed by the caller. */
-static void map_each(struct map *m, void (*fn)(struct node *n, void *arg), void *arg)
+struct each {
+    void (*fn)(struct node *n, void *arg);
+    void *arg;
+};
+
+static bool each_one(struct wsh_hnode *e, void *arg)
 {
-    for (size_t i = 0; i < m->nb; i++) {
-        struct node *n = m->b[i];
-        while (n != NULL) {
-            struct node *next = n->next;
-            fn(n, arg);
-            n = next;
-        }
-    }
+    struct each *x = arg;
+    x->fn(CONTAINER(e, struct node, h), x->arg);
+    return false;
 }
 
-#define CONTAINER(p, type, field) ((type *)(void *)((char *)(p)-offsetof(type, field)))
+/* Calls fn on every entry, which it must leave in place. */
+static void map_each(struct wsh_htab *m, void (*fn)(struct node *n, void *arg), void *arg)
+{
+    struct each x = { fn, arg };
+    wsh_htab_filter(m, each_one, &x);
+}
+
+static bool free_one(struct wsh_hnode *e, void *arg)
+{
+    (void)arg;
+    /* Every record type keeps its node first, so the node is the record. */
+    free(CONTAINER(e, struct node, h));
+    return true;
+}
+
+/* Frees every entry and the map. */
+static void map_free(struct wsh_htab *m)
+{
+    wsh_htab_filter(m, free_one, NULL);
+    wsh_htab_free(m);
+}
 
 /* ---- records ---------------------------------------------------------------- */
 
@@ -324,10 +303,10 @@ struct channel {
     struct blob **ring;
     uint32_t cap, head, len; /* ring[head] is the oldest, offset top - len + 1 */
     size_t ring_bytes;
-    struct map dedup;
+    struct wsh_htab dedup;
     struct dedup *dq_head, *dq_tail; /* FIFO in insertion order */
-    struct map members;
-    struct map readers;
+    struct wsh_htab members;
+    struct wsh_htab readers;
     size_t subs;
     /* In the history list (struct memory's lru_*). lru_prev and lru_next
      * are the list's: read and written under lru_mu only (a neighbour's
@@ -341,7 +320,7 @@ struct channel {
 
 struct memory {
     pthread_rwlock_t lock; /* the registry: channels, nchannels */
-    struct map channels;
+    struct wsh_htab channels;
     uint64_t key[2];
     size_t max_payload, dedup_max, presence_max, readers_max;
     atomic_size_t max_channels, max_history; /* wsh_broker_limits, set by reloads */
@@ -510,13 +489,6 @@ static void lru_touch(struct memory *m, struct channel *c, int64_t now_ms)
     pthread_mutex_unlock(&m->lru_mu);
 }
 
-static void free_node(struct node *n, void *arg)
-{
-    (void)arg;
-    /* Every record type keeps its node first, so the node is the record. */
-    free(n);
-}
-
 static void channel_free(struct memory *m, struct channel *c)
 {
     lru_drop(m, c);
@@ -525,12 +497,9 @@ static void channel_free(struct memory *m, struct channel *c)
     free(c->ring);
     atomic_fetch_sub(&m->subscriptions, c->subs);
     atomic_fetch_sub(&m->presence, c->members.n);
-    map_each(&c->dedup, free_node, NULL);
-    map_each(&c->members, free_node, NULL);
-    map_each(&c->readers, free_node, NULL);
-    free(c->dedup.b);
-    free(c->members.b);
-    free(c->readers.b);
+    map_free(&c->dedup);
+    map_free(&c->members);
+    map_free(&c->readers);
     pthread_mutex_destroy(&c->order);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -567,7 +536,7 @@ static int channel_get(struct memory *m, const char *name, bool create, struct c
     memcpy(c->name, name, len + 1);
     c->node.key = c->name;
     c->node.klen = len;
-    c->node.hash = h;
+    c->node.h.hash = h;
     atomic_init(&c->refs, 1);
     if (pthread_mutex_init(&c->order, NULL) != 0) {
         free(c);
@@ -712,7 +681,7 @@ static struct dedup *dedup_new(const struct wsh_broker_publish_req *req, const u
     memcpy(d->key + fl + 1, req->msg_id, il);
     d->node.key = d->key;
     d->node.klen = fl + 1 + il;
-    d->node.hash = wsh_siphash13(key, d->key, d->node.klen);
+    d->node.h.hash = wsh_siphash13(key, d->key, d->node.klen);
     d->fifo_next = NULL;
     d->offset = 0;
     int64_t w = req->opts.dedup_window_ms < (uint64_t)INT64_MAX ? (int64_t)req->opts.dedup_window_ms
@@ -755,7 +724,7 @@ static int memory_publish(void *self, const struct wsh_broker_publish_req *req, 
     pthread_mutex_lock(&c->mu);
     trim(m, c, req->now_ms);
     if (d != NULL) {
-        struct node *n = map_find(&c->dedup, d->node.key, d->node.klen, d->node.hash);
+        struct node *n = map_find(&c->dedup, d->node.key, d->node.klen, d->node.h.hash);
         if (n != NULL && CONTAINER(n, struct dedup, node)->expires_ms > req->now_ms) {
             r.offset = CONTAINER(n, struct dedup, node)->offset;
             r.duplicate = true;
@@ -1023,7 +992,7 @@ static int memory_presence_add(void *self, const char *channel, const char *clie
     memcpy(p, client, cl + 1);
     e->node.key = p;
     e->node.klen = cl;
-    e->node.hash = wsh_siphash13(m->key, client, cl);
+    e->node.h.hash = wsh_siphash13(m->key, client, cl);
     p += cl + 1;
     memcpy(p, user_id, ul + 1);
     e->user = p;
@@ -1044,7 +1013,7 @@ static int memory_presence_add(void *self, const char *channel, const char *clie
     result_init(&r, WSH_BROKER_OP_PRESENCE_ADD, channel);
     struct node *old;
     pthread_mutex_lock(&c->mu);
-    old = map_find(&c->members, e->node.key, e->node.klen, e->node.hash);
+    old = map_find(&c->members, e->node.key, e->node.klen, e->node.h.hash);
     if (old != NULL)
         map_remove(&c->members, old);
     else if (c->members.n >= m->presence_max)
@@ -1198,7 +1167,7 @@ static int memory_read_set(void *self, const char *channel, const char *user_id,
     memcpy(e->key, user_id, ul + 1);
     e->node.key = e->key;
     e->node.klen = ul;
-    e->node.hash = h;
+    e->node.h.hash = h;
 
     struct channel *c;
     int rc = channel_get(m, channel, true, &c);
@@ -1326,28 +1295,30 @@ static int memory_info(void *self, wsh_broker_cb *cb, void *user)
 /* One pass under the registry's write lock, O(channels). Channels in use
  * (refs > 0) are skipped: their users trim them lazily, and skipping them
  * is what makes freeing safe without touching their locks. */
+struct sweep {
+    struct memory *m;
+    int64_t now_ms;
+};
+
+static bool sweep_one(struct wsh_hnode *e, void *arg)
+{
+    struct sweep *x = arg;
+    struct channel *c = CONTAINER(e, struct channel, node.h);
+    if (atomic_load(&c->refs) != 0)
+        return false;
+    trim(x->m, c, x->now_ms);
+    if (!channel_idle(c))
+        return false;
+    channel_free(x->m, c);
+    return true;
+}
+
 static size_t memory_sweep(void *self, int64_t now_ms)
 {
     struct memory *m = self;
-    size_t freed = 0;
+    struct sweep x = { m, now_ms };
     pthread_rwlock_wrlock(&m->lock);
-    for (size_t i = 0; i < m->channels.nb; i++) {
-        struct node **pp = &m->channels.b[i];
-        while (*pp != NULL) {
-            struct channel *c = CONTAINER(*pp, struct channel, node);
-            if (atomic_load(&c->refs) == 0) {
-                trim(m, c, now_ms);
-                if (channel_idle(c)) {
-                    *pp = c->node.next;
-                    m->channels.n--;
-                    channel_free(m, c);
-                    freed++;
-                    continue;
-                }
-            }
-            pp = &(*pp)->next;
-        }
-    }
+    size_t freed = wsh_htab_filter(&m->channels, sweep_one, &x);
     pthread_rwlock_unlock(&m->lock);
     atomic_fetch_add(&m->channels_freed, freed);
     evict(m); /* after a reload lowered the bound */
@@ -1361,16 +1332,17 @@ static void memory_set_limits(void *self, const struct wsh_broker_limits *l)
     atomic_store(&m->max_history, l->max_history_memory);
 }
 
-static void free_channel_node(struct node *n, void *arg)
+static bool free_channel(struct wsh_hnode *e, void *arg)
 {
-    channel_free(arg, CONTAINER(n, struct channel, node));
+    channel_free(arg, CONTAINER(e, struct channel, node.h));
+    return true;
 }
 
 static void memory_destroy(void *self)
 {
     struct memory *m = self;
-    map_each(&m->channels, free_channel_node, m);
-    free(m->channels.b);
+    wsh_htab_filter(&m->channels, free_channel, m);
+    wsh_htab_free(&m->channels);
     pthread_mutex_destroy(&m->lru_mu);
     pthread_rwlock_destroy(&m->lock);
     free(m);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -89,4 +90,77 @@ void wsh_random_bytes(void *p, size_t n)
         d += k;
         n -= k;
     }
+}
+
+/* ---- the table ------------------------------------------------------------ */
+
+bool wsh_htab_reserve(struct wsh_htab *t, size_t first)
+{
+    if (t->nb == 0) {
+        t->b = calloc(first, sizeof(*t->b));
+        if (t->b == NULL)
+            return false;
+        t->nb = first;
+        return true;
+    }
+    if (t->n < t->nb)
+        return true;
+    size_t nb = t->nb * 2;
+    struct wsh_hnode **b = calloc(nb, sizeof(*b));
+    if (b == NULL)
+        return true;
+    for (size_t i = 0; i < t->nb; i++) {
+        struct wsh_hnode *n = t->b[i], *next;
+        for (; n != NULL; n = next) {
+            next = n->next;
+            n->next = b[n->hash & (nb - 1)];
+            b[n->hash & (nb - 1)] = n;
+        }
+    }
+    free(t->b);
+    t->b = b;
+    t->nb = nb;
+    return true;
+}
+
+void wsh_htab_insert(struct wsh_htab *t, struct wsh_hnode *n)
+{
+    struct wsh_hnode **head = &t->b[n->hash & (t->nb - 1)];
+    n->next = *head;
+    *head = n;
+    t->n++;
+}
+
+void wsh_htab_remove(struct wsh_htab *t, struct wsh_hnode *n)
+{
+    struct wsh_hnode **pp = &t->b[n->hash & (t->nb - 1)];
+    while (*pp != n)
+        pp = &(*pp)->next;
+    *pp = n->next;
+    t->n--;
+}
+
+size_t wsh_htab_filter(struct wsh_htab *t, bool (*fn)(struct wsh_hnode *n, void *arg), void *arg)
+{
+    size_t gone = 0;
+    for (size_t i = 0; i < t->nb; i++) {
+        struct wsh_hnode **pp = &t->b[i];
+        while (*pp != NULL) {
+            struct wsh_hnode *n = *pp, *next = n->next;
+            if (fn(n, arg)) {
+                *pp = next;
+                gone++;
+            } else {
+                pp = &n->next;
+            }
+        }
+    }
+    t->n -= gone;
+    return gone;
+}
+
+void wsh_htab_free(struct wsh_htab *t)
+{
+    free(t->b);
+    *t = (struct wsh_htab){ 0 };
 }

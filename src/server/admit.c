@@ -121,7 +121,7 @@ uint32_t admit_peer(const struct sockaddr_storage *peer, struct ipcount **ipc, b
  * server-wide admission rate: the users behind one NAT who all reconnect
  * at once are told to come back one after the other. */
 struct ipcount {
-    struct ipcount *next;
+    struct wsh_hnode hn; /* first: the node is the entry */
     uint32_t n;
     uint8_t len;
     uint8_t prefix; /* the ipv6_prefix addr was cut to (IPv6 keys) */
@@ -129,10 +129,9 @@ struct ipcount {
     struct wsh_rate rate; /* with limits.handshake_rate_per_ip */
 };
 
-#define IP_BUCKETS 4096u
 static pthread_mutex_t ip_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct ipcount *ip_table[IP_BUCKETS];
-static uint32_t ip_refusals; /* spreads refusals past the horizon */
+static struct wsh_htab ip_table; /* grows with the addresses it holds */
+static uint32_t ip_refusals;     /* spreads refusals past the horizon */
 /* The limits themselves, which SIGHUP may change (admit_limits_set):
  * guarded by ip_mu, with ip_on saying whether either is on. */
 static struct {
@@ -153,7 +152,7 @@ size_t admit_max_conns(void)
  * IPv6 block must not be able to pick addresses that share one chain,
  * which every accept and close of the server would walk under ip_mu.
  * Under ip_mu; the key is drawn at the first use. */
-static uint32_t ip_hash(const uint8_t *a, size_t len)
+static uint64_t ip_hash(const uint8_t *a, size_t len)
 {
     static uint64_t key[2];
     static bool keyed;
@@ -161,7 +160,7 @@ static uint32_t ip_hash(const uint8_t *a, size_t len)
         wsh_random_bytes(key, sizeof(key));
         keyed = true;
     }
-    return (uint32_t)(wsh_siphash13(key, a, len) % IP_BUCKETS);
+    return wsh_siphash13(key, a, len);
 }
 
 /* The entry of ss's address, made when missing; NULL when it cannot be
@@ -172,21 +171,24 @@ static struct ipcount *ip_find(const struct sockaddr_storage *ss, uint64_t now)
     uint8_t len = (uint8_t)wsh_addr_key(ss, ipl.v6prefix, a);
     if (len == 0)
         return NULL;
-    struct ipcount **pp = &ip_table[ip_hash(a, len)], *e = *pp;
-    while (e && !(e->len == len && memcmp(e->addr, a, len) == 0))
-        e = e->next;
-    if (e == NULL) {
-        e = calloc(1, sizeof(*e));
-        if (e == NULL)
-            return NULL;
-        e->len = len;
-        e->prefix = (uint8_t)ipl.v6prefix;
-        memcpy(e->addr, a, len);
-        if (ipl.rate > 0)
-            wsh_rate_init(&e->rate, ipl.rate, ipl.burst, now);
-        e->next = *pp;
-        *pp = e;
+    uint64_t h = ip_hash(a, len);
+    for (struct wsh_hnode *n = wsh_htab_chain(&ip_table, h); n != NULL; n = n->next) {
+        struct ipcount *e = (struct ipcount *)n;
+        if (n->hash == h && e->len == len && memcmp(e->addr, a, len) == 0)
+            return e;
     }
+    if (!wsh_htab_reserve(&ip_table, 256))
+        return NULL;
+    struct ipcount *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return NULL;
+    e->hn.hash = h;
+    e->len = len;
+    e->prefix = (uint8_t)ipl.v6prefix;
+    memcpy(e->addr, a, len);
+    if (ipl.rate > 0)
+        wsh_rate_init(&e->rate, ipl.rate, ipl.burst, now);
+    wsh_htab_insert(&ip_table, &e->hn);
     return e;
 }
 
@@ -219,10 +221,7 @@ struct ipcount *admit_ip_acquire(const struct sockaddr_storage *ss, uint32_t *re
 
 static void ip_unlink_free(struct ipcount *e)
 {
-    struct ipcount **pp = &ip_table[ip_hash(e->addr, e->len)];
-    while (*pp != e)
-        pp = &(*pp)->next;
-    *pp = e->next;
+    wsh_htab_remove(&ip_table, &e->hn);
     free(e);
 }
 
@@ -245,18 +244,20 @@ void admit_ip_release(struct ipcount *e)
 /* Frees the entries of addresses that hold no connection and whose bucket
  * has refilled: what a forgotten address would start with anyway. Also
  * frees those a refused address left behind. */
+static bool ip_forgotten(struct wsh_hnode *n, void *arg)
+{
+    struct ipcount *e = (struct ipcount *)n;
+    if (e->n != 0 || (ipl.rate > 0 && !wsh_rate_full(&e->rate, *(uint64_t *)arg)))
+        return false;
+    free(e);
+    return true;
+}
+
 void admit_ip_sweep(void)
 {
     pthread_mutex_lock(&ip_mu);
     uint64_t now = wsh_now_ms();
-    for (uint32_t i = 0; i < IP_BUCKETS; i++) {
-        struct ipcount *next;
-        for (struct ipcount *e = ip_table[i]; e; e = next) {
-            next = e->next;
-            if (e->n == 0 && (ipl.rate <= 0 || wsh_rate_full(&e->rate, now)))
-                ip_unlink_free(e);
-        }
-    }
+    wsh_htab_filter(&ip_table, ip_forgotten, &now);
     pthread_mutex_unlock(&ip_mu);
 }
 
@@ -314,6 +315,13 @@ void admit_ip_recount(struct worker *w)
     wsh_log(WSH_LOG_INFO, "worker=%d ev=per_ip_counted conns=%u moved=%u", w->id, counted, moved);
 }
 
+/* Under ip_mu. */
+static bool ip_refill(struct wsh_hnode *n, void *arg)
+{
+    wsh_rate_init(&((struct ipcount *)n)->rate, ipl.rate, ipl.burst, *(uint64_t *)arg);
+    return false;
+}
+
 void admit_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, uint32_t ip_burst,
                       uint32_t v6prefix)
 {
@@ -323,15 +331,14 @@ void admit_limits_set(size_t max_connections, uint32_t per_ip, double ip_rate, u
     pthread_mutex_lock(&ip_mu);
     /* A changed rate starts every address's bucket afresh, full; an
      * unchanged one keeps them as they are. */
-    if (ip_rate > 0 && (ip_rate != ipl.rate || ip_burst != ipl.burst)) {
-        uint64_t now = wsh_now_ms();
-        for (uint32_t i = 0; i < IP_BUCKETS; i++)
-            for (struct ipcount *e = ip_table[i]; e; e = e->next)
-                wsh_rate_init(&e->rate, ip_rate, ip_burst, now);
-    }
+    bool refill = ip_rate > 0 && (ip_rate != ipl.rate || ip_burst != ipl.burst);
     ipl.max = per_ip;
     ipl.rate = ip_rate;
     ipl.burst = ip_burst;
+    if (refill) {
+        uint64_t now = wsh_now_ms();
+        wsh_htab_filter(&ip_table, ip_refill, &now);
+    }
     bool prefix_changed = v6prefix != ipl.v6prefix;
     ipl.v6prefix = v6prefix;
     bool was_on = atomic_exchange(&ip_on, per_ip > 0 || ip_rate > 0);

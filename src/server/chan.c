@@ -19,6 +19,7 @@
  * for deflate subscribers goes through that worker's own inbox too
  * (defer_local), so that its compression is sliced and bounded alike. */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,49 +30,22 @@ static struct chanreg raw_reg = CHANREG_INIT;
 
 #define CHANREG_FIRST 64u
 
-/* Under reg->mu: room for one more record. The first table is required;
- * a failed doubling keeps the table (longer chains, still correct). */
-static bool chanreg_reserve(struct chanreg *reg)
-{
-    if (reg->nb == 0) {
-        reg->bucket = calloc(CHANREG_FIRST, sizeof(*reg->bucket));
-        if (reg->bucket == NULL)
-            return false;
-        reg->nb = CHANREG_FIRST;
-        return true;
-    }
-    if (reg->n < reg->nb)
-        return true;
-    size_t nb = reg->nb * 2;
-    struct chanrec **b = calloc(nb, sizeof(*b));
-    if (b == NULL)
-        return true;
-    for (size_t i = 0; i < reg->nb; i++) {
-        struct chanrec *r = reg->bucket[i], *next;
-        for (; r != NULL; r = next) {
-            next = r->hnext;
-            r->hnext = b[r->hash & (nb - 1)];
-            b[r->hash & (nb - 1)] = r;
-        }
-    }
-    free(reg->bucket);
-    reg->bucket = b;
-    reg->nb = nb;
-    return true;
-}
+#define CHANREC_OF(e) ((struct chanrec *)(void *)((char *)(e)-offsetof(struct chanrec, hn)))
 
 struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, size_t size,
                             chanreg_init_cb *init, void *arg)
 {
     pthread_mutex_lock(&reg->mu);
-    if (reg->nb == 0 && reg->key[0] == 0 && reg->key[1] == 0)
+    if (reg->tab.nb == 0 && reg->key[0] == 0 && reg->key[1] == 0)
         wsh_random_bytes(reg->key, sizeof(reg->key));
     uint64_t h = wsh_siphash13(reg->key, name, len);
-    struct chanrec *r = reg->nb ? reg->bucket[h & (reg->nb - 1)] : NULL;
-    while (r && !(r->hash == h && r->name_len == len && memcmp(r->name, name, len) == 0))
-        r = r->hnext;
+    struct chanrec *r = NULL;
+    for (struct wsh_hnode *e = wsh_htab_chain(&reg->tab, h); e != NULL && r == NULL; e = e->next)
+        if (e->hash == h && CHANREC_OF(e)->name_len == len &&
+            memcmp(CHANREC_OF(e)->name, name, len) == 0)
+            r = CHANREC_OF(e);
     if (r == NULL && size > 0) {
-        if (!chanreg_reserve(reg)) {
+        if (!wsh_htab_reserve(&reg->tab, CHANREG_FIRST)) {
             pthread_mutex_unlock(&reg->mu);
             return NULL;
         }
@@ -87,13 +61,10 @@ struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, s
         nm[len] = '\0';
         r->name = nm;
         r->name_len = len;
-        r->hash = h;
+        r->hn.hash = h;
         if (init)
             init(r, arg);
-        struct chanrec **head = &reg->bucket[h & (reg->nb - 1)];
-        r->hnext = *head;
-        *head = r;
-        reg->n++;
+        wsh_htab_insert(&reg->tab, &r->hn);
     }
     if (r)
         atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
@@ -101,32 +72,41 @@ struct chanrec *chanreg_get(struct chanreg *reg, const char *name, size_t len, s
     return r;
 }
 
+static bool free_unheld(struct wsh_hnode *e, void *arg)
+{
+    (void)arg;
+    struct chanrec *r = CHANREC_OF(e);
+    if (atomic_load_explicit(&r->refs, memory_order_acquire) != 0)
+        return false;
+    free(r->name);
+    free(r);
+    return true;
+}
+
 void chanreg_sweep(struct chanreg *reg)
 {
     pthread_mutex_lock(&reg->mu);
-    for (size_t b = 0; b < reg->nb; b++) {
-        struct chanrec **pp = &reg->bucket[b];
-        while (*pp) {
-            struct chanrec *r = *pp;
-            if (atomic_load_explicit(&r->refs, memory_order_acquire) == 0) {
-                *pp = r->hnext;
-                reg->n--;
-                free(r->name);
-                free(r);
-            } else {
-                pp = &r->hnext;
-            }
-        }
-    }
+    wsh_htab_filter(&reg->tab, free_unheld, NULL);
     pthread_mutex_unlock(&reg->mu);
+}
+
+struct each {
+    chanreg_init_cb *fn;
+    void *arg;
+};
+
+static bool each_one(struct wsh_hnode *e, void *arg)
+{
+    struct each *x = arg;
+    x->fn(CHANREC_OF(e), x->arg);
+    return false;
 }
 
 void chanreg_each(struct chanreg *reg, chanreg_init_cb *fn, void *arg)
 {
+    struct each x = { fn, arg };
     pthread_mutex_lock(&reg->mu);
-    for (size_t b = 0; b < reg->nb; b++)
-        for (struct chanrec *r = reg->bucket[b]; r != NULL; r = r->hnext)
-            fn(r, arg);
+    wsh_htab_filter(&reg->tab, each_one, &x);
     pthread_mutex_unlock(&reg->mu);
 }
 

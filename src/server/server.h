@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 
 #include "net.h"
+#include "wshub/hash.h"
 #include "wshub/http.h"
 #include "wshub/pmd.h"
 #include "wshub/ws.h"
@@ -154,11 +155,10 @@ struct rawchan_local {
 /* Channel records shared by all workers (raw channels, hub channels)
  * begin with these fields, as libuv handles begin with UV_HANDLE_FIELDS,
  * so one registry serves both kinds. */
-#define CHANREC_FIELDS                                                           \
-    _Atomic uint32_t refs; /* holders: subscriptions + messages in flight */     \
-    uint64_t hash;         /* keyed (wsh_siphash13), under the registry's key */ \
-    struct chanrec *hnext; /* registry chain, under the registry lock */         \
-    char *name;            /* NUL-terminated copy */                             \
+#define CHANREC_FIELDS                                                       \
+    _Atomic uint32_t refs; /* holders: subscriptions + messages in flight */ \
+    struct wsh_hnode hn;   /* in the registry, under its lock; keyed hash */ \
+    char *name;            /* NUL-terminated copy */                         \
     size_t name_len;
 
 struct chanrec {
@@ -176,9 +176,8 @@ struct chanrec {
  * million channels, under the one mutex, on every hub publish). */
 struct chanreg {
     pthread_mutex_t mu;
-    struct chanrec **bucket; /* nb chains, a power of two; NULL before the first record */
-    size_t nb, n;
-    uint64_t key[2];
+    struct wsh_htab tab;
+    uint64_t key[2]; /* drawn with the first record */
 };
 #define CHANREG_INIT                    \
     {                                   \
