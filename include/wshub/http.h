@@ -76,6 +76,13 @@ const struct wsh_http_header *wsh_http_find(const struct wsh_http_request *req, 
 /* How many header fields are named name (case-insensitive). */
 size_t wsh_http_count(const struct wsh_http_request *req, const char *name);
 
+/* Percent-decodes in[0..n) (RFC 3986 2.1) into out[0..cap): what a path
+ * segment names once a client escaped its reserved characters, as
+ * curl and fetch must for a '#' (which would otherwise end the target).
+ * Returns the decoded length, or -1 for an escape that is not '%' and two
+ * hex digits, one that decodes to NUL, or no room. */
+ssize_t wsh_http_pct_decode(const char *in, size_t n, char *out, size_t cap);
+
 /* ------------------------------------------------------------------ */
 /* Responses (response.c): the JWK Set fetch reads one to EOF          */
 

@@ -319,3 +319,31 @@ const struct wsh_http_header *wsh_http_find(const struct wsh_http_request *req, 
     }
     return NULL;
 }
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+ssize_t wsh_http_pct_decode(const char *in, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)in[i];
+        if (c == '%') {
+            int hi = i + 2 < n ? hex_value(in[i + 1]) : -1;
+            int lo = hi >= 0 ? hex_value(in[i + 2]) : -1;
+            if (lo < 0 || (hi | lo) == 0)
+                return -1;
+            c = hi << 4 | lo;
+            i += 2;
+        }
+        if (o == cap)
+            return -1;
+        out[o++] = (char)c;
+    }
+    return (ssize_t)o;
+}

@@ -282,10 +282,17 @@ static void api_list(struct worker *w, struct conn *c, const char *channel, bool
         api_error(w, c, 500, "internal");
     } else {
         /* The URL names no such channel (an unknown namespace: 404), or
-         * not one of its own: a bad name, or a namespace without it. */
-        api_json(w, c, rc == WSH_PERR_UNKNOWN_NAMESPACE ? 404 : 400,
-                 json_pack("{s:i,s:s,s:s}", "code", rc, "error", wsh_proto_code_message(rc),
-                           "channel", channel));
+         * not one of its own: a bad name, or a namespace without it. The
+         * name is said back unless it is not UTF-8 (decoded from %XX). */
+        json_t *j = json_pack("{s:i,s:s}", "code", rc, "error", wsh_proto_code_message(rc));
+        json_t *name = json_string(channel);
+        if (j == NULL) {
+            json_decref(name);
+        } else if (name != NULL && json_object_set_new(j, "channel", name) != 0) {
+            json_decref(j); /* out of memory: 500 */
+            j = NULL;
+        }
+        api_json(w, c, rc == WSH_PERR_UNKNOWN_NAMESPACE ? 404 : 400, j);
     }
     wsh_jbuf_free(&b);
 }
@@ -383,8 +390,12 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
     size_t n = req->path_len - 5;
     char chan[WSH_BROKER_NAME_MAX + 1];
     if (PREFIX("presence/") || PREFIX("history/")) {
+        /* The name percent-decoded: a personal channel's '#' (inbox#42)
+         * must be sent as %23, or curl and fetch end the target there and
+         * ask for another channel. */
         size_t pl = p[0] == 'p' ? 9 : 8;
-        if (n - pl > WSH_BROKER_NAME_MAX) {
+        ssize_t cl = wsh_http_pct_decode(p + pl, n - pl, chan, WSH_BROKER_NAME_MAX);
+        if (cl < 0) {
             /* As a bad name of any length is answered (api_list), less
              * the name itself. */
             api_json(w, c, 400,
@@ -392,7 +403,7 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
                                wsh_proto_code_message(WSH_PERR_BAD_CHANNEL)));
             return 0;
         }
-        snprintf(chan, sizeof(chan), "%.*s", (int)(n - pl), p + pl);
+        chan[cl] = '\0';
         size_t limit = HUB_LIST_ALL;
         if (!query_limit(req, &limit)) {
             api_error(w, c, 400, "bad limit: digits expected");

@@ -8,6 +8,7 @@ import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from conftest import (MULT, Client, Closed, base_config, handshake_status, merge, run_async,
@@ -177,7 +178,13 @@ def test_api_rejects_bad_requests(hub):
                              ("/api/history/cursors:x", 400, 4004)):
         st, _, b = call(h, "GET", path)
         assert st == want and json.loads(b)["code"] == code, (path, st, b)
-        assert json.loads(b)["channel"] == path.split("/")[-1], b
+        assert json.loads(b)["channel"] == urllib.parse.unquote(path.split("/")[-1]), b
+    # Escapes that are not two hex digits, a NUL, bytes that are not UTF-8
+    # once decoded: a bad name (and not named back when not UTF-8).
+    for path in ("/api/history/chat:a%2", "/api/history/chat:a%zz", "/api/presence/chat:%00",
+                 "/api/history/chat:%FF"):
+        st, _, b = call(h, "GET", path)
+        assert st == 400 and json.loads(b)["code"] == 4000, (path, st, b)
     for kind in ("presence", "history"):  # too long to be a name: the code alone
         st, _, b = call(h, "GET", f"/api/{kind}/chat:" + "x" * 300)
         assert st == 400 and json.loads(b)["code"] == 4000, (kind, st, b)
@@ -228,6 +235,27 @@ def test_api_rejects_bad_requests(hub):
               b"Sec-WebSocket-Version: 13\r\nTransfer-Encoding: gzip\r\n\r\n\x81\x80abcd")
     assert s.recv(100).startswith(b"HTTP/1.1 400")
     s.close()
+
+
+def test_api_reads_personal_channels_escaped(hub):
+    """A personal channel's '#' must be sent as %23 in the path (a client
+    ends the target at a bare '#', RFC 3986 3.5): the API decodes the
+    name, so presence and history reach the channel the operator named,
+    and not the public one before the '#'."""
+    h = hub(api_config())
+    for channel, text in (("chat:room#alice,bob", "secret-dm"), ("chat:room", "public")):
+        st, _, b = call(h, "POST", "/api/publish", {"channel": channel, "payload": text})
+        assert st == 200, (channel, st, b)
+    for path, want in (("/api/history/chat:room%23alice,bob", "secret-dm"),
+                       ("/api/history/chat%3Aroom%23alice%2Cbob", "secret-dm"),
+                       ("/api/history/chat:room", "public")):
+        st, _, b = call(h, "GET", path)
+        assert st == 200, (path, st, b)
+        d = json.loads(b)
+        assert [m["payload"] for m in d["payload"]["messages"]] == [want], (path, d)
+        assert d["channel"] == urllib.parse.unquote(path.split("/")[-1]), d
+    st, _, b = call(h, "GET", "/api/presence/chat:room%23alice,bob")
+    assert st == 200 and json.loads(b)["channel"] == "chat:room#alice,bob", (st, b)
 
 
 @run_async

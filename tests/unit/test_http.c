@@ -947,6 +947,30 @@ static void test_http_no_proxy(void **state)
     }
 }
 
+/* Percent-decoding of a path segment (the API's channel names). */
+static void test_http_pct_decode(void **state)
+{
+    (void)state;
+    char out[32];
+    ssize_t n = wsh_http_pct_decode("chat:room%23alice,bob", 21, out, sizeof(out));
+    assert_int_equal(n, 19);
+    assert_memory_equal(out, "chat:room#alice,bob", 19);
+    /* Either case of hex digit; bytes past ASCII; a plain string as it is. */
+    n = wsh_http_pct_decode("%c3%A9t%C3%a9", 13, out, sizeof(out));
+    assert_int_equal(n, 5);
+    assert_memory_equal(out, "\xc3\xa9t\xc3\xa9", 5);
+    assert_int_equal(wsh_http_pct_decode("plain", 5, out, sizeof(out)), 5);
+    assert_int_equal(wsh_http_pct_decode("", 0, out, sizeof(out)), 0);
+    /* Malformed: a '%' without two hex digits, cut short, or NUL. */
+    const char *bad[] = { "%", "%2", "a%2", "%zz", "%2g", "%g2", "%00", "x%00y", "%%41" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(wsh_http_pct_decode(bad[i], strlen(bad[i]), out, sizeof(out)), -1);
+    /* Room for exactly what it decodes to, and one byte less. */
+    assert_int_equal(wsh_http_pct_decode("ab%41", 5, out, 3), 3);
+    assert_memory_equal(out, "abA", 3);
+    assert_int_equal(wsh_http_pct_decode("ab%41", 5, out, 2), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -986,6 +1010,7 @@ int main(void)
         cmocka_unit_test(test_http_status_line_and_authority),
         cmocka_unit_test(test_http_proxy_parse),
         cmocka_unit_test(test_http_no_proxy),
+        cmocka_unit_test(test_http_pct_decode),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
