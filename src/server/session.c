@@ -262,8 +262,13 @@ out:
 
 static void on_data(struct worker *w, struct conn *c, const struct wsh_event *ev)
 {
-    if (ev->last)
+    if (ev->last) {
         metric_add(&w->m.msgs_in[c->endpoint & 3u], 1);
+        /* The message-progress deadline is per message: one that begins
+         * in this same read is stamped afresh (note_progress), not timed
+         * from the start of the one before it. */
+        c->msg_since = 0;
+    }
     if (ev->rsv1) {
         on_compressed(w, c, ev);
         return;

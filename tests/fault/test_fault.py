@@ -483,6 +483,64 @@ def test_fault_trickled_frame_hits_progress_deadline_without_heartbeats(server):
     assert_healthy(server, base)
 
 
+def messages_back_to_back_outlive_the_deadline(server):
+    """A client whose every write ends inside a message (the last fragment
+    of one, then the first of the next, as TCP segments fall for a busy
+    publisher) for over twice --message-timeout: each message takes 50 ms,
+    so the deadline, which is per message, never comes; every echo
+    arrives and the connection stays open."""
+    base = server.fds()
+    s = upgrade(server.port)
+    echoes, buf = [], b""
+
+    def take(data):
+        """Server frames in data: echoes kept, pings answered, a close
+        fails the test."""
+        nonlocal buf
+        buf += data
+        while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+            op, n = buf[0] & 0x0F, buf[1] & 0x7F
+            assert n < 126, buf[:4]
+            body, buf = buf[2:2 + n], buf[2 + n:]
+            assert op != 8, f"closed after {len(echoes)} echoes: {body!r}"
+            if op == 9:
+                s.sendall(frame(10, body))
+            else:
+                echoes.append(body)
+
+    s.sendall(frame(1, b"m0-", fin=False))
+    s.settimeout(0.05)
+    sent, t0 = 0, time.time()
+    while time.time() - t0 < 2.5:
+        time.sleep(0.05)
+        s.sendall(frame(0, b"end", fin=True) + frame(1, b"m%d-" % (sent + 1), fin=False))
+        sent += 1
+        try:
+            take(s.recv(65536))
+        except socket.timeout:
+            pass
+    s.sendall(frame(0, b"end", fin=True))
+    want = [b"m%d-end" % i for i in range(sent + 1)]
+    s.settimeout(5 * MULT)
+    while len(echoes) < len(want):
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {len(echoes)} of {len(want)} echoes"
+        take(chunk)
+    assert echoes == want, echoes[-3:]
+    s.close()
+    assert_healthy(server, base)
+
+
+@pytest.mark.args("--ping-interval", "0.3", "--message-timeout", "1")
+def test_fault_messages_back_to_back_are_timed_each(server):
+    messages_back_to_back_outlive_the_deadline(server)
+
+
+@pytest.mark.args("--ping-interval", "0", "--message-timeout", "1")
+def test_fault_messages_back_to_back_are_timed_each_without_heartbeats(server):
+    messages_back_to_back_outlive_the_deadline(server)
+
+
 @pytest.mark.args("--max-queue", "65536")
 def test_fault_echo_flood_without_reading_meets_backpressure(server):
     """A client that sends far more than --max-queue of echo requests before
