@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,7 +86,10 @@ static void on_signal(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
     while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         int sig = (int)si.ssi_signo;
         if (sig == SIGHUP) {
-            reload();
+            /* Not while shutting down: worker 0 may have ended its loop,
+             * and nothing started now would serve anyone. */
+            if (atomic_load(&wsh_shutdown_code) == 0)
+                reload();
             continue;
         }
         if (atomic_load(&wsh_shutdown_code) != 0) {
@@ -639,8 +644,15 @@ int main(int argc, char **argv)
     }
 
     worker_main(&wsh_workers[0]); /* returns when worker 0 has drained */
-    for (int i = 1; i < wsh_nworkers; i++)
-        pthread_join(wsh_workers[i].thread, NULL);
+    /* The others may still be draining (--drain-time): the signals are
+     * read here meanwhile, or a second SIGTERM would end no drain. */
+    for (int i = 1; i < wsh_nworkers; i++) {
+        while (pthread_tryjoin_np(wsh_workers[i].thread, NULL) == EBUSY) {
+            struct pollfd pfd = { .fd = sig_io.fd, .events = POLLIN };
+            if (poll(&pfd, 1, 50) > 0)
+                on_signal(NULL, &sig_io, EPOLLIN);
+        }
+    }
     keys_fetch_stop();
     wsh_log(WSH_LOG_INFO, "ev=exit");
     return 0;

@@ -113,3 +113,49 @@ async def test_second_signal_ends_the_drain(hub):
     # the last 45 of them after the second signal. It closes them at once.
     assert max(times) - t1 < 3.0, max(times) - t1
     assert await asyncio.to_thread(h.server.wait, 10 * MULT) == 0
+
+
+@run_async
+async def test_second_signal_ends_the_drain_of_other_workers(hub):
+    """Worker 0, which reads the signals, has no connection left while
+    another worker still drains: a second SIGTERM still ends that drain
+    at once (it was read by no one once worker 0's loop had ended, and the
+    drain ran its full time)."""
+    import re
+    import time
+    h = hub(base_config(), "--drain-time", 60, "--log-level", "debug", workers=2)
+    kept = []
+    for i in range(400):
+        c = await Client.open(h, token(f"w{i}"))
+        deadline = time.monotonic() + 5 * MULT
+        while len(opens := re.findall(r"worker=(\d+) ev=open path=/ws", h.server.log())) <= i:
+            assert time.monotonic() < deadline, "no ev=open logged"
+            await asyncio.sleep(0.01)
+        if opens[i] == "1":
+            kept.append(c)
+            if len(kept) == 60:
+                break
+        else:
+            await c.close()
+    assert len(kept) == 60, "the kernel gave worker 1 fewer than 60 of 400"
+    loop = asyncio.get_running_loop()
+    h.expect_stopped = True
+    h.server.signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    t1 = loop.time()
+    h.server.signal(signal.SIGTERM)
+
+    async def closed(c):
+        try:
+            await c.expect(lambda m: False, timeout=15, what="close")
+        except Closed:
+            pass
+        assert c.close_code == 1012
+        return loop.time()
+
+    times = await asyncio.gather(*(closed(c) for c in kept))
+    # The drain alone closes one every 100 ms at least: 60 take 6 s. The
+    # second signal closes them at once.
+    assert max(times) - t1 < 3.0, max(times) - t1
+    assert "ev=drain_now" in h.server.log()
+    assert await asyncio.to_thread(h.server.wait, 10 * MULT) == 0
