@@ -155,6 +155,7 @@ static inline uint32_t wsh_stamp_age(uint32_t since, uint32_t now)
 struct wsh_wq_entry {
     struct wsh_buf *b;
     uint32_t off; /* bytes of b already written */
+    bool begun;   /* b continues a frame already begun on the wire */
 };
 
 /* A ring of buffer references. Allocated only while non-empty, so an
@@ -173,6 +174,10 @@ struct wsh_wq {
 /* Appends a reference (the queue takes over the caller's reference).
  * Returns WSH_OK or WSH_ENOMEM (the reference is then released). */
 WSH_NODISCARD int wsh_wq_push(struct wsh_wq **q, struct wsh_buf *b);
+/* The same for what the kernel did not take of a write made around the
+ * queue (a direct send): its first frame may be cut, so it counts as
+ * started, and wsh_wq_drop_unstarted keeps it whole. */
+WSH_NODISCARD int wsh_wq_push_rest(struct wsh_wq **q, struct wsh_buf *b);
 
 /* Writes as much of the queue as the socket takes with one sendmsg.
  * Returns WSH_OK when the queue is now empty (and freed), WSH_EAGAIN
@@ -182,8 +187,8 @@ int wsh_wq_flush(struct wsh_wq **q, int fd);
 /* Releases every reference and frees the queue. */
 void wsh_wq_clear(struct wsh_wq **q);
 
-/* Drops every entry not yet started, keeping a partially written head so
- * the byte stream stays well-formed, and the entries that hold the first
+/* Drops every entry not yet started, keeping a partially written head (or
+ * one pushed with wsh_wq_push_rest) so the byte stream stays well-formed, and the entries that hold the first
  * `pinned` bytes: a TLS write to be repeated covers those (its record is
  * already made, and OpenSSL sends it whatever the queue holds by then). */
 void wsh_wq_drop_unstarted(struct wsh_wq **q, size_t pinned);

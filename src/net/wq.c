@@ -44,10 +44,19 @@ int wsh_wq_push(struct wsh_wq **qp, struct wsh_buf *b)
     struct wsh_wq_entry *e = &q->e[(q->head + q->count) % q->cap];
     e->b = b;
     e->off = 0;
+    e->begun = false;
     q->count++;
     q->bytes += wsh_buf_len(b);
     q->repl = 0;
     return WSH_OK;
+}
+
+int wsh_wq_push_rest(struct wsh_wq **qp, struct wsh_buf *b)
+{
+    int rc = wsh_wq_push(qp, b);
+    if (rc == WSH_OK)
+        (*qp)->e[((*qp)->head + (*qp)->count - 1) % (*qp)->cap].begun = true;
+    return rc;
 }
 
 void wsh_wq_clear(struct wsh_wq **qp)
@@ -67,7 +76,7 @@ void wsh_wq_drop_unstarted(struct wsh_wq **qp, size_t pinned)
     if (q == NULL)
         return;
     /* A head already begun is pinned too: its rest keeps the stream whole. */
-    if (pinned == 0 && q->count > 0 && q->e[q->head].off > 0)
+    if (pinned == 0 && q->count > 0 && (q->e[q->head].off > 0 || q->e[q->head].begun))
         pinned = 1;
     uint32_t keep = 0;
     size_t kept = 0;

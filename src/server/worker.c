@@ -242,7 +242,11 @@ void direct_flush(struct worker *w)
         b->end += (uint32_t)(n - skip);
         skip = 0;
     }
-    if (wsh_wq_push(&c->wq, b) != WSH_OK) {
+    /* Part of the batch went: its rest may begin inside a frame, and must
+     * go whole even if what is queued after it is dropped (evict,
+     * slow_consumer), or a close frame would land inside that frame. */
+    int rc = wr > 0 ? wsh_wq_push_rest(&c->wq, b) : wsh_wq_push(&c->wq, b);
+    if (rc != WSH_OK) {
         conn_destroy(w, c);
         return;
     }
@@ -350,7 +354,16 @@ void conn_send_bytes(struct worker *w, struct conn *c, const void *p, size_t n)
     }
     memcpy(b->data, (const char *)p + done, n - done);
     b->end = (uint32_t)(n - done);
-    conn_reply(w, c, b);
+    if (done == 0) {
+        conn_reply(w, c, b);
+        return;
+    }
+    /* Cut on the wire: the rest goes whole, whatever is dropped later. */
+    if (wsh_wq_push_rest(&c->wq, b) != WSH_OK) {
+        conn_destroy(w, c);
+        return;
+    }
+    mark_pending(w, c);
 }
 
 void conn_end_after_reply(struct worker *w, struct conn *c)

@@ -541,6 +541,65 @@ def test_fault_messages_back_to_back_are_timed_each_without_heartbeats(server):
     messages_back_to_back_outlive_the_deadline(server)
 
 
+@pytest.mark.args("--max-client-memory", "10000")
+def test_fault_evicted_echo_client_gets_whole_frames_then_1013(server):
+    """An /echo client that sends bursts of 3,000-byte messages and reads
+    nothing, through a small receive window, until the server's memory cap
+    evicts it: what it then reads is whole frames, each echo intact, and
+    the close 1013. The kernel takes part of a direct send and the rest is
+    queued; that rest may begin inside a frame, and when it was dropped as
+    not begun, the close frame landed inside that frame's payload."""
+    base = server.fds()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    s.settimeout(5 * MULT)
+    s.connect(("127.0.0.1", server.port))
+    s.sendall(upgrade_request())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    size, per = 3000, 20
+    batch = b"".join(frame(2, bytes([65 + i % 26]) * size) for i in range(per))
+    s.settimeout(2 * MULT)
+    sent = 0
+    while sent < 80 and not log_events(server, "memory_evict"):
+        try:
+            s.sendall(batch)
+        except (socket.timeout, BrokenPipeError, ConnectionResetError):
+            break
+        sent += 1
+        time.sleep(0.03)
+    wait_log(server, "memory_evict")
+    buf = b""
+    s.settimeout(10 * MULT)
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    i, k, code = 0, 0, None
+    while i < len(buf):
+        assert code is None, f"bytes after the close: {buf[i:i + 20]!r}"
+        op, n, h = buf[i] & 0x0F, buf[i + 1] & 0x7F, 2
+        if n == 126:
+            n, h = struct.unpack("!H", buf[i + 2:i + 4])[0], 4
+        body = buf[i + h:i + h + n]
+        assert len(body) == n, f"frame {k} cut: {len(body)} of {n} bytes, {body[-24:]!r}"
+        if op == 8:
+            code = struct.unpack("!H", body[:2])[0]
+        else:
+            assert op == 2 and body == bytes([65 + (k % per) % 26]) * size, (k, op, body[-24:])
+            k += 1
+        i += h + n
+    assert code == 1013, f"{k} echoes, then close {code}"
+    assert_healthy(server, base)
+
+
 @pytest.mark.args("--max-queue", "65536")
 def test_fault_echo_flood_without_reading_meets_backpressure(server):
     """A client that sends far more than --max-queue of echo requests before

@@ -141,6 +141,25 @@ static void test_wq_drop_unstarted_keeps_pinned_bytes(void **state)
     assert_null(q);
 }
 
+/* The rest of a direct send (wsh_wq_push_rest) may begin inside a frame:
+ * it stays whole, as a begun head does, and what follows it goes. */
+static void test_wq_drop_unstarted_keeps_a_pushed_rest(void **state)
+{
+    (void)state;
+    struct wsh_wq *q = NULL;
+    assert_int_equal(wsh_wq_push_rest(&q, make_buf('r', 1234)), WSH_OK);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(wsh_wq_push(&q, make_buf((uint8_t)i, 3000)), WSH_OK);
+    wsh_wq_drop_unstarted(&q, 0);
+    assert_non_null(q);
+    assert_int_equal(wsh_wq_bytes(q), 1234);
+    wsh_wq_clear(&q);
+    /* Pushed the plain way, the same buffer is not begun: it goes too. */
+    assert_int_equal(wsh_wq_push(&q, make_buf('r', 1234)), WSH_OK);
+    wsh_wq_drop_unstarted(&q, 0);
+    assert_null(q);
+}
+
 static void test_wq_flush_error_on_closed_peer(void **state)
 {
     (void)state;
@@ -298,6 +317,7 @@ int main(void)
         cmocka_unit_test(test_wq_partial_write_resumes_in_order),
         cmocka_unit_test(test_wq_drop_unstarted_keeps_started_head),
         cmocka_unit_test(test_wq_drop_unstarted_keeps_pinned_bytes),
+        cmocka_unit_test(test_wq_drop_unstarted_keeps_a_pushed_rest),
         cmocka_unit_test(test_wq_flush_error_on_closed_peer),
         cmocka_unit_test(test_wq_tail_mark_replace_and_cancel),
         cmocka_unit_test(test_wq_clocks),
