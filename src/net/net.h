@@ -188,9 +188,9 @@ int wsh_wq_flush(struct wsh_wq **q, int fd);
 void wsh_wq_clear(struct wsh_wq **q);
 
 /* Drops every entry not yet started, keeping a partially written head (or
- * one pushed with wsh_wq_push_rest) so the byte stream stays well-formed, and the entries that hold the first
- * `pinned` bytes: a TLS write to be repeated covers those (its record is
- * already made, and OpenSSL sends it whatever the queue holds by then). */
+ * one pushed with wsh_wq_push_rest) so the byte stream stays well-formed, and the entries that hold
+ * the first `pinned` bytes: a TLS write to be repeated covers those (its record is already made,
+ * and OpenSSL sends it whatever the queue holds by then). */
 void wsh_wq_drop_unstarted(struct wsh_wq **q, size_t pinned);
 
 /* Cork: returns room for `need` more bytes at the end of the queue's last
