@@ -643,6 +643,25 @@ static int inflate_fail(struct wsh_pmd *z, int st)
     return st;
 }
 
+/* A new deflate stream after a BFINAL block ended the last one (7.2.3.4)
+ * within a message, or with context takeover at its end: the window goes
+ * on (the rest of the message, or the next one, 7.2.2, may refer back into
+ * the bytes before the final block), carried over as the new stream's
+ * dictionary, which raw inflate takes at any time. */
+static int inflate_restart(struct wsh_pmd *z)
+{
+    uint8_t win[1u << 15];
+    uInt wl = 0;
+    if (inflateGetDictionary(&z->i, win, &wl) != Z_OK)
+        return WSH_EPROTO;
+    if (inflateReset(&z->i) != Z_OK)
+        return WSH_EPROTO;
+    if (wl > 0 && inflateSetDictionary(&z->i, win, wl) != Z_OK)
+        return WSH_EPROTO;
+    z->i_ended = false;
+    return WSH_OK;
+}
+
 /* Inflates p[0..n) into cb, stopping with WSH_ETOOBIG as soon as the
  * message exceeds limit: each inflate() call gets at most limit - msg_out
  * + 1 bytes of room, so nothing past limit + 1 is ever produced. */
@@ -660,9 +679,9 @@ static int inflate_run(struct wsh_pmd *z, const uint8_t *p, size_t n, bool is_ta
              * browsers do. Only our tail right after the end is ignored. */
             if (is_tail)
                 return WSH_OK;
-            if (inflateReset(s) != Z_OK)
-                return WSH_EPROTO;
-            z->i_ended = false;
+            int st = inflate_restart(z);
+            if (st != WSH_OK)
+                return st;
         }
         size_t feed = n < UINT_MAX ? n : UINT_MAX;
         s->next_in = p;
@@ -737,11 +756,14 @@ int wsh_pmd_inflate(struct wsh_pmd *z, const struct wsh_limits *lim, const uint8
         return inflate_fail(z, st);
     if (last) {
         z->msg_out = 0;
-        /* A BFINAL block ended the stream, so the next message starts a
-         * new one either way. Freed, not reset: see wsh_pmd_compress. */
-        if (z->i_reset || z->i_ended) {
+        /* Without context takeover the next message starts a new stream:
+         * freed, not reset (see wsh_pmd_compress). After a BFINAL block
+         * with takeover, a new stream that keeps the window. */
+        if (z->i_reset) {
             inflateEnd(&z->i);
             z->i_live = false;
+        } else if (z->i_ended && (st = inflate_restart(z)) != WSH_OK) {
+            return inflate_fail(z, st);
         }
         z->i_ended = false;
     }

@@ -232,6 +232,54 @@ def test_raw_fragmented_compressed_messages(wshub):
         c.close()
 
 
+def test_raw_window_kept_across_a_final_block(wshub):
+    """RFC 7692 7.2.3.4 lets a sender end a message's deflate stream with
+    a BFINAL block; without client_no_context_takeover the next message
+    may still refer back into the bytes before (7.2.2: the receiver keeps
+    the window). Messages 2 and 3 here are compressed against message 1
+    (and 2) as their dictionary: back-references only a kept window
+    resolves. With client_no_context_takeover agreed, nothing refers back,
+    and a final block changes nothing."""
+    import zlib
+    s = wshub("--echo", "--deflate")
+    c, a = raw_open(s)
+    try:
+        assert not a.cnct
+        wbits = max(9, a.cmwb)
+        inf = pmdraw.Inflater(a)
+        m1 = b"The quick brown fox jumps over the lazy dog. " * 3
+        m2 = b"The quick brown fox jumps over the lazy dog. again"
+        m3 = b"jumps over the lazy dog. again, and again"
+        z = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+        z1 = z.compress(m1) + z.flush(zlib.Z_FINISH)  # ends with BFINAL
+        z = zlib.compressobj(6, zlib.DEFLATED, -wbits, zdict=m1)
+        z2 = z.compress(m2) + z.flush(zlib.Z_FINISH)  # BFINAL again
+        z = zlib.compressobj(6, zlib.DEFLATED, -wbits, zdict=m1 + m2)
+        z3 = (z.compress(m3) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        assert len(z2) < len(m2) // 2 and len(z3) < len(m3) // 2, "no back-references"
+        for wire, text in ((z1, m1), (z2, m2), (z3, m3)):
+            c.send(frame(OP_TEXT, wire, rsv=RSV1))
+            pmdraw.expect_echo(c, inf, OP_TEXT, text)
+        pmdraw.close_clean(c)
+    finally:
+        c.close()
+    # Within one message the window goes on past a final block whatever
+    # was agreed: here with client_no_context_takeover, one message of a
+    # final block and then blocks that refer back into it.
+    c, a = raw_open(s, dict(cmwb=True, cnct=True))
+    try:
+        assert a.cnct
+        wbits, inf = max(9, a.cmwb), pmdraw.Inflater(a)
+        z = zlib.compressobj(6, zlib.DEFLATED, -wbits, zdict=m1)
+        z2 = (z.compress(m2) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        for _ in range(2):  # and the next message is a stream of its own
+            c.send(frame(OP_TEXT, z1, fin=False, rsv=RSV1) + frame(OP_CONT, z2))
+            pmdraw.expect_echo(c, inf, OP_TEXT, m1 + m2)
+        pmdraw.close_clean(c)
+    finally:
+        c.close()
+
+
 def test_raw_uncompressed_message_on_compressed_connection(wshub):
     """RSV1 is optional per message: an uncompressed message still echoes
     (compressed back when >= 64 bytes), interleaved with compressed ones,
