@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wshub/config.h"
 #include "wshub/json.h"
 
 /* ------------------------------------------------------------------ */
@@ -349,7 +350,11 @@ static int parse_fields(json_t *root, const struct prescan *ps, const struct wsh
             return fail(e, WSH_PERR_BAD_FIELD, "channel: expected a string");
         const char *s = json_string_value(ch);
         size_t n = json_string_length(ch);
-        if (!wsh_proto_channel_parse(s, n, lim->max_channel, &cmd->chan))
+        /* A subscription made before a reload lowered max_channel may
+         * still be ended: unsubscribe takes any name the broker could
+         * hold. */
+        size_t max = ty == WSH_CMD_UNSUBSCRIBE ? WSH_CFG_MAX_CHANNEL_CEIL : lim->max_channel;
+        if (!wsh_proto_channel_parse(s, n, max, &cmd->chan))
             return fail(e, WSH_PERR_BAD_CHANNEL, "channel: invalid name");
         cmd->channel = s;
         cmd->channel_len = n;

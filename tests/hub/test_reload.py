@@ -439,6 +439,27 @@ async def test_sighup_changes_namespaces_and_session_limits(hub):
 
 
 @run_async
+async def test_lowered_max_channel_lets_longer_subscriptions_end(hub):
+    """A reload that lowers limits.max_channel below a channel a session
+    is subscribed to: the session keeps the subscription (config.md) and
+    may end it; unsubscribe was refused as a bad name (4000) and the
+    subscription went on receiving until the client disconnected. New
+    subscriptions to such names are refused."""
+    cfg = base_config()
+    h = hub(cfg)
+    a = await Client.open(h, token("alice"))
+    long_name = "chat:" + "x" * 95
+    await a.subscribe(long_name)
+    low = merge(cfg, {"limits": {"max_channel": 64}})
+    assert "ok=1" in reload(h, low, 1)
+    r = await a.cmd("subscribe", "chat:" + "y" * 95)
+    assert r["type"] == "error" and r["payload"]["code"] == 4000, r
+    r = await a.cmd("unsubscribe", long_name)
+    assert r["type"] == "unsubscribed" and r["channel"] == long_name, r
+    await a.close()
+
+
+@run_async
 async def test_reloads_under_traffic(hub):
     """SIGHUPs while four sessions on two workers keep creating channels
     and publishing: every command is answered under one configuration or
