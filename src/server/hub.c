@@ -1775,8 +1775,13 @@ static void cmd_signal_or_read(struct worker *w, struct conn *c, struct hubconn 
             payload = pb.data;
             plen = pb.len;
         }
-        if (wsh_proto_encode_signal(&b, cmd->channel, cmd->channel_len, user, ulen, payload, plen,
-                                    wsh_wall_ms()) == WSH_OK)
+        /* Out of memory: the sender is told (5000), as for a publish;
+         * never a signal with its payload lost. */
+        if (payload == NULL ||
+            wsh_proto_encode_signal(&b, cmd->channel, cmd->channel_len, user, ulen, payload, plen,
+                                    wsh_wall_ms()) != WSH_OK)
+            cmd_error(w, c, cmd, WSH_PERR_INTERNAL);
+        else
             push_to_channel(s->ch, &b, PUSH_SIGNAL, c);
     } else {
         /* Read receipt: kept per user where the channel has history, and
