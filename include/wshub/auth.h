@@ -330,6 +330,11 @@ struct wsh_origin_list {
  * never matches a host entry. Returns true when allowed (answer 403
  * otherwise). */
 bool wsh_origin_allowed(const struct wsh_origin_list *list, const char *origin, size_t len);
+/* Whether s is an entry wsh_origin_allowed can match anything with: "*",
+ * or scheme "://" host [":" port] as above (a port of 1..65535, a host of
+ * letters, digits, '-' and '.', or an IPv6 literal). The configuration
+ * refuses the others, which would let no browser in. */
+bool wsh_origin_entry_valid(const char *s);
 
 /* ------------------------------------------------------------------ */
 /* API key (HTTP API)                                                  */

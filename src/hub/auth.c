@@ -1233,6 +1233,12 @@ static bool origin_matches(const struct origin *e, const struct origin *o)
     return tail[-1] == '.' && tail[-2] != '.' && strncasecmp(tail, e->host, e->host_len) == 0;
 }
 
+bool wsh_origin_entry_valid(const char *s)
+{
+    struct origin e;
+    return strcmp(s, "*") == 0 || parse_origin(s, strlen(s), true, &e);
+}
+
 bool wsh_origin_allowed(const struct wsh_origin_list *list, const char *origin, size_t len)
 {
     if (list == NULL)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wshub/auth.h"
 #include "wshub/http.h"
 #include "wshub/json.h"
 #include "wshub/proto.h"
@@ -574,26 +575,14 @@ static bool parse_auth(struct ctx *c, json_t *v, struct wsh_auth_config *a)
     return true;
 }
 
-/* "*" or an RFC 6454 serialized origin: scheme "://" host [":" port],
- * without a path. */
+/* "*" or an RFC 6454 serialized origin a browser's page may have:
+ * "http://" or "https://" host [":" port], without a path, that the
+ * matcher (wsh_origin_allowed) can match. */
 static bool origin_ok(const char *s)
 {
-    if (strcmp(s, "*") == 0)
-        return true;
-    const char *h;
-    if (strncmp(s, "http://", 7) == 0)
-        h = s + 7;
-    else if (strncmp(s, "https://", 8) == 0)
-        h = s + 8;
-    else
-        return false;
-    if (*h == '\0' || *h == ':')
-        return false;
-    for (; *h != '\0'; h++)
-        if ((unsigned char)*h <= 0x20 || (unsigned char)*h >= 0x7f || *h == '/' || *h == '?' ||
-            *h == '#' || *h == '@')
-            return false;
-    return true;
+    return strcmp(s, "*") == 0 ||
+           ((strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0) &&
+            wsh_origin_entry_valid(s));
 }
 
 static bool parse_origins(struct ctx *c, json_t *v, struct wsh_hub_config *cfg)
