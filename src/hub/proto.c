@@ -161,11 +161,46 @@ struct prescan {
     const char *pay;
     size_t pay_len;
     bool pay_ws; /* insignificant whitespace inside the payload value */
+    /* The first top-level "id" member's value as written, for the error
+     * of a message jansson refuses (or too deep): a client matches replies
+     * by id, and a publish whose payload has a duplicate key would wait
+     * out its timeout without it. */
+    const char *id;
+    size_t id_len;
 };
 
 static bool is_ws(unsigned char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* A top-level member ends: if it was "id", its value is in[*istart..last]. */
+static void id_end(struct prescan *ps, const char *in, size_t *istart, bool *want_id, size_t last)
+{
+    if (*istart != SIZE_MAX && ps->id == NULL && last >= *istart) {
+        ps->id = in + *istart;
+        ps->id_len = last + 1 - *istart;
+    }
+    *istart = SIZE_MAX;
+    *want_id = false;
+}
+
+/* The id written as text, when it is an integer 0..2^53-1 in JSON's
+ * form (no sign, no leading zero, no fraction or exponent). */
+static bool id_of_text(const char *s, size_t n, int64_t *out)
+{
+    if (n == 0 || n > 16 || (n > 1 && s[0] == '0'))
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v > WSH_PROTO_MAX_ID)
+        return false;
+    *out = v;
+    return true;
 }
 
 /* One linear pass over the input that respects strings and escapes.
@@ -175,9 +210,10 @@ static bool is_ws(unsigned char c)
  * exact on valid JSON. Returns false when nesting exceeds max_depth. */
 static bool prescan_input(const char *in, size_t len, unsigned max_depth, struct prescan *ps)
 {
-    size_t depth = 0, last = 0, str_start = 0, pstart = SIZE_MAX;
+    size_t depth = 0, last = 0, str_start = 0, pstart = SIZE_MAX, istart = SIZE_MAX;
     bool in_str = false, esc = false, str_esc = false;
     bool root_obj = false, seen = false, expect_key = true, want = false, done = false;
+    bool want_id = false;
 
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)in[i];
@@ -192,6 +228,9 @@ static bool prescan_input(const char *in, size_t len, unsigned max_depth, struct
                 if (depth == 1 && root_obj && expect_key && !done)
                     want = !str_esc && i - str_start == 8 &&
                            memcmp(in + str_start + 1, "payload", 7) == 0;
+                if (depth == 1 && root_obj && expect_key && ps->id == NULL)
+                    want_id =
+                        !str_esc && i - str_start == 3 && memcmp(in + str_start + 1, "id", 2) == 0;
             }
             continue;
         }
@@ -202,6 +241,8 @@ static bool prescan_input(const char *in, size_t len, unsigned max_depth, struct
         }
         if (depth == 1 && want && !expect_key && pstart == SIZE_MAX && c != ':')
             pstart = i;
+        if (depth == 1 && want_id && !expect_key && istart == SIZE_MAX && c != ':')
+            istart = i;
         switch (c) {
         case '"':
             in_str = true;
@@ -224,6 +265,8 @@ static bool prescan_input(const char *in, size_t len, unsigned max_depth, struct
                 ps->pay_len = last + 1 - pstart;
                 done = true;
             }
+            if (depth == 1)
+                id_end(ps, in, &istart, &want_id, last);
             depth--;
             break;
         case ':':
@@ -239,6 +282,7 @@ static bool prescan_input(const char *in, size_t len, unsigned max_depth, struct
                 }
                 expect_key = true;
                 want = false;
+                id_end(ps, in, &istart, &want_id, last);
             }
             break;
         default:
@@ -461,7 +505,7 @@ int wsh_proto_parse(const char *in, size_t len, const struct wsh_proto_limits *l
     memset(cmd, 0, sizeof(*cmd));
     cmd->id = WSH_PROTO_NO_ID;
     struct perr e = { 0, NULL };
-    struct prescan ps = { NULL, 0, false };
+    struct prescan ps = { 0 };
     int rc;
 
     if (in == NULL && len != 0) {
@@ -470,6 +514,8 @@ int wsh_proto_parse(const char *in, size_t len, const struct wsh_proto_limits *l
         rc = fail(&e, WSH_PERR_TOO_LARGE, "message too large");
     } else if (!prescan_input(in, len, l.max_depth, &ps)) {
         rc = fail(&e, WSH_PERR_TOO_DEEP, "json too deep");
+        if (ps.id != NULL)
+            (void)id_of_text(ps.id, ps.id_len, &cmd->id);
     } else {
         json_error_t jerr;
         /* Duplicate keys are rejected so that every reader of the message
@@ -484,6 +530,8 @@ int wsh_proto_parse(const char *in, size_t len, const struct wsh_proto_limits *l
                 rc = WSH_ENOMEM;
             } else {
                 rc = fail(&e, WSH_PERR_BAD_JSON, "bad json");
+                if (ps.id != NULL)
+                    (void)id_of_text(ps.id, ps.id_len, &cmd->id);
             }
         } else {
             cmd->_root = root;

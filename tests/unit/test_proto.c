@@ -590,6 +590,46 @@ static void test_proto_rejects_too_deep_fast(void **state)
     free(s);
 }
 
+/* A message jansson refuses, or too deep, still has its error matched to
+ * the command: the first top-level id, when it is an integer in JSON's
+ * form, is echoed (docs/protocol.md). Anything else, no id. */
+static void test_proto_id_echoed_on_parse_errors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        int code;
+        int64_t id;
+    } cases[] = {
+        { "{\"type\":\"publish\",\"id\":11,\"channel\":\"chat:a\",\"payload\":{\"a\":1,\"a\":2}}",
+          WSH_PERR_BAD_JSON, 11 },
+        { "{\"type\":\"publish\",\"payload\":{\"a\":1,\"a\":2},\"id\" : 12 }",
+          WSH_PERR_BAD_JSON, 12 },
+        { "{\"id\":13,\"type\":\"publish\",\"payload\":99999999999999999999999}",
+          WSH_PERR_BAD_JSON, 13 },
+        { "{\"id\":0,\"payload\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+          WSH_PERR_TOO_DEEP, 0 },
+        { "{\"id\":9007199254740991,\"type\":\"x\",}", WSH_PERR_BAD_JSON, 9007199254740991 },
+        { "{\"id\":9007199254740992,\"type\":\"x\",}", WSH_PERR_BAD_JSON, WSH_PROTO_NO_ID },
+        { "{\"id\":-1,\"type\":\"x\",}", WSH_PERR_BAD_JSON, WSH_PROTO_NO_ID },
+        { "{\"id\":01,\"type\":\"x\"}", WSH_PERR_BAD_JSON, WSH_PROTO_NO_ID },
+        { "{\"id\":1e3,\"type\":\"x\",}", WSH_PERR_BAD_JSON, WSH_PROTO_NO_ID },
+        { "{\"id\":\"7\",\"type\":\"x\",}", WSH_PERR_BAD_JSON, WSH_PROTO_NO_ID },
+        { "{\"i\\u0064\":7,\"type\":\"x\",}", WSH_PERR_BAD_JSON, WSH_PROTO_NO_ID },
+        { "{\"payload\":{\"id\":7},\"type\":\"x\",}", WSH_PERR_BAD_JSON, WSH_PROTO_NO_ID },
+        { "{\"id\":5,\"id\":6,\"type\":\"x\"}", WSH_PERR_BAD_JSON, 5 },
+        { "[{\"id\":7}", WSH_PERR_BAD_JSON, WSH_PROTO_NO_ID },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct wsh_cmd c;
+        int code;
+        const char *msg;
+        assert_int_not_equal(parse(cases[i].in, &c, &code, &msg), WSH_OK);
+        assert_int_equal(code, cases[i].code);
+        assert_int_equal(c.id, cases[i].id);
+    }
+}
+
 static void test_proto_depth_boundary(void **state)
 {
     (void)state;
@@ -933,6 +973,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_proto_parse_connect),
+        cmocka_unit_test(test_proto_id_echoed_on_parse_errors),
         cmocka_unit_test(test_proto_parse_subscribe),
         cmocka_unit_test(test_proto_parse_subscribe_recover),
         cmocka_unit_test(test_proto_parse_unsubscribe),
