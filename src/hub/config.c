@@ -694,6 +694,11 @@ static bool parse_limits(struct ctx *c, json_t *v, struct wsh_limits_config *l)
         !get_u32(c, v, "max_channels", 0, 100000000, &l->max_channels))
         return false;
     json_t *u = json_object_get(v, "unauthenticated");
+    /* Its default follows a max_message set below it; a value given
+     * above it is refused below. */
+    if (u == NULL || json_object_get(u, "max_message") == NULL)
+        l->unauth_max_message =
+            l->unauth_max_message < l->max_message ? l->unauth_max_message : l->max_message;
     if (u != NULL) {
         size_t old = push_key(c, "unauthenticated");
         if (!want_object(c, u) || !check_keys(c, u, unauth_keys) ||

@@ -120,6 +120,29 @@ static void test_config_array_bounds(void **state)
     load_err(doc, "auth.keys: more than 16 keys");
 }
 
+/* A max_message under the 4096 bytes unauthenticated.max_message would
+ * default to takes that one down with it, unless it is given (and then
+ * must not be above: refused, see test_config_errors). */
+static void test_config_unauth_message_follows_a_small_max_message(void **state)
+{
+    (void)state;
+    struct wsh_hub_config cfg;
+    load_ok("{\"limits\":{\"max_message\":1024}}", &cfg);
+    assert_int_equal(cfg.limits.max_message, 1024);
+    assert_int_equal(cfg.limits.unauth_max_message, 1024);
+    wsh_config_free(&cfg);
+    load_ok("{\"limits\":{\"max_message\":1024,\"unauthenticated\":{\"timeout_ms\":900}}}", &cfg);
+    assert_int_equal(cfg.limits.unauth_max_message, 1024);
+    wsh_config_free(&cfg);
+    load_ok("{\"limits\":{\"max_message\":1024,\"unauthenticated\":{\"max_message\":512}}}",
+            &cfg);
+    assert_int_equal(cfg.limits.unauth_max_message, 512);
+    wsh_config_free(&cfg);
+    load_ok("{\"limits\":{\"max_message\":8192}}", &cfg);
+    assert_int_equal(cfg.limits.unauth_max_message, 4096);
+    wsh_config_free(&cfg);
+}
+
 static void test_config_defaults(void **state)
 {
     (void)state;
@@ -539,6 +562,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_defaults),
+        cmocka_unit_test(test_config_unauth_message_follows_a_small_max_message),
         cmocka_unit_test(test_config_full_valid),
         cmocka_unit_test(test_config_invalid_fields),
         cmocka_unit_test(test_config_long_values_cut_in_errors),
