@@ -461,10 +461,12 @@ ssize_t wsh_hs_error_response(char *out, size_t cap, int status, const char *err
     puts_(&o, reason);
     puts_(&o, "\r\nContent-Type: text/plain\r\nContent-Length: ");
     put_uint(&o, strlen(error) + 1);
-    puts_(&o, "\r\nConnection: close\r\n");
-    if (status == 426)
-        puts_(&o, "Sec-WebSocket-Version: 13\r\n");
-    else if (status == 405)
+    /* RFC 9110 15.5.22 and 7.8: a 426 names the protocol to upgrade to,
+     * and a sender of Upgrade lists it in Connection. */
+    puts_(&o, status == 426 ? "\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n"
+                              "Sec-WebSocket-Version: 13\r\n"
+                            : "\r\nConnection: close\r\n");
+    if (status == 405)
         puts_(&o, "Allow: GET\r\n");
     else if (status == 401) /* RFC 9110 11.6.1: a 401 names its scheme */
         puts_(&o, "WWW-Authenticate: Bearer\r\n");

@@ -129,6 +129,10 @@ def test_unsupported_version_426(wshub, version):
     r = send(s, req(headers={"Sec-WebSocket-Version": version}))
     assert r.status == 426, r
     assert r.header("sec-websocket-version") == "13", r
+    # RFC 9110 15.5.22: a 426 MUST name the protocol in Upgrade, which
+    # Connection lists (7.8).
+    assert r.header("upgrade") == "websocket", r
+    assert [t.strip().lower() for t in r.header("connection").split(",")] == ["upgrade", "close"], r
 
 
 def test_missing_version_400_or_426(wshub):
