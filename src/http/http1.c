@@ -279,6 +279,26 @@ ssize_t wsh_http_parse_request(const char *buf, size_t len, size_t last_len,
     /* A last_len past len is a caller bug; rescanning is always correct. */
     if (last_len > len)
         last_len = 0;
+    /* RFC 9112 2.2: one empty line before the request line is ignored (a
+     * client may send one after a previous request's body). */
+    size_t lead = 0;
+    if (buf[0] == '\r') {
+        if (len < 2)
+            return 0;
+        lead = buf[1] == '\n' ? 2 : 0;
+    }
+    buf += lead;
+    len -= lead;
+    last_len = last_len > lead ? last_len - lead : 0;
+    if (len == 0)
+        return 0;
+    if (lead > 0 && buf[0] == '\r' && (len < 2 || buf[1] == '\n')) {
+        if (len < 2)
+            return 0;
+        if (status != NULL)
+            *status = 400; /* a second empty line: not a request */
+        return WSH_EPROTO;
+    }
 
     ssize_t r = find_head_end(buf, len, last_len, lim);
     if (r < 0) {
@@ -298,7 +318,7 @@ ssize_t wsh_http_parse_request(const char *buf, size_t len, size_t last_len,
             *status = st;
         return st == 431 ? WSH_ETOOBIG : WSH_EPROTO;
     }
-    return r;
+    return r + (ssize_t)lead;
 }
 
 size_t wsh_http_count(const struct wsh_http_request *req, const char *name)

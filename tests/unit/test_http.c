@@ -353,12 +353,24 @@ static void test_http_rejects_bare_cr(void **state)
     check_err(S("GET / HTTP/1.1\r\n\rHost: a\r\n\r\n"), 400);
 }
 
+/* RFC 9112 2.2: one empty line before the request line is ignored. */
+static void test_http_ignores_one_leading_empty_line(void **state)
+{
+    (void)state;
+    check_ok(S("\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"));
+    struct wsh_http_request q;
+    parse_ok(S("\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"), NULL, &q);
+    assert_int_equal(q.path_len, 8);
+    assert_memory_equal(q.path, "/healthz", 8);
+    assert_int_equal(q.nheaders, 1);
+}
+
 static void test_http_rejects_bad_request_line(void **state)
 {
     (void)state;
     static const char *const bad[] = {
         "\r\n\r\n",                          /* empty request line */
-        "\r\nGET / HTTP/1.1\r\n\r\n",        /* leading empty line */
+        "\r\n\r\nGET / HTTP/1.1\r\n\r\n",    /* two leading empty lines */
         " / HTTP/1.1\r\n\r\n",               /* empty method */
         "G(ET / HTTP/1.1\r\n\r\n",           /* method not a token */
         "GET\t/ HTTP/1.1\r\n\r\n",           /* HTAB as separator */
@@ -1011,6 +1023,7 @@ int main(void)
         cmocka_unit_test(test_http_proxy_parse),
         cmocka_unit_test(test_http_no_proxy),
         cmocka_unit_test(test_http_pct_decode),
+        cmocka_unit_test(test_http_ignores_one_leading_empty_line),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
