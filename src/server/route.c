@@ -518,6 +518,12 @@ static size_t route_request(struct worker *w, struct conn *c, uint8_t *in, size_
         return len;
     }
     w->req_head = route_method_is(&req, "HEAD");
+    /* RFC 9112 3.2: an HTTP/1.1 request without Host, or with more than
+     * one, is answered 400 (the upgrade's own check says the same). */
+    if (req.minor_version >= 1 && wsh_http_count(&req, "Host") != 1) {
+        http_reply(w, c, 400, "exactly one Host header required");
+        return len;
+    }
     if ((c->flags & CF_FORWARDED) && !w->replay && !forwarded_admit(w, c, &req))
         return len;
     if (!route_allowed(c, &req)) {

@@ -150,6 +150,21 @@ def test_unknown_path_404(wshub, path):
     assert r.status == 404, r
 
 
+def test_host_is_required_on_every_http11_request(wshub):
+    """RFC 9112 3.2: an HTTP/1.1 request with no Host, or with two, is
+    answered 400, whatever it asks for (not only upgrades); HTTP/1.0 has
+    no Host to require."""
+    s = wshub("--echo")
+    for raw, want in ((b"GET /healthz HTTP/1.1\r\n\r\n", 400),
+                      (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+                      (b"GET /metrics HTTP/1.1\r\n\r\n", 400),
+                      (b"GET /nothing HTTP/1.1\r\n\r\n", 400),
+                      (b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+                      (b"GET /healthz HTTP/1.0\r\n\r\n", 200)):
+        r = send(s, raw)
+        assert r.status == want, (raw, r)
+
+
 def test_echo_without_flag_404(wshub):
     s = wshub()
     r = send(s, req(path="/echo"))
