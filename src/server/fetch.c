@@ -383,35 +383,40 @@ static int tunnel(struct stream *s, const struct wsh_http_proxy *px, const struc
         snprintf(err, errlen, "cannot send CONNECT to the proxy %s", px->url.host);
         return -1;
     }
-    /* Peeked until the blank line, then exactly the head is consumed. */
+    /* Exactly the head is consumed: what arrives is peeked, and taken up
+     * to the blank line, or whole while the blank line has not come (it
+     * is all head then). A peek alone would see the same bytes again and
+     * again while the rest of a head sent in pieces was on its way. */
     char head[WSH_HTTP_RESPONSE_HEAD_MAX];
     size_t have = 0;
     const char *end = NULL;
     while (end == NULL) {
-        if (wait_fd(s->fd, POLLIN, deadline, stop) != 0) {
-            snprintf(err, errlen, "no answer to CONNECT from the proxy %s", px->url.host);
-            return -1;
-        }
-        ssize_t r = recv(s->fd, head, sizeof(head), MSG_PEEK);
-        if (r < 0 && (errno == EAGAIN || errno == EINTR))
-            continue;
-        if (r <= 0 || (size_t)r == have) {
-            snprintf(err, errlen, "the proxy %s closed without answering CONNECT", px->url.host);
-            return -1;
-        }
-        have = (size_t)r;
-        end = memmem(head, have, "\r\n\r\n", 4);
-        if (end == NULL && have == sizeof(head)) {
+        if (have == sizeof(head)) {
             snprintf(err, errlen, "the proxy %s answered CONNECT with an oversized head",
                      px->url.host);
             return -1;
         }
+        if (wait_fd(s->fd, POLLIN, deadline, stop) != 0) {
+            snprintf(err, errlen, "no answer to CONNECT from the proxy %s", px->url.host);
+            return -1;
+        }
+        ssize_t r = recv(s->fd, head + have, sizeof(head) - have, MSG_PEEK);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (r <= 0) {
+            snprintf(err, errlen, "the proxy %s closed without answering CONNECT", px->url.host);
+            return -1;
+        }
+        size_t from = have > 3 ? have - 3 : 0; /* the blank line may straddle */
+        end = memmem(head + from, have + (size_t)r - from, "\r\n\r\n", 4);
+        size_t take = end != NULL ? (size_t)(end + 4 - head) - have : (size_t)r;
+        if (recv(s->fd, head + have, take, 0) != (ssize_t)take) {
+            snprintf(err, errlen, "cannot read the proxy's answer");
+            return -1;
+        }
+        have += take;
     }
-    size_t hl = (size_t)(end + 4 - head);
-    if (recv(s->fd, head, hl, 0) != (ssize_t)hl) {
-        snprintf(err, errlen, "cannot read the proxy's answer");
-        return -1;
-    }
+    size_t hl = have;
     /* Any 2xx opens the tunnel. */
     const char *eol = memmem(head, hl, "\r\n", 2); /* found: the head ends in CRLF CRLF */
     int status = wsh_http_status_line(head, (size_t)(eol - head));

@@ -882,12 +882,13 @@ class ConnectProxy:
     """An HTTP proxy on 127.0.0.1 that speaks CONNECT only: it records each
     request head and answers with `status`; on 200 it tunnels to the port
     asked for on 127.0.0.1, whatever the host name (issuer.test exists
-    nowhere else)."""
+    nowhere else). With `split`, its 200 comes in two writes 300 ms apart,
+    the blank line last."""
 
     def __init__(self):
         import socket
         import threading
-        self.heads, self.status = [], 200
+        self.heads, self.status, self.split = [], 200, False
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -917,7 +918,12 @@ class ConnectProxy:
                     return
                 port = int(head.split(b" ")[1].rsplit(b":", 1)[1])
                 with socket.create_connection(("127.0.0.1", port)) as up:
-                    c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    if self.split:
+                        c.sendall(b"HTTP/1.1 200 Connection established\r\n")
+                        time.sleep(0.3)
+                        c.sendall(b"\r\n")
+                    else:
+                        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     t = threading.Thread(target=pump, args=(up, c), daemon=True)
                     t.start()
                     pump(c, up)
@@ -975,6 +981,13 @@ def test_jwks_url_through_an_https_proxy(hub, tmp_path, monkeypatch):
         assert "the proxy 127.0.0.1 refused CONNECT: 407" in line, line
         assert status(h, rs_token("k1", "k1")) == 101
         px.status = 200
+
+        # Its answer in pieces: the fetch waits for the whole head (it
+        # took the status line alone, peeked again, for a close).
+        px.split = True
+        sighup(h, 2)
+        wait_fetches(h, 1, 2)
+        px.split = False
 
         # NO_PROXY covers the issuer: straight there. issuer.test is
         # 127.0.0.1 in this server's own /etc/hosts (a mount namespace).
