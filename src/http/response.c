@@ -110,12 +110,33 @@ int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_h
     if (buf == NULL || out == NULL)
         return WSH_EINVAL;
     char *end = buf + len;
-    /* Status line: HTTP/1.x SP 3DIGIT SP reason (RFC 9112 4). */
-    char *eol = find_crlf(buf, end);
-    int status = eol != NULL ? wsh_http_status_line(buf, (size_t)(eol - buf)) : -1;
-    if (status < 0) {
-        *why = eol == NULL ? "no complete status line" : "bad status line";
-        return WSH_EPROTO;
+    char *eol;
+    int status;
+    for (;;) {
+        /* Status line: HTTP/1.x SP 3DIGIT SP reason (RFC 9112 4). */
+        eol = find_crlf(buf, end);
+        status = eol != NULL ? wsh_http_status_line(buf, (size_t)(eol - buf)) : -1;
+        if (status < 0) {
+            *why = eol == NULL ? "no complete status line" : "bad status line";
+            return WSH_EPROTO;
+        }
+        /* RFC 9110 15.2: interim responses (a CDN's 103 Early Hints)
+         * come before the final one, which is the answer. A 101 to a
+         * request that asked for no upgrade is left to the caller. */
+        if (status / 100 != 1 || status == 101)
+            break;
+        char *hend = eol;
+        while (hend != NULL && !(hend + 4 <= end && memcmp(hend, "\r\n\r\n", 4) == 0))
+            hend = find_crlf(hend + 2, end);
+        if (hend == NULL) {
+            *why = "no complete head";
+            return WSH_EPROTO;
+        }
+        if ((size_t)(hend - buf) > WSH_HTTP_RESPONSE_HEAD_MAX) {
+            *why = "head over its bound";
+            return WSH_ETOOBIG;
+        }
+        buf = hend + 4;
     }
     size_t clen = 0;
     bool have_clen = false, chunked = false;

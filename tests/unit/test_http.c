@@ -365,6 +365,36 @@ static void test_http_ignores_one_leading_empty_line(void **state)
     assert_int_equal(q.nheaders, 1);
 }
 
+/* RFC 9112 3.2.2: the absolute-form is accepted, its path and query
+ * taken as the origin-form's; one with no path is refused. */
+static void test_http_absolute_form(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *req, *path, *query;
+    } ok[] = {
+        { "GET http://example.com/healthz HTTP/1.1\r\nHost: example.com\r\n\r\n", "/healthz", NULL },
+        { "GET HTTPS://a:8443/ws?token=x HTTP/1.1\r\nHost: a\r\n\r\n", "/ws", "token=x" },
+        { "GET http://[::1]:80/ HTTP/1.1\r\nHost: a\r\n\r\n", "/", NULL },
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        struct wsh_http_request q;
+        check_ok(ok[i].req, strlen(ok[i].req));
+        parse_ok(ok[i].req, strlen(ok[i].req), NULL, &q);
+        assert_int_equal(q.path_len, strlen(ok[i].path));
+        assert_memory_equal(q.path, ok[i].path, q.path_len);
+        if (ok[i].query == NULL) {
+            assert_null(q.query);
+        } else {
+            assert_int_equal(q.query_len, strlen(ok[i].query));
+            assert_memory_equal(q.query, ok[i].query, q.query_len);
+        }
+    }
+    check_err(S("GET http://example.com HTTP/1.1\r\n\r\n"), 400);
+    check_err(S("GET http:///x HTTP/1.1\r\n\r\n"), 400);
+    check_err(S("GET http://a?x HTTP/1.1\r\n\r\n"), 400);
+}
+
 static void test_http_rejects_bad_request_line(void **state)
 {
     (void)state;
@@ -672,6 +702,14 @@ static void test_http_response_framings(void **state)
         { "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", 200, "ok" },
         /* obs-text and HTAB inside a value (RFC 9110 5.5) */
         { "HTTP/1.1 200 OK\r\nServer: caf\xc3\xa9\tx\r\nContent-Length: 1\r\n\r\n!", 200, "!" },
+        /* Interim responses first (RFC 9110 15.2): skipped. */
+        { "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+          "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+          200, "ok" },
+        { "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
+          "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+          404, "" },
+        { "HTTP/1.1 101 Switching\r\n\r\n", 101, "" }, /* the caller's to refuse */
     };
     char body[256];
     int status;
@@ -701,6 +739,8 @@ static void test_http_response_rejects(void **state)
         { "HTTP/1.1 200OK\r\n\r\n", WSH_EPROTO, "bad status line" },
         { "HTTP/1.1 200 OK\nContent-Length: 0\n\n", WSH_EPROTO, "no complete status line" },
         { "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", WSH_EPROTO, "no complete head" },
+        { "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n", WSH_EPROTO, "no complete head" },
+        { "HTTP/1.1 103 Early Hints\r\n\r\n", WSH_EPROTO, "no complete status line" },
         { "HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n", WSH_EPROTO, "bad header field" },
         { "HTTP/1.1 200 OK\r\nA : b\r\n\r\n", WSH_EPROTO, "bad header field" },
         { "HTTP/1.1 200 OK\r\nA: b\x01\r\n\r\n", WSH_EPROTO, "control byte in a header value" },
@@ -1024,6 +1064,7 @@ int main(void)
         cmocka_unit_test(test_http_no_proxy),
         cmocka_unit_test(test_http_pct_decode),
         cmocka_unit_test(test_http_ignores_one_leading_empty_line),
+        cmocka_unit_test(test_http_absolute_form),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
