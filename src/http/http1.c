@@ -187,9 +187,23 @@ static int parse_head(const char *buf, size_t n, struct wsh_http_request *req,
         return 400;
     req->target = t;
     req->target_len = (size_t)(p - t);
-    const char *q = memchr(t, '?', req->target_len);
-    req->path = t;
-    req->path_len = q ? (size_t)(q - t) : req->target_len;
+    /* RFC 9112 3.2.2: a server MUST accept the absolute-form; its path
+     * and query are what the origin-form would hold. Without a path
+     * (http://host alone) it names nothing here: 400. */
+    const char *o = t;
+    size_t sl = req->target_len > 7 && eq_nocase(t, 7, "http://", 7)    ? 7
+                : req->target_len > 8 && eq_nocase(t, 8, "https://", 8) ? 8
+                                                                        : 0;
+    if (sl > 0) {
+        o = t + sl;
+        while (o < p && *o != '/' && *o != '?' && *o != '#')
+            o++;
+        if (o == t + sl || o == p || *o != '/')
+            return 400;
+    }
+    const char *q = memchr(o, '?', (size_t)(p - o));
+    req->path = o;
+    req->path_len = q ? (size_t)(q - o) : (size_t)(p - o);
     req->query = q ? q + 1 : NULL;
     req->query_len = q ? (size_t)(p - q - 1) : 0;
 

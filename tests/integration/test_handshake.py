@@ -160,7 +160,10 @@ def test_host_is_required_on_every_http11_request(wshub):
                       (b"GET /metrics HTTP/1.1\r\n\r\n", 400),
                       (b"GET /nothing HTTP/1.1\r\n\r\n", 400),
                       (b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", 200),
-                      (b"GET /healthz HTTP/1.0\r\n\r\n", 200)):
+                      (b"GET /healthz HTTP/1.0\r\n\r\n", 200),
+                      # RFC 9112 3.2.2: the absolute-form is accepted too
+                      (b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+                      (b"GET http://x HTTP/1.1\r\nHost: x\r\n\r\n", 400)):
         r = send(s, raw)
         assert r.status == want, (raw, r)
 
