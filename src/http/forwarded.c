@@ -62,6 +62,16 @@ bool wsh_cidr_parse(const char *s, size_t len, struct wsh_cidr *out)
         if (out->addr[i / 8] & (0x80u >> (i % 8)))
             return false;
     out->bits = (uint8_t)bits;
+    /* An IPv4-mapped block (::ffff:10.0.0.0/104) is the IPv4 one: peers
+     * of a dual-stack listener are compared as IPv4 (sockaddr_bytes), and
+     * would never match it as written. */
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (out->family == 6 && bits >= 96 && memcmp(out->addr, mapped, 12) == 0) {
+        memmove(out->addr, out->addr + 12, 4);
+        memset(out->addr + 4, 0, 12);
+        out->family = 4;
+        out->bits = (uint8_t)(bits - 96);
+    }
     return true;
 }
 

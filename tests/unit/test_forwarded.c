@@ -57,6 +57,18 @@ static void test_cidr_parse(void **state)
     assert_int_equal(cidr("2001:db8::/32").family, 6);
     assert_int_equal(cidr("::1").bits, 128);
     assert_int_equal(cidr("192.0.2.16/28").bits, 28);
+    /* IPv4-mapped: the IPv4 block, which a dual-stack listener's IPv4
+     * peers (::ffff:a.b.c.d) are compared against. */
+    c = cidr("::ffff:10.0.0.0/104");
+    assert_int_equal(c.family, 4);
+    assert_int_equal(c.bits, 8);
+    assert_memory_equal(c.addr, "\x0a\x00\x00\x00", 4);
+    assert_int_equal(cidr("::ffff:192.0.2.1").family, 4);
+    assert_int_equal(cidr("::ffff:192.0.2.1").bits, 32);
+    struct sockaddr_storage peer = sa("::ffff:10.1.2.3");
+    assert_true(wsh_cidr_contains(&c, 1, &peer));
+    peer = sa("10.1.2.3");
+    assert_true(wsh_cidr_contains(&c, 1, &peer));
     static const char *const bad[] = {
         "10.0.0.1/8",  /* host bits set */
         "10.0.0.0/33", "::/129", "10.0.0.0/08", "10.0.0.0/", "10.0.0.0/8x", "abc", "",
