@@ -1008,8 +1008,10 @@ static void conn_read(struct worker *w, struct conn *c)
     bool eof = false;
     if (c->ssl) {
         size_t budget = rbuf_budget(c, have);
-        if (budget == 0)
+        if (budget == 0) {
+            update_events(w, c); /* see below */
             return;
+        }
         if (have)
             memcpy(buf, c->carry, have);
         r = tls_read_turn(c, buf + have, budget, &eof);
@@ -1021,8 +1023,14 @@ static void conn_read(struct worker *w, struct conn *c)
         }
     } else {
         size_t budget = rbuf_budget(c, have);
-        if (budget == 0)
+        if (budget == 0) {
+            /* EPOLLIN was armed under a larger queue limit (a reload
+             * lowered unauthenticated.max_outbound): disarmed now, or the
+             * level-triggered read would wake this loop turn after turn
+             * until the queue drains. */
+            update_events(w, c);
             return;
+        }
         r = plain_read(w, c, have, budget, &buf);
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
