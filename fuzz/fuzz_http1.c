@@ -93,5 +93,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_slice(h1[i].value, h1[i].value_len, buf, head);
     }
     check_forwarded(&q1);
+    /* The path percent-decoded (the API's channel names): never longer
+     * than the path, never a NUL, and a plain path as it is. */
+    char dec[4096];
+    ssize_t dn = wsh_http_pct_decode(q1.path, q1.path_len, dec, sizeof(dec));
+    if (dn > (ssize_t)q1.path_len || (dn >= 0 && memchr(dec, 0, (size_t)dn) != NULL) ||
+        (dn < 0 && memchr(q1.path, '%', q1.path_len) == NULL && q1.path_len <= sizeof(dec)) ||
+        (dn >= 0 && memchr(q1.path, '%', q1.path_len) == NULL &&
+         memcmp(dec, q1.path, q1.path_len) != 0))
+        abort();
     return 0;
 }

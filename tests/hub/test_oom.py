@@ -634,6 +634,19 @@ def test_out_of_fds_with_no_reserve_the_listener_rests(monkeypatch):
         srv.kill()
 
 
+def shimmed_echo(monkeypatch, flag, **env):
+    """wshub --echo on one worker with the shim preloaded, armed by the
+    file flag, and env (WSH_FAILMALLOC_* settings) for it alone."""
+    env = {"LD_PRELOAD": SHIM, "WSH_FAILMALLOC_FLAG": str(flag), **env}
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+    try:
+        return wsraw.Server(["--workers", "1", "--echo"])
+    finally:
+        for k in env:
+            monkeypatch.delenv(k)
+
+
 @pytest.mark.parametrize("err", ["ENOBUFS", "EPERM"])
 def test_accept_refused_by_the_kernel_the_listener_rests(tmp_path, monkeypatch, err):
     """accept4 failing with the connection left queued (out of socket
@@ -645,14 +658,7 @@ def test_accept_refused_by_the_kernel_the_listener_rests(tmp_path, monkeypatch, 
     one."""
     import errno as errnos
     flag = tmp_path / "fail"
-    monkeypatch.setenv("LD_PRELOAD", SHIM)
-    monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
-    monkeypatch.setenv("WSH_FAILMALLOC_ACCEPT_ERRNO", str(getattr(errnos, err)))
-    try:
-        srv = wsraw.Server(["--workers", "1", "--echo"])
-    finally:
-        for k in ("LD_PRELOAD", "WSH_FAILMALLOC_FLAG", "WSH_FAILMALLOC_ACCEPT_ERRNO"):
-            monkeypatch.delenv(k)
+    srv = shimmed_echo(monkeypatch, flag, WSH_FAILMALLOC_ACCEPT_ERRNO=getattr(errnos, err))
     conns = []
     try:
         flag.touch()
@@ -729,14 +735,7 @@ def test_connection_that_cannot_be_set_up_is_told_503(tmp_path, monkeypatch):
     503 with Retry-After from the stack (docs/server.md) rather than
     closing without a word; once memory is back, the next is served."""
     flag = tmp_path / "fail"
-    monkeypatch.setenv("LD_PRELOAD", SHIM)
-    monkeypatch.setenv("WSH_FAILMALLOC_FLAG", str(flag))
-    monkeypatch.setenv("WSH_FAILMALLOC_ONE_IN", "1")
-    try:
-        srv = wsraw.Server(["--workers", "1", "--echo"])
-    finally:
-        for k in ("LD_PRELOAD", "WSH_FAILMALLOC_FLAG", "WSH_FAILMALLOC_ONE_IN"):
-            monkeypatch.delenv(k)
+    srv = shimmed_echo(monkeypatch, flag, WSH_FAILMALLOC_ONE_IN=1)
     conns = []
     try:
         flag.touch()
