@@ -62,8 +62,15 @@ static bool import_rsa(json_t *jwk, struct jose_material *m, const char **why)
         *why = "RSA e missing, malformed or over 32 bits";
         return false;
     }
-    /* Both odd and e > 1: an even modulus or exponent is no RSA key. */
-    if ((nb[nlen - 1] & 1) == 0 || (eb[elen - 1] & 1) == 0 || (elen == 1 && eb[0] == 1)) {
+    /* Both odd and e > 1: an even modulus or exponent is no RSA key, and
+     * with e = 1 anyone can sign. By value, not length: "AAE" is 1 too
+     * (leading zero bytes, which RFC 7518 6.3.1.2 forbids, are skipped
+     * before the check, not trusted). */
+    size_t ez = 0;
+    while (ez < elen && eb[ez] == 0)
+        ez++;
+    if ((nb[nlen - 1] & 1) == 0 || (eb[elen - 1] & 1) == 0 || elen - ez == 0 ||
+        (elen - ez == 1 && eb[elen - 1] == 1)) {
         *why = "RSA n or e is not a valid value";
         return false;
     }

@@ -858,7 +858,7 @@ static void test_auth_jwks_skips(void **state)
     (void)state;
     struct jwks_fixture f;
     make_jwks_fixture(&f);
-    char bad[25][1100];
+    char bad[28][1100];
     size_t nb = 0;
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"RSA\",\"use\":\"enc\"");
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"",
@@ -871,6 +871,10 @@ static void test_auth_jwks_skips(void **state)
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQABAQABAQAB\""); /* 9 B */
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"",
          "\"e\":\"AQAAAAE\""); /* 5 B: 33 bits */
+    /* e = 1, with which anyone can sign: however many zero bytes lead */
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AQ\"");
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AAE\"");
+    edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"e\":\"AQAB\"", "\"e\":\"AAAAAQ\"");
     edit(bad[nb++], sizeof(bad[0]), f.rsa, "\"kty\":\"RSA\"", "\"kty\":\"rsa\"");
     edit(bad[nb++], sizeof(bad[0]), f.ec, "\"crv\":\"P-256\"", "\"crv\":\"P-384\"");
     edit(bad[nb++], sizeof(bad[0]), f.ec, "\"crv\":\"P-256\"", "\"crv\":\"secp256k1\"");
@@ -901,6 +905,9 @@ static void test_auth_jwks_skips(void **state)
         "RSA e missing",
         "RSA e missing",
         "RSA e missing, malformed or over 32 bits",
+        "RSA n or e is not a valid value",
+        "RSA n or e is not a valid value",
+        "RSA n or e is not a valid value",
         "kty not understood",
         "EC point not on its curve", /* 32-byte x, y padded to P-384's 48 */
         "EC crv missing",
@@ -935,7 +942,7 @@ static void test_auth_jwks_skips(void **state)
                      why[i]);
     }
     assert_string_equal(s.kid[0], "r");
-    assert_string_equal(s.kid[19], "(none)"); /* a kid that is not a string */
+    assert_string_equal(s.kid[22], "(none)"); /* a kid that is not a string */
     wsh_jwks_free(&j);
 }
 
