@@ -273,6 +273,9 @@ void wsh_tls_conn_free(struct ssl_st *ssl);
 /* Advances the handshake. Returns WSH_OK when done, WSH_EAGAIN to wait for
  * more I/O, or WSH_EPROTO when it failed. */
 int wsh_tls_handshake(struct ssl_st *ssl);
+/* Whether the last WSH_EAGAIN of ssl waits for room to write (the
+ * handshake's flight did not fit the socket), not for input. */
+bool wsh_tls_want_write(struct ssl_st *ssl);
 
 /* Reads decrypted bytes: > 0 bytes, 0 on a clean close_notify or EOF,
  * WSH_EAGAIN when nothing is available, another negative on error. */

@@ -286,6 +286,11 @@ int wsh_tls_handshake(SSL *ssl)
     return e == WSH_EAGAIN ? WSH_EAGAIN : WSH_EPROTO;
 }
 
+bool wsh_tls_want_write(SSL *ssl)
+{
+    return SSL_want_write(ssl);
+}
+
 ssize_t wsh_tls_read(SSL *ssl, uint8_t *buf, size_t cap)
 {
     size_t got = 0;

@@ -577,10 +577,19 @@ void conn_destroy(struct worker *w, struct conn *c)
 static void update_events(struct worker *w, struct conn *c)
 {
     uint32_t ev = 0;
-    if (c->state != CONN_PARKED && !c->hold && wsh_wq_bytes(c->wq) <= queue_limit(c) / 2)
-        ev |= EPOLLIN;
-    if (c->wq != NULL)
-        ev |= EPOLLOUT;
+    if (c->state == CONN_TLS) {
+        /* The handshake waits for room to write its flight (a long chain,
+         * a client with a small window) or for the client's next one,
+         * never both: the client sends nothing until it has ours, and a
+         * readable socket while ours must go first would wake the loop
+         * turn after turn. */
+        ev = wsh_tls_want_write(c->ssl) ? EPOLLOUT : EPOLLIN;
+    } else {
+        if (c->state != CONN_PARKED && !c->hold && wsh_wq_bytes(c->wq) <= queue_limit(c) / 2)
+            ev |= EPOLLIN;
+        if (c->wq != NULL)
+            ev |= EPOLLOUT;
+    }
     uint32_t was = c->io.events & EPOLLOUT;
     if (wsh_loop_mod(w->loop, &c->io, ev) != WSH_OK) {
         conn_destroy(w, c);
@@ -1309,14 +1318,19 @@ static void on_conn_io(struct wsh_loop *l, struct wsh_io *io, uint32_t events)
             return;
         w->tls_budget--;
         int rc = wsh_tls_handshake(c->ssl);
-        if (rc == WSH_EAGAIN)
+        if (rc == WSH_EAGAIN) {
+            update_events(w, c); /* EPOLLOUT while its flight waits for room */
             return;
+        }
         if (rc != WSH_OK) {
             wsh_log(WSH_LOG_DEBUG, "conn=%u ev=tls_handshake_failed", c->id);
             conn_destroy(w, c);
             return;
         }
         c->state = CONN_HTTP;
+        update_events(w, c);
+        if (c->state == CONN_DEAD)
+            return;
         /* The request may have come in the same packets as the handshake. */
         events |= EPOLLIN;
     }

@@ -27,6 +27,10 @@
  * kernel's does out of socket buffers (ENOBUFS) or when a security module
  * refuses (EPERM): the connection stays queued.
  *
+ * WSH_FAILMALLOC_SNDBUF=N sets SO_SNDBUF to N on every accepted socket,
+ * flag file or not: a server's send buffer as small as a busy host's, for
+ * a TLS handshake whose flight does not fit it.
+ *
  * WSH_FAILMALLOC_SIZE=N fails every allocation of exactly N bytes while
  * the flag file exists, and no other: a test that knows the size of one
  * allocation (a buffer holding a string it chose the length of) makes that
@@ -62,6 +66,7 @@ static const char *flag_path;
 static bool hang_lookups;
 static bool no_reserve;
 static int accept_errno;
+static int accept_sndbuf;
 static size_t only_size; /* 0: any size, one in one_in */
 
 __attribute__((constructor)) static void failmalloc_init(void)
@@ -77,6 +82,9 @@ __attribute__((constructor)) static void failmalloc_init(void)
     const char *e = getenv("WSH_FAILMALLOC_ACCEPT_ERRNO");
     if (e != NULL)
         accept_errno = atoi(e);
+    const char *sb = getenv("WSH_FAILMALLOC_SNDBUF");
+    if (sb != NULL)
+        accept_sndbuf = atoi(sb);
     const char *z = getenv("WSH_FAILMALLOC_SIZE");
     if (z != NULL)
         only_size = (size_t)strtoull(z, NULL, 10);
@@ -225,7 +233,10 @@ int accept4(int fd, __SOCKADDR_ARG addr, socklen_t *len, int flags)
     }
     accept4_fn *f;
     memcpy(&f, &sym, sizeof(f));
-    return f(fd, addr, len, flags);
+    int c = f(fd, addr, len, flags);
+    if (c >= 0 && accept_sndbuf > 0)
+        (void)setsockopt(c, SOL_SOCKET, SO_SNDBUF, &accept_sndbuf, sizeof(accept_sndbuf));
+    return c;
 }
 
 int open(const char *path, int flags, ...)

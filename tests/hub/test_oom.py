@@ -759,3 +759,68 @@ def test_connection_that_cannot_be_set_up_is_told_503(tmp_path, monkeypatch):
         for c in conns:
             c.close()
         srv.kill()
+
+
+def big_certificate(tmp_path, names=1500):
+    """A self-signed P-256 certificate for localhost with `names` more
+    DNS names: about 66 KB, a TLS flight far larger than a small send
+    buffer."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    sans += [x509.DNSName("host%05d.padding-for-a-long-chain.test" % i) for i in range(names)]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return len(cert.public_bytes(serialization.Encoding.DER))
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_tls_handshake_larger_than_the_send_buffer(tmp_path, monkeypatch, version):
+    """A TLS flight (here a 66 KB certificate) that does not fit the
+    server's send buffer (the shim's WSH_FAILMALLOC_SNDBUF, 4 KB) going to
+    a client with a small window: the handshake waits for room to write
+    and completes. It waited for input the client would never send until
+    it had the whole flight, and was dropped at --handshake-timeout."""
+    import ssl
+    assert big_certificate(tmp_path) > 60000
+    monkeypatch.setenv("LD_PRELOAD", SHIM)
+    monkeypatch.setenv("WSH_FAILMALLOC_SNDBUF", "4096")
+    try:
+        srv = wsraw.Server(["--workers", "1", "--echo", "--handshake-timeout", "5",
+                            "--tls-cert", str(tmp_path / "cert.pem"),
+                            "--tls-key", str(tmp_path / "key.pem")])
+    finally:
+        monkeypatch.delenv("LD_PRELOAD")
+        monkeypatch.delenv("WSH_FAILMALLOC_SNDBUF")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    try:
+        for _ in range(3):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(4 * MULT)
+            s.connect(("127.0.0.1", srv.port))
+            t0 = time.monotonic()
+            with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                took = time.monotonic() - t0
+                t.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                assert wsraw.read_to_eof(t).startswith(b"HTTP/1.1 200"), version
+            print(f"{version} handshake: {took:.3f} s")
+        assert srv.alive()
+    finally:
+        srv.kill()
