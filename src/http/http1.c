@@ -188,8 +188,8 @@ static int parse_head(const char *buf, size_t n, struct wsh_http_request *req,
     req->target = t;
     req->target_len = (size_t)(p - t);
     /* RFC 9112 3.2.2: a server MUST accept the absolute-form; its path
-     * and query are what the origin-form would hold. Without a path
-     * (http://host alone) it names nothing here: 400. */
+     * and query are what the origin-form would hold. An empty path is
+     * "/" (RFC 9110 4.2.3): the slice is then the last '/' of "://". */
     const char *o = t;
     size_t sl = req->target_len > 7 && eq_nocase(t, 7, "http://", 7)    ? 7
                 : req->target_len > 8 && eq_nocase(t, 8, "https://", 8) ? 8
@@ -198,12 +198,18 @@ static int parse_head(const char *buf, size_t n, struct wsh_http_request *req,
         o = t + sl;
         while (o < p && *o != '/' && *o != '?' && *o != '#')
             o++;
-        if (o == t + sl || o == p || *o != '/')
+        if (o == t + sl || (o < p && *o == '#'))
             return 400;
     }
     const char *q = memchr(o, '?', (size_t)(p - o));
-    req->path = o;
-    req->path_len = q ? (size_t)(q - o) : (size_t)(p - o);
+    const char *pend = q ? q : p;
+    if (sl > 0 && o == pend) { /* no path */
+        req->path = t + sl - 1;
+        req->path_len = 1;
+    } else {
+        req->path = o;
+        req->path_len = (size_t)(pend - o);
+    }
     req->query = q ? q + 1 : NULL;
     req->query_len = q ? (size_t)(p - q - 1) : 0;
 

@@ -126,7 +126,7 @@ int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_h
         if (status / 100 != 1 || status == 101)
             break;
         char *hend = eol;
-        while (hend != NULL && !(hend + 4 <= end && memcmp(hend, "\r\n\r\n", 4) == 0))
+        while (hend != NULL && !(end - hend >= 4 && memcmp(hend, "\r\n\r\n", 4) == 0))
             hend = find_crlf(hend + 2, end);
         if (hend == NULL) {
             *why = "no complete head";

@@ -496,6 +496,24 @@ size_t route_input(struct worker *w, struct conn *c, uint8_t *in, size_t len, si
     return used;
 }
 
+static bool host_ok(const struct wsh_http_request *req)
+{
+    size_t n = wsh_http_count(req, "Host");
+    if (n > 1 || (n == 0 && req->minor_version >= 1))
+        return false;
+    const struct wsh_http_header *h = wsh_http_find(req, "Host");
+    if (h == NULL)
+        return true;
+    /* uri-host [":" port]: reg-name, IPv4 or an IP literal in brackets;
+     * not checked to the letter, but nothing a host cannot hold. */
+    for (size_t i = 0; i < h->value_len; i++) {
+        unsigned char ch = (unsigned char)h->value[i];
+        if (ch <= 0x20 || ch >= 0x7f || strchr("/?#@,\\\"<>{}|^`", ch) != NULL)
+            return false;
+    }
+    return true;
+}
+
 /* route_input for one request in in[0..len): whether it is a HEAD is known
  * to every answer written while it is handled (w->req_head). */
 static size_t route_request(struct worker *w, struct conn *c, uint8_t *in, size_t len,
@@ -518,9 +536,11 @@ static size_t route_request(struct worker *w, struct conn *c, uint8_t *in, size_
         return len;
     }
     w->req_head = route_method_is(&req, "HEAD");
-    /* RFC 9112 3.2: an HTTP/1.1 request without Host, or with more than
-     * one, is answered 400 (the upgrade's own check says the same). */
-    if (req.minor_version >= 1 && wsh_http_count(&req, "Host") != 1) {
+    /* RFC 9112 3.2: an HTTP/1.1 request without Host, any request with
+     * more than one, or one whose Host is not a host[:port] (spaces, a
+     * list, a path) is answered 400 (the upgrade's own check says the
+     * same). */
+    if (!host_ok(&req)) {
         http_reply(w, c, 400, "exactly one Host header required");
         return len;
     }

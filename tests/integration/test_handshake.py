@@ -151,9 +151,9 @@ def test_unknown_path_404(wshub, path):
 
 
 def test_host_is_required_on_every_http11_request(wshub):
-    """RFC 9112 3.2: an HTTP/1.1 request with no Host, or with two, is
-    answered 400, whatever it asks for (not only upgrades); HTTP/1.0 has
-    no Host to require."""
+    """RFC 9112 3.2: an HTTP/1.1 request with no Host, any request with
+    two, or one whose Host is not a host[:port], is answered 400, whatever
+    it asks for (not only upgrades); HTTP/1.0 has no Host to require."""
     s = wshub("--echo")
     for raw, want in ((b"GET /healthz HTTP/1.1\r\n\r\n", 400),
                       (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
@@ -161,9 +161,16 @@ def test_host_is_required_on_every_http11_request(wshub):
                       (b"GET /nothing HTTP/1.1\r\n\r\n", 400),
                       (b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", 200),
                       (b"GET /healthz HTTP/1.0\r\n\r\n", 200),
+                      (b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+                      (b"GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+                      (b"GET /healthz HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+                      (b"GET /healthz HTTP/1.1\r\nHost: a,b\r\n\r\n", 400),
+                      (b"GET /healthz HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 200),
+                      (b"GET /healthz HTTP/1.1\r\nHost:\r\n\r\n", 200),  # empty: allowed
                       # RFC 9112 3.2.2: the absolute-form is accepted too
                       (b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n", 200),
-                      (b"GET http://x HTTP/1.1\r\nHost: x\r\n\r\n", 400)):
+                      (b"GET http://x HTTP/1.1\r\nHost: x\r\n\r\n", 200),  # "/": the demo page
+                      (b"GET http:///healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400)):
         r = send(s, raw)
         assert r.status == want, (raw, r)
 
