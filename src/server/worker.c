@@ -922,7 +922,10 @@ static ssize_t tls_read_turn(struct conn *c, uint8_t *buf, size_t budget, bool *
             break;
         got += (size_t)r;
     }
-    if (r == 0)
+    /* A fatal error after some bytes: they are handled, then the
+     * connection ends as at EOF. Dropped, it lingered until a timeout,
+     * nothing being left in the socket to wake it. */
+    if (r == 0 || (r < 0 && r != WSH_EAGAIN))
         *eof = true;
     if (got > 0)
         return (ssize_t)got;

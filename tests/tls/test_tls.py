@@ -177,6 +177,56 @@ def test_tls_garbage_and_stalled_handshakes_dropped(server, pki):
     test_tls_python_echo_small(server, pki)
 
 
+def test_tls_bad_record_after_good_data_ends_the_connection(server, pki):
+    """A good record (a WebSocket frame that needs no answer) and a corrupt
+    one in the same segment: the server handles the frame, then ends the
+    connection at once for the bad record. It handled the bytes and forgot the error,
+    and with nothing left in the socket to wake it, the connection stayed
+    open until the heartbeat gave up on it."""
+    ctx = client_ctx(pki)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=5 * MULT)
+
+    def pump(step):
+        while True:
+            try:
+                return step()
+            except ssl.SSLWantReadError:
+                s.sendall(out.read())
+                data = s.recv(65536)
+                assert data, "closed during the handshake"
+                inc.write(data)
+
+    pump(tls.do_handshake)
+    tls.write(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    s.sendall(out.read())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += pump(lambda: tls.read(65536))
+    assert head.startswith(b"HTTP/1.1 101"), head
+    # An unsolicited pong: handled, and answered with nothing, so no write
+    # of ours meets the broken session either.
+    tls.write(b"\x8a\x80abcd")
+    good = out.read()
+    bad = b"\x17\x03\x03\x00\x20" + os.urandom(32)  # application data that fails its MAC
+    s.sendall(good + bad)
+    t0 = time.monotonic()
+    s.settimeout(3 * MULT)
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        pytest.fail("the connection stayed open after a corrupt record")
+    assert time.monotonic() - t0 < 2 * MULT
+    s.close()
+    test_tls_python_echo_small(server, pki)
+
+
 def test_tls_python_echo_small(server, pki):
     async def go():
         async with websockets.connect(f"wss://localhost:{server.port}/echo",
