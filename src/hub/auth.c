@@ -122,6 +122,17 @@ static EVP_PKEY *pem_public_key(const uint8_t *pem, size_t len)
     return pk;
 }
 
+/* An RSA public exponent worth the name: odd, at least 3 (with e = 1
+ * anyone can sign), at most 32 bits (what one check costs). */
+static bool rsa_e_ok(const EVP_PKEY *pk)
+{
+    BIGNUM *e = NULL;
+    bool ok = EVP_PKEY_get_bn_param(pk, "e", &e) == 1 && BN_is_odd(e) && !BN_is_one(e) &&
+              BN_num_bits(e) <= 32;
+    BN_free(e);
+    return ok;
+}
+
 /* Whether loaded material is of the kind ai needs: one check for every
  * form a key comes in (secret, PEM, JWK). */
 static bool key_fits(const struct alg_info *ai, const struct jose_material *m, const char **why)
@@ -143,7 +154,8 @@ static bool key_fits(const struct alg_info *ai, const struct jose_material *m, c
         *why = id != EVP_PKEY_RSA                ? "not an RSA public key"
                : EVP_PKEY_get_bits(m->pk) < 2048 ? "RSA key under 2048 bits"
                : EVP_PKEY_get_bits(m->pk) > 8192 ? "RSA key over 8192 bits"
-                                                 : NULL;
+               : !rsa_e_ok(m->pk) ? "RSA exponent not odd, 3 or more, of 32 bits at most"
+                                  : NULL;
     } else if (ai->kind == KIND_EC) {
         char group[64];
         size_t glen = 0;

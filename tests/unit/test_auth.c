@@ -1390,9 +1390,9 @@ static void test_auth_selects_key_by_kid(void **state)
 }
 
 /* An RSA public key (PEM) whose modulus is `bytes` long, top and low bits
- * set, exponent 65537. Not a product of two primes: nothing here checks
- * that, and it is the size that is tested. */
-static char *rsa_pem_of_size(size_t bytes, uint8_t *n)
+ * set, exponent e. Not a product of two primes: nothing here checks that,
+ * and it is the size and the exponent that are tested. */
+static char *rsa_pem_of(size_t bytes, uint8_t *n, unsigned long e_word)
 {
     for (size_t i = 0; i < bytes; i++)
         n[i] = (uint8_t)(i * 131 + 7);
@@ -1401,7 +1401,7 @@ static char *rsa_pem_of_size(size_t bytes, uint8_t *n)
     BIGNUM *bn = BN_bin2bn(n, (int)bytes, NULL), *e = BN_new();
     assert_non_null(bn);
     assert_non_null(e);
-    assert_int_equal(BN_set_word(e, 65537), 1);
+    assert_int_equal(BN_set_word(e, e_word), 1);
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     assert_int_equal(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn), 1);
     assert_int_equal(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e), 1);
@@ -1430,7 +1430,7 @@ static void test_auth_rsa_size_bound(void **state)
     (void)state;
     uint8_t n[1025];
     for (size_t bytes = 1024; bytes <= 1025; bytes++) {
-        char *pem = rsa_pem_of_size(bytes, n);
+        char *pem = rsa_pem_of(bytes, n, 65537);
         struct wsh_auth_key k = KEY(WSH_AUTH_RS256, pem);
         const char *why = wsh_auth_key_problem(&k);
         if (bytes == 1024)
@@ -1457,6 +1457,29 @@ static void test_auth_rsa_size_bound(void **state)
         wsh_jwks_free(&j);
         free(jwk);
         free(nb);
+    }
+}
+
+/* A PEM key (a local file, trusted as such) is held to the exponent rule
+ * of JWKs too: with e = 1 anyone could sign. */
+static void test_auth_rsa_exponent_bound(void **state)
+{
+    (void)state;
+    uint8_t n[256];
+    static const struct {
+        unsigned long e;
+        bool ok;
+    } cases[] = { { 1, false },         { 2, false },           { 3, true },
+                  { 65537, true },      { 0xffffffffUL, true }, { 0x100000001UL, false } };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *pem = rsa_pem_of(256, n, cases[i].e);
+        struct wsh_auth_key k = KEY(WSH_AUTH_RS256, pem);
+        const char *why = wsh_auth_key_problem(&k);
+        if (cases[i].ok)
+            assert_null(why);
+        else
+            assert_string_equal(why, "RSA exponent not odd, 3 or more, of 32 bits at most");
+        free(pem);
     }
 }
 
@@ -1979,6 +2002,7 @@ int main(void)
         cmocka_unit_test(test_auth_rejects_bad_claims),
         cmocka_unit_test(test_auth_issuer_and_audience),
         cmocka_unit_test(test_auth_rsa_size_bound),
+        cmocka_unit_test(test_auth_rsa_exponent_bound),
         cmocka_unit_test(test_auth_rejects_claims_too_large),
         cmocka_unit_test(test_auth_selects_key_by_kid),
         cmocka_unit_test(test_auth_create_rejects_bad_keys),
