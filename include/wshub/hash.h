@@ -58,6 +58,12 @@ static inline struct wsh_hnode *wsh_htab_chain(const struct wsh_htab *t, uint64_
  * before the call and does not touch it after. Returns how many went. */
 size_t wsh_htab_filter(struct wsh_htab *t, bool (*fn)(struct wsh_hnode *n, void *arg), void *arg);
 
+/* After records went (a sweep): halves the chains while the table is
+ * under a quarter full, down to `first`, so that a walk of a table a
+ * burst once grew does not stay as long as the burst. A failed
+ * allocation keeps the table. */
+void wsh_htab_shrink(struct wsh_htab *t, size_t first);
+
 /* Frees the chains (not the records) and empties t. */
 void wsh_htab_free(struct wsh_htab *t);
 

@@ -1319,6 +1319,7 @@ static size_t memory_sweep(void *self, int64_t now_ms)
     struct sweep x = { m, now_ms };
     pthread_rwlock_wrlock(&m->lock);
     size_t freed = wsh_htab_filter(&m->channels, sweep_one, &x);
+    wsh_htab_shrink(&m->channels, 8);
     pthread_rwlock_unlock(&m->lock);
     atomic_fetch_add(&m->channels_freed, freed);
     evict(m); /* after a reload lowered the bound */

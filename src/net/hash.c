@@ -94,21 +94,13 @@ void wsh_random_bytes(void *p, size_t n)
 
 /* ---- the table ------------------------------------------------------------ */
 
-bool wsh_htab_reserve(struct wsh_htab *t, size_t first)
+/* Moves every record of t into nb fresh chains; false when they cannot
+ * be allocated (t unchanged). */
+static bool rehash(struct wsh_htab *t, size_t nb)
 {
-    if (t->nb == 0) {
-        t->b = calloc(first, sizeof(*t->b));
-        if (t->b == NULL)
-            return false;
-        t->nb = first;
-        return true;
-    }
-    if (t->n < t->nb)
-        return true;
-    size_t nb = t->nb * 2;
     struct wsh_hnode **b = calloc(nb, sizeof(*b));
     if (b == NULL)
-        return true;
+        return false;
     for (size_t i = 0; i < t->nb; i++) {
         struct wsh_hnode *n = t->b[i], *next;
         for (; n != NULL; n = next) {
@@ -121,6 +113,30 @@ bool wsh_htab_reserve(struct wsh_htab *t, size_t first)
     t->b = b;
     t->nb = nb;
     return true;
+}
+
+bool wsh_htab_reserve(struct wsh_htab *t, size_t first)
+{
+    if (t->nb == 0) {
+        t->b = calloc(first, sizeof(*t->b));
+        if (t->b == NULL)
+            return false;
+        t->nb = first;
+        return true;
+    }
+    if (t->n >= t->nb)
+        (void)rehash(t, t->nb * 2);
+    return true;
+}
+
+void wsh_htab_shrink(struct wsh_htab *t, size_t first)
+{
+    if (t->nb <= first || t->n >= t->nb / 4)
+        return;
+    size_t nb = t->nb;
+    while (nb / 2 >= first && t->n < nb / 4)
+        nb /= 2;
+    (void)rehash(t, nb);
 }
 
 void wsh_htab_insert(struct wsh_htab *t, struct wsh_hnode *n)

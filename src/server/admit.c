@@ -258,6 +258,7 @@ void admit_ip_sweep(void)
     pthread_mutex_lock(&ip_mu);
     uint64_t now = wsh_now_ms();
     wsh_htab_filter(&ip_table, ip_forgotten, &now);
+    wsh_htab_shrink(&ip_table, 256);
     pthread_mutex_unlock(&ip_mu);
 }
 

@@ -87,6 +87,7 @@ void chanreg_sweep(struct chanreg *reg)
 {
     pthread_mutex_lock(&reg->mu);
     wsh_htab_filter(&reg->tab, free_unheld, NULL);
+    wsh_htab_shrink(&reg->tab, CHANREG_FIRST);
     pthread_mutex_unlock(&reg->mu);
 }
 

@@ -125,12 +125,51 @@ static void test_table(void **state)
     assert_null(t.b);
 }
 
+static bool keep_ten(struct wsh_hnode *n, void *arg)
+{
+    (void)arg;
+    if (((struct rec *)n)->id % 100 == 0)
+        return false;
+    free(n);
+    return true;
+}
+
+/* A table a burst grew shrinks once the records have gone, to between a
+ * quarter and a half full, never under its first size, every record still
+ * found. */
+static void test_table_shrinks(void **state)
+{
+    (void)state;
+    struct wsh_htab t = { 0 };
+    for (unsigned i = 0; i < 1000; i++) {
+        assert_true(wsh_htab_reserve(&t, 8));
+        struct rec *r = calloc(1, sizeof(*r));
+        assert_non_null(r);
+        r->id = i;
+        r->hn.hash = (uint64_t)i * 0x9e3779b97f4a7c15ULL;
+        wsh_htab_insert(&t, &r->hn);
+    }
+    assert_int_equal(t.nb, 1024);
+    wsh_htab_shrink(&t, 8); /* full enough: stays */
+    assert_int_equal(t.nb, 1024);
+    assert_int_equal(wsh_htab_filter(&t, keep_ten, NULL), 990);
+    wsh_htab_shrink(&t, 64); /* not under its first size */
+    assert_int_equal(t.nb, 64);
+    wsh_htab_shrink(&t, 8);
+    assert_int_equal(t.nb, 32);
+    for (unsigned i = 0; i < 1000; i += 100)
+        assert_non_null(find(&t, (uint64_t)i * 0x9e3779b97f4a7c15ULL, i));
+    assert_int_equal(wsh_htab_filter(&t, free_all, NULL), 10);
+    wsh_htab_free(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_siphash13_vectors),
         cmocka_unit_test(test_siphash13_keyed),
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_table_shrinks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
