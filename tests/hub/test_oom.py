@@ -578,6 +578,17 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def echo_on_a_new_connection(srv, conns):
+    """A fresh /echo connection is served in full, and the server is
+    alive (the connection goes into conns, for the test to close)."""
+    c = wsraw.Conn("127.0.0.1", srv.port)
+    conns.append(c)
+    c.handshake("/echo")
+    c.send_frame(wsraw.OP_TEXT, b"new")
+    assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"new")
+    assert srv.alive()
+
+
 def test_out_of_fds_with_no_reserve_the_listener_rests(monkeypatch):
     """Out of file descriptors (RLIMIT_NOFILE 64) with no reserve fd to
     refuse with: the shim's WSH_FAILMALLOC_NO_RESERVE fails every open of
@@ -622,12 +633,7 @@ def test_out_of_fds_with_no_reserve_the_listener_rests(monkeypatch):
             assert resp.status == 101, resp
             c.send_frame(wsraw.OP_TEXT, b"waited %d" % i)
             assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"waited %d" % i)
-        c = wsraw.Conn("127.0.0.1", srv.port)
-        waiting.append(c)
-        c.handshake("/echo")
-        c.send_frame(wsraw.OP_TEXT, b"new")
-        assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"new")
-        assert srv.alive()
+        echo_on_a_new_connection(srv, waiting)
     finally:
         for c in held + waiting:
             c.close()
@@ -678,12 +684,7 @@ def test_accept_refused_by_the_kernel_the_listener_rests(tmp_path, monkeypatch, 
         assert resp.status == 101, resp
         c.send_frame(wsraw.OP_TEXT, b"waited")
         assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"waited")
-        n = wsraw.Conn("127.0.0.1", srv.port)
-        conns.append(n)
-        n.handshake("/echo")
-        n.send_frame(wsraw.OP_TEXT, b"new")
-        assert n.recv_message(timeout=5) == (wsraw.OP_TEXT, b"new")
-        assert srv.alive()
+        echo_on_a_new_connection(srv, conns)
     finally:
         if flag.exists():
             flag.unlink()
@@ -749,12 +750,7 @@ def test_connection_that_cannot_be_set_up_is_told_503(tmp_path, monkeypatch):
         finally:
             flag.unlink()
         time.sleep(0.1)
-        c = wsraw.Conn("127.0.0.1", srv.port)
-        conns.append(c)
-        c.handshake("/echo")
-        c.send_frame(wsraw.OP_TEXT, b"after")
-        assert c.recv_message(timeout=5) == (wsraw.OP_TEXT, b"after")
-        assert srv.alive()
+        echo_on_a_new_connection(srv, conns)
     finally:
         for c in conns:
             c.close()
