@@ -3,7 +3,9 @@
  * verdict is OK, EPROTO or ETOOBIG, always with a reason when not OK; on
  * OK the status is 100..599 and the body lies inside the buffer, within
  * the bound; a second parse of a fresh copy gives the same body bytes
- * (the in-place de-chunking depends on nothing but the input). */
+ * (the in-place de-chunking depends on nothing but the input). And
+ * wsh_http_response_complete, which tells a fetch when to stop reading,
+ * is monotonic: once a prefix is whole, every longer one is. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,8 +31,18 @@ static int parse(const uint8_t *data, size_t size, char **buf, struct wsh_http_r
     return rc;
 }
 
+static void check_complete(const uint8_t *data, size_t size)
+{
+    const char *p = (const char *)data;
+    bool whole = wsh_http_response_complete(p, size);
+    for (size_t cut = 0; cut < size; cut += 1 + cut / 8)
+        if (wsh_http_response_complete(p, cut) && !whole)
+            abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    check_complete(data, size);
     char *a, *b;
     struct wsh_http_response ra, rb;
     int rc = parse(data, size, &a, &ra);

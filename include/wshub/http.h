@@ -106,6 +106,15 @@ struct wsh_http_response {
 int wsh_http_parse_response(char *buf, size_t len, size_t max_body, struct wsh_http_response *out,
                             const char **why);
 
+/* Whether buf[0..len), a response being read, is already whole: its
+ * head is complete and its body, framed by Content-Length, has all its
+ * bytes (or it has none: 204, 304). A chunked body or one ended by the
+ * close says false, to be read to EOF; so does anything malformed, which
+ * wsh_http_parse_response then refuses. Interim 1xx responses are passed
+ * over. Lets a fetch stop at the end of the body, not wait for a close
+ * the server may never send. */
+bool wsh_http_response_complete(const char *buf, size_t len);
+
 /* The status of an HTTP/1.x status line, line[0..len) without its CRLF:
  * "HTTP/1." DIGIT SP 3DIGIT, then nothing or SP and a reason. 100..599,
  * or -1 for anything else. (wsh_http_parse_response reads its first line

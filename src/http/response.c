@@ -300,3 +300,62 @@ int wsh_http_url_authority(const struct wsh_http_url *u, bool always_port, char 
                        port ? ":" : "", port ? u->port : "");
     return len < 0 || (size_t)len >= n ? -1 : len;
 }
+
+/* The next CRLF in p[0..end), or NULL. */
+static const char *next_crlf(const char *p, const char *end)
+{
+    for (; p + 1 < end; p++)
+        if (p[0] == '\r' && p[1] == '\n')
+            return p;
+    return NULL;
+}
+
+bool wsh_http_response_complete(const char *buf, size_t len)
+{
+    const char *p = buf, *end = buf + len;
+    for (;;) {
+        /* The status line, then field lines up to an empty one. */
+        const char *eol = next_crlf(p, end);
+        if (eol == NULL || (size_t)(eol - p) > WSH_HTTP_RESPONSE_HEAD_MAX)
+            return false;
+        int status = wsh_http_status_line(p, (size_t)(eol - p));
+        if (status < 0)
+            return false;
+        unsigned long long clen = 0;
+        bool have = false, other = false;
+        const char *l = eol + 2, *le;
+        for (; (le = next_crlf(l, end)) != NULL && le != l; l = le + 2) {
+            if ((size_t)(le - p) > WSH_HTTP_RESPONSE_HEAD_MAX)
+                return false;
+            const char *colon = memchr(l, ':', (size_t)(le - l));
+            if (colon == NULL)
+                return false;
+            if (name_is(l, (size_t)(colon - l), "transfer-encoding"))
+                other = true;
+            if (!name_is(l, (size_t)(colon - l), "content-length"))
+                continue;
+            const char *v = colon + 1, *d;
+            while (v < le && (*v == ' ' || *v == '\t'))
+                v++;
+            unsigned long long n = 0;
+            for (d = v; d < le && *d >= '0' && *d <= '9' && n < (1ULL << 50); d++)
+                n = n * 10 + (unsigned)(*d - '0');
+            while (d < le && (*d == ' ' || *d == '\t'))
+                d++;
+            if (d == v || d != le || (have && n != clen))
+                return false;
+            clen = n;
+            have = true;
+        }
+        if (le == NULL)
+            return false; /* the head is not all there */
+        const char *body = le + 2;
+        if (status / 100 == 1 && status != 101) {
+            p = body; /* an interim response: the final one follows */
+            continue;
+        }
+        if (status == 204 || status == 304)
+            return true;
+        return have && !other && (unsigned long long)(end - body) >= clen;
+    }
+}

@@ -315,9 +315,12 @@ static int send_all(struct stream *s, char *p, size_t n, int64_t deadline, const
     return 0;
 }
 
-/* Reads to EOF into *bufp, grown as the response comes up to cap bytes
- * (and one more, for a terminating NUL). Returns the length, or -1 on
- * error, -2 when the response is over cap, -3 when out of memory. */
+/* Reads the response into *bufp, grown as it comes up to cap bytes (and
+ * one more, for a terminating NUL): to the end of a Content-Length body,
+ * or else to EOF (a server may keep the connection open whatever
+ * `Connection: close` said: it is not waited for past its body). Returns
+ * the length, or -1 on error, -2 when the response is over cap, -3 when
+ * out of memory. */
 static ssize_t read_all(struct stream *s, char **bufp, size_t cap, int64_t deadline,
                         const _Atomic bool *stop)
 {
@@ -357,6 +360,8 @@ static ssize_t read_all(struct stream *s, char **bufp, size_t cap, int64_t deadl
             done = (int)r;
         }
         n += (size_t)done;
+        if (wsh_http_response_complete(buf, n))
+            return (ssize_t)n;
     }
 }
 

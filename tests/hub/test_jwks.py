@@ -301,7 +301,8 @@ class Issuer:
     """An identity provider's JWKS endpoint on 127.0.0.1: what it serves
     (the set, a status, chunked or not: True for 100-byte chunks, or a
     chunk size) can be changed while it runs, and it records every
-    request it gets."""
+    request it gets. With `linger`, it keeps each connection open that many
+    seconds after its response, `Connection: close` or not."""
 
     def __init__(self, pki=None):
         import http.server
@@ -312,6 +313,7 @@ class Issuer:
         self.requests = []
         self.gate = threading.Event()  # cleared: requests wait for set() (30 s at most)
         self.gate.set()
+        self.linger, self.released = 0, threading.Event()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -334,6 +336,9 @@ class Issuer:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
+                self.wfile.flush()
+                if issuer.linger:
+                    issuer.released.wait(issuer.linger)
                 self.close_connection = True
 
             def log_message(self, *args):
@@ -350,8 +355,30 @@ class Issuer:
 
     def close(self):
         self.gate.set()
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def test_jwks_fetch_ends_with_the_body_when_the_connection_stays_open(hub, tmp_path):
+    """An issuer that keeps the connection open after its response (a
+    server that ignores `Connection: close`): the fetch ends once the
+    Content-Length body is in, instead of waiting for a close that never
+    comes until its 10 s deadline fails it, at every refresh."""
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    try:
+        idp.keys, idp.linger = [rsa_jwk("k1", "k1")], 30
+        cfg = merge(base_config(), {"auth": {"jwks_url": f"https://localhost:{idp.port}/jwks",
+                                             "jwks_ca_file": pki[0], "jwks_refresh_s": 3600}})
+        t0 = time.monotonic()
+        h = hub(cfg)
+        wait_fetches(h, 1, 1, timeout=5)
+        assert time.monotonic() - t0 < 5 * MULT
+        assert status(h, rs_token("k1", "k1")) == 101
+        assert fetches(h, 0) == 0, h.log()[-2000:]
+    finally:
+        idp.close()
 
 
 def fetches(h, ok):

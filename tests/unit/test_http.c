@@ -725,6 +725,40 @@ static void test_http_response_framings(void **state)
     }
 }
 
+/* When a fetch may stop reading: a Content-Length body all there (or no
+ * body), after any interim responses; never for chunked or close-framed
+ * bodies, a head not all there, or anything malformed. */
+static void test_http_response_complete(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        bool whole;
+    } cases[] = {
+        { "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", true },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhell", false },
+        { "HTTP/1.1 200 OK\r\ncontent-length:  5 \r\nX: y\r\n\r\nhello!", true },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", false },
+        { "HTTP/1.1 204 No Content\r\n\r\n", true },
+        { "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+          true },
+        { "HTTP/1.1 103 Early Hints\r\n\r\n", false },
+        { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok", false },
+        { "HTTP/1.0 200 OK\r\n\r\nbody until the close", false },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", false },
+        { "HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok", false },
+        { "HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", false },
+        { "HTTP/1.1 200 OK\r\nno colon\r\n\r\n", false },
+        { "garbage\r\n\r\n", false },
+        { "", false },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (wsh_http_response_complete(cases[i].text, strlen(cases[i].text)) != cases[i].whole)
+            fail_msg("case %zu: expected %s", i, cases[i].whole ? "whole" : "not whole");
+}
+
 static void test_http_response_rejects(void **state)
 {
     (void)state;
@@ -1065,6 +1099,7 @@ int main(void)
         cmocka_unit_test(test_http_proxy_parse),
         cmocka_unit_test(test_http_no_proxy),
         cmocka_unit_test(test_http_pct_decode),
+        cmocka_unit_test(test_http_response_complete),
         cmocka_unit_test(test_http_ignores_one_leading_empty_line),
         cmocka_unit_test(test_http_absolute_form),
     };
