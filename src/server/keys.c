@@ -94,9 +94,14 @@ static void on_jwks_skip(void *ud, size_t index, const char *kid, const char *wh
 }
 
 /* Builds the key set of one auth section and checks it as each worker
- * will use it. Returns NULL with err set when any key cannot be used. */
-static struct keyset *keyset_build(const struct wsh_auth_config *ac, const char *fetched,
-                                   size_t fetched_len, char *err, size_t errlen)
+ * will use it. Returns NULL with err set when any key cannot be used.
+ * With `same`, the set in force built from this same section, its
+ * auth.keys are taken from there rather than read again: only SIGHUP
+ * re-reads key files, never a fetch (which would put an edit in force
+ * unasked, or fail on a file caught half-written). */
+static struct keyset *keyset_build(const struct wsh_auth_config *ac, const struct keyset *same,
+                                   const char *fetched, size_t fetched_len, char *err,
+                                   size_t errlen)
 {
     struct keyset *ks = calloc(1, sizeof(*ks));
     if (ks == NULL) {
@@ -116,10 +121,15 @@ static struct keyset *keyset_build(const struct wsh_auth_config *ac, const char 
         char *key;
         size_t n = 0;
         char rerr[256] = "out of memory";
-        if (k->secret != NULL) {
-            n = k->secret_len;
+        const void *have = k->secret;
+        n = k->secret_len;
+        if (have == NULL && same != NULL && i < same->nkeys) {
+            have = same->keys[i].key;
+            n = same->keys[i].key_len;
+        }
+        if (have != NULL) {
             if ((key = malloc(n + 1)) != NULL) {
-                memcpy(key, k->secret, n);
+                memcpy(key, have, n);
                 key[n] = '\0';
             }
         } else {
@@ -243,7 +253,7 @@ int keys_init(struct wsh_hub_config *cfg, char *err, size_t errlen)
 {
     start_cfg = cfg;
     auth_cfg = hub_config_ref(cfg);
-    struct keyset *ks = keyset_build(&cfg->auth, NULL, 0, err, errlen);
+    struct keyset *ks = keyset_build(&cfg->auth, NULL, NULL, 0, err, errlen);
     if (ks == NULL)
         return -1;
     keyset_publish(ks);
@@ -364,7 +374,7 @@ int keys_reload(struct wsh_hub_config *cfg, char *err, size_t errlen, size_t *nk
         return -1;
     }
     pthread_mutex_lock(&cfg_mu);
-    struct keyset *ks = keyset_build(na, jf.body, jf.body_len, err, errlen);
+    struct keyset *ks = keyset_build(na, NULL, jf.body, jf.body_len, err, errlen);
     size_t now = atomic_load(&keys_count);
     int rc = 0;
     if (ks == NULL) {
@@ -415,7 +425,11 @@ static bool jwks_fetch_once(void)
         snprintf(err, sizeof(err), "%s", body_err);
     } else {
         pthread_mutex_lock(&cfg_mu);
-        struct keyset *ks = keyset_build(&auth_cfg->auth, body, n, err, sizeof(err));
+        /* keys_now was built from auth_cfg: every change of either is made
+         * under cfg_mu, which is held. */
+        pthread_mutex_lock(&keys_mu);
+        struct keyset *ks = keyset_build(&auth_cfg->auth, keys_now, body, n, err, sizeof(err));
+        pthread_mutex_unlock(&keys_mu);
         size_t nk = 0, sk = 0;
         if (ks != NULL) {
             free(jf.body);

@@ -381,6 +381,34 @@ def test_jwks_fetch_ends_with_the_body_when_the_connection_stays_open(hub, tmp_p
         idp.close()
 
 
+def test_jwks_fetch_does_not_read_the_key_files_again(hub, tmp_path):
+    """auth.keys (a PEM file) beside auth.jwks_url: a fetch builds the set
+    from the file as it was read at start or at the last SIGHUP. It read
+    the file again at every fetch, so a file being rewritten (here left
+    half-written) failed the fetch of a new issuer key, and an edit would
+    have been put in force without a SIGHUP."""
+    pki = make_pki(str(tmp_path))
+    idp = Issuer(pki)
+    try:
+        pem = tmp_path / "static.pem"
+        pem.write_bytes(rsa_key("static").public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        idp.keys = [rsa_jwk("k1", "k1")]
+        cfg = merge(base_config(), {"auth": {
+            "keys": [{"alg": "RS256", "kid": "static", "public_key_file": str(pem)}],
+            "jwks_url": f"https://localhost:{idp.port}/jwks", "jwks_ca_file": pki[0],
+            "jwks_refresh_s": 3600}})
+        h = hub(cfg)
+        wait_fetches(h, 1, 1)
+        pem.write_text("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A")
+        idp.keys = [rsa_jwk("k1", "k1"), rsa_jwk("k2", "k2")]
+        assert status(h, rs_token("k2", "k2")) == 101, h.log()[-2000:]
+        assert fetches(h, 0) == 0, h.log()[-2000:]
+        assert status(h, rs_token("static", "static")) == 101
+    finally:
+        idp.close()
+
+
 def fetches(h, ok):
     return h.log().count(f"ev=jwks_fetch ok={ok}")
 
