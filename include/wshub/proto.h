@@ -184,6 +184,11 @@ struct wsh_cmd {
 WSH_NODISCARD int wsh_proto_parse(const char *in, size_t len, const struct wsh_proto_limits *lim,
                                   struct wsh_cmd *cmd, int *code, const char **msg);
 
+/* Whether in[0..len) nests at most max_depth arrays and objects deep,
+ * told by the same linear pass wsh_proto_parse makes before jansson's
+ * recursive parser runs (the HTTP API's bodies go through it too). */
+bool wsh_proto_depth_ok(const char *in, size_t len, unsigned max_depth);
+
 /* Releases the JSON tree held by cmd. Safe on a zeroed or failed cmd, and
  * twice. */
 void wsh_cmd_free(struct wsh_cmd *cmd);

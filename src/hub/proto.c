@@ -554,6 +554,12 @@ int wsh_proto_parse(const char *in, size_t len, const struct wsh_proto_limits *l
     return rc;
 }
 
+bool wsh_proto_depth_ok(const char *in, size_t len, unsigned max_depth)
+{
+    struct prescan ps = { 0 };
+    return prescan_input(in, len, max_depth, &ps);
+}
+
 void wsh_cmd_free(struct wsh_cmd *cmd)
 {
     if (cmd == NULL || cmd->_root == NULL)

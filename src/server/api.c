@@ -431,6 +431,15 @@ int api_request(struct worker *w, struct conn *c, const struct wsh_http_request 
                            "broker", b));
         return 0;
     }
+    /* Nested no deeper than a /ws message may be (limits.json_depth),
+     * checked before jansson's recursive parser: a payload published here
+     * reaches /ws subscribers like theirs. */
+    if (!wsh_proto_depth_ok((const char *)body, blen, hub_json_depth())) {
+        api_json(w, c, 400,
+                 json_pack("{s:i,s:s}", "code", WSH_PERR_TOO_DEEP, "error",
+                           wsh_proto_code_message(WSH_PERR_TOO_DEEP)));
+        return 0;
+    }
     json_error_t jerr;
     bool oom;
     json_t *j = wsh_json_loadb((const char *)body, blen, JSON_REJECT_DUPLICATES, &jerr, &oom);

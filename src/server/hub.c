@@ -2036,6 +2036,11 @@ const char *hub_api_key(void)
     return hub_enabled ? live_cfg()->api_key : NULL;
 }
 
+unsigned hub_json_depth(void)
+{
+    return hub_enabled ? live_cfg()->limits.json_depth : WSH_PROTO_DEFAULT_MAX_DEPTH;
+}
+
 /* The namespace of a channel the HTTP API names, or NULL with the error:
  * an unknown namespace (4001), or a name that is not a channel (4000). */
 static const struct wsh_ns_config *api_ns(const char *channel, int *err)

@@ -666,6 +666,8 @@ void hub_kick_local(struct worker *w, const char *who, unsigned code, const char
 /* What the HTTP API asks of the hub. The configuration's api_key, NULL
  * when the API is off (no key, or no /ws hub). */
 const char *hub_api_key(void);
+/* limits.json_depth in force: API bodies nest no deeper than messages. */
+unsigned hub_json_depth(void);
 /* 0 when a publish may go to channel, else its WSH_PERR_* code. */
 int hub_channel_check(const char *channel);
 /* Publishes payload (JSON text) to channel as the server: 0 with the

@@ -237,6 +237,23 @@ def test_api_rejects_bad_requests(hub):
     s.close()
 
 
+def test_api_bodies_nest_no_deeper_than_messages(hub):
+    """A publish whose payload nests deeper than limits.json_depth allows a
+    /ws message is refused (400, code 1003), as it would be from a /ws
+    client, before jansson's recursive parser runs; one at the bound is
+    published, and its subscribers get it."""
+    h = hub(merge(api_config(), {"limits": {"json_depth": 8}}))
+    # The body is one level, the payload the rest: 7 arrays fit in 8.
+    for depth, want in ((7, 200), (8, 400), (2000, 400)):
+        body = b'{"channel":"chat:deep","payload":' + b"[" * depth + b"]" * depth + b"}"
+        st, _, b = call(h, "POST", "/api/publish", raw=body)
+        assert st == want, (depth, st, b)
+        if want == 400:
+            assert json.loads(b)["code"] == 1003, b
+    st, _, b = call(h, "GET", "/api/history/chat:deep")
+    assert st == 200 and len(json.loads(b)["payload"]["messages"]) == 1, b
+
+
 def test_api_reads_personal_channels_escaped(hub):
     """A personal channel's '#' must be sent as %23 in the path (a client
     ends the target at a bare '#', RFC 3986 3.5): the API decodes the
