@@ -406,6 +406,18 @@ def utf8_fail_index(b):
     return None
 
 
+def read_head(sock):
+    """Bytes up to and with the blank line that ends an HTTP head (fewer
+    if the peer closes first)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
 def read_to_eof(sock):
     """Everything a plain socket receives until the peer closes."""
     got = b""

@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from wsraw import read_head
 
 WSHUB = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
 MULT = float(os.environ.get("WSH_TEST_TIMEOUT_MULTIPLIER", "1"))
@@ -643,17 +644,6 @@ def test_fault_echo_flood_without_reading_meets_backpressure(server):
     assert read_close(s) == 1000
     s.close()
     assert_healthy(server, base)
-
-
-def read_head(s):
-    """An HTTP response head, or what came before the peer closed."""
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return head
 
 
 def start_with_fds(nofile, workers):

@@ -19,7 +19,7 @@ from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorith
 
 from conftest import (MULT, SECRET, Client, b64url, base_config, handshake_status, merge,
                       raw_upgrade, run_async, token)
-from wsraw import sanitizer_report, scrape_metrics
+from wsraw import read_head, sanitizer_report, scrape_metrics
 
 BIN = os.environ.get("WSHUB_BIN", "build/src/server/wshub")
 
@@ -919,18 +919,6 @@ def test_jwks_url_name_server_that_never_answers(tmp_path):
     finally:
         s.kill()
         dns.close()
-
-
-def read_head(sock):
-    """Bytes up to and with the blank line that ends an HTTP head (fewer
-    if the peer closes first)."""
-    head = b""
-    while b"\r\n\r\n" not in head:
-        d = sock.recv(4096)
-        if not d:
-            break
-        head += d
-    return head
 
 
 class ConnectProxy:
